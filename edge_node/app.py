@@ -1,0 +1,89 @@
+"""The application factory: wires configuration, storage and the router into an aiohttp app."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from edge_node.config import Config
+from edge_node.errors import ServiceUnavailable
+from edge_node.openapi import openapi_document
+from edge_node.ratelimit import RateLimiter
+from edge_node.rating.handlers import STORES_KEY, add_routes
+from edge_node.rating.store import TenantStores
+from edge_node.registry import TenantRegistry
+from edge_node.router import ROUTER_KEY, TenantRouter
+from edge_node.tokens import TokenVerifier, load_keys
+from edge_node.web import json_response, problem_middleware
+
+CONFIG_KEY = web.AppKey("config", Config)
+REGISTRY_KEY = web.AppKey("registry", TenantRegistry)
+
+
+@dataclass(frozen=True)
+class NodeStorage:
+    """The node's open databases: the registry and the per-tenant rating files."""
+
+    registry: TenantRegistry
+    stores: TenantStores
+
+    @classmethod
+    def open(cls, config: Config) -> NodeStorage:
+        registry = TenantRegistry.open(
+            config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms
+        )
+        stores = TenantStores(
+            config.data_path / "tenants",
+            node_id=config.node_id,
+            synchronous=config.storage.synchronous,
+            max_open=config.storage.max_open_tenants,
+            busy_timeout_ms=config.storage.busy_timeout_ms,
+        )
+        return cls(registry, stores)
+
+    def close(self) -> None:
+        self.stores.close()
+        self.registry.close()
+
+
+def create_app(config: Config, storage: NodeStorage) -> web.Application:
+    """An application serving the v1 API from `storage`; the caller owns (and closes) storage."""
+    app = web.Application(
+        middlewares=[problem_middleware], client_max_size=config.server.max_body_bytes
+    )
+    app[CONFIG_KEY] = config
+    app[REGISTRY_KEY] = storage.registry
+    app[STORES_KEY] = storage.stores
+    verifier = TokenVerifier(load_keys(config.auth.jwt), config.auth.jwt)
+    app[ROUTER_KEY] = TenantRouter(
+        storage.registry, verifier, RateLimiter(config.rate_limit.per_minute)
+    )
+    add_routes(app)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
+    return app
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """Alive: the event loop answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Ready: node.sqlite takes a real write and the tenant directory is writable."""
+    try:
+        request.app[REGISTRY_KEY].check_writable()
+    except sqlite3.Error as exc:
+        raise ServiceUnavailable(f"node.sqlite is not writable: {exc}", slug="not-ready") from None
+    tenants_dir = request.app[STORES_KEY].directory
+    if not os.access(tenants_dir, os.W_OK | os.X_OK):
+        raise ServiceUnavailable(f"{tenants_dir} is not writable", slug="not-ready")
+    return json_response({"status": "ready"})
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return json_response(openapi_document())

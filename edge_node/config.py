@@ -1,0 +1,330 @@
+"""Configuration: one frozen, typed object built from defaults, a TOML file and EDGE_NODE_* vars.
+
+Every setting is a dataclass field whose metadata documents it. The loader walks the
+dataclasses, so the TOML keys, the environment variable names (`EDGE_NODE_` + the dotted
+path upper-cased with dots as underscores, e.g. `EDGE_NODE_RATE_LIMIT_PER_MINUTE`) and the
+validation all come from the same declarations. Nothing else in the project reads
+`os.environ`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from edge_node.errors import ConfigError
+
+ENV_PREFIX = "EDGE_NODE_"
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    pattern: re.Pattern[str] | None = None,
+) -> Any:
+    """A documented configuration field with optional bounds."""
+    meta = {"doc": doc, "minimum": minimum, "maximum": maximum, "pattern": pattern}
+    if isinstance(default, tuple | list | dict):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = setting("127.0.0.1", "Address to listen on.")
+    port: int = setting(8080, "TCP port to listen on.", minimum=0, maximum=65535)
+    max_body_bytes: int = setting(
+        16384, "Largest request body accepted; larger ones get 413.", minimum=1024, maximum=1 << 24
+    )
+    shutdown_grace_seconds: float = setting(
+        10.0, "How long in-flight requests may run after SIGTERM.", minimum=0, maximum=600
+    )
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    per_minute: int = setting(
+        1000,
+        "Default requests per minute per tenant (a tenant's own limit overrides it).",
+        minimum=1,
+        maximum=100_000_000,
+    )
+
+
+@dataclass(frozen=True)
+class JwtKeyConfig:
+    algorithm: Literal["HS256", "RS256", "ES256", "EdDSA"] = setting(
+        "HS256", "The one algorithm this key verifies (pinned: no other is accepted with it)."
+    )
+    file: str = setting("", "File holding the HS256 secret or the PEM public key.")
+    kid: str = setting("", "Key id matched against the token's `kid` header; empty matches any.")
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    keys: tuple[JwtKeyConfig, ...] = setting((), "Verification keys for bearer tokens.")
+    issuer: str = setting("", "Required `iss` claim; empty means not checked.")
+    audience: str = setting("", "Required `aud` claim; empty means not checked.")
+    leeway_seconds: int = setting(0, "Clock skew allowed on `exp`.", minimum=0, maximum=300)
+    cache_size: int = setting(
+        10000, "Verified tokens kept until they expire.", minimum=0, maximum=1_000_000
+    )
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    jwt: JwtConfig = field(
+        default_factory=JwtConfig, metadata={"doc": "Bearer token (JWT) verification."}
+    )
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    synchronous: Literal["normal", "full"] = setting(
+        "normal",
+        "SQLite synchronous mode for tenant files: `normal` survives process crashes, "
+        "`full` also survives power loss at the cost of an fsync per write.",
+    )
+    max_open_tenants: int = setting(
+        256, "Tenant databases kept open at once (least recently used closed first).", minimum=1
+    )
+    busy_timeout_ms: int = setting(
+        5000, "How long a write waits for another process's lock.", minimum=0, maximum=60000
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    node_id: str = setting("", "This node's id in usage events and sync; default: host name.")
+    data_dir: str = setting("./var", "Directory holding node.sqlite, tenants/ and queue/.")
+    server: ServerConfig = field(
+        default_factory=ServerConfig, metadata={"doc": "The HTTP listener."}
+    )
+    rate_limit: RateLimitConfig = field(
+        default_factory=RateLimitConfig, metadata={"doc": "Per-tenant token buckets."}
+    )
+    auth: AuthConfig = field(default_factory=AuthConfig, metadata={"doc": "Credentials."})
+    storage: StorageConfig = field(
+        default_factory=StorageConfig, metadata={"doc": "Local SQLite storage."}
+    )
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration: defaults < TOML file < environment < explicit overrides.
+
+    `overrides` maps dotted keys (`server.port`) to values, as command-line flags give them.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_toml(Path(path))
+    env = os.environ if environ is None else environ
+    _apply_environment(Config, raw, env, prefix=ENV_PREFIX, dotted="")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    config = _build(Config, raw, "")
+    if not config.node_id:
+        config = dataclasses.replace(config, node_id=_default_node_id())
+    if not NODE_ID_PATTERN.match(config.node_id):
+        raise ConfigError(
+            f"node_id must be 1-63 letters, digits, '.', '_' or '-', got {config.node_id!r}"
+        )
+    return config
+
+
+def iter_settings(cls: type[Any] = Config, dotted: str = "") -> typing.Iterator[tuple[str, Any]]:
+    """Every leaf setting as (dotted key, dataclass field), for docs and checks."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{dotted}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from iter_settings(hints[f.name], key + ".")
+        else:
+            yield key, f
+
+
+def env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.upper().replace(".", "_")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+
+
+def _apply_environment(
+    cls: type[Any], raw: dict[str, Any], env: Mapping[str, str], *, prefix: str, dotted: str
+) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        key = f"{dotted}{f.name}"
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            _apply_environment(kind, raw, env, prefix=prefix, dotted=key + ".")
+            continue
+        value = env.get(env_name(key))
+        if value is None:
+            continue
+        if typing.get_origin(kind) is tuple:
+            try:
+                _set_dotted(raw, key, orjson.loads(value))
+            except orjson.JSONDecodeError:
+                raise ConfigError(f"{env_name(key)} must be a JSON array, got {value!r}") from None
+        else:
+            _set_dotted(raw, key, _EnvText(value))
+
+
+class _EnvText(str):
+    """A value that came from the environment as text, to be converted to the field's type."""
+
+    __slots__ = ()
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+Built = TypeVar("Built")
+
+
+def _build(cls: type[Built], raw: Any, dotted: str) -> Built:
+    where = dotted.rstrip(".") or "the configuration"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            suggestion = f" (did you mean {dotted}{hint[0]}?)" if hint else ""
+            raise ConfigError(f"unknown setting {dotted}{key}{suggestion}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in raw:
+            values[f.name] = _convert(hints[f.name], raw[f.name], f, f"{dotted}{f.name}")
+    return cls(**values)
+
+
+def _convert(kind: Any, value: Any, f: dataclasses.Field[Any], key: str) -> Any:
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key + ".")  # type: ignore[arg-type]
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        item_kind = typing.get_args(kind)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_build(item_kind, item, f"{key}[{i}].") for i, item in enumerate(value))
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    return _check_bounds(_scalar(kind, value, key), f, key)
+
+
+def _scalar(kind: Any, value: Any, key: str) -> Any:
+    converter = _SCALARS.get(kind)
+    if converter is None:  # pragma: no cover - a new setting type needs a converter here
+        raise ConfigError(f"{key} has an unsupported type {kind!r}")
+    if isinstance(value, _EnvText):
+        converted = converter(str(value))
+    elif isinstance(value, str) and kind is not str:
+        converted = _INVALID  # TOML has real numbers and booleans; "8080" in quotes is a mistake
+    else:
+        converted = converter(value)
+    if converted is _INVALID:
+        expected = _EXPECTED.get(kind, "a string")
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    return converted
+
+
+_INVALID = object()
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number"}
+_TRUE_WORDS = ("true", "1", "yes", "on")
+_FALSE_WORDS = ("false", "0", "no", "off")
+
+
+def _to_bool(value: Any) -> Any:
+    if isinstance(value, str):
+        word = value.lower()
+        return word in _TRUE_WORDS if word in _TRUE_WORDS + _FALSE_WORDS else _INVALID
+    return value if isinstance(value, bool) else _INVALID
+
+
+def _to_int(value: Any) -> Any:
+    if isinstance(value, str):
+        return int(value) if re.fullmatch(r"[+-]?\d+", value) else _INVALID
+    return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return _INVALID
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return _INVALID
+
+
+def _to_str(value: Any) -> Any:
+    return str(value) if isinstance(value, str) else _INVALID
+
+
+_SCALARS: dict[Any, Any] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _check_bounds(value: Any, f: dataclasses.Field[Any], key: str) -> Any:
+    minimum, maximum = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key} must be at most {maximum}, got {value!r}")
+    pattern = f.metadata.get("pattern")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise ConfigError(f"{key} must match {pattern.pattern}, got {value!r}")
+    return value
+
+
+def _default_node_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63].lstrip(".-_")
+    return host or "edge-node"

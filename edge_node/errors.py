@@ -1,0 +1,141 @@
+"""The edge node's exception tree, and how each error reads as RFC 9457 problem+json.
+
+    EdgeNodeError                  anything this project raises on purpose
+    +-- ConfigError                bad configuration: the operator must fix it, exit non-zero
+    +-- Problem                    an answer to an HTTP client (RFC 9457), status + stable type
+    |   +-- BadRequest             400: malformed JSON, invalid fields, bad ids or cursors
+    |   +-- Unauthorized           401: no credential, unknown, revoked, forged or expired
+    |   +-- Forbidden              403: wrong tenant, wrong role, suspended tenant
+    |   +-- NotFound               404: no such route or resource
+    |   +-- MethodNotAllowed       405
+    |   +-- PayloadTooLarge        413: body over the configured limit
+    |   +-- UnsupportedMediaType   415: body is not application/json
+    |   +-- RateLimited            429: the tenant's token bucket is empty
+    |   +-- ServiceUnavailable     503: storage not ready
+    +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
+
+Each Problem carries a `type` URI that never changes once published, so clients can
+branch on it; `docs/problems.md` lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+PROBLEM_TYPE_BASE = "urn:edge-node:problem:"
+
+
+class EdgeNodeError(Exception):
+    """Base of every error edge-node raises on purpose."""
+
+
+class ConfigError(EdgeNodeError):
+    """The configuration is invalid; the message tells the operator what to change."""
+
+
+class RegistryError(EdgeNodeError):
+    """A registry operation named a tenant or key that does not exist."""
+
+
+class Problem(EdgeNodeError):
+    """An error answered to an HTTP client as an RFC 9457 problem document."""
+
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        slug: str | None = None,
+        title: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        errors: Sequence[Mapping[str, str]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if slug is not None:
+            self.slug = slug
+        if title is not None:
+            self.title = title
+        self.headers: Mapping[str, str] = headers or {}
+        self.errors = list(errors) if errors else []
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_TYPE_BASE + self.slug
+
+    def to_document(self, instance: str | None = None) -> dict[str, Any]:
+        """The problem+json body: type, title, status, detail, and extension members."""
+        document: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            document["instance"] = instance
+        if self.errors:
+            document["errors"] = self.errors
+        return document
+
+
+class BadRequest(Problem):
+    status = 400
+    slug = "invalid-request"
+    title = "The request is invalid"
+
+
+class Unauthorized(Problem):
+    status = 401
+    slug = "unauthorized"
+    title = "Missing or invalid credential"
+
+
+class Forbidden(Problem):
+    status = 403
+    slug = "forbidden"
+    title = "The credential does not allow this"
+
+
+class NotFound(Problem):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class MethodNotAllowed(Problem):
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class PayloadTooLarge(Problem):
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class UnsupportedMediaType(Problem):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class RateLimited(Problem):
+    status = 429
+    slug = "rate-limited"
+    title = "Rate limit exceeded"
+
+
+class ServiceUnavailable(Problem):
+    status = 503
+    slug = "unavailable"
+    title = "Service unavailable"
+
+
+def field_error(field: str, message: str) -> dict[str, str]:
+    """One entry of a problem's `errors` list: which field, and what is wrong with it."""
+    return {"field": field, "message": message}

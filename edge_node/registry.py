@@ -1,0 +1,244 @@
+"""The tenant registry in node.sqlite: tenants, their plans and limits, and API-key hashes.
+
+API keys look like `enk_<key id: 16 hex>_<secret>`. Only the SHA-256 of the whole key is
+stored; a lookup finds the row by key id and compares hashes in constant time, so neither
+the database nor a timing side channel gives a usable key away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from edge_node import sqlite
+from edge_node.clock import format_us, now_us
+from edge_node.errors import RegistryError
+
+Role = Literal["reader", "writer", "admin"]
+Plan = Literal["payg", "tiered", "flat"]
+TenantStatus = Literal["active", "suspended", "past_due", "canceled"]
+ROLES: tuple[Role, ...] = get_args(Role)
+PLANS: tuple[Plan, ...] = get_args(Plan)
+
+KEY_PREFIX = "enk_"
+_KEY_ID_LENGTH = 16
+
+MIGRATIONS = (
+    """
+    CREATE TABLE tenants (
+        tenant_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+        status TEXT NOT NULL DEFAULT 'active'
+            CHECK (status IN ('active', 'suspended', 'past_due', 'canceled')),
+        plan TEXT NOT NULL CHECK (plan IN ('payg', 'tiered', 'flat')),
+        rate_limit_per_minute INTEGER CHECK (rate_limit_per_minute > 0),
+        stripe_customer_id TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE api_keys (
+        key_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id),
+        key_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('reader', 'writer', 'admin')),
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id);
+    CREATE TABLE node_health (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        checked_at INTEGER NOT NULL
+    );
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    tenant_id: str
+    name: str
+    status: TenantStatus
+    plan: Plan
+    rate_limit_per_minute: int | None
+    created_at: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tenant_id": self.tenant_id,
+            "name": self.name,
+            "status": self.status,
+            "plan": self.plan,
+            "rate_limit_per_minute": self.rate_limit_per_minute,
+            "created_at": format_us(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A freshly created API key: the only moment the secret exists outside its holder."""
+
+    key_id: str
+    tenant_id: str
+    role: Role
+    api_key: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "key_id": self.key_id,
+            "tenant_id": self.tenant_id,
+            "role": self.role,
+            "api_key": self.api_key,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What a valid API key grants: its tenant (with status and limit) and its role."""
+
+    key_id: str
+    tenant_id: str
+    role: Role
+    tenant_status: TenantStatus
+    rate_limit_per_minute: int | None
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def parse_key_id(api_key: str) -> str | None:
+    """The key id inside a well-formed key, or None for anything else."""
+    if (
+        len(api_key) < len(KEY_PREFIX) + _KEY_ID_LENGTH + 2
+        or not api_key.startswith(KEY_PREFIX)
+        or api_key[len(KEY_PREFIX) + _KEY_ID_LENGTH] != "_"
+    ):
+        return None
+    return api_key[len(KEY_PREFIX) : len(KEY_PREFIX) + _KEY_ID_LENGTH]
+
+
+class TenantRegistry:
+    """node.sqlite: the tenants this node serves and the hashes of their API keys."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> TenantRegistry:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        conn = sqlite.connect(
+            data_dir / "node.sqlite", synchronous="full", busy_timeout_ms=busy_timeout_ms
+        )
+        sqlite.migrate(conn, MIGRATIONS)
+        return cls(conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def create_tenant(
+        self, name: str, *, plan: Plan = "payg", rate_limit_per_minute: int | None = None
+    ) -> tuple[Tenant, IssuedKey]:
+        """Register a tenant with a first admin key, in one transaction."""
+        now = now_us()
+        tenant = Tenant(str(uuid.uuid4()), name, "active", plan, rate_limit_per_minute, now)
+        with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,"
+                " created_at, updated_at) VALUES (?, ?, 'active', ?, ?, ?, ?)",
+                (tenant.tenant_id, name, plan, rate_limit_per_minute, now, now),
+            )
+            key = self._insert_key(tenant.tenant_id, "admin", now)
+        return tenant, key
+
+    def list_tenants(self) -> list[Tenant]:
+        rows = self._conn.execute(
+            "SELECT tenant_id, name, status, plan, rate_limit_per_minute, created_at"
+            " FROM tenants ORDER BY created_at, tenant_id"
+        ).fetchall()
+        return [Tenant(*row) for row in rows]
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        row = self._conn.execute(
+            "SELECT tenant_id, name, status, plan, rate_limit_per_minute, created_at"
+            " FROM tenants WHERE tenant_id = ?",
+            (tenant_id,),
+        ).fetchone()
+        return Tenant(*row) if row else None
+
+    def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant:
+        with sqlite.transaction(self._conn):
+            changed = self._conn.execute(
+                "UPDATE tenants SET status = ?, updated_at = ? WHERE tenant_id = ?",
+                (status, now_us(), tenant_id),
+            ).rowcount
+        tenant = self.get_tenant(tenant_id)
+        if not changed or tenant is None:
+            raise RegistryError(f"no tenant with id {tenant_id}")
+        return tenant
+
+    def create_key(self, tenant_id: str, role: Role = "admin") -> IssuedKey:
+        with sqlite.transaction(self._conn):
+            if (
+                self._conn.execute(
+                    "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id,)
+                ).fetchone()
+                is None
+            ):
+                raise RegistryError(f"no tenant with id {tenant_id}")
+            return self._insert_key(tenant_id, role, now_us())
+
+    def revoke_key(self, key_id: str) -> dict[str, object]:
+        now = now_us()
+        with sqlite.transaction(self._conn):
+            row = self._conn.execute(
+                "SELECT tenant_id, revoked_at FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+            if row is None:
+                raise RegistryError(f"no API key with id {key_id}")
+            tenant_id, revoked_at = row
+            if revoked_at is None:
+                revoked_at = now
+                self._conn.execute(
+                    "UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (now, key_id)
+                )
+        return {"key_id": key_id, "tenant_id": tenant_id, "revoked_at": format_us(revoked_at)}
+
+    def lookup_key(self, api_key: str) -> KeyGrant | None:
+        """The grant of a live key; None for malformed, unknown or revoked keys."""
+        key_id = parse_key_id(api_key)
+        if key_id is None:
+            return None
+        row = self._conn.execute(
+            "SELECT k.key_hash, k.tenant_id, k.role, t.status, t.rate_limit_per_minute"
+            " FROM api_keys k JOIN tenants t USING (tenant_id)"
+            " WHERE k.key_id = ? AND k.revoked_at IS NULL",
+            (key_id,),
+        ).fetchone()
+        if row is None or not hmac.compare_digest(row[0], hash_key(api_key)):
+            return None
+        return KeyGrant(key_id, row[1], row[2], row[3], row[4])
+
+    def check_writable(self) -> None:
+        """A real write to node.sqlite, for readiness: raises sqlite3.Error when it cannot."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO node_health (id, checked_at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                (now_us(),),
+            )
+
+    def _insert_key(self, tenant_id: str, role: Role, now: int) -> IssuedKey:
+        key_id = secrets.token_hex(_KEY_ID_LENGTH // 2)
+        api_key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        self._conn.execute(
+            "INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key_id, tenant_id, hash_key(api_key), role, now),
+        )
+        return IssuedKey(key_id, tenant_id, role, api_key)

@@ -1,0 +1,68 @@
+"""Opening SQLite files the way every edge-node database needs them, and migrating their schema.
+
+Connections run in autocommit mode (`isolation_level=None`) so each store states its own
+transactions with `BEGIN IMMEDIATE`; WAL lets readers proceed while one writer commits.
+Schema versions live in `PRAGMA user_version`: migration N brings a file from N-1 to N.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+Synchronous = Literal["normal", "full"]
+
+
+def connect(
+    path: Path, *, synchronous: Synchronous = "normal", busy_timeout_ms: int = 5000
+) -> sqlite3.Connection:
+    """Open (creating if needed) a database file in WAL mode with foreign keys enforced."""
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, cached_statements=256
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that takes the write lock up front, so it never fails half-way on it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
+    """Apply the migrations this file has not seen yet, each in its own transaction."""
+    (current,) = conn.execute("PRAGMA user_version").fetchone()
+    for version, script in enumerate(migrations, start=1):
+        if version <= current:
+            continue
+        with transaction(conn):
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+    return len(migrations)
+
+
+def _statements(script: str) -> Iterator[str]:
+    # executescript() would commit our transaction, so split the script ourselves; SQLite's
+    # own complete_statement() knows where a statement (trigger bodies included) ends.
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:80]}")

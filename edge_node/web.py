@@ -1,0 +1,89 @@
+"""HTTP plumbing every handler shares: JSON in and out, and errors as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from edge_node.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def problem_response(problem: Problem, instance: str | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(problem.to_document(instance)),
+        status=problem.status,
+        headers=problem.headers,
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as decoded JSON; 415, 413 or 400 problems for anything else."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"send the body as application/json, not {request.content_type or 'nothing'}"
+        )
+    if request.charset not in (None, "utf-8", "UTF-8"):
+        raise UnsupportedMediaType(f"send the body as UTF-8, not {request.charset}")
+    body = await request.read()  # aiohttp raises 413 past client_max_size
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"the body is not valid UTF-8 (byte {exc.start})", slug="invalid-encoding"
+        ) from None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", slug="malformed-json") from None
+
+
+def _translate(exc: web.HTTPException) -> Problem:
+    """aiohttp's own HTTP errors (no route, wrong method, body too large) as our problems."""
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such route")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(
+            f"{exc.method} is not allowed here; use {allowed}", headers={"Allow": allowed}
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge(exc.text or "the request body is too large")
+    problem = Problem(exc.reason, slug="http-error", title=exc.reason)
+    problem.status = exc.status
+    return problem
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error leaves as problem+json; anything unexpected is logged and answered 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except Problem as problem:
+        return problem_response(problem, request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(_translate(exc), request.path)
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return problem_response(Problem("the server failed to answer this request"))
+    return response
