@@ -10,12 +10,13 @@ from aiohttp import web
 
 from edge_node.config import Config
 from edge_node.errors import ServiceUnavailable
+from edge_node.meter import Meter
 from edge_node.openapi import openapi_document
 from edge_node.ratelimit import RateLimiter
 from edge_node.rating.handlers import STORES_KEY, add_routes
 from edge_node.rating.store import TenantStores
 from edge_node.registry import TenantRegistry
-from edge_node.router import ROUTER_KEY, TenantRouter
+from edge_node.router import METER_KEY, ROUTER_KEY, TenantRouter
 from edge_node.tokens import TokenVerifier, load_keys
 from edge_node.web import json_response, problem_middleware
 
@@ -49,14 +50,15 @@ class NodeStorage:
         self.registry.close()
 
 
-def create_app(config: Config, storage: NodeStorage) -> web.Application:
-    """An application serving the v1 API from `storage`; the caller owns (and closes) storage."""
+def create_app(config: Config, storage: NodeStorage, meter: Meter) -> web.Application:
+    """The v1 API served from `storage`, metered by `meter`; the caller owns and closes both."""
     app = web.Application(
         middlewares=[problem_middleware], client_max_size=config.server.max_body_bytes
     )
     app[CONFIG_KEY] = config
     app[REGISTRY_KEY] = storage.registry
     app[STORES_KEY] = storage.stores
+    app[METER_KEY] = meter
     verifier = TokenVerifier(load_keys(config.auth.jwt), config.auth.jwt)
     app[ROUTER_KEY] = TenantRouter(
         storage.registry, verifier, RateLimiter(config.rate_limit.per_minute)

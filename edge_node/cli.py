@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,6 +17,8 @@ from edge_node.config import Config, load_config
 from edge_node.daemon import run, serve
 from edge_node.errors import ConfigError, RegistryError
 from edge_node.ids import is_uuid
+from edge_node.meter import UsageEvent
+from edge_node.queue import QueueStatus, inspect_queue, tail_records
 from edge_node.rating.store import TenantStores
 from edge_node.registry import PLANS, ROLES, TenantRegistry
 
@@ -43,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = tenants.add_parser("create", help="register a tenant and print its first API key")
     create.add_argument("--name", required=True)
     create.add_argument("--plan", choices=PLANS, default="payg")
-    create.add_argument("--rate-limit", type=int, metavar="PER_MINUTE")
+    create.add_argument("--rate-limit", type=_positive_int, metavar="PER_MINUTE")
     create.set_defaults(handler=_tenants_create)
     tenants.add_parser("list", help="list tenants").set_defaults(handler=_tenants_list)
     for action, status in (("suspend", "suspended"), ("resume", "active")):
@@ -61,7 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke = keys.add_parser("revoke", help="revoke an API key by its key id")
     key_revoke.add_argument("key_id")
     key_revoke.set_defaults(handler=_keys_revoke)
+    queue = commands.add_parser("queue", help="inspect the usage queue").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    queue.add_parser("status", help="depth, bytes, oldest event age, cursors").set_defaults(
+        handler=_queue_status
+    )
+    tail = queue.add_parser("tail", help="print the newest usage events")
+    tail.add_argument("-n", type=_positive_int, default=10, metavar="N", help="default 10")
+    tail.set_defaults(handler=_queue_tail)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a positive integer, else a usage error (exit 2)."""
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,8 +120,6 @@ def _registry(config: Config) -> TenantRegistry:
 
 
 def _tenants_create(config: Config, args: argparse.Namespace) -> int:
-    if args.rate_limit is not None and args.rate_limit < 1:
-        raise ConfigError(f"--rate-limit must be a positive integer, got {args.rate_limit}")
     if not 1 <= len(args.name) <= 200:
         raise RegistryError("--name must be 1 to 200 characters")
     registry = _registry(config)
@@ -152,6 +171,57 @@ def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
         return _emit(registry.revoke_key(args.key_id))
     finally:
         registry.close()
+
+
+def _queue_directories(config: Config) -> list[Path]:
+    root = config.data_path / "queue"
+    return sorted(path for path in root.glob("worker-*") if path.is_dir())
+
+
+def _queue_status(config: Config, args: argparse.Namespace) -> int:
+    now = time.time_ns() // 1_000_000
+    return _emit(
+        [
+            {"directory": str(directory), **queue_status_document(inspect_queue(directory), now)}
+            for directory in _queue_directories(config)
+        ]
+    )
+
+
+def queue_status_document(status: QueueStatus, now_ms: int) -> dict[str, Any]:
+    """A queue's status for operators: depth and the age of the oldest unconsumed event."""
+    consumers = {
+        name: {
+            "cursor": consumer.cursor,
+            "depth": consumer.depth,
+            "oldest_unconsumed_age_seconds": None
+            if consumer.oldest_unconsumed_timestamp_ms is None
+            else round((now_ms - consumer.oldest_unconsumed_timestamp_ms) / 1000, 3),
+        }
+        for name, consumer in status.consumers.items()
+    }
+    return {
+        "first_seq": status.first_seq,
+        "last_seq": status.last_seq,
+        "bytes": status.bytes,
+        "segments": status.segment_count,
+        "depth": max((c.depth for c in status.consumers.values()), default=0),
+        "consumers": consumers,
+    }
+
+
+def _queue_tail(config: Config, args: argparse.Namespace) -> int:
+    records = [
+        (record.timestamp_ms, record.seq, directory, record)
+        for directory in _queue_directories(config)
+        for record in tail_records(directory, args.n)
+    ]
+    for _, seq, directory, record in sorted(records, key=lambda r: r[:2])[-args.n :]:
+        event = UsageEvent.decode(record.payload)
+        sys.stdout.write(
+            orjson.dumps({"queue": directory.name, "seq": seq, **asdict(event)}).decode() + "\n"
+        )
+    return 0
 
 
 def _require_uuid(tenant_id: str) -> None:

@@ -110,6 +110,59 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class MeterUnitsConfig:
+    rating_create: int = setting(1, "Units billed for a POST that created a rating.", minimum=0)
+    rating_update: int = setting(1, "Units billed for a POST that replaced a rating.", minimum=0)
+    rating_list: int = setting(1, "Units billed for a page of ratings.", minimum=0)
+    score_read: int = setting(1, "Units billed for an item score read.", minimum=0)
+    rating_delete: int = setting(1, "Units billed for a deleted rating.", minimum=0)
+    user_erase: int = setting(1, "Units billed for a user erasure.", minimum=0)
+
+    def units(self, operation: str) -> int:
+        """Units for an operation name such as `rating.create`; 0 means it does not bill."""
+        return int(getattr(self, operation.replace(".", "_")))
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    enabled: bool = setting(True, "Record a usage event for every billable request served.")
+    durability: Literal["strict", "batched"] = setting(
+        "strict",
+        "`strict`: a response is sent only once its usage event is on disk. `batched`: the "
+        "response does not wait; a crash can lose the events of one group commit.",
+    )
+    on_full: Literal["reject", "serve_unmetered"] = setting(
+        "reject",
+        "When the usage queue is full: `reject` answers billable requests 503 with Retry-After; "
+        "`serve_unmetered` serves them and counts them as unmetered.",
+    )
+    units: MeterUnitsConfig = field(
+        default_factory=MeterUnitsConfig, metadata={"doc": "Units per operation (0: not billed)."}
+    )
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_bytes: int = setting(
+        1 << 30,
+        "Bound on the usage queue's bytes on disk; beyond it see meter.on_full.",
+        minimum=1 << 20,
+    )
+    segment_bytes: int = setting(
+        16 << 20,
+        "Size at which a queue segment file is rolled (at most max_bytes / 2).",
+        minimum=1 << 12,
+    )
+    commit_interval_ms: float = setting(
+        0.0,
+        "How long a group commit waits for more appends before its fsync (0: it takes what "
+        "arrived while the previous fsync ran).",
+        minimum=0,
+        maximum=1000,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     node_id: str = setting("", "This node's id in usage events and sync; default: host name.")
     data_dir: str = setting("./var", "Directory holding node.sqlite, tenants/ and queue/.")
@@ -122,6 +175,10 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig, metadata={"doc": "Credentials."})
     storage: StorageConfig = field(
         default_factory=StorageConfig, metadata={"doc": "Local SQLite storage."}
+    )
+    meter: MeterConfig = field(default_factory=MeterConfig, metadata={"doc": "Usage metering."})
+    queue: QueueConfig = field(
+        default_factory=QueueConfig, metadata={"doc": "The durable usage queue."}
     )
 
     @property

@@ -6,19 +6,25 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from edge_node.app import NodeStorage, create_app
 from edge_node.config import Config
+from edge_node.meter import Meter, open_meter
 
 
 async def serve(config: Config, *, announce: Callable[[str], None] | None = None) -> None:
     """Serve until told to stop; in-flight requests get the configured grace period."""
     storage = NodeStorage.open(config)
+    meter: Meter | None = None
     try:
-        app = create_app(config, storage)
+        meter = await open_meter(
+            config.meter, config.queue, queue_directory(config), config.node_id
+        )
+        app = create_app(config, storage, meter)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -36,7 +42,14 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         await _wait_for_stop_signal()
         await runner.cleanup()
     finally:
+        if meter is not None:
+            await meter.close()
         storage.close()
+
+
+def queue_directory(config: Config, worker: int = 0) -> Path:
+    """Each worker process owns its queue directory, so no two ever share a segment."""
+    return config.data_path / "queue" / f"worker-{worker}"
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

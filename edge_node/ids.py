@@ -1,11 +1,45 @@
-"""Identifier formats shared across the node: tenants and ratings are canonical lower-case UUIDs."""
+"""Identifier formats shared across the node: canonical UUIDs, and time-ordered UUIDv7 event ids."""
 
 from __future__ import annotations
 
 import re
+import secrets
+import time
+import uuid
 
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def is_uuid(value: str) -> bool:
-    return UUID_PATTERN.match(value) is not None
+    return UUID_PATTERN.fullmatch(value) is not None  # match() lets "$" pass a trailing newline
+
+
+class EventIdGenerator:
+    """UUIDv7 (RFC 9562): 48-bit millisecond time, then randomness, so ids sort by time.
+
+    Within one millisecond the 12-bit `rand_a` field counts up from a random start, so the
+    ids one process makes are strictly increasing; the 62 random bits of `rand_b` keep ids
+    of different nodes apart.
+    """
+
+    def __init__(self) -> None:
+        self._last_ms = -1
+        self._counter = 0
+
+    def new(self, now_ms: int | None = None) -> str:
+        ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        if ms > self._last_ms:
+            self._last_ms, self._counter = ms, secrets.randbits(11)
+        else:
+            self._counter += 1
+            if self._counter > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
+                self._last_ms, self._counter = self._last_ms + 1, 0
+            ms = self._last_ms
+        value = (
+            (ms & 0xFFFF_FFFF_FFFF) << 80
+            | 0x7 << 76
+            | self._counter << 64
+            | 0b10 << 62
+            | secrets.randbits(62)
+        )
+        return str(uuid.UUID(int=value))

@@ -7,14 +7,15 @@ from typing import Any
 
 from edge_node import __version__
 from edge_node.errors import PROBLEM_TYPE_BASE
-from edge_node.rating.model import MAX_COMMENT_LENGTH, MAX_ID_LENGTH, MAX_PAGE_SIZE
+from edge_node.rating.model import ID_PATTERN, MAX_COMMENT_LENGTH, MAX_ID_LENGTH, MAX_PAGE_SIZE
 from edge_node.router import API_KEY_HEADER
 
 _ID = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_ID_LENGTH,
-    "description": "1 to 128 printable characters.",
+    "pattern": ID_PATTERN,
+    "description": "1 to 128 characters, none of them a control character.",
 }
 _UUID = {
     "type": "string",
@@ -64,6 +65,11 @@ _TENANT_ERRORS = {
             **_RATE_HEADERS,
             "Retry-After": {"schema": {"type": "integer", "minimum": 0}},
         },
+    ),
+    "503": _problem(
+        "The usage queue is full (meter.on_full = reject: nothing was done) or the usage of a"
+        " request carried out could not be recorded durably.",
+        {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
     ),
     "default": _problem("Any other error, always as problem+json."),
 }
@@ -216,7 +222,7 @@ def _paths() -> dict[str, Any]:
     cursor = _param(
         "cursor",
         "query",
-        {"type": "string"},
+        {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_-]+$"},
         required=False,
         description="`next_cursor` of the previous page.",
     )

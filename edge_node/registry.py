@@ -116,6 +116,7 @@ def parse_key_id(api_key: str) -> str | None:
     """The key id inside a well-formed key, or None for anything else."""
     if (
         len(api_key) < len(KEY_PREFIX) + _KEY_ID_LENGTH + 2
+        or not api_key.isascii()  # keys are ASCII; header bytes that are not cannot be hashed
         or not api_key.startswith(KEY_PREFIX)
         or api_key[len(KEY_PREFIX) + _KEY_ID_LENGTH] != "_"
     ):

@@ -4,19 +4,23 @@ Every tenant route is wrapped by `guarded(role)`. In order, a request must: carr
 credential that verifies (401), name a well-formed tenant in its path (400) that is the
 credential's own tenant (403, whether or not that other tenant exists), belong to a tenant
 that is not suspended (403), find a token in its tenant's bucket (429), and hold at least
-the role the route needs (403). Only then does the handler run, with the TenantContext.
+the role the route needs (403). Only then does the handler run, with the TenantContext,
+and what it served is metered (`edge_node.meter`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from edge_node.errors import BadRequest, Forbidden, Problem, RateLimited, Unauthorized
 from edge_node.ids import is_uuid
+from edge_node.meter import Meter
 from edge_node.ratelimit import RateDecision, RateLimiter
 from edge_node.registry import ROLES, Role, TenantRegistry, TenantStatus
 from edge_node.tokens import TokenVerifier
@@ -50,11 +54,14 @@ class TenantRouter:
         self.limiter = limiter
 
     def authenticate(self, request: web.Request) -> tuple[TenantContext, TenantStatus]:
-        api_key = request.headers.get(API_KEY_HEADER)
-        authorization = request.headers.get("Authorization")
-        if api_key is not None and authorization is not None:
+        headers = request.headers
+        api_key = headers.get(API_KEY_HEADER)
+        authorization = headers.get("Authorization")
+        if (api_key is not None and authorization is not None) or (
+            len(headers.getall(API_KEY_HEADER, ())) + len(headers.getall("Authorization", ())) > 1
+        ):
             raise BadRequest(
-                f"send one credential: {API_KEY_HEADER} or Authorization, not both",
+                f"send one credential: one {API_KEY_HEADER} or one Authorization header",
                 slug="ambiguous-credentials",
             )
         if api_key is not None:
@@ -122,25 +129,53 @@ class TenantRouter:
 
 
 ROUTER_KEY = web.AppKey("router", TenantRouter)
+METER_KEY = web.AppKey("meter", Meter)
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamResponse]]
 
 
-def guarded(
-    needed: Role,
-) -> Callable[[TenantHandler], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
-    """Admit the request for a route needing `needed`, then run the handler with its context."""
+def request_id_of(request: web.Request) -> str:
+    """The client's X-Request-Id when it is a sane token, else a fresh one."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID.match(given):
+        return given
+    return uuid.uuid4().hex
 
-    def decorate(handler: TenantHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+
+def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[TenantHandler], Handler]:
+    """Admit a request needing `needed`, run the handler, and meter what it served.
+
+    `operation` names what the route does for billing; a mapping picks it by response
+    status (a POST that created bills `rating.create`, one that replaced `rating.update`).
+    """
+    by_status = operation if isinstance(operation, Mapping) else {}
+    default = operation if isinstance(operation, str) else next(iter(by_status.values()))
+    operations = (default, *by_status.values())
+
+    def decorate(handler: TenantHandler) -> Handler:
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
             context, decision = request.app[ROUTER_KEY].admit(request, needed)
+            request_id = request_id_of(request)
+            headers = {**decision.headers(), REQUEST_ID_HEADER: request_id}
+            meter = request.app[METER_KEY]
             try:
-                response = await handler(request, context)
+                reserved = meter.bills(operations) and meter.reserve()
+                try:
+                    response = await handler(request, context)
+                    if reserved:
+                        served = by_status.get(response.status, default)
+                        await meter.record(context.tenant_id, served, response.status, request_id)
+                finally:
+                    if reserved:
+                        meter.release()
             except Problem as problem:
-                problem.headers = {**decision.headers(), **problem.headers}
+                problem.headers = {**headers, **problem.headers}
                 raise
-            response.headers.update(decision.headers())
+            response.headers.update(headers)
             return response
 
         return admitted

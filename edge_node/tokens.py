@@ -106,6 +106,8 @@ class TokenVerifier:
 
     def _verify_signature(self, token: str) -> TokenClaims:
         try:
+            if not token.isascii():  # a JWS is base64url and dots; PyJWT cannot encode the rest
+                raise jwt.DecodeError("not ASCII")
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthorized("the bearer token is malformed", slug="invalid-token") from None

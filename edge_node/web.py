@@ -43,7 +43,13 @@ async def read_json(request: web.Request) -> Any:
         )
     if request.charset not in (None, "utf-8", "UTF-8"):
         raise UnsupportedMediaType(f"send the body as UTF-8, not {request.charset}")
-    body = await request.read()  # aiohttp raises 413 past client_max_size
+    try:
+        body = await request.read()  # aiohttp raises 413 past client_max_size
+    except web.RequestPayloadError:
+        # A Content-Encoding (gzip, deflate) stream that does not decompress, or broken framing.
+        raise BadRequest(
+            "the body could not be decoded (check its Content-Encoding)", slug="invalid-encoding"
+        ) from None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:

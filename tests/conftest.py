@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.support import RunningNode, SigningKeys, make_signing_keys, node_config, start_node
 
@@ -15,13 +18,30 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> SigningKeys:
     return make_signing_keys(tmp_path_factory.mktemp("keys"))
 
 
+NodeFactory = Callable[..., Awaitable[RunningNode]]
+
+
 @pytest.fixture
-async def node(tmp_path: Path, signing_keys: SigningKeys) -> AsyncIterator[RunningNode]:
-    """A fresh edge node on loopback with its own data directory."""
-    running, runner = await start_node(node_config(tmp_path / "var", signing_keys), signing_keys)
-    try:
-        yield running
-    finally:
+async def make_node(tmp_path: Path, signing_keys: SigningKeys) -> AsyncIterator[NodeFactory]:
+    """Starts edge nodes on loopback with configuration overrides (dotted keys); stops them all."""
+    started: list[tuple[RunningNode, web.AppRunner]] = []
+
+    async def start(*, fsync: Callable[[int], None] = os.fsync, **overrides: Any) -> RunningNode:
+        data_dir = tmp_path / f"var{len(started)}"
+        config = node_config(data_dir, signing_keys, **overrides)
+        running, runner = await start_node(config, signing_keys, fsync=fsync)
+        started.append((running, runner))
+        return running
+
+    yield start
+    for running, runner in reversed(started):
         await running.session.close()
         await runner.cleanup()
+        await running.meter.close()
         running.storage.close()
+
+
+@pytest.fixture
+async def node(make_node: NodeFactory) -> RunningNode:
+    """A fresh edge node on loopback with its own data directory and default configuration."""
+    return await make_node()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from edge_node.app import NodeStorage, create_app
 from edge_node.config import Config, load_config
+from edge_node.daemon import queue_directory
+from edge_node.meter import Meter, open_meter
 
 HS256_SECRET = b"edge-node-test-secret-0123456789abcdef"
 
@@ -30,8 +34,9 @@ class SigningKeys:
     files: list[dict[str, str]] = field(default_factory=list)
 
     def private_key(self, algorithm: str) -> Any:
-        return {"HS256": self.hs256, "RS256": self.rs256, "ES256": self.es256,
-                "EdDSA": self.eddsa}[algorithm]
+        return {"HS256": self.hs256, "RS256": self.rs256, "ES256": self.es256, "EdDSA": self.eddsa}[
+            algorithm
+        ]
 
 
 def make_signing_keys(directory: Path) -> SigningKeys:
@@ -45,20 +50,33 @@ def make_signing_keys(directory: Path) -> SigningKeys:
     )
     (directory / "hs256.secret").write_bytes(HS256_SECRET + b"\n")
     keys.files.append({"algorithm": "HS256", "file": str(directory / "hs256.secret")})
-    for algorithm, private in (("RS256", keys.rs256), ("ES256", keys.es256),
-                               ("EdDSA", keys.eddsa)):
+    for algorithm, private in (("RS256", keys.rs256), ("ES256", keys.es256), ("EdDSA", keys.eddsa)):
         path = directory / f"{algorithm.lower()}.pem"
-        path.write_bytes(private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        path.write_bytes(
+            private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         keys.files.append({"algorithm": algorithm, "file": str(path)})
     return keys
 
 
-def make_token(keys: SigningKeys, tenant_id: str, role: str = "admin", *,
-               algorithm: str = "HS256", sub: str | None = None, ttl: float = 300,
-               **claims: Any) -> str:
-    payload: dict[str, Any] = {"tenant_id": tenant_id, "role": role,
-                               "exp": int(time.time() + ttl), **claims}
+def make_token(
+    keys: SigningKeys,
+    tenant_id: str,
+    role: str = "admin",
+    *,
+    algorithm: str = "HS256",
+    sub: str | None = None,
+    ttl: float = 300,
+    **claims: Any,
+) -> str:
+    payload: dict[str, Any] = {
+        "tenant_id": tenant_id,
+        "role": role,
+        "exp": int(time.time() + ttl),
+        **claims,
+    }
     if sub is not None:
         payload["sub"] = sub
     return jwt.encode(payload, keys.private_key(algorithm), algorithm=algorithm)
@@ -81,14 +99,17 @@ class RunningNode:
 
     config: Config
     storage: NodeStorage
+    meter: Meter
     url: str
     session: aiohttp.ClientSession
     keys: SigningKeys
 
-    def create_tenant(self, name: str = "acme", *, plan: str = "payg",
-                      rate_limit: int | None = None) -> Tenant:
+    def create_tenant(
+        self, name: str = "acme", *, plan: str = "payg", rate_limit: int | None = None
+    ) -> Tenant:
         tenant, key = self.storage.registry.create_tenant(
-            name, plan=plan, rate_limit_per_minute=rate_limit)  # type: ignore[arg-type]
+            name, plan=plan, rate_limit_per_minute=rate_limit
+        )  # type: ignore[arg-type]
         return Tenant(tenant.tenant_id, key.api_key, key.key_id)
 
     def tenant_url(self, tenant_id: str, path: str = "") -> str:
@@ -99,18 +120,29 @@ class RunningNode:
 
 
 def node_config(data_dir: Path, keys: SigningKeys, **overrides: Any) -> Config:
-    return load_config(environ={}, overrides={
-        "data_dir": str(data_dir), "node_id": "test-node", "server.port": 0,
-        "auth.jwt.keys": keys.files, **overrides,
-    })
+    return load_config(
+        environ={},
+        overrides={
+            "data_dir": str(data_dir),
+            "node_id": "test-node",
+            "server.port": 0,
+            "auth.jwt.keys": keys.files,
+            **overrides,
+        },
+    )
 
 
-async def start_node(config: Config, keys: SigningKeys) -> tuple[RunningNode, web.AppRunner]:
+async def start_node(
+    config: Config, keys: SigningKeys, *, fsync: Callable[[int], None] = os.fsync
+) -> tuple[RunningNode, web.AppRunner]:
     storage = NodeStorage.open(config)
-    runner = web.AppRunner(create_app(config, storage), access_log=None)
+    meter = await open_meter(
+        config.meter, config.queue, queue_directory(config), config.node_id, fsync=fsync
+    )
+    runner = web.AppRunner(create_app(config, storage, meter), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
     session = aiohttp.ClientSession()
-    return RunningNode(config, storage, f"http://{host}:{port}", session, keys), runner
+    return RunningNode(config, storage, meter, f"http://{host}:{port}", session, keys), runner

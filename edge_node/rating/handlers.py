@@ -32,7 +32,7 @@ def _bound_user(context: TenantContext, user_id: str, action: str) -> None:
         )
 
 
-@guarded("writer")
+@guarded("writer", {201: "rating.create", 200: "rating.update"})
 async def put_rating(request: web.Request, context: TenantContext) -> web.StreamResponse:
     rating = parse_rating(await read_json(request))
     if context.subject is not None and context.role != "admin":
@@ -41,7 +41,7 @@ async def put_rating(request: web.Request, context: TenantContext) -> web.Stream
     return json_response(stored.to_json(), status=201 if created else 200)
 
 
-@guarded("reader")
+@guarded("reader", "rating.list")
 async def list_ratings(request: web.Request, context: TenantContext) -> web.StreamResponse:
     query = request.query
     errors = [
@@ -75,14 +75,14 @@ async def list_ratings(request: web.Request, context: TenantContext) -> web.Stre
     )
 
 
-@guarded("reader")
+@guarded("reader", "score.read")
 async def item_score(request: web.Request, context: TenantContext) -> web.StreamResponse:
     item_id = check_id("item_id", request.match_info["item_id"])
     score = request.app[STORES_KEY].get(context.tenant_id).score(item_id)
     return json_response(score.to_json())
 
 
-@guarded("writer")
+@guarded("writer", "rating.delete")
 async def delete_rating(request: web.Request, context: TenantContext) -> web.StreamResponse:
     rid = check_uuid("rating_id", request.match_info["rating_id"])
     if context.role != "admin" and context.subject is None:
@@ -102,7 +102,7 @@ async def delete_rating(request: web.Request, context: TenantContext) -> web.Str
     return web.Response(status=204)
 
 
-@guarded("writer")
+@guarded("writer", "user.erase")
 async def erase_user(request: web.Request, context: TenantContext) -> web.StreamResponse:
     user_id = check_id("user_id", request.match_info["user_id"])
     _bound_user(context, user_id, "erase")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,11 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 RATING_FIELDS = frozenset({"user_id", "item_id", "score", "comment"})
 _CURSOR_VERSION = 1
+_SQLITE_INTEGERS = range(-(2**63), 2**63)  # a cursor position past these cannot be bound
+# Ids are printable text: any character but the C0 and C1 control characters (Unicode Cc),
+# which would let an id forge log lines or confuse terminals. The OpenAPI pattern says the same.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+ID_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +88,8 @@ def id_problem(value: object) -> str | None:
         return "must be a string"
     if not 1 <= len(value) <= MAX_ID_LENGTH:
         return f"must be 1 to {MAX_ID_LENGTH} characters"
-    if not value.isprintable():
-        return "must contain only printable characters"
+    if CONTROL_CHARACTERS.search(value):
+        return "must not contain control characters"
     return None
 
 
@@ -97,10 +103,10 @@ def parse_rating(body: object) -> RatingInput:
             errors.append(field_error(name, "is required"))
         elif (reason := id_problem(body[name])) is not None:
             errors.append(field_error(name, reason))
-    score = body.get("score")
+    score = _integral(body.get("score"))
     if "score" not in body:
         errors.append(field_error("score", "is required"))
-    elif type(score) is not int or not 1 <= score <= 5:
+    elif score is None or not 1 <= score <= 5:
         errors.append(field_error("score", "must be an integer from 1 to 5"))
     comment = body.get("comment")
     if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_LENGTH):
@@ -111,7 +117,17 @@ def parse_rating(body: object) -> RatingInput:
         )
     if errors:
         raise BadRequest("the rating is invalid", slug="invalid-body", errors=errors)
-    return RatingInput(body["user_id"], body["item_id"], score, comment)  # type: ignore[arg-type]
+    assert score is not None
+    return RatingInput(body["user_id"], body["item_id"], score, comment)
+
+
+def _integral(value: object) -> int | None:
+    """JSON Schema's notion of an integer: 4 and 4.0 are both the integer 4; true is not."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
 
 
 def check_id(name: str, value: str) -> str:
@@ -137,7 +153,8 @@ def check_uuid(name: str, value: str) -> str:
 def parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    # isdigit() alone admits '²' and other non-ASCII digits, which int() rejects or misreads.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         reason = f"must be an integer from 1 to {MAX_PAGE_SIZE}"
         raise BadRequest(
             f"limit {reason}", slug="invalid-parameter", errors=[field_error("limit", reason)]
@@ -153,13 +170,14 @@ def encode_cursor(rating: Rating) -> str:
 def decode_cursor(raw: str) -> tuple[int, str]:
     """The (created_at, id) position a cursor stands for; 400 for anything we did not issue."""
     try:
-        packed = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        packed = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)
         version, created_at, rid = orjson.loads(packed)
     except (binascii.Error, ValueError, TypeError):
         version = created_at = rid = None
     if (
         version != _CURSOR_VERSION
         or type(created_at) is not int
+        or created_at not in _SQLITE_INTEGERS
         or not isinstance(rid, str)
         or not is_uuid(rid)
     ):

@@ -1,0 +1,266 @@
+"""The write-ahead queue: durable appends with group commit, named consumers, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from edge_node.queue.cursors import check_consumer_name
+from edge_node.queue.errors import CorruptRecord, QueueClosed, QueueFull
+from edge_node.queue.framing import HEADER_SIZE, MAX_PAYLOAD_BYTES, Record
+from edge_node.queue.opening import OpenedDirectory, open_directory
+from edge_node.queue.reader import read_records, read_tail
+from edge_node.queue.scanning import Damage
+from edge_node.queue.segments import SegmentCatalog, delete_segment_files
+from edge_node.queue.settings import QueueSettings
+from edge_node.queue.status import QueueStats, QueueStatus, describe
+from edge_node.queue.writer import GroupCommitter
+
+_T = TypeVar("_T")
+
+
+async def open_queue(
+    directory: str | os.PathLike[str],
+    *,
+    consumers: Iterable[str] = (),
+    settings: QueueSettings | None = None,
+    fsync: Callable[[int], None] = os.fsync,
+) -> WriteAheadQueue:
+    """Lock, recover and open the queue in `directory` (created if missing).
+
+    `consumers` are declared up front so retention keeps every record for them from the
+    start; cursors already on disk are kept too. `fsync` is called for every durability
+    point (segments, the directory, cursor files); tests pass a wrapper to observe them.
+    """
+    path = Path(directory)
+    names = tuple(dict.fromkeys(check_consumer_name(name) for name in consumers))
+    opened = await asyncio.to_thread(open_directory, path, names, fsync)
+    return WriteAheadQueue(path, settings or QueueSettings(), opened)
+
+
+class WriteAheadQueue:
+    """A crash-safe, size-bounded queue of byte records in one directory owned by one process.
+
+    Create it with `open_queue`. An acknowledged append (its awaitable has resolved) survives
+    SIGKILL and power loss; a full queue refuses appends instead of dropping records.
+    """
+
+    def __init__(self, directory: Path, settings: QueueSettings, opened: OpenedDirectory):
+        self.directory = directory
+        self.settings = settings
+        self.stats = QueueStats(
+            truncated_tail_records=opened.report.truncated_records,
+            truncated_tail_bytes=opened.report.truncated_bytes,
+            deleted_segments=opened.deleted_segments,
+        )
+        self._opened = opened
+        self._catalog = opened.catalog
+        self._cursors = opened.cursors
+        self._reserved_bytes = opened.catalog.total_bytes
+        self._damage_seen: set[tuple[str, int]] = set()
+        self._count_damage(opened.report.damaged)
+        self._committer = GroupCommitter(
+            opened.catalog,
+            opened.appender,
+            settings.segment_bytes,
+            settings.commit_interval,
+            self.stats,
+        )
+        self._commit_lock = asyncio.Lock()
+        self._closing = False
+        self._close_task: asyncio.Task[None] | None = None
+
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        """Every consumer with a cursor: those declared now and those found on disk."""
+        return tuple(sorted(self._cursors))
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the newest durable record (0 before the first append)."""
+        return self._catalog.last_seq
+
+    def free_bytes(self) -> int:
+        """Bytes appends may still take before QueueFull; a record takes 32 + its payload."""
+        return self.settings.max_bytes - self._reserved_bytes
+
+    def append_nowait(
+        self, payload: bytes, *, timestamp_ms: int | None = None
+    ) -> asyncio.Future[int]:
+        """Queue a record now; the future resolves to its sequence number once it is durable.
+
+        Raises QueueFull (nothing written, nothing dropped) or QueueClosed at the call.
+        `timestamp_ms` defaults to the wall clock and is what status() reports as the age
+        of the oldest unconsumed record.
+        """
+        if self._closing:
+            raise QueueClosed(self.directory)
+        if type(payload) is not bytes:
+            payload = bytes(payload)  # a bytearray could change before it is written
+        size = HEADER_SIZE + len(payload)
+        self._check_record(size, timestamp_ms)
+        if self._reserved_bytes + size > self.settings.max_bytes:
+            raise QueueFull(
+                self.directory, self._reserved_bytes, self.settings.max_bytes, self._slowest()
+            )
+        if timestamp_ms is None:
+            timestamp_ms = time.time_ns() // 1_000_000
+        future = self._committer.submit(payload, timestamp_ms)
+        self._reserved_bytes += size
+        return future
+
+    async def append(self, payload: bytes, *, timestamp_ms: int | None = None) -> int:
+        """Append a record and return its sequence number once it is durable."""
+        return await self.append_nowait(payload, timestamp_ms=timestamp_ms)
+
+    async def flush(self) -> None:
+        """Wait until every append made so far is durable (or has failed)."""
+        await self._committer.drain()
+
+    async def read(self, consumer: str, max_records: int = 1000) -> list[Record]:
+        """Up to `max_records` durable records after the consumer's cursor, oldest first.
+
+        Reading does not move the cursor: the same records come back until `commit`. Raises
+        CorruptRecord when the next record the consumer needs cannot be read.
+        """
+        self._ensure_open()
+        if max_records < 1:
+            raise ValueError(f"max_records must be at least 1, got {max_records}")
+        cursor, end = self._cursor(consumer), self._catalog.last_seq
+        if cursor >= end:
+            return []
+        result = await self._consult(
+            lambda catalog: read_records(catalog, cursor + 1, max_records, end)
+        )
+        self._count_damage(result.damage)
+        if not result.records and result.loss is not None:
+            loss = result.loss
+            raise CorruptRecord(consumer, loss.segment, loss.offset, loss.first_seq, loss.last_seq)
+        return result.records
+
+    async def commit(self, consumer: str, up_to_seq: int) -> None:
+        """Durably record that the consumer has handled every record up to `up_to_seq`."""
+        self._ensure_open()
+        self._cursor(consumer)
+        async with self._commit_lock:
+            cursor, last = self._cursors[consumer], self._catalog.last_seq
+            if up_to_seq < cursor:
+                raise ValueError(
+                    f"consumer {consumer!r} has committed {cursor}; cursors only move forward, "
+                    f"got {up_to_seq}"
+                )
+            if up_to_seq > last:
+                raise ValueError(
+                    f"consumer {consumer!r} cannot commit {up_to_seq}: the newest durable "
+                    f"record is {last}"
+                )
+            if up_to_seq == cursor:
+                return
+            await asyncio.to_thread(self._opened.cursor_store.save, consumer, up_to_seq)
+            self._cursors[consumer] = up_to_seq
+            await self._delete_consumed_segments()
+
+    async def status(self) -> QueueStatus:
+        """A snapshot for operators: bytes, segments, and depth and cursor per consumer."""
+        self._ensure_open()
+        cursors, max_bytes = dict(self._cursors), self.settings.max_bytes
+        return await self._consult(
+            lambda catalog: describe(self.directory, catalog, cursors, max_bytes)
+        )
+
+    async def tail(self, count: int) -> list[Record]:
+        """The newest `count` durable records, oldest first (damaged ones left out)."""
+        self._ensure_open()
+        return await self._consult(lambda catalog: read_tail(catalog, count))
+
+    async def close(self) -> None:
+        """Make every pending append durable, then release the files and the lock."""
+        if self._close_task is None:
+            self._closing = True
+            self._close_task = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def __aenter__(self) -> WriteAheadQueue:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _close(self) -> None:
+        await self._committer.drain()
+        async with self._commit_lock:
+            self._committer.close()
+            os.close(self._opened.directory_fd)
+            self._opened.lock.release()
+
+    def _check_record(self, size: int, timestamp_ms: int | None) -> None:
+        """Refuse, before it is queued, a record that could never be written."""
+        limit = min(HEADER_SIZE + MAX_PAYLOAD_BYTES, self.settings.segment_bytes)
+        if size > limit:
+            raise ValueError(
+                f"a queue record takes at most {limit} bytes with its {HEADER_SIZE}-byte "
+                f"header, got {size}"
+            )
+        if timestamp_ms is not None and not 0 <= timestamp_ms < 2**64:
+            raise ValueError(f"timestamp_ms must be a u64 (ms since the epoch), got {timestamp_ms}")
+
+    def _ensure_open(self) -> None:
+        if self._closing:
+            raise QueueClosed(self.directory)
+
+    def _cursor(self, consumer: str) -> int:
+        """The consumer's committed position; ValueError naming the known ones otherwise."""
+        try:
+            return self._cursors[consumer]
+        except KeyError:
+            known = ", ".join(repr(name) for name in self.consumers) or "none"
+            raise ValueError(
+                f"unknown queue consumer {consumer!r} (known: {known}); declare it in "
+                "open_queue(consumers=...)"
+            ) from None
+
+    def _slowest(self) -> str | None:
+        """The consumer holding back retention the most."""
+        return min(self._cursors, key=self._cursors.__getitem__, default=None)
+
+    async def _consult(self, read: Callable[[SegmentCatalog], _T]) -> _T:
+        """Run a read on a snapshot of the segments in a worker thread.
+
+        Retention may delete a segment a snapshot still lists (another consumer committed
+        meanwhile); the read is then simply retried on a fresh snapshot.
+        """
+        for attempt in range(3):
+            try:
+                return await asyncio.to_thread(read, self._catalog.snapshot())
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _delete_consumed_segments(self) -> None:
+        """Delete the segments every consumer has passed."""
+        gone = self._catalog.behind(min(self._cursors.values()))
+        if not gone:
+            return
+        await asyncio.to_thread(delete_segment_files, [segment.path for segment in gone])
+        self._catalog.drop(gone)
+        self._reserved_bytes -= sum(segment.size for segment in gone)
+        self.stats.deleted_segments += len(gone)
+
+    def _count_damage(self, damage: list[tuple[Path, Damage]]) -> None:
+        """Count each damaged run once, however many reads cross it."""
+        for path, run in damage:
+            key = (path.name, run.offset)
+            if key not in self._damage_seen:
+                self._damage_seen.add(key)
+                self.stats.corrupt_records += 1

@@ -1,0 +1,193 @@
+"""Group commit: appends that arrive together share one write() and one fsync.
+
+Appends are queued on the event loop. One flush task takes everything queued, encodes it,
+and hands it to a dedicated writer thread that writes it and fsyncs it, so the loop keeps
+serving meanwhile; appends that arrive during that fsync form the next batch. Each append's
+future resolves only after the fsync that covers its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_node.queue.errors import QueueWriteError
+from edge_node.queue.framing import HEADER_SIZE, encode_into
+from edge_node.queue.segments import Segment, SegmentCatalog, segment_name
+from edge_node.queue.status import QueueStats
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """The part of a batch that goes to one segment."""
+
+    segment: Segment
+    created: bool
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+class SegmentAppender:
+    """Appends batches to segment files; used by one writer thread, one batch at a time."""
+
+    def __init__(self, active: Path, directory_fd: int, fsync: Callable[[int], None]):
+        self._fd = os.open(active, os.O_WRONLY | os.O_APPEND)
+        self._directory_fd = directory_fd
+        self._fsync = fsync
+
+    def write(self, chunks: list[_Chunk]) -> None:
+        """Write and fsync each chunk, rolling to new segment files where the plan says."""
+        created = False
+        for chunk in chunks:
+            if chunk.created:
+                self._roll(chunk.segment.path)
+                created = True
+            _write_all(self._fd, b"".join(chunk.parts))
+            # Each segment is durable before the next exists: only the last can be torn.
+            self._fsync(self._fd)
+        if created:
+            self._fsync(self._directory_fd)
+
+    def close(self) -> None:
+        """Close the active segment's file."""
+        os.close(self._fd)
+
+    def _roll(self, path: Path) -> None:
+        """Make a new, empty segment file the one appended to."""
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(self._fd)
+        self._fd = fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written; a short write is legal for large buffers."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class GroupCommitter:
+    """Queues appends and commits them in batches; owns sequence numbering."""
+
+    def __init__(
+        self,
+        catalog: SegmentCatalog,
+        appender: SegmentAppender,
+        segment_bytes: int,
+        commit_interval: float,
+        stats: QueueStats,
+    ):
+        self._loop = asyncio.get_running_loop()
+        self._catalog = catalog
+        self._appender = appender
+        self._segment_bytes = segment_bytes
+        self._commit_interval = commit_interval
+        self._stats = stats
+        self._directory = catalog.active.path.parent
+        self._next_seq = catalog.last_seq + 1
+        self._payloads: list[bytes] = []
+        self._timestamps: list[int] = []
+        self._futures: list[asyncio.Future[int]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
+
+    @property
+    def pending(self) -> int:
+        """Appends queued for the next batch."""
+        return len(self._futures)
+
+    def submit(self, payload: bytes, timestamp_ms: int) -> asyncio.Future[int]:
+        """Queue one record; the future gives its sequence number once it is durable."""
+        if self._failure is not None:
+            raise QueueWriteError(self._directory, self._failure)
+        future = self._loop.create_future()
+        self._payloads.append(payload)
+        self._timestamps.append(timestamp_ms)
+        self._futures.append(future)
+        self._next_seq += 1
+        if self._task is None:
+            self._task = self._loop.create_task(self._run())
+        return future
+
+    async def drain(self) -> None:
+        """Wait until every queued append has been committed (or failed)."""
+        while self._task is not None:
+            # Shielded: a caller giving up on close() must not abort a half-done batch.
+            await asyncio.shield(self._task)
+
+    def close(self) -> None:
+        """Release the writer thread and the segment file; call after drain()."""
+        self._thread.shutdown(wait=True)
+        self._appender.close()
+
+    async def _run(self) -> None:
+        try:
+            while self._futures and self._failure is None:
+                if self._commit_interval:
+                    await asyncio.sleep(self._commit_interval)
+                await self._commit_batch()
+        finally:
+            self._task = None
+
+    async def _commit_batch(self) -> None:
+        """Write everything queued as one batch and resolve its futures."""
+        payloads, timestamps, futures = self._payloads, self._timestamps, self._futures
+        self._payloads, self._timestamps, self._futures = [], [], []
+        first_seq = self._next_seq - len(futures)
+        try:
+            chunks = self._plan(payloads, timestamps, first_seq)
+            await self._loop.run_in_executor(self._thread, self._appender.write, chunks)
+        except asyncio.CancelledError as exc:
+            self._fail(exc, futures)
+            raise
+        except Exception as exc:
+            self._fail(exc, futures)
+            return
+        self._apply(chunks, first_seq, len(futures))
+        for seq, future in enumerate(futures, first_seq):
+            if not future.done():
+                future.set_result(seq)
+
+    def _plan(self, payloads: list[bytes], timestamps: list[int], first_seq: int) -> list[_Chunk]:
+        """Encode the batch, split where a segment must roll."""
+        segment = self._catalog.active
+        chunk = _Chunk(segment, created=False)
+        chunks = [chunk]
+        offset = segment.size
+        for batch_index, payload in enumerate(payloads):
+            seq = first_seq + batch_index
+            size = HEADER_SIZE + len(payload)
+            if offset and offset + size > self._segment_bytes:
+                segment = Segment(seq, self._directory / segment_name(seq), 0, [])
+                chunk = _Chunk(segment, created=True)
+                chunks.append(chunk)
+                offset = 0
+            # Indexing before the write is safe: readers only look up durable records.
+            segment.note_frame(seq, offset)
+            encode_into(chunk.parts, payload, seq, batch_index, timestamps[batch_index])
+            chunk.size += size
+            offset += size
+        return [chunk for chunk in chunks if chunk.size]
+
+    def _apply(self, chunks: list[_Chunk], first_seq: int, count: int) -> None:
+        """Publish a durable batch: new segments, sizes, the newest sequence number."""
+        for chunk in chunks:
+            if chunk.created:
+                self._catalog.add(chunk.segment)
+            chunk.segment.size += chunk.size
+        self._catalog.last_seq = first_seq + count - 1
+        self._stats.appended_records += count
+        self._stats.group_commits += 1
+
+    def _fail(self, exc: BaseException, batch: list[asyncio.Future[int]]) -> None:
+        """Fail this batch and everything queued; no later append is accepted."""
+        self._failure = exc
+        for future in batch + self._futures:
+            if not future.done():
+                future.set_exception(QueueWriteError(self._directory, exc))
+        self._payloads, self._timestamps, self._futures = [], [], []
