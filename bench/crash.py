@@ -144,12 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # still print what was done, and keep the evidence
         totals.error = f"{type(exc).__name__}: {exc}"
     print(summary(totals, seed, data_dir, interrupted), flush=True)
-    clean = not totals.violations and totals.error is None and not interrupted
+    clean = not totals.violations and totals.error is None
     if temporary and clean:
         shutil.rmtree(data_dir.parent, ignore_errors=True)
     elif not clean:
         print(f"kept for inspection: {data_dir} and {daemon_log(data_dir)}")
-    return 0 if clean or (interrupted and not totals.violations) else 1
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 START_TIMEOUT_SECONDS = 30.0
 NOISY_SHARE = 0.10  # other processes using this much of the server's CPU make a run noise
+SATURATED_SHARE = 0.90  # a baseline using less of its CPU was not the bottleneck
 
 
 @dataclass(frozen=True)
@@ -322,14 +323,27 @@ def markdown(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], s: Sett
             f" | {cpu_cell(row)} | {ratio} | {target} |"
         )
     lines += ["", *machine_lines(info, s)]
-    busy = max(rows, key=lambda row: row["others_cpu"] or 0)
-    if (busy["others_cpu"] or 0) >= NOISY_SHARE:
-        lines.append(
-            f"**WARNING**: other processes took up to {busy['others_cpu']:.0%} of the server's"
-            f" CPU ({busy['scenario']}): the machine is busy and the ratios are unreliable."
-        )
+    lines += [f"**WARNING**: {warning}" for warning in noise_warnings(rows)]
     lines += [f"**ERROR**: {problem}" for problem in problems(rows)]
     return "\n".join(lines)
+
+
+def noise_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Why these figures may not be the servers' own: a busy machine, an unsaturated baseline."""
+    warnings = []
+    busy = max(rows, key=lambda row: row["others_cpu"] or 0)
+    if (busy["others_cpu"] or 0) >= NOISY_SHARE:
+        warnings.append(
+            f"other processes took up to {busy['others_cpu']:.0%} of the server's CPU"
+            f" ({busy['scenario']}): the machine is busy and the ratios are unreliable."
+        )
+    warnings += [
+        f"{row['scenario']} kept its server only {row['server_cpu']:.0%} busy: the load"
+        " generator (or the machine) held it back, so ratios against it are overstated."
+        for row in rows
+        if row["server"] == "baseline" and row["server_cpu"] < SATURATED_SHARE
+    ]
+    return warnings
 
 
 def cpu_cell(row: Mapping[str, Any]) -> str:

@@ -76,7 +76,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready: node.sqlite takes a real write and the tenant directory is writable."""
+    """Ready: node.sqlite takes a write, the tenant directory is writable, the queue writes."""
     try:
         request.app[REGISTRY_KEY].check_writable()
     except sqlite3.Error as exc:
@@ -84,6 +84,11 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     tenants_dir = request.app[STORES_KEY].directory
     if not os.access(tenants_dir, os.W_OK | os.X_OK):
         raise ServiceUnavailable(f"{tenants_dir} is not writable", slug="not-ready")
+    queue = request.app[METER_KEY].queue
+    if queue is not None and queue.write_failure is not None:
+        raise ServiceUnavailable(
+            f"the usage queue cannot write: {queue.write_failure}", slug="not-ready"
+        )
     return json_response({"status": "ready"})
 
 

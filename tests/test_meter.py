@@ -284,3 +284,43 @@ class TestOperatorCommands:
             [*cli, "tail", "-n", "2"], capture_output=True, text=True, check=True
         ).stdout.splitlines()
         assert [json.loads(line)["request_id"] for line in tail] == ["tail-1", "tail-2"]
+
+
+class FailingFsync:
+    """An fsync that starts failing with EIO once `broken` is set, like a dying disk."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def __call__(self, fd: int) -> None:
+        if self.broken:
+            raise OSError(5, "Input/output error")
+        os.fsync(fd)
+
+
+class TestDiskFailure:
+    async def test_a_failed_sync_is_reported_not_acknowledged(self, make_node: NodeFactory) -> None:
+        """When the queue cannot fsync, the request gets 503 usage-not-recorded and /readyz 503."""
+        fsync = FailingFsync()
+        node = await make_node(fsync=fsync)
+        tenant = node.create_tenant()
+        assert (
+            await post(
+                node, tenant.tenant_id, tenant.headers, {"user_id": "u", "item_id": "i", "score": 4}
+            )
+            == 201
+        )
+        async with node.session.get(f"{node.url}/readyz") as response:
+            assert response.status == 200
+        fsync.broken = True
+        async with node.session.post(
+            node.tenant_url(tenant.tenant_id, "/ratings"),
+            headers=tenant.headers,
+            json={"user_id": "u2", "item_id": "i", "score": 4},
+        ) as response:
+            assert response.status == 503
+            assert (await response.json())["type"].endswith(":usage-not-recorded")
+        async with node.session.get(f"{node.url}/readyz") as response:
+            assert response.status == 503
+            assert "usage queue cannot write" in (await response.json())["detail"]
+        assert node.meter.stats.failed >= 1

@@ -85,6 +85,11 @@ class WriteAheadQueue:
         """Sequence number of the newest durable record (0 before the first append)."""
         return self._catalog.last_seq
 
+    @property
+    def write_failure(self) -> BaseException | None:
+        """The error that made every append fail since (a restart is the cure), if any."""
+        return self._committer.failure
+
     def free_bytes(self) -> int:
         """Bytes appends may still take before QueueFull; a record takes 32 + its payload."""
         return self.settings.max_bytes - self._reserved_bytes

@@ -97,6 +97,11 @@ class GroupCommitter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
 
     @property
+    def failure(self) -> BaseException | None:
+        """The write or fsync error that stopped the writer, if one did."""
+        return self._failure
+
+    @property
     def pending(self) -> int:
         """Appends queued for the next batch."""
         return len(self._futures)
