@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -63,11 +66,21 @@ def create_app(config: Config, storage: NodeStorage, meter: Meter) -> web.Applic
     app[ROUTER_KEY] = TenantRouter(
         storage.registry, verifier, RateLimiter(config.rate_limit.per_minute)
     )
+    app.cleanup_ctx.append(_background_checkpoints)
     add_routes(app)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
     return app
+
+
+async def _background_checkpoints(app: web.Application) -> AsyncIterator[None]:
+    interval = app[CONFIG_KEY].storage.checkpoint_interval_seconds
+    task = asyncio.create_task(app[STORES_KEY].run_checkpoints(interval))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

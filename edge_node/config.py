@@ -107,6 +107,13 @@ class StorageConfig:
     busy_timeout_ms: int = setting(
         5000, "How long a write waits for another process's lock.", minimum=0, maximum=60000
     )
+    checkpoint_interval_seconds: float = setting(
+        1.0,
+        "How often written tenant files are checkpointed in a background thread (WAL copied "
+        "into the database), keeping those fsyncs off the request path.",
+        minimum=0.05,
+        maximum=60,
+    )
 
 
 @dataclass(frozen=True)

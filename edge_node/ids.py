@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import secrets
 import time
-import uuid
 
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -42,4 +41,5 @@ class EventIdGenerator:
             | 0b10 << 62
             | secrets.randbits(62)
         )
-        return str(uuid.UUID(int=value))
+        digits = f"{value:032x}"
+        return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

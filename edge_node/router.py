@@ -11,8 +11,8 @@ and what it served is metered (`edge_node.meter`).
 from __future__ import annotations
 
 import functools
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -142,7 +142,7 @@ def request_id_of(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID.match(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[TenantHandler], Handler]:

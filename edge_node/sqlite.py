@@ -30,6 +30,20 @@ def connect(
     return conn
 
 
+def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> None:
+    """Copy a WAL file's committed frames into the database (PASSIVE: never blocks writers).
+
+    Meant for a background thread, on its own short-lived connection, so the fsyncs of a
+    checkpoint never run on the event loop's connection.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        conn.close()
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A write transaction that takes the write lock up front, so it never fails half-way on it."""

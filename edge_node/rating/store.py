@@ -10,6 +10,8 @@ other replicas; tombstoned rows are invisible to every read.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import uuid
 from collections import OrderedDict
@@ -19,6 +21,9 @@ from pathlib import Path
 from edge_node import sqlite
 from edge_node.clock import now_us
 from edge_node.rating.model import ItemScore, Rating, RatingInput
+
+log = logging.getLogger(__name__)
+BACKSTOP_CHECKPOINT_PAGES = 20000
 
 # Rating ids are derived from (tenant, user, item): the same logical rating has the same id on
 # every replica, so sync never has to reconcile two ids for one row.
@@ -106,6 +111,7 @@ class TenantStore:
         self._conn = conn
         self.tenant_id = tenant_id
         self._node_id = node_id
+        self.dirty = False  # written since the last background checkpoint was scheduled
 
     def close(self) -> None:
         self._conn.close()
@@ -113,6 +119,7 @@ class TenantStore:
     def upsert(self, rating: RatingInput) -> tuple[Rating, bool]:
         """Create or replace the (user, item) rating; True when it did not exist before."""
         conn = self._conn
+        self.dirty = True
         with sqlite.transaction(conn):
             row = conn.execute(
                 "SELECT id, created_at, updated_at, deleted FROM ratings"
@@ -192,6 +199,7 @@ class TenantStore:
 
     def delete(self, rid: str, *, only_user: str | None = None) -> bool:
         """Tombstone one rating; False when there is no live rating with that id."""
+        self.dirty = True
         with sqlite.transaction(self._conn):
             row = self._conn.execute(
                 "SELECT user_id FROM ratings WHERE id = ? AND deleted = 0", (rid,)
@@ -209,6 +217,7 @@ class TenantStore:
 
     def erase_user(self, user_id: str) -> int:
         """Tombstone every live rating of a user and erase their comments; how many there were."""
+        self.dirty = True
         with sqlite.transaction(self._conn):
             return self._conn.execute(
                 "UPDATE ratings SET deleted = 1, comment = NULL, origin_node = ?,"
@@ -266,6 +275,9 @@ class TenantStores:
             busy_timeout_ms=self._busy_timeout_ms,
         )
         sqlite.migrate(conn, MIGRATIONS)
+        # Checkpoints run in the background (run_checkpoints); this high threshold is only a
+        # backstop should they stall, so the request path almost never pays for one.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
         store = TenantStore(conn, tenant_id, self._node_id)
         self._open[tenant_id] = store
         if len(self._open) > self._max_open:
@@ -277,3 +289,19 @@ class TenantStores:
         while self._open:
             _, store = self._open.popitem()
             store.close()
+
+    async def run_checkpoints(self, interval: float) -> None:
+        """Checkpoint every tenant file written since the last round, off the event loop."""
+        while True:
+            await asyncio.sleep(interval)
+            written = [store for store in self._open.values() if store.dirty]
+            for store in written:
+                store.dirty = False
+            for store in written:
+                try:
+                    await asyncio.to_thread(
+                        sqlite.checkpoint, self.path(store.tenant_id), self._busy_timeout_ms
+                    )
+                except sqlite3.Error as exc:
+                    store.dirty = True
+                    log.warning("checkpoint of tenant %s failed: %s", store.tenant_id, exc)

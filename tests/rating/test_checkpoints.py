@@ -1,0 +1,47 @@
+"""Background checkpoints: written tenant files reach their main database file off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from pathlib import Path
+
+from edge_node.rating.model import RatingInput
+from edge_node.rating.store import TenantStores
+from edge_node.sqlite import checkpoint
+
+TENANT = "3f8d7a4e-1b2c-4d5e-8f90-123456789abc"
+
+
+def rows_in_main_file(path: Path, copy_to: Path) -> int:
+    """Rows readable from the database file alone, without its WAL (a copy, to be sure)."""
+    shutil.copyfile(path, copy_to)
+    conn = sqlite3.connect(copy_to)
+    try:
+        return int(conn.execute("SELECT count(*) FROM ratings").fetchone()[0])
+    finally:
+        conn.close()
+
+
+class TestBackgroundCheckpoints:
+    async def test_written_files_are_checkpointed_in_the_background(self, tmp_path: Path) -> None:
+        """Rows written through the loop's connection land in the main file within an interval."""
+        stores = TenantStores(tmp_path / "tenants", node_id="n1")
+        store = stores.get(TENANT)
+        checkpoint(stores.path(TENANT))  # the schema in the main file, the rows not yet
+        for i in range(50):
+            store.upsert(RatingInput(f"u{i}", "item", 1 + i % 5, None))
+        main_file = stores.path(TENANT)
+        assert rows_in_main_file(main_file, tmp_path / "before.sqlite") == 0
+        task = asyncio.create_task(stores.run_checkpoints(0.05))
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if rows_in_main_file(main_file, tmp_path / "after.sqlite") == 50:
+                    break
+            assert rows_in_main_file(main_file, tmp_path / "after.sqlite") == 50
+            assert not store.dirty
+        finally:
+            task.cancel()
+            stores.close()
