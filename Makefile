@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install postgres run test lint format bench clean
 
 install: $(STAMP)
 
@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml scripts/ensure-python.sh
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The tests start their own throwaway PostgreSQL; this installs the server binaries if missing.
+postgres:
+	sh scripts/ensure-postgres.sh
+
 run: install
 	$(BIN)/edge-node serve
 
-test: install
+test: install postgres
 	$(BIN)/pytest
 
 lint: install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ import orjson
 from edge_node import __version__
 from edge_node.config import Config, load_config
 from edge_node.daemon import run, serve
-from edge_node.errors import ConfigError, RegistryError
+from edge_node.errors import ConfigError, RegistryError, SyncError, TransientSyncError
 from edge_node.ids import is_uuid
 from edge_node.meter import UsageEvent
 from edge_node.queue import QueueStatus, inspect_queue, tail_records
@@ -23,6 +24,7 @@ from edge_node.rating.store import TenantStores
 from edge_node.registry import PLANS, ROLES, TenantRegistry
 
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the central PostgreSQL could not be reached; retry later
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as "fix the config"
 
 
@@ -75,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     tail = queue.add_parser("tail", help="print the newest usage events")
     tail.add_argument("-n", type=_positive_int, default=10, metavar="N", help="default 10")
     tail.set_defaults(handler=_queue_tail)
+
+    central = commands.add_parser("central", help="the central PostgreSQL").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    migrate = central.add_parser("migrate", help="create or upgrade the central schema")
+    migrate.add_argument(
+        "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
+    )
+    migrate.set_defaults(handler=_central_migrate)
     return parser
 
 
@@ -103,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"edge-node: {exc}", file=sys.stderr)
         return 1
+    except SyncError as exc:
+        print(f"edge-node: central PostgreSQL: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
@@ -222,6 +236,16 @@ def _queue_tail(config: Config, args: argparse.Namespace) -> int:
             orjson.dumps({"queue": directory.name, "seq": seq, **asdict(event)}).decode() + "\n"
         )
     return 0
+
+
+def _central_migrate(config: Config, args: argparse.Namespace) -> int:
+    # Imported here: only commands that talk to PostgreSQL load the sync package and its driver.
+    from sync.central_schema import migrate_dsns  # noqa: PLC0415
+
+    dsns = (args.dsn,) if args.dsn else config.central.dsns
+    if not dsns:
+        raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
+    return _emit(asyncio.run(migrate_dsns(dsns)))
 
 
 def _require_uuid(tenant_id: str) -> None:

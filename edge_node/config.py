@@ -170,6 +170,21 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class CentralConfig:
+    dsns: tuple[str, ...] = setting(
+        (),
+        "PostgreSQL DSNs (postgresql://...) of the central database, one per shard; each "
+        "tenant maps to one shard by a stable hash of its id. Empty: a standalone node.",
+    )
+    sync_interval_seconds: float = setting(
+        5.0, "How often the sync worker uploads and downloads.", minimum=0.05, maximum=3600
+    )
+    batch_size: int = setting(
+        1000, "Rows uploaded or downloaded per round trip.", minimum=1, maximum=100_000
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     node_id: str = setting("", "This node's id in usage events and sync; default: host name.")
     data_dir: str = setting("./var", "Directory holding node.sqlite, tenants/ and queue/.")
@@ -186,6 +201,9 @@ class Config:
     meter: MeterConfig = field(default_factory=MeterConfig, metadata={"doc": "Usage metering."})
     queue: QueueConfig = field(
         default_factory=QueueConfig, metadata={"doc": "The durable usage queue."}
+    )
+    central: CentralConfig = field(
+        default_factory=CentralConfig, metadata={"doc": "Sync with the central PostgreSQL."}
     )
 
     @property
@@ -312,7 +330,9 @@ def _convert(kind: Any, value: Any, f: dataclasses.Field[Any], key: str) -> Any:
         item_kind = typing.get_args(kind)[0]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key} must be a list, got {value!r}")
-        return tuple(_build(item_kind, item, f"{key}[{i}].") for i, item in enumerate(value))
+        if dataclasses.is_dataclass(item_kind):
+            return tuple(_build(item_kind, v, f"{key}[{i}].") for i, v in enumerate(value))  # type: ignore[arg-type]
+        return tuple(_convert(item_kind, v, f, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
         choices = typing.get_args(kind)
         if value not in choices:

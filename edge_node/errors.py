@@ -13,6 +13,11 @@
     |   +-- RateLimited            429: the tenant's token bucket is empty
     |   +-- ServiceUnavailable     503: storage not ready
     +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
+    +-- SyncError                  the central PostgreSQL failed an operation (sync/postgres.py)
+        +-- TransientSyncError     retry later: unreachable, reset, timeout, serialization
+        |                          failure, too many connections, server shutting down
+        +-- PermanentSyncError     set the batch aside and report it: the server rejected the
+                                   data itself (constraint violation, invalid value)
 
 Each Problem carries a `type` URI that never changes once published, so clients can
 branch on it; `docs/problems.md` lists them.
@@ -36,6 +41,18 @@ class ConfigError(EdgeNodeError):
 
 class RegistryError(EdgeNodeError):
     """A registry operation named a tenant or key that does not exist."""
+
+
+class SyncError(EdgeNodeError):
+    """An operation on the central PostgreSQL failed; the subclass says whether to retry."""
+
+
+class TransientSyncError(SyncError):
+    """Retrying later may succeed: nothing is wrong with the data being synced."""
+
+
+class PermanentSyncError(SyncError):
+    """The server rejected the data itself: retrying the same batch fails the same way."""
 
 
 class Problem(EdgeNodeError):

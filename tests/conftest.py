@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from tests.postgres import PostgresServer, PostgresUnavailable, start_server
 from tests.support import RunningNode, SigningKeys, make_signing_keys, node_config, start_node
 
 
@@ -45,3 +46,32 @@ async def make_node(tmp_path: Path, signing_keys: SigningKeys) -> AsyncIterator[
 async def node(make_node: NodeFactory) -> RunningNode:
     """A fresh edge node on loopback with its own data directory and default configuration."""
     return await make_node()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL for the session (tests/postgres.py); none means failure, not skip."""
+    try:
+        server = start_server()
+    except PostgresUnavailable as exc:
+        message = f"cannot start the test PostgreSQL: {exc}"
+        raise pytest.fail.Exception(message, pytrace=False) from None
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """A DSN (superuser, over TCP) to a fresh empty database, dropped after the test."""
+    name = postgres_server.create_database()
+    yield postgres_server.dsn(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_dsns(postgres_server: PostgresServer) -> Iterator[tuple[str, str]]:
+    """DSNs to two fresh empty databases on the test server, as two shards."""
+    names = (postgres_server.create_database(), postgres_server.create_database())
+    yield postgres_server.dsn(names[0]), postgres_server.dsn(names[1])
+    for name in names:
+        postgres_server.drop_database(name)

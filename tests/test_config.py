@@ -68,6 +68,37 @@ class TestSources:
         assert isinstance(config, Config)
 
 
+class TestListsOfStrings:
+    def test_from_the_file_and_from_a_json_environment_variable(self, tmp_path: Path) -> None:
+        """A list of strings (central.dsns) comes from a TOML array or a JSON array in the
+        environment, which wins; absent, it is empty (a standalone node)."""
+        path = write(tmp_path, '[central]\ndsns = ["postgresql://a/db", "postgresql://b/db"]\n')
+        assert load_config(path, environ={}).central.dsns == (
+            "postgresql://a/db",
+            "postgresql://b/db",
+        )
+        environ = {"EDGE_NODE_CENTRAL_DSNS": '["postgresql://c/db"]'}
+        assert load_config(path, environ=environ).central.dsns == ("postgresql://c/db",)
+        assert load_config(environ={}).central.dsns == ()
+
+    @pytest.mark.parametrize(
+        ("text", "environ", "message"),
+        [
+            ("[central]\ndsns = 'postgresql://a/db'\n", {}, "central.dsns must be a list"),
+            ("[central]\ndsns = [5432]\n", {}, "central.dsns[0] must be a string, got 5432"),
+            ("", {"EDGE_NODE_CENTRAL_DSNS": "[true]"}, "central.dsns[0] must be a string"),
+            ("", {"EDGE_NODE_CENTRAL_DSNS": "postgresql://a"}, "must be a JSON array"),
+        ],
+    )
+    def test_items_must_be_strings(
+        self, tmp_path: Path, text: str, environ: dict[str, str], message: str
+    ) -> None:
+        """A list setting that is not a list, or holds a non-string, names the key and item."""
+        with pytest.raises(ConfigError) as raised:
+            load_config(write(tmp_path, text), environ=environ)
+        assert message in str(raised.value)
+
+
 class TestErrors:
     @pytest.mark.parametrize(
         ("text", "environ", "message"),
