@@ -20,6 +20,7 @@ import argparse
 import functools
 import itertools
 import json
+import math
 import os
 import platform
 import re
@@ -258,15 +259,11 @@ def run_scenarios(
 def result_row(
     scenario: Scenario, runs: Sequence[Measurement], bases: Sequence[Measurement]
 ) -> dict[str, Any]:
-    """The median round's figures, and the median of the rounds' ratios to their baseline."""
+    """The median round's figures, and the medians of the rounds' ratios to their baseline."""
     got = sorted(runs, key=lambda run: run.requests_per_second)[len(runs) // 2]
-    rates = [run.requests_per_second for run in runs]
-    ratios = [
-        a / b.requests_per_second
-        for a, b in zip(rates, bases, strict=False)
-        if b.requests_per_second
-    ]
-    ratio = statistics.median(ratios) if ratios else None
+    pairs = list(zip(runs, bases, strict=False))
+    ratio = median_of([(run.requests_per_second, base.requests_per_second) for run, base in pairs])
+    cpu_ratio = median_of([(b.cpu_us_per_request, r.cpu_us_per_request) for r, b in pairs])
     return {
         "scenario": scenario.name,
         "request": f"{scenario.method} {scenario.path}",
@@ -274,15 +271,23 @@ def result_row(
         "server_env": dict(scenario.env),
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(got).items()},
         "requests_per_second": round(got.requests_per_second, 1),
-        "rounds_requests_per_second": [round(rate, 1) for rate in rates],
+        "cpu_us_per_request": round(got.cpu_us_per_request or 0, 1),
+        "rounds_requests_per_second": [round(run.requests_per_second, 1) for run in runs],
         "non_2xx": sum(run.non_2xx for run in runs),
         "socket_errors": sum(run.socket_errors for run in runs),
         "others_cpu": max((run.others_cpu or 0.0 for run in runs), default=None),
         "baseline": scenario.baseline,
-        "ratio": None if ratio is None else round(ratio, 3),
+        "ratio": None if ratio is None else round(ratio, 4),
+        "cpu_ratio": None if cpu_ratio is None else round(cpu_ratio, 4),
         "target": scenario.target,
         "meets_target": None if ratio is None or not scenario.target else ratio >= scenario.target,
     }
+
+
+def median_of(fractions: Sequence[tuple[float | None, float | None]]) -> float | None:
+    """The median of the fractions whose both terms are known and the divisor is not 0."""
+    values = [top / bottom for top, bottom in fractions if top is not None and bottom]
+    return statistics.median(values) if values else None
 
 
 def machine(settings: Settings, wrk: str | None) -> dict[str, Any]:
@@ -309,23 +314,33 @@ def cpu_model() -> str:
 
 def markdown(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any], s: Settings) -> str:
     lines = [
-        "| scenario | requests/s | p50 ms | p99 ms | non-2xx | server CPU | ratio | target |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | requests/s | p50 ms | p99 ms | non-2xx | server CPU | CPU µs/req | ratio"
+        " | CPU ratio | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    noisy = {row["scenario"] for row in rows if is_noisy(row)}
     for row in rows:
-        ratio = "1.00 (baseline)" if row["baseline"] is None else f"{row['ratio']:.2f}"
-        target = "" if row["target"] is None else f">= {row['target']:.2f}"
+        ratio = "baseline" if row["baseline"] is None else percent(row["ratio"])
+        target = "" if row["target"] is None else f">= {row['target']:.0%}"
         if row["meets_target"] is not None:
             target += " ok" if row["meets_target"] else " **BELOW**"
+            target += " (unreliable)" if {row["scenario"], row["baseline"]} & noisy else ""
         lines.append(
             f"| {row['scenario']} | {row['requests_per_second']:,.0f} | {row['p50_ms']:.2f}"
             f" | {row['p99_ms']:.2f} | {row['non_2xx'] + row['socket_errors']}"
-            f" | {cpu_cell(row)} | {ratio} | {target} |"
+            f" | {cpu_cell(row)} | {row['cpu_us_per_request']:.0f} | {ratio}"
+            f" | {'' if row['baseline'] is None else percent(row['cpu_ratio'])} | {target} |"
         )
     lines += ["", *machine_lines(info, s)]
     lines += [f"**WARNING**: {warning}" for warning in noise_warnings(rows)]
     lines += [f"**ERROR**: {problem}" for problem in problems(rows)]
     return "\n".join(lines)
+
+
+def is_noisy(row: Mapping[str, Any]) -> bool:
+    """Whether others shared the server's CPU, or a baseline did not saturate its own."""
+    crowded = (row["others_cpu"] or 0) >= NOISY_SHARE
+    return crowded or (row["server"] == "baseline" and row["server_cpu"] < SATURATED_SHARE)
 
 
 def noise_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -344,6 +359,11 @@ def noise_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if row["server"] == "baseline" and row["server_cpu"] < SATURATED_SHARE
     ]
     return warnings
+
+
+def percent(ratio: float | None) -> str:
+    """Truncated, not rounded: a ratio just under its target never shows as reaching it."""
+    return "n/a" if ratio is None else f"{math.floor(ratio * 1000) / 10}%"
 
 
 def cpu_cell(row: Mapping[str, Any]) -> str:

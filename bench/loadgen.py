@@ -76,6 +76,13 @@ class Measurement:
     def requests_per_second(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """Server CPU time per answer: steadier than requests/s when the machine is busy."""
+        if self.server_cpu is None or not self.requests:
+            return None
+        return self.server_cpu * self.seconds * 1e6 / self.requests
+
 
 def check_template(template: str) -> None:
     unknown = set(PLACEHOLDER.findall(template)) - VARIABLES

@@ -1,11 +1,10 @@
 """Per-tenant SQLite storage of ratings: one file per tenant under data_dir/tenants/.
 
-Score aggregates (count, sum, histogram) live in `item_scores` and are kept by triggers on
-`ratings`, so every insert, update, tombstone and purge adjusts them inside the writing
-transaction whichever code path wrote the row: a score read is one primary-key lookup.
-
-Deletes are tombstones (`deleted = 1`, comment erased) so a later sync can carry them to
-other replicas; tombstoned rows are invisible to every read.
+A score read is one primary-key lookup: the aggregates are kept by triggers (`schema`).
+Deletes are tombstones (`deleted = 1`, comment erased) so sync can carry them to other
+replicas; tombstoned rows are invisible to every read. Every local change records its rating
+in the outbox in the same transaction; changes downloaded from the central database are
+applied under the conflict rule (`wins`) and never enter the outbox.
 """
 
 from __future__ import annotations
@@ -15,12 +14,14 @@ import logging
 import sqlite3
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_node import sqlite
 from edge_node.clock import now_us
 from edge_node.rating.model import ItemScore, Rating, RatingInput
+from edge_node.rating.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
 BACKSTOP_CHECKPOINT_PAGES = 20000
@@ -29,69 +30,42 @@ BACKSTOP_CHECKPOINT_PAGES = 20000
 # every replica, so sync never has to reconcile two ids for one row.
 RATING_ID_NAMESPACE = uuid.UUID("6f1c7a52-3f0e-4c55-9a53-5c1e0e8b7d41")
 
-_SCORE_ADD = """
-    INSERT INTO item_scores (tenant_id, item_id, count, total, s1, s2, s3, s4, s5)
-    VALUES (NEW.tenant_id, NEW.item_id, 1, NEW.score,
-            NEW.score = 1, NEW.score = 2, NEW.score = 3, NEW.score = 4, NEW.score = 5)
-    ON CONFLICT (tenant_id, item_id) DO UPDATE SET
-        count = count + 1, total = total + NEW.score,
-        s1 = s1 + (NEW.score = 1), s2 = s2 + (NEW.score = 2), s3 = s3 + (NEW.score = 3),
-        s4 = s4 + (NEW.score = 4), s5 = s5 + (NEW.score = 5);"""
-
-_SCORE_REMOVE = """
-    UPDATE item_scores SET
-        count = count - 1, total = total - OLD.score,
-        s1 = s1 - (OLD.score = 1), s2 = s2 - (OLD.score = 2), s3 = s3 - (OLD.score = 3),
-        s4 = s4 - (OLD.score = 4), s5 = s5 - (OLD.score = 5)
-    WHERE tenant_id = OLD.tenant_id AND item_id = OLD.item_id;"""
-
-MIGRATIONS = (
-    f"""
-    CREATE TABLE ratings (
-        id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL,
-        user_id TEXT NOT NULL CHECK (length(user_id) BETWEEN 1 AND 128),
-        item_id TEXT NOT NULL CHECK (length(item_id) BETWEEN 1 AND 128),
-        score INTEGER NOT NULL CHECK (score BETWEEN 1 AND 5),
-        comment TEXT CHECK (comment IS NULL OR length(comment) <= 2000),
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        origin_node TEXT NOT NULL,
-        deleted INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
-        UNIQUE (tenant_id, user_id, item_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX ratings_in_order ON ratings (created_at, id) WHERE deleted = 0;
-    CREATE INDEX ratings_by_item ON ratings (item_id, created_at, id) WHERE deleted = 0;
-    CREATE INDEX ratings_by_user ON ratings (user_id, created_at, id) WHERE deleted = 0;
-    CREATE TABLE item_scores (
-        tenant_id TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        count INTEGER NOT NULL CHECK (count >= 0),
-        total INTEGER NOT NULL,
-        s1 INTEGER NOT NULL, s2 INTEGER NOT NULL, s3 INTEGER NOT NULL,
-        s4 INTEGER NOT NULL, s5 INTEGER NOT NULL,
-        PRIMARY KEY (tenant_id, item_id)
-    ) WITHOUT ROWID;
-    CREATE TRIGGER ratings_score_on_insert AFTER INSERT ON ratings WHEN NEW.deleted = 0
-    BEGIN {_SCORE_ADD}
-    END;
-    CREATE TRIGGER ratings_score_on_update_old AFTER UPDATE ON ratings WHEN OLD.deleted = 0
-    BEGIN {_SCORE_REMOVE}
-    END;
-    CREATE TRIGGER ratings_score_on_update_new AFTER UPDATE ON ratings WHEN NEW.deleted = 0
-    BEGIN {_SCORE_ADD}
-    END;
-    CREATE TRIGGER ratings_score_on_delete AFTER DELETE ON ratings WHEN OLD.deleted = 0
-    BEGIN {_SCORE_REMOVE}
-    END;
-    """,
-)
-
 _RATING_COLUMNS = "id, tenant_id, user_id, item_id, score, comment, created_at, updated_at"
+_ROW_COLUMNS = _RATING_COLUMNS + ", origin_node, deleted"
 
 
 def rating_id(tenant_id: str, user_id: str, item_id: str) -> str:
     return str(uuid.uuid5(RATING_ID_NAMESPACE, f"{tenant_id}\x00{user_id}\x00{item_id}"))
+
+
+@dataclass(frozen=True, slots=True)
+class RatingRow:
+    """A rating's full replicated state, tombstones included (times in microseconds)."""
+
+    id: str
+    tenant_id: str
+    user_id: str
+    item_id: str
+    score: int
+    comment: str | None
+    created_at: int
+    updated_at: int
+    origin_node: str
+    deleted: bool
+
+
+def conflict_key(row: RatingRow) -> tuple[int, str]:
+    """What the conflict rule compares: the later write wins, the origin node breaks ties."""
+    return row.updated_at, row.origin_node
+
+
+def wins(a: RatingRow, b: RatingRow) -> bool:
+    """The conflict rule, the same on every replica (and in the central upsert)."""
+    return conflict_key(a) > conflict_key(b)
+
+
+def _row(values: Sequence[object]) -> RatingRow:
+    return RatingRow(*values[:9], bool(values[9]))  # type: ignore[arg-type, call-arg]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +129,7 @@ class TenantStore:
                     " origin_node = ?, deleted = 0 WHERE id = ?",
                     (rating.score, rating.comment, created_at, now, self._node_id, rid),
                 )
+            conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
         stored = Rating(
             rid, self.tenant_id, *rating.key, rating.score, rating.comment, created_at, now
         )
@@ -213,17 +188,106 @@ class TenantStore:
                 " updated_at = max(?, updated_at + 1) WHERE id = ?",
                 (self._node_id, now_us(), rid),
             )
+            self._conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
         return True
 
     def erase_user(self, user_id: str) -> int:
         """Tombstone every live rating of a user and erase their comments; how many there were."""
         self.dirty = True
         with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO outbox (rating_id)"
+                " SELECT id FROM ratings WHERE user_id = ? AND deleted = 0",
+                (user_id,),
+            )
             return self._conn.execute(
                 "UPDATE ratings SET deleted = 1, comment = NULL, origin_node = ?,"
                 " updated_at = max(?, updated_at + 1) WHERE user_id = ? AND deleted = 0",
                 (self._node_id, now_us(), user_id),
             ).rowcount
+
+    def pending_changes(self, limit: int) -> tuple[list[RatingRow], int]:
+        """The current state of up to `limit` ratings awaiting upload, and the last outbox seq.
+
+        Several outbox entries for one rating yield its state once; acknowledging the seq
+        returned covers them all.
+        """
+        entries = self._conn.execute(
+            "SELECT seq, rating_id FROM outbox ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        if not entries:
+            return [], 0
+        ids = list(dict.fromkeys(rid for _, rid in entries))
+        marks = ",".join("?" * len(ids))
+        rows = self._conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM ratings WHERE id IN ({marks})",  # noqa: S608
+            ids,
+        ).fetchall()
+        by_id = {row[0]: _row(row) for row in rows}
+        return [by_id[rid] for rid in ids if rid in by_id], entries[-1][0]
+
+    def acknowledge_uploaded(self, up_to_seq: int) -> None:
+        """Forget outbox entries up to `up_to_seq`: the central database has committed them."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
+
+    def apply_remote(self, rows: Sequence[RatingRow]) -> int:
+        """Apply downloaded rows that win against the local state; how many were applied."""
+        self.dirty = True
+        with sqlite.transaction(self._conn):
+            return self._apply_remote(rows)
+
+    def download_checkpoint(self) -> str | None:
+        row = self._conn.execute(
+            "SELECT value FROM sync_state WHERE key = 'download_checkpoint'"
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_download_checkpoint(self, checkpoint: str, rows: Sequence[RatingRow]) -> int:
+        """Apply downloaded rows and move the checkpoint past them, in one transaction."""
+        self.dirty = True
+        with sqlite.transaction(self._conn):
+            applied = self._apply_remote(rows)
+            self._conn.execute(
+                "INSERT INTO sync_state (key, value) VALUES ('download_checkpoint', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (checkpoint,),
+            )
+        return applied
+
+    def _apply_remote(self, rows: Sequence[RatingRow]) -> int:
+        applied = 0
+        for row in rows:
+            if row.tenant_id != self.tenant_id:
+                raise ValueError(f"row of tenant {row.tenant_id} offered to {self.tenant_id}")
+            local = self._conn.execute(
+                "SELECT updated_at, origin_node FROM ratings"
+                " WHERE tenant_id = ? AND user_id = ? AND item_id = ?",
+                (row.tenant_id, row.user_id, row.item_id),
+            ).fetchone()
+            if local is not None and conflict_key(row) <= tuple(local):
+                continue
+            self._conn.execute(
+                f"INSERT INTO ratings ({_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+                " ON CONFLICT (tenant_id, user_id, item_id) DO UPDATE SET"
+                " score = excluded.score, comment = excluded.comment,"
+                " created_at = excluded.created_at, updated_at = excluded.updated_at,"
+                " origin_node = excluded.origin_node, deleted = excluded.deleted",
+                (
+                    row.id,
+                    row.tenant_id,
+                    row.user_id,
+                    row.item_id,
+                    row.score,
+                    row.comment,
+                    row.created_at,
+                    row.updated_at,
+                    row.origin_node,
+                    int(row.deleted),
+                ),
+            )
+            applied += 1
+        return applied
 
     def recompute_scores(self) -> dict[str, ItemScore]:
         """Scores computed from the rows themselves, bypassing the aggregates (for checks)."""
