@@ -82,6 +82,7 @@ class Meter:
         self.node_id = node_id
         self.stats = MeterStats()
         self._ids = EventIdGenerator()
+        self._billable = frozenset(op for op in OPERATIONS if config.units.units(op))
         self._reserved = 0
         self._pending: set[asyncio.Future[int]] = set()
 
@@ -90,7 +91,7 @@ class Meter:
         return self.queue is not None
 
     def bills(self, operations: tuple[str, ...]) -> bool:
-        return self.queue is not None and any(self.config.units.units(op) for op in operations)
+        return self.queue is not None and not self._billable.isdisjoint(operations)
 
     def reserve(self) -> bool:
         """Hold queue room for one event; False when full and `on_full` lets the request through.

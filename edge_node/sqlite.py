@@ -46,7 +46,21 @@ def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> None:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction that takes the write lock up front, so it never fails half-way on it."""
+    """A write transaction that takes the write lock up front, so it never fails half-way on it.
+
+    Inside another transaction it is a savepoint instead: its work is undone alone if it
+    fails, and becomes durable with the enclosing transaction's commit (group commit).
+    """
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO nested")
+            conn.execute("RELEASE nested")
+            raise
+        conn.execute("RELEASE nested")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn

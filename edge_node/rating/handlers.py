@@ -37,7 +37,8 @@ async def put_rating(request: web.Request, context: TenantContext) -> web.Stream
     rating = parse_rating(await read_json(request))
     if context.subject is not None and context.role != "admin":
         _bound_user(context, rating.user_id, "write")
-    stored, created = request.app[STORES_KEY].get(context.tenant_id).upsert(rating)
+    store = request.app[STORES_KEY].get(context.tenant_id)
+    stored, created = await store.batched(lambda: store.upsert(rating))
     return json_response(stored.to_json(), status=201 if created else 200)
 
 
@@ -92,7 +93,8 @@ async def delete_rating(request: web.Request, context: TenantContext) -> web.Str
         )
     only_user = None if context.role == "admin" else context.subject
     try:
-        deleted = request.app[STORES_KEY].get(context.tenant_id).delete(rid, only_user=only_user)
+        store = request.app[STORES_KEY].get(context.tenant_id)
+        deleted = await store.batched(lambda: store.delete(rid, only_user=only_user))
     except DeleteDenied:
         raise Forbidden(
             "a writer token may only delete its own user's ratings", slug="not-own-rating"
@@ -106,7 +108,8 @@ async def delete_rating(request: web.Request, context: TenantContext) -> web.Str
 async def erase_user(request: web.Request, context: TenantContext) -> web.StreamResponse:
     user_id = check_id("user_id", request.match_info["user_id"])
     _bound_user(context, user_id, "erase")
-    erased = request.app[STORES_KEY].get(context.tenant_id).erase_user(user_id)
+    store = request.app[STORES_KEY].get(context.tenant_id)
+    erased = await store.batched(lambda: store.erase_user(user_id))
     return json_response({"user_id": user_id, "deleted": erased})
 
 

@@ -74,11 +74,12 @@ class ItemScore:
     histogram: tuple[int, ...]
 
     def to_json(self) -> dict[str, Any]:
+        s1, s2, s3, s4, s5 = self.histogram
         return {
             "item_id": self.item_id,
             "count": self.count,
             "average": round(self.total / self.count, 6) if self.count else None,
-            "histogram": {str(score): n for score, n in enumerate(self.histogram, start=1)},
+            "histogram": {"1": s1, "2": s2, "3": s3, "4": s4, "5": s5},
         }
 
 

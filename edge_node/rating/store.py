@@ -14,9 +14,10 @@ import logging
 import sqlite3
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from edge_node import sqlite
 from edge_node.clock import now_us
@@ -24,6 +25,7 @@ from edge_node.rating.model import ItemScore, Rating, RatingInput
 from edge_node.rating.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 BACKSTOP_CHECKPOINT_PAGES = 20000
 
 # Rating ids are derived from (tenant, user, item): the same logical rating has the same id on
@@ -86,9 +88,60 @@ class TenantStore:
         self.tenant_id = tenant_id
         self._node_id = node_id
         self.dirty = False  # written since the last background checkpoint was scheduled
+        self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._close_after_batch = False
 
     def close(self) -> None:
+        if self._batch:  # evicted with writes pending: close once they have committed
+            self._close_after_batch = True
+            return
         self._conn.close()
+
+    async def batched(self, operation: Callable[[], T]) -> T:
+        """Run a write in the transaction shared by the writes of this loop iteration.
+
+        Writes arriving together commit together (one BEGIN/COMMIT, one set of WAL page
+        writes); each runs in its own savepoint, so one failing leaves the others intact,
+        and every caller learns its result only once the shared COMMIT has succeeded.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._batch.append((operation, future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_batch)
+        return await future
+
+    def _commit_batch(self) -> None:
+        try:
+            self._run_batch()
+        finally:
+            if self._close_after_batch:
+                self._conn.close()
+
+    def _run_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            with sqlite.transaction(self._conn):
+                for operation, future in batch:
+                    if future.cancelled():
+                        continue
+                    try:
+                        with sqlite.transaction(self._conn):  # a savepoint per write
+                            outcomes.append((future, operation(), None))
+                    except Exception as exc:  # handed to that write's caller
+                        outcomes.append((future, None, exc))
+        except Exception as exc:  # BEGIN or COMMIT failed: none of the batch is durable
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, value, error in outcomes:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
 
     def upsert(self, rating: RatingInput) -> tuple[Rating, bool]:
         """Create or replace the (user, item) rating; True when it did not exist before."""

@@ -1,0 +1,81 @@
+"""Group commit of rating writes: writes arriving together share a transaction, failures stay alone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from edge_node.rating.model import RatingInput
+from edge_node.rating.store import TenantStore, TenantStores
+
+TENANT = "3f8d7a4e-1b2c-4d5e-8f90-123456789abc"
+
+
+def count_commits(store: TenantStore) -> list[str]:
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    return statements
+
+
+class TestGroupCommit:
+    async def test_concurrent_writes_share_one_commit(self, tmp_path: Path) -> None:
+        """Twenty writes awaited together are committed by a single COMMIT, each with its result."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        statements = count_commits(store)
+        results = await asyncio.gather(
+            *[
+                store.batched(
+                    lambda i=i: store.upsert(RatingInput(f"u{i}", "item", 1 + i % 5, None))
+                )
+                for i in range(20)
+            ]
+        )
+        assert [created for _, created in results] == [True] * 20
+        assert statements.count("COMMIT") == 1
+        assert store.score("item").count == 20
+
+    async def test_a_failing_write_is_undone_alone(self, tmp_path: Path) -> None:
+        """A write that fails half-way is rolled back; the others in its batch commit."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+
+        def half_then_fail() -> None:
+            store.upsert(RatingInput("doomed", "item", 5, None))
+            raise RuntimeError("boom")
+
+        first = store.batched(lambda: store.upsert(RatingInput("a", "item", 2, None)))
+        failing = store.batched(half_then_fail)
+        last = store.batched(lambda: store.upsert(RatingInput("b", "item", 4, None)))
+        outcomes = await asyncio.gather(first, failing, last, return_exceptions=True)
+        assert isinstance(outcomes[1], RuntimeError)
+        assert [r.user_id for r in store.page().ratings] == ["a", "b"]
+        assert store.score("item").count == 2
+        assert store.pending_changes(10)[0][-1].user_id == "b"
+
+    async def test_results_arrive_only_after_the_commit(self, tmp_path: Path) -> None:
+        """No caller sees its result before the shared transaction is committed."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        seen_in_transaction: list[bool] = []
+
+        async def write(user: str) -> None:
+            await store.batched(lambda: store.upsert(RatingInput(user, "item", 3, None)))
+            seen_in_transaction.append(store._conn.in_transaction)
+
+        await asyncio.gather(write("a"), write("b"), write("c"))
+        assert seen_in_transaction == [False, False, False]
+
+    async def test_an_evicted_store_closes_after_its_pending_writes(self, tmp_path: Path) -> None:
+        """Evicting a tenant file with writes pending lets them commit before it is closed."""
+        stores = TenantStores(tmp_path, node_id="n", max_open=1)
+        store = stores.get(TENANT)
+        pending = asyncio.create_task(
+            store.batched(lambda: store.upsert(RatingInput("a", "item", 3, None)))
+        )
+        await asyncio.sleep(0)  # the write is queued, its commit not yet run
+        stores.get("0b6f2a4e-1b2c-4d5e-8f90-123456789abc")  # evicts TENANT's store
+        rating, created = await pending
+        assert created
+        with pytest.raises(Exception, match="closed"):
+            store.page()
+        assert stores.get(TENANT).page().ratings == [rating]
