@@ -85,6 +85,9 @@ class Scenario:
         return self.server, tuple(sorted(self.env.items()))
 
 
+METER_OFF = {"EDGE_NODE_METER_ENABLED": "false"}
+BATCHED = {"EDGE_NODE_METER_DURABILITY": "batched"}
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("baseline-get", "baseline", "GET", SCORE_PATH),
     Scenario("get-score", "daemon", "GET", SCORE_PATH, baseline="baseline-get", target=0.50),
@@ -97,6 +100,45 @@ SCENARIOS: tuple[Scenario, ...] = (
         body=RATING_BODY,
         baseline="baseline-post",
         target=0.35,
+    ),
+    # Metering's cost (issue: strict may cost at most 15% against metering off).
+    Scenario(
+        "get-score-meter-off",
+        "daemon",
+        "GET",
+        SCORE_PATH,
+        env=METER_OFF,
+        baseline="baseline-get",
+        target=0.50,
+    ),
+    Scenario(
+        "post-rating-meter-off",
+        "daemon",
+        "POST",
+        RATINGS_PATH,
+        body=RATING_BODY,
+        env=METER_OFF,
+        baseline="baseline-post",
+        target=0.35,
+    ),
+    Scenario(
+        "post-rating-batched",
+        "daemon",
+        "POST",
+        RATINGS_PATH,
+        body=RATING_BODY,
+        env=BATCHED,
+        baseline="post-rating-meter-off",
+        target=0.85,
+    ),
+    Scenario(
+        "post-rating-strict",
+        "daemon",
+        "POST",
+        RATINGS_PATH,
+        body=RATING_BODY,
+        baseline="post-rating-meter-off",
+        target=0.85,
     ),
 )
 

@@ -19,12 +19,13 @@ from edge_node.daemon import run, serve
 from edge_node.errors import ConfigError, RegistryError, SyncError, TransientSyncError
 from edge_node.ids import is_uuid
 from edge_node.meter import UsageEvent
-from edge_node.queue import QueueStatus, inspect_queue, tail_records
+from edge_node.queue import QueueLocked, QueueStatus, inspect_queue, tail_records
 from edge_node.rating.store import TenantStores
 from edge_node.registry import PLANS, ROLES, TenantRegistry
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the central PostgreSQL could not be reached; retry later
+EXIT_LOCKED = 75  # EX_TEMPFAIL: the other instance holds the data directory
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as "fix the config"
 
 
@@ -114,6 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"edge-node: {exc}", file=sys.stderr)
         return 1
+    except QueueLocked as exc:
+        print(
+            f"edge-node: another edge-node is already serving from this data directory"
+            f" ({exc}); stop it first or give this one its own --data-dir",
+            file=sys.stderr,
+        )
+        return EXIT_LOCKED
     except SyncError as exc:
         print(f"edge-node: central PostgreSQL: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1

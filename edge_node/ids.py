@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -27,8 +27,9 @@ class EventIdGenerator:
 
     def new(self, now_ms: int | None = None) -> str:
         ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        randomness = int.from_bytes(os.urandom(8))
         if ms > self._last_ms:
-            self._last_ms, self._counter = ms, secrets.randbits(11)
+            self._last_ms, self._counter = ms, randomness >> 53  # an 11-bit random start
         else:
             self._counter += 1
             if self._counter > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
@@ -39,7 +40,7 @@ class EventIdGenerator:
             | 0x7 << 76
             | self._counter << 64
             | 0b10 << 62
-            | secrets.randbits(62)
+            | randomness & 0x3FFF_FFFF_FFFF_FFFF
         )
         digits = f"{value:032x}"
         return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

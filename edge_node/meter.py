@@ -82,7 +82,8 @@ class Meter:
         self.node_id = node_id
         self.stats = MeterStats()
         self._ids = EventIdGenerator()
-        self._billable = frozenset(op for op in OPERATIONS if config.units.units(op))
+        self._units = {op: config.units.units(op) for op in OPERATIONS}
+        self._billable = frozenset(op for op, units in self._units.items() if units)
         self._reserved = 0
         self._pending: set[asyncio.Future[int]] = set()
 
@@ -120,7 +121,7 @@ class Meter:
     ) -> UsageEvent | None:
         """Append the usage event of a served request (within a reservation)."""
         assert self.queue is not None
-        units = self.config.units.units(operation)
+        units = self._units.get(operation, 0)
         if units == 0 or status >= 400:
             return None
         event = UsageEvent(

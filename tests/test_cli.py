@@ -340,6 +340,26 @@ class TestServe:
         )
         assert second.stop() == 0
 
+    def test_a_second_daemon_on_the_same_data_dir_refuses_to_start(
+        self, cli: Cli, serve: Any
+    ) -> None:
+        """While one daemon serves a data dir, another on it exits 75 with a clear message."""
+        first = serve()
+        second = subprocess.run(
+            [*edge_node_command(), "--data-dir", str(cli.data_dir), "serve", "--port", "0"],
+            capture_output=True,
+            text=True,
+            env=clean_environment(),
+            cwd=cli.workdir,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 75
+        assert "already serving from this data directory" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.request("GET", "/healthz") == (200, {"status": "ok"})
+        assert first.stop() == 0
+
     def test_cli_changes_reach_the_running_daemon(self, cli: Cli, serve: Any) -> None:
         """Keys issued, tenants suspended and resumed, and keys revoked by the CLI (each
         printing JSON) apply to the daemon's very next request."""
