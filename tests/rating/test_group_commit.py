@@ -1,4 +1,4 @@
-"""Group commit of rating writes: those arriving together share a transaction, failures stay alone."""
+"""Group commit of rating writes: writes arriving together share a transaction."""
 
 from __future__ import annotations
 
