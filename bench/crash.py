@@ -43,6 +43,7 @@ class Totals:
     acknowledged: int = 0
     idle_rounds: int = 0  # rounds killed before any request was acknowledged
     events: int = 0
+    rereads: int = 0  # rounds whose queue bytes read before had changed (a torn tail cut)
     statuses: Counter[int] = field(default_factory=Counter)
     violations: dict[tuple[str, str], Violation] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)  # distinct edge_node/ fingerprints seen
@@ -94,9 +95,11 @@ async def run(rounds: int, data_dir: Path, seed: int, totals: Totals) -> None:
     try:
         for _ in range(rounds):
             report = await crash.round()
+            sources = len(totals.sources)
             new = totals.add(report)
-            if new or len(totals.sources) > 1:
-                print(describe(report), f"(edge_node source {report.source})", flush=True)
+            totals.rereads = crash.queue.rereads
+            if new or len(totals.sources) > sources > 0:
+                print(describe(report), f"(edge_node/ source {report.source})", flush=True)
             for violation in new:
                 print(f"  VIOLATION {violation.kind} {violation.subject}: {violation.evidence}")
             if totals.rounds % PROGRESS_EVERY == 0:
@@ -120,7 +123,8 @@ def summary(totals: Totals, seed: int, data_dir: Path, interrupted: bool) -> str
             f"  rounds {totals.rounds}, SIGKILLs {totals.kills} ({totals.idle_rounds} before any"
             f" acknowledgement), requests sent {totals.sent} [{statuses}]",
             f"  acknowledged requests {totals.acknowledged}, usage events in the queue"
-            f" {totals.events}, violations {len(totals.violations)}, wall time"
+            f" {totals.events} (queue re-read from scratch {totals.rereads} times), violations"
+            f" {len(totals.violations)}, wall time"
             f" {totals.wall_seconds:.1f} s",
             f"  seed {seed}, data dir {data_dir}, edge_node/ changed during the run: {changed}",
             *([f"  error: {totals.error}"] if totals.error else []),

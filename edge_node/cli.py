@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
     )
     migrate.set_defaults(handler=_central_migrate)
+
+    sync = commands.add_parser("sync", help="sync with the central PostgreSQL").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    sync.add_parser(
+        "status", help="per shard: last success, last error, failures, lag (from the daemon)"
+    ).set_defaults(handler=_sync_status)
     return parser
 
 
@@ -254,6 +261,21 @@ def _central_migrate(config: Config, args: argparse.Namespace) -> int:
     if not dsns:
         raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
     return _emit(asyncio.run(migrate_dsns(dsns)))
+
+
+def _sync_status(config: Config, args: argparse.Namespace) -> int:
+    # The running daemon writes the file; sync.status does not load the PostgreSQL driver.
+    from sync.status import read_status_file  # noqa: PLC0415
+
+    document = read_status_file(config.data_path)
+    if document is None:
+        print(
+            f"edge-node: no sync status in {config.data_path}: the daemon writes it while it"
+            " serves with central.dsns set",
+            file=sys.stderr,
+        )
+        return 1
+    return _emit(document)
 
 
 def _require_uuid(tenant_id: str) -> None:

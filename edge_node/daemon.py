@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -15,16 +15,26 @@ from edge_node.app import NodeStorage, create_app
 from edge_node.config import Config
 from edge_node.meter import Meter, open_meter
 
+SYNC_STOP_GRACE_SECONDS = 5.0
+
+
+class BackgroundWorker(Protocol):
+    """What serve() needs of the sync worker, named without importing the sync package."""
+
+    async def stop(self, grace: float = ...) -> None: ...
+
 
 async def serve(config: Config, *, announce: Callable[[str], None] | None = None) -> None:
     """Serve until told to stop; in-flight requests get the configured grace period."""
     storage = NodeStorage.open(config)
     meter: Meter | None = None
+    sync_worker: BackgroundWorker | None = None
     try:
         meter = await open_meter(
             config.meter, config.queue, queue_directory(config), config.node_id
         )
         app = create_app(config, storage, meter)
+        sync_worker = start_sync(config, storage)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -42,9 +52,30 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         await _wait_for_stop_signal()
         await runner.cleanup()
     finally:
+        if sync_worker is not None:
+            await sync_worker.stop(SYNC_STOP_GRACE_SECONDS)
         if meter is not None:
             await meter.close()
         storage.close()
+
+
+def start_sync(config: Config, storage: NodeStorage) -> BackgroundWorker | None:
+    """Start the sync worker when central.dsns is set; None for a standalone node."""
+    if not config.central.dsns:
+        return None
+    # Imported here: a standalone node, and the request path, never load the sync package
+    # or its PostgreSQL driver.
+    from sync.rounds import EdgeStorage  # noqa: PLC0415
+    from sync.worker import SyncWorker  # noqa: PLC0415
+
+    worker = SyncWorker(
+        config.central,
+        EdgeStorage(storage.registry, storage.stores),
+        node_id=config.node_id,
+        data_dir=config.data_path,
+    )
+    worker.start()
+    return worker
 
 
 def queue_directory(config: Config, worker: int = 0) -> Path:

@@ -3,6 +3,12 @@
 API keys look like `enk_<key id: 16 hex>_<secret>`. Only the SHA-256 of the whole key is
 stored; a lookup finds the row by key id and compares hashes in constant time, so neither
 the database nor a timing side channel gives a usable key away.
+
+With a central database the registry is replicated (docs/sync.md, "The tenant registry"):
+tenants and keys created here, and keys revoked here, are recorded in `registry_outbox` in
+the same transaction and uploaded by the sync worker; rows downloaded from the central
+database are applied by `apply_remote`, where the central row wins for a tenant and a key
+revoked anywhere stays revoked.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import hmac
 import secrets
 import sqlite3
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -55,6 +62,23 @@ MIGRATIONS = (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         checked_at INTEGER NOT NULL
     );
+    """,
+    # 2: sync. Registry rows to upload (key_id NULL: the tenant row), seeded with everything
+    # created before sync existed; and named download checkpoints.
+    """
+    CREATE TABLE registry_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id TEXT NOT NULL,
+        key_id TEXT
+    );
+    INSERT INTO registry_outbox (tenant_id, key_id)
+        SELECT tenant_id, NULL FROM tenants ORDER BY created_at, tenant_id;
+    INSERT INTO registry_outbox (tenant_id, key_id)
+        SELECT tenant_id, key_id FROM api_keys ORDER BY created_at, key_id;
+    CREATE TABLE sync_state (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -108,6 +132,49 @@ class KeyGrant:
     rate_limit_per_minute: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """A tenant's whole registry row, as it travels between node.sqlite and the central db."""
+
+    tenant_id: str
+    name: str
+    status: TenantStatus
+    plan: Plan
+    rate_limit_per_minute: int | None
+    stripe_customer_id: str | None
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An API key's registry row (its hash, never the key), as it travels."""
+
+    key_id: str
+    tenant_id: str
+    key_hash: str
+    role: Role
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryChange:
+    """A registry row waiting for upload: a tenant, or one of its keys (with the tenant, which
+    the central key's foreign key needs). `seq` is its newest outbox entry."""
+
+    seq: int
+    tenant: TenantRecord
+    key: KeyRecord | None
+
+
+_TENANT_RECORD = (
+    "t.tenant_id, t.name, t.status, t.plan, t.rate_limit_per_minute, t.stripe_customer_id,"
+    " t.created_at, t.updated_at"
+)
+_KEY_RECORD = "k.key_id, k.tenant_id, k.key_hash, k.role, k.created_at, k.revoked_at"
+
+
 def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
@@ -154,6 +221,7 @@ class TenantRegistry:
                 " created_at, updated_at) VALUES (?, ?, 'active', ?, ?, ?, ?)",
                 (tenant.tenant_id, name, plan, rate_limit_per_minute, now, now),
             )
+            self._record_change(tenant.tenant_id, None)
             key = self._insert_key(tenant.tenant_id, "admin", now)
         return tenant, key
 
@@ -173,6 +241,8 @@ class TenantRegistry:
         return Tenant(*row) if row else None
 
     def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant:
+        """Change a tenant's status on this node only: with a central database, the central
+        row is the tenant's truth and replaces this change when it next changes."""
         with sqlite.transaction(self._conn):
             changed = self._conn.execute(
                 "UPDATE tenants SET status = ?, updated_at = ? WHERE tenant_id = ?",
@@ -208,6 +278,7 @@ class TenantRegistry:
                 self._conn.execute(
                     "UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (now, key_id)
                 )
+                self._record_change(tenant_id, key_id)
         return {"key_id": key_id, "tenant_id": tenant_id, "revoked_at": format_us(revoked_at)}
 
     def lookup_key(self, api_key: str) -> KeyGrant | None:
@@ -242,4 +313,97 @@ class TenantRegistry:
             " VALUES (?, ?, ?, ?, ?)",
             (key_id, tenant_id, hash_key(api_key), role, now),
         )
+        self._record_change(tenant_id, key_id)
         return IssuedKey(key_id, tenant_id, role, api_key)
+
+    def _record_change(self, tenant_id: str, key_id: str | None) -> None:
+        self._conn.execute(
+            "INSERT INTO registry_outbox (tenant_id, key_id) VALUES (?, ?)", (tenant_id, key_id)
+        )
+
+    # Sync: the outbox, rows from the central database, and download checkpoints.
+
+    def pending_uploads(self) -> list[RegistryChange]:
+        """Every tenant and key waiting for upload, in their current state, oldest first."""
+        rows = self._conn.execute(
+            f"SELECT o.seq, {_TENANT_RECORD}, {_KEY_RECORD}"  # noqa: S608
+            " FROM (SELECT tenant_id, key_id, max(seq) AS seq FROM registry_outbox"
+            "       GROUP BY tenant_id, key_id) o"
+            " JOIN tenants t ON t.tenant_id = o.tenant_id"
+            " LEFT JOIN api_keys k ON k.key_id = o.key_id"
+            " ORDER BY o.seq"
+        ).fetchall()
+        return [
+            RegistryChange(
+                row[0], TenantRecord(*row[1:9]), None if row[9] is None else KeyRecord(*row[9:])
+            )
+            for row in rows
+        ]
+
+    def acknowledge_uploads(self, changes: Sequence[RegistryChange]) -> None:
+        """Drop the outbox entries `changes` covered (call once the central COMMIT is done);
+        entries recorded since stay for the next upload."""
+        with sqlite.transaction(self._conn):
+            self._conn.executemany(
+                "DELETE FROM registry_outbox WHERE tenant_id = ? AND key_id IS ? AND seq <= ?",
+                [
+                    (c.tenant.tenant_id, None if c.key is None else c.key.key_id, c.seq)
+                    for c in changes
+                ],
+            )
+
+    def apply_remote(
+        self,
+        tenants: Sequence[TenantRecord],
+        keys: Sequence[KeyRecord],
+        *,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> int:
+        """Apply rows from the central database and store `checkpoint` (name, value), in one
+        transaction; how many rows changed. A tenant takes the central row whole; a key takes
+        its role, keeps its earliest revocation (revoked anywhere stays revoked), and is left
+        alone when its id already belongs to another tenant or hash here."""
+        changed = 0
+        with sqlite.transaction(self._conn):
+            for tenant in tenants:
+                changed += self._conn.execute(_APPLY_TENANT, astuple(tenant)).rowcount
+            for key in keys:
+                changed += self._conn.execute(_APPLY_KEY, astuple(key)).rowcount
+            if checkpoint is not None:
+                self._conn.execute(
+                    "INSERT INTO sync_state (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    checkpoint,
+                )
+        return changed
+
+    def sync_checkpoint(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM sync_state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+
+# Applying central rows (parameters in the records' field order): the WHERE clauses skip rows
+# that would not change, so rowcount says what did. SQLite compares NULLs with IS.
+_APPLY_TENANT = """
+    INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,
+                         stripe_customer_id, created_at, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (tenant_id) DO UPDATE SET
+        name = excluded.name, status = excluded.status, plan = excluded.plan,
+        rate_limit_per_minute = excluded.rate_limit_per_minute,
+        stripe_customer_id = excluded.stripe_customer_id, updated_at = excluded.updated_at
+    WHERE (name, status, plan, rate_limit_per_minute, stripe_customer_id, updated_at)
+        IS NOT (excluded.name, excluded.status, excluded.plan, excluded.rate_limit_per_minute,
+                excluded.stripe_customer_id, excluded.updated_at)"""
+
+_APPLY_KEY = """
+    INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at, revoked_at)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key_id) DO UPDATE SET
+        role = excluded.role,
+        revoked_at = coalesce(min(revoked_at, excluded.revoked_at), revoked_at,
+                              excluded.revoked_at)
+    WHERE tenant_id = excluded.tenant_id AND key_hash = excluded.key_hash
+      AND (role IS NOT excluded.role
+           OR revoked_at IS NOT coalesce(min(revoked_at, excluded.revoked_at), revoked_at,
+                                         excluded.revoked_at))"""

@@ -131,7 +131,7 @@ class TenantRouter:
 ROUTER_KEY = web.AppKey("router", TenantRouter)
 METER_KEY = web.AppKey("meter", Meter)
 REQUEST_ID_HEADER = "X-Request-Id"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamResponse]]
@@ -140,7 +140,7 @@ TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamRespo
 def request_id_of(request: web.Request) -> str:
     """The client's X-Request-Id when it is a sane token, else a fresh one."""
     given = request.headers.get(REQUEST_ID_HEADER)
-    if given is not None and _REQUEST_ID.match(given):
+    if given is not None and _REQUEST_ID.fullmatch(given):
         return given
     return os.urandom(16).hex()
 

@@ -114,14 +114,31 @@ def translated(context: str = "") -> Iterator[None]:
         raise mapped from exc
 
 
-async def connect(dsn: str, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> Connection:
-    """One connection to the server at `dsn`."""
+async def connect(
+    dsn: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    command_timeout: float | None = None,
+) -> Connection:
+    """One connection to the server at `dsn`; `command_timeout` bounds every statement (a
+    statement past it is cancelled and raises TransientSyncError)."""
     check_dsn(dsn)
     with translated(f"cannot connect to {redact_dsn(dsn)}"):
         connection: Connection = await asyncpg.connect(
-            dsn, timeout=connect_timeout, server_settings={"application_name": APPLICATION_NAME}
+            dsn,
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
+            server_settings={"application_name": APPLICATION_NAME},
         )
     return connection
+
+
+async def close_quietly(connection: Connection, wait_seconds: float = 2.0) -> None:
+    """Close a connection that may already be broken; a close that fails just aborts it."""
+    try:
+        await connection.close(timeout=wait_seconds)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        connection.terminate()
 
 
 async def create_pool(

@@ -34,6 +34,7 @@ LISTENING = re.compile(rb"^edge-node listening on http://127\.0\.0\.1:(\d+) ")
 ITEMS = 64  # shared item ids, so score reads and the per-item aggregates see many writers
 Kind = Literal["create", "update", "score", "refused"]
 Key = tuple[str, str]
+EMPTY_DIGEST = hashlib.sha256(b"").digest()
 # What an acknowledged request must have been billed as, by kind and response status.
 BILLED_AS = {
     ("create", 201): "rating.create",
@@ -100,22 +101,41 @@ class StoredRating:
     deleted: bool
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedEvent:
+    """A record read from the queue: its sequence number and the usage event it holds."""
+
+    seq: int
+    event: UsageEvent | None  # None: the payload is not a usage event
+
+    @classmethod
+    def decode(cls, record: Record) -> QueuedEvent:
+        try:
+            return cls(record.seq, UsageEvent.decode(record.payload))
+        except (ValueError, TypeError):
+            return cls(record.seq, None)
+
+
 @dataclass(slots=True)
 class Observed:
-    """What the dead daemon left on disk: queue records, ratings, and aggregate mismatches."""
+    """What the dead daemon left on disk: queued events, ratings, and aggregate mismatches."""
 
-    records: list[Record]
+    queued: list[QueuedEvent]
     ratings: dict[Key, StoredRating]
     aggregate_mismatches: list[str] = field(default_factory=list)
 
 
 def find_violations(ledger: Ledger, observed: Observed, tenant_id: str) -> list[Violation]:
     """Every way the disk contradicts what the client was told."""
-    events = _decode(observed.records)
+    events = [queued.event for queued in observed.queued if queued.event is not None]
     return [
-        *_sequence_violations(observed.records),
-        *(v for v in events if isinstance(v, Violation)),
-        *_billing_violations(ledger, [e for e in events if isinstance(e, UsageEvent)], tenant_id),
+        *_sequence_violations(observed.queued),
+        *(
+            Violation("undecodable-event", f"seq {queued.seq}", "not a usage event")
+            for queued in observed.queued
+            if queued.event is None
+        ),
+        *_billing_violations(ledger, events, tenant_id),
         *_rating_violations(ledger, observed.ratings),
         *(
             Violation("aggregate-drift", item, "item_scores disagrees with its ratings")
@@ -124,19 +144,9 @@ def find_violations(ledger: Ledger, observed: Observed, tenant_id: str) -> list[
     ]
 
 
-def _decode(records: list[Record]) -> list[UsageEvent | Violation]:
-    decoded: list[UsageEvent | Violation] = []
-    for record in records:
-        try:
-            decoded.append(UsageEvent.decode(record.payload))
-        except (ValueError, TypeError) as exc:
-            decoded.append(Violation("undecodable-event", f"seq {record.seq}", repr(exc)))
-    return decoded
-
-
-def _sequence_violations(records: list[Record]) -> Iterable[Violation]:
+def _sequence_violations(queued: list[QueuedEvent]) -> Iterable[Violation]:
     """Nothing consumes the queue here, so it must hold records 1..N with no gap."""
-    for expected, record in enumerate(records, start=1):
+    for expected, record in enumerate(queued, start=1):
         if record.seq != expected:
             yield Violation("queue-gap", f"seq {expected}", f"next readable record is {record.seq}")
             return
@@ -190,15 +200,53 @@ def _rating_violations(ledger: Ledger, ratings: Mapping[Key, StoredRating]) -> I
         yield Violation("rating-not-sent", repr(key), f"stored {ratings[key]}, never written")
 
 
-def observe(data_dir: Path, tenant_id: str) -> Observed:
+class QueueReader:
+    """Reads a dead daemon's queue directory round after round, changing nothing in it.
+
+    Re-reading every record each round would make a long run quadratic. So each read hashes
+    every segment file: if every byte seen last time is still there, only the records
+    appended since are read; if any changed or vanished, everything is read again. Either
+    way the result is all the readable records, and a record lost from the middle shows.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.rereads = 0  # reads that found earlier bytes changed and started over
+        self._queued: list[QueuedEvent] = []
+        self._seen: dict[str, tuple[int, bytes]] = {}  # segment file -> size, digest
+
+    def read(self) -> list[QueuedEvent]:
+        """Every readable record, oldest first, as events."""
+        if not self._unchanged():
+            self._queued, self.rereads = [], self.rereads + 1
+        known = self._queued[-1].seq if self._queued else 0
+        last_seq = inspect_queue(self.directory).last_seq
+        if last_seq > known:
+            fresh = tail_records(self.directory, last_seq - known)
+            self._queued += [QueuedEvent.decode(r) for r in fresh if r.seq > known]
+        return list(self._queued)
+
+    def _unchanged(self) -> bool:
+        """True if every segment still starts with the bytes it held last time; notes them."""
+        seen, self._seen = self._seen, {}
+        newest = max(seen, default="")
+        unchanged = True
+        for path in sorted(self.directory.glob("*.seg")):
+            data = path.read_bytes()
+            if path.name in seen:
+                size, digest = seen.pop(path.name)
+            else:  # a new segment may only follow the ones seen before
+                size, digest, unchanged = 0, EMPTY_DIGEST, unchanged and path.name > newest
+            running = hashlib.sha256(data[:size])
+            unchanged = unchanged and len(data) >= size and running.digest() == digest
+            running.update(data[size:])
+            self._seen[path.name] = (len(data), running.digest())
+        return unchanged and not seen
+
+
+def observe(data_dir: Path, tenant_id: str, queue: QueueReader) -> Observed:
     """Read the queue and the tenant's file of a dead daemon, changing nothing."""
-    return Observed(read_queue(data_dir / "queue" / "worker-0"), *read_ratings(data_dir, tenant_id))
-
-
-def read_queue(queue_dir: Path) -> list[Record]:
-    """Every readable record in the queue directory, oldest first."""
-    last_seq = inspect_queue(queue_dir).last_seq
-    return tail_records(queue_dir, last_seq) if last_seq else []
+    return Observed(queue.read(), *read_ratings(data_dir, tenant_id))
 
 
 def read_ratings(data_dir: Path, tenant_id: str) -> tuple[dict[Key, StoredRating], list[str]]:
@@ -329,6 +377,7 @@ class CrashRun:
         self.api_key: str = tenant["api_key"]
         self.settings = settings
         self.ledger = Ledger()
+        self.queue = QueueReader(data_dir / "queue" / "worker-0")
         self.rounds = 0
         self._random = random.Random(seed)
         self._tag = f"{seed:x}"
@@ -386,8 +435,8 @@ class CrashRun:
             await daemon.close()
         after = source_fingerprint()
         report.source = source if after == source else f"{source}->{after}"
-        observed = await asyncio.to_thread(observe, self.data_dir, self.tenant_id)
-        report.events = len(observed.records)
+        observed = await asyncio.to_thread(observe, self.data_dir, self.tenant_id, self.queue)
+        report.events = len(observed.queued)
         report.violations = find_violations(self.ledger, observed, self.tenant_id)
         return report
 

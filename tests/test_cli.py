@@ -136,7 +136,9 @@ class TestTenantCommands:
         stored = every_stored_byte(cli.data_dir)
         for key in keys:
             assert key.encode() not in stored
-            assert key.rsplit("_", 1)[1].encode() not in stored
+            secret = key[len("enk_") + 16 + 1 :]  # enk_<16-hex key id>_<secret>
+            assert len(secret) >= 40
+            assert secret.encode() not in stored
         with sqlite3.connect(cli.data_dir / "node.sqlite") as conn:
             hashes = {row[0] for row in conn.execute("SELECT key_hash FROM api_keys")}
         assert hashes == {hashlib.sha256(key.encode()).hexdigest() for key in keys}

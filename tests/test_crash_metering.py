@@ -11,13 +11,15 @@ import random
 from pathlib import Path
 
 from edge_node.meter import UsageEvent
-from edge_node.queue import Record
+from edge_node.queue import open_queue
 from tests.crash_harness import (
     CrashRun,
     Kind,
     Ledger,
     Observed,
     Outcome,
+    QueuedEvent,
+    QueueReader,
     StoredRating,
     describe,
     find_violations,
@@ -58,8 +60,8 @@ def event(request_id: str, operation: str = "rating.create", status: int = 201) 
     return UsageEvent(f"ev-{request_id}", TENANT, "node-a", operation, status, 1, 0, request_id)
 
 
-def records(*events: UsageEvent) -> list[Record]:
-    return [Record(seq, 0, e.encode()) for seq, e in enumerate(events, start=1)]
+def queued(*events: UsageEvent) -> list[QueuedEvent]:
+    return [QueuedEvent(seq, e) for seq, e in enumerate(events, start=1)]
 
 
 def ledger_of(*outcomes: Outcome) -> Ledger:
@@ -77,20 +79,20 @@ class TestCrashChecker:
     def test_a_consistent_ledger_has_no_violations(self) -> None:
         """Each acknowledged request billed once and each write stored: nothing is reported."""
         a, b = acknowledged("a"), acknowledged("b", "score", 200)
-        observed = Observed(records(event("a"), event("b", "score.read", 200)), stored(a))
+        observed = Observed(queued(event("a"), event("b", "score.read", 200)), stored(a))
         assert find_violations(ledger_of(a, b), observed, TENANT) == []
 
     def test_reports_a_lost_and_a_doubled_event(self) -> None:
         """An acknowledged request with no event is lost; one with two events is doubled."""
         a, b = acknowledged("a"), acknowledged("b")
-        observed = Observed(records(event("b"), event("b")), stored(a, b))
+        observed = Observed(queued(event("b"), event("b")), stored(a, b))
         found = {(v.kind, v.subject) for v in find_violations(ledger_of(a, b), observed, TENANT)}
         assert found == {("lost", "a"), ("doubled", "b")}
 
     def test_reports_an_event_for_a_refused_request(self) -> None:
         """A request answered 400 must not be billed."""
         refused = Outcome("r", "refused", ("user-r", "item-1"), 0, 400)
-        observed = Observed(records(event("r", "rating.create", 400)), {})
+        observed = Observed(queued(event("r", "rating.create", 400)), {})
         found = {(v.kind, v.subject) for v in find_violations(ledger_of(refused), observed, TENANT)}
         assert found == {("billed-refusal", "r")}
 
@@ -98,7 +100,7 @@ class TestCrashChecker:
         """An acknowledged rating that is absent, or holds another score, is lost."""
         a, b = acknowledged("a"), acknowledged("b")
         ratings = {b.key: StoredRating(1, False)}
-        observed = Observed(records(event("a"), event("b")), ratings)
+        observed = Observed(queued(event("a"), event("b")), ratings)
         found = {(v.kind, v.subject) for v in find_violations(ledger_of(a, b), observed, TENANT)}
         assert found == {("rating-lost", repr(a.key)), ("rating-lost", repr(b.key))}
 
@@ -106,7 +108,7 @@ class TestCrashChecker:
         """A write cut off by the kill may or may not have landed; either score is accepted."""
         first = acknowledged("a")
         cut_off = Outcome("c", "update", first.key, 2)
-        ledger, events = ledger_of(first, cut_off), records(event("a"))
+        ledger, events = ledger_of(first, cut_off), queued(event("a"))
         for score in (4, 2):
             observed = Observed(events, {first.key: StoredRating(score, False)})
             assert find_violations(ledger, observed, TENANT) == []
@@ -115,9 +117,49 @@ class TestCrashChecker:
 
     def test_reports_a_gap_in_the_queue(self) -> None:
         """Records lost from the middle of the queue are reported even if no ack needed them."""
-        gapped = [Record(1, 0, event("x").encode()), Record(3, 0, event("y").encode())]
+        gapped = [QueuedEvent(1, event("x")), QueuedEvent(3, event("y"))]
         ledger = ledger_of(
             Outcome("x", "create", ("u", "i"), 1), Outcome("y", "create", ("v", "i"), 1)
         )
         found = [v.kind for v in find_violations(ledger, Observed(gapped, {}), TENANT)]
         assert found == ["queue-gap"]
+
+
+async def append_events(directory: Path, *request_ids: str) -> None:
+    async with await open_queue(directory) as queue:
+        for request_id in request_ids:
+            await queue.append(event(request_id).encode())
+
+
+def damage_middle_of_only_segment(directory: Path) -> None:
+    """Flip a byte halfway through the segment: inside the second of three equal records."""
+    (segment,) = directory.glob("*.seg")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+
+class TestQueueReader:
+    async def test_reads_only_what_was_appended_since_the_last_read(self, tmp_path: Path) -> None:
+        """Records appended between reads are added to those read before, without starting over."""
+        reader = QueueReader(tmp_path)
+        await append_events(tmp_path, "a", "b")
+        assert [q.event.request_id for q in reader.read() if q.event] == ["a", "b"]
+        await append_events(tmp_path, "c")
+        assert [(q.seq, q.event.request_id) for q in reader.read() if q.event] == [
+            (1, "a"),
+            (2, "b"),
+            (3, "c"),
+        ]
+        assert reader.rereads == 0
+
+    async def test_a_record_damaged_after_it_was_read_shows_as_a_gap(self, tmp_path: Path) -> None:
+        """Bytes read in an earlier round that change later make the reader start over."""
+        reader = QueueReader(tmp_path)
+        await append_events(tmp_path, "a", "b", "c")
+        assert len(reader.read()) == 3
+        damage_middle_of_only_segment(tmp_path)
+        observed = Observed(reader.read(), {})
+        ledger = ledger_of(*(Outcome(r, "create", (r, "i"), 1) for r in "abc"))
+        assert reader.rereads == 1
+        assert [v.kind for v in find_violations(ledger, observed, TENANT)] == ["queue-gap"]

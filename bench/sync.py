@@ -1,0 +1,194 @@
+"""Benchmark: sync with the central PostgreSQL, an outbox backlog and a healing partition.
+
+Run from the repository root:
+
+    python -m bench.sync upload [--rows 100000] [--batch-size 1000] [--dsn URL]
+    python -m bench.sync converge [--writes 10000] [--nodes 3] [--interval 1.0] [--dsn URL]
+
+`upload`: one tenant with `--rows` local ratings waiting in its outbox; times the upload of
+the whole backlog (SQLite read, one unnest upsert per batch, acknowledgement) and, separately,
+the download of the same rows by a second edge node.
+`converge`: `--nodes` edge nodes each write `--writes` ratings of one tenant while no worker
+runs (the partition; a third of the keys written by every node, so they conflict), then
+every node starts its sync worker at once; times until every node and PostgreSQL hold the
+same rows.
+Without --dsn a throwaway PostgreSQL is started (tests/postgres.py) with fsync off, so these
+numbers leave out the server's disk; each run uses a fresh database, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from edge_node.config import CentralConfig
+from edge_node.rating.model import RatingInput
+from edge_node.rating.store import TenantStores
+from edge_node.registry import TenantRegistry
+from sync.central_schema import migrate_dsns
+from sync.positions import database_identity
+from sync.postgres import connect
+from sync.rounds import EdgeStorage, ShardRound
+from sync.set_aside import SetAsideLog
+from sync.worker import SyncWorker
+
+
+class Node:
+    def __init__(self, root: Path, node_id: str) -> None:
+        self.node_id = node_id
+        self.data_dir = root / node_id
+        self.registry = TenantRegistry.open(self.data_dir)
+        self.stores = TenantStores(self.data_dir / "tenants", node_id=node_id)
+
+    def close(self) -> None:
+        self.stores.close()
+        self.registry.close()
+
+    def worker(self, dsn: str, interval: float, batch_size: int) -> SyncWorker:
+        central = CentralConfig((dsn,), interval, batch_size)
+        edge = EdgeStorage(self.registry, self.stores)
+        return SyncWorker(central, edge, node_id=self.node_id, data_dir=self.data_dir)
+
+    def rows_digest(self, tenant_id: str) -> list[tuple[object, ...]]:
+        with contextlib.closing(sqlite3.connect(self.stores.path(tenant_id))) as conn:
+            return conn.execute(
+                "SELECT id, score, comment, updated_at, origin_node, deleted FROM ratings"
+                " ORDER BY id"
+            ).fetchall()
+
+
+def write(node: Node, tenant_id: str, count: int, *, prefix: str = "u") -> float:
+    store = node.stores.get(tenant_id)
+    started = time.perf_counter()
+    for i in range(count):
+        store.upsert(RatingInput(f"{prefix}{i}", f"item{i % 500}", 1 + i % 5, None))
+    return time.perf_counter() - started
+
+
+async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> None:
+    a, b = Node(root, "edge-a"), Node(root, "edge-b")
+    try:
+        tenant, _ = a.registry.create_tenant("bench")
+        t = tenant.tenant_id
+        seconds = write(a, t, rows)
+        print(f"local writes: {rows} in {seconds:.2f} s")
+        conn = await connect(dsn)
+        try:
+            round_ = ShardRound(
+                conn, 0, 1, EdgeStorage(a.registry, a.stores), batch_size, SetAsideLog(root / "x")
+            )
+            await round_.upload_registry()
+            started = time.perf_counter()
+            await round_.upload_ratings(t)
+            seconds = time.perf_counter() - started
+            assert await conn.fetchval("SELECT count(*) FROM ratings") == rows
+            print(
+                f"upload: {rows} rows in {seconds:.2f} s = {rows / seconds:,.0f} rows/s"
+                f" (batch {batch_size})"
+            )
+            await ShardRound(
+                conn, 0, 1, EdgeStorage(b.registry, b.stores), batch_size, SetAsideLog(root / "x")
+            ).download_registry(await database_identity(conn))
+            started = time.perf_counter()
+            down = ShardRound(
+                conn, 0, 1, EdgeStorage(b.registry, b.stores), batch_size, SetAsideLog(root / "x")
+            )
+            await down.download_ratings(t, await database_identity(conn))
+            seconds = time.perf_counter() - started
+            print(
+                f"download: {down.report.downloaded} rows in {seconds:.2f} s"
+                f" = {down.report.downloaded / seconds:,.0f} rows/s"
+            )
+        finally:
+            await conn.close()
+    finally:
+        a.close()
+        b.close()
+
+
+async def bench_converge(
+    dsn: str, root: Path, writes: int, node_count: int, interval: float, batch_size: int
+) -> None:
+    nodes = [Node(root, f"edge-{i}") for i in range(node_count)]
+    try:
+        tenant, _ = nodes[0].registry.create_tenant("bench")
+        t = tenant.tenant_id
+        first = nodes[0].worker(dsn, interval, batch_size)
+        await first.run_once()
+        await first.stop()
+        for node in nodes[1:]:
+            worker = node.worker(dsn, interval, batch_size)
+            await worker.run_once()
+            await worker.stop()
+        for n, node in enumerate(nodes):
+            shared = writes // 3
+            write(node, t, shared, prefix="shared")  # the same keys on every node: conflicts
+            write(node, t, writes - shared, prefix=f"n{n}-")
+        print(f"{node_count} nodes x {writes} pending writes; sync interval {interval} s")
+        workers = [node.worker(dsn, interval, batch_size) for node in nodes]
+        conn = await connect(dsn)
+        started = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        try:
+            while True:
+                digests = [node.rows_digest(t) for node in nodes]
+                central = await conn.fetchval("SELECT count(*) FROM ratings")
+                if all(d == digests[0] for d in digests) and central == len(digests[0]):
+                    break
+                await asyncio.sleep(0.05)
+            seconds = time.perf_counter() - started
+        finally:
+            for worker in workers:
+                await worker.stop()
+            await conn.close()
+        print(f"converged: {len(digests[0])} rows on every node and centrally in {seconds:.2f} s")
+    finally:
+        for node in nodes:
+            node.close()
+
+
+@contextlib.contextmanager
+def database(dsn: str | None) -> Iterator[str]:
+    if dsn is not None:
+        yield dsn
+        return
+    from tests.postgres import start_server  # noqa: PLC0415 - only without --dsn
+
+    server = start_server()
+    try:
+        yield server.dsn(server.create_database())
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=("upload", "converge"))
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--writes", type=int, default=10_000)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--dsn", help="an empty database to use (default: a throwaway server)")
+    args = parser.parse_args()
+    with database(args.dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(migrate_dsns([dsn]))
+        if args.scenario == "upload":
+            asyncio.run(bench_upload(dsn, Path(tmp), args.rows, args.batch_size))
+        else:
+            asyncio.run(
+                bench_converge(
+                    dsn, Path(tmp), args.writes, args.nodes, args.interval, args.batch_size
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Ratings on the central database: the upload upsert and the per-tenant download of changes.
+
+Both sides apply one conflict rule, the same as every edge (`edge_node.rating.store.wins`): a
+row replaces another only when its (updated_at, origin_node) is greater. origin_node is
+compared byte by byte (`COLLATE "C"`), as SQLite and Python compare text; the database's own
+collation could order 'Node-b' and 'node-a' differently on another server. A row that does
+not win changes nothing, not even its change position, so uploading a batch twice (a retry
+after a lost COMMIT acknowledgement) is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from edge_node.rating.store import RatingRow, wins
+from sync.positions import Position
+from sync.postgres import translated
+
+if TYPE_CHECKING:
+    from sync.postgres import Connection
+
+# One statement per batch: the columns travel as ten arrays, which PostgreSQL turns back into
+# rows; far cheaper than one INSERT per row, whatever the driver pipelines.
+_UPSERT = """
+    INSERT INTO ratings AS current (tenant_id, id, user_id, item_id, score, comment,
+                                    created_at, updated_at, origin_node, deleted)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int2[],
+                         $6::text[], $7::int8[], $8::int8[], $9::text[], $10::bool[])
+    ON CONFLICT (tenant_id, user_id, item_id) DO UPDATE SET
+        score = excluded.score,
+        comment = excluded.comment,
+        created_at = excluded.created_at,
+        updated_at = excluded.updated_at,
+        origin_node = excluded.origin_node,
+        deleted = excluded.deleted
+    WHERE (excluded.updated_at, excluded.origin_node COLLATE "C")
+        > (current.updated_at, current.origin_node COLLATE "C")"""
+
+# One statement, hence one snapshot, for the horizon and the page: the horizon is the oldest
+# transaction running in the very snapshot the rows are read from.
+_CHANGES = """
+    WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xid)
+    SELECT horizon.xid::text AS horizon, page.*
+    FROM horizon LEFT JOIN LATERAL (
+        SELECT r.id::text AS id, r.user_id, r.item_id, r.score, r.comment, r.created_at,
+               r.updated_at, r.origin_node, r.deleted, r.change_xid::text AS position
+        FROM ratings r
+        WHERE r.tenant_id = $1
+          AND r.change_xid >= $2::text::xid8
+          AND (r.change_xid > $2::text::xid8 OR $3::uuid IS NULL OR r.id > $3::uuid)
+          AND r.change_xid < horizon.xid
+        ORDER BY r.change_xid, r.id
+        LIMIT $4
+    ) page ON true"""
+
+
+def latest_per_rating(rows: Sequence[RatingRow]) -> list[RatingRow]:
+    """One row per (tenant, user, item), the winner under the rule: an upsert may touch a row
+    only once per statement."""
+    latest: dict[tuple[str, str, str], RatingRow] = {}
+    for row in rows:
+        key = (row.tenant_id, row.user_id, row.item_id)
+        held = latest.get(key)
+        if held is None or wins(row, held):
+            latest[key] = row
+    return list(latest.values())
+
+
+async def upload_ratings(connection: Connection, rows: Sequence[RatingRow]) -> int:
+    """Upsert `rows` in one transaction under the conflict rule; how many rows changed."""
+    rows = latest_per_rating(rows)
+    if not rows:
+        return 0
+    columns = (
+        [r.tenant_id for r in rows],
+        [r.id for r in rows],
+        [r.user_id for r in rows],
+        [r.item_id for r in rows],
+        [r.score for r in rows],
+        [r.comment for r in rows],
+        [r.created_at for r in rows],
+        [r.updated_at for r in rows],
+        [r.origin_node for r in rows],
+        [r.deleted for r in rows],
+    )
+    with translated(f"uploading {len(rows)} ratings"):
+        async with connection.transaction():
+            status = await connection.execute(_UPSERT, *columns)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def download_ratings(
+    connection: Connection, tenant_id: str, since: Position, limit: int
+) -> tuple[list[RatingRow], Position]:
+    """Up to `limit` of the tenant's rows changed after `since` and below the horizon, in
+    (change_xid, id) order, and the position to resume from. Fewer than `limit` rows means
+    the tenant is read up to the horizon."""
+    (after_id,) = since.key_bound(1)
+    with translated(f"downloading ratings of tenant {tenant_id}"):
+        records = await connection.fetch(_CHANGES, tenant_id, str(since.xid), after_id, limit)
+    rows = [
+        RatingRow(
+            r["id"],
+            tenant_id,
+            r["user_id"],
+            r["item_id"],
+            r["score"],
+            r["comment"],
+            r["created_at"],
+            r["updated_at"],
+            r["origin_node"],
+            r["deleted"],
+        )
+        for r in records
+        if r["id"] is not None
+    ]
+    if len(rows) == limit:
+        last = records[-1]
+        return rows, since.after_page(int(last["position"]), (last["id"],))
+    return rows, since.at_horizon(int(records[0]["horizon"]))

@@ -1,0 +1,163 @@
+"""One sync round against one shard: upload this node's changes, then download the shard's.
+
+Order within a round: registry up, each tenant's ratings outbox up, registry down, each
+tenant's ratings down. Uploading first means this node's own writes are in the central
+database before it asks what changed there; downloading the registry before the ratings means
+a tenant created centrally gets its ratings in the same round.
+
+Every upload batch is one central transaction, and its outbox entries are acknowledged only
+after that COMMIT returned: a failure anywhere before leaves them queued for the next round,
+and a batch sent twice (COMMIT done, acknowledgement lost) changes nothing the second time.
+Every downloaded page is applied and its checkpoint stored in one local transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from edge_node.rating.store import RatingRow, TenantStores
+from edge_node.registry import RegistryChange, TenantRegistry
+from sync.positions import Position, database_identity
+from sync.ratings import download_ratings, upload_ratings
+from sync.registry import download_keys, download_tenants, upload_registry
+from sync.set_aside import SetAsideLog, send_or_set_aside
+from sync.shards import shard_for
+
+if TYPE_CHECKING:
+    from sync.postgres import Connection
+
+
+@dataclass(frozen=True)
+class EdgeStorage:
+    """What a round reads and writes on this node: the registry and the tenant files."""
+
+    registry: TenantRegistry
+    stores: TenantStores
+
+
+@dataclass
+class RoundReport:
+    """What one round moved."""
+
+    tenants: int = 0
+    uploaded: int = 0  # rating rows sent to the central database
+    downloaded: int = 0  # rating rows received from it
+    applied: int = 0  # received rows that changed this node (the rest lost the conflict rule)
+    registry_uploaded: int = 0
+    registry_applied: int = 0
+    set_aside: int = 0
+
+
+@dataclass
+class ShardRound:
+    """One round on shard `index` of `count`, over an open connection to it."""
+
+    connection: Connection
+    index: int
+    count: int
+    edge: EdgeStorage
+    batch_size: int
+    set_aside: SetAsideLog
+    report: RoundReport = field(default_factory=RoundReport)
+
+    async def run(self) -> RoundReport:
+        database = await database_identity(self.connection)
+        await self.upload_registry()
+        for tenant_id in self.tenant_ids():
+            await self.upload_ratings(tenant_id)
+        await self.download_registry(database)
+        tenant_ids = self.tenant_ids()
+        for tenant_id in tenant_ids:
+            await self.download_ratings(tenant_id, database)
+        self.report.tenants = len(tenant_ids)
+        return self.report
+
+    def tenant_ids(self) -> list[str]:
+        """The tenants of this node's registry that live on this shard."""
+        return [t.tenant_id for t in self.edge.registry.list_tenants() if self.owns(t.tenant_id)]
+
+    def owns(self, tenant_id: str) -> bool:
+        return shard_for(tenant_id, self.count) == self.index
+
+    async def upload_registry(self) -> None:
+        changes = [c for c in self.edge.registry.pending_uploads() if self.owns(c.tenant.tenant_id)]
+        for start in range(0, len(changes), self.batch_size):
+            batch = changes[start : start + self.batch_size]
+            changed, refused = await send_or_set_aside(self._send_registry, batch)
+            self._set_aside("registry", refused)
+            self.edge.registry.acknowledge_uploads(batch)
+            self.report.registry_uploaded += changed
+
+    async def upload_ratings(self, tenant_id: str) -> None:
+        store = self.edge.stores.get(tenant_id)
+        while True:
+            rows, up_to_seq = store.pending_changes(self.batch_size)
+            if up_to_seq == 0:
+                return
+            if rows:  # entries whose rating no longer exists have nothing to send
+                _, refused = await send_or_set_aside(self._send_ratings, rows)
+                self._set_aside("rating", refused)
+            store.acknowledge_uploaded(up_to_seq)
+            self.report.uploaded += len(rows)
+
+    async def download_registry(self, database: str) -> None:
+        await self._download_tenants(database)
+        await self._download_keys(database)
+
+    async def _download_tenants(self, database: str) -> None:
+        registry = self.edge.registry
+        name = f"registry.tenants.shard-{self.index}"
+        position = Position.decode(registry.sync_checkpoint(name), database)
+        while True:
+            tenants, position = await download_tenants(self.connection, position, self.batch_size)
+            if tenants:  # like ratings: an empty page is not worth a write (and an fsync)
+                mine = [t for t in tenants if self.owns(t.tenant_id)]
+                self.report.registry_applied += registry.apply_remote(
+                    mine, [], checkpoint=(name, position.encode())
+                )
+            if len(tenants) < self.batch_size:
+                return
+
+    async def _download_keys(self, database: str) -> None:
+        registry = self.edge.registry
+        name = f"registry.keys.shard-{self.index}"
+        position = Position.decode(registry.sync_checkpoint(name), database)
+        while True:
+            pairs, position = await download_keys(self.connection, position, self.batch_size)
+            if pairs:
+                mine = [(key, tenant) for key, tenant in pairs if self.owns(key.tenant_id)]
+                owners = {tenant.tenant_id: tenant for _, tenant in mine}
+                self.report.registry_applied += registry.apply_remote(
+                    list(owners.values()),
+                    [key for key, _ in mine],
+                    checkpoint=(name, position.encode()),
+                )
+            if len(pairs) < self.batch_size:
+                return
+
+    async def download_ratings(self, tenant_id: str, database: str) -> None:
+        store = self.edge.stores.get(tenant_id)
+        position = Position.decode(store.download_checkpoint(), database)
+        while True:
+            rows, position = await download_ratings(
+                self.connection, tenant_id, position, self.batch_size
+            )
+            # An empty page is not stored: the next round reads the same empty range again,
+            # which costs one index probe, where storing it would write every tenant file.
+            if rows:
+                self.report.applied += store.set_download_checkpoint(position.encode(), rows)
+                self.report.downloaded += len(rows)
+            if len(rows) < self.batch_size:
+                return
+
+    async def _send_ratings(self, rows: Sequence[RatingRow]) -> int:
+        return await upload_ratings(self.connection, rows)
+
+    async def _send_registry(self, changes: Sequence[RegistryChange]) -> int:
+        return await upload_registry(self.connection, changes)
+
+    def _set_aside(self, kind: str, refused: Sequence[tuple[object, str]]) -> None:
+        self.set_aside.record(kind, self.index, refused)
+        self.report.set_aside += len(refused)

@@ -1,0 +1,225 @@
+"""The sync worker: one loop per shard, running a round (sync/rounds.py) every sync interval.
+
+A shard that fails is retried with capped exponential backoff and jitter (sync/backoff.py),
+whatever failed: PostgreSQL unreachable, slow (every statement has a timeout), a connection
+dropped mid-batch, a local SQLite error, even a bug. Nothing waits for a local write: the loop
+keeps trying by itself, so the outbox drains as soon as the database answers again. Shards are
+independent: one down does not delay the others. `status()` and the status file
+(sync/status.py) show each shard's last success, last error, failures and lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_node.clock import now_us
+from edge_node.config import CentralConfig
+from edge_node.errors import SyncError
+from sync.backoff import Backoff
+from sync.postgres import check_dsn, close_quietly, connect, redact_dsn
+from sync.rounds import EdgeStorage, RoundReport, ShardRound
+from sync.set_aside import FILE_NAME as SET_ASIDE_FILE
+from sync.set_aside import SetAsideLog
+from sync.shards import shard_for
+from sync.status import ShardStatus, write_status_file
+
+if TYPE_CHECKING:
+    from sync.postgres import Connection
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_SECONDS = 10.0
+STATEMENT_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass
+class _Shard:
+    """One shard's connection and health, owned by its loop."""
+
+    index: int
+    dsn: str
+    status: ShardStatus
+    connection: Connection | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SyncWorker:
+    """Syncs this node with every shard of the central database until stopped."""
+
+    def __init__(
+        self,
+        central: CentralConfig,
+        edge: EdgeStorage,
+        *,
+        node_id: str,
+        data_dir: Path,
+        backoff: Backoff | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+    ) -> None:
+        self._central = central
+        self._edge = edge
+        self._node_id = node_id
+        self._data_dir = data_dir
+        self._backoff = backoff or Backoff()
+        self._connect_timeout = connect_timeout
+        self._statement_timeout = statement_timeout
+        for dsn in central.dsns:
+            check_dsn(dsn)  # ConfigError now, at start-up, rather than a retry loop later
+        self._set_aside = SetAsideLog(data_dir / SET_ASIDE_FILE)
+        self._shards = [
+            _Shard(i, dsn, ShardStatus(i, redact_dsn(dsn))) for i, dsn in enumerate(central.dsns)
+        ]
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def status(self) -> list[ShardStatus]:
+        """A snapshot of every shard's status."""
+        return [replace(shard.status) for shard in self._shards]
+
+    def start(self) -> None:
+        """Start one background loop per shard."""
+        if self._tasks:
+            raise RuntimeError("the sync worker is already running")
+        self._stopping.clear()
+        self._tasks = [
+            asyncio.create_task(self._run(shard), name=f"sync-shard-{shard.index}")
+            for shard in self._shards
+        ]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Let the rounds in progress finish for up to `grace` seconds, cancel the rest, and
+        close the connections. Cancelling a round is safe: its upload is rolled back or, if
+        the COMMIT made it, sent again as a no-op next time; nothing local is half-written."""
+        self._stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+        for shard in self._shards:
+            if shard.connection is not None:
+                await close_quietly(shard.connection)
+                shard.connection = None
+            shard.status.state = "stopped"
+            shard.status.next_attempt_at = None
+        self._publish()
+
+    async def run_once(self) -> list[RoundReport]:
+        """One round on every shard, in order; errors propagate (for tests and tools)."""
+        return [await self._sync(shard) for shard in self._shards]
+
+    async def _run(self, shard: _Shard) -> None:
+        while not self._stopping.is_set():
+            delay = await self._attempt(shard)
+            shard.status.next_attempt_at = now_us() + int(delay * 1e6)
+            self._publish()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    async def _attempt(self, shard: _Shard) -> float:
+        """One round, never raising; the delay before the next one."""
+        shard.status.last_attempt_at = now_us()
+        try:
+            report = await self._sync(shard)
+        except (SyncError, sqlite3.Error) as exc:
+            return self._failed(shard, exc)
+        except Exception as exc:  # a bug must not end sync for good: report it, retry later
+            log.exception("sync round on shard %d failed unexpectedly", shard.index)
+            return self._failed(shard, exc)
+        finally:
+            self._measure_lag(shard)
+        return self._succeeded(shard, report)
+
+    def _succeeded(self, shard: _Shard, report: RoundReport) -> float:
+        status = shard.status
+        status.state = "ok"
+        status.last_success_at = now_us()
+        status.consecutive_failures = 0
+        status.tenants = report.tenants
+        status.uploaded_rows += report.uploaded
+        status.downloaded_rows += report.downloaded
+        status.applied_rows += report.applied
+        status.registry_uploaded += report.registry_uploaded
+        status.registry_applied += report.registry_applied
+        status.set_aside_rows += report.set_aside
+        if report.set_aside:
+            log.error(
+                "shard %d refused %d rows for good; they are listed in %s",
+                shard.index,
+                report.set_aside,
+                self._set_aside.path,
+            )
+        return self._central.sync_interval_seconds
+
+    def _failed(self, shard: _Shard, exc: BaseException) -> float:
+        status = shard.status
+        status.state = "retrying"
+        status.consecutive_failures += 1
+        status.last_error = f"{type(exc).__name__}: {exc}"
+        status.last_error_at = now_us()
+        delay = self._backoff.delay(status.consecutive_failures)
+        log.warning(
+            "sync with shard %d (%s) failed %d time(s) in a row, retrying in %.1f s: %s",
+            shard.index,
+            status.dsn,
+            status.consecutive_failures,
+            delay,
+            exc,
+        )
+        return delay
+
+    async def _sync(self, shard: _Shard) -> RoundReport:
+        async with shard.lock:
+            if shard.connection is None or shard.connection.is_closed():
+                shard.connection = await connect(
+                    shard.dsn,
+                    connect_timeout=self._connect_timeout,
+                    command_timeout=self._statement_timeout,
+                )
+            connection = shard.connection
+            try:
+                return await ShardRound(
+                    connection,
+                    shard.index,
+                    len(self._shards),
+                    self._edge,
+                    self._central.batch_size,
+                    self._set_aside,
+                ).run()
+            except BaseException:
+                # The connection may be dead or inside a failed transaction: start afresh.
+                connection.terminate()
+                shard.connection = None
+                raise
+
+    def _measure_lag(self, shard: _Shard) -> None:
+        """Outbox lag of the shard's tenants, read locally: visible while the shard is down."""
+        pending, oldest = 0, None
+        try:
+            for tenant in self._edge.registry.list_tenants():
+                if shard_for(tenant.tenant_id, len(self._shards)) != shard.index:
+                    continue
+                rows, _ = self._edge.stores.get(tenant.tenant_id).pending_changes(1)
+                if rows:
+                    pending += 1
+                    oldest = (
+                        rows[0].updated_at if oldest is None else min(oldest, rows[0].updated_at)
+                    )
+        except sqlite3.Error as exc:
+            log.warning("cannot measure the outbox lag of shard %d: %s", shard.index, exc)
+            return
+        shard.status.pending_tenants = pending
+        shard.status.oldest_pending_at = oldest
+
+    def _publish(self) -> None:
+        try:
+            write_status_file(self._data_dir, self._node_id, self.status(), now_us())
+        except OSError as exc:
+            log.warning("cannot write the sync status file: %s", exc)

@@ -1,0 +1,179 @@
+"""Test support for sync: edge nodes as data directories, central inspection, a TCP proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_node.config import CentralConfig
+from edge_node.rating.model import RatingInput
+from edge_node.rating.store import RatingRow, TenantStore, TenantStores
+from edge_node.registry import TenantRegistry
+from sync.backoff import Backoff
+from sync.postgres import Connection
+from sync.rounds import EdgeStorage, RoundReport
+from sync.worker import SyncWorker
+
+ROW_COLUMNS = (
+    "id, tenant_id, user_id, item_id, score, comment, created_at, updated_at, origin_node, deleted"
+)
+
+
+@dataclass
+class Edge:
+    """One edge node's storage in its own data directory, as the daemon opens it."""
+
+    node_id: str
+    data_dir: Path
+    registry: TenantRegistry
+    stores: TenantStores
+
+    @classmethod
+    def open(cls, data_dir: Path, node_id: str) -> Edge:
+        registry = TenantRegistry.open(data_dir)
+        stores = TenantStores(data_dir / "tenants", node_id=node_id)
+        return cls(node_id, data_dir, registry, stores)
+
+    def close(self) -> None:
+        self.stores.close()
+        self.registry.close()
+
+    def worker(
+        self,
+        dsns: Sequence[str],
+        *,
+        interval: float = 0.05,
+        batch_size: int = 1000,
+        backoff: Backoff | None = None,
+        statement_timeout: float = 30.0,
+    ) -> SyncWorker:
+        central = CentralConfig(
+            dsns=tuple(dsns), sync_interval_seconds=interval, batch_size=batch_size
+        )
+        return SyncWorker(
+            central,
+            EdgeStorage(self.registry, self.stores),
+            node_id=self.node_id,
+            data_dir=self.data_dir,
+            backoff=backoff,
+            connect_timeout=5.0,
+            statement_timeout=statement_timeout,
+        )
+
+    async def sync(self, *dsns: str, batch_size: int = 1000) -> list[RoundReport]:
+        """One round on every shard, raising on failure."""
+        worker = self.worker(dsns, batch_size=batch_size)
+        try:
+            return await worker.run_once()
+        finally:
+            await worker.stop(grace=0)
+
+    def store(self, tenant_id: str) -> TenantStore:
+        return self.stores.get(tenant_id)
+
+    def rate(
+        self, tenant_id: str, user_id: str, item_id: str, score: int, comment: str | None = None
+    ) -> str:
+        rating, _ = self.store(tenant_id).upsert(RatingInput(user_id, item_id, score, comment))
+        return rating.id
+
+    def rows(self, tenant_id: str) -> list[tuple[Any, ...]]:
+        """Every row of the tenant, tombstones included, as plain tuples in id order."""
+        with contextlib.closing(sqlite3.connect(self.stores.path(tenant_id))) as conn:
+            rows = conn.execute(f"SELECT {ROW_COLUMNS} FROM ratings ORDER BY id").fetchall()
+        return [(*row[:9], bool(row[9])) for row in rows]
+
+    def scores(self, tenant_id: str) -> list[tuple[Any, ...]]:
+        """The stored aggregates of items with live ratings: (item, count, total, s1..s5)."""
+        with contextlib.closing(sqlite3.connect(self.stores.path(tenant_id))) as conn:
+            return [
+                tuple(row)
+                for row in conn.execute(
+                    "SELECT item_id, count, total, s1, s2, s3, s4, s5 FROM item_scores"
+                    " WHERE count > 0 ORDER BY item_id"
+                ).fetchall()
+            ]
+
+    def pending(self, tenant_id: str) -> list[RatingRow]:
+        rows, _ = self.store(tenant_id).pending_changes(100_000)
+        return rows
+
+
+async def central_rows(conn: Connection, tenant_id: str) -> list[tuple[Any, ...]]:
+    records = await conn.fetch(
+        "SELECT id::text, tenant_id::text, user_id, item_id, score::int, comment, created_at,"
+        " updated_at, origin_node, deleted FROM ratings WHERE tenant_id = $1 ORDER BY id::text",
+        tenant_id,
+    )
+    return [tuple(r) for r in records]
+
+
+async def central_scores(conn: Connection, tenant_id: str) -> list[tuple[Any, ...]]:
+    records = await conn.fetch(
+        "SELECT item_id, count::int, total::int, s1::int, s2::int, s3::int, s4::int, s5::int"
+        " FROM item_scores WHERE tenant_id = $1 ORDER BY item_id",
+        tenant_id,
+    )
+    return [tuple(r) for r in records]
+
+
+def rows_hash(rows: Sequence[tuple[Any, ...]]) -> str:
+    return hashlib.sha256(repr(sorted(rows, key=repr)).encode()).hexdigest()
+
+
+class TcpProxy:
+    """A TCP forwarder on a loopback port that a test can cut (dropping every connection and
+    refusing new ones) and heal, to play a network partition between an edge and PostgreSQL."""
+
+    def __init__(self, target_port: int, port: int) -> None:
+        self.target_port = target_port
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    def dsn(self, dsn: str) -> str:
+        """`dsn` pointed at the proxy instead of the server."""
+        return dsn.replace(f":{self.target_port}/", f":{self.port}/")
+
+    async def heal(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._links):
+            writer.transport.abort()
+        self._links.clear()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
+        except OSError:
+            writer.transport.abort()
+            return
+        self._links.update((writer, upstream_writer))
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._links.discard(writer)
+            writer.transport.abort()
