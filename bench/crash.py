@@ -116,7 +116,8 @@ def daemon_log(data_dir: Path) -> Path:
 
 def summary(totals: Totals, seed: int, data_dir: Path, interrupted: bool) -> str:
     statuses = ", ".join(f"{code or 'none'}: {n}" for code, n in sorted(totals.statuses.items()))
-    changed = "no" if len(totals.sources) <= 1 else f"YES ({' / '.join(totals.sources)})"
+    versions = {version for source in totals.sources for version in source.split("->")}
+    changed = "no" if len(versions) <= 1 else f"YES, {len(versions)} versions"
     return "\n".join(
         [
             f"crash summary{' (interrupted)' if interrupted else ''}: {totals.line()}",
