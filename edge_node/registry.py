@@ -80,6 +80,43 @@ MIGRATIONS = (
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 3: Stripe billing. The ledger of meter-event batches (written before a batch is sent,
+    # so a crash at any point resends the same identifier with the same value), Stripe
+    # webhook events applied (each once), and a tenant's subscription and billing state.
+    """
+    CREATE TABLE billing_ledger (
+        identifier TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        customer_id TEXT,
+        event_name TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        value INTEGER NOT NULL CHECK (value > 0),
+        events INTEGER NOT NULL CHECK (events > 0),
+        queue TEXT NOT NULL,
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq),
+        state TEXT NOT NULL
+            CHECK (state IN ('planned', 'sent', 'confirmed', 'set_aside')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        planned_at INTEGER NOT NULL,
+        first_sent_at INTEGER,
+        confirmed_at INTEGER,
+        set_aside_reason TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX billing_ledger_open ON billing_ledger (tenant_id, planned_at)
+        WHERE state IN ('planned', 'sent');
+    CREATE INDEX billing_ledger_by_window ON billing_ledger (tenant_id, window_start);
+    CREATE TABLE webhook_events (
+        event_id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        outcome TEXT NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE tenants ADD COLUMN subscription_id TEXT;
+    ALTER TABLE tenants ADD COLUMN billing_event_created INTEGER;
+    ALTER TABLE tenants ADD COLUMN past_due_since INTEGER;
+    """,
 )
 
 
