@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 _VERSION = 1
 
-# One value per database: a physical standby promoted after a failover keeps both numbers and
-# its transaction ids continue those of the primary, so positions stay valid across it.
+# One value per database. It survives a crash, a failover to a physical standby and a
+# point-in-time restore, each of which can hand out transaction ids a position is already past:
+# a known gap (docs/sync.md, "Known gap: transaction ids handed out twice").
 _IDENTITY_SQL = """
     SELECT (SELECT system_identifier FROM pg_control_system())::text || '/'
         || (SELECT oid FROM pg_database WHERE datname = current_database())::text"""

@@ -16,6 +16,11 @@ network errors into the project's tree (edge_node.errors):
 - ConfigError for a DSN that cannot be a PostgreSQL URL.
 
 DSNs are never printed with their password: messages use `redact_dsn`.
+
+Every session we open commits durably: on a server configured with `synchronous_commit = off`
+a COMMIT is acknowledged before it would survive a crash, and the sync worker forgets its
+outbox entries on that acknowledgement, so `connect` raises the setting back to `on` for its
+own session (stronger settings, `remote_write` or `remote_apply`, are left alone).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ APPLICATION_NAME = "edge-node"
 CONNECT_TIMEOUT_SECONDS = 10.0
 DSN_SCHEMES = ("postgresql", "postgres")
 PERMANENT_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+_DURABLE_COMMITS = """
+    SELECT set_config('synchronous_commit', 'on', false)
+    WHERE current_setting('synchronous_commit') = 'off'"""
 
 
 def check_dsn(dsn: str) -> None:
@@ -120,8 +128,9 @@ async def connect(
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     command_timeout: float | None = None,
 ) -> Connection:
-    """One connection to the server at `dsn`; `command_timeout` bounds every statement (a
-    statement past it is cancelled and raises TransientSyncError)."""
+    """One connection to the server at `dsn`, committing durably (see the module doc);
+    `command_timeout` bounds every statement (a statement past it is cancelled and raises
+    TransientSyncError)."""
     check_dsn(dsn)
     with translated(f"cannot connect to {redact_dsn(dsn)}"):
         connection: Connection = await asyncpg.connect(
@@ -130,6 +139,11 @@ async def connect(
             command_timeout=command_timeout,
             server_settings={"application_name": APPLICATION_NAME},
         )
+        try:
+            await connection.execute(_DURABLE_COMMITS)
+        except BaseException:
+            connection.terminate()
+            raise
     return connection
 
 

@@ -1,9 +1,12 @@
 """One sync round against one shard: upload this node's changes, then download the shard's.
 
-Order within a round: registry up, each tenant's ratings outbox up, registry down, each
-tenant's ratings down. Uploading first means this node's own writes are in the central
-database before it asks what changed there; downloading the registry before the ratings means
-a tenant created centrally gets its ratings in the same round.
+Order within a round: registry up, registry down, each tenant's ratings outbox up, each
+tenant's ratings down. Each table is uploaded before it is downloaded, so this node's own
+writes are in the central database before it asks what changed there. The registry comes down
+before any rating moves: a tenant created centrally gets its ratings in the same round, and a
+revocation or suspension is not held back by a ratings upload that keeps failing (a backlog
+timing out, one tenant's batch refused by a transient error): it reaches this node whenever
+the shard answers the registry's few statements.
 
 Every upload batch is one central transaction, and its outbox entries are acknowledged only
 after that COMMIT returned: a failure anywhere before leaves them queued for the next round,
@@ -65,10 +68,10 @@ class ShardRound:
     async def run(self) -> RoundReport:
         database = await database_identity(self.connection)
         await self.upload_registry()
-        for tenant_id in self.tenant_ids():
-            await self.upload_ratings(tenant_id)
         await self.download_registry(database)
         tenant_ids = self.tenant_ids()
+        for tenant_id in tenant_ids:
+            await self.upload_ratings(tenant_id)
         for tenant_id in tenant_ids:
             await self.download_ratings(tenant_id, database)
         self.report.tenants = len(tenant_ids)

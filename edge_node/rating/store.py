@@ -271,12 +271,17 @@ class TenantStore:
         if not entries:
             return [], 0
         ids = list(dict.fromkeys(rid for _, rid in entries))
-        marks = ",".join("?" * len(ids))
-        rows = self._conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM ratings WHERE id IN ({marks})",  # noqa: S608
-            ids,
-        ).fetchall()
-        by_id = {row[0]: _row(row) for row in rows}
+        # central.batch_size may pass this build's limit on parameters (32766 by default).
+        per_statement = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        by_id: dict[str, RatingRow] = {}
+        for start in range(0, len(ids), per_statement):
+            chunk = ids[start : start + per_statement]
+            rows = self._conn.execute(
+                f"SELECT {_ROW_COLUMNS} FROM ratings"  # noqa: S608
+                f" WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            by_id.update((row[0], _row(row)) for row in rows)
         return [by_id[rid] for rid in ids if rid in by_id], entries[-1][0]
 
     def acknowledge_uploaded(self, up_to_seq: int) -> None:

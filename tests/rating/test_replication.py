@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -75,6 +76,17 @@ class TestOutbox:
         store.acknowledge_uploaded(seq)
         rest, _ = store.pending_changes(10)
         assert [c.user_id for c in rest] == ["u2", "u3", "u4"]
+
+    def test_a_batch_larger_than_sqlites_variable_limit_is_read_whole(self, tmp_path: Path) -> None:
+        """central.batch_size may exceed how many parameters this SQLite build takes in one
+        statement (32766 by default): a batch of that many ratings is still read, in order."""
+        store = TenantStores(tmp_path, node_id="a").get(TENANT)
+        for i in range(30):
+            store.upsert(RatingInput(f"u{i:02d}", "i", 1, None))
+        store._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 4)
+        changes, seq = store.pending_changes(30)
+        assert [c.user_id for c in changes] == [f"u{i:02d}" for i in range(30)]
+        assert seq == 30
 
     def test_existing_ratings_are_queued_by_the_migration(self, tmp_path: Path) -> None:
         """A tenant file from before the outbox existed has all its ratings queued for upload."""

@@ -120,3 +120,21 @@ class TestErrorTranslation:
         database = postgres_dsn.rsplit("/", 1)[1]
         with pytest.raises(TransientSyncError, match="53300"):
             await create_pool(postgres_server.dsn(database, user="edge_limited"))
+
+
+class TestDurableCommits:
+    async def test_a_session_commits_durably_where_the_server_does_not(
+        self, postgres_dsn: str
+    ) -> None:
+        """The test server runs with synchronous_commit = off, which acknowledges a COMMIT
+        before it would survive a crash (the edge would then forget an upload the server
+        loses): our sessions raise it back to on."""
+        conn = await connect(postgres_dsn)
+        try:
+            server_default = await conn.fetchval(
+                "SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'"
+            )
+            assert server_default == "off"
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        finally:
+            await conn.close()

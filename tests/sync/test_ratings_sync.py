@@ -236,7 +236,8 @@ class TestOutOfOrderCommits:
         self, make_edge: EdgeFactory, central: str
     ) -> None:
         """Writer A starts first and commits last, writer B commits in between: an edge syncing
-        in between does not move its checkpoint past A's transaction, and gets A's row (and
+        in between, one row per page, reads neither row and does not move its checkpoint past
+        A's transaction (a full page must not carry it past A either), and gets A's row (and
         B's) once A commits."""
         edge = make_edge("edge-b")
         t = await shared_tenant(central, edge)
@@ -252,15 +253,15 @@ class TestOutOfOrderCommits:
                 late, [remote_row(t, "u-late", "i", 4, updated_at=20, origin="w2")]
             )
 
-            await edge.sync(central)
+            await edge.sync(central, batch_size=1)
             checkpoint = Position.decode(
                 edge.store(t).download_checkpoint(), await database_identity(late)
             )
             assert checkpoint.xid <= early_xid
-            assert {r[2] for r in edge.rows(t)} <= {"u-late"}
+            assert edge.rows(t) == []  # B's row is committed, but at or above the horizon
 
             await early_tx.commit()
-            await edge.sync(central)
+            await edge.sync(central, batch_size=1)
             assert sorted(r[2] for r in edge.rows(t)) == ["u-early", "u-late"]
         finally:
             await early.close()
@@ -341,6 +342,34 @@ class TestInterruptedUpload:
             "SELECT change_xid::text AS x, count(*) AS n FROM ratings GROUP BY 1 ORDER BY 1"
         )
         assert [p["n"] for p in positions] == [1000, 1000, 500]  # one transaction per batch
+
+    async def test_a_rating_rewritten_while_its_batch_is_in_flight_is_not_acknowledged_with_it(
+        self, make_edge: EdgeFactory, central: str, db: Connection
+    ) -> None:
+        """A local write landing while the batch holding the rating's previous version waits
+        on the server is not acknowledged with that batch: the round uploads it after that
+        batch, and the central row is the newer version."""
+        a = make_edge("edge-a")
+        t = await shared_tenant(central, a)
+        a.rate(t, "u1", "book", 1, "first")
+        blocker = await connect(central)
+        try:
+            hold = blocker.transaction()
+            await hold.start()  # an uncommitted version of the same rating: the upload waits
+            await upload_ratings(
+                blocker, [remote_row(t, "u1", "book", 5, updated_at=1, origin="x")]
+            )
+            upload = asyncio.create_task(a.sync(central))
+            await waiting_backend(db)
+            a.rate(t, "u1", "book", 2, "second")
+            await hold.rollback()
+            await upload
+        finally:
+            await blocker.close()
+
+        assert a.pending(t) == []
+        assert [r[5] for r in await central_rows(db, t)] == ["second"]
+        assert a.rows(t) == await central_rows(db, t)
 
     async def test_a_batch_committed_but_not_acknowledged_is_sent_again_harmlessly(
         self, make_edge: EdgeFactory, central: str, db: Connection

@@ -7,10 +7,13 @@ from __future__ import annotations
 import secrets
 import uuid
 
+import pytest
+
 from edge_node import sqlite
 from edge_node.clock import now_us
+from edge_node.errors import TransientSyncError
 from edge_node.registry import MIGRATIONS, TenantRegistry, hash_key
-from sync.postgres import Connection
+from sync.postgres import Connection, connect
 from tests.support import RunningNode
 from tests.sync.conftest import EdgeFactory
 from tests.sync.support import Edge
@@ -133,6 +136,26 @@ class TestCentralToEdge:
         assert grant is not None
         assert (grant.tenant_status, grant.rate_limit_per_minute) == ("suspended", 7)
 
+    async def test_a_revocation_is_not_held_back_by_a_failing_ratings_upload(
+        self, make_edge: EdgeFactory, central: str, db: Connection
+    ) -> None:
+        """While the shard refuses every ratings upload with a transient error, a key revoked
+        centrally still reaches the edge in that failing round; the ratings stay queued."""
+        a = make_edge("edge-a")
+        tenant, key = a.registry.create_tenant("acme")
+        await a.sync(central)
+        a.rate(tenant.tenant_id, "u1", "book", 4)
+        await db.execute(
+            "CREATE FUNCTION busy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " RAISE EXCEPTION 'busy, retry' USING ERRCODE = '40001'; END $$;"
+            " CREATE TRIGGER busy BEFORE INSERT ON ratings FOR EACH ROW EXECUTE FUNCTION busy()"
+        )
+        await db.execute("UPDATE api_keys SET revoked_at = $1", now_us())
+        with pytest.raises(TransientSyncError, match="busy, retry"):
+            await a.sync(central)
+        assert a.registry.lookup_key(key.api_key) is None
+        assert len(a.pending(tenant.tenant_id)) == 1
+
     async def test_the_central_row_wins_over_a_local_status_change(
         self, make_edge: EdgeFactory, central: str, db: Connection
     ) -> None:
@@ -200,6 +223,48 @@ class TestCentralToEdge:
         grant = a.registry.lookup_key(key.api_key)
         assert grant is not None
         assert grant.tenant_id == tenant.tenant_id
+
+
+def admits(edge: Edge, api_key: str) -> bool:
+    """Whether the edge would serve this key: known, not revoked, its tenant active."""
+    grant = edge.registry.lookup_key(api_key)
+    return grant is not None and grant.tenant_status == "active"
+
+
+class TestOutOfOrderCommits:
+    @pytest.mark.parametrize(
+        "change",
+        [
+            "UPDATE tenants SET status = 'suspended', updated_at = 2 WHERE tenant_id = $1",
+            "UPDATE api_keys SET revoked_at = 1 WHERE tenant_id = $1",
+        ],
+        ids=["suspension", "revocation"],
+    )
+    async def test_a_change_committed_out_of_order_is_not_skipped(
+        self, make_edge: EdgeFactory, central: str, change: str
+    ) -> None:
+        """The central change to tenant A starts first and commits last, the same change to B
+        commits in between; an edge syncing in between, one row per page, must not move its
+        registry checkpoint past A's transaction: once A commits, A's change arrives too."""
+        edge = make_edge("edge-a")
+        (a, key_a), (b, key_b) = (edge.registry.create_tenant(n) for n in ("a", "b"))
+        await edge.sync(central)
+        early, late = await connect(central), await connect(central)
+        try:
+            early_tx = early.transaction()
+            await early_tx.start()
+            await early.execute(change, a.tenant_id)
+            await late.execute(change, b.tenant_id)
+            await edge.sync(central, batch_size=1)
+            assert admits(edge, key_a.api_key)
+
+            await early_tx.commit()
+            await edge.sync(central, batch_size=1)
+            assert not admits(edge, key_a.api_key)
+            assert not admits(edge, key_b.api_key)
+        finally:
+            await early.close()
+            await late.close()
 
 
 class TestOverHttp:
