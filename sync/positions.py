@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 _VERSION = 1
 
 # One value per database. It survives a crash, a failover to a physical standby and a
-# point-in-time restore, each of which can hand out transaction ids a position is already past:
-# a known gap (docs/sync.md, "Known gap: transaction ids handed out twice").
+# point-in-time restore, each of which can hand out again transaction ids whose WAL was never
+# flushed: durable_bound() keeps every stored position below those (migration 0002).
 _IDENTITY_SQL = """
     SELECT (SELECT system_identifier FROM pg_control_system())::text || '/'
         || (SELECT oid FROM pg_database WHERE datname = current_database())::text"""
@@ -94,3 +94,22 @@ async def database_identity(connection: Connection) -> str:
     with translated("cannot read the central database's identity"):
         identity = await connection.fetchval(_IDENTITY_SQL)
     return str(identity)
+
+
+_DURABLE_BOUND_SQL = """
+    INSERT INTO sync_horizons (node_id, xid) VALUES ($1, pg_current_xact_id())
+    ON CONFLICT (node_id) DO UPDATE SET xid = excluded.xid, recorded_at = now()
+    RETURNING xid::text"""
+
+
+async def durable_bound(connection: Connection, node_id: str) -> int:
+    """One past a transaction id this server has made durable just now.
+
+    Its commit is flushed (synchronous_commit on), so whatever happens to the server next,
+    it never hands out an id at or below it again. Every horizon taken afterwards is capped
+    at this bound, so no stored position can be passed by an id handed out twice.
+    """
+    with translated("recording the download bound"):
+        async with connection.transaction():
+            xid = await connection.fetchval(_DURABLE_BOUND_SQL, node_id)
+    return int(xid) + 1

@@ -40,7 +40,9 @@ _UPSERT = """
 # One statement, hence one snapshot, for the horizon and the page: the horizon is the oldest
 # transaction running in the very snapshot the rows are read from.
 _CHANGES = """
-    WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xid)
+    WITH horizon AS MATERIALIZED (
+        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
+    )
     SELECT horizon.xid::text AS horizon, page.*
     FROM horizon LEFT JOIN LATERAL (
         SELECT r.id::text AS id, r.user_id, r.item_id, r.score, r.comment, r.created_at,
@@ -91,14 +93,17 @@ async def upload_ratings(connection: Connection, rows: Sequence[RatingRow]) -> i
 
 
 async def download_ratings(
-    connection: Connection, tenant_id: str, since: Position, limit: int
+    connection: Connection, tenant_id: str, since: Position, limit: int, bound: int
 ) -> tuple[list[RatingRow], Position]:
     """Up to `limit` of the tenant's rows changed after `since` and below the horizon, in
     (change_xid, id) order, and the position to resume from. Fewer than `limit` rows means
-    the tenant is read up to the horizon."""
+    the tenant is read up to the horizon. The horizon never passes `bound`, the round's
+    durable bound (positions.durable_bound)."""
     (after_id,) = since.key_bound(1)
     with translated(f"downloading ratings of tenant {tenant_id}"):
-        records = await connection.fetch(_CHANGES, tenant_id, str(since.xid), after_id, limit)
+        records = await connection.fetch(
+            _CHANGES, tenant_id, str(since.xid), after_id, limit, str(bound)
+        )
     rows = [
         RatingRow(
             r["id"],

@@ -51,7 +51,9 @@ _TENANT_COLUMNS = """t.tenant_id::text AS tenant_id, t.name, t.status, t.plan,
 
 # Like ratings (sync/ratings.py): the horizon and the page come from one statement's snapshot.
 _TENANT_CHANGES = f"""
-    WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xid)
+    WITH horizon AS MATERIALIZED (
+        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::text::xid8) AS xid
+    )
     SELECT horizon.xid::text AS horizon, page.*
     FROM horizon LEFT JOIN LATERAL (
         SELECT {_TENANT_COLUMNS}, t.change_xid::text AS position
@@ -66,7 +68,9 @@ _TENANT_CHANGES = f"""
 # Each key comes with its tenant's current row, so an edge never holds a key whose tenant it
 # has not got yet (its foreign key), whatever order the two changed in.
 _KEY_CHANGES = f"""
-    WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xid)
+    WITH horizon AS MATERIALIZED (
+        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
+    )
     SELECT horizon.xid::text AS horizon, page.*
     FROM horizon LEFT JOIN LATERAL (
         SELECT k.key_id, k.key_hash, k.role, k.created_at AS key_created_at, k.revoked_at,
@@ -99,12 +103,13 @@ async def upload_registry(connection: Connection, changes: Sequence[RegistryChan
 
 
 async def download_tenants(
-    connection: Connection, since: Position, limit: int
+    connection: Connection, since: Position, limit: int, bound: int
 ) -> tuple[list[TenantRecord], Position]:
-    """Up to `limit` tenants changed after `since` and below the horizon, and where to resume."""
+    """Up to `limit` tenants changed after `since` and below the horizon (never past `bound`,
+    the round's durable bound), and where to resume."""
     (after,) = since.key_bound(1)
     with translated("downloading tenants"):
-        records = await connection.fetch(_TENANT_CHANGES, str(since.xid), after, limit)
+        records = await connection.fetch(_TENANT_CHANGES, str(since.xid), after, limit, str(bound))
     tenants = [_tenant(r) for r in records if r["tenant_id"] is not None]
     if len(tenants) == limit:
         last = records[-1]
@@ -113,13 +118,14 @@ async def download_tenants(
 
 
 async def download_keys(
-    connection: Connection, since: Position, limit: int
+    connection: Connection, since: Position, limit: int, bound: int
 ) -> tuple[list[tuple[KeyRecord, TenantRecord]], Position]:
-    """Up to `limit` keys changed after `since` and below the horizon, each with its tenant."""
+    """Up to `limit` keys changed after `since` and below the horizon (never past `bound`),
+    each with its tenant."""
     after_tenant, after_key = since.key_bound(2)
     with translated("downloading API keys"):
         records = await connection.fetch(
-            _KEY_CHANGES, str(since.xid), after_tenant, after_key, limit
+            _KEY_CHANGES, str(since.xid), after_tenant, after_key, limit, str(bound)
         )
     keys = [
         (

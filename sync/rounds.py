@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from edge_node.rating.store import RatingRow, TenantStores
 from edge_node.registry import RegistryChange, TenantRegistry
-from sync.positions import Position, database_identity
+from sync.positions import Position, database_identity, durable_bound
 from sync.ratings import download_ratings, upload_ratings
 from sync.registry import download_keys, download_tenants, upload_registry
 from sync.set_aside import SetAsideLog, send_or_set_aside
@@ -64,6 +64,9 @@ class ShardRound:
     batch_size: int
     set_aside: SetAsideLog
     report: RoundReport = field(default_factory=RoundReport)
+    # Every download stays below this (positions.durable_bound): recorded before the registry
+    # downloads, and again before the rating downloads.
+    bound: int | None = None
 
     async def run(self) -> RoundReport:
         database = await database_identity(self.connection)
@@ -72,6 +75,7 @@ class ShardRound:
         tenant_ids = self.tenant_ids()
         for tenant_id in tenant_ids:
             await self.upload_ratings(tenant_id)
+        self.bound = None  # a fresh bound, past this round's uploads, so they come back now
         for tenant_id in tenant_ids:
             await self.download_ratings(tenant_id, database)
         self.report.tenants = len(tenant_ids)
@@ -105,6 +109,12 @@ class ShardRound:
             store.acknowledge_uploaded(up_to_seq)
             self.report.uploaded += len(rows)
 
+    async def download_bound(self) -> int:
+        """The round's durable bound, recorded at the first download of the round."""
+        if self.bound is None:
+            self.bound = await durable_bound(self.connection, self.edge.stores.node_id)
+        return self.bound
+
     async def download_registry(self, database: str) -> None:
         await self._download_tenants(database)
         await self._download_keys(database)
@@ -114,7 +124,9 @@ class ShardRound:
         name = f"registry.tenants.shard-{self.index}"
         position = Position.decode(registry.sync_checkpoint(name), database)
         while True:
-            tenants, position = await download_tenants(self.connection, position, self.batch_size)
+            tenants, position = await download_tenants(
+                self.connection, position, self.batch_size, await self.download_bound()
+            )
             if tenants:  # like ratings: an empty page is not worth a write (and an fsync)
                 mine = [t for t in tenants if self.owns(t.tenant_id)]
                 self.report.registry_applied += registry.apply_remote(
@@ -128,7 +140,9 @@ class ShardRound:
         name = f"registry.keys.shard-{self.index}"
         position = Position.decode(registry.sync_checkpoint(name), database)
         while True:
-            pairs, position = await download_keys(self.connection, position, self.batch_size)
+            pairs, position = await download_keys(
+                self.connection, position, self.batch_size, await self.download_bound()
+            )
             if pairs:
                 mine = [(key, tenant) for key, tenant in pairs if self.owns(key.tenant_id)]
                 owners = {tenant.tenant_id: tenant for _, tenant in mine}
@@ -145,7 +159,7 @@ class ShardRound:
         position = Position.decode(store.download_checkpoint(), database)
         while True:
             rows, position = await download_ratings(
-                self.connection, tenant_id, position, self.batch_size
+                self.connection, tenant_id, position, self.batch_size, await self.download_bound()
             )
             # An empty page is not stored: the next round reads the same empty range again,
             # which costs one index probe, where storing it would write every tenant file.

@@ -374,7 +374,7 @@ class TenantStores:
         busy_timeout_ms: int = 5000,
     ) -> None:
         self.directory = directory
-        self._node_id = node_id
+        self.node_id = node_id
         self._synchronous = synchronous
         self._max_open = max_open
         self._busy_timeout_ms = busy_timeout_ms
@@ -400,7 +400,7 @@ class TenantStores:
         # Checkpoints run in the background (run_checkpoints); this high threshold is only a
         # backstop should they stall, so the request path almost never pays for one.
         conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
-        store = TenantStore(conn, tenant_id, self._node_id)
+        store = TenantStore(conn, tenant_id, self.node_id)
         self._open[tenant_id] = store
         if len(self._open) > self._max_open:
             _, evicted = self._open.popitem(last=False)

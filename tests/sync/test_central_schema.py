@@ -58,6 +58,7 @@ class TestMigrate:
             "api_keys": ("r", True, True),
             "ratings": ("r", True, True),
             "item_scores": ("v", False, False),
+            "sync_horizons": ("r", False, False),
         }
         triggers = await conn.fetch(
             "SELECT tgrelid::regclass::text AS t FROM pg_trigger WHERE NOT tgisinternal"

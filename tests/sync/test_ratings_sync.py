@@ -14,7 +14,7 @@ import pytest
 from edge_node.errors import TransientSyncError
 from edge_node.rating.store import RatingRow, rating_id
 from sync.central_schema import migrate_dsns
-from sync.positions import Position, database_identity
+from sync.positions import Position, database_identity, durable_bound
 from sync.postgres import Connection, connect
 from sync.ratings import download_ratings, upload_ratings
 from sync.rounds import EdgeStorage, ShardRound
@@ -296,9 +296,8 @@ class TestOutOfOrderCommits:
         edge.store(t).set_download_checkpoint(foreign, [])
         await edge.sync(central)
         assert [r[2] for r in edge.rows(t)] == ["u1"]
-        rows, _ = await download_ratings(
-            db, t, Position.decode(foreign, await database_identity(db)), 10
-        )
+        position = Position.decode(foreign, await database_identity(db))
+        rows, _ = await download_ratings(db, t, position, 10, await durable_bound(db, "test"))
         assert len(rows) == 1
 
 
