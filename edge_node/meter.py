@@ -87,10 +87,6 @@ class Meter:
         self._reserved = 0
         self._pending: set[asyncio.Future[int]] = set()
 
-    @property
-    def enabled(self) -> bool:
-        return self.queue is not None
-
     def bills(self, operations: tuple[str, ...]) -> bool:
         return self.queue is not None and not self._billable.isdisjoint(operations)
 
