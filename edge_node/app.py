@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edge_node.billing_events import BillingEventStore
 from edge_node.config import Config
 from edge_node.errors import ServiceUnavailable
 from edge_node.meter import Meter
@@ -20,11 +21,14 @@ from edge_node.rating.handlers import STORES_KEY, add_routes
 from edge_node.rating.store import TenantStores
 from edge_node.registry import TenantRegistry
 from edge_node.router import METER_KEY, ROUTER_KEY, TenantRouter
+from edge_node.secrets import SecretFiles
 from edge_node.tokens import TokenVerifier, load_keys
 from edge_node.web import json_response, problem_middleware
+from edge_node.webhooks import StripeWebhooks, add_webhook_routes, open_webhook_secrets
 
 CONFIG_KEY = web.AppKey("config", Config)
 REGISTRY_KEY = web.AppKey("registry", TenantRegistry)
+SECRETS_KEY = web.AppKey("secrets", SecretFiles)
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,14 @@ class NodeStorage:
         self.registry.close()
 
 
-def create_app(config: Config, storage: NodeStorage, meter: Meter) -> web.Application:
-    """The v1 API served from `storage`, metered by `meter`; the caller owns and closes both."""
+def create_app(
+    config: Config, storage: NodeStorage, meter: Meter, *, secrets: SecretFiles | None = None
+) -> web.Application:
+    """The v1 API served from `storage`, metered by `meter`; the caller owns and closes both.
+
+    Secret files are opened in `secrets` (a fresh set when None), which the caller reloads on
+    SIGHUP; an unreadable one is a ConfigError.
+    """
     app = web.Application(
         middlewares=[problem_middleware], client_max_size=config.server.max_body_bytes
     )
@@ -64,14 +74,28 @@ def create_app(config: Config, storage: NodeStorage, meter: Meter) -> web.Applic
     app[METER_KEY] = meter
     verifier = TokenVerifier(load_keys(config.auth.jwt), config.auth.jwt)
     app[ROUTER_KEY] = TenantRouter(
-        storage.registry, verifier, RateLimiter(config.rate_limit.per_minute)
+        storage.registry,
+        verifier,
+        RateLimiter(config.rate_limit.per_minute),
+        past_due_grace_seconds=config.webhooks.past_due_grace_hours * 3600,
     )
+    if secrets is None:
+        secrets = SecretFiles(check_interval=secret_check_interval(config))
+    app[SECRETS_KEY] = secrets
+    webhook_secrets = open_webhook_secrets(config.webhooks, secrets)
+    store = BillingEventStore(storage.registry.connection)
+    add_webhook_routes(app, StripeWebhooks(config.webhooks, webhook_secrets, store))
     app.cleanup_ctx.append(_background_checkpoints)
     add_routes(app)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
     return app
+
+
+def secret_check_interval(config: Config) -> float | None:
+    """How often a secret file is checked for changes on use; None: only on SIGHUP."""
+    return config.secrets.check_interval_seconds or None
 
 
 async def _background_checkpoints(app: web.Application) -> AsyncIterator[None]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,9 @@ from edge_node.queue import QueueLocked, QueueStatus, inspect_queue, tail_record
 from edge_node.rating.store import TenantStores
 from edge_node.registry import PLANS, ROLES, TenantRegistry
 
+EXIT_UNBILLED = 1  # billing reconcile: usage served that is neither billed nor in flight
 EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the central PostgreSQL could not be reached; retry later
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: PostgreSQL or Stripe could not be reached; retry later
 EXIT_LOCKED = 75  # EX_TEMPFAIL: the other instance holds the data directory
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as "fix the config"
 
@@ -94,7 +97,37 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_parser(
         "status", help="per shard: last success, last error, failures, lag (from the daemon)"
     ).set_defaults(handler=_sync_status)
+
+    stripe = commands.add_parser("stripe", help="Stripe billing").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    stripe.add_parser(
+        "bootstrap",
+        help="create (once) the billing meter, product and plan prices; write the catalog file",
+    ).set_defaults(handler=_stripe_bootstrap)
+
+    billing = commands.add_parser("billing", help="usage billed to Stripe").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    reconcile = billing.add_parser(
+        "reconcile",
+        help="per tenant and day: usage served, queued, planned, sent, confirmed, set aside;"
+        " exits 1 when served and billed disagree beyond what is in flight",
+    )
+    reconcile.add_argument("--tenant", metavar="ID", help="one tenant only")
+    reconcile.add_argument(
+        "--since", type=_date, metavar="DATE", help="from this UTC day on (YYYY-MM-DD)"
+    )
+    reconcile.set_defaults(handler=_billing_reconcile)
     return parser
+
+
+def _date(text: str) -> date:
+    """argparse type: a day as YYYY-MM-DD, else a usage error (exit 2)."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a date as YYYY-MM-DD, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -163,9 +196,28 @@ def _tenants_create(config: Config, args: argparse.Namespace) -> int:
         stores.get(tenant.tenant_id)  # create the tenant's file and schema now, not on first use
     finally:
         stores.close()
-    return _emit(
-        {**tenant.to_json(), "api_key": key.api_key, "key_id": key.key_id, "role": key.role}
-    )
+    document = {**tenant.to_json(), "api_key": key.api_key, "key_id": key.key_id, "role": key.role}
+    if config.stripe.enabled:
+        document.update(_provision_in_stripe(config, tenant.tenant_id))
+    return _emit(document)
+
+
+def _provision_in_stripe(config: Config, tenant_id: str) -> dict[str, Any]:
+    """Make the new tenant a Stripe customer now if Stripe answers; else the daemon will."""
+    from sync.stripe_commands import provision_tenant  # noqa: PLC0415
+
+    registry = _registry(config)
+    try:
+        outcome = asyncio.run(provision_tenant(config, registry, tenant_id))
+    finally:
+        registry.close()
+    if outcome["stripe"] == "pending":
+        print(
+            f"edge-node: the tenant works now; Stripe provisioning is left to the running"
+            f" daemon's sync worker: {outcome['stripe_error']}",
+            file=sys.stderr,
+        )
+    return outcome
 
 
 def _tenants_list(config: Config, args: argparse.Namespace) -> int:
@@ -276,6 +328,38 @@ def _sync_status(config: Config, args: argparse.Namespace) -> int:
         )
         return 1
     return _emit(document)
+
+
+def _stripe_bootstrap(config: Config, args: argparse.Namespace) -> int:
+    # Imported here: only Stripe commands load the Stripe SDK.
+    from sync.stripe_commands import bootstrap  # noqa: PLC0415
+
+    try:
+        return _emit(asyncio.run(bootstrap(config)))
+    except SyncError as exc:
+        print(f"edge-node: Stripe: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1
+
+
+def _billing_reconcile(config: Config, args: argparse.Namespace) -> int:
+    # Imported here; it reads node.sqlite and the queue read-only and loads no Stripe SDK.
+    from sync.billing_reconcile import reconcile  # noqa: PLC0415
+
+    if args.tenant is not None:
+        _require_uuid(args.tenant)
+    try:
+        report = reconcile(config.data_path, tenant_id=args.tenant, since=args.since)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"edge-node: cannot reconcile {config.data_path}: {exc}", file=sys.stderr)
+        return 1
+    _emit(report.to_json())
+    if not report.ok:
+        print(
+            "edge-node: billing disagrees with usage served beyond what is in flight; see"
+            ' "set_aside" and "unbilled_units"',
+            file=sys.stderr,
+        )
+    return 0 if report.ok else EXIT_UNBILLED
 
 
 def _require_uuid(tenant_id: str) -> None:

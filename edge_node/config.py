@@ -4,7 +4,8 @@ Every setting is a dataclass field whose metadata documents it. The loader walks
 dataclasses, so the TOML keys, the environment variable names (`EDGE_NODE_` + the dotted
 path upper-cased with dots as underscores, e.g. `EDGE_NODE_RATE_LIMIT_PER_MINUTE`) and the
 validation all come from the same declarations. Nothing else in the project reads
-`os.environ`.
+`os.environ`. A setting whose value starts with `$CREDENTIALS_DIRECTORY/` names a systemd
+credential and is expanded here to the directory systemd gave this run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import orjson
 from edge_node.errors import ConfigError
 
 ENV_PREFIX = "EDGE_NODE_"
+CREDENTIALS_PREFIX = "$CREDENTIALS_DIRECTORY/"
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -185,6 +187,133 @@ class CentralConfig:
 
 
 @dataclass(frozen=True)
+class StripeConfig:
+    api_key_file: str = setting(
+        "",
+        "File holding the Stripe secret key (or a systemd credential path); never the key "
+        "itself. Empty: Stripe is off (usage is still metered and queued).",
+    )
+    api_base: str = setting(
+        "", "Stripe API base URL; empty: Stripe's own (https://api.stripe.com)."
+    )
+    meter_events_base: str = setting(
+        "", "Base URL of Stripe's v2 meter event stream; empty: Stripe's own."
+    )
+    max_network_retries: int = setting(
+        0,
+        "Retries the Stripe SDK makes by itself; 0 leaves every retry to the sync worker's "
+        "backoff loop.",
+        minimum=0,
+        maximum=10,
+    )
+    timeout_seconds: float = setting(
+        20.0, "Longest a single Stripe call may take.", minimum=0.1, maximum=600
+    )
+    meter_event_name: str = setting(
+        "edge_node_requests",
+        "The billing meter's event name (bootstrap creates the meter for it).",
+        pattern=re.compile(r"[A-Za-z0-9_.:-]{1,100}"),
+    )
+    catalog_file: str = setting(
+        "",
+        "JSON file of the meter, product and per-plan price ids written by `edge-node stripe "
+        "bootstrap`; empty: stripe-catalog.json in data_dir.",
+    )
+    collection_method: Literal["send_invoice", "charge_automatically"] = setting(
+        "send_invoice",
+        "How subscriptions created for tenants collect payment: `send_invoice` needs no card "
+        "on file; `charge_automatically` charges the customer's default payment method.",
+    )
+    days_until_due: int = setting(
+        30, "Days a sent invoice is due in (collection_method send_invoice).", minimum=1
+    )
+    provisioning_interval_seconds: float = setting(
+        5.0,
+        "How often the sync worker looks for tenants without a Stripe customer or subscription.",
+        minimum=0.05,
+        maximum=3600,
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_key_file)
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    secret_file: str = setting(
+        "",
+        "File holding the Stripe webhook endpoint's signing secret (whsec_...), or "
+        "$CREDENTIALS_DIRECTORY/<name>; never the secret itself. Empty: no webhooks (404).",
+    )
+    previous_secret_file: str = setting(
+        "",
+        "File holding the previous signing secret, also accepted while a rotation is under "
+        "way; empty: none.",
+    )
+    tolerance_seconds: int = setting(
+        300,
+        "How far a signature's timestamp may be from now before the event is refused as stale.",
+        minimum=1,
+        maximum=3600,
+    )
+    past_due_grace_hours: float = setting(
+        72.0,
+        "How long a tenant whose payment failed is still served; after it, 402.",
+        minimum=0,
+        maximum=8760,
+    )
+    max_body_bytes: int = setting(
+        1 << 20, "Largest event body accepted; larger ones get 413.", minimum=1024, maximum=1 << 24
+    )
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    check_interval_seconds: float = setting(
+        1.0,
+        "A secret file is checked for a change (mtime, size, inode) at most this often when "
+        "the secret is used, and re-read if it changed; 0: never, only SIGHUP reloads.",
+        minimum=0,
+        maximum=3600,
+    )
+
+
+@dataclass(frozen=True)
+class BillingConfig:
+    window_seconds: int = setting(
+        60,
+        "Usage is summed per tenant over windows of this many seconds (by the time each request "
+        "was served); each tenant's window becomes one Stripe meter event.",
+        minimum=1,
+        maximum=86400,
+    )
+    max_batches_per_round: int = setting(
+        500, "Meter events sent per round at most.", minimum=1, maximum=100_000
+    )
+    concurrency: int = setting(
+        8,
+        "Customers whose meter events are sent at once (each customer's go one at a time, as "
+        "Stripe requires).",
+        minimum=1,
+        maximum=256,
+    )
+    unknown_outcome_horizon_hours: float = setting(
+        23.0,
+        "A meter event sent without a recorded answer is set aside, not resent, once this long "
+        "has passed since its first send: Stripe deduplicates identifiers for 24 hours only.",
+        minimum=0.01,
+        maximum=23.5,
+    )
+    poll_interval_seconds: float = setting(
+        1.0,
+        "How often the billing consumer looks for new usage when idle.",
+        minimum=0.01,
+        maximum=60,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     node_id: str = setting("", "This node's id in usage events and sync; default: host name.")
     data_dir: str = setting("./var", "Directory holding node.sqlite, tenants/ and queue/.")
@@ -204,6 +333,18 @@ class Config:
     )
     central: CentralConfig = field(
         default_factory=CentralConfig, metadata={"doc": "Sync with the central PostgreSQL."}
+    )
+    stripe: StripeConfig = field(
+        default_factory=StripeConfig, metadata={"doc": "Stripe billing (off without a key file)."}
+    )
+    billing: BillingConfig = field(
+        default_factory=BillingConfig, metadata={"doc": "Usage flushed to Stripe meter events."}
+    )
+    webhooks: WebhooksConfig = field(
+        default_factory=WebhooksConfig, metadata={"doc": "Stripe webhooks (off without a secret)."}
+    )
+    secrets: SecretsConfig = field(
+        default_factory=SecretsConfig, metadata={"doc": "Reloading secrets from their files."}
     )
 
     @property
@@ -228,7 +369,7 @@ def load_config(
     _apply_environment(Config, raw, env, prefix=ENV_PREFIX, dotted="")
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
-    config = _build(Config, raw, "")
+    config: Config = _expand_credentials(_build(Config, raw, ""), env, "")
     if not config.node_id:
         config = dataclasses.replace(config, node_id=_default_node_id())
     if not NODE_ID_PATTERN.match(config.node_id):
@@ -251,6 +392,32 @@ def iter_settings(cls: type[Any] = Config, dotted: str = "") -> typing.Iterator[
 
 def env_name(dotted: str) -> str:
     return ENV_PREFIX + dotted.upper().replace(".", "_")
+
+
+def _expand_credentials(value: Any, env: Mapping[str, str], key: str) -> Any:
+    """Every setting that names a systemd credential (`$CREDENTIALS_DIRECTORY/<name>`) as the
+    path it has in this run: systemd picks the directory when it starts the service."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value,
+            **{
+                f.name: _expand_credentials(getattr(value, f.name), env, f"{key}{f.name}.")
+                for f in dataclasses.fields(value)
+            },
+        )
+    if isinstance(value, tuple):
+        return tuple(
+            _expand_credentials(item, env, f"{key[:-1]}[{i}].") for i, item in enumerate(value)
+        )
+    if isinstance(value, str) and value.startswith(CREDENTIALS_PREFIX):
+        directory = env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(
+                f"{key[:-1]} names a systemd credential, but CREDENTIALS_DIRECTORY is not set:"
+                " run edge-node from its unit with LoadCredential= (or give a plain path)"
+            )
+        return str(Path(directory) / value.removeprefix(CREDENTIALS_PREFIX))
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

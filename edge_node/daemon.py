@@ -1,8 +1,12 @@
-"""Running the node: open storage, serve HTTP until SIGTERM or SIGINT, then stop cleanly."""
+"""Running the node: open storage, serve HTTP until SIGTERM or SIGINT, then stop cleanly.
+
+SIGHUP re-reads every secret file (webhook signing secrets, the Stripe API key) in place.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -11,9 +15,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from edge_node.app import NodeStorage, create_app
+from edge_node.app import NodeStorage, create_app, secret_check_interval
 from edge_node.config import Config
 from edge_node.meter import Meter, open_meter
+from edge_node.queue import WriteAheadQueue
+from edge_node.secrets import SecretFiles
+
+log = logging.getLogger(__name__)
 
 SYNC_STOP_GRACE_SECONDS = 5.0
 
@@ -33,8 +41,9 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         meter = await open_meter(
             config.meter, config.queue, queue_directory(config), config.node_id
         )
-        app = create_app(config, storage, meter)
-        sync_worker = start_sync(config, storage)
+        secrets = SecretFiles(check_interval=secret_check_interval(config))
+        app = create_app(config, storage, meter, secrets=secrets)
+        sync_worker = start_sync(config, storage, secrets, queue=meter.queue)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -49,7 +58,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
             f"edge-node listening on http://{host}:{port}"
             f" (node {config.node_id}, data dir {config.data_path.resolve()})"
         )
-        await _wait_for_stop_signal()
+        await _wait_for_stop_signal(on_reload=lambda: _reload_secrets(secrets))
         await runner.cleanup()
     finally:
         if sync_worker is not None:
@@ -59,20 +68,36 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         storage.close()
 
 
-def start_sync(config: Config, storage: NodeStorage) -> BackgroundWorker | None:
-    """Start the sync worker when central.dsns is set; None for a standalone node."""
-    if not config.central.dsns:
+def start_sync(
+    config: Config,
+    storage: NodeStorage,
+    secrets: SecretFiles | None = None,
+    *,
+    queue: WriteAheadQueue | None = None,
+) -> BackgroundWorker | None:
+    """Start the sync worker when central.dsns or stripe.api_key_file is set; None for a
+    standalone node. With Stripe it also runs the Stripe jobs (provisioning, and with the
+    meter's `queue` the usage flush)."""
+    if not config.central.dsns and not config.stripe.enabled:
         return None
-    # Imported here: a standalone node, and the request path, never load the sync package
-    # or its PostgreSQL driver.
+    # Imported here: a standalone node, and the request path, never load the sync package,
+    # its PostgreSQL driver or the Stripe SDK.
     from sync.rounds import EdgeStorage  # noqa: PLC0415
     from sync.worker import SyncWorker  # noqa: PLC0415
 
+    jobs = []
+    if config.stripe.enabled:
+        from sync.stripe_jobs import stripe_jobs  # noqa: PLC0415
+
+        secrets = secrets or SecretFiles(check_interval=secret_check_interval(config))
+        api_key = secrets.open(config.stripe.api_key_file, name="stripe.api_key_file")
+        jobs = stripe_jobs(config, storage.registry, api_key.value, queue=queue)
     worker = SyncWorker(
         config.central,
         EdgeStorage(storage.registry, storage.stores),
         node_id=config.node_id,
         data_dir=config.data_path,
+        jobs=jobs,
     )
     worker.start()
     return worker
@@ -98,16 +123,25 @@ def _bound_address(runner: web.AppRunner) -> tuple[str, int]:
     return str(address[0]), int(address[1])
 
 
-async def _wait_for_stop_signal() -> None:
+async def _wait_for_stop_signal(on_reload: Callable[[], None] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _reload_secrets(secrets: SecretFiles) -> None:
+    # Runs on the event loop between requests: a request holds the secrets it read, so none
+    # fails half-way; a file that cannot be read keeps its old secret (logged by SecretFile).
+    if secrets.reload():
+        log.info("SIGHUP: reloaded %d secret file(s)", len(secrets))
 
 
 def _print(line: str) -> None:

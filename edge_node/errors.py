@@ -3,8 +3,10 @@
     EdgeNodeError                  anything this project raises on purpose
     +-- ConfigError                bad configuration: the operator must fix it, exit non-zero
     +-- Problem                    an answer to an HTTP client (RFC 9457), status + stable type
-    |   +-- BadRequest             400: malformed JSON, invalid fields, bad ids or cursors
+    |   +-- BadRequest             400: malformed JSON, invalid fields, bad ids or cursors,
+    |   |                          a forged or stale webhook signature
     |   +-- Unauthorized           401: no credential, unknown, revoked, forged or expired
+    |   +-- PaymentRequired        402: subscription canceled, or past due beyond the grace
     |   +-- Forbidden              403: wrong tenant, wrong role, suspended tenant
     |   +-- NotFound               404: no such route or resource
     |   +-- MethodNotAllowed       405
@@ -13,11 +15,14 @@
     |   +-- RateLimited            429: the tenant's token bucket is empty
     |   +-- ServiceUnavailable     503: storage not ready
     +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
-    +-- SyncError                  the central PostgreSQL failed an operation (sync/postgres.py)
+    +-- SyncError                  the central PostgreSQL (sync/postgres.py) or Stripe
+        |                          (sync/stripe_gateway.py) failed an operation
         +-- TransientSyncError     retry later: unreachable, reset, timeout, serialization
-        |                          failure, too many connections, server shutting down
+        |                          failure, too many connections, server shutting down,
+        |                          Stripe 429/5xx/401 (carries Stripe's retry-after hint)
         +-- PermanentSyncError     set the batch aside and report it: the server rejected the
-                                   data itself (constraint violation, invalid value)
+                                   data itself (constraint violation, invalid value, a Stripe
+                                   invalid_request_error: carries Stripe's error code)
 
 Each Problem carries a `type` URI that never changes once published, so clients can
 branch on it; `docs/problems.md` lists them.
@@ -44,15 +49,28 @@ class RegistryError(EdgeNodeError):
 
 
 class SyncError(EdgeNodeError):
-    """An operation on the central PostgreSQL failed; the subclass says whether to retry."""
+    """An operation on the central PostgreSQL or Stripe failed; the subclass says whether to
+    retry."""
 
 
 class TransientSyncError(SyncError):
-    """Retrying later may succeed: nothing is wrong with the data being synced."""
+    """Retrying later may succeed: nothing is wrong with the data being synced.
+
+    `retry_after` is the server's hint in seconds (Stripe's Retry-After), None without one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentSyncError(SyncError):
-    """The server rejected the data itself: retrying the same batch fails the same way."""
+    """The server rejected the data itself: retrying the same batch fails the same way.
+
+    `code` is the server's stable error code when it gave one (Stripe's `error.code`)."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Problem(EdgeNodeError):
@@ -109,6 +127,12 @@ class Unauthorized(Problem):
     status = 401
     slug = "unauthorized"
     title = "Missing or invalid credential"
+
+
+class PaymentRequired(Problem):
+    status = 402
+    slug = "payment-required"
+    title = "Payment required"
 
 
 class Forbidden(Problem):

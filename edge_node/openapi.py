@@ -6,9 +6,12 @@ import functools
 from typing import Any
 
 from edge_node import __version__
+from edge_node.billing_state import MAX_CREATED, MAX_STRIPE_ID_LENGTH, OUTCOMES
 from edge_node.errors import PROBLEM_TYPE_BASE
 from edge_node.rating.model import ID_PATTERN, MAX_COMMENT_LENGTH, MAX_ID_LENGTH, MAX_PAGE_SIZE
 from edge_node.router import API_KEY_HEADER
+from edge_node.webhook_signature import SIGNATURE_HEADER
+from edge_node.webhooks import WEBHOOK_PATH
 
 _ID = {
     "type": "string",
@@ -57,6 +60,10 @@ _TENANT_ERRORS = {
     "401": _problem(
         "Missing, unknown, revoked, forged or expired credential.",
         {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    ),
+    "402": _problem(
+        "The tenant's subscription is canceled, or its payment is past due beyond the grace"
+        " period (`payment-required`)."
     ),
     "403": _problem("Credential of another tenant, insufficient role, or suspended tenant."),
     "429": _problem(
@@ -179,6 +186,43 @@ def _schemas() -> dict[str, Any]:
             "required": ["user_id", "deleted"],
             "properties": {"user_id": _ID, "deleted": {"type": "integer", "minimum": 0}},
         },
+        "StripeEvent": {
+            "type": "object",
+            "required": ["id", "type", "created", "data"],
+            "description": "A Stripe event (https://docs.stripe.com/api/events/object);"
+            " members not listed here are allowed and ignored.",
+            "properties": {
+                "id": {"type": "string", "minLength": 1, "maxLength": MAX_STRIPE_ID_LENGTH},
+                "type": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_STRIPE_ID_LENGTH,
+                    "description": "Acted on: customer.subscription.updated,"
+                    " customer.subscription.deleted, invoice.payment_failed, invoice.paid;"
+                    " any other is recorded and ignored.",
+                },
+                "created": {"type": "integer", "minimum": 0, "maximum": MAX_CREATED},
+                "data": {
+                    "type": "object",
+                    "required": ["object"],
+                    "properties": {"object": {"type": "object"}},
+                },
+            },
+        },
+        "WebhookReceipt": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["event_id", "outcome", "duplicate"],
+            "properties": {
+                "event_id": {"type": "string"},
+                "outcome": {"type": "string", "enum": list(OUTCOMES)},
+                "duplicate": {
+                    "type": "boolean",
+                    "description": "The event was received before: `outcome` is the first"
+                    " delivery's and nothing changed now.",
+                },
+            },
+        },
         "Status": {
             "type": "object",
             "required": ["status"],
@@ -278,6 +322,7 @@ def _paths() -> dict[str, Any]:
                 [_param("item_id", "path", _ID)],
             ),
         },
+        WEBHOOK_PATH: {"post": _webhook_operation()},
         "/healthz": {
             "get": {
                 "operationId": "health",
@@ -306,6 +351,48 @@ def _paths() -> dict[str, Any]:
                     "200": {"description": "OpenAPI 3.1.", "content": {"application/json": {}}}
                 },
             }
+        },
+    }
+
+
+def _webhook_operation() -> dict[str, Any]:
+    signature = _param(
+        SIGNATURE_HEADER,
+        "header",
+        {"type": "string"},
+        description="t=<Unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>' keyed with the"
+        " endpoint's signing secret>; several v1 values may be given.",
+    )
+    return {
+        "operationId": "stripeWebhook",
+        "summary": "A Stripe event, authenticated by its signature (no tenant credential);"
+        " each event id is applied once.",
+        "security": [],
+        "parameters": [signature],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/StripeEvent"}}
+            },
+        },
+        "responses": {
+            "200": _ok(
+                "Received: applied, or recorded as stale, ignored or a duplicate.",
+                "WebhookReceipt",
+                headers=False,
+            ),
+            "400": _problem(
+                "No valid signature by the current or previous secret (`invalid-signature`),"
+                " a signature outside the tolerance (`stale-signature`), or a body that is"
+                " not a JSON Stripe event (`malformed-json`, `invalid-event`)."
+            ),
+            "404": _problem("This node takes no webhooks: webhooks.secret_file is not set."),
+            "413": _problem("Body larger than webhooks.max_body_bytes."),
+            "503": _problem(
+                "node.sqlite could not record the event; Stripe delivers it again.",
+                {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+            ),
+            "default": _problem("Any other error, always as problem+json."),
         },
     }
 

@@ -7,7 +7,8 @@ the database nor a timing side channel gives a usable key away.
 With a central database the registry is replicated (docs/sync.md, "The tenant registry"):
 tenants and keys created here, and keys revoked here, are recorded in `registry_outbox` in
 the same transaction and uploaded by the sync worker; rows downloaded from the central
-database are applied by `apply_remote`, where the central row wins for a tenant and a key
+database are applied by `apply_remote`, where the central row wins for a tenant (except that
+a central row without a Stripe customer never erases the one provisioned here) and a key
 revoked anywhere stays revoked.
 """
 
@@ -117,6 +118,16 @@ MIGRATIONS = (
     ALTER TABLE tenants ADD COLUMN billing_event_created INTEGER;
     ALTER TABLE tenants ADD COLUMN past_due_since INTEGER;
     """,
+    # 4: Stripe event ordering. Subscription events are ordered among themselves (a
+    # cancellation is not outdated by a later invoice event), so the newest one applied is
+    # kept apart from billing_event_created (the newest of any kind); and which tenant each
+    # webhook event was about, for operators asking why a tenant changed.
+    """
+    ALTER TABLE tenants ADD COLUMN subscription_event_created INTEGER;
+    ALTER TABLE webhook_events ADD COLUMN tenant_id TEXT;
+    CREATE INDEX webhook_events_by_tenant ON webhook_events (tenant_id, created)
+        WHERE tenant_id IS NOT NULL;
+    """,
 )
 
 
@@ -205,10 +216,22 @@ class RegistryChange:
     key: KeyRecord | None
 
 
+@dataclass(frozen=True, slots=True)
+class StripeLink:
+    """A tenant's link to Stripe: its customer and subscription ids, None until provisioned."""
+
+    tenant_id: str
+    name: str
+    plan: Plan
+    stripe_customer_id: str | None
+    subscription_id: str | None
+
+
 _TENANT_RECORD = (
     "t.tenant_id, t.name, t.status, t.plan, t.rate_limit_per_minute, t.stripe_customer_id,"
     " t.created_at, t.updated_at"
 )
+_STRIPE_LINK = "tenant_id, name, plan, stripe_customer_id, subscription_id"
 _KEY_RECORD = "k.key_id, k.tenant_id, k.key_hash, k.role, k.created_at, k.revoked_at"
 
 
@@ -246,6 +269,11 @@ class TenantRegistry:
     def close(self) -> None:
         self._conn.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """node.sqlite, for the stores that share it (Stripe webhook events, the billing ledger)."""
+        return self._conn
+
     def create_tenant(
         self, name: str, *, plan: Plan = "payg", rate_limit_per_minute: int | None = None
     ) -> tuple[Tenant, IssuedKey]:
@@ -276,6 +304,13 @@ class TenantRegistry:
             (tenant_id,),
         ).fetchone()
         return Tenant(*row) if row else None
+
+    def past_due_since(self, tenant_id: str) -> int | None:
+        """When the tenant's payment failed (microseconds), if it is past due."""
+        row = self._conn.execute(
+            "SELECT past_due_since FROM tenants WHERE tenant_id = ?", (tenant_id,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def set_status(self, tenant_id: str, status: TenantStatus) -> Tenant:
         """Change a tenant's status on this node only: with a central database, the central
@@ -358,6 +393,54 @@ class TenantRegistry:
             "INSERT INTO registry_outbox (tenant_id, key_id) VALUES (?, ?)", (tenant_id, key_id)
         )
 
+    # Stripe provisioning (sync/provisioning.py): each id is set once and never replaced.
+
+    def stripe_link(self, tenant_id: str) -> StripeLink | None:
+        row = self._conn.execute(
+            f"SELECT {_STRIPE_LINK} FROM tenants WHERE tenant_id = ?",  # noqa: S608
+            (tenant_id,),
+        ).fetchone()
+        return StripeLink(*row) if row else None
+
+    def unprovisioned_tenants(self) -> list[StripeLink]:
+        """Tenants, canceled ones aside, still missing a Stripe customer or subscription."""
+        rows = self._conn.execute(
+            f"SELECT {_STRIPE_LINK} FROM tenants"  # noqa: S608
+            " WHERE (stripe_customer_id IS NULL OR subscription_id IS NULL)"
+            " AND status != 'canceled' ORDER BY created_at, tenant_id"
+        ).fetchall()
+        return [StripeLink(*row) for row in rows]
+
+    def set_stripe_customer(self, tenant_id: str, customer_id: str) -> str:
+        """Record the tenant's customer unless it has one; the customer id it has now."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "UPDATE tenants SET stripe_customer_id = ?"
+                " WHERE tenant_id = ? AND stripe_customer_id IS NULL",
+                (customer_id, tenant_id),
+            )
+            row = self._conn.execute(
+                "SELECT stripe_customer_id FROM tenants WHERE tenant_id = ?", (tenant_id,)
+            ).fetchone()
+        if row is None:
+            raise RegistryError(f"no tenant with id {tenant_id}")
+        return str(row[0])
+
+    def set_subscription(self, tenant_id: str, subscription_id: str) -> str:
+        """Record the tenant's subscription unless it has one; the subscription id it has."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "UPDATE tenants SET subscription_id = ?"
+                " WHERE tenant_id = ? AND subscription_id IS NULL",
+                (subscription_id, tenant_id),
+            )
+            row = self._conn.execute(
+                "SELECT subscription_id FROM tenants WHERE tenant_id = ?", (tenant_id,)
+            ).fetchone()
+        if row is None:
+            raise RegistryError(f"no tenant with id {tenant_id}")
+        return str(row[0])
+
     # Sync: the outbox, rows from the central database, and download checkpoints.
 
     def pending_uploads(self) -> list[RegistryChange]:
@@ -428,10 +511,12 @@ _APPLY_TENANT = """
     ON CONFLICT (tenant_id) DO UPDATE SET
         name = excluded.name, status = excluded.status, plan = excluded.plan,
         rate_limit_per_minute = excluded.rate_limit_per_minute,
-        stripe_customer_id = excluded.stripe_customer_id, updated_at = excluded.updated_at
+        stripe_customer_id = coalesce(excluded.stripe_customer_id, stripe_customer_id),
+        updated_at = excluded.updated_at
     WHERE (name, status, plan, rate_limit_per_minute, stripe_customer_id, updated_at)
         IS NOT (excluded.name, excluded.status, excluded.plan, excluded.rate_limit_per_minute,
-                excluded.stripe_customer_id, excluded.updated_at)"""
+                coalesce(excluded.stripe_customer_id, stripe_customer_id),
+                excluded.updated_at)"""
 
 _APPLY_KEY = """
     INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at, revoked_at)

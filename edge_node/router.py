@@ -3,9 +3,11 @@
 Every tenant route is wrapped by `guarded(role)`. In order, a request must: carry exactly one
 credential that verifies (401), name a well-formed tenant in its path (400) that is the
 credential's own tenant (403, whether or not that other tenant exists), belong to a tenant
-that is not suspended (403), find a token in its tenant's bucket (429), and hold at least
-the role the route needs (403). Only then does the handler run, with the TenantContext,
-and what it served is metered (`edge_node.meter`).
+that is not suspended (403) and is paid up (402: canceled, or past due beyond the grace
+period, edge_node.billing_state), find a token in its tenant's bucket (429), and hold at
+least the role the route needs (403). Only then does the handler run, with the
+TenantContext, and what it served is metered (`edge_node.meter`). Every tenant route is
+billable, so every one of them is refused to a tenant that must pay first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from edge_node.errors import BadRequest, Forbidden, Problem, RateLimited, Unauthorized
+from edge_node.billing_state import payment_refusal
+from edge_node.clock import now_us
+from edge_node.errors import (
+    BadRequest,
+    Forbidden,
+    PaymentRequired,
+    Problem,
+    RateLimited,
+    Unauthorized,
+)
 from edge_node.ids import is_uuid
 from edge_node.meter import Meter
 from edge_node.ratelimit import RateDecision, RateLimiter
@@ -27,7 +38,7 @@ from edge_node.tokens import TokenVerifier
 
 API_KEY_HEADER = "X-API-Key"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edge-node", ApiKey realm="edge-node"'}
-_REFUSED_STATUSES: frozenset[TenantStatus] = frozenset({"suspended", "canceled"})
+DEFAULT_PAST_DUE_GRACE_SECONDS = 72 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +58,17 @@ class TenantRouter:
     """Resolves credentials against the registry and the token keys, and applies the limits."""
 
     def __init__(
-        self, registry: TenantRegistry, verifier: TokenVerifier, limiter: RateLimiter
+        self,
+        registry: TenantRegistry,
+        verifier: TokenVerifier,
+        limiter: RateLimiter,
+        *,
+        past_due_grace_seconds: float = DEFAULT_PAST_DUE_GRACE_SECONDS,
     ) -> None:
         self.registry = registry
         self.verifier = verifier
         self.limiter = limiter
+        self.past_due_grace_us = int(past_due_grace_seconds * 1_000_000)
 
     def authenticate(self, request: web.Request) -> tuple[TenantContext, TenantStatus]:
         headers = request.headers
@@ -110,8 +127,8 @@ class TenantRouter:
                 "the credential does not belong to the tenant in the path",
                 slug="tenant-mismatch",
             )
-        if status in _REFUSED_STATUSES:
-            raise Forbidden(f"the tenant is {status}", slug="tenant-suspended")
+        if status != "active":
+            self._check_standing(context.tenant_id, status)
         decision = self.limiter.take(context.tenant_id, context.rate_limit_per_minute)
         if not decision.allowed:
             raise RateLimited(
@@ -126,6 +143,14 @@ class TenantRouter:
                 headers=decision.headers(),
             )
         return context, decision
+
+    def _check_standing(self, tenant_id: str, status: TenantStatus) -> None:
+        if status == "suspended":
+            raise Forbidden("the tenant is suspended", slug="tenant-suspended")
+        since = self.registry.past_due_since(tenant_id) if status == "past_due" else None
+        refusal = payment_refusal(status, since, now_us=now_us(), grace_us=self.past_due_grace_us)
+        if refusal is not None:
+            raise PaymentRequired(refusal)
 
 
 ROUTER_KEY = web.AppKey("router", TenantRouter)

@@ -6,6 +6,10 @@ dropped mid-batch, a local SQLite error, even a bug. Nothing waits for a local w
 keeps trying by itself, so the outbox drains as soon as the database answers again. Shards are
 independent: one down does not delay the others. `status()` and the status file
 (sync/status.py) show each shard's last success, last error, failures and lag.
+
+Beside the shards the worker runs periodic jobs (sync/jobs.py: Stripe provisioning, the usage
+flush), each in its own loop with the same backoff; `job_status()` shows them. With no DSNs
+and some jobs (Stripe configured, no PostgreSQL) only the jobs run.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +27,7 @@ from edge_node.clock import now_us
 from edge_node.config import CentralConfig
 from edge_node.errors import SyncError
 from sync.backoff import Backoff
+from sync.jobs import JobStatus, PeriodicJob, run_periodically
 from sync.postgres import check_dsn, close_quietly, connect, redact_dsn
 from sync.rounds import EdgeStorage, RoundReport, ShardRound
 from sync.set_aside import FILE_NAME as SET_ASIDE_FILE
@@ -61,6 +67,7 @@ class SyncWorker:
         backoff: Backoff | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+        jobs: Sequence[PeriodicJob] = (),
     ) -> None:
         self._central = central
         self._edge = edge
@@ -75,6 +82,7 @@ class SyncWorker:
         self._shards = [
             _Shard(i, dsn, ShardStatus(i, redact_dsn(dsn))) for i, dsn in enumerate(central.dsns)
         ]
+        self._jobs = [(job, JobStatus(job.name)) for job in jobs]
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -82,14 +90,24 @@ class SyncWorker:
         """A snapshot of every shard's status."""
         return [replace(shard.status) for shard in self._shards]
 
+    def job_status(self) -> list[JobStatus]:
+        """A snapshot of every periodic job's status."""
+        return [replace(status) for _, status in self._jobs]
+
     def start(self) -> None:
-        """Start one background loop per shard."""
+        """Start one background loop per shard and one per periodic job."""
         if self._tasks:
             raise RuntimeError("the sync worker is already running")
         self._stopping.clear()
         self._tasks = [
             asyncio.create_task(self._run(shard), name=f"sync-shard-{shard.index}")
             for shard in self._shards
+        ] + [
+            asyncio.create_task(
+                run_periodically(job, status, self._stopping, self._backoff),
+                name=f"sync-{job.name}",
+            )
+            for job, status in self._jobs
         ]
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -109,6 +127,9 @@ class SyncWorker:
                 shard.connection = None
             shard.status.state = "stopped"
             shard.status.next_attempt_at = None
+        for job, status in self._jobs:
+            status.state = "stopped"
+            await job.close()
         self._publish()
 
     async def run_once(self) -> list[RoundReport]:

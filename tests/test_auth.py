@@ -518,17 +518,22 @@ class TestTokens:
 
 
 class TestTenantStatus:
-    @pytest.mark.parametrize("status", ["suspended", "canceled"])
-    async def test_refused_tenant_and_back(self, node: RunningNode, status: str) -> None:
-        """A suspended or canceled tenant is 403 tenant-suspended for key and token alike,
-        and served again as soon as it is active."""
+    @pytest.mark.parametrize(
+        ("status", "refusal"),
+        [("suspended", (403, "tenant-suspended")), ("canceled", (402, "payment-required"))],
+    )
+    async def test_refused_tenant_and_back(
+        self, node: RunningNode, status: str, refusal: tuple[int, str]
+    ) -> None:
+        """A suspended tenant is 403 tenant-suspended and a canceled one 402 payment-required,
+        for key and token alike, and either is served again as soon as it is active."""
         tenant = node.create_tenant()
         url = node.tenant_url(tenant.tenant_id, "/ratings")
         credentials = [tenant.headers, bearer(node.token(tenant.tenant_id))]
         node.storage.registry.set_status(tenant.tenant_id, status)  # type: ignore[arg-type]
         for headers in credentials:
             answer = await call(node, "GET", url, headers)
-            assert (answer.status, problem_type(answer)) == (403, "tenant-suspended")
+            assert (answer.status, problem_type(answer)) == refusal
         node.storage.registry.set_status(tenant.tenant_id, "active")
         for headers in credentials:
             assert (await call(node, "GET", url, headers)).status == 200

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +18,11 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
 from edge_node.openapi import openapi_document
+from edge_node.webhook_signature import signature_header
+from edge_node.webhooks import WEBHOOK_PATH
 
 EXAMPLES = int(os.environ.get("EDGE_NODE_FUZZ_EXAMPLES", "40"))
+WEBHOOK_SECRET = "whsec_fuzz_5d0e4c3b2a1f9e8d7c6b"
 
 
 def edge_node(*args: str) -> list[str]:
@@ -27,8 +31,11 @@ def edge_node(*args: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The real daemon in a subprocess, with one tenant whose admin key the fuzzer uses."""
-    data_dir = str(tmp_path_factory.mktemp("fuzz") / "var")
+    """The real daemon in a subprocess, with one tenant whose admin key the fuzzer uses and a
+    webhook signing secret (so the webhook route verifies rather than answering 404)."""
+    directory = tmp_path_factory.mktemp("fuzz")
+    data_dir = str(directory / "var")
+    (directory / "whsec").write_text(WEBHOOK_SECRET)
     created = subprocess.run(
         edge_node(
             "--data-dir",
@@ -50,6 +57,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         edge_node("--data-dir", data_dir, "serve", "--port", "0"),
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "EDGE_NODE_WEBHOOKS_SECRET_FILE": str(directory / "whsec")},
     )
     try:
         assert process.stdout is not None
@@ -114,7 +122,7 @@ def test_every_operation_conforms(daemon: dict[str, Any], mode: GenerationMode) 
     schema = schemathesis.openapi.from_dict(pinned(document, values), config=config)
     headers = {"X-API-Key": daemon["api_key"]}
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 9
 
     for operation in operations:
         if mode is GenerationMode.NEGATIVE and not operation.path.startswith("/v1/tenants/"):
@@ -128,9 +136,32 @@ def test_every_operation_conforms(daemon: dict[str, Any], mode: GenerationMode) 
             suppress_health_check=list(HealthCheck),
         )
         def exercise(case: schemathesis.Case) -> None:
-            case.call_and_validate(headers=headers)
+            if mode is GenerationMode.POSITIVE and case.path == WEBHOOK_PATH:
+                case.call_and_validate(**signed_by_stripe(case, headers))
+            else:
+                case.call_and_validate(headers=headers)
 
         exercise()
+
+
+def signed_by_stripe(case: schemathesis.Case, headers: dict[str, str]) -> dict[str, Any]:
+    """The webhook's generated event as a body signed with the endpoint's secret.
+
+    A valid webhook request is one Stripe signed; no generated Stripe-Signature can be (the
+    unsigned ones are answered 400, which positive_data_acceptance rightly refuses as a
+    rejection of valid data). So in positive mode the test serialises the body itself and
+    signs those bytes, and the generated events reach parsing and the tenant registry.
+    """
+    payload = json.dumps(case.body).encode()
+    signature = signature_header(payload, [WEBHOOK_SECRET], int(time.time()))
+    return {
+        "headers": {
+            **headers,
+            "Content-Type": "application/json",
+            "Stripe-Signature": signature,
+        },
+        "data": payload,
+    }
 
 
 def test_document_is_the_one_served(daemon: dict[str, Any]) -> None:

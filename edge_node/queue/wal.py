@@ -127,16 +127,23 @@ class WriteAheadQueue:
         """Wait until every append made so far is durable (or has failed)."""
         await self._committer.drain()
 
-    async def read(self, consumer: str, max_records: int = 1000) -> list[Record]:
+    async def read(
+        self, consumer: str, max_records: int = 1000, *, after: int | None = None
+    ) -> list[Record]:
         """Up to `max_records` durable records after the consumer's cursor, oldest first.
 
         Reading does not move the cursor: the same records come back until `commit`. Raises
-        CorruptRecord when the next record the consumer needs cannot be read.
+        CorruptRecord when the next record the consumer needs cannot be read. `after` starts
+        the read past a sequence number beyond the cursor instead, for a consumer that keeps
+        its own durable note of what it has taken but not yet committed; it never reads
+        records the consumer has committed.
         """
         self._ensure_open()
         if max_records < 1:
             raise ValueError(f"max_records must be at least 1, got {max_records}")
         cursor, end = self._cursor(consumer), self._catalog.last_seq
+        if after is not None:
+            cursor = max(cursor, after)
         if cursor >= end:
             return []
         result = await self._consult(

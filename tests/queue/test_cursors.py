@@ -52,6 +52,19 @@ class TestConsumers:
             assert status.consumers["billing"].depth == 2
             assert status.consumers["audit"].depth == 6
 
+    async def test_reading_after_a_position_skips_ahead_of_the_cursor(
+        self, queue_dir: Path
+    ) -> None:
+        """read(after=n) starts at record n + 1 without moving the cursor, and never returns
+        records the consumer has already committed."""
+        await fill(queue_dir, 6)
+        async with await open_queue(queue_dir, consumers=("billing",)) as queue:
+            assert [r.seq for r in await queue.read("billing", 2, after=3)] == [4, 5]
+            assert [r.seq for r in await queue.read("billing", 2)] == [1, 2]
+            await queue.commit("billing", 5)
+            assert [r.seq for r in await queue.read("billing", after=2)] == [6]
+            assert await queue.read("billing", after=6) == []
+
     async def test_committed_positions_survive_a_reopen(self, queue_dir: Path) -> None:
         """A cursor committed before close is where the consumer resumes after reopening."""
         await fill(queue_dir, 5)

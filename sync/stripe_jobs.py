@@ -1,0 +1,57 @@
+"""Wiring Stripe into the sync worker: the gateway from `[stripe]` and the jobs that use it.
+
+The daemon calls `stripe_jobs` when `stripe.api_key_file` is set and hands the jobs to the
+sync worker (edge_node/daemon.py `start_sync`); the CLI uses `open_gateway` for bootstrap
+and for provisioning a tenant it has just created. One gateway per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from edge_node.config import Config, StripeConfig
+from edge_node.queue import WriteAheadQueue
+from edge_node.registry import TenantRegistry
+from sync.billing import open_billing
+from sync.billing_catalog import BillingCatalog, catalog_path, load_catalog
+from sync.jobs import PeriodicJob
+from sync.provisioning import Provisioner, ProvisioningJob
+from sync.stripe_gateway import StripeGateway
+
+
+def open_gateway(stripe: StripeConfig, api_key: Callable[[], str]) -> StripeGateway:
+    """A gateway configured from `[stripe]`; `api_key` returns the current secret key."""
+    return StripeGateway(
+        api_key,
+        api_base=stripe.api_base or None,
+        meter_events_base=stripe.meter_events_base or None,
+        max_network_retries=stripe.max_network_retries,
+        timeout_seconds=stripe.timeout_seconds,
+        collection_method=stripe.collection_method,
+        days_until_due=stripe.days_until_due,
+    )
+
+
+def catalog_loader(config: Config) -> Callable[[], BillingCatalog | None]:
+    """Reads the catalog file on each call, so a bootstrap run while the daemon serves counts."""
+    path = catalog_path(config.data_path, config.stripe.catalog_file)
+    return lambda: load_catalog(path)
+
+
+def stripe_jobs(
+    config: Config,
+    registry: TenantRegistry,
+    api_key: Callable[[], str],
+    *,
+    queue: WriteAheadQueue | None = None,
+) -> list[PeriodicJob]:
+    """The sync worker's Stripe jobs, sharing one gateway (each job's close() closes it):
+    provisioning, and the usage flush of `queue` (the meter's) when there is one."""
+    gateway = open_gateway(config.stripe, api_key)
+    provisioner = Provisioner(gateway, registry, catalog_loader(config))
+    jobs: list[PeriodicJob] = [
+        ProvisioningJob(provisioner, gateway, config.stripe.provisioning_interval_seconds),
+    ]
+    if queue is not None:
+        jobs.append(open_billing(config, gateway, queue, close_gateway=gateway.close))
+    return jobs
