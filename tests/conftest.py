@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from sync.stripe_standin import StripeStandin
 from tests.postgres import PostgresServer, PostgresUnavailable, start_server
 from tests.support import RunningNode, SigningKeys, make_signing_keys, node_config, start_node
 
@@ -75,3 +76,12 @@ def postgres_dsns(postgres_server: PostgresServer) -> Iterator[tuple[str, str]]:
     yield postgres_server.dsn(names[0]), postgres_server.dsn(names[1])
     for name in names:
         postgres_server.drop_database(name)
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StripeStandin]:
+    """A fresh Stripe stand-in in this process, on a free loopback port."""
+    server = StripeStandin()
+    await server.start()
+    yield server
+    await server.stop()

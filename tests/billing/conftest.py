@@ -13,15 +13,6 @@ from tests.billing.support import BillingNode
 
 
 @pytest.fixture
-async def standin() -> AsyncIterator[StripeStandin]:
-    """A fresh Stripe stand-in in this process, on a free loopback port."""
-    server = StripeStandin()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def gateway(standin: StripeStandin) -> AsyncIterator[StripeGateway]:
     """The Stripe adapter (official SDK) pointed at the stand-in, with a short timeout."""
     adapter = StripeGateway(lambda: DEFAULT_API_KEY, api_base=standin.url, timeout_seconds=1)

@@ -17,15 +17,6 @@ METER_EVENT = "edge_node_requests"
 
 
 @pytest.fixture
-async def standin() -> AsyncIterator[StripeStandin]:
-    """A fresh stand-in in this process, on a free loopback port."""
-    server = StripeStandin()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def gateway(standin: StripeStandin) -> AsyncIterator[StripeGateway]:
     """The adapter pointed at the stand-in, with short timeouts and no SDK retries."""
     adapter = StripeGateway(lambda: DEFAULT_API_KEY, api_base=standin.url, timeout_seconds=10)
