@@ -36,12 +36,15 @@ def announced_url(process: subprocess.Popen[str]) -> str:
     return match.group(1)
 
 
-def test_standalone_modules_never_load_the_sync_package() -> None:
-    """The daemon, the app and the CLI import neither `sync` nor asyncpg: a node without
-    central.dsns, and the request path of any node, never load them."""
+def test_the_request_path_never_loads_sync_asyncpg_or_stripe() -> None:
+    """The daemon, the app, the router, the webhook route and the CLI import none of `sync`,
+    asyncpg or the Stripe SDK: a standalone node, and the request path of any node, never
+    load them (webhook signatures are verified by edge_node itself)."""
     probe = (
-        "import sys, edge_node.cli, edge_node.daemon, edge_node.app, edge_node.router;"
-        "print(sorted(m for m in sys.modules if m == 'asyncpg' or m.split('.')[0] == 'sync'))"
+        "import sys, edge_node.cli, edge_node.daemon, edge_node.app, edge_node.router,"
+        " edge_node.webhooks, edge_node.secrets;"
+        "print(sorted(m for m in sys.modules"
+        " if m.split('.')[0] in ('sync', 'asyncpg', 'stripe')))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
