@@ -101,6 +101,17 @@ def every_stored_byte(data_dir: Path) -> bytes:
     return b"".join(path.read_bytes() for path in sorted(data_dir.rglob("*")) if path.is_file())
 
 
+def announced_url(process: subprocess.Popen[str]) -> str:
+    """The URL a `serve` subprocess announces on its first stdout line (waits up to 15 s)."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout=15), "the daemon never announced its URL"
+    match = LISTENING.match(process.stdout.readline())
+    assert match
+    return match.group(1)
+
+
 class TestTenantCommands:
     def test_create_prints_the_tenant_and_its_first_key(self, cli: Cli) -> None:
         """`tenants create` prints one JSON object: a UUID tenant id, an admin key, defaults;

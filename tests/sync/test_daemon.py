@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import selectors
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.postgres import PostgresServer
-from tests.test_cli import LISTENING, clean_environment, edge_node_command
+from tests.test_cli import announced_url, clean_environment, edge_node_command
 
 
 def run_cli(data_dir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -24,16 +23,6 @@ def run_cli(data_dir: Path, *args: str, env: dict[str, str]) -> subprocess.Compl
         timeout=60,
         check=False,
     )
-
-
-def announced_url(process: subprocess.Popen[str]) -> str:
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout=15), "the daemon never announced its URL"
-    match = LISTENING.match(process.stdout.readline())
-    assert match
-    return match.group(1)
 
 
 def test_the_request_path_never_loads_sync_asyncpg_or_stripe() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from edge_node.webhook_signature import signature_header
-from tests.test_cli import LISTENING, clean_environment, edge_node_command
+from tests.test_cli import announced_url, clean_environment, edge_node_command
 from tests.webhooks.conftest import (
     CURRENT_SECRET,
     WebhookNode,
@@ -185,16 +185,6 @@ class TestDaemon:
         )
         assert done.returncode == 78
         assert "webhooks.secret_file: cannot read" in done.stderr
-
-
-def announced_url(process: subprocess.Popen[str]) -> str:
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout=15), "the daemon never announced its URL"
-    match = LISTENING.match(process.stdout.readline())
-    assert match
-    return match.group(1)
 
 
 def deliver(url: str, event_id: str, secret: str) -> int:
