@@ -251,6 +251,17 @@ def parse_key_id(api_key: str) -> str | None:
     return api_key[len(KEY_PREFIX) : len(KEY_PREFIX) + _KEY_ID_LENGTH]
 
 
+def open_node_database(data_dir: Path, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    """A connection to data_dir/node.sqlite, migrated, with synchronous FULL: what it
+    commits (tenants, keys, billing confirmations) survives power loss."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite.connect(
+        data_dir / "node.sqlite", synchronous="full", busy_timeout_ms=busy_timeout_ms
+    )
+    sqlite.migrate(conn, MIGRATIONS)
+    return conn
+
+
 class TenantRegistry:
     """node.sqlite: the tenants this node serves and the hashes of their API keys."""
 
@@ -259,12 +270,7 @@ class TenantRegistry:
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> TenantRegistry:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        conn = sqlite.connect(
-            data_dir / "node.sqlite", synchronous="full", busy_timeout_ms=busy_timeout_ms
-        )
-        sqlite.migrate(conn, MIGRATIONS)
-        return cls(conn)
+        return cls(open_node_database(data_dir, busy_timeout_ms=busy_timeout_ms))
 
     def close(self) -> None:
         self._conn.close()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
 
 from edge_node import sqlite
-from edge_node.registry import MIGRATIONS
+from edge_node.registry import open_node_database
 from sync.billing_plan import PlannedRange
 
 _P = ParamSpec("_P")
@@ -75,12 +75,7 @@ class BillingLedger:
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> BillingLedger:
         """A connection of its own to node.sqlite (synchronous FULL: a confirmation survives
         power loss), migrated like the registry's."""
-        data_dir.mkdir(parents=True, exist_ok=True)
-        conn = sqlite.connect(
-            data_dir / "node.sqlite", synchronous="full", busy_timeout_ms=busy_timeout_ms
-        )
-        sqlite.migrate(conn, MIGRATIONS)
-        return cls(conn)
+        return cls(open_node_database(data_dir, busy_timeout_ms=busy_timeout_ms))
 
     def close(self) -> None:
         self._conn.close()
