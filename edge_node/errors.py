@@ -56,11 +56,17 @@ class SyncError(EdgeNodeError):
 class TransientSyncError(SyncError):
     """Retrying later may succeed: nothing is wrong with the data being synced.
 
-    `retry_after` is the server's hint in seconds (Stripe's Retry-After), None without one."""
+    `retry_after` is the server's hint in seconds (Stripe's Retry-After), None without one.
+    `not_received` is True when the failure proves the server recorded nothing (the
+    connection was refused before the request was sent, or it answered 429, 401 or 403);
+    False when the outcome is unknown (a timeout, a connection lost after sending, a 5xx)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, not_received: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.not_received = not_received
 
 
 class PermanentSyncError(SyncError):

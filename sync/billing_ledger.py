@@ -4,9 +4,13 @@ A batch is written here, state `planned`, before it is ever sent, in the same tr
 that records its queue range as planned (`sync_state`, name `billing.planned_through.<queue>`).
 It becomes `sent` (attempts + 1, first_sent_at kept from the first try) just before each
 call, `confirmed` once Stripe holds it, or `set_aside` with a reason when it must not be
-sent again. Nothing is ever deleted or re-aggregated: a resend reads the row back.
+sent again. An attempt that turned a `planned` batch `sent` and then failed in a way that
+proves Stripe recorded nothing (refused connection, 429, 401, 403) turns it back to
+`planned` without first_sent_at. Nothing is ever deleted or re-aggregated: a resend reads
+the row back.
 
     planned --send--> sent --Stripe accepted, or already had it--> confirmed
+       |   <--not received--+  (only if this attempt made it `sent`)
        |                |
        +----------------+--refused, too old, outcome unknown too long--> set_aside
 
@@ -176,14 +180,37 @@ class BillingLedger:
         ).fetchone()
         return LedgerBatch(*row) if row else None
 
-    def mark_sent(self, identifier: str, now_us: int) -> None:
+    def mark_sent(self, identifier: str, now_us: int) -> tuple[int, bool]:
         """Note an attempt before it is made: from the first one on, the outcome is unknown
-        until an answer is recorded, and first_sent_at starts Stripe's dedup clock."""
+        until an answer is recorded, and first_sent_at starts Stripe's dedup clock.
+
+        (attempt number, whether this attempt made the outcome unknown: the batch was
+        `planned`); (0, False) when the batch is no longer open."""
+        with sqlite.transaction(self._conn):
+            row = self._conn.execute(
+                "SELECT state, attempts FROM billing_ledger"
+                " WHERE identifier = ? AND state IN ('planned', 'sent')",
+                (identifier,),
+            ).fetchone()
+            if row is None:
+                return 0, False
+            self._conn.execute(
+                "UPDATE billing_ledger SET state = 'sent', attempts = attempts + 1,"
+                " first_sent_at = coalesce(first_sent_at, ?)"
+                " WHERE identifier = ? AND state IN ('planned', 'sent')",
+                (now_us, identifier),
+            )
+            return int(row[1]) + 1, row[0] == "planned"
+
+    def unmark_sent(self, identifier: str, attempt: int) -> None:
+        """Undo `mark_sent` of `attempt`, which made the outcome unknown and then failed in a
+        way that proves Stripe recorded nothing: the batch is `planned` again, with no
+        first_sent_at, so the failure does not count towards the unknown-outcome horizon.
+        The attempt count stays (each attempt has an Idempotency-Key of its own)."""
         self._update(
-            "UPDATE billing_ledger SET state = 'sent', attempts = attempts + 1,"
-            " first_sent_at = coalesce(first_sent_at, ?)"
-            " WHERE identifier = ? AND state IN ('planned', 'sent')",
-            (now_us, identifier),
+            "UPDATE billing_ledger SET state = 'planned', first_sent_at = NULL"
+            " WHERE identifier = ? AND state = 'sent' AND attempts = ?",
+            (identifier, attempt),
         )
 
     def confirm(self, identifier: str, now_us: int) -> None:
@@ -233,8 +260,11 @@ class AsyncLedger:
     async def set_aside(self, batches: Sequence[tuple[str, str]]) -> None:
         await self.run(self.ledger.set_aside, batches)
 
-    async def mark_sent(self, identifier: str, now_us: int) -> None:
-        await self.run(self.ledger.mark_sent, identifier, now_us)
+    async def mark_sent(self, identifier: str, now_us: int) -> tuple[int, bool]:
+        return await self.run(self.ledger.mark_sent, identifier, now_us)
+
+    async def unmark_sent(self, identifier: str, attempt: int) -> None:
+        await self.run(self.ledger.unmark_sent, identifier, attempt)
 
     async def confirm(self, identifier: str, now_us: int) -> None:
         await self.run(self.ledger.confirm, identifier, now_us)

@@ -8,7 +8,11 @@ A refusal (400) sets the batch aside with Stripe's reason.
 
 Every attempt is noted in the ledger before the call (state `sent`, first_sent_at), and the
 answer after it, so a crash anywhere in between resends the same identifier with the same
-value, which Stripe records once. That holds only while Stripe still remembers the
+value, which Stripe records once. A failure that proves Stripe recorded nothing (refused
+connection, 429, 401, 403) undoes the note if this attempt made it (the batch is `planned`
+again), so only attempts that may have reached Stripe count towards the horizon. Each
+attempt carries its attempt number in its Idempotency-Key, so a 500 Stripe saved for one
+attempt is not replayed to the next. That holds only while Stripe still remembers the
 identifier (at least 24 hours) and accepts the timestamp (35 days): `SendRules` sets a batch
 aside instead of sending it once either is in doubt.
 """
@@ -47,7 +51,14 @@ class MeterEventGateway(Protocol):
     """What sending needs of Stripe (sync/stripe_gateway.py's StripeGateway)."""
 
     async def send_meter_event(
-        self, *, event_name: str, customer_id: str, value: int, timestamp: int, identifier: str
+        self,
+        *,
+        event_name: str,
+        customer_id: str,
+        value: int,
+        timestamp: int,
+        identifier: str,
+        attempt: int,
     ) -> MeterEventOutcome: ...
 
 
@@ -196,7 +207,9 @@ class BatchSender:
             await self.ledger.set_aside([(batch.identifier, reason)])
             self._reported(batch, reason, counter)
             return True
-        await self.ledger.mark_sent(batch.identifier, _us(self.clock()))
+        attempt, made_unknown = await self.ledger.mark_sent(batch.identifier, _us(self.clock()))
+        if attempt == 0:
+            return True  # no longer open
         self.stats.calls += 1
         try:
             async with asyncio.timeout(self.call_timeout):
@@ -206,8 +219,12 @@ class BatchSender:
                     value=batch.value,
                     timestamp=batch.window_start,
                     identifier=batch.identifier,
+                    attempt=attempt,
                 )
         except (TransientSyncError, TimeoutError) as exc:
+            if made_unknown and isinstance(exc, TransientSyncError) and exc.not_received:
+                # Stripe cannot have recorded it: as if this attempt had not been made.
+                await self.ledger.unmark_sent(batch.identifier, attempt)
             self._back_off(batch, exc)
             return False
         except PermanentSyncError as exc:

@@ -6,6 +6,8 @@ sync worker's own loop decides when to retry, with backoff and jitter). Stripe's
 are translated into edge_node.errors:
 
     connection error, timeout, 429, 409, 5xx, 401, 403  -> TransientSyncError (retry_after)
+      of which a refused connection, 429, 401, 403         -> not_received=True (Stripe
+                                                              cannot have recorded it)
     400 / 404 (invalid_request_error, idempotency_error) -> PermanentSyncError (code)
     a meter event whose identifier Stripe already has    -> MeterEventOutcome.DUPLICATE
 
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 # Stripe's published list, so the message is matched as well as the codes seen for it.
 DUPLICATE_CODES = frozenset({"resource_already_exists", "billing_meter_event_duplicate"})
 DUPLICATE_MESSAGE = "already exists with identifier"
+# Answers that prove Stripe recorded nothing: rate limited, or the key was not accepted.
+NOT_RECEIVED_STATUSES = frozenset({401, 403, 429})
 LIVE_SUBSCRIPTION_STATUSES = frozenset(
     {"active", "trialing", "past_due", "unpaid", "incomplete", "paused"}
 )
@@ -107,10 +111,21 @@ class StripeGateway:
     # Usage.
 
     async def send_meter_event(
-        self, *, event_name: str, customer_id: str, value: int, timestamp: int, identifier: str
+        self,
+        *,
+        event_name: str,
+        customer_id: str,
+        value: int,
+        timestamp: int,
+        identifier: str,
+        attempt: int,
     ) -> MeterEventOutcome:
         """Record `value` units for `customer_id` at `timestamp` (Unix seconds), once per
-        `identifier`: a retry of the same batch is ACCEPTED (key replay) or DUPLICATE."""
+        `identifier`. The Idempotency-Key carries `attempt` (the ledger's attempt number), so
+        each attempt is a request of its own: Stripe replays an answer for a key, a 500
+        included, so a key shared by all attempts would repeat a 500 for 24 hours. The
+        identifier still deduplicates across attempts: a resend after a lost answer is
+        DUPLICATE (or ACCEPTED, as a key replay within the same attempt)."""
         params: dict[str, Any] = {
             "event_name": event_name,
             "identifier": identifier,
@@ -119,7 +134,7 @@ class StripeGateway:
         }
         try:
             await self._client.v1.billing.meter_events.create_async(
-                cast(Any, params), self._options(f"edge-node:meter-event:{identifier}")
+                cast(Any, params), self._options(f"edge-node:meter-event:{identifier}:{attempt}")
             )
         except stripe.InvalidRequestError as exc:
             if _is_duplicate_identifier(exc):
@@ -340,10 +355,28 @@ def translate(exc: stripe.StripeError, what: str = "") -> SyncError:
         detail += f" (HTTP {status}, {code or _error_type(exc)})"
     if isinstance(exc, stripe.APIConnectionError) or status is None:
         cause = exc.__cause__ or exc
-        return TransientSyncError(f"{prefix}cannot reach Stripe ({type(cause).__name__})")
+        return TransientSyncError(
+            f"{prefix}cannot reach Stripe ({type(cause).__name__})",
+            not_received=_never_connected(exc),
+        )
     if status in (401, 403, 409, 429) or status >= 500:
-        return TransientSyncError(detail, retry_after=_retry_after(exc))
+        return TransientSyncError(
+            detail, retry_after=_retry_after(exc), not_received=status in NOT_RECEIVED_STATUSES
+        )
     return PermanentSyncError(detail, code=code)
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether the cause chain shows the connection was never made (refused, no route, DNS,
+    TLS handshake): no byte of the request reached Stripe."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ClientConnectorError | ConnectionRefusedError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _error_code(exc: stripe.StripeError) -> str | None:

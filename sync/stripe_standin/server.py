@@ -4,8 +4,10 @@ Every API request goes through, in order: call counting, the switches (`hang` ne
 `drop` closes the connection, `fail` answers 500, `throttle` answers 429), Bearer
 authentication (401 for a key it does not hold), the Idempotency-Key rule (same key and same
 parameters: the saved answer again with `Idempotent-Replayed: true`; other parameters: 400
-idempotency_error; still running: 409; keys kept 24 hours of the stand-in's clock; only
-successful answers are saved, as Stripe saves none for a request that failed validation),
+idempotency_error; still running: 409; keys kept 24 hours of the stand-in's clock; the
+answer is saved once the endpoint began executing, a 500 included, as Stripe does, but none
+for a 4xx (failed validation, conflicts) or a dropped connection; `fail` acts inside this
+layer for POSTs with an Idempotency-Key, so its 500 is saved and replayed for the key),
 the per-call latency, and for meter events one call in flight per customer and meter (a
 second one gets 429 rate_limit). `lose_answers` processes a request and then drops the
 connection, so the caller cannot know it succeeded.
@@ -282,9 +284,24 @@ class StripeStandin:
             return response
         saved = self._saved[key] = _Saved(fingerprint, now)
         try:
+            if self.switches.fail and self._switched(request):
+                # Stripe failing while it executes the request: the 500 is saved.
+                raise StripeFault(500, "An unknown error occurred.", type="api_error")
             body = orjson.dumps(await handler(request, form))
+        except StripeFault as fault:
+            if fault.status < 500:
+                # Failed validation or a conflict: nothing saved, as Stripe saves none.
+                del self._saved[key]
+                raise
+            # Stripe saves the result of a request once it began executing, "including 500
+            # errors", and replays it for the same key.
+            saved.status, saved.body = fault.status, orjson.dumps(fault.body)
+            response = _json(fault.status, fault.body)
+            response.headers.update(fault.headers)
+            response.headers["Idempotency-Key"] = key
+            return response
         except BaseException:
-            del self._saved[key]  # nothing is saved for a request that did not succeed
+            del self._saved[key]  # dropped or cancelled: no answer was produced
             raise
         saved.status, saved.body = 200, body
         response = web.Response(status=200, body=body, content_type="application/json")
@@ -330,7 +347,8 @@ class StripeStandin:
             _drop(request)
         if switches.drop:
             _drop(request)
-        if switches.fail:
+        if switches.fail and not _keyed_post(request):
+            # A POST with an Idempotency-Key fails inside the idempotency layer instead.
             raise StripeFault(500, "An unknown error occurred.", type="api_error")
         if switches.throttle:
             raise StripeFault(
@@ -372,6 +390,10 @@ class StripeStandin:
     async def _admin_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return _json(200, self.state())
+
+
+def _keyed_post(request: web.Request) -> bool:
+    return request.method == "POST" and bool(request.headers.get("Idempotency-Key"))
 
 
 def _drop(request: web.Request) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import pytest
 
 from edge_node.errors import TransientSyncError
 from edge_node.queue import CorruptRecord
 from sync.billing_ledger import LedgerBatch
-from sync.stripe_standin import StripeStandin
+from sync.stripe_gateway import StripeGateway
+from sync.stripe_standin import DEFAULT_API_KEY, StripeStandin
 from tests.billing.support import BillingNode
 
 METER_EVENTS = "POST /v1/billing/meter_events"
@@ -121,7 +123,8 @@ class TestStripeDown:
     ) -> None:
         """While Stripe fails (500), drops connections, hangs, loses its answers or throttles,
         every round fails as transient and nothing is set aside; once it is back the same
-        batches go through and each customer is billed exactly what was served."""
+        batches go through and each customer is billed exactly what was served. A 429 proves
+        Stripe recorded nothing, so throttled batches stay planned."""
         tenants = [await node.tenant(f"t{n}") for n in range(3)]
         for tenant in tenants:
             await node.serve(tenant, 25, at=window_start(node, 900))
@@ -131,7 +134,7 @@ class TestStripeDown:
             with pytest.raises(TransientSyncError):
                 await consumer.run()
             await asyncio.sleep(consumer.next_retry_in() or 0)
-        assert node.states() == {"sent": 3}
+        assert node.states() == {"planned" if switch == "throttle" else "sent": 3}
         standin.set_switches(**{switch: False})
         await consumer.run_until_settled()
         assert node.states() == {"confirmed": 3}
@@ -157,6 +160,64 @@ class TestStripeDown:
         assert report.calls == 0
         await consumer.run_until_settled()
         assert_billed_as_served(node, standin)
+
+    async def test_a_day_of_refused_connections_does_not_set_a_batch_aside(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """Connections refused for 30 hours prove Stripe recorded nothing: the batch stays
+        planned (no unknown outcome, no first_sent_at), is not set aside past the horizon,
+        and is billed exactly once when Stripe is reachable again."""
+        tenant = await node.tenant("t")
+        await node.serve(tenant, 12, at=window_start(node, 900))
+        reachable = node.gateway
+        node.gateway = StripeGateway(
+            lambda: DEFAULT_API_KEY, api_base=f"http://127.0.0.1:{closed_port()}"
+        )
+        try:
+            down = node.consumer()
+            for _ in range(6):
+                with pytest.raises(TransientSyncError):
+                    await down.run()
+                assert node.ledger("SELECT state, first_sent_at FROM billing_ledger") == [
+                    ("planned", None)
+                ]
+                node.clock.advance(5 * 3600)
+                await asyncio.sleep(down.next_retry_in() or 0)
+        finally:
+            await node.gateway.close()
+            node.gateway = reachable
+        assert down.stats.set_aside == 0
+        consumer = node.consumer()
+        await consumer.run_until_settled()
+        assert consumer.stats.set_aside == 0
+        assert node.states() == {"confirmed": 1}
+        assert standin.calls[METER_EVENTS] == 1
+        assert_billed_as_served(node, standin)
+
+    async def test_one_500_does_not_block_the_batch(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """Stripe saves a 500 for its Idempotency-Key and replays it; the next attempt has a
+        key of its own, so once Stripe is healthy the next round bills the batch once."""
+        tenant = await node.tenant("t")
+        await node.serve(tenant, 7, at=window_start(node, 900))
+        consumer = node.consumer()
+        standin.set_switches(fail=True, only="POST /v1/billing/meter_events")
+        with pytest.raises(TransientSyncError):
+            await consumer.run()
+        standin.set_switches(fail=False)
+        await asyncio.sleep(consumer.next_retry_in() or 0)
+        await consumer.run()
+        assert node.ledger("SELECT state, attempts FROM billing_ledger") == [("confirmed", 2)]
+        assert standin.calls[METER_EVENTS] == 2
+        assert_billed_as_served(node, standin)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connections to it are refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class Crash(Exception):

@@ -95,6 +95,25 @@ class TestStates:
         assert stored is not None
         assert (stored.state, stored.attempts, stored.first_sent_at) == ("sent", 2, 10)
 
+    def test_an_attempt_proven_not_received_is_undone_only_if_it_made_the_batch_sent(
+        self, ledger: BillingLedger
+    ) -> None:
+        """unmark_sent returns a batch this attempt made `sent` to `planned` without
+        first_sent_at (the attempt count stays); a batch an earlier attempt made `sent`
+        (outcome unknown) stays as it is."""
+        ident = "id-a-1700000040-1-1"
+        ledger.record_plan(planned(1, 1, batch("a", 1, 1, 1)), 1)
+        assert ledger.mark_sent(ident, 10) == (1, True)
+        ledger.unmark_sent(ident, 1)
+        stored = ledger.get(ident)
+        assert stored is not None
+        assert (stored.state, stored.attempts, stored.first_sent_at) == ("planned", 1, None)
+        assert ledger.mark_sent(ident, 20) == (2, True)  # unknown from here on
+        assert ledger.mark_sent(ident, 30) == (3, False)
+        stored = ledger.get(ident)
+        assert stored is not None
+        assert (stored.state, stored.attempts, stored.first_sent_at) == ("sent", 3, 20)
+
     def test_a_settled_batch_never_moves_again(self, ledger: BillingLedger) -> None:
         """A batch set aside is never confirmed or sent afterwards, and a confirmed one is
         never set aside."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ async def send(gateway: StripeGateway, customer: str, identifier: str, value: in
         value=value,
         timestamp=kw.get("timestamp", int(time.time())),
         identifier=identifier,
+        attempt=kw.get("attempt", 1),
     )
 
 
@@ -100,6 +102,40 @@ class TestErrors:
                 await send(gateway, customer, "b1")
         finally:
             await gateway.close()
+
+    @pytest.mark.parametrize(
+        ("switch", "not_received"),
+        [("fail", False), ("drop", False), ("hang", False), ("throttle", True)],
+    )
+    async def test_only_failures_that_prove_nothing_was_recorded_are_not_received(
+        self, standin: StripeStandin, customer: str, switch: str, not_received: bool
+    ) -> None:
+        """A 429 proves Stripe recorded nothing; a 500, a dropped connection or a timeout
+        leave the outcome unknown."""
+        gateway = StripeGateway(lambda: DEFAULT_API_KEY, api_base=standin.url, timeout_seconds=0.5)
+        standin.set_switches(**{switch: True})
+        try:
+            with pytest.raises(TransientSyncError) as raised:
+                await send(gateway, customer, "b1")
+        finally:
+            await gateway.close()
+        assert raised.value.not_received is not_received
+
+    async def test_a_refused_connection_or_a_rejected_key_is_not_received(
+        self, standin: StripeStandin, customer: str
+    ) -> None:
+        """A refused connection (nothing sent) and a 401 prove Stripe recorded nothing."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        for api_base, key in ((f"http://127.0.0.1:{port}", DEFAULT_API_KEY), (standin.url, "sk_x")):
+            gateway = StripeGateway(lambda k=key: k, api_base=api_base, timeout_seconds=2)
+            try:
+                with pytest.raises(TransientSyncError) as raised:
+                    await send(gateway, customer, "b1")
+            finally:
+                await gateway.close()
+            assert raised.value.not_received is True
 
     async def test_a_429_carries_the_retry_after_hint(
         self, standin: StripeStandin, gateway: StripeGateway, customer: str

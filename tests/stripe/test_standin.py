@@ -135,14 +135,33 @@ class TestIdempotency:
         again = await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
         assert again.id != first.id
 
-    async def test_a_failed_request_saves_no_answer(
+    async def test_a_500_is_saved_and_replayed_for_its_key(
         self, standin: StripeStandin, client: stripe.StripeClient
     ) -> None:
-        """A request that failed (here a 500) leaves the key free: the retry does the work."""
+        """As Stripe does ("including 500 errors"), a 500 produced while the request executed
+        is saved: the same key gets it again, replayed, even once Stripe is healthy; a new
+        key does the work."""
         standin.set_switches(fail=True)
         with pytest.raises(stripe.APIError):
             await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
         standin.set_switches(fail=False)
+        with pytest.raises(stripe.APIError) as replayed:
+            await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
+        assert replayed.value.headers is not None
+        assert replayed.value.headers.get("Idempotent-Replayed") == "true"
+        created = await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k2"})
+        assert created.last_response is not None
+        assert "Idempotent-Replayed" not in created.last_response.headers
+
+    async def test_a_refused_request_saves_no_answer(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """A 4xx (here a 429) leaves the key free, as Stripe saves nothing for a request
+        that did not begin executing: the retry does the work."""
+        standin.set_switches(throttle=True)
+        with pytest.raises(stripe.RateLimitError):
+            await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
+        standin.set_switches(throttle=False)
         created = await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
         assert created.last_response is not None
         assert "Idempotent-Replayed" not in created.last_response.headers
