@@ -110,6 +110,9 @@ class TestEdgeToCentral:
         await b.sync(central)
         assert b.registry.lookup_key(key.api_key) is None
 
+        # Migration 0003 refuses an un-revoke centrally; with its trigger disabled, the edges'
+        # own rule still holds.
+        await db.execute("ALTER TABLE api_keys DISABLE TRIGGER api_keys_registry_rules")
         await db.execute("UPDATE api_keys SET revoked_at = NULL")
         await a.sync(central)
         await b.sync(central)
