@@ -30,6 +30,7 @@ from edge_node.errors import TransientSyncError
 from edge_node.meter import BILLING_CONSUMER
 from edge_node.queue import QueueCorruption, Record, WriteAheadQueue
 from sync.backoff import Backoff
+from sync.billing_clock import HorizonClock
 from sync.billing_ledger import AsyncLedger, BillingLedger, LedgerBatch
 from sync.billing_plan import UsagePlanner
 from sync.billing_send import HOUR, BatchSender, BillingStats, MeterEventGateway, SendRules
@@ -65,6 +66,7 @@ class BillingConsumer:
         event_name: str,
         queue_name: str | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
         on_answer: Callable[[LedgerBatch], Awaitable[None]] | None = None,
         close_gateway: Callable[[], Awaitable[None]] | None = None,
@@ -78,6 +80,8 @@ class BillingConsumer:
         self.stats = BillingStats()
         self._ledger = AsyncLedger(ledger)
         self._clock = clock
+        self._monotonic = monotonic
+        self._horizon: HorizonClock | None = None
         self._close_gateway = close_gateway
         self._read_chunk = read_chunk
         self._sender = BatchSender(
@@ -134,6 +138,7 @@ class BillingConsumer:
     async def run_round(self) -> RoundReport:
         """Plan, attach customers, set aside, send, commit: one pass."""
         planning_failed: QueueCorruption | None = None
+        await self._ensure_horizon()
         try:
             planned, read_full = await self._plan()
         except BaseException as exc:
@@ -157,6 +162,7 @@ class BillingConsumer:
         calls, settled = self.stats.calls, self._settled()
         await self._sender.send(sendable)
         committed = await self._commit()
+        await self._persist_clock()
         progressed = self._settled() > settled
         more = read_full or (len(sendable) == self.config.max_batches_per_round and progressed)
         if planning_failed is not None:
@@ -203,7 +209,22 @@ class BillingConsumer:
             self.stats.unreadable_records += len(planned.unreadable)
         return written
 
+    async def _ensure_horizon(self) -> HorizonClock:
+        if self._horizon is None:
+            floor = await self._ledger.run(self._ledger.ledger.clock_floor)
+            self._horizon = HorizonClock(self._clock, self._monotonic, floor=floor)
+            self._sender.horizon_clock = self._horizon
+        return self._horizon
+
+    async def _persist_clock(self) -> None:
+        horizon = await self._ensure_horizon()
+        reading = horizon.due_for_persisting()
+        if reading is not None:
+            await self._ledger.run(self._ledger.ledger.save_clock_high_water, reading)
+            horizon.persisted = reading
+
     async def _ensure_planner(self) -> UsagePlanner:
+        await self._ensure_horizon()
         if self._planner is None:
             status = await self.queue.status()
             self._cursor = status.consumers[BILLING_CONSUMER].cursor

@@ -32,6 +32,7 @@ from typing import Literal, ParamSpec, TypeVar
 
 from edge_node import sqlite
 from edge_node.registry import open_node_database
+from sync.billing_clock import HIGH_WATER
 from sync.billing_plan import PlannedRange
 
 _P = ParamSpec("_P")
@@ -228,6 +229,27 @@ class BillingLedger:
                 "UPDATE billing_ledger SET state = 'set_aside', set_aside_reason = ?"
                 " WHERE identifier = ? AND state IN ('planned', 'sent')",
                 [(reason, identifier) for identifier, reason in batches],
+            )
+
+    def clock_floor(self) -> float:
+        """Unix seconds the horizon clock must not start below (sync/billing_clock.py): its
+        persisted high-water mark, and the latest first send of a batch still open."""
+        row = self._conn.execute(
+            "SELECT value FROM sync_state WHERE name = ?", (HIGH_WATER,)
+        ).fetchone()
+        (first_sent,) = self._conn.execute(
+            f"SELECT max(first_sent_at) FROM billing_ledger WHERE {OPEN}"  # noqa: S608
+        ).fetchone()
+        return max(float(row[0]) if row else 0.0, (first_sent or 0) / 1e6)
+
+    def save_clock_high_water(self, seconds: float) -> None:
+        """Persist the horizon clock's reading, so a restart does not start it lower."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO sync_state (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                " WHERE CAST(excluded.value AS REAL) > CAST(value AS REAL)",
+                (HIGH_WATER, repr(seconds)),
             )
 
     def commit_point(self, queue: str) -> int:

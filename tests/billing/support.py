@@ -6,6 +6,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,15 @@ NODE_ID = "edge-test"
 
 
 class MovableClock:
-    """Wall-clock seconds plus an offset a test moves, to jump past Stripe's time limits."""
+    """Wall-clock seconds (or another clock's) plus an offset a test moves, to jump past
+    Stripe's time limits or step the clock back."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: Callable[[], float] = time.time) -> None:
         self.offset = 0.0
+        self.source = source
 
     def __call__(self) -> float:
-        return time.time() + self.offset
+        return self.source() + self.offset
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
@@ -45,6 +48,7 @@ class BillingNode:
     queue: WriteAheadQueue
     gateway: StripeGateway
     clock: MovableClock = field(default_factory=MovableClock)
+    monotonic: MovableClock = field(default_factory=lambda: MovableClock(time.monotonic))
     served: Counter[str] = field(default_factory=Counter)
     consumers: list[BillingConsumer] = field(default_factory=list)
 
@@ -111,6 +115,7 @@ class BillingNode:
             node_id=NODE_ID,
             event_name=EVENT_NAME,
             clock=self.clock,
+            monotonic=self.monotonic,
             backoff=Backoff(initial=0.01, maximum=0.05),
             **hooks,
         )

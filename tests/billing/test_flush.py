@@ -347,6 +347,33 @@ class TestNeverTwice:
         assert standin.calls[METER_EVENTS] == 2
         assert_billed_as_served(node, standin)
 
+    @pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+    async def test_a_clock_stepped_back_does_not_stretch_the_horizon(
+        self, node: BillingNode, standin: StripeStandin, restart: bool
+    ) -> None:
+        """A day after a lost answer, with the node's wall clock stepped back 3 hours in
+        between (while running, or while stopped for a restart), the batch is set aside:
+        its age is counted on a clock that never runs back, so it is not resent after
+        Stripe has forgotten its identifier (which would bill it twice)."""
+        tenant = await node.tenant("t")
+        await node.serve(tenant, 12, at=window_start(node, 900))
+        consumer = node.consumer()
+        standin.set_switches(lose_answers=True)
+        with pytest.raises(TransientSyncError):
+            await consumer.run()
+        standin.set_switches(lose_answers=False)
+        node.clock.advance(-3 * 3600)
+        if restart:
+            consumer = node.consumer()
+            await consumer.run_round()  # the restarted consumer starts its clock here
+        node.clock.advance(DAY + 60)
+        node.monotonic.advance(DAY + 60)
+        standin.clock.advance(DAY + 60)
+        await consumer.run_until_settled()
+        assert standin.calls[METER_EVENTS] == 1
+        assert standin.billed(node.customer(tenant)) == 12
+        assert consumer.stats.set_aside_unknown_outcome == 1
+
     async def test_a_window_past_35_days_is_set_aside_and_reported(
         self, node: BillingNode, standin: StripeStandin, caplog: pytest.LogCaptureFixture
     ) -> None:
