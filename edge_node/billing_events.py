@@ -103,8 +103,7 @@ class BillingEventStore:
         """Whether `tenant_id` names a tenant here (one linked to another customer: an event
         naming it will never apply, so it is not worth a redelivery)."""
         return tenant_id is not None and (
-            self._conn.execute("SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id,))
-            .fetchone()
+            self._conn.execute("SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id,)).fetchone()
             is not None
         )
 
