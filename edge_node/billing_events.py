@@ -38,14 +38,23 @@ class Receipt:
         return {"event_id": self.event_id, "outcome": self.outcome, "duplicate": self.duplicate}
 
 
+class TenantNotHereYet(Exception):
+    """An event about a tenant this node does not know, young enough that the tenant may
+    still sync down: not recorded, so that a redelivery can apply it."""
+
+
 class BillingEventStore:
     """Applies Stripe events to the tenants in node.sqlite (the registry's connection)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def apply(self, event: BillingEvent) -> Receipt:
-        """Record `event` and apply it, once: a second delivery is answered from the record."""
+    def apply(self, event: BillingEvent, *, hold_unknown_since: int | None = None) -> Receipt:
+        """Record `event` and apply it, once: a second delivery is answered from the record.
+
+        An event for no tenant here created at or after `hold_unknown_since` (Unix seconds)
+        raises TenantNotHereYet and records nothing; older ones are recorded as
+        unknown_tenant."""
         with sqlite.transaction(self._conn):
             seen = self._conn.execute(
                 "SELECT outcome FROM webhook_events WHERE event_id = ?", (event.event_id,)
@@ -54,6 +63,13 @@ class BillingEventStore:
                 return Receipt(event.event_id, seen[0], None, duplicate=True)
             tenant = self._tenant_of(event)
             decision = decide(event, tenant)
+            if (
+                decision.outcome == "unknown_tenant"
+                and hold_unknown_since is not None
+                and event.created >= hold_unknown_since
+                and not self._exists(event.tenant_hint)
+            ):
+                raise TenantNotHereYet(event.event_id)
             now = now_us()
             if tenant is not None and decision.outcome == "applied":
                 self._update(tenant.tenant_id, event, decision, now)
@@ -82,6 +98,14 @@ class BillingEventStore:
             "SELECT outcome FROM webhook_events WHERE event_id = ?", (event_id,)
         ).fetchone()
         return None if row is None else str(row[0])
+
+    def _exists(self, tenant_id: str | None) -> bool:
+        """Whether `tenant_id` names a tenant here (one linked to another customer: an event
+        naming it will never apply, so it is not worth a redelivery)."""
+        return tenant_id is not None and (
+            self._conn.execute("SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id,)).fetchone()
+            is not None
+        )
 
     def _tenant_of(self, event: BillingEvent) -> TenantBilling | None:
         if event.customer_id is not None:

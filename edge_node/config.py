@@ -266,6 +266,14 @@ class WebhooksConfig:
     max_body_bytes: int = setting(
         1 << 20, "Largest event body accepted; larger ones get 413.", minimum=1024, maximum=1 << 24
     )
+    unknown_tenant_retry_hours: float = setting(
+        72.0,
+        "An event about a tenant this node does not know (not synced down yet) is answered "
+        "503, so Stripe delivers it again, until it is this old; then it is recorded as "
+        "unknown_tenant. Stripe retries for about 72 hours.",
+        minimum=0,
+        maximum=720,
+    )
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,11 @@ MIGRATIONS = (
     CREATE INDEX webhook_events_by_tenant ON webhook_events (tenant_id, created)
         WHERE tenant_id IS NOT NULL;
     """,
+    # 5: Stripe billing. The queue numbering a batch was planned in (it changes when the
+    # queue's numbering restarts behind the ledger), part of its identifier.
+    """
+    ALTER TABLE billing_ledger ADD COLUMN queue_epoch INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

@@ -6,8 +6,11 @@ live in files that reload without a restart (secrets.py). In order, a request mu
 node with a signing secret (404), have a body within `webhooks.max_body_bytes` (413), carry a
 signature of that body by one of our secrets (400 `invalid-signature`) made within the
 tolerance (400 `stale-signature`), and hold a JSON Stripe event (400 `malformed-json`,
-`invalid-event`). Then it is answered 200 whatever the event does: applied, stale, ignored,
-or already received (`duplicate`); Stripe retries anything else for days.
+`invalid-event`). An event about a tenant this node does not know yet is answered 503
+`tenant-not-synced` and not recorded, so that Stripe's redelivery can apply it once the
+tenant has synced down (until `webhooks.unknown_tenant_retry_hours` after the event). Else it
+is answered 200 whatever the event does: applied, stale, ignored, or already received
+(`duplicate`); Stripe retries anything else for days.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from edge_node.billing_events import BillingEventStore, Receipt
+from edge_node.billing_events import BillingEventStore, Receipt, TenantNotHereYet
 from edge_node.billing_state import OUTCOMES, parse_event
 from edge_node.config import WebhooksConfig
 from edge_node.errors import BadRequest, ConfigError, NotFound, ServiceUnavailable
@@ -75,6 +78,7 @@ class WebhookStats:
     forged: int = 0
     stale_signatures: int = 0
     verified_with_previous: int = 0
+    unknown_tenant_retries: int = 0
 
 
 class StripeWebhooks:
@@ -110,8 +114,23 @@ class StripeWebhooks:
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}", slug="malformed-json") from None
         event = parse_event(document)
+        hold_since = self._clock() - self.config.unknown_tenant_retry_hours * 3600
         try:
-            receipt = self.store.apply(event)
+            receipt = self.store.apply(event, hold_unknown_since=int(hold_since))
+        except TenantNotHereYet:
+            self.stats.unknown_tenant_retries += 1
+            log.warning(
+                "stripe event %s (%s) is about a tenant this node does not know yet;"
+                " answered 503 so that Stripe delivers it again",
+                event.event_id,
+                event.type,
+            )
+            raise ServiceUnavailable(
+                "no tenant on this node matches the event's customer or metadata yet (it may"
+                " not have synced down); deliver it again later",
+                slug="tenant-not-synced",
+                headers={"Retry-After": "60"},
+            ) from None
         except sqlite3.Error as exc:
             log.error("stripe event %s not applied: node.sqlite failed: %s", event.event_id, exc)
             raise ServiceUnavailable(

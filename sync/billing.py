@@ -30,8 +30,9 @@ from edge_node.errors import TransientSyncError
 from edge_node.meter import BILLING_CONSUMER
 from edge_node.queue import QueueCorruption, Record, WriteAheadQueue
 from sync.backoff import Backoff
+from sync.billing_clock import HorizonClock
 from sync.billing_ledger import AsyncLedger, BillingLedger, LedgerBatch
-from sync.billing_plan import UsagePlanner
+from sync.billing_plan import UsagePlanner, record_fingerprint
 from sync.billing_send import HOUR, BatchSender, BillingStats, MeterEventGateway, SendRules
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class BillingConsumer:
         event_name: str,
         queue_name: str | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
         on_answer: Callable[[LedgerBatch], Awaitable[None]] | None = None,
         close_gateway: Callable[[], Awaitable[None]] | None = None,
@@ -78,6 +80,8 @@ class BillingConsumer:
         self.stats = BillingStats()
         self._ledger = AsyncLedger(ledger)
         self._clock = clock
+        self._monotonic = monotonic
+        self._horizon: HorizonClock | None = None
         self._close_gateway = close_gateway
         self._read_chunk = read_chunk
         self._sender = BatchSender(
@@ -134,6 +138,7 @@ class BillingConsumer:
     async def run_round(self) -> RoundReport:
         """Plan, attach customers, set aside, send, commit: one pass."""
         planning_failed: QueueCorruption | None = None
+        await self._ensure_horizon()
         try:
             planned, read_full = await self._plan()
         except BaseException as exc:
@@ -157,6 +162,7 @@ class BillingConsumer:
         calls, settled = self.stats.calls, self._settled()
         await self._sender.send(sendable)
         committed = await self._commit()
+        await self._persist_clock()
         progressed = self._settled() > settled
         more = read_full or (len(sendable) == self.config.max_batches_per_round and progressed)
         if planning_failed is not None:
@@ -203,30 +209,69 @@ class BillingConsumer:
             self.stats.unreadable_records += len(planned.unreadable)
         return written
 
+    async def _ensure_horizon(self) -> HorizonClock:
+        if self._horizon is None:
+            floor = await self._ledger.run(self._ledger.ledger.clock_floor)
+            self._horizon = HorizonClock(self._clock, self._monotonic, floor=floor)
+            self._sender.horizon_clock = self._horizon
+        return self._horizon
+
+    async def _persist_clock(self) -> None:
+        horizon = await self._ensure_horizon()
+        reading = horizon.due_for_persisting()
+        if reading is not None:
+            await self._ledger.run(self._ledger.ledger.save_clock_high_water, reading)
+            horizon.persisted = reading
+
     async def _ensure_planner(self) -> UsagePlanner:
+        await self._ensure_horizon()
         if self._planner is None:
             status = await self.queue.status()
             self._cursor = status.consumers[BILLING_CONSUMER].cursor
-            planned = await self._ledger.run(self._ledger.ledger.planned_through, self.queue_name)
-            if planned > status.last_seq:
-                # Only damage cut from the queue's end can do this; plan what comes next.
-                log.error(
-                    "billing: queue %s ends at record %d but the ledger planned up to %d;"
-                    " planning on from %d",
-                    self.queue_name,
-                    status.last_seq,
-                    planned,
-                    status.last_seq,
-                )
-                planned = status.last_seq
+            planned, epoch = await self._numbering(status.last_seq)
             self._planner = UsagePlanner(
                 node_id=self.node_id,
                 queue=self.queue_name,
                 event_name=self.event_name,
                 window_seconds=self.config.window_seconds,
                 planned_through=max(planned, self._cursor),
+                queue_epoch=epoch,
             )
         return self._planner
+
+    async def _numbering(self, last_seq: int) -> tuple[int, int]:
+        """(last record planned, queue epoch), after starting a new epoch if the queue's
+        numbering restarted behind the ledger (its directory lost or replaced, or planned
+        records cut from its end): the record the ledger planned last is gone, or another
+        record has its number. Records after what the queue held when it was opened are
+        then planned afresh, with identifiers of the new epoch."""
+        ledger = self._ledger.ledger
+        planned = await self._ledger.run(ledger.planned_through, self.queue_name)
+        epoch = await self._ledger.run(ledger.queue_epoch, self.queue_name)
+        if planned <= self._cursor:
+            return planned, epoch
+        if planned <= last_seq:
+            expected = await self._ledger.run(ledger.planned_fingerprint, self.queue_name)
+            if expected is None:
+                return planned, epoch
+            records = await self.queue.read(BILLING_CONSUMER, 1, after=planned - 1)
+            if (
+                records
+                and records[0].seq == planned
+                and f"{record_fingerprint(records[0]):08x}" == expected
+            ):
+                return planned, epoch
+        restart = min(self.queue.opened_last_seq, planned)
+        epoch = await self._ledger.run(ledger.renumber, self.queue_name, restart)
+        log.error(
+            "billing: queue %s no longer holds the record %d the ledger planned last (its"
+            " numbering restarted); planning records after %d afresh as numbering %d",
+            self.queue_name,
+            planned,
+            restart,
+            epoch,
+        )
+        return restart, epoch
 
     async def _commit(self) -> int:
         """Move the cursor past every range whose batches are all settled."""

@@ -100,3 +100,29 @@ def save_catalog(path: Path, catalog: BillingCatalog) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(path)
+
+
+def price_params(plan: Plan, meter_id: str, product_id: str, lookup_key: str) -> dict[str, Any]:
+    """The parameters of the create of `plan`'s price (bootstrap, sync/stripe_gateway.py)."""
+    params: dict[str, Any] = {
+        "currency": CURRENCY,
+        "product": product_id,
+        "lookup_key": lookup_key,
+        "nickname": f"edge-node {plan}",
+        "metadata": {"edge_node_plan": plan},
+    }
+    if plan == "flat":
+        params["unit_amount"] = FLAT_MONTHLY_AMOUNT
+        params["recurring"] = {"interval": "month", "usage_type": "licensed"}
+        return params
+    params["recurring"] = {"interval": "month", "usage_type": "metered", "meter": meter_id}
+    if plan == "payg":
+        params["unit_amount_decimal"] = PAYG_UNIT_AMOUNT_DECIMAL
+        return params
+    params["billing_scheme"] = "tiered"
+    params["tiers_mode"] = "graduated"
+    params["tiers"] = [
+        {"up_to": "inf" if up_to is None else up_to, "unit_amount_decimal": amount}
+        for up_to, amount in TIERED_TIERS
+    ]
+    return params

@@ -32,12 +32,15 @@ from typing import Literal, ParamSpec, TypeVar
 
 from edge_node import sqlite
 from edge_node.registry import open_node_database
+from sync.billing_clock import HIGH_WATER
 from sync.billing_plan import PlannedRange
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 BatchState = Literal["planned", "sent", "confirmed", "set_aside"]
 PLANNED_THROUGH = "billing.planned_through."
+PLANNED_LAST = "billing.planned_last."  # fingerprint of the record planned_through names
+QUEUE_EPOCH = "billing.queue_epoch."
 # Written exactly like the partial index billing_ledger_open, so SQLite can use it.
 OPEN = "state IN ('planned', 'sent')"
 _COLUMNS = (
@@ -111,9 +114,9 @@ class BillingLedger:
                 written += self._conn.execute(
                     "INSERT INTO billing_ledger (identifier, tenant_id, customer_id,"
                     " event_name, window_start, value, events, queue, first_seq, last_seq,"
-                    " state, planned_at) VALUES (?, ?,"
+                    " state, planned_at, queue_epoch) VALUES (?, ?,"
                     " (SELECT stripe_customer_id FROM tenants WHERE tenant_id = ?),"
-                    " ?, ?, ?, ?, ?, ?, ?, 'planned', ?)"
+                    " ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)"
                     " ON CONFLICT (identifier) DO NOTHING",
                     (
                         batch.identifier,
@@ -127,14 +130,43 @@ class BillingLedger:
                         batch.first_seq,
                         batch.last_seq,
                         now_us,
+                        planned.queue_epoch,
                     ),
                 ).rowcount
-            self._conn.execute(
-                "INSERT INTO sync_state (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (PLANNED_THROUGH + planned.queue, str(planned.last_seq)),
-            )
+            self._set_state(PLANNED_THROUGH + planned.queue, str(planned.last_seq))
+            self._set_state(PLANNED_LAST + planned.queue, planned.last_fingerprint)
         return written
+
+    def queue_epoch(self, queue: str) -> int:
+        """The queue's numbering: 0, plus one for every restart of it behind the ledger."""
+        return int(self._state(QUEUE_EPOCH + queue) or 0)
+
+    def planned_fingerprint(self, queue: str) -> str | None:
+        """The fingerprint of the last record planned (sync/billing_plan.record_fingerprint);
+        None when the ledger predates fingerprints or nothing was planned."""
+        return self._state(PLANNED_LAST + queue) or None
+
+    def renumber(self, queue: str, planned_through: int) -> int:
+        """The queue's numbering restarted: start a new epoch, in which records after
+        `planned_through` are planned afresh (their identifiers name the epoch, so none
+        repeats one of an earlier numbering); the new epoch."""
+        with sqlite.transaction(self._conn):
+            epoch = self.queue_epoch(queue) + 1
+            self._set_state(QUEUE_EPOCH + queue, str(epoch))
+            self._set_state(PLANNED_THROUGH + queue, str(planned_through))
+            self._conn.execute("DELETE FROM sync_state WHERE name = ?", (PLANNED_LAST + queue,))
+        return epoch
+
+    def _state(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM sync_state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_state(self, name: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO sync_state (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
 
     def attach_customers(self) -> int:
         """Give planned batches of tenants provisioned since their tenant's Stripe customer;
@@ -230,15 +262,38 @@ class BillingLedger:
                 [(reason, identifier) for identifier, reason in batches],
             )
 
+    def clock_floor(self) -> float:
+        """Unix seconds the horizon clock must not start below (sync/billing_clock.py): its
+        persisted high-water mark, and the latest first send of a batch still open."""
+        row = self._conn.execute(
+            "SELECT value FROM sync_state WHERE name = ?", (HIGH_WATER,)
+        ).fetchone()
+        (first_sent,) = self._conn.execute(
+            f"SELECT max(first_sent_at) FROM billing_ledger WHERE {OPEN}"  # noqa: S608
+        ).fetchone()
+        return max(float(row[0]) if row else 0.0, (first_sent or 0) / 1e6)
+
+    def save_clock_high_water(self, seconds: float) -> None:
+        """Persist the horizon clock's reading, so a restart does not start it lower."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO sync_state (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                " WHERE CAST(excluded.value AS REAL) > CAST(value AS REAL)",
+                (HIGH_WATER, repr(seconds)),
+            )
+
     def commit_point(self, queue: str) -> int:
-        """The queue position billing may commit: just before the oldest range that still
-        has a batch planned or sent; else everything planned."""
+        """The queue position billing may commit: just before the oldest range of the current
+        numbering that still has a batch planned or sent; else everything planned. (Batches
+        of an earlier numbering name records the queue no longer holds.)"""
         (oldest,) = self._conn.execute(
             "SELECT min(first_seq) FROM billing_ledger"
-            " WHERE state IN ('planned', 'sent') AND queue = ?",
-            (queue,),
+            " WHERE state IN ('planned', 'sent') AND queue = ? AND queue_epoch = ?",
+            (queue, self.queue_epoch(queue)),
         ).fetchone()
-        return self.planned_through(queue) if oldest is None else int(oldest) - 1
+        planned = self.planned_through(queue)
+        return planned if oldest is None else min(planned, int(oldest) - 1)
 
     def _update(self, statement: str, parameters: tuple[object, ...]) -> None:
         with sqlite.transaction(self._conn):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,14 +62,27 @@ class PlannedRange:
     last_seq: int
     batches: tuple[MeterEventBatch, ...]
     unreadable: tuple[int, ...] = ()
+    queue_epoch: int = 0
+    last_fingerprint: str = ""  # of record last_seq, to tell it from a renumbered one later
 
 
 def batch_identifier(
-    node_id: str, queue: str, tenant_id: str, *, window_start: int, first_seq: int, last_seq: int
+    node_id: str,
+    queue: str,
+    tenant_id: str,
+    *,
+    window_start: int,
+    first_seq: int,
+    last_seq: int,
+    queue_epoch: int = 0,
 ) -> str:
     """The meter event identifier (and Idempotency-Key) of a batch: deterministic, short
-    enough for Stripe (35 characters), distinct across nodes, queues, tenants and windows."""
+    enough for Stripe (35 characters), distinct across nodes, queues, tenants, windows and
+    queue numberings (`queue_epoch`, 0 until the queue's numbering first restarted behind
+    the ledger: identifiers planned before epochs existed stay as they were)."""
     key = f"{node_id}\x1f{queue}\x1f{tenant_id}\x1f{window_start}\x1f{first_seq}\x1f{last_seq}"
+    if queue_epoch:
+        key += f"\x1fepoch {queue_epoch}"
     return "en_" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
@@ -80,6 +94,7 @@ class _Usage:
     tenant_id: str | None
     units: int
     window_start: int
+    fingerprint: int
 
 
 class UsagePlanner:
@@ -93,6 +108,7 @@ class UsagePlanner:
         event_name: str,
         window_seconds: int,
         planned_through: int,
+        queue_epoch: int = 0,
         close_grace_seconds: float = WINDOW_CLOSE_GRACE_SECONDS,
         max_pending: int = MAX_PENDING_RECORDS,
     ) -> None:
@@ -105,6 +121,7 @@ class UsagePlanner:
         self.close_grace_seconds = close_grace_seconds
         self.max_pending = max_pending
         self.planned_through = planned_through
+        self.queue_epoch = queue_epoch
         self.read_through = planned_through
         self._pending: list[_Usage] = []
 
@@ -175,6 +192,7 @@ class UsagePlanner:
                     window_start=window_start,
                     first_seq=first_seq,
                     last_seq=last_seq,
+                    queue_epoch=self.queue_epoch,
                 ),
                 tenant_id,
                 self.event_name,
@@ -187,7 +205,15 @@ class UsagePlanner:
             )
             for (tenant_id, window_start), (value, events) in sorted(sums.items())
         )
-        return PlannedRange(self.queue, first_seq, last_seq, batches, tuple(unreadable))
+        return PlannedRange(
+            self.queue,
+            first_seq,
+            last_seq,
+            batches,
+            tuple(unreadable),
+            self.queue_epoch,
+            f"{taken[-1].fingerprint:08x}",
+        )
 
     def _usage(self, record: Record) -> _Usage:
         """The billing-relevant fields of a record; a record that is not a usage event keeps
@@ -212,6 +238,22 @@ class UsagePlanner:
                 exc,
             )
             return _Usage(
-                record.seq, None, 0, record.timestamp_ms // window_ms * self.window_seconds
+                record.seq,
+                None,
+                0,
+                record.timestamp_ms // window_ms * self.window_seconds,
+                record_fingerprint(record),
             )
-        return _Usage(record.seq, tenant_id, units, timestamp_ms // window_ms * self.window_seconds)
+        return _Usage(
+            record.seq,
+            tenant_id,
+            units,
+            timestamp_ms // window_ms * self.window_seconds,
+            record_fingerprint(record),
+        )
+
+
+def record_fingerprint(record: Record) -> int:
+    """A checksum of a record's payload: a record planned before and one that later took its
+    number after the queue's numbering restarted differ (their event ids do)."""
+    return zlib.crc32(record.payload)

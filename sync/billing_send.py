@@ -97,11 +97,15 @@ class SendRules:
     max_ahead_seconds: float = STRIPE_MAX_AHEAD_SECONDS
     future_limit_seconds: float = FUTURE_LIMIT_SECONDS
 
-    def verdict(self, batch: LedgerBatch, now: float) -> tuple[Verdict, str, str]:
+    def verdict(
+        self, batch: LedgerBatch, now: float, horizon_now: float | None = None
+    ) -> tuple[Verdict, str, str]:
         """(verdict, reason, counter): set_aside when a send could bill twice or be refused
-        for its timestamp, hold while the window is a little ahead of the clock."""
+        for its timestamp, hold while the window is a little ahead of the clock. The age of
+        an unknown outcome is read on `horizon_now` (the clock first_sent_at was written
+        with, sync/billing_clock.py), the timestamp rules on the wall clock `now`."""
         if batch.first_sent_at is not None and batch.state == "sent":
-            age = now - batch.first_sent_at / 1e6
+            age = (now if horizon_now is None else horizon_now) - batch.first_sent_at / 1e6
             if age >= self.unknown_outcome_horizon_seconds:
                 return (
                     "set_aside",
@@ -146,6 +150,8 @@ class BatchSender:
     rules: SendRules = field(default_factory=SendRules)
     concurrency: int = 8
     clock: Callable[[], float] = time.time
+    # The clock of first_sent_at and the unknown-outcome age: one that never runs back.
+    horizon_clock: Callable[[], float] | None = None
     backoff: Backoff = field(default_factory=Backoff)
     call_timeout: float = CALL_TIMEOUT_SECONDS
     # Called after Stripe answered and before the answer is written: tests crash here.
@@ -165,10 +171,10 @@ class BatchSender:
 
     async def set_aside_expired(self, batches: Sequence[LedgerBatch]) -> int:
         """Set aside every open batch that may no longer be sent; how many."""
-        now = self.clock()
+        now, horizon_now = self.clock(), self._horizon_now()
         doomed: list[tuple[LedgerBatch, str, str]] = []
         for batch in batches:
-            verdict, reason, counter = self.rules.verdict(batch, now)
+            verdict, reason, counter = self.rules.verdict(batch, now, horizon_now)
             if verdict == "set_aside":
                 doomed.append((batch, reason, counter))
         if doomed:
@@ -200,14 +206,16 @@ class BatchSender:
     async def _send_one(self, batch: LedgerBatch) -> bool:
         """Send one batch and record the answer; False after a transient failure."""
         assert batch.customer_id is not None
-        verdict, reason, counter = self.rules.verdict(batch, self.clock())
+        verdict, reason, counter = self.rules.verdict(batch, self.clock(), self._horizon_now())
         if verdict == "hold":
             return True
         if verdict == "set_aside":
             await self.ledger.set_aside([(batch.identifier, reason)])
             self._reported(batch, reason, counter)
             return True
-        attempt, made_unknown = await self.ledger.mark_sent(batch.identifier, _us(self.clock()))
+        attempt, made_unknown = await self.ledger.mark_sent(
+            batch.identifier, _us(self._horizon_now())
+        )
         if attempt == 0:
             return True  # no longer open
         self.stats.calls += 1
@@ -240,6 +248,9 @@ class BatchSender:
         if outcome is MeterEventOutcome.DUPLICATE:
             self.stats.duplicates += 1
         return True
+
+    def _horizon_now(self) -> float:
+        return (self.horizon_clock or self.clock)()
 
     def _back_off(self, batch: LedgerBatch, exc: BaseException) -> None:
         assert batch.customer_id is not None

@@ -7,34 +7,39 @@ from typing import Any
 
 from edge_node.config import Config
 from edge_node.errors import ConfigError, SyncError
-from edge_node.registry import TenantRegistry
+from edge_node.registry import TenantRegistry, open_node_database
 from edge_node.secrets import SecretFile
 from sync.billing_catalog import catalog_path, save_catalog
 from sync.provisioning import Provisioner
 from sync.stripe_gateway import StripeGateway
 from sync.stripe_jobs import catalog_loader, open_gateway
+from sync.stripe_keys import CreateKeys
 
 # `tenants create` waits at most this long for Stripe before leaving provisioning to the
 # daemon's sync worker: the tenant works either way.
 PROVISION_WAIT_SECONDS = 10.0
 
 
-def _gateway(config: Config) -> StripeGateway:
+def _gateway(config: Config, create_keys: CreateKeys) -> StripeGateway:
     if not config.stripe.enabled:
         raise ConfigError("Stripe is not configured: set stripe.api_key_file")
     api_key = SecretFile(
         config.stripe.api_key_file, name="stripe.api_key_file", check_interval=None
     )
-    return open_gateway(config.stripe, api_key.value)
+    return open_gateway(config.stripe, api_key.value, create_keys)
 
 
 async def bootstrap(config: Config) -> dict[str, Any]:
     """Create (or find) the meter, product and prices; write the catalog file; its contents."""
-    gateway = _gateway(config)
+    node_database = open_node_database(config.data_path)
     try:
-        catalog = await gateway.bootstrap(meter_event_name=config.stripe.meter_event_name)
+        gateway = _gateway(config, CreateKeys(node_database))
+        try:
+            catalog = await gateway.bootstrap(meter_event_name=config.stripe.meter_event_name)
+        finally:
+            await gateway.close()
     finally:
-        await gateway.close()
+        node_database.close()
     path = catalog_path(config.data_path, config.stripe.catalog_file)
     save_catalog(path, catalog)
     return {"catalog_file": str(path), **catalog.to_json()}
@@ -48,7 +53,7 @@ async def provision_tenant(
     Never raises for Stripe being down or refusing: the tenant already works, and the
     daemon's sync worker retries provisioning until it succeeds."""
     try:
-        gateway = _gateway(config)
+        gateway = _gateway(config, CreateKeys(registry.connection))
     except ConfigError as exc:  # the tenant exists already: report, do not lose its key
         return _pending(registry, tenant_id, exc)
     provisioner = Provisioner(gateway, registry, catalog_loader(config))

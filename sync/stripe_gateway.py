@@ -17,13 +17,18 @@ are translated into edge_node.errors:
 Every create carries an Idempotency-Key derived from what it creates (the tenant, the meter
 event identifier, the plan), so a retry after a lost answer gets the first answer back
 instead of a second object; lookups by metadata, lookup key or product id cover the time
-after Stripe has pruned the key (24 hours).
+after Stripe has pruned the key (24 hours). Stripe also replays a 500 saved for a key, so
+the keys of provisioning and catalog creates have generations (sync/stripe_keys.py): after
+a 5xx the object is looked up again, consistently (a customer by a list of the customers
+created since, which unlike search sees new ones at once), and only when it is absent does
+the next create use a new key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any, NoReturn, cast
@@ -34,13 +39,11 @@ import stripe
 from edge_node.errors import PermanentSyncError, SyncError, TransientSyncError
 from edge_node.registry import PLANS, Plan
 from sync.billing_catalog import (
-    CURRENCY,
-    FLAT_MONTHLY_AMOUNT,
-    PAYG_UNIT_AMOUNT_DECIMAL,
     PRODUCT_ID,
-    TIERED_TIERS,
     BillingCatalog,
+    price_params,
 )
+from sync.stripe_keys import CreateKeys
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ NOT_RECEIVED_STATUSES = frozenset({401, 403, 429})
 LIVE_SUBSCRIPTION_STATUSES = frozenset(
     {"active", "trialing", "past_due", "unpaid", "incomplete", "paused"}
 )
+# Customers created this long before a failed create are listed when looking for the one it
+# may have made anyway (covers clock differences between the node and Stripe).
+CREATED_LOOKBACK_SECONDS = 3600.0
 
 
 class MeterEventOutcome(Enum):
@@ -78,8 +84,12 @@ class StripeGateway:
         timeout_seconds: float = 20,
         collection_method: str = "send_invoice",
         days_until_due: int = 30,
+        create_keys: CreateKeys | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._api_key = api_key
+        self._keys = create_keys or CreateKeys()
+        self._clock = clock
         self._owns_http_client = http_client is None
         self._closed = False
         if http_client is None:
@@ -159,14 +169,41 @@ class StripeGateway:
         )
         if found.data:
             return str(min(found.data, key=lambda c: (c.created, c.id)).id)
-        customer = await self._call(
-            self._client.v1.customers.create_async(
-                {"name": name, "metadata": {"tenant_id": tenant_id}},
-                self._options(f"edge-node:customer:{tenant_id}"),
+        scope, what = f"customer:{tenant_id}", f"customer for tenant {tenant_id}"
+        failed = self._keys.failed_at(scope)
+        if failed is not None:
+            # Search lags behind creates; a list does not. The failed create may have made it.
+            listed = await self._customer_created_since(tenant_id, failed)
+            if listed is not None:
+                return listed
+            self._retire_failed_key(scope, what)
+        customer = await self._create(
+            scope,
+            lambda options: self._client.v1.customers.create_async(
+                {"name": name, "metadata": {"tenant_id": tenant_id}}, options
             ),
-            f"customer for tenant {tenant_id}",
+            what,
         )
         return str(customer.id)
+
+    async def _customer_created_since(self, tenant_id: str, since: float) -> str | None:
+        """The tenant's customer among those created since `since` (less a margin), found by
+        listing them (consistent, unlike search), oldest first."""
+        listed = await self._call(
+            self._client.v1.customers.list_async(
+                {"created": {"gte": int(since - CREATED_LOOKBACK_SECONDS)}, "limit": 100},
+                self._options(),
+            ),
+            f"customers created since a failed create for tenant {tenant_id}",
+        )
+        found: list[Any] = []
+        try:
+            async for customer in listed.auto_paging_iter():
+                if (customer.to_dict().get("metadata") or {}).get("tenant_id") == tenant_id:
+                    found.append(customer)
+        except stripe.StripeError as exc:
+            _raise_translated(exc, f"customers of tenant {tenant_id}")
+        return str(min(found, key=lambda c: (c.created, c.id)).id) if found else None
 
     async def ensure_subscription(
         self, *, tenant_id: str, customer_id: str, price_ids: Sequence[str]
@@ -196,11 +233,12 @@ class StripeGateway:
         }
         if self._collection_method == "send_invoice":
             params["days_until_due"] = self._days_until_due
-        subscription = await self._call(
-            self._client.v1.subscriptions.create_async(
-                cast(Any, params), self._options(f"edge-node:subscription:{tenant_id}:{digest}")
-            ),
-            f"subscription for tenant {tenant_id}",
+        scope, what = f"subscription:{tenant_id}:{digest}", f"subscription for tenant {tenant_id}"
+        self._retire_failed_key(scope, what)  # the list above is consistent
+        subscription = await self._create(
+            scope,
+            lambda options: self._client.v1.subscriptions.create_async(cast(Any, params), options),
+            what,
         )
         return str(subscription.id)
 
@@ -230,8 +268,11 @@ class StripeGateway:
                     return str(meter.id)
         except stripe.StripeError as exc:
             _raise_translated(exc, "billing meters")
-        meter = await self._call(
-            self._client.v1.billing.meters.create_async(
+        scope = f"meter:{event_name}"
+        self._retire_failed_key(scope, f"billing meter {event_name}")
+        meter = await self._create(
+            scope,
+            lambda options: self._client.v1.billing.meters.create_async(
                 {
                     "display_name": f"edge-node requests ({event_name})",
                     "event_name": event_name,
@@ -242,7 +283,7 @@ class StripeGateway:
                     },
                     "value_settings": {"event_payload_key": "value"},
                 },
-                self._options(f"edge-node:meter:{event_name}"),
+                options,
             ),
             f"billing meter {event_name}",
         )
@@ -260,10 +301,12 @@ class StripeGateway:
             _raise_translated(exc, f"product {PRODUCT_ID}")
         else:
             return str(product.id)
-        product = await self._call(
-            self._client.v1.products.create_async(
-                {"id": PRODUCT_ID, "name": "edge-node API"},
-                self._options(f"edge-node:product:{PRODUCT_ID}"),
+        scope = f"product:{PRODUCT_ID}"
+        self._retire_failed_key(scope, f"product {PRODUCT_ID}")
+        product = await self._create(
+            scope,
+            lambda options: self._client.v1.products.create_async(
+                {"id": PRODUCT_ID, "name": "edge-node API"}, options
             ),
             f"product {PRODUCT_ID}",
         )
@@ -281,11 +324,12 @@ class StripeGateway:
         )
         if found.data:
             return str(found.data[0].id)
-        price = await self._call(
-            self._client.v1.prices.create_async(
-                cast(Any, _price_params(plan, meter_id, product_id, lookup_key)),
-                self._options(f"edge-node:price:{lookup_key}"),
-            ),
+        scope = f"price:{lookup_key}"
+        self._retire_failed_key(scope, f"price {lookup_key}")
+        params = price_params(plan, meter_id, product_id, lookup_key)
+        price = await self._create(
+            scope,
+            lambda options: self._client.v1.prices.create_async(cast(Any, params), options),
             f"price {lookup_key}",
         )
         return str(price.id)
@@ -302,36 +346,27 @@ class StripeGateway:
             options["idempotency_key"] = idempotency_key
         return options
 
+    async def _create(
+        self, scope: str, make: Callable[[stripe.RequestOptions], Any], what: str
+    ) -> Any:
+        """A create under the scope's current Idempotency-Key; a 5xx is recorded against the
+        key (Stripe saves it and would replay it for 24 hours)."""
+        try:
+            return await make(self._options(self._keys.key(scope)))
+        except stripe.StripeError as exc:
+            if exc.http_status is not None and exc.http_status >= 500:
+                self._keys.record_failure(scope, self._clock())
+            _raise_translated(exc, what)
+
+    def _retire_failed_key(self, scope: str, what: str) -> None:
+        """Called once a lookup found no object (sync/stripe_keys.py)."""
+        self._keys.retire_if_failed(scope, what, now=self._clock())
+
     async def _call(self, pending: Any, what: str) -> Any:
         try:
             return await pending
         except stripe.StripeError as exc:
             _raise_translated(exc, what)
-
-
-def _price_params(plan: Plan, meter_id: str, product_id: str, lookup_key: str) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "currency": CURRENCY,
-        "product": product_id,
-        "lookup_key": lookup_key,
-        "nickname": f"edge-node {plan}",
-        "metadata": {"edge_node_plan": plan},
-    }
-    if plan == "flat":
-        params["unit_amount"] = FLAT_MONTHLY_AMOUNT
-        params["recurring"] = {"interval": "month", "usage_type": "licensed"}
-        return params
-    params["recurring"] = {"interval": "month", "usage_type": "metered", "meter": meter_id}
-    if plan == "payg":
-        params["unit_amount_decimal"] = PAYG_UNIT_AMOUNT_DECIMAL
-        return params
-    params["billing_scheme"] = "tiered"
-    params["tiers_mode"] = "graduated"
-    params["tiers"] = [
-        {"up_to": "inf" if up_to is None else up_to, "unit_amount_decimal": amount}
-        for up_to, amount in TIERED_TIERS
-    ]
-    return params
 
 
 def _is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:

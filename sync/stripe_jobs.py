@@ -17,10 +17,14 @@ from sync.billing_catalog import BillingCatalog, catalog_path, load_catalog
 from sync.jobs import PeriodicJob
 from sync.provisioning import Provisioner, ProvisioningJob
 from sync.stripe_gateway import StripeGateway
+from sync.stripe_keys import CreateKeys
 
 
-def open_gateway(stripe: StripeConfig, api_key: Callable[[], str]) -> StripeGateway:
-    """A gateway configured from `[stripe]`; `api_key` returns the current secret key."""
+def open_gateway(
+    stripe: StripeConfig, api_key: Callable[[], str], create_keys: CreateKeys | None = None
+) -> StripeGateway:
+    """A gateway configured from `[stripe]`; `api_key` returns the current secret key,
+    `create_keys` keeps its Idempotency-Key generations (node.sqlite's, normally)."""
     return StripeGateway(
         api_key,
         api_base=stripe.api_base or None,
@@ -29,6 +33,7 @@ def open_gateway(stripe: StripeConfig, api_key: Callable[[], str]) -> StripeGate
         timeout_seconds=stripe.timeout_seconds,
         collection_method=stripe.collection_method,
         days_until_due=stripe.days_until_due,
+        create_keys=create_keys,
     )
 
 
@@ -47,7 +52,7 @@ def stripe_jobs(
 ) -> list[PeriodicJob]:
     """The sync worker's Stripe jobs, sharing one gateway (each job's close() closes it):
     provisioning, and the usage flush of `queue` (the meter's) when there is one."""
-    gateway = open_gateway(config.stripe, api_key)
+    gateway = open_gateway(config.stripe, api_key, CreateKeys(registry.connection))
     provisioner = Provisioner(gateway, registry, catalog_loader(config))
     jobs: list[PeriodicJob] = [
         ProvisioningJob(provisioner, gateway, config.stripe.provisioning_interval_seconds),

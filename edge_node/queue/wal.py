@@ -60,6 +60,10 @@ class WriteAheadQueue:
         )
         self._opened = opened
         self._catalog = opened.catalog
+        # Records up to here were in the directory when it was opened (or behind a cursor);
+        # this open appends after it. A consumer that noted records beyond it before (its own
+        # note, not a cursor) knows their numbers now name other records.
+        self.opened_last_seq = opened.catalog.last_seq
         self._cursors = opened.cursors
         self._reserved_bytes = opened.catalog.total_bytes
         self._damage_seen: set[tuple[str, int]] = set()

@@ -69,6 +69,24 @@ class Account:
             raise no_such("customer", customer_id)
         return self.customers[customer_id]
 
+    def list_customers(self, query: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Customers newest first, as Stripe lists them, filtered by `created[gte]`/`[lte]`
+        (lists, unlike search, see every object at once)."""
+        created = query.get("created")
+        low, high = (
+            (created.get("gte"), created.get("lte")) if isinstance(created, dict) else (None, None)
+        )
+        return sorted(
+            (
+                c
+                for c in self.customers.values()
+                if (low is None or c["created"] >= int(low))
+                and (high is None or c["created"] <= int(high))
+            ),
+            key=lambda c: (c["created"], c["id"]),
+            reverse=True,
+        )
+
     def search_customers(self, query: str) -> list[dict[str, Any]]:
         """Stripe's search syntax, the part used here: metadata['k']:'v' clauses with AND."""
         wanted: dict[str, str] = {}

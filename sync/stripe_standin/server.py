@@ -10,7 +10,9 @@ for a 4xx (failed validation, conflicts) or a dropped connection; `fail` acts in
 layer for POSTs with an Idempotency-Key, so its 500 is saved and replayed for the key),
 the per-call latency, and for meter events one call in flight per customer and meter (a
 second one gets 429 rate_limit). `lose_answers` processes a request and then drops the
-connection, so the caller cannot know it succeeded.
+connection, so the caller cannot know it succeeded; `fail_after_work` does the work of a
+keyed POST and then answers (and saves) a 500; `search_lag` hides customers created in the
+last seconds from search, as Stripe's search index lags.
 
 Tests drive it in-process through `StripeStandin` or, for a daemon in another process,
 through the admin API under `/_standin/` (no authentication: loopback tests only).
@@ -63,6 +65,12 @@ class Switches:
     drop: bool = False  # close the connection before doing anything
     throttle: bool = False  # answer every API call 429 rate_limit, with Retry-After
     lose_answers: bool = False  # do the work, then close the connection without answering
+    # A POST with an Idempotency-Key does the work, then answers 500 (saved for the key):
+    # Stripe failing after the object was made.
+    fail_after_work: bool = False
+    # Customer search misses customers created less than this many seconds ago (Stripe's
+    # search index lags, "under a minute" normally, longer during incidents).
+    search_lag: float = 0.0
     latency: float = 0.0  # seconds every API call takes
     # The switches apply only to calls whose path, or method and path ("POST /v1/customers"),
     # starts with this ("": every call).
@@ -151,6 +159,7 @@ class StripeStandin:
         routes: list[tuple[str, str, Handler]] = [
             ("POST", "/v1/customers", self._create(self.account_call("create_customer"))),
             ("GET", "/v1/customers/search", self._search_customers),
+            ("GET", "/v1/customers", self._list(lambda a, q: a.list_customers(q))),
             ("GET", "/v1/customers/{id}", self._get(lambda a, i: a.customer(i))),
             ("POST", "/v1/products", self._create(self.account_call("create_product"))),
             ("GET", "/v1/products/{id}", self._get(lambda a, i: a.product(i))),
@@ -209,6 +218,9 @@ class StripeStandin:
     async def _search_customers(self, request: web.Request, form: dict[str, Any]) -> Any:
         await self._latency()
         found = self.account.search_customers(str(form.get("query", "")))
+        if self.switches.search_lag:
+            indexed_before = self.clock.now() - self.switches.search_lag
+            found = [c for c in found if c["created"] <= indexed_before]
         return {
             "object": "search_result",
             "data": found[: int(form.get("limit", 10))],
@@ -288,6 +300,8 @@ class StripeStandin:
                 # Stripe failing while it executes the request: the 500 is saved.
                 raise StripeFault(500, "An unknown error occurred.", type="api_error")
             body = orjson.dumps(await handler(request, form))
+            if self.switches.fail_after_work and self._switched(request):
+                raise StripeFault(500, "An unknown error occurred.", type="api_error")
         except StripeFault as fault:
             if fault.status < 500:
                 # Failed validation or a conflict: nothing saved, as Stripe saves none.

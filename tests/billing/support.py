@@ -6,6 +6,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from edge_node.config import BillingConfig
 from edge_node.meter import BILLING_CONSUMER, UsageEvent
 from edge_node.queue import WriteAheadQueue, open_queue
 from edge_node.registry import TenantRegistry
+from edge_node.served import ServedCounter, counts_path
 from sync.backoff import Backoff
 from sync.billing import BillingConsumer
 from sync.billing_ledger import BillingLedger
@@ -24,13 +26,15 @@ NODE_ID = "edge-test"
 
 
 class MovableClock:
-    """Wall-clock seconds plus an offset a test moves, to jump past Stripe's time limits."""
+    """Wall-clock seconds (or another clock's) plus an offset a test moves, to jump past
+    Stripe's time limits or step the clock back."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: Callable[[], float] = time.time) -> None:
         self.offset = 0.0
+        self.source = source
 
     def __call__(self) -> float:
-        return time.time() + self.offset
+        return self.source() + self.offset
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
@@ -45,19 +49,24 @@ class BillingNode:
     queue: WriteAheadQueue
     gateway: StripeGateway
     clock: MovableClock = field(default_factory=MovableClock)
+    monotonic: MovableClock = field(default_factory=lambda: MovableClock(time.monotonic))
     served: Counter[str] = field(default_factory=Counter)
     consumers: list[BillingConsumer] = field(default_factory=list)
+    counter: ServedCounter | None = None
 
     @classmethod
     async def open(cls, data_dir: Path, gateway: StripeGateway) -> BillingNode:
         registry = TenantRegistry.open(data_dir)
         queue = await open_queue(data_dir / "queue" / "worker-0", consumers=(BILLING_CONSUMER,))
-        return cls(data_dir, registry, queue, gateway)
+        counter = ServedCounter(counts_path(queue.directory))
+        return cls(data_dir, registry, queue, gateway, counter=counter)
 
     async def close(self) -> None:
         for consumer in self.consumers:
             await consumer.close()
         await self.queue.close()
+        if self.counter is not None:
+            self.counter.close()
         self.registry.close()
 
     async def tenant(self, name: str, *, provisioned: bool = True) -> str:
@@ -81,7 +90,8 @@ class BillingNode:
         self, tenant_id: str, count: int, *, at: float | None = None, units: int = 1
     ) -> None:
         """Append `count` usage events of `units` each, timestamped from `at` (default ten
-        minutes ago, so their windows are complete) a millisecond apart."""
+        minutes ago, so their windows are complete) a millisecond apart, and count them as
+        served, as the meter does."""
         start_ms = int(((self.clock() - 600) if at is None else at) * 1000)
         pending = []
         for n in range(count):
@@ -98,6 +108,9 @@ class BillingNode:
             pending.append(self.queue.append_nowait(event.encode(), timestamp_ms=start_ms + n))
         for durable in pending:
             await durable
+        if self.counter is not None:
+            for n in range(count):
+                self.counter.add(tenant_id, start_ms + n, units)
         self.served[tenant_id] += count * units
 
     def consumer(self, **settings: Any) -> BillingConsumer:
@@ -111,6 +124,7 @@ class BillingNode:
             node_id=NODE_ID,
             event_name=EVENT_NAME,
             clock=self.clock,
+            monotonic=self.monotonic,
             backoff=Backoff(initial=0.01, maximum=0.05),
             **hooks,
         )

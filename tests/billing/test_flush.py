@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
 
 import pytest
 
 from edge_node.errors import TransientSyncError
-from edge_node.queue import CorruptRecord
+from edge_node.meter import BILLING_CONSUMER
+from edge_node.queue import CorruptRecord, open_queue
 from sync.billing_ledger import LedgerBatch
 from sync.stripe_gateway import StripeGateway
 from sync.stripe_standin import DEFAULT_API_KEY, StripeStandin
@@ -347,6 +349,33 @@ class TestNeverTwice:
         assert standin.calls[METER_EVENTS] == 2
         assert_billed_as_served(node, standin)
 
+    @pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+    async def test_a_clock_stepped_back_does_not_stretch_the_horizon(
+        self, node: BillingNode, standin: StripeStandin, restart: bool
+    ) -> None:
+        """A day after a lost answer, with the node's wall clock stepped back 3 hours in
+        between (while running, or while stopped for a restart), the batch is set aside:
+        its age is counted on a clock that never runs back, so it is not resent after
+        Stripe has forgotten its identifier (which would bill it twice)."""
+        tenant = await node.tenant("t")
+        await node.serve(tenant, 12, at=window_start(node, 900))
+        consumer = node.consumer()
+        standin.set_switches(lose_answers=True)
+        with pytest.raises(TransientSyncError):
+            await consumer.run()
+        standin.set_switches(lose_answers=False)
+        node.clock.advance(-3 * 3600)
+        if restart:
+            consumer = node.consumer()
+            await consumer.run_round()  # the restarted consumer starts its clock here
+        node.clock.advance(DAY + 60)
+        node.monotonic.advance(DAY + 60)
+        standin.clock.advance(DAY + 60)
+        await consumer.run_until_settled()
+        assert standin.calls[METER_EVENTS] == 1
+        assert standin.billed(node.customer(tenant)) == 12
+        assert consumer.stats.set_aside_unknown_outcome == 1
+
     async def test_a_window_past_35_days_is_set_aside_and_reported(
         self, node: BillingNode, standin: StripeStandin, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -397,6 +426,50 @@ class TestNeverTwice:
         assert state == "set_aside"
         assert reason.startswith("refused by Stripe")
         assert consumer.stats.set_aside_refused == 1
+
+
+class TestRenumbering:
+    @pytest.mark.parametrize("appended_first", [0, 5, 8], ids=["empty", "same-range", "longer"])
+    async def test_a_queue_renumbered_behind_the_ledger_bills_its_new_usage(
+        self, node: BillingNode, standin: StripeStandin, appended_first: int
+    ) -> None:
+        """The queue directory is lost and starts numbering again from 1; new usage of the
+        same tenant in the same window, even in exactly the range already planned (records
+        1-5), is billed in full, and the batches planned before are not sent again: the
+        new numbering's identifiers differ from the old ones."""
+        tenant = await node.tenant("t")
+        at = window_start(node, 900)
+        await node.serve(tenant, 5, at=at)
+        await node.consumer().run_until_settled()
+        assert standin.billed(node.customer(tenant)) == 5
+        directory = node.queue.directory
+        await node.queue.close()
+        shutil.rmtree(directory)
+        node.queue = await open_queue(directory, consumers=(BILLING_CONSUMER,))
+        if appended_first:  # served before the flush looked again
+            await node.serve(tenant, appended_first, at=at)
+        consumer = node.consumer()
+        await consumer.run_until_settled()
+        await node.serve(tenant, 3, at=at + 1)
+        await consumer.run_until_settled()
+        assert_billed_as_served(node, standin)
+        assert node.states() == {"confirmed": 3 if appended_first else 2}
+        assert await node.cursor() == node.queue.last_seq
+
+    async def test_a_consumer_restarted_on_an_intact_queue_plans_nothing_again(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """Without a renumbering, a consumer started afresh (its planned records still in the
+        queue, not yet committed) keeps the ledger's numbering: nothing is planned twice."""
+        tenant = await node.tenant("t")
+        await node.serve(tenant, 5, at=window_start(node, 900))
+        standin.set_switches(throttle=True)
+        await node.consumer().run_round()
+        standin.set_switches(throttle=False)
+        await node.serve(tenant, 4, at=window_start(node, 800))
+        await node.consumer().run_until_settled()
+        assert_billed_as_served(node, standin)
+        assert node.ledger("SELECT DISTINCT queue_epoch FROM billing_ledger") == [(0,)]
 
 
 class TestDamagedQueue:

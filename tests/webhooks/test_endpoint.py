@@ -82,6 +82,7 @@ class TestAuthentication:
     ) -> None:
         """webhooks.tolerance_seconds bounds the accepted age of a signature."""
         hooks = await make_webhook_node(**{"webhooks.tolerance_seconds": 10})
+        hooks.customer("cus_a")
         event = subscription_event("evt_1", int(time.time()), "cus_a")
         assert (await hooks.deliver(event, timestamp=int(time.time()) - 5)).status == 200
         answer = await hooks.deliver(event, timestamp=int(time.time()) - 60)
@@ -166,6 +167,7 @@ class TestBody:
     ) -> None:
         """The webhook has its own limit (1 MiB by default), above server.max_body_bytes:
         an invoice with many lines is not refused."""
+        hooks.customer("cus_a")
         event = invoice_event("evt_1", int(time.time()), "cus_a", paid=True)
         event["data"]["object"]["lines"] = {"data": [{"id": f"il_{i}"} for i in range(2000)]}
         assert len(orjson.dumps(event)) > hooks.node.config.server.max_body_bytes
@@ -265,7 +267,28 @@ class TestOrdering:
         assert hooks.billing(tenant) == ("active", None, None)
         assert hooks.recorded() == [("evt_1", "ignored")]
 
-    async def test_an_event_for_no_tenant_here_is_recorded(self, hooks: WebhookNode) -> None:
-        """An event for a customer no tenant on this node is linked to is 200 unknown_tenant."""
-        answer = await hooks.deliver(subscription_event("evt_1", int(time.time()), "cus_x"))
+    async def test_an_event_for_a_tenant_not_here_yet_is_redelivered_then_applied(
+        self, hooks: WebhookNode
+    ) -> None:
+        """An event for no tenant on this node is answered 503 tenant-not-synced and not
+        recorded, so Stripe delivers it again; once the tenant has arrived (synced down
+        from another node), the redelivery applies it."""
+        event = subscription_event("evt_1", int(time.time()), "cus_x", deleted=True)
+        answer = await hooks.deliver(event)
+        assert (answer.status, answer.problem) == (503, "tenant-not-synced")
+        assert hooks.recorded() == []
+        assert hooks.webhooks.stats.unknown_tenant_retries == 1
+        tenant = hooks.customer("cus_x")
+        answer = await hooks.deliver(event)
+        assert (answer.status, answer.body["outcome"]) == (200, "applied")
+        assert hooks.billing(tenant)[0] == "canceled"
+
+    async def test_an_event_for_no_tenant_past_stripes_retries_is_recorded(
+        self, hooks: WebhookNode
+    ) -> None:
+        """An event for no tenant here created more than webhooks.unknown_tenant_retry_hours
+        (72) ago is 200 unknown_tenant and recorded: redelivering it would not help."""
+        created = int(time.time()) - 73 * 3600
+        answer = await hooks.deliver(subscription_event("evt_1", created, "cus_x"))
         assert (answer.status, answer.body["outcome"]) == (200, "unknown_tenant")
+        assert hooks.recorded() == [("evt_1", "unknown_tenant")]

@@ -30,7 +30,10 @@ OLDER_SECRET = "whsec_older_1a2b3c4d5e6f7a8b9c0d1e2f3a4b"
 
 
 def event(event_id: str) -> dict[str, Any]:
-    return subscription_event(event_id, int(time.time()), "cus_a")
+    """A genuine event edge-node takes and records (200) whoever it is about."""
+    signed = subscription_event(event_id, int(time.time()), "cus_a")
+    signed["type"] = "customer.updated"
+    return signed
 
 
 class TestRotation:
