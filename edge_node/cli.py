@@ -18,7 +18,13 @@ import orjson
 from edge_node import __version__
 from edge_node.config import Config, load_config
 from edge_node.daemon import run, serve
-from edge_node.errors import ConfigError, RegistryError, SyncError, TransientSyncError
+from edge_node.errors import (
+    ConfigError,
+    KeyMaterialError,
+    RegistryError,
+    SyncError,
+    TransientSyncError,
+)
 from edge_node.ids import is_uuid
 from edge_node.keystore import open_keyring
 from edge_node.meter import UsageEvent
@@ -179,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except RegistryError as exc:
         print(f"edge-node: {exc}", file=sys.stderr)
+        return 1
+    except KeyMaterialError as exc:
+        print(f"edge-node: key material: {exc}", file=sys.stderr)
         return 1
     except QueueLocked as exc:
         print(

@@ -191,9 +191,12 @@ class Keyring:
         return self.directory / KEY_STORE_FILE
 
     def close(self) -> None:
+        """Close the key store and forget every key held in memory (reopened on next use)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._master = None
+        self._forget()
 
     def sealer(self, tenant_id: str) -> TenantSealer:
         return TenantSealer(
@@ -442,7 +445,6 @@ class Keyring:
             expected = _meta(self._conn, "master_key_id")
             if self._master is not None and expected != self._master.key_id:
                 self.close()  # rotated by another process: reopening reports the mismatch
-                self._master = None
 
     def _forget(self) -> None:
         self._current.clear()

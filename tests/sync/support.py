@@ -119,8 +119,9 @@ class Edge:
 
 async def central_rows(conn: Connection, tenant_id: str) -> list[tuple[Any, ...]]:
     records = await conn.fetch(
-        "SELECT id::text, tenant_id::text, user_id, item_id, score::int, comment_sealed, created_at,"
-        " updated_at, origin_node, deleted FROM ratings WHERE tenant_id = $1 ORDER BY id::text",
+        "SELECT id::text, tenant_id::text, user_id, item_id, score::int, comment_sealed,"
+        " created_at, updated_at, origin_node, deleted FROM ratings WHERE tenant_id = $1"
+        " ORDER BY id::text",
         tenant_id,
     )
     return [tuple(r) for r in records]
