@@ -99,9 +99,12 @@ async def _download_deletions(round_: ShardRound, database: str) -> None:
         for record in records:
             tenant_id = record["tenant_id"]
             if round_.owns(tenant_id):
+                news = not keyring.is_deleted(tenant_id)
+                # Run even when known: it finishes a local deletion a crash interrupted.
                 delete_tenant(round_.edge.registry, round_.edge.stores, tenant_id)
                 keyring.mark_deletions_uploaded([tenant_id])
-                log.warning("tenant %s was deleted centrally: shredded here", tenant_id)
+                if news:
+                    log.warning("tenant %s was deleted centrally: shredded here", tenant_id)
         if records:  # as for ratings: an empty page is not worth a write and its fsync
             keyring.set_checkpoint(name, position.encode())
         if len(records) < round_.batch_size:
