@@ -184,7 +184,9 @@ class Keyring:
         self._master: WrappingKey | None = None
         self._data_version = -1
         self._current: dict[str, tuple[str, AESGCM]] = {}
-        self._ciphers: dict[tuple[str, str], AESGCM | None] = {}
+        # Per tenant: sealed-comment header -> key. Cleared in place, so sealers see it.
+        self._ciphers: dict[str, dict[bytes, AESGCM]] = {}
+        self._opened: dict[tuple[str, str, bytes], str] = {}  # shared by every tenant's sealer
 
     @property
     def path(self) -> Path:
@@ -203,7 +205,9 @@ class Keyring:
             tenant_id,
             lambda: self.current(tenant_id),
             lambda key_id: self.cipher(tenant_id, key_id),
-            self.refresh,
+            refresh=self.refresh,
+            ciphers=self._ciphers.setdefault(tenant_id, {}),
+            opened=self._opened,
         )
 
     def current(self, tenant_id: str) -> tuple[str, AESGCM]:
@@ -238,22 +242,16 @@ class Keyring:
         self._data_version = self._read_data_version(conn)
         held = (key_id, AESGCM(key))
         self._current[tenant_id] = held
-        self._ciphers[(tenant_id, key_id)] = held[1]
         return held
 
     def cipher(self, tenant_id: str, key_id: str) -> AESGCM | None:
         """The tenant's data key `key_id`, or None when this node does not hold it."""
-        pair = (tenant_id, key_id)
-        if pair in self._ciphers:
-            return self._ciphers[pair]
         conn, master = self._open()
         row = conn.execute(
-            "SELECT wrapped FROM data_keys WHERE tenant_id = ? AND key_id = ?", pair
+            "SELECT wrapped FROM data_keys WHERE tenant_id = ? AND key_id = ?", (tenant_id, key_id)
         ).fetchone()
-        cipher = None if row is None else AESGCM(master.unwrap(tenant_id, key_id, row[0]))
-        if cipher is not None:  # a key missing now may arrive by sync: do not remember its absence
-            self._ciphers[pair] = cipher
-        return cipher
+        # The sealer remembers a key found; a key missing now may arrive by sync later.
+        return None if row is None else AESGCM(master.unwrap(tenant_id, key_id, row[0]))
 
     def shred(self, tenant_id: str) -> int:
         """Destroy every data key of the tenant and remember it was deleted; how many keys.
@@ -448,7 +446,9 @@ class Keyring:
 
     def _forget(self) -> None:
         self._current.clear()
-        self._ciphers.clear()
+        for ciphers in self._ciphers.values():
+            ciphers.clear()
+        self._opened.clear()
 
     @staticmethod
     def _read_data_version(conn: sqlite3.Connection) -> int:

@@ -33,7 +33,9 @@ KEY_ID_BYTES = 8
 NONCE_BYTES = 12
 DATA_KEY_BYTES = 32
 _HEADER_BYTES = 1 + KEY_ID_BYTES
+_BODY_START = _HEADER_BYTES + NONCE_BYTES
 OVERHEAD_BYTES = _HEADER_BYTES + NONCE_BYTES + 16
+OPENED_MEMORY = 16384  # comments remembered opened, per sealer memory (a few MiB at most)
 
 
 def new_data_key() -> tuple[str, bytes]:
@@ -48,8 +50,8 @@ def sealed_key_id(sealed: bytes) -> str:
     return sealed[1:_HEADER_BYTES].hex()
 
 
-def _associated_data(header: bytes, tenant_id: str, rating_id: str) -> bytes:
-    return b"%b%b\x00%b" % (header, tenant_id.encode(), rating_id.encode())
+def _no_refresh() -> None:
+    return None
 
 
 class TenantSealer:
@@ -57,22 +59,43 @@ class TenantSealer:
 
     `current` gives the key new comments are sealed with, as (key id, AESGCM); `lookup`
     finds the key a sealed comment names (None when this node does not hold it); `refresh`,
-    called once before each store operation, drops keys another process destroyed.
+    called once before each store operation, drops keys another process destroyed. `ciphers`
+    (header -> key) is the sealer's memory of keys found, and `opened` the memory of comments
+    opened, keyed by (tenant, rating id, sealed bytes); their owner clears both when keys are
+    destroyed, and may share `opened` between tenants (the key names the tenant).
+
+    A page of ratings opens one comment per row: `open` costs one dictionary lookup for a
+    comment opened before, else one AES-GCM call (about 1 us, most of a 50-row page's cost).
+    Only the process's memory ever holds an opened comment, never a file.
     """
 
-    __slots__ = ("_current", "_lookup", "refresh", "tenant_id")
+    __slots__ = (
+        "_aad_tenant",
+        "_ciphers",
+        "_current",
+        "_lookup",
+        "_opened",
+        "refresh",
+        "tenant_id",
+    )
 
     def __init__(
         self,
         tenant_id: str,
         current: Callable[[], tuple[str, AESGCM]],
         lookup: Callable[[str], AESGCM | None],
-        refresh: Callable[[], None] = lambda: None,
+        *,
+        refresh: Callable[[], None] = _no_refresh,
+        ciphers: dict[bytes, AESGCM] | None = None,
+        opened: dict[tuple[str, str, bytes], str] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
+        self._aad_tenant = tenant_id.encode() + b"\x00"
         self._current = current
         self._lookup = lookup
         self.refresh = refresh
+        self._ciphers: dict[bytes, AESGCM] = {} if ciphers is None else ciphers
+        self._opened: dict[tuple[str, str, bytes], str] = {} if opened is None else opened
 
     def seal(self, rating_id: str, comment: str | None) -> bytes | None:
         if comment is None:
@@ -80,22 +103,39 @@ class TenantSealer:
         key_id, cipher = self._current()
         header = bytes((FORMAT_VERSION,)) + bytes.fromhex(key_id)
         nonce = os.urandom(NONCE_BYTES)
-        aad = _associated_data(header, self.tenant_id, rating_id)
+        aad = header + self._aad_tenant + rating_id.encode()
         return header + nonce + cipher.encrypt(nonce, comment.encode(), aad)
 
     def open(self, rating_id: str, sealed: bytes | None) -> str | None:
         """The comment sealed in `sealed`; CommentUnreadable when it cannot be opened here."""
         if sealed is None:
             return None
-        cipher = self._lookup(sealed_key_id(sealed))
-        if cipher is None:
-            raise CommentUnreadable("the data key that sealed this comment is not on this node")
-        header, nonce = sealed[:_HEADER_BYTES], sealed[_HEADER_BYTES : _HEADER_BYTES + NONCE_BYTES]
-        aad = _associated_data(header, self.tenant_id, rating_id)
+        memo = (self.tenant_id, rating_id, sealed)
+        text = self._opened.get(memo)
+        if text is not None:
+            return text
+        header = sealed[:_HEADER_BYTES]
+        cipher = self._ciphers.get(header)
+        if cipher is None or len(sealed) < OVERHEAD_BYTES:
+            cipher = self._find(header, sealed)
         try:
-            plain = cipher.decrypt(nonce, sealed[_HEADER_BYTES + NONCE_BYTES :], aad)
+            plain = cipher.decrypt(
+                sealed[_HEADER_BYTES:_BODY_START],
+                sealed[_BODY_START:],
+                header + self._aad_tenant + rating_id.encode(),
+            )
         except InvalidTag:
             raise CommentUnreadable(
                 "the comment does not authenticate for this row (moved or altered)"
             ) from None
-        return plain.decode()
+        if len(self._opened) >= OPENED_MEMORY:
+            self._opened.clear()  # a bound, not an LRU: refilling costs one decryption each
+        text = self._opened[memo] = plain.decode()
+        return text
+
+    def _find(self, header: bytes, sealed: bytes) -> AESGCM:
+        cipher = self._lookup(sealed_key_id(sealed))
+        if cipher is None:
+            raise CommentUnreadable("the data key that sealed this comment is not on this node")
+        self._ciphers[header] = cipher
+        return cipher

@@ -89,11 +89,13 @@ class TestMovedCiphertext:
     async def test_a_comment_moved_to_another_row_reads_as_unreadable_not_as_an_error(
         self, node: RunningNode
     ) -> None:
-        """Copying ana's sealed comment into bo's row makes bo's comment unreadable: the list
-        answers 200 with `comment: null, comment_unreadable: true` for bo and ana's intact."""
+        """Copying ana's sealed comment into bo's row makes bo's comment unreadable, even just
+        after both were read: the list answers 200 with `comment: null, comment_unreadable:
+        true` for bo, and ana's intact."""
         tenant = Tenant(*_created(node))
         await post(node, tenant, "ana", "ana's words")
         await post(node, tenant, "bo", "bo's words")
+        await listed(node, tenant)  # both opened once: remembered opened comments must not leak
         path = tenant_file(node, tenant)
         sql(
             path,
@@ -113,6 +115,7 @@ class TestMovedCiphertext:
         victim, other = Tenant(*_created(node)), Tenant(*_created(node))
         await post(node, victim, "ana", "victim's words")
         await post(node, other, "ana", "other's words")
+        await listed(node, victim)
         [(sealed,)] = sql(tenant_file(node, victim), "SELECT comment_sealed FROM ratings")
         sql(tenant_file(node, other), "UPDATE ratings SET comment_sealed = ?", sealed)
         [rating] = await listed(node, other)

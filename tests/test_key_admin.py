@@ -217,6 +217,23 @@ class TestCryptoShredding:
         with stores_of(config) as stores:
             assert all(r.comment_unreadable for r in stores.get(doomed).page().ratings)
 
+    def test_a_shred_by_another_process_reaches_a_running_keyring_at_once(
+        self, tmp_path: Path
+    ) -> None:
+        """A node that has just served a tenant's comments (keys and opened comments in
+        memory) serves them unreadable right after another process shreds the tenant."""
+        config = config_of(tmp_path)
+        tenant_id = "44444444-4444-4444-8444-444444444444"
+        write_comments(config, tenant_id)
+        with stores_of(config) as serving:
+            comments = [r.comment for r in serving.get(tenant_id).page().ratings]
+            assert comments == ["comment 0", "comment 1", "comment 2"]
+            other_process = open_keyring(config)
+            other_process.shred(tenant_id)
+            other_process.close()
+            ratings = serving.get(tenant_id).page().ratings
+            assert [(r.comment, r.comment_unreadable) for r in ratings] == [(None, True)] * 3
+
     def test_a_deleted_tenant_gets_no_new_data_key(self, cli: Cli) -> None:
         """Once shredded, a tenant id never gets a data key again: a late write with a comment
         is refused rather than sealed under a fresh key."""
