@@ -14,6 +14,7 @@ from aiohttp import web
 from edge_node.billing_events import BillingEventStore
 from edge_node.config import Config
 from edge_node.errors import ServiceUnavailable
+from edge_node.keystore import open_keyring
 from edge_node.meter import Meter
 from edge_node.openapi import openapi_document
 from edge_node.ratelimit import RateLimiter
@@ -49,6 +50,7 @@ class NodeStorage:
             synchronous=config.storage.synchronous,
             max_open=config.storage.max_open_tenants,
             busy_timeout_ms=config.storage.busy_timeout_ms,
+            keyring=open_keyring(config),
         )
         return cls(registry, stores)
 

@@ -18,8 +18,15 @@ import orjson
 from edge_node import __version__
 from edge_node.config import Config, load_config
 from edge_node.daemon import run, serve
-from edge_node.errors import ConfigError, RegistryError, SyncError, TransientSyncError
+from edge_node.errors import (
+    ConfigError,
+    KeyMaterialError,
+    RegistryError,
+    SyncError,
+    TransientSyncError,
+)
 from edge_node.ids import is_uuid
+from edge_node.keystore import open_keyring
 from edge_node.meter import UsageEvent
 from edge_node.queue import QueueLocked, QueueStatus, inspect_queue, tail_records
 from edge_node.rating.store import TenantStores
@@ -72,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke = keys.add_parser("revoke", help="revoke an API key by its key id")
     key_revoke.add_argument("key_id")
     key_revoke.set_defaults(handler=_keys_revoke)
+    _add_key_material_commands(tenants, keys)
     queue = commands.add_parser("queue", help="inspect the usage queue").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -122,6 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_key_material_commands(tenants: Any, keys: Any) -> None:
+    """`tenants delete` (crypto-shredding) and `keys rotate-master` (docs/security.md)."""
+    delete = tenants.add_parser(
+        "delete",
+        help="delete a tenant for good: destroy its data keys (its comments become unreadable"
+        " in every copy), then its ratings file and registry rows",
+    )
+    delete.add_argument("tenant_id")
+    delete.set_defaults(handler=_tenants_delete)
+    rotate = keys.add_parser(
+        "rotate-master",
+        help="re-wrap every tenant data key under a new master key (the daemon must be stopped)",
+    )
+    rotate.add_argument(
+        "--new-key-file",
+        type=Path,
+        metavar="FILE",
+        help="the new master key (generated if absent); required when"
+        " encryption.master_key_file is set",
+    )
+    rotate.set_defaults(handler=_keys_rotate_master)
+
+
 def _date(text: str) -> date:
     """argparse type: a day as YYYY-MM-DD, else a usage error (exit 2)."""
     try:
@@ -154,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except RegistryError as exc:
         print(f"edge-node: {exc}", file=sys.stderr)
+        return 1
+    except KeyMaterialError as exc:
+        print(f"edge-node: key material: {exc}", file=sys.stderr)
         return 1
     except QueueLocked as exc:
         print(
@@ -191,7 +225,9 @@ def _tenants_create(config: Config, args: argparse.Namespace) -> int:
         )
     finally:
         registry.close()
-    stores = TenantStores(config.data_path / "tenants", node_id=config.node_id)
+    stores = TenantStores(
+        config.data_path / "tenants", node_id=config.node_id, keyring=open_keyring(config)
+    )
     try:
         stores.get(tenant.tenant_id)  # create the tenant's file and schema now, not on first use
     finally:
@@ -252,6 +288,43 @@ def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
         return _emit(registry.revoke_key(args.key_id))
     finally:
         registry.close()
+
+
+def _tenants_delete(config: Config, args: argparse.Namespace) -> int:
+    from edge_node.key_admin import delete_tenant  # noqa: PLC0415
+
+    _require_uuid(args.tenant_id)
+    registry = _registry(config)
+    stores = TenantStores(
+        config.data_path / "tenants", node_id=config.node_id, keyring=open_keyring(config)
+    )
+    try:
+        known = registry.get_tenant(args.tenant_id) is not None
+        if not known and not stores.path(args.tenant_id).exists():
+            raise RegistryError(f"no tenant with id {args.tenant_id}")
+        return _emit(delete_tenant(registry, stores, args.tenant_id))
+    finally:
+        stores.close()
+        registry.close()
+
+
+def _keys_rotate_master(config: Config, args: argparse.Namespace) -> int:
+    from edge_node.key_admin import rotate_master  # noqa: PLC0415
+
+    _refuse_while_serving(config)
+    keyring = open_keyring(config)
+    try:
+        return _emit(rotate_master(keyring, args.new_key_file))
+    finally:
+        keyring.close()
+
+
+def _refuse_while_serving(config: Config) -> None:
+    """A running daemon holds its queue directories' locks: QueueLocked if one is held."""
+    from edge_node.queue.locking import DirectoryLock  # noqa: PLC0415
+
+    for directory in _queue_directories(config):
+        DirectoryLock.acquire(directory).release()
 
 
 def _queue_directories(config: Config) -> list[Path]:

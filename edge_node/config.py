@@ -322,6 +322,22 @@ class BillingConfig:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    master_key_file: str = setting(
+        "",
+        "File holding this node's master key (32 random bytes, base64), which wraps the tenant "
+        "data keys; or $CREDENTIALS_DIRECTORY/<name>. Never the key itself. Empty: "
+        "data_dir/keys/master.key, created with mode 0600 on first use.",
+    )
+    fleet_key_file: str = setting(
+        "",
+        "File holding the fleet key (32 random bytes, base64), the same on every node of a "
+        "fleet: it wraps the data keys carried in the central registry, so every node can "
+        "read the comments any node wrote. Empty: data keys stay on this node.",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     node_id: str = setting("", "This node's id in usage events and sync; default: host name.")
     data_dir: str = setting("./var", "Directory holding node.sqlite, tenants/ and queue/.")
@@ -353,6 +369,10 @@ class Config:
     )
     secrets: SecretsConfig = field(
         default_factory=SecretsConfig, metadata={"doc": "Reloading secrets from their files."}
+    )
+    encryption: EncryptionConfig = field(
+        default_factory=EncryptionConfig,
+        metadata={"doc": "Encryption at rest of rating comments (docs/security.md)."},
     )
 
     @property

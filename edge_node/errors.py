@@ -15,6 +15,8 @@
     |   +-- RateLimited            429: the tenant's token bucket is empty
     |   +-- ServiceUnavailable     503: storage not ready
     +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
+    +-- KeyMaterialError           master key or data-key store unusable (edge_node.keystore)
+    +-- CommentUnreadable          a sealed comment cannot be opened here (edge_node.sealing)
     +-- SyncError                  the central PostgreSQL (sync/postgres.py) or Stripe
         |                          (sync/stripe_gateway.py) failed an operation
         +-- TransientSyncError     retry later: unreachable, reset, timeout, serialization
@@ -186,3 +188,13 @@ class ServiceUnavailable(Problem):
 def field_error(field: str, message: str) -> dict[str, str]:
     """One entry of a problem's `errors` list: which field, and what is wrong with it."""
     return {"field": field, "message": message}
+
+
+class KeyMaterialError(EdgeNodeError):
+    """A master key or the data-key store cannot be used: wrong key, unreadable file, or a
+    key store wrapped by another master key than the one configured."""
+
+
+class CommentUnreadable(EdgeNodeError):
+    """A sealed comment cannot be opened here: its data key is gone (shredded, or not yet
+    synced to this node) or it fails authentication (moved to another row, or altered)."""

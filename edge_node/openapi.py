@@ -143,6 +143,12 @@ def _schemas() -> dict[str, Any]:
                 "item_id": _ID,
                 "score": {"type": "integer", "minimum": 1, "maximum": 5},
                 "comment": {"type": ["string", "null"], "maxLength": MAX_COMMENT_LENGTH},
+                "comment_unreadable": {
+                    "const": True,
+                    "description": "Present only when the stored comment cannot be opened on"
+                    " this node (its tenant data key is destroyed or not yet synced here, or the"
+                    " ciphertext fails authentication); `comment` is then null.",
+                },
                 "created_at": _TIMESTAMP,
                 "updated_at": _TIMESTAMP,
             },

@@ -540,3 +540,13 @@ _APPLY_KEY = """
       AND (role IS NOT excluded.role
            OR revoked_at IS NOT coalesce(min(revoked_at, excluded.revoked_at), revoked_at,
                                          excluded.revoked_at))"""
+
+
+def delete_tenant_rows(conn: sqlite3.Connection, tenant_id: str) -> bool:
+    """Remove a tenant and its API keys from node.sqlite, with what waits for their upload;
+    False when there was no such tenant. Billing history (ledger, webhook events) is kept: it
+    holds amounts and ids, no tenant content."""
+    with sqlite.transaction(conn):
+        conn.execute("DELETE FROM registry_outbox WHERE tenant_id = ?", (tenant_id,))
+        conn.execute("DELETE FROM api_keys WHERE tenant_id = ?", (tenant_id,))
+        return conn.execute("DELETE FROM tenants WHERE tenant_id = ?", (tenant_id,)).rowcount > 0

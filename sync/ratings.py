@@ -6,6 +6,9 @@ compared byte by byte (`COLLATE "C"`), as SQLite and Python compare text; the da
 collation could order 'Node-b' and 'node-a' differently on another server. A row that does
 not win changes nothing, not even its change position, so uploading a batch twice (a retry
 after a lost COMMIT acknowledgement) is a no-op.
+
+Comments travel sealed (`comment_sealed`, migration 0005): the bytes an edge stores are the
+bytes the central database stores and every other edge downloads.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ if TYPE_CHECKING:
 # One statement per batch: the columns travel as ten arrays, which PostgreSQL turns back into
 # rows; far cheaper than one INSERT per row, whatever the driver pipelines.
 _UPSERT = """
-    INSERT INTO ratings AS current (tenant_id, id, user_id, item_id, score, comment,
+    INSERT INTO ratings AS current (tenant_id, id, user_id, item_id, score, comment_sealed,
                                     created_at, updated_at, origin_node, deleted)
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int2[],
-                         $6::text[], $7::int8[], $8::int8[], $9::text[], $10::bool[])
+                         $6::bytea[], $7::int8[], $8::int8[], $9::text[], $10::bool[])
     ON CONFLICT (tenant_id, user_id, item_id) DO UPDATE SET
         score = excluded.score,
-        comment = excluded.comment,
+        comment = NULL,
+        comment_sealed = excluded.comment_sealed,
         created_at = excluded.created_at,
         updated_at = excluded.updated_at,
         origin_node = excluded.origin_node,
@@ -45,7 +49,7 @@ _CHANGES = """
     )
     SELECT horizon.xid::text AS horizon, page.*
     FROM horizon LEFT JOIN LATERAL (
-        SELECT r.id::text AS id, r.user_id, r.item_id, r.score, r.comment, r.created_at,
+        SELECT r.id::text AS id, r.user_id, r.item_id, r.score, r.comment_sealed, r.created_at,
                r.updated_at, r.origin_node, r.deleted, r.change_xid::text AS position
         FROM ratings r
         WHERE r.tenant_id = $1
@@ -80,7 +84,7 @@ async def upload_ratings(connection: Connection, rows: Sequence[RatingRow]) -> i
         [r.user_id for r in rows],
         [r.item_id for r in rows],
         [r.score for r in rows],
-        [r.comment for r in rows],
+        [r.comment_sealed for r in rows],
         [r.created_at for r in rows],
         [r.updated_at for r in rows],
         [r.origin_node for r in rows],
@@ -111,7 +115,7 @@ async def download_ratings(
             r["user_id"],
             r["item_id"],
             r["score"],
-            r["comment"],
+            r["comment_sealed"],
             r["created_at"],
             r["updated_at"],
             r["origin_node"],

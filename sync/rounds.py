@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from edge_node.rating.store import RatingRow, TenantStores
 from edge_node.registry import RegistryChange, TenantRegistry
+from sync.data_keys import exchange_key_material
 from sync.positions import Position, database_identity, durable_bound
 from sync.ratings import download_ratings, upload_ratings
 from sync.registry import download_keys, download_tenants, upload_registry
@@ -70,6 +71,7 @@ class ShardRound:
 
     async def run(self) -> RoundReport:
         database = await database_identity(self.connection)
+        await exchange_key_material(self, database)  # deletions and data keys first
         await self.upload_registry()
         await self.download_registry(database)
         tenant_ids = self.tenant_ids()

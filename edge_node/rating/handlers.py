@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edge_node.errors import BadRequest, Forbidden, NotFound, field_error
+from edge_node.errors import (
+    BadRequest,
+    Forbidden,
+    KeyMaterialError,
+    NotFound,
+    ServiceUnavailable,
+    field_error,
+)
 from edge_node.rating.model import (
     check_id,
     check_uuid,
@@ -38,7 +45,13 @@ async def put_rating(request: web.Request, context: TenantContext) -> web.Stream
     if context.subject is not None and context.role != "admin":
         _bound_user(context, rating.user_id, "write")
     store = request.app[STORES_KEY].get(context.tenant_id)
-    stored, created = await store.batched(lambda: store.upsert(rating))
+    try:
+        stored, created = await store.batched(lambda: store.upsert(rating))
+    except KeyMaterialError as exc:
+        raise ServiceUnavailable(
+            f"the tenant's data key cannot be used, so the comment cannot be stored: {exc}",
+            slug="data-key-unavailable",
+        ) from None
     return json_response(stored.to_json(), status=201 if created else 200)
 
 

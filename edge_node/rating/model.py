@@ -52,9 +52,10 @@ class Rating:
     comment: str | None
     created_at: int
     updated_at: int
+    comment_unreadable: bool = False  # a sealed comment this node cannot open
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "id": self.id,
             "tenant_id": self.tenant_id,
             "user_id": self.user_id,
@@ -64,6 +65,9 @@ class Rating:
             "created_at": format_us(self.created_at),
             "updated_at": format_us(self.updated_at),
         }
+        if self.comment_unreadable:
+            document["comment_unreadable"] = True
+        return document
 
 
 @dataclass(frozen=True, slots=True)

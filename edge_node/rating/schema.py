@@ -7,6 +7,11 @@ transaction, whichever code path wrote the row (a local request or a downloaded 
 Migration 2 adds what replication needs: `outbox` lists ratings changed locally and not yet
 uploaded (written in the same transaction as the change), and `sync_state` keeps the
 download checkpoint.
+
+Migration 3 adds `comment_sealed`, the comment as AES-256-GCM ciphertext (`edge_node.sealing`,
+at most 2000 characters of UTF-8 plus the seal's overhead). From then on `comment` holds no
+text: a file written before is sealed row by row when it is first opened
+(`TenantStore.seal_plaintext_comments`).
 """
 
 from __future__ import annotations
@@ -77,5 +82,9 @@ MIGRATIONS = (
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     INSERT INTO outbox (rating_id) SELECT id FROM ratings ORDER BY updated_at;
+    """,
+    """
+    ALTER TABLE ratings ADD COLUMN comment_sealed BLOB
+        CHECK (comment_sealed IS NULL OR length(comment_sealed) <= 8192);
     """,
 )

@@ -5,6 +5,12 @@ Deletes are tombstones (`deleted = 1`, comment erased) so sync can carry them to
 replicas; tombstoned rows are invisible to every read. Every local change records its rating
 in the outbox in the same transaction; changes downloaded from the central database are
 applied under the conflict rule (`wins`) and never enter the outbox.
+
+Comments are stored sealed (`edge_node.sealing`): AES-256-GCM under the tenant's data key,
+bound to the row. Replication carries the sealed bytes as they are (`RatingRow.comment_sealed`);
+only reads and writes through the API open or seal them. A comment this node cannot open
+(its key is destroyed or not synced yet, or the ciphertext was moved or altered) is served
+as `"comment": null, "comment_unreadable": true` and logged, never as an error.
 """
 
 from __future__ import annotations
@@ -17,12 +23,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge_node import sqlite
 from edge_node.clock import now_us
+from edge_node.errors import CommentUnreadable, KeyMaterialError
 from edge_node.rating.model import ItemScore, Rating, RatingInput
 from edge_node.rating.schema import MIGRATIONS
+from edge_node.sealing import TenantSealer
+
+if TYPE_CHECKING:
+    from edge_node.keystore import Keyring
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,7 +43,7 @@ BACKSTOP_CHECKPOINT_PAGES = 20000
 # every replica, so sync never has to reconcile two ids for one row.
 RATING_ID_NAMESPACE = uuid.UUID("6f1c7a52-3f0e-4c55-9a53-5c1e0e8b7d41")
 
-_RATING_COLUMNS = "id, tenant_id, user_id, item_id, score, comment, created_at, updated_at"
+_RATING_COLUMNS = "id, tenant_id, user_id, item_id, score, comment_sealed, created_at, updated_at"
 _ROW_COLUMNS = _RATING_COLUMNS + ", origin_node, deleted"
 
 
@@ -49,7 +60,7 @@ class RatingRow:
     user_id: str
     item_id: str
     score: int
-    comment: str | None
+    comment_sealed: bytes | None  # as stored: sealed under the tenant's data key
     created_at: int
     updated_at: int
     origin_node: str
@@ -83,10 +94,13 @@ class DeleteDenied(Exception):
 class TenantStore:
     """One tenant's ratings file. Calls are synchronous: each is one short local transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, tenant_id: str, node_id: str) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, tenant_id: str, node_id: str, sealer: TenantSealer
+    ) -> None:
         self._conn = conn
         self.tenant_id = tenant_id
         self._node_id = node_id
+        self._sealer = sealer
         self.dirty = False  # written since the last background checkpoint was scheduled
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._close_after_batch = False
@@ -147,6 +161,7 @@ class TenantStore:
         """Create or replace the (user, item) rating; True when it did not exist before."""
         conn = self._conn
         self.dirty = True
+        self._sealer.refresh()
         with sqlite.transaction(conn):
             row = conn.execute(
                 "SELECT id, created_at, updated_at, deleted FROM ratings"
@@ -157,14 +172,14 @@ class TenantStore:
                 now = now_us()
                 rid, created_at, created = rating_id(self.tenant_id, *rating.key), now, True
                 conn.execute(
-                    "INSERT INTO ratings (id, tenant_id, user_id, item_id, score, comment,"
+                    "INSERT INTO ratings (id, tenant_id, user_id, item_id, score, comment_sealed,"
                     " created_at, updated_at, origin_node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         rid,
                         self.tenant_id,
                         *rating.key,
                         rating.score,
-                        rating.comment,
+                        self._sealer.seal(rid, rating.comment),
                         now,
                         now,
                         self._node_id,
@@ -178,9 +193,16 @@ class TenantStore:
                 if created:
                     created_at = now
                 conn.execute(
-                    "UPDATE ratings SET score = ?, comment = ?, created_at = ?, updated_at = ?,"
-                    " origin_node = ?, deleted = 0 WHERE id = ?",
-                    (rating.score, rating.comment, created_at, now, self._node_id, rid),
+                    "UPDATE ratings SET score = ?, comment_sealed = ?, created_at = ?,"
+                    " updated_at = ?, origin_node = ?, deleted = 0 WHERE id = ?",
+                    (
+                        rating.score,
+                        self._sealer.seal(rid, rating.comment),
+                        created_at,
+                        now,
+                        self._node_id,
+                        rid,
+                    ),
                 )
             conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
         stored = Rating(
@@ -213,7 +235,20 @@ class TenantStore:
             " ORDER BY created_at, id LIMIT ?",
             (*params, limit + 1),
         ).fetchall()
-        return Page([Rating(*row) for row in rows[:limit]], has_more=len(rows) > limit)
+        self._sealer.refresh()
+        return Page([self._opened(row) for row in rows[:limit]], has_more=len(rows) > limit)
+
+    def _opened(self, row: Sequence[Any]) -> Rating:
+        """A stored row as the API serves it, its comment opened."""
+        rid, tenant_id, user_id, item_id, score, sealed, created_at, updated_at = row
+        try:
+            comment = self._sealer.open(rid, sealed)
+        except (CommentUnreadable, KeyMaterialError) as exc:
+            log.warning("comment of rating %s (tenant %s) unreadable: %s", rid, tenant_id, exc)
+            return Rating(
+                rid, tenant_id, user_id, item_id, score, None, created_at, updated_at, True
+            )
+        return Rating(rid, tenant_id, user_id, item_id, score, comment, created_at, updated_at)
 
     def score(self, item_id: str) -> ItemScore:
         row = self._conn.execute(
@@ -237,7 +272,7 @@ class TenantStore:
             if only_user is not None and row[0] != only_user:
                 raise DeleteDenied(rid)
             self._conn.execute(
-                "UPDATE ratings SET deleted = 1, comment = NULL, origin_node = ?,"
+                "UPDATE ratings SET deleted = 1, comment_sealed = NULL, origin_node = ?,"
                 " updated_at = max(?, updated_at + 1) WHERE id = ?",
                 (self._node_id, now_us(), rid),
             )
@@ -254,7 +289,7 @@ class TenantStore:
                 (user_id,),
             )
             return self._conn.execute(
-                "UPDATE ratings SET deleted = 1, comment = NULL, origin_node = ?,"
+                "UPDATE ratings SET deleted = 1, comment_sealed = NULL, origin_node = ?,"
                 " updated_at = max(?, updated_at + 1) WHERE user_id = ? AND deleted = 0",
                 (self._node_id, now_us(), user_id),
             ).rowcount
@@ -328,7 +363,7 @@ class TenantStore:
             self._conn.execute(
                 f"INSERT INTO ratings ({_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
                 " ON CONFLICT (tenant_id, user_id, item_id) DO UPDATE SET"
-                " score = excluded.score, comment = excluded.comment,"
+                " score = excluded.score, comment_sealed = excluded.comment_sealed,"
                 " created_at = excluded.created_at, updated_at = excluded.updated_at,"
                 " origin_node = excluded.origin_node, deleted = excluded.deleted",
                 (
@@ -337,7 +372,7 @@ class TenantStore:
                     row.user_id,
                     row.item_id,
                     row.score,
-                    row.comment,
+                    row.comment_sealed,
                     row.created_at,
                     row.updated_at,
                     row.origin_node,
@@ -346,6 +381,33 @@ class TenantStore:
             )
             applied += 1
         return applied
+
+    def seal_plaintext_comments(self) -> int:
+        """Seal the comments a file written before encryption holds in plain text; how many.
+
+        Each sealed row moves its updated_at on by 1 us and enters the outbox, so the upload
+        replaces the plain text on the central database too (the conflict rule lets it in).
+        Done once per file: a marker in sync_state spares later opens the scan."""
+        done = "SELECT 1 FROM sync_state WHERE key = 'plaintext_comments_sealed'"
+        if self._conn.execute(done).fetchone() is not None:
+            return 0
+        self._sealer.refresh()
+        with sqlite.transaction(self._conn):
+            rows = self._conn.execute(
+                "SELECT id, comment FROM ratings WHERE comment IS NOT NULL"
+            ).fetchall()
+            self._conn.execute(
+                "INSERT INTO sync_state (key, value) VALUES ('plaintext_comments_sealed', '1')"
+                " ON CONFLICT (key) DO NOTHING"
+            )
+            for rid, comment in rows:
+                self._conn.execute(
+                    "UPDATE ratings SET comment_sealed = ?, comment = NULL,"
+                    " updated_at = updated_at + 1 WHERE id = ?",
+                    (self._sealer.seal(rid, comment), rid),
+                )
+                self._conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
+        return len(rows)
 
     def recompute_scores(self) -> dict[str, ItemScore]:
         """Scores computed from the rows themselves, bypassing the aggregates (for checks)."""
@@ -372,7 +434,15 @@ class TenantStores:
         synchronous: sqlite.Synchronous = "normal",
         max_open: int = 256,
         busy_timeout_ms: int = 5000,
+        keyring: Keyring | None = None,
     ) -> None:
+        """`keyring` holds the tenants' data keys; None: the default one beside `directory`
+        (data_dir/keys, with its generated master key), opened on first use."""
+        if keyring is None:
+            from edge_node.keystore import KEYS_DIRECTORY, Keyring  # noqa: PLC0415
+
+            keyring = Keyring(directory.parent / KEYS_DIRECTORY, busy_timeout_ms=busy_timeout_ms)
+        self.keyring = keyring
         self.directory = directory
         self.node_id = node_id
         self._synchronous = synchronous
@@ -400,7 +470,12 @@ class TenantStores:
         # Checkpoints run in the background (run_checkpoints); this high threshold is only a
         # backstop should they stall, so the request path almost never pays for one.
         conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
-        store = TenantStore(conn, tenant_id, self.node_id)
+        store = TenantStore(conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id))
+        try:
+            store.seal_plaintext_comments()
+        except BaseException:
+            conn.close()
+            raise
         self._open[tenant_id] = store
         if len(self._open) > self._max_open:
             _, evicted = self._open.popitem(last=False)
@@ -411,6 +486,18 @@ class TenantStores:
         while self._open:
             _, store = self._open.popitem()
             store.close()
+        self.keyring.close()
+
+    def drop(self, tenant_id: str) -> bool:
+        """Close the tenant's file and delete it (with its WAL); False when there was none."""
+        store = self._open.pop(tenant_id, None)
+        if store is not None:
+            store.close()
+        path = self.path(tenant_id)
+        existed = path.exists()
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        return existed
 
     async def run_checkpoints(self, interval: float) -> None:
         """Checkpoint every tenant file written since the last round, off the event loop."""

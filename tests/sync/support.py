@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_node.config import CentralConfig
+from edge_node.keystore import KEYS_DIRECTORY, Keyring, WrappingKey
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import RatingRow, TenantStore, TenantStores
 from edge_node.registry import TenantRegistry
@@ -20,8 +21,10 @@ from sync.postgres import Connection
 from sync.rounds import EdgeStorage, RoundReport
 from sync.worker import SyncWorker
 
+FLEET_KEY = WrappingKey(bytes(range(32)))
 ROW_COLUMNS = (
-    "id, tenant_id, user_id, item_id, score, comment, created_at, updated_at, origin_node, deleted"
+    "id, tenant_id, user_id, item_id, score, comment_sealed, created_at, updated_at, origin_node,"
+    " deleted"
 )
 
 
@@ -35,9 +38,13 @@ class Edge:
     stores: TenantStores
 
     @classmethod
-    def open(cls, data_dir: Path, node_id: str) -> Edge:
+    def open(
+        cls, data_dir: Path, node_id: str, *, fleet_key: WrappingKey | None = FLEET_KEY
+    ) -> Edge:
+        """Each edge has its own master key; by default all share FLEET_KEY, as a fleet does."""
         registry = TenantRegistry.open(data_dir)
-        stores = TenantStores(data_dir / "tenants", node_id=node_id)
+        keyring = Keyring(data_dir / KEYS_DIRECTORY, fleet_key=fleet_key)
+        stores = TenantStores(data_dir / "tenants", node_id=node_id, keyring=keyring)
         return cls(node_id, data_dir, registry, stores)
 
     def close(self) -> None:
@@ -100,6 +107,11 @@ class Edge:
                 ).fetchall()
             ]
 
+    def comments(self, tenant_id: str) -> dict[tuple[str, str], str | None]:
+        """The tenant's live comments as the API serves them, by (user, item)."""
+        page = self.store(tenant_id).page(limit=500)
+        return {(r.user_id, r.item_id): r.comment for r in page.ratings}
+
     def pending(self, tenant_id: str) -> list[RatingRow]:
         rows, _ = self.store(tenant_id).pending_changes(100_000)
         return rows
@@ -107,8 +119,9 @@ class Edge:
 
 async def central_rows(conn: Connection, tenant_id: str) -> list[tuple[Any, ...]]:
     records = await conn.fetch(
-        "SELECT id::text, tenant_id::text, user_id, item_id, score::int, comment, created_at,"
-        " updated_at, origin_node, deleted FROM ratings WHERE tenant_id = $1 ORDER BY id::text",
+        "SELECT id::text, tenant_id::text, user_id, item_id, score::int, comment_sealed,"
+        " created_at, updated_at, origin_node, deleted FROM ratings WHERE tenant_id = $1"
+        " ORDER BY id::text",
         tenant_id,
     )
     return [tuple(r) for r in records]

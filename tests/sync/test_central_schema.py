@@ -59,11 +59,16 @@ class TestMigrate:
             "ratings": ("r", True, True),
             "item_scores": ("v", False, False),
             "sync_horizons": ("r", False, False),
+            "tenant_data_keys": ("r", True, True),
+            "tenant_deletions": ("r", True, True),
         }
         triggers = await conn.fetch(
-            "SELECT tgrelid::regclass::text AS t FROM pg_trigger WHERE NOT tgisinternal"
+            "SELECT tgrelid::regclass::text AS t FROM pg_trigger"
+            " WHERE NOT tgisinternal AND tgname LIKE '%change_xid'"
         )
-        assert {r["t"] for r in triggers} == set(TENANT_TABLES)
+        assert sorted(r["t"] for r in triggers) == sorted(
+            (*TENANT_TABLES, "tenant_data_keys", "tenant_deletions")
+        )
 
     async def test_rerun_is_a_no_op(self, conn: Connection) -> None:
         """A second run applies nothing and leaves the record of the first untouched."""

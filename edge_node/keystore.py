@@ -1,0 +1,491 @@
+"""Tenant data keys, wrapped by the node master key, in their own file: data_dir/keys/.
+
+Every tenant's comments are sealed (`edge_node.sealing`) under data keys of that tenant. A
+data key is stored only wrapped: AES-256-GCM under the node master key, with the tenant id
+and key id as associated data, in `keys/data-keys.sqlite`. The master key lives in a file
+(`encryption.master_key_file`, or a systemd credential), never in the configuration; with
+none configured the node creates `keys/master.key` (mode 0600) on first use, so a standalone
+node needs nothing set up.
+
+The key store is a file of its own so that backups of node.sqlite and tenants/ never carry
+key material: deleting a tenant deletes its data keys here (crypto-shredding, with SQLite's
+secure_delete and a truncating WAL checkpoint), and from then on no copy of its comments,
+local, central or in any backup of data files, can be opened (docs/security.md).
+
+Master-key rotation re-wraps the data keys in one transaction; no rating row is rewritten.
+A running daemon notices another process's commits here (`PRAGMA data_version`) and drops
+the keys it holds in memory, so a tenant shredded from the command line is unreadable to it
+at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from edge_node import sqlite
+from edge_node.clock import now_us
+from edge_node.errors import ConfigError, KeyMaterialError
+from edge_node.sealing import DATA_KEY_BYTES, NONCE_BYTES, TenantSealer, new_data_key
+from edge_node.secrets import SecretFile
+
+if TYPE_CHECKING:
+    from edge_node.config import Config
+
+KEYS_DIRECTORY = "keys"
+KEY_STORE_FILE = "data-keys.sqlite"
+DEFAULT_MASTER_KEY_FILE = "master.key"
+NEXT_SUFFIX = ".next"
+MASTER_KEY_BYTES = 32
+
+MIGRATIONS = (
+    """
+    CREATE TABLE data_keys (
+        tenant_id TEXT NOT NULL,
+        key_id TEXT NOT NULL CHECK (length(key_id) = 16),
+        wrapped BLOB NOT NULL,
+        master_key_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        uploaded INTEGER NOT NULL DEFAULT 0 CHECK (uploaded IN (0, 1)),
+        PRIMARY KEY (tenant_id, key_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE deleted_tenants (
+        tenant_id TEXT PRIMARY KEY,
+        deleted_at INTEGER NOT NULL,
+        uploaded INTEGER NOT NULL DEFAULT 0 CHECK (uploaded IN (0, 1))
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WrappingKey:
+    """A key that wraps data keys (a node master key or the fleet key); `key_id` names it
+    without revealing it."""
+
+    key: bytes
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(b"edge-node wrapping key\x00" + self.key).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"WrappingKey({self.key_id})"
+
+    def wrap(self, tenant_id: str, key_id: str, data_key: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + AESGCM(self.key).encrypt(nonce, data_key, _wrap_aad(tenant_id, key_id))
+
+    def unwrap(self, tenant_id: str, key_id: str, wrapped: bytes) -> bytes:
+        try:
+            key = AESGCM(self.key).decrypt(
+                wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _wrap_aad(tenant_id, key_id)
+            )
+        except InvalidTag:
+            raise KeyMaterialError(
+                f"data key {key_id} of tenant {tenant_id} does not unwrap with key {self.key_id}"
+            ) from None
+        if len(key) != DATA_KEY_BYTES:
+            raise KeyMaterialError(f"data key {key_id} of tenant {tenant_id} is malformed")
+        return key
+
+
+def _wrap_aad(tenant_id: str, key_id: str) -> bytes:
+    return f"edge-node data key\x00{tenant_id}\x00{key_id}".encode()
+
+
+def read_key_file(path: Path, name: str) -> WrappingKey:
+    """The 32-byte key in `path` (base64, one line); ConfigError naming `name` otherwise."""
+    text = SecretFile(path, name=name, check_interval=None).value()
+    try:
+        key = base64.b64decode(text, altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != MASTER_KEY_BYTES:
+        raise ConfigError(f"{name}: {path} must hold {MASTER_KEY_BYTES} bytes in base64")
+    return WrappingKey(key)
+
+
+def write_key_file(path: Path) -> WrappingKey:
+    """Create `path` (mode 0600, never overwriting) holding a fresh random key, durably."""
+    key = WrappingKey(os.urandom(MASTER_KEY_BYTES))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, base64.urlsafe_b64encode(key.key) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_directory(path.parent)
+    return key
+
+
+def retire_key_file(path: Path) -> None:
+    """Overwrite a key file with zeros, then remove it."""
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.write(b"\x00" * size)
+        handle.flush()
+        os.fsync(handle.fileno())
+    path.unlink()
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedDataKey:
+    """A data key as it travels to and from the central registry: wrapped by the fleet key."""
+
+    tenant_id: str
+    key_id: str
+    wrapped: bytes
+    fleet_key_id: str
+    created_at: int
+
+
+class Keyring:
+    """The node's data keys: opened on first use, unwrapped keys kept in memory per tenant."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        master_key_file: Path | None = None,
+        fleet_key: WrappingKey | None = None,
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        self.directory = directory
+        self.master_key_file = master_key_file or directory / DEFAULT_MASTER_KEY_FILE
+        self.default_master = master_key_file is None
+        self.fleet_key = fleet_key
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+        self._master: WrappingKey | None = None
+        self._data_version = -1
+        self._current: dict[str, tuple[str, AESGCM]] = {}
+        # Per tenant: sealed-comment header -> key. Cleared in place, so sealers see it.
+        self._ciphers: dict[str, dict[bytes, AESGCM]] = {}
+        self._opened: dict[tuple[str, str, bytes], str] = {}  # shared by every tenant's sealer
+
+    @property
+    def path(self) -> Path:
+        return self.directory / KEY_STORE_FILE
+
+    def close(self) -> None:
+        """Close the key store and forget every key held in memory (reopened on next use)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._master = None
+        self._forget()
+
+    def sealer(self, tenant_id: str) -> TenantSealer:
+        return TenantSealer(
+            tenant_id,
+            lambda: self.current(tenant_id),
+            lambda key_id: self.cipher(tenant_id, key_id),
+            refresh=self.refresh,
+            ciphers=self._ciphers.setdefault(tenant_id, {}),
+            opened=self._opened,
+        )
+
+    def current(self, tenant_id: str) -> tuple[str, AESGCM]:
+        """The key this node seals the tenant's new comments with, created on first need."""
+        held = self._current.get(tenant_id)
+        if held is not None:
+            return held
+        conn, master = self._open()
+        with sqlite.transaction(conn):
+            if self._is_deleted(conn, tenant_id):
+                raise KeyMaterialError(f"tenant {tenant_id} was deleted: its keys are destroyed")
+            row = conn.execute(
+                "SELECT key_id, wrapped FROM data_keys WHERE tenant_id = ?"
+                " ORDER BY created_at, key_id LIMIT 1",
+                (tenant_id,),
+            ).fetchone()
+            if row is None:
+                key_id, key = new_data_key()
+                conn.execute(
+                    "INSERT INTO data_keys (tenant_id, key_id, wrapped, master_key_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        tenant_id,
+                        key_id,
+                        master.wrap(tenant_id, key_id, key),
+                        master.key_id,
+                        now_us(),
+                    ),
+                )
+            else:
+                key_id, key = row[0], master.unwrap(tenant_id, row[0], row[1])
+        self._data_version = self._read_data_version(conn)
+        held = (key_id, AESGCM(key))
+        self._current[tenant_id] = held
+        return held
+
+    def cipher(self, tenant_id: str, key_id: str) -> AESGCM | None:
+        """The tenant's data key `key_id`, or None when this node does not hold it."""
+        conn, master = self._open()
+        row = conn.execute(
+            "SELECT wrapped FROM data_keys WHERE tenant_id = ? AND key_id = ?", (tenant_id, key_id)
+        ).fetchone()
+        # The sealer remembers a key found; a key missing now may arrive by sync later.
+        return None if row is None else AESGCM(master.unwrap(tenant_id, key_id, row[0]))
+
+    def shred(self, tenant_id: str) -> int:
+        """Destroy every data key of the tenant and remember it was deleted; how many keys.
+
+        secure_delete overwrites the freed content, and the TRUNCATE checkpoint copies it to
+        the database file and empties the WAL, so no earlier version of a key row survives
+        in either file."""
+        conn, _ = self._open()
+        with sqlite.transaction(conn):
+            destroyed = conn.execute(
+                "DELETE FROM data_keys WHERE tenant_id = ?", (tenant_id,)
+            ).rowcount
+            conn.execute(
+                "INSERT INTO deleted_tenants (tenant_id, deleted_at) VALUES (?, ?)"
+                " ON CONFLICT (tenant_id) DO NOTHING",
+                (tenant_id, now_us()),
+            )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._forget()
+        return destroyed
+
+    def is_deleted(self, tenant_id: str) -> bool:
+        conn, _ = self._open()
+        return self._is_deleted(conn, tenant_id)
+
+    def master_key_id(self) -> str:
+        """The id of the master key in use (opening the key store, creating it if need be)."""
+        return self._open()[1].key_id
+
+    def rotate_master(self, new_master: WrappingKey) -> int:
+        """Re-wrap every data key under `new_master`, in one transaction; how many keys."""
+        conn, old_master = self._open()
+        with sqlite.transaction(conn):
+            rows = conn.execute("SELECT tenant_id, key_id, wrapped FROM data_keys").fetchall()
+            conn.executemany(
+                "UPDATE data_keys SET wrapped = ?, master_key_id = ?"
+                " WHERE tenant_id = ? AND key_id = ?",
+                [
+                    (
+                        new_master.wrap(t, k, old_master.unwrap(t, k, wrapped)),
+                        new_master.key_id,
+                        t,
+                        k,
+                    )
+                    for t, k, wrapped in rows
+                ],
+            )
+            _set_meta(conn, "master_key_id", new_master.key_id)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._master = new_master
+        self._forget()
+        return len(rows)
+
+    # Sync (sync/data_keys.py): data keys and deletions to and from the central registry.
+
+    def keys_to_upload(self) -> list[SharedDataKey]:
+        """Data keys not yet in the central registry, wrapped by the fleet key."""
+        fleet = self._require_fleet()
+        conn, master = self._open()
+        rows = conn.execute(
+            "SELECT tenant_id, key_id, wrapped, created_at FROM data_keys WHERE uploaded = 0"
+        ).fetchall()
+        return [
+            SharedDataKey(t, k, fleet.wrap(t, k, master.unwrap(t, k, w)), fleet.key_id, created)
+            for t, k, w, created in rows
+        ]
+
+    def mark_uploaded(self, keys: Iterable[SharedDataKey]) -> None:
+        conn, _ = self._open()
+        with sqlite.transaction(conn):
+            conn.executemany(
+                "UPDATE data_keys SET uploaded = 1 WHERE tenant_id = ? AND key_id = ?",
+                [(k.tenant_id, k.key_id) for k in keys],
+            )
+
+    def add_shared(self, keys: Iterable[SharedDataKey]) -> int:
+        """Store data keys received from the central registry; how many were new here.
+        Keys of deleted tenants, and keys wrapped by another fleet key, are not stored."""
+        fleet = self._require_fleet()
+        conn, master = self._open()
+        added = 0
+        with sqlite.transaction(conn):
+            for k in keys:
+                if k.fleet_key_id != fleet.key_id or self._is_deleted(conn, k.tenant_id):
+                    continue
+                data_key = fleet.unwrap(k.tenant_id, k.key_id, k.wrapped)
+                added += conn.execute(
+                    "INSERT INTO data_keys (tenant_id, key_id, wrapped, master_key_id,"
+                    " created_at, uploaded) VALUES (?, ?, ?, ?, ?, 1)"
+                    " ON CONFLICT (tenant_id, key_id) DO NOTHING",
+                    (
+                        k.tenant_id,
+                        k.key_id,
+                        master.wrap(k.tenant_id, k.key_id, data_key),
+                        master.key_id,
+                        k.created_at,
+                    ),
+                ).rowcount
+        return added
+
+    def deletions_to_upload(self) -> list[tuple[str, int]]:
+        conn, _ = self._open()
+        rows = conn.execute(
+            "SELECT tenant_id, deleted_at FROM deleted_tenants WHERE uploaded = 0"
+        ).fetchall()
+        return [(str(t), int(at)) for t, at in rows]
+
+    def mark_deletions_uploaded(self, tenant_ids: Iterable[str]) -> None:
+        conn, _ = self._open()
+        with sqlite.transaction(conn):
+            conn.executemany(
+                "UPDATE deleted_tenants SET uploaded = 1 WHERE tenant_id = ?",
+                [(t,) for t in tenant_ids],
+            )
+
+    def checkpoint(self, name: str) -> str | None:
+        conn, _ = self._open()
+        row = conn.execute("SELECT value FROM meta WHERE name = ?", (f"sync:{name}",)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_checkpoint(self, name: str, value: str) -> None:
+        conn, _ = self._open()
+        with sqlite.transaction(conn):
+            _set_meta(conn, f"sync:{name}", value)
+
+    def _require_fleet(self) -> WrappingKey:
+        if self.fleet_key is None:
+            raise KeyMaterialError("no fleet key (encryption.fleet_key_file) is configured")
+        return self.fleet_key
+
+    def _open(self) -> tuple[sqlite3.Connection, WrappingKey]:
+        if self._conn is not None and self._master is not None:
+            return self._conn, self._master
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite.connect(self.path, synchronous="full", busy_timeout_ms=self._busy_timeout_ms)
+        try:
+            conn.execute("PRAGMA secure_delete = ON")
+            sqlite.migrate(conn, MIGRATIONS)
+            master = self._load_master(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._master = conn, master
+        self._data_version = self._read_data_version(conn)
+        return conn, master
+
+    def _load_master(self, conn: sqlite3.Connection) -> WrappingKey:
+        path, name = self.master_key_file, "encryption.master_key_file"
+        if self.default_master:
+            self._finish_default_rotation(conn)
+            if not path.exists():
+                write_key_file(path)
+        master = read_key_file(path, name)
+        with sqlite.transaction(conn):
+            expected = _meta(conn, "master_key_id")
+            if expected is None:
+                _set_meta(conn, "master_key_id", master.key_id)
+            elif expected != master.key_id:
+                raise KeyMaterialError(
+                    f"the data keys in {self.path} are wrapped by master key {expected}, but"
+                    f" {path} holds master key {master.key_id}: configure the key that"
+                    " `edge-node keys rotate-master` was last given"
+                )
+        return master
+
+    def _finish_default_rotation(self, conn: sqlite3.Connection) -> None:
+        """A rotation of the default key file that stopped after its commit: the store is
+        wrapped by master.key.next, so that key replaces master.key now."""
+        pending = self.master_key_file.with_name(self.master_key_file.name + NEXT_SUFFIX)
+        if not pending.exists():
+            return
+        if _meta(conn, "master_key_id") == read_key_file(pending, "the next master key").key_id:
+            if self.master_key_file.exists():
+                retire_key_file(self.master_key_file)
+            pending.rename(self.master_key_file)
+            _fsync_directory(pending.parent)
+        else:  # the rotation never committed: the new key wrapped nothing
+            retire_key_file(pending)
+
+    def refresh(self) -> None:
+        """Drop keys held in memory when another connection committed to the key store (a
+        shred or a rotation from the command line); one cheap PRAGMA, called per operation."""
+        if self._conn is None:
+            return
+        version = self._read_data_version(self._conn)
+        if version != self._data_version:
+            self._forget()
+            self._data_version = version
+            expected = _meta(self._conn, "master_key_id")
+            if self._master is not None and expected != self._master.key_id:
+                self.close()  # rotated by another process: reopening reports the mismatch
+
+    def _forget(self) -> None:
+        self._current.clear()
+        for ciphers in self._ciphers.values():
+            ciphers.clear()
+        self._opened.clear()
+
+    @staticmethod
+    def _read_data_version(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    @staticmethod
+    def _is_deleted(conn: sqlite3.Connection, tenant_id: str) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM deleted_tenants WHERE tenant_id = ?", (tenant_id,)
+            ).fetchone()
+            is not None
+        )
+
+
+def _meta(conn: sqlite3.Connection, name: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _set_meta(conn: sqlite3.Connection, name: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
+
+
+def open_keyring(config: Config) -> Keyring:
+    """The keyring `config` describes: data_dir/keys, its master key file, the fleet key."""
+    encryption = config.encryption
+    fleet = None
+    if encryption.fleet_key_file:
+        fleet = read_key_file(Path(encryption.fleet_key_file), "encryption.fleet_key_file")
+    return Keyring(
+        config.data_path / KEYS_DIRECTORY,
+        master_key_file=Path(encryption.master_key_file) if encryption.master_key_file else None,
+        fleet_key=fleet,
+        busy_timeout_ms=config.storage.busy_timeout_ms,
+    )
