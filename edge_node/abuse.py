@@ -38,6 +38,7 @@ class AbuseMetrics:
     """The abuse detector's Prometheus metrics, registered in `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         spikes = Counter(
             "edge_node_abuse_spikes_total",
             "Request spikes detected: a short window far above its baseline rate, by what"
