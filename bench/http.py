@@ -140,6 +140,24 @@ SCENARIOS: tuple[Scenario, ...] = (
         baseline="post-rating-meter-off",
         target=0.85,
     ),
+    # The abuse guard's cost on the request path (client IP, block lookup, two spike
+    # counters): the default daemon against the same with abuse.enabled off.
+    Scenario(
+        "get-score-abuse-off",
+        "daemon",
+        "GET",
+        SCORE_PATH,
+        env={"EDGE_NODE_ABUSE_ENABLED": "false"},
+        baseline="baseline-get",
+    ),
+    Scenario(
+        "get-score-abuse-on",
+        "daemon",
+        "GET",
+        SCORE_PATH,
+        baseline="get-score-abuse-off",
+        target=0.95,
+    ),
 )
 
 

@@ -15,6 +15,7 @@ from edge_node.billing_events import BillingEventStore
 from edge_node.config import Config
 from edge_node.errors import ServiceUnavailable
 from edge_node.keystore import open_keyring
+from edge_node.guards import add_request_guards
 from edge_node.meter import Meter
 from edge_node.openapi import openapi_document
 from edge_node.ratelimit import RateLimiter
@@ -70,6 +71,7 @@ def create_app(
     app = web.Application(
         middlewares=[problem_middleware], client_max_size=config.server.max_body_bytes
     )
+    add_request_guards(app, config, storage.registry.connection)
     app[CONFIG_KEY] = config
     app[REGISTRY_KEY] = storage.registry
     app[STORES_KEY] = storage.stores

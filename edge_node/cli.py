@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from edge_node import __version__
+from edge_node.block_commands import add_block_commands
 from edge_node.config import Config, load_config
 from edge_node.daemon import run, serve
 from edge_node.errors import (
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=_date, metavar="DATE", help="from this UTC day on (YYYY-MM-DD)"
     )
     reconcile.set_defaults(handler=_billing_reconcile)
+    add_block_commands(commands)
     return parser
 
 

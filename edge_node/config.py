@@ -338,6 +338,112 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    max_request_line_bytes: int = setting(
+        8190,
+        "Longest request line (method, path with query string, version); longer gets 414.",
+        minimum=256,
+        maximum=65536,
+    )
+    max_query_bytes: int = setting(
+        4096, "Longest query string (after `?`); longer gets 414.", minimum=0, maximum=65536
+    )
+    max_header_line_bytes: int = setting(
+        8190,
+        "Longest single header (name and value); longer gets 431.",
+        minimum=256,
+        maximum=65536,
+    )
+    max_header_bytes: int = setting(
+        32768,
+        "Largest total of all header names and values; larger gets 431.",
+        minimum=1024,
+        maximum=1 << 20,
+    )
+    max_headers: int = setting(
+        64, "Most header fields in one request; more gets 431.", minimum=8, maximum=1024
+    )
+    header_timeout_seconds: float = setting(
+        15.0,
+        "A connection must deliver a request's complete headers within this many seconds of "
+        "opening or of its previous response, else it is closed (also the idle keep-alive "
+        "timeout): clients that trickle headers are cut off.",
+        minimum=0.5,
+        maximum=3600,
+    )
+    body_timeout_seconds: float = setting(
+        30.0,
+        "A request's whole body must arrive within this many seconds of its headers, else "
+        "the request gets 408 and the connection is closed: clients that trickle bodies are "
+        "cut off.",
+        minimum=0.5,
+        maximum=3600,
+    )
+
+
+@dataclass(frozen=True)
+class AbuseConfig:
+    enabled: bool = setting(
+        True, "Watch every tenant and client IP for request spikes (metric and log event)."
+    )
+    window_seconds: float = setting(
+        10.0,
+        "Length of the short window whose rate is compared with the baseline.",
+        minimum=1,
+        maximum=3600,
+    )
+    baseline_half_life_seconds: float = setting(
+        600.0,
+        "Half-life of the exponentially weighted baseline rate: how fast it forgets the past.",
+        minimum=10,
+        maximum=604800,
+    )
+    spike_factor: float = setting(
+        10.0,
+        "A window is a spike when its rate exceeds this many times the baseline rate.",
+        minimum=1.5,
+        maximum=10000,
+    )
+    min_rate_per_second: float = setting(
+        20.0,
+        "Floor: a window slower than this many requests per second is never a spike, "
+        "whatever its baseline.",
+        minimum=0.1,
+        maximum=1_000_000,
+    )
+    block: bool = setting(
+        False, "Block a client IP whose rate spikes, for block_seconds (403 ip-blocked)."
+    )
+    block_seconds: int = setting(
+        600, "How long a spiking IP stays blocked.", minimum=1, maximum=30 * 86400
+    )
+    allow_cidrs: tuple[str, ...] = setting(
+        (),
+        'Addresses and networks (CIDR) that are never blocked, e.g. ["10.0.0.0/8"]; their '
+        "spikes are still counted and logged.",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "Proxies (CIDR) whose X-Forwarded-For is believed: when the peer is one, the client "
+        "IP is the rightmost X-Forwarded-For address that is not a trusted proxy. Empty: the "
+        "client IP is always the peer address.",
+    )
+    max_tracked: int = setting(
+        100_000,
+        "Most tenants and IPs whose rates are tracked at once (the stalest are forgotten).",
+        minimum=100,
+        maximum=10_000_000,
+    )
+    lift_check_interval_seconds: float = setting(
+        1.0,
+        "How often the daemon looks for blocks added or lifted by `edge-node blocks` (or "
+        "another worker) in node.sqlite.",
+        minimum=0.05,
+        maximum=60,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     node_id: str = setting("", "This node's id in usage events and sync; default: host name.")
     data_dir: str = setting("./var", "Directory holding node.sqlite, tenants/ and queue/.")
@@ -373,6 +479,12 @@ class Config:
     encryption: EncryptionConfig = field(
         default_factory=EncryptionConfig,
         metadata={"doc": "Encryption at rest of rating comments (docs/security.md)."},
+    )
+    limits: LimitsConfig = field(
+        default_factory=LimitsConfig, metadata={"doc": "Request size limits and slow clients."}
+    )
+    abuse: AbuseConfig = field(
+        default_factory=AbuseConfig, metadata={"doc": "Spike detection and IP blocks."}
     )
 
     @property

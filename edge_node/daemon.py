@@ -17,6 +17,7 @@ from aiohttp import web
 
 from edge_node.app import NodeStorage, create_app, secret_check_interval
 from edge_node.config import Config
+from edge_node.limits import LimitedAppRunner
 from edge_node.meter import Meter, open_meter
 from edge_node.queue import WriteAheadQueue
 from edge_node.secrets import SecretFiles
@@ -44,8 +45,9 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         secrets = SecretFiles(check_interval=secret_check_interval(config))
         app = create_app(config, storage, meter, secrets=secrets)
         sync_worker = start_sync(config, storage, secrets, queue=meter.queue)
-        runner = web.AppRunner(
+        runner = LimitedAppRunner(
             app,
+            config.limits,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=config.server.shutdown_grace_seconds,

@@ -10,9 +10,12 @@
     |   +-- Forbidden              403: wrong tenant, wrong role, suspended tenant
     |   +-- NotFound               404: no such route or resource
     |   +-- MethodNotAllowed       405
+    |   +-- RequestTimeout         408: the body did not arrive in time (a slow client)
     |   +-- PayloadTooLarge        413: body over the configured limit
+    |   +-- UriTooLong             414: request line or query string over the limit
     |   +-- UnsupportedMediaType   415: body is not application/json
     |   +-- RateLimited            429: the tenant's token bucket is empty
+    |   +-- HeadersTooLarge        431: a header, all headers, or their number over the limit
     |   +-- ServiceUnavailable     503: storage not ready
     +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
     +-- KeyMaterialError           master key or data-key store unusable (edge_node.keystore)
@@ -183,6 +186,24 @@ class ServiceUnavailable(Problem):
     status = 503
     slug = "unavailable"
     title = "Service unavailable"
+
+
+class RequestTimeout(Problem):
+    status = 408
+    slug = "request-timeout"
+    title = "The request did not arrive in time"
+
+
+class UriTooLong(Problem):
+    status = 414
+    slug = "uri-too-long"
+    title = "Request line too long"
+
+
+class HeadersTooLarge(Problem):
+    status = 431
+    slug = "headers-too-large"
+    title = "Request headers too large"
 
 
 def field_error(field: str, message: str) -> dict[str, str]:

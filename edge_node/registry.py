@@ -1,7 +1,8 @@
 """The tenant registry in node.sqlite: tenants, their plans and limits, and API-key hashes.
 
-API keys look like `enk_<key id: 16 hex>_<secret>`. Only the SHA-256 of the whole key is
-stored; a lookup finds the row by key id and compares hashes in constant time, so neither
+API keys look like `enk_<key id: 16 hex>_<secret><checksum>` (edge_node.apikeys, which also
+accepts the older keys without a checksum). Only the SHA-256 of the whole key is stored;
+a lookup finds the row by key id and compares hashes in constant time, so neither
 the database nor a timing side channel gives a usable key away.
 
 With a central database the registry is replicated (docs/sync.md, "The tenant registry"):
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 import sqlite3
 import uuid
 from collections.abc import Sequence
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from edge_node import sqlite
+from edge_node.apikeys import key_id_of, new_api_key, new_key_id
 from edge_node.clock import format_us, now_us
 from edge_node.errors import RegistryError
 
@@ -33,9 +34,6 @@ Plan = Literal["payg", "tiered", "flat"]
 TenantStatus = Literal["active", "suspended", "past_due", "canceled"]
 ROLES: tuple[Role, ...] = get_args(Role)
 PLANS: tuple[Plan, ...] = get_args(Plan)
-
-KEY_PREFIX = "enk_"
-_KEY_ID_LENGTH = 16
 
 MIGRATIONS = (
     """
@@ -132,6 +130,18 @@ MIGRATIONS = (
     # queue's numbering restarts behind the ledger), part of its identifier.
     """
     ALTER TABLE billing_ledger ADD COLUMN queue_epoch INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 6: Client IPs blocked for abuse (edge_node.blocks): written by the daemon when a spike
+    # blocks one, listed and lifted by `edge-node blocks`; a row past expires_at is inert.
+    """
+    CREATE TABLE ip_blocks (
+        ip TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        blocked_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        rate_per_second REAL NOT NULL,
+        baseline_per_second REAL NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -245,15 +255,9 @@ def hash_key(api_key: str) -> str:
 
 
 def parse_key_id(api_key: str) -> str | None:
-    """The key id inside a well-formed key, or None for anything else."""
-    if (
-        len(api_key) < len(KEY_PREFIX) + _KEY_ID_LENGTH + 2
-        or not api_key.isascii()  # keys are ASCII; header bytes that are not cannot be hashed
-        or not api_key.startswith(KEY_PREFIX)
-        or api_key[len(KEY_PREFIX) + _KEY_ID_LENGTH] != "_"
-    ):
-        return None
-    return api_key[len(KEY_PREFIX) : len(KEY_PREFIX) + _KEY_ID_LENGTH]
+    """The key id inside a well-formed key, or None for anything else (a mistyped key, or
+    header bytes that are not ASCII and cannot be hashed)."""
+    return key_id_of(api_key)
 
 
 def open_node_database(data_dir: Path, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
@@ -389,8 +393,8 @@ class TenantRegistry:
             )
 
     def _insert_key(self, tenant_id: str, role: Role, now: int) -> IssuedKey:
-        key_id = secrets.token_hex(_KEY_ID_LENGTH // 2)
-        api_key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        key_id = new_key_id()
+        api_key = new_api_key(key_id)
         self._conn.execute(
             "INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at)"
             " VALUES (?, ?, ?, ?, ?)",

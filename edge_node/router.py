@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edge_node.apikeys import key_shape
 from edge_node.billing_state import payment_refusal
 from edge_node.clock import now_us
 from edge_node.errors import (
@@ -37,6 +38,8 @@ from edge_node.registry import ROLES, Role, TenantRegistry, TenantStatus
 from edge_node.tokens import TokenVerifier
 
 API_KEY_HEADER = "X-API-Key"
+# Set on a request whose credential is admitted for the tenant in its path (edge_node.abuse).
+ADMITTED_TENANT = web.RequestKey("admitted_tenant", str)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edge-node", ApiKey realm="edge-node"'}
 DEFAULT_PAST_DUE_GRACE_SECONDS = 72 * 3600
 
@@ -82,6 +85,12 @@ class TenantRouter:
                 slug="ambiguous-credentials",
             )
         if api_key is not None:
+            if key_shape(api_key) == "malformed":
+                raise Unauthorized(
+                    "the API key is malformed: mistyped, truncated, or not an edge-node key",
+                    slug="malformed-api-key",
+                    headers=_CHALLENGE,
+                )
             grant = self.registry.lookup_key(api_key)
             if grant is None:
                 raise Unauthorized(
@@ -127,6 +136,7 @@ class TenantRouter:
                 "the credential does not belong to the tenant in the path",
                 slug="tenant-mismatch",
             )
+        request[ADMITTED_TENANT] = context.tenant_id
         if status != "active":
             self._check_standing(context.tenant_id, status)
         decision = self.limiter.take(context.tenant_id, context.rate_limit_per_minute)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from edge_node.app import NodeStorage, create_app
 from edge_node.config import Config, load_config
 from edge_node.daemon import queue_directory
+from edge_node.limits import LimitedAppRunner
 from edge_node.meter import Meter, open_meter
 
 HS256_SECRET = b"edge-node-test-secret-0123456789abcdef"
@@ -139,7 +140,7 @@ async def start_node(
     meter = await open_meter(
         config.meter, config.queue, queue_directory(config), config.node_id, fsync=fsync
     )
-    runner = web.AppRunner(create_app(config, storage, meter), access_log=None)
+    runner = LimitedAppRunner(create_app(config, storage, meter), config.limits, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

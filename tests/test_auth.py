@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from multidict import CIMultiDictProxy
 
+from edge_node.apikeys import checksum
 from tests.support import RunningNode, Tenant
 
 ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
@@ -44,6 +45,10 @@ async def call(
             assert response.content_type == "application/problem+json"
             assert body["status"] == response.status
         return Answer(response.status, response.headers, body)
+
+
+def checksummed(body: str) -> str:
+    return body + checksum(body)
 
 
 def problem_type(answer: Answer) -> str:
@@ -272,22 +277,76 @@ class TestApiKeys:
     @pytest.mark.parametrize(
         "make_key",
         [
-            pytest.param(lambda real: "enk_0123456789abcdef_" + "A" * 43, id="unknown"),
-            pytest.param(lambda real: real[:-1] + ("B" if real[-1] != "B" else "C"), id="wrong"),
-            pytest.param(lambda real: real.replace("enk_", "xyz_", 1), id="wrong-prefix"),
-            pytest.param(lambda real: real[:21], id="truncated"),
-            pytest.param(lambda real: "garbage", id="garbage"),
-            pytest.param(lambda real: "", id="empty"),
-            pytest.param(lambda real: real + "é", id="non-ascii"),
+            pytest.param(lambda real: "enk_0123456789abcdef_" + "A" * 43, id="unknown-legacy"),
+            pytest.param(
+                lambda real: checksummed("enk_0123456789abcdef_" + "A" * 40), id="unknown"
+            ),
+            pytest.param(
+                lambda real: checksummed(
+                    real[:25] + ("B" if real[25] != "B" else "C") + real[26:-6]
+                ),
+                id="another-secret-same-id",
+            ),
         ],
     )
-    async def test_bad_key_is_401(self, node: RunningNode, make_key: Any) -> None:
-        """Unknown, altered and malformed keys are 401 invalid-api-key with WWW-Authenticate."""
+    async def test_unknown_key_is_401_invalid(self, node: RunningNode, make_key: Any) -> None:
+        """A well-formed key (checksum right, or the legacy format) that the registry does not
+        hold is 401 invalid-api-key with WWW-Authenticate."""
         tenant = node.create_tenant()
         headers = {"X-API-Key": make_key(tenant.api_key)}
         answer = await call(node, "GET", node.tenant_url(tenant.tenant_id, "/ratings"), headers)
         assert (answer.status, problem_type(answer)) == (401, "invalid-api-key")
         assert answer.headers["WWW-Authenticate"]
+
+    @pytest.mark.parametrize(
+        "make_key",
+        [
+            pytest.param(lambda real: real[:-1] + ("B" if real[-1] != "B" else "C"), id="wrong"),
+            pytest.param(lambda real: real[:30] + real[31] + real[30] + real[32:], id="swapped"),
+            pytest.param(lambda real: real.replace("enk_", "xyz_", 1), id="wrong-prefix"),
+            pytest.param(lambda real: real[:-1], id="truncated"),
+            pytest.param(lambda real: real[:21], id="truncated-to-id"),
+            pytest.param(lambda real: "garbage", id="garbage"),
+            pytest.param(lambda real: "", id="empty"),
+            pytest.param(lambda real: real + "é", id="non-ascii"),
+        ],
+    )
+    async def test_mistyped_key_is_401_malformed(self, node: RunningNode, make_key: Any) -> None:
+        """A key whose checksum fails, or that is not shaped like a key, is 401
+        malformed-api-key (not invalid-api-key) with WWW-Authenticate."""
+        tenant = node.create_tenant()
+        headers = {"X-API-Key": make_key(tenant.api_key)}
+        answer = await call(node, "GET", node.tenant_url(tenant.tenant_id, "/ratings"), headers)
+        assert (answer.status, problem_type(answer)) == (401, "malformed-api-key")
+        assert answer.headers["WWW-Authenticate"]
+
+    async def test_revoked_key_is_told_apart_from_a_mistyped_one(self, node: RunningNode) -> None:
+        """Once revoked, a key is invalid-api-key while the same key mistyped is
+        malformed-api-key."""
+        tenant = node.create_tenant()
+        url = node.tenant_url(tenant.tenant_id, "/ratings")
+        node.storage.registry.revoke_key(tenant.key_id)
+        revoked = await call(node, "GET", url, tenant.headers)
+        mistyped = await call(node, "GET", url, {"X-API-Key": tenant.api_key[:-2]})
+        assert problem_type(revoked) == "invalid-api-key"
+        assert problem_type(mistyped) == "malformed-api-key"
+
+    async def test_legacy_key_keeps_working(self, node: RunningNode) -> None:
+        """A key issued in the format without a checksum (its hash stored as before) is still
+        accepted with its role."""
+        tenant = node.create_tenant()
+        legacy = "enk_00112233445566aa_" + "x-_Y" * 10 + "abc"
+        node.storage.registry.connection.execute(
+            "INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at)"
+            " VALUES ('00112233445566aa', ?, ?, 'reader', 0)",
+            (tenant.tenant_id, hashlib.sha256(legacy.encode()).hexdigest()),
+        )
+        url = node.tenant_url(tenant.tenant_id, "/ratings")
+        assert (await call(node, "GET", url, {"X-API-Key": legacy})).status == 200
+        refused = await call(
+            node, "DELETE", url + "/00000000-0000-4000-8000-000000000000", {"X-API-Key": legacy}
+        )
+        assert problem_type(refused) == "insufficient-role"
 
     @pytest.mark.parametrize("tail", [b"\xff\xfe", b"\x80"], ids=["ff-fe", "lone-continuation"])
     async def test_key_with_undecodable_bytes_is_401(self, node: RunningNode, tail: bytes) -> None:
