@@ -68,6 +68,7 @@ class UsageEvent:
 @dataclass(slots=True)
 class MeterStats:
     recorded: int = 0
+    recorded_units: int = 0
     rejected_full: int = 0
     unmetered: int = 0
     failed: int = 0
@@ -145,6 +146,7 @@ class Meter:
             self._pending.add(durable)
             durable.add_done_callback(self._settled)
         self.stats.recorded += 1
+        self.stats.recorded_units += units
         return event
 
     async def close(self) -> None:

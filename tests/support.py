@@ -19,6 +19,7 @@ from edge_node.app import NodeStorage, create_app
 from edge_node.config import Config, load_config
 from edge_node.daemon import queue_directory
 from edge_node.meter import Meter, open_meter
+from edge_node.metrics import NodeMetrics
 
 HS256_SECRET = b"edge-node-test-secret-0123456789abcdef"
 
@@ -133,13 +134,17 @@ def node_config(data_dir: Path, keys: SigningKeys, **overrides: Any) -> Config:
 
 
 async def start_node(
-    config: Config, keys: SigningKeys, *, fsync: Callable[[int], None] = os.fsync
+    config: Config,
+    keys: SigningKeys,
+    *,
+    fsync: Callable[[int], None] = os.fsync,
+    metrics: NodeMetrics | None = None,
 ) -> tuple[RunningNode, web.AppRunner]:
     storage = NodeStorage.open(config)
     meter = await open_meter(
         config.meter, config.queue, queue_directory(config), config.node_id, fsync=fsync
     )
-    runner = web.AppRunner(create_app(config, storage, meter), access_log=None)
+    runner = web.AppRunner(create_app(config, storage, meter, metrics=metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
