@@ -48,9 +48,7 @@ MeteredFactory = Callable[..., Awaitable[MeteredNode]]
 
 
 @pytest.fixture
-async def make_metered(
-    tmp_path: Path, signing_keys: SigningKeys
-) -> AsyncIterator[MeteredFactory]:
+async def make_metered(tmp_path: Path, signing_keys: SigningKeys) -> AsyncIterator[MeteredFactory]:
     """Starts nodes with configuration overrides, queue fsyncs timed into their metrics."""
     started: list[MeteredNode] = []
 

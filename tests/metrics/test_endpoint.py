@@ -130,7 +130,7 @@ class TestSources:
         assert samples[("edge_node_queue_depth_records", billing)] == 3
         assert 0 <= samples[("edge_node_queue_oldest_unconsumed_age_seconds", billing)] < 60
         assert samples[("edge_node_queue_appended_records_total", frozenset())] == 3
-        assert 0 < samples[("edge_node_queue_size_bytes", frozenset())]
+        assert samples[("edge_node_queue_size_bytes", frozenset())] > 0
         capacity = metered.node.config.queue.max_bytes
         assert samples[("edge_node_queue_capacity_bytes", frozenset())] == capacity
         assert samples[("edge_node_queue_fsync_duration_seconds_count", frozenset())] >= 3
@@ -183,4 +183,3 @@ class TestSources:
             labels = frozenset({("outcome", outcome)})
             assert samples[("edge_node_webhook_events_total", labels)] == 1, outcome
         assert samples[("edge_node_webhook_events_total", frozenset({("outcome", "applied")}))] == 0
-
