@@ -5,17 +5,21 @@ client or a proxy can follow its request through; anything else is replaced by a
 random one. The middleware runs outside every other, so refusals at admission (401, 403,
 429) and problem responses carry the id too; while the request is served the id is in
 `edge_node.logs.REQUEST_ID`, which every log line includes, and `guarded` writes it into
-the request's usage event.
+the request's usage event. At debug level each answered request is logged (method, path,
+status: never a header, so never a credential).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
 
 from edge_node.logs import REQUEST_ID
 from edge_node.router import REQUEST_ID_HEADER, REQUEST_ID_KEY, request_id_of
+
+log = logging.getLogger(__name__)
 
 
 @web.middleware
@@ -25,6 +29,8 @@ async def request_id_middleware(request: web.Request, handler: Any) -> web.Strea
     token = REQUEST_ID.set(request_id)
     try:
         response: web.StreamResponse = await handler(request)
+        if log.isEnabledFor(logging.DEBUG):  # the access log, at debug level only
+            log.debug("%s %s answered %d", request.method, request.path, response.status)
     except web.HTTPException as exc:  # what problem_middleware lets through (redirects)
         exc.headers[REQUEST_ID_HEADER] = request_id
         raise
