@@ -27,6 +27,8 @@ LEVELS = {
     "error": logging.ERROR,
 }
 MASK = "<redacted>"
+# Libraries that log every call at info: heard from only at debug, or when something is wrong.
+CHATTY_LOGGERS = ("stripe",)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRIBUTES = frozenset(
@@ -81,7 +83,8 @@ class _EdgeNodeHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """Send every log record, at `level` and above, as JSON lines to `stream` (stderr).
 
-    Calling it again replaces the handler it installed before, not any other.
+    The Stripe SDK's per-call lines are written only at debug. Calling it again replaces the
+    handler it installed before, not any other.
     """
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -92,4 +95,6 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.captureWarnings(True)

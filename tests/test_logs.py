@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge_node.logs import REQUEST_ID, configure_logging, mask_secrets
+from edge_node.logs import CHATTY_LOGGERS, REQUEST_ID, configure_logging, mask_secrets
 
 
 @contextlib.contextmanager
@@ -27,6 +27,8 @@ def json_logs(level: str) -> Iterator[io.StringIO]:
             if handler not in handlers:
                 root.removeHandler(handler)
         root.setLevel(previous_level)
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
         logging.captureWarnings(False)
 
 
@@ -67,6 +69,14 @@ class TestJsonLines:
         (line,) = lines(stream)
         assert "ValueError: boom" in str(line["exception"])
         assert "request_id" not in line
+
+    def test_the_stripe_sdks_call_lines_are_written_only_at_debug(
+        self, stream: io.StringIO
+    ) -> None:
+        """At info the SDK's per-call info lines are dropped, its warnings kept."""
+        logging.getLogger("stripe").info("Request to Stripe api")
+        logging.getLogger("stripe").warning("retrying")
+        assert [line["message"] for line in lines(stream)] == ["retrying"]
 
     def test_records_below_the_level_are_dropped(self, stream: io.StringIO) -> None:
         """At level info a debug record writes nothing; configuring again does not duplicate."""
