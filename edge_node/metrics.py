@@ -1,9 +1,9 @@
 """Prometheus metrics of one node process, served at GET /metrics (docs/metrics.md).
 
 NodeMetrics owns the metrics of one process in the CollectorRegistry it is given (tests
-build a fresh one and read samples back). On the request path it costs one middleware:
-a counter and a histogram child looked up in a dict and incremented, labelled by the route
-template (never the raw path, so a scanner cannot create series). Everything else is read
+build a fresh one and read samples back). On the request path it costs one middleware that
+counts and times the request in plain dicts (`edge_node.request_metrics`), labelled by the
+route template (never the raw path, so a scanner cannot create series). Everything else is read
 only when Prometheus scrapes: the queue's counters and a status snapshot, the meter's,
 the sync worker's and the usage flush's through the Protocols of `edge_node.metric_sources`,
 the webhooks' counters and the tenants by status. Fsync durations come from a timing
@@ -21,7 +21,7 @@ from importlib import metadata
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 import edge_node
@@ -35,6 +35,7 @@ from edge_node.metric_sources import (
     WebhookCounts,
 )
 from edge_node.queue import QueueError, WriteAheadQueue
+from edge_node.request_metrics import RequestTally
 from edge_node.router import ADMITTED_TENANT_KEY
 
 METRICS_PATH = "/metrics"
@@ -64,26 +65,8 @@ class NodeMetrics:
         self.registry = registry
         self.tenant_label = tenant_label
         self.serving = serving
-        tenant = ("tenant",) if tenant_label else ()
-        self.requests = Counter(
-            "edge_node_http_requests",
-            "HTTP requests answered, by method, route template and status.",
-            ("method", "route", "status", *tenant),
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "edge_node_http_request_duration_seconds",
-            "Time from a request's arrival at the app to its answer, by method and route.",
-            ("method", "route"),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.rate_limited = Counter(
-            "edge_node_rate_limited_requests",
-            "Requests refused with 429 by their tenant's token bucket.",
-            tenant,
-            registry=registry,
-        )
+        self.requests = RequestTally(LATENCY_BUCKETS, tenant_label)
+        registry.register(self.requests)
         self.fsync_duration = Histogram(
             "edge_node_queue_fsync_duration_seconds",
             "Duration of each fsync of the usage queue (segments, directory, cursors).",
@@ -101,8 +84,6 @@ class NodeMetrics:
         self._clock = clock
         self._tenant_counter: Callable[[], dict[str, int]] | None = None
         self._queue: WriteAheadQueue | None = None
-        self._requests: dict[tuple[str, str, int, str], Any] = {}
-        self._latencies: dict[tuple[str, str], Any] = {}
         registry.register(SourceCollector(self.sources, clock))
         ProcessCollector(registry=registry)
 
@@ -151,22 +132,8 @@ class NodeMetrics:
     # The request path.
 
     def observe(self, method: str, route: str, status: int, seconds: float, tenant: str) -> None:
-        """Count one answered request and its latency."""
-        if not self.tenant_label:
-            tenant = ""
-        key = (method, route, status, tenant)
-        counter = self._requests.get(key)
-        if counter is None:
-            labels = (method, route, str(status), tenant) if self.tenant_label else key[:3]
-            counter = self._requests[key] = self.requests.labels(*map(str, labels))
-        counter.inc()
-        histogram = self._latencies.get((method, route))
-        if histogram is None:
-            histogram = self._latencies[method, route] = self.latency.labels(method, route)
-        histogram.observe(seconds)
-        if status == 429:
-            limited = self.rate_limited.labels(tenant) if self.tenant_label else self.rate_limited
-            limited.inc()
+        """Count one answered request and its latency (on the event loop)."""
+        self.requests.observe(method, route, status, seconds, tenant)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:

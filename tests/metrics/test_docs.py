@@ -179,19 +179,22 @@ class TestDashboardAndAlerts:
         ):
             assert metric in expressions, metric
 
-    def test_promtool_accepts_the_rules(self) -> None:
-        """`promtool check rules` passes on config/prometheus-alerts.yml (when installed)."""
+    async def test_promtool_accepts_the_rules_and_the_exposition(self, tmp_path: Path) -> None:
+        """`promtool check rules` passes on config/prometheus-alerts.yml and `promtool check
+        metrics` finds nothing to lint in the node's exposition (when promtool is installed)."""
         promtool = shutil.which("promtool")
         if promtool is None:
             pytest.skip("promtool is not installed")
-        done = subprocess.run(
-            [promtool, "check", "rules", str(ALERTS)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+        exposition = (await fed_metrics(tmp_path, tenant_label=True)).render()
+        for arguments, given in ((["rules", str(ALERTS)], None), (["metrics"], exposition)):
+            done = subprocess.run(
+                [promtool, "check", *arguments],
+                input=given,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, (done.stdout + done.stderr).decode()
 
 
 class TestRunbook:
