@@ -87,6 +87,7 @@ class Scenario:
 
 METER_OFF = {"EDGE_NODE_METER_ENABLED": "false"}
 BATCHED = {"EDGE_NODE_METER_DURABILITY": "batched"}
+METRICS_OFF = {"EDGE_NODE_METRICS_ENABLED": "false"}
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("baseline-get", "baseline", "GET", SCORE_PATH),
@@ -156,6 +157,25 @@ SCENARIOS: tuple[Scenario, ...] = (
         "GET",
         SCORE_PATH,
         baseline="get-score-abuse-off",
+        target=0.95,
+    ),
+    # The request path's cost of Prometheus metrics (docs/metrics.md): the same score read
+    # with metrics.enabled off, then on (the default), the second read against the first.
+    Scenario(
+        "get-score-metrics-off",
+        "daemon",
+        "GET",
+        SCORE_PATH,
+        env=METRICS_OFF,
+        baseline="baseline-get",
+        target=0.50,
+    ),
+    Scenario(
+        "get-score-metrics-on",
+        "daemon",
+        "GET",
+        SCORE_PATH,
+        baseline="get-score-metrics-off",
         target=0.95,
     ),
 )

@@ -26,7 +26,7 @@ from edge_node.client_ip import ClientAddresses, membership, parse_networks
 from edge_node.clock import format_us, now_us
 from edge_node.config import AbuseConfig
 from edge_node.errors import Forbidden
-from edge_node.router import ADMITTED_TENANT
+from edge_node.router import ADMITTED_TENANT_KEY
 from edge_node.spikes import Spike, SpikeDetector
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def abuse_middleware(guard: AbuseGuard) -> Any:
         try:
             return await handler(request)
         finally:
-            tenant_id = request.get(ADMITTED_TENANT)
+            tenant_id = request.get(ADMITTED_TENANT_KEY)
             if tenant_id is not None:
                 guard.observe_tenant(tenant_id, now)
 

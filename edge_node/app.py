@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from edge_node.billing_events import BillingEventStore
 from edge_node.config import Config
@@ -17,16 +18,23 @@ from edge_node.errors import ServiceUnavailable
 from edge_node.keystore import open_keyring
 from edge_node.guards import add_request_guards
 from edge_node.meter import Meter
+from edge_node.metrics import NodeMetrics, add_metrics_route
 from edge_node.openapi import openapi_document
 from edge_node.ratelimit import RateLimiter
 from edge_node.rating.handlers import STORES_KEY, add_routes
 from edge_node.rating.store import TenantStores
 from edge_node.registry import TenantRegistry
+from edge_node.request_ids import request_id_middleware
 from edge_node.router import METER_KEY, ROUTER_KEY, TenantRouter
 from edge_node.secrets import SecretFiles
 from edge_node.tokens import TokenVerifier, load_keys
 from edge_node.web import json_response, problem_middleware
-from edge_node.webhooks import StripeWebhooks, add_webhook_routes, open_webhook_secrets
+from edge_node.webhooks import (
+    WEBHOOKS_KEY,
+    StripeWebhooks,
+    add_webhook_routes,
+    open_webhook_secrets,
+)
 
 CONFIG_KEY = web.AppKey("config", Config)
 REGISTRY_KEY = web.AppKey("registry", TenantRegistry)
@@ -61,17 +69,28 @@ class NodeStorage:
 
 
 def create_app(
-    config: Config, storage: NodeStorage, meter: Meter, *, secrets: SecretFiles | None = None
+    config: Config,
+    storage: NodeStorage,
+    meter: Meter,
+    *,
+    secrets: SecretFiles | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> web.Application:
     """The v1 API served from `storage`, metered by `meter`; the caller owns and closes both.
 
     Secret files are opened in `secrets` (a fresh set when None), which the caller reloads on
-    SIGHUP; an unreadable one is a ConfigError.
+    SIGHUP; an unreadable one is a ConfigError. `metrics` (a fresh registry when None) gets
+    the app's request metrics and its sources attached.
     """
-    app = web.Application(
-        middlewares=[problem_middleware], client_max_size=config.server.max_body_bytes
+    if metrics is None:
+        metrics = node_metrics(config)
+    middlewares = [request_id_middleware, problem_middleware]
+    if config.metrics.enabled:
+        middlewares.insert(1, metrics.middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
+    add_request_guards(
+        app, config, storage.registry.connection, metrics_registry=metrics.registry
     )
-    add_request_guards(app, config, storage.registry.connection)
     app[CONFIG_KEY] = config
     app[REGISTRY_KEY] = storage.registry
     app[STORES_KEY] = storage.stores
@@ -89,12 +108,31 @@ def create_app(
     webhook_secrets = open_webhook_secrets(config.webhooks, secrets)
     store = BillingEventStore(storage.registry.connection)
     add_webhook_routes(app, StripeWebhooks(config.webhooks, webhook_secrets, store))
+    _watch(metrics, app, storage, meter)
+    add_metrics_route(app, metrics)
     app.cleanup_ctx.append(_background_checkpoints)
     add_routes(app)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
     return app
+
+
+def node_metrics(config: Config) -> NodeMetrics:
+    """The process's metrics as `[metrics]` configures them, in a registry of their own."""
+    return NodeMetrics(
+        CollectorRegistry(),
+        tenant_label=config.metrics.tenant_label,
+        serving=config.metrics.enabled,
+    )
+
+
+def _watch(metrics: NodeMetrics, app: web.Application, storage: NodeStorage, meter: Meter) -> None:
+    metrics.watch_meter(meter.stats)
+    if meter.queue is not None:
+        metrics.watch_queue(meter.queue)
+    metrics.watch_webhooks(app[WEBHOOKS_KEY].stats)
+    metrics.watch_tenants(storage.registry.connection)
 
 
 def secret_check_interval(config: Config) -> float | None:

@@ -28,6 +28,7 @@ from edge_node.errors import (
 )
 from edge_node.ids import is_uuid
 from edge_node.keystore import open_keyring
+from edge_node.logs import configure_logging
 from edge_node.meter import UsageEvent
 from edge_node.queue import QueueLocked, QueueStatus, inspect_queue, tail_records
 from edge_node.rating.store import TenantStores
@@ -204,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
+    configure_logging(config.logging.level)
     run(serve(config))
     return 0
 

@@ -444,6 +444,25 @@ class AbuseConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = setting(
+        True, "Serve Prometheus metrics at GET /metrics (off: 404, and requests are not timed)."
+    )
+    tenant_label: bool = setting(
+        False,
+        "Label request and rate-limit counters with the tenant id; one series per tenant and "
+        "route, so only for nodes with few tenants.",
+    )
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", "Least severe log level written (one JSON object per line on stderr)."
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     node_id: str = setting("", "This node's id in usage events and sync; default: host name.")
     data_dir: str = setting("./var", "Directory holding node.sqlite, tenants/ and queue/.")
@@ -486,6 +505,10 @@ class Config:
     abuse: AbuseConfig = field(
         default_factory=AbuseConfig, metadata={"doc": "Spike detection and IP blocks."}
     )
+    metrics: MetricsConfig = field(
+        default_factory=MetricsConfig, metadata={"doc": "Prometheus metrics."}
+    )
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"doc": "Logs."})
 
     @property
     def data_path(self) -> Path:

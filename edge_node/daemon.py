@@ -9,16 +9,18 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from edge_node.app import NodeStorage, create_app, secret_check_interval
+from edge_node.app import NodeStorage, create_app, node_metrics, secret_check_interval
 from edge_node.config import Config
 from edge_node.limits import LimitedAppRunner
 from edge_node.meter import Meter, open_meter
+from edge_node.metric_sources import SyncStatusSource
+from edge_node.metrics import NodeMetrics
 from edge_node.queue import WriteAheadQueue
 from edge_node.secrets import SecretFiles
 
@@ -38,13 +40,18 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
     storage = NodeStorage.open(config)
     meter: Meter | None = None
     sync_worker: BackgroundWorker | None = None
+    metrics = node_metrics(config)
     try:
         meter = await open_meter(
-            config.meter, config.queue, queue_directory(config), config.node_id
+            config.meter,
+            config.queue,
+            queue_directory(config),
+            config.node_id,
+            fsync=metrics.timed_fsync(),
         )
         secrets = SecretFiles(check_interval=secret_check_interval(config))
-        app = create_app(config, storage, meter, secrets=secrets)
-        sync_worker = start_sync(config, storage, secrets, queue=meter.queue)
+        app = create_app(config, storage, meter, secrets=secrets, metrics=metrics)
+        sync_worker = start_sync(config, storage, secrets, queue=meter.queue, metrics=metrics)
         runner = LimitedAppRunner(
             app,
             config.limits,
@@ -76,10 +83,11 @@ def start_sync(
     secrets: SecretFiles | None = None,
     *,
     queue: WriteAheadQueue | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> BackgroundWorker | None:
     """Start the sync worker when central.dsns or stripe.api_key_file is set; None for a
     standalone node. With Stripe it also runs the Stripe jobs (provisioning, and with the
-    meter's `queue` the usage flush)."""
+    meter's `queue` the usage flush). `metrics` gets the worker's and the flush's status."""
     if not config.central.dsns and not config.stripe.enabled:
         return None
     # Imported here: a standalone node, and the request path, never load the sync package,
@@ -102,7 +110,19 @@ def start_sync(
         jobs=jobs,
     )
     worker.start()
+    if metrics is not None:
+        watch_sync(metrics, worker, jobs)
     return worker
+
+
+def watch_sync(metrics: NodeMetrics, worker: SyncStatusSource, jobs: Sequence[object]) -> None:
+    """Attach the sync worker's shard and job statuses and each usage flush's counters."""
+    from sync.billing import BillingConsumer  # noqa: PLC0415 (loaded once sync runs)
+
+    metrics.watch_sync(worker)
+    for job in jobs:
+        if isinstance(job, BillingConsumer):
+            metrics.watch_billing(job.stats)
 
 
 def queue_directory(config: Config, worker: int = 0) -> Path:

@@ -72,6 +72,7 @@ class UsageEvent:
 @dataclass(slots=True)
 class MeterStats:
     recorded: int = 0
+    recorded_units: int = 0
     rejected_full: int = 0
     unmetered: int = 0
     failed: int = 0
@@ -158,6 +159,7 @@ class Meter:
         if self.served is not None:  # counted apart from the queue, for reconciliation
             self.served.add(tenant_id, event.timestamp_ms, units)
         self.stats.recorded += 1
+        self.stats.recorded_units += units
         return event
 
     async def close(self) -> None:

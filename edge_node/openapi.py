@@ -348,6 +348,17 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics, text exposition format 0.0.4 (docs/metrics.md).",
+                "security": [],
+                "responses": {
+                    "200": {"description": "The metrics.", "content": {"text/plain": {}}},
+                    "404": _problem("Metrics are off (metrics.enabled)."),
+                },
+            }
+        },
         "/v1/openapi.json": {
             "get": {
                 "operationId": "openapi",

@@ -39,7 +39,6 @@ from edge_node.tokens import TokenVerifier
 
 API_KEY_HEADER = "X-API-Key"
 # Set on a request whose credential is admitted for the tenant in its path (edge_node.abuse).
-ADMITTED_TENANT = web.RequestKey("admitted_tenant", str)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edge-node", ApiKey realm="edge-node"'}
 DEFAULT_PAST_DUE_GRACE_SECONDS = 72 * 3600
 
@@ -136,7 +135,7 @@ class TenantRouter:
                 "the credential does not belong to the tenant in the path",
                 slug="tenant-mismatch",
             )
-        request[ADMITTED_TENANT] = context.tenant_id
+        request[ADMITTED_TENANT_KEY] = context.tenant_id
         if status != "active":
             self._check_standing(context.tenant_id, status)
         decision = self.limiter.take(context.tenant_id, context.rate_limit_per_minute)
@@ -167,13 +166,19 @@ ROUTER_KEY = web.AppKey("router", TenantRouter)
 METER_KEY = web.AppKey("meter", Meter)
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Set by edge_node.request_ids (the id of this request) and by admit() (the tenant admitted).
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+ADMITTED_TENANT_KEY = web.RequestKey("admitted_tenant", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamResponse]]
 
 
 def request_id_of(request: web.Request) -> str:
-    """The client's X-Request-Id when it is a sane token, else a fresh one."""
+    """The id settled for this request, else the client's X-Request-Id when it is a sane
+    token, else a fresh one."""
+    if REQUEST_ID_KEY in request:
+        return request[REQUEST_ID_KEY]
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given

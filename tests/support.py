@@ -20,6 +20,7 @@ from edge_node.config import Config, load_config
 from edge_node.daemon import queue_directory
 from edge_node.limits import LimitedAppRunner
 from edge_node.meter import Meter, open_meter
+from edge_node.metrics import NodeMetrics
 
 HS256_SECRET = b"edge-node-test-secret-0123456789abcdef"
 
@@ -134,13 +135,19 @@ def node_config(data_dir: Path, keys: SigningKeys, **overrides: Any) -> Config:
 
 
 async def start_node(
-    config: Config, keys: SigningKeys, *, fsync: Callable[[int], None] = os.fsync
+    config: Config,
+    keys: SigningKeys,
+    *,
+    fsync: Callable[[int], None] = os.fsync,
+    metrics: NodeMetrics | None = None,
 ) -> tuple[RunningNode, web.AppRunner]:
     storage = NodeStorage.open(config)
     meter = await open_meter(
         config.meter, config.queue, queue_directory(config), config.node_id, fsync=fsync
     )
-    runner = LimitedAppRunner(create_app(config, storage, meter), config.limits, access_log=None)
+    runner = LimitedAppRunner(
+        create_app(config, storage, meter, metrics=metrics), config.limits, access_log=None
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
