@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from edge_node.config import BillingConfig, Config
 from edge_node.errors import TransientSyncError
 from edge_node.meter import BILLING_CONSUMER
-from edge_node.queue import QueueCorruption, Record, WriteAheadQueue
+from edge_node.queue import ConsumerQueue, QueueCorruption, Record
 from sync.backoff import Backoff
 from sync.billing_ledger import AsyncLedger, BillingLedger, LedgerBatch
 from sync.billing_plan import UsagePlanner
@@ -56,7 +56,7 @@ class BillingConsumer:
 
     def __init__(
         self,
-        queue: WriteAheadQueue,
+        queue: ConsumerQueue,
         ledger: BillingLedger,
         gateway: MeterEventGateway,
         config: BillingConfig,
@@ -244,7 +244,7 @@ class BillingConsumer:
 def open_billing(
     config: Config,
     gateway: MeterEventGateway,
-    queue: WriteAheadQueue,
+    queue: ConsumerQueue,
     *,
     close_gateway: Callable[[], Awaitable[None]] | None = None,
 ) -> BillingConsumer:
