@@ -6,6 +6,7 @@ systemd would; `ServedNode` starts the daemon with it and reads the URL it annou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -146,10 +147,8 @@ class ServedNode:
     def kill(self) -> None:
         if self.process.poll() is None:
             for child in self.children():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self.process.kill()
             self.process.wait(timeout=10)
         if self.process.stdout is not None:

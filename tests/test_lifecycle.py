@@ -39,8 +39,16 @@ def nodes() -> Iterator[list[ServedNode]]:
 
 def create_tenant(data_dir: Path, *options: str) -> dict[str, str]:
     done = subprocess.run(
-        [*edge_node_command(), "--data-dir", str(data_dir), *options, "tenants", "create"]
-        + ["--name", "acme"],
+        [
+            *edge_node_command(),
+            "--data-dir",
+            str(data_dir),
+            *options,
+            "tenants",
+            "create",
+            "--name",
+            "acme",
+        ],
         capture_output=True,
         text=True,
         env=clean_environment(),
@@ -178,7 +186,8 @@ class TestReload:
         assert node.stop() == 0
         log = node.log.read_text()
         assert "need a restart: server.max_body_bytes" in log
-        assert new_secret not in log and old_secret not in log
+        assert new_secret not in log
+        assert old_secret not in log
 
 
 def write_config(path: Path, secret_file: Path, *, per_minute: int, max_body_bytes: int) -> None:

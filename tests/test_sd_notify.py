@@ -106,7 +106,7 @@ class TestServiceNotifier:
         await asyncio.sleep(0.3)
         listener.drain()
         turning = listener.count("WATCHDOG")
-        time.sleep(0.3)  # the loop is stuck: nothing may be sent meanwhile
+        time.sleep(0.3)  # noqa: ASYNC251 - the loop is stuck on purpose: no ping may go out
         blocked_at = len(listener.messages)
         listener.drain()
         stuck = len(listener.messages) - blocked_at

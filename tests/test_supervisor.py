@@ -97,7 +97,9 @@ class TestWorkers:
         assert node.request("GET", "/healthz")[0] == 200
         wait_for_status(notify, "restarted")
         workers = node.children()
-        assert survivor in workers and victim not in workers and len(workers) == 2
+        assert survivor in workers
+        assert victim not in workers
+        assert len(workers) == 2
         assert all(node.request("GET", "/healthz")[0] == 200 for _ in range(10))
         assert node.stop() == 0
         log = node.log.read_text()
@@ -127,7 +129,8 @@ class TestSyncOncePerNode:
             billing.serve(node.url, tenant, 20 + n)
         billing.wait_until_billed()
         depths = queue_depths(billing.data_dir)
-        assert sum(depths.values()) == 41 and min(depths.values()) > 0, depths
+        assert sum(depths.values()) == 41
+        assert min(depths.values()) > 0, depths
         assert node.stop() == 0
         for name, last_seq in depths.items():
             cursor = inspect_queue(billing.data_dir / "queue" / name).consumers["billing"].cursor

@@ -148,5 +148,5 @@ class TestReloadableTls:
         cert, _, _ = write_certificate(tmp_path, "lonely")
         with pytest.raises(ConfigError, match="tls"):
             ReloadableTls(TlsConfig(str(cert), str(tmp_path / "missing.key")))
-        with pytest.raises(ConfigError, match="tls.cert_file and tls.key_file"):
+        with pytest.raises(ConfigError, match=r"tls\.cert_file and tls\.key_file"):
             ReloadableTls(TlsConfig(str(cert), ""))
