@@ -44,14 +44,14 @@ class TestSystemdUnit:
         assert (done.returncode, done.stderr) == (0, "")
 
     def test_the_unit_asks_for_notify_watchdog_sandbox_and_credentials(self) -> None:
-        """Type=notify with a watchdog, restart on failure, a state directory for a dynamic
+        """Type=notify with a watchdog, restart on failure, a state directory for a dedicated
         user, a strict read-only system, no privileges or capabilities, and the secrets as
         credentials: the things the daemon and docs/systemd.md count on."""
         settings = unit_settings()
         wanted = {
             "Type": "notify",
             "Restart": "on-failure",
-            "DynamicUser": "yes",
+            "User": "edge-node",
             "StateDirectory": "edge-node",
             "ProtectSystem": "strict",
             "NoNewPrivileges": "yes",
