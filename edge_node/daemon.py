@@ -1,6 +1,8 @@
 """Running the node: open storage, serve HTTP until SIGTERM or SIGINT, then stop cleanly.
 
-SIGHUP re-reads every secret file (webhook signing secrets, the Stripe API key) in place.
+SIGHUP re-reads every secret file (webhook signing secrets, the Stripe API key), the TLS
+certificate, the JWT keys and the reloadable settings in place (edge_node/reload.py). The
+service manager hears READY, WATCHDOG, STOPPING and STATUS (edge_node/sd_notify.py).
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ class RoundReport:
 
 
 class BillingConsumer:
-    """Flushes one queue's usage to Stripe; one per queue, inside the process that owns it."""
+    """Flushes one queue's usage to Stripe; one per queue: the queue this process owns, or
+    one it follows (a worker's, from the supervisor of `serve --workers N`)."""
 
     def __init__(
         self,

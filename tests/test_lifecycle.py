@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -20,21 +19,6 @@ from edge_node.meter import UsageEvent
 from edge_node.queue import tail_records
 from tests.served import NotifyListener, ServedNode
 from tests.test_cli import clean_environment, edge_node_command
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifyListener]:
-    listener = NotifyListener(str(tmp_path / "notify.sock"))
-    yield listener
-    listener.close()
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[ServedNode]]:
-    started: list[ServedNode] = []
-    yield started
-    for node in started:
-        node.kill()
 
 
 def create_tenant(data_dir: Path, *options: str) -> dict[str, str]:
@@ -61,14 +45,14 @@ def create_tenant(data_dir: Path, *options: str) -> dict[str, str]:
 
 class TestNotifications:
     def test_ready_watchdog_and_stopping_reach_the_notify_socket(
-        self, tmp_path: Path, notify: NotifyListener, nodes: list[ServedNode]
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
     ) -> None:
         """READY=1 comes once the port answers, with a STATUS naming the URL; WATCHDOG=1 follows
         at half of WATCHDOG_USEC; SIGTERM sends STOPPING=1 and the exit status is 0."""
         node = ServedNode(
             tmp_path / "data", notify=notify, watchdog_usec=200_000, log=tmp_path / "log"
         )
-        nodes.append(node)
+        served_nodes.append(node)
         ready = notify.wait_for("READY")
         assert ready["STATUS"] == f"serving on {node.url}"
         assert node.request("GET", "/healthz")[:2] == (200, {"status": "ok"})
@@ -81,15 +65,17 @@ class TestNotifications:
 
 
 class TestShutdown:
+    @pytest.mark.parametrize("workers", ["1", "2"])
     async def test_sigterm_under_load_loses_no_acknowledged_request(
-        self, tmp_path: Path, notify: NotifyListener, nodes: list[ServedNode]
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode], workers: str
     ) -> None:
-        """Clients keep writing while SIGTERM arrives: the node drains what is in flight, exits
-        0, and every rating it acknowledged is stored with its usage event on the queue."""
+        """Clients keep writing while SIGTERM arrives (to the single process, or to the
+        supervisor of two workers): in-flight requests are drained, the exit status is 0, and
+        every rating acknowledged is stored with its usage event on a worker's queue."""
         data_dir = tmp_path / "data"
         tenant = create_tenant(data_dir)
-        node = ServedNode(data_dir, notify=notify, log=tmp_path / "log")
-        nodes.append(node)
+        node = ServedNode(data_dir, "--workers", workers, notify=notify, log=tmp_path / "log")
+        served_nodes.append(node)
         acknowledged = await write_until_stopped(node, tenant, signal_after=300)
         exit_status = await asyncio.to_thread(node.process.wait, 30)
         assert exit_status == 0, node.log.read_text()
@@ -99,7 +85,8 @@ class TestShutdown:
         assert acknowledged <= stored
         events = [
             UsageEvent.decode(record.payload)
-            for record in tail_records(data_dir / "queue" / "worker-0", 1_000_000)
+            for directory in sorted((data_dir / "queue").glob("worker-*"))
+            for record in tail_records(directory, 1_000_000)
         ]
         assert sum(event.operation == "rating.create" for event in events) == len(stored)
         assert "Traceback" not in node.log.read_text()
@@ -148,7 +135,7 @@ def stored_items(data_dir: Path, tenant_id: str) -> set[str]:
 
 class TestReload:
     def test_sighup_picks_up_a_rotated_jwt_secret_and_the_rate_limit(
-        self, tmp_path: Path, notify: NotifyListener, nodes: list[ServedNode]
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
     ) -> None:
         """After the JWT secret file is rotated and rate_limit.per_minute changed in the config
         file, SIGHUP makes the node accept tokens of the new secret only and apply the new
@@ -160,7 +147,7 @@ class TestReload:
         write_config(config, secret_file, per_minute=100, max_body_bytes=16384)
         tenant = create_tenant(data_dir)
         node = ServedNode(data_dir, config=config, notify=notify, log=tmp_path / "log")
-        nodes.append(node)
+        served_nodes.append(node)
         notify.wait_for("READY")
         path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
 
@@ -205,7 +192,7 @@ class TestInstanceLock:
     def test_a_second_instance_on_the_data_dir_refuses_to_start(
         self,
         tmp_path: Path,
-        nodes: list[ServedNode],
+        served_nodes: list[ServedNode],
         first: tuple[str, ...],
         second: tuple[str, ...],
     ) -> None:
@@ -213,7 +200,7 @@ class TestInstanceLock:
         exits 75 with a message saying so, and the first keeps serving."""
         data_dir = tmp_path / "data"
         node = ServedNode(data_dir, *first, log=tmp_path / "log")
-        nodes.append(node)
+        served_nodes.append(node)
         refused = subprocess.run(
             [*edge_node_command(), "--data-dir", str(data_dir), "serve", "--port", "0", *second],
             capture_output=True,

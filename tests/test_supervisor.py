@@ -17,21 +17,6 @@ from tests.stripe.support import StandinProcess
 from tests.test_lifecycle import create_tenant
 
 
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifyListener]:
-    listener = NotifyListener(str(tmp_path / "notify.sock"))
-    yield listener
-    listener.close()
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[ServedNode]]:
-    started: list[ServedNode] = []
-    yield started
-    for node in started:
-        node.kill()
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -49,7 +34,7 @@ def queue_depths(data_dir: Path) -> dict[str, int]:
 
 class TestWorkers:
     def test_workers_share_the_port_and_each_has_its_own_queue(
-        self, tmp_path: Path, notify: NotifyListener, nodes: list[ServedNode]
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
     ) -> None:
         """With --workers 2 the supervisor says READY once both workers are, connections
         are spread over both, each worker meters into its own queue directory, and SIGTERM
@@ -57,7 +42,7 @@ class TestWorkers:
         data_dir = tmp_path / "data"
         tenant = create_tenant(data_dir)
         node = ServedNode(data_dir, "--workers", "2", notify=notify, log=tmp_path / "log")
-        nodes.append(node)
+        served_nodes.append(node)
         ready = notify.wait_for("READY")
         assert ready["STATUS"] == f"serving on {node.url} with 2 workers"
         workers = node.children()
@@ -75,7 +60,7 @@ class TestWorkers:
         assert "Traceback" not in node.log.read_text()
 
     def test_a_killed_worker_is_restarted(
-        self, tmp_path: Path, notify: NotifyListener, nodes: list[ServedNode]
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
     ) -> None:
         """A worker killed with SIGKILL is started again on the same port and queue directory
         (the supervisor's STATUS says so) while the other keeps serving throughout."""
@@ -88,7 +73,7 @@ class TestWorkers:
             env=None,
             log=tmp_path / "log",
         )
-        nodes.append(node)
+        served_nodes.append(node)
         notify.wait_for("READY")
         victim, survivor = node.children()
         os.kill(victim, signal.SIGKILL)
@@ -108,7 +93,7 @@ class TestWorkers:
 
 
 @pytest.fixture
-def standin() -> Iterator[StandinProcess]:
+def standin_process() -> Iterator[StandinProcess]:
     process = StandinProcess.start()
     yield process
     process.stop()
@@ -116,15 +101,15 @@ def standin() -> Iterator[StandinProcess]:
 
 class TestSyncOncePerNode:
     def test_the_supervisor_flushes_the_usage_of_every_worker_to_stripe(
-        self, tmp_path: Path, standin: StandinProcess, nodes: list[ServedNode]
+        self, tmp_path: Path, standin_process: StandinProcess, served_nodes: list[ServedNode]
     ) -> None:
         """With Stripe configured and --workers 2, usage metered by both workers reaches
         Stripe through the one sync worker in the supervisor, billed exactly: each queue's
         cursor is committed by the supervisor, and `billing reconcile` agrees."""
-        billing = BillingNode(tmp_path, standin)
+        billing = BillingNode(tmp_path, standin_process)
         tenants = [billing.tenant("acme"), billing.tenant("globex")]
         node = ServedNode(billing.data_dir, "--workers", "2", env=billing.env, log=tmp_path / "log")
-        nodes.append(node)
+        served_nodes.append(node)
         for n, tenant in enumerate(tenants):
             billing.serve(node.url, tenant, 20 + n)
         billing.wait_until_billed()
@@ -138,6 +123,33 @@ class TestSyncOncePerNode:
         done = billing.cli("billing", "reconcile")
         assert done.returncode == 0, done.stdout
         assert "Traceback" not in node.log.read_text()
+
+
+class TestWorkerWatchdog:
+    def test_a_worker_whose_loop_stops_is_killed_and_restarted(
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
+    ) -> None:
+        """Under a watchdog, a worker that stops pinging (stopped with SIGSTOP, as a stuck
+        loop would be) is killed by the supervisor and started again, which itself keeps
+        pinging systemd throughout."""
+        node = ServedNode(
+            tmp_path / "data",
+            "--workers",
+            "2",
+            notify=notify,
+            watchdog_usec=3_000_000,
+            log=tmp_path / "log",
+        )
+        served_nodes.append(node)
+        notify.wait_for("READY")
+        stuck, _ = node.children()
+        os.kill(stuck, signal.SIGSTOP)
+        wait_for_status(notify, "exited (-9)")
+        wait_for_status(notify, "restarted")
+        assert stuck not in node.children()
+        assert notify.count("WATCHDOG") >= 2
+        assert node.stop() == 0
+        assert "sent no watchdog ping" in node.log.read_text()
 
 
 def wait_for_status(notify: NotifyListener, text: str, timeout: float = 30.0) -> str:

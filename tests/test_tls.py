@@ -7,7 +7,6 @@ import http.client
 import ipaddress
 import signal
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,13 +75,6 @@ def get_healthz(connection: http.client.HTTPSConnection) -> int:
     response = connection.getresponse()
     response.read()
     return response.status
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifyListener]:
-    listener = NotifyListener(str(tmp_path / "notify.sock"))
-    yield listener
-    listener.close()
 
 
 class TestTlsListener:

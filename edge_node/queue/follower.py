@@ -26,7 +26,7 @@ from typing import Protocol
 from edge_node.queue.cursors import CursorStore, check_consumer_name, read_cursor_files
 from edge_node.queue.errors import CorruptRecord
 from edge_node.queue.framing import Record
-from edge_node.queue.inspection import _catalog_on_disk, _retrying
+from edge_node.queue.inspection import catalog_on_disk, retrying
 from edge_node.queue.reader import read_records
 from edge_node.queue.segments import SegmentCatalog
 from edge_node.queue.status import QueueStatus, describe
@@ -134,7 +134,7 @@ class QueueFollower:
 
     async def _look(self) -> tuple[SegmentCatalog, int]:
         """The segments on disk capped at the settled end, and the consumer's cursor."""
-        catalog = await asyncio.to_thread(_retrying, lambda: _catalog_on_disk(self.directory))
+        catalog = await asyncio.to_thread(retrying, lambda: catalog_on_disk(self.directory))
         catalog.last_seq = self._settled(catalog.last_seq)
         self._last_seq = max(self._last_seq, catalog.last_seq)
         cursor = await asyncio.to_thread(self._cursor_on_disk, catalog)
