@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -31,6 +32,7 @@ from edge_node.tls import open_tls
 log = logging.getLogger(__name__)
 
 SYNC_STOP_GRACE_SECONDS = 5.0
+SUPERVISOR_CHECK_SECONDS = 1.0
 
 
 class BackgroundWorker(Protocol):
@@ -96,6 +98,8 @@ async def serve(
         )
         notifier.ready(f"serving on {scheme}://{host}:{port}")
         background.append(asyncio.create_task(notifier.run_watchdog(), name="watchdog"))
+        if worker is not None:
+            background.append(asyncio.create_task(_stop_with_supervisor(os.getppid())))
         if worker is not None and meter.queue is not None:
             background.append(asyncio.create_task(_adopt_cursors(meter.queue, config)))
         reloader = NodeReloader(config, secrets, reload_config, app[ROUTER_KEY], tls)
@@ -221,6 +225,17 @@ def follow_queues(config: Config, owned: set[int]) -> list[QueueFollower]:
         for index in sorted(indexes - owned)
         if queue_directory(config, index).is_dir() or index < config.workers.count
     ]
+
+
+async def _stop_with_supervisor(supervisor_pid: int) -> None:
+    """A worker whose supervisor died (it was SIGKILLed) stops as on SIGTERM, draining,
+    rather than hold the port and its queue with no one to restart or stop it."""
+    while True:
+        await asyncio.sleep(SUPERVISOR_CHECK_SECONDS)
+        if os.getppid() != supervisor_pid:
+            break
+    log.error("the supervisor (pid %d) is gone: stopping this worker", supervisor_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _adopt_cursors(queue: WriteAheadQueue, config: Config) -> None:

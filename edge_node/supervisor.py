@@ -148,16 +148,25 @@ class Supervisor:
         if self._service.watchdog_usec:
             extra["WATCHDOG_USEC"] = str(self._service.watchdog_usec)
         command = self._command(worker.index, self.config.server.host, self._port)
-        worker.process = await asyncio.create_subprocess_exec(
-            *command, env=child_environment(extra), stdin=asyncio.subprocess.DEVNULL
-        )
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                *command, env=child_environment(extra), stdin=asyncio.subprocess.DEVNULL
+            )
+        except OSError as exc:
+            log.error("cannot start worker %d (%s): %s", worker.index, command[0], exc)
+            raise
         worker.started_at = worker.last_ping = time.monotonic()
         worker.ready = False
 
     async def _keep_running(self, worker: Worker) -> None:
         """Start the worker, and start it again each time it dies, until stopping."""
         while not self._stopping.is_set():
-            await self._spawn(worker)
+            try:
+                await self._spawn(worker)
+            except OSError:
+                self._abort = EXIT_ABORTED
+                self._stopping.set()
+                return
             assert worker.process is not None
             code = await worker.process.wait()
             if self._stopping.is_set():

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -134,19 +135,27 @@ def stored_items(data_dir: Path, tenant_id: str) -> set[str]:
 
 
 class TestReload:
+    @pytest.mark.parametrize("workers", ["1", "2"])
     def test_sighup_picks_up_a_rotated_jwt_secret_and_the_rate_limit(
-        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
+        self,
+        tmp_path: Path,
+        notify: NotifyListener,
+        served_nodes: list[ServedNode],
+        workers: str,
     ) -> None:
         """After the JWT secret file is rotated and rate_limit.per_minute changed in the config
-        file, SIGHUP makes the node accept tokens of the new secret only and apply the new
-        limit, and logs a changed setting that needs a restart as such."""
+        file, SIGHUP (to the single process, or forwarded by the supervisor to every worker)
+        makes the node accept tokens of the new secret only and apply the new limit, and logs
+        a changed setting that needs a restart as such."""
         data_dir = tmp_path / "data"
         secret_file, config = tmp_path / "jwt.secret", tmp_path / "edge-node.toml"
         old_secret, new_secret = "old-secret-" + "a" * 32, "new-secret-" + "b" * 32
         secret_file.write_text(old_secret + "\n")
         write_config(config, secret_file, per_minute=100, max_body_bytes=16384)
         tenant = create_tenant(data_dir)
-        node = ServedNode(data_dir, config=config, notify=notify, log=tmp_path / "log")
+        node = ServedNode(
+            data_dir, "--workers", workers, config=config, notify=notify, log=tmp_path / "log"
+        )
         served_nodes.append(node)
         notify.wait_for("READY")
         path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
@@ -168,13 +177,23 @@ class TestReload:
         notify.wait_for("RELOADING")
         notify.messages.clear()
         notify.wait_for("READY")
-        assert read_with(new_secret) == (200, "50")
-        assert read_with(old_secret)[0] == 401
+        if workers != "1":  # each worker reloads on its own: wait until all answer anew
+            wait_until(lambda: all(read_with(new_secret)[0] == 200 for _ in range(20)))
+        for _ in range(int(workers) * 10):  # a new connection each: every worker is asked
+            assert read_with(new_secret) == (200, "50")
+            assert read_with(old_secret)[0] == 401
         assert node.stop() == 0
         log = node.log.read_text()
         assert "need a restart: server.max_body_bytes" in log
         assert new_secret not in log
         assert old_secret not in log
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.1)
 
 
 def write_config(path: Path, secret_file: Path, *, per_minute: int, max_body_bytes: int) -> None:

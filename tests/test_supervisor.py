@@ -160,3 +160,25 @@ def wait_for_status(notify: NotifyListener, text: str, timeout: float = 30.0) ->
                 return message["STATUS"]
         notify.receive(max(0.01, deadline - time.monotonic()))
     raise AssertionError(f"no STATUS with {text!r}: {notify.messages}")
+
+
+class TestOrphanedWorkers:
+    def test_workers_stop_when_their_supervisor_is_killed(
+        self, tmp_path: Path, served_nodes: list[ServedNode]
+    ) -> None:
+        """A supervisor killed with SIGKILL leaves no worker behind: each notices and stops,
+        releasing the port and its queue, so the next start finds the data dir free."""
+        data_dir = tmp_path / "data"
+        node = ServedNode(data_dir, "--workers", "2", log=tmp_path / "log")
+        served_nodes.append(node)
+        workers = node.children()
+        node.process.kill()
+        node.process.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "orphaned workers kept running"
+            time.sleep(0.1)
+        again = ServedNode(data_dir, "--workers", "2", log=tmp_path / "log2")
+        served_nodes.append(again)
+        assert again.request("GET", "/healthz")[0] == 200
+        assert again.stop() == 0
