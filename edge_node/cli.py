@@ -17,7 +17,7 @@ import orjson
 
 from edge_node import __version__
 from edge_node.block_commands import add_block_commands
-from edge_node.config import Config, load_config
+from edge_node.config import Config, load_config, service_environment
 from edge_node.daemon import run, serve
 from edge_node.errors import (
     ConfigError,
@@ -33,6 +33,7 @@ from edge_node.meter import UsageEvent
 from edge_node.queue import QueueLocked, QueueStatus, inspect_queue, tail_records
 from edge_node.rating.store import TenantStores
 from edge_node.registry import PLANS, ROLES, TenantRegistry
+from edge_node.supervisor import Supervisor, run_supervisor
 
 EXIT_UNBILLED = 1  # billing reconcile: usage served that is neither billed nor in flight
 EXIT_USAGE = 2
@@ -55,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run the daemon")
     serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="serving processes on the one port under a supervisor (default 1: one process)",
+    )
+    serve_cmd.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve_cmd.set_defaults(handler=_serve)
 
     tenants = commands.add_parser("tenants", help="manage tenants").add_subparsers(
@@ -173,14 +181,8 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides: dict[str, Any] = {}
-    if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
-    for flag, key in (("host", "server.host"), ("port", "server.port")):
-        if getattr(args, flag, None) is not None:
-            overrides[key] = getattr(args, flag)
     try:
-        config = load_config(args.config, overrides=overrides)
+        config = load_config(args.config, overrides=_overrides(args))
         handler: Callable[[Config, argparse.Namespace], int] = args.handler
         return handler(config, args)
     except ConfigError as exc:
@@ -204,10 +206,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as command-line flags, by dotted key."""
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    flags = (("host", "server.host"), ("port", "server.port"), ("workers", "workers.count"))
+    for flag, key in flags:
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    return overrides
+
+
 def _serve(config: Config, args: argparse.Namespace) -> int:
     configure_logging(config.logging.level)
-    run(serve(config))
+    service = service_environment()
+    overrides = _overrides(args)
+
+    def reload_config() -> Config:
+        return load_config(args.config, overrides=overrides)
+
+    if args.worker_index is not None:
+        run(
+            serve(
+                config,
+                announce=lambda line: None,  # the supervisor announces the node
+                service=service,
+                reload_config=reload_config,
+                worker=args.worker_index,
+            )
+        )
+        return 0
+    if config.workers.count > 1:
+        return run_supervisor(
+            Supervisor(
+                config,
+                _worker_command(args),
+                service=service,
+                reload_config=reload_config,
+                announce=_print_line,
+            )
+        )
+    run(serve(config, service=service, reload_config=reload_config))
     return 0
+
+
+def _worker_command(args: argparse.Namespace) -> Callable[[int, str, int], list[str]]:
+    """The command line of one worker of `serve --workers N`, with this command's options."""
+    options = [] if args.config is None else ["--config", args.config]
+    if args.data_dir is not None:
+        options += ["--data-dir", args.data_dir]
+
+    def command(index: int, host: str, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "edge_node.cli",
+            *options,
+            "serve",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--worker-index",
+            str(index),
+        ]
+
+    return command
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
 
 
 def _emit(document: Any) -> int:

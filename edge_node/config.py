@@ -463,6 +463,46 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    cert_file: str = setting(
+        "",
+        "PEM certificate chain served over TLS 1.3 (no older version is accepted), or "
+        "$CREDENTIALS_DIRECTORY/<name>; empty: plain HTTP. Re-read on SIGHUP.",
+    )
+    key_file: str = setting(
+        "", "PEM private key of tls.cert_file (unencrypted), or a credential. Re-read on SIGHUP."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.key_file)
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    count: int = setting(
+        1,
+        "Processes serving the one port (SO_REUSEPORT) under a supervisor that also runs the "
+        "sync worker; 1: a single process. Command line: serve --workers.",
+        minimum=1,
+        maximum=64,
+    )
+    restart_delay_seconds: float = setting(
+        0.5,
+        "Delay before a dead worker is restarted; it doubles with each death in a row, up to "
+        "workers.restart_delay_max_seconds.",
+        minimum=0.01,
+        maximum=60,
+    )
+    restart_delay_max_seconds: float = setting(
+        30.0,
+        "Longest delay before a restart; a worker that ran this long resets its delay.",
+        minimum=0.1,
+        maximum=3600,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     node_id: str = setting("", "This node's id in usage events and sync; default: host name.")
     data_dir: str = setting("./var", "Directory holding node.sqlite, tenants/ and queue/.")
@@ -509,6 +549,12 @@ class Config:
         default_factory=MetricsConfig, metadata={"doc": "Prometheus metrics."}
     )
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"doc": "Logs."})
+    tls: TlsConfig = field(
+        default_factory=TlsConfig, metadata={"doc": "TLS for the listener (off without files)."}
+    )
+    workers: WorkersConfig = field(
+        default_factory=WorkersConfig, metadata={"doc": "Serving processes (serve --workers)."}
+    )
 
     @property
     def data_path(self) -> Path:
@@ -742,3 +788,31 @@ def _check_bounds(value: Any, f: dataclasses.Field[Any], key: str) -> Any:
 def _default_node_id() -> str:
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63].lstrip(".-_")
     return host or "edge-node"
+
+
+@dataclass(frozen=True)
+class ServiceEnvironment:
+    """What the service manager (systemd, or the workers' supervisor) told this process."""
+
+    notify_socket: str = ""
+    watchdog_usec: int = 0
+
+
+def service_environment(environ: Mapping[str, str] | None = None) -> ServiceEnvironment:
+    """NOTIFY_SOCKET and WATCHDOG_USEC, the latter only when WATCHDOG_PID (if set) is us."""
+    env = os.environ if environ is None else environ
+    watchdog_usec = 0
+    pid = env.get("WATCHDOG_PID", "")
+    if env.get("WATCHDOG_USEC") and (not pid or pid == str(os.getpid())):
+        text = env["WATCHDOG_USEC"]
+        if not text.isdigit():
+            raise ConfigError(f"WATCHDOG_USEC must be a number of microseconds, got {text!r}")
+        watchdog_usec = int(text)
+    return ServiceEnvironment(env.get("NOTIFY_SOCKET", ""), watchdog_usec)
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment for a child it starts, without what systemd meant for this
+    process alone (its notify socket and watchdog), plus `extra`."""
+    own = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+    return {**{k: v for k, v in os.environ.items() if k not in own}, **extra}

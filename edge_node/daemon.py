@@ -1,12 +1,15 @@
 """Running the node: open storage, serve HTTP until SIGTERM or SIGINT, then stop cleanly.
 
-SIGHUP re-reads every secret file (webhook signing secrets, the Stripe API key) in place.
+SIGHUP re-reads every secret file (webhook signing secrets, the Stripe API key), the TLS
+certificate, the JWT keys and the reloadable settings in place (edge_node/reload.py). The
+service manager hears READY, WATCHDOG, STOPPING and STATUS (edge_node/sd_notify.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,17 +19,23 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from edge_node.app import NodeStorage, create_app, node_metrics, secret_check_interval
-from edge_node.config import Config
+from edge_node.config import Config, ServiceEnvironment
 from edge_node.limits import LimitedAppRunner
-from edge_node.meter import Meter, open_meter
+from edge_node.meter import BILLING_CONSUMER, Meter, open_meter
 from edge_node.metric_sources import SyncStatusSource
 from edge_node.metrics import NodeMetrics
-from edge_node.queue import WriteAheadQueue
+from edge_node.queue import QueueFollower, WriteAheadQueue
+from edge_node.queue.locking import DirectoryLock
+from edge_node.reload import NodeReloader
+from edge_node.router import ROUTER_KEY
+from edge_node.sd_notify import ServiceNotifier
 from edge_node.secrets import SecretFiles
+from edge_node.tls import open_tls
 
 log = logging.getLogger(__name__)
 
 SYNC_STOP_GRACE_SECONDS = 5.0
+SUPERVISOR_CHECK_SECONDS = 1.0
 
 
 class BackgroundWorker(Protocol):
@@ -35,23 +44,44 @@ class BackgroundWorker(Protocol):
     async def stop(self, grace: float = ...) -> None: ...
 
 
-async def serve(config: Config, *, announce: Callable[[str], None] | None = None) -> None:
-    """Serve until told to stop; in-flight requests get the configured grace period."""
+async def serve(
+    config: Config,
+    *,
+    announce: Callable[[str], None] | None = None,
+    service: ServiceEnvironment | None = None,
+    reload_config: Callable[[], Config] | None = None,
+    worker: int | None = None,
+) -> None:
+    """Serve until told to stop; in-flight requests get the configured grace period.
+
+    `service` is where to send READY, WATCHDOG, STOPPING and STATUS (sd_notify.py);
+    `reload_config` reads the configuration again on SIGHUP (reload.py). A `worker` index
+    makes this one worker of a supervisor (supervisor.py): it shares the port, serves
+    queue/worker-N and leaves the sync worker and the data directory's lock to the supervisor.
+    """
+    notifier = ServiceNotifier(service or ServiceEnvironment())
+    node_lock = None if worker is not None else lock_data_dir(config)
     storage = NodeStorage.open(config)
     meter: Meter | None = None
     sync_worker: BackgroundWorker | None = None
+    background: list[asyncio.Task[None]] = []
     metrics = node_metrics(config)
     try:
+        tls = open_tls(config.tls)
         meter = await open_meter(
             config.meter,
             config.queue,
-            queue_directory(config),
+            queue_directory(config, worker or 0),
             config.node_id,
             fsync=metrics.timed_fsync(),
         )
         secrets = SecretFiles(check_interval=secret_check_interval(config))
         app = create_app(config, storage, meter, secrets=secrets, metrics=metrics)
-        sync_worker = start_sync(config, storage, secrets, queue=meter.queue, metrics=metrics)
+        if worker is None:
+            followers = follow_queues(config, owned={0}) if config.stripe.enabled else []
+            sync_worker = start_sync(
+                config, storage, secrets, queue=meter.queue, followers=followers, metrics=metrics
+            )
         runner = LimitedAppRunner(
             app,
             config.limits,
@@ -60,21 +90,44 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
             shutdown_timeout=config.server.shutdown_grace_seconds,
         )
         await runner.setup()
-        site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+        site = web.TCPSite(
+            runner,
+            config.server.host,
+            config.server.port,
+            backlog=1024,
+            ssl_context=None if tls is None else tls.context,
+            reuse_port=worker is not None,
+        )
         await site.start()
         host, port = _bound_address(runner)
+        scheme = "http" if tls is None else "https"
         (announce or _print)(
-            f"edge-node listening on http://{host}:{port}"
+            f"edge-node listening on {scheme}://{host}:{port}"
             f" (node {config.node_id}, data dir {config.data_path.resolve()})"
         )
-        await _wait_for_stop_signal(on_reload=lambda: _reload_secrets(secrets))
+        notifier.ready(f"serving on {scheme}://{host}:{port}")
+        background.append(asyncio.create_task(notifier.run_watchdog(), name="watchdog"))
+        if worker is not None:
+            background.append(asyncio.create_task(_stop_with_supervisor(os.getppid())))
+        if worker is not None and meter.queue is not None:
+            background.append(asyncio.create_task(_adopt_cursors(meter.queue, config)))
+        reloader = NodeReloader(config, secrets, reload_config, app[ROUTER_KEY], tls)
+        await _wait_for_stop_signal(on_reload=lambda: _reload(reloader, notifier))
+        notifier.stopping("stopping: draining in-flight requests")
         await runner.cleanup()
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if sync_worker is not None:
             await sync_worker.stop(SYNC_STOP_GRACE_SECONDS)
         if meter is not None:
+            notifier.status("stopping: committing the usage queue")
             await meter.close()
         storage.close()
+        notifier.close()
+        if node_lock is not None:
+            node_lock.release()
 
 
 def start_sync(
@@ -83,11 +136,13 @@ def start_sync(
     secrets: SecretFiles | None = None,
     *,
     queue: WriteAheadQueue | None = None,
+    followers: Sequence[QueueFollower] = (),
     metrics: NodeMetrics | None = None,
 ) -> BackgroundWorker | None:
     """Start the sync worker when central.dsns or stripe.api_key_file is set; None for a
     standalone node. With Stripe it also runs the Stripe jobs (provisioning, and with the
-    meter's `queue` the usage flush). `metrics` gets the worker's and the flush's status."""
+    meter's `queue` the usage flush; one more flush per queue of another process that this
+    process `followers`). `metrics` gets the worker's and the flushes' status."""
     if not config.central.dsns and not config.stripe.enabled:
         return None
     # Imported here: a standalone node, and the request path, never load the sync package,
@@ -101,7 +156,9 @@ def start_sync(
 
         secrets = secrets or SecretFiles(check_interval=secret_check_interval(config))
         api_key = secrets.open(config.stripe.api_key_file, name="stripe.api_key_file")
-        jobs = stripe_jobs(config, storage.registry, api_key.value, queue=queue)
+        jobs = stripe_jobs(
+            config, storage.registry, api_key.value, queue=queue, followers=followers
+        )
     worker = SyncWorker(
         config.central,
         EdgeStorage(storage.registry, storage.stores),
@@ -159,11 +216,59 @@ async def _wait_for_stop_signal(on_reload: Callable[[], None] | None = None) -> 
             loop.remove_signal_handler(sig)
 
 
-def _reload_secrets(secrets: SecretFiles) -> None:
+def _reload(reloader: NodeReloader, notifier: ServiceNotifier) -> None:
     # Runs on the event loop between requests: a request holds the secrets it read, so none
     # fails half-way; a file that cannot be read keeps its old secret (logged by SecretFile).
-    if secrets.reload():
-        log.info("SIGHUP: reloaded %d secret file(s)", len(secrets))
+    notifier.reloading("reloading secrets and configuration")
+    ok = reloader.reload()
+    notifier.ready(f"reload {reloader.reloads} {'done' if ok else 'kept some old values'}")
+
+
+def lock_data_dir(config: Config) -> DirectoryLock:
+    """The lock of the serving instance (a single process or the supervisor) on the data
+    directory, data_dir/queue/lock: QueueLocked while another instance serves it."""
+    root = config.data_path / "queue"
+    root.mkdir(parents=True, exist_ok=True)
+    return DirectoryLock.acquire(root)
+
+
+def follow_queues(config: Config, owned: set[int]) -> list[QueueFollower]:
+    """Followers of every worker queue directory on disk or in `config.workers.count` whose
+    index is not `owned` by this process: the usage flush must drain all of them, including
+    those left by an earlier run with more workers."""
+    root = config.data_path / "queue"
+    indexes = set(range(config.workers.count)) | {
+        int(path.name.removeprefix("worker-"))
+        for path in root.glob("worker-*")
+        if path.name.removeprefix("worker-").isdigit()
+    }
+    return [
+        QueueFollower(queue_directory(config, index), BILLING_CONSUMER)
+        for index in sorted(indexes - owned)
+        if queue_directory(config, index).is_dir() or index < config.workers.count
+    ]
+
+
+async def _stop_with_supervisor(supervisor_pid: int) -> None:
+    """A worker whose supervisor died (it was SIGKILLed) stops as on SIGTERM, draining,
+    rather than hold the port and its queue with no one to restart or stop it."""
+    while True:
+        await asyncio.sleep(SUPERVISOR_CHECK_SECONDS)
+        if os.getppid() != supervisor_pid:
+            break
+    log.error("the supervisor (pid %d) is gone: stopping this worker", supervisor_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _adopt_cursors(queue: WriteAheadQueue, config: Config) -> None:
+    """A worker's queue is flushed by the supervisor's follower: take up its cursor, so that
+    consumed segments are deleted here, where the lock is held."""
+    while True:
+        await asyncio.sleep(config.billing.poll_interval_seconds)
+        try:
+            await queue.adopt_cursors()
+        except Exception:  # a damaged cursor file must not stop serving; logged each round
+            log.exception("cannot take up the usage flush's cursor of %s", queue.directory)
 
 
 def _print(line: str) -> None:

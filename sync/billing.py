@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from edge_node.config import BillingConfig, Config
 from edge_node.errors import TransientSyncError
 from edge_node.meter import BILLING_CONSUMER
-from edge_node.queue import QueueCorruption, Record, WriteAheadQueue
+from edge_node.queue import ConsumerQueue, QueueCorruption, Record
 from sync.backoff import Backoff
 from sync.billing_clock import HorizonClock
 from sync.billing_ledger import AsyncLedger, BillingLedger, LedgerBatch
@@ -53,11 +53,12 @@ class RoundReport:
 
 
 class BillingConsumer:
-    """Flushes one queue's usage to Stripe; one per queue, inside the process that owns it."""
+    """Flushes one queue's usage to Stripe; one per queue: the queue this process owns, or
+    one it follows (a worker's, from the supervisor of `serve --workers N`)."""
 
     def __init__(
         self,
-        queue: WriteAheadQueue,
+        queue: ConsumerQueue,
         ledger: BillingLedger,
         gateway: MeterEventGateway,
         config: BillingConfig,
@@ -289,7 +290,7 @@ class BillingConsumer:
 def open_billing(
     config: Config,
     gateway: MeterEventGateway,
-    queue: WriteAheadQueue,
+    queue: ConsumerQueue,
     *,
     close_gateway: Callable[[], Awaitable[None]] | None = None,
 ) -> BillingConsumer:

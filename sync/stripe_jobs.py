@@ -7,10 +7,10 @@ and for provisioning a tenant it has just created. One gateway per process.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from edge_node.config import Config, StripeConfig
-from edge_node.queue import WriteAheadQueue
+from edge_node.queue import ConsumerQueue, QueueFollower, WriteAheadQueue
 from edge_node.registry import TenantRegistry
 from sync.billing import open_billing
 from sync.billing_catalog import BillingCatalog, catalog_path, load_catalog
@@ -49,14 +49,17 @@ def stripe_jobs(
     api_key: Callable[[], str],
     *,
     queue: WriteAheadQueue | None = None,
+    followers: Sequence[QueueFollower] = (),
 ) -> list[PeriodicJob]:
     """The sync worker's Stripe jobs, sharing one gateway (each job's close() closes it):
-    provisioning, and the usage flush of `queue` (the meter's) when there is one."""
+    provisioning, and the usage flush of `queue` (the meter's) when there is one and of
+    each queue another process owns that `followers` read."""
     gateway = open_gateway(config.stripe, api_key, CreateKeys(registry.connection))
     provisioner = Provisioner(gateway, registry, catalog_loader(config))
     jobs: list[PeriodicJob] = [
         ProvisioningJob(provisioner, gateway, config.stripe.provisioning_interval_seconds),
     ]
-    if queue is not None:
-        jobs.append(open_billing(config, gateway, queue, close_gateway=gateway.close))
+    usage: list[ConsumerQueue] = [] if queue is None else [queue]
+    for flushed in [*usage, *followers]:
+        jobs.append(open_billing(config, gateway, flushed, close_gateway=gateway.close))
     return jobs

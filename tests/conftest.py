@@ -12,6 +12,7 @@ from aiohttp import web
 
 from sync.stripe_standin import StripeStandin
 from tests.postgres import PostgresServer, PostgresUnavailable, start_server
+from tests.served import NotifyListener, ServedNode
 from tests.support import RunningNode, SigningKeys, make_signing_keys, node_config, start_node
 
 
@@ -85,3 +86,20 @@ async def standin() -> AsyncIterator[StripeStandin]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifyListener]:
+    """A unix datagram socket to hand a daemon as NOTIFY_SOCKET, as systemd would."""
+    listener = NotifyListener(str(tmp_path / "notify.sock"))
+    yield listener
+    listener.close()
+
+
+@pytest.fixture
+def served_nodes() -> Iterator[list[ServedNode]]:
+    """`edge-node serve` processes a test starts; any still running afterwards are killed."""
+    started: list[ServedNode] = []
+    yield started
+    for node in started:
+        node.kill()

@@ -14,6 +14,7 @@ from edge_node.queue.errors import (
     QueueLocked,
     QueueWriteError,
 )
+from edge_node.queue.follower import ConsumerQueue, QueueFollower
 from edge_node.queue.framing import MAX_PAYLOAD_BYTES, Record
 from edge_node.queue.inspection import inspect_queue, tail_records
 from edge_node.queue.settings import QueueSettings
@@ -22,12 +23,14 @@ from edge_node.queue.wal import WriteAheadQueue, open_queue
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
+    "ConsumerQueue",
     "ConsumerStatus",
     "CorruptCursor",
     "CorruptRecord",
     "QueueClosed",
     "QueueCorruption",
     "QueueError",
+    "QueueFollower",
     "QueueFull",
     "QueueLocked",
     "QueueSettings",

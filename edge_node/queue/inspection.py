@@ -25,16 +25,16 @@ _T = TypeVar("_T")
 def inspect_queue(directory: str | os.PathLike[str]) -> QueueStatus:
     """Status of the queue in `directory`: bytes, segments, and every cursor on disk."""
     path = Path(directory)
-    return _retrying(lambda: describe(path, _catalog_on_disk(path), read_cursor_files(path), None))
+    return retrying(lambda: describe(path, catalog_on_disk(path), read_cursor_files(path), None))
 
 
 def tail_records(directory: str | os.PathLike[str], count: int) -> list[Record]:
     """The newest `count` complete records in `directory`, oldest first."""
     path = Path(directory)
-    return _retrying(lambda: read_tail(_catalog_on_disk(path), count))
+    return retrying(lambda: read_tail(catalog_on_disk(path), count))
 
 
-def _catalog_on_disk(directory: Path) -> SegmentCatalog:
+def catalog_on_disk(directory: Path) -> SegmentCatalog:
     """The segments as they are on disk now; only the last one is scanned (for its end)."""
     if not directory.is_dir():
         raise QueueError(f"{directory} is not a queue directory: it does not exist")
@@ -46,7 +46,7 @@ def _catalog_on_disk(directory: Path) -> SegmentCatalog:
     return SegmentCatalog(segments, last_seq)
 
 
-def _retrying(view: Callable[[], _T]) -> _T:
+def retrying(view: Callable[[], _T]) -> _T:
     """Run `view`, again if the owner deleted a consumed segment while it was reading."""
     for attempt in range(3):
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from edge_node.queue.cursors import check_consumer_name
+from edge_node.queue.cursors import check_consumer_name, read_cursor_files
 from edge_node.queue.errors import CorruptRecord, QueueClosed, QueueFull
 from edge_node.queue.framing import HEADER_SIZE, MAX_PAYLOAD_BYTES, Record
 from edge_node.queue.opening import OpenedDirectory, open_directory
@@ -180,6 +180,22 @@ class WriteAheadQueue:
             await asyncio.to_thread(self._opened.cursor_store.save, consumer, up_to_seq)
             self._cursors[consumer] = up_to_seq
             await self._delete_consumed_segments()
+
+    async def adopt_cursors(self) -> int:
+        """Take up cursors that a follower in another process (queue/follower.py) committed
+        to their files, and delete the segments every consumer has now passed; returns how
+        many cursors moved."""
+        self._ensure_open()
+        async with self._commit_lock:
+            on_disk = await asyncio.to_thread(read_cursor_files, self.directory)
+            moved = 0
+            for consumer, seq in on_disk.items():
+                if consumer in self._cursors and self._cursors[consumer] < seq <= self.last_seq:
+                    self._cursors[consumer] = seq
+                    moved += 1
+            if moved:
+                await self._delete_consumed_segments()
+            return moved
 
     async def status(self) -> QueueStatus:
         """A snapshot for operators: bytes, segments, and depth and cursor per consumer."""

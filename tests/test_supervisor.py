@@ -1,0 +1,184 @@
+"""`serve --workers N`: workers sharing one port, each with its own queue, under a supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_node.queue import inspect_queue
+from tests.billing.test_daemon import Node as BillingNode
+from tests.served import NotifyListener, ServedNode
+from tests.stripe.support import StandinProcess
+from tests.test_lifecycle import create_tenant
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def queue_depths(data_dir: Path) -> dict[str, int]:
+    return {
+        path.name: inspect_queue(path).last_seq
+        for path in sorted((data_dir / "queue").glob("worker-*"))
+    }
+
+
+class TestWorkers:
+    def test_workers_share_the_port_and_each_has_its_own_queue(
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
+    ) -> None:
+        """With --workers 2 the supervisor says READY once both workers are, connections
+        are spread over both, each worker meters into its own queue directory, and SIGTERM
+        stops the workers and the supervisor with exit status 0."""
+        data_dir = tmp_path / "data"
+        tenant = create_tenant(data_dir)
+        node = ServedNode(data_dir, "--workers", "2", notify=notify, log=tmp_path / "log")
+        served_nodes.append(node)
+        ready = notify.wait_for("READY")
+        assert ready["STATUS"] == f"serving on {node.url} with 2 workers"
+        workers = node.children()
+        assert len(workers) == 2
+        path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
+        for _ in range(40):  # urllib opens a new connection, from a new port, each time
+            assert node.request("GET", path, {"X-API-Key": tenant["api_key"]})[0] == 200
+        depths = queue_depths(data_dir)
+        assert sorted(depths) == ["worker-0", "worker-1"]
+        assert sum(depths.values()) == 40
+        assert min(depths.values()) > 0, depths
+        assert node.stop() == 0
+        notify.wait_for("STOPPING")
+        assert not any(alive(pid) for pid in workers)
+        assert "Traceback" not in node.log.read_text()
+
+    def test_a_killed_worker_is_restarted(
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
+    ) -> None:
+        """A worker killed with SIGKILL is started again on the same port and queue directory
+        (the supervisor's STATUS says so) while the other keeps serving throughout."""
+        data_dir = tmp_path / "data"
+        node = ServedNode(
+            data_dir,
+            "--workers",
+            "2",
+            notify=notify,
+            env=None,
+            log=tmp_path / "log",
+        )
+        served_nodes.append(node)
+        notify.wait_for("READY")
+        victim, survivor = node.children()
+        os.kill(victim, signal.SIGKILL)
+        exited = wait_for_status(notify, "exited (-9)")
+        assert exited.startswith("worker ")
+        assert node.request("GET", "/healthz")[0] == 200
+        wait_for_status(notify, "restarted")
+        workers = node.children()
+        assert survivor in workers
+        assert victim not in workers
+        assert len(workers) == 2
+        assert all(node.request("GET", "/healthz")[0] == 200 for _ in range(10))
+        assert node.stop() == 0
+        log = node.log.read_text()
+        assert "exited with status -9; restarting it in" in log
+        assert "Traceback" not in log
+
+
+@pytest.fixture
+def standin_process() -> Iterator[StandinProcess]:
+    process = StandinProcess.start()
+    yield process
+    process.stop()
+
+
+class TestSyncOncePerNode:
+    def test_the_supervisor_flushes_the_usage_of_every_worker_to_stripe(
+        self, tmp_path: Path, standin_process: StandinProcess, served_nodes: list[ServedNode]
+    ) -> None:
+        """With Stripe configured and --workers 2, usage metered by both workers reaches
+        Stripe through the one sync worker in the supervisor, billed exactly: each queue's
+        cursor is committed by the supervisor, and `billing reconcile` agrees."""
+        billing = BillingNode(tmp_path, standin_process)
+        tenants = [billing.tenant("acme"), billing.tenant("globex")]
+        node = ServedNode(billing.data_dir, "--workers", "2", env=billing.env, log=tmp_path / "log")
+        served_nodes.append(node)
+        for n, tenant in enumerate(tenants):
+            billing.serve(node.url, tenant, 20 + n)
+        billing.wait_until_billed()
+        depths = queue_depths(billing.data_dir)
+        assert sum(depths.values()) == 41
+        assert min(depths.values()) > 0, depths
+        assert node.stop() == 0
+        for name, last_seq in depths.items():
+            cursor = inspect_queue(billing.data_dir / "queue" / name).consumers["billing"].cursor
+            assert cursor == last_seq, name
+        done = billing.cli("billing", "reconcile")
+        assert done.returncode == 0, done.stdout
+        assert "Traceback" not in node.log.read_text()
+
+
+class TestWorkerWatchdog:
+    def test_a_worker_whose_loop_stops_is_killed_and_restarted(
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
+    ) -> None:
+        """Under a watchdog, a worker that stops pinging (stopped with SIGSTOP, as a stuck
+        loop would be) is killed by the supervisor and started again, which itself keeps
+        pinging systemd throughout."""
+        node = ServedNode(
+            tmp_path / "data",
+            "--workers",
+            "2",
+            notify=notify,
+            watchdog_usec=3_000_000,
+            log=tmp_path / "log",
+        )
+        served_nodes.append(node)
+        notify.wait_for("READY")
+        stuck, _ = node.children()
+        os.kill(stuck, signal.SIGSTOP)
+        wait_for_status(notify, "exited (-9)")
+        wait_for_status(notify, "restarted")
+        assert stuck not in node.children()
+        assert notify.count("WATCHDOG") >= 2
+        assert node.stop() == 0
+        assert "sent no watchdog ping" in node.log.read_text()
+
+
+def wait_for_status(notify: NotifyListener, text: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in notify.messages:
+            if text in message.get("STATUS", ""):
+                return message["STATUS"]
+        notify.receive(max(0.01, deadline - time.monotonic()))
+    raise AssertionError(f"no STATUS with {text!r}: {notify.messages}")
+
+
+class TestOrphanedWorkers:
+    def test_workers_stop_when_their_supervisor_is_killed(
+        self, tmp_path: Path, served_nodes: list[ServedNode]
+    ) -> None:
+        """A supervisor killed with SIGKILL leaves no worker behind: each notices and stops,
+        releasing the port and its queue, so the next start finds the data dir free."""
+        data_dir = tmp_path / "data"
+        node = ServedNode(data_dir, "--workers", "2", log=tmp_path / "log")
+        served_nodes.append(node)
+        workers = node.children()
+        node.process.kill()
+        node.process.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "orphaned workers kept running"
+            time.sleep(0.1)
+        again = ServedNode(data_dir, "--workers", "2", log=tmp_path / "log2")
+        served_nodes.append(again)
+        assert again.request("GET", "/healthz")[0] == 200
+        assert again.stop() == 0
