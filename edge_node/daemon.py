@@ -19,6 +19,7 @@ from edge_node.app import NodeStorage, create_app, secret_check_interval
 from edge_node.config import Config
 from edge_node.meter import Meter, open_meter
 from edge_node.queue import WriteAheadQueue
+from edge_node.runtime_file import RuntimeFile
 from edge_node.secrets import SecretFiles
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
     storage = NodeStorage.open(config)
     meter: Meter | None = None
     sync_worker: BackgroundWorker | None = None
+    runtime = RuntimeFile(config.data_path)
     try:
         meter = await open_meter(
             config.meter, config.queue, queue_directory(config), config.node_id
@@ -58,6 +60,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
             f"edge-node listening on http://{host}:{port}"
             f" (node {config.node_id}, data dir {config.data_path.resolve()})"
         )
+        runtime.publish(config.node_id, [f"http://{host}:{port}"])
         await _wait_for_stop_signal(on_reload=lambda: _reload_secrets(secrets))
         await runner.cleanup()
     finally:
@@ -66,6 +69,7 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         if meter is not None:
             await meter.close()
         storage.close()
+        runtime.remove()
 
 
 def start_sync(
