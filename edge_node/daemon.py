@@ -56,11 +56,11 @@ async def serve(config: Config, *, announce: Callable[[str], None] | None = None
         site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
         await site.start()
         host, port = _bound_address(runner)
+        runtime.publish(config.node_id, [f"http://{host}:{port}"])
         (announce or _print)(
             f"edge-node listening on http://{host}:{port}"
             f" (node {config.node_id}, data dir {config.data_path.resolve()})"
         )
-        runtime.publish(config.node_id, [f"http://{host}:{port}"])
         await _wait_for_stop_signal(on_reload=lambda: _reload_secrets(secrets))
         await runner.cleanup()
     finally:
