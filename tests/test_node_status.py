@@ -145,13 +145,12 @@ class TestSyncStatus:
         node.json("central", "migrate", "--dsn", postgres_dsn)
         node.tenant()
         daemon = node.serve()
-        shard = wait_for(
-            lambda: (
-                next(iter(node.status()["postgres"].get("shards", [])), {}).get("last_success_at")
-                and node.status()["postgres"]["shards"][0]
-            ),
-            "a successful sync",
-        )
+
+        def synced_shard() -> dict[str, Any] | None:
+            shards = node.status()["postgres"].get("shards", [])
+            return shards[0] if shards and shards[0]["last_success_at"] else None
+
+        shard = wait_for(synced_shard, "a successful sync")
         assert (shard["state"], shard["last_error"]) == ("ok", None)
         assert "last success 20" in node.run("status").stdout
         assert daemon.stop() == 0
@@ -210,13 +209,12 @@ class TestSyncStatus:
             for n in range(4):
                 path = f"/v1/tenants/{created['tenant_id']}/items/i{n}/score"
                 assert daemon.request("GET", path, created["api_key"])[0] == 200
-            ledger = wait_for(
-                lambda: (
-                    (ledger := node.status()["stripe"]["ledger"])["confirmed"]["units"] == 4
-                    and ledger
-                ),
-                "the usage to be confirmed by Stripe",
-            )
+
+            def confirmed() -> dict[str, Any] | None:
+                ledger: dict[str, Any] = node.status()["stripe"]["ledger"]
+                return ledger if ledger["confirmed"]["units"] == 4 else None
+
+            ledger = wait_for(confirmed, "the usage to be confirmed by Stripe")
             assert ledger["last_confirmed_at"] is not None
             jobs = {job["name"]: job for job in node.status()["stripe"]["jobs"]}
             assert all(job["last_success_at"] for job in jobs.values()), jobs
