@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from edge_node import __version__
+from edge_node import __version__, sqlite
 from edge_node.clock import format_us, now_us
 from edge_node.config import Config
 from edge_node.errors import BackupError
@@ -128,10 +128,9 @@ def copy_database(source: Path, target: Path) -> None:
     file (rollback journal, no -wal beside it), synced to disk."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with (
-        closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as reader,
+        sqlite.read_only(source) as reader,
         closing(sqlite3.connect(target, isolation_level=None)) as writer,
     ):
-        reader.execute("PRAGMA busy_timeout = 5000")
         reader.backup(writer)  # all pages in one step: a single read transaction
         writer.execute("PRAGMA journal_mode = DELETE")
         writer.execute("PRAGMA synchronous = FULL")

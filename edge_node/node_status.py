@@ -10,10 +10,10 @@ stopped node shows the last state its daemon wrote.
 from __future__ import annotations
 
 import sqlite3
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from edge_node import sqlite
 from edge_node.clock import format_us
 from edge_node.config import Config
 from edge_node.queue import QueueError, QueueStatus, inspect_queue
@@ -109,8 +109,7 @@ def _node_database(path: Path, now_us: int) -> tuple[dict[str, int], dict[str, A
     tenants: dict[str, int] = {}
     states: dict[str, tuple[int, int, int | None, int | None]] = {}
     if path.exists():
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            conn.execute("PRAGMA busy_timeout = 5000")
+        with sqlite.read_only(path) as conn:
             try:
                 tenants = dict(
                     conn.execute("SELECT status, count(*) FROM tenants GROUP BY status").fetchall()

@@ -7,6 +7,7 @@ Schema versions live in `PRAGMA user_version`: migration N brings a file from N-
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -94,3 +95,33 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
     if pending.strip():
         raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:80]}")
+
+
+@contextmanager
+def read_only(path: Path, *, busy_timeout_ms: int = 5000) -> Iterator[sqlite3.Connection]:
+    """A read-only connection for the operator commands (status, backup), closed afterwards.
+
+    Reading a WAL database creates its -wal and -shm files when they are missing. Run as
+    root on a service's data directory, those would belong to root and the service could not
+    open its own database; so they are handed to the database file's owner afterwards.
+    """
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        yield conn
+    finally:
+        conn.close()
+        _give_side_files_to_owner(path)
+
+
+def _give_side_files_to_owner(path: Path) -> None:
+    if os.geteuid() != 0:
+        return
+    owner = path.stat()
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        try:
+            if side.stat().st_uid != owner.st_uid:
+                os.chown(side, owner.st_uid, owner.st_gid)
+        except FileNotFoundError:
+            continue

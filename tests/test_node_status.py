@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import time
@@ -21,6 +22,8 @@ from tests.ops_support import Node
 from tests.postgres import PostgresServer
 from tests.stripe.support import StandinProcess
 from tests.test_cli import clean_environment
+
+NOBODY = 65534
 
 
 @pytest.fixture
@@ -71,6 +74,20 @@ class TestStoppedNode:
         done = node.run("status")
         assert (done.returncode, done.stdout) == (1, "")
         assert str(node.data_dir) in done.stderr
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another user")
+    def test_run_as_root_it_leaves_no_root_owned_file(self, node: Node) -> None:
+        """Status run as root on a data directory of a service user (here nobody) leaves
+        every file the service's: SQLite's -wal and -shm go to the database's owner."""
+        node.tenant()
+        for path in [node.data_dir, *node.data_dir.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
+        for suffix in ("-wal", "-shm"):
+            (node.data_dir / f"node.sqlite{suffix}").unlink(missing_ok=True)
+        node.status()
+        owners = {path.name: path.stat().st_uid for path in node.data_dir.rglob("*")}
+        assert "node.sqlite-shm" in owners
+        assert set(owners.values()) == {NOBODY}, owners
 
     def test_set_aside_usage_from_the_billing_ledger(self, node: Node) -> None:
         """Batches the billing ledger set aside are counted with their units, and open ones
