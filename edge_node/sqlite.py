@@ -7,7 +7,6 @@ Schema versions live in `PRAGMA user_version`: migration N brings a file from N-
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -97,13 +96,13 @@ def _statements(script: str) -> Iterator[str]:
         raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:80]}")
 
 
+
 @contextmanager
 def read_only(path: Path, *, busy_timeout_ms: int = 5000) -> Iterator[sqlite3.Connection]:
     """A read-only connection for the operator commands (status, backup), closed afterwards.
 
-    Reading a WAL database creates its -wal and -shm files when they are missing. Run as
-    root on a service's data directory, those would belong to root and the service could not
-    open its own database; so they are handed to the database file's owner afterwards.
+    Reading a WAL database creates its -wal and -shm files when they are missing; run as
+    root, SQLite gives them to the database file's owner, so the service can still open them.
     """
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -111,17 +110,3 @@ def read_only(path: Path, *, busy_timeout_ms: int = 5000) -> Iterator[sqlite3.Co
         yield conn
     finally:
         conn.close()
-        _give_side_files_to_owner(path)
-
-
-def _give_side_files_to_owner(path: Path) -> None:
-    if os.geteuid() != 0:
-        return
-    owner = path.stat()
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        try:
-            if side.stat().st_uid != owner.st_uid:
-                os.chown(side, owner.st_uid, owner.st_gid)
-        except FileNotFoundError:
-            continue

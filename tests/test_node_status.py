@@ -77,8 +77,9 @@ class TestStoppedNode:
 
     @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another user")
     def test_run_as_root_it_leaves_no_root_owned_file(self, node: Node) -> None:
-        """Status run as root on a data directory of a service user (here nobody) leaves
-        every file the service's: SQLite's -wal and -shm go to the database's owner."""
+        """Status run as root on the data directory of a service user (here nobody) leaves
+        every file there the service's, SQLite's -wal and -shm included: the daemon can
+        still open its databases afterwards."""
         node.tenant()
         for path in [node.data_dir, *node.data_dir.rglob("*")]:
             os.chown(path, NOBODY, NOBODY)
