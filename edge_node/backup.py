@@ -145,7 +145,7 @@ def _describe(root: Path, name: Path, kind: str) -> dict[str, Any]:
         "sha256": file_sha256(path),
     }
     if kind == "database":
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        with sqlite.read_only(path) as conn:
             (entry["user_version"],) = conn.execute("PRAGMA user_version").fetchone()
     return entry
 

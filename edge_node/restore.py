@@ -19,15 +19,15 @@ import ctypes
 import errno
 import os
 import shutil
-import sqlite3
 from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import orjson
 
+from edge_node import sqlite
 from edge_node.backup import BACKUP_FORMAT, MANIFEST_NAME, file_sha256, fsync_path, sync_tree
 from edge_node.config import Config
 from edge_node.errors import BackupError, DataDirectoryInUse
@@ -89,7 +89,7 @@ def _verify_file(source: Path, entry: dict[str, Any]) -> None:
     if path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
         raise BackupError(f"{entry['path']} does not match its checksum in the manifest")
     if entry["kind"] == "database":
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        with sqlite.read_only(path) as conn:
             (verdict,) = conn.execute("PRAGMA quick_check").fetchone()
         if verdict != "ok":
             raise BackupError(f"{entry['path']} fails SQLite's quick_check: {verdict}")

@@ -96,7 +96,6 @@ def _statements(script: str) -> Iterator[str]:
         raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:80]}")
 
 
-
 @contextmanager
 def read_only(path: Path, *, busy_timeout_ms: int = 5000) -> Iterator[sqlite3.Connection]:
     """A read-only connection for the operator commands (status, backup), closed afterwards.

@@ -22,6 +22,7 @@ import orjson
 
 from edge_node.clock import format_us, now_us
 from sync.jobs import JobStatus
+from sync.status import replace_status_document
 
 log = logging.getLogger(__name__)
 FILE_NAME = "sync-jobs.json"
@@ -44,10 +45,7 @@ def write_jobs_file(data_dir: Path, node_id: str, jobs: Sequence[JobStatus]) -> 
         "written_at": format_us(now_us()),
         "jobs": [job_to_json(job) for job in jobs],
     }
-    path = data_dir / FILE_NAME
-    temporary = path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-    temporary.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-    os.replace(temporary, path)
+    replace_status_document(data_dir / FILE_NAME, document)
 
 
 def read_jobs_file(data_dir: Path) -> dict[str, Any] | None:

@@ -24,6 +24,12 @@ class Node:
     env: dict[str, str] = field(default_factory=clean_environment)
     daemons: list[Serving] = field(default_factory=list)
 
+    @classmethod
+    def in_directory(cls, root: Path) -> Node:
+        """A node whose data directory is root/data; logs and working directory root/logs."""
+        (root / "logs").mkdir()
+        return cls(root / "data", root / "logs")
+
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*edge_node_command(), "--data-dir", str(self.data_dir), *args],

@@ -21,9 +21,7 @@ EXIT_LOCKED = 75
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    opened = Node(tmp_path / "data", logs)
+    opened = Node.in_directory(tmp_path)
     yield opened
     opened.close()
 

@@ -28,9 +28,7 @@ NOBODY = 65534
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    opened = Node(tmp_path / "data", logs)
+    opened = Node.in_directory(tmp_path)
     yield opened
     opened.close()
 
