@@ -72,10 +72,14 @@ def verify_backup(source: Path) -> dict[str, Any]:
         raise BackupError(f"{source} has no {MANIFEST_NAME}: not a complete backup") from None
     except (OSError, orjson.JSONDecodeError) as exc:
         raise BackupError(f"cannot read {source / MANIFEST_NAME}: {exc}") from None
-    if manifest.get("format") != BACKUP_FORMAT:
-        raise BackupError(f"backup format {manifest.get('format')!r} is not {BACKUP_FORMAT}")
-    for entry in manifest["files"]:
-        _verify_file(source, entry)
+    if not isinstance(manifest, dict) or manifest.get("format") != BACKUP_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BackupError(f"backup format {found!r} is not {BACKUP_FORMAT}")
+    try:
+        for entry in manifest["files"]:
+            _verify_file(source, entry)
+    except (KeyError, TypeError) as exc:
+        raise BackupError(f"{source / MANIFEST_NAME} is malformed: {exc!r}") from None
     return manifest
 
 
