@@ -91,7 +91,7 @@ class TestBackupWhileServing:
             before = load.snapshot()
             backup = tmp_path / "backup"
             summary = node.json("backup", str(backup))
-            load.wait_for(len(before) + 20)  # the load went on during the backup
+            assert len(load.snapshot()) > len(before), "writes went on while it backed up"
         finally:
             load.stop()
         assert daemon.stop() == 0
@@ -201,3 +201,28 @@ class TestRestore:
         assert sorted(p.name for p in node.data_dir.parent.iterdir()) == sorted(
             ["backup", "data", "logs"]
         )
+
+    def test_restore_onto_a_new_box_and_through_a_symlinked_data_dir(
+        self, node: Node, tmp_path: Path
+    ) -> None:
+        """Restore fills a data directory that does not exist yet; through a data directory
+        that is a symlink (systemd's DynamicUser layout) it replaces the directory the link
+        points to and leaves the link in place."""
+        first = node.tenant("acme")
+        backup = tmp_path / "backup"
+        node.json("backup", str(backup))
+        fresh = Node(tmp_path / "new-box" / "data", node.logs, env=node.env)
+        restored = fresh.json("restore", str(backup))
+        assert restored["previous_data_dir"] is None
+        assert [t["tenant_id"] for t in fresh.json("tenants", "list")] == [first["tenant_id"]]
+
+        private = tmp_path / "private"
+        private.mkdir()
+        node.data_dir.rename(private / "edge-node")
+        node.data_dir.symlink_to(private / "edge-node")
+        node.tenant("after-backup")
+        restored = node.json("restore", str(backup))
+        assert restored["data_dir"] == str(private / "edge-node")
+        assert node.data_dir.is_symlink()
+        assert [t["tenant_id"] for t in node.json("tenants", "list")] == [first["tenant_id"]]
+        assert Path(restored["previous_data_dir"]).parent == private

@@ -237,5 +237,7 @@ class TestSyncStatus:
             assert set(jobs) == {"stripe-usage-flush", "stripe-provisioning"}
             assert "meter events: last confirmed" in node.run("status").stdout
             assert daemon.stop() == 0
+            stopped = node.status()["stripe"]["jobs"]
+            assert {job["state"] for job in stopped} == {"stopped"}
         finally:
             standin.stop()
