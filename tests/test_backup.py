@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -33,6 +34,7 @@ class WriteLoad:
         self.daemon = daemon
         self.tenants = tenants
         self.acknowledged: list[tuple[str, str, int]] = []
+        self.failures: list[object] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._post, args=(n,)) for n in range(threads)]
@@ -46,8 +48,10 @@ class WriteLoad:
             user, score = f"w{worker}-u{n}", n % 5 + 1
             body = {"user_id": user, "item_id": f"item-{n % 3}", "score": score}
             path = f"/v1/tenants/{tenant['tenant_id']}/ratings"
-            status, _ = self.daemon.request("POST", path, tenant["api_key"], body)
-            assert status == 201
+            status, answer = self.daemon.request("POST", path, tenant["api_key"], body)
+            if status != 201:
+                self.failures.append(answer)
+                return
             with self._lock:
                 self.acknowledged.append((tenant["tenant_id"], user, score))
             n += 1
@@ -56,14 +60,18 @@ class WriteLoad:
         with self._lock:
             return list(self.acknowledged)
 
-    def wait_for(self, count: int) -> None:
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
         while len(self.snapshot()) < count:
+            assert not self.failures, self.failures
+            assert time.monotonic() < deadline, f"only {len(self.snapshot())} writes"
             self._stop.wait(0.01)
 
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=20)
+        assert not self.failures, self.failures
 
 
 def stored_ratings(tenant_file: Path) -> dict[str, int]:
