@@ -138,6 +138,14 @@ class TestServingDaemon:
         assert after["daemon"] == {"state": "stopped"}
         assert after["queues"][0]["depth"] == 3
 
+    def test_a_refused_second_daemon_leaves_the_first_ones_record(self, node: Node) -> None:
+        """A second `serve` on the data directory exits 75 and status still shows the first
+        daemon running, with its own pid."""
+        daemon = node.serve()
+        assert node.run("serve", "--port", "0").returncode == 75
+        status = node.status()["daemon"]
+        assert (status["state"], status["pid"]) == ("running", daemon.process.pid)
+
     def test_killed_daemon_leaves_a_stale_runtime_file(self, node: Node) -> None:
         """A daemon killed with SIGKILL is reported stopped (stale, its pid gone), not running."""
         daemon = node.serve()
