@@ -38,3 +38,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info
+
+# docs/configuration.md from the configuration schema (tests/test_config_doc.py fails when stale).
+.PHONY: docs
+docs: install
+	$(BIN)/python -m edge_node.config_doc

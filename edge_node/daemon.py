@@ -29,6 +29,7 @@ from edge_node.queue.locking import DirectoryLock
 from edge_node.reload import NodeReloader
 from edge_node.router import ROUTER_KEY
 from edge_node.sd_notify import ServiceNotifier
+from edge_node.runtime_file import RuntimeFile
 from edge_node.secrets import SecretFiles
 from edge_node.tls import open_tls
 
@@ -66,6 +67,7 @@ async def serve(
     sync_worker: BackgroundWorker | None = None
     background: list[asyncio.Task[None]] = []
     metrics = node_metrics(config)
+    runtime = RuntimeFile(config.data_path)
     try:
         tls = open_tls(config.tls)
         meter = await open_meter(
@@ -101,6 +103,8 @@ async def serve(
         await site.start()
         host, port = _bound_address(runner)
         scheme = "http" if tls is None else "https"
+        if worker is None:
+            runtime.publish(config.node_id, [f"{scheme}://{host}:{port}"])
         (announce or _print)(
             f"edge-node listening on {scheme}://{host}:{port}"
             f" (node {config.node_id}, data dir {config.data_path.resolve()})"
@@ -128,6 +132,8 @@ async def serve(
         notifier.close()
         if node_lock is not None:
             node_lock.release()
+        if worker is None:
+            runtime.remove()
 
 
 def start_sync(

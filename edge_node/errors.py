@@ -20,6 +20,8 @@
     +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
     +-- KeyMaterialError           master key or data-key store unusable (edge_node.keystore)
     +-- CommentUnreadable          a sealed comment cannot be opened here (edge_node.sealing)
+    +-- BackupError                a backup that cannot be written, or one refused for restore
+    |   +-- DataDirectoryInUse     restore refused: a daemon serves the data directory
     +-- SyncError                  the central PostgreSQL (sync/postgres.py) or Stripe
         |                          (sync/stripe_gateway.py) failed an operation
         +-- TransientSyncError     retry later: unreachable, reset, timeout, serialization
@@ -51,6 +53,15 @@ class ConfigError(EdgeNodeError):
 
 class RegistryError(EdgeNodeError):
     """A registry operation named a tenant or key that does not exist."""
+
+
+class BackupError(EdgeNodeError):
+    """`backup` could not write a complete backup, or `restore` refused one (the message says
+    why: a file whose checksum differs, a target that exists, a running daemon)."""
+
+
+class DataDirectoryInUse(BackupError):
+    """A daemon holds the data directory that restore was to replace: stop it first."""
 
 
 class SyncError(EdgeNodeError):

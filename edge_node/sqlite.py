@@ -94,3 +94,18 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
     if pending.strip():
         raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:80]}")
+
+
+@contextmanager
+def read_only(path: Path, *, busy_timeout_ms: int = 5000) -> Iterator[sqlite3.Connection]:
+    """A read-only connection for the operator commands (status, backup), closed afterwards.
+
+    Reading a WAL database creates its -wal and -shm files when they are missing; run as
+    root, SQLite gives them to the database file's owner, so the service can still open them.
+    """
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        yield conn
+    finally:
+        conn.close()

@@ -67,10 +67,7 @@ def write_status_file(data_dir: Path, node_id: str, shards: list[ShardStatus], n
         "written_at": format_us(now_us),
         "shards": [shard.to_json(now_us) for shard in shards],
     }
-    path = data_dir / FILE_NAME
-    temporary = path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-    temporary.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-    os.replace(temporary, path)
+    replace_status_document(data_dir / FILE_NAME, document)
 
 
 def read_status_file(data_dir: Path) -> dict[str, Any] | None:
@@ -80,3 +77,10 @@ def read_status_file(data_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     return document
+
+
+def replace_status_document(path: Path, document: dict[str, Any]) -> None:
+    """Write a status file under a temporary name, then rename it over the old one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    os.replace(temporary, path)

@@ -27,6 +27,7 @@ from edge_node.clock import now_us
 from edge_node.config import CentralConfig
 from edge_node.errors import SyncError
 from sync.backoff import Backoff
+from sync.job_status_file import JobStatusPublisher
 from sync.jobs import JobStatus, PeriodicJob, run_periodically
 from sync.postgres import check_dsn, close_quietly, connect, redact_dsn
 from sync.rounds import EdgeStorage, RoundReport, ShardRound
@@ -85,6 +86,7 @@ class SyncWorker:
         self._jobs = [(job, JobStatus(job.name)) for job in jobs]
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._job_publisher = JobStatusPublisher(data_dir, node_id, self.job_status)
 
     def status(self) -> list[ShardStatus]:
         """A snapshot of every shard's status."""
@@ -109,6 +111,10 @@ class SyncWorker:
             )
             for job, status in self._jobs
         ]
+        if self._jobs:
+            self._tasks.append(
+                asyncio.create_task(self._job_publisher.run(self._stopping), name="sync-jobs-file")
+            )
 
     async def stop(self, grace: float = 5.0) -> None:
         """Let the rounds in progress finish for up to `grace` seconds, cancel the rest, and
@@ -131,6 +137,8 @@ class SyncWorker:
             status.state = "stopped"
             await job.close()
         self._publish()
+        if self._jobs:
+            self._job_publisher.publish()
 
     async def run_once(self) -> list[RoundReport]:
         """One round on every shard, in order; errors propagate (for tests and tools)."""

@@ -1,0 +1,88 @@
+"""The status file of the sync worker's periodic jobs (the Stripe jobs), for `edge-node status`.
+
+The shard loops publish `sync-status.json` (sync/status.py) after every attempt; the jobs
+(Stripe provisioning, the usage flush) keep their status in memory, so the worker copies it
+to `sync-jobs.json` in the data directory whenever it changed, at most once per
+`PUBLISH_INTERVAL_SECONDS`, and once more when it stops. Written to a temporary name, then
+renamed: a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from edge_node.clock import format_us, now_us
+from sync.jobs import JobStatus
+from sync.status import replace_status_document
+
+log = logging.getLogger(__name__)
+FILE_NAME = "sync-jobs.json"
+PUBLISH_INTERVAL_SECONDS = 1.0
+
+
+def job_to_json(status: JobStatus) -> dict[str, Any]:
+    document = dataclasses.asdict(status)
+    for name in ("last_success_at", "last_error_at"):
+        value = document[name]
+        document[name] = None if value is None else format_us(value)
+    return document
+
+
+def write_jobs_file(data_dir: Path, node_id: str, jobs: Sequence[JobStatus]) -> None:
+    """Replace the jobs file atomically (no fsync: it is rewritten while anything changes)."""
+    document = {
+        "node_id": node_id,
+        "pid": os.getpid(),
+        "written_at": format_us(now_us()),
+        "jobs": [job_to_json(job) for job in jobs],
+    }
+    replace_status_document(data_dir / FILE_NAME, document)
+
+
+def read_jobs_file(data_dir: Path) -> dict[str, Any] | None:
+    """The last jobs status the daemon wrote, or None when it never wrote one."""
+    try:
+        document: dict[str, Any] = orjson.loads((data_dir / FILE_NAME).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return document
+
+
+class JobStatusPublisher:
+    """Copies the jobs' in-memory status to the jobs file when it changes."""
+
+    def __init__(
+        self, data_dir: Path, node_id: str, snapshot: Callable[[], list[JobStatus]]
+    ) -> None:
+        self._data_dir = data_dir
+        self._node_id = node_id
+        self._snapshot = snapshot
+        self._published: list[JobStatus] | None = None
+
+    def publish(self) -> None:
+        """Write the file if the status differs from what was last written."""
+        jobs = self._snapshot()
+        if jobs == self._published:
+            return
+        try:
+            write_jobs_file(self._data_dir, self._node_id, jobs)
+        except OSError as exc:
+            log.warning("cannot write the sync jobs status file: %s", exc)
+            return
+        self._published = jobs
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Publish every `PUBLISH_INTERVAL_SECONDS` until `stopping` is set."""
+        while not stopping.is_set():
+            self.publish()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=PUBLISH_INTERVAL_SECONDS)
