@@ -71,12 +71,20 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
-    """Apply the migrations this file has not seen yet, each in its own transaction."""
+    """Apply the migrations this file has not seen yet, each in its own transaction.
+
+    The version is read again once the write lock is held: another process opening the same
+    new file at the same moment (the daemon and an `edge-node` command) may have applied the
+    migration while this one waited for the lock.
+    """
     (current,) = conn.execute("PRAGMA user_version").fetchone()
     for version, script in enumerate(migrations, start=1):
         if version <= current:
             continue
         with transaction(conn):
+            (current,) = conn.execute("PRAGMA user_version").fetchone()
+            if version <= current:
+                continue
             for statement in _statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")

@@ -1,8 +1,8 @@
-"""Test support for sync: edge nodes as data directories, central inspection, a TCP proxy."""
+"""Test support for sync: edge nodes as data directories, central inspection, a TCP proxy
+(tests/fault_proxy.py, shared with the system tests)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import sqlite3
@@ -20,6 +20,9 @@ from sync.backoff import Backoff
 from sync.postgres import Connection
 from sync.rounds import EdgeStorage, RoundReport
 from sync.worker import SyncWorker
+from tests.fault_proxy import TcpProxy
+
+__all__ = ["ROW_COLUMNS", "Edge", "TcpProxy", "central_rows", "central_scores", "rows_hash"]
 
 FLEET_KEY = WrappingKey(bytes(range(32)))
 ROW_COLUMNS = (
@@ -138,55 +141,3 @@ async def central_scores(conn: Connection, tenant_id: str) -> list[tuple[Any, ..
 
 def rows_hash(rows: Sequence[tuple[Any, ...]]) -> str:
     return hashlib.sha256(repr(sorted(rows, key=repr)).encode()).hexdigest()
-
-
-class TcpProxy:
-    """A TCP forwarder on a loopback port that a test can cut (dropping every connection and
-    refusing new ones) and heal, to play a network partition between an edge and PostgreSQL."""
-
-    def __init__(self, target_port: int, port: int) -> None:
-        self.target_port = target_port
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
-
-    def dsn(self, dsn: str) -> str:
-        """`dsn` pointed at the proxy instead of the server."""
-        return dsn.replace(f":{self.target_port}/", f":{self.port}/")
-
-    async def heal(self) -> None:
-        if self._server is None:
-            self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._links):
-            writer.transport.abort()
-        self._links.clear()
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                "127.0.0.1", self.target_port
-            )
-        except OSError:
-            writer.transport.abort()
-            return
-        self._links.update((writer, upstream_writer))
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-        )
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._links.discard(writer)
-            writer.transport.abort()
