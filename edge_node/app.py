@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from edge_node.billing_events import BillingEventStore
 from edge_node.config import Config
 from edge_node.errors import ServiceUnavailable
-from edge_node.keystore import open_keyring
 from edge_node.guards import add_request_guards
+from edge_node.keystore import open_keyring
 from edge_node.meter import Meter
 from edge_node.metrics import NodeMetrics, add_metrics_route
 from edge_node.openapi import openapi_document
@@ -88,9 +88,7 @@ def create_app(
     if config.metrics.enabled:
         middlewares.insert(1, metrics.middleware)
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
-    add_request_guards(
-        app, config, storage.registry.connection, metrics_registry=metrics.registry
-    )
+    add_request_guards(app, config, storage.registry.connection, metrics_registry=metrics.registry)
     app[CONFIG_KEY] = config
     app[REGISTRY_KEY] = storage.registry
     app[STORES_KEY] = storage.stores

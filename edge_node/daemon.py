@@ -28,8 +28,8 @@ from edge_node.queue import QueueFollower, WriteAheadQueue
 from edge_node.queue.locking import DirectoryLock
 from edge_node.reload import NodeReloader
 from edge_node.router import ROUTER_KEY
-from edge_node.sd_notify import ServiceNotifier
 from edge_node.runtime_file import RuntimeFile
+from edge_node.sd_notify import ServiceNotifier
 from edge_node.secrets import SecretFiles
 from edge_node.tls import open_tls
 

@@ -53,7 +53,9 @@ async def send_raw(node: RunningNode, data: bytes) -> RawAnswer:
 
 def request(path: str = f"/v1/tenants/{TENANT}/ratings", headers: bytes = b"") -> bytes:
     return (
-        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n"
+        b"GET "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n"
         + headers
         + b"\r\n"
     )
@@ -145,7 +147,7 @@ class TestSlowClients:
         sent = 0
         try:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n")
-            for sent in range(1, 31):  # noqa: B007 - how many lines went out is the result
+            for sent in range(1, 31):
                 await asyncio.sleep(0.2)
                 if reader.at_eof() or writer.is_closing():
                     break
@@ -188,7 +190,7 @@ class TestSlowClients:
                 chunk = await _read_if_any(reader)
                 if chunk:
                     raw += chunk
-                if chunk == b"" or b"\r\n\r\n" in raw and len(raw) > raw.index(b"\r\n\r\n") + 4:
+                if chunk == b"" or (b"\r\n\r\n" in raw and len(raw) > raw.index(b"\r\n\r\n") + 4):
                     break
             raw += await asyncio.wait_for(reader.read(), 5)
         finally:
