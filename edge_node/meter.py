@@ -6,9 +6,12 @@ A route names the operation it performs; an operation bills the units configured
 for the event, so a full queue refuses the request (503) before anything is done rather
 than after a write it could not bill.
 
-In `strict` durability the response waits until its event is on disk (the queue's group
-commit makes that one shared fsync for many requests). In `batched` it does not: a crash
-can lose the events appended since the last group commit, a few milliseconds' worth.
+Each event recorded is also counted per tenant and day in a memory-mapped file of its own
+(edge_node/served.py), apart from the queue, so reconciliation can tell usage served from
+usage billing holds. In `strict` durability the response waits until its event is on
+disk (the queue's group commit makes that one shared fsync for many requests). In
+`batched` it does not: a crash can lose the events appended since the last group commit, a
+few milliseconds' worth.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from edge_node.config import MeterConfig, QueueConfig
 from edge_node.errors import ConfigError, ServiceUnavailable
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import QueueError, QueueSettings, WriteAheadQueue, open_queue
+from edge_node.served import ServedCounter, counts_path
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +80,15 @@ class MeterStats:
 class Meter:
     """Records usage events for one process's queue; `None` queue means metering is off."""
 
-    def __init__(self, queue: WriteAheadQueue | None, config: MeterConfig, node_id: str) -> None:
+    def __init__(
+        self,
+        queue: WriteAheadQueue | None,
+        config: MeterConfig,
+        node_id: str,
+        served: ServedCounter | None = None,
+    ) -> None:
         self.queue = queue
+        self.served = served
         self.config = config
         self.node_id = node_id
         self.stats = MeterStats()
@@ -144,6 +155,8 @@ class Meter:
         else:
             self._pending.add(durable)
             durable.add_done_callback(self._settled)
+        if self.served is not None:  # counted apart from the queue, for reconciliation
+            self.served.add(tenant_id, event.timestamp_ms, units)
         self.stats.recorded += 1
         return event
 
@@ -152,6 +165,9 @@ class Meter:
         if self.queue is not None:
             await self.queue.flush()
             await self.queue.close()
+        if self.served is not None:
+            self.served.close()
+            self.served = None
 
     def _settled(self, durable: asyncio.Future[int]) -> None:
         self._pending.discard(durable)
@@ -202,4 +218,4 @@ async def open_meter(
     queue = await open_queue(
         directory, consumers=(BILLING_CONSUMER,), settings=settings, fsync=fsync
     )
-    return Meter(queue, config, node_id)
+    return Meter(queue, config, node_id, ServedCounter(counts_path(directory)))

@@ -2,15 +2,20 @@
 
 `edge-node billing reconcile` runs beside the daemon: node.sqlite is opened read-only and
 the queue read without its lock (edge_node.queue.inspect_queue, tail_records), so nothing
-is changed and nothing waits. Every served event is in exactly one place:
+is changed and nothing waits. Every event billing holds is in exactly one place:
 
-    served = queued (on the queue, not planned yet) + the events of the ledger's batches
+    recorded = queued (on the queue, not planned yet) + the events of the ledger's batches
     billed = confirmed                in flight = queued + planned + sent
 
-A day is in order when served = billed + in flight. What is neither billed nor in flight
-was set aside (listed with the reason) or cannot be read; the command then exits non-zero.
-The ledger is read first, in one snapshot, then the queue after the last range planned as of
-that snapshot, so a range the daemon plans meanwhile is counted once, as queued.
+and `served` is counted apart, where requests are served (edge_node/served.py, one counts
+file per worker). A day is in order when recorded = billed + in flight, and served is not
+more than recorded. What is neither billed nor in flight was set aside (listed with the
+reason) or cannot be read; what was served but is not recorded was lost before billing
+could see it; the command then exits non-zero. The counts are read first, then the ledger
+in one snapshot, then the queue after the last range planned as of that snapshot: a range
+the daemon plans meanwhile is counted once, as queued, and a request served meanwhile can
+only make recorded exceed served, never the reverse. Without any counts file (a data
+directory metered before the counts existed) served is taken to be recorded.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import orjson
 
 from edge_node.meter import BILLING_CONSUMER
 from edge_node.queue import inspect_queue, tail_records
+from edge_node.served import read_counts
 from sync.billing_ledger import PLANNED_THROUGH
 
 STATES = ("planned", "sent", "confirmed", "set_aside")
@@ -58,13 +64,24 @@ class TenantDay:
     day: str
     queued: Tally = field(default_factory=Tally)
     states: dict[str, Tally] = field(default_factory=lambda: {s: Tally() for s in STATES})
+    counted: Tally | None = None  # served, as counted where requests are served
 
     @property
-    def served(self) -> Tally:
+    def recorded(self) -> Tally:
+        """What billing holds: queued, and every ledger batch."""
         total = Tally()
         for tally in (self.queued, *self.states.values()):
             total.add(0, tally.events, tally.units)
         return total
+
+    @property
+    def served(self) -> Tally:
+        return self.recorded if self.counted is None else self.counted
+
+    @property
+    def unrecorded_units(self) -> int:
+        """Units served that billing holds no record of (lost before it could see them)."""
+        return max(0, self.served.units - self.recorded.units)
 
     @property
     def in_flight_units(self) -> int:
@@ -72,20 +89,27 @@ class TenantDay:
 
     @property
     def unbilled_units(self) -> int:
-        """Served units neither billed nor on their way: set aside."""
-        return self.served.units - self.states["confirmed"].units - self.in_flight_units
+        """Recorded units neither billed nor on their way: set aside."""
+        return self.recorded.units - self.states["confirmed"].units - self.in_flight_units
+
+    @property
+    def ok(self) -> bool:
+        return self.unbilled_units == 0 and self.unrecorded_units == 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "tenant_id": self.tenant_id,
             "day": self.day,
             "served": self.served.to_json(with_batches=False),
+            "served_counted": self.counted is not None,
+            "recorded": self.recorded.to_json(with_batches=False),
             "queued": self.queued.to_json(with_batches=False),
             **{state: tally.to_json() for state, tally in self.states.items()},
             "billed_units": self.states["confirmed"].units,
             "in_flight_units": self.in_flight_units,
             "unbilled_units": self.unbilled_units,
-            "ok": self.unbilled_units == 0,
+            "unrecorded_units": self.unrecorded_units,
+            "ok": self.ok,
         }
 
 
@@ -99,9 +123,7 @@ class Reconciliation:
 
     @property
     def ok(self) -> bool:
-        return self.unreadable_records == 0 and all(
-            day.unbilled_units == 0 for day in self.days.values()
-        )
+        return self.unreadable_records == 0 and all(day.ok for day in self.days.values())
 
     def day(self, tenant_id: str, day: str) -> TenantDay:
         key = (tenant_id, day)
@@ -124,6 +146,7 @@ def reconcile(
     """The report for `data_dir`, for one tenant or all, from day `since` (UTC) on."""
     report = Reconciliation()
     first_day = (since or date(1970, 1, 1)).isoformat()
+    counted = _tally_counts(data_dir / "served", report, tenant_id, first_day)
     with _read_only(data_dir / "node.sqlite") as conn:
         conn.execute("BEGIN")  # one snapshot for every query below
         _tally_ledger(conn, report, tenant_id, first_day)
@@ -131,7 +154,27 @@ def reconcile(
         conn.execute("COMMIT")
     for directory in sorted((data_dir / "queue").glob("worker-*")):
         _tally_queue(directory, planned.get(directory.name, 0), report, tenant_id, first_day)
+    if counted:
+        for day in report.days.values():
+            if day.counted is None:
+                day.counted = Tally()
     return report
+
+
+def _tally_counts(
+    directory: Path, report: Reconciliation, tenant_id: str | None, first_day: str
+) -> bool:
+    """Add the served counts of every worker; whether there were any counts files."""
+    paths = sorted(directory.glob("*.counts"))
+    for path in paths:
+        for tenant, day_number, events, units in read_counts(path):
+            day = date.fromordinal(date(1970, 1, 1).toordinal() + day_number).isoformat()
+            if (tenant_id is None or tenant == tenant_id) and day >= first_day:
+                tally = report.day(tenant, day)
+                if tally.counted is None:
+                    tally.counted = Tally()
+                tally.counted.add(0, events, units)
+    return bool(paths)
 
 
 @contextmanager

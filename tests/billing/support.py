@@ -15,6 +15,7 @@ from edge_node.config import BillingConfig
 from edge_node.meter import BILLING_CONSUMER, UsageEvent
 from edge_node.queue import WriteAheadQueue, open_queue
 from edge_node.registry import TenantRegistry
+from edge_node.served import ServedCounter, counts_path
 from sync.backoff import Backoff
 from sync.billing import BillingConsumer
 from sync.billing_ledger import BillingLedger
@@ -51,17 +52,21 @@ class BillingNode:
     monotonic: MovableClock = field(default_factory=lambda: MovableClock(time.monotonic))
     served: Counter[str] = field(default_factory=Counter)
     consumers: list[BillingConsumer] = field(default_factory=list)
+    counter: ServedCounter | None = None
 
     @classmethod
     async def open(cls, data_dir: Path, gateway: StripeGateway) -> BillingNode:
         registry = TenantRegistry.open(data_dir)
         queue = await open_queue(data_dir / "queue" / "worker-0", consumers=(BILLING_CONSUMER,))
-        return cls(data_dir, registry, queue, gateway)
+        counter = ServedCounter(counts_path(queue.directory))
+        return cls(data_dir, registry, queue, gateway, counter=counter)
 
     async def close(self) -> None:
         for consumer in self.consumers:
             await consumer.close()
         await self.queue.close()
+        if self.counter is not None:
+            self.counter.close()
         self.registry.close()
 
     async def tenant(self, name: str, *, provisioned: bool = True) -> str:
@@ -85,7 +90,8 @@ class BillingNode:
         self, tenant_id: str, count: int, *, at: float | None = None, units: int = 1
     ) -> None:
         """Append `count` usage events of `units` each, timestamped from `at` (default ten
-        minutes ago, so their windows are complete) a millisecond apart."""
+        minutes ago, so their windows are complete) a millisecond apart, and count them as
+        served, as the meter does."""
         start_ms = int(((self.clock() - 600) if at is None else at) * 1000)
         pending = []
         for n in range(count):
@@ -102,6 +108,9 @@ class BillingNode:
             pending.append(self.queue.append_nowait(event.encode(), timestamp_ms=start_ms + n))
         for durable in pending:
             await durable
+        if self.counter is not None:
+            for n in range(count):
+                self.counter.add(tenant_id, start_ms + n, units)
         self.served[tenant_id] += count * units
 
     def consumer(self, **settings: Any) -> BillingConsumer:

@@ -135,6 +135,7 @@ def test_serve_flushes_served_usage_to_stripe_and_stops_cleanly(
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert sum(day["billed_units"] for day in report["days"]) == sum(node.served.values())
+    assert counted_served(report) == dict(node.served)
 
 
 @pytest.mark.slow
@@ -171,3 +172,15 @@ def test_sigkill_at_random_points_of_the_flush_bills_exactly_once(
     assert state["meter_events"] <= state["calls"]["POST /v1/billing/meter_events"]
     done = node.cli("billing", "reconcile")
     assert done.returncode == 0, done.stdout
+    # Counted where requests were served, in a file each killed daemon left as it was.
+    assert counted_served(json.loads(done.stdout)) == dict(node.served)
+
+
+def counted_served(report: dict[str, object]) -> dict[str, int]:
+    """Units served per tenant as `billing reconcile` counted them (not from billing's own
+    records: every day must say so)."""
+    served: Counter[str] = Counter()
+    for day in report["days"]:  # type: ignore[attr-defined]
+        assert day["served_counted"] is True
+        served[day["tenant_id"]] += day["served"]["units"]
+    return dict(served)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 
 from edge_node.errors import TransientSyncError
+from edge_node.meter import BILLING_CONSUMER
+from edge_node.queue import open_queue
 from sync.billing_reconcile import reconcile
 from sync.stripe_standin import StripeStandin
 from tests.billing.support import BillingNode
@@ -65,6 +68,7 @@ class TestReconcile:
         assert document["ok"] is True
         days = rows(document, tenant)  # one day, or two just after midnight UTC
         assert total(days, "served") == {"events": 10, "units": 17}
+        assert all(day["served_counted"] for day in days)
         assert total(days, "confirmed") == {"batches": 1, "events": 7, "units": 14}
         assert total(days, "queued") == {"events": 3, "units": 3}
         assert sum(day["billed_units"] for day in days) == 14
@@ -116,6 +120,35 @@ class TestReconcile:
         code, recent = run_reconcile(node.data_dir, "--since", day_of(node.clock() - DAY))
         assert code == 0
         assert old not in {day["tenant_id"] for day in recent["days"]}
+
+    async def test_usage_served_but_lost_before_billing_makes_the_command_fail(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """Served is counted apart from billing's records: usage served and then lost with the
+        queue (its directory gone before the flush planned it) shows as served but not
+        recorded, and the command exits 1, where a served figure derived from the queue and
+        the ledger would agree with billing and exit 0."""
+        lost, kept = await node.tenant("lost"), await node.tenant("kept")
+        at = window_start(node, 900)
+        await node.serve(kept, 4, at=at)
+        await node.consumer().run_until_settled()
+        await node.serve(lost, 6, at=at)
+        directory = node.queue.directory
+        await node.queue.close()
+        shutil.rmtree(directory)
+        node.queue = await open_queue(directory, consumers=(BILLING_CONSUMER,))
+        code, document = run_reconcile(node.data_dir)
+        assert code == 1
+        [lost_day] = rows(document, lost)
+        assert lost_day["served"] == {"events": 6, "units": 6}
+        assert lost_day["recorded"] == {"events": 0, "units": 0}
+        assert (lost_day["unrecorded_units"], lost_day["ok"]) == (6, False)
+        [kept_day] = rows(document, kept)
+        assert (kept_day["served"], kept_day["billed_units"], kept_day["ok"]) == (
+            {"events": 4, "units": 4},
+            4,
+            True,
+        )
 
     def test_a_bad_date_is_a_usage_error(self, tmp_path: Path) -> None:
         """--since takes YYYY-MM-DD; anything else is refused with exit 2."""
