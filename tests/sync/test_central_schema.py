@@ -59,11 +59,12 @@ class TestMigrate:
             "ratings": ("r", True, True),
             "item_scores": ("v", False, False),
             "sync_horizons": ("r", False, False),
+            "billing_events": ("r", True, True),
         }
         triggers = await conn.fetch(
             "SELECT tgrelid::regclass::text AS t FROM pg_trigger WHERE NOT tgisinternal"
         )
-        assert sorted(r["t"] for r in triggers) == sorted(TENANT_TABLES)
+        assert sorted(r["t"] for r in triggers) == sorted((*TENANT_TABLES, "billing_events"))
 
     async def test_rerun_is_a_no_op(self, conn: Connection) -> None:
         """A second run applies nothing and leaves the record of the first untouched."""
