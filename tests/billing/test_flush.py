@@ -143,6 +143,32 @@ class TestStripeDown:
         assert consumer.stats.set_aside == 0
         assert_billed_as_served(node, standin)
 
+    async def test_a_429_storm_bills_exactly_once(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """Stripe throttling in bursts (429s on and off from one round to the next, with
+        slow answers so each customer's calls also queue behind each other) over many
+        customers and windows: every batch ends confirmed, none set aside, and each
+        customer is billed exactly what was served."""
+        tenants = [await node.tenant(f"t{n}") for n in range(4)]
+        for minutes in range(5):
+            for n, tenant in enumerate(tenants):
+                await node.serve(tenant, 3 + n, at=window_start(node, 900 - 60 * minutes))
+        consumer = node.consumer(max_batches_per_round=6)
+        standin.set_switches(latency=0.01)
+        throttled_rounds = 0
+        for burst in range(6):
+            standin.set_switches(throttle=burst % 2 == 0)
+            await consumer.run_round()
+            throttled_rounds += burst % 2 == 0
+            await asyncio.sleep(consumer.next_retry_in() or 0)
+        standin.set_switches(throttle=False, latency=0)
+        await consumer.run_until_settled()
+        assert consumer.stats.transient_failures >= throttled_rounds
+        assert node.states() == {"confirmed": 20}
+        assert consumer.stats.set_aside == 0
+        assert_billed_as_served(node, standin)
+
     async def test_a_429_retry_after_is_waited_out(
         self, node: BillingNode, standin: StripeStandin
     ) -> None:
