@@ -102,9 +102,9 @@ class BillingEventStore:
         )
         if upload and tenant_id is not None and event.target is not None:
             self._conn.execute(
-                "INSERT INTO billing_event_outbox (event_id, tenant_id, type, created,"
-                " customer_id, subscription_id, target) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (event_id) DO NOTHING",
+                "INSERT INTO shared_billing_events (waiting_for, event_id, tenant_id, type,"
+                " created, customer_id, subscription_id, target)"
+                " VALUES ('upload', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
                 (
                     event.event_id,
                     tenant_id,

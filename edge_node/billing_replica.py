@@ -1,16 +1,16 @@
 """Stripe billing events shared between edges through the central database (node.sqlite side).
 
 A webhook reaches one node. That node applies the event and, in the same transaction, queues
-it in `billing_event_outbox` (edge_node/billing_events.py). The sync worker uploads the
-queue to the central `billing_events` table and downloads the events other nodes uploaded
-(sync/billing_registry.py); each is applied here through the very rule a webhook follows,
-once per event id (`webhook_events`). The rule's outcome does not depend on the order
-events arrive in (tests/webhooks/test_ordering.py), so every edge converges on the state
-one node receiving every event would reach, and an event can never undo a newer one.
+it in `shared_billing_events`, waiting for `upload` (edge_node/billing_events.py). The sync
+worker uploads what waits to the central `billing_events` table and downloads the events
+other nodes uploaded (sync/billing_registry.py); each is applied here through the very rule
+a webhook follows, once per event id (`webhook_events`). The rule's outcome does not depend
+on the order events arrive in (tests/webhooks/test_ordering.py), so every edge converges on
+the state one node receiving every event would reach, and an event never undoes a newer one.
 
-An event downloaded for a tenant this node does not hold yet waits in
-`billing_events_waiting` and is applied once the tenant arrives (the registry download of a
-later round), so no event is lost to the order in which rows reach this node.
+An event downloaded for a tenant this node does not hold yet waits in the same table (for
+its `tenant`) and is applied once the tenant arrives (the registry download of a later
+round), so no event is lost to the order in which rows reach this node.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class BillingReplica:
     def pending_uploads(self) -> list[SharedBillingEvent]:
         """Events applied here and not uploaded yet, oldest first."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM billing_event_outbox"  # noqa: S608
-            " ORDER BY created, event_id"
+            f"SELECT {_COLUMNS} FROM shared_billing_events"  # noqa: S608
+            " WHERE waiting_for = 'upload' ORDER BY created, event_id"
         ).fetchall()
         return [SharedBillingEvent(*row) for row in rows]
 
@@ -70,7 +70,7 @@ class BillingReplica:
         """Drop uploaded events from the outbox (once the central COMMIT is done)."""
         with sqlite.transaction(self._conn):
             self._conn.executemany(
-                "DELETE FROM billing_event_outbox WHERE event_id = ?",
+                "DELETE FROM shared_billing_events WHERE event_id = ? AND waiting_for = 'upload'",
                 [(event.event_id,) for event in events],
             )
 
@@ -97,15 +97,15 @@ class BillingReplica:
         rows = self._conn.execute(
             "SELECT w.event_id, w.tenant_id, w.type, w.created, w.customer_id,"
             " w.subscription_id, w.target"
-            " FROM billing_events_waiting w JOIN tenants t ON t.tenant_id = w.tenant_id"
-            " ORDER BY w.created, w.event_id"
+            " FROM shared_billing_events w JOIN tenants t ON t.tenant_id = w.tenant_id"
+            " WHERE w.waiting_for = 'tenant' ORDER BY w.created, w.event_id"
         ).fetchall()
         if not rows:
             return 0
         waiting = [SharedBillingEvent(*row) for row in rows]
         with sqlite.transaction(self._conn):
             self._conn.executemany(
-                "DELETE FROM billing_events_waiting WHERE event_id = ?",
+                "DELETE FROM shared_billing_events WHERE event_id = ? AND waiting_for = 'tenant'",
                 [(event.event_id,) for event in waiting],
             )
             return sum(self._apply(event) for event in waiting)
@@ -116,8 +116,8 @@ class BillingReplica:
         tenant = self._store.tenant(shared.tenant_id)
         if tenant is None:
             self._conn.execute(
-                f"INSERT INTO billing_events_waiting ({_COLUMNS})"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                f"INSERT INTO shared_billing_events (waiting_for, {_COLUMNS})"  # noqa: S608
+                " VALUES ('tenant', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
                 (
                     shared.event_id,
                     shared.tenant_id,

@@ -129,26 +129,18 @@ MIGRATIONS = (
         WHERE tenant_id IS NOT NULL;
     """,
     # 5: Stripe billing. The queue numbering a batch was planned in (it changes when the
-    # queue's numbering restarts behind the ledger), part of its identifier. Billing events
-    # to upload to the central database, and events downloaded from it for a tenant this
-    # node does not hold yet (applied once it arrives).
+    # queue's numbering restarts behind the ledger), part of its identifier. A tenant's
+    # billing standing apart from its status. Billing events shared through the central
+    # database that wait here: to be uploaded, or (downloaded) for their tenant to arrive.
     """
     ALTER TABLE billing_ledger ADD COLUMN queue_epoch INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tenants ADD COLUMN billing_status TEXT
         CHECK (billing_status IN ('active', 'past_due', 'canceled'));
     UPDATE tenants SET billing_status = status
         WHERE billing_event_created IS NOT NULL AND status != 'suspended';
-    CREATE TABLE billing_event_outbox (
+    CREATE TABLE shared_billing_events (
         event_id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        created INTEGER NOT NULL,
-        customer_id TEXT,
-        subscription_id TEXT,
-        target TEXT NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE billing_events_waiting (
-        event_id TEXT PRIMARY KEY,
+        waiting_for TEXT NOT NULL CHECK (waiting_for IN ('upload', 'tenant')),
         tenant_id TEXT NOT NULL,
         type TEXT NOT NULL,
         created INTEGER NOT NULL,

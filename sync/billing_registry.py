@@ -27,6 +27,8 @@ _UPLOAD = """
                          $6::text[], $7::text[], $8::text[])
     ON CONFLICT (tenant_id, event_id) DO NOTHING"""
 
+_FIELDS = ("tenant_id", "event_id", "type", "created", "customer_id", "subscription_id", "target")
+
 _CHANGES = """
     WITH horizon AS MATERIALIZED (
         SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
@@ -51,16 +53,7 @@ async def upload_billing_events(
     """Store `events` centrally, in one transaction; how many were new there."""
     if not events:
         return 0
-    columns = [
-        [e.tenant_id for e in events],
-        [e.event_id for e in events],
-        [e.type for e in events],
-        [e.created for e in events],
-        [e.customer_id for e in events],
-        [e.subscription_id for e in events],
-        [e.target for e in events],
-        [node_id] * len(events),
-    ]
+    columns = [[getattr(e, name) for e in events] for name in _FIELDS] + [[node_id] * len(events)]
     with translated(f"uploading {len(events)} billing events"):
         async with connection.transaction():
             status = await connection.execute(_UPLOAD, *columns)
