@@ -75,9 +75,18 @@ async def migrate(
             f"the central database needs PostgreSQL 15 or newer, this server is {version}"
         )
     applied: list[int] = []
-    for migration in load_migrations() if migrations is None else migrations:
-        if await _apply(connection, migration):
-            applied.append(migration.version)
+    # Held for the whole run (each migration's transaction takes it again), so one of two
+    # nodes migrating at once applies every migration and the other finds them all done,
+    # rather than the two taking turns migration by migration.
+    with translated("taking the migration lock"):
+        await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        for migration in load_migrations() if migrations is None else migrations:
+            if await _apply(connection, migration):
+                applied.append(migration.version)
+    finally:
+        with translated("releasing the migration lock"):
+            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied
 
 
