@@ -8,8 +8,9 @@ Three rows, measured in the same run (best of `--repeat` interleaved runs each):
 counter's `add` alone; `Meter.record` in batched durability without the counter (the
 baseline: encode the usage event, append it to the queue); and `Meter.record` with the
 counter, as the daemon runs it. The cost of counting is read as the ratio of the last two,
-or, on a noisy machine, as `add` against the baseline. Batched durability keeps fsync waits out of the figures;
-in strict durability each request also waits for a group commit, which dwarfs both.
+or, on a noisy machine, as `add` against the baseline. Batched durability keeps fsync
+waits out of the figures; in strict durability each request also waits for a group commit,
+which dwarfs both.
 """
 
 from __future__ import annotations

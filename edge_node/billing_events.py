@@ -62,36 +62,68 @@ class BillingEventStore:
             if seen is not None:
                 return Receipt(event.event_id, seen[0], None, duplicate=True)
             tenant = self._tenant_of(event)
-            decision = decide(event, tenant)
             if (
-                decision.outcome == "unknown_tenant"
+                tenant is None
+                and event.target is not None
                 and hold_unknown_since is not None
                 and event.created >= hold_unknown_since
                 and not self._exists(event.tenant_hint)
             ):
                 raise TenantNotHereYet(event.event_id)
-            now = now_us()
-            if tenant is not None and decision.outcome == "applied":
-                self._update(tenant.tenant_id, event, decision, now)
-            self._conn.execute(
-                "INSERT INTO webhook_events"
-                " (event_id, type, created, received_at, outcome, tenant_id)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    event.event_id,
-                    event.type,
-                    event.created,
-                    now,
-                    decision.outcome,
-                    None if tenant is None else tenant.tenant_id,
-                ),
-            )
+            decision = self.record(event, tenant, upload=True)
         return Receipt(
             event.event_id,
             decision.outcome,
             None if tenant is None else tenant.tenant_id,
             duplicate=False,
         )
+
+    def record(
+        self, event: BillingEvent, tenant: TenantBilling | None, *, upload: bool
+    ) -> Decision:
+        """(Inside a transaction, for an event not seen before.) Decide, apply, remember the
+        event id; with `upload`, queue an event about a tenant for the central database, so
+        every other edge applies it too (edge_node/billing_replica.py)."""
+        decision = decide(event, tenant)
+        now = now_us()
+        if tenant is not None and decision.outcome == "applied":
+            self._update(tenant.tenant_id, event, decision, now)
+        elif tenant is not None and decision.advances:
+            self._conn.execute(
+                "UPDATE tenants SET billing_event_created ="
+                " max(coalesce(billing_event_created, 0), ?) WHERE tenant_id = ?",
+                (event.created, tenant.tenant_id),
+            )
+        tenant_id = None if tenant is None else tenant.tenant_id
+        self._conn.execute(
+            "INSERT INTO webhook_events (event_id, type, created, received_at, outcome, tenant_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (event.event_id, event.type, event.created, now, decision.outcome, tenant_id),
+        )
+        if upload and tenant_id is not None and event.target is not None:
+            self._conn.execute(
+                "INSERT INTO shared_billing_events (waiting_for, event_id, tenant_id, type,"
+                " created, customer_id, subscription_id, target)"
+                " VALUES ('upload', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                (
+                    event.event_id,
+                    tenant_id,
+                    event.type,
+                    event.created,
+                    event.customer_id,
+                    event.subscription_id,
+                    event.target,
+                ),
+            )
+        return decision
+
+    def seen(self, event_id: str) -> bool:
+        return self.outcome(event_id) is not None
+
+    def tenant(self, tenant_id: str) -> TenantBilling | None:
+        """The billing columns of `tenant_id`, if it is here."""
+        row = self._conn.execute(f"{_TENANT_BILLING} WHERE tenant_id = ?", (tenant_id,)).fetchone()
+        return TenantBilling(*row) if row else None
 
     def outcome(self, event_id: str) -> str | None:
         row = self._conn.execute(
@@ -130,10 +162,10 @@ class BillingEventStore:
         # A subscription event older than the newest invoice event may apply (billing_state):
         # billing_event_created only ever moves forward.
         self._conn.execute(
-            "UPDATE tenants SET status = ?, past_due_since = ?,"
-            " billing_event_created = max(coalesce(billing_event_created, 0), ?),"
-            " subscription_event_created = CASE WHEN ? THEN ? ELSE subscription_event_created END,"
-            " updated_at = ? WHERE tenant_id = ?",
+            "UPDATE tenants SET status = ?1, billing_status = ?1, past_due_since = ?2,"
+            " billing_event_created = max(coalesce(billing_event_created, 0), ?3),"
+            " subscription_event_created = CASE WHEN ?4 THEN ?5"
+            " ELSE subscription_event_created END, updated_at = ?6 WHERE tenant_id = ?7",
             (
                 decision.status,
                 decision.past_due_since,

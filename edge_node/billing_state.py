@@ -105,6 +105,10 @@ class Decision:
     outcome: Outcome
     status: TenantStatus | None = None  # the new state when outcome is "applied"
     past_due_since: int | None = None
+    # An invoice event newer than every event applied, ignored because the tenant is
+    # canceled: it still moves billing_event_created on, so the columns end the same
+    # whichever order the events came in (edges compare them after replication).
+    advances: bool = False
 
 
 def parse_event(document: Any) -> BillingEvent:
@@ -140,7 +144,8 @@ def decide(event: BillingEvent, tenant: TenantBilling | None) -> Decision:
         return Decision("ignored" if event.target is None else "unknown_tenant")
     refused = _not_applicable(event, tenant)
     if refused is not None:
-        return Decision(refused)
+        advances = refused == "ignored" and event.target is not None and event.is_invoice
+        return Decision(refused, advances=advances)
     since = None
     if event.target == "past_due":
         already = tenant.status == "past_due" and tenant.past_due_since is not None

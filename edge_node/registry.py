@@ -127,9 +127,25 @@ MIGRATIONS = (
         WHERE tenant_id IS NOT NULL;
     """,
     # 5: Stripe billing. The queue numbering a batch was planned in (it changes when the
-    # queue's numbering restarts behind the ledger), part of its identifier.
+    # queue's numbering restarts behind the ledger), part of its identifier. A tenant's
+    # billing standing apart from its status. Billing events shared through the central
+    # database that wait here: to be uploaded, or (downloaded) for their tenant to arrive.
     """
     ALTER TABLE billing_ledger ADD COLUMN queue_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tenants ADD COLUMN billing_status TEXT
+        CHECK (billing_status IN ('active', 'past_due', 'canceled'));
+    UPDATE tenants SET billing_status = status
+        WHERE billing_event_created IS NOT NULL AND status != 'suspended';
+    CREATE TABLE shared_billing_events (
+        event_id TEXT PRIMARY KEY,
+        waiting_for TEXT NOT NULL CHECK (waiting_for IN ('upload', 'tenant')),
+        tenant_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        customer_id TEXT,
+        subscription_id TEXT,
+        target TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
     # 6: Client IPs blocked for abuse (edge_node.blocks): written by the daemon when a spike
     # blocks one, listed and lifted by `edge-node blocks`; a row past expires_at is inert.
@@ -427,13 +443,15 @@ class TenantRegistry:
         return [StripeLink(*row) for row in rows]
 
     def set_stripe_customer(self, tenant_id: str, customer_id: str) -> str:
-        """Record the tenant's customer unless it has one; the customer id it has now."""
+        """Record the tenant's customer unless it has one; the customer id it has now. A new
+        one is queued for upload, so the central registry and every edge learn it."""
         with sqlite.transaction(self._conn):
-            self._conn.execute(
+            if self._conn.execute(
                 "UPDATE tenants SET stripe_customer_id = ?"
                 " WHERE tenant_id = ? AND stripe_customer_id IS NULL",
                 (customer_id, tenant_id),
-            )
+            ).rowcount:
+                self._record_change(tenant_id, None)
             row = self._conn.execute(
                 "SELECT stripe_customer_id FROM tenants WHERE tenant_id = ?", (tenant_id,)
             ).fetchone()
@@ -519,19 +537,27 @@ class TenantRegistry:
 
 # Applying central rows (parameters in the records' field order): the WHERE clauses skip rows
 # that would not change, so rowcount says what did. SQLite compares NULLs with IS.
-_APPLY_TENANT = """
+# A tenant's billing standing (billing_status: active, past_due, canceled) comes from Stripe
+# events, which travel apart (edge_node/billing_events.py): once one was applied here, the
+# central status only suspends the tenant, and otherwise the billing standing stands, so a
+# download never reverts a newer billing state (nor revives a canceled tenant on resume).
+_STATUS_FROM_CENTRAL = """CASE
+        WHEN excluded.status = 'suspended' THEN 'suspended'
+        ELSE coalesce(billing_status, excluded.status) END"""
+_APPLY_TENANT = f"""
     INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,
                          stripe_customer_id, created_at, updated_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (tenant_id) DO UPDATE SET
-        name = excluded.name, status = excluded.status, plan = excluded.plan,
+        name = excluded.name, status = {_STATUS_FROM_CENTRAL}, plan = excluded.plan,
         rate_limit_per_minute = excluded.rate_limit_per_minute,
         stripe_customer_id = coalesce(excluded.stripe_customer_id, stripe_customer_id),
         updated_at = excluded.updated_at
     WHERE (name, status, plan, rate_limit_per_minute, stripe_customer_id, updated_at)
-        IS NOT (excluded.name, excluded.status, excluded.plan, excluded.rate_limit_per_minute,
+        IS NOT (excluded.name, {_STATUS_FROM_CENTRAL}, excluded.plan,
+                excluded.rate_limit_per_minute,
                 coalesce(excluded.stripe_customer_id, stripe_customer_id),
-                excluded.updated_at)"""
+                excluded.updated_at)"""  # noqa: S608 - constant text, no input
 
 _APPLY_KEY = """
     INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at, revoked_at)

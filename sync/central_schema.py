@@ -49,7 +49,8 @@ class Migration:
 
 
 def load_migrations() -> tuple[Migration, ...]:
-    """The migrations shipped in sync/migrations/, by version, each version once."""
+    """The migrations shipped in sync/migrations/, by version: distinct, from 1 up (a number
+    may be missing while it is reserved for a migration not shipped yet)."""
     folder = importlib.resources.files("sync") / "migrations"
     migrations = []
     for entry in folder.iterdir():
@@ -59,9 +60,8 @@ def load_migrations() -> tuple[Migration, ...]:
             migrations.append(Migration(int(match[1]), match[2], sql))
     migrations.sort(key=lambda m: m.version)
     versions = [m.version for m in migrations]
-    # Numbers are reserved per feature, so one may ship before a lower one; never twice.
     if len(set(versions)) != len(versions) or (versions and versions[0] != 1):
-        raise AssertionError(f"migration versions must start at 1, each once: {versions}")
+        raise AssertionError(f"migration versions must be distinct, from 1 up: {versions}")
     return tuple(migrations)
 
 
@@ -75,9 +75,18 @@ async def migrate(
             f"the central database needs PostgreSQL 15 or newer, this server is {version}"
         )
     applied: list[int] = []
-    for migration in load_migrations() if migrations is None else migrations:
-        if await _apply(connection, migration):
-            applied.append(migration.version)
+    # Held for the whole run (each migration's transaction takes it again), so one of two
+    # nodes migrating at once applies every migration and the other finds them all done,
+    # rather than the two taking turns migration by migration.
+    with translated("taking the migration lock"):
+        await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        for migration in load_migrations() if migrations is None else migrations:
+            if await _apply(connection, migration):
+                applied.append(migration.version)
+    finally:
+        with translated("releasing the migration lock"):
+            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied
 
 

@@ -34,6 +34,13 @@ _UPLOAD_KEYS = """
     WHERE excluded.revoked_at IS NOT NULL
       AND (current.revoked_at IS NULL OR excluded.revoked_at < current.revoked_at)"""
 
+# A Stripe customer provisioned on an edge fills the central row once, never replacing one.
+_UPLOAD_CUSTOMERS = """
+    UPDATE tenants t SET stripe_customer_id = u.customer_id
+    FROM unnest($1::uuid[], $2::text[]) AS u (tenant_id, customer_id)
+    WHERE t.tenant_id = u.tenant_id AND t.stripe_customer_id IS NULL
+      AND u.customer_id IS NOT NULL"""
+
 _TENANT_FIELDS = (
     "tenant_id",
     "name",
@@ -97,6 +104,9 @@ async def upload_registry(connection: Connection, changes: Sequence[RegistryChan
     with translated(f"uploading {len(tenants)} tenants and {len(keys)} keys"):
         async with connection.transaction():
             changed = _count(await connection.execute(_UPLOAD_TENANTS, *tenant_columns))
+            changed += _count(
+                await connection.execute(_UPLOAD_CUSTOMERS, tenant_columns[0], tenant_columns[5])
+            )
             if keys:
                 changed += _count(await connection.execute(_UPLOAD_KEYS, *key_columns))
     return changed

@@ -20,9 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from edge_node.billing_replica import BillingReplica, SharedBillingEvent
 from edge_node.rating.store import RatingRow, TenantStores
 from edge_node.registry import RegistryChange, TenantRegistry
 from sync.data_keys import exchange_key_material
+from sync.billing_registry import download_billing_events, upload_billing_events
 from sync.positions import Position, database_identity, durable_bound
 from sync.ratings import download_ratings, upload_ratings
 from sync.registry import download_keys, download_tenants, upload_registry
@@ -74,6 +76,7 @@ class ShardRound:
         await exchange_key_material(self, database)  # deletions and data keys first
         await self.upload_registry()
         await self.download_registry(database)
+        await self.sync_billing_events(database)
         tenant_ids = self.tenant_ids()
         for tenant_id in tenant_ids:
             await self.upload_ratings(tenant_id)
@@ -170,6 +173,35 @@ class ShardRound:
                 self.report.downloaded += len(rows)
             if len(rows) < self.batch_size:
                 return
+
+    async def sync_billing_events(self, database: str) -> None:
+        """Stripe events up and down (sync/billing_registry.py), right after the registry, so
+        a tenant's billing state follows it to every edge within the same round."""
+        replica = BillingReplica(self.edge.registry.connection)
+        self.report.registry_applied += replica.apply_waiting()  # their tenant came down
+        pending = [e for e in replica.pending_uploads() if self.owns(e.tenant_id)]
+        for start in range(0, len(pending), self.batch_size):
+            events = pending[start : start + self.batch_size]
+            changed, refused = await send_or_set_aside(self._send_billing_events, events)
+            self._set_aside("billing_event", refused)
+            replica.acknowledge_uploads(events)
+            self.report.registry_uploaded += changed
+        name = f"billing.events.shard-{self.index}"
+        position = Position.decode(self.edge.registry.sync_checkpoint(name), database)
+        while True:
+            events, position = await download_billing_events(
+                self.connection, position, self.batch_size, await self.download_bound()
+            )
+            if events:
+                mine = [e for e in events if self.owns(e.tenant_id)]
+                self.report.registry_applied += replica.apply_downloaded(
+                    mine, checkpoint=(name, position.encode())
+                )
+            if len(events) < self.batch_size:
+                return
+
+    async def _send_billing_events(self, events: Sequence[SharedBillingEvent]) -> int:
+        return await upload_billing_events(self.connection, events, self.edge.stores.node_id)
 
     async def _send_ratings(self, rows: Sequence[RatingRow]) -> int:
         return await upload_ratings(self.connection, rows)

@@ -12,6 +12,7 @@ import pytest
 from edge_node.errors import TransientSyncError
 from edge_node.meter import BILLING_CONSUMER
 from edge_node.queue import CorruptRecord, open_queue
+from sync.billing import BillingConsumer
 from sync.billing_ledger import LedgerBatch
 from sync.stripe_gateway import StripeGateway
 from sync.stripe_standin import DEFAULT_API_KEY, StripeStandin
@@ -29,6 +30,22 @@ def window_start(node: BillingNode, ago: float) -> float:
 def assert_billed_as_served(node: BillingNode, standin: StripeStandin) -> None:
     billed = {tenant: standin.billed(node.customer(tenant)) for tenant in node.served}
     assert billed == dict(node.served)
+
+
+async def one_failed_run(
+    node: BillingNode, standin: StripeStandin, switch: str, *, units: int = 12
+) -> tuple[str, BillingConsumer]:
+    """A tenant's `units` of usage, and a consumer whose first run failed while the
+    stand-in's `switch` was on (lose_answers: Stripe recorded the batch, the answer was
+    lost); the switch is off again."""
+    tenant = await node.tenant("t")
+    await node.serve(tenant, units, at=window_start(node, 900))
+    consumer = node.consumer()
+    standin.set_switches(**{switch: True})
+    with pytest.raises(TransientSyncError):
+        await consumer.run()
+    standin.set_switches(**{switch: False})
+    return tenant, consumer
 
 
 class TestNormalRunning:
@@ -143,18 +160,38 @@ class TestStripeDown:
         assert consumer.stats.set_aside == 0
         assert_billed_as_served(node, standin)
 
+    async def test_a_429_storm_bills_exactly_once(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """Stripe throttling in bursts (429s on and off from one round to the next, with
+        slow answers so each customer's calls also queue behind each other) over many
+        customers and windows: every batch ends confirmed, none set aside, and each
+        customer is billed exactly what was served."""
+        tenants = [await node.tenant(f"t{n}") for n in range(4)]
+        for minutes in range(5):
+            for n, tenant in enumerate(tenants):
+                await node.serve(tenant, 3 + n, at=window_start(node, 900 - 60 * minutes))
+        consumer = node.consumer(max_batches_per_round=6)
+        standin.set_switches(latency=0.01)
+        throttled_rounds = 0
+        for burst in range(6):
+            standin.set_switches(throttle=burst % 2 == 0)
+            await consumer.run_round()
+            throttled_rounds += burst % 2 == 0
+            await asyncio.sleep(consumer.next_retry_in() or 0)
+        standin.set_switches(throttle=False, latency=0)
+        await consumer.run_until_settled()
+        assert consumer.stats.transient_failures >= throttled_rounds
+        assert node.states() == {"confirmed": 20}
+        assert consumer.stats.set_aside == 0
+        assert_billed_as_served(node, standin)
+
     async def test_a_429_retry_after_is_waited_out(
         self, node: BillingNode, standin: StripeStandin
     ) -> None:
         """A throttled customer is not tried again before Stripe's Retry-After (1 s here)
         has passed, even though its own backoff would allow it sooner."""
-        tenant = await node.tenant("throttled")
-        await node.serve(tenant, 3, at=window_start(node, 900))
-        consumer = node.consumer()
-        standin.set_switches(throttle=True)
-        with pytest.raises(TransientSyncError):
-            await consumer.run()
-        standin.set_switches(throttle=False)
+        _, consumer = await one_failed_run(node, standin, "throttle", units=3)
         retry_in = consumer.next_retry_in()
         assert retry_in is not None
         assert retry_in > 0.8
@@ -310,13 +347,7 @@ class TestNeverTwice:
         """A batch Stripe recorded but whose answer was lost, found again 24 hours later when
         Stripe no longer dedups its identifier, is set aside and logged instead of resent:
         the customer is billed once."""
-        tenant = await node.tenant("t")
-        await node.serve(tenant, 12, at=window_start(node, 900))
-        consumer = node.consumer()
-        standin.set_switches(lose_answers=True)
-        with pytest.raises(TransientSyncError):
-            await consumer.run()
-        standin.set_switches(lose_answers=False)
+        tenant, consumer = await one_failed_run(node, standin, "lose_answers")
         node.clock.advance(DAY + 60)
         standin.clock.advance(DAY + 60)
         with caplog.at_level(logging.ERROR, logger="sync.billing_send"):
@@ -335,13 +366,7 @@ class TestNeverTwice:
     ) -> None:
         """22 hours after a lost answer the batch is still resent, and Stripe, which still
         knows the identifier, bills it once."""
-        tenant = await node.tenant("t")
-        await node.serve(tenant, 12, at=window_start(node, 900))
-        consumer = node.consumer()
-        standin.set_switches(lose_answers=True)
-        with pytest.raises(TransientSyncError):
-            await consumer.run()
-        standin.set_switches(lose_answers=False)
+        _, consumer = await one_failed_run(node, standin, "lose_answers")
         node.clock.advance(22 * 3600)
         standin.clock.advance(22 * 3600)
         await consumer.run_until_settled()
@@ -357,13 +382,7 @@ class TestNeverTwice:
         between (while running, or while stopped for a restart), the batch is set aside:
         its age is counted on a clock that never runs back, so it is not resent after
         Stripe has forgotten its identifier (which would bill it twice)."""
-        tenant = await node.tenant("t")
-        await node.serve(tenant, 12, at=window_start(node, 900))
-        consumer = node.consumer()
-        standin.set_switches(lose_answers=True)
-        with pytest.raises(TransientSyncError):
-            await consumer.run()
-        standin.set_switches(lose_answers=False)
+        tenant, consumer = await one_failed_run(node, standin, "lose_answers")
         node.clock.advance(-3 * 3600)
         if restart:
             consumer = node.consumer()

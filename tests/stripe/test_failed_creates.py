@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -57,84 +58,97 @@ def customers_of(standin: StripeStandin, tenant_id: str) -> list[str]:
     ]
 
 
-async def provision(gateway: StripeGateway, registry: TenantRegistry, catalog: object) -> None:
-    await Provisioner(gateway, registry, lambda: catalog).provision_all()  # type: ignore[arg-type]
+@dataclass
+class Provisioning:
+    """A node's registry provisioned through the keyed gateway, against the stand-in."""
+
+    standin: StripeStandin
+    gateway: StripeGateway
+    catalog: BillingCatalog
+    registry: TenantRegistry
+    clock: NodeClock
+
+    async def round(self) -> None:
+        await Provisioner(self.gateway, self.registry, lambda: self.catalog).provision_all()
+
+
+@pytest.fixture
+def provisioning(
+    standin: StripeStandin,
+    keyed_gateway: StripeGateway,
+    catalog: BillingCatalog,
+    registry: TenantRegistry,
+    clock: NodeClock,
+) -> Provisioning:
+    return Provisioning(standin, keyed_gateway, catalog, registry, clock)
 
 
 class TestProvisioningCreates:
     async def test_a_500_on_the_customer_create_is_followed_by_a_new_key(
-        self,
-        standin: StripeStandin,
-        keyed_gateway: StripeGateway,
-        catalog: BillingCatalog,
-        registry: TenantRegistry,
-        clock: NodeClock,
+        self, provisioning: Provisioning
     ) -> None:
         """Stripe saves a 500 for the customer's Idempotency-Key and replays it; once a
         lookup finds no customer and a minute has passed, the next round creates it under a
         new key (recorded in node.sqlite first): one customer, within minutes, not a day."""
-        tenant, _ = registry.create_tenant("acme")
-        standin.set_switches(fail=True, only="POST /v1/customers")
+        tenant, _ = provisioning.registry.create_tenant("acme")
+        provisioning.standin.set_switches(fail=True, only="POST /v1/customers")
         with pytest.raises(TransientSyncError):
-            await provision(keyed_gateway, registry, catalog)
-        standin.set_switches(fail=False)
+            await provisioning.round()
+        provisioning.standin.set_switches(fail=False)
         with pytest.raises(TransientSyncError, match="new Idempotency-Key"):
-            await provision(keyed_gateway, registry, catalog)  # too soon: it may still run
-        assert customers_of(standin, tenant.tenant_id) == []
-        clock.offset += RETIRE_AFTER_SECONDS + 1
-        await provision(keyed_gateway, registry, catalog)
-        link = registry.stripe_link(tenant.tenant_id)
+            await provisioning.round()  # too soon: it may still run
+        assert customers_of(provisioning.standin, tenant.tenant_id) == []
+        provisioning.clock.offset += RETIRE_AFTER_SECONDS + 1
+        await provisioning.round()
+        link = provisioning.registry.stripe_link(tenant.tenant_id)
         assert link is not None
-        assert customers_of(standin, tenant.tenant_id) == [link.stripe_customer_id]
+        assert customers_of(provisioning.standin, tenant.tenant_id) == [link.stripe_customer_id]
         assert link.subscription_id is not None
-        keys = CreateKeys(registry.connection)
+        keys = CreateKeys(provisioning.registry.connection)
         assert keys.key(f"customer:{tenant.tenant_id}").endswith(":g1")
 
     async def test_a_500_after_the_customer_was_made_finds_it_not_a_second(
-        self,
-        standin: StripeStandin,
-        keyed_gateway: StripeGateway,
-        catalog: BillingCatalog,
-        registry: TenantRegistry,
-        clock: NodeClock,
+        self, provisioning: Provisioning
     ) -> None:
         """Stripe made the customer and then answered 500, and its search index has not
         caught up: the customer is found by listing the customers created since the
         failure, so no new key and no second customer."""
-        tenant, _ = registry.create_tenant("acme")
-        standin.set_switches(fail_after_work=True, search_lag=3600, only="POST /v1/customers")
+        tenant, _ = provisioning.registry.create_tenant("acme")
+        provisioning.standin.set_switches(
+            fail_after_work=True, search_lag=3600, only="POST /v1/customers"
+        )
         with pytest.raises(TransientSyncError):
-            await provision(keyed_gateway, registry, catalog)
-        [made] = customers_of(standin, tenant.tenant_id)
-        standin.set_switches(fail_after_work=False)
-        clock.offset += RETIRE_AFTER_SECONDS + 1
-        await provision(keyed_gateway, registry, catalog)
-        assert customers_of(standin, tenant.tenant_id) == [made]
-        link = registry.stripe_link(tenant.tenant_id)
+            await provisioning.round()
+        [made] = customers_of(provisioning.standin, tenant.tenant_id)
+        provisioning.standin.set_switches(fail_after_work=False)
+        provisioning.clock.offset += RETIRE_AFTER_SECONDS + 1
+        await provisioning.round()
+        assert customers_of(provisioning.standin, tenant.tenant_id) == [made]
+        link = provisioning.registry.stripe_link(tenant.tenant_id)
         assert link is not None
         assert link.stripe_customer_id == made
-        assert CreateKeys(registry.connection).key(f"customer:{tenant.tenant_id}").count(":") == 2
+        assert (
+            CreateKeys(provisioning.registry.connection)
+            .key(f"customer:{tenant.tenant_id}")
+            .count(":")
+            == 2
+        )
 
     async def test_a_500_on_the_subscription_create_is_followed_by_a_new_key(
-        self,
-        standin: StripeStandin,
-        keyed_gateway: StripeGateway,
-        catalog: BillingCatalog,
-        registry: TenantRegistry,
-        clock: NodeClock,
+        self, provisioning: Provisioning
     ) -> None:
         """The subscription likewise: after a replayed 500 and a consistent look at the
         customer's subscriptions, a new key makes the one subscription."""
-        tenant, _ = registry.create_tenant("acme")
-        standin.set_switches(fail=True, only="POST /v1/subscriptions")
+        tenant, _ = provisioning.registry.create_tenant("acme")
+        provisioning.standin.set_switches(fail=True, only="POST /v1/subscriptions")
         with pytest.raises(TransientSyncError):
-            await provision(keyed_gateway, registry, catalog)
-        standin.set_switches(fail=False)
-        clock.offset += RETIRE_AFTER_SECONDS + 1
-        await provision(keyed_gateway, registry, catalog)
-        link = registry.stripe_link(tenant.tenant_id)
+            await provisioning.round()
+        provisioning.standin.set_switches(fail=False)
+        provisioning.clock.offset += RETIRE_AFTER_SECONDS + 1
+        await provisioning.round()
+        link = provisioning.registry.stripe_link(tenant.tenant_id)
         assert link is not None
-        assert list(standin.account.subscriptions) == [link.subscription_id]
+        assert list(provisioning.standin.account.subscriptions) == [link.subscription_id]
 
 
 class TestCatalogCreates:

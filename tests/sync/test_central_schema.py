@@ -61,13 +61,14 @@ class TestMigrate:
             "sync_horizons": ("r", False, False),
             "tenant_data_keys": ("r", True, True),
             "tenant_deletions": ("r", True, True),
+            "billing_events": ("r", True, True),
         }
         triggers = await conn.fetch(
             "SELECT tgrelid::regclass::text AS t FROM pg_trigger"
             " WHERE NOT tgisinternal AND tgname LIKE '%change_xid'"
         )
         assert sorted(r["t"] for r in triggers) == sorted(
-            (*TENANT_TABLES, "tenant_data_keys", "tenant_deletions")
+            (*TENANT_TABLES, "tenant_data_keys", "tenant_deletions", "billing_events")
         )
 
     async def test_rerun_is_a_no_op(self, conn: Connection) -> None:
