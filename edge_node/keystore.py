@@ -444,6 +444,10 @@ class Keyring:
             if self._master is not None and expected != self._master.key_id:
                 self.close()  # rotated by another process: reopening reports the mismatch
 
+    def forget(self) -> None:
+        """Forget every unwrapped key and opened comment held in memory (reloaded on use)."""
+        self._forget()
+
     def _forget(self) -> None:
         self._current.clear()
         for ciphers in self._ciphers.values():
