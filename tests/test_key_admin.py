@@ -177,6 +177,20 @@ class TestRotateMaster:
         assert not pending.exists()
 
 
+class TestMasterKeyAtStart:
+    def test_a_missing_master_key_file_stops_serve_with_exit_78(
+        self, cli: Cli, tmp_path: Path
+    ) -> None:
+        """`serve` with encryption.master_key_file naming no file exits 78 naming the key,
+        before listening, rather than failing on the first comment."""
+        toml = tmp_path / "node.toml"
+        toml.write_text(f'[encryption]\nmaster_key_file = "{tmp_path / "absent.key"}"\n')
+        done = cli.run("--config", str(toml), "serve", "--port", "0")
+        assert done.returncode == 78
+        assert "encryption.master_key_file" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
 class TestCryptoShredding:
     def test_a_deleted_tenants_comments_are_unreadable_in_every_copy_backups_included(
         self, cli: Cli, tmp_path: Path
