@@ -14,6 +14,7 @@ Downloads resume from checkpoints kept in the key store, like every other table'
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -73,9 +74,22 @@ async def exchange_key_material(round_: ShardRound, database: str) -> None:
     """Steps 1 to 3 of the module doc, for the shard `round_` syncs."""
     await _upload_deletions(round_)
     await _download_deletions(round_, database)
-    if round_.edge.stores.keyring.fleet_key is not None:
-        await _upload_keys(round_)
-        await _download_keys(round_, database)
+    keyring = round_.edge.stores.keyring
+    if keyring.fleet_key is None:
+        _warn_without_fleet_key(str(keyring.directory))
+        return
+    await _upload_keys(round_)
+    await _download_keys(round_, database)
+
+
+@functools.cache
+def _warn_without_fleet_key(directory: str) -> None:
+    """Once per key store: its comments reach the central database unreadable elsewhere."""
+    log.warning(
+        "no encryption.fleet_key_file: the data keys in %s stay on this node, so the comments"
+        " it syncs read as unreadable on every other node",
+        directory,
+    )
 
 
 async def _upload_deletions(round_: ShardRound) -> None:
