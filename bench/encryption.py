@@ -13,6 +13,12 @@ of commented ratings, then measures, round after round and alternating the two m
 
 and prints `sealed / plain` as requests/s and CPU µs per request ratios (the issue aims at a
 cost of 5% or less, i.e. a ratio of 0.95 or more). Figures: docs/benchmarks.md.
+
+On a busy machine the HTTP ratios swing by tens of percent between rounds, so the run also
+times the store calls themselves, in this process, interleaved, best of many repetitions
+(noise only ever adds time): the µs that sealing adds to one upsert and to one 50-row page,
+cold (every comment decrypted) and warm (comments opened before), which read against the
+HTTP request's CPU µs give the cost share however busy the machine is.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from bench.http import (
     RATINGS_PATH,
@@ -44,6 +51,8 @@ from bench.http import (
     wait_listening,
 )
 from bench.loadgen import Measurement, choose_generator, spawn_pinned, split_cpus, stop, wrk_version
+from edge_node.rating.model import RatingInput
+from edge_node.rating.store import TenantStores
 
 COMMENT = "A well-paced story with characters that stay with you; the ending felt earned. " * 2
 COMMENT = COMMENT[:120]
@@ -119,6 +128,74 @@ def seed_page(port: int, tenant_id: str, headers: Mapping[str, str]) -> None:
             assert response.status in (200, 201), response.status
 
 
+def store_costs(repetitions: int = 300, calls: int = 10) -> dict[str, float]:
+    """Best-of-`repetitions` µs per call of the tenant store, plain and sealed, interleaved."""
+    from bench.comment_server import PlainKeyring  # noqa: PLC0415
+
+    tenant = "0c0ffee0-0000-4000-8000-000000000000"
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="edge-node-bench-store-") as workdir:
+        root = Path(workdir)
+        opened = {
+            mode: TenantStores(
+                root / mode / "tenants",
+                node_id="bench",
+                keyring=PlainKeyring(root / mode / "keys") if mode == "plain" else None,
+            )
+            for mode in MODES
+        }
+        try:
+            timed = {mode: _store_calls(stores, tenant) for mode, stores in opened.items()}
+            for _ in range(repetitions):
+                for mode, named in timed.items():
+                    for name, call in named.items():
+                        started = time.perf_counter()
+                        for _ in range(calls):
+                            call()
+                        took = (time.perf_counter() - started) / calls * 1e6
+                        best[f"{name}-{mode}"] = min(best.get(f"{name}-{mode}", took), took)
+        finally:
+            for stores in opened.values():
+                stores.close()
+    return best
+
+
+def _store_calls(stores: TenantStores, tenant: str) -> dict[str, Callable[[], object]]:
+    """A full page of commented ratings, and the calls timed on it."""
+    store = stores.get(tenant)
+    for index in range(PAGE_SIZE):
+        store.upsert(RatingInput(f"seed-{index}", PAGE_ITEM, 4, COMMENT))
+    rewrite = RatingInput("writer", "item-w", 3, COMMENT)
+
+    def page_cold() -> object:
+        stores.keyring.forget()  # every comment decrypted again
+        return store.page(item_id=PAGE_ITEM, limit=PAGE_SIZE)
+
+    return {
+        "upsert": lambda: store.upsert(rewrite),
+        "page-cold": page_cold,
+        "page-warm": lambda: store.page(item_id=PAGE_ITEM, limit=PAGE_SIZE),
+    }
+
+
+def cost_lines(costs: Mapping[str, float], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The store-level costs, and their share of the HTTP request's CPU time (plain mode)."""
+    cpu = {row["scenario"]: row["cpu_us_per_request"] for row in rows}
+    lines = ["", "| store call | plain µs | sealed µs | added µs | share of the request's CPU |"]
+    lines.append("|---|---:|---:|---:|---:|")
+    for call, request in (
+        ("upsert", "post-plain"),
+        ("page-cold", "get-plain"),
+        ("page-warm", "get-plain"),
+    ):
+        plain, sealed = costs[f"{call}-plain"], costs[f"{call}-sealed"]
+        share = (sealed - plain) / cpu[request] if cpu.get(request) else float("nan")
+        lines.append(
+            f"| {call} | {plain:.1f} | {sealed:.1f} | {sealed - plain:.1f} | {share:.1%} |"
+        )
+    return lines
+
+
 def run(settings: Settings) -> dict[str, list[Measurement]]:
     server_cpus, loadgen_cpus = split_cpus()
     measured: dict[str, list[Measurement]] = {s.name: [] for s in SCENARIOS}
@@ -162,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     measured = run(settings)
     rows = [result_row(s, measured[s.name], measured.get(s.baseline or "", [])) for s in SCENARIOS]
     print(markdown(rows, machine(settings, wrk), settings))
+    print("\n".join(cost_lines(store_costs(), rows)))
     print(f"\n{time.monotonic() - started:.0f} s in all; settings {asdict(settings)}")
     for problem in problems(rows):
         print(f"bench: ERROR {problem}", file=sys.stderr)

@@ -61,6 +61,12 @@ class NodeStorage:
             busy_timeout_ms=config.storage.busy_timeout_ms,
             keyring=open_keyring(config),
         )
+        try:
+            stores.keyring.master_key_id()  # a missing or wrong master key fails the start
+        except BaseException:
+            stores.close()
+            registry.close()
+            raise
         return cls(registry, stores)
 
     def close(self) -> None:

@@ -14,7 +14,9 @@ Downloads resume from checkpoints kept in the key store, like every other table'
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edge_node.errors import KeyMaterialError
@@ -72,9 +74,22 @@ async def exchange_key_material(round_: ShardRound, database: str) -> None:
     """Steps 1 to 3 of the module doc, for the shard `round_` syncs."""
     await _upload_deletions(round_)
     await _download_deletions(round_, database)
-    if round_.edge.stores.keyring.fleet_key is not None:
-        await _upload_keys(round_)
-        await _download_keys(round_, database)
+    keyring = round_.edge.stores.keyring
+    if keyring.fleet_key is None:
+        _warn_without_fleet_key(str(keyring.directory))
+        return
+    await _upload_keys(round_)
+    await _download_keys(round_, database)
+
+
+@functools.cache
+def _warn_without_fleet_key(directory: str) -> None:
+    """Once per key store: its comments reach the central database unreadable elsewhere."""
+    log.warning(
+        "no encryption.fleet_key_file: the data keys in %s stay on this node, so the comments"
+        " it syncs read as unreadable on every other node",
+        directory,
+    )
 
 
 async def _upload_deletions(round_: ShardRound) -> None:
@@ -92,10 +107,8 @@ async def _upload_deletions(round_: ShardRound) -> None:
 
 async def _download_deletions(round_: ShardRound, database: str) -> None:
     keyring = round_.edge.stores.keyring
-    name = f"deletions.shard-{round_.index}"
-    position = Position.decode(keyring.checkpoint(name), database)
-    while True:
-        records, position = await _page(round_, _DELETION_CHANGES, position, 1, "tenant deletions")
+
+    def apply(records: list[Any]) -> None:
         for record in records:
             tenant_id = record["tenant_id"]
             if round_.owns(tenant_id):
@@ -105,10 +118,8 @@ async def _download_deletions(round_: ShardRound, database: str) -> None:
                 keyring.mark_deletions_uploaded([tenant_id])
                 if news:
                     log.warning("tenant %s was deleted centrally: shredded here", tenant_id)
-        if records:  # as for ratings: an empty page is not worth a write and its fsync
-            keyring.set_checkpoint(name, position.encode())
-        if len(records) < round_.batch_size:
-            return
+
+    await _download(round_, database, what="deletions", sql=_DELETION_CHANGES, width=1, apply=apply)
 
 
 async def _upload_keys(round_: ShardRound) -> None:
@@ -128,10 +139,8 @@ async def _upload_keys(round_: ShardRound) -> None:
 
 async def _download_keys(round_: ShardRound, database: str) -> None:
     keyring = round_.edge.stores.keyring
-    name = f"data-keys.shard-{round_.index}"
-    position = Position.decode(keyring.checkpoint(name), database)
-    while True:
-        records, position = await _page(round_, _KEY_CHANGES, position, 2, "tenant data keys")
+
+    def apply(records: list[Any]) -> None:
         keys = [
             SharedDataKey(
                 r["tenant_id"], r["key_id"], r["wrapped"], r["fleet_key_id"], r["created_at"]
@@ -143,7 +152,28 @@ async def _download_keys(round_: ShardRound, database: str) -> None:
             keyring.add_shared(keys)
         except KeyMaterialError as exc:  # a key that does not unwrap: report, keep syncing
             log.error("a data key from shard %d was refused: %s", round_.index, exc)
-        if records:  # as for ratings: an empty page is not worth a write and its fsync
+
+    await _download(round_, database, what="data-keys", sql=_KEY_CHANGES, width=2, apply=apply)
+
+
+async def _download(
+    round_: ShardRound,
+    database: str,
+    *,
+    what: str,
+    sql: str,
+    width: int,
+    apply: Callable[[list[Any]], None],
+) -> None:
+    """Every page of `sql` after the checkpoint `what` of this shard, each applied and then
+    its checkpoint stored; an empty page stores nothing (as for ratings: not worth a write)."""
+    keyring = round_.edge.stores.keyring
+    name = f"{what}.shard-{round_.index}"
+    position = Position.decode(keyring.checkpoint(name), database)
+    while True:
+        records, position = await _page(round_, sql, position, width, what)
+        if records:
+            apply(records)
             keyring.set_checkpoint(name, position.encode())
         if len(records) < round_.batch_size:
             return

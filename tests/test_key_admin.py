@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from edge_node.keystore import (
     KEY_STORE_FILE,
     KEYS_DIRECTORY,
     NEXT_SUFFIX,
+    REFRESH_INTERVAL_SECONDS,
     open_keyring,
     write_key_file,
 )
@@ -177,6 +179,20 @@ class TestRotateMaster:
         assert not pending.exists()
 
 
+class TestMasterKeyAtStart:
+    def test_a_missing_master_key_file_stops_serve_with_exit_78(
+        self, cli: Cli, tmp_path: Path
+    ) -> None:
+        """`serve` with encryption.master_key_file naming no file exits 78 naming the key,
+        before listening, rather than failing on the first comment."""
+        toml = tmp_path / "node.toml"
+        toml.write_text(f'[encryption]\nmaster_key_file = "{tmp_path / "absent.key"}"\n')
+        done = cli.run("--config", str(toml), "serve", "--port", "0")
+        assert done.returncode == 78
+        assert "encryption.master_key_file" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
 class TestCryptoShredding:
     def test_a_deleted_tenants_comments_are_unreadable_in_every_copy_backups_included(
         self, cli: Cli, tmp_path: Path
@@ -221,7 +237,8 @@ class TestCryptoShredding:
         self, tmp_path: Path
     ) -> None:
         """A node that has just served a tenant's comments (keys and opened comments in
-        memory) serves them unreadable right after another process shreds the tenant."""
+        memory) serves them unreadable once another process has shredded the tenant, within
+        the key ring's refresh interval."""
         config = config_of(tmp_path)
         tenant_id = "44444444-4444-4444-8444-444444444444"
         write_comments(config, tenant_id)
@@ -231,6 +248,7 @@ class TestCryptoShredding:
             other_process = open_keyring(config)
             other_process.shred(tenant_id)
             other_process.close()
+            time.sleep(REFRESH_INTERVAL_SECONDS)
             ratings = serving.get(tenant_id).page().ratings
             assert [(r.comment, r.comment_unreadable) for r in ratings] == [(None, True)] * 3
 

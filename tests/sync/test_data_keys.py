@@ -25,6 +25,19 @@ async def shared_tenant(central: str, *edges: Edge) -> str:
     return tenant.tenant_id
 
 
+async def commented_on_a_read_on_b(
+    make_edge: EdgeFactory, central: str, comment: str
+) -> tuple[Edge, Edge, str]:
+    """Edges A and B sharing a tenant, A's comment on it synced to B and read there."""
+    a, b = make_edge("edge-a"), make_edge("edge-b")
+    t = await shared_tenant(central, a, b)
+    a.rate(t, "ana", "book", 5, comment)
+    await a.sync(central)
+    await b.sync(central)
+    assert b.comments(t) == {("ana", "book"): comment}
+    return a, b, t
+
+
 async def central_count(db: Connection, table: str, tenant_id: str) -> int:
     return int(await db.fetchval(f"SELECT count(*) FROM {table} WHERE tenant_id = $1", tenant_id))
 
@@ -36,12 +49,7 @@ class TestSharedDataKeys:
         """A's comment is uploaded as the very bytes A stores, with A's data key wrapped by the
         fleet key (not A's master key); B, with its own master key, downloads both and serves
         the text. The central database holds neither the text nor a usable key."""
-        a, b = make_edge("edge-a"), make_edge("edge-b")
-        t = await shared_tenant(central, a, b)
-        a.rate(t, "ana", "book", 5, "words only ana and her edges read")
-        await a.sync(central)
-        await b.sync(central)
-        assert b.comments(t) == {("ana", "book"): "words only ana and her edges read"}
+        a, b, t = await commented_on_a_read_on_b(make_edge, central, "words only ana reads")
         [record] = await db.fetch("SELECT comment, comment_sealed FROM ratings")
         assert record["comment"] is None
         assert record["comment_sealed"] == a.rows(t)[0][5] == b.rows(t)[0][5]
@@ -54,7 +62,7 @@ class TestSharedDataKeys:
             for value in r.values()
         ]
         dump = b"".join(v if isinstance(v, bytes) else str(v).encode() for v in central_values)
-        assert b"words only ana" not in dump
+        assert b"words only ana reads" not in dump
 
     async def test_keys_created_on_two_edges_at_once_both_reach_every_edge(
         self, make_edge: EdgeFactory, central: str
@@ -95,12 +103,7 @@ class TestDeletionAcrossTheFleet:
         """A deletes the tenant: the central ratings, data keys, API keys and registry row go
         with the upload, B shreds its own copy at its next sync, and a copy of B's tenant file
         and of the central sealed rows taken before cannot be opened by either edge."""
-        a, b = make_edge("edge-a"), make_edge("edge-b")
-        t = await shared_tenant(central, a, b)
-        a.rate(t, "ana", "book", 5, "to be forgotten")
-        await a.sync(central)
-        await b.sync(central)
-        assert b.comments(t) == {("ana", "book"): "to be forgotten"}
+        a, b, t = await commented_on_a_read_on_b(make_edge, central, "to be forgotten")
         copied_file = tmp_path / "b-tenant-copy.sqlite"
         with (
             contextlib.closing(sqlite3.connect(b.stores.path(t))) as source,
@@ -136,11 +139,7 @@ class TestDeletionAcrossTheFleet:
     ) -> None:
         """An operator's INSERT into tenant_deletions destroys the central rows at once, and
         each edge shreds its keys and drops its file and registry rows at its next sync."""
-        a, b = make_edge("edge-a"), make_edge("edge-b")
-        t = await shared_tenant(central, a, b)
-        a.rate(t, "ana", "book", 5, "short-lived")
-        await a.sync(central)
-        await b.sync(central)
+        a, b, t = await commented_on_a_read_on_b(make_edge, central, "short-lived")
         await db.execute("INSERT INTO tenant_deletions (tenant_id, deleted_at) VALUES ($1, 1)", t)
         assert await central_count(db, "ratings", t) == 0
         await asyncio.gather(a.sync(central), b.sync(central))
