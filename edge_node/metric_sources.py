@@ -162,7 +162,7 @@ class SourceCollector(Collector):
         yield from self._tenants()
 
     def _queue(self) -> Iterator[Metric]:
-        stats, status = self.sources.queue_stats, self.sources.queue_status
+        status = self.sources.queue_status
         depth = _gauge(
             "edge_node_queue_depth_records", "Usage records not yet consumed.", ["consumer"]
         )
@@ -185,6 +185,10 @@ class SourceCollector(Collector):
                 capacity.add_metric([], status.max_bytes)
             segments.add_metric([], status.segment_count)
         yield from (depth, age, size, capacity, segments)
+        yield from self._queue_counters()
+
+    def _queue_counters(self) -> Iterator[Metric]:
+        stats = self.sources.queue_stats
         counters = (
             ("appended_records", "Records appended since start.", "appended_records"),
             ("group_commits", "Group commits (one fsync each) since start.", "group_commits"),
