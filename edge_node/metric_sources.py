@@ -36,43 +36,31 @@ SET_ASIDE_REASONS = ("refused", "unknown_outcome", "too_old", "future")
 class ShardHealth(Protocol):
     """One PostgreSQL shard's sync health (sync.status.ShardStatus). Times in us."""
 
-    @property
-    def shard(self) -> int: ...
+    shard: int
+    last_success_at: int | None
+    consecutive_failures: int
+    pending_tenants: int
+    oldest_pending_at: int | None
+    uploaded_rows: int
+    downloaded_rows: int
+    applied_rows: int
+    registry_uploaded: int
+    registry_applied: int
+    set_aside_rows: int
+
     @property
     def state(self) -> str: ...
-    @property
-    def last_success_at(self) -> int | None: ...
-    @property
-    def consecutive_failures(self) -> int: ...
-    @property
-    def pending_tenants(self) -> int: ...
-    @property
-    def oldest_pending_at(self) -> int | None: ...
-    @property
-    def uploaded_rows(self) -> int: ...
-    @property
-    def downloaded_rows(self) -> int: ...
-    @property
-    def applied_rows(self) -> int: ...
-    @property
-    def registry_uploaded(self) -> int: ...
-    @property
-    def registry_applied(self) -> int: ...
-    @property
-    def set_aside_rows(self) -> int: ...
 
 
 class JobHealth(Protocol):
     """One periodic sync job's health (sync.jobs.JobStatus), e.g. `stripe-usage-flush`."""
 
-    @property
-    def name(self) -> str: ...
+    name: str
+    last_success_at: int | None
+    consecutive_failures: int
+
     @property
     def state(self) -> str: ...
-    @property
-    def last_success_at(self) -> int | None: ...
-    @property
-    def consecutive_failures(self) -> int: ...
 
 
 class SyncStatusSource(Protocol):
@@ -85,52 +73,34 @@ class SyncStatusSource(Protocol):
 class BillingCounters(Protocol):
     """The usage flush's counters since start (sync.billing_send.BillingStats)."""
 
-    @property
-    def calls(self) -> int: ...
-    @property
-    def confirmed(self) -> int: ...
-    @property
-    def duplicates(self) -> int: ...
-    @property
-    def transient_failures(self) -> int: ...
-    @property
-    def set_aside_refused(self) -> int: ...
-    @property
-    def set_aside_unknown_outcome(self) -> int: ...
-    @property
-    def set_aside_too_old(self) -> int: ...
-    @property
-    def set_aside_future(self) -> int: ...
+    calls: int
+    confirmed: int
+    duplicates: int
+    transient_failures: int
+    set_aside_refused: int
+    set_aside_unknown_outcome: int
+    set_aside_too_old: int
+    set_aside_future: int
 
 
 class WebhookCounts(Protocol):
     """The webhook endpoint's counters (edge_node.webhooks.WebhookStats)."""
 
-    @property
-    def outcomes(self) -> Mapping[str, int]: ...
-    @property
-    def duplicates(self) -> int: ...
-    @property
-    def forged(self) -> int: ...
-    @property
-    def stale_signatures(self) -> int: ...
-    @property
-    def verified_with_previous(self) -> int: ...
+    outcomes: dict[str, int]
+    duplicates: int
+    forged: int
+    stale_signatures: int
+    verified_with_previous: int
 
 
 class MeterCounts(Protocol):
     """The meter's counters (edge_node.meter.MeterStats)."""
 
-    @property
-    def recorded(self) -> int: ...
-    @property
-    def recorded_units(self) -> int: ...
-    @property
-    def rejected_full(self) -> int: ...
-    @property
-    def unmetered(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
+    recorded: int
+    recorded_units: int
+    rejected_full: int
+    unmetered: int
+    failed: int
 
 
 @dataclass
@@ -149,12 +119,11 @@ class Sources:
 
 
 class _Health(Protocol):
+    last_success_at: int | None
+    consecutive_failures: int
+
     @property
     def state(self) -> str: ...
-    @property
-    def last_success_at(self) -> int | None: ...
-    @property
-    def consecutive_failures(self) -> int: ...
 
 
 def _sync_targets(source: SyncStatusSource | None) -> Iterator[tuple[str, str, _Health]]:
@@ -193,7 +162,7 @@ class SourceCollector(Collector):
         yield from self._tenants()
 
     def _queue(self) -> Iterator[Metric]:
-        stats, status = self.sources.queue_stats, self.sources.queue_status
+        status = self.sources.queue_status
         depth = _gauge(
             "edge_node_queue_depth_records", "Usage records not yet consumed.", ["consumer"]
         )
@@ -216,6 +185,10 @@ class SourceCollector(Collector):
                 capacity.add_metric([], status.max_bytes)
             segments.add_metric([], status.segment_count)
         yield from (depth, age, size, capacity, segments)
+        yield from self._queue_counters()
+
+    def _queue_counters(self) -> Iterator[Metric]:
+        stats = self.sources.queue_stats
         counters = (
             ("appended_records", "Records appended since start.", "appended_records"),
             ("group_commits", "Group commits (one fsync each) since start.", "group_commits"),

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from edge_node.metrics import NodeMetrics
 from sync.stripe_standin import StripeStandin
 from tests.postgres import PostgresServer, PostgresUnavailable, start_server
 from tests.served import NotifyListener, ServedNode
@@ -29,10 +30,15 @@ async def make_node(tmp_path: Path, signing_keys: SigningKeys) -> AsyncIterator[
     """Starts edge nodes on loopback with configuration overrides (dotted keys); stops them all."""
     started: list[tuple[RunningNode, web.AppRunner]] = []
 
-    async def start(*, fsync: Callable[[int], None] = os.fsync, **overrides: Any) -> RunningNode:
+    async def start(
+        *,
+        fsync: Callable[[int], None] = os.fsync,
+        metrics: NodeMetrics | None = None,
+        **overrides: Any,
+    ) -> RunningNode:
         data_dir = tmp_path / f"var{len(started)}"
         config = node_config(data_dir, signing_keys, **overrides)
-        running, runner = await start_node(config, signing_keys, fsync=fsync)
+        running, runner = await start_node(config, signing_keys, fsync=fsync, metrics=metrics)
         started.append((running, runner))
         return running
 

@@ -122,11 +122,11 @@ def test_every_operation_conforms(daemon: dict[str, Any], mode: GenerationMode) 
     schema = schemathesis.openapi.from_dict(pinned(document, values), config=config)
     headers = {"X-API-Key": daemon["api_key"]}
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 9
+    assert len(operations) == 10
 
     for operation in operations:
         if mode is GenerationMode.NEGATIVE and not operation.path.startswith("/v1/tenants/"):
-            continue  # health, readiness and the document take no input to get wrong
+            continue  # health, readiness, metrics and the document take no input to get wrong
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(

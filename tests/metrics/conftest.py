@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_node.app import node_metrics
 from edge_node.metrics import NodeMetrics
-from tests.support import RunningNode, SigningKeys, node_config, start_node
+from tests.conftest import NodeFactory
+from tests.support import RunningNode
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -24,7 +23,6 @@ class MeteredNode:
 
     node: RunningNode
     metrics: NodeMetrics
-    runner: web.AppRunner
 
     async def scrape(self) -> Samples:
         async with self.node.session.get(f"{self.node.url}/metrics") as response:
@@ -48,25 +46,19 @@ MeteredFactory = Callable[..., Awaitable[MeteredNode]]
 
 
 @pytest.fixture
-async def make_metered(tmp_path: Path, signing_keys: SigningKeys) -> AsyncIterator[MeteredFactory]:
+def make_metered(make_node: NodeFactory) -> MeteredFactory:
     """Starts nodes with configuration overrides, queue fsyncs timed into their metrics."""
-    started: list[MeteredNode] = []
 
     async def start(**overrides: Any) -> MeteredNode:
-        config = node_config(tmp_path / f"var{len(started)}", signing_keys, **overrides)
-        metrics = node_metrics(config)
-        node, runner = await start_node(
-            config, signing_keys, fsync=metrics.timed_fsync(), metrics=metrics
+        metrics = NodeMetrics(
+            CollectorRegistry(),
+            tenant_label=overrides.get("metrics.tenant_label", False),
+            serving=overrides.get("metrics.enabled", True),
         )
-        started.append(MeteredNode(node, metrics, runner))
-        return started[-1]
+        node = await make_node(fsync=metrics.timed_fsync(), metrics=metrics, **overrides)
+        return MeteredNode(node, metrics)
 
-    yield start
-    for metered in reversed(started):
-        await metered.node.session.close()
-        await metered.runner.cleanup()
-        await metered.node.meter.close()
-        metered.node.storage.close()
+    return start
 
 
 @pytest.fixture

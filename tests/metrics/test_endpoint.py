@@ -76,13 +76,18 @@ class TestRequests:
         assert not any("book-42" in v or tenant.tenant_id in v for v in values)
 
     async def test_unknown_paths_share_one_series(self, metered: MeteredNode) -> None:
-        """Requests to paths no route serves count under route `unmatched`, not per path."""
+        """Requests no route answers (unknown paths, a method the path does not take) count
+        under route `unmatched`, not per path."""
         node = metered.node
         for path in ("/nope/1", "/nope/2", "/.env"):
             async with node.session.get(node.url + path) as response:
                 assert response.status == 404
-        unmatched = frozenset({("method", "GET"), ("route", "unmatched"), ("status", "404")})
-        assert await metered.value("edge_node_http_requests_total", **dict(unmatched)) == 3
+        async with node.session.patch(f"{node.url}/healthz") as response:
+            assert response.status == 405
+        samples = await metered.scrape()
+        for method, status, count in (("GET", "404", 3), ("PATCH", "405", 1)):
+            labels = {("method", method), ("route", "unmatched"), ("status", status)}
+            assert samples[("edge_node_http_requests_total", frozenset(labels))] == count
 
     async def test_refusals_are_counted_with_their_status_and_429s_as_rate_limited(
         self, metered: MeteredNode
