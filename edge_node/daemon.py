@@ -27,7 +27,7 @@ from edge_node.reload import NodeReloader
 from edge_node.router import ROUTER_KEY
 from edge_node.sd_notify import ServiceNotifier
 from edge_node.secrets import SecretFiles
-from edge_node.tls import open_tls
+from edge_node.tls import ReloadableTls, open_tls
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,22 @@ async def serve(
     """
     notifier = ServiceNotifier(service or ServiceEnvironment())
     node_lock = None if worker is not None else lock_data_dir(config)
+    try:
+        await _serve_storage(config, notifier, announce or _print, reload_config, worker)
+    finally:
+        notifier.close()
+        if node_lock is not None:
+            node_lock.release()
+
+
+async def _serve_storage(
+    config: Config,
+    notifier: ServiceNotifier,
+    announce: Callable[[str], None],
+    reload_config: Callable[[], Config] | None,
+    worker: int | None,
+) -> None:
+    """Open the databases and the queue, serve, and close them all on the way out."""
     storage = NodeStorage.open(config)
     meter: Meter | None = None
     sync_worker: BackgroundWorker | None = None
@@ -74,34 +90,15 @@ async def serve(
             sync_worker = start_sync(
                 config, storage, secrets, queue=meter.queue, followers=followers
             )
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=config.server.shutdown_grace_seconds,
-        )
-        await runner.setup()
-        site = web.TCPSite(
-            runner,
-            config.server.host,
-            config.server.port,
-            backlog=1024,
-            ssl_context=None if tls is None else tls.context,
-            reuse_port=worker is not None,
-        )
-        await site.start()
+        runner = await _listen(app, config, tls, reuse_port=worker is not None)
         host, port = _bound_address(runner)
-        scheme = "http" if tls is None else "https"
-        (announce or _print)(
-            f"edge-node listening on {scheme}://{host}:{port}"
+        url = f"{'http' if tls is None else 'https'}://{host}:{port}"
+        announce(
+            f"edge-node listening on {url}"
             f" (node {config.node_id}, data dir {config.data_path.resolve()})"
         )
-        notifier.ready(f"serving on {scheme}://{host}:{port}")
-        background.append(asyncio.create_task(notifier.run_watchdog(), name="watchdog"))
-        if worker is not None:
-            background.append(asyncio.create_task(_stop_with_supervisor(os.getppid())))
-        if worker is not None and meter.queue is not None:
-            background.append(asyncio.create_task(_adopt_cursors(meter.queue, config)))
+        notifier.ready(f"serving on {url}")
+        background = _background_tasks(notifier, meter.queue, config, worker)
         reloader = NodeReloader(config, secrets, reload_config, app[ROUTER_KEY], tls)
         await _wait_for_stop_signal(on_reload=lambda: _reload(reloader, notifier))
         notifier.stopping("stopping: draining in-flight requests")
@@ -116,9 +113,45 @@ async def serve(
             notifier.status("stopping: committing the usage queue")
             await meter.close()
         storage.close()
-        notifier.close()
-        if node_lock is not None:
-            node_lock.release()
+
+
+async def _listen(
+    app: web.Application, config: Config, tls: ReloadableTls | None, *, reuse_port: bool
+) -> web.AppRunner:
+    """The app listening on server.host:server.port (shared with other workers if
+    `reuse_port`); SIGTERM's drain waits server.shutdown_grace_seconds for requests."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=config.server.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        config.server.host,
+        config.server.port,
+        backlog=1024,
+        ssl_context=None if tls is None else tls.context,
+        reuse_port=reuse_port,
+    )
+    await site.start()
+    return runner
+
+
+def _background_tasks(
+    notifier: ServiceNotifier,
+    queue: WriteAheadQueue | None,
+    config: Config,
+    worker: int | None,
+) -> list[asyncio.Task[None]]:
+    """The watchdog pings, and for a worker its supervisor watch and cursor adoption."""
+    tasks = [asyncio.create_task(notifier.run_watchdog(), name="watchdog")]
+    if worker is not None:
+        tasks.append(asyncio.create_task(_stop_with_supervisor(os.getppid())))
+        if queue is not None:
+            tasks.append(asyncio.create_task(_adopt_cursors(queue, config)))
+    return tasks
 
 
 def start_sync(

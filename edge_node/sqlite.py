@@ -77,6 +77,11 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
         if version <= current:
             continue
         with transaction(conn):
+            # Read again under the write lock: another process opening the same file at the
+            # same moment (the workers of `serve --workers N`) may have applied it meanwhile.
+            (current,) = conn.execute("PRAGMA user_version").fetchone()
+            if version <= current:
+                continue
             for statement in _statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")
