@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -76,15 +77,13 @@ class Supervisor:
         command: WorkerCommand,
         *,
         service: ServiceEnvironment | None = None,
-        reload_config: Callable[[], Config] | None = None,
-        announce: Callable[[str], None] = print,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self._command = command
         self._service = service or ServiceEnvironment()
         self._notifier = ServiceNotifier(self._service)
-        self._reload_config = reload_config
-        self._announce = announce
+        self._announce = announce or _print
         self._stopping = asyncio.Event()
         self._abort: int | None = None
         self._workers: list[Worker] = []
@@ -119,7 +118,8 @@ class Supervisor:
         tasks.append(asyncio.create_task(self._notifier.run_watchdog()))
         tasks.append(asyncio.create_task(self._check_worker_watchdogs()))
         secret_files = SecretFiles(check_interval=secret_check_interval(self.config))
-        reloader = NodeReloader(self.config, secret_files, self._reload_config)
+        # The workers re-read the configuration; here only the sync worker's secrets reload.
+        reloader = NodeReloader(self.config, secret_files)
         storage: NodeStorage | None = None
         sync_worker: BackgroundWorker | None = None
         try:
@@ -328,6 +328,24 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         reservation.close()
         raise
     return reservation
+
+
+def worker_command(config_file: str | None, data_dir: str | None) -> WorkerCommand:
+    """The command line of a worker: `edge-node serve --worker-index I` on the reserved port,
+    with the supervisor's own --config and --data-dir."""
+    options = [] if config_file is None else ["--config", config_file]
+    if data_dir is not None:
+        options += ["--data-dir", data_dir]
+
+    def command(index: int, host: str, port: int) -> list[str]:
+        serve = ["serve", "--host", host, "--port", str(port), "--worker-index", str(index)]
+        return [sys.executable, "-m", "edge_node.cli", *options, *serve]
+
+    return command
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 def run_supervisor(supervisor: Supervisor) -> int:
