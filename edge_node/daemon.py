@@ -21,7 +21,7 @@ from aiohttp import web
 from edge_node.app import NodeStorage, create_app, secret_check_interval
 from edge_node.config import Config, ServiceEnvironment
 from edge_node.meter import BILLING_CONSUMER, Meter, open_meter
-from edge_node.queue import QueueFollower, WriteAheadQueue
+from edge_node.queue import QueueFollower, QueueLocked, WriteAheadQueue
 from edge_node.queue.locking import DirectoryLock
 from edge_node.reload import NodeReloader
 from edge_node.router import ROUTER_KEY
@@ -240,7 +240,22 @@ def lock_data_dir(config: Config) -> DirectoryLock:
     directory, data_dir/queue/lock: QueueLocked while another instance serves it."""
     root = config.data_path / "queue"
     root.mkdir(parents=True, exist_ok=True)
-    return DirectoryLock.acquire(root)
+    try:
+        return DirectoryLock.acquire(root)
+    except QueueLocked as exc:
+        raise DataDirLocked(config.data_path, exc.owner_pid) from None
+
+
+class DataDirLocked(QueueLocked):
+    """Another instance (a single process or a supervisor) serves the data directory."""
+
+    def __init__(self, data_dir: Path, owner_pid: int | None) -> None:
+        super().__init__(data_dir / "queue", owner_pid)
+        owner = f"process {owner_pid}" if owner_pid else "another process"
+        self.args = (f"{data_dir} is served by {owner}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def follow_queues(config: Config, owned: set[int]) -> list[QueueFollower]:
