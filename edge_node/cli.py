@@ -33,7 +33,7 @@ from edge_node.meter import UsageEvent
 from edge_node.queue import QueueLocked, QueueStatus, inspect_queue, tail_records
 from edge_node.rating.store import TenantStores
 from edge_node.registry import PLANS, ROLES, TenantRegistry
-from edge_node.supervisor import Supervisor, run_supervisor
+from edge_node.supervisor import Supervisor, run_supervisor, worker_command
 
 EXIT_UNBILLED = 1  # billing reconcile: usage served that is neither billed nor in flight
 EXIT_USAGE = 2
@@ -261,42 +261,12 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         return run_supervisor(
             Supervisor(
                 config,
-                _worker_command(args),
+                worker_command(args.config, args.data_dir),
                 service=service,
-                reload_config=reload_config,
-                announce=_print_line,
             )
         )
     run(serve(config, service=service, reload_config=reload_config))
     return 0
-
-
-def _worker_command(args: argparse.Namespace) -> Callable[[int, str, int], list[str]]:
-    """The command line of one worker of `serve --workers N`, with this command's options."""
-    options = [] if args.config is None else ["--config", args.config]
-    if args.data_dir is not None:
-        options += ["--data-dir", args.data_dir]
-
-    def command(index: int, host: str, port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "edge_node.cli",
-            *options,
-            "serve",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--worker-index",
-            str(index),
-        ]
-
-    return command
-
-
-def _print_line(line: str) -> None:
-    print(line, flush=True)
 
 
 def _emit(document: Any) -> int:

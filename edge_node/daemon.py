@@ -24,14 +24,14 @@ from edge_node.limits import LimitedAppRunner
 from edge_node.meter import BILLING_CONSUMER, Meter, open_meter
 from edge_node.metric_sources import SyncStatusSource
 from edge_node.metrics import NodeMetrics
-from edge_node.queue import QueueFollower, WriteAheadQueue
+from edge_node.queue import QueueFollower, QueueLocked, WriteAheadQueue
 from edge_node.queue.locking import DirectoryLock
 from edge_node.reload import NodeReloader
 from edge_node.router import ROUTER_KEY
 from edge_node.runtime_file import RuntimeFile
 from edge_node.sd_notify import ServiceNotifier
 from edge_node.secrets import SecretFiles
-from edge_node.tls import open_tls
+from edge_node.tls import ReloadableTls, open_tls
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,28 @@ async def serve(
     """
     notifier = ServiceNotifier(service or ServiceEnvironment())
     node_lock = None if worker is not None else lock_data_dir(config)
+    try:
+        await _serve_storage(config, notifier, announce or _print, reload_config, worker)
+    finally:
+        notifier.close()
+        if node_lock is not None:
+            node_lock.release()
+
+
+async def _serve_storage(
+    config: Config,
+    notifier: ServiceNotifier,
+    announce: Callable[[str], None],
+    reload_config: Callable[[], Config] | None,
+    worker: int | None,
+) -> None:
+    """Open the databases and the queue, serve, and close them all on the way out."""
     storage = NodeStorage.open(config)
     meter: Meter | None = None
     sync_worker: BackgroundWorker | None = None
     background: list[asyncio.Task[None]] = []
     metrics = node_metrics(config)
-    runtime = RuntimeFile(config.data_path)
+    runtime = RuntimeFile(config.data_path) if worker is None else None
     try:
         tls = open_tls(config.tls)
         meter = await open_meter(
@@ -84,37 +100,17 @@ async def serve(
             sync_worker = start_sync(
                 config, storage, secrets, queue=meter.queue, followers=followers, metrics=metrics
             )
-        runner = LimitedAppRunner(
-            app,
-            config.limits,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=config.server.shutdown_grace_seconds,
-        )
-        await runner.setup()
-        site = web.TCPSite(
-            runner,
-            config.server.host,
-            config.server.port,
-            backlog=1024,
-            ssl_context=None if tls is None else tls.context,
-            reuse_port=worker is not None,
-        )
-        await site.start()
+        runner = await _listen(app, config, tls, reuse_port=worker is not None)
         host, port = _bound_address(runner)
-        scheme = "http" if tls is None else "https"
-        if worker is None:
-            runtime.publish(config.node_id, [f"{scheme}://{host}:{port}"])
-        (announce or _print)(
-            f"edge-node listening on {scheme}://{host}:{port}"
+        url = f"{'http' if tls is None else 'https'}://{host}:{port}"
+        if runtime is not None:
+            runtime.publish(config.node_id, [url])
+        announce(
+            f"edge-node listening on {url}"
             f" (node {config.node_id}, data dir {config.data_path.resolve()})"
         )
-        notifier.ready(f"serving on {scheme}://{host}:{port}")
-        background.append(asyncio.create_task(notifier.run_watchdog(), name="watchdog"))
-        if worker is not None:
-            background.append(asyncio.create_task(_stop_with_supervisor(os.getppid())))
-        if worker is not None and meter.queue is not None:
-            background.append(asyncio.create_task(_adopt_cursors(meter.queue, config)))
+        notifier.ready(f"serving on {url}")
+        background = _background_tasks(notifier, meter.queue, config, worker)
         reloader = NodeReloader(config, secrets, reload_config, app[ROUTER_KEY], tls)
         await _wait_for_stop_signal(on_reload=lambda: _reload(reloader, notifier))
         notifier.stopping("stopping: draining in-flight requests")
@@ -129,11 +125,48 @@ async def serve(
             notifier.status("stopping: committing the usage queue")
             await meter.close()
         storage.close()
-        notifier.close()
-        if node_lock is not None:
-            node_lock.release()
-        if worker is None:
+        if runtime is not None:
             runtime.remove()
+
+
+async def _listen(
+    app: web.Application, config: Config, tls: ReloadableTls | None, *, reuse_port: bool
+) -> web.AppRunner:
+    """The app listening on server.host:server.port (shared with other workers if
+    `reuse_port`); SIGTERM's drain waits server.shutdown_grace_seconds for requests."""
+    runner = LimitedAppRunner(
+        app,
+        config.limits,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=config.server.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        config.server.host,
+        config.server.port,
+        backlog=1024,
+        ssl_context=None if tls is None else tls.context,
+        reuse_port=reuse_port,
+    )
+    await site.start()
+    return runner
+
+
+def _background_tasks(
+    notifier: ServiceNotifier,
+    queue: WriteAheadQueue | None,
+    config: Config,
+    worker: int | None,
+) -> list[asyncio.Task[None]]:
+    """The watchdog pings, and for a worker its supervisor watch and cursor adoption."""
+    tasks = [asyncio.create_task(notifier.run_watchdog(), name="watchdog")]
+    if worker is not None:
+        tasks.append(asyncio.create_task(_stop_with_supervisor(os.getppid())))
+        if queue is not None:
+            tasks.append(asyncio.create_task(_adopt_cursors(queue, config)))
+    return tasks
 
 
 def start_sync(
@@ -235,7 +268,22 @@ def lock_data_dir(config: Config) -> DirectoryLock:
     directory, data_dir/queue/lock: QueueLocked while another instance serves it."""
     root = config.data_path / "queue"
     root.mkdir(parents=True, exist_ok=True)
-    return DirectoryLock.acquire(root)
+    try:
+        return DirectoryLock.acquire(root)
+    except QueueLocked as exc:
+        raise DataDirLocked(config.data_path, exc.owner_pid) from None
+
+
+class DataDirLocked(QueueLocked):
+    """Another instance (a single process or a supervisor) serves the data directory."""
+
+    def __init__(self, data_dir: Path, owner_pid: int | None) -> None:
+        super().__init__(data_dir / "queue", owner_pid)
+        owner = f"process {owner_pid}" if owner_pid else "another process"
+        self.args = (f"{data_dir} is served by {owner}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def follow_queues(config: Config, owned: set[int]) -> list[QueueFollower]:

@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -76,61 +77,72 @@ class Supervisor:
         command: WorkerCommand,
         *,
         service: ServiceEnvironment | None = None,
-        reload_config: Callable[[], Config] | None = None,
-        announce: Callable[[str], None] = print,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self._command = command
         self._service = service or ServiceEnvironment()
         self._notifier = ServiceNotifier(self._service)
-        self._reload_config = reload_config
-        self._announce = announce
+        self._announce = announce or _print
         self._stopping = asyncio.Event()
         self._abort: int | None = None
         self._workers: list[Worker] = []
         self._port = 0
+        self._unclean_stops = 0
 
     async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; the exit status (0 once every worker stopped cleanly)."""
+        """Serve until SIGTERM or SIGINT; the exit status: 0 when every worker running then
+        stopped cleanly (one dead and waiting for its restart does not count)."""
         open_tls(self.config.tls)  # a certificate that does not load stops us here, not N times
         lock = lock_data_dir(self.config)
         reservation = _reserve_port(self.config.server.host, self.config.server.port)
-        storage: NodeStorage | None = None
-        sync_worker: BackgroundWorker | None = None
         try:
             self._port = reservation.getsockname()[1]
             self._workers = [self._new_worker(i) for i in range(self.config.workers.count)]
-            tasks = [asyncio.create_task(self._keep_running(w)) for w in self._workers]
-            tasks.append(asyncio.create_task(self._notifier.run_watchdog()))
-            tasks.append(asyncio.create_task(self._check_worker_watchdogs()))
-            secrets_ = SecretFiles(check_interval=secret_check_interval(self.config))
-            reloader = NodeReloader(self.config, secrets_, self._reload_config)
-            with self._signals(reloader):
-                if await self._all_ready():
-                    storage = NodeStorage.open(self.config)
-                    followers = follow_queues(self.config, owned=set())
-                    sync_worker = start_sync(self.config, storage, secrets_, followers=followers)
-                    self._announce_ready()
-                    await self._stopping.wait()
-                self._notifier.stopping("stopping: draining the workers")
-                await self._stop_workers()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._supervise()
         finally:
-            if sync_worker is not None:
-                await sync_worker.stop(SYNC_STOP_GRACE_SECONDS)
-            if storage is not None:
-                storage.close()
+            loop = asyncio.get_running_loop()
             for worker in self._workers:
+                loop.remove_reader(worker.channel.fileno())
                 worker.channel.close()
             reservation.close()
             self._notifier.close()
             lock.release()
         if self._abort is not None:
             return self._abort
-        clean = all(w.process is None or w.process.returncode == 0 for w in self._workers)
-        return 0 if clean else EXIT_ABORTED
+        return EXIT_ABORTED if self._unclean_stops else 0
+
+    async def _supervise(self) -> None:
+        """Keep the workers running and, once all are ready, the sync worker; then stop all."""
+        tasks = [asyncio.create_task(self._keep_running(w)) for w in self._workers]
+        tasks.append(asyncio.create_task(self._notifier.run_watchdog()))
+        tasks.append(asyncio.create_task(self._check_worker_watchdogs()))
+        secret_files = SecretFiles(check_interval=secret_check_interval(self.config))
+        # The workers re-read the configuration; here only the sync worker's secrets reload.
+        reloader = NodeReloader(self.config, secret_files)
+        storage: NodeStorage | None = None
+        sync_worker: BackgroundWorker | None = None
+        try:
+            with self._signals(reloader):
+                if await self._all_ready():
+                    storage = NodeStorage.open(self.config)
+                    followers = follow_queues(self.config, owned=set())
+                    sync_worker = start_sync(
+                        self.config, storage, secret_files, followers=followers
+                    )
+                    self._announce_ready()
+                    await self._stopping.wait()
+                self._notifier.stopping("stopping: draining the workers")
+        finally:
+            self._stopping.set()
+            await self._stop_workers()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if sync_worker is not None:
+                await sync_worker.stop(SYNC_STOP_GRACE_SECONDS)
+            if storage is not None:
+                storage.close()
 
     # Workers.
 
@@ -168,6 +180,8 @@ class Supervisor:
                 self._stopping.set()
                 return
             assert worker.process is not None
+            if self._stopping.is_set():  # stopped while this one was starting
+                worker.process.terminate()
             code = await worker.process.wait()
             if self._stopping.is_set():
                 return
@@ -224,7 +238,7 @@ class Supervisor:
         if not self._service.watchdog_usec:
             return
         timeout = self._service.watchdog_usec / 1e6
-        while True:
+        while not self._stopping.is_set():  # a stopping worker is timed by the stop grace
             await asyncio.sleep(timeout / 4)
             for worker in self._workers:
                 silent = time.monotonic() - worker.last_ping
@@ -253,6 +267,12 @@ class Supervisor:
                     log.error("worker pid %d did not stop in %.0f s: killed", process.pid, grace)
                     process.kill()
             await asyncio.gather(*waits, return_exceptions=True)
+        for process in running:
+            if process.returncode != 0:
+                self._unclean_stops += 1
+                log.error(
+                    "worker pid %d stopped with exit status %s", process.pid, process.returncode
+                )
 
     # Signals and announcements.
 
@@ -308,6 +328,24 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         reservation.close()
         raise
     return reservation
+
+
+def worker_command(config_file: str | None, data_dir: str | None) -> WorkerCommand:
+    """The command line of a worker: `edge-node serve --worker-index I` on the reserved port,
+    with the supervisor's own --config and --data-dir."""
+    options = [] if config_file is None else ["--config", config_file]
+    if data_dir is not None:
+        options += ["--data-dir", data_dir]
+
+    def command(index: int, host: str, port: int) -> list[str]:
+        serve = ["serve", "--host", host, "--port", str(port), "--worker-index", str(index)]
+        return [sys.executable, "-m", "edge_node.cli", *options, *serve]
+
+    return command
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 def run_supervisor(supervisor: Supervisor) -> int:

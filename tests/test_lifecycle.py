@@ -230,6 +230,7 @@ class TestInstanceLock:
         )
         assert refused.returncode == 75, refused.stderr
         assert "already serving from this data directory" in refused.stderr
+        assert f"{data_dir} is served by process {node.process.pid}" in refused.stderr
         assert "Traceback" not in refused.stderr
         assert node.request("GET", "/healthz")[0] == 200
         assert node.stop() == 0

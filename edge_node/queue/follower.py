@@ -25,10 +25,11 @@ from typing import Protocol
 
 from edge_node.queue.cursors import CursorStore, check_consumer_name, read_cursor_files
 from edge_node.queue.errors import CorruptRecord
-from edge_node.queue.framing import Record
+from edge_node.queue.framing import Frame, Record
 from edge_node.queue.inspection import catalog_on_disk, retrying
 from edge_node.queue.reader import read_records
-from edge_node.queue.segments import SegmentCatalog
+from edge_node.queue.scanning import scan_segment
+from edge_node.queue.segments import Segment, SegmentCatalog, list_segment_files
 from edge_node.queue.status import QueueStatus, describe
 
 DEFAULT_SETTLE_SECONDS = 1.0
@@ -76,6 +77,9 @@ class QueueFollower:
         self._seen: deque[tuple[float, int]] = deque()
         self._last_seq = 0
         self._lock = asyncio.Lock()
+        self._tail: Segment | None = None  # the last segment as scanned so far
+        self._tail_end = 0
+        self._tail_seq = 0
 
     @property
     def last_seq(self) -> int:
@@ -134,11 +138,33 @@ class QueueFollower:
 
     async def _look(self) -> tuple[SegmentCatalog, int]:
         """The segments on disk capped at the settled end, and the consumer's cursor."""
-        catalog = await asyncio.to_thread(retrying, lambda: catalog_on_disk(self.directory))
+        catalog = await asyncio.to_thread(retrying, self._catalog)
         catalog.last_seq = self._settled(catalog.last_seq)
         self._last_seq = max(self._last_seq, catalog.last_seq)
         cursor = await asyncio.to_thread(self._cursor_on_disk, catalog)
         return catalog, cursor
+
+    def _catalog(self) -> SegmentCatalog:
+        """The segments on disk. Only what was appended to the last one since the previous
+        look is scanned (a new last segment, or a shorter one, is scanned whole)."""
+        if not self.directory.is_dir():
+            return catalog_on_disk(self.directory)  # raises the error that names it
+        segments = [
+            Segment(first_seq, path, path.stat().st_size)
+            for first_seq, path in list_segment_files(self.directory)
+        ]
+        if not segments:
+            return SegmentCatalog([], 0)
+        last, tail = segments[-1], self._tail
+        if tail is None or tail.first_seq != last.first_seq or last.size < self._tail_end:
+            tail = Segment(last.first_seq, last.path, 0, [])
+            self._tail, self._tail_end, self._tail_seq = tail, 0, last.first_seq - 1
+        for item in scan_segment(last.path, self._tail_end, self._tail_seq, last.size):
+            if isinstance(item, Frame):
+                tail.note_frame(item.seq, item.offset)
+                self._tail_end, self._tail_seq = item.offset + item.size, item.seq
+        last.index = list(tail.index or [])
+        return SegmentCatalog(segments, self._tail_seq)
 
     def _settled(self, newest: int) -> int:
         """The newest sequence number seen at least `settle_seconds` ago."""

@@ -86,3 +86,20 @@ class TestQueueFollower:
         reopened = await open_queue(tmp_path, consumers=("billing",))
         async with reopened:
             assert (await reopened.status()).consumers["billing"].cursor == 1
+
+    async def test_records_appended_between_looks_are_seen_across_segments(
+        self, tmp_path: Path
+    ) -> None:
+        """Each look scans only what was appended since the last one, within the last
+        segment and into the next ones, and misses nothing."""
+        owner = await open_queue(tmp_path, consumers=("billing",), settings=FOUR_PER_SEGMENT)
+        async with owner:
+            follower = QueueFollower(tmp_path, "billing", settle_seconds=0)
+            seen: list[int] = []
+            for n in range(11):
+                await owner.append(payload(n))
+                if n % 3 == 0:
+                    records = await follower.read("billing", 100, after=seen[-1] if seen else None)
+                    seen += [record.seq for record in records]
+            seen += [r.seq for r in await follower.read("billing", 100, after=seen[-1])]
+            assert seen == list(range(1, 12))
