@@ -505,7 +505,15 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     if not config.data_path.is_dir():
         print(f"edge-node: no data directory at {config.data_path}", file=sys.stderr)
         return 1
-    document = collect_status(config, time.time_ns() // 1000)
+    try:
+        document = collect_status(config, time.time_ns() // 1000)
+    except (OSError, sqlite3.Error) as exc:
+        print(
+            f"edge-node: cannot read {config.data_path}: {exc} (run as root or as the"
+            " service's user)",
+            file=sys.stderr,
+        )
+        return 1
     if args.json:
         return _emit(document)
     sys.stdout.write(render_table(document))

@@ -19,6 +19,7 @@ import ctypes
 import errno
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -80,6 +81,8 @@ def verify_backup(source: Path) -> dict[str, Any]:
             _verify_file(source, entry)
     except (KeyError, TypeError) as exc:
         raise BackupError(f"{source / MANIFEST_NAME} is malformed: {exc!r}") from None
+    except (OSError, sqlite3.Error) as exc:
+        raise BackupError(f"cannot verify {source}: {exc}") from None
     return manifest
 
 
