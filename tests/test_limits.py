@@ -53,7 +53,9 @@ async def send_raw(node: RunningNode, data: bytes) -> RawAnswer:
 
 def request(path: str = f"/v1/tenants/{TENANT}/ratings", headers: bytes = b"") -> bytes:
     return (
-        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n"
+        b"GET "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n"
         + headers
         + b"\r\n"
     )
