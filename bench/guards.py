@@ -1,9 +1,10 @@
 """Micro-benchmark: what the request guards (edge_node.guards) add to each request, in-process.
 
 `python -m bench.guards` times, in one run and on the same request objects, a minimal
-aiohttp app (one constant route, behind edge-node's problem_middleware) handling requests, the same app behind the limits
-middleware, and behind the abuse middleware (client IP, block lookup, IP and tenant spike
-counters) plus the limits middleware, over many client IPs and tenants. It prints
+aiohttp app (one constant route, behind edge-node's problem_middleware) handling requests,
+the same app behind the limits middleware, and behind the abuse middleware (client IP,
+block lookup, IP and tenant spike counters) plus the limits middleware, over many client
+IPs and tenants. It prints
 microseconds per request and each variant as a ratio of the minimal app. No server and no
 sockets: HTTP parsing and writing are left out, so a real request costs more and the
 guards' share of it is smaller than shown. `python -m bench.http --scenarios
