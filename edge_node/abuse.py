@@ -99,6 +99,8 @@ class AbuseGuard:
         """Refuse a blocked client, else count its request; the clock reading it used."""
         ip = self.addresses.of(request)
         now = self.clock()
+        if not ip:  # no peer address (a Unix socket): nothing to count or block
+            return now
         block = self.blocks.blocked(ip, now)
         if block is None and self.observe_ip(ip, now):  # this very request tripped a block
             block = self.blocks.blocked(ip, now)

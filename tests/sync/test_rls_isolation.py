@@ -221,6 +221,30 @@ class TestWrites:
         assert messages[-1] == messages[-2], "no oracle for whether a tenant exists"
         assert await sessions.b_rows() == before
 
+    async def test_copy_in_is_refused(self, sessions: Sessions) -> None:
+        """COPY FROM, which row-level security cannot filter row by row, is refused outright,
+        even for rows of the session's own tenant."""
+        b_row = (sessions.b, uuid.uuid4(), "u9", "book", 1, None, 1, 1, "n", False)
+        a_row = (sessions.a, uuid.uuid4(), "u9", "book", 1, None, 1, 1, "n", False)
+        columns = [
+            "tenant_id",
+            "id",
+            "user_id",
+            "item_id",
+            "score",
+            "comment",
+            "created_at",
+            "updated_at",
+            "origin_node",
+            "deleted",
+        ]
+        for row in (b_row, a_row):
+            with pytest.raises(Exception, match="row-level security"):
+                await sessions.tenant.copy_records_to_table(
+                    "ratings", records=[row], columns=columns
+                )
+        assert len(await sessions.b_rows()) == 3
+
     async def test_insert_select_cannot_copy_b_into_a(self, sessions: Sessions) -> None:
         """INSERT ... SELECT reading B's rows finds none to copy."""
         result = await sessions.tenant.execute(
