@@ -320,6 +320,26 @@ class TestApiKeys:
         assert (answer.status, problem_type(answer)) == (401, "malformed-api-key")
         assert answer.headers["WWW-Authenticate"]
 
+    async def test_a_mistyped_key_is_refused_without_a_database_lookup(
+        self, node: RunningNode
+    ) -> None:
+        """node.sqlite runs no statement on api_keys for a key whose checksum fails, and one
+        for a well-formed key."""
+        tenant = node.create_tenant()
+        url = node.tenant_url(tenant.tenant_id, "/ratings")
+        statements: list[str] = []
+        node.storage.registry.connection.set_trace_callback(statements.append)
+        try:
+            last = "1" if tenant.api_key.endswith("0") else "0"
+            await call(node, "GET", url, {"X-API-Key": tenant.api_key[:-1] + last})
+            mistyped = [sql for sql in statements if "api_keys" in sql]
+            await call(node, "GET", url, tenant.headers)
+            well_formed = [sql for sql in statements if "api_keys" in sql]
+        finally:
+            node.storage.registry.connection.set_trace_callback(None)
+        assert mistyped == []
+        assert len(well_formed) == 1
+
     async def test_revoked_key_is_told_apart_from_a_mistyped_one(self, node: RunningNode) -> None:
         """Once revoked, a key is invalid-api-key while the same key mistyped is
         malformed-api-key."""
