@@ -95,11 +95,19 @@ class AbuseGuard:
             max_keys=self.config.max_tracked,
         )
 
-    def refuse_if_blocked(self, ip: str) -> None:
-        block = self.blocks.blocked(ip)
+    def admit(self, request: web.Request) -> float:
+        """Refuse a blocked client, else count its request; the clock reading it used."""
+        ip = self.addresses.of(request)
+        now = self.clock()
+        if not ip:  # no peer address (a Unix socket): nothing to count or block
+            return now
+        block = self.blocks.blocked(ip, now)
+        if block is None and self.observe_ip(ip, now):  # this very request tripped a block
+            block = self.blocks.blocked(ip, now)
         if block is not None:
             self.metrics.blocked_requests.inc()
             raise _blocked(block)
+        return now
 
     def observe_ip(self, ip: str, now: float) -> bool:
         """Count a request of `ip`; True when its spike has just blocked it."""
@@ -172,11 +180,7 @@ def abuse_middleware(guard: AbuseGuard) -> Any:
 
     @web.middleware
     async def watch(request: web.Request, handler: Handler) -> web.StreamResponse:
-        ip = guard.addresses.of(request)
-        guard.refuse_if_blocked(ip)
-        now = guard.clock()
-        if guard.observe_ip(ip, now):  # this very request tripped the block
-            guard.refuse_if_blocked(ip)
+        now = guard.admit(request)
         try:
             return await handler(request)
         finally:

@@ -119,10 +119,12 @@ class BlockList:
         self._next_check = clock() + check_interval
         self._reload()
 
-    def blocked(self, ip: str) -> IpBlock | None:
-        """The active block of `ip`, if any."""
-        if self._clock() >= self._next_check:
+    def blocked(self, ip: str, now: float | None = None) -> IpBlock | None:
+        """The active block of `ip`, if any; `now` is the clock's reading, if already read."""
+        if (self._clock() if now is None else now) >= self._next_check:
             self._refresh()
+        if not self._blocks:
+            return None
         block = self._blocks.get(ip)
         if block is None:
             return None

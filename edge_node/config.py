@@ -355,7 +355,7 @@ class LimitsConfig:
         maximum=65536,
     )
     max_header_bytes: int = setting(
-        32768,
+        65536,
         "Largest total of all header names and values; larger gets 431.",
         minimum=1024,
         maximum=1 << 20,

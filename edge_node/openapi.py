@@ -58,14 +58,18 @@ def _ok(description: str, schema: str | None, headers: bool = True) -> dict[str,
 _TENANT_ERRORS = {
     "400": _problem("Invalid path, query or body."),
     "401": _problem(
-        "Missing, unknown, revoked, forged or expired credential.",
+        "Missing, malformed (`malformed-api-key`: a mistyped key), unknown, revoked, forged or"
+        " expired credential.",
         {"WWW-Authenticate": {"schema": {"type": "string"}}},
     ),
     "402": _problem(
         "The tenant's subscription is canceled, or its payment is past due beyond the grace"
         " period (`payment-required`)."
     ),
-    "403": _problem("Credential of another tenant, insufficient role, or suspended tenant."),
+    "403": _problem(
+        "Credential of another tenant, insufficient role, suspended tenant, or a client IP"
+        " blocked after a request spike (`ip-blocked`, with Retry-After)."
+    ),
     "429": _problem(
         "The tenant's rate limit is used up.",
         {

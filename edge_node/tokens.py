@@ -61,6 +61,12 @@ def _load_key(index: int, config: JwtKeyConfig) -> VerificationKey:
         raise ConfigError(f"{where}: cannot read {config.file}: {exc.strerror}") from None
     if config.algorithm == "HS256":
         secret = material.rstrip(b"\r\n")
+        if secret.lstrip().startswith((b"-----BEGIN", b"ssh-", b"ecdsa-")):
+            # A public key as HMAC secret: anyone holding the public key could sign tokens.
+            raise ConfigError(
+                f"{where}: {config.file} holds a public or private key, not an HS256 secret;"
+                " configure a key file under its own algorithm (RS256, ES256, EdDSA)"
+            )
         if len(secret) < MIN_HMAC_SECRET_BYTES:
             raise ConfigError(
                 f"{where}: an HS256 secret must be at least {MIN_HMAC_SECRET_BYTES} bytes,"

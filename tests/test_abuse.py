@@ -1,5 +1,6 @@
-"""Abuse detection: the spike detector's arithmetic, client IPs behind trusted proxies, and
-spiking IPs blocked, listed and lifted over real HTTP, node.sqlite and the real CLI."""
+"""Abuse detection: the spike detector's arithmetic, client IPs behind trusted proxies, the
+block list on node.sqlite, and spiking IPs blocked, listed and lifted over real HTTP and the
+real CLI."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ import asyncio
 import logging
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 
 from edge_node import guards
 from edge_node.abuse import AbuseGuard
+from edge_node.blocks import BlockList, BlockStore, IpBlock
+from edge_node.client_ip import ClientAddresses
+from edge_node.clock import now_us
+from edge_node.errors import ConfigError
+from edge_node.registry import open_node_database
 from edge_node.spikes import SpikeDetector
 from tests.conftest import NodeFactory
 from tests.support import RunningNode
@@ -239,3 +248,73 @@ class TestBlocksCommand:
         result = Cli(tmp_path / "var", tmp_path).run("blocks", "lift", ip)
         assert result.returncode == 1
         assert message in result.stderr
+
+
+def peer_request(peer: str, forwarded: list[str]) -> Any:
+    """A request as aiohttp builds it, from `peer`, with these X-Forwarded-For headers."""
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = (peer, 5000)
+    headers = CIMultiDict(("X-Forwarded-For", value) for value in forwarded)
+    return make_mocked_request("GET", "/healthz", headers=headers, transport=transport)
+
+
+class TestClientAddresses:
+    @pytest.mark.parametrize(
+        ("peer", "forwarded", "client"),
+        [
+            pytest.param("198.51.100.1", ["203.0.113.7"], "198.51.100.1", id="untrusted-peer"),
+            pytest.param("10.0.0.2", ["203.0.113.7"], "203.0.113.7", id="one-proxy"),
+            pytest.param(
+                "10.0.0.2", ["6.6.6.6, 203.0.113.7, 10.0.0.9"], "203.0.113.7", id="forged-prefix"
+            ),
+            pytest.param("10.0.0.2", ["6.6.6.6", "203.0.113.7"], "203.0.113.7", id="two-headers"),
+            pytest.param("10.0.0.2", ["10.0.0.8, 10.0.0.9"], "10.0.0.8", id="all-proxies"),
+            pytest.param("10.0.0.2", ["203.0.113.7, garbage"], "10.0.0.2", id="garbage-hop"),
+            pytest.param("10.0.0.2", [], "10.0.0.2", id="no-header"),
+            pytest.param("10.0.0.2", ["2001:DB8::0001"], "2001:db8::1", id="ipv6-canonical"),
+        ],
+    )
+    def test_the_client_is_the_rightmost_untrusted_hop(
+        self, peer: str, forwarded: list[str], client: str
+    ) -> None:
+        """Behind proxies in 10.0.0.0/8, the client is the rightmost X-Forwarded-For address
+        that is not a proxy; an untrusted peer is the client whatever it sends."""
+        addresses = ClientAddresses(["10.0.0.0/8"])
+        assert addresses.of(peer_request(peer, forwarded)) == client
+
+    def test_a_bad_network_is_a_config_error(self) -> None:
+        """A trusted proxy that is not a CIDR is refused with the setting's name."""
+        with pytest.raises(ConfigError, match=r"abuse.trusted_proxies\[1\]"):
+            ClientAddresses(["10.0.0.0/8", "proxy.example"])
+
+
+class TestBlockList:
+    def test_a_lift_by_another_connection_is_seen_after_the_check_interval(
+        self, tmp_path: Path
+    ) -> None:
+        """The daemon's view asks node.sqlite nothing until its check interval has passed,
+        then sees a lift made by another connection (as the CLI makes it)."""
+        daemon_db, cli_db = open_node_database(tmp_path), open_node_database(tmp_path)
+        clock = [0.0]
+        blocks = BlockList(BlockStore(daemon_db), check_interval=1.0, clock=lambda: clock[0])
+        now = now_us()
+        blocks.add(IpBlock("203.0.113.7", "spike", now, now + 60_000_000, 50.0, 1.0))
+        assert BlockStore(cli_db).lift("203.0.113.7") is not None
+        clock[0] = 0.5
+        assert blocks.blocked("203.0.113.7") is not None, "not yet checked"
+        clock[0] = 1.0
+        assert blocks.blocked("203.0.113.7") is None
+        daemon_db.close()
+        cli_db.close()
+
+    def test_blocks_survive_a_restart(self, tmp_path: Path) -> None:
+        """A block written by one process is active in a view opened later on the same file."""
+        first = open_node_database(tmp_path)
+        now = now_us()
+        BlockList(BlockStore(first), check_interval=1.0).add(
+            IpBlock("2001:db8::1", "spike", now, now + 60_000_000, 50.0, 1.0)
+        )
+        first.close()
+        second = open_node_database(tmp_path)
+        assert BlockList(BlockStore(second), check_interval=1.0).blocked("2001:db8::1")
+        second.close()

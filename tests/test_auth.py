@@ -51,6 +51,12 @@ def checksummed(body: str) -> str:
     return body + checksum(body)
 
 
+def swap_two_different(key: str, start: int) -> str:
+    """`key` with the first two adjacent, different characters from `start` on swapped."""
+    i = next(i for i in range(start, len(key) - 1) if key[i] != key[i + 1])
+    return key[:i] + key[i + 1] + key[i] + key[i + 2 :]
+
+
 def problem_type(answer: Answer) -> str:
     return answer.body["type"].removeprefix(PROBLEM)
 
@@ -302,7 +308,7 @@ class TestApiKeys:
         "make_key",
         [
             pytest.param(lambda real: real[:-1] + ("B" if real[-1] != "B" else "C"), id="wrong"),
-            pytest.param(lambda real: real[:30] + real[31] + real[30] + real[32:], id="swapped"),
+            pytest.param(lambda real: swap_two_different(real, 30), id="swapped"),
             pytest.param(lambda real: real.replace("enk_", "xyz_", 1), id="wrong-prefix"),
             pytest.param(lambda real: real[:-1], id="truncated"),
             pytest.param(lambda real: real[:21], id="truncated-to-id"),
@@ -319,6 +325,26 @@ class TestApiKeys:
         answer = await call(node, "GET", node.tenant_url(tenant.tenant_id, "/ratings"), headers)
         assert (answer.status, problem_type(answer)) == (401, "malformed-api-key")
         assert answer.headers["WWW-Authenticate"]
+
+    async def test_a_mistyped_key_is_refused_without_a_database_lookup(
+        self, node: RunningNode
+    ) -> None:
+        """node.sqlite runs no statement on api_keys for a key whose checksum fails, and one
+        for a well-formed key."""
+        tenant = node.create_tenant()
+        url = node.tenant_url(tenant.tenant_id, "/ratings")
+        statements: list[str] = []
+        node.storage.registry.connection.set_trace_callback(statements.append)
+        try:
+            last = "1" if tenant.api_key.endswith("0") else "0"
+            await call(node, "GET", url, {"X-API-Key": tenant.api_key[:-1] + last})
+            mistyped = [sql for sql in statements if "api_keys" in sql]
+            await call(node, "GET", url, tenant.headers)
+            well_formed = [sql for sql in statements if "api_keys" in sql]
+        finally:
+            node.storage.registry.connection.set_trace_callback(None)
+        assert mistyped == []
+        assert len(well_formed) == 1
 
     async def test_revoked_key_is_told_apart_from_a_mistyped_one(self, node: RunningNode) -> None:
         """Once revoked, a key is invalid-api-key while the same key mistyped is

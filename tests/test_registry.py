@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_node.apikeys import new_api_key
 from edge_node.registry import KeyRecord, TenantRecord, TenantRegistry, hash_key
 
 
@@ -100,7 +101,7 @@ class TestApplyRemote:
         tenant = TenantRecord(
             "0b7e6a4c-1111-4c55-9a53-5c1e0e8b7d41", "c", "active", "payg", None, None, 1, 1
         )
-        api_key = "enk_00112233445566aa_secretsecretsecret"
+        api_key = new_api_key("00112233445566aa")
         key = KeyRecord("00112233445566aa", tenant.tenant_id, hash_key(api_key), "writer", 1, None)
         assert registry.apply_remote([tenant], [key]) == 2
         grant = registry.lookup_key(api_key)

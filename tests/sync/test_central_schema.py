@@ -191,18 +191,7 @@ class TestRowLevelSecurity:
         try:
             await migrate(sync)
             for tenant_id, key_id in ((TENANT_A, "a" * 16), (TENANT_B, "b" * 16)):
-                await sync.execute(
-                    "INSERT INTO tenants (tenant_id, name, plan, created_at, updated_at)"
-                    " VALUES ($1, 'acme', 'payg', 1, 1)",
-                    tenant_id,
-                )
-                await sync.execute(
-                    "INSERT INTO api_keys (tenant_id, key_id, key_hash, role, created_at)"
-                    " VALUES ($1, $2, $3, 'admin', 1)",
-                    tenant_id,
-                    key_id,
-                    "0" * 64,
-                )
+                await insert_tenant_with_key(sync, tenant_id, key_id)
                 await insert_rating(sync, tenant_id, "u1", "book")
             await sync.execute(
                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, api_keys, ratings"
@@ -329,6 +318,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         env=clean_environment(**(env or {})),
         timeout=60,
         check=False,
+    )
+
+
+async def insert_tenant_with_key(conn: Connection, tenant_id: str, key_id: str) -> None:
+    """A tenant row and one admin key row (a dummy hash), written as the sync role."""
+    await conn.execute(
+        "INSERT INTO tenants (tenant_id, name, plan, created_at, updated_at)"
+        " VALUES ($1, 'acme', 'payg', 1, 1)",
+        tenant_id,
+    )
+    await conn.execute(
+        "INSERT INTO api_keys (tenant_id, key_id, key_hash, role, created_at)"
+        " VALUES ($1, $2, $3, 'admin', 1)",
+        tenant_id,
+        key_id,
+        "0" * 64,
     )
 
 

@@ -13,7 +13,12 @@ from edge_node.errors import SyncError
 from sync.central_schema import migrate
 from sync.postgres import Connection, connect, translated
 from tests.postgres import PostgresServer
-from tests.sync.test_central_schema import SYNC_ROLE, TENANT_ROLE, create_roles
+from tests.sync.test_central_schema import (
+    SYNC_ROLE,
+    TENANT_ROLE,
+    create_roles,
+    insert_tenant_with_key,
+)
 
 TABLES = ("tenants", "api_keys", "ratings")
 B_SECRET = "b-private-comment"
@@ -61,18 +66,7 @@ async def sessions(postgres_server: PostgresServer, postgres_dsn: str) -> AsyncI
     try:
         await migrate(sync)
         for tenant_id, key_id, comment in ((a, "a" * 16, "a says"), (b, "b" * 16, B_SECRET)):
-            await sync.execute(
-                "INSERT INTO tenants (tenant_id, name, plan, created_at, updated_at)"
-                " VALUES ($1, 'acme', 'payg', 1, 1)",
-                tenant_id,
-            )
-            await sync.execute(
-                "INSERT INTO api_keys (tenant_id, key_id, key_hash, role, created_at)"
-                " VALUES ($1, $2, $3, 'admin', 1)",
-                tenant_id,
-                key_id,
-                "0" * 64,
-            )
+            await insert_tenant_with_key(sync, tenant_id, key_id)
             await sync.execute(
                 "INSERT INTO ratings (tenant_id, id, user_id, item_id, score, comment,"
                 " created_at, updated_at, origin_node) VALUES ($1, $2, 'u1', 'book', 4, $3,"
@@ -220,6 +214,16 @@ class TestWrites:
         assert all("row-level security" in m for m in messages), messages
         assert messages[-1] == messages[-2], "no oracle for whether a tenant exists"
         assert await sessions.b_rows() == before
+
+    async def test_copy_in_is_refused(self, sessions: Sessions) -> None:
+        """COPY FROM, which row-level security cannot filter row by row, is refused outright,
+        even for rows of the session's own tenant."""
+        for tenant_id in (sessions.b, sessions.a):
+            with pytest.raises(Exception, match="row-level security"):
+                await sessions.tenant.copy_records_to_table(
+                    "ratings", records=[(tenant_id, uuid.uuid4())], columns=["tenant_id", "id"]
+                )
+        assert len(await sessions.b_rows()) == 3
 
     async def test_insert_select_cannot_copy_b_into_a(self, sessions: Sessions) -> None:
         """INSERT ... SELECT reading B's rows finds none to copy."""
