@@ -91,6 +91,7 @@ class WebhookCounts(Protocol):
     forged: int
     stale_signatures: int
     verified_with_previous: int
+    unknown_tenant_retries: int
 
 
 class MeterCounts(Protocol):
@@ -325,7 +326,7 @@ class SourceCollector(Collector):
         events = _counter(
             "edge_node_webhook_events",
             "Stripe webhook deliveries by outcome (applied, stale, ignored, ..., duplicate, "
-            "invalid_signature, stale_signature).",
+            "invalid_signature, stale_signature, tenant_not_synced).",
             ["outcome"],
         )
         previous = _counter(
@@ -338,6 +339,7 @@ class SourceCollector(Collector):
             events.add_metric(["duplicate"], stats.duplicates)
             events.add_metric(["invalid_signature"], stats.forged)
             events.add_metric(["stale_signature"], stats.stale_signatures)
+            events.add_metric(["tenant_not_synced"], stats.unknown_tenant_retries)
             previous.add_metric([], stats.verified_with_previous)
         yield events
         yield previous

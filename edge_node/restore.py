@@ -10,6 +10,12 @@
    renames). The previous data directory is kept beside it, named in the output, for the
    operator to delete once the restored node serves.
 
+Backups never hold key material (`keys/`, docs/security.md: so that deleting a tenant
+shreds its comments in every backup too). The node's own key store is copied from the data
+directory into the restored one before the swap, so the restored comments stay readable; on
+a new machine, `keys/` is restored apart from the backup (or the fleet key brings the data
+keys down from the central registry).
+
 Schema migrations run when the daemon next opens the restored files, as at any start.
 """
 
@@ -32,6 +38,7 @@ from edge_node import sqlite
 from edge_node.backup import BACKUP_FORMAT, MANIFEST_NAME, file_sha256, fsync_path, sync_tree
 from edge_node.config import Config
 from edge_node.errors import BackupError, DataDirectoryInUse
+from edge_node.keystore import KEYS_DIRECTORY
 from edge_node.queue import QueueLocked
 from edge_node.queue.locking import DirectoryLock
 from edge_node.runtime_file import RuntimeFile, process_alive
@@ -48,6 +55,7 @@ def restore(config: Config, source: Path) -> dict[str, Any]:
         staged = data_dir.with_name(f".{data_dir.name}.restoring-{os.getpid()}")
         try:
             _copy_files(source, staged, manifest)
+            _carry_key_store(data_dir, staged)
             _match_owner(staged, data_dir)
             previous = _swap_in(staged, data_dir)
         except OSError as exc:
@@ -141,6 +149,14 @@ def _copy_files(source: Path, staged: Path, manifest: dict[str, Any]) -> None:
         if file_sha256(target) != entry["sha256"]:
             raise BackupError(f"{entry['path']} changed while it was being restored")
     sync_tree(staged)
+
+
+def _carry_key_store(data_dir: Path, staged: Path) -> None:
+    """Copy the data directory's key store into the restored one (no daemon holds it now)."""
+    keys = data_dir / KEYS_DIRECTORY
+    if keys.is_dir():
+        shutil.copytree(keys, staged / KEYS_DIRECTORY)
+        sync_tree(staged / KEYS_DIRECTORY)
 
 
 def _match_owner(staged: Path, data_dir: Path) -> None:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from edge_node.billing_replica import BillingReplica, SharedBillingEvent
 from edge_node.rating.store import RatingRow, TenantStores
 from edge_node.registry import RegistryChange, TenantRegistry
-from sync.data_keys import exchange_key_material
 from sync.billing_registry import download_billing_events, upload_billing_events
+from sync.data_keys import exchange_key_material
 from sync.positions import Position, database_identity, durable_bound
 from sync.ratings import download_ratings, upload_ratings
 from sync.registry import download_keys, download_tenants, upload_registry

@@ -44,6 +44,9 @@ class ConsumerQueue(Protocol):
     @property
     def last_seq(self) -> int: ...
 
+    @property
+    def opened_last_seq(self) -> int: ...
+
     async def read(
         self, consumer: str, max_records: int = ..., *, after: int | None = ...
     ) -> list[Record]: ...
@@ -76,6 +79,7 @@ class QueueFollower:
         self._clock = clock
         self._seen: deque[tuple[float, int]] = deque()
         self._last_seq = 0
+        self._looked_last_seq = 0
         self._lock = asyncio.Lock()
         self._tail: Segment | None = None  # the last segment as scanned so far
         self._tail_end = 0
@@ -84,6 +88,13 @@ class QueueFollower:
     @property
     def last_seq(self) -> int:
         return self._last_seq
+
+    @property
+    def opened_last_seq(self) -> int:
+        """The newest settled record on disk at the last look. A queue reopened by its owner
+        (WriteAheadQueue.opened_last_seq) numbers on from what it found; for a follower the
+        directory as last seen is what a consumer's older notes must be checked against."""
+        return self._looked_last_seq
 
     async def read(
         self, consumer: str, max_records: int = 1000, *, after: int | None = None
@@ -141,6 +152,7 @@ class QueueFollower:
         catalog = await asyncio.to_thread(retrying, self._catalog)
         catalog.last_seq = self._settled(catalog.last_seq)
         self._last_seq = max(self._last_seq, catalog.last_seq)
+        self._looked_last_seq = catalog.last_seq
         cursor = await asyncio.to_thread(self._cursor_on_disk, catalog)
         return catalog, cursor
 

@@ -7,7 +7,8 @@
 -- operator believes revoked would still open the edges. These triggers refuse them here:
 --   - revoked_at may be set, or moved earlier, but never cleared nor moved later;
 --   - key_hash, key_id and tenant_id of a key never change (issue a new key instead);
---   - a key is never deleted, by DELETE or TRUNCATE (revoke it instead).
+--   - a key is never deleted, by DELETE or TRUNCATE (revoke it instead), except with its
+--     tenant when that tenant is deleted for good (0005: its row in tenant_deletions).
 -- The edges' own upload only ever sets or moves revoked_at earlier, so it never trips them.
 -- An owner who must really remove a key row (a database being decommissioned) can still
 -- ALTER TABLE api_keys DISABLE TRIGGER api_keys_registry_rules (and ..._no_truncate).
@@ -17,6 +18,12 @@ CREATE FUNCTION edge_node_api_key_rules() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
+        -- Looked up only once 0005 created the table (a statement is planned when it runs).
+        IF to_regclass('tenant_deletions') IS NOT NULL THEN
+            IF EXISTS (SELECT 1 FROM tenant_deletions WHERE tenant_id = OLD.tenant_id) THEN
+                RETURN OLD;
+            END IF;
+        END IF;
         RAISE EXCEPTION 'API key % of tenant % cannot be deleted', OLD.key_id, OLD.tenant_id
             USING ERRCODE = 'restrict_violation',
                   HINT = 'Revoke it instead: UPDATE api_keys SET revoked_at = <now in '

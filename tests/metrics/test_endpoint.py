@@ -162,31 +162,43 @@ class TestSources:
     async def test_webhook_deliveries_are_counted_by_outcome(
         self, make_metered: MeteredFactory, tmp_path: Path
     ) -> None:
-        """An event for an unknown customer, its redelivery and a forged delivery count as
-        unknown_tenant, duplicate and invalid_signature."""
+        """An event for a tenant not synced down yet counts as tenant_not_synced each time it
+        is answered 503; one too old to wait for, its redelivery and a forged delivery count
+        as unknown_tenant, duplicate and invalid_signature."""
         secret = "whsec_metrics_test_5b1e0c7a9d3f"
         path = tmp_path / "whsec"
         path.write_text(secret + "\n")
         metered = await make_metered(**{"webhooks.secret_file": str(path)})
-        event = orjson.dumps(
-            {
-                "id": "evt_1",
-                "object": "event",
-                "created": int(time.time()),
-                "type": "customer.subscription.updated",
-                "data": {"object": {"id": "sub_1", "customer": "cus_x", "status": "active"}},
-            }
-        )
-        for secrets in ((secret,), (secret,), ("whsec_forged",)):
-            header = signature_header(event, secrets, int(time.time()))
+
+        def event(event_id: str, age_hours: float) -> bytes:
+            return orjson.dumps(
+                {
+                    "id": event_id,
+                    "object": "event",
+                    "created": int(time.time() - age_hours * 3600),
+                    "type": "customer.subscription.updated",
+                    "data": {"object": {"id": "sub_1", "customer": "cus_x", "status": "active"}},
+                }
+            )
+
+        deliveries = [
+            (event("evt_new", 0), (secret,), 503),
+            (event("evt_new", 0), (secret,), 503),
+            (event("evt_old", 100), (secret,), 200),
+            (event("evt_old", 100), (secret,), 200),
+            (event("evt_old", 100), ("whsec_forged",), 400),
+        ]
+        for body, secrets, status in deliveries:
+            header = signature_header(body, secrets, int(time.time()))
             async with metered.node.session.post(
                 metered.node.url + WEBHOOK_PATH,
-                data=event,
+                data=body,
                 headers={"Stripe-Signature": header, "Content-Type": "application/json"},
             ) as response:
-                assert response.status in (200, 400)
+                assert response.status == status
         samples = await metered.scrape()
-        for outcome in ("unknown_tenant", "duplicate", "invalid_signature"):
+        expected = {"tenant_not_synced": 2, "unknown_tenant": 1, "duplicate": 1}
+        for outcome, count in {**expected, "invalid_signature": 1}.items():
             labels = frozenset({("outcome", outcome)})
-            assert samples[("edge_node_webhook_events_total", labels)] == 1, outcome
+            assert samples[("edge_node_webhook_events_total", labels)] == count, outcome
         assert samples[("edge_node_webhook_events_total", frozenset({("outcome", "applied")}))] == 0
