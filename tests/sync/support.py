@@ -85,12 +85,14 @@ class Edge:
 
     def rows(self, tenant_id: str) -> list[tuple[Any, ...]]:
         """Every row of the tenant, tombstones included, as plain tuples in id order."""
+        self.store(tenant_id)  # its file exists from its first use, as in the daemon
         with contextlib.closing(sqlite3.connect(self.stores.path(tenant_id))) as conn:
             rows = conn.execute(f"SELECT {ROW_COLUMNS} FROM ratings ORDER BY id").fetchall()
         return [(*row[:9], bool(row[9])) for row in rows]
 
     def scores(self, tenant_id: str) -> list[tuple[Any, ...]]:
         """The stored aggregates of items with live ratings: (item, count, total, s1..s5)."""
+        self.store(tenant_id)
         with contextlib.closing(sqlite3.connect(self.stores.path(tenant_id))) as conn:
             return [
                 tuple(row)
