@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 import orjson
 
 from edge_node import sqlite
+from edge_node.errors import ConfigError
 
 
 def _generation_key(shard: int) -> str:
@@ -66,6 +67,22 @@ def reset_checkpoints(conn: sqlite3.Connection, shards: Iterable[int]) -> dict[i
             generations[shard] = int(_read(conn, _generation_key(shard)) or 0) + 1
             _write(conn, _generation_key(shard), str(generations[shard]))
     return generations
+
+
+def reset_command(
+    conn: sqlite3.Connection, shard_count: int, shard: int | None
+) -> dict[str, object]:
+    """`edge-node sync reset-checkpoints [--shard N]`: what it reset, as JSON for the CLI."""
+    if shard_count == 0:
+        raise ConfigError("no central PostgreSQL: central.dsns is empty, nothing to reset")
+    if shard is not None and not 0 <= shard < shard_count:
+        raise ConfigError(f"--shard must be between 0 and {shard_count - 1}, got {shard}")
+    shards = range(shard_count) if shard is None else [shard]
+    generations = reset_checkpoints(conn, shards)
+    return {
+        "reset": [{"shard": s, "generation": g} for s, g in generations.items()],
+        "effect": "each shard's next sync round downloads every central row again",
+    }
 
 
 def shard_checkpoint(conn: sqlite3.Connection, shard: int) -> str | None:

@@ -152,6 +152,7 @@ class SyncWorker:
             reports.append(await self._sync(shard))
             self._succeeded(shard, reports[-1])
             self._measure_lag(shard)
+        self._publish()
         return reports
 
     async def _run(self, shard: _Shard) -> None:

@@ -447,6 +447,10 @@ class TenantStores:
             store.close()
         self.pending.close()
 
+    def open_tenant_ids(self) -> list[str]:
+        """The tenants whose files are open now, least recently used first."""
+        return list(self._open)
+
     def pending_tenants(self) -> list[str]:
         """The tenants that may have ratings waiting for upload (every one that has)."""
         return self.pending.tenants()

@@ -35,9 +35,11 @@ class Edge:
     stores: TenantStores
 
     @classmethod
-    def open(cls, data_dir: Path, node_id: str) -> Edge:
+    def open(cls, data_dir: Path, node_id: str, *, busy_timeout_ms: int = 5000) -> Edge:
         registry = TenantRegistry.open(data_dir)
-        stores = TenantStores(data_dir / "tenants", node_id=node_id)
+        stores = TenantStores(
+            data_dir / "tenants", node_id=node_id, busy_timeout_ms=busy_timeout_ms
+        )
         return cls(node_id, data_dir, registry, stores)
 
     def close(self) -> None:
@@ -52,9 +54,15 @@ class Edge:
         batch_size: int = 1000,
         backoff: Backoff | None = None,
         statement_timeout: float = 30.0,
+        lock_timeout: float = 5.0,
+        horizon_lag_warning: float = 60.0,
     ) -> SyncWorker:
         central = CentralConfig(
-            dsns=tuple(dsns), sync_interval_seconds=interval, batch_size=batch_size
+            dsns=tuple(dsns),
+            sync_interval_seconds=interval,
+            batch_size=batch_size,
+            lock_timeout_seconds=lock_timeout,
+            horizon_lag_warning_seconds=horizon_lag_warning,
         )
         return SyncWorker(
             central,
