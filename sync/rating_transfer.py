@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from sync.postgres import Connection
     from sync.rounds import EdgeStorage, RoundReport
 
-APPLY_CHUNK_ROWS = 100
+APPLY_CHUNK_ROWS = 250
 
 
 @dataclass

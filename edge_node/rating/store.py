@@ -300,7 +300,9 @@ class TenantStore:
         """Forget outbox entries up to `up_to_seq`: the central database has committed them."""
         with sqlite.transaction(self._conn):
             self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
-        self.unlist_if_idle()
+            emptied = not self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]
+        if emptied:
+            self.unlist_if_idle()
 
     def _list_pending(self) -> None:
         """Inside a write transaction, before an outbox write: list the tenant as pending
