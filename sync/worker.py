@@ -4,8 +4,9 @@ A shard that fails is retried with capped exponential backoff and jitter (sync/b
 whatever failed: PostgreSQL unreachable, slow (every statement has a timeout), a connection
 dropped mid-batch, a local SQLite error, even a bug. Nothing waits for a local write: the loop
 keeps trying by itself, so the outbox drains as soon as the database answers again. Shards are
-independent: one down does not delay the others. `status()` and the status file
-(sync/status.py) show each shard's last success, last error, failures and lag.
+independent: one down does not delay the others; within a shard, one tenant failing on its
+own is retried on its own (sync/tenant_failures.py). `status()`, `snapshot()` and the status
+file (sync/status.py) show each shard's last success, last error, failures and lag.
 
 Beside the shards the worker runs periodic jobs (sync/jobs.py: Stripe provisioning, the usage
 flush), each in its own loop with the same backoff; `job_status()` shows them. With no DSNs
