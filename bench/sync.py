@@ -4,6 +4,7 @@ Run from the repository root:
 
     python -m bench.sync upload [--rows 100000] [--batch-size 1000] [--dsn URL]
     python -m bench.sync converge [--writes 10000] [--nodes 3] [--interval 1.0] [--dsn URL]
+    python -m bench.sync stall [--tenants 600] [--busy-tenants 5] [--rows 1000] [--dsn URL]
 
 `upload`: one tenant with `--rows` local ratings waiting in its outbox; times the upload of
 the whole backlog (SQLite read, one unnest upsert per batch, acknowledgement) and, separately,
@@ -12,6 +13,11 @@ the download of the same rows by a second edge node.
 runs (the partition; a third of the keys written by every node, so they conflict), then
 every node starts its sync worker at once; times until every node and PostgreSQL hold the
 same rows.
+`stall`: the event loop's worst stall during sync rounds of a node holding `--tenants`
+tenants (more than the 256 tenant files kept open), measured by a task that sleeps 1 ms over
+and over and records how late it wakes: an idle round (nothing to move), an upload round
+(`--busy-tenants` tenants with `--rows` new local ratings each) and a download round (another
+node receiving them).
 Without --dsn a throwaway PostgreSQL is started (tests/postgres.py) with fsync off, so these
 numbers leave out the server's disk; each run uses a fresh database, dropped afterwards.
 """
@@ -24,8 +30,9 @@ import contextlib
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 from edge_node.config import CentralConfig
 from edge_node.rating.model import RatingInput
@@ -85,7 +92,7 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> None
             )
             await round_.upload_registry()
             started = time.perf_counter()
-            await round_.upload_ratings(t)
+            await round_.ratings().upload([t])
             seconds = time.perf_counter() - started
             assert await conn.fetchval("SELECT count(*) FROM ratings") == rows
             print(
@@ -94,12 +101,12 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> None
             )
             await ShardRound(
                 conn, 0, 1, EdgeStorage(b.registry, b.stores), batch_size, SetAsideLog(root / "x")
-            ).download_registry(await database_identity(conn))
+            ).download_registry(await database_identity(conn))  # the tenant, to hold its rows
             started = time.perf_counter()
             down = ShardRound(
                 conn, 0, 1, EdgeStorage(b.registry, b.stores), batch_size, SetAsideLog(root / "x")
             )
-            await down.download_ratings(t, await database_identity(conn))
+            await down.ratings().download([t], await down.database(), await down.download_bound())
             seconds = time.perf_counter() - started
             print(
                 f"download: {down.report.downloaded} rows in {seconds:.2f} s"
@@ -154,6 +161,72 @@ async def bench_converge(
             node.close()
 
 
+class StallMonitor:
+    """How long the loop was blocked while it runs: the worst lateness of a 1 ms sleep (wall
+    clock, which includes time the process was not scheduled on a busy machine), and the
+    most CPU time the loop's thread spent between two of its wake-ups (the work done in one
+    loop turn, whatever the machine's load)."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.worst_cpu = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started, cpu = loop.time(), time.thread_time()
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, loop.time() - started - 0.001)
+            self.worst_cpu = max(self.worst_cpu, time.thread_time() - cpu)
+
+    async def measure(self, work: Coroutine[Any, Any, object]) -> tuple[float, float, float]:
+        """Run `work`; its duration, the worst stall and the most CPU in one loop turn, in s."""
+        self.worst = self.worst_cpu = 0.0
+        self._task = asyncio.create_task(self._watch())
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        try:
+            await work
+        finally:
+            seconds = time.perf_counter() - started
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return seconds, self.worst, self.worst_cpu
+
+
+async def bench_stall(dsn: str, root: Path, tenants: int, busy: int, rows: int) -> None:
+    a, b = Node(root, "edge-a"), Node(root, "edge-b")
+    monitor = StallMonitor()
+    try:
+        ids = [a.registry.create_tenant(f"t{i}")[0].tenant_id for i in range(tenants)]
+        for t in ids:
+            write(a, t, 1)
+        up, down = a.worker(dsn, 1.0, 1000), b.worker(dsn, 1.0, 1000)
+        await up.run_once()
+        await down.run_once()  # b now holds every tenant and its first rating
+        print(f"{tenants} tenants; {busy} of them get {rows} new ratings each")
+
+        def report(name: str, figures: tuple[float, float, float]) -> None:
+            seconds, stall, cpu = figures
+            print(
+                f"{name}: round {seconds * 1e3:.0f} ms, worst loop stall {stall * 1e3:.1f} ms,"
+                f" most CPU in one loop turn {cpu * 1e3:.1f} ms"
+            )
+
+        report("idle round", await monitor.measure(down.run_once()))
+        for t in ids[:busy]:
+            write(a, t, rows, prefix="more")
+        report("upload round", await monitor.measure(up.run_once()))
+        report("download round", await monitor.measure(down.run_once()))
+        await up.stop()
+        await down.stop()
+    finally:
+        a.close()
+        b.close()
+
+
 @contextlib.contextmanager
 def database(dsn: str | None) -> Iterator[str]:
     if dsn is not None:
@@ -170,7 +243,9 @@ def database(dsn: str | None) -> Iterator[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=("upload", "converge"))
+    parser.add_argument("scenario", choices=("upload", "converge", "stall"))
+    parser.add_argument("--tenants", type=int, default=600)
+    parser.add_argument("--busy-tenants", type=int, default=5)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--writes", type=int, default=10_000)
     parser.add_argument("--nodes", type=int, default=3)
@@ -180,7 +255,10 @@ def main() -> None:
     args = parser.parse_args()
     with database(args.dsn) as dsn, tempfile.TemporaryDirectory() as tmp:
         asyncio.run(migrate_dsns([dsn]))
-        if args.scenario == "upload":
+        if args.scenario == "stall":
+            rows = 1000 if args.rows == 100_000 else args.rows
+            asyncio.run(bench_stall(dsn, Path(tmp), args.tenants, args.busy_tenants, rows))
+        elif args.scenario == "upload":
             asyncio.run(bench_upload(dsn, Path(tmp), args.rows, args.batch_size))
         else:
             asyncio.run(

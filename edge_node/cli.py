@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_parser(
         "status", help="per shard: last success, last error, failures, lag (from the daemon)"
     ).set_defaults(handler=_sync_status)
+    reset = sync.add_parser(
+        "reset-checkpoints",
+        help="download everything again from the central database (after a failover to an"
+        " asynchronous standby or a point-in-time restore)",
+    )
+    reset.add_argument("--shard", type=int, help="only this shard (default: every shard)")
+    reset.set_defaults(handler=_sync_reset_checkpoints)
 
     stripe = commands.add_parser("stripe", help="Stripe billing").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -464,6 +471,16 @@ def _sync_status(config: Config, args: argparse.Namespace) -> int:
         )
         return 1
     return _emit(document)
+
+
+def _sync_reset_checkpoints(config: Config, args: argparse.Namespace) -> int:
+    from sync.shard_state import reset_command  # noqa: PLC0415
+
+    registry = _registry(config)
+    try:
+        return _emit(reset_command(registry.connection, len(config.central.dsns), args.shard))
+    finally:
+        registry.close()
 
 
 def _stripe_bootstrap(config: Config, args: argparse.Namespace) -> int:

@@ -184,6 +184,20 @@ class CentralConfig:
     batch_size: int = setting(
         1000, "Rows uploaded or downloaded per round trip.", minimum=1, maximum=100_000
     )
+    lock_timeout_seconds: float = setting(
+        5.0,
+        "Longest an upload waits for central rows another session has locked; past it that "
+        "tenant is retried later with backoff and the other tenants go on.",
+        minimum=0.01,
+        maximum=600,
+    )
+    horizon_lag_warning_seconds: float = setting(
+        60.0,
+        "How far downloads may lag behind the central database (a long transaction holding "
+        "the download horizon back) before `sync status` shows the shard as lagging.",
+        minimum=1,
+        maximum=86400,
+    )
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ APPLICATION_NAME = "edge-node"
 CONNECT_TIMEOUT_SECONDS = 10.0
 DSN_SCHEMES = ("postgresql", "postgres")
 PERMANENT_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+# Failures of one statement over the rows it touched, not of the connection or the schema:
+# lock_not_available (lock_timeout), deadlock_detected, serialization_failure.
+ROW_CONFLICT_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
 _DURABLE_COMMITS = """
     SELECT set_config('synchronous_commit', 'on', false)
     WHERE current_setting('synchronous_commit') = 'off'"""
@@ -104,6 +107,17 @@ def classify(exc: BaseException, context: str = "") -> SyncError | ConfigError |
     return None
 
 
+def refused_for_its_rows(exc: BaseException) -> bool:
+    """Whether `exc` (one of ours) is the server refusing one statement for the rows it
+    touched (locked past lock_timeout, a deadlock, a serialization failure), which another
+    statement on other rows would not meet."""
+    cause = exc.__cause__
+    return (
+        isinstance(cause, asyncpg.PostgresError)
+        and str(getattr(cause, "sqlstate", "")) in ROW_CONFLICT_SQLSTATES
+    )
+
+
 @contextlib.contextmanager
 def translated(context: str = "") -> Iterator[None]:
     """Run a block of asyncpg calls, raising our exceptions in place of the driver's."""
@@ -127,17 +141,21 @@ async def connect(
     *,
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     command_timeout: float | None = None,
+    lock_timeout: float | None = None,
 ) -> Connection:
     """One connection to the server at `dsn`, committing durably (see the module doc);
     `command_timeout` bounds every statement (a statement past it is cancelled and raises
-    TransientSyncError)."""
+    TransientSyncError); `lock_timeout` bounds each wait for a row lock (SQLSTATE 55P03)."""
     check_dsn(dsn)
+    settings = {"application_name": APPLICATION_NAME}
+    if lock_timeout is not None:
+        settings["lock_timeout"] = f"{max(1, round(lock_timeout * 1000))}ms"
     with translated(f"cannot connect to {redact_dsn(dsn)}"):
         connection: Connection = await asyncpg.connect(
             dsn,
             timeout=connect_timeout,
             command_timeout=command_timeout,
-            server_settings={"application_name": APPLICATION_NAME},
+            server_settings=settings,
         )
         try:
             await connection.execute(_DURABLE_COMMITS)

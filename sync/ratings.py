@@ -14,7 +14,7 @@ bytes the central database stores and every other edge downloads.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_node.rating.store import RatingRow, wins
 from sync.positions import Position
@@ -57,6 +57,26 @@ _CHANGES = """
           AND (r.change_xid > $2::text::xid8 OR $3::uuid IS NULL OR r.id > $3::uuid)
           AND r.change_xid < horizon.xid
         ORDER BY r.change_xid, r.id
+        LIMIT $4
+    ) page ON true"""
+
+# Every tenant of the shard at once (index ratings_shard_changes, migration 0003), so an edge
+# opens only the tenant files that have changes; the key after change_xid is (tenant_id, id).
+_SHARD_CHANGES = """
+    WITH horizon AS MATERIALIZED (
+        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
+    )
+    SELECT horizon.xid::text AS horizon, page.*
+    FROM horizon LEFT JOIN LATERAL (
+        SELECT r.tenant_id::text AS tenant_id, r.id::text AS id, r.user_id, r.item_id,
+               r.score, r.comment_sealed, r.created_at, r.updated_at, r.origin_node, r.deleted,
+               r.change_xid::text AS position
+        FROM ratings r
+        WHERE r.change_xid >= $1::text::xid8
+          AND (r.change_xid > $1::text::xid8 OR $2::uuid IS NULL
+               OR (r.tenant_id, r.id) > ($2::uuid, $3::uuid))
+          AND r.change_xid < horizon.xid
+        ORDER BY r.change_xid, r.tenant_id, r.id
         LIMIT $4
     ) page ON true"""
 
@@ -108,23 +128,40 @@ async def download_ratings(
         records = await connection.fetch(
             _CHANGES, tenant_id, str(since.xid), after_id, limit, str(bound)
         )
-    rows = [
-        RatingRow(
-            r["id"],
-            tenant_id,
-            r["user_id"],
-            r["item_id"],
-            r["score"],
-            r["comment_sealed"],
-            r["created_at"],
-            r["updated_at"],
-            r["origin_node"],
-            r["deleted"],
-        )
-        for r in records
-        if r["id"] is not None
-    ]
+    rows = [_rating(r, tenant_id) for r in records if r["id"] is not None]
     if len(rows) == limit:
         last = records[-1]
         return rows, since.after_page(int(last["position"]), (last["id"],))
     return rows, since.at_horizon(int(records[0]["horizon"]))
+
+
+async def download_shard_ratings(
+    connection: Connection, since: Position, limit: int, bound: int
+) -> tuple[list[RatingRow], Position]:
+    """Like `download_ratings`, for every tenant of the shard at once, in (change_xid,
+    tenant_id, id) order; the horizon never passes `bound`."""
+    after_tenant, after_id = since.key_bound(2)
+    with translated("downloading the shard's rating changes"):
+        records = await connection.fetch(
+            _SHARD_CHANGES, str(since.xid), after_tenant, after_id, limit, str(bound)
+        )
+    rows = [_rating(r, r["tenant_id"]) for r in records if r["id"] is not None]
+    if len(rows) == limit:
+        last = records[-1]
+        return rows, since.after_page(int(last["position"]), (last["tenant_id"], last["id"]))
+    return rows, since.at_horizon(int(records[0]["horizon"]))
+
+
+def _rating(r: Any, tenant_id: str) -> RatingRow:
+    return RatingRow(
+        r["id"],
+        tenant_id,
+        r["user_id"],
+        r["item_id"],
+        r["score"],
+        r["comment_sealed"],
+        r["created_at"],
+        r["updated_at"],
+        r["origin_node"],
+        r["deleted"],
+    )

@@ -1,17 +1,18 @@
 """One sync round against one shard: upload this node's changes, then download the shard's.
 
-Order within a round: registry up, registry down, each tenant's ratings outbox up, each
-tenant's ratings down. Each table is uploaded before it is downloaded, so this node's own
-writes are in the central database before it asks what changed there. The registry comes down
-before any rating moves: a tenant created centrally gets its ratings in the same round, and a
-revocation or suspension is not held back by a ratings upload that keeps failing (a backlog
-timing out, one tenant's batch refused by a transient error): it reaches this node whenever
-the shard answers the registry's few statements.
+Order within a round: registry up, registry down, the ratings outboxes up, the shard's
+rating changes down (sync/rating_transfer.py). Each table is uploaded before it is
+downloaded, so this node's own writes are in the central database before it asks what
+changed there. The registry comes down before any rating moves: a tenant created centrally
+gets its ratings in the same round, and a revocation or suspension is not held back by a
+ratings upload that keeps failing (a backlog timing out, one tenant's batch refused by a
+transient error): it reaches this node whenever the shard answers the registry's few
+statements.
 
 Every upload batch is one central transaction, and its outbox entries are acknowledged only
 after that COMMIT returned: a failure anywhere before leaves them queued for the next round,
 and a batch sent twice (COMMIT done, acknowledgement lost) changes nothing the second time.
-Every downloaded page is applied and its checkpoint stored in one local transaction.
+Downloaded rows are applied before the checkpoint that passes them is stored.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edge_node.billing_replica import BillingReplica, SharedBillingEvent
-from edge_node.rating.store import RatingRow, TenantStores
+from edge_node.clock import now_us
+from edge_node.rating.store import TenantStores
 from edge_node.registry import RegistryChange, TenantRegistry
 from sync.billing_registry import download_billing_events, upload_billing_events
 from sync.data_keys import exchange_key_material
 from sync.positions import Position, database_identity, durable_bound
-from sync.ratings import download_ratings, upload_ratings
+from sync.rating_transfer import RatingTransfer
 from sync.registry import download_keys, download_tenants, upload_registry
 from sync.set_aside import SetAsideLog, send_or_set_aside
+from sync.shard_state import checkpoint_database
 from sync.shards import shard_for
+from sync.tenant_failures import TenantFailures
 
 if TYPE_CHECKING:
     from sync.postgres import Connection
@@ -54,6 +58,11 @@ class RoundReport:
     registry_uploaded: int = 0
     registry_applied: int = 0
     set_aside: int = 0
+    # The ratings download: the durable bound it was capped at, and the horizon it reached
+    # (every central row below it is read); None when the round failed before.
+    bound: int | None = None
+    bound_at: int | None = None  # when the bound was recorded (microseconds since the epoch)
+    horizon: int | None = None
 
 
 @dataclass
@@ -66,25 +75,44 @@ class ShardRound:
     edge: EdgeStorage
     batch_size: int
     set_aside: SetAsideLog
+    failures: TenantFailures = field(default_factory=TenantFailures)
     report: RoundReport = field(default_factory=RoundReport)
     # Every download stays below this (positions.durable_bound): recorded before the registry
     # downloads, and again before the rating downloads.
     bound: int | None = None
 
     async def run(self) -> RoundReport:
-        database = await database_identity(self.connection)
+        database = await self.database()
         await exchange_key_material(self, database)  # deletions and data keys first
         await self.upload_registry()
         await self.download_registry(database)
         await self.sync_billing_events(database)
         tenant_ids = self.tenant_ids()
-        for tenant_id in tenant_ids:
-            await self.upload_ratings(tenant_id)
+        ratings = self.ratings()
+        await ratings.upload(tenant_ids)
         self.bound = None  # a fresh bound, past this round's uploads, so they come back now
-        for tenant_id in tenant_ids:
-            await self.download_ratings(tenant_id, database)
+        self.report.bound_at = now_us()
+        self.report.bound = await self.download_bound()
+        await ratings.download(tenant_ids, database, self.report.bound)
+        self.report.horizon = ratings.horizon
         self.report.tenants = len(tenant_ids)
         return self.report
+
+    async def database(self) -> str:
+        """The central database's name in this node's checkpoints (sync/shard_state.py)."""
+        identity = await database_identity(self.connection)
+        return checkpoint_database(self.edge.registry.connection, self.index, identity)
+
+    def ratings(self) -> RatingTransfer:
+        return RatingTransfer(
+            self.connection,
+            self.index,
+            self.edge,
+            self.batch_size,
+            self.report,
+            self.failures,
+            self._set_aside,
+        )
 
     def tenant_ids(self) -> list[str]:
         """The tenants of this node's registry that live on this shard."""
@@ -101,18 +129,6 @@ class ShardRound:
             self._set_aside("registry", refused)
             self.edge.registry.acknowledge_uploads(batch)
             self.report.registry_uploaded += changed
-
-    async def upload_ratings(self, tenant_id: str) -> None:
-        store = self.edge.stores.get(tenant_id)
-        while True:
-            rows, up_to_seq = store.pending_changes(self.batch_size)
-            if up_to_seq == 0:
-                return
-            if rows:  # entries whose rating no longer exists have nothing to send
-                _, refused = await send_or_set_aside(self._send_ratings, rows)
-                self._set_aside("rating", refused)
-            store.acknowledge_uploaded(up_to_seq)
-            self.report.uploaded += len(rows)
 
     async def download_bound(self) -> int:
         """The round's durable bound, recorded at the first download of the round."""
@@ -159,21 +175,6 @@ class ShardRound:
             if len(pairs) < self.batch_size:
                 return
 
-    async def download_ratings(self, tenant_id: str, database: str) -> None:
-        store = self.edge.stores.get(tenant_id)
-        position = Position.decode(store.download_checkpoint(), database)
-        while True:
-            rows, position = await download_ratings(
-                self.connection, tenant_id, position, self.batch_size, await self.download_bound()
-            )
-            # An empty page is not stored: the next round reads the same empty range again,
-            # which costs one index probe, where storing it would write every tenant file.
-            if rows:
-                self.report.applied += store.set_download_checkpoint(position.encode(), rows)
-                self.report.downloaded += len(rows)
-            if len(rows) < self.batch_size:
-                return
-
     async def sync_billing_events(self, database: str) -> None:
         """Stripe events up and down (sync/billing_registry.py), right after the registry, so
         a tenant's billing state follows it to every edge within the same round."""
@@ -202,9 +203,6 @@ class ShardRound:
 
     async def _send_billing_events(self, events: Sequence[SharedBillingEvent]) -> int:
         return await upload_billing_events(self.connection, events, self.edge.stores.node_id)
-
-    async def _send_ratings(self, rows: Sequence[RatingRow]) -> int:
-        return await upload_ratings(self.connection, rows)
 
     async def _send_registry(self, changes: Sequence[RegistryChange]) -> int:
         return await upload_registry(self.connection, changes)

@@ -18,7 +18,9 @@ import orjson
 from edge_node.clock import format_us
 
 FILE_NAME = "sync-status.json"
-ShardState = Literal["starting", "ok", "retrying", "stopped"]
+# "lagging": the last round succeeded, but downloads are behind the central database by more
+# than central.horizon_lag_warning_seconds (a long central transaction holds the horizon back).
+ShardState = Literal["starting", "ok", "lagging", "retrying", "stopped"]
 
 
 @dataclass
@@ -46,10 +48,35 @@ class ShardStatus:
     registry_uploaded: int = 0
     registry_applied: int = 0
     set_aside_rows: int = 0
+    # Tenants failing on their own (sync/tenant_failures.py): in backoff now, failures in all.
+    failing_tenants: int = 0
+    tenant_failures: int = 0
+    last_tenant_error: str | None = None
+    # Download lag. last_download_at: when a round last read the shard's rating changes up
+    # to the horizon. downloaded_through_at: every central change committed before it has
+    # been downloaded (None: not known yet); horizon_lag_xids: transactions between the
+    # horizon and the round's durable bound, 0 when nothing holds the horizon back.
+    last_download_at: int | None = None
+    downloaded_through_at: int | None = None
+    horizon_lag_xids: int | None = None
+
+    def horizon_lag_seconds(self, now_us: int) -> float | None:
+        """How far downloads are behind the central database now; grows while it is stuck."""
+        if self.downloaded_through_at is None:
+            return None
+        return round(max(0, now_us - self.downloaded_through_at) / 1e6, 3)
 
     def to_json(self, now_us: int) -> dict[str, Any]:
         document = dataclasses.asdict(self)
-        for name in ("last_attempt_at", "last_success_at", "last_error_at", "next_attempt_at"):
+        document["horizon_lag_seconds"] = self.horizon_lag_seconds(now_us)
+        for name in (
+            "last_attempt_at",
+            "last_success_at",
+            "last_error_at",
+            "next_attempt_at",
+            "last_download_at",
+            "downloaded_through_at",
+        ):
             value = document[name]
             document[name] = None if value is None else format_us(value)
         oldest = document.pop("oldest_pending_at")
@@ -59,14 +86,27 @@ class ShardStatus:
         return document
 
 
+@dataclass(frozen=True)
+class SyncSnapshot:
+    """Everything the sync worker can tell at one instant, for the status file and metrics:
+    copies, so a reader never sees a round half-way through updating them."""
+
+    node_id: str
+    taken_at: int  # microseconds since the epoch
+    shards: tuple[ShardStatus, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "pid": os.getpid(),
+            "written_at": format_us(self.taken_at),
+            "shards": [shard.to_json(self.taken_at) for shard in self.shards],
+        }
+
+
 def write_status_file(data_dir: Path, node_id: str, shards: list[ShardStatus], now_us: int) -> None:
     """Replace the status file atomically (no fsync: it is rewritten every few seconds)."""
-    document = {
-        "node_id": node_id,
-        "pid": os.getpid(),
-        "written_at": format_us(now_us),
-        "shards": [shard.to_json(now_us) for shard in shards],
-    }
+    document = SyncSnapshot(node_id, now_us, tuple(shards)).to_json()
     replace_status_document(data_dir / FILE_NAME, document)
 
 

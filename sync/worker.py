@@ -4,8 +4,9 @@ A shard that fails is retried with capped exponential backoff and jitter (sync/b
 whatever failed: PostgreSQL unreachable, slow (every statement has a timeout), a connection
 dropped mid-batch, a local SQLite error, even a bug. Nothing waits for a local write: the loop
 keeps trying by itself, so the outbox drains as soon as the database answers again. Shards are
-independent: one down does not delay the others. `status()` and the status file
-(sync/status.py) show each shard's last success, last error, failures and lag.
+independent: one down does not delay the others; within a shard, one tenant failing on its
+own is retried on its own (sync/tenant_failures.py). `status()`, `snapshot()` and the status
+file (sync/status.py) show each shard's last success, last error, failures and lag.
 
 Beside the shards the worker runs periodic jobs (sync/jobs.py: Stripe provisioning, the usage
 flush), each in its own loop with the same backoff; `job_status()` shows them. With no DSNs
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +36,8 @@ from sync.rounds import EdgeStorage, RoundReport, ShardRound
 from sync.set_aside import FILE_NAME as SET_ASIDE_FILE
 from sync.set_aside import SetAsideLog
 from sync.shards import shard_for
-from sync.status import ShardStatus, write_status_file
+from sync.status import ShardStatus, SyncSnapshot, write_status_file
+from sync.tenant_failures import TenantFailures
 
 if TYPE_CHECKING:
     from sync.postgres import Connection
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 10.0
 STATEMENT_TIMEOUT_SECONDS = 60.0
+BOUND_HISTORY = 10_000  # rounds of durable bounds kept to date the download horizon
 
 
 @dataclass
@@ -53,6 +57,10 @@ class _Shard:
     status: ShardStatus
     connection: Connection | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    failures: TenantFailures = field(default_factory=TenantFailures)
+    # (durable bound, when it was recorded) of recent rounds: a horizon at or past a bound
+    # means every change committed before that moment has been downloaded.
+    bounds: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=BOUND_HISTORY))
 
 
 class SyncWorker:
@@ -81,7 +89,8 @@ class SyncWorker:
             check_dsn(dsn)  # ConfigError now, at start-up, rather than a retry loop later
         self._set_aside = SetAsideLog(data_dir / SET_ASIDE_FILE)
         self._shards = [
-            _Shard(i, dsn, ShardStatus(i, redact_dsn(dsn))) for i, dsn in enumerate(central.dsns)
+            _Shard(i, dsn, ShardStatus(i, redact_dsn(dsn)), failures=TenantFailures(self._backoff))
+            for i, dsn in enumerate(central.dsns)
         ]
         self._jobs = [(job, JobStatus(job.name)) for job in jobs]
         self._stopping = asyncio.Event()
@@ -91,6 +100,10 @@ class SyncWorker:
     def status(self) -> list[ShardStatus]:
         """A snapshot of every shard's status."""
         return [replace(shard.status) for shard in self._shards]
+
+    def snapshot(self) -> SyncSnapshot:
+        """Every shard's status at this instant, lag included: what metrics export."""
+        return SyncSnapshot(self._node_id, now_us(), tuple(self.status()))
 
     def job_status(self) -> list[JobStatus]:
         """A snapshot of every periodic job's status."""
@@ -141,8 +154,15 @@ class SyncWorker:
             self._job_publisher.publish()
 
     async def run_once(self) -> list[RoundReport]:
-        """One round on every shard, in order; errors propagate (for tests and tools)."""
-        return [await self._sync(shard) for shard in self._shards]
+        """One round on every shard, in order, recorded in the status; errors propagate (for
+        tests and tools)."""
+        reports = []
+        for shard in self._shards:
+            reports.append(await self._sync(shard))
+            self._succeeded(shard, reports[-1])
+            self._measure_lag(shard)
+        self._publish()
+        return reports
 
     async def _run(self, shard: _Shard) -> None:
         while not self._stopping.is_set():
@@ -168,9 +188,11 @@ class SyncWorker:
 
     def _succeeded(self, shard: _Shard, report: RoundReport) -> float:
         status = shard.status
-        status.state = "ok"
         status.last_success_at = now_us()
         status.consecutive_failures = 0
+        self._date_horizon(shard, report)
+        lag = status.horizon_lag_seconds(status.last_success_at) or 0.0
+        status.state = "lagging" if lag > self._central.horizon_lag_warning_seconds else "ok"
         status.tenants = report.tenants
         status.uploaded_rows += report.uploaded
         status.downloaded_rows += report.downloaded
@@ -186,6 +208,21 @@ class SyncWorker:
                 self._set_aside.path,
             )
         return self._central.sync_interval_seconds
+
+    def _date_horizon(self, shard: _Shard, report: RoundReport) -> None:
+        """Date the horizon the rating download reached: the latest recorded bound at or
+        below it (when none is, the oldest bound known: the lag is at least that old)."""
+        if report.bound is None or report.horizon is None or report.bound_at is None:
+            return
+        status = shard.status
+        shard.bounds.append((report.bound, report.bound_at))
+        status.last_download_at = now_us()
+        status.horizon_lag_xids = max(0, report.bound - report.horizon)
+        while len(shard.bounds) > 1 and shard.bounds[1][0] <= report.horizon:
+            shard.bounds.popleft()
+        bound, recorded_at = shard.bounds[0]
+        if bound <= report.horizon or status.downloaded_through_at is None:
+            status.downloaded_through_at = recorded_at
 
     def _failed(self, shard: _Shard, exc: BaseException) -> float:
         status = shard.status
@@ -211,6 +248,7 @@ class SyncWorker:
                     shard.dsn,
                     connect_timeout=self._connect_timeout,
                     command_timeout=self._statement_timeout,
+                    lock_timeout=self._central.lock_timeout_seconds,
                 )
             connection = shard.connection
             try:
@@ -221,6 +259,7 @@ class SyncWorker:
                     self._edge,
                     self._central.batch_size,
                     self._set_aside,
+                    shard.failures,
                 ).run()
             except BaseException:
                 # The connection may be dead or inside a failed transaction: start afresh.
@@ -229,13 +268,17 @@ class SyncWorker:
                 raise
 
     def _measure_lag(self, shard: _Shard) -> None:
-        """Outbox lag of the shard's tenants, read locally: visible while the shard is down."""
+        """Outbox lag of the shard's tenants, read locally: visible while the shard is down.
+        Only the tenants listed as pending upload are opened."""
+        shard.status.failing_tenants = len(shard.failures.failing)
+        shard.status.tenant_failures = shard.failures.total
+        shard.status.last_tenant_error = shard.failures.last_error
         pending, oldest = 0, None
         try:
-            for tenant in self._edge.registry.list_tenants():
-                if shard_for(tenant.tenant_id, len(self._shards)) != shard.index:
+            for tenant_id in self._edge.stores.pending_tenants():
+                if shard_for(tenant_id, len(self._shards)) != shard.index:
                     continue
-                rows, _ = self._edge.stores.get(tenant.tenant_id).pending_changes(1)
+                rows, _ = self._edge.stores.get(tenant_id).pending_changes(1)
                 if rows:
                     pending += 1
                     oldest = (

@@ -29,6 +29,8 @@ from edge_node import sqlite
 from edge_node.clock import now_us
 from edge_node.errors import CommentUnreadable, KeyMaterialError
 from edge_node.rating.model import ItemScore, Rating, RatingInput
+from edge_node.rating.pending import FILE_NAME as PENDING_FILE
+from edge_node.rating.pending import PendingUploads
 from edge_node.rating.schema import MIGRATIONS
 from edge_node.sealing import TenantSealer
 
@@ -95,12 +97,18 @@ class TenantStore:
     """One tenant's ratings file. Calls are synchronous: each is one short local transaction."""
 
     def __init__(
-        self, conn: sqlite3.Connection, tenant_id: str, node_id: str, sealer: TenantSealer
+        self,
+        conn: sqlite3.Connection,
+        tenant_id: str,
+        node_id: str,
+        sealer: TenantSealer,
+        pending: PendingUploads | None = None,
     ) -> None:
         self._conn = conn
         self.tenant_id = tenant_id
         self._node_id = node_id
         self._sealer = sealer
+        self._pending = pending
         self.dirty = False  # written since the last background checkpoint was scheduled
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._close_after_batch = False
@@ -204,6 +212,7 @@ class TenantStore:
                         rid,
                     ),
                 )
+            self._list_pending()
             conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
         stored = Rating(
             rid, self.tenant_id, *rating.key, rating.score, rating.comment, created_at, now
@@ -276,6 +285,7 @@ class TenantStore:
                 " updated_at = max(?, updated_at + 1) WHERE id = ?",
                 (self._node_id, now_us(), rid),
             )
+            self._list_pending()
             self._conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
         return True
 
@@ -283,6 +293,7 @@ class TenantStore:
         """Tombstone every live rating of a user and erase their comments; how many there were."""
         self.dirty = True
         with sqlite.transaction(self._conn):
+            self._list_pending()
             self._conn.execute(
                 "INSERT INTO outbox (rating_id)"
                 " SELECT id FROM ratings WHERE user_id = ? AND deleted = 0",
@@ -323,6 +334,27 @@ class TenantStore:
         """Forget outbox entries up to `up_to_seq`: the central database has committed them."""
         with sqlite.transaction(self._conn):
             self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
+            emptied = not self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]
+        if emptied:
+            self.unlist_if_idle()
+
+    def _list_pending(self) -> None:
+        """Inside a write transaction, before an outbox write: list the tenant as pending
+        upload when its outbox is still empty (edge_node/rating/pending.py)."""
+        if self._pending is None:
+            return
+        if not self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
+            self._pending.mark(self.tenant_id)
+
+    def unlist_if_idle(self) -> None:
+        """Unlist the tenant from the pending uploads when its outbox is empty, under this
+        file's write lock so that no writer adds an entry meanwhile. Its own transaction,
+        which writes nothing here: should its COMMIT fail, no outbox entry was lost."""
+        if self._pending is None:
+            return
+        with sqlite.transaction(self._conn):
+            if not self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
+                self._pending.unmark(self.tenant_id)
 
     def apply_remote(self, rows: Sequence[RatingRow]) -> int:
         """Apply downloaded rows that win against the local state; how many were applied."""
@@ -450,6 +482,9 @@ class TenantStores:
         self._busy_timeout_ms = busy_timeout_ms
         self._open: OrderedDict[str, TenantStore] = OrderedDict()
         directory.mkdir(parents=True, exist_ok=True)
+        self.pending = PendingUploads(directory / PENDING_FILE, busy_timeout_ms=busy_timeout_ms)
+        if not self.pending.complete:  # first start with the index: look at every file once
+            self.pending.rebuild(directory)
 
     def path(self, tenant_id: str) -> Path:
         # tenant_id is a canonical UUID by the time it gets here (the router checks), so it
@@ -470,7 +505,9 @@ class TenantStores:
         # Checkpoints run in the background (run_checkpoints); this high threshold is only a
         # backstop should they stall, so the request path almost never pays for one.
         conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
-        store = TenantStore(conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id))
+        store = TenantStore(
+            conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id), self.pending
+        )
         try:
             store.seal_plaintext_comments()
         except BaseException:
@@ -487,6 +524,7 @@ class TenantStores:
             _, store = self._open.popitem()
             store.close()
         self.keyring.close()
+        self.pending.close()
 
     def drop(self, tenant_id: str) -> bool:
         """Close the tenant's file and delete it (with its WAL); False when there was none."""
@@ -497,7 +535,16 @@ class TenantStores:
         existed = path.exists()
         for suffix in ("", "-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
+        self.pending.unmark(tenant_id)
         return existed
+
+    def open_tenant_ids(self) -> list[str]:
+        """The tenants whose files are open now, least recently used first."""
+        return list(self._open)
+
+    def pending_tenants(self) -> list[str]:
+        """The tenants that may have ratings waiting for upload (every one that has)."""
+        return self.pending.tenants()
 
     async def run_checkpoints(self, interval: float) -> None:
         """Checkpoint every tenant file written since the last round, off the event loop."""

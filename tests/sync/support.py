@@ -42,12 +42,22 @@ class Edge:
 
     @classmethod
     def open(
-        cls, data_dir: Path, node_id: str, *, fleet_key: WrappingKey | None = FLEET_KEY
+        cls,
+        data_dir: Path,
+        node_id: str,
+        *,
+        fleet_key: WrappingKey | None = FLEET_KEY,
+        busy_timeout_ms: int = 5000,
     ) -> Edge:
         """Each edge has its own master key; by default all share FLEET_KEY, as a fleet does."""
         registry = TenantRegistry.open(data_dir)
         keyring = Keyring(data_dir / KEYS_DIRECTORY, fleet_key=fleet_key)
-        stores = TenantStores(data_dir / "tenants", node_id=node_id, keyring=keyring)
+        stores = TenantStores(
+            data_dir / "tenants",
+            node_id=node_id,
+            keyring=keyring,
+            busy_timeout_ms=busy_timeout_ms,
+        )
         return cls(node_id, data_dir, registry, stores)
 
     def close(self) -> None:
@@ -62,9 +72,15 @@ class Edge:
         batch_size: int = 1000,
         backoff: Backoff | None = None,
         statement_timeout: float = 30.0,
+        lock_timeout: float = 5.0,
+        horizon_lag_warning: float = 60.0,
     ) -> SyncWorker:
         central = CentralConfig(
-            dsns=tuple(dsns), sync_interval_seconds=interval, batch_size=batch_size
+            dsns=tuple(dsns),
+            sync_interval_seconds=interval,
+            batch_size=batch_size,
+            lock_timeout_seconds=lock_timeout,
+            horizon_lag_warning_seconds=horizon_lag_warning,
         )
         return SyncWorker(
             central,
@@ -95,12 +111,14 @@ class Edge:
 
     def rows(self, tenant_id: str) -> list[tuple[Any, ...]]:
         """Every row of the tenant, tombstones included, as plain tuples in id order."""
+        self.store(tenant_id)  # its file exists from its first use, as in the daemon
         with contextlib.closing(sqlite3.connect(self.stores.path(tenant_id))) as conn:
             rows = conn.execute(f"SELECT {ROW_COLUMNS} FROM ratings ORDER BY id").fetchall()
         return [(*row[:9], bool(row[9])) for row in rows]
 
     def scores(self, tenant_id: str) -> list[tuple[Any, ...]]:
         """The stored aggregates of items with live ratings: (item, count, total, s1..s5)."""
+        self.store(tenant_id)
         with contextlib.closing(sqlite3.connect(self.stores.path(tenant_id))) as conn:
             return [
                 tuple(row)

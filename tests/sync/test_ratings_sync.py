@@ -20,6 +20,7 @@ from sync.ratings import download_ratings, upload_ratings
 from sync.rounds import EdgeStorage, ShardRound
 from sync.set_aside import FILE_NAME as SET_ASIDE_FILE
 from sync.set_aside import SetAsideLog
+from sync.shard_state import set_shard_checkpoint, shard_checkpoint
 from tests.postgres import PostgresServer
 from tests.sync.conftest import EdgeFactory
 from tests.sync.support import Edge, central_rows, central_scores
@@ -220,7 +221,7 @@ class TestConflictRule:
         round_ = ShardRound(
             db, 0, 1, EdgeStorage(a.registry, a.stores), 100, SetAsideLog(a.data_dir / "x")
         )
-        await round_.download_ratings(t, await database_identity(db))
+        await round_.ratings().download([t], await round_.database(), await round_.download_bound())
         assert a.rows(t) == [current]
         assert [r.id for r in a.pending(t)] == [local]
 
@@ -256,7 +257,7 @@ class TestOutOfOrderCommits:
 
             await edge.sync(central, batch_size=1)
             checkpoint = Position.decode(
-                edge.store(t).download_checkpoint(), await database_identity(late)
+                shard_checkpoint(edge.registry.connection, 0), await database_identity(late)
             )
             assert checkpoint.xid <= early_xid
             assert edge.rows(t) == []  # B's row is committed, but at or above the horizon
@@ -288,13 +289,15 @@ class TestOutOfOrderCommits:
     async def test_a_checkpoint_from_another_database_starts_over(
         self, make_edge: EdgeFactory, central: str, db: Connection
     ) -> None:
-        """A checkpoint naming another central database is not trusted: the tenant is read
-        again from the beginning (a tenant moved to another shard misses nothing)."""
+        """A checkpoint naming another central database is not trusted: the shard and the
+        tenant are read again from the beginning (a tenant moved to another shard misses
+        nothing)."""
         edge = make_edge("edge-b")
         t = await shared_tenant(central, edge)
         await upload_ratings(db, [remote_row(t, "u1", "i", 3, updated_at=5, origin="w")])
         foreign = Position("123/456", 2**40).encode()
         edge.store(t).set_download_checkpoint(foreign, [])
+        set_shard_checkpoint(edge.registry.connection, 0, foreign)
         await edge.sync(central)
         assert [r[2] for r in edge.rows(t)] == ["u1"]
         position = Position.decode(foreign, await database_identity(db))

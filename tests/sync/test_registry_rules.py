@@ -31,9 +31,11 @@ class TestCentralRegistryRules:
             "UPDATE api_keys SET revoked_at = NULL",
             "UPDATE api_keys SET revoked_at = revoked_at + 1",
         ):
-            with pytest.raises(PermanentSyncError, match=f"{key_id}.*cannot be un-revoked"):
-                with translated():
-                    await db.execute(statement)
+            with (
+                pytest.raises(PermanentSyncError, match=f"{key_id}.*cannot be un-revoked"),
+                translated(),
+            ):
+                await db.execute(statement)
         assert await db.fetchval("SELECT revoked_at IS NOT NULL FROM api_keys") is True
 
     async def test_a_revocation_may_move_earlier(
@@ -48,9 +50,8 @@ class TestCentralRegistryRules:
     ) -> None:
         """DELETE and TRUNCATE of api_keys are refused, pointing at revocation instead."""
         key_id = await _revoked_key(make_edge, central)
-        with pytest.raises(PermanentSyncError, match=f"{key_id}.*cannot be deleted"):
-            with translated():
-                await db.execute("DELETE FROM api_keys")
+        with pytest.raises(PermanentSyncError, match=f"{key_id}.*cannot be deleted"), translated():
+            await db.execute("DELETE FROM api_keys")
         with pytest.raises(PermanentSyncError, match="cannot be truncated"), translated():
             await db.execute("TRUNCATE api_keys")
         assert await db.fetchval("SELECT count(*) FROM api_keys") == 1
@@ -60,9 +61,11 @@ class TestCentralRegistryRules:
     ) -> None:
         """A new key_hash, or a key moved to another key id, is refused."""
         key_id = await _revoked_key(make_edge, central)
-        with pytest.raises(PermanentSyncError, match=f"hash of API key {key_id} .*cannot change"):
-            with translated():
-                await db.execute("UPDATE api_keys SET key_hash = $1", OTHER_HASH)
+        with (
+            pytest.raises(PermanentSyncError, match=f"hash of API key {key_id} .*cannot change"),
+            translated(),
+        ):
+            await db.execute("UPDATE api_keys SET key_hash = $1", OTHER_HASH)
         with pytest.raises(PermanentSyncError, match="cannot move"), translated():
             await db.execute("UPDATE api_keys SET key_id = '0123456789abcdef'")
 
@@ -79,5 +82,6 @@ class TestCentralRegistryRules:
         before = now_us()
         await edge.sync(central)
         revoked_at = await db.fetchval("SELECT revoked_at FROM api_keys")
-        assert revoked_at is not None and revoked_at <= before
+        assert revoked_at is not None
+        assert revoked_at <= before
         assert edge.registry.lookup_key(key.api_key) is None

@@ -11,7 +11,6 @@ import pytest
 
 from edge_node import sqlite
 from edge_node.clock import now_us
-from edge_node.errors import TransientSyncError
 from edge_node.registry import MIGRATIONS, TenantRegistry, hash_key
 from sync.postgres import Connection, connect
 from tests.support import RunningNode
@@ -143,7 +142,8 @@ class TestCentralToEdge:
         self, make_edge: EdgeFactory, central: str, db: Connection
     ) -> None:
         """While the shard refuses every ratings upload with a transient error, a key revoked
-        centrally still reaches the edge in that failing round; the ratings stay queued."""
+        centrally still reaches the edge in that round; the ratings stay queued and the
+        tenant is counted as failing."""
         a = make_edge("edge-a")
         tenant, key = a.registry.create_tenant("acme")
         await a.sync(central)
@@ -154,10 +154,14 @@ class TestCentralToEdge:
             " CREATE TRIGGER busy BEFORE INSERT ON ratings FOR EACH ROW EXECUTE FUNCTION busy()"
         )
         await db.execute("UPDATE api_keys SET revoked_at = $1", now_us())
-        with pytest.raises(TransientSyncError, match="busy, retry"):
-            await a.sync(central)
+        worker = a.worker([central])
+        await worker.run_once()
+        await worker.stop(grace=0)
         assert a.registry.lookup_key(key.api_key) is None
         assert len(a.pending(tenant.tenant_id)) == 1
+        [status] = worker.status()
+        assert status.failing_tenants == 1
+        assert "busy, retry" in str(status.last_tenant_error)
 
     async def test_the_central_row_wins_over_a_local_status_change(
         self, make_edge: EdgeFactory, central: str, db: Connection
