@@ -99,7 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     tail = queue.add_parser("tail", help="print the newest usage events")
     tail.add_argument("-n", type=_positive_int, default=10, metavar="N", help="default 10")
     tail.set_defaults(handler=_queue_tail)
+    _add_outside_commands(commands)
+    add_block_commands(commands)
+    add_operations_commands(commands)
+    return parser
 
+
+def _add_outside_commands(commands: Any) -> None:
+    """`central`, `sync`, `stripe` and `billing`: the commands about PostgreSQL and Stripe."""
     central = commands.add_parser("central", help="the central PostgreSQL").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -144,9 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=_date, metavar="DATE", help="from this UTC day on (YYYY-MM-DD)"
     )
     reconcile.set_defaults(handler=_billing_reconcile)
-    add_block_commands(commands)
-    add_operations_commands(commands)
-    return parser
 
 
 def _add_key_material_commands(tenants: Any, keys: Any) -> None:
