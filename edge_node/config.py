@@ -5,7 +5,9 @@ dataclasses, so the TOML keys, the environment variable names (`EDGE_NODE_` + th
 path upper-cased with dots as underscores, e.g. `EDGE_NODE_RATE_LIMIT_PER_MINUTE`) and the
 validation all come from the same declarations. Nothing else in the project reads
 `os.environ`. A setting whose value starts with `$CREDENTIALS_DIRECTORY/` names a systemd
-credential and is expanded here to the directory systemd gave this run.
+credential and is expanded here to the directory systemd gave this run. The sections'
+dataclasses live in edge_node/settings/ (serving, storage, outside); they are re-exported
+here, so every module imports its configuration from edge_node.config.
 """
 
 from __future__ import annotations
@@ -26,494 +28,72 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from edge_node.errors import ConfigError
+from edge_node.settings.field import setting
+from edge_node.settings.outside import (
+    BillingConfig,
+    CentralConfig,
+    StripeConfig,
+    WebhooksConfig,
+)
+from edge_node.settings.serving import (
+    AbuseConfig,
+    AuthConfig,
+    JwtConfig,
+    JwtKeyConfig,
+    LimitsConfig,
+    LoggingConfig,
+    MetricsConfig,
+    RateLimitConfig,
+    ServerConfig,
+    TlsConfig,
+    WorkersConfig,
+)
+from edge_node.settings.storage import (
+    EncryptionConfig,
+    MeterConfig,
+    MeterUnitsConfig,
+    QueueConfig,
+    SecretsConfig,
+    StorageConfig,
+)
+
+__all__ = [
+    "CREDENTIALS_PREFIX",
+    "ENV_PREFIX",
+    "AbuseConfig",
+    "AuthConfig",
+    "BillingConfig",
+    "CentralConfig",
+    "Config",
+    "EncryptionConfig",
+    "JwtConfig",
+    "JwtKeyConfig",
+    "LimitsConfig",
+    "LoggingConfig",
+    "MeterConfig",
+    "MeterUnitsConfig",
+    "MetricsConfig",
+    "QueueConfig",
+    "RateLimitConfig",
+    "SecretsConfig",
+    "ServerConfig",
+    "ServiceEnvironment",
+    "StorageConfig",
+    "StripeConfig",
+    "TlsConfig",
+    "WebhooksConfig",
+    "WorkersConfig",
+    "child_environment",
+    "env_name",
+    "iter_settings",
+    "load_config",
+    "service_environment",
+    "setting",
+]
 
 ENV_PREFIX = "EDGE_NODE_"
 CREDENTIALS_PREFIX = "$CREDENTIALS_DIRECTORY/"
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-def setting(
-    default: Any,
-    doc: str,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    pattern: re.Pattern[str] | None = None,
-) -> Any:
-    """A documented configuration field with optional bounds."""
-    meta = {"doc": doc, "minimum": minimum, "maximum": maximum, "pattern": pattern}
-    if isinstance(default, tuple | list | dict):
-        return field(default_factory=lambda: default, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = setting("127.0.0.1", "Address to listen on.")
-    port: int = setting(8080, "TCP port to listen on.", minimum=0, maximum=65535)
-    max_body_bytes: int = setting(
-        16384, "Largest request body accepted; larger ones get 413.", minimum=1024, maximum=1 << 24
-    )
-    shutdown_grace_seconds: float = setting(
-        10.0, "How long in-flight requests may run after SIGTERM.", minimum=0, maximum=600
-    )
-
-
-@dataclass(frozen=True)
-class RateLimitConfig:
-    per_minute: int = setting(
-        1000,
-        "Default requests per minute per tenant (a tenant's own limit overrides it).",
-        minimum=1,
-        maximum=100_000_000,
-    )
-
-
-@dataclass(frozen=True)
-class JwtKeyConfig:
-    algorithm: Literal["HS256", "RS256", "ES256", "EdDSA"] = setting(
-        "HS256", "The one algorithm this key verifies (pinned: no other is accepted with it)."
-    )
-    file: str = setting("", "File holding the HS256 secret or the PEM public key.")
-    kid: str = setting("", "Key id matched against the token's `kid` header; empty matches any.")
-
-
-@dataclass(frozen=True)
-class JwtConfig:
-    keys: tuple[JwtKeyConfig, ...] = setting((), "Verification keys for bearer tokens.")
-    issuer: str = setting("", "Required `iss` claim; empty means not checked.")
-    audience: str = setting("", "Required `aud` claim; empty means not checked.")
-    leeway_seconds: int = setting(0, "Clock skew allowed on `exp`.", minimum=0, maximum=300)
-    cache_size: int = setting(
-        10000, "Verified tokens kept until they expire.", minimum=0, maximum=1_000_000
-    )
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    jwt: JwtConfig = field(
-        default_factory=JwtConfig, metadata={"doc": "Bearer token (JWT) verification."}
-    )
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    synchronous: Literal["normal", "full"] = setting(
-        "normal",
-        "SQLite synchronous mode for tenant files: `normal` survives process crashes, "
-        "`full` also survives power loss at the cost of an fsync per write.",
-    )
-    max_open_tenants: int = setting(
-        256, "Tenant databases kept open at once (least recently used closed first).", minimum=1
-    )
-    busy_timeout_ms: int = setting(
-        5000, "How long a write waits for another process's lock.", minimum=0, maximum=60000
-    )
-    checkpoint_interval_seconds: float = setting(
-        1.0,
-        "How often written tenant files are checkpointed in a background thread (WAL copied "
-        "into the database), keeping those fsyncs off the request path.",
-        minimum=0.05,
-        maximum=60,
-    )
-
-
-@dataclass(frozen=True)
-class MeterUnitsConfig:
-    rating_create: int = setting(1, "Units billed for a POST that created a rating.", minimum=0)
-    rating_update: int = setting(1, "Units billed for a POST that replaced a rating.", minimum=0)
-    rating_list: int = setting(1, "Units billed for a page of ratings.", minimum=0)
-    score_read: int = setting(1, "Units billed for an item score read.", minimum=0)
-    rating_delete: int = setting(1, "Units billed for a deleted rating.", minimum=0)
-    user_erase: int = setting(1, "Units billed for a user erasure.", minimum=0)
-
-    def units(self, operation: str) -> int:
-        """Units for an operation name such as `rating.create`; 0 means it does not bill."""
-        return int(getattr(self, operation.replace(".", "_")))
-
-
-@dataclass(frozen=True)
-class MeterConfig:
-    enabled: bool = setting(True, "Record a usage event for every billable request served.")
-    durability: Literal["strict", "batched"] = setting(
-        "strict",
-        "`strict`: a response is sent only once its usage event is on disk. `batched`: the "
-        "response does not wait; a crash can lose the events of one group commit.",
-    )
-    on_full: Literal["reject", "serve_unmetered"] = setting(
-        "reject",
-        "When the usage queue is full: `reject` answers billable requests 503 with Retry-After; "
-        "`serve_unmetered` serves them and counts them as unmetered.",
-    )
-    units: MeterUnitsConfig = field(
-        default_factory=MeterUnitsConfig, metadata={"doc": "Units per operation (0: not billed)."}
-    )
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    max_bytes: int = setting(
-        1 << 30,
-        "Bound on the usage queue's bytes on disk; beyond it see meter.on_full.",
-        minimum=1 << 20,
-    )
-    segment_bytes: int = setting(
-        16 << 20,
-        "Size at which a queue segment file is rolled (at most max_bytes / 2).",
-        minimum=1 << 12,
-    )
-    commit_interval_ms: float = setting(
-        0.0,
-        "How long a group commit waits for more appends before its fsync (0: it takes what "
-        "arrived while the previous fsync ran).",
-        minimum=0,
-        maximum=1000,
-    )
-
-
-@dataclass(frozen=True)
-class CentralConfig:
-    dsns: tuple[str, ...] = setting(
-        (),
-        "PostgreSQL DSNs (postgresql://...) of the central database, one per shard; each "
-        "tenant maps to one shard by a stable hash of its id. Empty: a standalone node.",
-    )
-    sync_interval_seconds: float = setting(
-        5.0, "How often the sync worker uploads and downloads.", minimum=0.05, maximum=3600
-    )
-    batch_size: int = setting(
-        1000, "Rows uploaded or downloaded per round trip.", minimum=1, maximum=100_000
-    )
-    lock_timeout_seconds: float = setting(
-        5.0,
-        "Longest an upload waits for central rows another session has locked; past it that "
-        "tenant is retried later with backoff and the other tenants go on.",
-        minimum=0.01,
-        maximum=600,
-    )
-    horizon_lag_warning_seconds: float = setting(
-        60.0,
-        "How far downloads may lag behind the central database (a long transaction holding "
-        "the download horizon back) before `sync status` shows the shard as lagging.",
-        minimum=1,
-        maximum=86400,
-    )
-
-
-@dataclass(frozen=True)
-class StripeConfig:
-    api_key_file: str = setting(
-        "",
-        "File holding the Stripe secret key (or a systemd credential path); never the key "
-        "itself. Empty: Stripe is off (usage is still metered and queued).",
-    )
-    api_base: str = setting(
-        "", "Stripe API base URL; empty: Stripe's own (https://api.stripe.com)."
-    )
-    meter_events_base: str = setting(
-        "", "Base URL of Stripe's v2 meter event stream; empty: Stripe's own."
-    )
-    max_network_retries: int = setting(
-        0,
-        "Retries the Stripe SDK makes by itself; 0 leaves every retry to the sync worker's "
-        "backoff loop.",
-        minimum=0,
-        maximum=10,
-    )
-    timeout_seconds: float = setting(
-        20.0, "Longest a single Stripe call may take.", minimum=0.1, maximum=600
-    )
-    meter_event_name: str = setting(
-        "edge_node_requests",
-        "The billing meter's event name (bootstrap creates the meter for it).",
-        pattern=re.compile(r"[A-Za-z0-9_.:-]{1,100}"),
-    )
-    catalog_file: str = setting(
-        "",
-        "JSON file of the meter, product and per-plan price ids written by `edge-node stripe "
-        "bootstrap`; empty: stripe-catalog.json in data_dir.",
-    )
-    collection_method: Literal["send_invoice", "charge_automatically"] = setting(
-        "send_invoice",
-        "How subscriptions created for tenants collect payment: `send_invoice` needs no card "
-        "on file; `charge_automatically` charges the customer's default payment method.",
-    )
-    days_until_due: int = setting(
-        30, "Days a sent invoice is due in (collection_method send_invoice).", minimum=1
-    )
-    provisioning_interval_seconds: float = setting(
-        5.0,
-        "How often the sync worker looks for tenants without a Stripe customer or subscription.",
-        minimum=0.05,
-        maximum=3600,
-    )
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.api_key_file)
-
-
-@dataclass(frozen=True)
-class WebhooksConfig:
-    secret_file: str = setting(
-        "",
-        "File holding the Stripe webhook endpoint's signing secret (whsec_...), or "
-        "$CREDENTIALS_DIRECTORY/<name>; never the secret itself. Empty: no webhooks (404).",
-    )
-    previous_secret_file: str = setting(
-        "",
-        "File holding the previous signing secret, also accepted while a rotation is under "
-        "way; empty: none.",
-    )
-    tolerance_seconds: int = setting(
-        300,
-        "How far a signature's timestamp may be from now before the event is refused as stale.",
-        minimum=1,
-        maximum=3600,
-    )
-    past_due_grace_hours: float = setting(
-        72.0,
-        "How long a tenant whose payment failed is still served; after it, 402.",
-        minimum=0,
-        maximum=8760,
-    )
-    max_body_bytes: int = setting(
-        1 << 20, "Largest event body accepted; larger ones get 413.", minimum=1024, maximum=1 << 24
-    )
-    unknown_tenant_retry_hours: float = setting(
-        72.0,
-        "An event about a tenant this node does not know (not synced down yet) is answered "
-        "503, so Stripe delivers it again, until it is this old; then it is recorded as "
-        "unknown_tenant. Stripe retries for about 72 hours.",
-        minimum=0,
-        maximum=720,
-    )
-
-
-@dataclass(frozen=True)
-class SecretsConfig:
-    check_interval_seconds: float = setting(
-        1.0,
-        "A secret file is checked for a change (mtime, size, inode) at most this often when "
-        "the secret is used, and re-read if it changed; 0: never, only SIGHUP reloads.",
-        minimum=0,
-        maximum=3600,
-    )
-
-
-@dataclass(frozen=True)
-class BillingConfig:
-    window_seconds: int = setting(
-        60,
-        "Usage is summed per tenant over windows of this many seconds (by the time each request "
-        "was served); each tenant's window becomes one Stripe meter event.",
-        minimum=1,
-        maximum=86400,
-    )
-    max_batches_per_round: int = setting(
-        500, "Meter events sent per round at most.", minimum=1, maximum=100_000
-    )
-    concurrency: int = setting(
-        8,
-        "Customers whose meter events are sent at once (each customer's go one at a time, as "
-        "Stripe requires).",
-        minimum=1,
-        maximum=256,
-    )
-    unknown_outcome_horizon_hours: float = setting(
-        23.0,
-        "A meter event sent without a recorded answer is set aside, not resent, once this long "
-        "has passed since its first send: Stripe deduplicates identifiers for 24 hours only.",
-        minimum=0.01,
-        maximum=23.5,
-    )
-    poll_interval_seconds: float = setting(
-        1.0,
-        "How often the billing consumer looks for new usage when idle.",
-        minimum=0.01,
-        maximum=60,
-    )
-
-
-@dataclass(frozen=True)
-class EncryptionConfig:
-    master_key_file: str = setting(
-        "",
-        "File holding this node's master key (32 random bytes, base64), which wraps the tenant "
-        "data keys; or $CREDENTIALS_DIRECTORY/<name>. Never the key itself. Empty: "
-        "data_dir/keys/master.key, created with mode 0600 on first use.",
-    )
-    fleet_key_file: str = setting(
-        "",
-        "File holding the fleet key (32 random bytes, base64), the same on every node of a "
-        "fleet: it wraps the data keys carried in the central registry, so every node can "
-        "read the comments any node wrote. Empty: data keys stay on this node.",
-    )
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    max_request_line_bytes: int = setting(
-        8190,
-        "Longest request line (method, path with query string, version); longer gets 414.",
-        minimum=256,
-        maximum=65536,
-    )
-    max_query_bytes: int = setting(
-        4096, "Longest query string (after `?`); longer gets 414.", minimum=0, maximum=65536
-    )
-    max_header_line_bytes: int = setting(
-        8190,
-        "Longest single header (name and value); longer gets 431.",
-        minimum=256,
-        maximum=65536,
-    )
-    max_header_bytes: int = setting(
-        65536,
-        "Largest total of all header names and values; larger gets 431.",
-        minimum=1024,
-        maximum=1 << 20,
-    )
-    max_headers: int = setting(
-        64, "Most header fields in one request; more gets 431.", minimum=8, maximum=1024
-    )
-    header_timeout_seconds: float = setting(
-        15.0,
-        "A connection must deliver a request's complete headers within this many seconds of "
-        "opening or of its previous response, else it is closed (also the idle keep-alive "
-        "timeout): clients that trickle headers are cut off.",
-        minimum=0.5,
-        maximum=3600,
-    )
-    body_timeout_seconds: float = setting(
-        30.0,
-        "A request's whole body must arrive within this many seconds of its headers, else "
-        "the request gets 408 and the connection is closed: clients that trickle bodies are "
-        "cut off.",
-        minimum=0.5,
-        maximum=3600,
-    )
-
-
-@dataclass(frozen=True)
-class AbuseConfig:
-    enabled: bool = setting(
-        True, "Watch every tenant and client IP for request spikes (metric and log event)."
-    )
-    window_seconds: float = setting(
-        10.0,
-        "Length of the short window whose rate is compared with the baseline.",
-        minimum=1,
-        maximum=3600,
-    )
-    baseline_half_life_seconds: float = setting(
-        600.0,
-        "Half-life of the exponentially weighted baseline rate: how fast it forgets the past.",
-        minimum=10,
-        maximum=604800,
-    )
-    spike_factor: float = setting(
-        10.0,
-        "A window is a spike when its rate exceeds this many times the baseline rate.",
-        minimum=1.5,
-        maximum=10000,
-    )
-    min_rate_per_second: float = setting(
-        20.0,
-        "Floor: a window slower than this many requests per second is never a spike, "
-        "whatever its baseline.",
-        minimum=0.1,
-        maximum=1_000_000,
-    )
-    block: bool = setting(
-        False, "Block a client IP whose rate spikes, for block_seconds (403 ip-blocked)."
-    )
-    block_seconds: int = setting(
-        600, "How long a spiking IP stays blocked.", minimum=1, maximum=30 * 86400
-    )
-    allow_cidrs: tuple[str, ...] = setting(
-        (),
-        'Addresses and networks (CIDR) that are never blocked, e.g. ["10.0.0.0/8"]; their '
-        "spikes are still counted and logged.",
-    )
-    trusted_proxies: tuple[str, ...] = setting(
-        (),
-        "Proxies (CIDR) whose X-Forwarded-For is believed: when the peer is one, the client "
-        "IP is the rightmost X-Forwarded-For address that is not a trusted proxy. Empty: the "
-        "client IP is always the peer address.",
-    )
-    max_tracked: int = setting(
-        100_000,
-        "Most tenants and IPs whose rates are tracked at once (the stalest are forgotten).",
-        minimum=100,
-        maximum=10_000_000,
-    )
-    lift_check_interval_seconds: float = setting(
-        1.0,
-        "How often the daemon looks for blocks added or lifted by `edge-node blocks` (or "
-        "another worker) in node.sqlite.",
-        minimum=0.05,
-        maximum=60,
-    )
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    enabled: bool = setting(
-        True, "Serve Prometheus metrics at GET /metrics (off: 404, and requests are not timed)."
-    )
-    tenant_label: bool = setting(
-        False,
-        "Label request and rate-limit counters with the tenant id; one series per tenant and "
-        "route, so only for nodes with few tenants.",
-    )
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: Literal["debug", "info", "warning", "error"] = setting(
-        "info", "Least severe log level written (one JSON object per line on stderr)."
-    )
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    cert_file: str = setting(
-        "",
-        "PEM certificate chain served over TLS 1.3 (no older version is accepted), or "
-        "$CREDENTIALS_DIRECTORY/<name>; empty: plain HTTP. Re-read on SIGHUP.",
-    )
-    key_file: str = setting(
-        "", "PEM private key of tls.cert_file (unencrypted), or a credential. Re-read on SIGHUP."
-    )
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cert_file or self.key_file)
-
-
-@dataclass(frozen=True)
-class WorkersConfig:
-    count: int = setting(
-        1,
-        "Processes serving the one port (SO_REUSEPORT) under a supervisor that also runs the "
-        "sync worker; 1: a single process. Command line: serve --workers.",
-        minimum=1,
-        maximum=64,
-    )
-    restart_delay_seconds: float = setting(
-        0.5,
-        "Delay before a dead worker is restarted; it doubles with each death in a row, up to "
-        "workers.restart_delay_max_seconds.",
-        minimum=0.01,
-        maximum=60,
-    )
-    restart_delay_max_seconds: float = setting(
-        30.0,
-        "Longest delay before a restart; a worker that ran this long resets its delay.",
-        minimum=0.1,
-        maximum=3600,
-    )
 
 
 @dataclass(frozen=True)

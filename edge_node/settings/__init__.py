@@ -1,0 +1,1 @@
+"""The configuration's sections, grouped by what they configure (built by edge_node.config)."""
