@@ -39,6 +39,7 @@ from edge_node.daemon import (
     start_sync,
 )
 from edge_node.reload import NodeReloader
+from edge_node.runtime_file import RuntimeFile
 from edge_node.sd_notify import ServiceNotifier, socket_address
 from edge_node.secrets import SecretFiles
 from edge_node.tls import open_tls
@@ -84,6 +85,7 @@ class Supervisor:
         self._service = service or ServiceEnvironment()
         self._notifier = ServiceNotifier(self._service)
         self._announce = announce or _print
+        self._runtime = RuntimeFile(config.data_path)  # what `edge-node status` reads
         self._stopping = asyncio.Event()
         self._abort: int | None = None
         self._workers: list[Worker] = []
@@ -107,6 +109,7 @@ class Supervisor:
                 worker.channel.close()
             reservation.close()
             self._notifier.close()
+            self._runtime.remove()
             lock.release()
         if self._abort is not None:
             return self._abort
@@ -305,6 +308,8 @@ class Supervisor:
 
     def _announce_ready(self) -> None:
         scheme = "https" if self.config.tls.enabled else "http"
+        url = f"{scheme}://{self.config.server.host}:{self._port}"
+        self._runtime.publish(self.config.node_id, [url])
         self._announce(
             f"edge-node listening on {scheme}://{self.config.server.host}:{self._port}"
             f" (node {self.config.node_id}, data dir {self.config.data_path.resolve()},"

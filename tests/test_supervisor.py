@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_node.queue import inspect_queue
+from edge_node.runtime_file import RuntimeFile
 from tests.billing.test_daemon import Node as BillingNode
 from tests.served import NotifyListener, ServedNode
 from tests.stripe.support import StandinProcess
@@ -36,9 +37,10 @@ class TestWorkers:
     def test_workers_share_the_port_and_each_has_its_own_queue(
         self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
     ) -> None:
-        """With --workers 2 the supervisor says READY once both workers are, connections
-        are spread over both, each worker meters into its own queue directory, and SIGTERM
-        stops the workers and the supervisor with exit status 0."""
+        """With --workers 2 the supervisor says READY once both workers are, publishes the
+        node's runtime record (its own pid and URL, for `edge-node status`), connections are
+        spread over both, each worker meters into its own queue directory, and SIGTERM stops
+        the workers and the supervisor with exit status 0, removing the record."""
         data_dir = tmp_path / "data"
         tenant = create_tenant(data_dir)
         node = ServedNode(data_dir, "--workers", "2", notify=notify, log=tmp_path / "log")
@@ -47,6 +49,9 @@ class TestWorkers:
         assert ready["STATUS"] == f"serving on {node.url} with 2 workers"
         workers = node.children()
         assert len(workers) == 2
+        record = RuntimeFile(data_dir).read()
+        assert record is not None
+        assert (record.pid, record.listen) == (node.process.pid, (node.url,))
         path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
         for _ in range(40):  # urllib opens a new connection, from a new port, each time
             assert node.request("GET", path, {"X-API-Key": tenant["api_key"]})[0] == 200
@@ -57,6 +62,7 @@ class TestWorkers:
         assert node.stop() == 0
         notify.wait_for("STOPPING")
         assert not any(alive(pid) for pid in workers)
+        assert RuntimeFile(data_dir).read() is None
         assert "Traceback" not in node.log.read_text()
 
     def test_a_killed_worker_is_restarted(
