@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.test_cli import clean_environment, edge_node_command
+from tests.test_cli import announced_url, clean_environment, edge_node_command
 
 ANNOUNCE_TIMEOUT_SECONDS = 30.0
 
@@ -100,20 +99,10 @@ class ServedNode:
                 env=variables,
             )
         try:
-            self.url = self._announced_url()
+            self.url = announced_url(self.process, self.log, ANNOUNCE_TIMEOUT_SECONDS)
         except BaseException:
             self.kill()
             raise
-
-    def _announced_url(self) -> str:
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(timeout=ANNOUNCE_TIMEOUT_SECONDS)
-        assert ready, f"no announcement; stderr: {self.log.read_text()}"
-        line = self.process.stdout.readline()
-        assert line.startswith("edge-node listening on "), (line, self.log.read_text())
-        return line.split()[3]
 
     def request(
         self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None

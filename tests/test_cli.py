@@ -24,7 +24,7 @@ import pytest
 from edge_node.ids import is_uuid
 
 EXIT_CONFIG = 78
-LISTENING = re.compile(r"^edge-node listening on (http://127\.0\.0\.1:(\d+)) ")
+LISTENING = re.compile(r"^edge-node listening on (https?://127\.0\.0\.1:(\d+)) ")
 
 
 def edge_node_command() -> list[str]:
@@ -101,14 +101,20 @@ def every_stored_byte(data_dir: Path) -> bytes:
     return b"".join(path.read_bytes() for path in sorted(data_dir.rglob("*")) if path.is_file())
 
 
-def announced_url(process: subprocess.Popen[str]) -> str:
-    """The URL a `serve` subprocess announces on its first stdout line (waits up to 15 s)."""
+def announced_url(
+    process: subprocess.Popen[str], log: Path | None = None, timeout: float = 15
+) -> str:
+    """The URL a `serve` subprocess announces on its first stdout line (waits `timeout`
+    seconds); a failure shows the daemon's `log` (its stderr file) when there is one."""
     assert process.stdout is not None
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout=15), "the daemon never announced its URL"
-    match = LISTENING.match(process.stdout.readline())
-    assert match
+        ready = selector.select(timeout=timeout)
+    stderr = log.read_text() if log is not None and log.exists() else ""
+    assert ready, f"the daemon never announced its URL; stderr: {stderr}"
+    line = process.stdout.readline()
+    match = LISTENING.match(line)
+    assert match, (line, stderr)
     return match.group(1)
 
 
@@ -270,21 +276,10 @@ class Daemon:
                 cwd=cli.workdir,
             )
         try:
-            self.url = self._announced_url()
+            self.url = announced_url(self.process, self.stderr_path)
         except BaseException:
             self.close()
             raise
-
-    def _announced_url(self) -> str:
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(timeout=15)
-        assert ready, f"no announcement; stderr: {self.stderr_path.read_text()}"
-        line = self.process.stdout.readline()
-        match = LISTENING.match(line)
-        assert match, line
-        return match.group(1)
 
     def request(
         self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None
