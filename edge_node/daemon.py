@@ -100,6 +100,8 @@ async def _serve_storage(
             sync_worker = start_sync(
                 config, storage, secrets, queue=meter.queue, followers=followers, metrics=metrics
             )
+        else:
+            watch_supervisor_sync(config, metrics)
         runner = await _listen(app, config, tls, reuse_port=worker is not None)
         host, port = _bound_address(runner)
         url = f"{'http' if tls is None else 'https'}://{host}:{port}"
@@ -209,6 +211,16 @@ def start_sync(
     if metrics is not None:
         watch_sync(metrics, worker, jobs)
     return worker
+
+
+def watch_supervisor_sync(config: Config, metrics: NodeMetrics) -> None:
+    """In a worker of `serve --workers N`: export the sync health the supervisor's sync
+    worker publishes in the data directory, since the supervisor serves no /metrics."""
+    if not config.central.dsns and not config.stripe.enabled:
+        return
+    from sync.status_files import SyncStatusFiles  # noqa: PLC0415 (reads files, no driver)
+
+    metrics.watch_sync(SyncStatusFiles(config.data_path))
 
 
 def watch_sync(metrics: NodeMetrics, worker: SyncStatusSource, jobs: Sequence[object]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import pytest
 from edge_node.queue import inspect_queue
 from edge_node.runtime_file import RuntimeFile
 from tests.billing.test_daemon import Node as BillingNode
+from tests.metrics.conftest import parse_samples
 from tests.served import NotifyListener, ServedNode
 from tests.stripe.support import StandinProcess
+from tests.test_cli import clean_environment
 from tests.test_lifecycle import create_tenant
 
 
@@ -188,3 +191,37 @@ class TestOrphanedWorkers:
         served_nodes.append(again)
         assert again.request("GET", "/healthz")[0] == 200
         assert again.stop() == 0
+
+
+class TestWorkerMetrics:
+    def test_a_worker_exports_the_sync_health_the_supervisor_publishes(
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
+    ) -> None:
+        """With --workers 2 the sync worker runs in the supervisor, which serves no HTTP; a
+        worker's /metrics still shows each PostgreSQL shard: down, with its failures."""
+        data_dir = tmp_path / "data"
+        unreachable = '["postgresql://sync@127.0.0.1:1/central?connect_timeout=1"]'
+        node = ServedNode(
+            data_dir,
+            "--workers",
+            "2",
+            notify=notify,
+            env={**clean_environment(), "EDGE_NODE_CENTRAL_DSNS": unreachable},
+            log=tmp_path / "log",
+        )
+        served_nodes.append(node)
+        notify.wait_for("READY")
+        shard = frozenset({("target", "postgresql"), ("name", "shard-0")})
+        deadline = time.monotonic() + 30
+        samples = scrape(node.url)
+        while samples.get(("edge_node_sync_consecutive_failures", shard), 0) < 1:
+            assert time.monotonic() < deadline, sorted(k for k in samples if "sync" in k[0])
+            time.sleep(0.2)
+            samples = scrape(node.url)
+        assert samples[("edge_node_sync_up", shard)] == 0
+        assert node.stop() == 0
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        return parse_samples(response.read().decode())

@@ -1,0 +1,74 @@
+"""The sync worker's health as another process of the node reads it: from its status files.
+
+With `serve --workers N` the sync worker runs in the supervisor, which serves no HTTP. Each
+worker hands a `SyncStatusFiles` to its metrics in place of the sync worker itself: at scrape
+time it reads `sync-status.json` (the shards, sync/status.py) and `sync-jobs.json` (the
+Stripe jobs, sync/job_status_file.py), which the supervisor rewrites as they change, and
+gives back the same status objects the sync worker keeps in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sync.job_status_file import read_jobs_file
+from sync.jobs import JobStatus
+from sync.status import ShardStatus, read_status_file
+
+_TIMES = (
+    "last_attempt_at",
+    "last_success_at",
+    "last_error_at",
+    "next_attempt_at",
+    "last_download_at",
+    "downloaded_through_at",
+)
+_SHARD_FIELDS = frozenset(f.name for f in dataclasses.fields(ShardStatus))
+_JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobStatus))
+
+
+class SyncStatusFiles:
+    """What the sync worker of this data directory last published, as status objects."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def status(self) -> list[ShardStatus]:
+        document = read_status_file(self.data_dir)
+        if document is None:
+            return []
+        written_at = parse_us(document["written_at"])
+        return [_shard(shard, written_at) for shard in document["shards"]]
+
+    def job_status(self) -> list[JobStatus]:
+        document = read_jobs_file(self.data_dir)
+        if document is None:
+            return []
+        return [_job(job) for job in document["jobs"]]
+
+
+def parse_us(text: str) -> int:
+    """Microseconds since the epoch of a time written by edge_node.clock.format_us."""
+    moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+def _shard(document: dict[str, Any], written_at: int) -> ShardStatus:
+    values = {key: value for key, value in document.items() if key in _SHARD_FIELDS}
+    for name in _TIMES:
+        if values.get(name) is not None:
+            values[name] = parse_us(values[name])
+    age = document.get("oldest_pending_age_seconds")
+    values["oldest_pending_at"] = None if age is None else written_at - round(age * 1e6)
+    return ShardStatus(**values)
+
+
+def _job(document: dict[str, Any]) -> JobStatus:
+    values = {key: value for key, value in document.items() if key in _JOB_FIELDS}
+    for name in ("last_success_at", "last_error_at"):
+        if values.get(name) is not None:
+            values[name] = parse_us(values[name])
+    return JobStatus(**values)
