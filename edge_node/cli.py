@@ -115,6 +115,7 @@ def _add_outside_commands(commands: Any) -> None:
         "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
     )
     migrate.set_defaults(handler=_central_migrate)
+    _add_bind_role_command(central)
 
     sync = commands.add_parser("sync", help="sync with the central PostgreSQL").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -588,6 +589,36 @@ def _restore(config: Config, args: argparse.Namespace) -> int:
 def _require_uuid(tenant_id: str) -> None:
     if not is_uuid(tenant_id):
         raise RegistryError(f"{tenant_id!r} is not a tenant id (a UUID)")
+
+
+def _add_bind_role_command(central: Any) -> None:
+    bind = central.add_parser(
+        "bind-role",
+        help="bind a database role to one tenant, so row-level security scopes it by itself",
+    )
+    bind.add_argument("role", metavar="ROLE")
+    scope = bind.add_mutually_exclusive_group(required=True)
+    scope.add_argument("tenant_id", nargs="?", metavar="TENANT_ID")
+    scope.add_argument(
+        "--scoped-by-setting",
+        action="store_true",
+        help="instead: a trusted application role scoping itself by edge_node.tenant_id",
+    )
+    bind.add_argument(
+        "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
+    )
+    bind.set_defaults(handler=_central_bind_role)
+
+
+def _central_bind_role(config: Config, args: argparse.Namespace) -> int:
+    from sync.tenant_roles import bind_role_dsns  # noqa: PLC0415
+
+    if args.tenant_id is not None:
+        _require_uuid(args.tenant_id)
+    dsns = (args.dsn,) if args.dsn else config.central.dsns
+    if not dsns:
+        raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
+    return _emit(asyncio.run(bind_role_dsns(dsns, args.role, args.tenant_id)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -62,6 +62,7 @@ class TestMigrate:
             "tenant_data_keys": ("r", True, True),
             "tenant_deletions": ("r", True, True),
             "billing_events": ("r", True, True),
+            "tenant_roles": ("r", True, True),
         }
         triggers = await conn.fetch(
             "SELECT tgrelid::regclass::text AS t FROM pg_trigger"
@@ -184,7 +185,8 @@ class TestRowLevelSecurity:
         self, postgres_server: PostgresServer, postgres_dsn: str
     ) -> AsyncIterator[dict[str, Connection]]:
         """Schema migrated by a non-superuser sync role owning the database; tenants A and B
-        with a key and a rating each; connections as the sync role and as a tenant role."""
+        with a key and a rating each; connections as the sync role and as a trusted
+        application role, which scopes itself by the setting edge_node.tenant_id."""
         create_roles(postgres_server)
         database = postgres_dsn.rsplit("/", 1)[1]
         postgres_server.sql(f'ALTER DATABASE "{database}" OWNER TO {SYNC_ROLE}')
@@ -198,6 +200,9 @@ class TestRowLevelSecurity:
             await sync.execute(
                 f"GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, api_keys, ratings"
                 f" TO {TENANT_ROLE}; GRANT SELECT ON item_scores TO {TENANT_ROLE}"
+            )
+            await sync.execute(
+                "INSERT INTO tenant_roles (role, scoped_by_setting) VALUES ($1, true)", TENANT_ROLE
             )
             await tenant.execute("SET edge_node.tenant_id = $$" + TENANT_A + "$$")
             yield {"sync": sync, "tenant": tenant}

@@ -3,6 +3,7 @@ sends every shape of SQL it may and never reads, changes, adds or removes a row 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import pytest
 from edge_node.errors import SyncError
 from sync.central_schema import migrate
 from sync.postgres import Connection, connect, translated
+from sync.tenant_roles import bind_role
 from tests.postgres import PostgresServer
 from tests.sync.test_central_schema import (
     SYNC_ROLE,
@@ -21,13 +23,19 @@ from tests.sync.test_central_schema import (
 )
 
 TABLES = ("tenants", "api_keys", "ratings")
+RLS_TABLES = (*TABLES, "tenant_data_keys", "tenant_deletions", "billing_events")
 B_SECRET = "b-private-comment"
+B_ROLE = "edge_tenant_b_test"  # bound to B
+APP_ROLE = "edge_app_test"  # a trusted application role, scoped by the setting
+UNBOUND_ROLE = "edge_unbound_test"  # granted the tables, bound to nothing
+EXTRA_ROLES = (B_ROLE, APP_ROLE, UNBOUND_ROLE)
 
 
 @dataclass
 class Sessions:
     sync: Connection  # the owner (sync role): sees everything, to check B is intact
-    tenant: Connection  # a plain role, granted DML on every table, scoped to A
+    tenant: Connection  # a plain role, granted DML on every table, bound to A
+    admin: Connection  # the superuser, for what only it may do: role memberships
     a: str
     b: str
 
@@ -45,6 +53,13 @@ class Sessions:
         """The tenant ids in what `sql` returns to the scoped session."""
         return [str(row[0]) for row in await self.tenant.fetch(sql, *args)]
 
+    async def seen_tenants(self) -> set[str]:
+        """Every tenant id the scoped session reads from every table under row-level security."""
+        seen: set[str] = set()
+        for table in RLS_TABLES:
+            seen.update(await self.sees(f"SELECT tenant_id FROM {table}"))
+        return seen
+
     async def refused(self, sql: str, *args: object) -> str:
         """Run `sql` as the scoped session, expecting PostgreSQL to refuse it; the message."""
         with pytest.raises(SyncError) as caught, translated():
@@ -54,42 +69,79 @@ class Sessions:
 
 @pytest.fixture
 async def sessions(postgres_server: PostgresServer, postgres_dsn: str) -> AsyncIterator[Sessions]:
-    """Schema migrated by the non-superuser sync role; tenants A and B with a key and a
-    rating each; a plain login granted SELECT, INSERT, UPDATE, DELETE (as an operator would)
-    and scoped to A by `SET edge_node.tenant_id`."""
+    """Schema migrated by the non-superuser sync role; tenants A and B with a key, a rating,
+    a data key and a billing event each, and a deleted tenant; a plain login granted SELECT,
+    INSERT, UPDATE, DELETE on every table (as an operator would) and bound to A in
+    tenant_roles, with no edge_node.tenant_id set; another such login bound to B."""
     create_roles(postgres_server)
+    create_extra_roles(postgres_server)
     database = postgres_dsn.rsplit("/", 1)[1]
     postgres_server.sql(f'ALTER DATABASE "{database}" OWNER TO {SYNC_ROLE}')
     sync = await connect(postgres_server.dsn(database, user=SYNC_ROLE))
     tenant = await connect(postgres_server.dsn(database, user=TENANT_ROLE))
+    admin = await connect(postgres_dsn)
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
     try:
         await migrate(sync)
         for tenant_id, key_id, comment in ((a, "a" * 16, "a says"), (b, "b" * 16, B_SECRET)):
-            await insert_tenant_with_key(sync, tenant_id, key_id)
-            await sync.execute(
-                "INSERT INTO ratings (tenant_id, id, user_id, item_id, score, comment,"
-                " created_at, updated_at, origin_node) VALUES ($1, $2, 'u1', 'book', 4, $3,"
-                " 1, 1, 'n1')",
-                tenant_id,
-                str(uuid.uuid5(uuid.UUID(tenant_id), "u1/book")),
-                comment,
-            )
+            await seed_tenant(sync, tenant_id, key_id, comment)
         await sync.execute(
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, api_keys, ratings TO {TENANT_ROLE};"
-            f" GRANT SELECT ON item_scores TO {TENANT_ROLE}"
+            "INSERT INTO tenant_deletions (tenant_id, deleted_at) VALUES ($1, 1)", str(uuid.uuid4())
         )
+        for role in (TENANT_ROLE, *EXTRA_ROLES):
+            await sync.execute(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(RLS_TABLES)} TO {role};"
+                f" GRANT SELECT ON item_scores TO {role}"
+            )
+        await bind_role(sync, TENANT_ROLE, a)
+        await bind_role(sync, B_ROLE, b)
         assert (
             await tenant.fetchval(
                 "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
             )
             is False
         )
-        await tenant.execute(f"SET edge_node.tenant_id = '{a}'")
-        yield Sessions(sync, tenant, a, b)
+        yield Sessions(sync, tenant, admin, a, b)
     finally:
-        await sync.close()
-        await tenant.close()
+        for connection in (sync, tenant, admin):
+            await connection.close()
+
+
+async def seed_tenant(sync: Connection, tenant_id: str, key_id: str, comment: str) -> None:
+    """A tenant with an API key, a rating, a data key and a billing event, as the sync role."""
+    await insert_tenant_with_key(sync, tenant_id, key_id)
+    await sync.execute(
+        "INSERT INTO ratings (tenant_id, id, user_id, item_id, score, comment,"
+        " created_at, updated_at, origin_node) VALUES ($1, $2, 'u1', 'book', 4, $3,"
+        " 1, 1, 'n1')",
+        tenant_id,
+        str(uuid.uuid5(uuid.UUID(tenant_id), "u1/book")),
+        comment,
+    )
+    await sync.execute(
+        "INSERT INTO tenant_data_keys (tenant_id, key_id, wrapped, fleet_key_id, created_at)"
+        " VALUES ($1, $2, $3, $2, 1)",
+        tenant_id,
+        key_id,
+        bytes(40),
+    )
+    await sync.execute(
+        "INSERT INTO billing_events (tenant_id, event_id, type, created, target, origin_node)"
+        " VALUES ($1, $2, 'invoice.paid', 1, 'active', 'n1')",
+        tenant_id,
+        f"evt_{key_id}",
+    )
+
+
+def create_extra_roles(server: PostgresServer) -> None:
+    """Plain logins besides the bound one: B's bound role, a trusted application role and a
+    role bound to nothing."""
+    for role in EXTRA_ROLES:
+        server.sql(
+            "DO $$ BEGIN"
+            f" IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')"
+            f" THEN CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS; END IF; END $$"
+        )
 
 
 class TestReads:
@@ -262,29 +314,179 @@ class TestWrites:
         assert await sessions.b_rows() == before
 
 
-class TestScopingSetting:
+@contextlib.asynccontextmanager
+async def member_of(sessions: Sessions, role: str) -> AsyncIterator[None]:
+    """The bound login made a member of `role` (as an operator might by mistake), for a while:
+    memberships outlive the test's database."""
+    await sessions.admin.execute(f"GRANT {role} TO {TENANT_ROLE}")
+    try:
+        yield
+    finally:
+        await sessions.admin.execute(f"REVOKE {role} FROM {TENANT_ROLE}")
+
+
+class TestTheBindingDecides:
     @pytest.mark.parametrize(
         "statement",
         [
+            "SET edge_node.tenant_id = '{b}'",
+            "SELECT set_config('edge_node.tenant_id', '{b}', false)",
             "RESET edge_node.tenant_id",
             "SET edge_node.tenant_id = ''",
             "SET edge_node.tenant_id TO DEFAULT",
             "RESET ALL",
             "DISCARD ALL",
-            "SELECT set_config('edge_node.tenant_id', '', false)",
+            "SET edge_node.tenant_id = '%'",
         ],
+        ids=["set-b", "set-config-b", "reset", "empty", "default", "reset-all", "discard", "junk"],
     )
-    async def test_clearing_the_setting_shows_nothing(
-        self, sessions: Sessions, statement: str
-    ) -> None:
-        """However the session clears its scope, it then sees and changes no row at all."""
-        await sessions.tenant.execute(statement)
+    async def test_no_setting_moves_a_bound_role(self, sessions: Sessions, statement: str) -> None:
+        """Whatever the bound session sets, resets or discards, it reads exactly A's rows in
+        every table and still cannot change or add B's."""
+        await sessions.tenant.execute(statement.format(b=sessions.b))
+        assert await sessions.seen_tenants() == {sessions.a}
+        assert await sessions.tenant.fetchval("SELECT count(*) FROM ratings") == 1
         for table in TABLES:
-            assert await sessions.sees(f"SELECT tenant_id FROM {table}") == [], table
-            assert await sessions.tenant.execute(f"UPDATE {table} SET created_at = 5") == "UPDATE 0"
+            assert await sessions.tenant.execute(
+                f"UPDATE {table} SET created_at = 7 WHERE tenant_id = $1", sessions.b
+            ) == "UPDATE 0"
+        message = await sessions.refused(
+            "INSERT INTO ratings (tenant_id, id, user_id, item_id, score, created_at,"
+            " updated_at, origin_node) VALUES ($1, gen_random_uuid(), 'u9', 'x', 1, 1, 1, 'n')",
+            sessions.b,
+        )
+        assert "row-level security" in message
 
-    async def test_a_setting_that_is_not_a_uuid_shows_nothing(self, sessions: Sessions) -> None:
-        """A scope that is not a UUID is an error, never a wildcard."""
-        await sessions.tenant.execute("SET edge_node.tenant_id = '%'")
-        message = await sessions.refused("SELECT * FROM ratings")
-        assert "uuid" in message
+    async def test_a_transaction_scoped_setting_moves_nothing(self, sessions: Sessions) -> None:
+        """SET LOCAL and set_config(..., true) naming B, inside a transaction, show only A."""
+        async with sessions.tenant.transaction():
+            await sessions.tenant.execute(f"SET LOCAL edge_node.tenant_id = '{sessions.b}'")
+            assert await sessions.seen_tenants() == {sessions.a}
+        async with sessions.tenant.transaction():
+            await sessions.tenant.execute(
+                "SELECT set_config('edge_node.tenant_id', $1, true)", sessions.b
+            )
+            assert await sessions.seen_tenants() == {sessions.a}
+
+    async def test_set_role_to_another_tenants_role_shows_nothing(
+        self, sessions: Sessions
+    ) -> None:
+        """A login bound to A that may SET ROLE to B's bound role sees no row as that role
+        and may write none for B; RESET ROLE brings back A's rows."""
+        async with member_of(sessions, B_ROLE):
+            await sessions.tenant.execute(f"SET ROLE {B_ROLE}")
+            assert await sessions.seen_tenants() == set()
+            assert "row-level security" in await sessions.refused(
+                "INSERT INTO ratings (tenant_id, id, user_id, item_id, score, created_at,"
+                " updated_at, origin_node) VALUES ($1, gen_random_uuid(), 'u9', 'x', 1, 1, 1,"
+                " 'n')",
+                sessions.b,
+            )
+            assert await sessions.tenant.execute("DELETE FROM ratings") == "DELETE 0"
+            await sessions.tenant.execute("RESET ROLE")
+            assert await sessions.seen_tenants() == {sessions.a}
+        assert len(await sessions.b_rows()) == 3
+
+    async def test_set_role_to_a_trusted_role_keeps_the_logins_tenant(
+        self, sessions: Sessions
+    ) -> None:
+        """As a trusted application role the bound login may scope itself to its own tenant
+        only: the setting naming B shows nothing."""
+        await bind_role(sessions.sync, APP_ROLE, None)
+        async with member_of(sessions, APP_ROLE):
+            await sessions.tenant.execute(f"SET ROLE {APP_ROLE}")
+            await sessions.tenant.execute(f"SET edge_node.tenant_id = '{sessions.b}'")
+            assert await sessions.seen_tenants() == set()
+            await sessions.tenant.execute(f"SET edge_node.tenant_id = '{sessions.a}'")
+            assert await sessions.seen_tenants() == {sessions.a}
+
+    async def test_a_definer_function_of_b_shows_the_caller_nothing(
+        self, sessions: Sessions
+    ) -> None:
+        """A SECURITY DEFINER function owned by B's role, callable by A, runs as B but shows
+        A's session none of B's rows: the login's binding still decides."""
+        await sessions.admin.execute(
+            "CREATE FUNCTION b_comments() RETURNS SETOF text LANGUAGE sql SECURITY DEFINER"
+            " AS 'SELECT comment FROM ratings';"
+            f" ALTER FUNCTION b_comments() OWNER TO {B_ROLE};"
+            f" GRANT EXECUTE ON FUNCTION b_comments() TO {TENANT_ROLE}"
+        )
+        assert await sessions.tenant.fetch("SELECT * FROM b_comments()") == []
+
+    async def test_a_temporary_binding_table_is_not_read(self, sessions: Sessions) -> None:
+        """A temporary table named tenant_roles binding the session to B is never consulted."""
+        await sessions.tenant.execute(
+            "CREATE TEMP TABLE tenant_roles (role regrole, tenant_id uuid,"
+            " scoped_by_setting boolean, bound_at timestamptz);"
+            f" INSERT INTO tenant_roles VALUES ('{TENANT_ROLE}', '{sessions.b}', false, now())"
+        )
+        assert await sessions.seen_tenants() == {sessions.a}
+
+    async def test_bindings_are_read_only_and_private(self, sessions: Sessions) -> None:
+        """The bound role reads its own binding and nobody else's, and cannot add, change or
+        remove a binding."""
+        rows = await sessions.tenant.fetch("SELECT role::text, tenant_id::text FROM tenant_roles")
+        assert [tuple(r) for r in rows] == [(TENANT_ROLE, sessions.a)]
+        for sql in (
+            f"INSERT INTO tenant_roles (role, tenant_id) VALUES ('{UNBOUND_ROLE}', '{sessions.b}')",
+            f"UPDATE tenant_roles SET tenant_id = '{sessions.b}'",
+            "DELETE FROM tenant_roles",
+        ):
+            assert "permission denied" in await sessions.refused(sql)
+
+
+class TestRolesWithoutABinding:
+    async def test_an_unbound_role_sees_nothing_whatever_it_sets(
+        self, postgres_server: PostgresServer, sessions: Sessions
+    ) -> None:
+        """A role granted every table but bound to nothing reads no row, with the setting
+        naming A, B or nothing."""
+        database = (await sessions.sync.fetchval("SELECT current_database()"))
+        unbound = await connect(postgres_server.dsn(database, user=UNBOUND_ROLE))
+        try:
+            for value in ("", sessions.a, sessions.b):
+                await unbound.execute(f"SET edge_node.tenant_id = '{value}'")
+                for table in RLS_TABLES:
+                    assert await unbound.fetch(f"SELECT tenant_id FROM {table}") == [], table
+        finally:
+            await unbound.close()
+
+    async def test_a_trusted_role_is_scoped_by_its_setting(
+        self, postgres_server: PostgresServer, sessions: Sessions
+    ) -> None:
+        """A role marked scoped-by-setting sees the tenant its setting names, nothing when it
+        is unset, and an error (never a wildcard) when it is not a UUID."""
+        await bind_role(sessions.sync, APP_ROLE, None)
+        database = await sessions.sync.fetchval("SELECT current_database()")
+        app = await connect(postgres_server.dsn(database, user=APP_ROLE))
+        try:
+            assert await app.fetch("SELECT tenant_id FROM ratings") == []
+            for tenant_id in (sessions.a, sessions.b):
+                await app.execute(f"SET edge_node.tenant_id = '{tenant_id}'")
+                rows = await app.fetch("SELECT tenant_id::text FROM ratings")
+                assert [r[0] for r in rows] == [tenant_id]
+            await app.execute("SET edge_node.tenant_id = '%'")
+            with pytest.raises(SyncError, match="uuid"), translated():
+                await app.fetch("SELECT * FROM ratings")
+        finally:
+            await app.close()
+
+
+async def test_every_tenant_policy_decides_by_the_binding(sessions: Sessions) -> None:
+    """Every table under row-level security has the tenant policy, which calls the binding
+    function, and no policy anywhere reads the setting directly."""
+    protected = await sessions.sync.fetch(
+        "SELECT relname::text FROM pg_class WHERE relrowsecurity"
+        " AND relnamespace = current_schema()::regnamespace AND relname <> 'tenant_roles'"
+    )
+    assert sorted(r[0] for r in protected) == sorted(RLS_TABLES)
+    policies = await sessions.sync.fetch(
+        "SELECT tablename::text, policyname::text, coalesce(qual, '') AS qual,"
+        " coalesce(with_check, '') AS with_check FROM pg_policies"
+    )
+    isolation = {p["tablename"]: p for p in policies if p["policyname"] == "tenant_isolation"}
+    assert sorted(isolation) == sorted(RLS_TABLES)
+    for policy in isolation.values():
+        assert "edge_node_session_tenant()" in policy["qual"], policy["tablename"]
+        assert "edge_node_session_tenant()" in policy["with_check"], policy["tablename"]
+    assert not [p["tablename"] for p in policies if "current_setting" in p["qual"] + p["with_check"]]
