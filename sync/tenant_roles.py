@@ -12,6 +12,7 @@ operator's DELETE, on purpose.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,13 @@ if TYPE_CHECKING:
     from sync.postgres import Connection
 
 # quote_ident: the role name is taken as it is spelled, never case-folded nor parsed.
-_ROLE = "to_regrole(quote_ident($1))"
+_MISSING = "SELECT to_regrole(quote_ident($1)) IS NULL"
+_CURRENT = """
+    SELECT tenant_id::text, scoped_by_setting FROM tenant_roles
+    WHERE role = to_regrole(quote_ident($1)) FOR UPDATE"""
+_INSERT = """
+    INSERT INTO tenant_roles (role, tenant_id, scoped_by_setting)
+    VALUES (to_regrole(quote_ident($1)), $2::uuid, $3)"""
 
 
 async def bind_role(connection: Connection, role: str, tenant_id: str | None) -> dict[str, Any]:
@@ -30,17 +37,13 @@ async def bind_role(connection: Connection, role: str, tenant_id: str | None) ->
 
     Returns the binding as JSON-ready data, with `changed` false when it was already so.
     """
+    if tenant_id is not None:
+        tenant_id = str(uuid.UUID(tenant_id))  # as PostgreSQL prints it, to compare
     with translated(f"binding role {role!r}"):
         async with connection.transaction():
-            if await connection.fetchval(f"SELECT {_ROLE} IS NULL", role):
-                raise PermanentSyncError(
-                    f"there is no role named {role!r}: CREATE ROLE it first"
-                )
-            current = await connection.fetchrow(
-                f"SELECT tenant_id::text, scoped_by_setting FROM tenant_roles"
-                f" WHERE role = {_ROLE} FOR UPDATE",
-                role,
-            )
+            if await connection.fetchval(_MISSING, role):
+                raise PermanentSyncError(f"there is no role named {role!r}: CREATE ROLE it first")
+            current = await connection.fetchrow(_CURRENT, role)
             wanted = (tenant_id, tenant_id is None)
             if current is not None and tuple(current) != wanted:
                 raise PermanentSyncError(
@@ -48,13 +51,7 @@ async def bind_role(connection: Connection, role: str, tenant_id: str | None) ->
                     " its row from tenant_roles first"
                 )
             if current is None:
-                await connection.execute(
-                    f"INSERT INTO tenant_roles (role, tenant_id, scoped_by_setting)"
-                    f" VALUES ({_ROLE}, $2::uuid, $3)",
-                    role,
-                    tenant_id,
-                    tenant_id is None,
-                )
+                await connection.execute(_INSERT, role, tenant_id, tenant_id is None)
     return {
         "role": role,
         "tenant_id": tenant_id,

@@ -347,9 +347,12 @@ class TestTheBindingDecides:
         assert await sessions.seen_tenants() == {sessions.a}
         assert await sessions.tenant.fetchval("SELECT count(*) FROM ratings") == 1
         for table in TABLES:
-            assert await sessions.tenant.execute(
-                f"UPDATE {table} SET created_at = 7 WHERE tenant_id = $1", sessions.b
-            ) == "UPDATE 0"
+            assert (
+                await sessions.tenant.execute(
+                    f"UPDATE {table} SET created_at = 7 WHERE tenant_id = $1", sessions.b
+                )
+                == "UPDATE 0"
+            )
         message = await sessions.refused(
             "INSERT INTO ratings (tenant_id, id, user_id, item_id, score, created_at,"
             " updated_at, origin_node) VALUES ($1, gen_random_uuid(), 'u9', 'x', 1, 1, 1, 'n')",
@@ -368,9 +371,7 @@ class TestTheBindingDecides:
             )
             assert await sessions.seen_tenants() == {sessions.a}
 
-    async def test_set_role_to_another_tenants_role_shows_nothing(
-        self, sessions: Sessions
-    ) -> None:
+    async def test_set_role_to_another_tenants_role_shows_nothing(self, sessions: Sessions) -> None:
         """A login bound to A that may SET ROLE to B's bound role sees no row as that role
         and may write none for B; RESET ROLE brings back A's rows."""
         async with member_of(sessions, B_ROLE):
@@ -441,7 +442,7 @@ class TestRolesWithoutABinding:
     ) -> None:
         """A role granted every table but bound to nothing reads no row, with the setting
         naming A, B or nothing."""
-        database = (await sessions.sync.fetchval("SELECT current_database()"))
+        database = await sessions.sync.fetchval("SELECT current_database()")
         unbound = await connect(postgres_server.dsn(database, user=UNBOUND_ROLE))
         try:
             for value in ("", sessions.a, sessions.b):
@@ -489,4 +490,7 @@ async def test_every_tenant_policy_decides_by_the_binding(sessions: Sessions) ->
     for policy in isolation.values():
         assert "edge_node_session_tenant()" in policy["qual"], policy["tablename"]
         assert "edge_node_session_tenant()" in policy["with_check"], policy["tablename"]
-    assert not [p["tablename"] for p in policies if "current_setting" in p["qual"] + p["with_check"]]
+    reading_the_setting = [
+        p["tablename"] for p in policies if "current_setting" in p["qual"] + p["with_check"]
+    ]
+    assert reading_the_setting == []

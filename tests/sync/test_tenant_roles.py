@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,9 +24,9 @@ A, B = str(uuid.uuid4()), str(uuid.uuid4())
 
 
 @pytest.fixture
-async def at_0005(postgres_server: PostgresServer, postgres_dsn: str) -> AsyncIterator[str]:
+async def at_0005(postgres_server: PostgresServer, postgres_dsn: str) -> str:
     """A database owned by the sync role, migrated by it up to 0005, tenants A and B, and the
-    tenant role granted the tables; yields the name of the database."""
+    tenant role granted the tables; returns the name of the database."""
     create_roles(postgres_server)
     database = postgres_dsn.rsplit("/", 1)[1]
     postgres_server.sql(f'ALTER DATABASE "{database}" OWNER TO {SYNC_ROLE}')
@@ -39,7 +38,7 @@ async def at_0005(postgres_server: PostgresServer, postgres_dsn: str) -> AsyncIt
         await sync.execute(f"GRANT SELECT, UPDATE ON tenants, api_keys TO {TENANT_ROLE}")
     finally:
         await sync.close()
-    yield database
+    return database
 
 
 async def visible(conn: Connection, setting: str) -> list[str]:
