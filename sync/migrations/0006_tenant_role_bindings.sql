@@ -29,9 +29,9 @@
 -- of the definer's would see the definer as current_user), so every role may SELECT from
 -- tenant_roles, and a policy there shows it only its own binding and its login's. Its
 -- search_path ends in pg_temp, named last, so that a temporary table of the session cannot
--- stand in for tenant_roles; 0005's SECURITY DEFINER trigger function gets the same fix, so a
--- temporary tenant_deletions cannot decide for it. The policies call the function as a scalar
--- subquery, evaluated once per statement rather than once per row.
+-- stand in for tenant_roles; 0005's SECURITY DEFINER trigger function and 0003's key rule get
+-- the same fix, so a temporary tenant_deletions cannot decide for them. The policies call
+-- the function as a scalar subquery, evaluated once per statement rather than once per row.
 --
 -- Not tenant data: no tenant_id leads its key. On Citus make it a reference table.
 
@@ -89,6 +89,10 @@ BEGIN
     EXECUTE format(
         'ALTER FUNCTION edge_node_refuse_deleted_tenant()'
         ' SET search_path = pg_catalog, %I, pg_temp',
+        current_schema()
+    );
+    EXECUTE format(
+        'ALTER FUNCTION edge_node_api_key_rules() SET search_path = pg_catalog, %I, pg_temp',
         current_schema()
     );
     EXECUTE format(
