@@ -220,7 +220,9 @@ def watch_supervisor_sync(config: Config, metrics: NodeMetrics) -> None:
         return
     from sync.status_files import SyncStatusFiles  # noqa: PLC0415 (reads files, no driver)
 
-    metrics.watch_sync(SyncStatusFiles(config.data_path))
+    files = SyncStatusFiles(config.data_path)
+    metrics.watch_sync(files)
+    metrics.watch_published_billing(files.usage_flush)
 
 
 def watch_sync(metrics: NodeMetrics, worker: SyncStatusSource, jobs: Sequence[object]) -> None:

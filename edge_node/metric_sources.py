@@ -115,6 +115,8 @@ class Sources:
     sync: SyncStatusSource | None = None
     sync_watched_at: float = 0.0
     billing: list[BillingCounters] = field(default_factory=list)
+    # Another process's usage flushes (the supervisor of `serve --workers N`), read at scrape.
+    billing_published: Callable[[], Sequence[BillingCounters]] | None = None
     webhooks: WebhookCounts | None = None
     tenants: Mapping[str, int] | None = None
 
@@ -297,7 +299,9 @@ class SourceCollector(Collector):
         yield from (pending, oldest, rows)
 
     def _billing(self) -> Iterator[Metric]:
-        sources = self.sources.billing
+        sources = list(self.sources.billing)
+        if self.sources.billing_published is not None:
+            sources += self.sources.billing_published()
         confirmed = _counter(
             "edge_node_billing_batches_confirmed",
             "Meter-event batches (one per tenant and window) Stripe holds: usage billed.",

@@ -16,7 +16,7 @@ import os
 import platform
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -107,6 +107,10 @@ class NodeMetrics:
     def watch_billing(self, stats: BillingCounters) -> None:
         """A usage flush (one per queue): meter-event batches confirmed and set aside."""
         self.sources.billing.append(stats)
+
+    def watch_published_billing(self, read: Callable[[], Sequence[BillingCounters]]) -> None:
+        """Usage flushes of another process of the node, as `read` finds them at each scrape."""
+        self.sources.billing_published = read
 
     def watch_webhooks(self, stats: WebhookCounts) -> None:
         self.sources.webhooks = stats

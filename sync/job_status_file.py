@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,29 @@ def job_to_json(status: JobStatus) -> dict[str, Any]:
     return document
 
 
-def write_jobs_file(data_dir: Path, node_id: str, jobs: Sequence[JobStatus]) -> None:
+def usage_flush_totals(stats: Sequence[Any]) -> dict[str, int]:
+    """The usage flushes' counters (sync.billing_send.BillingStats, one per queue), summed;
+    taken as dataclasses, so reading the file never loads the Stripe adapter."""
+    totals: dict[str, int] = {}
+    for item in stats:
+        for name, value in dataclasses.asdict(item).items():
+            totals[name] = totals.get(name, 0) + value
+    return totals
+
+
+def write_jobs_file(
+    data_dir: Path,
+    node_id: str,
+    jobs: Sequence[JobStatus],
+    usage_flush: Mapping[str, int] | None = None,
+) -> None:
     """Replace the jobs file atomically (no fsync: it is rewritten while anything changes)."""
     document = {
         "node_id": node_id,
         "pid": os.getpid(),
         "written_at": format_us(now_us()),
         "jobs": [job_to_json(job) for job in jobs],
+        "usage_flush": dict(usage_flush or {}),
     }
     replace_status_document(data_dir / FILE_NAME, document)
 
@@ -61,24 +77,29 @@ class JobStatusPublisher:
     """Copies the jobs' in-memory status to the jobs file when it changes."""
 
     def __init__(
-        self, data_dir: Path, node_id: str, snapshot: Callable[[], list[JobStatus]]
+        self,
+        data_dir: Path,
+        node_id: str,
+        snapshot: Callable[[], list[JobStatus]],
+        usage_flush: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self._data_dir = data_dir
         self._node_id = node_id
         self._snapshot = snapshot
-        self._published: list[JobStatus] | None = None
+        self._usage_flush = usage_flush
+        self._published: tuple[list[JobStatus], dict[str, int]] | None = None
 
     def publish(self) -> None:
         """Write the file if the status differs from what was last written."""
-        jobs = self._snapshot()
-        if jobs == self._published:
+        current = (self._snapshot(), self._usage_flush())
+        if current == self._published:
             return
         try:
-            write_jobs_file(self._data_dir, self._node_id, jobs)
+            write_jobs_file(self._data_dir, self._node_id, *current)
         except OSError as exc:
             log.warning("cannot write the sync jobs status file: %s", exc)
             return
-        self._published = jobs
+        self._published = current
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Publish every `PUBLISH_INTERVAL_SECONDS` until `stopping` is set."""

@@ -10,6 +10,7 @@ gives back the same status objects the sync worker keeps in memory.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,24 @@ _SHARD_FIELDS = frozenset(f.name for f in dataclasses.fields(ShardStatus))
 _JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobStatus))
 
 
+@dataclass
+class PublishedUsageFlush:
+    """The usage flushes' counters as the jobs file holds them (edge_node.metric_sources
+    BillingCounters): summed over every queue the supervisor flushes."""
+
+    calls: int = 0
+    confirmed: int = 0
+    duplicates: int = 0
+    transient_failures: int = 0
+    set_aside_refused: int = 0
+    set_aside_unknown_outcome: int = 0
+    set_aside_too_old: int = 0
+    set_aside_future: int = 0
+
+
+_FLUSH_FIELDS = frozenset(f.name for f in dataclasses.fields(PublishedUsageFlush))
+
+
 class SyncStatusFiles:
     """What the sync worker of this data directory last published, as status objects."""
 
@@ -48,6 +67,14 @@ class SyncStatusFiles:
         if document is None:
             return []
         return [_job(job) for job in document["jobs"]]
+
+    def usage_flush(self) -> list[PublishedUsageFlush]:
+        """The usage flushes' counters, or none when no flush has published any."""
+        document = read_jobs_file(self.data_dir)
+        totals = {} if document is None else document.get("usage_flush") or {}
+        if not totals:
+            return []
+        return [PublishedUsageFlush(**{k: v for k, v in totals.items() if k in _FLUSH_FIELDS})]
 
 
 def parse_us(text: str) -> int:

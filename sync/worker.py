@@ -21,7 +21,7 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ from edge_node.clock import now_us
 from edge_node.config import CentralConfig
 from edge_node.errors import SyncError
 from sync.backoff import Backoff
-from sync.job_status_file import JobStatusPublisher
+from sync.job_status_file import JobStatusPublisher, usage_flush_totals
 from sync.jobs import JobStatus, PeriodicJob, run_periodically
 from sync.postgres import check_dsn, close_quietly, connect, redact_dsn
 from sync.rounds import EdgeStorage, RoundReport, ShardRound
@@ -95,7 +95,9 @@ class SyncWorker:
         self._jobs = [(job, JobStatus(job.name)) for job in jobs]
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._job_publisher = JobStatusPublisher(data_dir, node_id, self.job_status)
+        self._job_publisher = JobStatusPublisher(
+            data_dir, node_id, self.job_status, self.usage_flush_totals
+        )
 
     def status(self) -> list[ShardStatus]:
         """A snapshot of every shard's status."""
@@ -108,6 +110,11 @@ class SyncWorker:
     def job_status(self) -> list[JobStatus]:
         """A snapshot of every periodic job's status."""
         return [replace(status) for _, status in self._jobs]
+
+    def usage_flush_totals(self) -> dict[str, int]:
+        """The usage flush jobs' counters summed, for the jobs file (other processes read it)."""
+        stats = [getattr(job, "stats", None) for job, _ in self._jobs]
+        return usage_flush_totals([s for s in stats if is_dataclass(s)])
 
     def start(self) -> None:
         """Start one background loop per shard and one per periodic job."""

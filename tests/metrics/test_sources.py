@@ -13,8 +13,10 @@ from edge_node.metrics import NodeMetrics
 from edge_node.queue import open_queue
 from edge_node.queue.framing import HEADER_SIZE
 from sync.billing_send import BillingStats
+from sync.job_status_file import usage_flush_totals, write_jobs_file
 from sync.jobs import JobStatus
 from sync.status import ShardStatus
+from sync.status_files import SyncStatusFiles
 from tests.queue.conftest import FRAME_BYTES, flip_byte, payload, segment_files
 
 NOW = 1_800_000_000.0
@@ -105,6 +107,21 @@ class TestBilling:
         assert value(metrics, set_aside, reason="unknown_outcome") == 0
         assert value(metrics, "edge_node_billing_stripe_calls_total") == 10
         assert value(metrics, "edge_node_billing_stripe_failures_total") == 2
+
+    def test_flushes_another_process_published_are_exported(self, tmp_path: Path) -> None:
+        """A worker of `serve --workers N` exports the supervisor's usage flushes, summed,
+        from the jobs file it publishes: read again at every scrape."""
+        first, second = BillingStats(), BillingStats()
+        first.confirmed, second.confirmed, second.set_aside_unknown_outcome = 3, 4, 1
+        write_jobs_file(tmp_path, "edge-1", [], usage_flush_totals([first, second]))
+        metrics = fresh_metrics()
+        metrics.watch_published_billing(SyncStatusFiles(tmp_path).usage_flush)
+        assert value(metrics, "edge_node_billing_batches_confirmed_total") == 7
+        set_aside = "edge_node_billing_batches_set_aside_total"
+        assert value(metrics, set_aside, reason="unknown_outcome") == 1
+        second.confirmed = 10
+        write_jobs_file(tmp_path, "edge-1", [], usage_flush_totals([first, second]))
+        assert value(metrics, "edge_node_billing_batches_confirmed_total") == 13
 
 
 class TestQueueRecovery:
