@@ -258,6 +258,9 @@ class Supervisor:
     async def _stop_workers(self) -> None:
         """SIGTERM to every worker, then SIGKILL to any still running after the grace period."""
         running = [w.process for w in self._workers if w.process and w.process.returncode is None]
+        # A worker still starting has served nothing; SIGTERM before its handlers exist ends
+        # it by the signal itself, which is a clean stop for it.
+        starting = {w.process.pid for w in self._workers if w.process and not w.ready}
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
@@ -271,7 +274,8 @@ class Supervisor:
                     process.kill()
             await asyncio.gather(*waits, return_exceptions=True)
         for process in running:
-            if process.returncode != 0:
+            stopped_starting = process.pid in starting and process.returncode == -signal.SIGTERM
+            if process.returncode != 0 and not stopped_starting:
                 self._unclean_stops += 1
                 log.error(
                     "worker pid %d stopped with exit status %s", process.pid, process.returncode

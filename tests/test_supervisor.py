@@ -157,7 +157,7 @@ class TestWorkerWatchdog:
         wait_for_status(notify, "restarted")
         assert stuck not in node.children()
         assert notify.count("WATCHDOG") >= 2
-        assert node.stop() == 0
+        assert node.stop() == 0, node.log.read_text()[-4000:]
         assert "sent no watchdog ping" in node.log.read_text()
 
 

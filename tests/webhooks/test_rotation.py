@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import selectors
 import signal
 import subprocess
@@ -220,14 +221,19 @@ def eventually(check: Any, timeout: float = 10.0) -> bool:
 
 
 def read_stderr_until(process: subprocess.Popen[str], needle: str, timeout: float = 10.0) -> str:
+    """The daemon's stderr up to and including `needle`. Read from the descriptor itself:
+    a buffered readline() could leave lines that arrived together unseen by select()."""
     assert process.stderr is not None
+    fd = process.stderr.fileno()
     seen = ""
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stderr, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while needle not in seen:
             remaining = deadline - time.monotonic()
             assert remaining > 0, seen
             assert selector.select(timeout=remaining), seen
-            seen += process.stderr.readline()
+            chunk = os.read(fd, 65536).decode()
+            assert chunk, f"the daemon closed stderr: {seen}"
+            seen += chunk
     return seen
