@@ -8,11 +8,12 @@ service manager hears READY, WATCHDOG, STOPPING and STATUS (edge_node/sd_notify.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,16 +106,19 @@ async def _serve_storage(
         runner = await _listen(app, config, tls, reuse_port=worker is not None)
         host, port = _bound_address(runner)
         url = f"{'http' if tls is None else 'https'}://{host}:{port}"
-        if runtime is not None:
-            runtime.publish(config.node_id, [url])
-        announce(
-            f"edge-node listening on {url}"
-            f" (node {config.node_id}, data dir {config.data_path.resolve()})"
-        )
-        notifier.ready(f"serving on {url}")
-        background = _background_tasks(notifier, meter.queue, config, worker)
         reloader = NodeReloader(config, secrets, reload_config, app[ROUTER_KEY], tls)
-        await _wait_for_stop_signal(on_reload=lambda: _reload(reloader, notifier))
+        # The handlers are in place before anyone hears we serve: a SIGTERM sent as soon as
+        # READY or the announcement arrives then drains, instead of killing the process.
+        with _stop_signals(on_reload=lambda: _reload(reloader, notifier)) as stop:
+            if runtime is not None:
+                runtime.publish(config.node_id, [url])
+            announce(
+                f"edge-node listening on {url}"
+                f" (node {config.node_id}, data dir {config.data_path.resolve()})"
+            )
+            notifier.ready(f"serving on {url}")
+            background = _background_tasks(notifier, meter.queue, config, worker)
+            await stop.wait()
         notifier.stopping("stopping: draining in-flight requests")
         await runner.cleanup()
     finally:
@@ -255,7 +259,9 @@ def _bound_address(runner: web.AppRunner) -> tuple[str, int]:
     return str(address[0]), int(address[1])
 
 
-async def _wait_for_stop_signal(on_reload: Callable[[], None] | None = None) -> None:
+@contextlib.contextmanager
+def _stop_signals(on_reload: Callable[[], None] | None = None) -> Iterator[asyncio.Event]:
+    """An event set by SIGTERM or SIGINT (SIGHUP calls `on_reload`) while the block runs."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -263,7 +269,7 @@ async def _wait_for_stop_signal(on_reload: Callable[[], None] | None = None) -> 
     if on_reload is not None:
         loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
