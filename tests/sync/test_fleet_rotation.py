@@ -161,6 +161,23 @@ class TestRotatingTheFleetKey:
         assert (second["rewrapped"], second["batches"], second["under_fleet_key"]) == (0, 0, 5)
         assert await db.fetch("SELECT * FROM tenant_data_keys ORDER BY tenant_id") == before
 
+    async def test_a_node_restarted_late_gets_the_keys_it_skipped_under_the_new_key(
+        self, edges: dict[str, Edge], tmp_path: Path, central: str
+    ) -> None:
+        """A node still on the old key only skips a key another node uploaded under the new
+        one (its comment reads as unreadable there); restarted with the new key, it downloads
+        every key again and reads the comment."""
+        a = restart(edges, tmp_path, "edge-a", NEW, OLD)
+        late = restart(edges, tmp_path, "late", OLD)
+        t = await shared_tenant(central, a, late)
+        a.rate(t, "ana", "book", 5, "under the new key")
+        await a.sync(central)
+        await late.sync(central)
+        assert late.comments(t) == {("ana", "book"): None}
+        late = restart(edges, tmp_path, "late", NEW, OLD)
+        await late.sync(central)
+        assert late.comments(t) == {("ana", "book"): "under the new key"}
+
 
 class TestTheCommand:
     async def test_rotate_fleet_reports_json_counts_and_is_idempotent(
