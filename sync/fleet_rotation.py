@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from edge_node.errors import KeyMaterialError, SyncError
-from sync.postgres import connect, redact_dsn, translated
+from edge_node.errors import KeyMaterialError
+from sync.postgres import on_each_database, translated
 
 if TYPE_CHECKING:
     from edge_node.keystore import WrappingKey
@@ -128,15 +128,6 @@ async def rotate_fleet_dsns(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[dict[str, Any]]:
     """`rotate_fleet` on each database (every shard holds its own tenants' keys)."""
-    reports = []
-    for dsn in dsns:
-        connection = await connect(dsn)
-        try:
-            report = await rotate_fleet(connection, current, previous, batch_size=batch_size)
-        except SyncError as exc:
-            raise type(exc)(f"{redact_dsn(dsn)}: {exc}") from exc
-        finally:
-            with translated():
-                await connection.close()
-        reports.append({"dsn": redact_dsn(dsn), **report})
-    return reports
+    return await on_each_database(
+        dsns, lambda c: rotate_fleet(c, current, previous, batch_size=batch_size)
+    )
