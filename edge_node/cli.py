@@ -175,6 +175,7 @@ def _add_key_material_commands(tenants: Any, keys: Any) -> None:
         " encryption.master_key_file is set",
     )
     rotate.set_defaults(handler=_keys_rotate_master)
+    _add_rotate_fleet_command(keys)
 
 
 def add_operations_commands(commands: Any) -> None:
@@ -619,6 +620,46 @@ def _central_bind_role(config: Config, args: argparse.Namespace) -> int:
     if not dsns:
         raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
     return _emit(asyncio.run(bind_role_dsns(dsns, args.role, args.tenant_id)))
+
+
+def _add_rotate_fleet_command(keys: Any) -> None:
+    rotate = keys.add_parser(
+        "rotate-fleet",
+        help="re-wrap the central tenant data keys under encryption.previous_fleet_key_file"
+        " with encryption.fleet_key_file (docs/security.md)",
+    )
+    rotate.add_argument(
+        "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
+    )
+    rotate.add_argument(
+        "--batch-size", type=_positive_int, default=500, metavar="N", help="keys per transaction"
+    )
+    rotate.set_defaults(handler=_keys_rotate_fleet)
+
+
+def _keys_rotate_fleet(config: Config, args: argparse.Namespace) -> int:
+    from edge_node.keystore import fleet_keys  # noqa: PLC0415
+    from sync.fleet_rotation import rotate_fleet_dsns  # noqa: PLC0415
+
+    current, previous = fleet_keys(config)
+    if current is None:
+        raise ConfigError(
+            "keys rotate-fleet needs the new fleet key in encryption.fleet_key_file and the"
+            " key being retired in encryption.previous_fleet_key_file"
+        )
+    dsns = (args.dsn,) if args.dsn else config.central.dsns
+    if not dsns:
+        raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
+    reports = asyncio.run(rotate_fleet_dsns(dsns, current, previous, batch_size=args.batch_size))
+    _emit(reports)
+    left = sum(r["under_previous_fleet_key"] for r in reports)
+    if left:
+        print(
+            f"edge-node: {left} data keys are still wrapped by the previous fleet key (they do"
+            " not unwrap with it): keep that key until they are dealt with",
+            file=sys.stderr,
+        )
+    return 1 if left else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -177,6 +177,7 @@ class Keyring:
         *,
         master_key_file: Path | None = None,
         fleet_key: WrappingKey | None = None,
+        previous_fleet_key: WrappingKey | None = None,
         busy_timeout_ms: int = 5000,
         refresh_interval: float = REFRESH_INTERVAL_SECONDS,
     ) -> None:
@@ -186,6 +187,8 @@ class Keyring:
         self.master_key_file = master_key_file or directory / DEFAULT_MASTER_KEY_FILE
         self.default_master = master_key_file is None
         self.fleet_key = fleet_key
+        # During a fleet-key rotation: keys wrapped by it still unwrap; uploads use fleet_key.
+        self.previous_fleet_key = previous_fleet_key
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
         self._master: WrappingKey | None = None
@@ -336,13 +339,15 @@ class Keyring:
 
     def add_shared(self, keys: Iterable[SharedDataKey]) -> int:
         """Store data keys received from the central registry; how many were new here.
-        Keys of deleted tenants, and keys wrapped by another fleet key, are not stored."""
-        fleet = self._require_fleet()
+        Keys of deleted tenants, and keys wrapped by neither the fleet key nor the previous
+        one, are not stored."""
+        fleets = {f.key_id: f for f in (self.previous_fleet_key, self._require_fleet()) if f}
         conn, master = self._open()
         added = 0
         with sqlite.transaction(conn):
             for k in keys:
-                if k.fleet_key_id != fleet.key_id or self._is_deleted(conn, k.tenant_id):
+                fleet = fleets.get(k.fleet_key_id)
+                if fleet is None or self._is_deleted(conn, k.tenant_id):
                     continue
                 data_key = fleet.unwrap(k.tenant_id, k.key_id, k.wrapped)
                 added += conn.execute(
@@ -492,14 +497,28 @@ def _set_meta(conn: sqlite3.Connection, name: str, value: str) -> None:
 
 
 def open_keyring(config: Config) -> Keyring:
-    """The keyring `config` describes: data_dir/keys, its master key file, the fleet key."""
+    """The keyring `config` describes: data_dir/keys, its master key file, the fleet keys."""
     encryption = config.encryption
-    fleet = None
-    if encryption.fleet_key_file:
-        fleet = read_key_file(Path(encryption.fleet_key_file), "encryption.fleet_key_file")
+    fleet, previous = fleet_keys(config)
     return Keyring(
         config.data_path / KEYS_DIRECTORY,
         master_key_file=Path(encryption.master_key_file) if encryption.master_key_file else None,
         fleet_key=fleet,
+        previous_fleet_key=previous,
         busy_timeout_ms=config.storage.busy_timeout_ms,
     )
+
+
+def fleet_keys(config: Config) -> tuple[WrappingKey | None, WrappingKey | None]:
+    """The fleet key and the previous one `config` names (None: not configured); a previous
+    key without a current one is refused, since nothing would wrap new uploads."""
+    encryption = config.encryption
+    names = ("encryption.fleet_key_file", "encryption.previous_fleet_key_file")
+    paths = (encryption.fleet_key_file, encryption.previous_fleet_key_file)
+    if paths[1] and not paths[0]:
+        raise ConfigError(f"{names[1]} is set but {names[0]} is not: set the new fleet key")
+    current, previous = (
+        read_key_file(Path(path), name) if path else None
+        for path, name in zip(paths, names, strict=True)
+    )
+    return current, previous

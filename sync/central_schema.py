@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_node.errors import PermanentSyncError, SyncError
-from sync.postgres import connect, redact_dsn, server_version_num, translated
+from edge_node.errors import PermanentSyncError
+from sync.postgres import on_each_database, server_version_num, translated
 
 if TYPE_CHECKING:
     from sync.postgres import Connection
@@ -129,16 +129,9 @@ async def schema_version(connection: Connection) -> int:
 
 async def migrate_dsns(dsns: Sequence[str]) -> list[dict[str, Any]]:
     """Migrate each database in turn (one per shard); one JSON-ready report per database."""
-    reports = []
-    for dsn in dsns:
-        connection = await connect(dsn)
-        try:
-            applied = await migrate(connection)
-            current = await schema_version(connection)
-        except SyncError as exc:
-            raise type(exc)(f"{redact_dsn(dsn)}: {exc}") from exc
-        finally:
-            with translated():
-                await connection.close()
-        reports.append({"dsn": redact_dsn(dsn), "applied": applied, "version": current})
-    return reports
+
+    async def run(connection: Connection) -> dict[str, Any]:
+        applied = await migrate(connection)
+        return {"applied": applied, "version": await schema_version(connection)}
+
+    return await on_each_database(dsns, run)

@@ -6,7 +6,8 @@ At the start of each round, before anything else moves (sync/rounds.py):
    its registry rows and ratings are gone before the registry or ratings sync could carry
    them again;
 3. with a fleet key (encryption.fleet_key_file), data keys created here go up wrapped by it,
-   and data keys created elsewhere come down and are re-wrapped under this node's master key.
+   and data keys created elsewhere come down and are re-wrapped under this node's master key
+   (those wrapped by encryption.previous_fleet_key_file too, during a fleet-key rotation).
 Keys go up before this round's ratings do, so another node that downloads a sealed comment
 gets the key to open it in the same round, or at the latest in its next one.
 Downloads resume from checkpoints kept in the key store, like every other table's.
@@ -139,6 +140,7 @@ async def _upload_keys(round_: ShardRound) -> None:
 
 async def _download_keys(round_: ShardRound, database: str) -> None:
     keyring = round_.edge.stores.keyring
+    _restart_for_new_fleet_keys(round_, database)
 
     def apply(records: list[Any]) -> None:
         keys = [
@@ -154,6 +156,20 @@ async def _download_keys(round_: ShardRound, database: str) -> None:
             log.error("a data key from shard %d was refused: %s", round_.index, exc)
 
     await _download(round_, database, what="data-keys", sql=_KEY_CHANGES, width=2, apply=apply)
+
+
+def _restart_for_new_fleet_keys(round_: ShardRound, database: str) -> None:
+    """Download every data key again when this node holds a fleet key it did not hold when
+    its checkpoint was taken: keys wrapped by that key were skipped then (a fleet-key
+    rotation, docs/security.md). Keys already held are ignored on arrival."""
+    keyring = round_.edge.stores.keyring
+    held = {k.key_id for k in (keyring.fleet_key, keyring.previous_fleet_key) if k is not None}
+    marker = f"data-keys.shard-{round_.index}.fleet-keys"
+    known = keyring.checkpoint(marker)
+    if known is not None and held <= set(known.split(",")):
+        return
+    keyring.set_checkpoint(f"data-keys.shard-{round_.index}", Position.start(database).encode())
+    keyring.set_checkpoint(marker, ",".join(sorted(held)))
 
 
 async def _download(

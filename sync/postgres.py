@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, TypeAlias
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
@@ -198,3 +198,22 @@ async def server_version_num(connection: Connection) -> int:
     with translated("cannot read the server version"):
         value = await connection.fetchval("SELECT current_setting('server_version_num')::int")
     return int(value)
+
+
+async def on_each_database(
+    dsns: Sequence[str], run: Callable[[Connection], Awaitable[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """`run` on one connection to each database in turn (an operator command over every
+    shard): its reports, each with the database's redacted DSN; a failure names the DSN."""
+    reports = []
+    for dsn in dsns:
+        connection = await connect(dsn)
+        try:
+            report = await run(connection)
+        except SyncError as exc:
+            raise type(exc)(f"{redact_dsn(dsn)}: {exc}") from exc
+        finally:
+            with translated():
+                await connection.close()
+        reports.append({"dsn": redact_dsn(dsn), **report})
+    return reports

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from edge_node.errors import PermanentSyncError, SyncError
-from sync.postgres import connect, redact_dsn, translated
+from edge_node.errors import PermanentSyncError
+from sync.postgres import on_each_database, translated
 
 if TYPE_CHECKING:
     from sync.postgres import Connection
@@ -71,15 +71,4 @@ async def bind_role_dsns(
 ) -> list[dict[str, Any]]:
     """Bind the role in each database (every shard, so the binding holds wherever the
     tenant's rows are); one JSON-ready report per database."""
-    reports = []
-    for dsn in dsns:
-        connection = await connect(dsn)
-        try:
-            report = await bind_role(connection, role, tenant_id)
-        except SyncError as exc:
-            raise type(exc)(f"{redact_dsn(dsn)}: {exc}") from exc
-        finally:
-            with translated():
-                await connection.close()
-        reports.append({"dsn": redact_dsn(dsn), **report})
-    return reports
+    return await on_each_database(dsns, lambda c: bind_role(c, role, tenant_id))

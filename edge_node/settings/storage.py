@@ -101,6 +101,13 @@ class EncryptionConfig:
         "fleet: it wraps the data keys carried in the central registry, so every node can "
         "read the comments any node wrote. Empty: data keys stay on this node.",
     )
+    previous_fleet_key_file: str = setting(
+        "",
+        "File holding the fleet key being retired, during a fleet-key rotation: data keys "
+        "wrapped by it still unwrap, new uploads are wrapped by fleet_key_file, and "
+        "`edge-node keys rotate-fleet` re-wraps the central ones. Empty once the rotation is "
+        "over (docs/security.md).",
+    )
 
 
 @dataclass(frozen=True)

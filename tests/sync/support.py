@@ -48,10 +48,13 @@ class Edge:
         *,
         fleet_key: WrappingKey | None = FLEET_KEY,
         busy_timeout_ms: int = 5000,
+        previous_fleet_key: WrappingKey | None = None,
     ) -> Edge:
         """Each edge has its own master key; by default all share FLEET_KEY, as a fleet does."""
         registry = TenantRegistry.open(data_dir)
-        keyring = Keyring(data_dir / KEYS_DIRECTORY, fleet_key=fleet_key)
+        keyring = Keyring(
+            data_dir / KEYS_DIRECTORY, fleet_key=fleet_key, previous_fleet_key=previous_fleet_key
+        )
         stores = TenantStores(
             data_dir / "tenants",
             node_id=node_id,
