@@ -11,6 +11,7 @@ second, latency and the median ratio of two workers to one.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -87,9 +88,9 @@ def measure(
             for round_ in range(rounds):
                 for workers, (_, target) in nodes.items():
                     tag = f"w{workers}-r{round_}"
-                    common = {"connections": connections, "cpus": None}
-                    run(target, seconds=warmup, tag=f"{tag}-warm", **common)
-                    results[workers].append(run(target, seconds=duration, tag=tag, **common))
+                    load = functools.partial(run, target, connections=connections, cpus=None)
+                    load(seconds=warmup, tag=f"{tag}-warm")
+                    results[workers].append(load(seconds=duration, tag=tag))
         finally:
             for process, _ in nodes.values():
                 stop(process, grace=STOP_GRACE_SECONDS)
