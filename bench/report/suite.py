@@ -8,7 +8,6 @@ full length, a note on how to read it, and rows. Their own progress lines go to 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import tempfile
@@ -186,24 +185,10 @@ def served_cost(scale: Scale) -> Section:
 
 
 def billing_flush(scale: Scale) -> Section:
-    from bench.billing import bench  # noqa: PLC0415 - imports the Stripe SDK
-    from tests.stripe.support import StandinProcess  # noqa: PLC0415
+    from bench import billing  # noqa: PLC0415 - imports the Stripe SDK
 
-    args = argparse.Namespace(
-        events=scale.pick(200_000, 20_000),
-        tenants=50,
-        span_minutes=10.0,
-        window_seconds=60,
-        concurrency=8,
-        max_batches_per_round=500,
-        latency=0.0,
-    )
-    standin = StandinProcess.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="edge-node-report-billing-") as root:
-            result = asyncio.run(bench(args, standin, Path(root)))
-    finally:
-        standin.stop()
+    events = scale.pick(200_000, 20_000)
+    result = billing.run(billing.parse_args(["--events", str(events), "--tenants", "50"]))
     return section(
         "Billing flush to the Stripe stand-in",
         "python -m bench.billing --events 1000000",
