@@ -114,3 +114,15 @@ def test_headline_reads_each_variant_against_the_baseline_at_64_connections(
     base = get["baseline"][-1]["requests_per_second"]
     expected = int(strict / base * 1000) / 10
     assert f"{expected}% ({strict:,.0f} req/s)" in headline
+
+
+def test_report_warns_when_other_processes_shared_the_server_cpu(tmp_path: Path) -> None:
+    """A sweep point where others took 10% or more of the server's CPU makes the report
+    warn that the machine was shared; a quiet sweep has no such warning."""
+    results = synthetic_results()
+    quiet, _ = write_report(results, tmp_path / "quiet")
+    assert "**Noise**" not in quiet.read_text()
+    results["sweep"]["post"]["strict"][0]["others_cpu"] = 0.35
+    noisy, _ = write_report(results, tmp_path / "noisy")
+    assert "**Noise**: at 1 of 24 points" in noisy.read_text()
+    assert "up to 35%" in noisy.read_text()

@@ -15,6 +15,7 @@ from typing import Any
 from bench.report.sweep import REQUESTS, VARIANT_TITLES, VARIANTS
 
 HEADLINE_CONNECTIONS = 64
+NOISY_SHARE = 0.10  # as bench.http: others using this much of the server's CPU make noise
 STYLES = {
     "baseline": {"color": "black", "linestyle": "--", "marker": "o"},
     "meter-off": {"color": "tab:green", "linestyle": "-", "marker": "s"},
@@ -76,6 +77,7 @@ def plot(results: Mapping[str, Any], request: str, path: Path) -> Path:
 def markdown(results: Mapping[str, Any]) -> str:
     lines = ["# Performance report", "", *intro(results), "", "## Headline", ""]
     lines += headline(results["sweep"])
+    lines += noise(results["sweep"])
     lines += ["", "## Machine", "", *machine_table(results), ""]
     for request, title in REQUESTS.items():
         lines += [f"## {title} against concurrency", "", f"![{title}]({plot_name(request)})", ""]
@@ -116,6 +118,21 @@ def headline(sweep: Mapping[str, Any]) -> list[str]:
         cells = [ratio_text(sweep[request], v, HEADLINE_CONNECTIONS) for v in VARIANTS[1:]]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return lines
+
+
+def noise(sweep: Mapping[str, Any]) -> list[str]:
+    """A warning naming how many points shared the server's CPU with other processes."""
+    points = [p for by_variant in sweep.values() for ps in by_variant.values() for p in ps]
+    crowded = [p for p in points if (p.get("others_cpu") or 0) >= NOISY_SHARE]
+    if not crowded:
+        return []
+    worst = max(p["others_cpu"] for p in crowded)
+    return [
+        "",
+        f"**Noise**: at {len(crowded)} of {len(points)} points other processes took"
+        f" {NOISY_SHARE:.0%} or more of the server's CPU (up to {worst:.0%}; column"
+        ' "server CPU"): the machine was shared, so single ratios swing; compare neighbours.',
+    ]
 
 
 def point_at(points: Sequence[Mapping[str, Any]], connections: int) -> Mapping[str, Any] | None:
