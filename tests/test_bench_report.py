@@ -30,6 +30,7 @@ def synthetic_results() -> dict[str, Any]:
                     "p99_ms": 1.5 + v + c / 10,
                     "errors": v,
                     "server_cpu": 0.97,
+                    "cpu_us_per_request": 80.0 + 10 * v + r,
                     "others_cpu": 0.0,
                 }
                 for c in CONNECTIONS
@@ -85,6 +86,7 @@ def test_report_names_every_figure_and_writes_valid_pngs(tmp_path: Path) -> None
                 assert f"{point['requests_per_second']:,.1f}" in text
                 assert f"{point['p50_ms']:.2f}" in text
                 assert f"{point['p99_ms']:.2f}" in text
+                assert f"| {point['cpu_us_per_request']:,.0f} |" in text
     for value in results["machine"].values():
         assert str(value) in text
     for load in (results["load_before"], results["load_after"]):
@@ -104,8 +106,9 @@ def test_report_names_every_figure_and_writes_valid_pngs(tmp_path: Path) -> None
 def test_headline_reads_each_variant_against_the_baseline_at_64_connections(
     tmp_path: Path,
 ) -> None:
-    """The headline's ratios are each variant's requests/s over the minimal handler's at
-    64 connections, truncated to a tenth of a percent."""
+    """The headline's ratios are each variant's requests/s over the minimal handler's, and
+    the minimal handler's CPU per request over the variant's, at 64 connections, truncated
+    to a tenth of a percent."""
     results = synthetic_results()
     readme, _ = write_report(results, tmp_path)
     headline = readme.read_text().split("## Headline")[1].split("## Machine")[0]
@@ -114,6 +117,9 @@ def test_headline_reads_each_variant_against_the_baseline_at_64_connections(
     base = get["baseline"][-1]["requests_per_second"]
     expected = int(strict / base * 1000) / 10
     assert f"{expected}% ({strict:,.0f} req/s)" in headline
+    ours = get["strict"][-1]["cpu_us_per_request"]
+    theirs = get["baseline"][-1]["cpu_us_per_request"]
+    assert f"{int(theirs / ours * 1000) / 10}% ({ours:,.0f} µs)" in headline
 
 
 def test_report_warns_when_other_processes_shared_the_server_cpu(tmp_path: Path) -> None:

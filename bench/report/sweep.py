@@ -65,6 +65,9 @@ def point(measured: Any, connections: int) -> dict[str, Any]:
         "p99_ms": round(measured.p99_ms, 3),
         "errors": measured.non_2xx + measured.socket_errors,
         "server_cpu": None if measured.server_cpu is None else round(measured.server_cpu, 3),
+        "cpu_us_per_request": (
+            None if measured.cpu_us_per_request is None else round(measured.cpu_us_per_request, 1)
+        ),
         "others_cpu": None if measured.others_cpu is None else round(measured.others_cpu, 3),
     }
 

@@ -109,14 +109,18 @@ def intro(results: Mapping[str, Any]) -> list[str]:
 
 def headline(sweep: Mapping[str, Any]) -> list[str]:
     lines = [
-        f"At {HEADLINE_CONNECTIONS} connections, requests/s as a share of the minimal handler's:",
+        f"At {HEADLINE_CONNECTIONS} connections, as a share of the minimal handler: requests/s,"
+        " and server CPU per request (the minimal handler's CPU µs per request over the"
+        " daemon's, which other processes on the machine disturb less than requests/s):",
         "",
-        "| request | " + " | ".join(VARIANT_TITLES[v] for v in VARIANTS[1:]) + " |",
-        "|---|" + "---:|" * (len(VARIANTS) - 1),
+        "| request | measure | " + " | ".join(VARIANT_TITLES[v] for v in VARIANTS[1:]) + " |",
+        "|---|---|" + "---:|" * (len(VARIANTS) - 1),
     ]
     for request, title in REQUESTS.items():
         cells = [ratio_text(sweep[request], v, HEADLINE_CONNECTIONS) for v in VARIANTS[1:]]
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        lines.append(f"| {title} | requests/s | " + " | ".join(cells) + " |")
+        cells = [cpu_ratio_text(sweep[request], v, HEADLINE_CONNECTIONS) for v in VARIANTS[1:]]
+        lines.append(f"| {title} | CPU per request | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -148,10 +152,21 @@ def ratio_text(by_variant: Mapping[str, Any], variant: str, connections: int) ->
     return f"{math.floor(ratio * 1000) / 10}% ({got['requests_per_second']:,.0f} req/s)"
 
 
+def cpu_ratio_text(by_variant: Mapping[str, Any], variant: str, connections: int) -> str:
+    got = point_at(by_variant[variant], connections)
+    base = point_at(by_variant["baseline"], connections)
+    ours = None if got is None else got.get("cpu_us_per_request")
+    theirs = None if base is None else base.get("cpu_us_per_request")
+    if not ours or not theirs:
+        return "n/a"
+    return f"{math.floor(theirs / ours * 1000) / 10}% ({ours:,.0f} µs)"
+
+
 def sweep_table(by_variant: Mapping[str, Any]) -> list[str]:
     lines = [
-        "| server | connections | requests/s | ratio | p50 ms | p99 ms | errors | server CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | connections | requests/s | ratio | p50 ms | p99 ms | errors | server CPU"
+        " | CPU µs/req | CPU ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant in VARIANTS:
         for p in by_variant[variant]:
@@ -163,10 +178,17 @@ def sweep_table(by_variant: Mapping[str, Any]) -> list[str]:
             cpu = "" if p["server_cpu"] is None else f"{p['server_cpu']:.0%}"
             if (p.get("others_cpu") or 0) >= 0.05:
                 cpu += f" (+{p['others_cpu']:.0%} others)"
+            us = p.get("cpu_us_per_request")
+            cpu_ratio = (
+                "baseline"
+                if variant == "baseline"
+                else cpu_ratio_text(by_variant, variant, p["connections"]).split(" ")[0]
+            )
             lines.append(
                 f"| {VARIANT_TITLES[variant]} | {p['connections']} |"
                 f" {p['requests_per_second']:,.1f} | {ratio} | {p['p50_ms']:.2f} |"
-                f" {p['p99_ms']:.2f} | {p['errors']} | {cpu} |"
+                f" {p['p99_ms']:.2f} | {p['errors']} | {cpu} | {'' if us is None else f'{us:,.0f}'}"
+                f" | {cpu_ratio} |"
             )
     return lines
 
