@@ -63,7 +63,7 @@ def plot(results: Mapping[str, Any], request: str, path: Path) -> Path:
         axes.set_xticks(connections, [str(c) for c in connections])
     throughput.set_ylim(bottom=0)
     latency.set_yscale("log")
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    plain = FuncFormatter(log_tick)
     latency.yaxis.set_major_formatter(plain)
     latency.yaxis.set_minor_formatter(plain)
     throughput.legend(loc="best", fontsize=8)
@@ -72,6 +72,14 @@ def plot(results: Mapping[str, Any], request: str, path: Path) -> Path:
     figure.savefig(path, format="png")
     pyplot.close(figure)
     return path
+
+
+def log_tick(value: float, _position: object = None) -> str:
+    """1, 2 and 5 times a power of ten as plain numbers; the other ticks unlabelled."""
+    if value <= 0:
+        return ""
+    leading = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if leading in (1, 2, 5) else ""
 
 
 def markdown(results: Mapping[str, Any]) -> str:
