@@ -4,14 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres run test lint format bench clean
+.PHONY: install postgres run test lint format bench report clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/ensure-python.sh
 	PYTHON=$(PYTHON) sh scripts/ensure-python.sh $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 # The tests start their own throwaway PostgreSQL; this installs the server binaries if missing.
@@ -35,6 +35,10 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.http
+
+# Every benchmark in one run: docs/performance/README.md, its plots and results.json.
+report: install
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info

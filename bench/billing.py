@@ -132,7 +132,7 @@ async def bench(args: argparse.Namespace, standin: StandinProcess, root: Path) -
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--tenants", type=int, default=100)
@@ -141,14 +141,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-batches-per-round", type=int, default=500)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per stand-in call")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the stand-in, flush the backlog through it, stop it; the figures."""
     standin = StandinProcess.start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-billing-") as root:
             result = asyncio.run(bench(args, standin, Path(root)))
     finally:
         standin.stop()
-    print(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    print(json.dumps(run(parse_args()), indent=2))
 
 
 if __name__ == "__main__":

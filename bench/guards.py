@@ -32,7 +32,7 @@ from edge_node.blocks import BlockStore
 from edge_node.config import load_config
 from edge_node.limits import limits_middleware
 from edge_node.registry import open_node_database
-from edge_node.router import ADMITTED_TENANT
+from edge_node.router import ADMITTED_TENANT_KEY
 from edge_node.web import problem_middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,7 +67,7 @@ def requests(count: int, clients: int) -> list[web.Request]:
             transport=Transport(peer),
             payload=EMPTY_PAYLOAD,
         )
-        request[ADMITTED_TENANT] = f"tenant-{i % 50}"
+        request[ADMITTED_TENANT_KEY] = f"tenant-{i % 50}"
         made.append(request)
     return made
 
@@ -100,7 +100,8 @@ def minimal_app(middlewares: list[Any]) -> web.Application:
     return app
 
 
-async def main(count: int, clients: int, rounds: int) -> None:
+async def measure(count: int, clients: int, rounds: int) -> dict[str, float]:
+    """Best microseconds per request of the minimal app and of each guarded variant."""
     logging.getLogger("edge_node.abuse").setLevel(logging.ERROR)  # spikes are expected here
     config = load_config(environ={})
     with tempfile.TemporaryDirectory() as directory:
@@ -120,6 +121,11 @@ async def main(count: int, clients: int, rounds: int) -> None:
         # _handle: the app's own request handling, routing and middlewares included.
         results = await timed({name: app._handle for name, app in apps.items()}, batch, rounds)
         conn.close()
+    return results
+
+
+async def main(count: int, clients: int, rounds: int) -> None:
+    results = await measure(count, clients, rounds)
     base = results["minimal app"]
     print(f"{count} requests from {clients} client IPs and 50 tenants, best of {rounds} passes")
     print("app._handle only: no HTTP parsing or writing, so the ratios overstate the cost")

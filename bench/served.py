@@ -55,6 +55,22 @@ async def bench_record(directory: Path, tenants: list[str], events: int, counted
     return seconds
 
 
+def measure(events: int, tenants_count: int, repeat: int, where: Path | None) -> dict[str, float]:
+    """Seconds for `events` of each row: counter add, record without and with the counter."""
+    tenants = [str(uuid.uuid4()) for _ in range(tenants_count)]
+    with tempfile.TemporaryDirectory(dir=where) as scratch:
+        root = Path(scratch)
+        add = min(bench_add(root / f"add{n}.counts", tenants, events) for n in range(3))
+        runs: dict[bool, list[float]] = {False: [], True: []}
+        for n in range(repeat):  # interleaved, best of each: the machine is noisy
+            for with_counter in (False, True):
+                directory = root / f"{'counted' if with_counter else 'baseline'}-{n}"
+                runs[with_counter].append(
+                    asyncio.run(bench_record(directory, tenants, events, with_counter))
+                )
+    return {"add": add, "baseline": min(runs[False]), "counted": min(runs[True])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -62,18 +78,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    tenants = [str(uuid.uuid4()) for _ in range(args.tenants)]
-    with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
-        root = Path(scratch)
-        add = min(bench_add(root / f"add{n}.counts", tenants, args.events) for n in range(3))
-        runs: dict[bool, list[float]] = {False: [], True: []}
-        for n in range(args.repeat):  # interleaved, best of each: the machine is noisy
-            for with_counter in (False, True):
-                directory = root / f"{'counted' if with_counter else 'baseline'}-{n}"
-                runs[with_counter].append(
-                    asyncio.run(bench_record(directory, tenants, args.events, with_counter))
-                )
-        baseline, counted = min(runs[False]), min(runs[True])
+    figures = measure(args.events, args.tenants, args.repeat, args.dir)
+    add, baseline, counted = figures["add"], figures["baseline"], figures["counted"]
     per = 1e6 / args.events
     print(f"{args.events} events, {args.tenants} tenants")
     print(f"counter add alone          {add * per:6.2f} us/event")

@@ -78,7 +78,7 @@ def write(node: Node, tenant_id: str, count: int, *, prefix: str = "u") -> float
     return time.perf_counter() - started
 
 
-async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> None:
+async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> dict[str, float]:
     a, b = Node(root, "edge-a"), Node(root, "edge-b")
     try:
         tenant, _ = a.registry.create_tenant("bench")
@@ -94,6 +94,7 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> None
             started = time.perf_counter()
             await round_.ratings().upload([t])
             seconds = time.perf_counter() - started
+            figures = {"rows": rows, "upload_rows_per_second": rows / seconds}
             assert await conn.fetchval("SELECT count(*) FROM ratings") == rows
             print(
                 f"upload: {rows} rows in {seconds:.2f} s = {rows / seconds:,.0f} rows/s"
@@ -112,16 +113,18 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> None
                 f"download: {down.report.downloaded} rows in {seconds:.2f} s"
                 f" = {down.report.downloaded / seconds:,.0f} rows/s"
             )
+            figures["download_rows_per_second"] = down.report.downloaded / seconds
         finally:
             await conn.close()
     finally:
         a.close()
         b.close()
+    return figures
 
 
 async def bench_converge(
     dsn: str, root: Path, writes: int, node_count: int, interval: float, batch_size: int
-) -> None:
+) -> dict[str, float]:
     nodes = [Node(root, f"edge-{i}") for i in range(node_count)]
     try:
         tenant, _ = nodes[0].registry.create_tenant("bench")
@@ -159,6 +162,7 @@ async def bench_converge(
     finally:
         for node in nodes:
             node.close()
+    return {"nodes": node_count, "rows": len(digests[0]), "seconds": seconds}
 
 
 class StallMonitor:
@@ -196,9 +200,13 @@ class StallMonitor:
         return seconds, self.worst, self.worst_cpu
 
 
-async def bench_stall(dsn: str, root: Path, tenants: int, busy: int, rows: int) -> None:
+async def bench_stall(
+    dsn: str, root: Path, tenants: int, busy: int, rows: int
+) -> dict[str, tuple[float, float, float]]:
+    """Per round (idle, upload, download): its seconds, worst stall and most CPU in one turn."""
     a, b = Node(root, "edge-a"), Node(root, "edge-b")
     monitor = StallMonitor()
+    rounds: dict[str, tuple[float, float, float]] = {}
     try:
         ids = [a.registry.create_tenant(f"t{i}")[0].tenant_id for i in range(tenants)]
         for t in ids:
@@ -209,6 +217,7 @@ async def bench_stall(dsn: str, root: Path, tenants: int, busy: int, rows: int) 
         print(f"{tenants} tenants; {busy} of them get {rows} new ratings each")
 
         def report(name: str, figures: tuple[float, float, float]) -> None:
+            rounds[name] = figures
             seconds, stall, cpu = figures
             print(
                 f"{name}: round {seconds * 1e3:.0f} ms, worst loop stall {stall * 1e3:.1f} ms,"
@@ -225,6 +234,7 @@ async def bench_stall(dsn: str, root: Path, tenants: int, busy: int, rows: int) 
     finally:
         a.close()
         b.close()
+    return rounds
 
 
 @contextlib.contextmanager

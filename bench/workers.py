@@ -11,6 +11,7 @@ second, latency and the median ratio of two workers to one.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -27,7 +28,15 @@ from bench.http import (
     server_environ,
     wait_listening,
 )
-from bench.loadgen import RUNNERS, Measurement, Target, choose_generator, stop, wrk_version
+from bench.loadgen import (
+    RUNNERS,
+    GeneratorName,
+    Measurement,
+    Target,
+    choose_generator,
+    stop,
+    wrk_version,
+)
 
 STOP_GRACE_SECONDS = 15
 
@@ -61,23 +70,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     args = parser.parse_args(argv)
     generator = choose_generator(args.loadgen, wrk_version())
+    results = measure(generator, args.duration, args.warmup, args.connections, args.rounds)
+    print(report(results, generator, args))
+    failed = any(m.non_2xx or m.socket_errors for runs in results.values() for m in runs)
+    return 1 if failed else 0
+
+
+def measure(
+    generator: GeneratorName, duration: int, warmup: int, connections: int, rounds: int
+) -> dict[int, list[Measurement]]:
+    """The score read against one worker and two, alternating for `rounds`."""
     run = RUNNERS[generator]
     results: dict[int, list[Measurement]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as scratch:
         nodes = {workers: start_node(Path(scratch), workers) for workers in (1, 2)}
         try:
-            for round_ in range(args.rounds):
+            for round_ in range(rounds):
                 for workers, (_, target) in nodes.items():
                     tag = f"w{workers}-r{round_}"
-                    common = {"connections": args.connections, "cpus": None}
-                    run(target, seconds=args.warmup, tag=f"{tag}-warm", **common)
-                    results[workers].append(run(target, seconds=args.duration, tag=tag, **common))
+                    load = functools.partial(run, target, connections=connections, cpus=None)
+                    load(seconds=warmup, tag=f"{tag}-warm")
+                    results[workers].append(load(seconds=duration, tag=tag))
         finally:
             for process, _ in nodes.values():
                 stop(process, grace=STOP_GRACE_SECONDS)
-    print(report(results, generator, args))
-    failed = any(m.non_2xx or m.socket_errors for runs in results.values() for m in runs)
-    return 1 if failed else 0
+    return results
 
 
 def report(results: dict[int, list[Measurement]], generator: str, args: argparse.Namespace) -> str:
