@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres run test lint format bench clean
+.PHONY: install postgres run test lint format bench chaos clean
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.http
+
+# The long chaos run by hand: every fault schedule, ROUNDS times, DURATION seconds each.
+ROUNDS   ?= 5
+DURATION ?= 60
+chaos: install postgres
+	$(BIN)/python -m tests.system.chaos --rounds $(ROUNDS) --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info
