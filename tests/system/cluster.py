@@ -142,8 +142,17 @@ class EdgeDaemon:
         return self.root / f"daemon-{self.incarnation if incarnation is None else incarnation}.log"
 
     async def start(self) -> None:
-        """Serve (on the port it had before, so clients find it again) and wait until it
-        listens."""
+        """Serve on the port it had before and wait until it listens. Should another socket
+        have taken that port meanwhile (an ephemeral port of some client), any free one."""
+        try:
+            await self._start()
+        except RuntimeError as exc:
+            if self.port == 0 or "address already in use" not in str(exc):
+                raise
+            self.port = 0
+            await self._start()
+
+    async def _start(self) -> None:
         self.incarnation += 1
         with self.log_path().open("w") as log:
             self.process = await asyncio.create_subprocess_exec(

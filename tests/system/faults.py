@@ -73,13 +73,15 @@ async def kill_and_restart(ctx: FaultContext, node: EdgeDaemon, down_for: float)
 
 
 async def kills(ctx: FaultContext, seconds: float) -> None:
-    async def step(remaining: float) -> None:
-        await asyncio.sleep(min(remaining, ctx.rng.uniform(0.3, 2.0)))
-        candidates = [n for n in ctx.idle_nodes() if n.up]
-        if len(candidates) > 1 or (candidates and len(ctx.cluster.nodes) == 1):
-            await kill_and_restart(ctx, ctx.rng.choice(candidates), ctx.rng.uniform(0.1, 1.5))
+    """Two killers at once, so a node may die while another restarts; one stays up."""
 
-    await _until(ctx, seconds, step)
+    async def step(remaining: float) -> None:
+        await asyncio.sleep(min(remaining, ctx.rng.uniform(0.2, 1.5)))
+        candidates = [n for n in ctx.idle_nodes() if n.up]
+        if sum(n.up for n in ctx.cluster.nodes) > 1 and candidates:
+            await kill_and_restart(ctx, ctx.rng.choice(candidates), ctx.rng.uniform(0.1, 1.0))
+
+    await asyncio.gather(_until(ctx, seconds, step), _until(ctx, seconds, step))
 
 
 def _links(ctx: FaultContext, which: str) -> list[TcpProxy]:
@@ -122,14 +124,19 @@ def network(which: str, kinds: tuple[str, ...] = ("cut", "slow", "lossy")) -> Sc
     return schedule
 
 
+QUEUE_FULL_SECONDS = 60.0  # at least this long to fill 1 MiB on a busy machine
+
+
 async def queue_full(ctx: FaultContext, seconds: float) -> None:
-    """Cut the small-queue node's Stripe and drive usage at it until it refuses with 503."""
+    """Cut the small-queue node's Stripe and drive usage at it until it refuses with 503
+    (or for max(seconds, 60 s))."""
+    seconds = max(seconds, QUEUE_FULL_SECONDS)
     node = ctx.cluster.small_queue_node
     stop = asyncio.Event()
     before = ctx.traffic.seen.statuses["503 usage-queue-full"]
     await node.stripe.cut()
     ctx.counts["queue-full"] += 1
-    filler = asyncio.create_task(ctx.traffic.fill_queue(node, stop))
+    filler = asyncio.create_task(ctx.traffic.fill_queue(node, stop, lanes=24))
     try:
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
@@ -145,6 +152,8 @@ async def queue_full(ctx: FaultContext, seconds: float) -> None:
 
 
 async def clock(ctx: FaultContext, seconds: float) -> None:
+    """A node's clock jumps forward (within the 5 minutes Stripe accepts meter events from
+    the future), and is stepped back at the end."""
     node = ctx.rng.choice(ctx.cluster.nodes)
     await asyncio.sleep(ctx.rng.uniform(0, seconds / 4))
     node.set_clock_offset(node.clock_offset + ctx.clock_jump_seconds)
