@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import weakref
 
 
 class TcpProxy:
@@ -27,6 +29,9 @@ class TcpProxy:
         self.dropped = 0  # connections ended by `lossy`
         self._rng = random.Random(seed)
         self._server: asyncio.Server | None = None
+        # Bound and never listening: while the proxy is cut, connections to its port are
+        # refused, and no client's ephemeral port can take it before `heal()`.
+        self._placeholder: socket.socket | None = None
         self._links: set[asyncio.StreamWriter] = set()
 
     @property
@@ -42,9 +47,14 @@ class TcpProxy:
         """Accept connections again (on the port it had), with no latency and no loss."""
         self.latency = 0.0
         self.loss = 0.0
+        if self._placeholder is None:
+            self._placeholder = _hold_port(self.port)
+            self.port = self._placeholder.getsockname()[1]
+            weakref.finalize(self, self._placeholder.close)  # for tests that only cut()
         if self._server is None:
-            self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-            self.port = self._server.sockets[0].getsockname()[1]
+            self._server = await asyncio.start_server(
+                self._link, "127.0.0.1", self.port, reuse_address=True
+            )
 
     async def cut(self) -> None:
         """Drop every open connection and refuse new ones until `heal()`."""
@@ -64,6 +74,9 @@ class TcpProxy:
 
     async def close(self) -> None:
         await self.cut()
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -96,3 +109,11 @@ class TcpProxy:
         finally:
             self._links.discard(writer)
             writer.transport.abort()
+
+
+def _hold_port(port: int) -> socket.socket:
+    """A socket bound to 127.0.0.1:`port` (0: a free port) that a listener may share."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    return holder

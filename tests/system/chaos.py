@@ -108,6 +108,7 @@ async def run_chaos(
 
 
 async def _one_schedule(ctx: FaultContext, name: str, settings: ChaosSettings) -> Verdict:
+    violations_from = len(ctx.traffic.seen.violations)
     stop = asyncio.Event()
     load = asyncio.create_task(ctx.traffic.run(stop))
     try:
@@ -122,6 +123,7 @@ async def _one_schedule(ctx: FaultContext, name: str, settings: ChaosSettings) -
         name,
         faults_stopped_at=faults_stopped_at,
         bound=settings.bound,
+        violations_from=violations_from,
     )
     if verdict.converged_after is not None:
         ctx.traffic.promote_keys()

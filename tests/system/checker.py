@@ -33,6 +33,8 @@ from tests.system.record import Check, Observations, WriteOp
 from tests.system.snapshot import Replica, Row, not_converged, read_cluster, recomputed_scores
 from tests.system.traffic import Traffic
 
+MAX_SHOWN = 20
+
 
 @dataclass
 class Verdict:
@@ -55,7 +57,11 @@ class Verdict:
         outcome = "OK" if self.ok else "FAILED"
         head = f"[{self.schedule}] {outcome}: {settle} (bound {self.bound:.0f} s)"
         figures = ", ".join(f"{name} {value}" for name, value in self.figures.items())
-        return [head, f"  {figures}"] + [f"  VIOLATION {c}: {m}" for c, m in self.violations]
+        shown = [f"  VIOLATION {c}: {m[:2000]}" for c, m in self.violations[:MAX_SHOWN]]
+        if len(self.violations) > MAX_SHOWN:
+            by_check = Counter(check for check, _ in self.violations)
+            shown.append(f"  ... {len(self.violations)} violations in all: {dict(by_check)}")
+        return [head, f"  {figures}", *shown]
 
 
 async def check(
@@ -65,9 +71,11 @@ async def check(
     *,
     faults_stopped_at: float,
     bound: float,
+    violations_from: int,
 ) -> Verdict:
+    """The verdict on one schedule: the checks above, and every violation recorded since
+    index `violations_from` of the observations (the load's own included)."""
     seen = traffic.seen
-    first_new = len(seen.violations)
     verdict = Verdict(schedule, bound)
     tenant_ids = [t.tenant_id for t in traffic.tenants]
     replicas = await _settle(cluster, tenant_ids, verdict, faults_stopped_at, seen)
@@ -80,7 +88,7 @@ async def check(
         verdict.figures["revoked keys probed"] = probes
     check_logs(cluster, seen)
     verdict.figures.update(_traffic_figures(seen, central))
-    verdict.violations = seen.violations[first_new:]
+    verdict.violations = seen.violations[violations_from:]
     return verdict
 
 

@@ -167,7 +167,7 @@ class EdgeDaemon:
                 lambda: process.returncode is None,
                 START_TIMEOUT_SECONDS,
             )
-        except RuntimeError:
+        except BaseException:  # not listening, or cancelled: no daemon left behind
             if process.returncode is None:
                 process.kill()
             await process.wait()

@@ -81,7 +81,9 @@ async def kills(ctx: FaultContext, seconds: float) -> None:
         if sum(n.up for n in ctx.cluster.nodes) > 1 and candidates:
             await kill_and_restart(ctx, ctx.rng.choice(candidates), ctx.rng.uniform(0.1, 1.0))
 
-    await asyncio.gather(_until(ctx, seconds, step), _until(ctx, seconds, step))
+    async with asyncio.TaskGroup() as killers:  # one failing stops the other
+        for _ in range(2):
+            killers.create_task(_until(ctx, seconds, step))
 
 
 def _links(ctx: FaultContext, which: str) -> list[TcpProxy]:
@@ -165,13 +167,10 @@ async def clock(ctx: FaultContext, seconds: float) -> None:
 
 
 async def mixed(ctx: FaultContext, seconds: float) -> None:
-    await asyncio.gather(
-        kills(ctx, seconds),
-        network("postgres")(ctx, seconds),
-        network("stripe")(ctx, seconds),
-        network("both", ("cut",))(ctx, seconds),
-        clock(ctx, seconds),
-    )
+    parts = (kills, network("postgres"), network("stripe"), network("both", ("cut",)), clock)
+    async with asyncio.TaskGroup() as faults:  # one failing stops the others
+        for part in parts:
+            faults.create_task(part(ctx, seconds))
 
 
 SCHEDULES: dict[str, Schedule] = {

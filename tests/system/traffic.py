@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from edge_node.errors import PROBLEM_TYPE_BASE
 from edge_node.rating.store import rating_id
 from tests.system.cluster import Cluster, EdgeDaemon
 from tests.system.record import InDoubt, Observations, WriteOp
@@ -188,7 +189,7 @@ class Traffic:
             if content_type != PROBLEM_JSON or not isinstance(document, dict):
                 seen.violate("errors", f"{where}: {status} without problem+json ({raw[:200]!r})")
             else:
-                slug = str(document.get("type", "")).rsplit("/", 1)[-1]
+                slug = str(document.get("type", "")).removeprefix(PROBLEM_TYPE_BASE)
         seen.statuses[f"{status} {slug}" if slug else str(status)] += 1
         if status >= 500 and not (status == 503 and slug in DOCUMENTED_503):
             seen.violate("errors", f"{where}: {status} {slug}: {document}")
