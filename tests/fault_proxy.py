@@ -13,9 +13,12 @@ from outside, while connections are open:
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import socket
 import weakref
+
+REBIND_ATTEMPTS = 100  # 0.1 s apart
 
 
 class TcpProxy:
@@ -51,10 +54,17 @@ class TcpProxy:
             self._placeholder = _hold_port(self.port)
             self.port = self._placeholder.getsockname()[1]
             weakref.finalize(self, self._placeholder.close)  # for tests that only cut()
-        if self._server is None:
-            self._server = await asyncio.start_server(
-                self._link, "127.0.0.1", self.port, reuse_address=True
-            )
+        for attempt in range(REBIND_ATTEMPTS):
+            if self._server is not None:
+                break
+            try:
+                self._server = await asyncio.start_server(
+                    self._link, "127.0.0.1", self.port, reuse_address=True
+                )
+            except OSError as exc:  # a connection of the last listener is not gone yet
+                if exc.errno != errno.EADDRINUSE or attempt + 1 == REBIND_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def cut(self) -> None:
         """Drop every open connection and refuse new ones until `heal()`."""
@@ -79,14 +89,19 @@ class TcpProxy:
             self._placeholder = None
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._links.add(writer)  # from the start, so a cut meanwhile drops it too
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
                 "127.0.0.1", self.target_port
             )
         except OSError:
+            self._links.discard(writer)
             writer.transport.abort()
             return
-        self._links.update((writer, upstream_writer))
+        if writer.transport.is_closing():  # cut while connecting upstream
+            upstream_writer.transport.abort()
+            return
+        self._links.add(upstream_writer)
         await asyncio.gather(
             self._pipe(reader, upstream_writer, answers=False),
             self._pipe(upstream_reader, writer, answers=True),
