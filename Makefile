@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres run test lint format bench report clean
+.PHONY: install postgres run test lint format bench report chaos clean
 
 install: $(STAMP)
 
@@ -39,6 +39,12 @@ bench: install
 # Every benchmark in one run: docs/performance/README.md, its plots and results.json.
 report: install
 	$(BIN)/python -m bench.report
+
+# The long chaos run by hand: every fault schedule, ROUNDS times, DURATION seconds each.
+ROUNDS   ?= 5
+DURATION ?= 60
+chaos: install postgres
+	$(BIN)/python -m tests.system.chaos --rounds $(ROUNDS) --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -13,7 +13,12 @@ from outside, while connections are open:
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
+import socket
+import weakref
+
+REBIND_ATTEMPTS = 100  # 0.1 s apart
 
 
 class TcpProxy:
@@ -27,6 +32,9 @@ class TcpProxy:
         self.dropped = 0  # connections ended by `lossy`
         self._rng = random.Random(seed)
         self._server: asyncio.Server | None = None
+        # Bound and never listening: while the proxy is cut, connections to its port are
+        # refused, and no client's ephemeral port can take it before `heal()`.
+        self._placeholder: socket.socket | None = None
         self._links: set[asyncio.StreamWriter] = set()
 
     @property
@@ -42,9 +50,21 @@ class TcpProxy:
         """Accept connections again (on the port it had), with no latency and no loss."""
         self.latency = 0.0
         self.loss = 0.0
-        if self._server is None:
-            self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-            self.port = self._server.sockets[0].getsockname()[1]
+        if self._placeholder is None:
+            self._placeholder = _hold_port(self.port)
+            self.port = self._placeholder.getsockname()[1]
+            weakref.finalize(self, self._placeholder.close)  # for tests that only cut()
+        for attempt in range(REBIND_ATTEMPTS):
+            if self._server is not None:
+                break
+            try:
+                self._server = await asyncio.start_server(
+                    self._link, "127.0.0.1", self.port, reuse_address=True
+                )
+            except OSError as exc:  # a connection of the last listener is not gone yet
+                if exc.errno != errno.EADDRINUSE or attempt + 1 == REBIND_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def cut(self) -> None:
         """Drop every open connection and refuse new ones until `heal()`."""
@@ -64,16 +84,24 @@ class TcpProxy:
 
     async def close(self) -> None:
         await self.cut()
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._links.add(writer)  # from the start, so a cut meanwhile drops it too
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
                 "127.0.0.1", self.target_port
             )
         except OSError:
+            self._links.discard(writer)
             writer.transport.abort()
             return
-        self._links.update((writer, upstream_writer))
+        if writer.transport.is_closing():  # cut while connecting upstream
+            upstream_writer.transport.abort()
+            return
+        self._links.add(upstream_writer)
         await asyncio.gather(
             self._pipe(reader, upstream_writer, answers=False),
             self._pipe(upstream_reader, writer, answers=True),
@@ -96,3 +124,11 @@ class TcpProxy:
         finally:
             self._links.discard(writer)
             writer.transport.abort()
+
+
+def _hold_port(port: int) -> socket.socket:
+    """A socket bound to 127.0.0.1:`port` (0: a free port) that a listener may share."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    return holder
