@@ -365,6 +365,13 @@ class Account:
             "subscription_item": item["id"],
         }
 
+    def accepted_meter_events(self) -> list[tuple[str, str, int]]:
+        """(identifier, customer, value) of every meter event accepted, oldest first."""
+        return [
+            (e["identifier"], e["payload"]["stripe_customer_id"], int(e["payload"]["value"]))
+            for e in self.meter_events
+        ]
+
     def dump(self) -> dict[str, Any]:
         return {
             "customers": list(self.customers.values()),

@@ -180,6 +180,7 @@ class StripeStandin:
         for method, path, handler in routes:
             app.router.add_route(method, path, self._endpoint(handler))
         app.router.add_get("/_standin/state", self._admin_state)
+        app.router.add_get("/_standin/meter_events", self._admin_meter_events)
         app.router.add_post("/_standin/switches", self._admin_switches)
         app.router.add_post("/_standin/clock", self._admin_clock)
         app.router.add_post("/_standin/api_keys", self._admin_api_keys)
@@ -382,6 +383,10 @@ class StripeStandin:
 
     async def _admin_state(self, request: web.Request) -> web.Response:
         return _json(200, self.state())
+
+    async def _admin_meter_events(self, request: web.Request) -> web.Response:
+        """Every meter event accepted, as [identifier, customer, value], oldest first."""
+        return _json(200, self.account.accepted_meter_events())
 
     async def _admin_switches(self, request: web.Request) -> web.Response:
         try:

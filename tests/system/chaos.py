@@ -3,6 +3,11 @@ each, and the figures at the end.
 
     python -m tests.system.chaos --rounds 10 --duration 60
     make chaos ROUNDS=10 DURATION=60                          # the same
+    python -m tests.system.chaos --keep /var/tmp/chaos ...    # stop at the first failure
+
+`--keep DIR` runs the cluster in DIR (which must not exist) and leaves it there: the nodes'
+data directories and logs, and, should a schedule fail, the stand-in's state and meter
+events as JSON beside them; the run then stops at that schedule.
 
 Each round runs every schedule named by `--schedules` (all by default) for `--duration`
 seconds with the load running, then stops the load and runs the checker. The exit status is
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import random
 import sys
 import tempfile
@@ -43,6 +50,7 @@ class ChaosSettings:
     seed: int = 1
     bound: float = 60.0  # seconds the cluster may take to settle after a schedule
     clock_jump: float = 90.0
+    stop_on_failure: bool = False  # and leave the stand-in's evidence in the root
 
 
 @dataclass
@@ -91,13 +99,17 @@ async def run_chaos(
             cluster, traffic, random.Random(settings.seed), settings.clock_jump, report.faults
         )
         emit(f"chaos: 3 edge nodes, {settings.tenants} tenants, {environment_summary()}")
-        for round_number in range(1, settings.rounds + 1):
-            for name in settings.schedules:
-                verdict = await _one_schedule(ctx, name, settings)
-                verdict.schedule = f"round {round_number} {name}"
-                report.verdicts.append(verdict)
-                for line in verdict.lines():
-                    emit(line)
+        runs = [(n, name) for n in range(1, settings.rounds + 1) for name in settings.schedules]
+        for round_number, name in runs:
+            verdict = await _one_schedule(ctx, name, settings)
+            verdict.schedule = f"round {round_number} {name}"
+            report.verdicts.append(verdict)
+            for line in verdict.lines():
+                emit(line)
+            if not verdict.ok and settings.stop_on_failure:
+                await _keep_evidence(cluster, root)
+                emit(f"chaos: stopped at the first failure; the cluster is kept in {root}")
+                break
     finally:
         if traffic is not None:
             await traffic.close()
@@ -105,6 +117,14 @@ async def run_chaos(
     report.seconds = time.monotonic() - started
     emit(report.summary())
     return report
+
+
+async def _keep_evidence(cluster: Cluster, root: Path) -> None:
+    """The stand-in's objects and accepted meter events, which die with its process."""
+    (root / "standin-state.json").write_text(json.dumps(await cluster.standin_state()))
+    (root / "standin-meter-events.json").write_text(
+        json.dumps(await cluster.standin_meter_events())
+    )
 
 
 async def _one_schedule(ctx: FaultContext, name: str, settings: ChaosSettings) -> Verdict:
@@ -148,7 +168,7 @@ async def wait_for_registry(cluster: Cluster, tenants: list[TenantClients]) -> N
         await asyncio.sleep(0.2)
 
 
-def parse_args(argv: Sequence[str] | None) -> ChaosSettings:
+def parse_args(argv: Sequence[str] | None) -> tuple[ChaosSettings, Path | None]:
     parser = argparse.ArgumentParser(prog="python -m tests.system.chaos", description=__doc__)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per schedule")
@@ -156,6 +176,9 @@ def parse_args(argv: Sequence[str] | None) -> ChaosSettings:
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--bound", type=float, default=60.0, help="convergence bound, s")
+    parser.add_argument(
+        "--keep", type=Path, help="run in this new directory, keep it, stop at a failure"
+    )
     args = parser.parse_args(argv)
     schedules = [name for name in args.schedules.split(",") if name]
     unknown = [name for name in schedules if name not in SCHEDULES]
@@ -168,17 +191,25 @@ def parse_args(argv: Sequence[str] | None) -> ChaosSettings:
         rate=args.rate,
         seed=args.seed,
         bound=args.bound,
-    )
+        stop_on_failure=args.keep is not None,
+    ), args.keep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_args(argv)
+    settings, keep = parse_args(argv)
     print(f"chaos: seed {settings.seed}", flush=True)
     postgres = start_server()
     try:
-        with tempfile.TemporaryDirectory(prefix="edge-node-chaos-") as root:
+        with contextlib.ExitStack() as stack:
+            if keep is None:
+                root = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-node-chaos-"))
+                )
+            else:
+                keep.mkdir(parents=True)
+                root = keep
             report = asyncio.run(
-                run_chaos(Path(root), postgres, settings, emit=lambda s: print(s, flush=True))
+                run_chaos(root, postgres, settings, emit=lambda s: print(s, flush=True))
             )
     finally:
         postgres.stop()

@@ -9,8 +9,9 @@ state to what the clients saw (tests/system/record.py):
    the rows on every replica;
 2. billing: per tenant, the value billed at the stand-in is exactly the acknowledged
    billable requests (plus the in-doubt ones found on a queue), less what the nodes report
-   as set aside (`edge-node billing reconcile`, the ledger), and every meter event
-   confirmed in a ledger is billed once at the stand-in;
+   as set aside (`edge-node billing reconcile`, the ledger), and, identifier by identifier,
+   every batch confirmed in a ledger is at the stand-in once with its value and customer,
+   none set aside is, and the stand-in holds nothing no ledger planned;
 3. isolation: no response carried another tenant's data, no tenant file holds another
    tenant's rows;
 4. errors: no 5xx but the documented 503s, every error problem+json, no traceback in any
@@ -30,7 +31,14 @@ from typing import Any
 from edge_node.rating.store import rating_id
 from tests.system.cluster import Cluster
 from tests.system.record import Check, Observations, WriteOp
-from tests.system.snapshot import Replica, Row, not_converged, read_cluster, recomputed_scores
+from tests.system.snapshot import (
+    Batch,
+    Replica,
+    Row,
+    not_converged,
+    read_cluster,
+    recomputed_scores,
+)
 from tests.system.traffic import Traffic
 
 MAX_SHOWN = 20
@@ -208,6 +216,10 @@ async def check_billing(
                 "billing", f"{tenant_id}: {aside} set aside, reconcile reports {set_aside}"
             )
         totals.update(billed=billed, set_aside=aside, unsettled_in_doubt=unsettled)
+    owners = {c: tenant_id for tenant_id, ids in customers.items() for c in ids}
+    events = await cluster.standin_meter_events()
+    for message in compare_meter_events(edges, events, owners)[:MAX_SHOWN]:
+        seen.violate("billing", message)
     verdict.figures.update(
         {
             "billed units": totals["billed"],
@@ -216,6 +228,46 @@ async def check_billing(
             "meter event calls": state["calls"].get("POST /v1/billing/meter_events", 0),
         }
     )
+
+
+def compare_meter_events(
+    edges: list[Replica], events: list[tuple[str, str, int]], owners: dict[str, str]
+) -> list[str]:
+    """Each ledger row against the meter events the stand-in accepted, by identifier: a
+    confirmed batch is there once, with its value and its tenant's customer; a batch set
+    aside is not; and nothing is there that no ledger planned."""
+    problems = []
+    accepted: dict[str, tuple[str, int]] = {}
+    for identifier, customer, value in events:
+        if identifier in accepted:
+            problems.append(f"the stand-in accepted identifier {identifier} twice")
+        accepted[identifier] = (customer, value)
+    planned: dict[str, tuple[str, Batch]] = {}
+    for edge in edges:
+        for identifier, batch in edge.batches.items():
+            if identifier in planned:
+                problems.append(
+                    f"identifier {identifier} planned by {planned[identifier][0]} and {edge.name}"
+                )
+            planned[identifier] = (edge.name, batch)
+    for identifier, (node, batch) in planned.items():
+        held = accepted.pop(identifier, None)
+        where = f"{node} batch {identifier} ({batch.tenant_id}, {batch.state}, {batch.value})"
+        if batch.state == "confirmed" and held is None:
+            problems.append(f"{where} is not at the stand-in")
+        elif batch.state == "set_aside" and held is not None:
+            problems.append(f"{where} is at the stand-in with value {held[1]}")
+        elif held is not None and (held[1], owners.get(held[0])) != (
+            batch.value,
+            batch.tenant_id,
+        ):
+            problems.append(f"{where} is at the stand-in as {held[1]} for customer {held[0]}")
+    for identifier, (customer, value) in accepted.items():
+        problems.append(
+            f"the stand-in holds {identifier} ({value} for {owners.get(customer, customer)}),"
+            " which no ledger planned"
+        )
+    return problems
 
 
 async def _reported_set_aside(cluster: Cluster, seen: Observations) -> Counter[str]:

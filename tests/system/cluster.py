@@ -321,14 +321,19 @@ class Cluster:
             self.postgres.drop_database(self.database)
 
     async def standin_state(self) -> dict[str, Any]:
-        return await asyncio.to_thread(self._standin_state)
+        state: dict[str, Any] = await asyncio.to_thread(self._standin_get, "state")
+        return state
 
-    def _standin_state(self) -> dict[str, Any]:
+    async def standin_meter_events(self) -> list[tuple[str, str, int]]:
+        """Every meter event the stand-in accepted: (identifier, customer, value)."""
+        events = await asyncio.to_thread(self._standin_get, "meter_events")
+        return [(str(i), str(c), int(v)) for i, c, v in events]
+
+    def _standin_get(self, path: str) -> Any:
         import urllib.request  # noqa: PLC0415 - only the checker reads the stand-in's state
 
-        with urllib.request.urlopen(f"{self.standin.url}/_standin/state", timeout=30) as answer:
-            state: dict[str, Any] = json.loads(answer.read())
-            return state
+        with urllib.request.urlopen(f"{self.standin.url}/_standin/{path}", timeout=30) as answer:
+            return json.loads(answer.read())
 
 
 def environment_summary() -> str:

@@ -23,6 +23,16 @@ Row = tuple[Any, ...]  # ROW_COLUMNS: id, tenant, user, item, score, comment, cr
 KEY_COLUMNS = "key_id, tenant_id, key_hash, role, revoked_at"
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A billing ledger row, as far as the checker compares it with the stand-in."""
+
+    tenant_id: str
+    value: int
+    events: int
+    state: str
+
+
 @dataclass
 class Replica:
     """One copy of the data: an edge node's, or the central database's."""
@@ -38,6 +48,7 @@ class Replica:
     open_batches: int = 0  # billing ledger rows planned or sent
     ledger: Counter[tuple[str, str]] = field(default_factory=Counter)  # (tenant, state) units
     ledger_events: Counter[str] = field(default_factory=Counter)  # per tenant, every state
+    batches: dict[str, Batch] = field(default_factory=dict)  # every ledger row, by identifier
     foreign_rows: int = 0  # rows in a tenant's file that belong to another tenant
 
 
@@ -54,7 +65,11 @@ def recomputed_scores(rows: list[Row]) -> list[Row]:
 
 
 def read_edge(node: EdgeDaemon, tenant_ids: list[str]) -> Replica:
+    """One edge node's replica. The queue is read before the ledger: a flush that plans,
+    sends and commits while the replica is read then shows as usage still on the queue,
+    never as a drained queue beside a ledger read before the batch existed."""
     replica = Replica(node.node_id)
+    replica.queue_depth = node.queue_depth()
     for tenant_id in tenant_ids:
         path = node.tenant_db_path(tenant_id)
         if not path.exists():
@@ -72,15 +87,14 @@ def read_edge(node: EdgeDaemon, tenant_ids: list[str]) -> Replica:
     with node.node_db() as conn:
         replica.keys = set(conn.execute(f"SELECT {KEY_COLUMNS} FROM api_keys").fetchall())
         replica.registry_outbox = conn.execute("SELECT count(*) FROM registry_outbox").fetchone()[0]
-        for tenant_id, state, units, events in conn.execute(
-            "SELECT tenant_id, state, sum(value), sum(events) FROM billing_ledger"
-            " GROUP BY tenant_id, state"
+        for identifier, tenant_id, state, units, events in conn.execute(
+            "SELECT identifier, tenant_id, state, value, events FROM billing_ledger"
         ):
+            replica.batches[identifier] = Batch(tenant_id, units, events, state)
             replica.ledger[tenant_id, state] += units
             replica.ledger_events[tenant_id] += events
             if state in ("planned", "sent"):
                 replica.open_batches += 1
-    replica.queue_depth = node.queue_depth()
     return replica
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
 from edge_node.rating.store import rating_id
-from tests.system.checker import check_ratings, check_replicas
+from sync.billing_ledger import BillingLedger
+from sync.billing_plan import MeterEventBatch, PlannedRange
+from tests.system.checker import check_ratings, check_replicas, compare_meter_events
 from tests.system.record import Observations, WriteOp
-from tests.system.snapshot import Replica, Row
+from tests.system.snapshot import Batch, Replica, Row, read_edge
 
 TENANT = "7d4c55a1-0000-4000-8000-000000000001"
 KEY = (TENANT, "t0-u0", "item-1")
@@ -79,3 +86,90 @@ class TestReplicaCheck:
         replica.scores[TENANT] = [("item-1", 2, 8, 0, 0, 0, 2, 0)]
         check_replicas([replica], seen)
         assert [check for check, _ in seen.violations] == ["ratings"]
+
+
+def batch(value: int, state: str = "confirmed") -> Batch:
+    return Batch(TENANT, value, value, state)
+
+
+def meter_event_problems(ledger: dict[str, Batch], events: list[tuple[str, str, int]]) -> list[str]:
+    return compare_meter_events([Replica("edge-1", batches=ledger)], events, {"cus_1": TENANT})
+
+
+class TestMeterEventComparison:
+    def test_ledgers_and_the_stand_in_agreeing_identifier_by_identifier_pass(self) -> None:
+        """Confirmed batches at the stand-in with their values; set aside ones absent."""
+        ledger = {"en_a": batch(3), "en_b": batch(1), "en_c": batch(2, "set_aside")}
+        events = [("en_a", "cus_1", 3), ("en_b", "cus_1", 1)]
+        assert meter_event_problems(ledger, events) == []
+
+    def test_a_value_the_stand_in_holds_other_than_the_ledger_is_flagged(self) -> None:
+        """Totals that agree do not hide one batch sent with a value the ledger lacks."""
+        ledger = {"en_a": batch(3), "en_b": batch(1)}
+        found = meter_event_problems(ledger, [("en_a", "cus_1", 4), ("en_b", "cus_1", 0)])
+        assert len(found) == 2
+        assert all("at the stand-in as" in m for m in found)
+
+    def test_confirmed_but_missing_set_aside_but_billed_and_unplanned_are_flagged(
+        self,
+    ) -> None:
+        """Each way a ledger and the stand-in can part is named."""
+        ledger = {"en_a": batch(3), "en_c": batch(2, "set_aside")}
+        found = meter_event_problems(ledger, [("en_c", "cus_1", 2), ("en_x", "cus_1", 1)])
+        assert len(found) == 3
+        assert "is not at the stand-in" in found[0]
+        assert "is at the stand-in with value 2" in found[1]
+        assert "which no ledger planned" in found[2]
+
+    def test_an_identifier_accepted_twice_or_planned_by_two_nodes_is_flagged(self) -> None:
+        """Identifiers are unique: at the stand-in, and across the nodes' ledgers."""
+        twice = meter_event_problems({"en_a": batch(1)}, [("en_a", "cus_1", 1)] * 2)
+        assert any("accepted identifier en_a twice" in m for m in twice)
+        edges = [Replica("edge-1", batches={"en_a": batch(1)}), Replica("edge-2")]
+        edges[1].batches["en_a"] = batch(1)
+        found = compare_meter_events(edges, [("en_a", "cus_1", 1)], {"cus_1": TENANT})
+        assert found == ["identifier en_a planned by edge-1 and edge-2"]
+
+
+class FlushingNode:
+    """An edge node's files, whose usage flush plans, confirms and commits one batch at the
+    worst moment: just after the snapshot's first look, at the queue or at the ledger."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.node_id = "edge-1"
+        self.data_dir = data_dir
+        self.ledger = BillingLedger.open(data_dir)
+        self.committed = False
+
+    def flush(self) -> None:
+        if self.committed:
+            return
+        planned = MeterEventBatch("en_a", TENANT, "api", 0, 1, 1, "queue", 1, 1)
+        self.ledger.record_plan(PlannedRange("queue", 1, 1, (planned,)), 1)
+        self.ledger.confirm("en_a", 2)
+        self.committed = True
+
+    def queue_depth(self) -> int:
+        depth = 0 if self.committed else 1
+        self.flush()
+        return depth
+
+    @contextlib.contextmanager
+    def node_db(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.data_dir / "node.sqlite")
+        try:
+            yield conn
+        finally:
+            conn.close()
+            self.flush()
+
+
+def test_a_flush_finishing_during_the_snapshot_never_looks_settled_on_a_stale_ledger(
+    tmp_path: Path,
+) -> None:
+    """The queue is read before the ledger: the batch is either on the queue still or in
+    the ledger, never neither (which the checker would take for a unit billed twice)."""
+    node = FlushingNode(tmp_path)
+    replica = read_edge(node, [])  # type: ignore[arg-type]
+    node.ledger.close()
+    assert replica.queue_depth == 1 or "en_a" in replica.batches
