@@ -35,6 +35,7 @@ import orjson
 from edge_node import __version__, sqlite
 from edge_node.clock import format_us, now_us
 from edge_node.config import Config
+from edge_node.durable import fsync_path
 from edge_node.errors import BackupError
 from edge_node.queue import QueueError
 from edge_node.queue.copying import QueueCopy
@@ -180,12 +181,3 @@ def sync_tree(root: Path) -> None:
             fsync_path(Path(top) / name)
     for directory in reversed(directories):
         fsync_path(directory)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's fsync makes its entries durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

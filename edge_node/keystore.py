@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge_node import sqlite
 from edge_node.clock import now_us
+from edge_node.durable import fsync_path
 from edge_node.errors import ConfigError, KeyMaterialError
 from edge_node.sealing import DATA_KEY_BYTES, NONCE_BYTES, TenantSealer, new_data_key
 from edge_node.secrets import SecretFile
@@ -134,7 +135,7 @@ def write_key_file(path: Path) -> WrappingKey:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_directory(path.parent)
+    fsync_path(path.parent)
     return key
 
 
@@ -146,15 +147,7 @@ def retire_key_file(path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     path.unlink()
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,7 +432,7 @@ class Keyring:
             if self.master_key_file.exists():
                 retire_key_file(self.master_key_file)
             pending.rename(self.master_key_file)
-            _fsync_directory(pending.parent)
+            fsync_path(pending.parent)
         else:  # the rotation never committed: the new key wrapped nothing
             retire_key_file(pending)
 

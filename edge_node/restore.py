@@ -35,8 +35,9 @@ from typing import Any
 import orjson
 
 from edge_node import sqlite
-from edge_node.backup import BACKUP_FORMAT, MANIFEST_NAME, file_sha256, fsync_path, sync_tree
+from edge_node.backup import BACKUP_FORMAT, MANIFEST_NAME, file_sha256, sync_tree
 from edge_node.config import Config
+from edge_node.durable import fsync_path
 from edge_node.errors import BackupError, DataDirectoryInUse
 from edge_node.keystore import KEYS_DIRECTORY
 from edge_node.queue import QueueLocked

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sync.job_status_file import FILE_NAME as JOBS_FILE
 from sync.job_status_file import read_jobs_file
 from sync.jobs import JobStatus
 from sync.status import ShardStatus, read_status_file
@@ -54,6 +55,7 @@ class SyncStatusFiles:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
+        self._jobs: tuple[tuple[int, int, int], dict[str, Any] | None] | None = None
 
     def status(self) -> list[ShardStatus]:
         document = read_status_file(self.data_dir)
@@ -63,18 +65,30 @@ class SyncStatusFiles:
         return [_shard(shard, written_at) for shard in document["shards"]]
 
     def job_status(self) -> list[JobStatus]:
-        document = read_jobs_file(self.data_dir)
+        document = self._jobs_document()
         if document is None:
             return []
         return [_job(job) for job in document["jobs"]]
 
     def usage_flush(self) -> list[PublishedUsageFlush]:
         """The usage flushes' counters, or none when no flush has published any."""
-        document = read_jobs_file(self.data_dir)
+        document = self._jobs_document()
         totals = {} if document is None else document.get("usage_flush") or {}
         if not totals:
             return []
         return [PublishedUsageFlush(**{k: v for k, v in totals.items() if k in _FLUSH_FIELDS})]
+
+    def _jobs_document(self) -> dict[str, Any] | None:
+        """The jobs file, parsed again only once it was replaced (a scrape asks for it twice:
+        the jobs, then the usage flush's counters)."""
+        try:
+            stat = (self.data_dir / JOBS_FILE).stat()
+        except FileNotFoundError:
+            return None
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if self._jobs is None or self._jobs[0] != version:
+            self._jobs = (version, read_jobs_file(self.data_dir))
+        return self._jobs[1]
 
 
 def parse_us(text: str) -> int:

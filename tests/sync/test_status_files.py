@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from edge_node.clock import format_us
-from sync.job_status_file import write_jobs_file
+from sync import status_files
+from sync.job_status_file import read_jobs_file, write_jobs_file
 from sync.jobs import JobStatus
 from sync.status import ShardStatus, write_status_file
 from sync.status_files import SyncStatusFiles, parse_us
@@ -46,6 +51,29 @@ class TestSyncStatusFiles:
         """Before the sync worker published anything there is nothing to report."""
         files = SyncStatusFiles(tmp_path)
         assert (files.status(), files.job_status()) == ([], [])
+
+    def test_a_scrape_parses_the_jobs_file_once_and_a_new_one_again(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The jobs and the usage flush's counters come from one read of an unchanged file;
+        a file replaced since (the supervisor renames a new one in) is read again."""
+        reads: list[Path] = []
+
+        def counting(data_dir: Path) -> dict[str, Any] | None:
+            reads.append(data_dir)
+            return read_jobs_file(data_dir)
+
+        monkeypatch.setattr(status_files, "read_jobs_file", counting)
+        first = JobStatus("stripe-usage-flush", "ok", consecutive_failures=0)
+        write_jobs_file(tmp_path, "edge-1", [first])
+        files = SyncStatusFiles(tmp_path)
+        assert files.job_status() == [first]
+        assert files.usage_flush() == []
+        assert len(reads) == 1
+        second = dataclasses.replace(first, state="retrying", consecutive_failures=1)
+        write_jobs_file(tmp_path, "edge-1", [second])
+        assert files.job_status() == [second]
+        assert len(reads) == 2
 
     def test_times_parse_back_to_the_microsecond(self) -> None:
         """parse_us inverts edge_node.clock.format_us."""
