@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres run test lint format bench report chaos clean
+.PHONY: install postgres promtool run test lint format bench report chaos clean
 
 install: $(STAMP)
 
@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml scripts/ensure-python.sh
 postgres:
 	sh scripts/ensure-postgres.sh
 
+# promtool checks the alert rules and the exposition (tests/metrics/test_docs.py).
+promtool: install
+	sh scripts/ensure-promtool.sh $(VENV)
+
 run: install
 	$(BIN)/edge-node serve
 
-test: install postgres
+test: install postgres promtool
 	$(BIN)/pytest
 
 lint: install
