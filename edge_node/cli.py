@@ -37,6 +37,7 @@ from edge_node.supervisor import Supervisor, run_supervisor, worker_command
 
 EXIT_UNBILLED = 1  # billing reconcile: usage served that is neither billed nor in flight
 EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3  # status: the daemon is not running (an LSB init script's status code)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: PostgreSQL or Stripe could not be reached; retry later
 EXIT_LOCKED = 75  # EX_TEMPFAIL: the other instance holds the data directory
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as "fix the config"
@@ -538,9 +539,10 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         )
         return 1
     if args.json:
-        return _emit(document)
-    sys.stdout.write(render_table(document))
-    return 0
+        _emit(document)
+    else:
+        sys.stdout.write(render_table(document))
+    return 0 if document["daemon"]["state"] == "running" else EXIT_NOT_RUNNING
 
 
 def _backup(config: Config, args: argparse.Namespace) -> int:

@@ -51,7 +51,11 @@ class Node:
         return created
 
     def status(self) -> dict[str, Any]:
-        document: dict[str, Any] = self.json("status", "--json")
+        """`status --json`, whose exit status says whether the daemon runs (0) or not (3)."""
+        done = self.run("status", "--json")
+        document: dict[str, Any] = json.loads(done.stdout)
+        running = document["daemon"]["state"] == "running"
+        assert done.returncode == (0 if running else 3), (done.returncode, done.stderr)
         return document
 
     def serve(self) -> Serving:

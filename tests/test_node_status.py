@@ -61,7 +61,7 @@ class TestStoppedNode:
         assert status["stripe"]["configured"] is False
         assert status["stripe"]["ledger"]["set_aside"] == {"batches": 0, "units": 0}
         table = node.run("status")
-        assert table.returncode == 0, table.stderr
+        assert table.returncode == 3, table.stderr  # not running, as an init script says
         rows = {line.split(maxsplit=1)[0]: line for line in table.stdout.splitlines()[1:]}
         assert "stopped" in rows["daemon"]
         assert "2 (1 active, 1 suspended)" in rows["tenants"]
@@ -129,7 +129,9 @@ class TestServingDaemon:
         (queue,) = status["queues"]
         assert (queue["queue"], queue["depth"], queue["last_seq"]) == ("worker-0", 3, 3)
         assert queue["oldest_unconsumed_age_seconds"] >= 0
-        table = node.run("status").stdout
+        shown = node.run("status")
+        assert shown.returncode == 0, shown.stderr
+        table = shown.stdout
         assert f"pid {daemon.process.pid}" in table
         assert daemon.url in table
         assert daemon.stop() == 0
