@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -126,15 +127,22 @@ def read_key_file(path: Path, name: str) -> WrappingKey:
 
 
 def write_key_file(path: Path) -> WrappingKey:
-    """Create `path` (mode 0600, never overwriting) holding a fresh random key, durably."""
+    """Create `path` (mode 0600) holding a fresh random key, durably; FileExistsError if it
+    exists. The key is written and synced aside, then linked in (which never overwrites),
+    so another process sees the file whole or not at all, never empty."""
     key = WrappingKey(os.urandom(MASTER_KEY_BYTES))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, base64.urlsafe_b64encode(key.key) + b"\n")
-        os.fsync(fd)
+        try:
+            os.write(fd, base64.urlsafe_b64encode(key.key) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(scratch, path)
     finally:
-        os.close(fd)
+        scratch.unlink()
     fsync_path(path.parent)
     return key
 
@@ -408,7 +416,9 @@ class Keyring:
         if self.default_master:
             self._finish_default_rotation(conn)
             if not path.exists():
-                write_key_file(path)
+                # Workers starting together race to make it; whoever links first wins.
+                with contextlib.suppress(FileExistsError):
+                    write_key_file(path)
         master = read_key_file(path, name)
         with sqlite.transaction(conn):
             expected = _meta(conn, "master_key_id")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
 
-from edge_node.keystore import KEY_STORE_FILE, KEYS_DIRECTORY, write_key_file
+from edge_node.keystore import KEY_STORE_FILE, KEYS_DIRECTORY, Keyring, write_key_file
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores
 from tests.conftest import NodeFactory
@@ -191,3 +192,37 @@ def _key_id(path: Path) -> str:
     from edge_node.keystore import read_key_file  # noqa: PLC0415
 
     return read_key_file(path, "test").key_id
+
+
+def _open_keyring(directory: str, barrier: Any, results: Any) -> None:
+    keyring = Keyring(Path(directory))
+    barrier.wait()
+    try:
+        results.put(keyring.master_key_id())
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(f"{type(exc).__name__}: {exc}")
+    finally:
+        keyring.close()
+
+
+class TestMasterKeyCreation:
+    def test_workers_starting_together_agree_on_one_master_key(self, tmp_path: Path) -> None:
+        """Six processes open the key store of a new node at once (the workers of `serve
+        --workers N` starting): one creates master.key, every other reads that same key,
+        none sees it empty or half written, and no scratch file is left."""
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        barrier = context.Barrier(6)
+        directory = tmp_path / KEYS_DIRECTORY
+        processes = [
+            context.Process(target=_open_keyring, args=(str(directory), barrier, results))
+            for _ in range(6)
+        ]
+        for process in processes:
+            process.start()
+        answers = [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=10)
+        assert len(set(answers)) == 1, answers
+        assert answers[0] == _key_id(directory / "master.key")
+        assert sorted(p.name for p in directory.iterdir() if "master" in p.name) == ["master.key"]
