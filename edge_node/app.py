@@ -81,12 +81,14 @@ def create_app(
     *,
     secrets: SecretFiles | None = None,
     metrics: NodeMetrics | None = None,
+    limiter: RateLimiter | None = None,
 ) -> web.Application:
     """The v1 API served from `storage`, metered by `meter`; the caller owns and closes both.
 
     Secret files are opened in `secrets` (a fresh set when None), which the caller reloads on
     SIGHUP; an unreadable one is a ConfigError. `metrics` (a fresh registry when None) gets
-    the app's request metrics and its sources attached.
+    the app's request metrics and its sources attached. `limiter` (the process's own buckets
+    when None) applies the tenants' rate limits.
     """
     if metrics is None:
         metrics = node_metrics(config)
@@ -103,7 +105,7 @@ def create_app(
     app[ROUTER_KEY] = TenantRouter(
         storage.registry,
         verifier,
-        RateLimiter(config.rate_limit.per_minute),
+        limiter or RateLimiter(config.rate_limit.per_minute),
         past_due_grace_seconds=config.webhooks.past_due_grace_hours * 3600,
     )
     if secrets is None:

@@ -32,6 +32,7 @@ from edge_node.router import ROUTER_KEY
 from edge_node.runtime_file import RuntimeFile
 from edge_node.sd_notify import ServiceNotifier
 from edge_node.secrets import SecretFiles
+from edge_node.shared_limits import SharedRateLimiter, buckets_path, create_buckets_file
 from edge_node.tls import ReloadableTls, open_tls
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ async def _serve_storage(
     background: list[asyncio.Task[None]] = []
     metrics = node_metrics(config)
     runtime = RuntimeFile(config.data_path) if worker is None else None
+    limiter: SharedRateLimiter | None = None
     try:
         tls = open_tls(config.tls)
         meter = await open_meter(
@@ -95,7 +97,9 @@ async def _serve_storage(
             fsync=metrics.timed_fsync(),
         )
         secrets = SecretFiles(check_interval=secret_check_interval(config))
-        app = create_app(config, storage, meter, secrets=secrets, metrics=metrics)
+        if worker is not None:
+            limiter = open_shared_limiter(config)
+        app = create_app(config, storage, meter, secrets=secrets, metrics=metrics, limiter=limiter)
         if worker is None:
             followers = follow_queues(config, owned={0}) if config.stripe.enabled else []
             sync_worker = start_sync(
@@ -131,8 +135,22 @@ async def _serve_storage(
             notifier.status("stopping: committing the usage queue")
             await meter.close()
         storage.close()
+        if limiter is not None:
+            limiter.close()
         if runtime is not None:
             runtime.remove()
+
+
+def open_shared_limiter(config: Config) -> SharedRateLimiter:
+    """A worker's view of the buckets file its supervisor created; a worker started without
+    one (by hand) creates it."""
+    path = buckets_path(config.data_path)
+    try:
+        return SharedRateLimiter(path, config.rate_limit.per_minute)
+    except FileNotFoundError:
+        log.warning("no rate-limit buckets file at %s: creating one", path)
+        create_buckets_file(path)
+        return SharedRateLimiter(path, config.rate_limit.per_minute)
 
 
 async def _listen(

@@ -12,7 +12,8 @@ with each death in a row. SIGTERM and SIGHUP are forwarded to every worker.
 The sync worker (central PostgreSQL, Stripe provisioning and the usage flush) runs here,
 once per node: the flush follows every worker's queue directory (queue/follower.py).
 The supervisor tells systemd READY once every worker is ready, and pings its watchdog
-from its own loop.
+from its own loop. It creates the rate-limit buckets every worker takes tokens from
+(shared_limits.py), so a tenant's limit is the node's, however many workers serve it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from edge_node.reload import NodeReloader
 from edge_node.runtime_file import RuntimeFile
 from edge_node.sd_notify import ServiceNotifier, socket_address
 from edge_node.secrets import SecretFiles
+from edge_node.shared_limits import buckets_path, create_buckets_file
 from edge_node.tls import open_tls
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,8 @@ class Supervisor:
         reservation = _reserve_port(self.config.server.host, self.config.server.port)
         try:
             self._port = reservation.getsockname()[1]
+            # One set of rate-limit buckets for every worker (edge_node/shared_limits.py).
+            create_buckets_file(buckets_path(self.config.data_path))
             self._workers = [self._new_worker(i) for i in range(self.config.workers.count)]
             await self._supervise()
         finally:

@@ -68,6 +68,29 @@ class TestWorkers:
         assert RuntimeFile(data_dir).read() is None
         assert "Traceback" not in node.log.read_text()
 
+    def test_a_tenants_rate_limit_holds_for_the_node_not_per_worker(
+        self, tmp_path: Path, served_nodes: list[ServedNode]
+    ) -> None:
+        """With --workers 2 and a limit of 20 a minute, 40 requests on 40 connections (the
+        kernel spreads them over both workers) get 20 answers and 429s for the rest, plus
+        at most what refilled meanwhile: not 20 from each worker."""
+        data_dir = tmp_path / "data"
+        tenant = create_tenant(data_dir)
+        env = {**clean_environment(), "EDGE_NODE_RATE_LIMIT_PER_MINUTE": "20"}
+        node = ServedNode(data_dir, "--workers", "2", env=env, log=tmp_path / "log")
+        served_nodes.append(node)
+        path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
+        began = time.monotonic()
+        answers = [node.request("GET", path, {"X-API-Key": tenant["api_key"]}) for _ in range(40)]
+        refilled = (time.monotonic() - began) / 3  # 20 a minute: one every 3 s
+        statuses = [status for status, _, _ in answers]
+        assert set(statuses) == {200, 429}
+        assert 20 <= statuses.count(200) <= 20 + refilled + 1, statuses
+        depths = queue_depths(data_dir)
+        assert min(depths.values()) > 0, depths  # both workers answered some
+        assert sum(depths.values()) == statuses.count(200)
+        assert node.stop() == 0
+
     def test_a_killed_worker_is_restarted(
         self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
     ) -> None:

@@ -1,7 +1,8 @@
 """The project's other benchmarks, each run briefly and turned into one table of the report.
 
 Each function calls the benchmark module's own measuring functions (bench.queue_append,
-bench.encryption, bench.workers, bench.metrics, bench.guards, bench.served, bench.billing,
+bench.encryption, bench.workers, bench.metrics, bench.guards, bench.served, bench.ratelimit,
+bench.billing,
 bench.sync, bench.crash) and returns a section: a title, the command that reproduces it at
 full length, a note on how to read it, and rows. Their own progress lines go to stderr.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import encryption, guards, metrics, queue_append, served, workers
+from bench import encryption, guards, metrics, queue_append, ratelimit, served, workers
 from bench import sync as sync_bench
 from bench.http import Settings, result_row
 from bench.loadgen import GeneratorName
@@ -184,6 +185,29 @@ def served_cost(scale: Scale) -> Section:
     )
 
 
+def rate_limit_cost(scale: Scale) -> Section:
+    takes = scale.pick(200_000, 20_000)
+    figures = ratelimit.measure(takes, 100, scale.pick(3, 1))
+    per = 1e6 / takes
+    base = figures["local"]
+    rows = [
+        ["one process's buckets (serve)", round(base * per, 2), 1.0],
+        [
+            "buckets shared by workers (serve --workers N)",
+            round(figures["shared"] * per, 2),
+            round(figures["shared"] / base, 2),
+        ],
+    ]
+    return section(
+        "Rate-limit decision",
+        "python -m bench.ratelimit",
+        f"{takes} decisions over 100 tenants. Ratio: time against one process's buckets; a"
+        " billable score read costs about 125 µs in all.",
+        ["row", "µs/decision", "x baseline"],
+        rows,
+    )
+
+
 def billing_flush(scale: Scale) -> Section:
     from bench import billing  # noqa: PLC0415 - imports the Stripe SDK
 
@@ -279,6 +303,7 @@ BENCHMARKS: dict[str, Callable[[Scale], Section]] = {
     "metrics": metrics_cost,
     "guards": guards_cost,
     "served": served_cost,
+    "ratelimit": rate_limit_cost,
     "billing": billing_flush,
     "sync": sync_central,
     "crash": crash_rounds,
