@@ -409,7 +409,11 @@ def main() -> None:
         result = asyncio.run(drive(spec))
     else:
         result = uvloop.run(drive(spec))
+    # The event loop may leave stdout non-blocking; the result (every latency) is far larger
+    # than a pipe holds, and a non-blocking write would stop at the pipe's size.
+    os.set_blocking(sys.stdout.fileno(), True)
     sys.stdout.write(json.dumps(result))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
