@@ -14,13 +14,12 @@ microseconds added to a request (a billable score read costs about 125 µs).
 from __future__ import annotations
 
 import argparse
-import tempfile
+import os
 import time
 import uuid
-from pathlib import Path
 
 from edge_node.ratelimit import RateLimiter
-from edge_node.shared_limits import SharedRateLimiter, create_buckets_file
+from edge_node.shared_limits import SharedRateLimiter, create_buckets
 
 
 def bench_takes(limiter: RateLimiter, tenants: list[str], takes: int) -> float:
@@ -35,14 +34,13 @@ def measure(takes: int, tenants_count: int, repeat: int) -> dict[str, float]:
     """Seconds for `takes` decisions: 'local' (one process's buckets) and 'shared'."""
     tenants = [str(uuid.uuid4()) for _ in range(tenants_count)]
     runs: dict[str, list[float]] = {"local": [], "shared": []}
-    with tempfile.TemporaryDirectory(prefix="edge-node-bench-ratelimit-") as scratch:
-        path = Path(scratch) / "rate-limits.buckets"
-        create_buckets_file(path)
-        shared = SharedRateLimiter(path, 60)
-        for _ in range(repeat):  # interleaved, best of each: the machine is noisy
-            runs["local"].append(bench_takes(RateLimiter(60), tenants, takes))
-            runs["shared"].append(bench_takes(shared, tenants, takes))
-        shared.close()
+    table = create_buckets()
+    shared = SharedRateLimiter(table, 60)
+    for _ in range(repeat):  # interleaved, best of each: the machine is noisy
+        runs["local"].append(bench_takes(RateLimiter(60), tenants, takes))
+        runs["shared"].append(bench_takes(shared, tenants, takes))
+    shared.close()
+    os.close(table)
     return {name: min(seconds) for name, seconds in runs.items()}
 
 

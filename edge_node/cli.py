@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serving processes on the one port under a supervisor (default 1: one process)",
     )
     serve_cmd.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--buckets-fd", type=int, help=argparse.SUPPRESS)
     serve_cmd.set_defaults(handler=_serve)
 
     tenants = commands.add_parser("tenants", help="manage tenants").add_subparsers(
@@ -268,6 +269,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
                 service=service,
                 reload_config=reload_config,
                 worker=args.worker_index,
+                buckets_fd=args.buckets_fd,
             )
         )
         return 0

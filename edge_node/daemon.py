@@ -32,7 +32,7 @@ from edge_node.router import ROUTER_KEY
 from edge_node.runtime_file import RuntimeFile
 from edge_node.sd_notify import ServiceNotifier
 from edge_node.secrets import SecretFiles
-from edge_node.shared_limits import SharedRateLimiter, buckets_path, create_buckets_file
+from edge_node.shared_limits import SharedRateLimiter
 from edge_node.tls import ReloadableTls, open_tls
 
 log = logging.getLogger(__name__)
@@ -54,18 +54,22 @@ async def serve(
     service: ServiceEnvironment | None = None,
     reload_config: Callable[[], Config] | None = None,
     worker: int | None = None,
+    buckets_fd: int | None = None,
 ) -> None:
     """Serve until told to stop; in-flight requests get the configured grace period.
 
     `service` is where to send READY, WATCHDOG, STOPPING and STATUS (sd_notify.py);
     `reload_config` reads the configuration again on SIGHUP (reload.py). A `worker` index
     makes this one worker of a supervisor (supervisor.py): it shares the port, serves
-    queue/worker-N and leaves the sync worker and the data directory's lock to the supervisor.
+    queue/worker-N and leaves the sync worker and the data directory's lock to the supervisor;
+    `buckets_fd` is the supervisor's table of rate-limit buckets (shared_limits.py).
     """
     notifier = ServiceNotifier(service or ServiceEnvironment())
     node_lock = None if worker is not None else lock_data_dir(config)
     try:
-        await _serve_storage(config, notifier, announce or _print, reload_config, worker)
+        await _serve_storage(
+            config, notifier, announce or _print, reload_config, worker, buckets_fd=buckets_fd
+        )
     finally:
         notifier.close()
         if node_lock is not None:
@@ -78,6 +82,8 @@ async def _serve_storage(
     announce: Callable[[str], None],
     reload_config: Callable[[], Config] | None,
     worker: int | None,
+    *,
+    buckets_fd: int | None,
 ) -> None:
     """Open the databases and the queue, serve, and close them all on the way out."""
     storage = NodeStorage.open(config)
@@ -98,7 +104,7 @@ async def _serve_storage(
         )
         secrets = SecretFiles(check_interval=secret_check_interval(config))
         if worker is not None:
-            limiter = open_shared_limiter(config)
+            limiter = open_shared_limiter(config, buckets_fd)
         app = create_app(config, storage, meter, secrets=secrets, metrics=metrics, limiter=limiter)
         if worker is None:
             followers = follow_queues(config, owned={0}) if config.stripe.enabled else []
@@ -141,16 +147,15 @@ async def _serve_storage(
             runtime.remove()
 
 
-def open_shared_limiter(config: Config) -> SharedRateLimiter:
-    """A worker's view of the buckets file its supervisor created; a worker started without
-    one (by hand) creates it."""
-    path = buckets_path(config.data_path)
-    try:
-        return SharedRateLimiter(path, config.rate_limit.per_minute)
-    except FileNotFoundError:
-        log.warning("no rate-limit buckets file at %s: creating one", path)
-        create_buckets_file(path)
-        return SharedRateLimiter(path, config.rate_limit.per_minute)
+def open_shared_limiter(config: Config, fd: int | None) -> SharedRateLimiter | None:
+    """A worker's view of its supervisor's rate-limit buckets; None (the worker's own
+    buckets, a tenant's limit then per worker) for a worker started without them."""
+    if fd is None:
+        log.warning(
+            "worker started without --buckets-fd: rate limits apply per worker, not per node"
+        )
+        return None
+    return SharedRateLimiter(fd, config.rate_limit.per_minute)
 
 
 async def _listen(

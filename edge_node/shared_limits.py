@@ -2,9 +2,11 @@
 
 With one process the buckets live in its memory (edge_node/ratelimit.py). With N workers on
 one port each would keep its own, and a tenant whose connections the kernel spreads over
-them would get up to N times its limit; so the supervisor creates one buckets file in the
-data directory before it starts the workers, and every worker maps it and takes tokens
-from the same bucket.
+them would get up to N times its limit; so the supervisor makes one table of buckets in
+anonymous shared memory (a memfd: no file on any disk, so no disk-full fault, no
+write-back, nothing another process can delete or replace) before it starts the workers,
+passes its descriptor to each (`serve --buckets-fd`, also to a worker it restarts), and
+every worker maps it and takes tokens from the same bucket.
 
     header  16 bytes  b"ENRATES1", slots (uint32), reserved (uint32)
     slot    64 bytes  tenant id (36 bytes, ASCII, NUL-padded), capacity (uint32),
@@ -12,12 +14,15 @@ from the same bucket.
 
 A tenant's slot is found by hashing its id and probing forward; a free slot is claimed
 under a lock of the header, a bucket is updated under a lock of its slot's first byte
-(POSIX record locks, about two microseconds for the pair; the kernel drops them when a
-worker dies, so a killed worker never leaves one held). Each worker remembers the slots it
-found, so only a tenant's first request in a worker looks in the table. The monotonic clock
-is the machine's, the same in every process; the supervisor starts the file afresh, so
-nothing outlives a restart of the node (a boot resets that clock). Should the table ever
-fill, a tenant that finds no slot falls back to a bucket of the worker's own (logged once).
+(POSIX record locks: a few microseconds for the pair, `python -m bench.ratelimit`; the
+kernel drops them when a worker dies, so a killed worker never leaves one held). Each
+worker remembers the slots it found, so only a tenant's first request in a worker looks in
+the table. The monotonic clock is the machine's, the same in every process; the table
+lives as long as the supervisor. A limit that changes (a registry update, a SIGHUP read by
+one worker before another) keeps the tokens the bucket holds, up to the new size: workers
+that briefly disagree on a limit never refill a bucket for each other. Should the table
+ever fill, a tenant that finds no slot falls back to a bucket of the worker's own (logged
+once).
 """
 
 from __future__ import annotations
@@ -30,15 +35,13 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from edge_node.ratelimit import RateDecision, RateLimiter, TokenBucket
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "rate-limits.buckets"
 MAGIC = b"ENRATES1"
-DEFAULT_SLOTS = 1 << 18  # 16 MiB of file, sparse: pages only for tenants seen
+DEFAULT_SLOTS = 1 << 18  # 16 MiB of shared memory at most: pages only for tenants seen
 _HEADER = struct.Struct("<8sII")
 _SLOT = struct.Struct("<36sIdd8x")
 _BUCKET = struct.Struct("<Idd")  # capacity, tokens, updated
@@ -46,41 +49,41 @@ _BUCKET_AT = 36  # offset of the bucket within a slot
 _TENANT_BYTES = 36
 
 
-def buckets_path(data_dir: Path) -> Path:
-    return data_dir / FILE_NAME
-
-
-def create_buckets_file(path: Path, slots: int = DEFAULT_SLOTS) -> None:
-    """A new, empty buckets file at `path`, replacing any left by an earlier run (renamed
-    into place: a worker never maps a half-made one)."""
-    scratch = path.with_name(path.name + ".new")
-    fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+def create_buckets(slots: int = DEFAULT_SLOTS) -> int:
+    """A new, empty table of buckets in shared memory: its descriptor (close-on-exec; give
+    it to a worker with `pass_fds`)."""
+    fd = os.memfd_create("edge-node-rate-limits", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, _HEADER.size + slots * _SLOT.size)
         os.pwrite(fd, _HEADER.pack(MAGIC, slots, 0), 0)
-    finally:
+    except BaseException:
         os.close(fd)
-    scratch.replace(path)
+        raise
+    return fd
 
 
 class SharedRateLimiter(RateLimiter):
-    """A RateLimiter whose buckets are those of the buckets file at `path`, shared with the
-    other processes that map it."""
+    """A RateLimiter whose buckets are those of the table behind descriptor `fd`, shared
+    with the other processes that map it. The limiter works on a duplicate of `fd` and
+    closes only that."""
 
     def __init__(
         self,
-        path: Path,
+        fd: int,
         default_per_minute: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(default_per_minute, clock)
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR)
+        self._fd = os.dup(fd)
         try:
-            self._map = mmap.mmap(self._fd, os.fstat(self._fd).st_size)
+            size = os.fstat(self._fd).st_size
+            if size < _HEADER.size:
+                raise ValueError(f"descriptor {fd} is not a rate-limit buckets table")
+            self._map = mmap.mmap(self._fd, size)
             magic, slots, _ = _HEADER.unpack_from(self._map, 0)
-            if magic != MAGIC or len(self._map) < _HEADER.size + slots * _SLOT.size:
-                raise ValueError(f"{path} is not a rate-limit buckets file")
+            if magic != MAGIC or size < _HEADER.size + slots * _SLOT.size:
+                self._map.close()
+                raise ValueError(f"descriptor {fd} is not a rate-limit buckets table")
         except BaseException:
             os.close(self._fd)
             raise
@@ -102,9 +105,12 @@ class SharedRateLimiter(RateLimiter):
         try:
             now = self._clock()
             held, tokens, updated = _BUCKET.unpack_from(self._map, at)
-            bucket = TokenBucket(capacity, now)
-            if held == capacity:  # else new, or its limit changed: a full bucket
+            bucket = TokenBucket(capacity, now)  # a new slot: a full bucket
+            if held == capacity:
                 bucket.tokens, bucket.updated = tokens, min(updated, now)
+            elif held:  # the limit changed: what the old bucket holds now, up to the new size
+                elapsed = max(0.0, now - updated)
+                bucket.tokens = min(held, tokens + elapsed * held / 60.0, capacity)
             decision = bucket.take(now)
             _BUCKET.pack_into(self._map, at, capacity, bucket.tokens, bucket.updated)
         finally:
@@ -136,8 +142,8 @@ class SharedRateLimiter(RateLimiter):
             fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
         if not self._overflow:
             log.error(
-                "%s is full (%d tenants): tenants without a slot are limited per worker",
-                self.path,
+                "the shared rate-limit table is full (%d tenants): tenants without a slot"
+                " are limited per worker",
                 self._slots,
             )
         return None

@@ -12,8 +12,9 @@ with each death in a row. SIGTERM and SIGHUP are forwarded to every worker.
 The sync worker (central PostgreSQL, Stripe provisioning and the usage flush) runs here,
 once per node: the flush follows every worker's queue directory (queue/follower.py).
 The supervisor tells systemd READY once every worker is ready, and pings its watchdog
-from its own loop. It creates the rate-limit buckets every worker takes tokens from
-(shared_limits.py), so a tenant's limit is the node's, however many workers serve it.
+from its own loop. It creates the table of rate-limit buckets every worker takes tokens
+from (shared_limits.py) and hands its descriptor to each, so a tenant's limit is the
+node's, however many workers serve it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from edge_node.reload import NodeReloader
 from edge_node.runtime_file import RuntimeFile
 from edge_node.sd_notify import ServiceNotifier, socket_address
 from edge_node.secrets import SecretFiles
-from edge_node.shared_limits import buckets_path, create_buckets_file
+from edge_node.shared_limits import create_buckets
 from edge_node.tls import open_tls
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Supervisor:
         self._abort: int | None = None
         self._workers: list[Worker] = []
         self._port = 0
+        self._buckets_fd: int | None = None
         self._unclean_stops = 0
 
     async def run(self) -> int:
@@ -102,8 +104,8 @@ class Supervisor:
         reservation = _reserve_port(self.config.server.host, self.config.server.port)
         try:
             self._port = reservation.getsockname()[1]
-            # One set of rate-limit buckets for every worker (edge_node/shared_limits.py).
-            create_buckets_file(buckets_path(self.config.data_path))
+            # One table of rate-limit buckets for every worker (edge_node/shared_limits.py).
+            self._buckets_fd = create_buckets()
             self._workers = [self._new_worker(i) for i in range(self.config.workers.count)]
             await self._supervise()
         finally:
@@ -112,6 +114,8 @@ class Supervisor:
                 loop.remove_reader(worker.channel.fileno())
                 worker.channel.close()
             reservation.close()
+            if self._buckets_fd is not None:
+                os.close(self._buckets_fd)
             self._notifier.close()
             self._runtime.remove()
             lock.release()
@@ -166,10 +170,17 @@ class Supervisor:
         extra = {"NOTIFY_SOCKET": worker.notify_name}
         if self._service.watchdog_usec:
             extra["WATCHDOG_USEC"] = str(self._service.watchdog_usec)
-        command = self._command(worker.index, self.config.server.host, self._port)
+        command = [*self._command(worker.index, self.config.server.host, self._port)]
+        shared: tuple[int, ...] = ()
+        if self._buckets_fd is not None:
+            command += ["--buckets-fd", str(self._buckets_fd)]
+            shared = (self._buckets_fd,)
         try:
             worker.process = await asyncio.create_subprocess_exec(
-                *command, env=child_environment(extra), stdin=asyncio.subprocess.DEVNULL
+                *command,
+                env=child_environment(extra),
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=shared,
             )
         except OSError as exc:
             log.error("cannot start worker %d (%s): %s", worker.index, command[0], exc)

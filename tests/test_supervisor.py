@@ -69,16 +69,18 @@ class TestWorkers:
         assert "Traceback" not in node.log.read_text()
 
     def test_a_tenants_rate_limit_holds_for_the_node_not_per_worker(
-        self, tmp_path: Path, served_nodes: list[ServedNode]
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
     ) -> None:
         """With --workers 2 and a limit of 20 a minute, 40 requests on 40 connections (the
         kernel spreads them over both workers) get 20 answers and 429s for the rest, plus
-        at most what refilled meanwhile: not 20 from each worker."""
+        at most what refilled meanwhile: not 20 from each worker. A worker killed and
+        restarted takes from the same buckets: the tenant is still refused."""
         data_dir = tmp_path / "data"
         tenant = create_tenant(data_dir)
         env = {**clean_environment(), "EDGE_NODE_RATE_LIMIT_PER_MINUTE": "20"}
-        node = ServedNode(data_dir, "--workers", "2", env=env, log=tmp_path / "log")
+        node = ServedNode(data_dir, "--workers", "2", notify=notify, env=env, log=tmp_path / "log")
         served_nodes.append(node)
+        notify.wait_for("READY")
         path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
         began = time.monotonic()
         answers = [node.request("GET", path, {"X-API-Key": tenant["api_key"]}) for _ in range(40)]
@@ -89,6 +91,12 @@ class TestWorkers:
         depths = queue_depths(data_dir)
         assert min(depths.values()) > 0, depths  # both workers answered some
         assert sum(depths.values()) == statuses.count(200)
+        victim, _ = node.children()
+        os.kill(victim, signal.SIGKILL)
+        wait_for_status(notify, "restarted")
+        again = [node.request("GET", path, {"X-API-Key": tenant["api_key"]}) for _ in range(10)]
+        refilled = (time.monotonic() - began) / 3
+        assert statuses.count(200) + [a[0] for a in again].count(200) <= 20 + refilled + 1
         assert node.stop() == 0
 
     def test_a_killed_worker_is_restarted(
