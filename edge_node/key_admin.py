@@ -44,10 +44,11 @@ def rotate_master(keyring: Keyring, new_key_file: Path | None) -> dict[str, Any]
     if keyring.default_master and new_key_file is None:
         current = keyring.master_key_file
         pending = current.with_name(current.name + NEXT_SUFFIX)
-        new_master = write_key_file(pending)
-        rewrapped = keyring.rotate_master(new_master)
-        retire_key_file(current)
-        pending.rename(current)
+        with keyring.master_key_lock():  # a worker starting now waits, then sees it done
+            new_master = write_key_file(pending)
+            rewrapped = keyring.rotate_master(new_master)
+            retire_key_file(current)
+            pending.rename(current)
         return _report(old_id, new_master.key_id, rewrapped, current, retired=True)
     if new_key_file is None:
         raise ConfigError(

@@ -23,11 +23,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 KEYS_DIRECTORY = "keys"
 KEY_STORE_FILE = "data-keys.sqlite"
 DEFAULT_MASTER_KEY_FILE = "master.key"
+MASTER_LOCK_FILE = ".master.lock"  # flock()ed while the default master key file changes
 NEXT_SUFFIX = ".next"
 MASTER_KEY_BYTES = 32
 # How soon a shred or rotation by another process reaches a running node's memory (its
@@ -128,23 +131,59 @@ def read_key_file(path: Path, name: str) -> WrappingKey:
 
 def write_key_file(path: Path) -> WrappingKey:
     """Create `path` (mode 0600) holding a fresh random key, durably; FileExistsError if it
-    exists. The key is written and synced aside, then linked in (which never overwrites),
-    so another process sees the file whole or not at all, never empty."""
+    exists. The key is written and synced in an unnamed file, then linked in (which never
+    overwrites): another process sees the file whole or not at all, and a crash leaves
+    nothing behind. Where the file system has no unnamed files, a named one beside it."""
     key = WrappingKey(os.urandom(MASTER_KEY_BYTES))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    content = base64.urlsafe_b64encode(key.key) + b"\n"
+    if not _write_unnamed_then_link(path, content):
+        _write_named_then_link(path, content)
+    fsync_path(path.parent)
+    return key
+
+
+def _write_unnamed_then_link(path: Path, content: bytes) -> bool:
+    """False when the file system (or a missing /proc) allows no unnamed file."""
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return False
+        raise
+    try:
+        _write_all(fd, content)
+        try:  # linkat(AT_SYMLINK_FOLLOW) through /proc names the unnamed file
+            fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # no /proc mounted
+            return False
+        try:
+            os.link(str(fd), path, src_dir_fd=fds, follow_symlinks=True)
+        finally:
+            os.close(fds)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _write_named_then_link(path: Path, content: bytes) -> None:
     scratch = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
-            os.write(fd, base64.urlsafe_b64encode(key.key) + b"\n")
-            os.fsync(fd)
+            _write_all(fd, content)
         finally:
             os.close(fd)
         os.link(scratch, path)
     finally:
         scratch.unlink()
-    fsync_path(path.parent)
-    return key
+
+
+def _write_all(fd: int, content: bytes) -> None:
+    written = 0
+    while written < len(content):
+        written += os.write(fd, content[written:])
+    os.fsync(fd)
 
 
 def retire_key_file(path: Path) -> None:
@@ -411,15 +450,31 @@ class Keyring:
         self._data_version = self._read_data_version(conn)
         return conn, master
 
+    @contextlib.contextmanager
+    def master_key_lock(self) -> Iterator[None]:
+        """Held while the default master key file is created, replaced or checked: by every
+        process opening the key store (the workers of `serve --workers N` start together)
+        and by `keys rotate-master`, so none retires a key another just installed."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.directory / MASTER_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _load_master(self, conn: sqlite3.Connection) -> WrappingKey:
         path, name = self.master_key_file, "encryption.master_key_file"
-        if self.default_master:
+        if not self.default_master:
+            return self._check_master(conn, read_key_file(path, name))
+        with self.master_key_lock():
             self._finish_default_rotation(conn)
             if not path.exists():
-                # Workers starting together race to make it; whoever links first wins.
-                with contextlib.suppress(FileExistsError):
-                    write_key_file(path)
-        master = read_key_file(path, name)
+                write_key_file(path)
+            return self._check_master(conn, read_key_file(path, name))
+
+    def _check_master(self, conn: sqlite3.Connection, master: WrappingKey) -> WrappingKey:
+        path = self.master_key_file
         with sqlite.transaction(conn):
             expected = _meta(conn, "master_key_id")
             if expected is None:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
-from edge_node.keystore import KEY_STORE_FILE, KEYS_DIRECTORY, Keyring, write_key_file
+from edge_node.keystore import (
+    KEY_STORE_FILE,
+    KEYS_DIRECTORY,
+    Keyring,
+    read_key_file,
+    write_key_file,
+)
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores
 from tests.conftest import NodeFactory
@@ -225,4 +233,67 @@ class TestMasterKeyCreation:
             process.join(timeout=10)
         assert len(set(answers)) == 1, answers
         assert answers[0] == _key_id(directory / "master.key")
-        assert sorted(p.name for p in directory.iterdir() if "master" in p.name) == ["master.key"]
+        names = {p.name for p in directory.iterdir() if "master" in p.name}
+        assert names == {"master.key", ".master.lock"}  # no scratch file left
+
+
+def _write_slowly(path: str) -> None:
+    """In a child: create a key file with every write of its content taking 0.3 s."""
+    import edge_node.keystore as keystore  # noqa: PLC0415 - patched in this process only
+
+    real_write = os.write
+
+    def slow_write(fd: int, data: bytes) -> int:
+        time.sleep(0.3)
+        return real_write(fd, data)
+
+    keystore.os.write = slow_write  # type: ignore[assignment]
+    keystore.write_key_file(Path(path))
+
+
+class TestKeyFileCreation:
+    def test_a_key_file_is_never_seen_empty_or_half_written(self, tmp_path: Path) -> None:
+        """While one process writes a new key file slowly, another reading it finds either
+        no file or the whole key: never an empty file that stops a worker with exit 78."""
+        path = tmp_path / "keys" / "master.key"
+        writer = multiprocessing.get_context("fork").Process(target=_write_slowly, args=(path,))
+        writer.start()
+        seen_whole = 0
+        while writer.is_alive() or not seen_whole:
+            if path.exists():
+                read_key_file(path, "test")  # raises ConfigError on an empty or short file
+                seen_whole += 1
+            if not writer.is_alive() and not path.exists():
+                break
+        writer.join(timeout=10)
+        assert writer.exitcode == 0
+        assert seen_whole
+        assert [p.name for p in path.parent.iterdir()] == ["master.key"]  # no scratch file
+
+    def test_a_rotation_finished_by_workers_starting_together_keeps_the_new_key(
+        self, tmp_path: Path
+    ) -> None:
+        """A rotation that stopped after its commit (master.key.next installed at the next
+        open) is finished by exactly one of six processes opening the key store at once;
+        the others wait for it, and none retires the key just installed."""
+        directory = tmp_path / KEYS_DIRECTORY
+        keyring = Keyring(directory)
+        keyring.master_key_id()
+        pending = directory / "master.key.next"
+        new_id = keyring.rotate_master(write_key_file(pending)) is not None and _key_id(pending)
+        keyring.close()
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        barrier = context.Barrier(6)
+        processes = [
+            context.Process(target=_open_keyring, args=(str(directory), barrier, results))
+            for _ in range(6)
+        ]
+        for process in processes:
+            process.start()
+        answers = [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=10)
+        assert answers == [new_id] * 6
+        assert _key_id(directory / "master.key") == new_id
+        assert not pending.exists()
