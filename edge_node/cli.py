@@ -37,7 +37,7 @@ from edge_node.supervisor import Supervisor, run_supervisor, worker_command
 
 EXIT_UNBILLED = 1  # billing reconcile: usage served that is neither billed nor in flight
 EXIT_USAGE = 2
-EXIT_NOT_RUNNING = 3  # status: the daemon is not running (an LSB init script's status code)
+EXIT_NOT_RUNNING = 3  # status: the daemon is not running (the code LSB status gives that case)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: PostgreSQL or Stripe could not be reached; retry later
 EXIT_LOCKED = 75  # EX_TEMPFAIL: the other instance holds the data directory
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as "fix the config"
