@@ -1,8 +1,8 @@
 """node.sqlite: its schema, migrated at open, and how every store of it opens the file.
 
-One file holds the node's own state: the tenant registry and API-key hashes, with its rows
-waiting for upload (edge_node.registry), sync checkpoints (edge_node.registry,
-sync.shard_state), the billing ledger (sync.billing_ledger),
+One file holds the node's own state: the tenant registry and API-key hashes
+(edge_node.registry), registry rows waiting for upload and sync checkpoints
+(edge_node.registry_replication, sync.shard_state), the billing ledger (sync.billing_ledger),
 Stripe webhook events and tenant billing columns (edge_node.billing_events), billing events
 shared between edges (edge_node.billing_replica) and blocked client IPs (edge_node.blocks).
 """
