@@ -3,8 +3,8 @@
 A score read is one primary-key lookup: the aggregates are kept by triggers (`schema`).
 Deletes are tombstones (`deleted = 1`, comment erased) so sync can carry them to other
 replicas; tombstoned rows are invisible to every read. Every local change records its rating
-in the outbox in the same transaction; changes downloaded from the central database are
-applied under the conflict rule (`wins`) and never enter the outbox.
+in the outbox in the same transaction (`replication`, which TenantStore inherits, with the
+rows downloaded from the central database).
 
 Comments are stored sealed (`edge_node.sealing`): AES-256-GCM under the tenant's data key,
 bound to the row. Replication carries the sealed bytes as they are (`RatingRow.comment_sealed`);
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,56 +30,27 @@ from edge_node.errors import CommentUnreadable, KeyMaterialError
 from edge_node.rating.model import ItemScore, Rating, RatingInput
 from edge_node.rating.pending import FILE_NAME as PENDING_FILE
 from edge_node.rating.pending import PendingUploads
-from edge_node.rating.schema import MIGRATIONS
+from edge_node.rating.replication import RatingReplication, RatingRow, rating_id, wins
+from edge_node.rating.schema import MIGRATIONS, RATING_COLUMNS
 from edge_node.sealing import TenantSealer
 
 if TYPE_CHECKING:
     from edge_node.keystore import Keyring
 
+__all__ = [
+    "BACKSTOP_CHECKPOINT_PAGES",
+    "DeleteDenied",
+    "Page",
+    "RatingRow",
+    "TenantStore",
+    "TenantStores",
+    "rating_id",
+    "wins",
+]
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 BACKSTOP_CHECKPOINT_PAGES = 20000
-
-# Rating ids are derived from (tenant, user, item): the same logical rating has the same id on
-# every replica, so sync never has to reconcile two ids for one row.
-RATING_ID_NAMESPACE = uuid.UUID("6f1c7a52-3f0e-4c55-9a53-5c1e0e8b7d41")
-
-_RATING_COLUMNS = "id, tenant_id, user_id, item_id, score, comment_sealed, created_at, updated_at"
-_ROW_COLUMNS = _RATING_COLUMNS + ", origin_node, deleted"
-
-
-def rating_id(tenant_id: str, user_id: str, item_id: str) -> str:
-    return str(uuid.uuid5(RATING_ID_NAMESPACE, f"{tenant_id}\x00{user_id}\x00{item_id}"))
-
-
-@dataclass(frozen=True, slots=True)
-class RatingRow:
-    """A rating's full replicated state, tombstones included (times in microseconds)."""
-
-    id: str
-    tenant_id: str
-    user_id: str
-    item_id: str
-    score: int
-    comment_sealed: bytes | None  # as stored: sealed under the tenant's data key
-    created_at: int
-    updated_at: int
-    origin_node: str
-    deleted: bool
-
-
-def conflict_key(row: RatingRow) -> tuple[int, str]:
-    """What the conflict rule compares: the later write wins, the origin node breaks ties."""
-    return row.updated_at, row.origin_node
-
-
-def wins(a: RatingRow, b: RatingRow) -> bool:
-    """The conflict rule, the same on every replica (and in the central upsert)."""
-    return conflict_key(a) > conflict_key(b)
-
-
-def _row(values: Sequence[object]) -> RatingRow:
-    return RatingRow(*values[:9], bool(values[9]))  # type: ignore[arg-type, call-arg]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +63,7 @@ class DeleteDenied(Exception):
     """The rating exists but belongs to another user than the one the credential is bound to."""
 
 
-class TenantStore:
+class TenantStore(RatingReplication):
     """One tenant's ratings file. Calls are synchronous: each is one short local transaction."""
 
     def __init__(
@@ -240,7 +210,7 @@ class TenantStore:
             clauses.append("(created_at, id) > (?, ?)")
             params.extend(after)
         rows = self._conn.execute(
-            f"SELECT {_RATING_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
+            f"SELECT {RATING_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
             " ORDER BY created_at, id LIMIT ?",
             (*params, limit + 1),
         ).fetchall()
@@ -304,115 +274,6 @@ class TenantStore:
                 " updated_at = max(?, updated_at + 1) WHERE user_id = ? AND deleted = 0",
                 (self._node_id, now_us(), user_id),
             ).rowcount
-
-    def pending_changes(self, limit: int) -> tuple[list[RatingRow], int]:
-        """The current state of up to `limit` ratings awaiting upload, and the last outbox seq.
-
-        Several outbox entries for one rating yield its state once; acknowledging the seq
-        returned covers them all.
-        """
-        entries = self._conn.execute(
-            "SELECT seq, rating_id FROM outbox ORDER BY seq LIMIT ?", (limit,)
-        ).fetchall()
-        if not entries:
-            return [], 0
-        ids = list(dict.fromkeys(rid for _, rid in entries))
-        # central.batch_size may pass this build's limit on parameters (32766 by default).
-        per_statement = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        by_id: dict[str, RatingRow] = {}
-        for start in range(0, len(ids), per_statement):
-            chunk = ids[start : start + per_statement]
-            rows = self._conn.execute(
-                f"SELECT {_ROW_COLUMNS} FROM ratings"  # noqa: S608
-                f" WHERE id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ).fetchall()
-            by_id.update((row[0], _row(row)) for row in rows)
-        return [by_id[rid] for rid in ids if rid in by_id], entries[-1][0]
-
-    def acknowledge_uploaded(self, up_to_seq: int) -> None:
-        """Forget outbox entries up to `up_to_seq`: the central database has committed them."""
-        with sqlite.transaction(self._conn):
-            self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,))
-            emptied = not self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]
-        if emptied:
-            self.unlist_if_idle()
-
-    def _list_pending(self) -> None:
-        """Inside a write transaction, before an outbox write: list the tenant as pending
-        upload when its outbox is still empty (edge_node/rating/pending.py)."""
-        if self._pending is None:
-            return
-        if not self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
-            self._pending.mark(self.tenant_id)
-
-    def unlist_if_idle(self) -> None:
-        """Unlist the tenant from the pending uploads when its outbox is empty, under this
-        file's write lock so that no writer adds an entry meanwhile. Its own transaction,
-        which writes nothing here: should its COMMIT fail, no outbox entry was lost."""
-        if self._pending is None:
-            return
-        with sqlite.transaction(self._conn):
-            if not self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
-                self._pending.unmark(self.tenant_id)
-
-    def apply_remote(self, rows: Sequence[RatingRow]) -> int:
-        """Apply downloaded rows that win against the local state; how many were applied."""
-        self.dirty = True
-        with sqlite.transaction(self._conn):
-            return self._apply_remote(rows)
-
-    def download_checkpoint(self) -> str | None:
-        row = self._conn.execute(
-            "SELECT value FROM sync_state WHERE key = 'download_checkpoint'"
-        ).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_download_checkpoint(self, checkpoint: str, rows: Sequence[RatingRow]) -> int:
-        """Apply downloaded rows and move the checkpoint past them, in one transaction."""
-        self.dirty = True
-        with sqlite.transaction(self._conn):
-            applied = self._apply_remote(rows)
-            self._conn.execute(
-                "INSERT INTO sync_state (key, value) VALUES ('download_checkpoint', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (checkpoint,),
-            )
-        return applied
-
-    def _apply_remote(self, rows: Sequence[RatingRow]) -> int:
-        applied = 0
-        for row in rows:
-            if row.tenant_id != self.tenant_id:
-                raise ValueError(f"row of tenant {row.tenant_id} offered to {self.tenant_id}")
-            local = self._conn.execute(
-                "SELECT updated_at, origin_node FROM ratings"
-                " WHERE tenant_id = ? AND user_id = ? AND item_id = ?",
-                (row.tenant_id, row.user_id, row.item_id),
-            ).fetchone()
-            if local is not None and conflict_key(row) <= tuple(local):
-                continue
-            self._conn.execute(
-                f"INSERT INTO ratings ({_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
-                " ON CONFLICT (tenant_id, user_id, item_id) DO UPDATE SET"
-                " score = excluded.score, comment_sealed = excluded.comment_sealed,"
-                " created_at = excluded.created_at, updated_at = excluded.updated_at,"
-                " origin_node = excluded.origin_node, deleted = excluded.deleted",
-                (
-                    row.id,
-                    row.tenant_id,
-                    row.user_id,
-                    row.item_id,
-                    row.score,
-                    row.comment_sealed,
-                    row.created_at,
-                    row.updated_at,
-                    row.origin_node,
-                    int(row.deleted),
-                ),
-            )
-            applied += 1
-        return applied
 
     def seal_plaintext_comments(self) -> int:
         """Seal the comments a file written before encryption holds in plain text; how many.
