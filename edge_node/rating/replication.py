@@ -1,7 +1,7 @@
 """A tenant file's side of rating sync: replicated rows, the conflict rule, the outbox.
 
 Every local change records its rating in the outbox in the same transaction (the writes in
-edge_node.rating.store call `_list_pending` first, which lists the tenant for the sync
+edge_node.rating.tenant_store call `_list_pending` first, which lists the tenant for the sync
 worker when its outbox was empty: edge_node/rating/pending.py). The sync worker uploads the
 current state of outboxed ratings (`pending_changes`) and forgets the entries once the
 central database has committed them (`acknowledge_uploaded`). Changes downloaded from the
@@ -60,7 +60,7 @@ def _row(values: Sequence[object]) -> RatingRow:
 
 
 class RatingReplication:
-    """The replicated side of TenantStore (edge_node.rating.store), which inherits it,
+    """The replicated side of TenantStore (edge_node.rating.tenant_store), which inherits it,
     so that requests and the sync worker share the tenant file's one connection."""
 
     _conn: sqlite3.Connection
