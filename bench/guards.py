@@ -31,7 +31,7 @@ from edge_node.abuse import AbuseGuard, AbuseMetrics, abuse_middleware
 from edge_node.blocks import BlockStore
 from edge_node.config import load_config
 from edge_node.limits import limits_middleware
-from edge_node.registry import open_node_database
+from edge_node.node_database import open_node_database
 from edge_node.router import ADMITTED_TENANT_KEY
 from edge_node.web import problem_middleware
 

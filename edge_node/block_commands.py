@@ -15,7 +15,7 @@ import orjson
 from edge_node.blocks import BlockStore, canonical_ip
 from edge_node.config import Config
 from edge_node.errors import RegistryError
-from edge_node.registry import open_node_database
+from edge_node.node_database import open_node_database
 
 
 def add_block_commands(commands: Any) -> None:

@@ -55,7 +55,7 @@ _COLUMNS = "ip, reason, blocked_at, expires_at, rate_per_second, baseline_per_se
 
 
 class BlockStore:
-    """The ip_blocks table (migrated with node.sqlite by edge_node.registry)."""
+    """The ip_blocks table (migrated with node.sqlite by edge_node.node_database)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn

@@ -5,12 +5,10 @@ accepts the older keys without a checksum). Only the SHA-256 of the whole key is
 a lookup finds the row by key id and compares hashes in constant time, so neither
 the database nor a timing side channel gives a usable key away.
 
-With a central database the registry is replicated (docs/sync.md, "The tenant registry"):
-tenants and keys created here, and keys revoked here, are recorded in `registry_outbox` in
-the same transaction and uploaded by the sync worker; rows downloaded from the central
-database are applied by `apply_remote`, where the central row wins for a tenant (except that
-a central row without a Stripe customer never erases the one provisioned here) and a key
-revoked anywhere stays revoked.
+With a central database the registry is replicated: what that adds to TenantRegistry (the
+outbox, rows downloaded, checkpoints) is edge_node.registry_replication. The values it hands
+out are edge_node.registry_model, re-exported here; node.sqlite's schema and opening are
+edge_node.node_database.
 """
 
 from __future__ import annotations
@@ -19,251 +17,49 @@ import hashlib
 import hmac
 import sqlite3
 import uuid
-from collections.abc import Sequence
-from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 from edge_node import sqlite
 from edge_node.apikeys import key_id_of, new_api_key, new_key_id
 from edge_node.clock import format_us, now_us
 from edge_node.errors import RegistryError
-
-Role = Literal["reader", "writer", "admin"]
-Plan = Literal["payg", "tiered", "flat"]
-TenantStatus = Literal["active", "suspended", "past_due", "canceled"]
-ROLES: tuple[Role, ...] = get_args(Role)
-PLANS: tuple[Plan, ...] = get_args(Plan)
-
-MIGRATIONS = (
-    """
-    CREATE TABLE tenants (
-        tenant_id TEXT PRIMARY KEY,
-        name TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
-        status TEXT NOT NULL DEFAULT 'active'
-            CHECK (status IN ('active', 'suspended', 'past_due', 'canceled')),
-        plan TEXT NOT NULL CHECK (plan IN ('payg', 'tiered', 'flat')),
-        rate_limit_per_minute INTEGER CHECK (rate_limit_per_minute > 0),
-        stripe_customer_id TEXT,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE api_keys (
-        key_id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id),
-        key_hash TEXT NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('reader', 'writer', 'admin')),
-        created_at INTEGER NOT NULL,
-        revoked_at INTEGER
-    ) WITHOUT ROWID;
-    CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id);
-    CREATE TABLE node_health (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        checked_at INTEGER NOT NULL
-    );
-    """,
-    # 2: sync. Registry rows to upload (key_id NULL: the tenant row), seeded with everything
-    # created before sync existed; and named download checkpoints.
-    """
-    CREATE TABLE registry_outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        tenant_id TEXT NOT NULL,
-        key_id TEXT
-    );
-    INSERT INTO registry_outbox (tenant_id, key_id)
-        SELECT tenant_id, NULL FROM tenants ORDER BY created_at, tenant_id;
-    INSERT INTO registry_outbox (tenant_id, key_id)
-        SELECT tenant_id, key_id FROM api_keys ORDER BY created_at, key_id;
-    CREATE TABLE sync_state (
-        name TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) WITHOUT ROWID;
-    """,
-    # 3: Stripe billing. The ledger of meter-event batches (written before a batch is sent,
-    # so a crash at any point resends the same identifier with the same value), Stripe
-    # webhook events applied (each once), and a tenant's subscription and billing state.
-    """
-    CREATE TABLE billing_ledger (
-        identifier TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL,
-        customer_id TEXT,
-        event_name TEXT NOT NULL,
-        window_start INTEGER NOT NULL,
-        value INTEGER NOT NULL CHECK (value > 0),
-        events INTEGER NOT NULL CHECK (events > 0),
-        queue TEXT NOT NULL,
-        first_seq INTEGER NOT NULL,
-        last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq),
-        state TEXT NOT NULL
-            CHECK (state IN ('planned', 'sent', 'confirmed', 'set_aside')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        planned_at INTEGER NOT NULL,
-        first_sent_at INTEGER,
-        confirmed_at INTEGER,
-        set_aside_reason TEXT
-    ) WITHOUT ROWID;
-    CREATE INDEX billing_ledger_open ON billing_ledger (tenant_id, planned_at)
-        WHERE state IN ('planned', 'sent');
-    CREATE INDEX billing_ledger_by_window ON billing_ledger (tenant_id, window_start);
-    CREATE TABLE webhook_events (
-        event_id TEXT PRIMARY KEY,
-        type TEXT NOT NULL,
-        created INTEGER NOT NULL,
-        received_at INTEGER NOT NULL,
-        outcome TEXT NOT NULL
-    ) WITHOUT ROWID;
-    ALTER TABLE tenants ADD COLUMN subscription_id TEXT;
-    ALTER TABLE tenants ADD COLUMN billing_event_created INTEGER;
-    ALTER TABLE tenants ADD COLUMN past_due_since INTEGER;
-    """,
-    # 4: Stripe event ordering. Subscription events are ordered among themselves (a
-    # cancellation is not outdated by a later invoice event), so the newest one applied is
-    # kept apart from billing_event_created (the newest of any kind); and which tenant each
-    # webhook event was about, for operators asking why a tenant changed.
-    """
-    ALTER TABLE tenants ADD COLUMN subscription_event_created INTEGER;
-    ALTER TABLE webhook_events ADD COLUMN tenant_id TEXT;
-    CREATE INDEX webhook_events_by_tenant ON webhook_events (tenant_id, created)
-        WHERE tenant_id IS NOT NULL;
-    """,
-    # 5: Stripe billing. The queue numbering a batch was planned in (it changes when the
-    # queue's numbering restarts behind the ledger), part of its identifier. A tenant's
-    # billing standing apart from its status. Billing events shared through the central
-    # database that wait here: to be uploaded, or (downloaded) for their tenant to arrive.
-    """
-    ALTER TABLE billing_ledger ADD COLUMN queue_epoch INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE tenants ADD COLUMN billing_status TEXT
-        CHECK (billing_status IN ('active', 'past_due', 'canceled'));
-    UPDATE tenants SET billing_status = status
-        WHERE billing_event_created IS NOT NULL AND status != 'suspended';
-    CREATE TABLE shared_billing_events (
-        event_id TEXT PRIMARY KEY,
-        waiting_for TEXT NOT NULL CHECK (waiting_for IN ('upload', 'tenant')),
-        tenant_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        created INTEGER NOT NULL,
-        customer_id TEXT,
-        subscription_id TEXT,
-        target TEXT NOT NULL
-    ) WITHOUT ROWID;
-    """,
-    # 6: Client IPs blocked for abuse (edge_node.blocks): written by the daemon when a spike
-    # blocks one, listed and lifted by `edge-node blocks`; a row past expires_at is inert.
-    """
-    CREATE TABLE ip_blocks (
-        ip TEXT PRIMARY KEY,
-        reason TEXT NOT NULL,
-        blocked_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        rate_per_second REAL NOT NULL,
-        baseline_per_second REAL NOT NULL
-    ) WITHOUT ROWID;
-    """,
+from edge_node.node_database import open_node_database
+from edge_node.registry_model import (
+    PLANS,
+    ROLES,
+    IssuedKey,
+    KeyGrant,
+    KeyRecord,
+    Plan,
+    RegistryChange,
+    Role,
+    StripeLink,
+    Tenant,
+    TenantRecord,
+    TenantStatus,
 )
+from edge_node.registry_replication import RegistryReplication
 
+__all__ = [
+    "PLANS",
+    "ROLES",
+    "IssuedKey",
+    "KeyGrant",
+    "KeyRecord",
+    "Plan",
+    "RegistryChange",
+    "Role",
+    "StripeLink",
+    "Tenant",
+    "TenantRecord",
+    "TenantRegistry",
+    "TenantStatus",
+    "delete_tenant_rows",
+    "hash_key",
+    "parse_key_id",
+]
 
-@dataclass(frozen=True, slots=True)
-class Tenant:
-    tenant_id: str
-    name: str
-    status: TenantStatus
-    plan: Plan
-    rate_limit_per_minute: int | None
-    created_at: int
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "tenant_id": self.tenant_id,
-            "name": self.name,
-            "status": self.status,
-            "plan": self.plan,
-            "rate_limit_per_minute": self.rate_limit_per_minute,
-            "created_at": format_us(self.created_at),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedKey:
-    """A freshly created API key: the only moment the secret exists outside its holder."""
-
-    key_id: str
-    tenant_id: str
-    role: Role
-    api_key: str
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "key_id": self.key_id,
-            "tenant_id": self.tenant_id,
-            "role": self.role,
-            "api_key": self.api_key,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class KeyGrant:
-    """What a valid API key grants: its tenant (with status and limit) and its role."""
-
-    key_id: str
-    tenant_id: str
-    role: Role
-    tenant_status: TenantStatus
-    rate_limit_per_minute: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class TenantRecord:
-    """A tenant's whole registry row, as it travels between node.sqlite and the central db."""
-
-    tenant_id: str
-    name: str
-    status: TenantStatus
-    plan: Plan
-    rate_limit_per_minute: int | None
-    stripe_customer_id: str | None
-    created_at: int
-    updated_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    """An API key's registry row (its hash, never the key), as it travels."""
-
-    key_id: str
-    tenant_id: str
-    key_hash: str
-    role: Role
-    created_at: int
-    revoked_at: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryChange:
-    """A registry row waiting for upload: a tenant, or one of its keys (with the tenant, which
-    the central key's foreign key needs). `seq` is its newest outbox entry."""
-
-    seq: int
-    tenant: TenantRecord
-    key: KeyRecord | None
-
-
-@dataclass(frozen=True, slots=True)
-class StripeLink:
-    """A tenant's link to Stripe: its customer and subscription ids, None until provisioned."""
-
-    tenant_id: str
-    name: str
-    plan: Plan
-    stripe_customer_id: str | None
-    subscription_id: str | None
-
-
-_TENANT_RECORD = (
-    "t.tenant_id, t.name, t.status, t.plan, t.rate_limit_per_minute, t.stripe_customer_id,"
-    " t.created_at, t.updated_at"
-)
 _STRIPE_LINK = "tenant_id, name, plan, stripe_customer_id, subscription_id"
-_KEY_RECORD = "k.key_id, k.tenant_id, k.key_hash, k.role, k.created_at, k.revoked_at"
 
 
 def hash_key(api_key: str) -> str:
@@ -276,18 +72,7 @@ def parse_key_id(api_key: str) -> str | None:
     return key_id_of(api_key)
 
 
-def open_node_database(data_dir: Path, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
-    """A connection to data_dir/node.sqlite, migrated, with synchronous FULL: what it
-    commits (tenants, keys, billing confirmations) survives power loss."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    conn = sqlite.connect(
-        data_dir / "node.sqlite", synchronous="full", busy_timeout_ms=busy_timeout_ms
-    )
-    sqlite.migrate(conn, MIGRATIONS)
-    return conn
-
-
-class TenantRegistry:
+class TenantRegistry(RegistryReplication):
     """node.sqlite: the tenants this node serves and the hashes of their API keys."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -419,11 +204,6 @@ class TenantRegistry:
         self._record_change(tenant_id, key_id)
         return IssuedKey(key_id, tenant_id, role, api_key)
 
-    def _record_change(self, tenant_id: str, key_id: str | None) -> None:
-        self._conn.execute(
-            "INSERT INTO registry_outbox (tenant_id, key_id) VALUES (?, ?)", (tenant_id, key_id)
-        )
-
     # Stripe provisioning (sync/provisioning.py): each id is set once and never replaced.
 
     def stripe_link(self, tenant_id: str) -> StripeLink | None:
@@ -473,103 +253,6 @@ class TenantRegistry:
         if row is None:
             raise RegistryError(f"no tenant with id {tenant_id}")
         return str(row[0])
-
-    # Sync: the outbox, rows from the central database, and download checkpoints.
-
-    def pending_uploads(self) -> list[RegistryChange]:
-        """Every tenant and key waiting for upload, in their current state, oldest first."""
-        rows = self._conn.execute(
-            f"SELECT o.seq, {_TENANT_RECORD}, {_KEY_RECORD}"  # noqa: S608
-            " FROM (SELECT tenant_id, key_id, max(seq) AS seq FROM registry_outbox"
-            "       GROUP BY tenant_id, key_id) o"
-            " JOIN tenants t ON t.tenant_id = o.tenant_id"
-            " LEFT JOIN api_keys k ON k.key_id = o.key_id"
-            " ORDER BY o.seq"
-        ).fetchall()
-        return [
-            RegistryChange(
-                row[0], TenantRecord(*row[1:9]), None if row[9] is None else KeyRecord(*row[9:])
-            )
-            for row in rows
-        ]
-
-    def acknowledge_uploads(self, changes: Sequence[RegistryChange]) -> None:
-        """Drop the outbox entries `changes` covered (call once the central COMMIT is done);
-        entries recorded since stay for the next upload."""
-        with sqlite.transaction(self._conn):
-            self._conn.executemany(
-                "DELETE FROM registry_outbox WHERE tenant_id = ? AND key_id IS ? AND seq <= ?",
-                [
-                    (c.tenant.tenant_id, None if c.key is None else c.key.key_id, c.seq)
-                    for c in changes
-                ],
-            )
-
-    def apply_remote(
-        self,
-        tenants: Sequence[TenantRecord],
-        keys: Sequence[KeyRecord],
-        *,
-        checkpoint: tuple[str, str] | None = None,
-    ) -> int:
-        """Apply rows from the central database and store `checkpoint` (name, value), in one
-        transaction; how many rows changed. A tenant takes the central row whole; a key takes
-        its role, keeps its earliest revocation (revoked anywhere stays revoked), and is left
-        alone when its id already belongs to another tenant or hash here."""
-        changed = 0
-        with sqlite.transaction(self._conn):
-            for tenant in tenants:
-                changed += self._conn.execute(_APPLY_TENANT, astuple(tenant)).rowcount
-            for key in keys:
-                changed += self._conn.execute(_APPLY_KEY, astuple(key)).rowcount
-            if checkpoint is not None:
-                self._conn.execute(
-                    "INSERT INTO sync_state (name, value) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    checkpoint,
-                )
-        return changed
-
-    def sync_checkpoint(self, name: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM sync_state WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row[0])
-
-
-# Applying central rows (parameters in the records' field order): the WHERE clauses skip rows
-# that would not change, so rowcount says what did. SQLite compares NULLs with IS.
-# A tenant's billing standing (billing_status: active, past_due, canceled) comes from Stripe
-# events, which travel apart (edge_node/billing_events.py): once one was applied here, the
-# central status only suspends the tenant, and otherwise the billing standing stands, so a
-# download never reverts a newer billing state (nor revives a canceled tenant on resume).
-_STATUS_FROM_CENTRAL = """CASE
-        WHEN excluded.status = 'suspended' THEN 'suspended'
-        ELSE coalesce(billing_status, excluded.status) END"""
-_APPLY_TENANT = f"""
-    INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,
-                         stripe_customer_id, created_at, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (tenant_id) DO UPDATE SET
-        name = excluded.name, status = {_STATUS_FROM_CENTRAL}, plan = excluded.plan,
-        rate_limit_per_minute = excluded.rate_limit_per_minute,
-        stripe_customer_id = coalesce(excluded.stripe_customer_id, stripe_customer_id),
-        updated_at = excluded.updated_at
-    WHERE (name, status, plan, rate_limit_per_minute, stripe_customer_id, updated_at)
-        IS NOT (excluded.name, {_STATUS_FROM_CENTRAL}, excluded.plan,
-                excluded.rate_limit_per_minute,
-                coalesce(excluded.stripe_customer_id, stripe_customer_id),
-                excluded.updated_at)"""  # noqa: S608 - constant text, no input
-
-_APPLY_KEY = """
-    INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at, revoked_at)
-    VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT (key_id) DO UPDATE SET
-        role = excluded.role,
-        revoked_at = coalesce(min(revoked_at, excluded.revoked_at), revoked_at,
-                              excluded.revoked_at)
-    WHERE tenant_id = excluded.tenant_id AND key_hash = excluded.key_hash
-      AND (role IS NOT excluded.role
-           OR revoked_at IS NOT coalesce(min(revoked_at, excluded.revoked_at), revoked_at,
-                                         excluded.revoked_at))"""
 
 
 def delete_tenant_rows(conn: sqlite3.Connection, tenant_id: str) -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
 
 from edge_node import sqlite
-from edge_node.registry import open_node_database
+from edge_node.node_database import open_node_database
 from sync.billing_clock import HIGH_WATER
 from sync.billing_plan import PlannedRange
 

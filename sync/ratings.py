@@ -1,7 +1,7 @@
 """Ratings on the central database: the upload upsert and the per-tenant download of changes.
 
-Both sides apply one conflict rule, the same as every edge (`edge_node.rating.store.wins`): a
-row replaces another only when its (updated_at, origin_node) is greater. origin_node is
+Both sides apply one conflict rule, the same as every edge (`edge_node.rating.replication.wins`):
+a row replaces another only when its (updated_at, origin_node) is greater. origin_node is
 compared byte by byte (`COLLATE "C"`), as SQLite and Python compare text; the database's own
 collation could order 'Node-b' and 'node-a' differently on another server. A row that does
 not win changes nothing, not even its change position, so uploading a batch twice (a retry

@@ -7,7 +7,8 @@ from typing import Any
 
 from edge_node.config import Config
 from edge_node.errors import ConfigError, SyncError
-from edge_node.registry import TenantRegistry, open_node_database
+from edge_node.node_database import open_node_database
+from edge_node.registry import TenantRegistry
 from edge_node.secrets import SecretFile
 from sync.billing_catalog import catalog_path, save_catalog
 from sync.provisioning import Provisioner

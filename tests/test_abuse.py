@@ -21,7 +21,7 @@ from edge_node.blocks import BlockList, BlockStore, IpBlock
 from edge_node.client_ip import ClientAddresses
 from edge_node.clock import now_us
 from edge_node.errors import ConfigError
-from edge_node.registry import open_node_database
+from edge_node.node_database import open_node_database
 from edge_node.spikes import SpikeDetector
 from tests.conftest import NodeFactory
 from tests.support import RunningNode

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from edge_node import sqlite
-from edge_node.registry import MIGRATIONS
+from edge_node.node_database import MIGRATIONS
 
 
 class TestConcurrentMigration:

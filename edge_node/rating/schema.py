@@ -88,3 +88,8 @@ MIGRATIONS = (
         CHECK (comment_sealed IS NULL OR length(comment_sealed) <= 8192);
     """,
 )
+
+# A rating's columns as they are read back: as the API serves it (edge_node.rating.tenant_store),
+# and with its origin and tombstone as it replicates (RatingRow's fields, in their order).
+RATING_COLUMNS = "id, tenant_id, user_id, item_id, score, comment_sealed, created_at, updated_at"
+ROW_COLUMNS = RATING_COLUMNS + ", origin_node, deleted"

@@ -11,7 +11,8 @@ import pytest
 
 from edge_node import sqlite
 from edge_node.clock import now_us
-from edge_node.registry import MIGRATIONS, TenantRegistry, hash_key
+from edge_node.node_database import MIGRATIONS
+from edge_node.registry import TenantRegistry, hash_key
 from sync.postgres import Connection, connect
 from tests.support import RunningNode
 from tests.sync.conftest import EdgeFactory

@@ -1,0 +1,299 @@
+"""One tenant's ratings file: group-committed writes, reads, and the rating queries.
+
+A score read is one primary-key lookup: the aggregates are kept by triggers (`schema`).
+Deletes are tombstones (`deleted = 1`, comment erased) so sync can carry them to other
+replicas; tombstoned rows are invisible to every read. Every local change records its rating
+in the outbox in the same transaction (`replication`, which this store inherits).
+
+Comments are stored sealed (`edge_node.sealing`): AES-256-GCM under the tenant's data key,
+bound to the row. Replication carries the sealed bytes as they are (`RatingRow.comment_sealed`);
+only reads and writes through the API open or seal them. A comment this node cannot open
+(its key is destroyed or not synced yet, or the ciphertext was moved or altered) is served
+as `"comment": null, "comment_unreadable": true` and logged, never as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from edge_node import sqlite
+from edge_node.clock import now_us
+from edge_node.errors import CommentUnreadable, KeyMaterialError
+from edge_node.rating.model import ItemScore, Rating, RatingInput
+from edge_node.rating.pending import PendingUploads
+from edge_node.rating.replication import RatingReplication, rating_id
+from edge_node.rating.schema import RATING_COLUMNS
+from edge_node.sealing import TenantSealer
+
+# The logger these warnings had before this module was split out of store, which operators'
+# log queries may name.
+log = logging.getLogger("edge_node.rating.store")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    ratings: list[Rating]
+    has_more: bool
+
+
+class DeleteDenied(Exception):
+    """The rating exists but belongs to another user than the one the credential is bound to."""
+
+
+class TenantStore(RatingReplication):
+    """One tenant's ratings file. Calls are synchronous: each is one short local transaction."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        tenant_id: str,
+        node_id: str,
+        sealer: TenantSealer,
+        pending: PendingUploads | None = None,
+    ) -> None:
+        self._conn = conn
+        self.tenant_id = tenant_id
+        self._node_id = node_id
+        self._sealer = sealer
+        self._pending = pending
+        self.dirty = False  # written since the last background checkpoint was scheduled
+        self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._close_after_batch = False
+
+    def close(self) -> None:
+        if self._batch:  # evicted with writes pending: close once they have committed
+            self._close_after_batch = True
+            return
+        self._conn.close()
+
+    async def batched(self, operation: Callable[[], T]) -> T:
+        """Run a write in the transaction shared by the writes of this loop iteration.
+
+        Writes arriving together commit together (one BEGIN/COMMIT, one set of WAL page
+        writes); each runs in its own savepoint, so one failing leaves the others intact,
+        and every caller learns its result only once the shared COMMIT has succeeded.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._batch.append((operation, future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._commit_batch)
+        return await future
+
+    def _commit_batch(self) -> None:
+        try:
+            self._run_batch()
+        finally:
+            if self._close_after_batch:
+                self._conn.close()
+
+    def _run_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            with sqlite.transaction(self._conn):
+                for operation, future in batch:
+                    if future.cancelled():
+                        continue
+                    try:
+                        with sqlite.transaction(self._conn):  # a savepoint per write
+                            outcomes.append((future, operation(), None))
+                    except Exception as exc:  # handed to that write's caller
+                        outcomes.append((future, None, exc))
+        except Exception as exc:  # BEGIN or COMMIT failed: none of the batch is durable
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, value, error in outcomes:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+    def upsert(self, rating: RatingInput) -> tuple[Rating, bool]:
+        """Create or replace the (user, item) rating; True when it did not exist before."""
+        conn = self._conn
+        self.dirty = True
+        self._sealer.refresh()
+        with sqlite.transaction(conn):
+            row = conn.execute(
+                "SELECT id, created_at, updated_at, deleted FROM ratings"
+                " WHERE tenant_id = ? AND user_id = ? AND item_id = ?",
+                (self.tenant_id, rating.user_id, rating.item_id),
+            ).fetchone()
+            if row is None:
+                now = now_us()
+                rid, created_at, created = rating_id(self.tenant_id, *rating.key), now, True
+                conn.execute(
+                    "INSERT INTO ratings (id, tenant_id, user_id, item_id, score, comment_sealed,"
+                    " created_at, updated_at, origin_node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rid,
+                        self.tenant_id,
+                        *rating.key,
+                        rating.score,
+                        self._sealer.seal(rid, rating.comment),
+                        now,
+                        now,
+                        self._node_id,
+                    ),
+                )
+            else:
+                rid, created_at, previous, deleted = row
+                # updated_at only moves forward on this row, even if the wall clock steps back.
+                now = max(now_us(), previous + 1)
+                created = bool(deleted)
+                if created:
+                    created_at = now
+                conn.execute(
+                    "UPDATE ratings SET score = ?, comment_sealed = ?, created_at = ?,"
+                    " updated_at = ?, origin_node = ?, deleted = 0 WHERE id = ?",
+                    (
+                        rating.score,
+                        self._sealer.seal(rid, rating.comment),
+                        created_at,
+                        now,
+                        self._node_id,
+                        rid,
+                    ),
+                )
+            self._list_pending()
+            conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
+        stored = Rating(
+            rid, self.tenant_id, *rating.key, rating.score, rating.comment, created_at, now
+        )
+        return stored, created
+
+    def page(
+        self,
+        *,
+        item_id: str | None = None,
+        user_id: str | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """Live ratings in (created_at, id) order, strictly after the cursor position."""
+        clauses: list[str] = ["deleted = 0"]
+        params: list[object] = []
+        if item_id is not None:
+            clauses.append("item_id = ?")
+            params.append(item_id)
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(user_id)
+        if after is not None:
+            clauses.append("(created_at, id) > (?, ?)")
+            params.extend(after)
+        rows = self._conn.execute(
+            f"SELECT {RATING_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
+            " ORDER BY created_at, id LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        self._sealer.refresh()
+        return Page([self._opened(row) for row in rows[:limit]], has_more=len(rows) > limit)
+
+    def _opened(self, row: Sequence[Any]) -> Rating:
+        """A stored row as the API serves it, its comment opened."""
+        rid, tenant_id, user_id, item_id, score, sealed, created_at, updated_at = row
+        try:
+            comment = self._sealer.open(rid, sealed)
+        except (CommentUnreadable, KeyMaterialError) as exc:
+            log.warning("comment of rating %s (tenant %s) unreadable: %s", rid, tenant_id, exc)
+            return Rating(
+                rid, tenant_id, user_id, item_id, score, None, created_at, updated_at, True
+            )
+        return Rating(rid, tenant_id, user_id, item_id, score, comment, created_at, updated_at)
+
+    def score(self, item_id: str) -> ItemScore:
+        row = self._conn.execute(
+            "SELECT count, total, s1, s2, s3, s4, s5 FROM item_scores"
+            " WHERE tenant_id = ? AND item_id = ?",
+            (self.tenant_id, item_id),
+        ).fetchone()
+        if row is None:
+            return ItemScore(item_id, 0, 0, (0, 0, 0, 0, 0))
+        return ItemScore(item_id, row[0], row[1], tuple(row[2:]))
+
+    def delete(self, rid: str, *, only_user: str | None = None) -> bool:
+        """Tombstone one rating; False when there is no live rating with that id."""
+        self.dirty = True
+        with sqlite.transaction(self._conn):
+            row = self._conn.execute(
+                "SELECT user_id FROM ratings WHERE id = ? AND deleted = 0", (rid,)
+            ).fetchone()
+            if row is None:
+                return False
+            if only_user is not None and row[0] != only_user:
+                raise DeleteDenied(rid)
+            self._conn.execute(
+                "UPDATE ratings SET deleted = 1, comment_sealed = NULL, origin_node = ?,"
+                " updated_at = max(?, updated_at + 1) WHERE id = ?",
+                (self._node_id, now_us(), rid),
+            )
+            self._list_pending()
+            self._conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
+        return True
+
+    def erase_user(self, user_id: str) -> int:
+        """Tombstone every live rating of a user and erase their comments; how many there were."""
+        self.dirty = True
+        with sqlite.transaction(self._conn):
+            self._list_pending()
+            self._conn.execute(
+                "INSERT INTO outbox (rating_id)"
+                " SELECT id FROM ratings WHERE user_id = ? AND deleted = 0",
+                (user_id,),
+            )
+            return self._conn.execute(
+                "UPDATE ratings SET deleted = 1, comment_sealed = NULL, origin_node = ?,"
+                " updated_at = max(?, updated_at + 1) WHERE user_id = ? AND deleted = 0",
+                (self._node_id, now_us(), user_id),
+            ).rowcount
+
+    def seal_plaintext_comments(self) -> int:
+        """Seal the comments a file written before encryption holds in plain text; how many.
+
+        Each sealed row moves its updated_at on by 1 us and enters the outbox, so the upload
+        replaces the plain text on the central database too (the conflict rule lets it in).
+        Done once per file: a marker in sync_state spares later opens the scan."""
+        done = "SELECT 1 FROM sync_state WHERE key = 'plaintext_comments_sealed'"
+        if self._conn.execute(done).fetchone() is not None:
+            return 0
+        self._sealer.refresh()
+        with sqlite.transaction(self._conn):
+            rows = self._conn.execute(
+                "SELECT id, comment FROM ratings WHERE comment IS NOT NULL"
+            ).fetchall()
+            self._conn.execute(
+                "INSERT INTO sync_state (key, value) VALUES ('plaintext_comments_sealed', '1')"
+                " ON CONFLICT (key) DO NOTHING"
+            )
+            for rid, comment in rows:
+                self._conn.execute(
+                    "UPDATE ratings SET comment_sealed = ?, comment = NULL,"
+                    " updated_at = updated_at + 1 WHERE id = ?",
+                    (self._sealer.seal(rid, comment), rid),
+                )
+                self._conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
+        return len(rows)
+
+    def recompute_scores(self) -> dict[str, ItemScore]:
+        """Scores computed from the rows themselves, bypassing the aggregates (for checks)."""
+        rows = self._conn.execute(
+            "SELECT item_id, score, count(*) FROM ratings WHERE deleted = 0 GROUP BY item_id, score"
+        ).fetchall()
+        histograms: dict[str, list[int]] = {}
+        for item_id, score, count in rows:
+            histograms.setdefault(item_id, [0] * 5)[score - 1] = count
+        return {
+            item: ItemScore(item, sum(h), sum((i + 1) * n for i, n in enumerate(h)), tuple(h))
+            for item, h in histograms.items()
+        }
