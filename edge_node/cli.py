@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,19 @@ import orjson
 
 from edge_node import __version__
 from edge_node.block_commands import add_block_commands
+from edge_node.command_support import (
+    EXIT_CONFIG,
+    EXIT_LOCKED,
+    EXIT_NOT_RUNNING,
+    EXIT_UNAVAILABLE,
+    EXIT_UNBILLED,
+    EXIT_USAGE,
+    emit,
+    iso_date,
+    open_registry,
+    positive_int,
+    require_uuid,
+)
 from edge_node.config import Config, load_config, service_environment
 from edge_node.daemon import run, serve
 from edge_node.errors import (
@@ -26,21 +38,25 @@ from edge_node.errors import (
     SyncError,
     TransientSyncError,
 )
-from edge_node.ids import is_uuid
 from edge_node.keystore import open_keyring
 from edge_node.logs import configure_logging
 from edge_node.meter import UsageEvent
 from edge_node.queue import QueueLocked, QueueStatus, inspect_queue, tail_records
 from edge_node.rating.store import TenantStores
-from edge_node.registry import PLANS, ROLES, TenantRegistry
+from edge_node.registry import PLANS, ROLES
 from edge_node.supervisor import Supervisor, run_supervisor, worker_command
 
-EXIT_UNBILLED = 1  # billing reconcile: usage served that is neither billed nor in flight
-EXIT_USAGE = 2
-EXIT_NOT_RUNNING = 3  # status: the daemon is not running (an LSB init script's status code)
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: PostgreSQL or Stripe could not be reached; retry later
-EXIT_LOCKED = 75  # EX_TEMPFAIL: the other instance holds the data directory
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as "fix the config"
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_LOCKED",
+    "EXIT_NOT_RUNNING",
+    "EXIT_UNAVAILABLE",
+    "EXIT_UNBILLED",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+    "queue_status_document",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve_cmd.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="serving processes on the one port under a supervisor (default 1: one process)",
     )
@@ -72,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = tenants.add_parser("create", help="register a tenant and print its first API key")
     create.add_argument("--name", required=True)
     create.add_argument("--plan", choices=PLANS, default="payg")
-    create.add_argument("--rate-limit", type=_positive_int, metavar="PER_MINUTE")
+    create.add_argument("--rate-limit", type=positive_int, metavar="PER_MINUTE")
     create.set_defaults(handler=_tenants_create)
     tenants.add_parser("list", help="list tenants").set_defaults(handler=_tenants_list)
     for action, status in (("suspend", "suspended"), ("resume", "active")):
@@ -98,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_queue_status
     )
     tail = queue.add_parser("tail", help="print the newest usage events")
-    tail.add_argument("-n", type=_positive_int, default=10, metavar="N", help="default 10")
+    tail.add_argument("-n", type=positive_int, default=10, metavar="N", help="default 10")
     tail.set_defaults(handler=_queue_tail)
     _add_outside_commands(commands)
     add_block_commands(commands)
@@ -150,7 +166,7 @@ def _add_outside_commands(commands: Any) -> None:
     )
     reconcile.add_argument("--tenant", metavar="ID", help="one tenant only")
     reconcile.add_argument(
-        "--since", type=_date, metavar="DATE", help="from this UTC day on (YYYY-MM-DD)"
+        "--since", type=iso_date, metavar="DATE", help="from this UTC day on (YYYY-MM-DD)"
     )
     reconcile.set_defaults(handler=_billing_reconcile)
 
@@ -196,21 +212,6 @@ def add_operations_commands(commands: Any) -> None:
     )
     restore.add_argument("directory", metavar="DIR", help="a directory written by `backup`")
     restore.set_defaults(handler=_restore)
-
-
-def _date(text: str) -> date:
-    """argparse type: a day as YYYY-MM-DD, else a usage error (exit 2)."""
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a date as YYYY-MM-DD, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a positive integer, else a usage error (exit 2)."""
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,19 +284,10 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _emit(document: Any) -> int:
-    sys.stdout.write(orjson.dumps(document).decode() + "\n")
-    return 0
-
-
-def _registry(config: Config) -> TenantRegistry:
-    return TenantRegistry.open(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
-
-
 def _tenants_create(config: Config, args: argparse.Namespace) -> int:
     if not 1 <= len(args.name) <= 200:
         raise RegistryError("--name must be 1 to 200 characters")
-    registry = _registry(config)
+    registry = open_registry(config)
     try:
         tenant, key = registry.create_tenant(
             args.name, plan=args.plan, rate_limit_per_minute=args.rate_limit
@@ -312,14 +304,14 @@ def _tenants_create(config: Config, args: argparse.Namespace) -> int:
     document = {**tenant.to_json(), "api_key": key.api_key, "key_id": key.key_id, "role": key.role}
     if config.stripe.enabled:
         document.update(_provision_in_stripe(config, tenant.tenant_id))
-    return _emit(document)
+    return emit(document)
 
 
 def _provision_in_stripe(config: Config, tenant_id: str) -> dict[str, Any]:
     """Make the new tenant a Stripe customer now if Stripe answers; else the daemon will."""
     from sync.stripe_commands import provision_tenant  # noqa: PLC0415
 
-    registry = _registry(config)
+    registry = open_registry(config)
     try:
         outcome = asyncio.run(provision_tenant(config, registry, tenant_id))
     finally:
@@ -334,35 +326,35 @@ def _provision_in_stripe(config: Config, tenant_id: str) -> dict[str, Any]:
 
 
 def _tenants_list(config: Config, args: argparse.Namespace) -> int:
-    registry = _registry(config)
+    registry = open_registry(config)
     try:
-        return _emit([tenant.to_json() for tenant in registry.list_tenants()])
+        return emit([tenant.to_json() for tenant in registry.list_tenants()])
     finally:
         registry.close()
 
 
 def _tenants_set_status(config: Config, args: argparse.Namespace) -> int:
-    _require_uuid(args.tenant_id)
-    registry = _registry(config)
+    require_uuid(args.tenant_id)
+    registry = open_registry(config)
     try:
-        return _emit(registry.set_status(args.tenant_id, args.status).to_json())
+        return emit(registry.set_status(args.tenant_id, args.status).to_json())
     finally:
         registry.close()
 
 
 def _keys_create(config: Config, args: argparse.Namespace) -> int:
-    _require_uuid(args.tenant_id)
-    registry = _registry(config)
+    require_uuid(args.tenant_id)
+    registry = open_registry(config)
     try:
-        return _emit(registry.create_key(args.tenant_id, args.role).to_json())
+        return emit(registry.create_key(args.tenant_id, args.role).to_json())
     finally:
         registry.close()
 
 
 def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
-    registry = _registry(config)
+    registry = open_registry(config)
     try:
-        return _emit(registry.revoke_key(args.key_id))
+        return emit(registry.revoke_key(args.key_id))
     finally:
         registry.close()
 
@@ -370,8 +362,8 @@ def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
 def _tenants_delete(config: Config, args: argparse.Namespace) -> int:
     from edge_node.key_admin import delete_tenant  # noqa: PLC0415
 
-    _require_uuid(args.tenant_id)
-    registry = _registry(config)
+    require_uuid(args.tenant_id)
+    registry = open_registry(config)
     stores = TenantStores(
         config.data_path / "tenants", node_id=config.node_id, keyring=open_keyring(config)
     )
@@ -379,7 +371,7 @@ def _tenants_delete(config: Config, args: argparse.Namespace) -> int:
         known = registry.get_tenant(args.tenant_id) is not None
         if not known and not stores.path(args.tenant_id).exists():
             raise RegistryError(f"no tenant with id {args.tenant_id}")
-        return _emit(delete_tenant(registry, stores, args.tenant_id))
+        return emit(delete_tenant(registry, stores, args.tenant_id))
     finally:
         stores.close()
         registry.close()
@@ -391,7 +383,7 @@ def _keys_rotate_master(config: Config, args: argparse.Namespace) -> int:
     _refuse_while_serving(config)
     keyring = open_keyring(config)
     try:
-        return _emit(rotate_master(keyring, args.new_key_file))
+        return emit(rotate_master(keyring, args.new_key_file))
     finally:
         keyring.close()
 
@@ -411,7 +403,7 @@ def _queue_directories(config: Config) -> list[Path]:
 
 def _queue_status(config: Config, args: argparse.Namespace) -> int:
     now = time.time_ns() // 1_000_000
-    return _emit(
+    return emit(
         [
             {"directory": str(directory), **queue_status_document(inspect_queue(directory), now)}
             for directory in _queue_directories(config)
@@ -462,7 +454,7 @@ def _central_migrate(config: Config, args: argparse.Namespace) -> int:
     dsns = (args.dsn,) if args.dsn else config.central.dsns
     if not dsns:
         raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
-    return _emit(asyncio.run(migrate_dsns(dsns)))
+    return emit(asyncio.run(migrate_dsns(dsns)))
 
 
 def _sync_status(config: Config, args: argparse.Namespace) -> int:
@@ -477,15 +469,15 @@ def _sync_status(config: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    return _emit(document)
+    return emit(document)
 
 
 def _sync_reset_checkpoints(config: Config, args: argparse.Namespace) -> int:
     from sync.shard_state import reset_command  # noqa: PLC0415
 
-    registry = _registry(config)
+    registry = open_registry(config)
     try:
-        return _emit(reset_command(registry.connection, len(config.central.dsns), args.shard))
+        return emit(reset_command(registry.connection, len(config.central.dsns), args.shard))
     finally:
         registry.close()
 
@@ -495,7 +487,7 @@ def _stripe_bootstrap(config: Config, args: argparse.Namespace) -> int:
     from sync.stripe_commands import bootstrap  # noqa: PLC0415
 
     try:
-        return _emit(asyncio.run(bootstrap(config)))
+        return emit(asyncio.run(bootstrap(config)))
     except SyncError as exc:
         print(f"edge-node: Stripe: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1
@@ -506,13 +498,13 @@ def _billing_reconcile(config: Config, args: argparse.Namespace) -> int:
     from sync.billing_reconcile import reconcile  # noqa: PLC0415
 
     if args.tenant is not None:
-        _require_uuid(args.tenant)
+        require_uuid(args.tenant)
     try:
         report = reconcile(config.data_path, tenant_id=args.tenant, since=args.since)
     except (OSError, sqlite3.Error) as exc:
         print(f"edge-node: cannot reconcile {config.data_path}: {exc}", file=sys.stderr)
         return 1
-    _emit(report.to_json())
+    emit(report.to_json())
     if not report.ok:
         print(
             "edge-node: billing disagrees with usage served beyond what is in flight; see"
@@ -539,7 +531,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         )
         return 1
     if args.json:
-        _emit(document)
+        emit(document)
     else:
         sys.stdout.write(render_table(document))
     return 0 if document["daemon"]["state"] == "running" else EXIT_NOT_RUNNING
@@ -555,7 +547,7 @@ def _backup(config: Config, args: argparse.Namespace) -> int:
         print(f"edge-node: backup failed: {exc}", file=sys.stderr)
         return 1
     files = manifest["files"]
-    return _emit(
+    return emit(
         {
             "backup": str(Path(args.directory).resolve()),
             "node_id": manifest["node_id"],
@@ -586,12 +578,7 @@ def _restore(config: Config, args: argparse.Namespace) -> int:
             f" {document['backup_node_id']!r} so usage is billed under the same identifiers",
             file=sys.stderr,
         )
-    return _emit(document)
-
-
-def _require_uuid(tenant_id: str) -> None:
-    if not is_uuid(tenant_id):
-        raise RegistryError(f"{tenant_id!r} is not a tenant id (a UUID)")
+    return emit(document)
 
 
 def _add_bind_role_command(central: Any) -> None:
@@ -617,11 +604,11 @@ def _central_bind_role(config: Config, args: argparse.Namespace) -> int:
     from sync.tenant_roles import bind_role_dsns  # noqa: PLC0415
 
     if args.tenant_id is not None:
-        _require_uuid(args.tenant_id)
+        require_uuid(args.tenant_id)
     dsns = (args.dsn,) if args.dsn else config.central.dsns
     if not dsns:
         raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
-    return _emit(asyncio.run(bind_role_dsns(dsns, args.role, args.tenant_id)))
+    return emit(asyncio.run(bind_role_dsns(dsns, args.role, args.tenant_id)))
 
 
 def _add_rotate_fleet_command(keys: Any) -> None:
@@ -634,7 +621,7 @@ def _add_rotate_fleet_command(keys: Any) -> None:
         "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
     )
     rotate.add_argument(
-        "--batch-size", type=_positive_int, default=500, metavar="N", help="keys per transaction"
+        "--batch-size", type=positive_int, default=500, metavar="N", help="keys per transaction"
     )
     rotate.set_defaults(handler=_keys_rotate_fleet)
 
@@ -653,7 +640,7 @@ def _keys_rotate_fleet(config: Config, args: argparse.Namespace) -> int:
     if not dsns:
         raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
     reports = asyncio.run(rotate_fleet_dsns(dsns, current, previous, batch_size=args.batch_size))
-    _emit(reports)
+    emit(reports)
     left = sum(r["under_previous_fleet_key"] for r in reports)
     if left:
         print(
