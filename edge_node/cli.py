@@ -8,11 +8,8 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from edge_node import __version__
 from edge_node.block_commands import add_block_commands
@@ -40,8 +37,8 @@ from edge_node.errors import (
 )
 from edge_node.keystore import open_keyring
 from edge_node.logs import configure_logging
-from edge_node.meter import UsageEvent
-from edge_node.queue import QueueLocked, QueueStatus, inspect_queue, tail_records
+from edge_node.queue import QueueLocked
+from edge_node.queue_commands import add_queue_commands, queue_directories
 from edge_node.rating.store import TenantStores
 from edge_node.registry import PLANS, ROLES
 from edge_node.supervisor import Supervisor, run_supervisor, worker_command
@@ -55,7 +52,6 @@ __all__ = [
     "EXIT_USAGE",
     "build_parser",
     "main",
-    "queue_status_document",
 ]
 
 
@@ -107,15 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke.add_argument("key_id")
     key_revoke.set_defaults(handler=_keys_revoke)
     _add_key_material_commands(tenants, keys)
-    queue = commands.add_parser("queue", help="inspect the usage queue").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    queue.add_parser("status", help="depth, bytes, oldest event age, cursors").set_defaults(
-        handler=_queue_status
-    )
-    tail = queue.add_parser("tail", help="print the newest usage events")
-    tail.add_argument("-n", type=positive_int, default=10, metavar="N", help="default 10")
-    tail.set_defaults(handler=_queue_tail)
+    add_queue_commands(commands)
     _add_outside_commands(commands)
     add_block_commands(commands)
     add_operations_commands(commands)
@@ -392,59 +380,8 @@ def _refuse_while_serving(config: Config) -> None:
     """A running daemon holds its queue directories' locks: QueueLocked if one is held."""
     from edge_node.queue.locking import DirectoryLock  # noqa: PLC0415
 
-    for directory in _queue_directories(config):
+    for directory in queue_directories(config):
         DirectoryLock.acquire(directory).release()
-
-
-def _queue_directories(config: Config) -> list[Path]:
-    root = config.data_path / "queue"
-    return sorted(path for path in root.glob("worker-*") if path.is_dir())
-
-
-def _queue_status(config: Config, args: argparse.Namespace) -> int:
-    now = time.time_ns() // 1_000_000
-    return emit(
-        [
-            {"directory": str(directory), **queue_status_document(inspect_queue(directory), now)}
-            for directory in _queue_directories(config)
-        ]
-    )
-
-
-def queue_status_document(status: QueueStatus, now_ms: int) -> dict[str, Any]:
-    """A queue's status for operators: depth and the age of the oldest unconsumed event."""
-    consumers = {
-        name: {
-            "cursor": consumer.cursor,
-            "depth": consumer.depth,
-            "oldest_unconsumed_age_seconds": None
-            if consumer.oldest_unconsumed_timestamp_ms is None
-            else round((now_ms - consumer.oldest_unconsumed_timestamp_ms) / 1000, 3),
-        }
-        for name, consumer in status.consumers.items()
-    }
-    return {
-        "first_seq": status.first_seq,
-        "last_seq": status.last_seq,
-        "bytes": status.bytes,
-        "segments": status.segment_count,
-        "depth": max((c.depth for c in status.consumers.values()), default=0),
-        "consumers": consumers,
-    }
-
-
-def _queue_tail(config: Config, args: argparse.Namespace) -> int:
-    records = [
-        (record.timestamp_ms, record.seq, directory, record)
-        for directory in _queue_directories(config)
-        for record in tail_records(directory, args.n)
-    ]
-    for _, seq, directory, record in sorted(records, key=lambda r: r[:2])[-args.n :]:
-        event = UsageEvent.decode(record.payload)
-        sys.stdout.write(
-            orjson.dumps({"queue": directory.name, "seq": seq, **asdict(event)}).decode() + "\n"
-        )
-    return 0
 
 
 def _central_migrate(config: Config, args: argparse.Namespace) -> int:
