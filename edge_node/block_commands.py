@@ -7,12 +7,10 @@ abuse.lift_check_interval_seconds (edge_node.blocks).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-import orjson
-
 from edge_node.blocks import BlockStore, canonical_ip
+from edge_node.command_support import emit
 from edge_node.config import Config
 from edge_node.errors import RegistryError
 from edge_node.node_database import open_node_database
@@ -34,7 +32,7 @@ def add_block_commands(commands: Any) -> None:
 def blocks_list(config: Config, args: argparse.Namespace) -> int:
     conn = open_node_database(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
     try:
-        return _emit([block.to_json() for block in BlockStore(conn).active()])
+        return emit([block.to_json() for block in BlockStore(conn).active()])
     finally:
         conn.close()
 
@@ -48,9 +46,4 @@ def blocks_lift(config: Config, args: argparse.Namespace) -> int:
         conn.close()
     if lifted is None:
         raise RegistryError(f"{ip} is not blocked")
-    return _emit({"lifted": lifted.to_json()})
-
-
-def _emit(document: Any) -> int:
-    sys.stdout.write(orjson.dumps(document).decode() + "\n")
-    return 0
+    return emit({"lifted": lifted.to_json()})

@@ -1,22 +1,28 @@
-"""The `edge-node` command: serve the API and manage tenants and keys, printing JSON."""
+"""The `edge-node` command: serve the API and manage tenants and keys, printing JSON.
+
+This module is the entry point: the top-level options, `serve`, and the mapping of errors
+to exit statuses. The other command groups register themselves from their own modules
+(`*_commands.py`); their handlers import heavy modules inside, to keep start-up short.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sqlite3
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
-from datetime import date
-from pathlib import Path
 from typing import Any
-
-import orjson
 
 from edge_node import __version__
 from edge_node.block_commands import add_block_commands
+from edge_node.command_support import (
+    EXIT_CONFIG,
+    EXIT_LOCKED,
+    EXIT_NOT_RUNNING,
+    EXIT_UNAVAILABLE,
+    EXIT_UNBILLED,
+    EXIT_USAGE,
+    positive_int,
+)
 from edge_node.config import Config, load_config, service_environment
 from edge_node.daemon import run, serve
 from edge_node.errors import (
@@ -26,21 +32,24 @@ from edge_node.errors import (
     SyncError,
     TransientSyncError,
 )
-from edge_node.ids import is_uuid
-from edge_node.keystore import open_keyring
 from edge_node.logs import configure_logging
-from edge_node.meter import UsageEvent
-from edge_node.queue import QueueLocked, QueueStatus, inspect_queue, tail_records
-from edge_node.rating.store import TenantStores
-from edge_node.registry import PLANS, ROLES, TenantRegistry
+from edge_node.operations_commands import add_operations_commands
+from edge_node.queue import QueueLocked
+from edge_node.queue_commands import add_queue_commands
 from edge_node.supervisor import Supervisor, run_supervisor, worker_command
+from edge_node.sync_commands import add_sync_commands
+from edge_node.tenant_commands import add_tenant_commands
 
-EXIT_UNBILLED = 1  # billing reconcile: usage served that is neither billed nor in flight
-EXIT_USAGE = 2
-EXIT_NOT_RUNNING = 3  # status: the daemon is not running (the code LSB status gives that case)
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: PostgreSQL or Stripe could not be reached; retry later
-EXIT_LOCKED = 75  # EX_TEMPFAIL: the other instance holds the data directory
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd and operators read it as "fix the config"
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_LOCKED",
+    "EXIT_NOT_RUNNING",
+    "EXIT_UNAVAILABLE",
+    "EXIT_UNBILLED",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve_cmd.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="serving processes on the one port under a supervisor (default 1: one process)",
     )
@@ -67,151 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--buckets-fd", type=int, help=argparse.SUPPRESS)
     serve_cmd.set_defaults(handler=_serve)
 
-    tenants = commands.add_parser("tenants", help="manage tenants").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    create = tenants.add_parser("create", help="register a tenant and print its first API key")
-    create.add_argument("--name", required=True)
-    create.add_argument("--plan", choices=PLANS, default="payg")
-    create.add_argument("--rate-limit", type=_positive_int, metavar="PER_MINUTE")
-    create.set_defaults(handler=_tenants_create)
-    tenants.add_parser("list", help="list tenants").set_defaults(handler=_tenants_list)
-    for action, status in (("suspend", "suspended"), ("resume", "active")):
-        cmd = tenants.add_parser(action, help=f"mark a tenant {status}")
-        cmd.add_argument("tenant_id")
-        cmd.set_defaults(handler=_tenants_set_status, status=status)
-
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    key_create = keys.add_parser("create", help="issue a new API key for a tenant")
-    key_create.add_argument("tenant_id")
-    key_create.add_argument("--role", choices=ROLES, default="admin")
-    key_create.set_defaults(handler=_keys_create)
-    key_revoke = keys.add_parser("revoke", help="revoke an API key by its key id")
-    key_revoke.add_argument("key_id")
-    key_revoke.set_defaults(handler=_keys_revoke)
-    _add_key_material_commands(tenants, keys)
-    queue = commands.add_parser("queue", help="inspect the usage queue").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    queue.add_parser("status", help="depth, bytes, oldest event age, cursors").set_defaults(
-        handler=_queue_status
-    )
-    tail = queue.add_parser("tail", help="print the newest usage events")
-    tail.add_argument("-n", type=_positive_int, default=10, metavar="N", help="default 10")
-    tail.set_defaults(handler=_queue_tail)
-    _add_outside_commands(commands)
+    add_tenant_commands(commands)
+    add_queue_commands(commands)
+    add_sync_commands(commands)
     add_block_commands(commands)
     add_operations_commands(commands)
     return parser
-
-
-def _add_outside_commands(commands: Any) -> None:
-    """`central`, `sync`, `stripe` and `billing`: the commands about PostgreSQL and Stripe."""
-    central = commands.add_parser("central", help="the central PostgreSQL").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    migrate = central.add_parser("migrate", help="create or upgrade the central schema")
-    migrate.add_argument(
-        "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
-    )
-    migrate.set_defaults(handler=_central_migrate)
-    _add_bind_role_command(central)
-
-    sync = commands.add_parser("sync", help="sync with the central PostgreSQL").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    sync.add_parser(
-        "status", help="per shard: last success, last error, failures, lag (from the daemon)"
-    ).set_defaults(handler=_sync_status)
-    reset = sync.add_parser(
-        "reset-checkpoints",
-        help="download everything again from the central database (after a failover to an"
-        " asynchronous standby or a point-in-time restore)",
-    )
-    reset.add_argument("--shard", type=int, help="only this shard (default: every shard)")
-    reset.set_defaults(handler=_sync_reset_checkpoints)
-
-    stripe = commands.add_parser("stripe", help="Stripe billing").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    stripe.add_parser(
-        "bootstrap",
-        help="create (once) the billing meter, product and plan prices; write the catalog file",
-    ).set_defaults(handler=_stripe_bootstrap)
-
-    billing = commands.add_parser("billing", help="usage billed to Stripe").add_subparsers(
-        dest="action", required=True, metavar="ACTION"
-    )
-    reconcile = billing.add_parser(
-        "reconcile",
-        help="per tenant and day: usage served, queued, planned, sent, confirmed, set aside;"
-        " exits 1 when served and billed disagree beyond what is in flight",
-    )
-    reconcile.add_argument("--tenant", metavar="ID", help="one tenant only")
-    reconcile.add_argument(
-        "--since", type=_date, metavar="DATE", help="from this UTC day on (YYYY-MM-DD)"
-    )
-    reconcile.set_defaults(handler=_billing_reconcile)
-
-
-def _add_key_material_commands(tenants: Any, keys: Any) -> None:
-    """`tenants delete` (crypto-shredding) and `keys rotate-master` (docs/security.md)."""
-    delete = tenants.add_parser(
-        "delete",
-        help="delete a tenant for good: destroy its data keys (its comments become unreadable"
-        " in every copy), then its ratings file and registry rows",
-    )
-    delete.add_argument("tenant_id")
-    delete.set_defaults(handler=_tenants_delete)
-    rotate = keys.add_parser(
-        "rotate-master",
-        help="re-wrap every tenant data key under a new master key (the daemon must be stopped)",
-    )
-    rotate.add_argument(
-        "--new-key-file",
-        type=Path,
-        metavar="FILE",
-        help="the new master key (generated if absent); required when"
-        " encryption.master_key_file is set",
-    )
-    rotate.set_defaults(handler=_keys_rotate_master)
-    _add_rotate_fleet_command(keys)
-
-
-def add_operations_commands(commands: Any) -> None:
-    """`status`, `backup DIR` and `restore DIR` (edge_node/node_status.py, edge_node/backup.py)."""
-    status = commands.add_parser(
-        "status", help="daemon, tenants, queue, sync with PostgreSQL and Stripe, set-aside usage"
-    )
-    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status.set_defaults(handler=_status)
-    backup = commands.add_parser(
-        "backup", help="a consistent copy of every database, the queue and a manifest"
-    )
-    backup.add_argument("directory", metavar="DIR", help="where to write it (must not exist)")
-    backup.set_defaults(handler=_backup)
-    restore = commands.add_parser(
-        "restore", help="replace the data directory with a backup (the daemon must be stopped)"
-    )
-    restore.add_argument("directory", metavar="DIR", help="a directory written by `backup`")
-    restore.set_defaults(handler=_restore)
-
-
-def _date(text: str) -> date:
-    """argparse type: a day as YYYY-MM-DD, else a usage error (exit 2)."""
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a date as YYYY-MM-DD, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a positive integer, else a usage error (exit 2)."""
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,387 +153,6 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         )
     run(serve(config, service=service, reload_config=reload_config))
     return 0
-
-
-def _emit(document: Any) -> int:
-    sys.stdout.write(orjson.dumps(document).decode() + "\n")
-    return 0
-
-
-def _registry(config: Config) -> TenantRegistry:
-    return TenantRegistry.open(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
-
-
-def _tenants_create(config: Config, args: argparse.Namespace) -> int:
-    if not 1 <= len(args.name) <= 200:
-        raise RegistryError("--name must be 1 to 200 characters")
-    registry = _registry(config)
-    try:
-        tenant, key = registry.create_tenant(
-            args.name, plan=args.plan, rate_limit_per_minute=args.rate_limit
-        )
-    finally:
-        registry.close()
-    stores = TenantStores(
-        config.data_path / "tenants", node_id=config.node_id, keyring=open_keyring(config)
-    )
-    try:
-        stores.get(tenant.tenant_id)  # create the tenant's file and schema now, not on first use
-    finally:
-        stores.close()
-    document = {**tenant.to_json(), "api_key": key.api_key, "key_id": key.key_id, "role": key.role}
-    if config.stripe.enabled:
-        document.update(_provision_in_stripe(config, tenant.tenant_id))
-    return _emit(document)
-
-
-def _provision_in_stripe(config: Config, tenant_id: str) -> dict[str, Any]:
-    """Make the new tenant a Stripe customer now if Stripe answers; else the daemon will."""
-    from sync.stripe_commands import provision_tenant  # noqa: PLC0415
-
-    registry = _registry(config)
-    try:
-        outcome = asyncio.run(provision_tenant(config, registry, tenant_id))
-    finally:
-        registry.close()
-    if outcome["stripe"] == "pending":
-        print(
-            f"edge-node: the tenant works now; Stripe provisioning is left to the running"
-            f" daemon's sync worker: {outcome['stripe_error']}",
-            file=sys.stderr,
-        )
-    return outcome
-
-
-def _tenants_list(config: Config, args: argparse.Namespace) -> int:
-    registry = _registry(config)
-    try:
-        return _emit([tenant.to_json() for tenant in registry.list_tenants()])
-    finally:
-        registry.close()
-
-
-def _tenants_set_status(config: Config, args: argparse.Namespace) -> int:
-    _require_uuid(args.tenant_id)
-    registry = _registry(config)
-    try:
-        return _emit(registry.set_status(args.tenant_id, args.status).to_json())
-    finally:
-        registry.close()
-
-
-def _keys_create(config: Config, args: argparse.Namespace) -> int:
-    _require_uuid(args.tenant_id)
-    registry = _registry(config)
-    try:
-        return _emit(registry.create_key(args.tenant_id, args.role).to_json())
-    finally:
-        registry.close()
-
-
-def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
-    registry = _registry(config)
-    try:
-        return _emit(registry.revoke_key(args.key_id))
-    finally:
-        registry.close()
-
-
-def _tenants_delete(config: Config, args: argparse.Namespace) -> int:
-    from edge_node.key_admin import delete_tenant  # noqa: PLC0415
-
-    _require_uuid(args.tenant_id)
-    registry = _registry(config)
-    stores = TenantStores(
-        config.data_path / "tenants", node_id=config.node_id, keyring=open_keyring(config)
-    )
-    try:
-        known = registry.get_tenant(args.tenant_id) is not None
-        if not known and not stores.path(args.tenant_id).exists():
-            raise RegistryError(f"no tenant with id {args.tenant_id}")
-        return _emit(delete_tenant(registry, stores, args.tenant_id))
-    finally:
-        stores.close()
-        registry.close()
-
-
-def _keys_rotate_master(config: Config, args: argparse.Namespace) -> int:
-    from edge_node.key_admin import rotate_master  # noqa: PLC0415
-
-    _refuse_while_serving(config)
-    keyring = open_keyring(config)
-    try:
-        return _emit(rotate_master(keyring, args.new_key_file))
-    finally:
-        keyring.close()
-
-
-def _refuse_while_serving(config: Config) -> None:
-    """A running daemon holds its queue directories' locks: QueueLocked if one is held."""
-    from edge_node.queue.locking import DirectoryLock  # noqa: PLC0415
-
-    for directory in _queue_directories(config):
-        DirectoryLock.acquire(directory).release()
-
-
-def _queue_directories(config: Config) -> list[Path]:
-    root = config.data_path / "queue"
-    return sorted(path for path in root.glob("worker-*") if path.is_dir())
-
-
-def _queue_status(config: Config, args: argparse.Namespace) -> int:
-    now = time.time_ns() // 1_000_000
-    return _emit(
-        [
-            {"directory": str(directory), **queue_status_document(inspect_queue(directory), now)}
-            for directory in _queue_directories(config)
-        ]
-    )
-
-
-def queue_status_document(status: QueueStatus, now_ms: int) -> dict[str, Any]:
-    """A queue's status for operators: depth and the age of the oldest unconsumed event."""
-    consumers = {
-        name: {
-            "cursor": consumer.cursor,
-            "depth": consumer.depth,
-            "oldest_unconsumed_age_seconds": None
-            if consumer.oldest_unconsumed_timestamp_ms is None
-            else round((now_ms - consumer.oldest_unconsumed_timestamp_ms) / 1000, 3),
-        }
-        for name, consumer in status.consumers.items()
-    }
-    return {
-        "first_seq": status.first_seq,
-        "last_seq": status.last_seq,
-        "bytes": status.bytes,
-        "segments": status.segment_count,
-        "depth": max((c.depth for c in status.consumers.values()), default=0),
-        "consumers": consumers,
-    }
-
-
-def _queue_tail(config: Config, args: argparse.Namespace) -> int:
-    records = [
-        (record.timestamp_ms, record.seq, directory, record)
-        for directory in _queue_directories(config)
-        for record in tail_records(directory, args.n)
-    ]
-    for _, seq, directory, record in sorted(records, key=lambda r: r[:2])[-args.n :]:
-        event = UsageEvent.decode(record.payload)
-        sys.stdout.write(
-            orjson.dumps({"queue": directory.name, "seq": seq, **asdict(event)}).decode() + "\n"
-        )
-    return 0
-
-
-def _central_migrate(config: Config, args: argparse.Namespace) -> int:
-    # Imported here: only commands that talk to PostgreSQL load the sync package and its driver.
-    from sync.central_schema import migrate_dsns  # noqa: PLC0415
-
-    dsns = (args.dsn,) if args.dsn else config.central.dsns
-    if not dsns:
-        raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
-    return _emit(asyncio.run(migrate_dsns(dsns)))
-
-
-def _sync_status(config: Config, args: argparse.Namespace) -> int:
-    # The running daemon writes the file; sync.status does not load the PostgreSQL driver.
-    from sync.status import read_status_file  # noqa: PLC0415
-
-    document = read_status_file(config.data_path)
-    if document is None:
-        print(
-            f"edge-node: no sync status in {config.data_path}: the daemon writes it while it"
-            " serves with central.dsns set",
-            file=sys.stderr,
-        )
-        return 1
-    return _emit(document)
-
-
-def _sync_reset_checkpoints(config: Config, args: argparse.Namespace) -> int:
-    from sync.shard_state import reset_command  # noqa: PLC0415
-
-    registry = _registry(config)
-    try:
-        return _emit(reset_command(registry.connection, len(config.central.dsns), args.shard))
-    finally:
-        registry.close()
-
-
-def _stripe_bootstrap(config: Config, args: argparse.Namespace) -> int:
-    # Imported here: only Stripe commands load the Stripe SDK.
-    from sync.stripe_commands import bootstrap  # noqa: PLC0415
-
-    try:
-        return _emit(asyncio.run(bootstrap(config)))
-    except SyncError as exc:
-        print(f"edge-node: Stripe: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1
-
-
-def _billing_reconcile(config: Config, args: argparse.Namespace) -> int:
-    # Imported here; it reads node.sqlite and the queue read-only and loads no Stripe SDK.
-    from sync.billing_reconcile import reconcile  # noqa: PLC0415
-
-    if args.tenant is not None:
-        _require_uuid(args.tenant)
-    try:
-        report = reconcile(config.data_path, tenant_id=args.tenant, since=args.since)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"edge-node: cannot reconcile {config.data_path}: {exc}", file=sys.stderr)
-        return 1
-    _emit(report.to_json())
-    if not report.ok:
-        print(
-            "edge-node: billing disagrees with usage served beyond what is in flight; see"
-            ' "set_aside" and "unbilled_units"',
-            file=sys.stderr,
-        )
-    return 0 if report.ok else EXIT_UNBILLED
-
-
-def _status(config: Config, args: argparse.Namespace) -> int:
-    from edge_node.node_status import collect_status  # noqa: PLC0415
-    from edge_node.status_table import render_table  # noqa: PLC0415
-
-    if not config.data_path.is_dir():
-        print(f"edge-node: no data directory at {config.data_path}", file=sys.stderr)
-        return 1
-    try:
-        document = collect_status(config, time.time_ns() // 1000)
-    except (OSError, sqlite3.Error) as exc:
-        print(
-            f"edge-node: cannot read {config.data_path}: {exc} (run as root or as the"
-            " service's user)",
-            file=sys.stderr,
-        )
-        return 1
-    if args.json:
-        _emit(document)
-    else:
-        sys.stdout.write(render_table(document))
-    return 0 if document["daemon"]["state"] == "running" else EXIT_NOT_RUNNING
-
-
-def _backup(config: Config, args: argparse.Namespace) -> int:
-    from edge_node.backup import back_up  # noqa: PLC0415
-    from edge_node.errors import BackupError  # noqa: PLC0415
-
-    try:
-        manifest = back_up(config, Path(args.directory))
-    except BackupError as exc:
-        print(f"edge-node: backup failed: {exc}", file=sys.stderr)
-        return 1
-    files = manifest["files"]
-    return _emit(
-        {
-            "backup": str(Path(args.directory).resolve()),
-            "node_id": manifest["node_id"],
-            "created_at": manifest["created_at"],
-            "databases": sum(entry["kind"] == "database" for entry in files),
-            "files": len(files),
-            "bytes": sum(entry["bytes"] for entry in files),
-        }
-    )
-
-
-def _restore(config: Config, args: argparse.Namespace) -> int:
-    from edge_node.errors import BackupError, DataDirectoryInUse  # noqa: PLC0415
-    from edge_node.restore import restore  # noqa: PLC0415
-
-    try:
-        document = restore(config, Path(args.directory))
-    except DataDirectoryInUse as exc:
-        print(f"edge-node: restore refused: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except BackupError as exc:
-        print(f"edge-node: restore failed: {exc}", file=sys.stderr)
-        return 1
-    if document["backup_node_id"] != document["node_id"]:
-        print(
-            f"edge-node: the backup is of node {document['backup_node_id']!r} but this"
-            f" configuration's node_id is {document['node_id']!r}: set node_id ="
-            f" {document['backup_node_id']!r} so usage is billed under the same identifiers",
-            file=sys.stderr,
-        )
-    return _emit(document)
-
-
-def _require_uuid(tenant_id: str) -> None:
-    if not is_uuid(tenant_id):
-        raise RegistryError(f"{tenant_id!r} is not a tenant id (a UUID)")
-
-
-def _add_bind_role_command(central: Any) -> None:
-    bind = central.add_parser(
-        "bind-role",
-        help="bind a database role to one tenant, so row-level security scopes it by itself",
-    )
-    bind.add_argument("role", metavar="ROLE")
-    scope = bind.add_mutually_exclusive_group(required=True)
-    scope.add_argument("tenant_id", nargs="?", metavar="TENANT_ID")
-    scope.add_argument(
-        "--scoped-by-setting",
-        action="store_true",
-        help="instead: a trusted application role scoping itself by edge_node.tenant_id",
-    )
-    bind.add_argument(
-        "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
-    )
-    bind.set_defaults(handler=_central_bind_role)
-
-
-def _central_bind_role(config: Config, args: argparse.Namespace) -> int:
-    from sync.tenant_roles import bind_role_dsns  # noqa: PLC0415
-
-    if args.tenant_id is not None:
-        _require_uuid(args.tenant_id)
-    dsns = (args.dsn,) if args.dsn else config.central.dsns
-    if not dsns:
-        raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
-    return _emit(asyncio.run(bind_role_dsns(dsns, args.role, args.tenant_id)))
-
-
-def _add_rotate_fleet_command(keys: Any) -> None:
-    rotate = keys.add_parser(
-        "rotate-fleet",
-        help="re-wrap the central tenant data keys under encryption.previous_fleet_key_file"
-        " with encryption.fleet_key_file (docs/security.md)",
-    )
-    rotate.add_argument(
-        "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
-    )
-    rotate.add_argument(
-        "--batch-size", type=_positive_int, default=500, metavar="N", help="keys per transaction"
-    )
-    rotate.set_defaults(handler=_keys_rotate_fleet)
-
-
-def _keys_rotate_fleet(config: Config, args: argparse.Namespace) -> int:
-    from edge_node.keystore import fleet_keys  # noqa: PLC0415
-    from sync.fleet_rotation import rotate_fleet_dsns  # noqa: PLC0415
-
-    current, previous = fleet_keys(config)
-    if current is None:
-        raise ConfigError(
-            "keys rotate-fleet needs the new fleet key in encryption.fleet_key_file and the"
-            " key being retired in encryption.previous_fleet_key_file"
-        )
-    dsns = (args.dsn,) if args.dsn else config.central.dsns
-    if not dsns:
-        raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
-    reports = asyncio.run(rotate_fleet_dsns(dsns, current, previous, batch_size=args.batch_size))
-    _emit(reports)
-    left = sum(r["under_previous_fleet_key"] for r in reports)
-    if left:
-        print(
-            f"edge-node: {left} data keys are still wrapped by the previous fleet key (they do"
-            " not unwrap with it): keep that key until they are dealt with",
-            file=sys.stderr,
-        )
-    return 1 if left else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
