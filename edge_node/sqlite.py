@@ -8,6 +8,7 @@ Schema versions live in `PRAGMA user_version`: migration N brings a file from N-
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,10 +25,29 @@ def connect(
         path, isolation_level=None, check_same_thread=False, cached_statements=256
     )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    try:
+        _enable_wal(conn, busy_timeout_ms)
+    except BaseException:
+        conn.close()
+        raise
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Switch a file to WAL. On a new file opened by several processes at once (the workers
+    of `serve --workers N`), the switch can answer "database is locked" at once, without
+    waiting on the busy timeout: try again until that timeout has passed."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> None:
