@@ -213,24 +213,30 @@ def _open_keyring(directory: str, barrier: Any, results: Any) -> None:
         keyring.close()
 
 
+def _open_together(directory: Path, start_method: str) -> list[str]:
+    """Six processes open the key store in `directory` at once: what each reported."""
+    context = multiprocessing.get_context(start_method)
+    results = context.Queue()
+    barrier = context.Barrier(6)
+    processes = [
+        context.Process(target=_open_keyring, args=(str(directory), barrier, results))
+        for _ in range(6)
+    ]
+    for process in processes:
+        process.start()
+    answers = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=10)
+    return answers
+
+
 class TestMasterKeyCreation:
     def test_workers_starting_together_agree_on_one_master_key(self, tmp_path: Path) -> None:
         """Six processes open the key store of a new node at once (the workers of `serve
         --workers N` starting): one creates master.key, every other reads that same key,
         none sees it empty or half written, and no scratch file is left."""
-        context = multiprocessing.get_context("spawn")
-        results = context.Queue()
-        barrier = context.Barrier(6)
         directory = tmp_path / KEYS_DIRECTORY
-        processes = [
-            context.Process(target=_open_keyring, args=(str(directory), barrier, results))
-            for _ in range(6)
-        ]
-        for process in processes:
-            process.start()
-        answers = [results.get(timeout=60) for _ in processes]
-        for process in processes:
-            process.join(timeout=10)
+        answers = _open_together(directory, "spawn")
         assert len(set(answers)) == 1, answers
         assert answers[0] == _key_id(directory / "master.key")
         names = {p.name for p in directory.iterdir() if "master" in p.name}
@@ -280,20 +286,10 @@ class TestKeyFileCreation:
         keyring = Keyring(directory)
         keyring.master_key_id()
         pending = directory / "master.key.next"
-        new_id = keyring.rotate_master(write_key_file(pending)) is not None and _key_id(pending)
+        keyring.rotate_master(write_key_file(pending))  # then "crash": no rename
+        new_id = _key_id(pending)
         keyring.close()
-        context = multiprocessing.get_context("fork")
-        results = context.Queue()
-        barrier = context.Barrier(6)
-        processes = [
-            context.Process(target=_open_keyring, args=(str(directory), barrier, results))
-            for _ in range(6)
-        ]
-        for process in processes:
-            process.start()
-        answers = [results.get(timeout=60) for _ in processes]
-        for process in processes:
-            process.join(timeout=10)
+        answers = _open_together(directory, "fork")
         assert answers == [new_id] * 6
         assert _key_id(directory / "master.key") == new_id
         assert not pending.exists()
