@@ -56,17 +56,21 @@ class Observations:
     refused: int = 0  # connections refused: the node was down, nothing was sent
     requests: int = 0
     violations: list[tuple[Check, str]] = field(default_factory=list)
-    raters: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (tenant, item)
+    # (tenant, item) -> the users who ever sent an upsert of it, recorded before sending.
+    raters: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     tracebacks: Counter[str] = field(default_factory=Counter)  # per node, reported so far
 
     def violate(self, check: Check, message: str) -> None:
         self.violations.append((check, message))
 
+    def rating_sent(self, tenant_id: str, user: str, item: str) -> None:
+        """`user` is about to upsert `item`: from now on a score may count its rating."""
+        self.raters.setdefault((tenant_id, item), set()).add(user)
+
     def write(self, op: WriteOp) -> None:
         self.writes.setdefault(op.key, []).append(op)
         if op.kind == "upsert":
-            tenant, user, item = op.key
-            self.raters.setdefault((tenant, item), set()).add(user)
+            self.rating_sent(*op.key)
 
     def in_flight_to(self, node_id: str, incarnation: int) -> dict[str, InDoubt]:
         """The requests sent to this run of a node and not answered yet, by request id."""

@@ -279,6 +279,9 @@ class Traffic:
     ) -> None:
         comment = f"{tenant.marker}:{next(self._ids)}"
         body = {"user_id": user, "item_id": item, "score": score, "comment": comment}
+        # Before sending: the rating counts in the item's score from its commit on, while
+        # its answer is still on the way, and another lane may read that score meanwhile.
+        self.seen.rating_sent(tenant.tenant_id, user, item)
         answer = await self.send(
             node, tenant, key, "POST", f"/v1/tenants/{tenant.tenant_id}/ratings", body=body
         )
