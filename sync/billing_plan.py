@@ -4,9 +4,11 @@ The planner keeps the records read but not yet planned, in queue order, and hand
 contiguous queue ranges ending where a time window is complete, so each tenant's window
 becomes one batch (one Stripe call) rather than a few. A window is complete when a record
 of a later window follows it in the queue, or when everything durable has been read and the
-clock is past the window's end (plus a grace for a group commit still in flight). A record
-that arrives later for a window already planned (the clock stepped back, or a very slow
-fsync) simply becomes a batch of its own in a later range: billed once, one call more.
+clock is past the window's end (plus a grace for a group commit still in flight), or is
+before the window's start: the clock stepped back, so no record of that window can be
+served until it gets there again, and waiting would hold the usage for as long as the step.
+A record that arrives later for a window already planned (the clock stepped back, or a very
+slow fsync) simply becomes a batch of its own in a later range: billed once, one call more.
 
 Each batch's identifier, which is also its Stripe Idempotency-Key, is a hash of node,
 queue, tenant, window and the queue range it was planned from. The ledger records the
@@ -145,7 +147,8 @@ class UsagePlanner:
         """The next range of complete windows, or None when none is complete yet.
 
         `read_everything`: no durable record after `read_through` existed at the last read,
-        so the newest window can be complete by the clock alone.
+        so the newest window can be complete by the clock alone: past its end, or (stepped
+        back) before its start.
         """
         if not self._pending:
             return None
@@ -163,7 +166,8 @@ class UsagePlanner:
         pending = self._pending
         newest = pending[-1].window_start
         closes_at = newest + self.window_seconds + self.close_grace_seconds
-        if (read_everything and now >= closes_at) or len(pending) >= self.max_pending:
+        by_clock = now >= closes_at or now < newest
+        if (read_everything and by_clock) or len(pending) >= self.max_pending:
             return len(pending)
         cut = len(pending)
         while cut > 0 and pending[cut - 1].window_start == newest:

@@ -93,6 +93,25 @@ class TestWindows:
         assert last.batches[0].value == 2
         assert plan.pending == 0
 
+    def test_the_newest_window_is_complete_once_the_clock_stepped_back_before_it(
+        self,
+    ) -> None:
+        """A clock stepped back before the newest window's start cannot serve a record of it
+        until it gets there again: the window is planned now, not held for the step's length,
+        and a record served in it later becomes a batch of its own."""
+        plan = planner()
+        plan.extend([usage(1, "a", T0 + 90), usage(2, "a", T0 + 95)])
+        assert plan.take(T0 + 60, read_everything=True) is None  # inside the window: may grow
+        assert plan.take(T0 + 59, read_everything=False) is None  # more may be unread
+        stepped_back = plan.take(T0 + 59, read_everything=True)
+        assert stepped_back is not None
+        assert (stepped_back.last_seq, stepped_back.batches[0].value) == (2, 2)
+        plan.extend([usage(3, "a", T0 + 61)])
+        later = plan.take(T0 + 200, read_everything=True)
+        assert later is not None
+        assert [(b.window_start, b.value) for b in later.batches] == [(T0 + 60, 1)]
+        assert later.batches[0].identifier != stepped_back.batches[0].identifier
+
     def test_a_window_larger_than_the_pending_bound_is_cut(self) -> None:
         """A window is not held without bound: past max_pending records it is planned as is."""
         plan = planner(max_pending=3)
