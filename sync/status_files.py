@@ -10,11 +10,11 @@ gives back the same status objects the sync worker keeps in memory.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sync.billing_stats import BillingStats
 from sync.job_status_file import FILE_NAME as JOBS_FILE
 from sync.job_status_file import read_jobs_file
 from sync.jobs import JobStatus
@@ -32,22 +32,7 @@ _SHARD_FIELDS = frozenset(f.name for f in dataclasses.fields(ShardStatus))
 _JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobStatus))
 
 
-@dataclass
-class PublishedUsageFlush:
-    """The usage flushes' counters as the jobs file holds them (edge_node.metric_sources
-    BillingCounters): summed over every queue the supervisor flushes."""
-
-    calls: int = 0
-    confirmed: int = 0
-    duplicates: int = 0
-    transient_failures: int = 0
-    set_aside_refused: int = 0
-    set_aside_unknown_outcome: int = 0
-    set_aside_too_old: int = 0
-    set_aside_future: int = 0
-
-
-_FLUSH_FIELDS = frozenset(f.name for f in dataclasses.fields(PublishedUsageFlush))
+_FLUSH_FIELDS = frozenset(f.name for f in dataclasses.fields(BillingStats))
 
 
 class SyncStatusFiles:
@@ -70,13 +55,14 @@ class SyncStatusFiles:
             return []
         return [_job(job) for job in document["jobs"]]
 
-    def usage_flush(self) -> list[PublishedUsageFlush]:
-        """The usage flushes' counters, or none when no flush has published any."""
+    def usage_flush(self) -> list[BillingStats]:
+        """The usage flushes' counters summed over every queue the supervisor flushes, or
+        none when no flush has published any; a counter the file lacks reads as 0."""
         document = self._jobs_document()
         totals = {} if document is None else document.get("usage_flush") or {}
         if not totals:
             return []
-        return [PublishedUsageFlush(**{k: v for k, v in totals.items() if k in _FLUSH_FIELDS})]
+        return [BillingStats(**{k: v for k, v in totals.items() if k in _FLUSH_FIELDS})]
 
     def _jobs_document(self) -> dict[str, Any] | None:
         """The jobs file, parsed again only once it was replaced (a scrape asks for it twice:
