@@ -16,18 +16,10 @@ from typing import Any
 
 from sync.billing_stats import BillingStats
 from sync.job_status_file import FILE_NAME as JOBS_FILE
-from sync.job_status_file import read_jobs_file
+from sync.job_status_file import JOB_TIME_FIELDS, read_jobs_file
 from sync.jobs import JobStatus
-from sync.status import ShardStatus, read_status_file
+from sync.status import SHARD_TIME_FIELDS, ShardStatus, read_status_file
 
-_TIMES = (
-    "last_attempt_at",
-    "last_success_at",
-    "last_error_at",
-    "next_attempt_at",
-    "last_download_at",
-    "downloaded_through_at",
-)
 _SHARD_FIELDS = frozenset(f.name for f in dataclasses.fields(ShardStatus))
 _JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobStatus))
 
@@ -85,7 +77,7 @@ def parse_us(text: str) -> int:
 
 def _shard(document: dict[str, Any], written_at: int) -> ShardStatus:
     values = {key: value for key, value in document.items() if key in _SHARD_FIELDS}
-    for name in _TIMES:
+    for name in SHARD_TIME_FIELDS:
         if values.get(name) is not None:
             values[name] = parse_us(values[name])
     age = document.get("oldest_pending_age_seconds")
@@ -95,7 +87,7 @@ def _shard(document: dict[str, Any], written_at: int) -> ShardStatus:
 
 def _job(document: dict[str, Any]) -> JobStatus:
     values = {key: value for key, value in document.items() if key in _JOB_FIELDS}
-    for name in ("last_success_at", "last_error_at"):
+    for name in JOB_TIME_FIELDS:
         if values.get(name) is not None:
             values[name] = parse_us(values[name])
     return JobStatus(**values)
