@@ -7,6 +7,8 @@ abuse.lift_check_interval_seconds (edge_node.blocks).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sqlite3
 from typing import Any
 
 from edge_node.blocks import BlockStore, canonical_ip
@@ -30,20 +32,21 @@ def add_block_commands(commands: Any) -> None:
 
 
 def blocks_list(config: Config, args: argparse.Namespace) -> int:
-    conn = open_node_database(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
-    try:
+    with _open_node_database(config) as conn:
         return emit([block.to_json() for block in BlockStore(conn).active()])
-    finally:
-        conn.close()
 
 
 def blocks_lift(config: Config, args: argparse.Namespace) -> int:
     ip = canonical_ip(args.ip)
-    conn = open_node_database(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
-    try:
+    with _open_node_database(config) as conn:
         lifted = BlockStore(conn).lift(ip)
-    finally:
-        conn.close()
     if lifted is None:
         raise RegistryError(f"{ip} is not blocked")
     return emit({"lifted": lifted.to_json()})
+
+
+def _open_node_database(config: Config) -> contextlib.closing[sqlite3.Connection]:
+    """node.sqlite for one command, closed however the command ends."""
+    return contextlib.closing(
+        open_node_database(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
+    )

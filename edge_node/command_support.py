@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from datetime import date
 from typing import Any
@@ -47,5 +48,9 @@ def emit(document: Any) -> int:
     return 0
 
 
-def open_registry(config: Config) -> TenantRegistry:
-    return TenantRegistry.open(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
+def open_registry(config: Config) -> contextlib.closing[TenantRegistry]:
+    """The node's tenant registry for one command: `with open_registry(config) as registry:`
+    closes it however the command ends."""
+    return contextlib.closing(
+        TenantRegistry.open(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
+    )

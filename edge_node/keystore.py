@@ -16,6 +16,9 @@ Master-key rotation re-wraps the data keys in one transaction; no rating row is 
 A running daemon notices another process's commits here (`PRAGMA data_version`, checked at
 most every 50 ms) and drops the keys and opened comments it holds in memory, so a tenant
 shredded from the command line is unreadable to it within that time.
+
+The file's tables are declared in edge_node.key_store_schema; the keys' replication with the
+central registry is edge_node.key_replication, which `Keyring` inherits.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge_node import key_store_schema as schema
 from edge_node import sqlite
 from edge_node.clock import now_us
 from edge_node.durable import fsync_path
@@ -43,12 +46,13 @@ from edge_node.key_files import (
     retire_key_file,
     write_key_file,
 )
+from edge_node.key_replication import KeyReplication, SharedDataKey
 from edge_node.sealing import TenantSealer, new_data_key
 
 if TYPE_CHECKING:
     from edge_node.config import Config
 
-__all__ = [  # the key files' names are imported from here too
+__all__ = [  # the key files' names and SharedDataKey are imported from here too
     "DEFAULT_MASTER_KEY_FILE",
     "KEYS_DIRECTORY",
     "KEY_STORE_FILE",
@@ -73,42 +77,8 @@ NEXT_SUFFIX = ".next"
 # registry rows are gone at once, so requests for the tenant are refused meanwhile).
 REFRESH_INTERVAL_SECONDS = 0.05
 
-MIGRATIONS = (
-    """
-    CREATE TABLE data_keys (
-        tenant_id TEXT NOT NULL,
-        key_id TEXT NOT NULL CHECK (length(key_id) = 16),
-        wrapped BLOB NOT NULL,
-        master_key_id TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        uploaded INTEGER NOT NULL DEFAULT 0 CHECK (uploaded IN (0, 1)),
-        PRIMARY KEY (tenant_id, key_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE deleted_tenants (
-        tenant_id TEXT PRIMARY KEY,
-        deleted_at INTEGER NOT NULL,
-        uploaded INTEGER NOT NULL DEFAULT 0 CHECK (uploaded IN (0, 1))
-    ) WITHOUT ROWID;
-    CREATE TABLE meta (
-        name TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) WITHOUT ROWID;
-    """,
-)
 
-
-@dataclass(frozen=True, slots=True)
-class SharedDataKey:
-    """A data key as it travels to and from the central registry: wrapped by the fleet key."""
-
-    tenant_id: str
-    key_id: str
-    wrapped: bytes
-    fleet_key_id: str
-    created_at: int
-
-
-class Keyring:
+class Keyring(KeyReplication):
     """The node's data keys: opened on first use, unwrapped keys kept in memory per tenant."""
 
     def __init__(
@@ -167,7 +137,7 @@ class Keyring:
             return held
         conn, master = self._open()
         with sqlite.transaction(conn):
-            if self._is_deleted(conn, tenant_id):
+            if schema.is_deleted(conn, tenant_id):
                 raise KeyMaterialError(f"tenant {tenant_id} was deleted: its keys are destroyed")
             row = conn.execute(
                 "SELECT key_id, wrapped FROM data_keys WHERE tenant_id = ?"
@@ -225,7 +195,7 @@ class Keyring:
 
     def is_deleted(self, tenant_id: str) -> bool:
         conn, _ = self._open()
-        return self._is_deleted(conn, tenant_id)
+        return schema.is_deleted(conn, tenant_id)
 
     def master_key_id(self) -> str:
         """The id of the master key in use (opening the key store, creating it if need be)."""
@@ -249,90 +219,11 @@ class Keyring:
                     for t, k, wrapped in rows
                 ],
             )
-            _set_meta(conn, "master_key_id", new_master.key_id)
+            schema.set_meta(conn, "master_key_id", new_master.key_id)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._master = new_master
         self._forget()
         return len(rows)
-
-    # Sync (sync/data_keys.py): data keys and deletions to and from the central registry.
-
-    def keys_to_upload(self) -> list[SharedDataKey]:
-        """Data keys not yet in the central registry, wrapped by the fleet key."""
-        fleet = self._require_fleet()
-        conn, master = self._open()
-        rows = conn.execute(
-            "SELECT tenant_id, key_id, wrapped, created_at FROM data_keys WHERE uploaded = 0"
-        ).fetchall()
-        return [
-            SharedDataKey(t, k, fleet.wrap(t, k, master.unwrap(t, k, w)), fleet.key_id, created)
-            for t, k, w, created in rows
-        ]
-
-    def mark_uploaded(self, keys: Iterable[SharedDataKey]) -> None:
-        conn, _ = self._open()
-        with sqlite.transaction(conn):
-            conn.executemany(
-                "UPDATE data_keys SET uploaded = 1 WHERE tenant_id = ? AND key_id = ?",
-                [(k.tenant_id, k.key_id) for k in keys],
-            )
-
-    def add_shared(self, keys: Iterable[SharedDataKey]) -> int:
-        """Store data keys received from the central registry; how many were new here.
-        Keys of deleted tenants, and keys wrapped by neither the fleet key nor the previous
-        one, are not stored."""
-        fleets = {f.key_id: f for f in (self.previous_fleet_key, self._require_fleet()) if f}
-        conn, master = self._open()
-        added = 0
-        with sqlite.transaction(conn):
-            for k in keys:
-                fleet = fleets.get(k.fleet_key_id)
-                if fleet is None or self._is_deleted(conn, k.tenant_id):
-                    continue
-                data_key = fleet.unwrap(k.tenant_id, k.key_id, k.wrapped)
-                added += conn.execute(
-                    "INSERT INTO data_keys (tenant_id, key_id, wrapped, master_key_id,"
-                    " created_at, uploaded) VALUES (?, ?, ?, ?, ?, 1)"
-                    " ON CONFLICT (tenant_id, key_id) DO NOTHING",
-                    (
-                        k.tenant_id,
-                        k.key_id,
-                        master.wrap(k.tenant_id, k.key_id, data_key),
-                        master.key_id,
-                        k.created_at,
-                    ),
-                ).rowcount
-        return added
-
-    def deletions_to_upload(self) -> list[tuple[str, int]]:
-        conn, _ = self._open()
-        rows = conn.execute(
-            "SELECT tenant_id, deleted_at FROM deleted_tenants WHERE uploaded = 0"
-        ).fetchall()
-        return [(str(t), int(at)) for t, at in rows]
-
-    def mark_deletions_uploaded(self, tenant_ids: Iterable[str]) -> None:
-        conn, _ = self._open()
-        with sqlite.transaction(conn):
-            conn.executemany(
-                "UPDATE deleted_tenants SET uploaded = 1 WHERE tenant_id = ?",
-                [(t,) for t in tenant_ids],
-            )
-
-    def checkpoint(self, name: str) -> str | None:
-        conn, _ = self._open()
-        row = conn.execute("SELECT value FROM meta WHERE name = ?", (f"sync:{name}",)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_checkpoint(self, name: str, value: str) -> None:
-        conn, _ = self._open()
-        with sqlite.transaction(conn):
-            _set_meta(conn, f"sync:{name}", value)
-
-    def _require_fleet(self) -> WrappingKey:
-        if self.fleet_key is None:
-            raise KeyMaterialError("no fleet key (encryption.fleet_key_file) is configured")
-        return self.fleet_key
 
     def _open(self) -> tuple[sqlite3.Connection, WrappingKey]:
         if self._conn is not None and self._master is not None:
@@ -341,7 +232,7 @@ class Keyring:
         conn = sqlite.connect(self.path, synchronous="full", busy_timeout_ms=self._busy_timeout_ms)
         try:
             conn.execute("PRAGMA secure_delete = ON")
-            sqlite.migrate(conn, MIGRATIONS)
+            sqlite.migrate(conn, schema.MIGRATIONS)
             master = self._load_master(conn)
         except BaseException:
             conn.close()
@@ -376,9 +267,9 @@ class Keyring:
     def _check_master(self, conn: sqlite3.Connection, master: WrappingKey) -> WrappingKey:
         path = self.master_key_file
         with sqlite.transaction(conn):
-            expected = _meta(conn, "master_key_id")
+            expected = schema.meta(conn, "master_key_id")
             if expected is None:
-                _set_meta(conn, "master_key_id", master.key_id)
+                schema.set_meta(conn, "master_key_id", master.key_id)
             elif expected != master.key_id:
                 raise KeyMaterialError(
                     f"the data keys in {self.path} are wrapped by master key {expected}, but"
@@ -393,7 +284,10 @@ class Keyring:
         pending = self.master_key_file.with_name(self.master_key_file.name + NEXT_SUFFIX)
         if not pending.exists():
             return
-        if _meta(conn, "master_key_id") == read_key_file(pending, "the next master key").key_id:
+        if (
+            schema.meta(conn, "master_key_id")
+            == read_key_file(pending, "the next master key").key_id
+        ):
             if self.master_key_file.exists():
                 retire_key_file(self.master_key_file)
             pending.rename(self.master_key_file)
@@ -413,7 +307,7 @@ class Keyring:
         if version != self._data_version:
             self._forget()
             self._data_version = version
-            expected = _meta(self._conn, "master_key_id")
+            expected = schema.meta(self._conn, "master_key_id")
             if self._master is not None and expected != self._master.key_id:
                 self.close()  # rotated by another process: reopening reports the mismatch
 
@@ -430,28 +324,6 @@ class Keyring:
     @staticmethod
     def _read_data_version(conn: sqlite3.Connection) -> int:
         return int(conn.execute("PRAGMA data_version").fetchone()[0])
-
-    @staticmethod
-    def _is_deleted(conn: sqlite3.Connection, tenant_id: str) -> bool:
-        return (
-            conn.execute(
-                "SELECT 1 FROM deleted_tenants WHERE tenant_id = ?", (tenant_id,)
-            ).fetchone()
-            is not None
-        )
-
-
-def _meta(conn: sqlite3.Connection, name: str) -> str | None:
-    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _set_meta(conn: sqlite3.Connection, name: str, value: str) -> None:
-    conn.execute(
-        "INSERT INTO meta (name, value) VALUES (?, ?)"
-        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        (name, value),
-    )
 
 
 def open_keyring(config: Config) -> Keyring:

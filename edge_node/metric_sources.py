@@ -71,7 +71,7 @@ class SyncStatusSource(Protocol):
 
 
 class BillingCounters(Protocol):
-    """The usage flush's counters since start (sync.billing_send.BillingStats)."""
+    """The usage flush's counters since start (sync.billing_stats.BillingStats)."""
 
     calls: int
     confirmed: int

@@ -6,26 +6,12 @@ import functools
 from typing import Any
 
 from edge_node import __version__
-from edge_node.billing_state import MAX_CREATED, MAX_STRIPE_ID_LENGTH, OUTCOMES
-from edge_node.errors import PROBLEM_TYPE_BASE
-from edge_node.rating.model import ID_PATTERN, MAX_COMMENT_LENGTH, MAX_ID_LENGTH, MAX_PAGE_SIZE
+from edge_node.openapi_schemas import ID_SCHEMA, UUID_SCHEMA, component_schemas
+from edge_node.rating.model import MAX_PAGE_SIZE
 from edge_node.router import API_KEY_HEADER
 from edge_node.webhook_signature import SIGNATURE_HEADER
 from edge_node.webhooks import WEBHOOK_PATH
 
-_ID = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": MAX_ID_LENGTH,
-    "pattern": ID_PATTERN,
-    "description": "1 to 128 characters, none of them a control character.",
-}
-_UUID = {
-    "type": "string",
-    "format": "uuid",
-    "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-}
-_TIMESTAMP = {"type": "string", "format": "date-time"}
 _RATE_HEADERS = {
     name: {"$ref": f"#/components/headers/{name}"}
     for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
@@ -95,7 +81,9 @@ def _param(
     return param
 
 
-_TENANT = _param("tenant_id", "path", _UUID, description="Must be the credential's own tenant.")
+_TENANT = _param(
+    "tenant_id", "path", UUID_SCHEMA, description="Must be the credential's own tenant."
+)
 
 
 def _operation(
@@ -114,159 +102,10 @@ def _operation(
     }
 
 
-def _schemas() -> dict[str, Any]:
-    return {
-        "RatingInput": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["user_id", "item_id", "score"],
-            "properties": {
-                "user_id": _ID,
-                "item_id": _ID,
-                "score": {"type": "integer", "minimum": 1, "maximum": 5},
-                "comment": {"type": ["string", "null"], "maxLength": MAX_COMMENT_LENGTH},
-            },
-        },
-        "Rating": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": [
-                "id",
-                "tenant_id",
-                "user_id",
-                "item_id",
-                "score",
-                "comment",
-                "created_at",
-                "updated_at",
-            ],
-            "properties": {
-                "id": _UUID,
-                "tenant_id": _UUID,
-                "user_id": _ID,
-                "item_id": _ID,
-                "score": {"type": "integer", "minimum": 1, "maximum": 5},
-                "comment": {"type": ["string", "null"], "maxLength": MAX_COMMENT_LENGTH},
-                "comment_unreadable": {
-                    "const": True,
-                    "description": "Present only when the stored comment cannot be opened on"
-                    " this node (its tenant data key is destroyed or not yet synced here, or the"
-                    " ciphertext fails authentication); `comment` is then null.",
-                },
-                "created_at": _TIMESTAMP,
-                "updated_at": _TIMESTAMP,
-            },
-        },
-        "RatingPage": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["ratings", "next_cursor"],
-            "properties": {
-                "ratings": {"type": "array", "items": {"$ref": "#/components/schemas/Rating"}},
-                "next_cursor": {
-                    "type": ["string", "null"],
-                    "description": "Pass as `cursor` for the next page; null on the last.",
-                },
-            },
-        },
-        "ItemScore": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["item_id", "count", "average", "histogram"],
-            "properties": {
-                "item_id": _ID,
-                "count": {"type": "integer", "minimum": 0},
-                "average": {
-                    "type": ["number", "null"],
-                    "minimum": 1,
-                    "maximum": 5,
-                    "description": "Mean score; null when the item has no ratings.",
-                },
-                "histogram": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["1", "2", "3", "4", "5"],
-                    "properties": {str(s): {"type": "integer", "minimum": 0} for s in range(1, 6)},
-                },
-            },
-        },
-        "UserErasure": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["user_id", "deleted"],
-            "properties": {"user_id": _ID, "deleted": {"type": "integer", "minimum": 0}},
-        },
-        "StripeEvent": {
-            "type": "object",
-            "required": ["id", "type", "created", "data"],
-            "description": "A Stripe event (https://docs.stripe.com/api/events/object);"
-            " members not listed here are allowed and ignored.",
-            "properties": {
-                "id": {"type": "string", "minLength": 1, "maxLength": MAX_STRIPE_ID_LENGTH},
-                "type": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_STRIPE_ID_LENGTH,
-                    "description": "Acted on: customer.subscription.updated,"
-                    " customer.subscription.deleted, invoice.payment_failed, invoice.paid;"
-                    " any other is recorded and ignored.",
-                },
-                "created": {"type": "integer", "minimum": 0, "maximum": MAX_CREATED},
-                "data": {
-                    "type": "object",
-                    "required": ["object"],
-                    "properties": {"object": {"type": "object"}},
-                },
-            },
-        },
-        "WebhookReceipt": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["event_id", "outcome", "duplicate"],
-            "properties": {
-                "event_id": {"type": "string"},
-                "outcome": {"type": "string", "enum": list(OUTCOMES)},
-                "duplicate": {
-                    "type": "boolean",
-                    "description": "The event was received before: `outcome` is the first"
-                    " delivery's and nothing changed now.",
-                },
-            },
-        },
-        "Status": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"type": "string"}},
-        },
-        "Problem": {
-            "type": "object",
-            "required": ["type", "title", "status", "detail"],
-            "description": (
-                f"RFC 9457 problem details; `type` is a stable `{PROBLEM_TYPE_BASE}…` URN."
-            ),
-            "properties": {
-                "type": {"type": "string", "format": "uri"},
-                "title": {"type": "string"},
-                "status": {"type": "integer", "minimum": 400, "maximum": 599},
-                "detail": {"type": "string"},
-                "instance": {"type": "string"},
-                "errors": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["field", "message"],
-                        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-                    },
-                },
-            },
-        },
-    }
-
-
 def _paths() -> dict[str, Any]:
     tenant = "/v1/tenants/{tenant_id}"
-    item_filter = _param("item_id", "query", _ID, required=False)
-    user_filter = _param("user_id", "query", _ID, required=False)
+    item_filter = _param("item_id", "query", ID_SCHEMA, required=False)
+    user_filter = _param("user_id", "query", ID_SCHEMA, required=False)
     limit = _param(
         "limit",
         "query",
@@ -312,7 +151,7 @@ def _paths() -> dict[str, Any]:
                     "204": _ok("Deleted.", None),
                     "404": _problem("No live rating with that id in this tenant."),
                 },
-                [_param("rating_id", "path", _UUID)],
+                [_param("rating_id", "path", UUID_SCHEMA)],
             ),
         },
         f"{tenant}/users/{{user_id}}": {
@@ -321,7 +160,7 @@ def _paths() -> dict[str, Any]:
                 "Delete every rating of a user and erase their comments (admin, "
                 "or a token bound to that user).",
                 {"200": _ok("Erased.", "UserErasure")},
-                [_param("user_id", "path", _ID)],
+                [_param("user_id", "path", ID_SCHEMA)],
             ),
         },
         f"{tenant}/items/{{item_id}}/score": {
@@ -329,7 +168,7 @@ def _paths() -> dict[str, Any]:
                 "itemScore",
                 "The item's rating count, average and histogram (reader).",
                 {"200": _ok("The score; zero counts for an item nobody rated.", "ItemScore")},
-                [_param("item_id", "path", _ID)],
+                [_param("item_id", "path", ID_SCHEMA)],
             ),
         },
         WEBHOOK_PATH: {"post": _webhook_operation()},
@@ -430,7 +269,7 @@ def openapi_document() -> dict[str, Any]:
         "security": [{"apiKey": []}, {"bearerJwt": []}],
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": component_schemas(),
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
                 "bearerJwt": {

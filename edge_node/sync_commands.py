@@ -131,11 +131,8 @@ def _sync_status(config: Config, args: argparse.Namespace) -> int:
 def _sync_reset_checkpoints(config: Config, args: argparse.Namespace) -> int:
     from sync.shard_state import reset_command  # noqa: PLC0415
 
-    registry = open_registry(config)
-    try:
+    with open_registry(config) as registry:
         return emit(reset_command(registry.connection, len(config.central.dsns), args.shard))
-    finally:
-        registry.close()
 
 
 def _stripe_bootstrap(config: Config, args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,20 +89,12 @@ def _add_rotate_fleet_command(keys: Any) -> None:
 def _tenants_create(config: Config, args: argparse.Namespace) -> int:
     if not 1 <= len(args.name) <= 200:
         raise RegistryError("--name must be 1 to 200 characters")
-    registry = open_registry(config)
-    try:
+    with open_registry(config) as registry:
         tenant, key = registry.create_tenant(
             args.name, plan=args.plan, rate_limit_per_minute=args.rate_limit
         )
-    finally:
-        registry.close()
-    stores = TenantStores(
-        config.data_path / "tenants", node_id=config.node_id, keyring=open_keyring(config)
-    )
-    try:
+    with _open_stores(config) as stores:
         stores.get(tenant.tenant_id)  # create the tenant's file and schema now, not on first use
-    finally:
-        stores.close()
     document = {**tenant.to_json(), "api_key": key.api_key, "key_id": key.key_id, "role": key.role}
     if config.stripe.enabled:
         document.update(_provision_in_stripe(config, tenant.tenant_id))
@@ -112,11 +105,8 @@ def _provision_in_stripe(config: Config, tenant_id: str) -> dict[str, Any]:
     """Make the new tenant a Stripe customer now if Stripe answers; else the daemon will."""
     from sync.stripe_commands import provision_tenant  # noqa: PLC0415
 
-    registry = open_registry(config)
-    try:
+    with open_registry(config) as registry:
         outcome = asyncio.run(provision_tenant(config, registry, tenant_id))
-    finally:
-        registry.close()
     if outcome["stripe"] == "pending":
         print(
             f"edge-node: the tenant works now; Stripe provisioning is left to the running"
@@ -127,66 +117,53 @@ def _provision_in_stripe(config: Config, tenant_id: str) -> dict[str, Any]:
 
 
 def _tenants_list(config: Config, args: argparse.Namespace) -> int:
-    registry = open_registry(config)
-    try:
+    with open_registry(config) as registry:
         return emit([tenant.to_json() for tenant in registry.list_tenants()])
-    finally:
-        registry.close()
 
 
 def _tenants_set_status(config: Config, args: argparse.Namespace) -> int:
     require_uuid(args.tenant_id)
-    registry = open_registry(config)
-    try:
+    with open_registry(config) as registry:
         return emit(registry.set_status(args.tenant_id, args.status).to_json())
-    finally:
-        registry.close()
 
 
 def _keys_create(config: Config, args: argparse.Namespace) -> int:
     require_uuid(args.tenant_id)
-    registry = open_registry(config)
-    try:
+    with open_registry(config) as registry:
         return emit(registry.create_key(args.tenant_id, args.role).to_json())
-    finally:
-        registry.close()
 
 
 def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
-    registry = open_registry(config)
-    try:
+    with open_registry(config) as registry:
         return emit(registry.revoke_key(args.key_id))
-    finally:
-        registry.close()
 
 
 def _tenants_delete(config: Config, args: argparse.Namespace) -> int:
     from edge_node.key_admin import delete_tenant  # noqa: PLC0415
 
     require_uuid(args.tenant_id)
-    registry = open_registry(config)
-    stores = TenantStores(
-        config.data_path / "tenants", node_id=config.node_id, keyring=open_keyring(config)
-    )
-    try:
+    with open_registry(config) as registry, _open_stores(config) as stores:
         known = registry.get_tenant(args.tenant_id) is not None
         if not known and not stores.path(args.tenant_id).exists():
             raise RegistryError(f"no tenant with id {args.tenant_id}")
         return emit(delete_tenant(registry, stores, args.tenant_id))
-    finally:
-        stores.close()
-        registry.close()
 
 
 def _keys_rotate_master(config: Config, args: argparse.Namespace) -> int:
     from edge_node.key_admin import rotate_master  # noqa: PLC0415
 
     _refuse_while_serving(config)
-    keyring = open_keyring(config)
-    try:
+    with contextlib.closing(open_keyring(config)) as keyring:
         return emit(rotate_master(keyring, args.new_key_file))
-    finally:
-        keyring.close()
+
+
+def _open_stores(config: Config) -> contextlib.closing[TenantStores]:
+    """The tenants' rating files with the node's key store, closed after the command."""
+    return contextlib.closing(
+        TenantStores(
+            config.data_path / "tenants", node_id=config.node_id, keyring=open_keyring(config)
+        )
+    )
 
 
 def _refuse_while_serving(config: Config) -> None:

@@ -33,7 +33,8 @@ from sync.backoff import Backoff
 from sync.billing_clock import HorizonClock
 from sync.billing_ledger import AsyncLedger, BillingLedger, LedgerBatch
 from sync.billing_plan import UsagePlanner, record_fingerprint
-from sync.billing_send import HOUR, BatchSender, BillingStats, MeterEventGateway, SendRules
+from sync.billing_send import HOUR, BatchSender, MeterEventGateway, SendRules
+from sync.billing_stats import BillingStats
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from typing import Literal, Protocol
 from edge_node.errors import PermanentSyncError, TransientSyncError
 from sync.backoff import Backoff
 from sync.billing_ledger import AsyncLedger, LedgerBatch
+from sync.billing_stats import BillingStats
 from sync.stripe_gateway import MeterEventOutcome
 
 log = logging.getLogger(__name__)
@@ -60,32 +61,6 @@ class MeterEventGateway(Protocol):
         identifier: str,
         attempt: int,
     ) -> MeterEventOutcome: ...
-
-
-@dataclass
-class BillingStats:
-    """Counters since start, for logs, status and metrics."""
-
-    planned_ranges: int = 0
-    planned_batches: int = 0
-    unreadable_records: int = 0
-    calls: int = 0
-    confirmed: int = 0
-    duplicates: int = 0
-    transient_failures: int = 0
-    set_aside_refused: int = 0
-    set_aside_unknown_outcome: int = 0
-    set_aside_too_old: int = 0
-    set_aside_future: int = 0
-
-    @property
-    def set_aside(self) -> int:
-        return (
-            self.set_aside_refused
-            + self.set_aside_unknown_outcome
-            + self.set_aside_too_old
-            + self.set_aside_future
-        )
 
 
 @dataclass(frozen=True)

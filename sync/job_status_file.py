@@ -27,18 +27,21 @@ from sync.status import replace_status_document
 log = logging.getLogger(__name__)
 FILE_NAME = "sync-jobs.json"
 PUBLISH_INTERVAL_SECONDS = 1.0
+# A job status's moments, written as edge_node.clock.format_us text (parsed back by
+# sync/status_files.py).
+JOB_TIME_FIELDS = ("last_success_at", "last_error_at")
 
 
 def job_to_json(status: JobStatus) -> dict[str, Any]:
     document = dataclasses.asdict(status)
-    for name in ("last_success_at", "last_error_at"):
+    for name in JOB_TIME_FIELDS:
         value = document[name]
         document[name] = None if value is None else format_us(value)
     return document
 
 
 def usage_flush_totals(stats: Sequence[Any]) -> dict[str, int]:
-    """The usage flushes' counters (sync.billing_send.BillingStats, one per queue), summed;
+    """The usage flushes' counters (sync.billing_stats.BillingStats, one per queue), summed;
     taken as dataclasses, so reading the file never loads the Stripe adapter."""
     totals: dict[str, int] = {}
     for item in stats:

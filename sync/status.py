@@ -23,6 +23,18 @@ FILE_NAME = "sync-status.json"
 ShardState = Literal["starting", "ok", "lagging", "retrying", "stopped"]
 
 
+# The shard status's moments (microseconds since the epoch), written as edge_node.clock.format_us
+# text and parsed back by sync/status_files.py.
+SHARD_TIME_FIELDS = (
+    "last_attempt_at",
+    "last_success_at",
+    "last_error_at",
+    "next_attempt_at",
+    "last_download_at",
+    "downloaded_through_at",
+)
+
+
 @dataclass
 class ShardStatus:
     """One shard's sync health. Times are microseconds since the epoch."""
@@ -69,14 +81,7 @@ class ShardStatus:
     def to_json(self, now_us: int) -> dict[str, Any]:
         document = dataclasses.asdict(self)
         document["horizon_lag_seconds"] = self.horizon_lag_seconds(now_us)
-        for name in (
-            "last_attempt_at",
-            "last_success_at",
-            "last_error_at",
-            "next_attempt_at",
-            "last_download_at",
-            "downloaded_through_at",
-        ):
+        for name in SHARD_TIME_FIELDS:
             value = document[name]
             document[name] = None if value is None else format_us(value)
         oldest = document.pop("oldest_pending_at")

@@ -10,44 +10,21 @@ gives back the same status objects the sync worker keeps in memory.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sync.billing_stats import BillingStats
 from sync.job_status_file import FILE_NAME as JOBS_FILE
-from sync.job_status_file import read_jobs_file
+from sync.job_status_file import JOB_TIME_FIELDS, read_jobs_file
 from sync.jobs import JobStatus
-from sync.status import ShardStatus, read_status_file
+from sync.status import SHARD_TIME_FIELDS, ShardStatus, read_status_file
 
-_TIMES = (
-    "last_attempt_at",
-    "last_success_at",
-    "last_error_at",
-    "next_attempt_at",
-    "last_download_at",
-    "downloaded_through_at",
-)
 _SHARD_FIELDS = frozenset(f.name for f in dataclasses.fields(ShardStatus))
 _JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(JobStatus))
 
 
-@dataclass
-class PublishedUsageFlush:
-    """The usage flushes' counters as the jobs file holds them (edge_node.metric_sources
-    BillingCounters): summed over every queue the supervisor flushes."""
-
-    calls: int = 0
-    confirmed: int = 0
-    duplicates: int = 0
-    transient_failures: int = 0
-    set_aside_refused: int = 0
-    set_aside_unknown_outcome: int = 0
-    set_aside_too_old: int = 0
-    set_aside_future: int = 0
-
-
-_FLUSH_FIELDS = frozenset(f.name for f in dataclasses.fields(PublishedUsageFlush))
+_FLUSH_FIELDS = frozenset(f.name for f in dataclasses.fields(BillingStats))
 
 
 class SyncStatusFiles:
@@ -70,13 +47,14 @@ class SyncStatusFiles:
             return []
         return [_job(job) for job in document["jobs"]]
 
-    def usage_flush(self) -> list[PublishedUsageFlush]:
-        """The usage flushes' counters, or none when no flush has published any."""
+    def usage_flush(self) -> list[BillingStats]:
+        """The usage flushes' counters summed over every queue the supervisor flushes, or
+        none when no flush has published any; a counter the file lacks reads as 0."""
         document = self._jobs_document()
         totals = {} if document is None else document.get("usage_flush") or {}
         if not totals:
             return []
-        return [PublishedUsageFlush(**{k: v for k, v in totals.items() if k in _FLUSH_FIELDS})]
+        return [BillingStats(**{k: v for k, v in totals.items() if k in _FLUSH_FIELDS})]
 
     def _jobs_document(self) -> dict[str, Any] | None:
         """The jobs file, parsed again only once it was replaced (a scrape asks for it twice:
@@ -99,7 +77,7 @@ def parse_us(text: str) -> int:
 
 def _shard(document: dict[str, Any], written_at: int) -> ShardStatus:
     values = {key: value for key, value in document.items() if key in _SHARD_FIELDS}
-    for name in _TIMES:
+    for name in SHARD_TIME_FIELDS:
         if values.get(name) is not None:
             values[name] = parse_us(values[name])
     age = document.get("oldest_pending_age_seconds")
@@ -109,7 +87,7 @@ def _shard(document: dict[str, Any], written_at: int) -> ShardStatus:
 
 def _job(document: dict[str, Any]) -> JobStatus:
     values = {key: value for key, value in document.items() if key in _JOB_FIELDS}
-    for name in ("last_success_at", "last_error_at"):
+    for name in JOB_TIME_FIELDS:
         if values.get(name) is not None:
             values[name] = parse_us(values[name])
     return JobStatus(**values)

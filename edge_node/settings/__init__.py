@@ -1,1 +1,1 @@
-"""The configuration's sections, grouped by what they configure (built by edge_node.config)."""
+"""The configuration's sections, by what they configure, and how raw values become them."""

@@ -10,7 +10,8 @@ import pytest
 
 from edge_node.clock import format_us
 from sync import status_files
-from sync.job_status_file import read_jobs_file, write_jobs_file
+from sync.billing_stats import BillingStats
+from sync.job_status_file import read_jobs_file, usage_flush_totals, write_jobs_file
 from sync.jobs import JobStatus
 from sync.status import ShardStatus, write_status_file
 from sync.status_files import SyncStatusFiles, parse_us
@@ -46,6 +47,18 @@ class TestSyncStatusFiles:
         files = SyncStatusFiles(tmp_path)
         assert files.status() == [shard]
         assert files.job_status() == [job]
+
+    def test_every_usage_flush_counter_round_trips_summed_over_queues(self, tmp_path: Path) -> None:
+        """Each counter of the queues' usage flushes comes back from the jobs file as their
+        sum; a counter an older file lacks reads as 0, one a newer file adds is ignored."""
+        names = [f.name for f in dataclasses.fields(BillingStats)]
+        first = BillingStats(**{name: i + 1 for i, name in enumerate(names)})
+        second = BillingStats(**{name: 100 * (i + 1) for i, name in enumerate(names)})
+        write_jobs_file(tmp_path, "edge-1", [], usage_flush_totals([first, second]))
+        summed = BillingStats(**{name: 101 * (i + 1) for i, name in enumerate(names)})
+        assert SyncStatusFiles(tmp_path).usage_flush() == [summed]
+        write_jobs_file(tmp_path, "edge-1", [], {"calls": 3, "counter_from_a_newer_node": 1})
+        assert SyncStatusFiles(tmp_path).usage_flush() == [BillingStats(calls=3)]
 
     def test_no_files_yet_means_no_shards_and_no_jobs(self, tmp_path: Path) -> None:
         """Before the sync worker published anything there is nothing to report."""
