@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from edge_node.apikeys import key_shape
+from edge_node.apikeys import key_id_of
 from edge_node.billing_state import payment_refusal
 from edge_node.clock import now_us
 from edge_node.errors import (
@@ -84,13 +84,14 @@ class TenantRouter:
                 slug="ambiguous-credentials",
             )
         if api_key is not None:
-            if key_shape(api_key) == "malformed":
+            key_id = key_id_of(api_key)
+            if key_id is None:
                 raise Unauthorized(
                     "the API key is malformed: mistyped, truncated, or not an edge-node key",
                     slug="malformed-api-key",
                     headers=_CHALLENGE,
                 )
-            grant = self.registry.lookup_key(api_key)
+            grant = self.registry.lookup_key_id(key_id, api_key)
             if grant is None:
                 raise Unauthorized(
                     "the API key is not valid (unknown or revoked)",
