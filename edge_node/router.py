@@ -178,8 +178,9 @@ TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamRespo
 def request_id_of(request: web.Request) -> str:
     """The id settled for this request, else the client's X-Request-Id when it is a sane
     token, else a fresh one."""
-    if REQUEST_ID_KEY in request:
-        return request[REQUEST_ID_KEY]
+    settled = request.get(REQUEST_ID_KEY)
+    if settled is not None:
+        return settled
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
@@ -200,8 +201,6 @@ def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[Tenan
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
             context, decision = request.app[ROUTER_KEY].admit(request, needed)
-            request_id = request_id_of(request)
-            headers = {**decision.headers(), REQUEST_ID_HEADER: request_id}
             meter = request.app[METER_KEY]
             try:
                 reserved = meter.bills(operations) and meter.reserve()
@@ -209,14 +208,17 @@ def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[Tenan
                     response = await handler(request, context)
                     if reserved:
                         served = by_status.get(response.status, default)
-                        await meter.record(context.tenant_id, served, response.status, request_id)
+                        await meter.record(
+                            context.tenant_id, served, response.status, request_id_of(request)
+                        )
                 finally:
                     if reserved:
                         meter.release()
             except Problem as problem:
-                problem.headers = {**headers, **problem.headers}
+                problem.headers = {**decision.headers(), **problem.headers}
                 raise
-            response.headers.update(headers)
+            # X-Request-Id goes on every answer, this one included, in edge_node.request_ids.
+            response.headers.update(decision.headers())
             return response
 
         return admitted
