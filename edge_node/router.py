@@ -176,11 +176,13 @@ TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamRespo
 
 
 def request_id_of(request: web.Request) -> str:
-    """The id settled for this request, else the client's X-Request-Id when it is a sane
-    token, else a fresh one."""
-    settled = request.get(REQUEST_ID_KEY)
-    if settled is not None:
-        return settled
+    """The id settled for this request (edge_node.request_ids), else one chosen now."""
+    settled: str | None = request.get(REQUEST_ID_KEY)
+    return settled if settled is not None else chosen_request_id(request)
+
+
+def chosen_request_id(request: web.Request) -> str:
+    """The client's X-Request-Id when it is a sane token, else a fresh one."""
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
