@@ -1,11 +1,11 @@
 """Micro-benchmark: what the request guards (edge_node.guards) add to each request, in-process.
 
 `python -m bench.guards` times, in one run and on the same request objects, a minimal
-aiohttp app (one constant route, behind edge-node's problem_middleware) handling requests,
-the same app behind the limits middleware, and behind the abuse middleware (client IP,
-block lookup, IP and tenant spike counters) plus the limits middleware, over many client
-IPs and tenants. It prints
-microseconds per request and each variant as a ratio of the minimal app. No server and no
+aiohttp app (one constant route, behind edge-node's outermost middleware, edge_node.front,
+with metrics off) handling requests, the same app behind the guards' middleware with the
+limits only, and with the abuse guard (client IP, block lookup, IP and tenant spike
+counters) and the limits, over many client IPs and tenants. It prints microseconds per
+request and each variant as a ratio of the minimal app. No server and no
 sockets: HTTP parsing and writing are left out, so a real request costs more and the
 guards' share of it is smaller than shown. `python -m bench.http --scenarios
 get-score-abuse-off,get-score-abuse-on` measures the same over real HTTP.
@@ -27,13 +27,14 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
-from edge_node.abuse import AbuseGuard, AbuseMetrics, abuse_middleware
+from edge_node.abuse import AbuseGuard, AbuseMetrics
 from edge_node.blocks import BlockStore
 from edge_node.config import load_config
-from edge_node.limits import limits_middleware
+from edge_node.front import front_middleware
+from edge_node.guards import guards_middleware
+from edge_node.limits import RequestLimits
 from edge_node.node_database import open_node_database
 from edge_node.router import ADMITTED_TENANT_KEY
-from edge_node.web import problem_middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,13 +110,12 @@ async def measure(count: int, clients: int, rounds: int) -> dict[str, float]:
         guard = AbuseGuard(
             config.abuse, BlockStore(conn), AbuseMetrics(CollectorRegistry(auto_describe=True))
         )
-        # Every edge-node app has problem_middleware: the guards' cost is what they add to it.
+        # Every edge-node app has the front middleware: the guards' cost is what they add.
+        front, limits = front_middleware(None), RequestLimits(config.limits)
         apps = {
-            "minimal app": minimal_app([problem_middleware]),
-            "+ limits": minimal_app([problem_middleware, limits_middleware(config.limits)]),
-            "+ abuse + limits": minimal_app(
-                [problem_middleware, abuse_middleware(guard), limits_middleware(config.limits)]
-            ),
+            "minimal app": minimal_app([front]),
+            "+ limits": minimal_app([front, guards_middleware(limits, None)]),
+            "+ abuse + limits": minimal_app([front, guards_middleware(limits, guard)]),
         }
         batch = requests(count, clients)
         # _handle: the app's own request handling, routing and middlewares included.

@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -26,7 +25,6 @@ from edge_node.client_ip import ClientAddresses, membership, parse_networks
 from edge_node.clock import format_us, now_us
 from edge_node.config import AbuseConfig
 from edge_node.errors import Forbidden
-from edge_node.router import ADMITTED_TENANT_KEY
 from edge_node.spikes import Spike, SpikeDetector
 
 log = logging.getLogger(__name__)
@@ -170,22 +168,3 @@ def _log_spike(scope: str, spike: Spike, *, blocked: bool) -> None:
             "blocked": blocked,
         },
     )
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def abuse_middleware(guard: AbuseGuard) -> Any:
-    """A middleware refusing blocked IPs, then counting the request for spike detection."""
-
-    @web.middleware
-    async def watch(request: web.Request, handler: Handler) -> web.StreamResponse:
-        now = guard.admit(request)
-        try:
-            return await handler(request)
-        finally:
-            tenant_id = request.get(ADMITTED_TENANT_KEY)
-            if tenant_id is not None:
-                guard.observe_tenant(tenant_id, now)
-
-    return watch

@@ -13,6 +13,7 @@ checksum; they keep working unchanged and are looked up as before.
 
 from __future__ import annotations
 
+import re
 import secrets
 import zlib
 from typing import Literal
@@ -24,22 +25,30 @@ CHECKSUM_LENGTH = 6
 LEGACY_SECRET_LENGTH = 43  # secrets.token_urlsafe(32)
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_BASE62_SET = frozenset(_BASE62)
-_HEX_SET = frozenset("0123456789abcdef")
-_LEGACY_SET = frozenset(_BASE62 + "-_")
 _HEAD = len(KEY_PREFIX) + KEY_ID_LENGTH + 1
+_CHECKSUMMED_LENGTH = _HEAD + SECRET_LENGTH + CHECKSUM_LENGTH
+# Either format in one match (ASCII only: [0-9] is not every Unicode digit); the two tails
+# differ in length, so a key is never both.
+_KEY_FORMAT = re.compile(
+    rf"{KEY_PREFIX}(?P<key_id>[0-9a-f]{{{KEY_ID_LENGTH}}})_"
+    rf"(?:[0-9A-Za-z]{{{SECRET_LENGTH + CHECKSUM_LENGTH}}}|[0-9A-Za-z_-]{{{LEGACY_SECRET_LENGTH}}})"
+)
 
 KeyShape = Literal["checksummed", "legacy", "malformed"]
 
 
 def checksum(text: str) -> str:
     """The CRC-32 of `text` as exactly six base62 digits."""
-    value = zlib.crc32(text.encode())
-    digits = []
-    for _ in range(CHECKSUM_LENGTH):
-        value, digit = divmod(value, 62)
-        digits.append(_BASE62[digit])
-    return "".join(reversed(digits))
+    value = zlib.crc32(text.encode())  # below 2**32 < 62**6: six digits always suffice
+    digits = _BASE62
+    return (
+        digits[value // 62**5 % 62]
+        + digits[value // 62**4 % 62]
+        + digits[value // 62**3 % 62]
+        + digits[value // 62**2 % 62]
+        + digits[value // 62 % 62]
+        + digits[value % 62]
+    )
 
 
 def new_api_key(key_id: str) -> str:
@@ -54,20 +63,12 @@ def new_key_id() -> str:
 
 def key_shape(api_key: str) -> KeyShape:
     """Which format `api_key` is in; `malformed` for a mistyped key or anything else."""
-    if (
-        not api_key.startswith(KEY_PREFIX)
-        or len(api_key) <= _HEAD
-        or api_key[_HEAD - 1] != "_"
-        or not _HEX_SET.issuperset(api_key[len(KEY_PREFIX) : _HEAD - 1])
-    ):
+    if _KEY_FORMAT.fullmatch(api_key) is None:
         return "malformed"
-    tail = api_key[_HEAD:]
-    if len(tail) == SECRET_LENGTH + CHECKSUM_LENGTH and _BASE62_SET.issuperset(tail):
-        body = api_key[:-CHECKSUM_LENGTH]
-        return "checksummed" if checksum(body) == api_key[-CHECKSUM_LENGTH:] else "malformed"
-    if len(tail) == LEGACY_SECRET_LENGTH and _LEGACY_SET.issuperset(tail):
+    if len(api_key) != _CHECKSUMMED_LENGTH:
         return "legacy"
-    return "malformed"
+    body = api_key[:-CHECKSUM_LENGTH]
+    return "checksummed" if checksum(body) == api_key[-CHECKSUM_LENGTH:] else "malformed"
 
 
 def key_id_of(api_key: str) -> str | None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from edge_node.billing_events import BillingEventStore
 from edge_node.config import Config
 from edge_node.errors import ServiceUnavailable
+from edge_node.front import front_middleware
 from edge_node.guards import add_request_guards
 from edge_node.keystore import open_keyring
 from edge_node.meter import Meter
@@ -24,11 +25,10 @@ from edge_node.ratelimit import RateLimiter
 from edge_node.rating.handlers import STORES_KEY, add_routes
 from edge_node.rating.store import TenantStores
 from edge_node.registry import TenantRegistry
-from edge_node.request_ids import request_id_middleware
 from edge_node.router import METER_KEY, ROUTER_KEY, TenantRouter
 from edge_node.secrets import SecretFiles
 from edge_node.tokens import TokenVerifier, load_keys
-from edge_node.web import json_response, problem_middleware
+from edge_node.web import json_response
 from edge_node.webhooks import (
     WEBHOOKS_KEY,
     StripeWebhooks,
@@ -92,10 +92,8 @@ def create_app(
     """
     if metrics is None:
         metrics = node_metrics(config)
-    middlewares = [request_id_middleware, problem_middleware]
-    if config.metrics.enabled:
-        middlewares.insert(1, metrics.middleware)
-    app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
+    front = front_middleware(metrics if config.metrics.enabled else None)
+    app = web.Application(middlewares=[front], client_max_size=config.server.max_body_bytes)
     add_request_guards(app, config, storage.registry.connection, metrics_registry=metrics.registry)
     app[CONFIG_KEY] = config
     app[REGISTRY_KEY] = storage.registry

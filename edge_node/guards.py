@@ -1,9 +1,12 @@
 """The request guards every app runs before routing: IP blocks and spike detection, then limits.
 
-`add_request_guards` appends their middlewares after problem_middleware (so what they refuse
-leaves as problem+json) and stores the AbuseGuard on the app under ABUSE_KEY. Its metrics
-go to `metrics_registry`: the node's Prometheus registry, or a private one when none is
-given (counted, but not exported).
+`add_request_guards` installs them as one middleware, after edge_node.front (so what they
+refuse leaves as problem+json), and stores the AbuseGuard on the app under ABUSE_KEY. In
+order, a request is refused if its client IP is blocked and counted for spike detection
+(edge_node.abuse, when abuse.enabled), then checked against the request limits
+(edge_node.limits); once answered, the tenant it was admitted for (if any) is counted too.
+The abuse guard's metrics go to `metrics_registry`: the node's Prometheus registry, or a
+private one when none is given (counted, but not exported).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import sqlite3
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
 
-from edge_node.abuse import AbuseGuard, AbuseMetrics, abuse_middleware
+from edge_node.abuse import AbuseGuard, AbuseMetrics
 from edge_node.blocks import BlockStore
 from edge_node.config import Config
-from edge_node.limits import limits_middleware
+from edge_node.limits import RequestLimits
+from edge_node.router import ADMITTED_TENANT_KEY
 
 ABUSE_KEY = web.AppKey("abuse", AbuseGuard)
 
@@ -34,6 +39,25 @@ def add_request_guards(
         metrics = AbuseMetrics(metrics_registry or CollectorRegistry(auto_describe=True))
         guard = AbuseGuard(config.abuse, BlockStore(node_db), metrics)
         app[ABUSE_KEY] = guard
-        app.middlewares.append(abuse_middleware(guard))
-    app.middlewares.append(limits_middleware(config.limits))
+    app.middlewares.append(guards_middleware(RequestLimits(config.limits), guard))
     return guard
+
+
+def guards_middleware(limits: RequestLimits, abuse: AbuseGuard | None) -> Middleware:
+    """One middleware applying `abuse` (None: off) and then `limits` to every request."""
+
+    @web.middleware
+    async def guards(request: web.Request, handler: Handler) -> web.StreamResponse:
+        now = 0.0 if abuse is None else abuse.admit(request)
+        try:
+            limits.check(request)
+            if limits.body_pending(request):
+                return await limits.within_body_timeout(request, handler)
+            return await handler(request)
+        finally:
+            if abuse is not None:
+                tenant_id = request.get(ADMITTED_TENANT_KEY)
+                if tenant_id is not None:
+                    abuse.observe_tenant(tenant_id, now)
+
+    return guards

@@ -5,7 +5,7 @@ headers itself, before any middleware runs, and answers in plain text. `LimitedA
 serves the app through `ProblemRequestHandler`, aiohttp's protocol with that one answer
 replaced by our problem+json (414 uri-too-long, 431 headers-too-large, 400
 malformed-request). What the parser does not bound (the query string, the headers' total
-size, how long a body takes) `limits_middleware` checks on every request.
+size, how long a body takes) `RequestLimits` checks on every request (edge_node.guards).
 
 Slow clients: a connection that has not delivered a request's complete headers within
 `limits.header_timeout_seconds` of opening (or of its previous response) is closed by
@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -130,40 +131,52 @@ def _expire(content: StreamReader) -> None:
         content.set_exception(_BodyTimedOut())
 
 
-def limits_middleware(limits: LimitsConfig) -> Any:
-    """A middleware refusing oversized query strings and header sets, and timing out bodies."""
-    max_query, max_header_bytes = limits.max_query_bytes, limits.max_header_bytes
-    # The parser bounds each header line, so up to this many headers cannot pass the total:
-    # the common request is spared summing its header sizes.
-    always_within = max_header_bytes // limits.max_header_line_bytes
-    body_timeout = limits.body_timeout_seconds
+class RequestLimits:
+    """What `limits` bounds that the parser does not: the query string, the headers' total
+    size and the time a body takes. edge_node.guards applies them to every request."""
 
-    @web.middleware
-    async def enforce_limits(request: web.Request, handler: Any) -> web.StreamResponse:
+    def __init__(self, limits: LimitsConfig) -> None:
+        self.max_query = limits.max_query_bytes
+        self.max_header_bytes = limits.max_header_bytes
+        # The parser bounds each header line, so up to this many headers cannot pass the
+        # total: the common request is spared summing its header sizes.
+        self.always_within = limits.max_header_bytes // limits.max_header_line_bytes
+        self.body_timeout = limits.body_timeout_seconds
+
+    def check(self, request: web.Request) -> None:
+        """Refuse an oversized query string (414) or header set (431)."""
         raw_path = request.raw_path
         mark = raw_path.find("?")
-        if mark >= 0 and len(raw_path) - mark - 1 > max_query:
+        if mark >= 0 and len(raw_path) - mark - 1 > self.max_query:
             raise UriTooLong(
-                f"the query string is longer than limits.max_query_bytes ({max_query})"
+                f"the query string is longer than limits.max_query_bytes ({self.max_query})"
             )
         raw_headers = request.raw_headers
-        if len(raw_headers) > always_within and (
-            sum(len(name) + len(value) for name, value in raw_headers) > max_header_bytes
+        if len(raw_headers) > self.always_within and (
+            sum(len(name) + len(value) for name, value in raw_headers) > self.max_header_bytes
         ):
             raise HeadersTooLarge(
-                f"the headers total more than limits.max_header_bytes ({max_header_bytes})"
+                f"the headers total more than limits.max_header_bytes ({self.max_header_bytes})"
             )
-        if not request.body_exists or request.content.is_eof():
-            return await handler(request)  # type: ignore[no-any-return]
-        timer = asyncio.get_running_loop().call_later(body_timeout, _expire, request.content)
+
+    @staticmethod
+    def body_pending(request: web.Request) -> bool:
+        """Whether part of the request's body has yet to arrive."""
+        return request.body_exists and not request.content.is_eof()
+
+    async def within_body_timeout(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        """`handler`'s answer, or 408 (closing the connection) when the body is not complete
+        within limits.body_timeout_seconds."""
+        timeout = self.body_timeout
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, request.content)
         try:
-            return await handler(request)  # type: ignore[no-any-return]
+            return await handler(request)
         except _BodyTimedOut:
             raise RequestTimeout(
-                f"the body did not arrive within limits.body_timeout_seconds ({body_timeout} s)",
+                f"the body did not arrive within limits.body_timeout_seconds ({timeout} s)",
                 headers={"Connection": "close"},
             ) from None
         finally:
             timer.cancel()
-
-    return enforce_limits

@@ -1,13 +1,14 @@
 """Prometheus metrics of one node process, served at GET /metrics (docs/metrics.md).
 
 NodeMetrics owns the metrics of one process in the CollectorRegistry it is given (tests
-build a fresh one and read samples back). On the request path it costs one middleware that
-counts and times the request in plain dicts (`edge_node.request_metrics`), labelled by the
-route template (never the raw path, so a scanner cannot create series). Everything else is read
-only when Prometheus scrapes: the queue's counters and a status snapshot, the meter's,
-the sync worker's and the usage flush's through the Protocols of `edge_node.metric_sources`,
-the webhooks' counters and the tenants by status. Fsync durations come from a timing
-wrapper around the fsync the queue is opened with, so `edge_node.queue` imports nothing.
+build a fresh one and read samples back). On the request path it costs one call from the
+outermost middleware (`edge_node.front`) that counts and times the answer in plain dicts
+(`edge_node.request_metrics`), labelled by the route template (never the raw path, so a
+scanner cannot create series). Everything else is read only when Prometheus scrapes: the
+queue's counters and a status snapshot, the meter's, the sync worker's and the usage flush's
+through the Protocols of `edge_node.metric_sources`, the webhooks' counters and the tenants
+by status. Fsync durations come from a timing wrapper around the fsync the queue is opened
+with, so `edge_node.queue` imports nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
@@ -140,18 +140,8 @@ class NodeMetrics:
         """Count one answered request and its latency (on the event loop)."""
         self.requests.observe(method, route, status, seconds, tenant)
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        started = time.perf_counter()
-        try:
-            response: web.StreamResponse = await handler(request)
-        except web.HTTPException as exc:  # what problem_middleware lets through (redirects)
-            self._observe_request(request, exc.status, started)
-            raise
-        self._observe_request(request, response.status, started)
-        return response
-
-    def _observe_request(self, request: web.Request, status: int, started: float) -> None:
+    def observe_request(self, request: web.Request, status: int, started: float) -> None:
+        """Count the answer to `request` and its latency since `started` (perf_counter)."""
         resource = request.match_info.route.resource
         route = UNMATCHED_ROUTE if resource is None else resource.canonical
         method = request.method if request.method in METHODS else "OTHER"

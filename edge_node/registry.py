@@ -172,8 +172,12 @@ class TenantRegistry(RegistryReplication):
     def lookup_key(self, api_key: str) -> KeyGrant | None:
         """The grant of a live key; None for malformed, unknown or revoked keys."""
         key_id = parse_key_id(api_key)
-        if key_id is None:
-            return None
+        return None if key_id is None else self.lookup_key_id(key_id, api_key)
+
+    def lookup_key_id(self, key_id: str, api_key: str) -> KeyGrant | None:
+        """The grant of the live key `api_key`, whose id the caller has read from it with
+        parse_key_id (the request path parses a key once); None for unknown or revoked keys.
+        The hash of the whole key decides, compared in constant time."""
         row = self._conn.execute(
             "SELECT k.key_hash, k.tenant_id, k.role, t.status, t.rate_limit_per_minute"
             " FROM api_keys k JOIN tenants t USING (tenant_id)"

@@ -2,39 +2,31 @@
 
 A well-formed incoming id (1-128 of letters, digits, `.`, `_`, `:`, `-`) is kept, so a
 client or a proxy can follow its request through; anything else is replaced by a fresh
-random one. The middleware runs outside every other, so refusals at admission (401, 403,
-429) and problem responses carry the id too; while the request is served the id is in
-`edge_node.logs.REQUEST_ID`, which every log line includes, and `guarded` writes it into
-the request's usage event. At debug level each answered request is logged (method, path,
-status: never a header, so never a credential).
+random one. The id is settled before anything else runs (edge_node.front, the outermost
+middleware), so refusals at admission (401, 403, 429) and problem responses carry the id
+too; while the request is served the id is in `edge_node.logs.REQUEST_ID`, which every log
+line includes, and `guarded` writes it into the request's usage event. At debug level each
+answered request is logged (method, path, status: never a header, so never a credential).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from aiohttp import web
 
-from edge_node.logs import REQUEST_ID
-from edge_node.router import REQUEST_ID_HEADER, REQUEST_ID_KEY, request_id_of
+from edge_node.router import REQUEST_ID_KEY, chosen_request_id
 
 log = logging.getLogger(__name__)
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    request_id = request_id_of(request)
-    request[REQUEST_ID_KEY] = request_id
-    token = REQUEST_ID.set(request_id)
-    try:
-        response: web.StreamResponse = await handler(request)
-        if log.isEnabledFor(logging.DEBUG):  # the access log, at debug level only
-            log.debug("%s %s answered %d", request.method, request.path, response.status)
-    except web.HTTPException as exc:  # what problem_middleware lets through (redirects)
-        exc.headers[REQUEST_ID_HEADER] = request_id
-        raise
-    finally:
-        REQUEST_ID.reset(token)
-    response.headers[REQUEST_ID_HEADER] = request_id
-    return response
+def settle_request_id(request: web.Request) -> str:
+    """The request's id, chosen now and kept on the request for everything after."""
+    request_id = request[REQUEST_ID_KEY] = chosen_request_id(request)
+    return request_id
+
+
+def log_answered(request: web.Request, status: int) -> None:
+    """The access log line, at debug level only."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s answered %d", request.method, request.path, status)

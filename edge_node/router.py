@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from edge_node.apikeys import key_shape
+from edge_node.apikeys import key_id_of
 from edge_node.billing_state import payment_refusal
 from edge_node.clock import now_us
 from edge_node.errors import (
@@ -41,6 +41,7 @@ API_KEY_HEADER = "X-API-Key"
 # Set on a request whose credential is admitted for the tenant in its path (edge_node.abuse).
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edge-node", ApiKey realm="edge-node"'}
 DEFAULT_PAST_DUE_GRACE_SECONDS = 72 * 3600
+_RANKS = {role: rank for rank, role in enumerate(ROLES)}  # ROLES runs from least to most
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ class TenantContext:
     rate_limit_per_minute: int | None
 
     def has_role(self, needed: Role) -> bool:
-        return ROLES.index(self.role) >= ROLES.index(needed)
+        return _RANKS[self.role] >= _RANKS[needed]
 
 
 class TenantRouter:
@@ -74,23 +75,23 @@ class TenantRouter:
 
     def authenticate(self, request: web.Request) -> tuple[TenantContext, TenantStatus]:
         headers = request.headers
-        api_key = headers.get(API_KEY_HEADER)
-        authorization = headers.get("Authorization")
-        if (api_key is not None and authorization is not None) or (
-            len(headers.getall(API_KEY_HEADER, ())) + len(headers.getall("Authorization", ())) > 1
-        ):
+        api_keys = headers.getall(API_KEY_HEADER, ())
+        authorizations = headers.getall("Authorization", ())
+        if len(api_keys) + len(authorizations) > 1:
             raise BadRequest(
                 f"send one credential: one {API_KEY_HEADER} or one Authorization header",
                 slug="ambiguous-credentials",
             )
-        if api_key is not None:
-            if key_shape(api_key) == "malformed":
+        if api_keys:
+            api_key = api_keys[0]
+            key_id = key_id_of(api_key)
+            if key_id is None:
                 raise Unauthorized(
                     "the API key is malformed: mistyped, truncated, or not an edge-node key",
                     slug="malformed-api-key",
                     headers=_CHALLENGE,
                 )
-            grant = self.registry.lookup_key(api_key)
+            grant = self.registry.lookup_key_id(key_id, api_key)
             if grant is None:
                 raise Unauthorized(
                     "the API key is not valid (unknown or revoked)",
@@ -99,13 +100,13 @@ class TenantRouter:
                 )
             context = TenantContext(grant.tenant_id, grant.role, None, grant.rate_limit_per_minute)
             return context, grant.tenant_status
-        if authorization is None:
+        if not authorizations:
             raise Unauthorized(
                 f"send an {API_KEY_HEADER} header or an Authorization: Bearer token",
                 slug="missing-credentials",
                 headers=_CHALLENGE,
             )
-        scheme, _, token = authorization.partition(" ")
+        scheme, _, token = authorizations[0].partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized(
                 "the Authorization header must be 'Bearer <token>'",
@@ -175,10 +176,13 @@ TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamRespo
 
 
 def request_id_of(request: web.Request) -> str:
-    """The id settled for this request, else the client's X-Request-Id when it is a sane
-    token, else a fresh one."""
-    if REQUEST_ID_KEY in request:
-        return request[REQUEST_ID_KEY]
+    """The id settled for this request (edge_node.request_ids), else one chosen now."""
+    settled: str | None = request.get(REQUEST_ID_KEY)
+    return settled if settled is not None else chosen_request_id(request)
+
+
+def chosen_request_id(request: web.Request) -> str:
+    """The client's X-Request-Id when it is a sane token, else a fresh one."""
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
@@ -199,8 +203,6 @@ def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[Tenan
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
             context, decision = request.app[ROUTER_KEY].admit(request, needed)
-            request_id = request_id_of(request)
-            headers = {**decision.headers(), REQUEST_ID_HEADER: request_id}
             meter = request.app[METER_KEY]
             try:
                 reserved = meter.bills(operations) and meter.reserve()
@@ -208,14 +210,17 @@ def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[Tenan
                     response = await handler(request, context)
                     if reserved:
                         served = by_status.get(response.status, default)
-                        await meter.record(context.tenant_id, served, response.status, request_id)
+                        await meter.record(
+                            context.tenant_id, served, response.status, request_id_of(request)
+                        )
                 finally:
                     if reserved:
                         meter.release()
             except Problem as problem:
-                problem.headers = {**headers, **problem.headers}
+                problem.headers = {**decision.headers(), **problem.headers}
                 raise
-            response.headers.update(headers)
+            # X-Request-Id goes on every answer, this one included, in edge_node.request_ids.
+            response.headers.update(decision.headers())
             return response
 
         return admitted

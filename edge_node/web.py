@@ -99,18 +99,15 @@ def _translate(exc: web.HTTPException) -> Problem:
     return problem
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every error leaves as problem+json; anything unexpected is logged and answered 500."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except Problem as problem:
-        return problem_response(problem, request.path)
-    except web.HTTPException as exc:
+def problem_answer(request: web.Request, exc: Exception) -> web.Response:
+    """The problem+json answer to `exc`, raised while serving `request`; anything unexpected
+    is logged and answered 500. aiohttp's HTTP exceptions below 400 (redirects) are not
+    errors: they are raised again, for aiohttp to answer."""
+    if isinstance(exc, Problem):
+        return problem_response(exc, request.path)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return problem_response(_translate(exc), request.path)
-    except Exception:
-        log.exception("unhandled error serving %s %s", request.method, request.path)
-        return problem_response(Problem("the server failed to answer this request"))
-    return response
+    log.error("unhandled error serving %s %s", request.method, request.path, exc_info=exc)
+    return problem_response(Problem("the server failed to answer this request"))
