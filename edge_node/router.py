@@ -219,7 +219,7 @@ def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[Tenan
             except Problem as problem:
                 problem.headers = {**decision.headers(), **problem.headers}
                 raise
-            # X-Request-Id goes on every answer, this one included, in edge_node.request_ids.
+            # X-Request-Id goes on every answer, this one included, in edge_node.front.
             response.headers.update(decision.headers())
             return response
 
