@@ -69,8 +69,6 @@ class Observations:
 
     def write(self, op: WriteOp) -> None:
         self.writes.setdefault(op.key, []).append(op)
-        if op.kind == "upsert":
-            self.rating_sent(*op.key)
 
     def in_flight_to(self, node_id: str, incarnation: int) -> dict[str, InDoubt]:
         """The requests sent to this run of a node and not answered yet, by request id."""
