@@ -32,6 +32,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
@@ -53,7 +54,7 @@ chaos: install postgres
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info
 
-# docs/configuration.md from the configuration schema (tests/test_config_doc.py fails when stale).
+# docs/configuration.md from the configuration schema (tests/config/test_doc.py fails when stale).
 .PHONY: docs
 docs: install
-	$(BIN)/python -m edge_node.config_doc
+	$(BIN)/python -m edge_node.config.doc

@@ -6,7 +6,7 @@ Run from the repository root:
                             [--concurrency 8] [--latency 0.0]
 
 A fresh data directory gets `--tenants` tenants, each a customer of the stand-in (run as its
-own process, `python -m sync.stripe_standin`, reached through the official SDK), and a queue
+own process, `python -m sync.stripe.standin`, reached through the official SDK), and a queue
 holding `--events` usage events spread evenly over the tenants and over the last
 `--span-minutes` minutes (ending ten minutes ago, so every window is complete). Filling the
 queue is not timed. Then one billing consumer works the whole backlog off, as the daemon's
@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_node.config import BillingConfig
-from edge_node.meter import BILLING_CONSUMER, UsageEvent
 from edge_node.queue import QueueSettings, WriteAheadQueue, open_queue
-from edge_node.registry import TenantRegistry
-from sync.billing import BillingConsumer
-from sync.billing_ledger import BillingLedger
-from sync.stripe_gateway import StripeGateway
-from sync.stripe_standin import DEFAULT_API_KEY
-from tests.stripe.support import StandinProcess
+from edge_node.tenants.registry import TenantRegistry
+from edge_node.usage.meter import BILLING_CONSUMER, UsageEvent
+from sync.billing.flush import BillingConsumer
+from sync.billing.ledger import BillingLedger
+from sync.stripe.gateway import StripeGateway
+from sync.stripe.standin import DEFAULT_API_KEY
+from tests.sync.stripe.support import StandinProcess
 
 EVENT_NAME = "edge_node_requests"
 METER_EVENTS = "POST /v1/billing/meter_events"

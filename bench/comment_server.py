@@ -20,13 +20,13 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from edge_node.app import NodeStorage, create_app
+from edge_node.cli.daemon import queue_directory
 from edge_node.config import Config, load_config
-from edge_node.daemon import queue_directory
-from edge_node.keystore import Keyring
-from edge_node.meter import open_meter
+from edge_node.crypto.keystore import Keyring
+from edge_node.crypto.sealing import TenantSealer
+from edge_node.http.app import NodeStorage, create_app
 from edge_node.rating.store import TenantStores
-from edge_node.sealing import TenantSealer
+from edge_node.usage.meter import open_meter
 
 RATE_LIMIT_PER_MINUTE = 100_000_000
 

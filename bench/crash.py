@@ -2,7 +2,7 @@
 
     python -m bench.crash --rounds 1000 [--data-dir D] [--seed S]
 
-Each round is one round of tests/test_crash_metering.py (tests/crash_harness.py): start
+Each round is one round of tests/usage/test_crash_metering.py (tests/crash_harness.py): start
 `edge-node serve` on the same data directory, load it over HTTP on 127.0.0.1, SIGKILL it
 20-400 ms in, and check the queue and the tenant's SQLite file against everything any round
 acknowledged. A line every 50 rounds, a summary at the end; the exit status is 1 if any

@@ -1,7 +1,7 @@
-"""Micro-benchmark: what the request guards (edge_node.guards) add to each request, in-process.
+"""Micro-benchmark: what the request guards (edge_node.http.guards) add to each request, in-process.
 
 `python -m bench.guards` times, in one run and on the same request objects, a minimal
-aiohttp app (one constant route, behind edge-node's outermost middleware, edge_node.front,
+aiohttp app (one constant route, behind edge-node's outermost middleware, edge_node.http.front,
 with metrics off) handling requests, the same app behind the guards' middleware with the
 limits only, and with the abuse guard (client IP, block lookup, IP and tenant spike
 counters) and the limits, over many client IPs and tenants. It prints microseconds per
@@ -27,14 +27,14 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
-from edge_node.abuse import AbuseGuard, AbuseMetrics
-from edge_node.blocks import BlockStore
+from edge_node.abuse.blocks import BlockStore
+from edge_node.abuse.guard import AbuseGuard, AbuseMetrics
+from edge_node.admission.router import ADMITTED_TENANT_KEY
 from edge_node.config import load_config
-from edge_node.front import front_middleware
-from edge_node.guards import guards_middleware
-from edge_node.limits import RequestLimits
+from edge_node.http.front import front_middleware
+from edge_node.http.guards import guards_middleware
 from edge_node.node_database import open_node_database
-from edge_node.router import ADMITTED_TENANT_KEY
+from edge_node.web.limits import RequestLimits
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,7 +103,7 @@ def minimal_app(middlewares: list[Any]) -> web.Application:
 
 async def measure(count: int, clients: int, rounds: int) -> dict[str, float]:
     """Best microseconds per request of the minimal app and of each guarded variant."""
-    logging.getLogger("edge_node.abuse").setLevel(logging.ERROR)  # spikes are expected here
+    logging.getLogger("edge_node.abuse.guard").setLevel(logging.ERROR)  # spikes are expected here
     config = load_config(environ={})
     with tempfile.TemporaryDirectory() as directory:
         conn = open_node_database(Path(directory))

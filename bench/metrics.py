@@ -1,7 +1,7 @@
 """What Prometheus metrics cost a request, measured in-process, free of HTTP noise.
 
 `python -m bench.metrics` times, in one run, a score request's way through the outermost
-middleware (edge_node.front) counting it against the same middleware with metrics off, and
+middleware (edge_node.http.front) counting it against the same middleware with metrics off, and
 NodeMetrics.observe alone, and prints microseconds per request and the difference. The HTTP
 view of the same cost is `python -m bench.http --scenarios
 get-score-metrics-off,get-score-metrics-on` (docs/benchmarks.md); on a busy machine this one
@@ -21,9 +21,9 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
-from edge_node.front import front_middleware
-from edge_node.metrics import NodeMetrics
-from edge_node.router import ADMITTED_TENANT_KEY
+from edge_node.admission.router import ADMITTED_TENANT_KEY
+from edge_node.http.front import front_middleware
+from edge_node.metrics.node import NodeMetrics
 
 TENANT = "8e0c2a4e-0000-4000-8000-000000000000"
 PATH = f"/v1/tenants/{TENANT}/items/book-42/score"

@@ -5,9 +5,9 @@ Run from the repository root:
     python -m bench.ratelimit [--takes 200000] [--tenants 100] [--repeat 3]
 
 Two rows, measured in the same run (best of `--repeat` interleaved runs each): the
-process's own buckets (edge_node/ratelimit.py, what `serve` uses: the baseline), and the
-buckets file every worker of `serve --workers N` maps (edge_node/shared_limits.py: a record
-lock and unlock around each decision). Read the cost of sharing as the ratio, or as the
+process's own buckets (edge_node/admission/ratelimit.py, what `serve` uses: the baseline), and the
+buckets file every worker of `serve --workers N` maps (edge_node/admission/shared_limits.py: a
+record lock and unlock around each decision). Read the cost of sharing as the ratio, or as the
 microseconds added to a request (a billable score read costs about 125 µs).
 """
 
@@ -18,8 +18,8 @@ import os
 import time
 import uuid
 
-from edge_node.ratelimit import RateLimiter
-from edge_node.shared_limits import SharedRateLimiter, create_buckets
+from edge_node.admission.ratelimit import RateLimiter
+from edge_node.admission.shared_limits import SharedRateLimiter, create_buckets
 
 
 def bench_takes(limiter: RateLimiter, tenants: list[str], takes: int) -> float:

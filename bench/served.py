@@ -1,4 +1,4 @@
-"""Benchmark: what counting served requests (edge_node/served.py) adds to recording usage.
+"""Benchmark: what counting served requests (edge_node/usage/served.py) adds to recording usage.
 
 Run from the repository root:
 
@@ -23,9 +23,9 @@ import uuid
 from pathlib import Path
 
 from edge_node.config import MeterConfig
-from edge_node.meter import BILLING_CONSUMER, Meter
 from edge_node.queue import QueueSettings, open_queue
-from edge_node.served import ServedCounter
+from edge_node.usage.meter import BILLING_CONSUMER, Meter
+from edge_node.usage.served import ServedCounter
 
 
 def bench_add(path: Path, tenants: list[str], events: int) -> float:

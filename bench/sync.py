@@ -37,12 +37,12 @@ from typing import Any
 from edge_node.config import CentralConfig
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores
-from edge_node.registry import TenantRegistry
-from sync.central_schema import migrate_dsns
-from sync.positions import database_identity
+from edge_node.tenants.registry import TenantRegistry
+from sync.central.schema import migrate_dsns
 from sync.postgres import connect
-from sync.rounds import EdgeStorage, ShardRound
-from sync.set_aside import SetAsideLog
+from sync.replication.positions import database_identity
+from sync.replication.rounds import EdgeStorage, ShardRound
+from sync.replication.set_aside import SetAsideLog
 from sync.worker import SyncWorker
 
 

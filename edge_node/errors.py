@@ -18,12 +18,12 @@
     |   +-- HeadersTooLarge        431: a header, all headers, or their number over the limit
     |   +-- ServiceUnavailable     503: storage not ready
     +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
-    +-- KeyMaterialError           master key or data-key store unusable (edge_node.keystore)
-    +-- CommentUnreadable          a sealed comment cannot be opened here (edge_node.sealing)
+    +-- KeyMaterialError           master key or data-key store unusable (edge_node.crypto.keystore)
+    +-- CommentUnreadable          a sealed comment cannot be opened here (edge_node.crypto.sealing)
     +-- BackupError                a backup that cannot be written, or one refused for restore
     |   +-- DataDirectoryInUse     restore refused: a daemon serves the data directory
     +-- SyncError                  the central PostgreSQL (sync/postgres.py) or Stripe
-        |                          (sync/stripe_gateway.py) failed an operation
+        |                          (sync/stripe/gateway.py) failed an operation
         +-- TransientSyncError     retry later: unreachable, reset, timeout, serialization
         |                          failure, too many connections, server shutting down,
         |                          Stripe 429/5xx/401 (carries Stripe's retry-after hint)

@@ -3,7 +3,7 @@
 `configure_logging` is called once, when `edge-node serve` starts, with `logging.level`.
 Every record becomes `{"time", "level", "logger", "message", ...}`: fields passed with
 `extra=` are kept, an exception's traceback goes in `exception`, and a record logged while a
-request is served carries its `request_id` (set by `edge_node.request_ids`). No code logs a
+request is served carries its `request_id` (set by `edge_node.web.request_ids`). No code logs a
 credential; as a second line of defence anything shaped like one (an API key's secret part,
 a JWT, a webhook signing secret, a Stripe key, a DSN's password) is masked before writing.
 """

@@ -1,10 +1,11 @@
 """node.sqlite: its schema, migrated at open, and how every store of it opens the file.
 
 One file holds the node's own state: the tenant registry and API-key hashes
-(edge_node.registry), registry rows waiting for upload and sync checkpoints
-(edge_node.registry_replication, sync.shard_state), the billing ledger (sync.billing_ledger),
-Stripe webhook events and tenant billing columns (edge_node.billing_events), billing events
-shared between edges (edge_node.billing_replica) and blocked client IPs (edge_node.blocks).
+(edge_node.tenants.registry), registry rows waiting for upload and sync checkpoints
+(edge_node.tenants.replication, sync.replication.shard_state), the billing ledger
+(sync.billing.ledger), Stripe webhook events and tenant billing columns
+(edge_node.tenants.stripe_events), billing events shared between edges
+(edge_node.tenants.shared_events) and blocked client IPs (edge_node.abuse.blocks).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ MIGRATIONS = (
         target TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
-    # 6: Client IPs blocked for abuse (edge_node.blocks): written by the daemon when a spike
+    # 6: Client IPs blocked for abuse (edge_node.abuse.blocks): written by the daemon when a spike
     # blocks one, listed and lifted by `edge-node blocks`; a row past expires_at is inert.
     """
     CREATE TABLE ip_blocks (

@@ -41,7 +41,7 @@ def job_to_json(status: JobStatus) -> dict[str, Any]:
 
 
 def usage_flush_totals(stats: Sequence[Any]) -> dict[str, int]:
-    """The usage flushes' counters (sync.billing_stats.BillingStats, one per queue), summed;
+    """The usage flushes' counters (sync.billing.stats.BillingStats, one per queue), summed;
     taken as dataclasses, so reading the file never loads the Stripe adapter."""
     totals: dict[str, int] = {}
     for item in stats:

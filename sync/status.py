@@ -60,7 +60,8 @@ class ShardStatus:
     registry_uploaded: int = 0
     registry_applied: int = 0
     set_aside_rows: int = 0
-    # Tenants failing on their own (sync/tenant_failures.py): in backoff now, failures in all.
+    # Tenants failing on their own (sync/replication/tenant_failures.py): in backoff now, failures
+    # in all.
     failing_tenants: int = 0
     tenant_failures: int = 0
     last_tenant_error: str | None = None

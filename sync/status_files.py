@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sync.billing_stats import BillingStats
+from sync.billing.stats import BillingStats
 from sync.job_status_file import FILE_NAME as JOBS_FILE
 from sync.job_status_file import JOB_TIME_FIELDS, read_jobs_file
 from sync.jobs import JobStatus

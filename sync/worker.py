@@ -1,12 +1,13 @@
-"""The sync worker: one loop per shard, running a round (sync/rounds.py) every sync interval.
+"""The sync worker: one loop per shard, running a round (sync/replication/rounds.py) every sync
+interval.
 
 A shard that fails is retried with capped exponential backoff and jitter (sync/backoff.py),
 whatever failed: PostgreSQL unreachable, slow (every statement has a timeout), a connection
 dropped mid-batch, a local SQLite error, even a bug. Nothing waits for a local write: the loop
 keeps trying by itself, so the outbox drains as soon as the database answers again. Shards are
 independent: one down does not delay the others; within a shard, one tenant failing on its
-own is retried on its own (sync/tenant_failures.py). `status()`, `snapshot()` and the status
-file (sync/status.py) show each shard's last success, last error, failures and lag.
+own is retried on its own (sync/replication/tenant_failures.py). `status()`, `snapshot()` and the
+status file (sync/status.py) show each shard's last success, last error, failures and lag.
 
 Beside the shards the worker runs periodic jobs (sync/jobs.py: Stripe provisioning, the usage
 flush), each in its own loop with the same backoff; `job_status()` shows them. With no DSNs
@@ -32,12 +33,12 @@ from sync.backoff import Backoff
 from sync.job_status_file import JobStatusPublisher, usage_flush_totals
 from sync.jobs import JobStatus, PeriodicJob, run_periodically
 from sync.postgres import check_dsn, close_quietly, connect, redact_dsn
-from sync.rounds import EdgeStorage, RoundReport, ShardRound
-from sync.set_aside import FILE_NAME as SET_ASIDE_FILE
-from sync.set_aside import SetAsideLog
+from sync.replication.rounds import EdgeStorage, RoundReport, ShardRound
+from sync.replication.set_aside import FILE_NAME as SET_ASIDE_FILE
+from sync.replication.set_aside import SetAsideLog
+from sync.replication.tenant_failures import TenantFailures
 from sync.shards import shard_for
 from sync.status import ShardStatus, SyncSnapshot, write_status_file
-from sync.tenant_failures import TenantFailures
 
 if TYPE_CHECKING:
     from sync.postgres import Connection

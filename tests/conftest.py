@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from edge_node.metrics import NodeMetrics
-from sync.stripe_standin import StripeStandin
+from edge_node.metrics.node import NodeMetrics
+from sync.stripe.standin import StripeStandin
 from tests.postgres import PostgresServer, PostgresUnavailable, start_server
 from tests.served import NotifyListener, ServedNode
 from tests.support import RunningNode, SigningKeys, make_signing_keys, node_config, start_node

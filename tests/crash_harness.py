@@ -26,8 +26,8 @@ from typing import IO, Any, Literal
 import aiohttp
 import orjson
 
-from edge_node.meter import UsageEvent
 from edge_node.queue import Record, inspect_queue, tail_records
+from edge_node.usage.meter import UsageEvent
 
 REPO = Path(__file__).resolve().parents[1]
 LISTENING = re.compile(rb"^edge-node listening on http://127\.0\.0\.1:(\d+) ")

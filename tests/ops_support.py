@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.test_cli import announced_url, clean_environment, edge_node_command
+from tests.cli.test_cli import announced_url, clean_environment, edge_node_command
 
 
 @dataclass

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.test_cli import announced_url, clean_environment, edge_node_command
+from tests.cli.test_cli import announced_url, clean_environment, edge_node_command
 
 ANNOUNCE_TIMEOUT_SECONDS = 30.0
 

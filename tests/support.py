@@ -15,12 +15,12 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from edge_node.app import NodeStorage, create_app
+from edge_node.cli.daemon import queue_directory
 from edge_node.config import Config, load_config
-from edge_node.daemon import queue_directory
-from edge_node.limits import LimitedAppRunner
-from edge_node.meter import Meter, open_meter
-from edge_node.metrics import NodeMetrics
+from edge_node.http.app import NodeStorage, create_app
+from edge_node.metrics.node import NodeMetrics
+from edge_node.usage.meter import Meter, open_meter
+from edge_node.web.limits import LimitedAppRunner
 
 HS256_SECRET = b"edge-node-test-secret-0123456789abcdef"
 

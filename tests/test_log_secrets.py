@@ -20,13 +20,13 @@ import jwt
 import orjson
 import pytest
 
-from edge_node.webhook_signature import signature_header
-from edge_node.webhooks import WEBHOOK_PATH
+from edge_node.tenants.webhook_signature import signature_header
+from edge_node.tenants.webhooks import WEBHOOK_PATH
+from tests.cli.test_cli import announced_url, clean_environment, edge_node_command
 from tests.metrics.conftest import parse_samples
-from tests.stripe.support import StandinProcess
+from tests.sync.stripe.support import StandinProcess
 from tests.sync.test_daemon import run_cli
-from tests.test_cli import announced_url, clean_environment, edge_node_command
-from tests.webhooks.conftest import subscription_event
+from tests.tenants.webhooks.conftest import subscription_event
 
 
 @dataclass

@@ -225,7 +225,7 @@ def billing_flush(scale: Scale) -> Section:
 
 
 def sync_central(scale: Scale) -> Section:
-    from sync.central_schema import migrate_dsns  # noqa: PLC0415
+    from sync.central.schema import migrate_dsns  # noqa: PLC0415
     from tests.postgres import start_server  # noqa: PLC0415
 
     rows: list[list[Any]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from edge_node.admission.router import TenantContext, guarded
 from edge_node.errors import (
     BadRequest,
     Forbidden,
@@ -21,8 +22,7 @@ from edge_node.rating.model import (
     parse_rating,
 )
 from edge_node.rating.store import DeleteDenied, TenantStores
-from edge_node.router import TenantContext, guarded
-from edge_node.web import json_response, read_json
+from edge_node.web.answers import json_response, read_json
 
 STORES_KEY = web.AppKey("tenant_stores", TenantStores)
 LIST_PARAMETERS = frozenset({"item_id", "user_id", "limit", "cursor"})

@@ -8,9 +8,9 @@ Migration 2 adds what replication needs: `outbox` lists ratings changed locally 
 uploaded (written in the same transaction as the change), and `sync_state` keeps the
 download checkpoint.
 
-Migration 3 adds `comment_sealed`, the comment as AES-256-GCM ciphertext (`edge_node.sealing`,
-at most 2000 characters of UTF-8 plus the seal's overhead). From then on `comment` holds no
-text: a file written before is sealed row by row when it is first opened
+Migration 3 adds `comment_sealed`, the comment as AES-256-GCM ciphertext
+(`edge_node.crypto.sealing`, at most 2000 characters of UTF-8 plus the seal's overhead). From then
+on `comment` holds no text: a file written before is sealed row by row when it is first opened
 (`TenantStore.seal_plaintext_comments`).
 """
 

@@ -24,7 +24,7 @@ from edge_node.rating.schema import MIGRATIONS
 from edge_node.rating.tenant_store import DeleteDenied, Page, TenantStore
 
 if TYPE_CHECKING:
-    from edge_node.keystore import Keyring
+    from edge_node.crypto.keystore import Keyring
 
 __all__ = [
     "BACKSTOP_CHECKPOINT_PAGES",
@@ -57,7 +57,7 @@ class TenantStores:
         """`keyring` holds the tenants' data keys; None: the default one beside `directory`
         (data_dir/keys, with its generated master key), opened on first use."""
         if keyring is None:
-            from edge_node.keystore import KEYS_DIRECTORY, Keyring  # noqa: PLC0415
+            from edge_node.crypto.keystore import KEYS_DIRECTORY, Keyring  # noqa: PLC0415
 
             keyring = Keyring(directory.parent / KEYS_DIRECTORY, busy_timeout_ms=busy_timeout_ms)
         self.keyring = keyring

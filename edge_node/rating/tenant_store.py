@@ -5,7 +5,7 @@ Deletes are tombstones (`deleted = 1`, comment erased) so sync can carry them to
 replicas; tombstoned rows are invisible to every read. Every local change records its rating
 in the outbox in the same transaction (`replication`, which this store inherits).
 
-Comments are stored sealed (`edge_node.sealing`): AES-256-GCM under the tenant's data key,
+Comments are stored sealed (`edge_node.crypto.sealing`): AES-256-GCM under the tenant's data key,
 bound to the row. Replication carries the sealed bytes as they are (`RatingRow.comment_sealed`);
 only reads and writes through the API open or seal them. A comment this node cannot open
 (its key is destroyed or not synced yet, or the ciphertext was moved or altered) is served
@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 from edge_node import sqlite
 from edge_node.clock import now_us
+from edge_node.crypto.sealing import TenantSealer
 from edge_node.errors import CommentUnreadable, KeyMaterialError
 from edge_node.rating.model import ItemScore, Rating, RatingInput
 from edge_node.rating.pending import PendingUploads
 from edge_node.rating.replication import RatingReplication, rating_id
 from edge_node.rating.schema import RATING_COLUMNS
-from edge_node.sealing import TenantSealer
 
 # The logger these warnings had before this module was split out of store, which operators'
 # log queries may name.

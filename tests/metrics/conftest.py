@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_node.metrics import NodeMetrics
+from edge_node.metrics.node import NodeMetrics
 from tests.conftest import NodeFactory
 from tests.support import RunningNode
 

@@ -17,12 +17,12 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from edge_node.meter import MeterStats
-from edge_node.metrics import NodeMetrics
+from edge_node.metrics.node import NodeMetrics
 from edge_node.queue import open_queue
-from edge_node.registry import TenantRegistry
-from edge_node.webhooks import WebhookStats
-from sync.billing_send import BillingStats
+from edge_node.tenants.registry import TenantRegistry
+from edge_node.tenants.webhooks import WebhookStats
+from edge_node.usage.meter import MeterStats
+from sync.billing.send import BillingStats
 from sync.jobs import JobStatus
 from sync.status import ShardStatus
 from tests.metrics.test_sources import WorkerStatus

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from edge_node.webhook_signature import signature_header
-from edge_node.webhooks import WEBHOOK_PATH
+from edge_node.tenants.webhook_signature import signature_header
+from edge_node.tenants.webhooks import WEBHOOK_PATH
 from tests.metrics.conftest import MeteredFactory, MeteredNode
 
 SCORE_ROUTE = "/v1/tenants/{tenant_id}/items/{item_id}/score"

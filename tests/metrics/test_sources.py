@@ -9,10 +9,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from edge_node.metrics import NodeMetrics
+from edge_node.metrics.node import NodeMetrics
 from edge_node.queue import open_queue
 from edge_node.queue.framing import HEADER_SIZE
-from sync.billing_send import BillingStats
+from sync.billing.send import BillingStats
 from sync.job_status_file import usage_flush_totals, write_jobs_file
 from sync.jobs import JobStatus
 from sync.status import ShardStatus

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.central_schema import migrate_dsns
+from sync.central.schema import migrate_dsns
 from sync.postgres import Connection, connect
 from tests.sync.support import Edge
 

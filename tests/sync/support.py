@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_node.config import CentralConfig
-from edge_node.keystore import KEYS_DIRECTORY, Keyring, WrappingKey
+from edge_node.crypto.keystore import KEYS_DIRECTORY, Keyring, WrappingKey
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import RatingRow, TenantStore, TenantStores
-from edge_node.registry import TenantRegistry
+from edge_node.tenants.registry import TenantRegistry
 from sync.backoff import Backoff
 from sync.postgres import Connection
-from sync.rounds import EdgeStorage, RoundReport
+from sync.replication.rounds import EdgeStorage, RoundReport
 from sync.worker import SyncWorker
 from tests.fault_proxy import TcpProxy
 

@@ -10,8 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.cli.test_cli import announced_url, clean_environment, edge_node_command
 from tests.postgres import PostgresServer
-from tests.test_cli import announced_url, clean_environment, edge_node_command
 
 
 def run_cli(data_dir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -30,8 +30,9 @@ def test_the_request_path_never_loads_sync_asyncpg_or_stripe() -> None:
     asyncpg or the Stripe SDK: a standalone node, and the request path of any node, never
     load them (webhook signatures are verified by edge_node itself)."""
     probe = (
-        "import sys, edge_node.cli, edge_node.daemon, edge_node.app, edge_node.router,"
-        " edge_node.webhooks, edge_node.secrets;"
+        "import sys, edge_node.cli.main, edge_node.cli.daemon, edge_node.http.app,"
+        " edge_node.admission.router,"
+        " edge_node.tenants.webhooks, edge_node.secrets;"
         "print(sorted(m for m in sys.modules"
         " if m.split('.')[0] in ('sync', 'asyncpg', 'stripe')))"
     )

@@ -10,7 +10,7 @@ import pytest
 
 from edge_node.clock import format_us
 from sync import status_files
-from sync.billing_stats import BillingStats
+from sync.billing.stats import BillingStats
 from sync.job_status_file import read_jobs_file, usage_flush_totals, write_jobs_file
 from sync.jobs import JobStatus
 from sync.status import ShardStatus, write_status_file

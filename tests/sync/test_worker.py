@@ -18,10 +18,10 @@ from sync.postgres import Connection, connect
 from sync.shards import shard_for
 from sync.status import ShardStatus, read_status_file
 from sync.worker import SyncWorker
+from tests.cli.test_cli import clean_environment, edge_node_command
 from tests.postgres import free_port
 from tests.sync.conftest import EdgeFactory
 from tests.sync.support import Edge, TcpProxy, central_rows
-from tests.test_cli import clean_environment, edge_node_command
 
 FAST = Backoff(initial=0.05, maximum=0.2)
 

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_node.meter import BILLING_CONSUMER
 from edge_node.queue import inspect_queue, tail_records
-from sync.central_schema import migrate_dsns
-from sync.stripe_standin import DEFAULT_API_KEY
+from edge_node.usage.meter import BILLING_CONSUMER
+from sync.central.schema import migrate_dsns
+from sync.stripe.standin import DEFAULT_API_KEY
+from tests.cli.test_cli import clean_environment
 from tests.fault_proxy import TcpProxy
 from tests.postgres import PostgresServer
-from tests.test_cli import clean_environment
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"edge-node listening on (http://127\.0\.0\.1:(\d+)) ")
@@ -41,7 +41,7 @@ SMALL_QUEUE_BYTES = 1 << 20
 SMALL_SEGMENT_BYTES = 64 << 10
 TAIL_RECORDS = 5000
 
-# How the daemons are tuned for the test: every key exists in edge_node/config.py.
+# How the daemons are tuned for the test: every key exists in edge_node/config/__init__.py.
 TUNING = {
     "EDGE_NODE_CENTRAL_SYNC_INTERVAL_SECONDS": "0.3",
     "EDGE_NODE_STRIPE_TIMEOUT_SECONDS": "2",
@@ -77,7 +77,7 @@ def _read(path: Path) -> str:
 
 @dataclass
 class Standin:
-    """`python -m sync.stripe_standin` in its own process, its output in a file."""
+    """`python -m sync.stripe.standin` in its own process, its output in a file."""
 
     process: asyncio.subprocess.Process
     url: str
@@ -86,7 +86,7 @@ class Standin:
     async def start(cls, log: Path) -> Standin:
         with log.open("w") as out:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sync.stripe_standin", "--port", "0",
+                sys.executable, "-m", "sync.stripe.standin", "--port", "0",
                 stdout=out, stderr=out, cwd=REPO,
             )  # fmt: skip
         url = await wait_for_line(

@@ -55,7 +55,7 @@ def install(path: Path) -> SkewedClock:
 
 def main() -> int:
     install(Path(sys.argv[1]))
-    from edge_node.cli import main as edge_node_main  # noqa: PLC0415 - after the clock moved
+    from edge_node.cli.main import main as edge_node_main  # noqa: PLC0415 - after the clock moved
 
     return edge_node_main(sys.argv[2:])
 

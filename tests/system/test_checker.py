@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edge_node.rating.store import rating_id
-from sync.billing_ledger import BillingLedger
-from sync.billing_plan import MeterEventBatch, PlannedRange
+from sync.billing.ledger import BillingLedger
+from sync.billing.plan import MeterEventBatch, PlannedRange
 from tests.system.checker import check_ratings, check_replicas, compare_meter_events
 from tests.system.record import Observations, WriteOp
 from tests.system.snapshot import Batch, Replica, Row, read_edge

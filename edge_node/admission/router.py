@@ -1,0 +1,210 @@
+"""Routing a request to its tenant: credential -> TenantContext, tenant checks, role, rate limit.
+
+Every tenant route is wrapped by `guarded(role)`. In order, a request must: carry exactly one
+credential that verifies (401), name a well-formed tenant in its path (400) that is the
+credential's own tenant (403, whether or not that other tenant exists), belong to a tenant
+that is not suspended (403) and is paid up (402: canceled, or past due beyond the grace
+period, edge_node.tenants.standing), find a token in its tenant's bucket (429), and hold at
+least the role the route needs (403). Only then does the handler run, with the
+TenantContext, and what it served is metered (`edge_node.usage.meter`). Every tenant route is
+billable, so every one of them is refused to a tenant that must pay first.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from edge_node.admission.ratelimit import RateDecision, RateLimiter
+from edge_node.admission.tokens import TokenVerifier
+from edge_node.clock import now_us
+from edge_node.errors import (
+    BadRequest,
+    Forbidden,
+    PaymentRequired,
+    Problem,
+    RateLimited,
+    Unauthorized,
+)
+from edge_node.ids import is_uuid
+from edge_node.tenants.apikeys import key_id_of
+from edge_node.tenants.registry import ROLES, Role, TenantRegistry, TenantStatus
+from edge_node.tenants.standing import payment_refusal
+from edge_node.usage.meter import Meter
+from edge_node.web.request_ids import request_id_of
+
+API_KEY_HEADER = "X-API-Key"
+# Set on a request whose credential is admitted for the tenant in its path (edge_node.abuse.guard).
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edge-node", ApiKey realm="edge-node"'}
+DEFAULT_PAST_DUE_GRACE_SECONDS = 72 * 3600
+_RANKS = {role: rank for rank, role in enumerate(ROLES)}  # ROLES runs from least to most
+
+
+@dataclass(frozen=True, slots=True)
+class TenantContext:
+    """Who is asking: the tenant, the role, and the end user a token is bound to (if any)."""
+
+    tenant_id: str
+    role: Role
+    subject: str | None
+    rate_limit_per_minute: int | None
+
+    def has_role(self, needed: Role) -> bool:
+        return _RANKS[self.role] >= _RANKS[needed]
+
+
+class TenantRouter:
+    """Resolves credentials against the registry and the token keys, and applies the limits."""
+
+    def __init__(
+        self,
+        registry: TenantRegistry,
+        verifier: TokenVerifier,
+        limiter: RateLimiter,
+        *,
+        past_due_grace_seconds: float = DEFAULT_PAST_DUE_GRACE_SECONDS,
+    ) -> None:
+        self.registry = registry
+        self.verifier = verifier
+        self.limiter = limiter
+        self.past_due_grace_us = int(past_due_grace_seconds * 1_000_000)
+
+    def authenticate(self, request: web.Request) -> tuple[TenantContext, TenantStatus]:
+        headers = request.headers
+        api_keys = headers.getall(API_KEY_HEADER, ())
+        authorizations = headers.getall("Authorization", ())
+        if len(api_keys) + len(authorizations) > 1:
+            raise BadRequest(
+                f"send one credential: one {API_KEY_HEADER} or one Authorization header",
+                slug="ambiguous-credentials",
+            )
+        if api_keys:
+            api_key = api_keys[0]
+            key_id = key_id_of(api_key)
+            if key_id is None:
+                raise Unauthorized(
+                    "the API key is malformed: mistyped, truncated, or not an edge-node key",
+                    slug="malformed-api-key",
+                    headers=_CHALLENGE,
+                )
+            grant = self.registry.lookup_key_id(key_id, api_key)
+            if grant is None:
+                raise Unauthorized(
+                    "the API key is not valid (unknown or revoked)",
+                    slug="invalid-api-key",
+                    headers=_CHALLENGE,
+                )
+            context = TenantContext(grant.tenant_id, grant.role, None, grant.rate_limit_per_minute)
+            return context, grant.tenant_status
+        if not authorizations:
+            raise Unauthorized(
+                f"send an {API_KEY_HEADER} header or an Authorization: Bearer token",
+                slug="missing-credentials",
+                headers=_CHALLENGE,
+            )
+        scheme, _, token = authorizations[0].partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized(
+                "the Authorization header must be 'Bearer <token>'",
+                slug="invalid-token",
+                headers=_CHALLENGE,
+            )
+        try:
+            claims = self.verifier.verify(token.strip())
+        except Unauthorized as exc:
+            exc.headers = _CHALLENGE
+            raise
+        tenant = self.registry.get_tenant(claims.tenant_id)
+        if tenant is None:
+            raise Forbidden("the token's tenant is not served by this node", slug="unknown-tenant")
+        context = TenantContext(
+            claims.tenant_id, claims.role, claims.subject, tenant.rate_limit_per_minute
+        )
+        return context, tenant.status
+
+    def admit(self, request: web.Request, needed: Role) -> tuple[TenantContext, RateDecision]:
+        context, status = self.authenticate(request)
+        path_tenant = request.match_info["tenant_id"]
+        if not is_uuid(path_tenant):
+            raise BadRequest("tenant_id in the path must be a UUID", slug="invalid-parameter")
+        if path_tenant != context.tenant_id:
+            raise Forbidden(
+                "the credential does not belong to the tenant in the path",
+                slug="tenant-mismatch",
+            )
+        request[ADMITTED_TENANT_KEY] = context.tenant_id
+        if status != "active":
+            self._check_standing(context.tenant_id, status)
+        decision = self.limiter.take(context.tenant_id, context.rate_limit_per_minute)
+        if not decision.allowed:
+            raise RateLimited(
+                f"the tenant's limit of {decision.limit} requests per minute is used up;"
+                f" retry in {decision.retry_after_seconds} s",
+                headers=decision.headers(),
+            )
+        if not context.has_role(needed):
+            raise Forbidden(
+                f"this needs the {needed} role; the credential has {context.role}",
+                slug="insufficient-role",
+                headers=decision.headers(),
+            )
+        return context, decision
+
+    def _check_standing(self, tenant_id: str, status: TenantStatus) -> None:
+        if status == "suspended":
+            raise Forbidden("the tenant is suspended", slug="tenant-suspended")
+        since = self.registry.past_due_since(tenant_id) if status == "past_due" else None
+        refusal = payment_refusal(status, since, now_us=now_us(), grace_us=self.past_due_grace_us)
+        if refusal is not None:
+            raise PaymentRequired(refusal)
+
+
+ROUTER_KEY = web.AppKey("router", TenantRouter)
+METER_KEY = web.AppKey("meter", Meter)
+# Set by admit(): the tenant a request was admitted for (edge_node.abuse counts it).
+ADMITTED_TENANT_KEY = web.RequestKey("admitted_tenant", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamResponse]]
+
+
+def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[TenantHandler], Handler]:
+    """Admit a request needing `needed`, run the handler, and meter what it served.
+
+    `operation` names what the route does for billing; a mapping picks it by response
+    status (a POST that created bills `rating.create`, one that replaced `rating.update`).
+    """
+    by_status = operation if isinstance(operation, Mapping) else {}
+    default = operation if isinstance(operation, str) else next(iter(by_status.values()))
+    operations = (default, *by_status.values())
+
+    def decorate(handler: TenantHandler) -> Handler:
+        @functools.wraps(handler)
+        async def admitted(request: web.Request) -> web.StreamResponse:
+            context, decision = request.app[ROUTER_KEY].admit(request, needed)
+            meter = request.app[METER_KEY]
+            try:
+                reserved = meter.bills(operations) and meter.reserve()
+                try:
+                    response = await handler(request, context)
+                    if reserved:
+                        served = by_status.get(response.status, default)
+                        await meter.record(
+                            context.tenant_id, served, response.status, request_id_of(request)
+                        )
+                finally:
+                    if reserved:
+                        meter.release()
+            except Problem as problem:
+                problem.headers = {**decision.headers(), **problem.headers}
+                raise
+            # X-Request-Id goes on every answer, this one included, in edge_node.http.front.
+            response.headers.update(decision.headers())
+            return response
+
+        return admitted
+
+    return decorate

@@ -1,0 +1,144 @@
+"""`edge-node status`: one view of a node, whether its daemon runs or not, read without locks.
+
+Everything comes from the data directory: the daemon's runtime file (edge_node/cli/runtime_file.py),
+node.sqlite opened read-only (tenants by status, the billing ledger), the queue directories
+inspected from outside (edge_node/queue/inspection.py), and the files the sync worker rewrites
+while it runs (`sync-status.json` for PostgreSQL, `sync-jobs.json` for the Stripe jobs). A
+stopped node shows the last state its daemon wrote.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from edge_node import sqlite
+from edge_node.cli.runtime_file import RuntimeFile, process_alive
+from edge_node.clock import format_us
+from edge_node.config import Config
+from edge_node.queue import QueueError, QueueStatus, inspect_queue
+
+
+def collect_status(config: Config, now_us: int) -> dict[str, Any]:
+    """The status document of the node whose data directory `config` names."""
+    data_dir = config.data_path
+    postgres, jobs = _sync_documents(data_dir)
+    tenants, billing = _node_database(data_dir / "node.sqlite", now_us)
+    return {
+        "node_id": config.node_id,
+        "data_dir": str(data_dir.resolve()),
+        "at": format_us(now_us),
+        "daemon": daemon_status(data_dir, now_us),
+        "tenants": tenants,
+        "queues": [_queue_summary(path, now_us) for path in queue_directories(data_dir)],
+        "postgres": {"configured": bool(config.central.dsns), **(postgres or {})},
+        "stripe": {"configured": config.stripe.enabled, **(jobs or {}), "ledger": billing},
+    }
+
+
+def daemon_status(data_dir: Path, now_us: int) -> dict[str, Any]:
+    """`running` with where it listens and for how long, `stopped`, or `stale` (killed)."""
+    record = RuntimeFile(data_dir).read()
+    if record is None:
+        return {"state": "stopped"}
+    document: dict[str, Any] = record.to_json()
+    del document["started_at_us"]
+    if not process_alive(record.pid):
+        return {"state": "stale", **document}
+    uptime = round(max(0, now_us - record.started_at) / 1e6, 3)
+    return {"state": "running", **document, "uptime_seconds": uptime}
+
+
+def queue_directories(data_dir: Path) -> list[Path]:
+    """Every worker's queue directory, in order."""
+    return sorted(path for path in (data_dir / "queue").glob("worker-*") if path.is_dir())
+
+
+def _queue_summary(directory: Path, now_us: int) -> dict[str, Any]:
+    try:
+        status = inspect_queue(directory)
+    except (QueueError, OSError) as exc:
+        return {"queue": directory.name, "error": str(exc)}
+    return {"queue": directory.name, **_queue_figures(status, now_us // 1000)}
+
+
+def _queue_figures(status: QueueStatus, now_ms: int) -> dict[str, Any]:
+    """Depth is the most lagging consumer's; the age is of the oldest record any has left."""
+    oldest = min(
+        (
+            c.oldest_unconsumed_timestamp_ms
+            for c in status.consumers.values()
+            if c.oldest_unconsumed_timestamp_ms is not None
+        ),
+        default=None,
+    )
+    return {
+        "depth": max((c.depth for c in status.consumers.values()), default=0),
+        "oldest_unconsumed_age_seconds": None
+        if oldest is None
+        else round(max(0, now_ms - oldest) / 1000, 3),
+        "bytes": status.bytes,
+        "segments": status.segment_count,
+        "last_seq": status.last_seq,
+        "consumers": {name: c.cursor for name, c in status.consumers.items()},
+    }
+
+
+def _sync_documents(data_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """What the sync worker last wrote: its shards (PostgreSQL) and its jobs (Stripe)."""
+    # Imported here, as the CLI does: these modules read files and load no driver or SDK.
+    from sync.job_status_file import read_jobs_file  # noqa: PLC0415
+    from sync.status import read_status_file  # noqa: PLC0415
+
+    shards, jobs = read_status_file(data_dir), read_jobs_file(data_dir)
+    return (
+        None if shards is None else {key: shards[key] for key in ("written_at", "shards")},
+        None if jobs is None else {key: jobs[key] for key in ("written_at", "jobs")},
+    )
+
+
+_LEDGER_TOTALS = (
+    "SELECT state, count(*), coalesce(sum(value), 0), min(planned_at), max(confirmed_at)"
+    " FROM billing_ledger GROUP BY state"
+)
+
+
+def _node_database(path: Path, now_us: int) -> tuple[dict[str, int], dict[str, Any]]:
+    """Tenants by status, and the billing ledger's totals by state, read-only."""
+    tenants: dict[str, int] = {}
+    states: dict[str, tuple[int, int, int | None, int | None]] = {}
+    if path.exists():
+        with sqlite.read_only(path) as conn:
+            try:
+                tenants = dict(
+                    conn.execute("SELECT status, count(*) FROM tenants GROUP BY status").fetchall()
+                )
+                states = {row[0]: row[1:] for row in conn.execute(_LEDGER_TOTALS).fetchall()}
+            except sqlite3.OperationalError:  # a file older than its tables: nothing yet
+                pass
+    return tenants, _ledger_summary(states, now_us)
+
+
+def _ledger_summary(
+    states: dict[str, tuple[int, int, int | None, int | None]], now_us: int
+) -> dict[str, Any]:
+    def totals(*names: str) -> dict[str, int]:
+        return {
+            "batches": sum(states[n][0] for n in names if n in states),
+            "units": sum(states[n][1] for n in names if n in states),
+        }
+
+    open_since = [
+        planned for n in ("planned", "sent") if (planned := states.get(n, (0, 0, None, None))[2])
+    ]
+    confirmed_at = states.get("confirmed", (0, 0, None, None))[3]
+    return {
+        "confirmed": totals("confirmed"),
+        "open": totals("planned", "sent"),
+        "set_aside": totals("set_aside"),
+        "last_confirmed_at": None if confirmed_at is None else format_us(confirmed_at),
+        "oldest_open_age_seconds": round(max(0, now_us - min(open_since)) / 1e6, 3)
+        if open_since
+        else None,
+    }

@@ -1,0 +1,199 @@
+"""`edge-node tenants` and `keys`: tenants, their API keys and the key material, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_node.cli.queues import queue_directories
+from edge_node.cli.support import emit, open_registry, positive_int, require_uuid
+from edge_node.config import Config
+from edge_node.crypto.keystore import open_keyring
+from edge_node.errors import ConfigError, RegistryError
+from edge_node.rating.store import TenantStores
+from edge_node.tenants.registry import PLANS, ROLES
+
+
+def add_tenant_commands(commands: Any) -> None:
+    """Register the `tenants` and `keys` commands on the CLI's subparsers."""
+    tenants = commands.add_parser("tenants", help="manage tenants").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    create = tenants.add_parser("create", help="register a tenant and print its first API key")
+    create.add_argument("--name", required=True)
+    create.add_argument("--plan", choices=PLANS, default="payg")
+    create.add_argument("--rate-limit", type=positive_int, metavar="PER_MINUTE")
+    create.set_defaults(handler=_tenants_create)
+    tenants.add_parser("list", help="list tenants").set_defaults(handler=_tenants_list)
+    for action, status in (("suspend", "suspended"), ("resume", "active")):
+        cmd = tenants.add_parser(action, help=f"mark a tenant {status}")
+        cmd.add_argument("tenant_id")
+        cmd.set_defaults(handler=_tenants_set_status, status=status)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    key_create = keys.add_parser("create", help="issue a new API key for a tenant")
+    key_create.add_argument("tenant_id")
+    key_create.add_argument("--role", choices=ROLES, default="admin")
+    key_create.set_defaults(handler=_keys_create)
+    key_revoke = keys.add_parser("revoke", help="revoke an API key by its key id")
+    key_revoke.add_argument("key_id")
+    key_revoke.set_defaults(handler=_keys_revoke)
+    _add_key_material_commands(tenants, keys)
+
+
+def _add_key_material_commands(tenants: Any, keys: Any) -> None:
+    """`tenants delete` (crypto-shredding) and `keys rotate-master` (docs/security.md)."""
+    delete = tenants.add_parser(
+        "delete",
+        help="delete a tenant for good: destroy its data keys (its comments become unreadable"
+        " in every copy), then its ratings file and registry rows",
+    )
+    delete.add_argument("tenant_id")
+    delete.set_defaults(handler=_tenants_delete)
+    rotate = keys.add_parser(
+        "rotate-master",
+        help="re-wrap every tenant data key under a new master key (the daemon must be stopped)",
+    )
+    rotate.add_argument(
+        "--new-key-file",
+        type=Path,
+        metavar="FILE",
+        help="the new master key (generated if absent); required when"
+        " encryption.master_key_file is set",
+    )
+    rotate.set_defaults(handler=_keys_rotate_master)
+    _add_rotate_fleet_command(keys)
+
+
+def _add_rotate_fleet_command(keys: Any) -> None:
+    rotate = keys.add_parser(
+        "rotate-fleet",
+        help="re-wrap the central tenant data keys under encryption.previous_fleet_key_file"
+        " with encryption.fleet_key_file (docs/security.md)",
+    )
+    rotate.add_argument(
+        "--dsn", help="postgresql:// URL (default: every shard in central.dsns)", metavar="DSN"
+    )
+    rotate.add_argument(
+        "--batch-size", type=positive_int, default=500, metavar="N", help="keys per transaction"
+    )
+    rotate.set_defaults(handler=_keys_rotate_fleet)
+
+
+def _tenants_create(config: Config, args: argparse.Namespace) -> int:
+    if not 1 <= len(args.name) <= 200:
+        raise RegistryError("--name must be 1 to 200 characters")
+    with open_registry(config) as registry:
+        tenant, key = registry.create_tenant(
+            args.name, plan=args.plan, rate_limit_per_minute=args.rate_limit
+        )
+    with _open_stores(config) as stores:
+        stores.get(tenant.tenant_id)  # create the tenant's file and schema now, not on first use
+    document = {**tenant.to_json(), "api_key": key.api_key, "key_id": key.key_id, "role": key.role}
+    if config.stripe.enabled:
+        document.update(_provision_in_stripe(config, tenant.tenant_id))
+    return emit(document)
+
+
+def _provision_in_stripe(config: Config, tenant_id: str) -> dict[str, Any]:
+    """Make the new tenant a Stripe customer now if Stripe answers; else the daemon will."""
+    from sync.billing.commands import provision_tenant  # noqa: PLC0415
+
+    with open_registry(config) as registry:
+        outcome = asyncio.run(provision_tenant(config, registry, tenant_id))
+    if outcome["stripe"] == "pending":
+        print(
+            f"edge-node: the tenant works now; Stripe provisioning is left to the running"
+            f" daemon's sync worker: {outcome['stripe_error']}",
+            file=sys.stderr,
+        )
+    return outcome
+
+
+def _tenants_list(config: Config, args: argparse.Namespace) -> int:
+    with open_registry(config) as registry:
+        return emit([tenant.to_json() for tenant in registry.list_tenants()])
+
+
+def _tenants_set_status(config: Config, args: argparse.Namespace) -> int:
+    require_uuid(args.tenant_id)
+    with open_registry(config) as registry:
+        return emit(registry.set_status(args.tenant_id, args.status).to_json())
+
+
+def _keys_create(config: Config, args: argparse.Namespace) -> int:
+    require_uuid(args.tenant_id)
+    with open_registry(config) as registry:
+        return emit(registry.create_key(args.tenant_id, args.role).to_json())
+
+
+def _keys_revoke(config: Config, args: argparse.Namespace) -> int:
+    with open_registry(config) as registry:
+        return emit(registry.revoke_key(args.key_id))
+
+
+def _tenants_delete(config: Config, args: argparse.Namespace) -> int:
+    from edge_node.deletion import delete_tenant  # noqa: PLC0415
+
+    require_uuid(args.tenant_id)
+    with open_registry(config) as registry, _open_stores(config) as stores:
+        known = registry.get_tenant(args.tenant_id) is not None
+        if not known and not stores.path(args.tenant_id).exists():
+            raise RegistryError(f"no tenant with id {args.tenant_id}")
+        return emit(delete_tenant(registry, stores, args.tenant_id))
+
+
+def _keys_rotate_master(config: Config, args: argparse.Namespace) -> int:
+    from edge_node.deletion import rotate_master  # noqa: PLC0415
+
+    _refuse_while_serving(config)
+    with contextlib.closing(open_keyring(config)) as keyring:
+        return emit(rotate_master(keyring, args.new_key_file))
+
+
+def _open_stores(config: Config) -> contextlib.closing[TenantStores]:
+    """The tenants' rating files with the node's key store, closed after the command."""
+    return contextlib.closing(
+        TenantStores(
+            config.data_path / "tenants", node_id=config.node_id, keyring=open_keyring(config)
+        )
+    )
+
+
+def _refuse_while_serving(config: Config) -> None:
+    """A running daemon holds its queue directories' locks: QueueLocked if one is held."""
+    from edge_node.queue.locking import DirectoryLock  # noqa: PLC0415
+
+    for directory in queue_directories(config):
+        DirectoryLock.acquire(directory).release()
+
+
+def _keys_rotate_fleet(config: Config, args: argparse.Namespace) -> int:
+    from edge_node.crypto.keystore import fleet_keys  # noqa: PLC0415
+    from sync.central.fleet_rotation import rotate_fleet_dsns  # noqa: PLC0415
+
+    current, previous = fleet_keys(config)
+    if current is None:
+        raise ConfigError(
+            "keys rotate-fleet needs the new fleet key in encryption.fleet_key_file and the"
+            " key being retired in encryption.previous_fleet_key_file"
+        )
+    dsns = (args.dsn,) if args.dsn else config.central.dsns
+    if not dsns:
+        raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
+    reports = asyncio.run(rotate_fleet_dsns(dsns, current, previous, batch_size=args.batch_size))
+    emit(reports)
+    left = sum(r["under_previous_fleet_key"] for r in reports)
+    if left:
+        print(
+            f"edge-node: {left} data keys are still wrapped by the previous fleet key (they do"
+            " not unwrap with it): keep that key until they are dealt with",
+            file=sys.stderr,
+        )
+    return 1 if left else 0

@@ -1,0 +1,179 @@
+"""The application factory: wires configuration, storage and the router into an aiohttp app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from edge_node.admission.ratelimit import RateLimiter
+from edge_node.admission.router import METER_KEY, ROUTER_KEY, TenantRouter
+from edge_node.admission.tokens import TokenVerifier, load_keys
+from edge_node.config import Config
+from edge_node.crypto.keystore import open_keyring
+from edge_node.errors import ServiceUnavailable
+from edge_node.http.front import front_middleware
+from edge_node.http.guards import add_request_guards
+from edge_node.http.openapi import openapi_document
+from edge_node.metrics.node import NodeMetrics, add_metrics_route
+from edge_node.rating.handlers import STORES_KEY, add_routes
+from edge_node.rating.store import TenantStores
+from edge_node.secrets import SecretFiles
+from edge_node.tenants.registry import TenantRegistry
+from edge_node.tenants.stripe_events import BillingEventStore
+from edge_node.tenants.webhooks import (
+    WEBHOOKS_KEY,
+    StripeWebhooks,
+    add_webhook_routes,
+    open_webhook_secrets,
+)
+from edge_node.usage.meter import Meter
+from edge_node.web.answers import json_response
+
+CONFIG_KEY = web.AppKey("config", Config)
+REGISTRY_KEY = web.AppKey("registry", TenantRegistry)
+SECRETS_KEY = web.AppKey("secrets", SecretFiles)
+
+
+@dataclass(frozen=True)
+class NodeStorage:
+    """The node's open databases: the registry and the per-tenant rating files."""
+
+    registry: TenantRegistry
+    stores: TenantStores
+
+    @classmethod
+    def open(cls, config: Config) -> NodeStorage:
+        registry = TenantRegistry.open(
+            config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms
+        )
+        stores = TenantStores(
+            config.data_path / "tenants",
+            node_id=config.node_id,
+            synchronous=config.storage.synchronous,
+            max_open=config.storage.max_open_tenants,
+            busy_timeout_ms=config.storage.busy_timeout_ms,
+            keyring=open_keyring(config),
+        )
+        try:
+            stores.keyring.master_key_id()  # a missing or wrong master key fails the start
+        except BaseException:
+            stores.close()
+            registry.close()
+            raise
+        return cls(registry, stores)
+
+    def close(self) -> None:
+        self.stores.close()
+        self.registry.close()
+
+
+def create_app(
+    config: Config,
+    storage: NodeStorage,
+    meter: Meter,
+    *,
+    secrets: SecretFiles | None = None,
+    metrics: NodeMetrics | None = None,
+    limiter: RateLimiter | None = None,
+) -> web.Application:
+    """The v1 API served from `storage`, metered by `meter`; the caller owns and closes both.
+
+    Secret files are opened in `secrets` (a fresh set when None), which the caller reloads on
+    SIGHUP; an unreadable one is a ConfigError. `metrics` (a fresh registry when None) gets
+    the app's request metrics and its sources attached. `limiter` (the process's own buckets
+    when None) applies the tenants' rate limits.
+    """
+    if metrics is None:
+        metrics = node_metrics(config)
+    front = front_middleware(metrics if config.metrics.enabled else None)
+    app = web.Application(middlewares=[front], client_max_size=config.server.max_body_bytes)
+    add_request_guards(app, config, storage.registry.connection, metrics_registry=metrics.registry)
+    app[CONFIG_KEY] = config
+    app[REGISTRY_KEY] = storage.registry
+    app[STORES_KEY] = storage.stores
+    app[METER_KEY] = meter
+    verifier = TokenVerifier(load_keys(config.auth.jwt), config.auth.jwt)
+    app[ROUTER_KEY] = TenantRouter(
+        storage.registry,
+        verifier,
+        limiter or RateLimiter(config.rate_limit.per_minute),
+        past_due_grace_seconds=config.webhooks.past_due_grace_hours * 3600,
+    )
+    if secrets is None:
+        secrets = SecretFiles(check_interval=secret_check_interval(config))
+    app[SECRETS_KEY] = secrets
+    webhook_secrets = open_webhook_secrets(config.webhooks, secrets)
+    store = BillingEventStore(storage.registry.connection)
+    add_webhook_routes(app, StripeWebhooks(config.webhooks, webhook_secrets, store))
+    _watch(metrics, app, storage, meter)
+    add_metrics_route(app, metrics)
+    app.cleanup_ctx.append(_background_checkpoints)
+    add_routes(app)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
+    return app
+
+
+def node_metrics(config: Config) -> NodeMetrics:
+    """The process's metrics as `[metrics]` configures them, in a registry of their own."""
+    return NodeMetrics(
+        CollectorRegistry(),
+        tenant_label=config.metrics.tenant_label,
+        serving=config.metrics.enabled,
+    )
+
+
+def _watch(metrics: NodeMetrics, app: web.Application, storage: NodeStorage, meter: Meter) -> None:
+    metrics.watch_meter(meter.stats)
+    if meter.queue is not None:
+        metrics.watch_queue(meter.queue)
+    metrics.watch_webhooks(app[WEBHOOKS_KEY].stats)
+    metrics.watch_tenants(storage.registry.connection)
+
+
+def secret_check_interval(config: Config) -> float | None:
+    """How often a secret file is checked for changes on use; None: only on SIGHUP."""
+    return config.secrets.check_interval_seconds or None
+
+
+async def _background_checkpoints(app: web.Application) -> AsyncIterator[None]:
+    interval = app[CONFIG_KEY].storage.checkpoint_interval_seconds
+    task = asyncio.create_task(app[STORES_KEY].run_checkpoints(interval))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """Alive: the event loop answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Ready: node.sqlite takes a write, the tenant directory is writable, the queue writes."""
+    try:
+        request.app[REGISTRY_KEY].check_writable()
+    except sqlite3.Error as exc:
+        raise ServiceUnavailable(f"node.sqlite is not writable: {exc}", slug="not-ready") from None
+    tenants_dir = request.app[STORES_KEY].directory
+    if not os.access(tenants_dir, os.W_OK | os.X_OK):
+        raise ServiceUnavailable(f"{tenants_dir} is not writable", slug="not-ready")
+    queue = request.app[METER_KEY].queue
+    if queue is not None and queue.write_failure is not None:
+        raise ServiceUnavailable(
+            f"the usage queue cannot write: {queue.write_failure}", slug="not-ready"
+        )
+    return json_response({"status": "ready"})
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return json_response(openapi_document())

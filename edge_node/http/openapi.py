@@ -1,0 +1,298 @@
+"""The OpenAPI 3.1 document of the v1 API, built from the same limits the handlers enforce."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from edge_node import __version__
+from edge_node.admission.router import API_KEY_HEADER
+from edge_node.http.openapi_schemas import ID_SCHEMA, UUID_SCHEMA, component_schemas
+from edge_node.rating.model import MAX_PAGE_SIZE
+from edge_node.tenants.webhook_signature import SIGNATURE_HEADER
+from edge_node.tenants.webhooks import WEBHOOK_PATH
+
+_RATE_HEADERS = {
+    name: {"$ref": f"#/components/headers/{name}"}
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+}
+
+
+def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _ok(description: str, schema: str | None, headers: bool = True) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description}
+    if schema is not None:
+        response["content"] = {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+        }
+    if headers:
+        response["headers"] = _RATE_HEADERS
+    return response
+
+
+_TENANT_ERRORS = {
+    "400": _problem("Invalid path, query or body."),
+    "401": _problem(
+        "Missing, malformed (`malformed-api-key`: a mistyped key), unknown, revoked, forged or"
+        " expired credential.",
+        {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    ),
+    "402": _problem(
+        "The tenant's subscription is canceled, or its payment is past due beyond the grace"
+        " period (`payment-required`)."
+    ),
+    "403": _problem(
+        "Credential of another tenant, insufficient role, suspended tenant, or a client IP"
+        " blocked after a request spike (`ip-blocked`, with Retry-After)."
+    ),
+    "429": _problem(
+        "The tenant's rate limit is used up.",
+        {
+            **_RATE_HEADERS,
+            "Retry-After": {"schema": {"type": "integer", "minimum": 0}},
+        },
+    ),
+    "503": _problem(
+        "The usage queue is full (meter.on_full = reject: nothing was done) or the usage of a"
+        " request carried out could not be recorded durably.",
+        {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+    ),
+    "default": _problem("Any other error, always as problem+json."),
+}
+
+
+def _param(
+    name: str, where: str, schema: dict[str, Any], required: bool = True, description: str = ""
+) -> dict[str, Any]:
+    param = {"name": name, "in": where, "required": required, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
+_TENANT = _param(
+    "tenant_id", "path", UUID_SCHEMA, description="Must be the credential's own tenant."
+)
+
+
+def _operation(
+    op_id: str,
+    summary: str,
+    responses: dict[str, Any],
+    params: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "parameters": [_TENANT, *(params or [])],
+        "responses": {**responses, **_TENANT_ERRORS},
+        **extra,
+    }
+
+
+def _paths() -> dict[str, Any]:
+    tenant = "/v1/tenants/{tenant_id}"
+    item_filter = _param("item_id", "query", ID_SCHEMA, required=False)
+    user_filter = _param("user_id", "query", ID_SCHEMA, required=False)
+    limit = _param(
+        "limit",
+        "query",
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 50},
+        required=False,
+    )
+    cursor = _param(
+        "cursor",
+        "query",
+        {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_-]+$"},
+        required=False,
+        description="`next_cursor` of the previous page.",
+    )
+    body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RatingInput"}}},
+    }
+    return {
+        f"{tenant}/ratings": {
+            "post": _operation(
+                "upsertRating",
+                "Create or replace the user's rating of an item (writer).",
+                {
+                    "200": _ok("Replaced the user's existing rating.", "Rating"),
+                    "201": _ok("Created a rating.", "Rating"),
+                    "413": _problem("Body larger than the configured limit."),
+                    "415": _problem("Body is not application/json in UTF-8."),
+                },
+                requestBody=body,
+            ),
+            "get": _operation(
+                "listRatings",
+                "Ratings in creation order, a page at a time (reader).",
+                {"200": _ok("One page.", "RatingPage")},
+                [item_filter, user_filter, limit, cursor],
+            ),
+        },
+        f"{tenant}/ratings/{{rating_id}}": {
+            "delete": _operation(
+                "deleteRating",
+                "Delete one rating (admin, or a token bound to its user).",
+                {
+                    "204": _ok("Deleted.", None),
+                    "404": _problem("No live rating with that id in this tenant."),
+                },
+                [_param("rating_id", "path", UUID_SCHEMA)],
+            ),
+        },
+        f"{tenant}/users/{{user_id}}": {
+            "delete": _operation(
+                "eraseUser",
+                "Delete every rating of a user and erase their comments (admin, "
+                "or a token bound to that user).",
+                {"200": _ok("Erased.", "UserErasure")},
+                [_param("user_id", "path", ID_SCHEMA)],
+            ),
+        },
+        f"{tenant}/items/{{item_id}}/score": {
+            "get": _operation(
+                "itemScore",
+                "The item's rating count, average and histogram (reader).",
+                {"200": _ok("The score; zero counts for an item nobody rated.", "ItemScore")},
+                [_param("item_id", "path", ID_SCHEMA)],
+            ),
+        },
+        WEBHOOK_PATH: {"post": _webhook_operation()},
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "summary": "Alive.",
+                "security": [],
+                "responses": {"200": _ok("Alive.", "Status", headers=False)},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "ready",
+                "summary": "Storage open and writable.",
+                "security": [],
+                "responses": {
+                    "200": _ok("Ready.", "Status", headers=False),
+                    "503": _problem("Not ready."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics, text exposition format 0.0.4 (docs/metrics.md).",
+                "security": [],
+                "responses": {
+                    "200": {"description": "The metrics.", "content": {"text/plain": {}}},
+                    "404": _problem("Metrics are off (metrics.enabled)."),
+                },
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "security": [],
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1.", "content": {"application/json": {}}}
+                },
+            }
+        },
+    }
+
+
+def _webhook_operation() -> dict[str, Any]:
+    signature = _param(
+        SIGNATURE_HEADER,
+        "header",
+        {"type": "string"},
+        description="t=<Unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>' keyed with the"
+        " endpoint's signing secret>; several v1 values may be given.",
+    )
+    return {
+        "operationId": "stripeWebhook",
+        "summary": "A Stripe event, authenticated by its signature (no tenant credential);"
+        " each event id is applied once.",
+        "security": [],
+        "parameters": [signature],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/StripeEvent"}}
+            },
+        },
+        "responses": {
+            "200": _ok(
+                "Received: applied, or recorded as stale, ignored or a duplicate.",
+                "WebhookReceipt",
+                headers=False,
+            ),
+            "400": _problem(
+                "No valid signature by the current or previous secret (`invalid-signature`),"
+                " a signature outside the tolerance (`stale-signature`), or a body that is"
+                " not a JSON Stripe event (`malformed-json`, `invalid-event`)."
+            ),
+            "404": _problem("This node takes no webhooks: webhooks.secret_file is not set."),
+            "413": _problem("Body larger than webhooks.max_body_bytes."),
+            "503": _problem(
+                "node.sqlite could not record the event; Stripe delivers it again.",
+                {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+            ),
+            "default": _problem("Any other error, always as problem+json."),
+        },
+    }
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "edge-node",
+            "version": __version__,
+            "description": "Tenant-routed ratings served from the nearest edge node.",
+        },
+        "security": [{"apiKey": []}, {"bearerJwt": []}],
+        "paths": _paths(),
+        "components": {
+            "schemas": component_schemas(),
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+                "bearerJwt": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "Claims: tenant_id, role (reader|writer|admin), exp;"
+                    " optional sub binds a writer to one user.",
+                },
+            },
+            "headers": {
+                "RateLimit-Limit": {
+                    "schema": {"type": "integer", "minimum": 1},
+                    "description": "Requests per minute for the tenant.",
+                },
+                "RateLimit-Remaining": {
+                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "Requests left in the bucket.",
+                },
+                "RateLimit-Reset": {
+                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "Seconds until the bucket is full again.",
+                },
+            },
+        },
+    }

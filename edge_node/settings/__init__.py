@@ -1,1 +1,0 @@
-"""The configuration's sections, by what they configure, and how raw values become them."""

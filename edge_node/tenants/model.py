@@ -1,0 +1,116 @@
+"""The tenant registry's values: roles, plans, tenant statuses, and the rows it hands out.
+
+`Tenant`, `IssuedKey` and `KeyGrant` are what the registry answers on this node;
+`TenantRecord`, `KeyRecord` and `RegistryChange` are its rows as they travel to and from the
+central database (edge_node.tenants.replication); `StripeLink` is a tenant's Stripe ids.
+No I/O here: modules that only name a role, a plan or a status need nothing more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from edge_node.clock import format_us
+
+Role = Literal["reader", "writer", "admin"]
+Plan = Literal["payg", "tiered", "flat"]
+TenantStatus = Literal["active", "suspended", "past_due", "canceled"]
+ROLES: tuple[Role, ...] = get_args(Role)
+PLANS: tuple[Plan, ...] = get_args(Plan)
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    tenant_id: str
+    name: str
+    status: TenantStatus
+    plan: Plan
+    rate_limit_per_minute: int | None
+    created_at: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tenant_id": self.tenant_id,
+            "name": self.name,
+            "status": self.status,
+            "plan": self.plan,
+            "rate_limit_per_minute": self.rate_limit_per_minute,
+            "created_at": format_us(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A freshly created API key: the only moment the secret exists outside its holder."""
+
+    key_id: str
+    tenant_id: str
+    role: Role
+    api_key: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "key_id": self.key_id,
+            "tenant_id": self.tenant_id,
+            "role": self.role,
+            "api_key": self.api_key,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What a valid API key grants: its tenant (with status and limit) and its role."""
+
+    key_id: str
+    tenant_id: str
+    role: Role
+    tenant_status: TenantStatus
+    rate_limit_per_minute: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """A tenant's whole registry row, as it travels between node.sqlite and the central db."""
+
+    tenant_id: str
+    name: str
+    status: TenantStatus
+    plan: Plan
+    rate_limit_per_minute: int | None
+    stripe_customer_id: str | None
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An API key's registry row (its hash, never the key), as it travels."""
+
+    key_id: str
+    tenant_id: str
+    key_hash: str
+    role: Role
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryChange:
+    """A registry row waiting for upload: a tenant, or one of its keys (with the tenant, which
+    the central key's foreign key needs). `seq` is its newest outbox entry."""
+
+    seq: int
+    tenant: TenantRecord
+    key: KeyRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class StripeLink:
+    """A tenant's link to Stripe: its customer and subscription ids, None until provisioned."""
+
+    tenant_id: str
+    name: str
+    plan: Plan
+    stripe_customer_id: str | None
+    subscription_id: str | None

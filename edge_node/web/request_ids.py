@@ -1,0 +1,50 @@
+"""X-Request-Id: settled once per request, echoed on every response, in its logs and usage.
+
+A well-formed incoming id (1-128 of letters, digits, `.`, `_`, `:`, `-`) is kept, so a
+client or a proxy can follow its request through; anything else is replaced by a fresh
+random one. The id is settled before anything else runs (edge_node.http.front, the outermost
+middleware), so refusals at admission (401, 403, 429) and problem responses carry the id
+too; while the request is served the id is in `edge_node.logs.REQUEST_ID`, which every log
+line includes, and `guarded` writes it into the request's usage event. At debug level each
+answered request is logged (method, path, status: never a header, so never a credential).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def settle_request_id(request: web.Request) -> str:
+    """The request's id, chosen now and kept on the request for everything after."""
+    request_id = request[REQUEST_ID_KEY] = chosen_request_id(request)
+    return request_id
+
+
+def log_answered(request: web.Request, status: int) -> None:
+    """The access log line, at debug level only."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s answered %d", request.method, request.path, status)
+
+
+def request_id_of(request: web.Request) -> str:
+    """The id settled for this request, else one chosen now."""
+    settled: str | None = request.get(REQUEST_ID_KEY)
+    return settled if settled is not None else chosen_request_id(request)
+
+
+def chosen_request_id(request: web.Request) -> str:
+    """The client's X-Request-Id when it is a sane token, else a fresh one."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(16).hex()

@@ -1,0 +1,330 @@
+"""The billing ledger in node.sqlite: every meter-event batch, from planned to confirmed.
+
+A batch is written here, state `planned`, before it is ever sent, in the same transaction
+that records its queue range as planned (`sync_state`, name `billing.planned_through.<queue>`).
+It becomes `sent` (attempts + 1, first_sent_at kept from the first try) just before each
+call, `confirmed` once Stripe holds it, or `set_aside` with a reason when it must not be
+sent again. An attempt that turned a `planned` batch `sent` and then failed in a way that
+proves Stripe recorded nothing (refused connection, 429, 401, 403) turns it back to
+`planned` without first_sent_at. Nothing is ever deleted or re-aggregated: a resend reads
+the row back.
+
+    planned --send--> sent --Stripe accepted, or already had it--> confirmed
+       |   <--not received--+  (only if this attempt made it `sent`)
+       |                |
+       +----------------+--refused, too old, outcome unknown too long--> set_aside
+
+The ledger has a connection of its own (the request path never waits on its writes) and is
+called from one thread at a time. Times are microseconds since the epoch; window_start is
+Unix seconds (the meter event's timestamp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, ParamSpec, TypeVar
+
+from edge_node import sqlite
+from edge_node.node_database import open_node_database
+from sync.billing.clock import HIGH_WATER
+from sync.billing.plan import PlannedRange
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+BatchState = Literal["planned", "sent", "confirmed", "set_aside"]
+PLANNED_THROUGH = "billing.planned_through."
+PLANNED_LAST = "billing.planned_last."  # fingerprint of the record planned_through names
+QUEUE_EPOCH = "billing.queue_epoch."
+# Written exactly like the partial index billing_ledger_open, so SQLite can use it.
+OPEN = "state IN ('planned', 'sent')"
+_COLUMNS = (
+    "identifier, tenant_id, customer_id, event_name, window_start, value, events, queue,"
+    " first_seq, last_seq, state, attempts, planned_at, first_sent_at, confirmed_at,"
+    " set_aside_reason"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerBatch:
+    """A ledger row: a batch and where it stands."""
+
+    identifier: str
+    tenant_id: str
+    customer_id: str | None
+    event_name: str
+    window_start: int
+    value: int
+    events: int
+    queue: str
+    first_seq: int
+    last_seq: int
+    state: BatchState
+    attempts: int
+    planned_at: int
+    first_sent_at: int | None
+    confirmed_at: int | None
+    set_aside_reason: str | None
+
+
+class BillingLedger:
+    """The billing_ledger table of node.sqlite."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> BillingLedger:
+        """A connection of its own to node.sqlite (synchronous FULL: a confirmation survives
+        power loss), migrated like the registry's."""
+        return cls(open_node_database(data_dir, busy_timeout_ms=busy_timeout_ms))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def planned_through(self, queue: str) -> int:
+        """The last queue record planned (0: none); records up to it are in the ledger."""
+        row = self._conn.execute(
+            "SELECT value FROM sync_state WHERE name = ?", (PLANNED_THROUGH + queue,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        # No mark (written with every plan): only a hand-edited database gets here.
+        (ledger_max,) = self._conn.execute(
+            "SELECT max(last_seq) FROM billing_ledger WHERE queue = ?", (queue,)
+        ).fetchone()
+        return int(ledger_max or 0)
+
+    def record_plan(self, planned: PlannedRange, now_us: int) -> int:
+        """Write a range's batches (state planned, the tenant's Stripe customer if it has
+        one) and mark the range planned, in one transaction; the number of batches written.
+
+        A batch already in the ledger is left as it is (ON CONFLICT DO NOTHING, the
+        identifier only: an invalid batch still fails the whole plan): a range planned again
+        can only bring the same identifiers, and the first write stands.
+        """
+        with sqlite.transaction(self._conn):
+            written = 0
+            for batch in planned.batches:
+                written += self._conn.execute(
+                    "INSERT INTO billing_ledger (identifier, tenant_id, customer_id,"
+                    " event_name, window_start, value, events, queue, first_seq, last_seq,"
+                    " state, planned_at, queue_epoch) VALUES (?, ?,"
+                    " (SELECT stripe_customer_id FROM tenants WHERE tenant_id = ?),"
+                    " ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)"
+                    " ON CONFLICT (identifier) DO NOTHING",
+                    (
+                        batch.identifier,
+                        batch.tenant_id,
+                        batch.tenant_id,
+                        batch.event_name,
+                        batch.window_start,
+                        batch.value,
+                        batch.events,
+                        batch.queue,
+                        batch.first_seq,
+                        batch.last_seq,
+                        now_us,
+                        planned.queue_epoch,
+                    ),
+                ).rowcount
+            self._set_state(PLANNED_THROUGH + planned.queue, str(planned.last_seq))
+            self._set_state(PLANNED_LAST + planned.queue, planned.last_fingerprint)
+        return written
+
+    def queue_epoch(self, queue: str) -> int:
+        """The queue's numbering: 0, plus one for every restart of it behind the ledger."""
+        return int(self._state(QUEUE_EPOCH + queue) or 0)
+
+    def planned_fingerprint(self, queue: str) -> str | None:
+        """The fingerprint of the last record planned (sync/billing_plan.record_fingerprint);
+        None when the ledger predates fingerprints or nothing was planned."""
+        return self._state(PLANNED_LAST + queue) or None
+
+    def renumber(self, queue: str, planned_through: int) -> int:
+        """The queue's numbering restarted: start a new epoch, in which records after
+        `planned_through` are planned afresh (their identifiers name the epoch, so none
+        repeats one of an earlier numbering); the new epoch."""
+        with sqlite.transaction(self._conn):
+            epoch = self.queue_epoch(queue) + 1
+            self._set_state(QUEUE_EPOCH + queue, str(epoch))
+            self._set_state(PLANNED_THROUGH + queue, str(planned_through))
+            self._conn.execute("DELETE FROM sync_state WHERE name = ?", (PLANNED_LAST + queue,))
+        return epoch
+
+    def _state(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM sync_state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_state(self, name: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO sync_state (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def attach_customers(self) -> int:
+        """Give planned batches of tenants provisioned since their tenant's Stripe customer;
+        how many got one. A batch keeps the customer it was first given: a resend must carry
+        the same parameters as the first send."""
+        with sqlite.transaction(self._conn):
+            return self._conn.execute(
+                "UPDATE billing_ledger SET customer_id = t.stripe_customer_id"
+                " FROM tenants t WHERE t.tenant_id = billing_ledger.tenant_id"
+                " AND billing_ledger.state IN ('planned', 'sent')"
+                " AND billing_ledger.state = 'planned'"
+                " AND billing_ledger.customer_id IS NULL AND t.stripe_customer_id IS NOT NULL"
+            ).rowcount
+
+    def sendable(
+        self, queue: str, limit: int, *, skip_customers: Iterable[str] = ()
+    ) -> list[LedgerBatch]:
+        """Open batches of `queue` with a customer, oldest range and window first."""
+        skip = sorted(set(skip_customers))
+        marks = ", ".join("?" * len(skip))
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+            f" WHERE {OPEN} AND queue = ? AND customer_id IS NOT NULL"
+            f" AND customer_id NOT IN ({marks})"
+            " ORDER BY first_seq, window_start, identifier LIMIT ?",
+            (queue, *skip, limit),
+        ).fetchall()
+        return [LedgerBatch(*row) for row in rows]
+
+    def open_batches(self, queue: str | None = None) -> list[LedgerBatch]:
+        """Every batch planned or sent (of one queue, or all), oldest first."""
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM billing_ledger WHERE {OPEN}"  # noqa: S608
+            " AND (? IS NULL OR queue = ?) ORDER BY first_seq, window_start, identifier",
+            (queue, queue),
+        ).fetchall()
+        return [LedgerBatch(*row) for row in rows]
+
+    def get(self, identifier: str) -> LedgerBatch | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM billing_ledger WHERE identifier = ?",  # noqa: S608
+            (identifier,),
+        ).fetchone()
+        return LedgerBatch(*row) if row else None
+
+    def mark_sent(self, identifier: str, now_us: int) -> tuple[int, bool]:
+        """Note an attempt before it is made: from the first one on, the outcome is unknown
+        until an answer is recorded, and first_sent_at starts Stripe's dedup clock.
+
+        (attempt number, whether this attempt made the outcome unknown: the batch was
+        `planned`); (0, False) when the batch is no longer open."""
+        with sqlite.transaction(self._conn):
+            row = self._conn.execute(
+                "SELECT state, attempts FROM billing_ledger"
+                " WHERE identifier = ? AND state IN ('planned', 'sent')",
+                (identifier,),
+            ).fetchone()
+            if row is None:
+                return 0, False
+            self._conn.execute(
+                "UPDATE billing_ledger SET state = 'sent', attempts = attempts + 1,"
+                " first_sent_at = coalesce(first_sent_at, ?)"
+                " WHERE identifier = ? AND state IN ('planned', 'sent')",
+                (now_us, identifier),
+            )
+            return int(row[1]) + 1, row[0] == "planned"
+
+    def unmark_sent(self, identifier: str, attempt: int) -> None:
+        """Undo `mark_sent` of `attempt`, which made the outcome unknown and then failed in a
+        way that proves Stripe recorded nothing: the batch is `planned` again, with no
+        first_sent_at, so the failure does not count towards the unknown-outcome horizon.
+        The attempt count stays (each attempt has an Idempotency-Key of its own)."""
+        self._update(
+            "UPDATE billing_ledger SET state = 'planned', first_sent_at = NULL"
+            " WHERE identifier = ? AND state = 'sent' AND attempts = ?",
+            (identifier, attempt),
+        )
+
+    def confirm(self, identifier: str, now_us: int) -> None:
+        """Stripe holds the batch (accepted now, or already had its identifier)."""
+        self._update(
+            "UPDATE billing_ledger SET state = 'confirmed', confirmed_at = ?"
+            " WHERE identifier = ? AND state IN ('planned', 'sent')",
+            (now_us, identifier),
+        )
+
+    def set_aside(self, batches: Sequence[tuple[str, str]]) -> None:
+        """Set batches aside for good, each (identifier, reason): never sent again."""
+        with sqlite.transaction(self._conn):
+            self._conn.executemany(
+                "UPDATE billing_ledger SET state = 'set_aside', set_aside_reason = ?"
+                " WHERE identifier = ? AND state IN ('planned', 'sent')",
+                [(reason, identifier) for identifier, reason in batches],
+            )
+
+    def clock_floor(self) -> float:
+        """Unix seconds the horizon clock must not start below (sync/billing/clock.py): its
+        persisted high-water mark, and the latest first send of a batch still open."""
+        row = self._conn.execute(
+            "SELECT value FROM sync_state WHERE name = ?", (HIGH_WATER,)
+        ).fetchone()
+        (first_sent,) = self._conn.execute(
+            f"SELECT max(first_sent_at) FROM billing_ledger WHERE {OPEN}"  # noqa: S608
+        ).fetchone()
+        return max(float(row[0]) if row else 0.0, (first_sent or 0) / 1e6)
+
+    def save_clock_high_water(self, seconds: float) -> None:
+        """Persist the horizon clock's reading, so a restart does not start it lower."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "INSERT INTO sync_state (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                " WHERE CAST(excluded.value AS REAL) > CAST(value AS REAL)",
+                (HIGH_WATER, repr(seconds)),
+            )
+
+    def commit_point(self, queue: str) -> int:
+        """The queue position billing may commit: just before the oldest range of the current
+        numbering that still has a batch planned or sent; else everything planned. (Batches
+        of an earlier numbering name records the queue no longer holds.)"""
+        (oldest,) = self._conn.execute(
+            "SELECT min(first_seq) FROM billing_ledger"
+            " WHERE state IN ('planned', 'sent') AND queue = ? AND queue_epoch = ?",
+            (queue, self.queue_epoch(queue)),
+        ).fetchone()
+        planned = self.planned_through(queue)
+        return planned if oldest is None else min(planned, int(oldest) - 1)
+
+    def _update(self, statement: str, parameters: tuple[object, ...]) -> None:
+        with sqlite.transaction(self._conn):
+            self._conn.execute(statement, parameters)
+
+
+class AsyncLedger:
+    """The ledger for the event loop: its calls run, one at a time, on a thread of their own,
+    so its fsyncs never stall the loop and a cancelled caller never overlaps the next call."""
+
+    def __init__(self, ledger: BillingLedger) -> None:
+        self.ledger = ledger
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-ledger")
+
+    async def run(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(call, *args, **kwargs))
+
+    async def set_aside(self, batches: Sequence[tuple[str, str]]) -> None:
+        await self.run(self.ledger.set_aside, batches)
+
+    async def mark_sent(self, identifier: str, now_us: int) -> tuple[int, bool]:
+        return await self.run(self.ledger.mark_sent, identifier, now_us)
+
+    async def unmark_sent(self, identifier: str, attempt: int) -> None:
+        await self.run(self.ledger.unmark_sent, identifier, attempt)
+
+    async def confirm(self, identifier: str, now_us: int) -> None:
+        await self.run(self.ledger.confirm, identifier, now_us)
+
+    async def close(self) -> None:
+        """Wait for the call in progress, then close the connection."""
+        await self.run(self.ledger.close)
+        self._thread.shutdown(wait=False)

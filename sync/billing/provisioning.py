@@ -1,0 +1,125 @@
+"""Stripe provisioning: every tenant becomes one Stripe customer with a subscription on its plan.
+
+A tenant is usable the moment it is created; provisioning follows, from `edge-node tenants
+create` when Stripe answers at once, else from the sync worker, which retries every
+`stripe.provisioning_interval_seconds` (with backoff) until it succeeds. Each step is safe to
+repeat, so a crash or a lost answer anywhere costs only a retry:
+
+1. the customer: found by metadata tenant_id, or created with an Idempotency-Key derived from
+   the tenant (sync/stripe/gateway.py), then stored in node.sqlite (`stripe_customer_id`,
+   set once, never replaced);
+2. the subscription on the plan's price from the catalog (sync/stripe/catalog.py), found
+   among the customer's live subscriptions or created the same way, then stored
+   (`subscription_id`).
+
+Stripe refusing one tenant for good (PermanentSyncError) is logged and that tenant retried
+next round without holding the others back; an outage (TransientSyncError) ends the round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edge_node.errors import PermanentSyncError, TransientSyncError
+from edge_node.tenants.registry import StripeLink, TenantRegistry
+from sync.stripe.catalog import BillingCatalog
+from sync.stripe.gateway import StripeGateway
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProvisioningReport:
+    """What one round did: ids stored, and tenants Stripe refused (id -> error)."""
+
+    customers: int = 0
+    subscriptions: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+class Provisioner:
+    """Provisions this node's tenants in Stripe through a gateway."""
+
+    def __init__(
+        self,
+        gateway: StripeGateway,
+        registry: TenantRegistry,
+        catalog: Callable[[], BillingCatalog | None],
+    ) -> None:
+        self._gateway = gateway
+        self._registry = registry
+        self._catalog = catalog
+
+    async def provision_all(self) -> ProvisioningReport:
+        """One round over every tenant still missing a customer or a subscription."""
+        report = ProvisioningReport()
+        tenants = self._registry.unprovisioned_tenants()
+        if not tenants:
+            return report
+        catalog = self._catalog()
+        for tenant in tenants:
+            try:
+                await self._provision(tenant, catalog, report)
+            except PermanentSyncError as exc:
+                log.error("Stripe refused to provision tenant %s: %s", tenant.tenant_id, exc)
+                report.refused[tenant.tenant_id] = str(exc)
+        if catalog is None and any(t.subscription_id is None for t in tenants):
+            raise TransientSyncError(
+                "no Stripe catalog yet: run `edge-node stripe bootstrap` so tenants can be"
+                " subscribed to their plans"
+            )
+        return report
+
+    async def provision(self, tenant_id: str) -> StripeLink:
+        """Provision one tenant now (the CLI's path); its link as stored afterwards."""
+        link = self._registry.stripe_link(tenant_id)
+        if link is None:
+            raise PermanentSyncError(f"no tenant with id {tenant_id}")
+        await self._provision(link, self._catalog(), ProvisioningReport())
+        stored = self._registry.stripe_link(tenant_id)
+        assert stored is not None
+        return stored
+
+    async def _provision(
+        self, tenant: StripeLink, catalog: BillingCatalog | None, report: ProvisioningReport
+    ) -> None:
+        customer_id = tenant.stripe_customer_id
+        if customer_id is None:
+            found = await self._gateway.ensure_customer(
+                tenant_id=tenant.tenant_id, name=tenant.name
+            )
+            customer_id = self._registry.set_stripe_customer(tenant.tenant_id, found)
+            report.customers += 1
+            log.info("tenant %s is Stripe customer %s", tenant.tenant_id, customer_id)
+        if tenant.subscription_id is None and catalog is not None:
+            subscription_id = await self._gateway.ensure_subscription(
+                tenant_id=tenant.tenant_id,
+                customer_id=customer_id,
+                price_ids=[catalog.price_for(tenant.plan)],
+            )
+            self._registry.set_subscription(tenant.tenant_id, subscription_id)
+            report.subscriptions += 1
+            log.info(
+                "tenant %s subscribed to plan %s (%s)",
+                tenant.tenant_id,
+                tenant.plan,
+                subscription_id,
+            )
+
+
+@dataclass
+class ProvisioningJob:
+    """Provisioning as a sync worker job (sync/jobs.py); closing it closes the gateway."""
+
+    provisioner: Provisioner
+    gateway: StripeGateway
+    interval: float
+    name: str = "stripe-provisioning"
+
+    async def run(self) -> None:
+        await self.provisioner.provision_all()
+
+    async def close(self) -> None:
+        await self.gateway.close()

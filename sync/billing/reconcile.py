@@ -1,0 +1,261 @@
+"""Reconciliation: per tenant and day, the usage served against what was billed and what waits.
+
+`edge-node billing reconcile` runs beside the daemon: node.sqlite is opened read-only and
+the queue read without its lock (edge_node.queue.inspect_queue, tail_records), so nothing
+is changed and nothing waits. Every event billing holds is in exactly one place:
+
+    recorded = queued (on the queue, not planned yet) + the events of the ledger's batches
+    billed = confirmed                in flight = queued + planned + sent
+
+and `served` is counted apart, where requests are served (edge_node/usage/served.py, one counts
+file per worker). A day is in order when recorded = billed + in flight, and served is not
+more than recorded. What is neither billed nor in flight was set aside (listed with the
+reason) or cannot be read; what was served but is not recorded was lost before billing
+could see it; the command then exits non-zero. The counts are read first, then the ledger
+in one snapshot, then the queue after the last range planned as of that snapshot: a range
+the daemon plans meanwhile is counted once, as queued, and a request served meanwhile can
+only make recorded exceed served, never the reverse. Without any counts file (a data
+directory metered before the counts existed) served is taken to be recorded.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from edge_node.queue import inspect_queue, tail_records
+from edge_node.usage.meter import BILLING_CONSUMER
+from edge_node.usage.served import read_counts
+from sync.billing.ledger import PLANNED_THROUGH
+
+STATES = ("planned", "sent", "confirmed", "set_aside")
+
+
+@dataclass
+class Tally:
+    """Batches, events and units in one state (batches stay 0 for queued usage)."""
+
+    batches: int = 0
+    events: int = 0
+    units: int = 0
+
+    def add(self, batches: int, events: int, units: int) -> None:
+        self.batches += batches
+        self.events += events
+        self.units += units
+
+    def to_json(self, *, with_batches: bool = True) -> dict[str, int]:
+        document = {"events": self.events, "units": self.units}
+        return {"batches": self.batches, **document} if with_batches else document
+
+
+@dataclass
+class TenantDay:
+    """One tenant's usage on one UTC day, by where it stands."""
+
+    tenant_id: str
+    day: str
+    queued: Tally = field(default_factory=Tally)
+    states: dict[str, Tally] = field(default_factory=lambda: {s: Tally() for s in STATES})
+    counted: Tally | None = None  # served, as counted where requests are served
+
+    @property
+    def recorded(self) -> Tally:
+        """What billing holds: queued, and every ledger batch."""
+        total = Tally()
+        for tally in (self.queued, *self.states.values()):
+            total.add(0, tally.events, tally.units)
+        return total
+
+    @property
+    def served(self) -> Tally:
+        return self.recorded if self.counted is None else self.counted
+
+    @property
+    def unrecorded_units(self) -> int:
+        """Units served that billing holds no record of (lost before it could see them)."""
+        return max(0, self.served.units - self.recorded.units)
+
+    @property
+    def in_flight_units(self) -> int:
+        return self.queued.units + self.states["planned"].units + self.states["sent"].units
+
+    @property
+    def unbilled_units(self) -> int:
+        """Recorded units neither billed nor on their way: set aside."""
+        return self.recorded.units - self.states["confirmed"].units - self.in_flight_units
+
+    @property
+    def ok(self) -> bool:
+        return self.unbilled_units == 0 and self.unrecorded_units == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "day": self.day,
+            "served": self.served.to_json(with_batches=False),
+            "served_counted": self.counted is not None,
+            "recorded": self.recorded.to_json(with_batches=False),
+            "queued": self.queued.to_json(with_batches=False),
+            **{state: tally.to_json() for state, tally in self.states.items()},
+            "billed_units": self.states["confirmed"].units,
+            "in_flight_units": self.in_flight_units,
+            "unbilled_units": self.unbilled_units,
+            "unrecorded_units": self.unrecorded_units,
+            "ok": self.ok,
+        }
+
+
+@dataclass
+class Reconciliation:
+    """The whole report: tenant days, set-aside batches, and unreadable queue records."""
+
+    days: dict[tuple[str, str], TenantDay] = field(default_factory=dict)
+    set_aside: list[dict[str, Any]] = field(default_factory=list)
+    unreadable_records: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.unreadable_records == 0 and all(day.ok for day in self.days.values())
+
+    def day(self, tenant_id: str, day: str) -> TenantDay:
+        key = (tenant_id, day)
+        if key not in self.days:
+            self.days[key] = TenantDay(tenant_id, day)
+        return self.days[key]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "days": [self.days[key].to_json() for key in sorted(self.days)],
+            "set_aside": self.set_aside,
+            "unreadable_queue_records": self.unreadable_records,
+        }
+
+
+def reconcile(
+    data_dir: Path, *, tenant_id: str | None = None, since: date | None = None
+) -> Reconciliation:
+    """The report for `data_dir`, for one tenant or all, from day `since` (UTC) on."""
+    report = Reconciliation()
+    first_day = (since or date(1970, 1, 1)).isoformat()
+    counted = _tally_counts(data_dir / "served", report, tenant_id, first_day)
+    with _read_only(data_dir / "node.sqlite") as conn:
+        conn.execute("BEGIN")  # one snapshot for every query below
+        _tally_ledger(conn, report, tenant_id, first_day)
+        planned = dict(_planned_through(conn))
+        conn.execute("COMMIT")
+    for directory in sorted((data_dir / "queue").glob("worker-*")):
+        _tally_queue(directory, planned.get(directory.name, 0), report, tenant_id, first_day)
+    if counted:
+        for day in report.days.values():
+            if day.counted is None:
+                day.counted = Tally()
+    return report
+
+
+def _tally_counts(
+    directory: Path, report: Reconciliation, tenant_id: str | None, first_day: str
+) -> bool:
+    """Add the served counts of every worker; whether there were any counts files."""
+    paths = sorted(directory.glob("*.counts"))
+    for path in paths:
+        for tenant, day_number, events, units in read_counts(path):
+            day = date.fromordinal(date(1970, 1, 1).toordinal() + day_number).isoformat()
+            if (tenant_id is None or tenant == tenant_id) and day >= first_day:
+                tally = report.day(tenant, day)
+                if tally.counted is None:
+                    tally.counted = Tally()
+                tally.counted.add(0, events, units)
+    return bool(paths)
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: no node has run in this data directory")
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)) as conn:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        yield conn
+
+
+def _tally_ledger(
+    conn: sqlite3.Connection, report: Reconciliation, tenant_id: str | None, first_day: str
+) -> None:
+    rows = conn.execute(
+        "SELECT tenant_id, date(window_start, 'unixepoch') AS day, state, count(*),"
+        " sum(events), sum(value) FROM billing_ledger"
+        " WHERE (?1 IS NULL OR tenant_id = ?1) AND window_start >= ?2"
+        " GROUP BY tenant_id, day, state",
+        (tenant_id, _epoch(first_day)),
+    ).fetchall()
+    for tenant, day, state, batches, events, units in rows:
+        report.day(tenant, day).states[state].add(batches, events, units)
+    for identifier, tenant, window_start, units, events, reason in conn.execute(
+        "SELECT identifier, tenant_id, window_start, value, events, set_aside_reason"
+        " FROM billing_ledger WHERE state = 'set_aside' AND (?1 IS NULL OR tenant_id = ?1)"
+        " AND window_start >= ?2 ORDER BY window_start, tenant_id",
+        (tenant_id, _epoch(first_day)),
+    ):
+        report.set_aside.append(
+            {
+                "identifier": identifier,
+                "tenant_id": tenant,
+                "window_start": _day_time(window_start),
+                "units": units,
+                "events": events,
+                "reason": reason,
+            }
+        )
+
+
+def _planned_through(conn: sqlite3.Connection) -> Iterator[tuple[str, int]]:
+    for name, value in conn.execute(
+        "SELECT name, value FROM sync_state WHERE name LIKE ?", (PLANNED_THROUGH + "%",)
+    ):
+        yield name.removeprefix(PLANNED_THROUGH), int(value)
+
+
+def _tally_queue(
+    directory: Path,
+    planned_through: int,
+    report: Reconciliation,
+    tenant_id: str | None,
+    first_day: str,
+) -> None:
+    """Count the records after the last one planned (and after billing's cursor)."""
+    status = inspect_queue(directory)
+    consumer = status.consumers.get(BILLING_CONSUMER)
+    after = max(planned_through, consumer.cursor if consumer else 0)
+    if status.last_seq <= after:
+        return
+    for record in tail_records(directory, status.last_seq - after):
+        if record.seq <= after:
+            continue
+        try:
+            event = orjson.loads(record.payload)
+            tenant, units, day = event["tenant_id"], int(event["units"]), _day(event)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            report.unreadable_records += 1
+            continue
+        if (tenant_id is None or tenant == tenant_id) and day >= first_day:
+            report.day(tenant, day).queued.add(0, 1, units)
+
+
+def _day(event: dict[str, Any]) -> str:
+    return datetime.fromtimestamp(int(event["timestamp_ms"]) / 1000, tz=UTC).date().isoformat()
+
+
+def _epoch(day: str) -> int:
+    return int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp())
+
+
+def _day_time(seconds: int) -> str:
+    return f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%SZ}"

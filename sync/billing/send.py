@@ -1,0 +1,272 @@
+"""Sending planned batches to Stripe: one call at a time per customer, never a second charge.
+
+Stripe takes one concurrent meter-event call per customer and meter, so each customer's
+batches go one after another while up to `concurrency` customers are served at once. A
+transient failure (unreachable, timeout, 429, 5xx) stops that customer for the round and
+backs it off with jitter, at least as long as Stripe's Retry-After says; the others go on.
+A refusal (400) sets the batch aside with Stripe's reason.
+
+Every attempt is noted in the ledger before the call (state `sent`, first_sent_at), and the
+answer after it, so a crash anywhere in between resends the same identifier with the same
+value, which Stripe records once. A failure that proves Stripe recorded nothing (refused
+connection, 429, 401, 403) undoes the note if this attempt made it (the batch is `planned`
+again), so only attempts that may have reached Stripe count towards the horizon. Each
+attempt carries its attempt number in its Idempotency-Key, so a 500 Stripe saved for one
+attempt is not replayed to the next. That holds only while Stripe still remembers the
+identifier (at least 24 hours) and accepts the timestamp (35 days): `SendRules` sets a batch
+aside instead of sending it once either is in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from edge_node.errors import PermanentSyncError, TransientSyncError
+from sync.backoff import Backoff
+from sync.billing.ledger import AsyncLedger, LedgerBatch
+from sync.billing.stats import BillingStats
+from sync.stripe.gateway import MeterEventOutcome
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+# Stripe refuses meter events older than 35 days or more than 5 minutes ahead; the margins
+# leave room for the call itself and for clock error.
+STRIPE_MAX_AGE_SECONDS = 35 * DAY - HOUR
+STRIPE_MAX_AHEAD_SECONDS = 4 * 60.0
+# A window this far ahead of the clock is not a clock a few minutes off: set it aside.
+FUTURE_LIMIT_SECONDS = DAY
+CALL_TIMEOUT_SECONDS = 120.0
+
+Verdict = Literal["send", "hold", "set_aside"]
+
+
+class MeterEventGateway(Protocol):
+    """What sending needs of Stripe (sync/stripe/gateway.py's StripeGateway)."""
+
+    async def send_meter_event(
+        self,
+        *,
+        event_name: str,
+        customer_id: str,
+        value: int,
+        timestamp: int,
+        identifier: str,
+        attempt: int,
+    ) -> MeterEventOutcome: ...
+
+
+@dataclass(frozen=True)
+class SendRules:
+    """When a batch may be sent, must wait, or must be set aside; times in Unix seconds."""
+
+    unknown_outcome_horizon_seconds: float = 23 * HOUR
+    max_age_seconds: float = STRIPE_MAX_AGE_SECONDS
+    max_ahead_seconds: float = STRIPE_MAX_AHEAD_SECONDS
+    future_limit_seconds: float = FUTURE_LIMIT_SECONDS
+
+    def verdict(
+        self, batch: LedgerBatch, now: float, horizon_now: float | None = None
+    ) -> tuple[Verdict, str, str]:
+        """(verdict, reason, counter): set_aside when a send could bill twice or be refused
+        for its timestamp, hold while the window is a little ahead of the clock. The age of
+        an unknown outcome is read on `horizon_now` (the clock first_sent_at was written
+        with, sync/billing/clock.py), the timestamp rules on the wall clock `now`."""
+        if batch.first_sent_at is not None and batch.state == "sent":
+            age = (now if horizon_now is None else horizon_now) - batch.first_sent_at / 1e6
+            if age >= self.unknown_outcome_horizon_seconds:
+                return (
+                    "set_aside",
+                    f"outcome unknown: first sent {_when(batch.first_sent_at / 1e6)} "
+                    f"({batch.attempts} attempts) and no answer recorded within "
+                    f"{self.unknown_outcome_horizon_seconds / HOUR:g} h; past that, Stripe's "
+                    "identifier dedup could no longer stop a second charge",
+                    "set_aside_unknown_outcome",
+                )
+        if now - batch.window_start > self.max_age_seconds:
+            return (
+                "set_aside",
+                f"window {_when(batch.window_start)} is past Stripe's 35-day limit for "
+                "meter event timestamps",
+                "set_aside_too_old",
+            )
+        if batch.window_start - now > self.future_limit_seconds:
+            return (
+                "set_aside",
+                f"window {_when(batch.window_start)} is more than "
+                f"{self.future_limit_seconds / HOUR:g} h ahead of this node's clock",
+                "set_aside_future",
+            )
+        if batch.window_start - now > self.max_ahead_seconds:
+            return "hold", "window ahead of the clock", ""
+        return "send", "", ""
+
+
+@dataclass
+class _Retry:
+    failures: int = 0
+    not_before: float = 0.0  # loop time
+
+
+@dataclass
+class BatchSender:
+    """Sends one round of batches, serialized per customer, bounded across customers."""
+
+    gateway: MeterEventGateway
+    ledger: AsyncLedger
+    stats: BillingStats
+    rules: SendRules = field(default_factory=SendRules)
+    concurrency: int = 8
+    clock: Callable[[], float] = time.time
+    # The clock of first_sent_at and the unknown-outcome age: one that never runs back.
+    horizon_clock: Callable[[], float] | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    call_timeout: float = CALL_TIMEOUT_SECONDS
+    # Called after Stripe answered and before the answer is written: tests crash here.
+    on_answer: Callable[[LedgerBatch], Awaitable[None]] | None = None
+    _retries: dict[str, _Retry] = field(default_factory=dict)
+
+    def waiting_customers(self) -> list[str]:
+        """Customers backing off now: their batches are not due this round."""
+        now = asyncio.get_running_loop().time()
+        return [customer for customer, r in self._retries.items() if r.not_before > now]
+
+    def next_retry_in(self) -> float | None:
+        """Seconds until the earliest customer backing off may be tried again."""
+        now = asyncio.get_running_loop().time()
+        waits = [r.not_before - now for r in self._retries.values() if r.not_before > now]
+        return min(waits, default=None)
+
+    async def set_aside_expired(self, batches: Sequence[LedgerBatch]) -> int:
+        """Set aside every open batch that may no longer be sent; how many."""
+        now, horizon_now = self.clock(), self._horizon_now()
+        doomed: list[tuple[LedgerBatch, str, str]] = []
+        for batch in batches:
+            verdict, reason, counter = self.rules.verdict(batch, now, horizon_now)
+            if verdict == "set_aside":
+                doomed.append((batch, reason, counter))
+        if doomed:
+            await self.ledger.set_aside([(batch.identifier, reason) for batch, reason, _ in doomed])
+            for batch, reason, counter in doomed:
+                self._reported(batch, reason, counter)
+        return len(doomed)
+
+    async def send(self, batches: Sequence[LedgerBatch]) -> None:
+        """Send `batches` (open, with a customer), each customer's in the order given."""
+        by_customer: dict[str, list[LedgerBatch]] = {}
+        for batch in batches:
+            assert batch.customer_id is not None
+            by_customer.setdefault(batch.customer_id, []).append(batch)
+        slots = asyncio.Semaphore(self.concurrency)
+        async with asyncio.TaskGroup() as group:
+            for customer, its in by_customer.items():
+                group.create_task(self._send_customer(customer, its, slots))
+
+    async def _send_customer(
+        self, customer: str, batches: list[LedgerBatch], slots: asyncio.Semaphore
+    ) -> None:
+        async with slots:
+            for batch in batches:
+                if not await self._send_one(batch):
+                    return
+            self._retries.pop(customer, None)
+
+    async def _send_one(self, batch: LedgerBatch) -> bool:
+        """Send one batch and record the answer; False after a transient failure."""
+        assert batch.customer_id is not None
+        verdict, reason, counter = self.rules.verdict(batch, self.clock(), self._horizon_now())
+        if verdict == "hold":
+            return True
+        if verdict == "set_aside":
+            await self.ledger.set_aside([(batch.identifier, reason)])
+            self._reported(batch, reason, counter)
+            return True
+        attempt, made_unknown = await self.ledger.mark_sent(
+            batch.identifier, _us(self._horizon_now())
+        )
+        if attempt == 0:
+            return True  # no longer open
+        self.stats.calls += 1
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                outcome = await self.gateway.send_meter_event(
+                    event_name=batch.event_name,
+                    customer_id=batch.customer_id,
+                    value=batch.value,
+                    timestamp=batch.window_start,
+                    identifier=batch.identifier,
+                    attempt=attempt,
+                )
+        except (TransientSyncError, TimeoutError) as exc:
+            if made_unknown and isinstance(exc, TransientSyncError) and exc.not_received:
+                # Stripe cannot have recorded it: as if this attempt had not been made.
+                await self.ledger.unmark_sent(batch.identifier, attempt)
+            self._back_off(batch, exc)
+            return False
+        except PermanentSyncError as exc:
+            if self.on_answer is not None:
+                await self.on_answer(batch)
+            await self.ledger.set_aside([(batch.identifier, f"refused by Stripe: {exc}")])
+            self._reported(batch, f"refused by Stripe: {exc}", "set_aside_refused")
+            return True
+        if self.on_answer is not None:
+            await self.on_answer(batch)
+        await self.ledger.confirm(batch.identifier, _us(self.clock()))
+        self.stats.confirmed += 1
+        if outcome is MeterEventOutcome.DUPLICATE:
+            self.stats.duplicates += 1
+        return True
+
+    def _horizon_now(self) -> float:
+        return (self.horizon_clock or self.clock)()
+
+    def _back_off(self, batch: LedgerBatch, exc: BaseException) -> None:
+        assert batch.customer_id is not None
+        self.stats.transient_failures += 1
+        retry = self._retries.setdefault(batch.customer_id, _Retry())
+        retry.failures += 1
+        delay = self.backoff.delay(retry.failures)
+        hint = getattr(exc, "retry_after", None)
+        if hint is not None:
+            delay = max(delay, float(hint))
+        retry.not_before = asyncio.get_running_loop().time() + delay
+        log.warning(
+            "billing: meter event %s for customer %s failed (%d in a row), retrying in %.1f s: %s",
+            batch.identifier,
+            batch.customer_id,
+            retry.failures,
+            delay,
+            exc or type(exc).__name__,
+        )
+
+    def _reported(self, batch: LedgerBatch, reason: str, counter: str) -> None:
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        log.error(
+            "billing: batch %s set aside (tenant %s, customer %s, window %s, %d units from %d"
+            " events, queue %s records %d-%d): %s; see `edge-node billing reconcile`",
+            batch.identifier,
+            batch.tenant_id,
+            batch.customer_id,
+            _when(batch.window_start),
+            batch.value,
+            batch.events,
+            batch.queue,
+            batch.first_seq,
+            batch.last_seq,
+            reason,
+        )
+
+
+def _us(seconds: float) -> int:
+    return int(seconds * 1_000_000)
+
+
+def _when(seconds: float) -> str:
+    return f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%SZ}"

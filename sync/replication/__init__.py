@@ -1,0 +1,5 @@
+"""Replication between node.sqlite, the tenant files, the key store and the central PostgreSQL:
+download checkpoints, each replicated table's central SQL, and the sync round.
+
+Imports sync.postgres and the edge concepts whose rows it moves (tenants, rating, crypto).
+"""

@@ -1,0 +1,91 @@
+"""Billing events on the central database: upload this node's, download everyone's.
+
+An edge uploads the Stripe events it applied (edge_node/tenants/shared_events.py) into
+`billing_events` (migration 0004) with `ON CONFLICT DO NOTHING`: an event is a fact, and
+Stripe delivering one event to two nodes leaves one row. Downloads page through the table by
+`change_xid` below the snapshot horizon, like tenants (sync/replication/registry.py), so an event
+committed out of order is not skipped; each edge applies what it downloads by the same rule
+as a webhook, once per event id, and so converges with every other edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from edge_node.tenants.shared_events import SharedBillingEvent
+from sync.postgres import translated
+from sync.replication.positions import Position
+
+if TYPE_CHECKING:
+    from sync.postgres import Connection
+
+_UPLOAD = """
+    INSERT INTO billing_events (tenant_id, event_id, type, created, customer_id,
+                                subscription_id, target, origin_node)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[],
+                         $6::text[], $7::text[], $8::text[])
+    ON CONFLICT (tenant_id, event_id) DO NOTHING"""
+
+_FIELDS = ("tenant_id", "event_id", "type", "created", "customer_id", "subscription_id", "target")
+
+_CHANGES = """
+    WITH horizon AS MATERIALIZED (
+        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
+    )
+    SELECT horizon.xid::text AS horizon, page.*
+    FROM horizon LEFT JOIN LATERAL (
+        SELECT e.tenant_id::text AS tenant_id, e.event_id, e.type, e.created, e.customer_id,
+               e.subscription_id, e.target, e.change_xid::text AS position
+        FROM billing_events e
+        WHERE e.change_xid >= $1::text::xid8
+          AND (e.change_xid > $1::text::xid8 OR $2::uuid IS NULL
+               OR (e.tenant_id, e.event_id) > ($2::uuid, $3::text))
+          AND e.change_xid < horizon.xid
+        ORDER BY e.change_xid, e.tenant_id, e.event_id
+        LIMIT $4
+    ) page ON true"""
+
+
+async def upload_billing_events(
+    connection: Connection, events: Sequence[SharedBillingEvent], node_id: str
+) -> int:
+    """Store `events` centrally, in one transaction; how many were new there."""
+    if not events:
+        return 0
+    columns = [[getattr(e, name) for e in events] for name in _FIELDS] + [[node_id] * len(events)]
+    with translated(f"uploading {len(events)} billing events"):
+        async with connection.transaction():
+            status = await connection.execute(_UPLOAD, *columns)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def download_billing_events(
+    connection: Connection, since: Position, limit: int, bound: int
+) -> tuple[list[SharedBillingEvent], Position]:
+    """Up to `limit` events stored after `since` and below the horizon (never past `bound`),
+    and where to resume."""
+    after_tenant, after_event = since.key_bound(2)
+    with translated("downloading billing events"):
+        records = await connection.fetch(
+            _CHANGES, str(since.xid), after_tenant, after_event, limit, str(bound)
+        )
+    events = [
+        SharedBillingEvent(
+            r["event_id"],
+            r["tenant_id"],
+            r["type"],
+            r["created"],
+            r["customer_id"],
+            r["subscription_id"],
+            r["target"],
+        )
+        for r in records
+        if r["event_id"] is not None
+    ]
+    if len(events) == limit:
+        last = records[-1]
+        return events, since.after_page(
+            int(last["position"]), (last["tenant_id"], last["event_id"])
+        )
+    return events, since.at_horizon(int(records[0]["horizon"]))

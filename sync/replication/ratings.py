@@ -1,0 +1,167 @@
+"""Ratings on the central database: the upload upsert and the per-tenant download of changes.
+
+Both sides apply one conflict rule, the same as every edge (`edge_node.rating.replication.wins`):
+a row replaces another only when its (updated_at, origin_node) is greater. origin_node is
+compared byte by byte (`COLLATE "C"`), as SQLite and Python compare text; the database's own
+collation could order 'Node-b' and 'node-a' differently on another server. A row that does
+not win changes nothing, not even its change position, so uploading a batch twice (a retry
+after a lost COMMIT acknowledgement) is a no-op.
+
+Comments travel sealed (`comment_sealed`, migration 0005): the bytes an edge stores are the
+bytes the central database stores and every other edge downloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from edge_node.rating.store import RatingRow, wins
+from sync.postgres import translated
+from sync.replication.positions import Position
+
+if TYPE_CHECKING:
+    from sync.postgres import Connection
+
+# One statement per batch: the columns travel as ten arrays, which PostgreSQL turns back into
+# rows; far cheaper than one INSERT per row, whatever the driver pipelines.
+_UPSERT = """
+    INSERT INTO ratings AS current (tenant_id, id, user_id, item_id, score, comment_sealed,
+                                    created_at, updated_at, origin_node, deleted)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int2[],
+                         $6::bytea[], $7::int8[], $8::int8[], $9::text[], $10::bool[])
+    ON CONFLICT (tenant_id, user_id, item_id) DO UPDATE SET
+        score = excluded.score,
+        comment = NULL,
+        comment_sealed = excluded.comment_sealed,
+        created_at = excluded.created_at,
+        updated_at = excluded.updated_at,
+        origin_node = excluded.origin_node,
+        deleted = excluded.deleted
+    WHERE (excluded.updated_at, excluded.origin_node COLLATE "C")
+        > (current.updated_at, current.origin_node COLLATE "C")"""
+
+# One statement, hence one snapshot, for the horizon and the page: the horizon is the oldest
+# transaction running in the very snapshot the rows are read from.
+_CHANGES = """
+    WITH horizon AS MATERIALIZED (
+        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
+    )
+    SELECT horizon.xid::text AS horizon, page.*
+    FROM horizon LEFT JOIN LATERAL (
+        SELECT r.id::text AS id, r.user_id, r.item_id, r.score, r.comment_sealed, r.created_at,
+               r.updated_at, r.origin_node, r.deleted, r.change_xid::text AS position
+        FROM ratings r
+        WHERE r.tenant_id = $1
+          AND r.change_xid >= $2::text::xid8
+          AND (r.change_xid > $2::text::xid8 OR $3::uuid IS NULL OR r.id > $3::uuid)
+          AND r.change_xid < horizon.xid
+        ORDER BY r.change_xid, r.id
+        LIMIT $4
+    ) page ON true"""
+
+# Every tenant of the shard at once (index ratings_shard_changes, migration 0003), so an edge
+# opens only the tenant files that have changes; the key after change_xid is (tenant_id, id).
+_SHARD_CHANGES = """
+    WITH horizon AS MATERIALIZED (
+        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
+    )
+    SELECT horizon.xid::text AS horizon, page.*
+    FROM horizon LEFT JOIN LATERAL (
+        SELECT r.tenant_id::text AS tenant_id, r.id::text AS id, r.user_id, r.item_id,
+               r.score, r.comment_sealed, r.created_at, r.updated_at, r.origin_node, r.deleted,
+               r.change_xid::text AS position
+        FROM ratings r
+        WHERE r.change_xid >= $1::text::xid8
+          AND (r.change_xid > $1::text::xid8 OR $2::uuid IS NULL
+               OR (r.tenant_id, r.id) > ($2::uuid, $3::uuid))
+          AND r.change_xid < horizon.xid
+        ORDER BY r.change_xid, r.tenant_id, r.id
+        LIMIT $4
+    ) page ON true"""
+
+
+def latest_per_rating(rows: Sequence[RatingRow]) -> list[RatingRow]:
+    """One row per (tenant, user, item), the winner under the rule: an upsert may touch a row
+    only once per statement."""
+    latest: dict[tuple[str, str, str], RatingRow] = {}
+    for row in rows:
+        key = (row.tenant_id, row.user_id, row.item_id)
+        held = latest.get(key)
+        if held is None or wins(row, held):
+            latest[key] = row
+    return list(latest.values())
+
+
+async def upload_ratings(connection: Connection, rows: Sequence[RatingRow]) -> int:
+    """Upsert `rows` in one transaction under the conflict rule; how many rows changed."""
+    rows = latest_per_rating(rows)
+    if not rows:
+        return 0
+    columns = (
+        [r.tenant_id for r in rows],
+        [r.id for r in rows],
+        [r.user_id for r in rows],
+        [r.item_id for r in rows],
+        [r.score for r in rows],
+        [r.comment_sealed for r in rows],
+        [r.created_at for r in rows],
+        [r.updated_at for r in rows],
+        [r.origin_node for r in rows],
+        [r.deleted for r in rows],
+    )
+    with translated(f"uploading {len(rows)} ratings"):
+        async with connection.transaction():
+            status = await connection.execute(_UPSERT, *columns)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def download_ratings(
+    connection: Connection, tenant_id: str, since: Position, limit: int, bound: int
+) -> tuple[list[RatingRow], Position]:
+    """Up to `limit` of the tenant's rows changed after `since` and below the horizon, in
+    (change_xid, id) order, and the position to resume from. Fewer than `limit` rows means
+    the tenant is read up to the horizon. The horizon never passes `bound`, the round's
+    durable bound (positions.durable_bound)."""
+    (after_id,) = since.key_bound(1)
+    with translated(f"downloading ratings of tenant {tenant_id}"):
+        records = await connection.fetch(
+            _CHANGES, tenant_id, str(since.xid), after_id, limit, str(bound)
+        )
+    rows = [_rating(r, tenant_id) for r in records if r["id"] is not None]
+    if len(rows) == limit:
+        last = records[-1]
+        return rows, since.after_page(int(last["position"]), (last["id"],))
+    return rows, since.at_horizon(int(records[0]["horizon"]))
+
+
+async def download_shard_ratings(
+    connection: Connection, since: Position, limit: int, bound: int
+) -> tuple[list[RatingRow], Position]:
+    """Like `download_ratings`, for every tenant of the shard at once, in (change_xid,
+    tenant_id, id) order; the horizon never passes `bound`."""
+    after_tenant, after_id = since.key_bound(2)
+    with translated("downloading the shard's rating changes"):
+        records = await connection.fetch(
+            _SHARD_CHANGES, str(since.xid), after_tenant, after_id, limit, str(bound)
+        )
+    rows = [_rating(r, r["tenant_id"]) for r in records if r["id"] is not None]
+    if len(rows) == limit:
+        last = records[-1]
+        return rows, since.after_page(int(last["position"]), (last["tenant_id"], last["id"]))
+    return rows, since.at_horizon(int(records[0]["horizon"]))
+
+
+def _rating(r: Any, tenant_id: str) -> RatingRow:
+    return RatingRow(
+        r["id"],
+        tenant_id,
+        r["user_id"],
+        r["item_id"],
+        r["score"],
+        r["comment_sealed"],
+        r["created_at"],
+        r["updated_at"],
+        r["origin_node"],
+        r["deleted"],
+    )

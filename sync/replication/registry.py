@@ -1,0 +1,181 @@
+"""The tenant registry on the central database: uploading this node's tenants and keys, and
+downloading every change to tenants and keys since a checkpoint.
+
+The rule (docs/sync.md, "The tenant registry"): the central row is a tenant's truth. An edge
+uploads a tenant only to create it (`ON CONFLICT DO NOTHING`); status, plan, rate limit and
+name are changed centrally and flow down. A key is created anywhere; its hash and role are
+then the central ones; its revocation is kept wherever it happened, the earliest time winning,
+and never undone by a sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from edge_node.tenants.registry import KeyRecord, RegistryChange, TenantRecord
+from sync.postgres import translated
+from sync.replication.positions import Position
+
+if TYPE_CHECKING:
+    from sync.postgres import Connection
+
+_UPLOAD_TENANTS = """
+    INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,
+                         stripe_customer_id, created_at, updated_at)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
+                         $6::text[], $7::int8[], $8::int8[])
+    ON CONFLICT (tenant_id) DO NOTHING"""
+
+_UPLOAD_KEYS = """
+    INSERT INTO api_keys AS current (tenant_id, key_id, key_hash, role, created_at, revoked_at)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
+    ON CONFLICT (tenant_id, key_id) DO UPDATE SET revoked_at = excluded.revoked_at
+    WHERE excluded.revoked_at IS NOT NULL
+      AND (current.revoked_at IS NULL OR excluded.revoked_at < current.revoked_at)"""
+
+# A Stripe customer provisioned on an edge fills the central row once, never replacing one.
+_UPLOAD_CUSTOMERS = """
+    UPDATE tenants t SET stripe_customer_id = u.customer_id
+    FROM unnest($1::uuid[], $2::text[]) AS u (tenant_id, customer_id)
+    WHERE t.tenant_id = u.tenant_id AND t.stripe_customer_id IS NULL
+      AND u.customer_id IS NOT NULL"""
+
+_TENANT_FIELDS = (
+    "tenant_id",
+    "name",
+    "status",
+    "plan",
+    "rate_limit_per_minute",
+    "stripe_customer_id",
+    "created_at",
+    "updated_at",
+)
+_KEY_FIELDS = ("tenant_id", "key_id", "key_hash", "role", "created_at", "revoked_at")
+
+_TENANT_COLUMNS = """t.tenant_id::text AS tenant_id, t.name, t.status, t.plan,
+    t.rate_limit_per_minute, t.stripe_customer_id, t.created_at, t.updated_at"""
+
+# Like ratings (sync/replication/ratings.py): the horizon and the page come from one statement's
+# snapshot.
+_TENANT_CHANGES = f"""
+    WITH horizon AS MATERIALIZED (
+        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::text::xid8) AS xid
+    )
+    SELECT horizon.xid::text AS horizon, page.*
+    FROM horizon LEFT JOIN LATERAL (
+        SELECT {_TENANT_COLUMNS}, t.change_xid::text AS position
+        FROM tenants t
+        WHERE t.change_xid >= $1::text::xid8
+          AND (t.change_xid > $1::text::xid8 OR $2::uuid IS NULL OR t.tenant_id > $2::uuid)
+          AND t.change_xid < horizon.xid
+        ORDER BY t.change_xid, t.tenant_id
+        LIMIT $3
+    ) page ON true"""  # noqa: S608 - constant text, no input
+
+# Each key comes with its tenant's current row, so an edge never holds a key whose tenant it
+# has not got yet (its foreign key), whatever order the two changed in.
+_KEY_CHANGES = f"""
+    WITH horizon AS MATERIALIZED (
+        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
+    )
+    SELECT horizon.xid::text AS horizon, page.*
+    FROM horizon LEFT JOIN LATERAL (
+        SELECT k.key_id, k.key_hash, k.role, k.created_at AS key_created_at, k.revoked_at,
+               k.change_xid::text AS position, {_TENANT_COLUMNS}
+        FROM api_keys k JOIN tenants t ON t.tenant_id = k.tenant_id
+        WHERE k.change_xid >= $1::text::xid8
+          AND (k.change_xid > $1::text::xid8 OR $2::uuid IS NULL
+               OR (k.tenant_id, k.key_id) > ($2::uuid, $3::text))
+          AND k.change_xid < horizon.xid
+        ORDER BY k.change_xid, k.tenant_id, k.key_id
+        LIMIT $4
+    ) page ON true"""  # noqa: S608 - constant text, no input
+
+
+async def upload_registry(connection: Connection, changes: Sequence[RegistryChange]) -> int:
+    """Create the tenants and keys of `changes` centrally and carry their revocations, in one
+    transaction; how many central rows changed."""
+    tenants = list({c.tenant.tenant_id: c.tenant for c in changes}.values())
+    keys = [c.key for c in changes if c.key is not None]
+    if not tenants:
+        return 0
+    tenant_columns = _columns(tenants, _TENANT_FIELDS)
+    key_columns = _columns(keys, _KEY_FIELDS)
+    with translated(f"uploading {len(tenants)} tenants and {len(keys)} keys"):
+        async with connection.transaction():
+            changed = _count(await connection.execute(_UPLOAD_TENANTS, *tenant_columns))
+            changed += _count(
+                await connection.execute(_UPLOAD_CUSTOMERS, tenant_columns[0], tenant_columns[5])
+            )
+            if keys:
+                changed += _count(await connection.execute(_UPLOAD_KEYS, *key_columns))
+    return changed
+
+
+async def download_tenants(
+    connection: Connection, since: Position, limit: int, bound: int
+) -> tuple[list[TenantRecord], Position]:
+    """Up to `limit` tenants changed after `since` and below the horizon (never past `bound`,
+    the round's durable bound), and where to resume."""
+    (after,) = since.key_bound(1)
+    with translated("downloading tenants"):
+        records = await connection.fetch(_TENANT_CHANGES, str(since.xid), after, limit, str(bound))
+    tenants = [_tenant(r) for r in records if r["tenant_id"] is not None]
+    if len(tenants) == limit:
+        last = records[-1]
+        return tenants, since.after_page(int(last["position"]), (last["tenant_id"],))
+    return tenants, since.at_horizon(int(records[0]["horizon"]))
+
+
+async def download_keys(
+    connection: Connection, since: Position, limit: int, bound: int
+) -> tuple[list[tuple[KeyRecord, TenantRecord]], Position]:
+    """Up to `limit` keys changed after `since` and below the horizon (never past `bound`),
+    each with its tenant."""
+    after_tenant, after_key = since.key_bound(2)
+    with translated("downloading API keys"):
+        records = await connection.fetch(
+            _KEY_CHANGES, str(since.xid), after_tenant, after_key, limit, str(bound)
+        )
+    keys = [
+        (
+            KeyRecord(
+                r["key_id"],
+                r["tenant_id"],
+                r["key_hash"],
+                r["role"],
+                r["key_created_at"],
+                r["revoked_at"],
+            ),
+            _tenant(r),
+        )
+        for r in records
+        if r["key_id"] is not None
+    ]
+    if len(keys) == limit:
+        last = records[-1]
+        return keys, since.after_page(int(last["position"]), (last["tenant_id"], last["key_id"]))
+    return keys, since.at_horizon(int(records[0]["horizon"]))
+
+
+def _tenant(record: Any) -> TenantRecord:
+    return TenantRecord(
+        record["tenant_id"],
+        record["name"],
+        record["status"],
+        record["plan"],
+        record["rate_limit_per_minute"],
+        record["stripe_customer_id"],
+        record["created_at"],
+        record["updated_at"],
+    )
+
+
+def _columns(rows: Sequence[object], names: tuple[str, ...]) -> list[list[Any]]:
+    """Rows as one list per column, in the order of `names`, for unnest()."""
+    return [[getattr(row, name) for row in rows] for name in names]
+
+
+def _count(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,44 @@
+"""Fixtures for Stripe tests: the stand-in on loopback, a gateway to it, a bootstrapped catalog."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_node.tenants.registry import TenantRegistry
+from sync.stripe.catalog import BillingCatalog
+from sync.stripe.gateway import StripeGateway
+from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
+from tests.sync.stripe.support import StandinProcess
+
+METER_EVENT = "edge_node_requests"
+
+
+@pytest.fixture
+async def gateway(standin: StripeStandin) -> AsyncIterator[StripeGateway]:
+    """The adapter pointed at the stand-in, with short timeouts and no SDK retries."""
+    adapter = StripeGateway(lambda: DEFAULT_API_KEY, api_base=standin.url, timeout_seconds=10)
+    yield adapter
+    await adapter.close()
+
+
+@pytest.fixture
+async def catalog(gateway: StripeGateway) -> BillingCatalog:
+    return await gateway.bootstrap(meter_event_name=METER_EVENT)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[TenantRegistry]:
+    opened = TenantRegistry.open(tmp_path / "node")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def standin_process() -> Iterator[StandinProcess]:
+    """The stand-in as its own process, controlled over its admin API."""
+    process = StandinProcess.start()
+    yield process
+    process.stop()

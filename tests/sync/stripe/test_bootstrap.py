@@ -1,0 +1,134 @@
+"""`edge-node stripe bootstrap`: the meter, product and plan prices, created once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_node.cli import main as cli
+from edge_node.errors import TransientSyncError
+from sync.stripe.catalog import FILE_NAME, load_catalog
+from sync.stripe.gateway import StripeGateway
+from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
+from tests.sync.stripe.conftest import METER_EVENT
+
+
+def write_config(tmp_path: Path, standin: StripeStandin, **stripe: Any) -> Path:
+    """A TOML file pointing `[stripe]` at the stand-in, the key in its own file."""
+    key_file = tmp_path / "stripe.key"
+    key_file.write_text(DEFAULT_API_KEY + "\n")
+    settings = {"api_key_file": str(key_file), "api_base": standin.url, **stripe}
+    lines = [f'data_dir = "{tmp_path / "data"}"', 'node_id = "test-node"', "[stripe]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    path = tmp_path / "edge-node.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def run_cli(*argv: str) -> tuple[int, str, str]:
+    """The CLI in a thread (it runs its own event loop) while the stand-in serves on ours."""
+    out, err = io.StringIO(), io.StringIO()
+
+    def call() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return cli.main(list(argv))
+
+    code = await asyncio.to_thread(call)
+    return code, out.getvalue(), err.getvalue()
+
+
+def posts(standin: StripeStandin) -> int:
+    return sum(n for endpoint, n in standin.calls.items() if endpoint.startswith("POST"))
+
+
+class TestGatewayBootstrap:
+    async def test_it_creates_the_meter_product_and_three_prices(
+        self, standin: StripeStandin, gateway: StripeGateway
+    ) -> None:
+        """One sum meter on the event name; payg per unit and tiered graduated, both metered
+        on that meter; flat a licensed monthly fee."""
+        catalog = await gateway.bootstrap(meter_event_name=METER_EVENT)
+        (meter,) = standin.account.meters.values()
+        assert (meter["id"], meter["event_name"]) == (catalog.meter_id, METER_EVENT)
+        assert meter["default_aggregation"] == {"formula": "sum"}
+        prices = {plan: standin.account.prices[pid] for plan, pid in catalog.price_ids.items()}
+        assert prices["payg"]["recurring"]["meter"] == catalog.meter_id
+        assert prices["payg"]["billing_scheme"] == "per_unit"
+        assert prices["tiered"]["recurring"]["usage_type"] == "metered"
+        assert prices["tiered"]["tiers_mode"] == "graduated"
+        assert prices["flat"]["recurring"] == {
+            "interval": "month",
+            "usage_type": "licensed",
+            "meter": None,
+        }
+        assert {p["product"] for p in prices.values()} == {catalog.product_id}
+
+    async def test_running_it_again_creates_nothing(
+        self, standin: StripeStandin, gateway: StripeGateway
+    ) -> None:
+        """A second bootstrap finds everything (meter by event name, product by id, prices by
+        lookup key), returns the same ids and makes no create call."""
+        first = await gateway.bootstrap(meter_event_name=METER_EVENT)
+        created = posts(standin)
+        again = await gateway.bootstrap(meter_event_name=METER_EVENT)
+        assert again == first
+        assert posts(standin) == created
+        assert (len(standin.account.meters), len(standin.account.prices)) == (1, 3)
+
+    async def test_a_bootstrap_cut_short_is_finished_by_the_next(
+        self, standin: StripeStandin, gateway: StripeGateway
+    ) -> None:
+        """Stripe failing half-way (the meter and product made, prices refused) leaves some
+        objects; the next run completes the rest without duplicating any."""
+        standin.set_switches(fail=True, only="/v1/prices")
+        with pytest.raises(TransientSyncError):
+            await gateway.bootstrap(meter_event_name=METER_EVENT)
+        assert (len(standin.account.meters), len(standin.account.products)) == (1, 1)
+        standin.set_switches(fail=False)
+        catalog = await gateway.bootstrap(meter_event_name=METER_EVENT)
+        assert set(standin.account.prices) == set(catalog.price_ids.values())
+        assert (len(standin.account.meters), len(standin.account.prices)) == (1, 3)
+
+
+class TestCommand:
+    async def test_it_writes_and_prints_the_catalog_once(
+        self, tmp_path: Path, standin: StripeStandin
+    ) -> None:
+        """The command writes the ids to stripe-catalog.json in data_dir and prints them; run
+        twice it prints the same ids and creates nothing new."""
+        config = write_config(tmp_path, standin)
+        code, out, _ = await run_cli("--config", str(config), "stripe", "bootstrap")
+        assert code == 0
+        printed = json.loads(out)
+        path = tmp_path / "data" / FILE_NAME
+        assert printed["catalog_file"] == str(path)
+        saved = load_catalog(path)
+        assert saved is not None
+        assert printed["price_ids"] == dict(saved.price_ids)
+        created = posts(standin)
+        code, again, _ = await run_cli("--config", str(config), "stripe", "bootstrap")
+        assert (code, json.loads(again)) == (0, printed)
+        assert posts(standin) == created
+
+    async def test_without_a_key_file_it_is_a_configuration_error(self, tmp_path: Path) -> None:
+        """Stripe not configured: exit 78 with a message naming stripe.api_key_file."""
+        code, _, err = await run_cli("--data-dir", str(tmp_path), "stripe", "bootstrap")
+        assert code == cli.EXIT_CONFIG
+        assert "stripe.api_key_file" in err
+
+    async def test_stripe_unreachable_exits_69(
+        self, tmp_path: Path, standin: StripeStandin
+    ) -> None:
+        """Stripe failing: exit 69 (try again later) and no catalog file."""
+        standin.set_switches(fail=True)
+        config = write_config(tmp_path, standin)
+        code, _, err = await run_cli("--config", str(config), "stripe", "bootstrap")
+        assert code == cli.EXIT_UNAVAILABLE
+        assert "Stripe" in err
+        assert not (tmp_path / "data" / FILE_NAME).exists()

@@ -1,0 +1,398 @@
+"""The Stripe stand-in follows Stripe's documented rules, driven by the official SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import stripe
+
+from sync.stripe.catalog import BillingCatalog
+from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin, price_amount
+from sync.stripe.standin.forms import decode_form
+from tests.sync.stripe.conftest import METER_EVENT
+from tests.sync.stripe.support import StandinProcess
+
+DAY = 86_400
+
+
+@pytest.fixture
+async def client(standin: StripeStandin) -> AsyncIterator[stripe.StripeClient]:
+    """A plain StripeClient on the stand-in: no adapter in between, no retries."""
+    async with plain_client(standin, seconds=10) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def plain_client(
+    standin: StripeStandin, seconds: float
+) -> AsyncIterator[stripe.StripeClient]:
+    http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=seconds))
+    try:
+        yield stripe.StripeClient(
+            DEFAULT_API_KEY,
+            base_addresses={"api": standin.url},
+            max_network_retries=0,
+            http_client=http,
+        )
+    finally:
+        await http.close_async()
+
+
+async def meter_event(
+    client: stripe.StripeClient,
+    customer: str,
+    identifier: str,
+    *,
+    value: int = 1,
+    timestamp: int | None = None,
+    key: str | None = None,
+) -> Any:
+    params: Any = {
+        "event_name": METER_EVENT,
+        "identifier": identifier,
+        "timestamp": int(time.time()) if timestamp is None else timestamp,
+        "payload": {"stripe_customer_id": customer, "value": str(value)},
+    }
+    return await client.v1.billing.meter_events.create_async(
+        params, {"idempotency_key": key} if key else None
+    )
+
+
+async def new_customer(client: stripe.StripeClient, tenant: str = "t-1") -> str:
+    customer = await client.v1.customers.create_async(
+        {"name": tenant, "metadata": {"tenant_id": tenant}}
+    )
+    return str(customer.id)
+
+
+class TestForms:
+    def test_bracket_notation_nests_tables_and_lists(self) -> None:
+        """`items[0][price]`, `metadata[k]` and `tiers[1][up_to]` decode to lists and tables."""
+        form = decode_form(
+            "items[0][price]=p1&items[1][price]=p2&metadata[tenant_id]=t&tiers[0][up_to]=5"
+            "&tiers[1][up_to]=inf&name=a%20b"
+        )
+        assert form == {
+            "items": [{"price": "p1"}, {"price": "p2"}],
+            "metadata": {"tenant_id": "t"},
+            "tiers": [{"up_to": "5"}, {"up_to": "inf"}],
+            "name": "a b",
+        }
+
+
+class TestAuthentication:
+    async def test_a_wrong_key_gets_401(self, standin: StripeStandin) -> None:
+        """A Bearer key the stand-in does not hold is refused with 401 api_key_invalid."""
+        http = stripe.AIOHTTPClient()
+        wrong = stripe.StripeClient(
+            "sk_test_wrong", base_addresses={"api": standin.url}, http_client=http
+        )
+        try:
+            with pytest.raises(stripe.AuthenticationError) as raised:
+                await wrong.v1.customers.create_async({"name": "x"})
+        finally:
+            await http.close_async()
+        assert raised.value.http_status == 401
+        assert standin.account.customers == {}
+
+
+class TestIdempotency:
+    async def test_same_key_same_parameters_replays_the_answer(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """A second create with the same key and parameters gets the first object back, marked
+        Idempotent-Replayed, and nothing new is created."""
+        params: Any = {"name": "acme", "metadata": {"tenant_id": "t-1"}}
+        first = await client.v1.customers.create_async(params, {"idempotency_key": "k1"})
+        again = await client.v1.customers.create_async(params, {"idempotency_key": "k1"})
+        assert again.id == first.id
+        assert again.last_response is not None
+        assert again.last_response.headers["Idempotent-Replayed"] == "true"
+        assert len(standin.account.customers) == 1
+
+    async def test_same_key_other_parameters_is_refused(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """Reusing a key with other parameters is a 400 idempotency_error."""
+        await client.v1.customers.create_async({"name": "acme"}, {"idempotency_key": "k1"})
+        with pytest.raises(stripe.IdempotencyError) as raised:
+            await client.v1.customers.create_async({"name": "other"}, {"idempotency_key": "k1"})
+        assert raised.value.http_status == 400
+        assert len(standin.account.customers) == 1
+
+    async def test_keys_are_pruned_after_24_hours(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """Past 24 hours of the stand-in's clock a key is new again: a second object."""
+        first = await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
+        standin.clock.advance(DAY + 1)
+        again = await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
+        assert again.id != first.id
+
+    async def test_a_500_is_saved_and_replayed_for_its_key(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """As Stripe does ("including 500 errors"), a 500 produced while the request executed
+        is saved: the same key gets it again, replayed, even once Stripe is healthy; a new
+        key does the work."""
+        standin.set_switches(fail=True)
+        with pytest.raises(stripe.APIError):
+            await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
+        standin.set_switches(fail=False)
+        with pytest.raises(stripe.APIError) as replayed:
+            await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
+        assert replayed.value.headers is not None
+        assert replayed.value.headers.get("Idempotent-Replayed") == "true"
+        created = await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k2"})
+        assert created.last_response is not None
+        assert "Idempotent-Replayed" not in created.last_response.headers
+
+    async def test_a_refused_request_saves_no_answer(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """A 4xx (here a 429) leaves the key free, as Stripe saves nothing for a request
+        that did not begin executing: the retry does the work."""
+        standin.set_switches(throttle=True)
+        with pytest.raises(stripe.RateLimitError):
+            await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
+        standin.set_switches(throttle=False)
+        created = await client.v1.customers.create_async({"name": "a"}, {"idempotency_key": "k1"})
+        assert created.last_response is not None
+        assert "Idempotent-Replayed" not in created.last_response.headers
+
+
+class TestMeterEvents:
+    async def test_accepted_values_are_counted_per_customer(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """Each accepted meter event adds its value to its customer's billed total."""
+        ana, bob = await new_customer(client, "ana"), await new_customer(client, "bob")
+        await meter_event(client, ana, "e1", value=3)
+        await meter_event(client, ana, "e2", value=4)
+        await meter_event(client, bob, "e3", value=5)
+        assert (standin.billed(ana), standin.billed(bob)) == (7, 5)
+
+    async def test_a_duplicate_identifier_is_refused_and_not_counted(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """An identifier already recorded (other Idempotency-Key) is a 400 naming it, and
+        its value is not counted twice."""
+        customer = await new_customer(client)
+        await meter_event(client, customer, "batch-1", value=10)
+        with pytest.raises(stripe.InvalidRequestError) as raised:
+            await meter_event(client, customer, "batch-1", value=10)
+        assert raised.value.http_status == 400
+        assert raised.value.code == "resource_already_exists"
+        assert "already exists with identifier batch-1" in str(raised.value.user_message)
+        assert standin.billed(customer) == 10
+
+    async def test_identifiers_are_forgotten_after_24_hours(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """Past the dedup window the same identifier is accepted and counted again: why a
+        batch in doubt must not be resent blindly a day later."""
+        customer = await new_customer(client)
+        await meter_event(client, customer, "batch-1", value=10)
+        standin.clock.advance(DAY + 1)
+        await meter_event(client, customer, "batch-1", value=10, timestamp=int(standin.clock.now()))
+        assert standin.billed(customer) == 20
+
+    @pytest.mark.parametrize(
+        ("offset", "accepted"),
+        [(-35 * DAY + 60, True), (-35 * DAY - 60, False), (240, True), (360, False)],
+    )
+    async def test_timestamps_within_35_days_back_and_5_minutes_ahead(
+        self, standin: StripeStandin, client: stripe.StripeClient, offset: int, accepted: bool
+    ) -> None:
+        """A timestamp more than 35 days old or more than 5 minutes ahead is a 400."""
+        customer = await new_customer(client)
+        timestamp = int(standin.clock.now()) + offset
+        if accepted:
+            await meter_event(client, customer, "e", value=2, timestamp=timestamp)
+        else:
+            with pytest.raises(stripe.InvalidRequestError) as raised:
+                await meter_event(client, customer, "e", value=2, timestamp=timestamp)
+            assert raised.value.param == "timestamp"
+        assert standin.billed(customer) == (2 if accepted else 0)
+
+    async def test_the_35_day_limit_follows_the_stand_in_clock(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """Jumping the clock 36 days makes an event stamped now too old."""
+        customer = await new_customer(client)
+        stamped = int(time.time())
+        standin.clock.advance(36 * DAY)
+        with pytest.raises(stripe.InvalidRequestError):
+            await meter_event(client, customer, "e", timestamp=stamped)
+
+    async def test_an_unknown_customer_is_refused(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """A meter event for a customer that does not exist is a 400 resource_missing."""
+        with pytest.raises(stripe.InvalidRequestError) as raised:
+            await meter_event(client, "cus_nobody", "e")
+        assert raised.value.code == "resource_missing"
+
+    async def test_one_concurrent_call_per_customer_and_meter(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """While a meter event call for a customer is in flight a second one for the same
+        customer gets 429 rate_limit; another customer's call goes through."""
+        ana, bob = await new_customer(client, "ana"), await new_customer(client, "bob")
+        standin.set_switches(latency=0.3)
+        results = await asyncio.gather(
+            meter_event(client, ana, "a1"),
+            meter_event(client, ana, "a2"),
+            meter_event(client, bob, "b1"),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, Exception)]
+        assert len(refused) == 1
+        assert isinstance(refused[0], stripe.RateLimitError)
+        assert refused[0].http_status == 429
+        assert (standin.billed(ana), standin.billed(bob)) == (1, 1)
+
+
+class TestSwitches:
+    async def test_fail_answers_500(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """`fail` makes every API call a 500 api_error."""
+        standin.set_switches(fail=True)
+        with pytest.raises(stripe.APIError) as raised:
+            await new_customer(client)
+        assert raised.value.http_status == 500
+
+    async def test_throttle_answers_429_with_retry_after(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """`throttle` makes every API call a 429 with a Retry-After header."""
+        standin.set_switches(throttle=True)
+        with pytest.raises(stripe.RateLimitError) as raised:
+            await new_customer(client)
+        assert raised.value.headers is not None
+        assert raised.value.headers["Retry-After"] == "1"
+
+    async def test_drop_closes_the_connection(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """`drop` closes the connection without an answer and without doing anything."""
+        standin.set_switches(drop=True)
+        with pytest.raises(stripe.APIConnectionError):
+            await new_customer(client)
+        assert standin.account.customers == {}
+
+    async def test_hang_never_answers(self, standin: StripeStandin) -> None:
+        """`hang` accepts the call and never answers: the client times out."""
+        standin.set_switches(hang=True)
+        async with plain_client(standin, seconds=0.5) as client:
+            with pytest.raises(stripe.APIConnectionError):
+                await new_customer(client)
+
+    async def test_lose_answers_does_the_work_then_drops_the_answer(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """`lose_answers` records the event, then closes the connection: the caller cannot
+        tell; its retry with the same Idempotency-Key gets the saved answer."""
+        customer = await new_customer(client)
+        standin.set_switches(lose_answers=True)
+        with pytest.raises(stripe.APIConnectionError):
+            await meter_event(client, customer, "e1", value=5, key="mk-1")
+        assert standin.billed(customer) == 5
+        standin.set_switches(lose_answers=False)
+        replayed = await meter_event(client, customer, "e1", value=5, key="mk-1")
+        assert replayed.last_response is not None
+        assert replayed.last_response.headers["Idempotent-Replayed"] == "true"
+        assert standin.billed(customer) == 5
+
+    async def test_latency_delays_every_call(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """`latency` holds every call that long."""
+        standin.set_switches(latency=0.2)
+        started = time.monotonic()
+        await new_customer(client)
+        assert time.monotonic() - started >= 0.2
+
+    async def test_calls_are_counted_by_endpoint(
+        self, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """Every call counts under its method and route, failed ones included."""
+        customer = await new_customer(client)
+        await meter_event(client, customer, "e1")
+        standin.set_switches(fail=True)
+        with pytest.raises(stripe.APIError):
+            await meter_event(client, customer, "e2")
+        assert standin.calls["POST /v1/customers"] == 1
+        assert standin.calls["POST /v1/billing/meter_events"] == 2
+
+
+class TestInvoicePreview:
+    async def test_metered_usage_is_priced_per_plan(
+        self,
+        standin: StripeStandin,
+        client: stripe.StripeClient,
+        catalog: BillingCatalog,
+    ) -> None:
+        """The upcoming invoice prices the usage recorded on the meter: per unit for payg,
+        graduated tiers for tiered, a flat fee for flat."""
+        expected = {}
+        for plan in ("payg", "tiered", "flat"):
+            customer = await new_customer(client, plan)
+            await client.v1.subscriptions.create_async(
+                {"customer": customer, "items": [{"price": catalog.price_ids[plan]}]}
+            )
+            await meter_event(client, customer, f"usage-{plan}", value=20_000)
+            preview = await client.v1.invoices.create_preview_async({"customer": customer})
+            expected[plan] = preview.amount_due
+        # payg: 20,000 x 0.1 c; tiered: 10,000 x 0.1 c + 10,000 x 0.05 c; flat: 49.00.
+        assert expected == {"payg": 2000, "tiered": 1500, "flat": 4900}
+
+    def test_graduated_tiers_charge_each_slice_at_its_rate(self) -> None:
+        """Graduated pricing: units up to each tier's bound at that tier's rate, plus flat."""
+        price = {
+            "billing_scheme": "tiered",
+            "tiers_mode": "graduated",
+            "tiers": [
+                {"up_to": 10, "unit_amount_decimal": "5", "flat_amount": 100},
+                {"up_to": None, "unit_amount_decimal": "1", "flat_amount": 0},
+            ],
+        }
+        assert price_amount(price, 4) == 120
+        assert price_amount(price, 15) == 155
+
+
+class TestAdminApi:
+    def test_a_stand_in_process_is_driven_over_http(self, standin_process: StandinProcess) -> None:
+        """Run as `python -m sync.stripe.standin`, it answers the API and its admin API:
+        switches, clock and state (counts, billed values) over HTTP."""
+        before = standin_process.admin("state")
+        assert before["switches"]["fail"] is False
+        assert standin_process.admin("switches", {"fail": True, "latency": 0.01})["fail"]
+        moved = standin_process.admin("clock", {"advance": DAY})
+        assert moved["clock_offset"] == DAY
+        client = stripe.StripeClient(
+            DEFAULT_API_KEY, base_addresses={"api": standin_process.url}, max_network_retries=0
+        )
+        with pytest.raises(stripe.APIError):
+            client.v1.customers.create({"name": "x"})
+        standin_process.admin("switches", {"fail": False})
+        customer = client.v1.customers.create({"name": "x"})
+        client.v1.billing.meter_events.create(
+            {
+                "event_name": METER_EVENT,
+                "identifier": "e1",
+                "timestamp": int(moved["now"]),
+                "payload": {"stripe_customer_id": str(customer.id), "value": "7"},
+            }
+        )
+        state = standin_process.admin("state")
+        assert state["billed"] == {customer.id: 7}
+        assert state["calls"]["POST /v1/customers"] == 2
+        assert standin_process.admin("reset", {})["customers"] == []

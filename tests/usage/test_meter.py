@@ -1,0 +1,326 @@
+"""Metering: one durable usage event per served billable request, never for refusals or errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+from edge_node.cli.daemon import queue_directory
+from edge_node.ids import EventIdGenerator
+from edge_node.queue import tail_records
+from edge_node.usage.meter import EVENT_RESERVATION_BYTES, UsageEvent
+from tests.conftest import NodeFactory
+from tests.support import RunningNode
+
+
+def events_on_disk(node: RunningNode) -> list[UsageEvent]:
+    """Usage events as another process would find them in the queue directory.
+
+    Filler records some tests append to fill the queue are not JSON and are skipped.
+    """
+    records = tail_records(queue_directory(node.config), 1_000_000)
+    return [UsageEvent.decode(r.payload) for r in records if r.payload.startswith(b"{")]
+
+
+async def post(
+    node: RunningNode,
+    tenant_id: str,
+    headers: dict[str, str],
+    body: dict,
+    request_id: str | None = None,
+) -> int:
+    headers = {**headers, **({"X-Request-Id": request_id} if request_id else {})}
+    async with node.session.post(
+        node.tenant_url(tenant_id, "/ratings"), json=body, headers=headers
+    ) as response:
+        await response.read()
+        return response.status
+
+
+class TestUsageEvents:
+    async def test_each_served_request_bills_its_operation_once(self, node: RunningNode) -> None:
+        """Create, update, list, score, delete and erase each append one event with its units."""
+        tenant = node.create_tenant()
+        body = {"user_id": "u1", "item_id": "i1", "score": 3}
+        assert await post(node, tenant.tenant_id, tenant.headers, body, "req-create") == 201
+        assert await post(node, tenant.tenant_id, tenant.headers, body, "req-update") == 200
+        url = node.tenant_url(tenant.tenant_id)
+        for method, path, request_id in [
+            ("GET", "/ratings", "req-list"),
+            ("GET", "/items/i1/score", "req-score"),
+            ("DELETE", "/users/u1", "req-erase"),
+        ]:
+            async with node.session.request(
+                method, url + path, headers={**tenant.headers, "X-Request-Id": request_id}
+            ) as response:
+                assert response.status == 200
+                assert response.headers["X-Request-Id"] == request_id
+        events = events_on_disk(node)
+        assert [(e.request_id, e.operation, e.status, e.units) for e in events] == [
+            ("req-create", "rating.create", 201, 1),
+            ("req-update", "rating.update", 200, 1),
+            ("req-list", "rating.list", 200, 1),
+            ("req-score", "score.read", 200, 1),
+            ("req-erase", "user.erase", 200, 1),
+        ]
+        assert {(e.tenant_id, e.node_id) for e in events} == {(tenant.tenant_id, "test-node")}
+        assert len({e.event_id for e in events}) == 5
+        assert [e.event_id for e in events] == sorted(e.event_id for e in events)
+
+    async def test_refused_and_failed_requests_never_bill(self, make_node: NodeFactory) -> None:
+        """400, 401, 403, 404 and 429 answers append nothing to the queue."""
+        node = await make_node()
+        tenant = node.create_tenant(rate_limit=2)
+        other = node.create_tenant("other")
+        await post(node, tenant.tenant_id, tenant.headers, {"score": 9})  # 400
+        await post(node, tenant.tenant_id, {"X-API-Key": "enk_nope"}, {})  # 401
+        await post(
+            node, other.tenant_id, tenant.headers, {"user_id": "u", "item_id": "i", "score": 1}
+        )  # 403
+        async with node.session.delete(
+            node.tenant_url(tenant.tenant_id, f"/ratings/{uuid.uuid4()}"), headers=tenant.headers
+        ) as response:
+            assert response.status == 404
+        async with node.session.get(
+            node.tenant_url(tenant.tenant_id, "/ratings"), headers=tenant.headers
+        ) as response:
+            assert response.status == 429
+        assert events_on_disk(node) == []
+
+    async def test_units_come_from_configuration(self, make_node: NodeFactory) -> None:
+        """An operation configured at 0 units is free; another bills its configured units."""
+        node = await make_node(**{"meter.units.score_read": 0, "meter.units.rating_create": 5})
+        tenant = node.create_tenant()
+        await post(
+            node, tenant.tenant_id, tenant.headers, {"user_id": "u", "item_id": "i", "score": 2}
+        )
+        async with node.session.get(
+            node.tenant_url(tenant.tenant_id, "/items/i/score"), headers=tenant.headers
+        ) as response:
+            assert response.status == 200
+        assert [(e.operation, e.units) for e in events_on_disk(node)] == [("rating.create", 5)]
+
+    async def test_metering_off_writes_no_queue(self, make_node: NodeFactory) -> None:
+        """With meter.enabled = false requests are served and no queue directory exists."""
+        node = await make_node(**{"meter.enabled": False})
+        tenant = node.create_tenant()
+        assert (
+            await post(
+                node, tenant.tenant_id, tenant.headers, {"user_id": "u", "item_id": "i", "score": 2}
+            )
+            == 201
+        )
+        assert not queue_directory(node.config).exists()
+
+
+class SlowFsync:
+    """An fsync that takes `delay` seconds, recording when each one finished."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.finished: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, fd: int) -> None:
+        time.sleep(self.delay)
+        os.fsync(fd)
+        with self._lock:
+            self.finished.append(time.monotonic())
+
+
+class TestDurability:
+    async def test_strict_answers_only_after_the_event_is_synced(
+        self, make_node: NodeFactory
+    ) -> None:
+        """In strict mode the response leaves after the fsync covering its event completed."""
+        fsync = SlowFsync(0.2)
+        node = await make_node(fsync=fsync, **{"meter.durability": "strict"})
+        tenant = node.create_tenant()
+        started = time.monotonic()
+        assert (
+            await post(
+                node, tenant.tenant_id, tenant.headers, {"user_id": "u", "item_id": "i", "score": 4}
+            )
+            == 201
+        )
+        answered = time.monotonic()
+        assert answered - started >= 0.2
+        assert any(started < done <= answered for done in fsync.finished)
+
+    async def test_batched_answers_before_the_sync(self, make_node: NodeFactory) -> None:
+        """In batched mode the response does not wait for the fsync of its event."""
+        fsync = SlowFsync(0.5)
+        node = await make_node(fsync=fsync, **{"meter.durability": "batched"})
+        tenant = node.create_tenant()
+        started = time.monotonic()
+        assert (
+            await post(
+                node, tenant.tenant_id, tenant.headers, {"user_id": "u", "item_id": "i", "score": 4}
+            )
+            == 201
+        )
+        assert time.monotonic() - started < 0.4
+        await node.meter.queue.flush()  # type: ignore[union-attr]
+        assert len(events_on_disk(node)) == 1
+
+
+async def fill_queue(node: RunningNode) -> None:
+    """Append filler records until less than one reservation of room is left."""
+    queue = node.meter.queue
+    assert queue is not None
+    chunk = b"x" * 60_000
+    while queue.free_bytes() > 70_000:
+        await queue.append(chunk)
+    while queue.free_bytes() >= EVENT_RESERVATION_BYTES:
+        await queue.append(b"y" * 200)
+
+
+QUEUE_SMALL = {"queue.max_bytes": 1 << 20, "queue.segment_bytes": 256 << 10}
+
+
+class TestQueueFull:
+    async def test_reject_refuses_before_doing_anything(self, make_node: NodeFactory) -> None:
+        """A full queue answers 503 with Retry-After and the rating is not written."""
+        node = await make_node(**QUEUE_SMALL)
+        tenant = node.create_tenant()
+        await fill_queue(node)
+        async with node.session.post(
+            node.tenant_url(tenant.tenant_id, "/ratings"),
+            headers=tenant.headers,
+            json={"user_id": "u", "item_id": "i", "score": 4},
+        ) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "30"
+            problem = await response.json()
+        assert problem["type"] == "urn:edge-node:problem:usage-queue-full"
+        async with node.session.get(
+            node.tenant_url(tenant.tenant_id, "/ratings"), headers=tenant.headers
+        ) as response:
+            assert response.status == 503
+        assert node.storage.stores.get(tenant.tenant_id).page().ratings == []
+        assert node.meter.stats.rejected_full == 2
+
+    async def test_serve_unmetered_serves_and_counts(self, make_node: NodeFactory) -> None:
+        """With on_full = serve_unmetered the request is served, not billed, and counted."""
+        node = await make_node(**QUEUE_SMALL, **{"meter.on_full": "serve_unmetered"})
+        tenant = node.create_tenant()
+        await fill_queue(node)
+        before = len(events_on_disk(node))
+        assert (
+            await post(
+                node, tenant.tenant_id, tenant.headers, {"user_id": "u", "item_id": "i", "score": 4}
+            )
+            == 201
+        )
+        assert node.meter.stats.unmetered == 1
+        assert len(events_on_disk(node)) == before
+
+    async def test_concurrent_requests_never_overrun_the_bound(
+        self, make_node: NodeFactory
+    ) -> None:
+        """Requests admitted together each hold room, so none is served and then left unbilled."""
+        node = await make_node(**QUEUE_SMALL)
+        tenant = node.create_tenant()
+        queue = node.meter.queue
+        assert queue is not None
+        while queue.free_bytes() > 8 * EVENT_RESERVATION_BYTES:
+            await queue.append(b"z" * 1000)
+        statuses = await asyncio.gather(
+            *[
+                post(
+                    node,
+                    tenant.tenant_id,
+                    tenant.headers,
+                    {"user_id": f"u{i}", "item_id": "i", "score": 1},
+                    f"r{i}",
+                )
+                for i in range(40)
+            ]
+        )
+        served = {f"r{i}" for i, status in enumerate(statuses) if status == 201}
+        assert served
+        assert set(statuses) == {201, 503}
+        billed = {event.request_id for event in events_on_disk(node)}
+        assert billed == served
+        assert node.meter.stats.failed == 0
+
+
+class TestEventIds:
+    def test_ids_are_uuid7_and_increase_within_a_millisecond(self) -> None:
+        """Event ids are version-7 UUIDs, strictly increasing even within one millisecond."""
+        generator = EventIdGenerator()
+        ids = [generator.new(now_ms=1_700_000_000_000) for _ in range(5000)]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 5000
+        assert {uuid.UUID(i).version for i in ids} == {7}
+
+
+class TestOperatorCommands:
+    async def test_queue_status_and_tail(self, node: RunningNode) -> None:
+        """`queue status` reports depth and oldest age; `queue tail -n` prints the newest events."""
+        tenant = node.create_tenant()
+        for i in range(3):
+            await post(
+                node,
+                tenant.tenant_id,
+                tenant.headers,
+                {"user_id": f"u{i}", "item_id": "i", "score": 2},
+                f"tail-{i}",
+            )
+        cli = [sys.executable, "-m", "edge_node.cli", "--data-dir", node.config.data_dir, "queue"]
+        status = json.loads(
+            subprocess.run([*cli, "status"], capture_output=True, text=True, check=True).stdout
+        )
+        assert status[0]["depth"] == 3
+        assert status[0]["consumers"]["billing"]["depth"] == 3
+        assert status[0]["consumers"]["billing"]["oldest_unconsumed_age_seconds"] >= 0
+        tail = subprocess.run(
+            [*cli, "tail", "-n", "2"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        assert [json.loads(line)["request_id"] for line in tail] == ["tail-1", "tail-2"]
+
+
+class FailingFsync:
+    """An fsync that starts failing with EIO once `broken` is set, like a dying disk."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def __call__(self, fd: int) -> None:
+        if self.broken:
+            raise OSError(5, "Input/output error")
+        os.fsync(fd)
+
+
+class TestDiskFailure:
+    async def test_a_failed_sync_is_reported_not_acknowledged(self, make_node: NodeFactory) -> None:
+        """When the queue cannot fsync, the request gets 503 usage-not-recorded and /readyz 503."""
+        fsync = FailingFsync()
+        node = await make_node(fsync=fsync)
+        tenant = node.create_tenant()
+        assert (
+            await post(
+                node, tenant.tenant_id, tenant.headers, {"user_id": "u", "item_id": "i", "score": 4}
+            )
+            == 201
+        )
+        async with node.session.get(f"{node.url}/readyz") as response:
+            assert response.status == 200
+        fsync.broken = True
+        async with node.session.post(
+            node.tenant_url(tenant.tenant_id, "/ratings"),
+            headers=tenant.headers,
+            json={"user_id": "u2", "item_id": "i", "score": 4},
+        ) as response:
+            assert response.status == 503
+            assert (await response.json())["type"].endswith(":usage-not-recorded")
+        async with node.session.get(f"{node.url}/readyz") as response:
+            assert response.status == 503
+            assert "usage queue cannot write" in (await response.json())["detail"]
+        assert node.meter.stats.failed >= 1
