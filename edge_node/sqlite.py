@@ -2,7 +2,9 @@
 
 Connections run in autocommit mode (`isolation_level=None`) so each store states its own
 transactions with `BEGIN IMMEDIATE`; WAL lets readers proceed while one writer commits.
-Schema versions live in `PRAGMA user_version`: migration N brings a file from N-1 to N.
+Schema versions live in `PRAGMA user_version`: migration N brings a file from N-1 to N. A file
+several concepts share (node.sqlite) versions each concept's tables apart instead: the
+component's row in `schema_versions`.
 """
 
 from __future__ import annotations
@@ -90,25 +92,75 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
-    """Apply the migrations this file has not seen yet, each in its own transaction.
+def migrate(
+    conn: sqlite3.Connection, migrations: Sequence[str], *, component: str | None = None
+) -> int:
+    """Apply the migrations this file (or, with `component`, that component of it) has not
+    seen yet, each in its own transaction.
 
     The version is read again once the write lock is held: another process opening the same
     new file at the same moment (the daemon and an `edge-node` command) may have applied the
     migration while this one waited for the lock.
     """
-    (current,) = conn.execute("PRAGMA user_version").fetchone()
+    current = schema_version(conn, component)
     for version, script in enumerate(migrations, start=1):
         if version <= current:
             continue
         with transaction(conn):
-            (current,) = conn.execute("PRAGMA user_version").fetchone()
+            current = schema_version(conn, component)
             if version <= current:
                 continue
             for statement in _statements(script):
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
+            _set_schema_version(conn, component, version)
     return len(migrations)
+
+
+def schema_version(conn: sqlite3.Connection, component: str | None = None) -> int:
+    """The file's schema version, or that of one component of it (0: none of its tables)."""
+    if component is None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        return int(version)
+    if not _has_table(conn, "schema_versions"):
+        return 0
+    row = conn.execute(
+        "SELECT version FROM schema_versions WHERE component = ?", (component,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _set_schema_version(conn: sqlite3.Connection, component: str | None, version: int) -> None:
+    if component is None:
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+        return
+    conn.execute(_SCHEMA_VERSIONS)
+    conn.execute(
+        "INSERT INTO schema_versions (component, version) VALUES (?, ?)"
+        " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+        (component, version),
+    )
+
+
+_SCHEMA_VERSIONS = """CREATE TABLE IF NOT EXISTS schema_versions (
+    component TEXT PRIMARY KEY,
+    version INTEGER NOT NULL CHECK (version > 0)
+) WITHOUT ROWID"""
+
+
+def set_component_versions(conn: sqlite3.Connection, versions: dict[str, int]) -> None:
+    """Record component versions in the caller's transaction (a file adopting components)."""
+    for component, version in versions.items():
+        if version > 0:
+            _set_schema_version(conn, component, version)
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        is not None
+    )
 
 
 def _statements(script: str) -> Iterator[str]:

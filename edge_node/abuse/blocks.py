@@ -20,6 +20,22 @@ from edge_node import sqlite
 from edge_node.clock import format_us, now_us
 from edge_node.errors import RegistryError
 
+COMPONENT = "abuse"
+MIGRATIONS = (
+    # Written by the daemon when a spike blocks an IP, listed and lifted by `edge-node
+    # blocks`; a row past expires_at is inert.
+    """
+    CREATE TABLE ip_blocks (
+        ip TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        blocked_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        rate_per_second REAL NOT NULL,
+        baseline_per_second REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class IpBlock:
@@ -55,9 +71,11 @@ _COLUMNS = "ip, reason, blocked_at, expires_at, rate_per_second, baseline_per_se
 
 
 class BlockStore:
-    """The ip_blocks table (migrated with node.sqlite by edge_node.node_database)."""
+    """The ip_blocks table: the `abuse` component of node.sqlite (edge_node.node_database)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
+        """The blocks on an open node.sqlite, their table migrated."""
+        sqlite.migrate(conn, MIGRATIONS, component=COMPONENT)
         self._conn = conn
 
     def block(self, block: IpBlock) -> None:

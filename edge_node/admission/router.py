@@ -31,7 +31,8 @@ from edge_node.errors import (
 )
 from edge_node.ids import is_uuid
 from edge_node.tenants.apikeys import key_id_of
-from edge_node.tenants.registry import ROLES, Role, TenantRegistry, TenantStatus
+from edge_node.tenants.model import ROLES, Role, TenantStatus
+from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.standing import payment_refusal
 from edge_node.usage.meter import Meter
 from edge_node.web.request_ids import request_id_of

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from edge_node.config import JwtConfig, JwtKeyConfig
 from edge_node.errors import ConfigError, Unauthorized
 from edge_node.ids import is_uuid
-from edge_node.tenants.registry import ROLES, Role
+from edge_node.tenants.model import ROLES, Role
 
 MIN_HMAC_SECRET_BYTES = 32
 _PUBLIC_KEY_TYPES: dict[str, type[Any]] = {

@@ -225,7 +225,7 @@ def start_sync(
         secrets = secrets or SecretFiles(check_interval=secret_check_interval(config))
         api_key = secrets.open(config.stripe.api_key_file, name="stripe.api_key_file")
         jobs = stripe_jobs(
-            config, storage.registry, api_key.value, queue=queue, followers=followers
+            config, storage.node_database, api_key.value, queue=queue, followers=followers
         )
     worker = SyncWorker(
         config.central,

@@ -17,7 +17,7 @@ from edge_node.cli.support import (
     EXIT_UNBILLED,
     emit,
     iso_date,
-    open_registry,
+    open_node,
     require_uuid,
 )
 from edge_node.config import Config
@@ -131,8 +131,8 @@ def _sync_status(config: Config, args: argparse.Namespace) -> int:
 def _sync_reset_checkpoints(config: Config, args: argparse.Namespace) -> int:
     from sync.replication.shard_state import reset_command  # noqa: PLC0415
 
-    with open_registry(config) as registry:
-        return emit(reset_command(registry.connection, len(config.central.dsns), args.shard))
+    with open_node(config) as node_database:
+        return emit(reset_command(node_database, len(config.central.dsns), args.shard))
 
 
 def _stripe_bootstrap(config: Config, args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ from edge_node.cli.runtime_file import RuntimeFile, process_alive
 from edge_node.clock import format_us
 from edge_node.config import Config
 from edge_node.queue import QueueError, QueueStatus, inspect_queue
+from edge_node.tenants.registry import count_by_status
+from sync.billing.ledger import ledger_totals
 
 
 def collect_status(config: Config, now_us: int) -> dict[str, Any]:
@@ -98,12 +100,6 @@ def _sync_documents(data_dir: Path) -> tuple[dict[str, Any] | None, dict[str, An
     )
 
 
-_LEDGER_TOTALS = (
-    "SELECT state, count(*), coalesce(sum(value), 0), min(planned_at), max(confirmed_at)"
-    " FROM billing_ledger GROUP BY state"
-)
-
-
 def _node_database(path: Path, now_us: int) -> tuple[dict[str, int], dict[str, Any]]:
     """Tenants by status, and the billing ledger's totals by state, read-only."""
     tenants: dict[str, int] = {}
@@ -111,10 +107,8 @@ def _node_database(path: Path, now_us: int) -> tuple[dict[str, int], dict[str, A
     if path.exists():
         with sqlite.read_only(path) as conn:
             try:
-                tenants = dict(
-                    conn.execute("SELECT status, count(*) FROM tenants GROUP BY status").fetchall()
-                )
-                states = {row[0]: row[1:] for row in conn.execute(_LEDGER_TOTALS).fetchall()}
+                tenants = count_by_status(conn)
+                states = ledger_totals(conn)
             except sqlite3.OperationalError:  # a file older than its tables: nothing yet
                 pass
     return tenants, _ledger_summary(states, now_us)

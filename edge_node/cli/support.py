@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sqlite3
 import sys
 from datetime import date
 from typing import Any
@@ -13,6 +14,7 @@ import orjson
 from edge_node.config import Config
 from edge_node.errors import RegistryError
 from edge_node.ids import is_uuid
+from edge_node.node_database import open_node_database
 from edge_node.tenants.registry import TenantRegistry
 
 EXIT_UNBILLED = 1  # billing reconcile: usage served that is neither billed nor in flight
@@ -46,6 +48,14 @@ def require_uuid(tenant_id: str) -> None:
 def emit(document: Any) -> int:
     sys.stdout.write(orjson.dumps(document).decode() + "\n")
     return 0
+
+
+def open_node(config: Config) -> contextlib.closing[sqlite3.Connection]:
+    """node.sqlite for one command, closed however the command ends: the connection the
+    stores that live in it (registry, ledger, shard state) are made on."""
+    return contextlib.closing(
+        open_node_database(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
+    )
 
 
 def open_registry(config: Config) -> contextlib.closing[TenantRegistry]:

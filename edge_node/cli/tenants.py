@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_node.cli.queues import queue_directories
-from edge_node.cli.support import emit, open_registry, positive_int, require_uuid
+from edge_node.cli.support import emit, open_node, open_registry, positive_int, require_uuid
 from edge_node.config import Config
 from edge_node.crypto.keystore import open_keyring
 from edge_node.errors import ConfigError, RegistryError
 from edge_node.rating.store import TenantStores
-from edge_node.tenants.registry import PLANS, ROLES
+from edge_node.tenants.model import PLANS, ROLES
 
 
 def add_tenant_commands(commands: Any) -> None:
@@ -105,8 +105,8 @@ def _provision_in_stripe(config: Config, tenant_id: str) -> dict[str, Any]:
     """Make the new tenant a Stripe customer now if Stripe answers; else the daemon will."""
     from sync.billing.commands import provision_tenant  # noqa: PLC0415
 
-    with open_registry(config) as registry:
-        outcome = asyncio.run(provision_tenant(config, registry, tenant_id))
+    with open_node(config) as node_database:
+        outcome = asyncio.run(provision_tenant(config, node_database, tenant_id))
     if outcome["stripe"] == "pending":
         print(
             f"edge-node: the tenant works now; Stripe provisioning is left to the running"
@@ -150,7 +150,7 @@ def _tenants_delete(config: Config, args: argparse.Namespace) -> int:
 
 
 def _keys_rotate_master(config: Config, args: argparse.Namespace) -> int:
-    from edge_node.deletion import rotate_master  # noqa: PLC0415
+    from edge_node.crypto.rotation import rotate_master  # noqa: PLC0415
 
     _refuse_while_serving(config)
     with contextlib.closing(open_keyring(config)) as keyring:

@@ -38,35 +38,18 @@ from edge_node import sqlite
 from edge_node.clock import now_us
 from edge_node.crypto import schema
 from edge_node.crypto.key_files import (
-    MASTER_KEY_BYTES,
     WrappingKey,
     read_key_file,
     retire_key_file,
     write_key_file,
 )
-from edge_node.crypto.replication import KeyReplication, SharedDataKey
+from edge_node.crypto.replication import KeyReplication
 from edge_node.crypto.sealing import TenantSealer, new_data_key
 from edge_node.durable import fsync_path
 from edge_node.errors import ConfigError, KeyMaterialError
 
 if TYPE_CHECKING:
     from edge_node.config import Config
-
-__all__ = [  # the key files' names and SharedDataKey are imported from here too
-    "DEFAULT_MASTER_KEY_FILE",
-    "KEYS_DIRECTORY",
-    "KEY_STORE_FILE",
-    "MASTER_KEY_BYTES",
-    "NEXT_SUFFIX",
-    "Keyring",
-    "SharedDataKey",
-    "WrappingKey",
-    "fleet_keys",
-    "open_keyring",
-    "read_key_file",
-    "retire_key_file",
-    "write_key_file",
-]
 
 KEYS_DIRECTORY = "keys"
 KEY_STORE_FILE = "data-keys.sqlite"

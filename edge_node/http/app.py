@@ -22,6 +22,7 @@ from edge_node.http.front import front_middleware
 from edge_node.http.guards import add_request_guards
 from edge_node.http.openapi import openapi_document
 from edge_node.metrics.node import NodeMetrics, add_metrics_route
+from edge_node.node_database import check_writable, open_node_database
 from edge_node.rating.handlers import STORES_KEY, add_routes
 from edge_node.rating.store import TenantStores
 from edge_node.secrets import SecretFiles
@@ -37,22 +38,29 @@ from edge_node.usage.meter import Meter
 from edge_node.web.answers import json_response
 
 CONFIG_KEY = web.AppKey("config", Config)
-REGISTRY_KEY = web.AppKey("registry", TenantRegistry)
+NODE_DATABASE_KEY = web.AppKey("node_database", sqlite3.Connection)
 SECRETS_KEY = web.AppKey("secrets", SecretFiles)
 
 
 @dataclass(frozen=True)
 class NodeStorage:
-    """The node's open databases: the registry and the per-tenant rating files."""
+    """The node's open databases: node.sqlite (with the registry on it) and the per-tenant
+    rating files."""
 
+    node_database: sqlite3.Connection
     registry: TenantRegistry
     stores: TenantStores
 
     @classmethod
     def open(cls, config: Config) -> NodeStorage:
-        registry = TenantRegistry.open(
+        node_database = open_node_database(
             config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms
         )
+        try:
+            registry = TenantRegistry(node_database)
+        except BaseException:
+            node_database.close()
+            raise
         stores = TenantStores(
             config.data_path / "tenants",
             node_id=config.node_id,
@@ -65,13 +73,13 @@ class NodeStorage:
             stores.keyring.master_key_id()  # a missing or wrong master key fails the start
         except BaseException:
             stores.close()
-            registry.close()
+            node_database.close()
             raise
-        return cls(registry, stores)
+        return cls(node_database, registry, stores)
 
     def close(self) -> None:
         self.stores.close()
-        self.registry.close()
+        self.node_database.close()
 
 
 def create_app(
@@ -94,9 +102,9 @@ def create_app(
         metrics = node_metrics(config)
     front = front_middleware(metrics if config.metrics.enabled else None)
     app = web.Application(middlewares=[front], client_max_size=config.server.max_body_bytes)
-    add_request_guards(app, config, storage.registry.connection, metrics_registry=metrics.registry)
+    add_request_guards(app, config, storage.node_database, metrics_registry=metrics.registry)
     app[CONFIG_KEY] = config
-    app[REGISTRY_KEY] = storage.registry
+    app[NODE_DATABASE_KEY] = storage.node_database
     app[STORES_KEY] = storage.stores
     app[METER_KEY] = meter
     verifier = TokenVerifier(load_keys(config.auth.jwt), config.auth.jwt)
@@ -110,7 +118,7 @@ def create_app(
         secrets = SecretFiles(check_interval=secret_check_interval(config))
     app[SECRETS_KEY] = secrets
     webhook_secrets = open_webhook_secrets(config.webhooks, secrets)
-    store = BillingEventStore(storage.registry.connection)
+    store = BillingEventStore(storage.node_database)
     add_webhook_routes(app, StripeWebhooks(config.webhooks, webhook_secrets, store))
     _watch(metrics, app, storage, meter)
     add_metrics_route(app, metrics)
@@ -136,7 +144,7 @@ def _watch(metrics: NodeMetrics, app: web.Application, storage: NodeStorage, met
     if meter.queue is not None:
         metrics.watch_queue(meter.queue)
     metrics.watch_webhooks(app[WEBHOOKS_KEY].stats)
-    metrics.watch_tenants(storage.registry.connection)
+    metrics.watch_tenants(storage.registry)
 
 
 def secret_check_interval(config: Config) -> float | None:
@@ -161,7 +169,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def readyz(request: web.Request) -> web.StreamResponse:
     """Ready: node.sqlite takes a write, the tenant directory is writable, the queue writes."""
     try:
-        request.app[REGISTRY_KEY].check_writable()
+        check_writable(request.app[NODE_DATABASE_KEY])
     except sqlite3.Error as exc:
         raise ServiceUnavailable(f"node.sqlite is not writable: {exc}", slug="not-ready") from None
     tenants_dir = request.app[STORES_KEY].directory

@@ -37,6 +37,7 @@ from edge_node.metrics.sources import (
     WebhookCounts,
 )
 from edge_node.queue import QueueError, WriteAheadQueue
+from edge_node.tenants.registry import TenantRegistry
 
 METRICS_PATH = "/metrics"
 # Request latency: a score read takes well under 1 ms; a strict write waits for a group
@@ -115,11 +116,9 @@ class NodeMetrics:
     def watch_webhooks(self, stats: WebhookCounts) -> None:
         self.sources.webhooks = stats
 
-    def watch_tenants(self, connection: sqlite3.Connection) -> None:
+    def watch_tenants(self, registry: TenantRegistry) -> None:
         """Tenants by status, counted in node.sqlite at each scrape."""
-        self._tenant_counter = lambda: dict(
-            connection.execute("SELECT status, COUNT(*) FROM tenants GROUP BY status").fetchall()
-        )
+        self._tenant_counter = registry.count_by_status
 
     def timed_fsync(self, fsync: Callable[[int], None] = os.fsync) -> Callable[[int], None]:
         """`fsync`, observed into edge_node_queue_fsync_duration_seconds (thread-safe)."""

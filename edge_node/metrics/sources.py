@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edge_node.queue import QueueStats, QueueStatus
-from edge_node.tenants.registry import TenantStatus
+from edge_node.tenants.model import TenantStatus
 
 TENANT_STATUSES: tuple[str, ...] = typing.get_args(TenantStatus)
 SHARD_ROW_KINDS = (

@@ -7,8 +7,8 @@ the database nor a timing side channel gives a usable key away.
 
 With a central database the registry is replicated: what that adds to TenantRegistry (the
 outbox, rows downloaded, checkpoints) is edge_node.tenants.replication. The values it hands
-out are edge_node.tenants.model, re-exported here; node.sqlite's schema and opening are
-edge_node.node_database.
+out are edge_node.tenants.model; its tables are edge_node.tenants.schema, migrated whenever a
+registry is made on a node.sqlite connection.
 """
 
 from __future__ import annotations
@@ -17,47 +17,25 @@ import hashlib
 import hmac
 import sqlite3
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from edge_node import sqlite
 from edge_node.clock import format_us, now_us
 from edge_node.errors import RegistryError
 from edge_node.node_database import open_node_database
+from edge_node.tenants import schema
 from edge_node.tenants.apikeys import key_id_of, new_api_key, new_key_id
 from edge_node.tenants.model import (
-    PLANS,
-    ROLES,
     IssuedKey,
     KeyGrant,
-    KeyRecord,
     Plan,
-    RegistryChange,
     Role,
     StripeLink,
     Tenant,
-    TenantRecord,
     TenantStatus,
 )
 from edge_node.tenants.replication import RegistryReplication
-
-__all__ = [
-    "PLANS",
-    "ROLES",
-    "IssuedKey",
-    "KeyGrant",
-    "KeyRecord",
-    "Plan",
-    "RegistryChange",
-    "Role",
-    "StripeLink",
-    "Tenant",
-    "TenantRecord",
-    "TenantRegistry",
-    "TenantStatus",
-    "delete_tenant_rows",
-    "hash_key",
-    "parse_key_id",
-]
 
 _STRIPE_LINK = "tenant_id, name, plan, stripe_customer_id, subscription_id"
 
@@ -76,10 +54,13 @@ class TenantRegistry(RegistryReplication):
     """node.sqlite: the tenants this node serves and the hashes of their API keys."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
+        """The registry on an open node.sqlite (edge_node.node_database), its tables migrated."""
+        schema.migrate(conn)
         self._conn = conn
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> TenantRegistry:
+        """A registry on a connection of its own to data_dir/node.sqlite; close() closes it."""
         return cls(open_node_database(data_dir, busy_timeout_ms=busy_timeout_ms))
 
     def close(self) -> None:
@@ -188,14 +169,9 @@ class TenantRegistry(RegistryReplication):
             return None
         return KeyGrant(key_id, row[1], row[2], row[3], row[4])
 
-    def check_writable(self) -> None:
-        """A real write to node.sqlite, for readiness: raises sqlite3.Error when it cannot."""
-        with sqlite.transaction(self._conn):
-            self._conn.execute(
-                "INSERT INTO node_health (id, checked_at) VALUES (1, ?)"
-                " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
-                (now_us(),),
-            )
+    def count_by_status(self) -> dict[str, int]:
+        """How many tenants are in each status (statuses with none left out)."""
+        return count_by_status(self._conn)
 
     def _insert_key(self, tenant_id: str, role: Role, now: int) -> IssuedKey:
         key_id = new_key_id()
@@ -243,6 +219,19 @@ class TenantRegistry(RegistryReplication):
             raise RegistryError(f"no tenant with id {tenant_id}")
         return str(row[0])
 
+    def stripe_customers(self, tenant_ids: Iterable[str]) -> dict[str, str]:
+        """The Stripe customer of each of `tenant_ids` that has one."""
+        found: dict[str, str] = {}
+        for tenant_id in set(tenant_ids):
+            row = self._conn.execute(
+                "SELECT stripe_customer_id FROM tenants"
+                " WHERE tenant_id = ? AND stripe_customer_id IS NOT NULL",
+                (tenant_id,),
+            ).fetchone()
+            if row is not None:
+                found[tenant_id] = str(row[0])
+        return found
+
     def set_subscription(self, tenant_id: str, subscription_id: str) -> str:
         """Record the tenant's subscription unless it has one; the subscription id it has."""
         with sqlite.transaction(self._conn):
@@ -258,12 +247,20 @@ class TenantRegistry(RegistryReplication):
             raise RegistryError(f"no tenant with id {tenant_id}")
         return str(row[0])
 
+    def delete_tenant_rows(self, tenant_id: str) -> bool:
+        """Remove a tenant and its API keys, with what waits for their upload; False when
+        there was no such tenant. Billing history (ledger, webhook events) is kept: it holds
+        amounts and ids, no tenant content."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute("DELETE FROM registry_outbox WHERE tenant_id = ?", (tenant_id,))
+            self._conn.execute("DELETE FROM api_keys WHERE tenant_id = ?", (tenant_id,))
+            return (
+                self._conn.execute("DELETE FROM tenants WHERE tenant_id = ?", (tenant_id,)).rowcount
+                > 0
+            )
 
-def delete_tenant_rows(conn: sqlite3.Connection, tenant_id: str) -> bool:
-    """Remove a tenant and its API keys from node.sqlite, with what waits for their upload;
-    False when there was no such tenant. Billing history (ledger, webhook events) is kept: it
-    holds amounts and ids, no tenant content."""
-    with sqlite.transaction(conn):
-        conn.execute("DELETE FROM registry_outbox WHERE tenant_id = ?", (tenant_id,))
-        conn.execute("DELETE FROM api_keys WHERE tenant_id = ?", (tenant_id,))
-        return conn.execute("DELETE FROM tenants WHERE tenant_id = ?", (tenant_id,)).rowcount > 0
+
+def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
+    """Tenants per status in node.sqlite, on any connection (read-only ones included)."""
+    rows = conn.execute("SELECT status, count(*) FROM tenants GROUP BY status").fetchall()
+    return {str(status): int(count) for status, count in rows}

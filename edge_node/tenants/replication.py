@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import astuple
 
 from edge_node import sqlite
+from edge_node.node_database import read_value, write_value
 from edge_node.tenants.model import KeyRecord, RegistryChange, TenantRecord
 
 _TENANT_RECORD = (
@@ -85,16 +86,11 @@ class RegistryReplication:
             for key in keys:
                 changed += self._conn.execute(_APPLY_KEY, astuple(key)).rowcount
             if checkpoint is not None:
-                self._conn.execute(
-                    "INSERT INTO sync_state (name, value) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    checkpoint,
-                )
+                write_value(self._conn, *checkpoint)
         return changed
 
     def sync_checkpoint(self, name: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM sync_state WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row[0])
+        return read_value(self._conn, name)
 
 
 # Applying central rows (parameters in the records' field order): the WHERE clauses skip rows

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge_node import sqlite
-from edge_node.tenants.registry import TenantStatus
+from edge_node.node_database import write_value
+from edge_node.tenants.model import TenantStatus
 from edge_node.tenants.standing import BillingEvent
 from edge_node.tenants.stripe_events import BillingEventStore
 
@@ -85,11 +86,7 @@ class BillingReplica:
             for event in events:
                 applied += self._apply(event)
             if checkpoint is not None:
-                self._conn.execute(
-                    "INSERT INTO sync_state (name, value) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    checkpoint,
-                )
+                write_value(self._conn, *checkpoint)
         return applied
 
     def apply_waiting(self) -> int:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from edge_node.errors import BadRequest
 from edge_node.ids import is_uuid
-from edge_node.tenants.registry import TenantStatus
+from edge_node.tenants.model import TenantStatus
 
 Outcome = Literal[
     "applied", "stale", "ignored", "unknown_tenant", "tenant_suspended", "other_subscription"

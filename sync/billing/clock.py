@@ -10,7 +10,7 @@ reads the wall clock but never goes below where it was plus the monotonic time e
 so a backward step is ignored (the clock runs on at the monotonic rate until the wall catches
 up), and a forward step is taken (a batch then looks older, which sets it aside sooner, never
 later). Across a restart the monotonic clock starts afresh, so the clock starts no lower than
-its floor: the high-water mark persisted in node.sqlite (`sync_state`, name
+its floor: the high-water mark persisted in node.sqlite (a named value,
 `billing.clock_high_water`, written at most once a minute) and every `first_sent_at` of an
 open batch. Time spent stopped while the wall clock was also stepped back is not seen; the
 horizon's margin (23 h of Stripe's 24) covers short stops.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 from edge_node.config import Config
@@ -47,14 +48,15 @@ async def bootstrap(config: Config) -> dict[str, Any]:
 
 
 async def provision_tenant(
-    config: Config, registry: TenantRegistry, tenant_id: str
+    config: Config, node_database: sqlite3.Connection, tenant_id: str
 ) -> dict[str, Any]:
     """Try to provision a tenant just created; what happened, for the command's output.
 
     Never raises for Stripe being down or refusing: the tenant already works, and the
     daemon's sync worker retries provisioning until it succeeds."""
+    registry = TenantRegistry(node_database)
     try:
-        gateway = _gateway(config, CreateKeys(registry.connection))
+        gateway = _gateway(config, CreateKeys(node_database))
     except ConfigError as exc:  # the tenant exists already: report, do not lose its key
         return _pending(registry, tenant_id, exc)
     provisioner = Provisioner(gateway, registry, catalog_loader(config))

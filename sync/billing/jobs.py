@@ -7,6 +7,7 @@ and for provisioning a tenant it has just created. One gateway per process.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
 
 from edge_node.config import Config, StripeConfig
@@ -45,7 +46,7 @@ def catalog_loader(config: Config) -> Callable[[], BillingCatalog | None]:
 
 def stripe_jobs(
     config: Config,
-    registry: TenantRegistry,
+    node_database: sqlite3.Connection,
     api_key: Callable[[], str],
     *,
     queue: WriteAheadQueue | None = None,
@@ -54,8 +55,8 @@ def stripe_jobs(
     """The sync worker's Stripe jobs, sharing one gateway (each job's close() closes it):
     provisioning, and the usage flush of `queue` (the meter's) when there is one and of
     each queue another process owns that `followers` read."""
-    gateway = open_gateway(config.stripe, api_key, CreateKeys(registry.connection))
-    provisioner = Provisioner(gateway, registry, catalog_loader(config))
+    gateway = open_gateway(config.stripe, api_key, CreateKeys(node_database))
+    provisioner = Provisioner(gateway, TenantRegistry(node_database), catalog_loader(config))
     jobs: list[PeriodicJob] = [
         ProvisioningJob(provisioner, gateway, config.stripe.provisioning_interval_seconds),
     ]

@@ -1,7 +1,7 @@
 """The billing ledger in node.sqlite: every meter-event batch, from planned to confirmed.
 
 A batch is written here, state `planned`, before it is ever sent, in the same transaction
-that records its queue range as planned (`sync_state`, name `billing.planned_through.<queue>`).
+that records its queue range as planned (a named value, `billing.planned_through.<queue>`).
 It becomes `sent` (attempts + 1, first_sent_at kept from the first try) just before each
 call, `confirmed` once Stripe holds it, or `set_aside` with a reason when it must not be
 sent again. An attempt that turned a `planned` batch `sent` and then failed in a way that
@@ -15,8 +15,10 @@ the row back.
        +----------------+--refused, too old, outcome unknown too long--> set_aside
 
 The ledger has a connection of its own (the request path never waits on its writes) and is
-called from one thread at a time. Times are microseconds since the epoch; window_start is
-Unix seconds (the meter event's timestamp).
+called from one thread at a time. It owns the `billing` component of node.sqlite (its
+migrations below, applied when it opens; edge_node.node_database), and it keeps its planning
+positions in node.sqlite's named values, in the transactions that plan. Times are
+microseconds since the epoch; window_start is Unix seconds (the meter event's timestamp).
 """
 
 from __future__ import annotations
@@ -31,10 +33,45 @@ from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
 
 from edge_node import sqlite
-from edge_node.node_database import open_node_database
+from edge_node.node_database import delete_value, open_node_database, read_value, write_value
+from edge_node.tenants.registry import TenantRegistry
 from sync.billing.clock import HIGH_WATER
 from sync.billing.plan import PlannedRange
 
+COMPONENT = "billing"
+MIGRATIONS = (
+    # 1: the ledger of meter-event batches (written before a batch is sent, so a crash at any
+    # point resends the same identifier with the same value).
+    """
+    CREATE TABLE billing_ledger (
+        identifier TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        customer_id TEXT,
+        event_name TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        value INTEGER NOT NULL CHECK (value > 0),
+        events INTEGER NOT NULL CHECK (events > 0),
+        queue TEXT NOT NULL,
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq),
+        state TEXT NOT NULL
+            CHECK (state IN ('planned', 'sent', 'confirmed', 'set_aside')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        planned_at INTEGER NOT NULL,
+        first_sent_at INTEGER,
+        confirmed_at INTEGER,
+        set_aside_reason TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX billing_ledger_open ON billing_ledger (tenant_id, planned_at)
+        WHERE state IN ('planned', 'sent');
+    CREATE INDEX billing_ledger_by_window ON billing_ledger (tenant_id, window_start);
+    """,
+    # 2: the queue numbering a batch was planned in (it changes when the queue's numbering
+    # restarts behind the ledger), part of its identifier.
+    """
+    ALTER TABLE billing_ledger ADD COLUMN queue_epoch INTEGER NOT NULL DEFAULT 0;
+    """,
+)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 BatchState = Literal["planned", "sent", "confirmed", "set_aside"]
@@ -76,7 +113,10 @@ class BillingLedger:
     """The billing_ledger table of node.sqlite."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
+        """The ledger on an open node.sqlite (edge_node.node_database), its table migrated."""
+        sqlite.migrate(conn, MIGRATIONS, component=COMPONENT)
         self._conn = conn
+        self._tenants = TenantRegistry(conn)
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> BillingLedger:
@@ -89,11 +129,9 @@ class BillingLedger:
 
     def planned_through(self, queue: str) -> int:
         """The last queue record planned (0: none); records up to it are in the ledger."""
-        row = self._conn.execute(
-            "SELECT value FROM sync_state WHERE name = ?", (PLANNED_THROUGH + queue,)
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
+        mark = read_value(self._conn, PLANNED_THROUGH + queue)
+        if mark is not None:
+            return int(mark)
         # No mark (written with every plan): only a hand-edited database gets here.
         (ledger_max,) = self._conn.execute(
             "SELECT max(last_seq) FROM billing_ledger WHERE queue = ?", (queue,)
@@ -110,18 +148,18 @@ class BillingLedger:
         """
         with sqlite.transaction(self._conn):
             written = 0
+            customers = self._tenants.stripe_customers(b.tenant_id for b in planned.batches)
             for batch in planned.batches:
                 written += self._conn.execute(
                     "INSERT INTO billing_ledger (identifier, tenant_id, customer_id,"
                     " event_name, window_start, value, events, queue, first_seq, last_seq,"
-                    " state, planned_at, queue_epoch) VALUES (?, ?,"
-                    " (SELECT stripe_customer_id FROM tenants WHERE tenant_id = ?),"
-                    " ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)"
+                    " state, planned_at, queue_epoch)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)"
                     " ON CONFLICT (identifier) DO NOTHING",
                     (
                         batch.identifier,
                         batch.tenant_id,
-                        batch.tenant_id,
+                        customers.get(batch.tenant_id),
                         batch.event_name,
                         batch.window_start,
                         batch.value,
@@ -154,32 +192,33 @@ class BillingLedger:
             epoch = self.queue_epoch(queue) + 1
             self._set_state(QUEUE_EPOCH + queue, str(epoch))
             self._set_state(PLANNED_THROUGH + queue, str(planned_through))
-            self._conn.execute("DELETE FROM sync_state WHERE name = ?", (PLANNED_LAST + queue,))
+            delete_value(self._conn, PLANNED_LAST + queue)
         return epoch
 
     def _state(self, name: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM sync_state WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row[0])
+        return read_value(self._conn, name)
 
     def _set_state(self, name: str, value: str) -> None:
-        self._conn.execute(
-            "INSERT INTO sync_state (name, value) VALUES (?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            (name, value),
-        )
+        write_value(self._conn, name, value)
 
     def attach_customers(self) -> int:
         """Give planned batches of tenants provisioned since their tenant's Stripe customer;
         how many got one. A batch keeps the customer it was first given: a resend must carry
         the same parameters as the first send."""
         with sqlite.transaction(self._conn):
-            return self._conn.execute(
-                "UPDATE billing_ledger SET customer_id = t.stripe_customer_id"
-                " FROM tenants t WHERE t.tenant_id = billing_ledger.tenant_id"
-                " AND billing_ledger.state IN ('planned', 'sent')"
-                " AND billing_ledger.state = 'planned'"
-                " AND billing_ledger.customer_id IS NULL AND t.stripe_customer_id IS NOT NULL"
-            ).rowcount
+            waiting = self._conn.execute(
+                f"SELECT DISTINCT tenant_id FROM billing_ledger WHERE {OPEN}"  # noqa: S608
+                " AND state = 'planned' AND customer_id IS NULL"
+            ).fetchall()
+            customers = self._tenants.stripe_customers(row[0] for row in waiting)
+            return sum(
+                self._conn.execute(
+                    f"UPDATE billing_ledger SET customer_id = ? WHERE {OPEN}"  # noqa: S608
+                    " AND state = 'planned' AND customer_id IS NULL AND tenant_id = ?",
+                    (customer_id, tenant_id),
+                ).rowcount
+                for tenant_id, customer_id in customers.items()
+            )
 
     def sendable(
         self, queue: str, limit: int, *, skip_customers: Iterable[str] = ()
@@ -265,23 +304,17 @@ class BillingLedger:
     def clock_floor(self) -> float:
         """Unix seconds the horizon clock must not start below (sync/billing/clock.py): its
         persisted high-water mark, and the latest first send of a batch still open."""
-        row = self._conn.execute(
-            "SELECT value FROM sync_state WHERE name = ?", (HIGH_WATER,)
-        ).fetchone()
+        high_water = read_value(self._conn, HIGH_WATER)
         (first_sent,) = self._conn.execute(
             f"SELECT max(first_sent_at) FROM billing_ledger WHERE {OPEN}"  # noqa: S608
         ).fetchone()
-        return max(float(row[0]) if row else 0.0, (first_sent or 0) / 1e6)
+        return max(float(high_water or 0.0), (first_sent or 0) / 1e6)
 
     def save_clock_high_water(self, seconds: float) -> None:
         """Persist the horizon clock's reading, so a restart does not start it lower."""
         with sqlite.transaction(self._conn):
-            self._conn.execute(
-                "INSERT INTO sync_state (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-                " WHERE CAST(excluded.value AS REAL) > CAST(value AS REAL)",
-                (HIGH_WATER, repr(seconds)),
-            )
+            if seconds > float(read_value(self._conn, HIGH_WATER) or 0.0):
+                write_value(self._conn, HIGH_WATER, repr(seconds))
 
     def commit_point(self, queue: str) -> int:
         """The queue position billing may commit: just before the oldest range of the current
@@ -328,3 +361,13 @@ class AsyncLedger:
         """Wait for the call in progress, then close the connection."""
         await self.run(self.ledger.close)
         self._thread.shutdown(wait=False)
+
+
+def ledger_totals(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int | None, int | None]]:
+    """Per state: batches, units, the oldest planned_at and the newest confirmed_at, on any
+    connection to node.sqlite (the read-only one of `edge-node status` included)."""
+    rows = conn.execute(
+        "SELECT state, count(*), coalesce(sum(value), 0), min(planned_at), max(confirmed_at)"
+        " FROM billing_ledger GROUP BY state"
+    ).fetchall()
+    return {str(row[0]): (int(row[1]), int(row[2]), row[3], row[4]) for row in rows}

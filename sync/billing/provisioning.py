@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_node.errors import PermanentSyncError, TransientSyncError
-from edge_node.tenants.registry import StripeLink, TenantRegistry
+from edge_node.tenants.model import StripeLink
+from edge_node.tenants.registry import TenantRegistry
 from sync.stripe.catalog import BillingCatalog
 from sync.stripe.gateway import StripeGateway
 

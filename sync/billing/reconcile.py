@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from edge_node.node_database import values_named
 from edge_node.queue import inspect_queue, tail_records
 from edge_node.usage.meter import BILLING_CONSUMER
 from edge_node.usage.served import read_counts
@@ -217,9 +218,7 @@ def _tally_ledger(
 
 
 def _planned_through(conn: sqlite3.Connection) -> Iterator[tuple[str, int]]:
-    for name, value in conn.execute(
-        "SELECT name, value FROM sync_state WHERE name LIKE ?", (PLANNED_THROUGH + "%",)
-    ):
+    for name, value in values_named(conn, PLANNED_THROUGH):
         yield name.removeprefix(PLANNED_THROUGH), int(value)
 
 

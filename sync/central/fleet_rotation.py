@@ -24,7 +24,7 @@ from edge_node.errors import KeyMaterialError
 from sync.postgres import on_each_database, translated
 
 if TYPE_CHECKING:
-    from edge_node.crypto.keystore import WrappingKey
+    from edge_node.crypto.key_files import WrappingKey
     from sync.postgres import Connection
 
 DEFAULT_BATCH_SIZE = 500

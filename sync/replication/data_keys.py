@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edge_node.crypto.keystore import SharedDataKey
+from edge_node.crypto.replication import SharedDataKey
 from edge_node.deletion import delete_tenant
 from edge_node.errors import KeyMaterialError
 from sync.postgres import translated

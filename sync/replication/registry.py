@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from edge_node.tenants.registry import KeyRecord, RegistryChange, TenantRecord
+from edge_node.tenants.model import KeyRecord, RegistryChange, TenantRecord
 from sync.postgres import translated
 from sync.replication.positions import Position
 

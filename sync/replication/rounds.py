@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 from edge_node.clock import now_us
 from edge_node.rating.store import TenantStores
-from edge_node.tenants.registry import RegistryChange, TenantRegistry
+from edge_node.tenants.model import RegistryChange
+from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.shared_events import BillingReplica, SharedBillingEvent
 from sync.replication.billing_events import download_billing_events, upload_billing_events
 from sync.replication.data_keys import exchange_key_material

@@ -1,4 +1,4 @@
-"""A shard's download state on this node, in node.sqlite's `sync_state`: the shard-wide
+"""A shard's download state on this node, as named values in node.sqlite: the shard-wide
 ratings checkpoint, which tenants it covers, and the checkpoint generation that
 `edge-node sync reset-checkpoints` moves on.
 
@@ -24,6 +24,7 @@ import orjson
 
 from edge_node import sqlite
 from edge_node.errors import ConfigError
+from edge_node.node_database import read_value, write_value
 
 
 def _generation_key(shard: int) -> str:
@@ -39,17 +40,12 @@ def _joined_key(shard: int) -> str:
 
 
 def _read(conn: sqlite3.Connection, name: str) -> str | None:
-    row = conn.execute("SELECT value FROM sync_state WHERE name = ?", (name,)).fetchone()
-    return None if row is None else str(row[0])
+    return read_value(conn, name)
 
 
 def _write(conn: sqlite3.Connection, name: str, value: str) -> None:
     with sqlite.transaction(conn):
-        conn.execute(
-            "INSERT INTO sync_state (name, value) VALUES (?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            (name, value),
-        )
+        write_value(conn, name, value)
 
 
 def checkpoint_database(conn: sqlite3.Connection, shard: int, identity: str) -> str:

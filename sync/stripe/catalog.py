@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from edge_node.errors import ConfigError
-from edge_node.tenants.registry import PLANS, Plan
+from edge_node.tenants.model import PLANS, Plan
 
 FILE_NAME = "stripe-catalog.json"
 PRODUCT_ID = "edge_node_api"

@@ -37,7 +37,7 @@ import aiohttp
 import stripe
 
 from edge_node.errors import PermanentSyncError, SyncError, TransientSyncError
-from edge_node.tenants.registry import PLANS, Plan
+from edge_node.tenants.model import PLANS, Plan
 from sync.stripe.catalog import (
     PRODUCT_ID,
     BillingCatalog,

@@ -3,8 +3,8 @@
 Every create carries a key derived from what it makes (`edge-node:customer:<tenant>`), so a
 retry after a lost answer gets the first answer back instead of a second object. Stripe saves
 the first answer for a key, a 500 included, and replays it for 24 hours: a create that got a
-500 would fail for a day. So each key has a generation, kept in node.sqlite (`sync_state`,
-name `stripe.create_key.<scope>`, value `<generation> <failed at>`):
+500 would fail for a day. So each key has a generation, kept in node.sqlite (a named
+value, `stripe.create_key.<scope>`, value `<generation> <failed at>`):
 
     generation 0: edge-node:<scope>            (the keys used before generations existed)
     generation n: edge-node:<scope>:g<n>
@@ -24,6 +24,7 @@ import sqlite3
 
 from edge_node import sqlite
 from edge_node.errors import TransientSyncError
+from edge_node.node_database import read_value, write_value
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ RETIRE_AFTER_SECONDS = 60.0
 
 
 class CreateKeys:
-    """Key generations per scope, in node.sqlite's `sync_state` (or in memory: `None`)."""
+    """Key generations per scope, as named values in node.sqlite (or in memory: `None`)."""
 
     def __init__(self, conn: sqlite3.Connection | None = None) -> None:
         self._conn = conn
@@ -86,12 +87,10 @@ class CreateKeys:
     def _read(self, scope: str) -> tuple[int, float | None]:
         if self._conn is None:
             return self._memory.get(scope, (0, None))
-        row = self._conn.execute(
-            "SELECT value FROM sync_state WHERE name = ?", (PREFIX + scope,)
-        ).fetchone()
-        if row is None:
+        value = read_value(self._conn, PREFIX + scope)
+        if value is None:
             return 0, None
-        generation, _, failed = str(row[0]).partition(" ")
+        generation, _, failed = value.partition(" ")
         return int(generation), float(failed) if failed else None
 
     def _write(self, scope: str, generation: int, failed: float | None) -> None:
@@ -100,8 +99,4 @@ class CreateKeys:
             return
         value = f"{generation} {failed!r}" if failed is not None else str(generation)
         with sqlite.transaction(self._conn):
-            self._conn.execute(
-                "INSERT INTO sync_state (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (PREFIX + scope, value),
-            )
+            write_value(self._conn, PREFIX + scope, value)

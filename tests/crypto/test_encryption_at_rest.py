@@ -11,13 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_node.crypto.keystore import (
-    KEY_STORE_FILE,
-    KEYS_DIRECTORY,
-    Keyring,
-    read_key_file,
-    write_key_file,
-)
+from edge_node.crypto.key_files import read_key_file, write_key_file
+from edge_node.crypto.keystore import KEY_STORE_FILE, KEYS_DIRECTORY, Keyring
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores
 from tests.conftest import NodeFactory
@@ -197,7 +192,7 @@ def _created(node: RunningNode) -> tuple[str, str, str]:
 
 
 def _key_id(path: Path) -> str:
-    from edge_node.crypto.keystore import read_key_file  # noqa: PLC0415
+    from edge_node.crypto.key_files import read_key_file  # noqa: PLC0415
 
     return read_key_file(path, "test").key_id
 
@@ -245,7 +240,7 @@ class TestMasterKeyCreation:
 
 def _write_slowly(path: str) -> None:
     """In a child: create a key file with every write of its content taking 0.3 s."""
-    import edge_node.crypto.keystore as keystore  # noqa: PLC0415 - patched in this process only
+    import edge_node.crypto.key_files as key_files  # noqa: PLC0415 - patched in this process only
 
     real_write = os.write
 
@@ -253,8 +248,8 @@ def _write_slowly(path: str) -> None:
         time.sleep(0.3)
         return real_write(fd, data)
 
-    keystore.os.write = slow_write  # type: ignore[assignment]
-    keystore.write_key_file(Path(path))
+    key_files.os.write = slow_write  # type: ignore[assignment]
+    key_files.write_key_file(Path(path))
 
 
 class TestKeyFileCreation:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from edge_node.config import Config, load_config
+from edge_node.crypto.key_files import write_key_file
 from edge_node.crypto.keystore import (
     DEFAULT_MASTER_KEY_FILE,
     KEY_STORE_FILE,
@@ -21,7 +22,6 @@ from edge_node.crypto.keystore import (
     NEXT_SUFFIX,
     REFRESH_INTERVAL_SECONDS,
     open_keyring,
-    write_key_file,
 )
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores

@@ -50,7 +50,7 @@ async def fed_metrics(tmp_path: Path, *, tenant_label: bool) -> NodeMetrics:
     metrics.watch_billing(BillingStats())
     metrics.watch_webhooks(WebhookStats())
     registry = TenantRegistry.open(tmp_path / f"node-{tenant_label}")
-    metrics.watch_tenants(registry.connection)
+    metrics.watch_tenants(registry)
     await metrics.refresh()
     registry.close()
     await queue.close()

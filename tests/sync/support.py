@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_node.config import CentralConfig
-from edge_node.crypto.keystore import KEYS_DIRECTORY, Keyring, WrappingKey
+from edge_node.crypto.key_files import WrappingKey
+from edge_node.crypto.keystore import KEYS_DIRECTORY, Keyring
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import RatingRow, TenantStore, TenantStores
 from edge_node.tenants.registry import TenantRegistry

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge_node.crypto.keystore import WrappingKey, write_key_file
+from edge_node.crypto.key_files import WrappingKey, write_key_file
 from edge_node.crypto.sealing import CommentUnreadable, TenantSealer
 from edge_node.deletion import delete_tenant
 from edge_node.errors import KeyMaterialError

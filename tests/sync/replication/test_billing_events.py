@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from edge_node.tenants.registry import TenantRecord
+from edge_node.tenants.model import TenantRecord
 from edge_node.tenants.shared_events import BillingReplica, SharedBillingEvent
 from edge_node.tenants.standing import parse_event
 from edge_node.tenants.stripe_events import BillingEventStore

@@ -8,7 +8,8 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
-from edge_node.crypto.keystore import KEY_STORE_FILE, KEYS_DIRECTORY, WrappingKey
+from edge_node.crypto.key_files import WrappingKey
+from edge_node.crypto.keystore import KEY_STORE_FILE, KEYS_DIRECTORY
 from edge_node.deletion import delete_tenant
 from edge_node.rating.store import RatingRow, TenantStores
 from sync.postgres import Connection

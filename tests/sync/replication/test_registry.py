@@ -11,12 +11,12 @@ import pytest
 
 from edge_node import sqlite
 from edge_node.clock import now_us
-from edge_node.node_database import MIGRATIONS
 from edge_node.tenants.registry import TenantRegistry, hash_key
 from sync.postgres import Connection, connect
 from tests.support import RunningNode
 from tests.sync.conftest import EdgeFactory
 from tests.sync.support import Edge
+from tests.test_node_database import write_old_file
 
 
 async def create_central_tenant(db: Connection, **values: object) -> str:
@@ -81,8 +81,8 @@ class TestEdgeToCentral:
         edge.registry.close()
         path = edge.data_dir / "node.sqlite"
         path.unlink()
+        write_old_file(path, 1)
         conn = sqlite.connect(path)
-        sqlite.migrate(conn, MIGRATIONS[:1])
         conn.execute(
             "INSERT INTO tenants (tenant_id, name, plan, created_at, updated_at)"
             " VALUES ('0b7e6a4c-1111-4c55-9a53-5c1e0e8b7d41', 'legacy', 'payg', 1, 1)"

@@ -12,7 +12,8 @@ import pytest
 from edge_node.config import load_config
 from edge_node.errors import TransientSyncError
 from edge_node.rating.store import TenantStores
-from edge_node.tenants.registry import TenantRecord, TenantRegistry
+from edge_node.tenants.model import TenantRecord
+from edge_node.tenants.registry import TenantRegistry
 from sync.backoff import Backoff
 from sync.billing.jobs import stripe_jobs
 from sync.billing.provisioning import Provisioner, ProvisioningReport
@@ -260,7 +261,7 @@ class TestSyncWorker:
             node_id=config.node_id,
             data_dir=config.data_path,
             backoff=Backoff(initial=0.02, maximum=0.1),
-            jobs=stripe_jobs(config, registry, lambda: DEFAULT_API_KEY),
+            jobs=stripe_jobs(config, registry.connection, lambda: DEFAULT_API_KEY),
         )
         worker.start()
         try:
