@@ -22,10 +22,7 @@ from edge_node.cli.supervisor import Supervisor, run_supervisor, worker_command
 from edge_node.cli.support import (
     EXIT_CONFIG,
     EXIT_LOCKED,
-    EXIT_NOT_RUNNING,
     EXIT_UNAVAILABLE,
-    EXIT_UNBILLED,
-    EXIT_USAGE,
     positive_int,
 )
 from edge_node.cli.tenants import add_tenant_commands
@@ -39,17 +36,6 @@ from edge_node.errors import (
 )
 from edge_node.logs import configure_logging
 from edge_node.queue import QueueLocked
-
-__all__ = [
-    "EXIT_CONFIG",
-    "EXIT_LOCKED",
-    "EXIT_NOT_RUNNING",
-    "EXIT_UNAVAILABLE",
-    "EXIT_UNBILLED",
-    "EXIT_USAGE",
-    "build_parser",
-    "main",
-]
 
 
 def build_parser() -> argparse.ArgumentParser:

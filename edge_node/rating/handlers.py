@@ -21,7 +21,8 @@ from edge_node.rating.model import (
     parse_limit,
     parse_rating,
 )
-from edge_node.rating.store import DeleteDenied, TenantStores
+from edge_node.rating.store import TenantStores
+from edge_node.rating.tenant_store import DeleteDenied
 from edge_node.web.answers import json_response, read_json
 
 STORES_KEY = web.AppKey("tenant_stores", TenantStores)

@@ -4,7 +4,7 @@
 before encryption sealed), keeps the most recently used ones open, and checkpoints their
 WALs in the background. One file is a `TenantStore` (edge_node.rating.tenant_store: writes
 and reads) with its replicated side (edge_node.rating.replication: the outbox and downloaded
-rows); both are re-exported here, where the request path and the sync worker import them.
+rows).
 """
 
 from __future__ import annotations
@@ -19,23 +19,12 @@ from typing import TYPE_CHECKING
 from edge_node import sqlite
 from edge_node.rating.pending import FILE_NAME as PENDING_FILE
 from edge_node.rating.pending import PendingUploads
-from edge_node.rating.replication import RatingRow, rating_id, wins
 from edge_node.rating.schema import MIGRATIONS
-from edge_node.rating.tenant_store import DeleteDenied, Page, TenantStore
+from edge_node.rating.tenant_store import TenantStore
 
 if TYPE_CHECKING:
     from edge_node.crypto.keystore import Keyring
 
-__all__ = [
-    "BACKSTOP_CHECKPOINT_PAGES",
-    "DeleteDenied",
-    "Page",
-    "RatingRow",
-    "TenantStore",
-    "TenantStores",
-    "rating_id",
-    "wins",
-]
 
 log = logging.getLogger(__name__)
 BACKSTOP_CHECKPOINT_PAGES = 20000

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edge_node.clock import now_us
-from edge_node.rating.store import RatingRow
+from edge_node.rating.replication import RatingRow
 from sync.replication import shard_state
 from sync.replication.positions import Position
 from sync.replication.ratings import download_ratings, download_shard_ratings, upload_ratings

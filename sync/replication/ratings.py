@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from edge_node.rating.store import RatingRow, wins
+from edge_node.rating.replication import RatingRow, wins
 from sync.postgres import translated
 from sync.replication.positions import Position
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge_node.rating.model import RatingInput
-from edge_node.rating.store import TenantStore, TenantStores
+from edge_node.rating.store import TenantStores
+from edge_node.rating.tenant_store import TenantStore
 
 TENANT = "3f8d7a4e-1b2c-4d5e-8f90-123456789abc"
 

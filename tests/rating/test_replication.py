@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from edge_node import sqlite as edge_sqlite
 from edge_node.rating.model import ItemScore, RatingInput
+from edge_node.rating.replication import RatingRow, rating_id, wins
 from edge_node.rating.schema import MIGRATIONS
-from edge_node.rating.store import RatingRow, TenantStore, TenantStores, rating_id, wins
+from edge_node.rating.store import TenantStores
+from edge_node.rating.tenant_store import TenantStore
 
 TENANT = "3f8d7a4e-1b2c-4d5e-8f90-123456789abc"
 

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_node.rating.model import ItemScore, RatingInput
-from edge_node.rating.store import TenantStores, rating_id
+from edge_node.rating.replication import rating_id
+from edge_node.rating.store import TenantStores
 
 TENANT = "3f8d7a4e-1b2c-4d5e-8f90-123456789abc"
 USERS = st.sampled_from(["ana", "bo", "cy", "dee"])

@@ -15,7 +15,9 @@ from edge_node.config import CentralConfig
 from edge_node.crypto.key_files import WrappingKey
 from edge_node.crypto.keystore import KEYS_DIRECTORY, Keyring
 from edge_node.rating.model import RatingInput
-from edge_node.rating.store import RatingRow, TenantStore, TenantStores
+from edge_node.rating.replication import RatingRow
+from edge_node.rating.store import TenantStores
+from edge_node.rating.tenant_store import TenantStore
 from edge_node.tenants.registry import TenantRegistry
 from sync.backoff import Backoff
 from sync.postgres import Connection

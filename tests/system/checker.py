@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_node.rating.store import rating_id
+from edge_node.rating.replication import rating_id
 from tests.system.cluster import Cluster
 from tests.system.record import Check, Observations, WriteOp
 from tests.system.snapshot import (

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge_node.rating.store import rating_id
+from edge_node.rating.replication import rating_id
 from sync.billing.ledger import BillingLedger
 from sync.billing.plan import MeterEventBatch, PlannedRange
 from tests.system.checker import check_ratings, check_replicas, compare_meter_events

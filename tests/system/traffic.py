@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from edge_node.errors import PROBLEM_TYPE_BASE
-from edge_node.rating.store import rating_id
+from edge_node.rating.replication import rating_id
 from tests.system.cluster import Cluster, EdgeDaemon
 from tests.system.record import InDoubt, Observations, WriteOp
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from edge_node.crypto.key_files import WrappingKey
 from edge_node.crypto.keystore import KEY_STORE_FILE, KEYS_DIRECTORY
 from edge_node.deletion import delete_tenant
-from edge_node.rating.store import RatingRow, TenantStores
+from edge_node.rating.replication import RatingRow
+from edge_node.rating.store import TenantStores
 from sync.postgres import Connection
 from sync.replication.ratings import upload_ratings
 from tests.sync.conftest import EdgeFactory

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from edge_node.errors import TransientSyncError
-from edge_node.rating.store import RatingRow, rating_id
+from edge_node.rating.replication import RatingRow, rating_id
 from sync.central.schema import migrate_dsns
 from sync.postgres import Connection, connect
 from sync.replication.positions import Position, database_identity, durable_bound
