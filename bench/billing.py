@@ -31,7 +31,8 @@ from typing import Any
 from edge_node.config import BillingConfig
 from edge_node.queue import QueueSettings, WriteAheadQueue, open_queue
 from edge_node.tenants.registry import TenantRegistry
-from edge_node.usage.meter import BILLING_CONSUMER, UsageEvent
+from edge_node.usage.event import UsageEvent
+from edge_node.usage.meter import BILLING_CONSUMER
 from sync.billing.flush import BillingConsumer
 from sync.billing.ledger import BillingLedger
 from sync.stripe.gateway import StripeGateway

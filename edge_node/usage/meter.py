@@ -24,12 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from edge_node.config import MeterConfig, QueueConfig
 from edge_node.errors import ConfigError, ServiceUnavailable
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import QueueError, QueueSettings, WriteAheadQueue, open_queue
+from edge_node.usage.event import UsageEvent
 from edge_node.usage.served import ServedCounter, counts_path
 
 log = logging.getLogger(__name__)
@@ -46,27 +45,6 @@ BILLING_CONSUMER = "billing"
 # Generous bound on one encoded event plus its frame, for reserving queue room up front.
 EVENT_RESERVATION_BYTES = 1024
 RETRY_AFTER_FULL_SECONDS = 30
-
-
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
-    """One billable request served: who, what, how many units, when, and which request."""
-
-    event_id: str
-    tenant_id: str
-    node_id: str
-    operation: str
-    status: int
-    units: int
-    timestamp_ms: int
-    request_id: str
-
-    def encode(self) -> bytes:
-        return orjson.dumps(self)  # orjson serialises dataclasses natively, field by field
-
-    @classmethod
-    def decode(cls, payload: bytes) -> UsageEvent:
-        return cls(**orjson.loads(payload))
 
 
 @dataclass(slots=True)
