@@ -41,7 +41,10 @@ class OperationUnits:
 
     def units(self, operation: str) -> int:
         """Units for an operation name such as `rating.create`; 0 means it does not bill."""
-        return int(getattr(self, operation.replace(".", "_")))
+        return int(getattr(self, _SETTINGS[operation]))
+
+
+_SETTINGS = {operation.name: operation.setting for operation in OPERATIONS}
 
 
 def _units_setting(operation: Operation) -> tuple[str, type[int], Any]:

@@ -1,11 +1,11 @@
 """The operation table: every billable operation, what it is, and the units it bills by default.
 
-Everything else is derived from it: the operations the meter knows and their units, the
-`[meter.units]` settings and their documentation (edge_node.config.storage), the names the
-handlers meter under (edge_node.rating.handlers) and the usage operation each billable route
-declares in the OpenAPI document. An operation's name is written into every usage event it
-bills, so a name, once shipped, never changes. This module imports nothing of the project,
-so that the configuration may read it.
+Made from it: the operations the meter knows and their units, the `[meter.units]` settings
+and their documentation (edge_node.config.storage), the names the handlers meter under
+(edge_node.rating.handlers) and the usage operation each billed answer declares in the
+OpenAPI document. An operation's name is written into every usage event it bills, so a name,
+once shipped, never changes. This module imports nothing of the project, so that the
+configuration may read it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """A billable operation: its `name` in usage events, `what` it is (as the configuration
-    docs say "Units billed for <what>"), and the units it bills unless `[meter.units]` says
-    otherwise."""
+    """A billable operation: its `name` in usage events, `what` it is (a phrase the
+    configuration docs complete: "Units billed for `score.read`, an item score read."), and
+    the units it bills unless `[meter.units]` says otherwise."""
 
     name: str
     what: str
