@@ -31,7 +31,9 @@ from typing import Any
 from edge_node.config import BillingConfig
 from edge_node.queue import QueueSettings, WriteAheadQueue, open_queue
 from edge_node.tenants.registry import TenantRegistry
-from edge_node.usage.meter import BILLING_CONSUMER, UsageEvent
+from edge_node.usage.event import UsageEvent
+from edge_node.usage.meter import BILLING_CONSUMER
+from edge_node.usage.operations import SCORE_READ
 from sync.billing.flush import BillingConsumer
 from sync.billing.ledger import BillingLedger
 from sync.stripe.gateway import StripeGateway
@@ -54,7 +56,7 @@ async def fill_queue(
     for n in range(events):
         tenant = tenants[n % len(tenants)]
         at = start_ms + int(n * step)
-        event = UsageEvent(str(uuid.uuid4()), tenant, "bench", "score.read", 200, 1, at, "r")
+        event = UsageEvent(str(uuid.uuid4()), tenant, "bench", SCORE_READ.name, 200, 1, at, "r")
         pending.append(queue.append_nowait(event.encode(), timestamp_ms=at))
         served[tenant] += 1
         if len(pending) >= 20_000:

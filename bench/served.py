@@ -25,6 +25,7 @@ from pathlib import Path
 from edge_node.config import MeterConfig
 from edge_node.queue import QueueSettings, open_queue
 from edge_node.usage.meter import BILLING_CONSUMER, Meter
+from edge_node.usage.operations import SCORE_READ
 from edge_node.usage.served import ServedCounter
 
 
@@ -47,7 +48,7 @@ async def bench_record(directory: Path, tenants: list[str], events: int, counted
     meter = Meter(queue, MeterConfig(durability="batched"), "bench-node", served)
     start = time.perf_counter()
     for n in range(events):
-        await meter.record(tenants[n % len(tenants)], "score.read", 200, "req")
+        await meter.record(tenants[n % len(tenants)], SCORE_READ.name, 200, "req")
         if n % 1000 == 999:
             await asyncio.sleep(0)  # let group commits run, as between requests
     seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@
     +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
     +-- KeyMaterialError           master key or data-key store unusable (edge_node.crypto.keystore)
     +-- CommentUnreadable          a sealed comment cannot be opened here (edge_node.crypto.sealing)
+    +-- NotAUsageEvent             a queue record that is not a usage event (edge_node.usage.event)
     +-- BackupError                a backup that cannot be written, or one refused for restore
     |   +-- DataDirectoryInUse     restore refused: a daemon serves the data directory
     +-- SyncError                  the central PostgreSQL (sync/postgres.py) or Stripe
@@ -230,3 +231,8 @@ class KeyMaterialError(EdgeNodeError):
 class CommentUnreadable(EdgeNodeError):
     """A sealed comment cannot be opened here: its data key is gone (shredded, or not yet
     synced to this node) or it fails authentication (moved to another row, or altered)."""
+
+
+class NotAUsageEvent(EdgeNodeError):
+    """A queue record's payload is not a usage event (not JSON, a field missing, unknown or of
+    the wrong type); the message says which. Billing bills such a record as nothing."""

@@ -26,8 +26,9 @@ from typing import IO, Any, Literal
 import aiohttp
 import orjson
 
+from edge_node.errors import NotAUsageEvent
 from edge_node.queue import Record, inspect_queue, tail_records
-from edge_node.usage.meter import UsageEvent
+from edge_node.usage.event import UsageEvent
 
 REPO = Path(__file__).resolve().parents[1]
 LISTENING = re.compile(rb"^edge-node listening on http://127\.0\.0\.1:(\d+) ")
@@ -112,7 +113,7 @@ class QueuedEvent:
     def decode(cls, record: Record) -> QueuedEvent:
         try:
             return cls(record.seq, UsageEvent.decode(record.payload))
-        except (ValueError, TypeError):
+        except NotAUsageEvent:
             return cls(record.seq, None)
 
 

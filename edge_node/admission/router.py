@@ -35,6 +35,7 @@ from edge_node.tenants.model import ROLES, Role, TenantStatus
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.standing import payment_refusal
 from edge_node.usage.meter import Meter
+from edge_node.usage.operations import OPERATIONS, Operation
 from edge_node.web.request_ids import request_id_of
 
 API_KEY_HEADER = "X-API-Key"
@@ -172,14 +173,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamResponse]]
 
 
-def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[TenantHandler], Handler]:
+def guarded(
+    needed: Role, operation: Operation | Mapping[int, Operation]
+) -> Callable[[TenantHandler], Handler]:
     """Admit a request needing `needed`, run the handler, and meter what it served.
 
-    `operation` names what the route does for billing; a mapping picks it by response
-    status (a POST that created bills `rating.create`, one that replaced `rating.update`).
+    `operation` is what the route does for billing, an entry of the operation table; a mapping
+    picks it by response status (a POST that created bills `rating.create`, one that replaced
+    `rating.update`).
     """
-    by_status = operation if isinstance(operation, Mapping) else {}
-    default = operation if isinstance(operation, str) else next(iter(by_status.values()))
+    default, by_status = _metered_as(operation)
     operations = (default, *by_status.values())
 
     def decorate(handler: TenantHandler) -> Handler:
@@ -209,3 +212,15 @@ def guarded(needed: Role, operation: str | Mapping[int, str]) -> Callable[[Tenan
         return admitted
 
     return decorate
+
+
+def _metered_as(operation: Operation | Mapping[int, Operation]) -> tuple[str, dict[int, str]]:
+    """The operation name a route bills by default, and by response status. Settled once, when
+    the route is declared; an operation not in the table is refused there rather than billed
+    as nothing (the meter knows only the table's)."""
+    chosen = dict(operation) if isinstance(operation, Mapping) else {}
+    default = operation if isinstance(operation, Operation) else next(iter(chosen.values()))
+    for entry in (default, *chosen.values()):
+        if entry not in OPERATIONS:
+            raise ValueError(f"{entry.name} is not in edge_node.usage.operations' table")
+    return default.name, {status: entry.name for status, entry in chosen.items()}

@@ -14,7 +14,7 @@ import orjson
 from edge_node.cli.support import emit, positive_int
 from edge_node.config import Config
 from edge_node.queue import QueueStatus, inspect_queue, tail_records
-from edge_node.usage.meter import UsageEvent
+from edge_node.usage.event import UsageEvent
 
 
 def add_queue_commands(commands: Any) -> None:

@@ -6,10 +6,11 @@ Each field is a documented `setting`; edge_node.config builds and validates them
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, make_dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from edge_node.config.schema import setting
+from edge_node.usage.operations import OPERATIONS, Operation
 
 
 @dataclass(frozen=True)
@@ -34,18 +35,36 @@ class StorageConfig:
     )
 
 
-@dataclass(frozen=True)
-class MeterUnitsConfig:
-    rating_create: int = setting(1, "Units billed for a POST that created a rating.", minimum=0)
-    rating_update: int = setting(1, "Units billed for a POST that replaced a rating.", minimum=0)
-    rating_list: int = setting(1, "Units billed for a page of ratings.", minimum=0)
-    score_read: int = setting(1, "Units billed for an item score read.", minimum=0)
-    rating_delete: int = setting(1, "Units billed for a deleted rating.", minimum=0)
-    user_erase: int = setting(1, "Units billed for a user erasure.", minimum=0)
+class OperationUnits:
+    """`[meter.units]`: the units each billable operation bills, one setting per entry of the
+    operation table (edge_node.usage.operations) named by its `setting`."""
 
     def units(self, operation: str) -> int:
         """Units for an operation name such as `rating.create`; 0 means it does not bill."""
-        return int(getattr(self, operation.replace(".", "_")))
+        return int(getattr(self, _SETTINGS[operation]))
+
+
+_SETTINGS = {operation.name: operation.setting for operation in OPERATIONS}
+
+
+def _units_setting(operation: Operation) -> tuple[str, type[int], Any]:
+    doc = f"Units billed for `{operation.name}`, {operation.what}."
+    return operation.setting, int, setting(operation.default_units, doc, minimum=0)
+
+
+# Made from the table, so an operation added there is a documented setting here without a
+# second list to keep in step. Type checkers see the base class: they cannot follow
+# make_dataclass, and the code reads units only through `units(operation)`.
+if TYPE_CHECKING:
+    MeterUnitsConfig = OperationUnits
+else:
+    MeterUnitsConfig = make_dataclass(
+        "MeterUnitsConfig",
+        [_units_setting(operation) for operation in OPERATIONS],
+        bases=(OperationUnits,),
+        frozen=True,
+        namespace={"__module__": __name__},  # for pickling and reprs; 3.12 has `module=`
+    )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,14 @@
-"""The OpenAPI 3.1 document of the v1 API, built from the same limits the handlers enforce."""
+"""The OpenAPI 3.1 document of the v1 API, built from the same limits the handlers enforce.
+
+Each tenant route says what it bills: the answers it bills carry `x-usage-operation`, the
+name of their entry in the operation table (edge_node.usage.operations), and the route's
+description says so in words, with the units billed by default.
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from edge_node import __version__
@@ -11,6 +17,18 @@ from edge_node.http.openapi_schemas import ID_SCHEMA, UUID_SCHEMA, component_sch
 from edge_node.rating.model import MAX_PAGE_SIZE
 from edge_node.tenants.webhook_signature import SIGNATURE_HEADER
 from edge_node.tenants.webhooks import WEBHOOK_PATH
+from edge_node.usage.operations import (
+    RATING_CREATE,
+    RATING_DELETE,
+    RATING_LIST,
+    RATING_UPDATE,
+    SCORE_READ,
+    USER_ERASE,
+    Operation,
+)
+
+# The extension on each billed answer naming the usage operation it bills (docs/api.md).
+USAGE_OPERATION = "x-usage-operation"
 
 _RATE_HEADERS = {
     name: {"$ref": f"#/components/headers/{name}"}
@@ -91,15 +109,41 @@ def _operation(
     summary: str,
     responses: dict[str, Any],
     params: list[dict[str, Any]] | None = None,
+    *,
+    bills: Mapping[str, Operation],
     **extra: Any,
 ) -> dict[str, Any]:
+    """A tenant route; `bills` maps each answer it bills to its entry of the operation table."""
     return {
         "operationId": op_id,
         "summary": summary,
+        "description": _billing_note(bills),
         "parameters": [_TENANT, *(params or [])],
-        "responses": {**responses, **_TENANT_ERRORS},
+        "responses": {**_billed(responses, bills), **_TENANT_ERRORS},
         **extra,
     }
+
+
+def _billed(responses: dict[str, Any], bills: Mapping[str, Operation]) -> dict[str, Any]:
+    """`responses`, each billed answer naming its usage operation in `x-usage-operation`."""
+    return {
+        status: {**response, USAGE_OPERATION: bills[status].name} if status in bills else response
+        for status, response in responses.items()
+    }
+
+
+def _billing_note(bills: Mapping[str, Operation]) -> str:
+    """What the route bills, in words: the usage operation and its default units."""
+    clauses = [
+        f"`{operation.name}`{f' when answered {status}' if len(bills) > 1 else ''}, "
+        f"{_units(operation.default_units)} by default (`meter.units.{operation.setting}`)"
+        for status, operation in bills.items()
+    ]
+    return "Bills the usage operation " + "; ".join(clauses) + "."
+
+
+def _units(count: int) -> str:
+    return f"{count} unit" if count == 1 else f"{count} units"
 
 
 def _paths() -> dict[str, Any]:
@@ -134,6 +178,7 @@ def _paths() -> dict[str, Any]:
                     "413": _problem("Body larger than the configured limit."),
                     "415": _problem("Body is not application/json in UTF-8."),
                 },
+                bills={"201": RATING_CREATE, "200": RATING_UPDATE},
                 requestBody=body,
             ),
             "get": _operation(
@@ -141,6 +186,7 @@ def _paths() -> dict[str, Any]:
                 "Ratings in creation order, a page at a time (reader).",
                 {"200": _ok("One page.", "RatingPage")},
                 [item_filter, user_filter, limit, cursor],
+                bills={"200": RATING_LIST},
             ),
         },
         f"{tenant}/ratings/{{rating_id}}": {
@@ -152,6 +198,7 @@ def _paths() -> dict[str, Any]:
                     "404": _problem("No live rating with that id in this tenant."),
                 },
                 [_param("rating_id", "path", UUID_SCHEMA)],
+                bills={"204": RATING_DELETE},
             ),
         },
         f"{tenant}/users/{{user_id}}": {
@@ -161,6 +208,7 @@ def _paths() -> dict[str, Any]:
                 "or a token bound to that user).",
                 {"200": _ok("Erased.", "UserErasure")},
                 [_param("user_id", "path", ID_SCHEMA)],
+                bills={"200": USER_ERASE},
             ),
         },
         f"{tenant}/items/{{item_id}}/score": {
@@ -169,6 +217,7 @@ def _paths() -> dict[str, Any]:
                 "The item's rating count, average and histogram (reader).",
                 {"200": _ok("The score; zero counts for an item nobody rated.", "ItemScore")},
                 [_param("item_id", "path", ID_SCHEMA)],
+                bills={"200": SCORE_READ},
             ),
         },
         WEBHOOK_PATH: {"post": _webhook_operation()},

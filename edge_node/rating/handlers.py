@@ -23,6 +23,14 @@ from edge_node.rating.model import (
 )
 from edge_node.rating.store import TenantStores
 from edge_node.rating.tenant_store import DeleteDenied
+from edge_node.usage.operations import (
+    RATING_CREATE,
+    RATING_DELETE,
+    RATING_LIST,
+    RATING_UPDATE,
+    SCORE_READ,
+    USER_ERASE,
+)
 from edge_node.web.answers import json_response, read_json
 
 STORES_KEY = web.AppKey("tenant_stores", TenantStores)
@@ -40,7 +48,7 @@ def _bound_user(context: TenantContext, user_id: str, action: str) -> None:
         )
 
 
-@guarded("writer", {201: "rating.create", 200: "rating.update"})
+@guarded("writer", {201: RATING_CREATE, 200: RATING_UPDATE})
 async def put_rating(request: web.Request, context: TenantContext) -> web.StreamResponse:
     rating = parse_rating(await read_json(request))
     if context.subject is not None and context.role != "admin":
@@ -56,7 +64,7 @@ async def put_rating(request: web.Request, context: TenantContext) -> web.Stream
     return json_response(stored.to_json(), status=201 if created else 200)
 
 
-@guarded("reader", "rating.list")
+@guarded("reader", RATING_LIST)
 async def list_ratings(request: web.Request, context: TenantContext) -> web.StreamResponse:
     query = request.query
     errors = [
@@ -90,14 +98,14 @@ async def list_ratings(request: web.Request, context: TenantContext) -> web.Stre
     )
 
 
-@guarded("reader", "score.read")
+@guarded("reader", SCORE_READ)
 async def item_score(request: web.Request, context: TenantContext) -> web.StreamResponse:
     item_id = check_id("item_id", request.match_info["item_id"])
     score = request.app[STORES_KEY].get(context.tenant_id).score(item_id)
     return json_response(score.to_json())
 
 
-@guarded("writer", "rating.delete")
+@guarded("writer", RATING_DELETE)
 async def delete_rating(request: web.Request, context: TenantContext) -> web.StreamResponse:
     rid = check_uuid("rating_id", request.match_info["rating_id"])
     if context.role != "admin" and context.subject is None:
@@ -118,7 +126,7 @@ async def delete_rating(request: web.Request, context: TenantContext) -> web.Str
     return web.Response(status=204)
 
 
-@guarded("writer", "user.erase")
+@guarded("writer", USER_ERASE)
 async def erase_user(request: web.Request, context: TenantContext) -> web.StreamResponse:
     user_id = check_id("user_id", request.match_info["user_id"])
     _bound_user(context, user_id, "erase")

@@ -1,10 +1,11 @@
 """The meter: each served billable request becomes one usage event on the durable queue.
 
-A route names the operation it performs; an operation bills the units configured for it
-(`[meter.units]`, 0 = free). Only answers below 400 bill: validation errors, refusals,
-429s and failures never do. Before the handler runs, the meter reserves room in the queue
-for the event, so a full queue refuses the request (503) before anything is done rather
-than after a write it could not bill.
+A route names the operation it performs (one of edge_node/usage/operations.py); an operation
+bills the units configured for it (`[meter.units]`, 0 = free), looked up once when the meter
+is made. Only answers below 400 bill: validation errors, refusals, 429s and failures never
+do. Before the handler runs, the meter reserves room in the queue for the event, so a full
+queue refuses the request (503) before anything is done rather than after a write it could
+not bill.
 
 Each event recorded is also counted per tenant and day in a memory-mapped file of its own
 (edge_node/usage/served.py), apart from the queue, so reconciliation can tell usage served from
@@ -24,49 +25,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from edge_node.config import MeterConfig, QueueConfig
 from edge_node.errors import ConfigError, ServiceUnavailable
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import QueueError, QueueSettings, WriteAheadQueue, open_queue
+from edge_node.usage.event import UsageEvent
+from edge_node.usage.operations import OPERATIONS
 from edge_node.usage.served import ServedCounter, counts_path
 
 log = logging.getLogger(__name__)
 
-OPERATIONS = (
-    "rating.create",
-    "rating.update",
-    "rating.list",
-    "score.read",
-    "rating.delete",
-    "user.erase",
-)
 BILLING_CONSUMER = "billing"
 # Generous bound on one encoded event plus its frame, for reserving queue room up front.
 EVENT_RESERVATION_BYTES = 1024
 RETRY_AFTER_FULL_SECONDS = 30
-
-
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
-    """One billable request served: who, what, how many units, when, and which request."""
-
-    event_id: str
-    tenant_id: str
-    node_id: str
-    operation: str
-    status: int
-    units: int
-    timestamp_ms: int
-    request_id: str
-
-    def encode(self) -> bytes:
-        return orjson.dumps(self)  # orjson serialises dataclasses natively, field by field
-
-    @classmethod
-    def decode(cls, payload: bytes) -> UsageEvent:
-        return cls(**orjson.loads(payload))
 
 
 @dataclass(slots=True)
@@ -94,7 +66,7 @@ class Meter:
         self.node_id = node_id
         self.stats = MeterStats()
         self._ids = EventIdGenerator()
-        self._units = {op: config.units.units(op) for op in OPERATIONS}
+        self._units = {op.name: config.units.units(op.name) for op in OPERATIONS}
         self._billable = frozenset(op for op, units in self._units.items() if units)
         self._reserved = 0
         self._pending: set[asyncio.Future[int]] = set()

@@ -24,9 +24,9 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import orjson
-
+from edge_node.errors import NotAUsageEvent
 from edge_node.queue import Record
+from edge_node.usage.event import read_billable
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def batch_identifier(
     return "en_" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per record, and frozen triples that cost
 class _Usage:
     """The part of a usage event billing needs; tenant None: the record is not one."""
 
@@ -223,23 +223,13 @@ class UsagePlanner:
         """The billing-relevant fields of a record; a record that is not a usage event keeps
         its place in the range (so the range stays contiguous) but bills nothing."""
         window_ms = self.window_seconds * 1000
-        try:
-            event = orjson.loads(record.payload)
-            tenant_id, units, timestamp_ms = (
-                event["tenant_id"],
-                event["units"],
-                event["timestamp_ms"],
-            )
-            if not (
-                isinstance(tenant_id, str) and type(units) is int and type(timestamp_ms) is int
-            ):
-                raise TypeError("tenant_id, units or timestamp_ms has the wrong type")
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        usage = read_billable(record.payload)
+        if isinstance(usage, NotAUsageEvent):
             log.error(
                 "queue %s record %d is not a usage event and is not billed: %s",
                 self.queue,
                 record.seq,
-                exc,
+                usage,
             )
             return _Usage(
                 record.seq,
@@ -250,9 +240,9 @@ class UsagePlanner:
             )
         return _Usage(
             record.seq,
-            tenant_id,
-            units,
-            timestamp_ms // window_ms * self.window_seconds,
+            usage.tenant_id,
+            usage.units,
+            usage.timestamp_ms // window_ms * self.window_seconds,
             record_fingerprint(record),
         )
 

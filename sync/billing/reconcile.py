@@ -28,10 +28,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from edge_node.errors import NotAUsageEvent
 from edge_node.node_database import values_named
 from edge_node.queue import inspect_queue, tail_records
+from edge_node.usage.event import read_billable
 from edge_node.usage.meter import BILLING_CONSUMER
 from edge_node.usage.served import read_counts
 from sync.billing.ledger import PLANNED_THROUGH
@@ -238,18 +238,19 @@ def _tally_queue(
     for record in tail_records(directory, status.last_seq - after):
         if record.seq <= after:
             continue
-        try:
-            event = orjson.loads(record.payload)
-            tenant, units, day = event["tenant_id"], int(event["units"]), _day(event)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        usage = read_billable(record.payload)
+        if isinstance(usage, NotAUsageEvent) or (day := _day(usage.timestamp_ms)) is None:
             report.unreadable_records += 1
-            continue
-        if (tenant_id is None or tenant == tenant_id) and day >= first_day:
-            report.day(tenant, day).queued.add(0, 1, units)
+        elif (tenant_id is None or usage.tenant_id == tenant_id) and day >= first_day:
+            report.day(usage.tenant_id, day).queued.add(0, 1, usage.units)
 
 
-def _day(event: dict[str, Any]) -> str:
-    return datetime.fromtimestamp(int(event["timestamp_ms"]) / 1000, tz=UTC).date().isoformat()
+def _day(timestamp_ms: int) -> str | None:
+    """The UTC day of a usage event; None for a time no calendar holds."""
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC).date().isoformat()
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _epoch(day: str) -> int:

@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from edge_node.queue import tail_records
-from edge_node.usage.meter import UsageEvent
+from edge_node.usage.event import UsageEvent
 from tests.cli.test_cli import clean_environment, edge_node_command
 from tests.served import NotifyListener, ServedNode
 

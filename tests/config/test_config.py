@@ -8,6 +8,7 @@ import pytest
 
 from edge_node.config import Config, env_name, iter_settings, load_config
 from edge_node.errors import ConfigError
+from edge_node.usage.operations import OPERATIONS
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -144,6 +145,41 @@ class TestErrors:
         """A configuration file that does not exist is an error, not silently the defaults."""
         with pytest.raises(ConfigError, match="does not exist"):
             load_config(tmp_path / "absent.toml", environ={})
+
+
+class TestMeterUnits:
+    def test_each_operation_of_the_table_is_a_documented_setting(self) -> None:
+        """[meter.units] has one setting per operation of the table, in its order, named by
+        the operation, defaulting to its units and documented with its name and what it is."""
+        settings = {
+            dotted.removeprefix("meter.units."): field
+            for dotted, field in iter_settings()
+            if dotted.startswith("meter.units.")
+        }
+        assert list(settings) == [operation.setting for operation in OPERATIONS]
+        for operation in OPERATIONS:
+            field = settings[operation.setting]
+            assert field.default == operation.default_units
+            assert f"`{operation.name}`, {operation.what}" in field.metadata["doc"]
+
+    def test_each_operation_reads_its_units_from_the_file_or_the_environment(
+        self, tmp_path: Path
+    ) -> None:
+        """units(operation name) gives the value set for that operation, from TOML or from its
+        EDGE_NODE_METER_UNITS_* variable, and the default for the others."""
+        for number, operation in enumerate(OPERATIONS, start=2):
+            path = write(tmp_path, f"[meter.units]\n{operation.setting} = {number}\n")
+            from_file = load_config(path, environ={}).meter.units
+            variable = env_name(f"meter.units.{operation.setting}")
+            from_env = load_config(environ={variable: str(number)}).meter.units
+            for other in OPERATIONS:
+                expected = number if other is operation else other.default_units
+                assert from_file.units(other.name) == from_env.units(other.name) == expected
+
+    def test_negative_units_are_refused(self) -> None:
+        """Units are at least 0, with a message naming the setting."""
+        with pytest.raises(ConfigError, match=r"meter\.units\.score_read"):
+            load_config(environ={"EDGE_NODE_METER_UNITS_SCORE_READ": "-1"})
 
 
 class TestExampleFile:

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from edge_node.queue import open_queue
-from edge_node.usage.meter import UsageEvent
+from edge_node.usage.event import UsageEvent
 from tests.crash_harness import (
     CrashRun,
     Kind,

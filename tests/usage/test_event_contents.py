@@ -10,7 +10,7 @@ import orjson
 
 from edge_node.cli.daemon import queue_directory
 from edge_node.queue import tail_records
-from edge_node.usage.meter import UsageEvent
+from edge_node.usage.event import UsageEvent
 from tests.support import RunningNode
 
 DOCUMENTED_FIELDS = {

@@ -14,7 +14,8 @@ import uuid
 from edge_node.cli.daemon import queue_directory
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import tail_records
-from edge_node.usage.meter import EVENT_RESERVATION_BYTES, UsageEvent
+from edge_node.usage.event import UsageEvent
+from edge_node.usage.meter import EVENT_RESERVATION_BYTES
 from tests.conftest import NodeFactory
 from tests.support import RunningNode
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge_node.usage.meter import UsageEvent
+from edge_node.usage.event import UsageEvent
 from tests.support import RunningNode
 from tests.test_logs import json_logs
 

@@ -14,7 +14,8 @@ from typing import Any
 from edge_node.config import BillingConfig
 from edge_node.queue import WriteAheadQueue, open_queue
 from edge_node.tenants.registry import TenantRegistry
-from edge_node.usage.meter import BILLING_CONSUMER, UsageEvent
+from edge_node.usage.event import UsageEvent
+from edge_node.usage.meter import BILLING_CONSUMER
 from edge_node.usage.served import ServedCounter, counts_path
 from sync.backoff import Backoff
 from sync.billing.flush import BillingConsumer

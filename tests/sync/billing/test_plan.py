@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 import pytest
 
@@ -132,6 +134,17 @@ class TestWindows:
         assert planned is not None
         assert planned.unreadable == (2,)
         assert (planned.first_seq, planned.last_seq, planned.batches[0].value) == (1, 3, 2)
+
+    def test_a_record_that_is_not_a_usage_event_is_logged_with_why(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The planner logs one ERROR line naming the queue, the record and the reason."""
+        payload = orjson.dumps({"units": 1, "timestamp_ms": (T0 + 2) * 1000})
+        with caplog.at_level(logging.ERROR, logger="sync.billing.plan"):
+            planner().extend([Record(1, (T0 + 2) * 1000, payload)])
+        assert caplog.messages == [
+            "queue worker-0 record 1 is not a usage event and is not billed: 'tenant_id'"
+        ]
 
     def test_records_must_come_in_order(self) -> None:
         """A gap in what is handed to the planner is refused rather than planned around."""

@@ -150,6 +150,23 @@ class TestReconcile:
             True,
         )
 
+    async def test_a_queued_record_billing_would_not_bill_is_unreadable(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """A queued record the planner would bill as nothing (not JSON, or its units not an
+        integer) is counted as unreadable, not as queued usage, and the report is not ok."""
+        tenant = await node.tenant("t")
+        at_ms = int(window_start(node, 900) * 1000)
+        await node.serve(tenant, 2, at=at_ms / 1000)
+        units_as_text = {"tenant_id": tenant, "units": "5", "timestamp_ms": at_ms}
+        for payload in (b"not json", json.dumps(units_as_text).encode()):
+            await node.queue.append_nowait(payload, timestamp_ms=at_ms)
+        report = reconcile(node.data_dir)
+        assert report.unreadable_records == 2
+        [day] = report.days.values()
+        assert (day.queued.events, day.queued.units) == (2, 2)
+        assert report.ok is False
+
     def test_a_bad_date_is_a_usage_error(self, tmp_path: Path) -> None:
         """--since takes YYYY-MM-DD; anything else is refused with exit 2."""
         code, _ = run_reconcile(tmp_path, "--since", "last week")
