@@ -121,7 +121,7 @@ def schema_version(conn: sqlite3.Connection, component: str | None = None) -> in
     if component is None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         return int(version)
-    if not _has_table(conn, "schema_versions"):
+    if not has_table(conn, "schema_versions"):
         return 0
     row = conn.execute(
         "SELECT version FROM schema_versions WHERE component = ?", (component,)
@@ -154,7 +154,8 @@ def set_component_versions(conn: sqlite3.Connection, versions: dict[str, int]) -
             _set_schema_version(conn, component, version)
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the file has the table: a component that never ran has not created its own."""
     return (
         conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)

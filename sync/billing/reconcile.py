@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from edge_node import sqlite
 from edge_node.errors import NotAUsageEvent
 from edge_node.node_database import values_named
 from edge_node.queue import inspect_queue, tail_records
@@ -150,7 +151,8 @@ def reconcile(
     counted = _tally_counts(data_dir / "served", report, tenant_id, first_day)
     with _read_only(data_dir / "node.sqlite") as conn:
         conn.execute("BEGIN")  # one snapshot for every query below
-        _tally_ledger(conn, report, tenant_id, first_day)
+        if sqlite.has_table(conn, "billing_ledger"):  # absent until billing first ran
+            _tally_ledger(conn, report, tenant_id, first_day)
         planned = dict(_planned_through(conn))
         conn.execute("COMMIT")
     for directory in sorted((data_dir / "queue").glob("worker-*")):
