@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 else:  # asyncpg's classes are generic only in its stubs
     Connection = asyncpg.Connection
     Pool = asyncpg.Pool
+Record: TypeAlias = asyncpg.Record  # one row a query returned, read by column name
 
 APPLICATION_NAME = "edge-node"
 CONNECT_TIMEOUT_SECONDS = 10.0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from edge_node.tenants.shared_events import SharedBillingEvent
 from sync.postgres import translated
+from sync.replication.change_feed import ChangeFeed
 from sync.replication.positions import Position
 
 if TYPE_CHECKING:
@@ -29,22 +30,14 @@ _UPLOAD = """
 
 _FIELDS = ("tenant_id", "event_id", "type", "created", "customer_id", "subscription_id", "target")
 
-_CHANGES = """
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT e.tenant_id::text AS tenant_id, e.event_id, e.type, e.created, e.customer_id,
-               e.subscription_id, e.target, e.change_xid::text AS position
-        FROM billing_events e
-        WHERE e.change_xid >= $1::text::xid8
-          AND (e.change_xid > $1::text::xid8 OR $2::uuid IS NULL
-               OR (e.tenant_id, e.event_id) > ($2::uuid, $3::text))
-          AND e.change_xid < horizon.xid
-        ORDER BY e.change_xid, e.tenant_id, e.event_id
-        LIMIT $4
-    ) page ON true"""
+_CHANGES = ChangeFeed(
+    "billing events",
+    "billing_events e",
+    "e",
+    "e.tenant_id::text AS tenant_id, e.event_id, e.type, e.created, e.customer_id,"
+    " e.subscription_id, e.target",
+    (("tenant_id", "uuid"), ("event_id", "text")),
+)
 
 
 async def upload_billing_events(
@@ -65,11 +58,7 @@ async def download_billing_events(
 ) -> tuple[list[SharedBillingEvent], Position]:
     """Up to `limit` events stored after `since` and below the horizon (never past `bound`),
     and where to resume."""
-    after_tenant, after_event = since.key_bound(2)
-    with translated("downloading billing events"):
-        records = await connection.fetch(
-            _CHANGES, str(since.xid), after_tenant, after_event, limit, str(bound)
-        )
+    records, position = await _CHANGES.read(connection, since, limit, bound)
     events = [
         SharedBillingEvent(
             r["event_id"],
@@ -81,11 +70,5 @@ async def download_billing_events(
             r["target"],
         )
         for r in records
-        if r["event_id"] is not None
     ]
-    if len(events) == limit:
-        last = records[-1]
-        return events, since.after_page(
-            int(last["position"]), (last["tenant_id"], last["event_id"])
-        )
-    return events, since.at_horizon(int(records[0]["horizon"]))
+    return events, position

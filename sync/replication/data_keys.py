@@ -24,6 +24,7 @@ from edge_node.crypto.replication import SharedDataKey
 from edge_node.deletion import delete_tenant
 from edge_node.errors import KeyMaterialError
 from sync.postgres import translated
+from sync.replication.change_feed import ChangeFeed
 from sync.replication.positions import Position
 
 if TYPE_CHECKING:
@@ -42,32 +43,19 @@ _UPLOAD_KEYS = """
     ON CONFLICT (tenant_id, key_id) DO NOTHING"""
 
 
-def _changes(table: str, columns: str, key: str, bound: str) -> str:
-    """Rows of `table` changed after a position and below the horizon, in (change_xid, key)
-    order, as for ratings (sync/replication/ratings.py): $1 xid, $2 horizon cap, $3 limit, then the
-    key bound (NULLs: none)."""
-    return f"""
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $2::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT t.tenant_id::text AS tenant_id, {columns}, t.change_xid::text AS position
-        FROM {table} t
-        WHERE t.change_xid >= $1::text::xid8
-          AND (t.change_xid > $1::text::xid8 OR $4::uuid IS NULL OR ({key}) > ({bound}))
-          AND t.change_xid < horizon.xid
-        ORDER BY t.change_xid, {key}
-        LIMIT $3
-    ) page ON true"""  # noqa: S608 - constant text, no input
-
-
-_DELETION_CHANGES = _changes("tenant_deletions", "t.deleted_at", "t.tenant_id", "$4::uuid")
-_KEY_CHANGES = _changes(
-    "tenant_data_keys",
-    "t.key_id, t.wrapped, t.fleet_key_id, t.created_at",
-    "t.tenant_id, t.key_id",
-    "$4::uuid, $5::text",
+_DELETION_CHANGES = ChangeFeed(
+    "tenant deletions",
+    "tenant_deletions t",
+    "t",
+    "t.tenant_id::text AS tenant_id, t.deleted_at",
+    (("tenant_id", "uuid"),),
+)
+_KEY_CHANGES = ChangeFeed(
+    "data keys",
+    "tenant_data_keys t",
+    "t",
+    "t.tenant_id::text AS tenant_id, t.key_id, t.wrapped, t.fleet_key_id, t.created_at",
+    (("tenant_id", "uuid"), ("key_id", "text")),
 )
 
 
@@ -120,7 +108,7 @@ async def _download_deletions(round_: ShardRound, database: str) -> None:
                 if news:
                     log.warning("tenant %s was deleted centrally: shredded here", tenant_id)
 
-    await _download(round_, database, what="deletions", sql=_DELETION_CHANGES, width=1, apply=apply)
+    await _download(round_, database, what="deletions", feed=_DELETION_CHANGES, apply=apply)
 
 
 async def _upload_keys(round_: ShardRound) -> None:
@@ -155,7 +143,7 @@ async def _download_keys(round_: ShardRound, database: str) -> None:
         except KeyMaterialError as exc:  # a key that does not unwrap: report, keep syncing
             log.error("a data key from shard %d was refused: %s", round_.index, exc)
 
-    await _download(round_, database, what="data-keys", sql=_KEY_CHANGES, width=2, apply=apply)
+    await _download(round_, database, what="data-keys", feed=_KEY_CHANGES, apply=apply)
 
 
 def _restart_for_new_fleet_keys(round_: ShardRound, database: str) -> None:
@@ -177,36 +165,19 @@ async def _download(
     database: str,
     *,
     what: str,
-    sql: str,
-    width: int,
+    feed: ChangeFeed,
     apply: Callable[[list[Any]], None],
 ) -> None:
-    """Every page of `sql` after the checkpoint `what` of this shard, each applied and then
+    """Every page of `feed` after the checkpoint `what` of this shard, each applied and then
     its checkpoint stored; an empty page stores nothing (as for ratings: not worth a write)."""
     keyring = round_.edge.stores.keyring
     name = f"{what}.shard-{round_.index}"
     position = Position.decode(keyring.checkpoint(name), database)
     while True:
-        records, position = await _page(round_, sql, position, width, what)
+        bound = await round_.download_bound()
+        records, position = await feed.read(round_.connection, position, round_.batch_size, bound)
         if records:
             apply(records)
             keyring.set_checkpoint(name, position.encode())
         if len(records) < round_.batch_size:
             return
-
-
-async def _page(
-    round_: ShardRound, sql: str, since: Position, width: int, what: str
-) -> tuple[list[Any], Position]:
-    """One page of changes after `since`, and where to resume."""
-    bound = await round_.download_bound()
-    with translated(f"downloading {what}"):
-        records = await round_.connection.fetch(
-            sql, str(since.xid), str(bound), round_.batch_size, *since.key_bound(width)
-        )
-    rows = [r for r in records if r["tenant_id"] is not None]
-    if len(rows) == round_.batch_size:
-        last = records[-1]
-        key = (last["tenant_id"],) if width == 1 else (last["tenant_id"], last["key_id"])
-        return rows, since.after_page(int(last["position"]), key)
-    return rows, since.at_horizon(int(records[0]["horizon"]))

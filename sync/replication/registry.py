@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_node.tenants.model import KeyRecord, RegistryChange, TenantRecord
 from sync.postgres import translated
+from sync.replication.change_feed import ChangeFeed
 from sync.replication.positions import Position
 
 if TYPE_CHECKING:
@@ -56,41 +57,18 @@ _KEY_FIELDS = ("tenant_id", "key_id", "key_hash", "role", "created_at", "revoked
 _TENANT_COLUMNS = """t.tenant_id::text AS tenant_id, t.name, t.status, t.plan,
     t.rate_limit_per_minute, t.stripe_customer_id, t.created_at, t.updated_at"""
 
-# Like ratings (sync/replication/ratings.py): the horizon and the page come from one statement's
-# snapshot.
-_TENANT_CHANGES = f"""
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT {_TENANT_COLUMNS}, t.change_xid::text AS position
-        FROM tenants t
-        WHERE t.change_xid >= $1::text::xid8
-          AND (t.change_xid > $1::text::xid8 OR $2::uuid IS NULL OR t.tenant_id > $2::uuid)
-          AND t.change_xid < horizon.xid
-        ORDER BY t.change_xid, t.tenant_id
-        LIMIT $3
-    ) page ON true"""  # noqa: S608 - constant text, no input
+_TENANT_CHANGES = ChangeFeed("tenants", "tenants t", "t", _TENANT_COLUMNS, (("tenant_id", "uuid"),))
 
 # Each key comes with its tenant's current row, so an edge never holds a key whose tenant it
 # has not got yet (its foreign key), whatever order the two changed in.
-_KEY_CHANGES = f"""
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT k.key_id, k.key_hash, k.role, k.created_at AS key_created_at, k.revoked_at,
-               k.change_xid::text AS position, {_TENANT_COLUMNS}
-        FROM api_keys k JOIN tenants t ON t.tenant_id = k.tenant_id
-        WHERE k.change_xid >= $1::text::xid8
-          AND (k.change_xid > $1::text::xid8 OR $2::uuid IS NULL
-               OR (k.tenant_id, k.key_id) > ($2::uuid, $3::text))
-          AND k.change_xid < horizon.xid
-        ORDER BY k.change_xid, k.tenant_id, k.key_id
-        LIMIT $4
-    ) page ON true"""  # noqa: S608 - constant text, no input
+_KEY_CHANGES = ChangeFeed(
+    "API keys",
+    "api_keys k JOIN tenants t ON t.tenant_id = k.tenant_id",
+    "k",
+    "k.key_id, k.key_hash, k.role, k.created_at AS key_created_at, k.revoked_at, "
+    + _TENANT_COLUMNS,
+    (("tenant_id", "uuid"), ("key_id", "text")),
+)
 
 
 async def upload_registry(connection: Connection, changes: Sequence[RegistryChange]) -> int:
@@ -118,14 +96,8 @@ async def download_tenants(
 ) -> tuple[list[TenantRecord], Position]:
     """Up to `limit` tenants changed after `since` and below the horizon (never past `bound`,
     the round's durable bound), and where to resume."""
-    (after,) = since.key_bound(1)
-    with translated("downloading tenants"):
-        records = await connection.fetch(_TENANT_CHANGES, str(since.xid), after, limit, str(bound))
-    tenants = [_tenant(r) for r in records if r["tenant_id"] is not None]
-    if len(tenants) == limit:
-        last = records[-1]
-        return tenants, since.after_page(int(last["position"]), (last["tenant_id"],))
-    return tenants, since.at_horizon(int(records[0]["horizon"]))
+    records, position = await _TENANT_CHANGES.read(connection, since, limit, bound)
+    return [_tenant(r) for r in records], position
 
 
 async def download_keys(
@@ -133,11 +105,7 @@ async def download_keys(
 ) -> tuple[list[tuple[KeyRecord, TenantRecord]], Position]:
     """Up to `limit` keys changed after `since` and below the horizon (never past `bound`),
     each with its tenant."""
-    after_tenant, after_key = since.key_bound(2)
-    with translated("downloading API keys"):
-        records = await connection.fetch(
-            _KEY_CHANGES, str(since.xid), after_tenant, after_key, limit, str(bound)
-        )
+    records, position = await _KEY_CHANGES.read(connection, since, limit, bound)
     keys = [
         (
             KeyRecord(
@@ -151,12 +119,8 @@ async def download_keys(
             _tenant(r),
         )
         for r in records
-        if r["key_id"] is not None
     ]
-    if len(keys) == limit:
-        last = records[-1]
-        return keys, since.after_page(int(last["position"]), (last["tenant_id"], last["key_id"]))
-    return keys, since.at_horizon(int(records[0]["horizon"]))
+    return keys, position
 
 
 def _tenant(record: Any) -> TenantRecord:
