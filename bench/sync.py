@@ -41,7 +41,8 @@ from edge_node.tenants.registry import TenantRegistry
 from sync.central.schema import migrate_dsns
 from sync.postgres import connect
 from sync.replication.positions import database_identity
-from sync.replication.rounds import EdgeStorage, ShardRound
+from sync.replication.round_values import EdgeStorage
+from sync.replication.rounds import ShardRound
 from sync.replication.set_aside import SetAsideLog
 from sync.worker import SyncWorker
 

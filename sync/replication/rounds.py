@@ -22,15 +22,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edge_node.clock import now_us
-from edge_node.rating.store import TenantStores
 from edge_node.tenants.model import RegistryChange
-from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.shared_events import BillingReplica, SharedBillingEvent
 from sync.replication.billing_events import download_billing_events, upload_billing_events
 from sync.replication.data_keys import exchange_key_material
 from sync.replication.positions import Position, database_identity, durable_bound
 from sync.replication.rating_transfer import RatingTransfer
 from sync.replication.registry import download_keys, download_tenants, upload_registry
+from sync.replication.round_values import EdgeStorage, RoundReport
 from sync.replication.set_aside import SetAsideLog, send_or_set_aside
 from sync.replication.shard_state import checkpoint_database
 from sync.replication.tenant_failures import TenantFailures
@@ -38,32 +37,6 @@ from sync.shards import shard_for
 
 if TYPE_CHECKING:
     from sync.postgres import Connection
-
-
-@dataclass(frozen=True)
-class EdgeStorage:
-    """What a round reads and writes on this node: the registry and the tenant files."""
-
-    registry: TenantRegistry
-    stores: TenantStores
-
-
-@dataclass
-class RoundReport:
-    """What one round moved."""
-
-    tenants: int = 0
-    uploaded: int = 0  # rating rows sent to the central database
-    downloaded: int = 0  # rating rows received from it
-    applied: int = 0  # received rows that changed this node (the rest lost the conflict rule)
-    registry_uploaded: int = 0
-    registry_applied: int = 0
-    set_aside: int = 0
-    # The ratings download: the durable bound it was capped at, and the horizon it reached
-    # (every central row below it is read); None when the round failed before.
-    bound: int | None = None
-    bound_at: int | None = None  # when the bound was recorded (microseconds since the epoch)
-    horizon: int | None = None
 
 
 @dataclass
