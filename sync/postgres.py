@@ -119,6 +119,11 @@ def refused_for_its_rows(exc: BaseException) -> bool:
     )
 
 
+def rows_changed(status: str) -> int:
+    """How many rows a command changed, from its status (`INSERT 0 3`, `UPDATE 2`)."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 @contextlib.contextmanager
 def translated(context: str = "") -> Iterator[None]:
     """Run a block of asyncpg calls, raising our exceptions in place of the driver's."""

@@ -10,16 +10,18 @@ as a webhook, once per event id, and so converges with every other edge.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edge_node.tenants.shared_events import SharedBillingEvent
-from sync.postgres import translated
+from edge_node.tenants.shared_events import BillingReplica, SharedBillingEvent
+from sync.postgres import rows_changed, translated
 from sync.replication.change_feed import ChangeFeed
-from sync.replication.positions import Position
+from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Upload
+from sync.replication.round_values import EdgeStorage
 
 if TYPE_CHECKING:
-    from sync.postgres import Connection
+    from sync.postgres import Connection, Record
 
 _UPLOAD = """
     INSERT INTO billing_events (tenant_id, event_id, type, created, customer_id,
@@ -50,25 +52,40 @@ async def upload_billing_events(
     with translated(f"uploading {len(events)} billing events"):
         async with connection.transaction():
             status = await connection.execute(_UPLOAD, *columns)
-    return int(status.rsplit(" ", 1)[-1])
+    return rows_changed(status)
 
 
-async def download_billing_events(
-    connection: Connection, since: Position, limit: int, bound: int
-) -> tuple[list[SharedBillingEvent], Position]:
-    """Up to `limit` events stored after `since` and below the horizon (never past `bound`),
-    and where to resume."""
-    records, position = await _CHANGES.read(connection, since, limit, bound)
-    events = [
-        SharedBillingEvent(
-            r["event_id"],
-            r["tenant_id"],
-            r["type"],
-            r["created"],
-            r["customer_id"],
-            r["subscription_id"],
-            r["target"],
-        )
-        for r in records
-    ]
-    return events, position
+def billing_events(edge: EdgeStorage) -> ReplicatedTable[SharedBillingEvent]:
+    """Billing events as a round moves them, right after the registry, so a tenant's billing
+    state follows it to every edge within the same round."""
+    replica = BillingReplica(edge.registry.connection)
+
+    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+        return replica.apply_downloaded([_event(r) for r in records], checkpoint=checkpoint)
+
+    return ReplicatedTable(
+        checkpoint="billing.events",
+        feed=_CHANGES,
+        stored=edge.registry.sync_checkpoint,
+        apply=apply,
+        upload=Upload(
+            pending=replica.pending_uploads,
+            tenant=lambda event: event.tenant_id,
+            send=functools.partial(upload_billing_events, node_id=edge.stores.node_id),
+            acknowledge=replica.acknowledge_uploads,
+            set_aside_as="billing_event",
+        ),
+        apply_waiting=replica.apply_waiting,  # events whose tenant has come down since
+    )
+
+
+def _event(record: Record) -> SharedBillingEvent:
+    return SharedBillingEvent(
+        record["event_id"],
+        record["tenant_id"],
+        record["type"],
+        record["created"],
+        record["customer_id"],
+        record["subscription_id"],
+        record["target"],
+    )

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge_node.rating.replication import RatingRow, wins
-from sync.postgres import translated
+from sync.postgres import rows_changed, translated
 from sync.replication.change_feed import ChangeFeed
 from sync.replication.positions import Position
 
@@ -92,7 +92,7 @@ async def upload_ratings(connection: Connection, rows: Sequence[RatingRow]) -> i
     with translated(f"uploading {len(rows)} ratings"):
         async with connection.transaction():
             status = await connection.execute(_UPSERT, *columns)
-    return int(status.rsplit(" ", 1)[-1])
+    return rows_changed(status)
 
 
 async def download_ratings(

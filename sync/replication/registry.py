@@ -1,5 +1,6 @@
-"""The tenant registry on the central database: uploading this node's tenants and keys, and
-downloading every change to tenants and keys since a checkpoint.
+"""The tenant registry on the central database: uploading this node's tenants and keys,
+downloading every change to tenants and keys since a checkpoint, and the two replicated tables
+a round moves them as.
 
 The rule (docs/sync.md, "The tenant registry"): the central row is a tenant's truth. An edge
 uploads a tenant only to create it (`ON CONFLICT DO NOTHING`); status, plan, rate limit and
@@ -11,15 +12,16 @@ and never undone by a sync.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Never
 
 from edge_node.tenants.model import KeyRecord, RegistryChange, TenantRecord
-from sync.postgres import translated
+from sync.postgres import rows_changed, translated
 from sync.replication.change_feed import ChangeFeed
-from sync.replication.positions import Position
+from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Upload
+from sync.replication.round_values import EdgeStorage
 
 if TYPE_CHECKING:
-    from sync.postgres import Connection
+    from sync.postgres import Connection, Record
 
 _UPLOAD_TENANTS = """
     INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,
@@ -82,48 +84,61 @@ async def upload_registry(connection: Connection, changes: Sequence[RegistryChan
     key_columns = _columns(keys, _KEY_FIELDS)
     with translated(f"uploading {len(tenants)} tenants and {len(keys)} keys"):
         async with connection.transaction():
-            changed = _count(await connection.execute(_UPLOAD_TENANTS, *tenant_columns))
-            changed += _count(
+            changed = rows_changed(await connection.execute(_UPLOAD_TENANTS, *tenant_columns))
+            changed += rows_changed(
                 await connection.execute(_UPLOAD_CUSTOMERS, tenant_columns[0], tenant_columns[5])
             )
             if keys:
-                changed += _count(await connection.execute(_UPLOAD_KEYS, *key_columns))
+                changed += rows_changed(await connection.execute(_UPLOAD_KEYS, *key_columns))
     return changed
 
 
-async def download_tenants(
-    connection: Connection, since: Position, limit: int, bound: int
-) -> tuple[list[TenantRecord], Position]:
-    """Up to `limit` tenants changed after `since` and below the horizon (never past `bound`,
-    the round's durable bound), and where to resume."""
-    records, position = await _TENANT_CHANGES.read(connection, since, limit, bound)
-    return [_tenant(r) for r in records], position
+def registry_tenants(edge: EdgeStorage) -> ReplicatedTable[RegistryChange]:
+    """Tenants as a round moves them; their upload carries every registry change, keys too."""
+    registry = edge.registry
+
+    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+        return registry.apply_remote([_tenant(r) for r in records], [], checkpoint=checkpoint)
+
+    return ReplicatedTable(
+        checkpoint="registry.tenants",
+        feed=_TENANT_CHANGES,
+        stored=registry.sync_checkpoint,
+        apply=apply,
+        upload=Upload(
+            pending=registry.pending_uploads,
+            tenant=lambda change: change.tenant.tenant_id,
+            send=upload_registry,
+            acknowledge=registry.acknowledge_uploads,
+            set_aside_as="registry",
+        ),
+    )
 
 
-async def download_keys(
-    connection: Connection, since: Position, limit: int, bound: int
-) -> tuple[list[tuple[KeyRecord, TenantRecord]], Position]:
-    """Up to `limit` keys changed after `since` and below the horizon (never past `bound`),
-    each with its tenant."""
-    records, position = await _KEY_CHANGES.read(connection, since, limit, bound)
-    keys = [
-        (
-            KeyRecord(
-                r["key_id"],
-                r["tenant_id"],
-                r["key_hash"],
-                r["role"],
-                r["key_created_at"],
-                r["revoked_at"],
-            ),
-            _tenant(r),
-        )
-        for r in records
-    ]
-    return keys, position
+def registry_keys(edge: EdgeStorage) -> ReplicatedTable[Never]:
+    """API keys as a round moves them: up with the tenants, down each with its tenant."""
+    registry = edge.registry
+
+    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+        owners = {r["tenant_id"]: _tenant(r) for r in records}
+        keys = [_key(r) for r in records]
+        return registry.apply_remote(list(owners.values()), keys, checkpoint=checkpoint)
+
+    return ReplicatedTable("registry.keys", _KEY_CHANGES, registry.sync_checkpoint, apply)
 
 
-def _tenant(record: Any) -> TenantRecord:
+def _key(record: Record) -> KeyRecord:
+    return KeyRecord(
+        record["key_id"],
+        record["tenant_id"],
+        record["key_hash"],
+        record["role"],
+        record["key_created_at"],
+        record["revoked_at"],
+    )
+
+
+def _tenant(record: Record) -> TenantRecord:
     return TenantRecord(
         record["tenant_id"],
         record["name"],
@@ -139,7 +154,3 @@ def _tenant(record: Any) -> TenantRecord:
 def _columns(rows: Sequence[object], names: tuple[str, ...]) -> list[list[Any]]:
     """Rows as one list per column, in the order of `names`, for unnest()."""
     return [[getattr(row, name) for row in rows] for name in names]
-
-
-def _count(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1])
