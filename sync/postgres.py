@@ -119,6 +119,12 @@ def refused_for_its_rows(exc: BaseException) -> bool:
     )
 
 
+def as_columns(rows: Sequence[object], names: Sequence[str]) -> list[list[Any]]:
+    """The attributes `names` of `rows`, one list per name: the arrays `unnest()` turns back
+    into rows, so that a batch is one statement."""
+    return [[getattr(row, name) for row in rows] for name in names]
+
+
 def rows_changed(status: str) -> int:
     """How many rows a command changed, from its status (`INSERT 0 3`, `UPDATE 2`)."""
     return int(status.rsplit(" ", 1)[-1])

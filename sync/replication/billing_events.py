@@ -3,9 +3,9 @@
 An edge uploads the Stripe events it applied (edge_node/tenants/shared_events.py) into
 `billing_events` (migration 0004) with `ON CONFLICT DO NOTHING`: an event is a fact, and
 Stripe delivering one event to two nodes leaves one row. Downloads page through the table by
-`change_xid` below the snapshot horizon, like tenants (sync/replication/registry.py), so an event
-committed out of order is not skipped; each edge applies what it downloads by the same rule
-as a webhook, once per event id, and so converges with every other edge.
+`change_xid` below the snapshot horizon, like every replicated table (change_feed.py), so an
+event committed out of order is not skipped; each edge applies what it downloads by the same
+rule as a webhook, once per event id, and so converges with every other edge.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from edge_node.tenants.shared_events import BillingReplica, SharedBillingEvent
-from sync.postgres import rows_changed, translated
+from sync.postgres import as_columns, rows_changed, translated
 from sync.replication.change_feed import ChangeFeed
 from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Upload
 from sync.replication.round_values import EdgeStorage
@@ -48,7 +48,7 @@ async def upload_billing_events(
     """Store `events` centrally, in one transaction; how many were new there."""
     if not events:
         return 0
-    columns = [[getattr(e, name) for e in events] for name in _FIELDS] + [[node_id] * len(events)]
+    columns = [*as_columns(events, _FIELDS), [node_id] * len(events)]
     with translated(f"uploading {len(events)} billing events"):
         async with connection.transaction():
             status = await connection.execute(_UPLOAD, *columns)

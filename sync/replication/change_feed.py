@@ -77,8 +77,7 @@ class ChangeFeed:
         tenant_id: str | None = None,
     ) -> tuple[list[Record], Position]:
         """Up to `limit` rows changed after `since` and below the horizon (never past
-        `bound`), and where to resume: after the last row of a full page, at the horizon
-        after a shorter one (every row below it is read)."""
+        `bound`), and where to resume."""
         assert self.per_tenant == (tenant_id is not None), "a per-tenant feed needs its tenant"
         tenant = [] if tenant_id is None else [tenant_id]
         where = self.what if tenant_id is None else f"{self.what} of tenant {tenant_id}"
@@ -92,9 +91,12 @@ class ChangeFeed:
                 *tenant,
             )
         rows = [r for r in records if r["position"] is not None]
-        if len(rows) == limit:
-            last = rows[-1]
-            return rows, since.after_page(
-                int(last["position"]), tuple(last[name] for name, _ in self.key)
-            )
-        return rows, since.at_horizon(int(records[0]["horizon"]))
+        return rows, self._resume(since, rows, limit, int(records[0]["horizon"]))
+
+    def _resume(self, since: Position, rows: list[Record], limit: int, horizon: int) -> Position:
+        """After the last row of a full page; at the horizon after a shorter one, since every
+        row below it is read."""
+        if len(rows) < limit:
+            return since.at_horizon(horizon)
+        last = rows[-1]
+        return since.after_page(int(last["position"]), tuple(last[name] for name, _ in self.key))

@@ -26,7 +26,7 @@ from edge_node.crypto.keystore import Keyring
 from edge_node.crypto.replication import SharedDataKey
 from edge_node.deletion import delete_tenant
 from edge_node.errors import KeyMaterialError
-from sync.postgres import rows_changed, translated
+from sync.postgres import as_columns, rows_changed, translated
 from sync.replication.change_feed import ChangeFeed
 from sync.replication.positions import Position
 from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Upload
@@ -152,10 +152,7 @@ def _shred(edge: EdgeStorage, tenant_id: str) -> bool:
 
 
 async def _upload_keys(connection: Connection, keys: Sequence[SharedDataKey]) -> int:
-    columns = [
-        [getattr(k, name) for k in keys]
-        for name in ("tenant_id", "key_id", "wrapped", "fleet_key_id", "created_at")
-    ]
+    columns = as_columns(keys, ("tenant_id", "key_id", "wrapped", "fleet_key_id", "created_at"))
     with translated(f"uploading {len(keys)} tenant data keys"):
         async with connection.transaction():
             status = await connection.execute(_UPLOAD_KEYS, *columns)

@@ -12,10 +12,10 @@ and never undone by a sync.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Never
+from typing import TYPE_CHECKING, Never
 
 from edge_node.tenants.model import KeyRecord, RegistryChange, TenantRecord
-from sync.postgres import rows_changed, translated
+from sync.postgres import as_columns, rows_changed, translated
 from sync.replication.change_feed import ChangeFeed
 from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Upload
 from sync.replication.round_values import EdgeStorage
@@ -80,8 +80,8 @@ async def upload_registry(connection: Connection, changes: Sequence[RegistryChan
     keys = [c.key for c in changes if c.key is not None]
     if not tenants:
         return 0
-    tenant_columns = _columns(tenants, _TENANT_FIELDS)
-    key_columns = _columns(keys, _KEY_FIELDS)
+    tenant_columns = as_columns(tenants, _TENANT_FIELDS)
+    key_columns = as_columns(keys, _KEY_FIELDS)
     with translated(f"uploading {len(tenants)} tenants and {len(keys)} keys"):
         async with connection.transaction():
             changed = rows_changed(await connection.execute(_UPLOAD_TENANTS, *tenant_columns))
@@ -149,8 +149,3 @@ def _tenant(record: Record) -> TenantRecord:
         record["created_at"],
         record["updated_at"],
     )
-
-
-def _columns(rows: Sequence[object], names: tuple[str, ...]) -> list[list[Any]]:
-    """Rows as one list per column, in the order of `names`, for unnest()."""
-    return [[getattr(row, name) for row in rows] for name in names]
