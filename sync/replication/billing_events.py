@@ -64,9 +64,9 @@ def billing_events(edge: EdgeStorage) -> ReplicatedTable[SharedBillingEvent]:
         return replica.apply_downloaded([_event(r) for r in records], checkpoint=checkpoint)
 
     return ReplicatedTable(
-        checkpoint="billing.events",
+        name="billing.events",
         feed=_CHANGES,
-        stored=edge.registry.sync_checkpoint,
+        read_checkpoint=edge.registry.sync_checkpoint,
         apply=apply,
         upload=Upload(
             pending=replica.pending_uploads,

@@ -74,9 +74,9 @@ def tenant_deletions(edge: EdgeStorage) -> ReplicatedTable[tuple[str, int]]:
         return shredded
 
     return ReplicatedTable(
-        checkpoint="deletions",
+        name="deletions",
         feed=_DELETION_CHANGES,
-        stored=keyring.checkpoint,
+        read_checkpoint=keyring.checkpoint,
         apply=apply,
         upload=Upload(
             pending=keyring.deletions_to_upload,
@@ -99,9 +99,9 @@ def data_keys(edge: EdgeStorage, database: str) -> ReplicatedTable[SharedDataKey
         return added
 
     return ReplicatedTable(
-        checkpoint="data-keys",
+        name="data-keys",
         feed=_KEY_CHANGES,
-        stored=lambda name: _checkpoint_for_held_fleet_keys(keyring, name, database),
+        read_checkpoint=lambda name: _checkpoint_for_held_fleet_keys(keyring, name, database),
         apply=apply,
         upload=Upload(
             pending=keyring.keys_to_upload,

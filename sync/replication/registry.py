@@ -101,9 +101,9 @@ def registry_tenants(edge: EdgeStorage) -> ReplicatedTable[RegistryChange]:
         return registry.apply_remote([_tenant(r) for r in records], [], checkpoint=checkpoint)
 
     return ReplicatedTable(
-        checkpoint="registry.tenants",
+        name="registry.tenants",
         feed=_TENANT_CHANGES,
-        stored=registry.sync_checkpoint,
+        read_checkpoint=registry.sync_checkpoint,
         apply=apply,
         upload=Upload(
             pending=registry.pending_uploads,

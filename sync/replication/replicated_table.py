@@ -52,16 +52,16 @@ class Upload(Generic[Row]):
 class ReplicatedTable(Generic[Row]):
     """One table replicated between this node and the central database (see the module doc).
 
-    Its checkpoint on shard n is named `<checkpoint>.shard-<n>`, read by `stored`; `apply`
-    applies a page's rows of the shard's tenants and stores the checkpoint, and says how many
-    rows changed here. `apply_waiting` applies, before anything moves, rows downloaded earlier
-    that waited for another table's (billing events for their tenant). `reported`: its rows
-    count in the round's report. `enabled`: it moves at all this round.
+    Its checkpoint on shard n is named `<name>.shard-<n>`, read by `read_checkpoint`;
+    `apply` applies a page's rows of the shard's tenants and stores the checkpoint, and says
+    how many rows changed here. `apply_waiting` applies, before anything moves, rows
+    downloaded earlier that waited for another table's (billing events for their tenant).
+    `reported`: its rows count in the round's report. `enabled`: it moves at all this round.
     """
 
-    checkpoint: str
+    name: str
     feed: ChangeFeed
-    stored: Callable[[str], str | None]
+    read_checkpoint: Callable[[str], str | None]
     apply: Callable[[list[Record], Checkpoint], int]
     upload: Upload[Row] | None = None
     apply_waiting: Callable[[], int] | None = None

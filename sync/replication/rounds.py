@@ -140,8 +140,8 @@ class ShardRound:
     async def download(self, table: ReplicatedTable[Any], database: str) -> None:
         """Every page of `table`'s changes after its checkpoint on this shard, the shard's
         tenants' rows applied with the page's checkpoint."""
-        name = f"{table.checkpoint}.shard-{self.index}"
-        position = Position.decode(table.stored(name), database)
+        checkpoint = f"{table.name}.shard-{self.index}"
+        position = Position.decode(table.read_checkpoint(checkpoint), database)
         while True:
             bound = await self.download_bound()
             records, position = await table.feed.read(
@@ -149,7 +149,7 @@ class ShardRound:
             )
             if records:  # an empty page is not worth a write (and an fsync)
                 mine = [r for r in records if self.owns(r["tenant_id"])]
-                self._count_applied(table, table.apply(mine, (name, position.encode())))
+                self._count_applied(table, table.apply(mine, (checkpoint, position.encode())))
             if len(records) < self.batch_size:
                 return
 
