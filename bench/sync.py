@@ -41,7 +41,9 @@ from edge_node.tenants.registry import TenantRegistry
 from sync.central.schema import migrate_dsns
 from sync.postgres import connect
 from sync.replication.positions import database_identity
-from sync.replication.rounds import EdgeStorage, ShardRound
+from sync.replication.registry import registry_tenants
+from sync.replication.round_values import EdgeStorage
+from sync.replication.rounds import ShardRound
 from sync.replication.set_aside import SetAsideLog
 from sync.worker import SyncWorker
 
@@ -87,10 +89,9 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> dict
         print(f"local writes: {rows} in {seconds:.2f} s")
         conn = await connect(dsn)
         try:
-            round_ = ShardRound(
-                conn, 0, 1, EdgeStorage(a.registry, a.stores), batch_size, SetAsideLog(root / "x")
-            )
-            await round_.upload_registry()
+            edge_a = EdgeStorage(a.registry, a.stores)
+            round_ = ShardRound(conn, 0, 1, edge_a, batch_size, SetAsideLog(root / "x"))
+            await round_.upload(registry_tenants(edge_a))
             started = time.perf_counter()
             await round_.ratings().upload([t])
             seconds = time.perf_counter() - started
@@ -100,13 +101,12 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> dict
                 f"upload: {rows} rows in {seconds:.2f} s = {rows / seconds:,.0f} rows/s"
                 f" (batch {batch_size})"
             )
-            await ShardRound(
-                conn, 0, 1, EdgeStorage(b.registry, b.stores), batch_size, SetAsideLog(root / "x")
-            ).download_registry(await database_identity(conn))  # the tenant, to hold its rows
+            edge_b = EdgeStorage(b.registry, b.stores)
+            await ShardRound(conn, 0, 1, edge_b, batch_size, SetAsideLog(root / "x")).download(
+                registry_tenants(edge_b), await database_identity(conn)
+            )  # the tenant, to hold its rows
             started = time.perf_counter()
-            down = ShardRound(
-                conn, 0, 1, EdgeStorage(b.registry, b.stores), batch_size, SetAsideLog(root / "x")
-            )
+            down = ShardRound(conn, 0, 1, edge_b, batch_size, SetAsideLog(root / "x"))
             await down.ratings().download([t], await down.database(), await down.download_bound())
             seconds = time.perf_counter() - started
             print(

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 else:  # asyncpg's classes are generic only in its stubs
     Connection = asyncpg.Connection
     Pool = asyncpg.Pool
+Record: TypeAlias = asyncpg.Record  # one row a query returned, read by column name
 
 APPLICATION_NAME = "edge-node"
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -116,6 +117,17 @@ def refused_for_its_rows(exc: BaseException) -> bool:
         isinstance(cause, asyncpg.PostgresError)
         and str(getattr(cause, "sqlstate", "")) in ROW_CONFLICT_SQLSTATES
     )
+
+
+def as_columns(rows: Sequence[object], names: Sequence[str]) -> list[list[Any]]:
+    """The attributes `names` of `rows`, one list per name: the arrays `unnest()` turns back
+    into rows, so that a batch is one statement."""
+    return [[getattr(row, name) for row in rows] for name in names]
+
+
+def rows_changed(status: str) -> int:
+    """How many rows a command changed, from its status (`INSERT 0 3`, `UPDATE 2`)."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 @contextlib.contextmanager

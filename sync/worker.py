@@ -33,7 +33,8 @@ from sync.backoff import Backoff
 from sync.job_status_file import JobStatusPublisher, usage_flush_totals
 from sync.jobs import JobStatus, PeriodicJob, run_periodically
 from sync.postgres import check_dsn, close_quietly, connect, redact_dsn
-from sync.replication.rounds import EdgeStorage, RoundReport, ShardRound
+from sync.replication.round_values import EdgeStorage, RoundReport
+from sync.replication.rounds import ShardRound
 from sync.replication.set_aside import FILE_NAME as SET_ASIDE_FILE
 from sync.replication.set_aside import SetAsideLog
 from sync.replication.tenant_failures import TenantFailures

@@ -215,7 +215,7 @@ def start_sync(
         return None
     # Imported here: a standalone node, and the request path, never load the sync package,
     # its PostgreSQL driver or the Stripe SDK.
-    from sync.replication.rounds import EdgeStorage  # noqa: PLC0415
+    from sync.replication.round_values import EdgeStorage  # noqa: PLC0415
     from sync.worker import SyncWorker  # noqa: PLC0415
 
     jobs = []

@@ -3,22 +3,25 @@
 An edge uploads the Stripe events it applied (edge_node/tenants/shared_events.py) into
 `billing_events` (migration 0004) with `ON CONFLICT DO NOTHING`: an event is a fact, and
 Stripe delivering one event to two nodes leaves one row. Downloads page through the table by
-`change_xid` below the snapshot horizon, like tenants (sync/replication/registry.py), so an event
-committed out of order is not skipped; each edge applies what it downloads by the same rule
-as a webhook, once per event id, and so converges with every other edge.
+`change_xid` below the snapshot horizon, like every replicated table (change_feed.py), so an
+event committed out of order is not skipped; each edge applies what it downloads by the same
+rule as a webhook, once per event id, and so converges with every other edge.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edge_node.tenants.shared_events import SharedBillingEvent
-from sync.postgres import translated
-from sync.replication.positions import Position
+from edge_node.tenants.shared_events import BillingReplica, SharedBillingEvent
+from sync.postgres import as_columns, rows_changed, translated
+from sync.replication.change_feed import ChangeFeed
+from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Upload
+from sync.replication.round_values import EdgeStorage
 
 if TYPE_CHECKING:
-    from sync.postgres import Connection
+    from sync.postgres import Connection, Record
 
 _UPLOAD = """
     INSERT INTO billing_events (tenant_id, event_id, type, created, customer_id,
@@ -29,22 +32,14 @@ _UPLOAD = """
 
 _FIELDS = ("tenant_id", "event_id", "type", "created", "customer_id", "subscription_id", "target")
 
-_CHANGES = """
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT e.tenant_id::text AS tenant_id, e.event_id, e.type, e.created, e.customer_id,
-               e.subscription_id, e.target, e.change_xid::text AS position
-        FROM billing_events e
-        WHERE e.change_xid >= $1::text::xid8
-          AND (e.change_xid > $1::text::xid8 OR $2::uuid IS NULL
-               OR (e.tenant_id, e.event_id) > ($2::uuid, $3::text))
-          AND e.change_xid < horizon.xid
-        ORDER BY e.change_xid, e.tenant_id, e.event_id
-        LIMIT $4
-    ) page ON true"""
+_CHANGES = ChangeFeed(
+    "billing events",
+    "billing_events e",
+    "e",
+    "e.tenant_id::text AS tenant_id, e.event_id, e.type, e.created, e.customer_id,"
+    " e.subscription_id, e.target",
+    (("tenant_id", "uuid"), ("event_id", "text")),
+)
 
 
 async def upload_billing_events(
@@ -53,39 +48,44 @@ async def upload_billing_events(
     """Store `events` centrally, in one transaction; how many were new there."""
     if not events:
         return 0
-    columns = [[getattr(e, name) for e in events] for name in _FIELDS] + [[node_id] * len(events)]
+    columns = [*as_columns(events, _FIELDS), [node_id] * len(events)]
     with translated(f"uploading {len(events)} billing events"):
         async with connection.transaction():
             status = await connection.execute(_UPLOAD, *columns)
-    return int(status.rsplit(" ", 1)[-1])
+    return rows_changed(status)
 
 
-async def download_billing_events(
-    connection: Connection, since: Position, limit: int, bound: int
-) -> tuple[list[SharedBillingEvent], Position]:
-    """Up to `limit` events stored after `since` and below the horizon (never past `bound`),
-    and where to resume."""
-    after_tenant, after_event = since.key_bound(2)
-    with translated("downloading billing events"):
-        records = await connection.fetch(
-            _CHANGES, str(since.xid), after_tenant, after_event, limit, str(bound)
-        )
-    events = [
-        SharedBillingEvent(
-            r["event_id"],
-            r["tenant_id"],
-            r["type"],
-            r["created"],
-            r["customer_id"],
-            r["subscription_id"],
-            r["target"],
-        )
-        for r in records
-        if r["event_id"] is not None
-    ]
-    if len(events) == limit:
-        last = records[-1]
-        return events, since.after_page(
-            int(last["position"]), (last["tenant_id"], last["event_id"])
-        )
-    return events, since.at_horizon(int(records[0]["horizon"]))
+def billing_events(edge: EdgeStorage) -> ReplicatedTable[SharedBillingEvent]:
+    """Billing events as a round moves them, right after the registry, so a tenant's billing
+    state follows it to every edge within the same round."""
+    replica = BillingReplica(edge.registry.connection)
+
+    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+        return replica.apply_downloaded([_event(r) for r in records], checkpoint=checkpoint)
+
+    return ReplicatedTable(
+        name="billing.events",
+        feed=_CHANGES,
+        read_checkpoint=edge.registry.sync_checkpoint,
+        apply=apply,
+        upload=Upload(
+            pending=replica.pending_uploads,
+            tenant=lambda event: event.tenant_id,
+            send=functools.partial(upload_billing_events, node_id=edge.stores.node_id),
+            acknowledge=replica.acknowledge_uploads,
+            set_aside_as="billing_event",
+        ),
+        apply_waiting=replica.apply_waiting,  # events whose tenant has come down since
+    )
+
+
+def _event(record: Record) -> SharedBillingEvent:
+    return SharedBillingEvent(
+        record["event_id"],
+        record["tenant_id"],
+        record["type"],
+        record["created"],
+        record["customer_id"],
+        record["subscription_id"],
+        record["target"],
+    )

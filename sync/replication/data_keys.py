@@ -10,24 +10,30 @@ At the start of each round, before anything else moves (sync/replication/rounds.
    (those wrapped by encryption.previous_fleet_key_file too, during a fleet-key rotation).
 Keys go up before this round's ratings do, so another node that downloads a sealed comment
 gets the key to open it in the same round, or at the latest in its next one.
-Downloads resume from checkpoints kept in the key store, like every other table's.
+Both are replicated tables (replicated_table.py) whose checkpoints are kept in the key store.
+Unlike the registry's rows they are never set aside (all of a round's go up in one
+transaction, whose refusal fails the round) nor counted in the round's report.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from edge_node.crypto.keystore import Keyring
 from edge_node.crypto.replication import SharedDataKey
 from edge_node.deletion import delete_tenant
 from edge_node.errors import KeyMaterialError
-from sync.postgres import translated
+from sync.postgres import as_columns, rows_changed, translated
+from sync.replication.change_feed import ChangeFeed
 from sync.replication.positions import Position
+from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Upload
+from sync.replication.round_values import EdgeStorage
 
 if TYPE_CHECKING:
-    from sync.replication.rounds import ShardRound
+    from sync.postgres import Connection, Record
 
 log = logging.getLogger(__name__)
 
@@ -42,45 +48,76 @@ _UPLOAD_KEYS = """
     ON CONFLICT (tenant_id, key_id) DO NOTHING"""
 
 
-def _changes(table: str, columns: str, key: str, bound: str) -> str:
-    """Rows of `table` changed after a position and below the horizon, in (change_xid, key)
-    order, as for ratings (sync/replication/ratings.py): $1 xid, $2 horizon cap, $3 limit, then the
-    key bound (NULLs: none)."""
-    return f"""
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $2::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT t.tenant_id::text AS tenant_id, {columns}, t.change_xid::text AS position
-        FROM {table} t
-        WHERE t.change_xid >= $1::text::xid8
-          AND (t.change_xid > $1::text::xid8 OR $4::uuid IS NULL OR ({key}) > ({bound}))
-          AND t.change_xid < horizon.xid
-        ORDER BY t.change_xid, {key}
-        LIMIT $3
-    ) page ON true"""  # noqa: S608 - constant text, no input
-
-
-_DELETION_CHANGES = _changes("tenant_deletions", "t.deleted_at", "t.tenant_id", "$4::uuid")
-_KEY_CHANGES = _changes(
-    "tenant_data_keys",
-    "t.key_id, t.wrapped, t.fleet_key_id, t.created_at",
-    "t.tenant_id, t.key_id",
-    "$4::uuid, $5::text",
+_DELETION_CHANGES = ChangeFeed(
+    "tenant deletions",
+    "tenant_deletions t",
+    "t",
+    "t.tenant_id::text AS tenant_id, t.deleted_at",
+    (("tenant_id", "uuid"),),
+)
+_KEY_CHANGES = ChangeFeed(
+    "data keys",
+    "tenant_data_keys t",
+    "t",
+    "t.tenant_id::text AS tenant_id, t.key_id, t.wrapped, t.fleet_key_id, t.created_at",
+    (("tenant_id", "uuid"), ("key_id", "text")),
 )
 
 
-async def exchange_key_material(round_: ShardRound, database: str) -> None:
-    """Steps 1 to 3 of the module doc, for the shard `round_` syncs."""
-    await _upload_deletions(round_)
-    await _download_deletions(round_, database)
-    keyring = round_.edge.stores.keyring
+def tenant_deletions(edge: EdgeStorage) -> ReplicatedTable[tuple[str, int]]:
+    """Steps 1 and 2 of the module doc: deletions as a round moves them."""
+    keyring = edge.stores.keyring
+
+    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+        shredded = sum(_shred(edge, r["tenant_id"]) for r in records)
+        keyring.set_checkpoint(*checkpoint)
+        return shredded
+
+    return ReplicatedTable(
+        name="deletions",
+        feed=_DELETION_CHANGES,
+        read_checkpoint=keyring.checkpoint,
+        apply=apply,
+        upload=Upload(
+            pending=keyring.deletions_to_upload,
+            tenant=lambda deletion: deletion[0],
+            send=_upload_deletions,
+            acknowledge=lambda deletions: keyring.mark_deletions_uploaded(t for t, _ in deletions),
+        ),
+        reported=False,
+    )
+
+
+def data_keys(edge: EdgeStorage, database: str) -> ReplicatedTable[SharedDataKey]:
+    """Step 3 of the module doc: data keys as a round moves them, when this node has a fleet
+    key."""
+    keyring = edge.stores.keyring
+
+    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+        added = _add_shared(keyring, [_data_key(r) for r in records], checkpoint[0])
+        keyring.set_checkpoint(*checkpoint)
+        return added
+
+    return ReplicatedTable(
+        name="data-keys",
+        feed=_KEY_CHANGES,
+        read_checkpoint=lambda name: _checkpoint_for_held_fleet_keys(keyring, name, database),
+        apply=apply,
+        upload=Upload(
+            pending=keyring.keys_to_upload,
+            tenant=lambda key: key.tenant_id,
+            send=_upload_keys,
+            acknowledge=keyring.mark_uploaded,
+        ),
+        reported=False,
+        enabled=_holds_fleet_key(keyring),
+    )
+
+
+def _holds_fleet_key(keyring: Keyring) -> bool:
     if keyring.fleet_key is None:
         _warn_without_fleet_key(str(keyring.directory))
-        return
-    await _upload_keys(round_)
-    await _download_keys(round_, database)
+    return keyring.fleet_key is not None
 
 
 @functools.cache
@@ -93,120 +130,62 @@ def _warn_without_fleet_key(directory: str) -> None:
     )
 
 
-async def _upload_deletions(round_: ShardRound) -> None:
-    keyring = round_.edge.stores.keyring
-    deletions = [(t, at) for t, at in keyring.deletions_to_upload() if round_.owns(t)]
-    if not deletions:
-        return
+async def _upload_deletions(connection: Connection, deletions: Sequence[tuple[str, int]]) -> int:
     with translated(f"uploading {len(deletions)} tenant deletions"):
-        async with round_.connection.transaction():
-            await round_.connection.execute(
+        async with connection.transaction():
+            status = await connection.execute(
                 _UPLOAD_DELETIONS, [t for t, _ in deletions], [at for _, at in deletions]
             )
-    keyring.mark_deletions_uploaded(t for t, _ in deletions)
+    return rows_changed(status)
 
 
-async def _download_deletions(round_: ShardRound, database: str) -> None:
-    keyring = round_.edge.stores.keyring
-
-    def apply(records: list[Any]) -> None:
-        for record in records:
-            tenant_id = record["tenant_id"]
-            if round_.owns(tenant_id):
-                news = not keyring.is_deleted(tenant_id)
-                # Run even when known: it finishes a local deletion a crash interrupted.
-                delete_tenant(round_.edge.registry, round_.edge.stores, tenant_id)
-                keyring.mark_deletions_uploaded([tenant_id])
-                if news:
-                    log.warning("tenant %s was deleted centrally: shredded here", tenant_id)
-
-    await _download(round_, database, what="deletions", sql=_DELETION_CHANGES, width=1, apply=apply)
+def _shred(edge: EdgeStorage, tenant_id: str) -> bool:
+    """Shred a tenant deleted centrally; whether that is news here."""
+    keyring = edge.stores.keyring
+    news = not keyring.is_deleted(tenant_id)
+    # Run even when known: it finishes a local deletion a crash interrupted.
+    delete_tenant(edge.registry, edge.stores, tenant_id)
+    keyring.mark_deletions_uploaded([tenant_id])
+    if news:
+        log.warning("tenant %s was deleted centrally: shredded here", tenant_id)
+    return news
 
 
-async def _upload_keys(round_: ShardRound) -> None:
-    keyring = round_.edge.stores.keyring
-    keys = [k for k in keyring.keys_to_upload() if round_.owns(k.tenant_id)]
-    if not keys:
-        return
-    columns = [
-        [getattr(k, name) for k in keys]
-        for name in ("tenant_id", "key_id", "wrapped", "fleet_key_id", "created_at")
-    ]
+async def _upload_keys(connection: Connection, keys: Sequence[SharedDataKey]) -> int:
+    columns = as_columns(keys, ("tenant_id", "key_id", "wrapped", "fleet_key_id", "created_at"))
     with translated(f"uploading {len(keys)} tenant data keys"):
-        async with round_.connection.transaction():
-            await round_.connection.execute(_UPLOAD_KEYS, *columns)
-    keyring.mark_uploaded(keys)
+        async with connection.transaction():
+            status = await connection.execute(_UPLOAD_KEYS, *columns)
+    return rows_changed(status)
 
 
-async def _download_keys(round_: ShardRound, database: str) -> None:
-    keyring = round_.edge.stores.keyring
-    _restart_for_new_fleet_keys(round_, database)
-
-    def apply(records: list[Any]) -> None:
-        keys = [
-            SharedDataKey(
-                r["tenant_id"], r["key_id"], r["wrapped"], r["fleet_key_id"], r["created_at"]
-            )
-            for r in records
-            if round_.owns(r["tenant_id"])
-        ]
-        try:
-            keyring.add_shared(keys)
-        except KeyMaterialError as exc:  # a key that does not unwrap: report, keep syncing
-            log.error("a data key from shard %d was refused: %s", round_.index, exc)
-
-    await _download(round_, database, what="data-keys", sql=_KEY_CHANGES, width=2, apply=apply)
+def _data_key(record: Record) -> SharedDataKey:
+    return SharedDataKey(
+        record["tenant_id"],
+        record["key_id"],
+        record["wrapped"],
+        record["fleet_key_id"],
+        record["created_at"],
+    )
 
 
-def _restart_for_new_fleet_keys(round_: ShardRound, database: str) -> None:
-    """Download every data key again when this node holds a fleet key it did not hold when
-    its checkpoint was taken: keys wrapped by that key were skipped then (a fleet-key
-    rotation, docs/security.md). Keys already held are ignored on arrival."""
-    keyring = round_.edge.stores.keyring
+def _add_shared(keyring: Keyring, keys: list[SharedDataKey], checkpoint: str) -> int:
+    """Store downloaded data keys; how many were new here."""
+    try:
+        return keyring.add_shared(keys)
+    except KeyMaterialError as exc:  # a key that does not unwrap: report, keep syncing
+        log.error("a data key downloaded for %s was refused: %s", checkpoint, exc)
+        return 0
+
+
+def _checkpoint_for_held_fleet_keys(keyring: Keyring, name: str, database: str) -> str | None:
+    """The checkpoint `name`, moved back to the start when this node holds a fleet key it did
+    not hold when the checkpoint was taken: keys wrapped by that key were skipped then (a
+    fleet-key rotation, docs/security.md). Keys already held are ignored on arrival."""
     held = {k.key_id for k in (keyring.fleet_key, keyring.previous_fleet_key) if k is not None}
-    marker = f"data-keys.shard-{round_.index}.fleet-keys"
+    marker = f"{name}.fleet-keys"
     known = keyring.checkpoint(marker)
-    if known is not None and held <= set(known.split(",")):
-        return
-    keyring.set_checkpoint(f"data-keys.shard-{round_.index}", Position.start(database).encode())
-    keyring.set_checkpoint(marker, ",".join(sorted(held)))
-
-
-async def _download(
-    round_: ShardRound,
-    database: str,
-    *,
-    what: str,
-    sql: str,
-    width: int,
-    apply: Callable[[list[Any]], None],
-) -> None:
-    """Every page of `sql` after the checkpoint `what` of this shard, each applied and then
-    its checkpoint stored; an empty page stores nothing (as for ratings: not worth a write)."""
-    keyring = round_.edge.stores.keyring
-    name = f"{what}.shard-{round_.index}"
-    position = Position.decode(keyring.checkpoint(name), database)
-    while True:
-        records, position = await _page(round_, sql, position, width, what)
-        if records:
-            apply(records)
-            keyring.set_checkpoint(name, position.encode())
-        if len(records) < round_.batch_size:
-            return
-
-
-async def _page(
-    round_: ShardRound, sql: str, since: Position, width: int, what: str
-) -> tuple[list[Any], Position]:
-    """One page of changes after `since`, and where to resume."""
-    bound = await round_.download_bound()
-    with translated(f"downloading {what}"):
-        records = await round_.connection.fetch(
-            sql, str(since.xid), str(bound), round_.batch_size, *since.key_bound(width)
-        )
-    rows = [r for r in records if r["tenant_id"] is not None]
-    if len(rows) == round_.batch_size:
-        last = records[-1]
-        key = (last["tenant_id"],) if width == 1 else (last["tenant_id"], last["key_id"])
-        return rows, since.after_page(int(last["position"]), key)
-    return rows, since.at_horizon(int(records[0]["horizon"]))
+    if known is None or not held <= set(known.split(",")):
+        keyring.set_checkpoint(name, Position.start(database).encode())
+        keyring.set_checkpoint(marker, ",".join(sorted(held)))
+    return keyring.checkpoint(name)

@@ -27,12 +27,12 @@ from edge_node.rating.replication import RatingRow
 from sync.replication import shard_state
 from sync.replication.positions import Position
 from sync.replication.ratings import download_ratings, download_shard_ratings, upload_ratings
+from sync.replication.round_values import EdgeStorage, RoundReport
 from sync.replication.set_aside import send_or_set_aside
 from sync.replication.tenant_failures import TenantFailures, is_tenant_failure
 
 if TYPE_CHECKING:
     from sync.postgres import Connection
-    from sync.replication.rounds import EdgeStorage, RoundReport
 
 APPLY_CHUNK_ROWS = 250
 

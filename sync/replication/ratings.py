@@ -1,4 +1,4 @@
-"""Ratings on the central database: the upload upsert and the per-tenant download of changes.
+"""Ratings on the central database: the upload upsert and the changes, shard-wide and per tenant.
 
 Both sides apply one conflict rule, the same as every edge (`edge_node.rating.replication.wins`):
 a row replaces another only when its (updated_at, origin_node) is greater. origin_node is
@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge_node.rating.replication import RatingRow, wins
-from sync.postgres import translated
+from sync.postgres import rows_changed, translated
+from sync.replication.change_feed import ChangeFeed
 from sync.replication.positions import Position
 
 if TYPE_CHECKING:
@@ -41,44 +42,22 @@ _UPSERT = """
     WHERE (excluded.updated_at, excluded.origin_node COLLATE "C")
         > (current.updated_at, current.origin_node COLLATE "C")"""
 
-# One statement, hence one snapshot, for the horizon and the page: the horizon is the oldest
-# transaction running in the very snapshot the rows are read from.
-_CHANGES = """
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT r.id::text AS id, r.user_id, r.item_id, r.score, r.comment_sealed, r.created_at,
-               r.updated_at, r.origin_node, r.deleted, r.change_xid::text AS position
-        FROM ratings r
-        WHERE r.tenant_id = $1
-          AND r.change_xid >= $2::text::xid8
-          AND (r.change_xid > $2::text::xid8 OR $3::uuid IS NULL OR r.id > $3::uuid)
-          AND r.change_xid < horizon.xid
-        ORDER BY r.change_xid, r.id
-        LIMIT $4
-    ) page ON true"""
+_COLUMNS = """r.id::text AS id, r.user_id, r.item_id, r.score, r.comment_sealed, r.created_at,
+        r.updated_at, r.origin_node, r.deleted"""
 
 # Every tenant of the shard at once (index ratings_shard_changes, migration 0003), so an edge
-# opens only the tenant files that have changes; the key after change_xid is (tenant_id, id).
-_SHARD_CHANGES = """
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT r.tenant_id::text AS tenant_id, r.id::text AS id, r.user_id, r.item_id,
-               r.score, r.comment_sealed, r.created_at, r.updated_at, r.origin_node, r.deleted,
-               r.change_xid::text AS position
-        FROM ratings r
-        WHERE r.change_xid >= $1::text::xid8
-          AND (r.change_xid > $1::text::xid8 OR $2::uuid IS NULL
-               OR (r.tenant_id, r.id) > ($2::uuid, $3::uuid))
-          AND r.change_xid < horizon.xid
-        ORDER BY r.change_xid, r.tenant_id, r.id
-        LIMIT $4
-    ) page ON true"""
+# opens only the tenant files that have changes.
+_SHARD_CHANGES = ChangeFeed(
+    "the shard's rating changes",
+    "ratings r",
+    "r",
+    f"r.tenant_id::text AS tenant_id, {_COLUMNS}",
+    (("tenant_id", "uuid"), ("id", "uuid")),
+)
+# One tenant's, for a tenant the shard's checkpoint does not cover yet (rating_transfer.py).
+_TENANT_CHANGES = ChangeFeed(
+    "ratings", "ratings r", "r", _COLUMNS, (("id", "uuid"),), per_tenant=True
+)
 
 
 def latest_per_rating(rows: Sequence[RatingRow]) -> list[RatingRow]:
@@ -113,7 +92,7 @@ async def upload_ratings(connection: Connection, rows: Sequence[RatingRow]) -> i
     with translated(f"uploading {len(rows)} ratings"):
         async with connection.transaction():
             status = await connection.execute(_UPSERT, *columns)
-    return int(status.rsplit(" ", 1)[-1])
+    return rows_changed(status)
 
 
 async def download_ratings(
@@ -123,16 +102,8 @@ async def download_ratings(
     (change_xid, id) order, and the position to resume from. Fewer than `limit` rows means
     the tenant is read up to the horizon. The horizon never passes `bound`, the round's
     durable bound (positions.durable_bound)."""
-    (after_id,) = since.key_bound(1)
-    with translated(f"downloading ratings of tenant {tenant_id}"):
-        records = await connection.fetch(
-            _CHANGES, tenant_id, str(since.xid), after_id, limit, str(bound)
-        )
-    rows = [_rating(r, tenant_id) for r in records if r["id"] is not None]
-    if len(rows) == limit:
-        last = records[-1]
-        return rows, since.after_page(int(last["position"]), (last["id"],))
-    return rows, since.at_horizon(int(records[0]["horizon"]))
+    records, position = await _TENANT_CHANGES.read(connection, since, limit, bound, tenant_id)
+    return [_rating(r, tenant_id) for r in records], position
 
 
 async def download_shard_ratings(
@@ -140,16 +111,8 @@ async def download_shard_ratings(
 ) -> tuple[list[RatingRow], Position]:
     """Like `download_ratings`, for every tenant of the shard at once, in (change_xid,
     tenant_id, id) order; the horizon never passes `bound`."""
-    after_tenant, after_id = since.key_bound(2)
-    with translated("downloading the shard's rating changes"):
-        records = await connection.fetch(
-            _SHARD_CHANGES, str(since.xid), after_tenant, after_id, limit, str(bound)
-        )
-    rows = [_rating(r, r["tenant_id"]) for r in records if r["id"] is not None]
-    if len(rows) == limit:
-        last = records[-1]
-        return rows, since.after_page(int(last["position"]), (last["tenant_id"], last["id"]))
-    return rows, since.at_horizon(int(records[0]["horizon"]))
+    records, position = await _SHARD_CHANGES.read(connection, since, limit, bound)
+    return [_rating(r, r["tenant_id"]) for r in records], position
 
 
 def _rating(r: Any, tenant_id: str) -> RatingRow:

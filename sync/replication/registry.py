@@ -1,5 +1,6 @@
-"""The tenant registry on the central database: uploading this node's tenants and keys, and
-downloading every change to tenants and keys since a checkpoint.
+"""The tenant registry on the central database: uploading this node's tenants and keys,
+downloading every change to tenants and keys since a checkpoint, and the two replicated tables
+a round moves them as.
 
 The rule (docs/sync.md, "The tenant registry"): the central row is a tenant's truth. An edge
 uploads a tenant only to create it (`ON CONFLICT DO NOTHING`); status, plan, rate limit and
@@ -11,14 +12,16 @@ and never undone by a sync.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Never
 
 from edge_node.tenants.model import KeyRecord, RegistryChange, TenantRecord
-from sync.postgres import translated
-from sync.replication.positions import Position
+from sync.postgres import as_columns, rows_changed, translated
+from sync.replication.change_feed import ChangeFeed
+from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Upload
+from sync.replication.round_values import EdgeStorage
 
 if TYPE_CHECKING:
-    from sync.postgres import Connection
+    from sync.postgres import Connection, Record
 
 _UPLOAD_TENANTS = """
     INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,
@@ -56,41 +59,18 @@ _KEY_FIELDS = ("tenant_id", "key_id", "key_hash", "role", "created_at", "revoked
 _TENANT_COLUMNS = """t.tenant_id::text AS tenant_id, t.name, t.status, t.plan,
     t.rate_limit_per_minute, t.stripe_customer_id, t.created_at, t.updated_at"""
 
-# Like ratings (sync/replication/ratings.py): the horizon and the page come from one statement's
-# snapshot.
-_TENANT_CHANGES = f"""
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $4::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT {_TENANT_COLUMNS}, t.change_xid::text AS position
-        FROM tenants t
-        WHERE t.change_xid >= $1::text::xid8
-          AND (t.change_xid > $1::text::xid8 OR $2::uuid IS NULL OR t.tenant_id > $2::uuid)
-          AND t.change_xid < horizon.xid
-        ORDER BY t.change_xid, t.tenant_id
-        LIMIT $3
-    ) page ON true"""  # noqa: S608 - constant text, no input
+_TENANT_CHANGES = ChangeFeed("tenants", "tenants t", "t", _TENANT_COLUMNS, (("tenant_id", "uuid"),))
 
 # Each key comes with its tenant's current row, so an edge never holds a key whose tenant it
 # has not got yet (its foreign key), whatever order the two changed in.
-_KEY_CHANGES = f"""
-    WITH horizon AS MATERIALIZED (
-        SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $5::text::xid8) AS xid
-    )
-    SELECT horizon.xid::text AS horizon, page.*
-    FROM horizon LEFT JOIN LATERAL (
-        SELECT k.key_id, k.key_hash, k.role, k.created_at AS key_created_at, k.revoked_at,
-               k.change_xid::text AS position, {_TENANT_COLUMNS}
-        FROM api_keys k JOIN tenants t ON t.tenant_id = k.tenant_id
-        WHERE k.change_xid >= $1::text::xid8
-          AND (k.change_xid > $1::text::xid8 OR $2::uuid IS NULL
-               OR (k.tenant_id, k.key_id) > ($2::uuid, $3::text))
-          AND k.change_xid < horizon.xid
-        ORDER BY k.change_xid, k.tenant_id, k.key_id
-        LIMIT $4
-    ) page ON true"""  # noqa: S608 - constant text, no input
+_KEY_CHANGES = ChangeFeed(
+    "API keys",
+    "api_keys k JOIN tenants t ON t.tenant_id = k.tenant_id",
+    "k",
+    "k.key_id, k.key_hash, k.role, k.created_at AS key_created_at, k.revoked_at, "
+    + _TENANT_COLUMNS,
+    (("tenant_id", "uuid"), ("key_id", "text")),
+)
 
 
 async def upload_registry(connection: Connection, changes: Sequence[RegistryChange]) -> int:
@@ -100,66 +80,65 @@ async def upload_registry(connection: Connection, changes: Sequence[RegistryChan
     keys = [c.key for c in changes if c.key is not None]
     if not tenants:
         return 0
-    tenant_columns = _columns(tenants, _TENANT_FIELDS)
-    key_columns = _columns(keys, _KEY_FIELDS)
+    tenant_columns = as_columns(tenants, _TENANT_FIELDS)
+    key_columns = as_columns(keys, _KEY_FIELDS)
     with translated(f"uploading {len(tenants)} tenants and {len(keys)} keys"):
         async with connection.transaction():
-            changed = _count(await connection.execute(_UPLOAD_TENANTS, *tenant_columns))
-            changed += _count(
+            changed = rows_changed(await connection.execute(_UPLOAD_TENANTS, *tenant_columns))
+            changed += rows_changed(
                 await connection.execute(_UPLOAD_CUSTOMERS, tenant_columns[0], tenant_columns[5])
             )
             if keys:
-                changed += _count(await connection.execute(_UPLOAD_KEYS, *key_columns))
+                changed += rows_changed(await connection.execute(_UPLOAD_KEYS, *key_columns))
     return changed
 
 
-async def download_tenants(
-    connection: Connection, since: Position, limit: int, bound: int
-) -> tuple[list[TenantRecord], Position]:
-    """Up to `limit` tenants changed after `since` and below the horizon (never past `bound`,
-    the round's durable bound), and where to resume."""
-    (after,) = since.key_bound(1)
-    with translated("downloading tenants"):
-        records = await connection.fetch(_TENANT_CHANGES, str(since.xid), after, limit, str(bound))
-    tenants = [_tenant(r) for r in records if r["tenant_id"] is not None]
-    if len(tenants) == limit:
-        last = records[-1]
-        return tenants, since.after_page(int(last["position"]), (last["tenant_id"],))
-    return tenants, since.at_horizon(int(records[0]["horizon"]))
+def registry_tenants(edge: EdgeStorage) -> ReplicatedTable[RegistryChange]:
+    """Tenants as a round moves them; their upload carries every registry change, keys too."""
+    registry = edge.registry
+
+    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+        return registry.apply_remote([_tenant(r) for r in records], [], checkpoint=checkpoint)
+
+    return ReplicatedTable(
+        name="registry.tenants",
+        feed=_TENANT_CHANGES,
+        read_checkpoint=registry.sync_checkpoint,
+        apply=apply,
+        upload=Upload(
+            pending=registry.pending_uploads,
+            tenant=lambda change: change.tenant.tenant_id,
+            send=upload_registry,
+            acknowledge=registry.acknowledge_uploads,
+            set_aside_as="registry",
+        ),
+    )
 
 
-async def download_keys(
-    connection: Connection, since: Position, limit: int, bound: int
-) -> tuple[list[tuple[KeyRecord, TenantRecord]], Position]:
-    """Up to `limit` keys changed after `since` and below the horizon (never past `bound`),
-    each with its tenant."""
-    after_tenant, after_key = since.key_bound(2)
-    with translated("downloading API keys"):
-        records = await connection.fetch(
-            _KEY_CHANGES, str(since.xid), after_tenant, after_key, limit, str(bound)
-        )
-    keys = [
-        (
-            KeyRecord(
-                r["key_id"],
-                r["tenant_id"],
-                r["key_hash"],
-                r["role"],
-                r["key_created_at"],
-                r["revoked_at"],
-            ),
-            _tenant(r),
-        )
-        for r in records
-        if r["key_id"] is not None
-    ]
-    if len(keys) == limit:
-        last = records[-1]
-        return keys, since.after_page(int(last["position"]), (last["tenant_id"], last["key_id"]))
-    return keys, since.at_horizon(int(records[0]["horizon"]))
+def registry_keys(edge: EdgeStorage) -> ReplicatedTable[Never]:
+    """API keys as a round moves them: up with the tenants, down each with its tenant."""
+    registry = edge.registry
+
+    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+        owners = {r["tenant_id"]: _tenant(r) for r in records}
+        keys = [_key(r) for r in records]
+        return registry.apply_remote(list(owners.values()), keys, checkpoint=checkpoint)
+
+    return ReplicatedTable("registry.keys", _KEY_CHANGES, registry.sync_checkpoint, apply)
 
 
-def _tenant(record: Any) -> TenantRecord:
+def _key(record: Record) -> KeyRecord:
+    return KeyRecord(
+        record["key_id"],
+        record["tenant_id"],
+        record["key_hash"],
+        record["role"],
+        record["key_created_at"],
+        record["revoked_at"],
+    )
+
+
+def _tenant(record: Record) -> TenantRecord:
     return TenantRecord(
         record["tenant_id"],
         record["name"],
@@ -170,12 +149,3 @@ def _tenant(record: Any) -> TenantRecord:
         record["created_at"],
         record["updated_at"],
     )
-
-
-def _columns(rows: Sequence[object], names: tuple[str, ...]) -> list[list[Any]]:
-    """Rows as one list per column, in the order of `names`, for unnest()."""
-    return [[getattr(row, name) for row in rows] for name in names]
-
-
-def _count(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1])

@@ -1,13 +1,17 @@
 """One sync round against one shard: upload this node's changes, then download the shard's.
 
-Order within a round: registry up, registry down, the ratings outboxes up, the shard's
-rating changes down (sync/replication/rating_transfer.py). Each table is uploaded before it is
-downloaded, so this node's own writes are in the central database before it asks what
-changed there. The registry comes down before any rating moves: a tenant created centrally
-gets its ratings in the same round, and a revocation or suspension is not held back by a
-ratings upload that keeps failing (a backlog timing out, one tenant's batch refused by a
-transient error): it reaches this node whenever the shard answers the registry's few
-statements.
+Order within a round: the replicated tables of `replicated_tables`, in their order, each up
+then down (replicated_table.py): tenant deletions, data keys (when this node has a fleet key),
+the registry's tenants (its upload carries keys too), API keys, billing events; then the
+ratings outboxes up, a fresh durable bound, and the shard's rating changes down
+(rating_transfer.py). Key material comes first, so a tenant deleted anywhere is shredded here
+before the registry or ratings could bring it back, and a data key is central before the
+ratings it seals. Each table is uploaded before it is downloaded, so this node's own writes
+are in the central database before it asks what changed there. The registry comes down
+before any rating moves: a tenant created centrally gets its ratings in the same round, and
+a revocation or suspension is not held back by a ratings upload that keeps failing (a backlog
+timing out, one tenant's batch refused by a transient error): it reaches this node whenever
+the shard answers the registry's few statements.
 
 Every upload batch is one central transaction, and its outbox entries are acknowledged only
 after that COMMIT returned: a failure anywhere before leaves them queued for the next round,
@@ -17,20 +21,19 @@ Downloaded rows are applied before the checkpoint that passes them is stored.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_node.clock import now_us
-from edge_node.rating.store import TenantStores
-from edge_node.tenants.model import RegistryChange
-from edge_node.tenants.registry import TenantRegistry
-from edge_node.tenants.shared_events import BillingReplica, SharedBillingEvent
-from sync.replication.billing_events import download_billing_events, upload_billing_events
-from sync.replication.data_keys import exchange_key_material
+from sync.replication.billing_events import billing_events
+from sync.replication.data_keys import data_keys, tenant_deletions
 from sync.replication.positions import Position, database_identity, durable_bound
 from sync.replication.rating_transfer import RatingTransfer
-from sync.replication.registry import download_keys, download_tenants, upload_registry
+from sync.replication.registry import registry_keys, registry_tenants
+from sync.replication.replicated_table import ReplicatedTable, Row, Upload
+from sync.replication.round_values import EdgeStorage, RoundReport
 from sync.replication.set_aside import SetAsideLog, send_or_set_aside
 from sync.replication.shard_state import checkpoint_database
 from sync.replication.tenant_failures import TenantFailures
@@ -40,30 +43,16 @@ if TYPE_CHECKING:
     from sync.postgres import Connection
 
 
-@dataclass(frozen=True)
-class EdgeStorage:
-    """What a round reads and writes on this node: the registry and the tenant files."""
-
-    registry: TenantRegistry
-    stores: TenantStores
-
-
-@dataclass
-class RoundReport:
-    """What one round moved."""
-
-    tenants: int = 0
-    uploaded: int = 0  # rating rows sent to the central database
-    downloaded: int = 0  # rating rows received from it
-    applied: int = 0  # received rows that changed this node (the rest lost the conflict rule)
-    registry_uploaded: int = 0
-    registry_applied: int = 0
-    set_aside: int = 0
-    # The ratings download: the durable bound it was capped at, and the horizon it reached
-    # (every central row below it is read); None when the round failed before.
-    bound: int | None = None
-    bound_at: int | None = None  # when the bound was recorded (microseconds since the epoch)
-    horizon: int | None = None
+def replicated_tables(edge: EdgeStorage, database: str) -> list[ReplicatedTable[Any]]:
+    """The tables a round moves before ratings, in the order it moves them (module doc).
+    A new replicated table is one more entry here."""
+    return [
+        tenant_deletions(edge),
+        data_keys(edge, database),
+        registry_tenants(edge),
+        registry_keys(edge),
+        billing_events(edge),
+    ]
 
 
 @dataclass
@@ -78,16 +67,15 @@ class ShardRound:
     set_aside: SetAsideLog
     failures: TenantFailures = field(default_factory=TenantFailures)
     report: RoundReport = field(default_factory=RoundReport)
-    # Every download stays below this (positions.durable_bound): recorded before the registry
-    # downloads, and again before the rating downloads.
+    # Every download stays below this (positions.durable_bound): recorded at the round's first
+    # download, and again before the rating downloads.
     bound: int | None = None
 
     async def run(self) -> RoundReport:
         database = await self.database()
-        await exchange_key_material(self, database)  # deletions and data keys first
-        await self.upload_registry()
-        await self.download_registry(database)
-        await self.sync_billing_events(database)
+        for table in replicated_tables(self.edge, database):
+            if table.enabled:
+                await self.replicate(table, database)
         tenant_ids = self.tenant_ids()
         ratings = self.ratings()
         await ratings.upload(tenant_ids)
@@ -123,91 +111,59 @@ class ShardRound:
     def owns(self, tenant_id: str) -> bool:
         return shard_for(tenant_id, self.count) == self.index
 
-    async def upload_registry(self) -> None:
-        changes = [c for c in self.edge.registry.pending_uploads() if self.owns(c.tenant.tenant_id)]
-        for start in range(0, len(changes), self.batch_size):
-            batch = changes[start : start + self.batch_size]
-            changed, refused = await send_or_set_aside(self._send_registry, batch)
-            self._set_aside("registry", refused)
-            self.edge.registry.acknowledge_uploads(batch)
-            self.report.registry_uploaded += changed
-
     async def download_bound(self) -> int:
         """The round's durable bound, recorded at the first download of the round."""
         if self.bound is None:
             self.bound = await durable_bound(self.connection, self.edge.stores.node_id)
         return self.bound
 
-    async def download_registry(self, database: str) -> None:
-        await self._download_tenants(database)
-        await self._download_keys(database)
+    async def replicate(self, table: ReplicatedTable[Any], database: str) -> None:
+        """`table` up, then down (replicated_table.py), once what of it waited for the tables
+        before is applied."""
+        if table.apply_waiting is not None:
+            self._count_applied(table, table.apply_waiting())
+        await self.upload(table)
+        await self.download(table, database)
 
-    async def _download_tenants(self, database: str) -> None:
-        registry = self.edge.registry
-        name = f"registry.tenants.shard-{self.index}"
-        position = Position.decode(registry.sync_checkpoint(name), database)
+    async def upload(self, table: ReplicatedTable[Row]) -> None:
+        """This node's pending rows of `table` for the shard's tenants, up."""
+        up = table.upload
+        if up is None:
+            return
+        rows = [row for row in up.pending() if self.owns(up.tenant(row))]
+        for batch in up.batches(rows, self.batch_size):
+            changed = await self._send(up, batch)
+            up.acknowledge(batch)
+            if table.reported:
+                self.report.registry_uploaded += changed
+
+    async def download(self, table: ReplicatedTable[Any], database: str) -> None:
+        """Every page of `table`'s changes after its checkpoint on this shard, the shard's
+        tenants' rows applied with the page's checkpoint."""
+        checkpoint = f"{table.name}.shard-{self.index}"
+        position = Position.decode(table.read_checkpoint(checkpoint), database)
         while True:
-            tenants, position = await download_tenants(
-                self.connection, position, self.batch_size, await self.download_bound()
+            bound = await self.download_bound()
+            records, position = await table.feed.read(
+                self.connection, position, self.batch_size, bound
             )
-            if tenants:  # like ratings: an empty page is not worth a write (and an fsync)
-                mine = [t for t in tenants if self.owns(t.tenant_id)]
-                self.report.registry_applied += registry.apply_remote(
-                    mine, [], checkpoint=(name, position.encode())
-                )
-            if len(tenants) < self.batch_size:
+            if records:  # an empty page is not worth a write (and an fsync)
+                mine = [r for r in records if self.owns(r["tenant_id"])]
+                self._count_applied(table, table.apply(mine, (checkpoint, position.encode())))
+            if len(records) < self.batch_size:
                 return
 
-    async def _download_keys(self, database: str) -> None:
-        registry = self.edge.registry
-        name = f"registry.keys.shard-{self.index}"
-        position = Position.decode(registry.sync_checkpoint(name), database)
-        while True:
-            pairs, position = await download_keys(
-                self.connection, position, self.batch_size, await self.download_bound()
-            )
-            if pairs:
-                mine = [(key, tenant) for key, tenant in pairs if self.owns(key.tenant_id)]
-                owners = {tenant.tenant_id: tenant for _, tenant in mine}
-                self.report.registry_applied += registry.apply_remote(
-                    list(owners.values()),
-                    [key for key, _ in mine],
-                    checkpoint=(name, position.encode()),
-                )
-            if len(pairs) < self.batch_size:
-                return
+    async def _send(self, up: Upload[Row], batch: Sequence[Row]) -> int:
+        send = functools.partial(up.send, self.connection)
+        if up.set_aside_as is None:
+            return await send(batch)
+        changed, refused = await send_or_set_aside(send, batch)
+        self._set_aside(up.set_aside_as, refused)
+        return changed
 
-    async def sync_billing_events(self, database: str) -> None:
-        """Stripe events up and down (sync/replication/billing_events.py), right after the
-        registry, so a tenant's billing state follows it to every edge within the same round."""
-        replica = BillingReplica(self.edge.registry.connection)
-        self.report.registry_applied += replica.apply_waiting()  # their tenant came down
-        pending = [e for e in replica.pending_uploads() if self.owns(e.tenant_id)]
-        for start in range(0, len(pending), self.batch_size):
-            events = pending[start : start + self.batch_size]
-            changed, refused = await send_or_set_aside(self._send_billing_events, events)
-            self._set_aside("billing_event", refused)
-            replica.acknowledge_uploads(events)
-            self.report.registry_uploaded += changed
-        name = f"billing.events.shard-{self.index}"
-        position = Position.decode(self.edge.registry.sync_checkpoint(name), database)
-        while True:
-            events, position = await download_billing_events(
-                self.connection, position, self.batch_size, await self.download_bound()
-            )
-            if events:
-                mine = [e for e in events if self.owns(e.tenant_id)]
-                self.report.registry_applied += replica.apply_downloaded(
-                    mine, checkpoint=(name, position.encode())
-                )
-            if len(events) < self.batch_size:
-                return
-
-    async def _send_billing_events(self, events: Sequence[SharedBillingEvent]) -> int:
-        return await upload_billing_events(self.connection, events, self.edge.stores.node_id)
-
-    async def _send_registry(self, changes: Sequence[RegistryChange]) -> int:
-        return await upload_registry(self.connection, changes)
+    def _count_applied(self, table: ReplicatedTable[Any], applied: int) -> None:
+        if table.reported:
+            self.report.registry_applied += applied
 
     def _set_aside(self, kind: str, refused: Sequence[tuple[object, str]]) -> None:
         self.set_aside.record(kind, self.index, refused)

@@ -21,7 +21,7 @@ from edge_node.rating.tenant_store import TenantStore
 from edge_node.tenants.registry import TenantRegistry
 from sync.backoff import Backoff
 from sync.postgres import Connection
-from sync.replication.rounds import EdgeStorage, RoundReport
+from sync.replication.round_values import EdgeStorage, RoundReport
 from sync.worker import SyncWorker
 from tests.fault_proxy import TcpProxy
 

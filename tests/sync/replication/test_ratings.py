@@ -17,7 +17,8 @@ from sync.central.schema import migrate_dsns
 from sync.postgres import Connection, connect
 from sync.replication.positions import Position, database_identity, durable_bound
 from sync.replication.ratings import download_ratings, upload_ratings
-from sync.replication.rounds import EdgeStorage, ShardRound
+from sync.replication.round_values import EdgeStorage
+from sync.replication.rounds import ShardRound
 from sync.replication.set_aside import FILE_NAME as SET_ASIDE_FILE
 from sync.replication.set_aside import SetAsideLog
 from sync.replication.shard_state import set_shard_checkpoint, shard_checkpoint

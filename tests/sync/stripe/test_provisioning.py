@@ -17,7 +17,7 @@ from edge_node.tenants.registry import TenantRegistry
 from sync.backoff import Backoff
 from sync.billing.jobs import stripe_jobs
 from sync.billing.provisioning import Provisioner, ProvisioningReport
-from sync.replication.rounds import EdgeStorage
+from sync.replication.round_values import EdgeStorage
 from sync.stripe.catalog import BillingCatalog, save_catalog
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin

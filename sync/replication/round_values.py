@@ -1,0 +1,35 @@
+"""The values every part of a sync round shares: this node's storage and the round's report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_node.rating.store import TenantStores
+from edge_node.tenants.registry import TenantRegistry
+
+
+@dataclass(frozen=True)
+class EdgeStorage:
+    """What a round reads and writes on this node: the registry and the tenant files."""
+
+    registry: TenantRegistry
+    stores: TenantStores
+
+
+@dataclass
+class RoundReport:
+    """What one round moved."""
+
+    tenants: int = 0
+    uploaded: int = 0  # rating rows sent to the central database
+    downloaded: int = 0  # rating rows received from it
+    applied: int = 0  # received rows that changed this node (the rest lost the conflict rule)
+    # Rows of the registry (tenants, keys) and of billing events; key material is not counted.
+    registry_uploaded: int = 0
+    registry_applied: int = 0
+    set_aside: int = 0
+    # The ratings download: the durable bound it was capped at, and the horizon it reached
+    # (every central row below it is read); None when the round failed before.
+    bound: int | None = None
+    bound_at: int | None = None  # when the bound was recorded (microseconds since the epoch)
+    horizon: int | None = None
