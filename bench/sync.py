@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_node.config import CentralConfig
+from edge_node.node_database import open_node_database
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores
 from edge_node.tenants.registry import TenantRegistry
@@ -52,16 +53,17 @@ class Node:
     def __init__(self, root: Path, node_id: str) -> None:
         self.node_id = node_id
         self.data_dir = root / node_id
-        self.registry = TenantRegistry.open(self.data_dir)
+        self.node_database = open_node_database(self.data_dir)
+        self.registry = TenantRegistry(self.node_database)
         self.stores = TenantStores(self.data_dir / "tenants", node_id=node_id)
 
     def close(self) -> None:
         self.stores.close()
-        self.registry.close()
+        self.node_database.close()
 
     def worker(self, dsn: str, interval: float, batch_size: int) -> SyncWorker:
         central = CentralConfig((dsn,), interval, batch_size)
-        edge = EdgeStorage(self.registry, self.stores)
+        edge = EdgeStorage(self.node_database, self.stores)
         return SyncWorker(central, edge, node_id=self.node_id, data_dir=self.data_dir)
 
     def rows_digest(self, tenant_id: str) -> list[tuple[object, ...]]:
@@ -89,7 +91,7 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> dict
         print(f"local writes: {rows} in {seconds:.2f} s")
         conn = await connect(dsn)
         try:
-            edge_a = EdgeStorage(a.registry, a.stores)
+            edge_a = EdgeStorage(a.node_database, a.stores)
             round_ = ShardRound(conn, 0, 1, edge_a, batch_size, SetAsideLog(root / "x"))
             await round_.upload(registry_tenants(edge_a))
             started = time.perf_counter()
@@ -101,7 +103,7 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> dict
                 f"upload: {rows} rows in {seconds:.2f} s = {rows / seconds:,.0f} rows/s"
                 f" (batch {batch_size})"
             )
-            edge_b = EdgeStorage(b.registry, b.stores)
+            edge_b = EdgeStorage(b.node_database, b.stores)
             await ShardRound(conn, 0, 1, edge_b, batch_size, SetAsideLog(root / "x")).download(
                 registry_tenants(edge_b), await database_identity(conn)
             )  # the tenant, to hold its rows

@@ -229,7 +229,7 @@ def start_sync(
         )
     worker = SyncWorker(
         config.central,
-        EdgeStorage(storage.registry, storage.stores),
+        EdgeStorage(storage.node_database, storage.stores),
         node_id=config.node_id,
         data_dir=config.data_path,
         jobs=jobs,

@@ -66,11 +66,6 @@ class TenantRegistry(RegistryReplication):
     def close(self) -> None:
         self._conn.close()
 
-    @property
-    def connection(self) -> sqlite3.Connection:
-        """node.sqlite, for the stores that share it (Stripe webhook events, the billing ledger)."""
-        return self._conn
-
     def create_tenant(
         self, name: str, *, plan: Plan = "payg", rate_limit_per_minute: int | None = None
     ) -> tuple[Tenant, IssuedKey]:

@@ -58,7 +58,7 @@ async def upload_billing_events(
 def billing_events(edge: EdgeStorage) -> ReplicatedTable[SharedBillingEvent]:
     """Billing events as a round moves them, right after the registry, so a tenant's billing
     state follows it to every edge within the same round."""
-    replica = BillingReplica(edge.registry.connection)
+    replica = BillingReplica(edge.node_database)
 
     def apply(records: list[Record], checkpoint: Checkpoint) -> int:
         return replica.apply_downloaded([_event(r) for r in records], checkpoint=checkpoint)

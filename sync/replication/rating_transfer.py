@@ -77,7 +77,7 @@ class RatingTransfer:
     async def download(self, tenant_ids: Sequence[str], database: str, bound: int) -> None:
         """The shard's changes for the tenants of `tenant_ids`, then the catch-up of those the
         shard checkpoint does not cover yet."""
-        conn = self.edge.registry.connection
+        conn = self.edge.node_database
         self._joined = shard_state.joined_tenants(conn, self.index, database)
         position = Position.decode(shard_state.shard_checkpoint(conn, self.index), database)
         from_start = position == Position.start(database)
@@ -159,7 +159,7 @@ class RatingTransfer:
         if tenants - self._joined:
             self._joined |= tenants
             shard_state.set_joined_tenants(
-                self.edge.registry.connection, self.index, database, self._joined
+                self.edge.node_database, self.index, database, self._joined
             )
 
     async def _isolated(self, tenant_id: str, work: Awaitable[None]) -> bool:

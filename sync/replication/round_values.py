@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sqlite3
+from dataclasses import dataclass, field
 
 from edge_node.rating.store import TenantStores
 from edge_node.tenants.registry import TenantRegistry
@@ -10,10 +11,15 @@ from edge_node.tenants.registry import TenantRegistry
 
 @dataclass(frozen=True)
 class EdgeStorage:
-    """What a round reads and writes on this node: the registry and the tenant files."""
+    """What a round reads and writes on this node: node.sqlite (the registry, the billing
+    events it shares, the shard checkpoints) and the tenant files."""
 
-    registry: TenantRegistry
+    node_database: sqlite3.Connection
     stores: TenantStores
+    registry: TenantRegistry = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "registry", TenantRegistry(self.node_database))
 
 
 @dataclass

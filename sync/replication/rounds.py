@@ -91,7 +91,7 @@ class ShardRound:
         """The central database's name in this node's checkpoints
         (sync/replication/shard_state.py)."""
         identity = await database_identity(self.connection)
-        return checkpoint_database(self.edge.registry.connection, self.index, identity)
+        return checkpoint_database(self.edge.node_database, self.index, identity)
 
     def ratings(self) -> RatingTransfer:
         return RatingTransfer(

@@ -334,7 +334,7 @@ class TestApiKeys:
         tenant = node.create_tenant()
         url = node.tenant_url(tenant.tenant_id, "/ratings")
         statements: list[str] = []
-        node.storage.registry.connection.set_trace_callback(statements.append)
+        node.storage.node_database.set_trace_callback(statements.append)
         try:
             last = "1" if tenant.api_key.endswith("0") else "0"
             await call(node, "GET", url, {"X-API-Key": tenant.api_key[:-1] + last})
@@ -342,7 +342,7 @@ class TestApiKeys:
             await call(node, "GET", url, tenant.headers)
             well_formed = [sql for sql in statements if "api_keys" in sql]
         finally:
-            node.storage.registry.connection.set_trace_callback(None)
+            node.storage.node_database.set_trace_callback(None)
         assert mistyped == []
         assert len(well_formed) == 1
 
@@ -362,7 +362,7 @@ class TestApiKeys:
         accepted with its role."""
         tenant = node.create_tenant()
         legacy = "enk_00112233445566aa_" + "x-_Y" * 10 + "abc"
-        node.storage.registry.connection.execute(
+        node.storage.node_database.execute(
             "INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at)"
             " VALUES ('00112233445566aa', ?, ?, 'reader', 0)",
             (tenant.tenant_id, hashlib.sha256(legacy.encode()).hexdigest()),

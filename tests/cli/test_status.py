@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edge_node.cli.runtime_file import FILE_NAME as RUNTIME_FILE
-from edge_node.tenants.registry import TenantRegistry
+from edge_node.node_database import open_node_database
 from sync.billing.ledger import BillingLedger
 from sync.billing.plan import MeterEventBatch, PlannedRange
 from sync.stripe.standin import DEFAULT_API_KEY
@@ -92,8 +92,8 @@ class TestStoppedNode:
         """Batches the billing ledger set aside are counted with their units, and open ones
         with the age of the oldest."""
         tenant_id = node.tenant()["tenant_id"]
-        registry = TenantRegistry.open(node.data_dir)
-        ledger = BillingLedger(registry.connection)
+        node_database = open_node_database(node.data_dir)
+        ledger = BillingLedger(node_database)
         batches = tuple(
             MeterEventBatch(
                 f"id-{n}", tenant_id, "edge_node_requests", 60 * n, 5 + n, 1, "worker-0", n, n
@@ -102,7 +102,7 @@ class TestStoppedNode:
         )
         ledger.record_plan(PlannedRange("worker-0", 1, 3, batches), 1_000_000)
         ledger.set_aside([("id-1", "too old"), ("id-2", "refused")])
-        registry.close()
+        node_database.close()
         ledger_status = node.status()["stripe"]["ledger"]
         assert ledger_status["set_aside"] == {"batches": 2, "units": 6 + 7}
         assert ledger_status["open"] == {"batches": 1, "units": 8}

@@ -14,6 +14,7 @@ from typing import Any
 from edge_node.config import CentralConfig
 from edge_node.crypto.key_files import WrappingKey
 from edge_node.crypto.keystore import KEYS_DIRECTORY, Keyring
+from edge_node.node_database import open_node_database
 from edge_node.rating.model import RatingInput
 from edge_node.rating.replication import RatingRow
 from edge_node.rating.store import TenantStores
@@ -40,6 +41,7 @@ class Edge:
 
     node_id: str
     data_dir: Path
+    node_database: sqlite3.Connection
     registry: TenantRegistry
     stores: TenantStores
 
@@ -54,7 +56,8 @@ class Edge:
         previous_fleet_key: WrappingKey | None = None,
     ) -> Edge:
         """Each edge has its own master key; by default all share FLEET_KEY, as a fleet does."""
-        registry = TenantRegistry.open(data_dir)
+        node_database = open_node_database(data_dir)
+        registry = TenantRegistry(node_database)
         keyring = Keyring(
             data_dir / KEYS_DIRECTORY, fleet_key=fleet_key, previous_fleet_key=previous_fleet_key
         )
@@ -64,11 +67,11 @@ class Edge:
             keyring=keyring,
             busy_timeout_ms=busy_timeout_ms,
         )
-        return cls(node_id, data_dir, registry, stores)
+        return cls(node_id, data_dir, node_database, registry, stores)
 
     def close(self) -> None:
         self.stores.close()
-        self.registry.close()
+        self.node_database.close()
 
     def worker(
         self,
@@ -90,7 +93,7 @@ class Edge:
         )
         return SyncWorker(
             central,
-            EdgeStorage(self.registry, self.stores),
+            EdgeStorage(self.node_database, self.stores),
             node_id=self.node_id,
             data_dir=self.data_dir,
             backoff=backoff,

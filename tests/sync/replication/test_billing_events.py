@@ -20,12 +20,12 @@ NOW = int(time.time())
 
 def deliver(edge: Edge, event: dict[str, object]) -> str:
     """Apply a Stripe event on `edge` as its webhook endpoint does; the outcome."""
-    return BillingEventStore(edge.registry.connection).apply(parse_event(event)).outcome
+    return BillingEventStore(edge.node_database).apply(parse_event(event)).outcome
 
 
 def billing(edge: Edge, tenant_id: str) -> tuple[object, ...]:
     """The tenant's status and billing columns on `edge`."""
-    row = edge.registry.connection.execute(
+    row = edge.node_database.execute(
         "SELECT status, billing_status, billing_event_created, subscription_event_created,"
         " past_due_since, stripe_customer_id FROM tenants WHERE tenant_id = ?",
         (tenant_id,),
@@ -52,11 +52,11 @@ class TestReplication:
         assert billing(b, tenant.tenant_id)[0] == "active"
         assert deliver(a, subscription_event("evt_1", NOW, "cus_a", deleted=True)) == "applied"
         await a.sync(central)
-        assert BillingReplica(a.registry.connection).pending_uploads() == []
+        assert BillingReplica(a.node_database).pending_uploads() == []
         assert await db.fetchval("SELECT count(*) FROM billing_events") == 1
         await b.sync(central)
         assert billing(b, tenant.tenant_id)[:2] == ("canceled", "canceled")
-        assert BillingEventStore(b.registry.connection).outcome("evt_1") == "applied"
+        assert BillingEventStore(b.node_database).outcome("evt_1") == "applied"
         assert billing(a, tenant.tenant_id) == billing(b, tenant.tenant_id)
 
     async def test_edges_that_got_different_events_converge(
@@ -86,12 +86,12 @@ class TestReplication:
         """An event downloaded before its tenant is kept, not recorded as seen, and applied
         as soon as the tenant arrives."""
         edge = make_edge("edge-a")
-        replica = BillingReplica(edge.registry.connection)
+        replica = BillingReplica(edge.node_database)
         tenant_id = "3f0b8f5e-4a57-4c1e-9d43-6f3c2f1b9a10"
         event = SharedBillingEvent("evt_1", tenant_id, "invoice.payment_failed", NOW, None, None,
                                    "past_due")  # fmt: skip
         assert replica.apply_downloaded([event]) == 0
-        assert BillingEventStore(edge.registry.connection).outcome("evt_1") is None
+        assert BillingEventStore(edge.node_database).outcome("evt_1") is None
         now_us = NOW * 1_000_000
         record = TenantRecord(tenant_id, "acme", "active", "payg", None, None, now_us, now_us)
         edge.registry.apply_remote([record], [])

@@ -75,7 +75,7 @@ class TestResetCheckpoints:
         await b.sync(central)
         current = int(await db.fetchval("SELECT pg_current_xact_id()::text"))
         ahead = Position(await database_identity(db), current + 1_000_000).encode()
-        set_shard_checkpoint(b.registry.connection, 0, ahead)
+        set_shard_checkpoint(b.node_database, 0, ahead)
         for name in ("registry.tenants.shard-0", "registry.keys.shard-0"):
             b.registry.apply_remote([], [], checkpoint=(name, ahead))
 

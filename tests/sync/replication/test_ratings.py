@@ -220,7 +220,7 @@ class TestConflictRule:
         await upload_ratings(db, [older])
 
         round_ = ShardRound(
-            db, 0, 1, EdgeStorage(a.registry, a.stores), 100, SetAsideLog(a.data_dir / "x")
+            db, 0, 1, EdgeStorage(a.node_database, a.stores), 100, SetAsideLog(a.data_dir / "x")
         )
         await round_.ratings().download([t], await round_.database(), await round_.download_bound())
         assert a.rows(t) == [current]
@@ -258,7 +258,7 @@ class TestOutOfOrderCommits:
 
             await edge.sync(central, batch_size=1)
             checkpoint = Position.decode(
-                shard_checkpoint(edge.registry.connection, 0), await database_identity(late)
+                shard_checkpoint(edge.node_database, 0), await database_identity(late)
             )
             assert checkpoint.xid <= early_xid
             assert edge.rows(t) == []  # B's row is committed, but at or above the horizon
@@ -298,7 +298,7 @@ class TestOutOfOrderCommits:
         await upload_ratings(db, [remote_row(t, "u1", "i", 3, updated_at=5, origin="w")])
         foreign = Position("123/456", 2**40).encode()
         edge.store(t).set_download_checkpoint(foreign, [])
-        set_shard_checkpoint(edge.registry.connection, 0, foreign)
+        set_shard_checkpoint(edge.node_database, 0, foreign)
         await edge.sync(central)
         assert [r[2] for r in edge.rows(t)] == ["u1"]
         position = Position.decode(foreign, await database_identity(db))

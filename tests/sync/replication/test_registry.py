@@ -11,6 +11,7 @@ import pytest
 
 from edge_node import sqlite
 from edge_node.clock import now_us
+from edge_node.node_database import open_node_database
 from edge_node.tenants.registry import TenantRegistry, hash_key
 from sync.postgres import Connection, connect
 from tests.support import RunningNode
@@ -78,7 +79,7 @@ class TestEdgeToCentral:
         """A node.sqlite from before the sync migration has its tenants and keys queued for
         upload by that migration."""
         edge = make_edge("edge-old")
-        edge.registry.close()
+        edge.node_database.close()
         path = edge.data_dir / "node.sqlite"
         path.unlink()
         write_old_file(path, 1)
@@ -88,7 +89,8 @@ class TestEdgeToCentral:
             " VALUES ('0b7e6a4c-1111-4c55-9a53-5c1e0e8b7d41', 'legacy', 'payg', 1, 1)"
         )
         conn.close()
-        edge.registry = TenantRegistry.open(edge.data_dir)
+        edge.node_database = open_node_database(edge.data_dir)
+        edge.registry = TenantRegistry(edge.node_database)
         assert [c.tenant.name for c in edge.registry.pending_uploads()] == ["legacy"]
         await edge.sync(central)
         assert edge.registry.pending_uploads() == []
@@ -283,8 +285,13 @@ class TestOverHttp:
         worker runs a round, and the node answers the same key with 401."""
         tenant = node.create_tenant()
         url = node.tenant_url(tenant.tenant_id, "/ratings")
+        storage = node.storage
         edge = Edge(
-            node.config.node_id, node.config.data_path, node.storage.registry, node.storage.stores
+            node.config.node_id,
+            node.config.data_path,
+            storage.node_database,
+            storage.registry,
+            storage.stores,
         )
         await edge.sync(central)
         async with node.session.get(url, headers=tenant.headers) as response:

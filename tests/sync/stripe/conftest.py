@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from edge_node.node_database import open_node_database
 from edge_node.tenants.registry import TenantRegistry
 from sync.stripe.catalog import BillingCatalog
 from sync.stripe.gateway import StripeGateway
@@ -30,10 +32,15 @@ async def catalog(gateway: StripeGateway) -> BillingCatalog:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[TenantRegistry]:
-    opened = TenantRegistry.open(tmp_path / "node")
+def node_database(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    opened = open_node_database(tmp_path / "node")
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def registry(node_database: sqlite3.Connection) -> TenantRegistry:
+    return TenantRegistry(node_database)
 
 
 @pytest.fixture

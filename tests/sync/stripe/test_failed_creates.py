@@ -3,6 +3,7 @@ and never leads to a second object."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,14 +37,14 @@ def clock() -> NodeClock:
 
 @pytest.fixture
 async def keyed_gateway(
-    standin: StripeStandin, registry: TenantRegistry, clock: NodeClock
+    standin: StripeStandin, node_database: sqlite3.Connection, clock: NodeClock
 ) -> AsyncIterator[StripeGateway]:
     """A gateway keeping its Idempotency-Key generations in node.sqlite, as the daemon's."""
     adapter = StripeGateway(
         lambda: DEFAULT_API_KEY,
         api_base=standin.url,
         timeout_seconds=10,
-        create_keys=CreateKeys(registry.connection),
+        create_keys=CreateKeys(node_database),
         clock=clock,
     )
     yield adapter
@@ -65,6 +66,7 @@ class Provisioning:
     standin: StripeStandin
     gateway: StripeGateway
     catalog: BillingCatalog
+    node_database: sqlite3.Connection
     registry: TenantRegistry
     clock: NodeClock
 
@@ -77,10 +79,12 @@ def provisioning(
     standin: StripeStandin,
     keyed_gateway: StripeGateway,
     catalog: BillingCatalog,
-    registry: TenantRegistry,
+    node_database: sqlite3.Connection,
     clock: NodeClock,
 ) -> Provisioning:
-    return Provisioning(standin, keyed_gateway, catalog, registry, clock)
+    return Provisioning(
+        standin, keyed_gateway, catalog, node_database, TenantRegistry(node_database), clock
+    )
 
 
 class TestProvisioningCreates:
@@ -104,7 +108,7 @@ class TestProvisioningCreates:
         assert link is not None
         assert customers_of(provisioning.standin, tenant.tenant_id) == [link.stripe_customer_id]
         assert link.subscription_id is not None
-        keys = CreateKeys(provisioning.registry.connection)
+        keys = CreateKeys(provisioning.node_database)
         assert keys.key(f"customer:{tenant.tenant_id}").endswith(":g1")
 
     async def test_a_500_after_the_customer_was_made_finds_it_not_a_second(
@@ -128,9 +132,7 @@ class TestProvisioningCreates:
         assert link is not None
         assert link.stripe_customer_id == made
         assert (
-            CreateKeys(provisioning.registry.connection)
-            .key(f"customer:{tenant.tenant_id}")
-            .count(":")
+            CreateKeys(provisioning.node_database).key(f"customer:{tenant.tenant_id}").count(":")
             == 2
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -235,7 +236,7 @@ class TestSyncWorker:
         tmp_path: Path,
         standin: StripeStandin,
         catalog: BillingCatalog,
-        registry: TenantRegistry,
+        node_database: sqlite3.Connection,
     ) -> None:
         """With Stripe configured and no central DSNs the worker runs only the provisioning
         job; it keeps retrying while Stripe fails and provisions the tenant once it answers,
@@ -253,15 +254,16 @@ class TestSyncWorker:
             },
         )
         save_catalog(tmp_path / "node" / "stripe-catalog.json", catalog)
+        registry = TenantRegistry(node_database)
         tenant, _ = registry.create_tenant("acme")
         standin.set_switches(fail=True)
         worker = SyncWorker(
             config.central,
-            EdgeStorage(registry, TenantStores(tmp_path / "tenants", node_id=config.node_id)),
+            EdgeStorage(node_database, TenantStores(tmp_path / "tenants", node_id=config.node_id)),
             node_id=config.node_id,
             data_dir=config.data_path,
             backoff=Backoff(initial=0.02, maximum=0.1),
-            jobs=stripe_jobs(config, registry.connection, lambda: DEFAULT_API_KEY),
+            jobs=stripe_jobs(config, node_database, lambda: DEFAULT_API_KEY),
         )
         worker.start()
         try:

@@ -56,7 +56,7 @@ class WebhookNode:
     def customer(self, customer_id: str, name: str = "acme") -> Tenant:
         """A tenant linked to Stripe customer `customer_id` (what provisioning records)."""
         tenant = self.node.create_tenant(name)
-        self.node.storage.registry.connection.execute(
+        self.node.storage.node_database.execute(
             "UPDATE tenants SET stripe_customer_id = ? WHERE tenant_id = ?",
             (customer_id, tenant.tenant_id),
         )
@@ -64,7 +64,7 @@ class WebhookNode:
 
     def billing(self, tenant: Tenant) -> tuple[str, int | None, int | None]:
         """The tenant's (status, billing_event_created, past_due_since) in node.sqlite."""
-        row = self.node.storage.registry.connection.execute(
+        row = self.node.storage.node_database.execute(
             "SELECT status, billing_event_created, past_due_since FROM tenants WHERE tenant_id = ?",
             (tenant.tenant_id,),
         ).fetchone()
@@ -72,7 +72,7 @@ class WebhookNode:
 
     def recorded(self) -> list[tuple[str, str]]:
         """Every (event_id, outcome) in webhook_events, in the order received."""
-        rows = self.node.storage.registry.connection.execute(
+        rows = self.node.storage.node_database.execute(
             "SELECT event_id, outcome FROM webhook_events ORDER BY received_at, event_id"
         ).fetchall()
         return [(row[0], row[1]) for row in rows]

@@ -126,7 +126,7 @@ class TestWhichTenant:
         """Once the tenant's subscription is known, events of another (an old, replaced one)
         do not move it."""
         tenant = hooks.customer("cus_a")
-        hooks.node.storage.registry.connection.execute(
+        hooks.node.storage.node_database.execute(
             "UPDATE tenants SET subscription_id = 'sub_current' WHERE tenant_id = ?",
             (tenant.tenant_id,),
         )
