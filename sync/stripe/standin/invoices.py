@@ -1,0 +1,434 @@
+"""Invoices in the stand-in: made at a subscription's start and at each period end, kept in
+draft for the account's finalization grace, then finalized (and paid, or sent), as Stripe
+documents for subscriptions with usage-based prices.
+
+- The first invoice (`billing_reason: subscription_create`) bills licensed prices for the
+  first period (prorated when the anchor makes it short) and, in flexible mode, the usage
+  of a backdated start; it is finalized at once for `charge_automatically`, an hour later
+  for `send_invoice`, whatever the grace.
+- At each period end (`subscription_cycle`), an invoice is created `draft` (event
+  `invoice.created`) whose `period_start`/`period_end` look back on the period that ended;
+  a metered line counts the usage of its span, a licensed line bills the next period.
+  `automatically_finalizes_at` is the period end plus the account's grace (Settings, 1 to
+  72 hours). Stripe waits for every webhook endpoint to answer 2xx to `invoice.created`
+  before it finalizes, up to 72 hours; so does the stand-in, unless a custom
+  `automatically_finalizes_at` was set on the invoice (as Stripe documents).
+- At finalization each metered line's quantity is counted from the usage received until
+  then, and frozen: usage for that span received afterwards is never invoiced. Then
+  `invoice.finalized`; `charge_automatically` (and any zero invoice) is paid at once
+  (`invoice.paid`, no payment method is simulated); `send_invoice` stays `open` with a
+  `due_date`, and is `invoice.sent` when the customer has an email (else it is flagged
+  undelivered in the admin report: Stripe sends nothing without one).
+
+Amounts: per unit, graduated or volume tiers on the line's quantity (one line per item,
+whatever the tiers), rounded half up to cents; a negative usage total bills 0.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sync.stripe.standin.faults import StripeFault, no_such
+from sync.stripe.standin.ledger import Account
+from sync.stripe.standin.meters import aggregate, usage_of
+from sync.stripe.standin.periods import DAY, Span, period_at
+from sync.stripe.standin.pricing import price_amount
+
+TIMES = "\u00d7"  # the multiplication sign of Stripe's line descriptions ("3 x name")
+FIRST_SEND_INVOICE_DELAY_SECONDS = 3600
+WEBHOOK_WAIT_LIMIT_SECONDS = 72 * 3600
+MAX_SCHEDULE_SECONDS = 5 * 366 * DAY
+
+
+@dataclass
+class Line:
+    """One invoice line: a metered span, or a licensed price for a stretch of time."""
+
+    id: str
+    item: str
+    price: str
+    start: int
+    end: int
+    span: Span | None = None
+    quantity: int = 0  # licensed
+    proration: Decimal = Decimal(1)
+
+
+@dataclass
+class Invoice:
+    id: str
+    customer: str
+    subscription: str
+    billing_reason: str
+    collection_method: str
+    days_until_due: int | None
+    created: int
+    period_start: int
+    period_end: int
+    lines: list[Line]
+    currency: str
+    status: str = "draft"
+    finalizes_at: int | None = None  # None: auto_advance off
+    custom_schedule: bool = False
+    created_event: str | None = None
+    finalized_at: int | None = None
+    paid_at: int | None = None
+    number: str | None = None
+    due_date: int | None = None
+    sent: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+# Making invoices.
+
+
+def first_invoice(
+    account: Account, subscription: dict[str, Any], start: int, period: tuple[int, int]
+) -> Invoice:
+    """The invoice made with the subscription: licensed prices for the first period, and a
+    backdated start's time (flexible mode: usage and licensed prices for each natural
+    period in it; classic: one prorated licensed line)."""
+    created = subscription["created"]
+    lines: list[Line] = []
+    pieces = _backdated_pieces(subscription, start, period[0])
+    for item in subscription["items"]["data"]:
+        recurring = item["price"]["recurring"]
+        if recurring["usage_type"] == "licensed":
+            for s, e in [*pieces, period]:
+                lines.append(licensed_line(item, s, e, _fraction(subscription, recurring, s, e)))
+    invoice = _invoice(account, subscription, "subscription_create", (created, created), lines)
+    if subscription["billing_mode"]["type"] == "flexible":
+        for s, e in pieces:
+            _bill_backdated_usage(account, subscription, invoice, s, e)
+    immediate = subscription["collection_method"] == "charge_automatically"
+    invoice.finalizes_at = created + (0 if immediate else FIRST_SEND_INVOICE_DELAY_SECONDS)
+    invoice.custom_schedule = True  # the grace and the webhook wait do not apply
+    _announce(account, subscription, invoice)
+    if immediate:
+        finalize(account, invoice, created)
+    return invoice
+
+
+def _backdated_pieces(
+    subscription: Mapping[str, Any], start: int, end: int
+) -> list[tuple[int, int]]:
+    if start >= end:
+        return []
+    if subscription["billing_mode"]["type"] == "classic":
+        return [(start, end)]
+    recurring = subscription["items"]["data"][0]["price"]["recurring"]
+    pieces, cursor = [], end
+    while cursor > start:
+        natural = period_at(subscription["billing_cycle_anchor"], recurring, cursor - 1)
+        pieces.append((max(natural[0], start), cursor))
+        cursor = natural[0]
+    return sorted(pieces)
+
+
+def _bill_backdated_usage(
+    account: Account, subscription: Mapping[str, Any], invoice: Invoice, start: int, end: int
+) -> None:
+    for item in subscription["items"]["data"]:
+        recurring = item["price"]["recurring"]
+        if recurring["usage_type"] == "metered":
+            span = Span(
+                subscription["id"],
+                item["id"],
+                subscription["customer"],
+                recurring["meter"],
+                item["price"]["id"],
+                start,
+                end,
+                invoice=invoice.id,
+            )
+            account.spans.append(span)
+            invoice.lines.append(metered_line(span))
+
+
+def _fraction(
+    subscription: Mapping[str, Any], recurring: Mapping[str, Any], start: int, end: int
+) -> Decimal:
+    natural = period_at(subscription["billing_cycle_anchor"], recurring, start)
+    if start >= subscription["billing_cycle_anchor"] and (start, end) == natural:
+        return Decimal(1)
+    return Decimal(end - start) / Decimal(natural[1] - natural[0])
+
+
+def cycle_invoice(
+    account: Account,
+    subscription: dict[str, Any],
+    ended: tuple[int, int],
+    spans: list[Span],
+    *,
+    next_period: tuple[int, int] | None,
+    reason: str = "subscription_cycle",
+) -> Invoice:
+    """The invoice made at a period end: the ended period's usage, the next period's
+    licensed prices; draft until the grace (and the webhooks) allow finalizing it."""
+    lines = [metered_line(span) for span in spans]
+    for item in subscription["items"]["data"]:
+        if next_period and item["price"]["recurring"]["usage_type"] == "licensed":
+            lines.append(licensed_line(item, *next_period, Decimal(1)))
+    start = min([ended[0], *(s.start for s in spans)])
+    invoice = _invoice(account, subscription, reason, (start, ended[1]), lines)
+    for span in spans:
+        span.invoice = invoice.id
+    invoice.finalizes_at = ended[1] + account.settings.finalization_grace_seconds
+    _announce(account, subscription, invoice)
+    return invoice
+
+
+def _invoice(
+    account: Account,
+    subscription: Mapping[str, Any],
+    reason: str,
+    period: tuple[int, int],
+    lines: list[Line],
+) -> Invoice:
+    invoice = Invoice(
+        f"in_{secrets.token_hex(12)}",
+        subscription["customer"],
+        subscription["id"],
+        reason,
+        subscription["collection_method"],
+        subscription["days_until_due"],
+        period[1],
+        period[0],
+        period[1],
+        lines,
+        subscription["currency"],
+    )
+    account.invoices[invoice.id] = invoice
+    return invoice
+
+
+def _announce(account: Account, subscription: dict[str, Any], invoice: Invoice) -> None:
+    subscription["latest_invoice"] = invoice.id
+    event = account.events.emit("invoice.created", to_stripe(account, invoice), invoice.created)
+    invoice.created_event = event["id"]
+
+
+def metered_line(span: Span) -> Line:
+    return Line(f"il_{secrets.token_hex(12)}", span.item, span.price, span.start, span.end, span)
+
+
+def licensed_line(item: Mapping[str, Any], start: int, end: int, fraction: Decimal) -> Line:
+    return Line(
+        f"il_{secrets.token_hex(12)}",
+        item["id"],
+        item["price"]["id"],
+        start,
+        end,
+        quantity=int(item["quantity"] or 1),
+        proration=fraction,
+    )
+
+
+# Finalizing and paying.
+
+
+def finalization_due(account: Account, invoice: Invoice, at: int) -> bool:
+    """Whether a draft is to be finalized at `at`: its time has come, and every webhook
+    endpoint acknowledged its `invoice.created` (or 72 hours passed since)."""
+    if invoice.status != "draft" or invoice.finalizes_at is None or at < invoice.finalizes_at:
+        return False
+    if invoice.custom_schedule or invoice.created_event is None:
+        return True
+    acknowledged = account.events.acknowledged(invoice.created_event)
+    return acknowledged or at >= invoice.created + WEBHOOK_WAIT_LIMIT_SECONDS
+
+
+def finalize(account: Account, invoice: Invoice, at: int) -> None:
+    """Count and freeze each metered line, number the invoice, then pay it or send it."""
+    for line in invoice.lines:
+        if line.span is not None:
+            records = usage_of(account, invoice.customer, line.span.meter, line.start, line.end)
+            formula = account.meters[line.span.meter]["default_aggregation"]["formula"]
+            line.span.quantity = max(Decimal(0), aggregate(records, formula))
+            for record in records:
+                record.invoice = invoice.id
+    account.invoice_numbers += 1
+    invoice.number = f"STANDIN-{account.invoice_numbers:04d}"
+    invoice.status, invoice.finalized_at = "open", at
+    if invoice.collection_method == "send_invoice":
+        invoice.due_date = at + (invoice.days_until_due or 0) * DAY
+    account.events.emit("invoice.finalized", to_stripe(account, invoice), at)
+    if invoice.collection_method == "charge_automatically" or amount_due(account, invoice) == 0:
+        invoice.status, invoice.paid_at = "paid", at
+        account.events.emit("invoice.paid", to_stripe(account, invoice), at)
+    elif account.customers[invoice.customer]["email"]:
+        invoice.sent = True
+        account.events.emit("invoice.sent", to_stripe(account, invoice), at)
+
+
+def update(account: Account, invoice_id: str, form: Mapping[str, Any]) -> dict[str, Any]:
+    """`POST /v1/invoices/{id}`: a draft's `automatically_finalizes_at` (up to 5 years
+    ahead), `auto_advance` and `metadata`."""
+    invoice = get(account, invoice_id)
+    now = account.time_of(invoice.customer)
+    if invoice.status != "draft" and (
+        "automatically_finalizes_at" in form or "auto_advance" in form
+    ):
+        raise StripeFault(
+            400, f"You can only modify draft invoices; {invoice.id} is {invoice.status}."
+        )
+    if "automatically_finalizes_at" in form:
+        at = int(str(form["automatically_finalizes_at"]))
+        if not now < at <= now + MAX_SCHEDULE_SECONDS:
+            raise StripeFault(
+                400,
+                "automatically_finalizes_at must be in the future and within 5 years.",
+                param="automatically_finalizes_at",
+            )
+        invoice.finalizes_at, invoice.custom_schedule = at, True
+    if form.get("auto_advance") == "false":
+        invoice.finalizes_at = None
+    if isinstance(form.get("metadata"), dict):
+        invoice.metadata.update({str(k): str(v) for k, v in form["metadata"].items()})
+    shown = to_stripe(account, invoice)
+    account.events.emit("invoice.updated", shown, now)
+    return shown
+
+
+# Reading.
+
+
+def get(account: Account, invoice_id: str) -> Invoice:
+    if invoice_id not in account.invoices:
+        raise no_such("invoice", invoice_id)
+    return account.invoices[invoice_id]
+
+
+def list_invoices(account: Account, query: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Newest first, by `customer`, `subscription` and `status`."""
+    found = [
+        i
+        for i in account.invoices.values()
+        if ("customer" not in query or i.customer == query["customer"])
+        and ("subscription" not in query or i.subscription == query["subscription"])
+        and ("status" not in query or i.status == query["status"])
+    ]
+    found.sort(key=lambda i: (i.created, i.id), reverse=True)
+    return [to_stripe(account, i) for i in found]
+
+
+def line_quantity(account: Account, customer: str, line: Line) -> Decimal:
+    if line.span is None:
+        return Decimal(line.quantity)
+    if line.span.quantity is not None:
+        return line.span.quantity
+    records = usage_of(account, customer, line.span.meter, line.start, line.end)
+    formula = account.meters[line.span.meter]["default_aggregation"]["formula"]
+    return max(Decimal(0), aggregate(records, formula))
+
+
+def line_amount(account: Account, customer: str, line: Line) -> int:
+    quantity = line_quantity(account, customer, line)
+    amount = price_amount(account.prices[line.price], quantity)
+    return int((Decimal(amount) * line.proration).to_integral_value())
+
+
+def amount_due(account: Account, invoice: Invoice) -> int:
+    return sum(line_amount(account, invoice.customer, line) for line in invoice.lines)
+
+
+def to_stripe(account: Account, invoice: Invoice) -> dict[str, Any]:
+    """The invoice in Stripe's shape (API 2025-03-31 and later: `parent`, line `pricing`)."""
+    lines = [_line_to_stripe(account, invoice, line) for line in invoice.lines]
+    total = sum(line["amount"] for line in lines)
+    paid = total if invoice.status == "paid" else 0
+    customer = account.customers[invoice.customer]
+    subscription = account.subscriptions[invoice.subscription]
+    return {
+        "id": invoice.id,
+        "object": "invoice",
+        "customer": invoice.customer,
+        "customer_email": customer["email"],
+        "customer_name": customer["name"],
+        "status": invoice.status,
+        "billing_reason": invoice.billing_reason,
+        "collection_method": invoice.collection_method,
+        "created": invoice.created,
+        "period_start": invoice.period_start,
+        "period_end": invoice.period_end,
+        "automatically_finalizes_at": invoice.finalizes_at if invoice.status == "draft" else None,
+        "auto_advance": invoice.finalizes_at is not None or invoice.status != "draft",
+        "effective_at": invoice.finalized_at,
+        "status_transitions": {
+            "finalized_at": invoice.finalized_at,
+            "paid_at": invoice.paid_at,
+            "marked_uncollectible_at": None,
+            "voided_at": None,
+        },
+        "number": invoice.number,
+        "due_date": invoice.due_date,
+        "currency": invoice.currency,
+        "lines": {
+            "object": "list",
+            "data": lines,
+            "has_more": False,
+            "total_count": len(lines),
+            "url": f"/v1/invoices/{invoice.id}/lines",
+        },
+        "subtotal": total,
+        "total": total,
+        "amount_due": total,
+        "amount_paid": paid,
+        "amount_remaining": total - paid,
+        "attempted": invoice.status == "paid",
+        "parent": {
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {
+                "subscription": invoice.subscription,
+                "metadata": subscription["metadata"],
+                "subscription_proration_date": None,
+            },
+        },
+        "metadata": invoice.metadata,
+        "livemode": False,
+        "test_clock": customer["test_clock"],
+    }
+
+
+def _line_to_stripe(account: Account, invoice: Invoice, line: Line) -> dict[str, Any]:
+    price = account.prices[line.price]
+    quantity = line_quantity(account, invoice.customer, line)
+    whole = quantity == quantity.to_integral_value()
+    return {
+        "id": line.id,
+        "object": "line_item",
+        "amount": line_amount(account, invoice.customer, line),
+        "currency": invoice.currency,
+        "description": f"{quantity} {TIMES} {price.get('nickname') or price['product']}",
+        "invoice": invoice.id,
+        "livemode": False,
+        "metadata": {},
+        "parent": {
+            "type": "subscription_item_details",
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": None,
+                "proration": line.proration != 1,
+                "proration_details": {"credited_items": None},
+                "subscription": invoice.subscription,
+                "subscription_item": line.item,
+            },
+        },
+        "period": {"start": line.start, "end": line.end},
+        "pricing": {
+            "type": "price_details",
+            "price_details": {"price": price["id"], "product": price["product"]},
+            "unit_amount_decimal": price["unit_amount_decimal"],
+        },
+        "quantity": int(quantity) if whole else None,
+        "quantity_decimal": str(quantity),
+        "taxes": [],
+        "discount_amounts": [],
+        "discountable": True,
+        "discounts": [],
+    }
