@@ -21,8 +21,10 @@ async def gateway(standin: StripeStandin) -> AsyncIterator[StripeGateway]:
 
 
 @pytest.fixture
-async def node(tmp_path: Path, gateway: StripeGateway) -> AsyncIterator[BillingNode]:
+async def node(
+    tmp_path: Path, gateway: StripeGateway, standin: StripeStandin
+) -> AsyncIterator[BillingNode]:
     """A node's data directory: node.sqlite and the usage queue, billing to the stand-in."""
-    opened = await BillingNode.open(tmp_path / "node", gateway)
+    opened = await BillingNode.open(tmp_path / "node", gateway, standin)
     yield opened
     await opened.close()

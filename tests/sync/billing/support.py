@@ -20,10 +20,16 @@ from edge_node.usage.served import ServedCounter, counts_path
 from sync.backoff import Backoff
 from sync.billing.flush import BillingConsumer
 from sync.billing.ledger import BillingLedger
+from sync.stripe.catalog import BillingCatalog
 from sync.stripe.gateway import StripeGateway
+from sync.stripe.standin import StripeStandin
 
 EVENT_NAME = "edge_node_requests"
 NODE_ID = "edge-test"
+# A provisioned tenant's subscription started this long before the test's usage: Stripe
+# invoices only usage inside a subscription's periods, so a tenant that served first and
+# subscribed later would not be billed (issue 19), which is not what these tests are about.
+SUBSCRIBED_AGO = 2 * 86_400.0
 
 
 class MovableClock:
@@ -49,18 +55,22 @@ class BillingNode:
     registry: TenantRegistry
     queue: WriteAheadQueue
     gateway: StripeGateway
+    standin: StripeStandin
     clock: MovableClock = field(default_factory=MovableClock)
     monotonic: MovableClock = field(default_factory=lambda: MovableClock(time.monotonic))
     served: Counter[str] = field(default_factory=Counter)
     consumers: list[BillingConsumer] = field(default_factory=list)
     counter: ServedCounter | None = None
+    catalog: BillingCatalog | None = None
 
     @classmethod
-    async def open(cls, data_dir: Path, gateway: StripeGateway) -> BillingNode:
+    async def open(
+        cls, data_dir: Path, gateway: StripeGateway, standin: StripeStandin
+    ) -> BillingNode:
         registry = TenantRegistry.open(data_dir)
         queue = await open_queue(data_dir / "queue" / "worker-0", consumers=(BILLING_CONSUMER,))
         counter = ServedCounter(counts_path(queue.directory))
-        return cls(data_dir, registry, queue, gateway, counter=counter)
+        return cls(data_dir, registry, queue, gateway, standin, counter=counter)
 
     async def close(self) -> None:
         for consumer in self.consumers:
@@ -78,7 +88,20 @@ class BillingNode:
         return tenant.tenant_id
 
     async def provision(self, tenant_id: str) -> str:
+        """The tenant's Stripe customer, subscribed to the payg price since SUBSCRIBED_AGO
+        (the stand-in's clock is set back while the subscription is made)."""
         customer = await self.gateway.ensure_customer(tenant_id=tenant_id, name=tenant_id)
+        if self.catalog is None:
+            self.catalog = await self.gateway.bootstrap(meter_event_name=EVENT_NAME)
+        self.standin.clock.advance(-SUBSCRIBED_AGO)
+        try:
+            await self.gateway.ensure_subscription(
+                tenant_id=tenant_id,
+                customer_id=customer,
+                price_ids=[self.catalog.price_ids["payg"]],
+            )
+        finally:
+            self.standin.clock.advance(SUBSCRIBED_AGO)
         return self.registry.set_stripe_customer(tenant_id, customer)
 
     def customer(self, tenant_id: str) -> str:

@@ -434,10 +434,12 @@ class TestNeverTwice:
     async def test_a_refused_batch_is_set_aside_with_stripes_reason(
         self, node: BillingNode, standin: StripeStandin
     ) -> None:
-        """A 400 from Stripe (here: a customer Stripe does not know) sets the batch aside with
-        the error; retrying it would fail the same way for ever."""
-        tenant = await node.tenant("t", provisioned=False)
-        node.registry.set_stripe_customer(tenant, "cus_unknown")
+        """A 400 from Stripe (here: usage stamped more than 5 minutes ahead of Stripe's clock,
+        from a node whose clock runs an hour fast) sets the batch aside with the error;
+        retrying it would fail the same way for ever. (A customer Stripe does not know is no
+        such case: Stripe accepts that event and reports it later, asynchronously.)"""
+        tenant = await node.tenant("t")
+        standin.clock.advance(-3600)
         await node.serve(tenant, 2, at=window_start(node, 600))
         consumer = node.consumer()
         await consumer.run_until_settled()

@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import stripe
 
 from edge_node.node_database import open_node_database
 from edge_node.tenants.registry import TenantRegistry
 from sync.stripe.catalog import BillingCatalog
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
+from tests.sync.stripe.standin_support import Catalog, Receiver, make_catalog, plain_client
 from tests.sync.stripe.support import StandinProcess
 
 METER_EVENT = "edge_node_requests"
@@ -49,3 +51,24 @@ def standin_process() -> Iterator[StandinProcess]:
     process = StandinProcess.start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+async def client(standin: StripeStandin) -> AsyncIterator[stripe.StripeClient]:
+    """A plain StripeClient on the stand-in: no adapter in between, no retries."""
+    async with plain_client(standin) as made:
+        yield made
+
+
+@pytest.fixture
+async def prices(client: stripe.StripeClient) -> Catalog:
+    """A meter and per-unit, graduated and flat monthly prices, made through the SDK."""
+    return await make_catalog(client)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback."""
+    started = await Receiver().start()
+    yield started
+    await started.stop()

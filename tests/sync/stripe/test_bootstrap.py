@@ -64,8 +64,10 @@ class TestGatewayBootstrap:
         assert prices["tiered"]["tiers_mode"] == "graduated"
         assert prices["flat"]["recurring"] == {
             "interval": "month",
+            "interval_count": 1,
             "usage_type": "licensed",
             "meter": None,
+            "trial_period_days": None,
         }
         assert {p["product"] for p in prices.values()} == {catalog.product_id}
 

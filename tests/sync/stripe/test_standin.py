@@ -2,46 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 import stripe
 
-from sync.stripe.catalog import BillingCatalog
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin, price_amount
 from sync.stripe.standin.forms import decode_form
-from tests.sync.stripe.conftest import METER_EVENT
+from tests.sync.stripe.standin_support import EVENT, Catalog, plain_client
 from tests.sync.stripe.support import StandinProcess
 
 DAY = 86_400
-
-
-@pytest.fixture
-async def client(standin: StripeStandin) -> AsyncIterator[stripe.StripeClient]:
-    """A plain StripeClient on the stand-in: no adapter in between, no retries."""
-    async with plain_client(standin, seconds=10) as made:
-        yield made
-
-
-@contextlib.asynccontextmanager
-async def plain_client(
-    standin: StripeStandin, seconds: float
-) -> AsyncIterator[stripe.StripeClient]:
-    http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=seconds))
-    try:
-        yield stripe.StripeClient(
-            DEFAULT_API_KEY,
-            base_addresses={"api": standin.url},
-            max_network_retries=0,
-            http_client=http,
-        )
-    finally:
-        await http.close_async()
 
 
 async def meter_event(
@@ -54,7 +26,7 @@ async def meter_event(
     key: str | None = None,
 ) -> Any:
     params: Any = {
-        "event_name": METER_EVENT,
+        "event_name": EVENT,
         "identifier": identifier,
         "timestamp": int(time.time()) if timestamp is None else timestamp,
         "payload": {"stripe_customer_id": customer, "value": str(value)},
@@ -71,6 +43,14 @@ async def new_customer(client: stripe.StripeClient, tenant: str = "t-1") -> str:
     return str(customer.id)
 
 
+async def subscribed_customer(client: stripe.StripeClient, prices: Catalog) -> str:
+    customer = await new_customer(client)
+    await client.v1.subscriptions.create_async(
+        {"customer": customer, "items": [{"price": prices.per_unit}]}
+    )
+    return customer
+
+
 class TestForms:
     def test_bracket_notation_nests_tables_and_lists(self) -> None:
         """`items[0][price]`, `metadata[k]` and `tiers[1][up_to]` decode to lists and tables."""
@@ -84,6 +64,21 @@ class TestForms:
             "tiers": [{"up_to": "5"}, {"up_to": "inf"}],
             "name": "a b",
         }
+
+
+class TestPricing:
+    def test_graduated_tiers_charge_each_slice_at_its_rate(self) -> None:
+        """Graduated pricing: units up to each tier's bound at that tier's rate, plus flat."""
+        price = {
+            "billing_scheme": "tiered",
+            "tiers_mode": "graduated",
+            "tiers": [
+                {"up_to": 10, "unit_amount_decimal": "5", "flat_amount": 100},
+                {"up_to": None, "unit_amount_decimal": "1", "flat_amount": 0},
+            ],
+        }
+        assert price_amount(price, 4) == 120
+        assert price_amount(price, 15) == 155
 
 
 class TestAuthentication:
@@ -167,98 +162,6 @@ class TestIdempotency:
         assert "Idempotent-Replayed" not in created.last_response.headers
 
 
-class TestMeterEvents:
-    async def test_accepted_values_are_counted_per_customer(
-        self, standin: StripeStandin, client: stripe.StripeClient
-    ) -> None:
-        """Each accepted meter event adds its value to its customer's billed total."""
-        ana, bob = await new_customer(client, "ana"), await new_customer(client, "bob")
-        await meter_event(client, ana, "e1", value=3)
-        await meter_event(client, ana, "e2", value=4)
-        await meter_event(client, bob, "e3", value=5)
-        assert (standin.billed(ana), standin.billed(bob)) == (7, 5)
-
-    async def test_a_duplicate_identifier_is_refused_and_not_counted(
-        self, standin: StripeStandin, client: stripe.StripeClient
-    ) -> None:
-        """An identifier already recorded (other Idempotency-Key) is a 400 naming it, and
-        its value is not counted twice."""
-        customer = await new_customer(client)
-        await meter_event(client, customer, "batch-1", value=10)
-        with pytest.raises(stripe.InvalidRequestError) as raised:
-            await meter_event(client, customer, "batch-1", value=10)
-        assert raised.value.http_status == 400
-        assert raised.value.code == "resource_already_exists"
-        assert "already exists with identifier batch-1" in str(raised.value.user_message)
-        assert standin.billed(customer) == 10
-
-    async def test_identifiers_are_forgotten_after_24_hours(
-        self, standin: StripeStandin, client: stripe.StripeClient
-    ) -> None:
-        """Past the dedup window the same identifier is accepted and counted again: why a
-        batch in doubt must not be resent blindly a day later."""
-        customer = await new_customer(client)
-        await meter_event(client, customer, "batch-1", value=10)
-        standin.clock.advance(DAY + 1)
-        await meter_event(client, customer, "batch-1", value=10, timestamp=int(standin.clock.now()))
-        assert standin.billed(customer) == 20
-
-    @pytest.mark.parametrize(
-        ("offset", "accepted"),
-        [(-35 * DAY + 60, True), (-35 * DAY - 60, False), (240, True), (360, False)],
-    )
-    async def test_timestamps_within_35_days_back_and_5_minutes_ahead(
-        self, standin: StripeStandin, client: stripe.StripeClient, offset: int, accepted: bool
-    ) -> None:
-        """A timestamp more than 35 days old or more than 5 minutes ahead is a 400."""
-        customer = await new_customer(client)
-        timestamp = int(standin.clock.now()) + offset
-        if accepted:
-            await meter_event(client, customer, "e", value=2, timestamp=timestamp)
-        else:
-            with pytest.raises(stripe.InvalidRequestError) as raised:
-                await meter_event(client, customer, "e", value=2, timestamp=timestamp)
-            assert raised.value.param == "timestamp"
-        assert standin.billed(customer) == (2 if accepted else 0)
-
-    async def test_the_35_day_limit_follows_the_stand_in_clock(
-        self, standin: StripeStandin, client: stripe.StripeClient
-    ) -> None:
-        """Jumping the clock 36 days makes an event stamped now too old."""
-        customer = await new_customer(client)
-        stamped = int(time.time())
-        standin.clock.advance(36 * DAY)
-        with pytest.raises(stripe.InvalidRequestError):
-            await meter_event(client, customer, "e", timestamp=stamped)
-
-    async def test_an_unknown_customer_is_refused(
-        self, standin: StripeStandin, client: stripe.StripeClient
-    ) -> None:
-        """A meter event for a customer that does not exist is a 400 resource_missing."""
-        with pytest.raises(stripe.InvalidRequestError) as raised:
-            await meter_event(client, "cus_nobody", "e")
-        assert raised.value.code == "resource_missing"
-
-    async def test_one_concurrent_call_per_customer_and_meter(
-        self, standin: StripeStandin, client: stripe.StripeClient
-    ) -> None:
-        """While a meter event call for a customer is in flight a second one for the same
-        customer gets 429 rate_limit; another customer's call goes through."""
-        ana, bob = await new_customer(client, "ana"), await new_customer(client, "bob")
-        standin.set_switches(latency=0.3)
-        results = await asyncio.gather(
-            meter_event(client, ana, "a1"),
-            meter_event(client, ana, "a2"),
-            meter_event(client, bob, "b1"),
-            return_exceptions=True,
-        )
-        refused = [r for r in results if isinstance(r, Exception)]
-        assert len(refused) == 1
-        assert isinstance(refused[0], stripe.RateLimitError)
-        assert refused[0].http_status == 429
-        assert (standin.billed(ana), standin.billed(bob)) == (1, 1)
-
-
 class TestSwitches:
     async def test_fail_answers_500(
         self, standin: StripeStandin, client: stripe.StripeClient
@@ -296,11 +199,11 @@ class TestSwitches:
                 await new_customer(client)
 
     async def test_lose_answers_does_the_work_then_drops_the_answer(
-        self, standin: StripeStandin, client: stripe.StripeClient
+        self, standin: StripeStandin, client: stripe.StripeClient, prices: Catalog
     ) -> None:
         """`lose_answers` records the event, then closes the connection: the caller cannot
         tell; its retry with the same Idempotency-Key gets the saved answer."""
-        customer = await new_customer(client)
+        customer = await subscribed_customer(client, prices)
         standin.set_switches(lose_answers=True)
         with pytest.raises(stripe.APIConnectionError):
             await meter_event(client, customer, "e1", value=5, key="mk-1")
@@ -333,48 +236,16 @@ class TestSwitches:
         assert standin.calls["POST /v1/billing/meter_events"] == 2
 
 
-class TestInvoicePreview:
-    async def test_metered_usage_is_priced_per_plan(
-        self,
-        standin: StripeStandin,
-        client: stripe.StripeClient,
-        catalog: BillingCatalog,
-    ) -> None:
-        """The upcoming invoice prices the usage recorded on the meter: per unit for payg,
-        graduated tiers for tiered, a flat fee for flat."""
-        expected = {}
-        for plan in ("payg", "tiered", "flat"):
-            customer = await new_customer(client, plan)
-            await client.v1.subscriptions.create_async(
-                {"customer": customer, "items": [{"price": catalog.price_ids[plan]}]}
-            )
-            await meter_event(client, customer, f"usage-{plan}", value=20_000)
-            preview = await client.v1.invoices.create_preview_async({"customer": customer})
-            expected[plan] = preview.amount_due
-        # payg: 20,000 x 0.1 c; tiered: 10,000 x 0.1 c + 10,000 x 0.05 c; flat: 49.00.
-        assert expected == {"payg": 2000, "tiered": 1500, "flat": 4900}
-
-    def test_graduated_tiers_charge_each_slice_at_its_rate(self) -> None:
-        """Graduated pricing: units up to each tier's bound at that tier's rate, plus flat."""
-        price = {
-            "billing_scheme": "tiered",
-            "tiers_mode": "graduated",
-            "tiers": [
-                {"up_to": 10, "unit_amount_decimal": "5", "flat_amount": 100},
-                {"up_to": None, "unit_amount_decimal": "1", "flat_amount": 0},
-            ],
-        }
-        assert price_amount(price, 4) == 120
-        assert price_amount(price, 15) == 155
-
-
 class TestAdminApi:
     def test_a_stand_in_process_is_driven_over_http(self, standin_process: StandinProcess) -> None:
         """Run as `python -m sync.stripe.standin`, it answers the API and its admin API:
-        switches, clock and state (counts, billed values) over HTTP."""
+        switches, settings, clock, state (counts, billed and metered values) and a
+        customer's statement over HTTP."""
         before = standin_process.admin("state")
         assert before["switches"]["fail"] is False
         assert standin_process.admin("switches", {"fail": True, "latency": 0.01})["fail"]
+        settings = standin_process.admin("settings", {"finalization_grace_seconds": 7200})
+        assert settings["finalization_grace_seconds"] == 7200
         moved = standin_process.admin("clock", {"advance": DAY})
         assert moved["clock_offset"] == DAY
         client = stripe.StripeClient(
@@ -384,15 +255,31 @@ class TestAdminApi:
             client.v1.customers.create({"name": "x"})
         standin_process.admin("switches", {"fail": False})
         customer = client.v1.customers.create({"name": "x"})
+        meter = client.v1.billing.meters.create(
+            {"display_name": "m", "event_name": EVENT, "default_aggregation": {"formula": "sum"}}
+        )
+        product = client.v1.products.create({"name": "p"})
+        price = client.v1.prices.create(
+            {
+                "currency": "usd",
+                "product": product.id,
+                "unit_amount": 1,
+                "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+            }
+        )
+        client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}]})
         client.v1.billing.meter_events.create(
             {
-                "event_name": METER_EVENT,
+                "event_name": EVENT,
                 "identifier": "e1",
                 "timestamp": int(moved["now"]),
                 "payload": {"stripe_customer_id": str(customer.id), "value": "7"},
             }
         )
         state = standin_process.admin("state")
-        assert state["billed"] == {customer.id: 7}
+        assert state["billed"] == state["metered"] == {customer.id: 7}
         assert state["calls"]["POST /v1/customers"] == 2
+        statement = standin_process.admin(f"statements/{customer.id}")
+        assert statement["usage"]["pending"] == 7
+        assert [i["billing_reason"] for i in statement["invoices"]] == ["subscription_create"]
         assert standin_process.admin("reset", {})["customers"] == []
