@@ -28,6 +28,7 @@ from typing import Any
 from sync.stripe.standin import invoices
 from sync.stripe.standin.faults import StripeFault, missing, no_such
 from sync.stripe.standin.ledger import Account, metadata
+from sync.stripe.standin.lists import newest_first
 from sync.stripe.standin.periods import Span, boundary, period_at
 from sync.stripe.standin.pricing import as_list, price, shown
 
@@ -269,7 +270,7 @@ def list_subscriptions(account: Account, query: Mapping[str, Any]) -> list[dict[
             or any(i["price"]["id"] == query["price"] for i in s["items"]["data"])
         )
     ]
-    return sorted(found, key=lambda s: (s["created"], s["id"]), reverse=True)
+    return newest_first(found, lambda s: s["created"])
 
 
 def cancel(account: Account, subscription_id: str, form: Mapping[str, Any]) -> dict[str, Any]:

@@ -97,7 +97,7 @@ class TestClocks:
         return clock
 
     def listed(self) -> list[TestClock]:
-        return sorted(self.clocks.values(), key=lambda c: (c.created, c.id), reverse=True)
+        return sorted(reversed(self.clocks.values()), key=lambda c: c.created, reverse=True)
 
     def expire(self, now: float) -> list[TestClock]:
         """Clocks past `deletes_after`: removed here, returned so their customers go too."""

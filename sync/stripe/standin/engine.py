@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from sync.stripe.standin import invoices
+from sync.stripe.standin import invoice_objects, invoices
 from sync.stripe.standin.billing_periods import delete_customer, open_spans
 from sync.stripe.standin.clocks import TestClock
 from sync.stripe.standin.events import iso
@@ -177,7 +177,7 @@ def _next_happening(
     return best
 
 
-def _finalization_time(account: Account, invoice: invoices.Invoice) -> int | None:
+def _finalization_time(account: Account, invoice: invoice_objects.Invoice) -> int | None:
     if invoice.finalizes_at is None:
         return None
     if invoice.custom_schedule or invoice.created_event is None:

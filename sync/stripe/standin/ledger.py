@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from sync.stripe.standin.clocks import TestClocks
 from sync.stripe.standin.faults import StripeFault, no_such
+from sync.stripe.standin.lists import newest_first
 
 if TYPE_CHECKING:
     from sync.stripe.standin.events import EventLog
-    from sync.stripe.standin.invoices import Invoice
+    from sync.stripe.standin.invoice_objects import Invoice
     from sync.stripe.standin.meters import UsageRecord
     from sync.stripe.standin.periods import Span
 
@@ -123,7 +124,7 @@ class Account:
         if "test_clock" in query:
             found = [c for c in found if c["test_clock"] == query["test_clock"]]
         found = [c for c in found if created_matches(c["created"], query.get("created"))]
-        return sorted(found, key=lambda c: (c["created"], c["id"]), reverse=True)
+        return newest_first(found, lambda c: c["created"])
 
     def search_customers(self, query: str) -> list[dict[str, Any]]:
         """Stripe's search syntax, the part used here: metadata['k']:'v' clauses with AND."""

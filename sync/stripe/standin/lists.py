@@ -3,10 +3,12 @@ default 10) and the `starting_after` / `ending_before` cursors (object ids)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sync.stripe.standin.faults import StripeFault
+
+T = TypeVar("T")
 
 
 def page(items: Sequence[Any], query: Mapping[str, Any], url: str) -> dict[str, Any]:
@@ -30,3 +32,9 @@ def page(items: Sequence[Any], query: Mapping[str, Any], url: str) -> dict[str, 
             "url": url,
         }
     return {"object": "list", "data": chosen[:limit], "has_more": len(chosen) > limit, "url": url}
+
+
+def newest_first(items: Iterable[T], created: Callable[[T], int]) -> list[T]:
+    """Stripe's list order: newest first, and of two made in the same second the later one
+    (`items` come in the order they were made)."""
+    return sorted(reversed(list(items)), key=created, reverse=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sync.stripe.standin.faults import StripeFault, missing, no_such
 from sync.stripe.standin.ledger import Account, metadata
+from sync.stripe.standin.lists import newest_first
 
 MAX_LOOKUP_KEYS = 10
 INTERVAL_DAYS = {"day": 1, "week": 7, "month": 31, "year": 366}
@@ -212,7 +213,7 @@ def price(account: Account, price_id: str, param: str | None = None) -> dict[str
 
 def list_prices(account: Account, query: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Newest first; `lookup_keys` (at most 10), `active`, `product`, `type` filters."""
-    prices = sorted(account.prices.values(), key=lambda p: (p["created"], p["id"]), reverse=True)
+    prices = newest_first(account.prices.values(), lambda p: p["created"])
     if "lookup_keys" in query:
         keys = as_list(query["lookup_keys"])
         if len(keys) > MAX_LOOKUP_KEYS:

@@ -12,10 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sync.stripe.standin import billing_periods, invoices, meters, pricing, statements
+from sync.stripe.standin import (
+    billing_periods,
+    invoice_objects,
+    invoices,
+    meters,
+    pricing,
+    statements,
+)
 from sync.stripe.standin.faults import StripeFault, no_such
 from sync.stripe.standin.ledger import Account
-from sync.stripe.standin.lists import page
+from sync.stripe.standin.lists import newest_first, page
 from sync.stripe.standin.summaries import event_summaries
 
 if TYPE_CHECKING:
@@ -111,7 +118,7 @@ def api_routes(standin: StripeStandin) -> list[Route]:
         (
             "GET",
             "/v1/invoices/{id}",
-            found(lambda a, i, f: invoices.to_stripe(a, invoices.get(a, i))),
+            found(lambda a, i, f: invoice_objects.to_stripe(a, invoices.get(a, i))),
         ),
         ("POST", "/v1/invoices/{id}/finalize", found(_finalize)),
         ("POST", "/v1/invoices/{id}", found(invoices.update)),
@@ -160,7 +167,7 @@ def _search_customers(standin: StripeStandin, account: Account, form: dict[str, 
     if standin.switches.search_lag:
         indexed_before = account.now() - standin.switches.search_lag
         found = [c for c in found if account.indexed[c["id"]] <= indexed_before]
-    found.sort(key=lambda c: (c["created"], c["id"]), reverse=True)
+    found = newest_first(found, lambda c: c["created"])
     limit = int(str(form.get("limit", 10)))
     return {
         "object": "search_result",
@@ -176,7 +183,7 @@ def _finalize(account: Account, invoice_id: str, form: dict[str, Any]) -> Any:
     if invoice.status != "draft":
         raise StripeFault(400, f"This invoice is already finalized ({invoice.status}).")
     invoices.finalize(account, invoice, account.time_of(invoice.customer))
-    return invoices.to_stripe(account, invoice)
+    return invoice_objects.to_stripe(account, invoice)
 
 
 def _event(account: Account, event_id: str, form: dict[str, Any]) -> Any:

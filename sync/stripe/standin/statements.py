@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from sync.stripe.standin import invoices
+from sync.stripe.standin import invoice_objects
 from sync.stripe.standin.billing_periods import LIVE_STATUSES, subscription
 from sync.stripe.standin.faults import missing
 from sync.stripe.standin.ledger import Account
@@ -97,7 +97,7 @@ def statement(account: Account, customer: str) -> dict[str, Any]:
     }
 
 
-def _invoice_summary(account: Account, invoice: invoices.Invoice) -> dict[str, Any]:
+def _invoice_summary(account: Account, invoice: invoice_objects.Invoice) -> dict[str, Any]:
     return {
         "id": invoice.id,
         "status": invoice.status,
@@ -105,7 +105,7 @@ def _invoice_summary(account: Account, invoice: invoices.Invoice) -> dict[str, A
         "period_start": invoice.period_start,
         "period_end": invoice.period_end,
         "finalized_at": invoice.finalized_at,
-        "amount_due": invoices.amount_due(account, invoice),
+        "amount_due": invoice_objects.amount_due(account, invoice),
         "undelivered": invoice.collection_method == "send_invoice"
         and invoice.status == "open"
         and not invoice.sent,
@@ -114,8 +114,8 @@ def _invoice_summary(account: Account, invoice: invoices.Invoice) -> dict[str, A
                 "price": line.price,
                 "metered": line.span is not None,
                 "period": {"start": line.start, "end": line.end},
-                "quantity": number(invoices.line_quantity(account, invoice.customer, line)),
-                "amount": invoices.line_amount(account, invoice.customer, line),
+                "quantity": number(invoice_objects.line_quantity(account, invoice.customer, line)),
+                "amount": invoice_objects.line_amount(account, invoice.customer, line),
             }
             for line in invoice.lines
         ],
@@ -151,7 +151,7 @@ def preview(account: Account, form: Mapping[str, Any]) -> dict[str, Any]:
     ]
     item = found["items"]["data"][0]
     period = (item["current_period_start"], item["current_period_end"])
-    upcoming = invoices.Invoice(
+    upcoming = invoice_objects.Invoice(
         f"upcoming_{found['id']}",
         found["customer"],
         found["id"],
@@ -161,16 +161,16 @@ def preview(account: Account, form: Mapping[str, Any]) -> dict[str, Any]:
         period[1],
         period[0],
         period[1],
-        [invoices.metered_line(span) for span in spans],
+        [invoice_objects.metered_line(span) for span in spans],
         found["currency"],
     )
     for item in found["items"]["data"]:
         if item["price"]["recurring"]["usage_type"] == "licensed":
             length = period[1] - period[0]
             upcoming.lines.append(
-                invoices.licensed_line(item, period[1], period[1] + length, Decimal(1))
+                invoice_objects.licensed_line(item, period[1], period[1] + length, Decimal(1))
             )
-    shown = invoices.to_stripe(account, upcoming)
+    shown = invoice_objects.to_stripe(account, upcoming)
     shown["id"] = None
     return shown
 

@@ -33,8 +33,14 @@ async def send(gateway: StripeGateway, customer: str, identifier: str, value: in
 
 
 @pytest.fixture
-async def customer(gateway: StripeGateway) -> str:
-    return await gateway.ensure_customer(tenant_id="tenant-1", name="acme")
+async def customer(gateway: StripeGateway, catalog: BillingCatalog) -> str:
+    """A customer subscribed to the payg price: Stripe invoices usage only inside a
+    subscription's periods."""
+    made = await gateway.ensure_customer(tenant_id="tenant-1", name="acme")
+    await gateway.ensure_subscription(
+        tenant_id="tenant-1", customer_id=made, price_ids=[catalog.price_ids["payg"]]
+    )
+    return made
 
 
 class TestMeterEvents:
@@ -159,9 +165,13 @@ class TestErrors:
     async def test_an_invalid_request_is_permanent_with_stripes_code(
         self, gateway: StripeGateway
     ) -> None:
-        """A 400 invalid_request_error is PermanentSyncError carrying Stripe's code."""
+        """A 400 invalid_request_error is PermanentSyncError carrying Stripe's code (here a
+        subscription for a customer Stripe does not know; a meter event for one is accepted
+        and reported later, asynchronously)."""
         with pytest.raises(PermanentSyncError) as raised:
-            await send(gateway, "cus_nobody", "b1")
+            await gateway.ensure_subscription(
+                tenant_id="t", customer_id="cus_nobody", price_ids=["price_nothing"]
+            )
         assert raised.value.code == "resource_missing"
 
     async def test_a_wrong_key_is_transient(self, standin: StripeStandin) -> None:
@@ -237,9 +247,9 @@ class TestProvisioningCalls:
         standin: StripeStandin,
         gateway: StripeGateway,
         catalog: BillingCatalog,
-        customer: str,
     ) -> None:
         """Asked twice, one live subscription on the plan's price, sent as an invoice."""
+        customer = await gateway.ensure_customer(tenant_id="tenant-1", name="acme")
         prices = [catalog.price_ids["tiered"]]
         first = await gateway.ensure_subscription(
             tenant_id="tenant-1", customer_id=customer, price_ids=prices
