@@ -30,19 +30,23 @@ from sync.stripe.standin.periods import period_at
 
 TICK_SECONDS = 0.2
 WEBHOOK_WAIT = invoices.WEBHOOK_WAIT_LIMIT_SECONDS
+DEFAULT_ADVANCE_DELAY = 0.05  # Stripe's advances "take a few seconds"
 DEFAULT_ERROR_SAMPLES = 5  # Stripe sends "sample errors"; how many is not published
 
 
 class Engine:
     """Moves the account of `account()` through time; one per stand-in."""
 
-    def __init__(self, account: Callable[[], Account], advance_delay: float = 0.05) -> None:
+    def __init__(self, account: Callable[[], Account]) -> None:
         self._account = account
-        self.advance_delay = advance_delay  # Stripe's advances "take a few seconds"
-        self.error_samples = DEFAULT_ERROR_SAMPLES
+        self.reset()
         self.lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def reset(self) -> None:
+        self.advance_delay = DEFAULT_ADVANCE_DELAY
+        self.error_samples = DEFAULT_ERROR_SAMPLES
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()

@@ -130,6 +130,7 @@ class StripeStandin:
         self.idempotency.clear()
         self.switches = Switches()
         self.settings = StandinSettings()
+        self.engine.reset()
         self.clock.offset = 0.0
 
     def state(self) -> dict[str, Any]:

@@ -87,13 +87,13 @@ class BillingNode:
             await self.provision(tenant.tenant_id)
         return tenant.tenant_id
 
-    async def provision(self, tenant_id: str) -> str:
-        """The tenant's Stripe customer, subscribed to the payg price since SUBSCRIBED_AGO
-        (the stand-in's clock is set back while the subscription is made)."""
+    async def provision(self, tenant_id: str, *, subscribed_ago: float = SUBSCRIBED_AGO) -> str:
+        """The tenant's Stripe customer, subscribed to the payg price `subscribed_ago`
+        seconds back (the stand-in's clock is set back while the subscription is made)."""
         customer = await self.gateway.ensure_customer(tenant_id=tenant_id, name=tenant_id)
         if self.catalog is None:
             self.catalog = await self.gateway.bootstrap(meter_event_name=EVENT_NAME)
-        self.standin.clock.advance(-SUBSCRIBED_AGO)
+        self.standin.clock.advance(-subscribed_ago)
         try:
             await self.gateway.ensure_subscription(
                 tenant_id=tenant_id,
@@ -101,7 +101,7 @@ class BillingNode:
                 price_ids=[self.catalog.price_ids["payg"]],
             )
         finally:
-            self.standin.clock.advance(SUBSCRIBED_AGO)
+            self.standin.clock.advance(subscribed_ago)
         return self.registry.set_stripe_customer(tenant_id, customer)
 
     def customer(self, tenant_id: str) -> str:
