@@ -29,7 +29,7 @@ from sync.stripe.standin import invoices
 from sync.stripe.standin.faults import StripeFault, missing, no_such
 from sync.stripe.standin.ledger import Account, metadata
 from sync.stripe.standin.lists import newest_first
-from sync.stripe.standin.periods import Span, boundary, period_at
+from sync.stripe.standin.periods import boundary, metered_spans, period_at
 from sync.stripe.standin.pricing import as_list, price, shown
 
 SUBSCRIPTIONS_PER_CLOCK_CUSTOMER = 3
@@ -230,20 +230,7 @@ def _open_spans(
 
 
 def open_spans(account: Account, subscription: Mapping[str, Any], start: int, end: int) -> None:
-    for item in subscription["items"]["data"]:
-        recurring = item["price"]["recurring"]
-        if recurring["usage_type"] == "metered":
-            account.spans.append(
-                Span(
-                    subscription["id"],
-                    item["id"],
-                    subscription["customer"],
-                    recurring["meter"],
-                    item["price"]["id"],
-                    start,
-                    end,
-                )
-            )
+    account.spans.extend(metered_spans(subscription, start, end))
 
 
 # Reading and canceling.

@@ -43,7 +43,7 @@ from sync.stripe.standin.invoice_objects import (
 from sync.stripe.standin.ledger import Account
 from sync.stripe.standin.lists import newest_first
 from sync.stripe.standin.meters import aggregate, usage_of
-from sync.stripe.standin.periods import DAY, Span, period_at
+from sync.stripe.standin.periods import DAY, Span, metered_spans, period_at
 
 FIRST_SEND_INVOICE_DELAY_SECONDS = 3600
 WEBHOOK_WAIT_LIMIT_SECONDS = 72 * 3600
@@ -99,21 +99,9 @@ def _backdated_pieces(
 def _bill_backdated_usage(
     account: Account, subscription: Mapping[str, Any], invoice: Invoice, start: int, end: int
 ) -> None:
-    for item in subscription["items"]["data"]:
-        recurring = item["price"]["recurring"]
-        if recurring["usage_type"] == "metered":
-            span = Span(
-                subscription["id"],
-                item["id"],
-                subscription["customer"],
-                recurring["meter"],
-                item["price"]["id"],
-                start,
-                end,
-                invoice=invoice.id,
-            )
-            account.spans.append(span)
-            invoice.lines.append(metered_line(span))
+    for span in metered_spans(subscription, start, end, invoice=invoice.id):
+        account.spans.append(span)
+        invoice.lines.append(metered_line(span))
 
 
 def _fraction(

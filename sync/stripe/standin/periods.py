@@ -57,3 +57,23 @@ def period_at(anchor: int, recurring: Mapping[str, Any], at: int) -> tuple[int, 
     while boundary(anchor, recurring, k + 1) <= at:
         k += 1
     return boundary(anchor, recurring, k), boundary(anchor, recurring, k + 1)
+
+
+def metered_spans(
+    subscription: Mapping[str, Any], start: int, end: int, invoice: str | None = None
+) -> list[Span]:
+    """One span over [start, end) for each metered item of `subscription`."""
+    return [
+        Span(
+            subscription["id"],
+            item["id"],
+            subscription["customer"],
+            item["price"]["recurring"]["meter"],
+            item["price"]["id"],
+            start,
+            end,
+            invoice=invoice,
+        )
+        for item in subscription["items"]["data"]
+        if item["price"]["recurring"]["usage_type"] == "metered"
+    ]
