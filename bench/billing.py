@@ -41,6 +41,7 @@ from sync.stripe.standin import DEFAULT_API_KEY
 from tests.sync.stripe.support import StandinProcess
 
 EVENT_NAME = "edge_node_requests"
+SUBSCRIBED_AGO = 86_400
 METER_EVENTS = "POST /v1/billing/meter_events"
 
 
@@ -66,13 +67,27 @@ async def fill_queue(
     return served
 
 
-async def provision(registry: TenantRegistry, gateway: StripeGateway, count: int) -> dict[str, str]:
-    """`count` tenants, each with its customer in the stand-in: tenant id -> customer id."""
+async def provision(
+    registry: TenantRegistry, gateway: StripeGateway, standin: StandinProcess, count: int
+) -> dict[str, str]:
+    """`count` tenants, each with its customer in the stand-in, subscribed to the payg price
+    a day before the backlog's usage (Stripe invoices only usage inside a subscription's
+    periods): tenant id -> customer id."""
+    catalog = await gateway.bootstrap(meter_event_name=EVENT_NAME)
     customers = {}
-    for n in range(count):
-        tenant, _ = registry.create_tenant(f"bench-{n}")
-        customer = await gateway.ensure_customer(tenant_id=tenant.tenant_id, name=tenant.name)
-        customers[tenant.tenant_id] = registry.set_stripe_customer(tenant.tenant_id, customer)
+    standin.admin("clock", {"offset": -SUBSCRIBED_AGO})
+    try:
+        for n in range(count):
+            tenant, _ = registry.create_tenant(f"bench-{n}")
+            customer = await gateway.ensure_customer(tenant_id=tenant.tenant_id, name=tenant.name)
+            await gateway.ensure_subscription(
+                tenant_id=tenant.tenant_id,
+                customer_id=customer,
+                price_ids=[catalog.price_ids["payg"]],
+            )
+            customers[tenant.tenant_id] = registry.set_stripe_customer(tenant.tenant_id, customer)
+    finally:
+        standin.admin("clock", {"offset": 0})
     return customers
 
 
@@ -85,7 +100,7 @@ async def bench(args: argparse.Namespace, standin: StandinProcess, root: Path) -
         settings=QueueSettings(max_bytes=4 << 30, segment_bytes=64 << 20),
     )
     try:
-        customers = await provision(registry, gateway, args.tenants)
+        customers = await provision(registry, gateway, standin, args.tenants)
         started = time.perf_counter()
         served = await fill_queue(queue, list(customers), args.events, args.span_minutes)
         fill_seconds = time.perf_counter() - started

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ from sync.stripe.standin.clocks import TestClock
 from sync.stripe.standin.events import iso
 from sync.stripe.standin.ledger import Account
 from sync.stripe.standin.periods import period_at
+
+log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
 WEBHOOK_WAIT = invoices.WEBHOOK_WAIT_LIMIT_SECONDS
@@ -43,6 +46,7 @@ class Engine:
         self.lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._advances: set[asyncio.Task[None]] = set()
 
     def reset(self) -> None:
         self.advance_delay = DEFAULT_ADVANCE_DELAY
@@ -53,17 +57,21 @@ class Engine:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._advances]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._session is not None:
             await self._session.close()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            await self.catch_up()
+            try:
+                await self.catch_up()
+            except Exception:  # a bug in a rule: say so, and keep time moving
+                log.exception("the stand-in could not bring its account up to date")
 
     async def catch_up(self) -> None:
         """Everything due at the stand-in's clock, for customers without a test clock."""
@@ -83,11 +91,12 @@ class Engine:
 
     def advance_clock(self, clock: TestClock) -> None:
         """Work a test clock through to its target, in the background."""
-        asyncio.get_running_loop().call_later(
-            self.advance_delay, lambda: asyncio.create_task(self._advance(clock))
-        )
+        task = asyncio.create_task(self._advance(clock))
+        self._advances.add(task)
+        task.add_done_callback(self._advances.discard)
 
     async def _advance(self, clock: TestClock) -> None:
+        await asyncio.sleep(self.advance_delay)
         async with self.lock:
             account = self._account()
             assert clock.target is not None
