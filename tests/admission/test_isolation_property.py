@@ -18,6 +18,7 @@ import http.client
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -135,6 +136,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, signing_keys: SigningKeys) -
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
+        deadline = time.monotonic() + 10
+        while loop.is_running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Closed, or its self-pipe socket is left to the garbage collector, whose
+        # ResourceWarning then fails whichever test happens to be running.
+        loop.close()
 
 
 def request(
