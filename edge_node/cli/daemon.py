@@ -19,11 +19,20 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from edge_node import __version__
 from edge_node.admission.router import ROUTER_KEY
 from edge_node.admission.shared_limits import SharedRateLimiter
+from edge_node.cli.health_socket import (
+    VERSION_FIELD,
+    WorkerSockets,
+    inherited_listener,
+    open_health_site,
+    wait_until_ready,
+)
 from edge_node.cli.reload import NodeReloader
 from edge_node.cli.runtime_file import RuntimeFile
 from edge_node.cli.sd_notify import ServiceNotifier
+from edge_node.cli.upgrade_record import UpgradeCollector, refuse_upgrades
 from edge_node.config import Config, ServiceEnvironment
 from edge_node.http.app import NodeStorage, create_app, node_metrics, secret_check_interval
 from edge_node.metrics.node import NodeMetrics
@@ -55,6 +64,7 @@ async def serve(
     reload_config: Callable[[], Config] | None = None,
     worker: int | None = None,
     buckets_fd: int | None = None,
+    sockets: WorkerSockets | None = None,
 ) -> None:
     """Serve until told to stop; in-flight requests get the configured grace period.
 
@@ -62,13 +72,20 @@ async def serve(
     `reload_config` reads the configuration again on SIGHUP (reload.py). A `worker` index
     makes this one worker of a supervisor (supervisor.py): it shares the port, serves
     queue/worker-N and leaves the sync worker and the data directory's lock to the supervisor;
-    `buckets_fd` is the supervisor's table of rate-limit buckets (shared_limits.py).
+    `buckets_fd` is the supervisor's table of rate-limit buckets (shared_limits.py), and
+    `sockets` its listening socket and this worker's health socket (health_socket.py).
     """
     notifier = ServiceNotifier(service or ServiceEnvironment())
     node_lock = None if worker is not None else lock_data_dir(config)
     try:
         await _serve_storage(
-            config, notifier, announce or _print, reload_config, worker, buckets_fd=buckets_fd
+            config,
+            notifier,
+            announce or _print,
+            reload_config,
+            worker,
+            buckets_fd=buckets_fd,
+            sockets=sockets or WorkerSockets(),
         )
     finally:
         notifier.close()
@@ -84,6 +101,7 @@ async def _serve_storage(
     worker: int | None,
     *,
     buckets_fd: int | None,
+    sockets: WorkerSockets,
 ) -> None:
     """Open the databases and the queue, serve, and close them all on the way out."""
     storage = NodeStorage.open(config)
@@ -113,7 +131,8 @@ async def _serve_storage(
             )
         else:
             watch_supervisor_sync(config, metrics)
-        runner = await _listen(app, config, tls, reuse_port=worker is not None)
+        metrics.registry.register(UpgradeCollector(config.data_path))
+        runner = await _listen(app, config, tls, sockets, reuse_port=worker is not None)
         host, port = _bound_address(runner)
         url = f"{'http' if tls is None else 'https'}://{host}:{port}"
         reloader = NodeReloader(config, secrets, reload_config, app[ROUTER_KEY], tls)
@@ -121,12 +140,13 @@ async def _serve_storage(
         # READY or the announcement arrives then drains, instead of killing the process.
         with _stop_signals(on_reload=lambda: _reload(reloader, notifier)) as stop:
             if runtime is not None:
+                refuse_upgrades(config.data_path)
                 runtime.publish(config.node_id, [url])
             announce(
                 f"edge-node listening on {url}"
                 f" (node {config.node_id}, data dir {config.data_path.resolve()})"
             )
-            notifier.ready(f"serving on {url}")
+            _tell_ready(notifier, url, worker)
             background = _background_tasks(notifier, meter.queue, config, worker)
             await stop.wait()
         notifier.stopping("stopping: draining in-flight requests")
@@ -147,6 +167,12 @@ async def _serve_storage(
             runtime.remove()
 
 
+def _tell_ready(notifier: ServiceNotifier, url: str, worker: int | None) -> None:
+    if worker is not None:  # which code this worker runs, for its supervisor's upgrades
+        notifier.send(f"{VERSION_FIELD}={__version__}")
+    notifier.ready(f"serving on {url}")
+
+
 def open_shared_limiter(config: Config, fd: int | None) -> SharedRateLimiter | None:
     """A worker's view of its supervisor's rate-limit buckets; None (the worker's own
     buckets, a tenant's limit then per worker) for a worker started without them."""
@@ -159,10 +185,16 @@ def open_shared_limiter(config: Config, fd: int | None) -> SharedRateLimiter | N
 
 
 async def _listen(
-    app: web.Application, config: Config, tls: ReloadableTls | None, *, reuse_port: bool
+    app: web.Application,
+    config: Config,
+    tls: ReloadableTls | None,
+    sockets: WorkerSockets,
+    *,
+    reuse_port: bool,
 ) -> web.AppRunner:
     """The app listening on server.host:server.port (shared with other workers if
-    `reuse_port`); SIGTERM's drain waits server.shutdown_grace_seconds for requests."""
+    `reuse_port`), or on the supervisor's listening socket once the worker's own /readyz
+    says it is ready; SIGTERM's drain waits server.shutdown_grace_seconds for requests."""
     runner = LimitedAppRunner(
         app,
         config.limits,
@@ -171,14 +203,23 @@ async def _listen(
         shutdown_timeout=config.server.shutdown_grace_seconds,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner,
-        config.server.host,
-        config.server.port,
-        backlog=1024,
-        ssl_context=None if tls is None else tls.context,
-        reuse_port=reuse_port,
-    )
+    ssl_context = None if tls is None else tls.context
+    site: web.BaseSite
+    if sockets.listen_fd is None:
+        site = web.TCPSite(
+            runner,
+            config.server.host,
+            config.server.port,
+            backlog=1024,
+            ssl_context=ssl_context,
+            reuse_port=reuse_port,
+        )
+    else:
+        if sockets.health_name is not None:
+            await open_health_site(runner, sockets.health_name)
+            await wait_until_ready(sockets.health_name)
+        listener = inherited_listener(sockets.listen_fd)
+        site = web.SockSite(runner, listener, ssl_context=ssl_context)
     await site.start()
     return runner
 
@@ -278,7 +319,8 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _bound_address(runner: web.AppRunner) -> tuple[str, int]:
-    address = runner.addresses[0]
+    """The TCP address served (a worker also serves its health socket, a unix one)."""
+    address = next(a for a in runner.addresses if isinstance(a, tuple))
     return str(address[0]), int(address[1])
 
 
@@ -329,12 +371,13 @@ class DataDirLocked(QueueLocked):
         return str(self.args[0])
 
 
-def follow_queues(config: Config, owned: set[int]) -> list[QueueFollower]:
-    """Followers of every worker queue directory on disk or in `config.workers.count` whose
-    index is not `owned` by this process: the usage flush must drain all of them, including
-    those left by an earlier run with more workers."""
+def follow_queues(config: Config, owned: set[int], slots: int | None = None) -> list[QueueFollower]:
+    """Followers of every worker queue directory on disk or among the `slots` indexes (by
+    default `config.workers.count`) whose index is not `owned` by this process: the usage
+    flush must drain all of them, including those left by an earlier run with more workers."""
     root = config.data_path / "queue"
-    indexes = set(range(config.workers.count)) | {
+    slots = config.workers.count if slots is None else slots
+    indexes = set(range(slots)) | {
         int(path.name.removeprefix("worker-"))
         for path in root.glob("worker-*")
         if path.name.removeprefix("worker-").isdigit()
@@ -342,7 +385,7 @@ def follow_queues(config: Config, owned: set[int]) -> list[QueueFollower]:
     return [
         QueueFollower(queue_directory(config, index), BILLING_CONSUMER)
         for index in sorted(indexes - owned)
-        if queue_directory(config, index).is_dir() or index < config.workers.count
+        if queue_directory(config, index).is_dir() or index < slots
     ]
 
 

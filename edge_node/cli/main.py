@@ -15,6 +15,7 @@ from typing import Any
 from edge_node import __version__
 from edge_node.cli.blocks import add_block_commands
 from edge_node.cli.daemon import run, serve
+from edge_node.cli.health_socket import WorkerSockets
 from edge_node.cli.operations import add_operations_commands
 from edge_node.cli.outside import add_sync_commands
 from edge_node.cli.queues import add_queue_commands
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve_cmd.add_argument("--buckets-fd", type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--health-socket", help=argparse.SUPPRESS)
     serve_cmd.set_defaults(handler=_serve)
 
     add_tenant_commands(commands)
@@ -126,6 +129,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
                 reload_config=reload_config,
                 worker=args.worker_index,
                 buckets_fd=args.buckets_fd,
+                sockets=WorkerSockets(args.listen_fd, args.health_socket),
             )
         )
         return 0

@@ -53,12 +53,7 @@ class RuntimeFile:
     def publish(self, node_id: str, listen: Sequence[str]) -> RuntimeRecord:
         """Write this process's record atomically and durably; returns it."""
         record = RuntimeRecord(os.getpid(), node_id, tuple(listen), now_us(), __version__)
-        temporary = self.path.with_name(f".{FILE_NAME}.{record.pid}.tmp")
-        with temporary.open("wb") as handle:
-            handle.write(orjson.dumps(record.to_json(), option=orjson.OPT_INDENT_2))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+        write_json_atomically(self.path, record.to_json())
         return record
 
     def remove(self) -> None:
@@ -81,6 +76,17 @@ class RuntimeFile:
             )
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
+
+
+def write_json_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Write `document` to `path` through a temporary file, fsynced, then renamed: a reader
+    sees the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as handle:
+        handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def process_alive(pid: int) -> bool:

@@ -1,10 +1,12 @@
 """`serve --workers N`: N serving processes on one port, and one supervisor over them.
 
-The supervisor holds the data directory's lock, reserves the port (bound with SO_REUSEPORT,
-never listening, so port 0 becomes one real port every worker shares) and starts each worker
-as `edge-node serve --worker-index I`: a process of its own that listens on that port with
-SO_REUSEPORT (the kernel spreads connections across them) and owns queue/worker-I. Each
-worker reports to the supervisor with the service manager's own protocol: the supervisor
+The supervisor holds the data directory's lock, listens on the port itself and starts each
+worker as `edge-node serve --worker-index I --listen-fd FD`: a process of its own that
+accepts connections from that inherited socket, once its own /readyz says it is ready
+(health_socket.py), and owns queue/worker-I. SIGUSR2 replaces the workers by a new generation
+started from the code installed now, and rolls back when it fails (upgrade.py,
+generations.py). Each worker reports to the supervisor with the service manager's own
+protocol: the supervisor
 gives it a NOTIFY_SOCKET of its own (and, under a systemd watchdog, WATCHDOG_USEC), so a
 worker that dies, or whose loop stops pinging, is restarted after a delay that doubles
 with each death in a row. SIGTERM and SIGHUP are forwarded to every worker.
@@ -29,7 +31,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 from edge_node.admission.shared_limits import create_buckets
 from edge_node.cli.daemon import (
@@ -37,11 +38,15 @@ from edge_node.cli.daemon import (
     BackgroundWorker,
     follow_queues,
     lock_data_dir,
+    queue_directory,
     start_sync,
 )
+from edge_node.cli.generations import BANKS, Generation, Worker, open_listener, worker_indexes
+from edge_node.cli.health_socket import VERSION_FIELD
 from edge_node.cli.reload import NodeReloader
 from edge_node.cli.runtime_file import RuntimeFile
 from edge_node.cli.sd_notify import ServiceNotifier, socket_address
+from edge_node.cli.upgrade import Upgrader
 from edge_node.config import Config, ServiceEnvironment, child_environment
 from edge_node.http.app import NodeStorage, secret_check_interval
 from edge_node.secrets import SecretFiles
@@ -54,21 +59,6 @@ FATAL_EXITS = (75, 78)  # locked data directory, configuration error: restarting
 STOP_MARGIN_SECONDS = 5.0
 
 WorkerCommand = Callable[[int, str, int], Sequence[str]]
-
-
-@dataclass
-class Worker:
-    """One worker process as the supervisor sees it."""
-
-    index: int
-    notify_name: str
-    channel: socket.socket
-    process: asyncio.subprocess.Process | None = None
-    started_at: float = 0.0
-    ready: bool = False
-    last_ping: float = 0.0
-    deaths_in_a_row: int = 0
-    restarts: int = 0
 
 
 class Supervisor:
@@ -91,7 +81,9 @@ class Supervisor:
         self._runtime = RuntimeFile(config.data_path)  # what `edge-node status` reads
         self._stopping = asyncio.Event()
         self._abort: int | None = None
-        self._workers: list[Worker] = []
+        self._generations: list[Generation] = []  # the serving one first, then one upgrading
+        self._upgrade_requested = asyncio.Event()
+        self._listener: socket.socket | None = None
         self._port = 0
         self._buckets_fd: int | None = None
         self._unclean_stops = 0
@@ -101,20 +93,17 @@ class Supervisor:
         stopped cleanly (one dead and waiting for its restart does not count)."""
         open_tls(self.config.tls)  # a certificate that does not load stops us here, not N times
         lock = lock_data_dir(self.config)
-        reservation = _reserve_port(self.config.server.host, self.config.server.port)
+        self._listener = open_listener(self.config.server.host, self.config.server.port)
         try:
-            self._port = reservation.getsockname()[1]
+            self._port = self._listener.getsockname()[1]
             # One table of rate-limit buckets for every worker
             # (edge_node/admission/shared_limits.py).
             self._buckets_fd = create_buckets()
-            self._workers = [self._new_worker(i) for i in range(self.config.workers.count)]
             await self._supervise()
         finally:
-            loop = asyncio.get_running_loop()
-            for worker in self._workers:
-                loop.remove_reader(worker.channel.fileno())
-                worker.channel.close()
-            reservation.close()
+            for generation in self._generations:
+                self._close_channels(generation)
+            self._listener.close()
             if self._buckets_fd is not None:
                 os.close(self._buckets_fd)
             self._notifier.close()
@@ -124,10 +113,15 @@ class Supervisor:
             return self._abort
         return EXIT_ABORTED if self._unclean_stops else 0
 
+    @property
+    def _serving_generation(self) -> Generation:
+        return self._generations[0]
+
     async def _supervise(self) -> None:
         """Keep the workers running and, once all are ready, the sync worker; then stop all."""
-        tasks = [asyncio.create_task(self._keep_running(w)) for w in self._workers]
-        tasks.append(asyncio.create_task(self._notifier.run_watchdog()))
+        first = self._start_generation(0)
+        first.on_probation = False
+        tasks = [asyncio.create_task(self._notifier.run_watchdog())]
         tasks.append(asyncio.create_task(self._check_worker_watchdogs()))
         secret_files = SecretFiles(check_interval=secret_check_interval(self.config))
         # The workers re-read the configuration; here only the sync worker's secrets reload.
@@ -136,25 +130,71 @@ class Supervisor:
         sync_worker: BackgroundWorker | None = None
         try:
             with self._signals(reloader):
-                if await self._all_ready():
+                if await self._all_ready(first):
                     storage = NodeStorage.open(self.config)
-                    followers = follow_queues(self.config, owned=set())
+                    # Both banks of queue directories: the workers of an upgrade use the other.
+                    slots = BANKS * self.config.workers.count
+                    for index in range(slots):  # a follower needs its directory to exist
+                        queue_directory(self.config, index).mkdir(exist_ok=True)
+                    followers = follow_queues(self.config, owned=set(), slots=slots)
                     sync_worker = start_sync(
                         self.config, storage, secret_files, followers=followers
                     )
                     self._announce_ready()
+                    tasks.append(asyncio.create_task(self._upgrade_on_request()))
                     await self._stopping.wait()
                 self._notifier.stopping("stopping: draining the workers")
         finally:
             self._stopping.set()
-            await self._stop_workers()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stop_workers([w for g in self._generations for w in g.workers])
+            await asyncio.gather(*(t for g in self._generations for t in g.tasks))
             if sync_worker is not None:
                 await sync_worker.stop(SYNC_STOP_GRACE_SECONDS)
             if storage is not None:
                 storage.close()
+
+    # Generations and upgrades.
+
+    def _start_generation(self, number: int) -> Generation:
+        """Start generation `number`'s workers (on probation until admitted)."""
+        indexes = worker_indexes(number, self.config.workers.count)
+        generation = Generation(number, [self._new_worker(i) for i in indexes], on_probation=True)
+        generation.tasks = [
+            asyncio.create_task(self._keep_running(worker, generation))
+            for worker in generation.workers
+        ]
+        self._generations.append(generation)
+        return generation
+
+    async def _retire(self, generation: Generation) -> None:
+        """Drain and stop `generation`'s workers, as on SIGTERM, and forget them."""
+        generation.retired.set()
+        await self._stop_workers(generation.workers)
+        await asyncio.gather(*generation.tasks)
+        self._close_channels(generation)
+        self._generations.remove(generation)
+
+    async def _upgrade_on_request(self) -> None:
+        """Upgrade each time SIGUSR2 asks, one upgrade at a time."""
+        upgrader = Upgrader(
+            self.config.workers,
+            self.config.data_path,
+            start=self._start_generation,
+            retire=self._retire,
+            status=lambda text: self._notifier.status(self._serving(text)),
+        )
+        while True:
+            await self._upgrade_requested.wait()
+            await upgrader.upgrade(self._serving_generation)
+            self._upgrade_requested.clear()
+
+    def _request_upgrade(self) -> None:
+        if self._upgrade_requested.is_set():
+            log.warning("SIGUSR2: an upgrade is already under way; this one is ignored")
+        self._upgrade_requested.set()
 
     # Workers.
 
@@ -163,19 +203,29 @@ class Supervisor:
         channel = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         channel.bind(socket_address(name))
         channel.setblocking(False)
-        worker = Worker(index, name, channel)
+        worker = Worker(index, name, f"{name}/health", channel)
         asyncio.get_running_loop().add_reader(channel.fileno(), self._receive, worker)
         return worker
+
+    def _close_channels(self, generation: Generation) -> None:
+        loop = asyncio.get_running_loop()
+        for worker in generation.workers:
+            if worker.channel.fileno() >= 0:
+                loop.remove_reader(worker.channel.fileno())
+                worker.channel.close()
 
     async def _spawn(self, worker: Worker) -> None:
         extra = {"NOTIFY_SOCKET": worker.notify_name}
         if self._service.watchdog_usec:
             extra["WATCHDOG_USEC"] = str(self._service.watchdog_usec)
         command = [*self._command(worker.index, self.config.server.host, self._port)]
-        shared: tuple[int, ...] = ()
+        assert self._listener is not None
+        listen_fd = self._listener.fileno()
+        command += ["--listen-fd", str(listen_fd), "--health-socket", worker.health_name]
+        shared: tuple[int, ...] = (listen_fd,)
         if self._buckets_fd is not None:
             command += ["--buckets-fd", str(self._buckets_fd)]
-            shared = (self._buckets_fd,)
+            shared += (self._buckets_fd,)
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 *command,
@@ -189,12 +239,16 @@ class Supervisor:
         worker.started_at = worker.last_ping = time.monotonic()
         worker.ready = False
 
-    async def _keep_running(self, worker: Worker) -> None:
-        """Start the worker, and start it again each time it dies, until stopping."""
-        while not self._stopping.is_set():
+    async def _keep_running(self, worker: Worker, generation: Generation) -> None:
+        """Start the worker, and start it again each time it dies, until stopping or its
+        generation is retired; one on probation is not restarted: its upgrade fails."""
+        while not self._stopping.is_set() and not generation.retired.is_set():
             try:
                 await self._spawn(worker)
-            except OSError:
+            except OSError as exc:
+                if generation.on_probation:
+                    generation.failure = f"worker {worker.index} could not start: {exc}"
+                    return
                 self._abort = EXIT_ABORTED
                 self._stopping.set()
                 return
@@ -202,7 +256,10 @@ class Supervisor:
             if self._stopping.is_set():  # stopped while this one was starting
                 worker.process.terminate()
             code = await worker.process.wait()
-            if self._stopping.is_set():
+            if self._stopping.is_set() or generation.retired.is_set():
+                return
+            if generation.on_probation:
+                generation.failure = f"worker {worker.index} exited with status {code}"
                 return
             if code in FATAL_EXITS and not worker.ready:
                 log.error("worker %d cannot start (exit status %d): stopping", worker.index, code)
@@ -238,14 +295,17 @@ class Supervisor:
             while True:
                 fields = worker.channel.recv(4096).decode(errors="replace").splitlines()
                 worker.last_ping = time.monotonic()
+                for found in fields:
+                    if found.startswith(f"{VERSION_FIELD}="):
+                        worker.version = found.partition("=")[2]
                 if "READY=1" in fields and not worker.ready:
                     worker.ready = True
                     if worker.restarts:
                         self._notifier.status(self._serving(f"worker {worker.index} restarted"))
 
-    async def _all_ready(self) -> bool:
+    async def _all_ready(self, generation: Generation) -> bool:
         """Wait until every worker has said READY; False if told to stop first."""
-        while not all(w.ready for w in self._workers):
+        while not generation.ready:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=0.05)
             if self._stopping.is_set():
@@ -259,7 +319,7 @@ class Supervisor:
         timeout = self._service.watchdog_usec / 1e6
         while not self._stopping.is_set():  # a stopping worker is timed by the stop grace
             await asyncio.sleep(timeout / 4)
-            for worker in self._workers:
+            for worker in [w for g in self._generations for w in g.workers]:
                 silent = time.monotonic() - worker.last_ping
                 if worker.ready and worker.process is not None and silent > timeout:
                     log.error(
@@ -271,12 +331,12 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         worker.process.kill()
 
-    async def _stop_workers(self) -> None:
-        """SIGTERM to every worker, then SIGKILL to any still running after the grace period."""
-        running = [w.process for w in self._workers if w.process and w.process.returncode is None]
+    async def _stop_workers(self, workers: Sequence[Worker]) -> None:
+        """SIGTERM to `workers`, then SIGKILL to any still running after the grace period."""
+        running = [w.process for w in workers if w.process and w.process.returncode is None]
         # A worker still starting has served nothing; SIGTERM before its handlers exist ends
         # it by the signal itself, which is a clean stop for it.
-        starting = {w.process.pid for w in self._workers if w.process and not w.ready}
+        starting = {w.process.pid for w in workers if w.process and not w.ready}
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
@@ -305,15 +365,16 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload, reloader)
+        loop.add_signal_handler(signal.SIGUSR2, self._request_upgrade)
         try:
             yield
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
                 loop.remove_signal_handler(sig)
 
     def _reload(self, reloader: NodeReloader) -> None:
         self._notifier.reloading("reloading: forwarding SIGHUP to the workers")
-        for worker in self._workers:
+        for worker in [w for g in self._generations for w in g.workers]:
             if worker.process is not None and worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signal.SIGHUP)
@@ -323,7 +384,7 @@ class Supervisor:
     def _serving(self, note: str = "") -> str:
         scheme = "https" if self.config.tls.enabled else "http"
         text = f"serving on {scheme}://{self.config.server.host}:{self._port}"
-        text += f" with {len(self._workers)} workers"
+        text += f" with {self.config.workers.count} workers"
         return f"{text}; {note}" if note else text
 
     def _announce_ready(self) -> None:
@@ -333,26 +394,9 @@ class Supervisor:
         self._announce(
             f"edge-node listening on {scheme}://{self.config.server.host}:{self._port}"
             f" (node {self.config.node_id}, data dir {self.config.data_path.resolve()},"
-            f" {len(self._workers)} workers)"
+            f" {self.config.workers.count} workers)"
         )
         self._notifier.ready(self._serving())
-
-
-def _reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to (host, port) with SO_REUSEPORT and never listening: it fixes the
-    port (port 0 picks one) so every worker binds the same, and holds it while they restart."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    reservation = socket.socket(family, kind, proto)
-    try:
-        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reservation.bind(address)
-    except BaseException:
-        reservation.close()
-        raise
-    return reservation
 
 
 def worker_command(config_file: str | None, data_dir: str | None) -> WorkerCommand:

@@ -187,8 +187,9 @@ class TlsConfig:
 class WorkersConfig:
     count: int = setting(
         1,
-        "Processes serving the one port (SO_REUSEPORT) under a supervisor that also runs the "
-        "sync worker; 1: a single process. Command line: serve --workers.",
+        "Processes serving the one port (accepting from the supervisor's listening socket) under "
+        "a supervisor that also runs the sync worker and upgrades them without a restart; 1: a "
+        "single process. Command line: serve --workers.",
         minimum=1,
         maximum=64,
     )
@@ -204,6 +205,20 @@ class WorkersConfig:
         "Longest delay before a restart; a worker that ran this long resets its delay.",
         minimum=0.1,
         maximum=3600,
+    )
+    upgrade_timeout_seconds: float = setting(
+        60.0,
+        "An upgrade (SIGUSR2, edge-node upgrade) rolls back when a new worker is not ready "
+        "(its /readyz answering 200) within this long; the old workers serve meanwhile.",
+        minimum=1,
+        maximum=3600,
+    )
+    upgrade_probation_seconds: float = setting(
+        5.0,
+        "After every new worker is ready, how long the supervisor keeps asking their /readyz "
+        "before it stops the old workers; a failure meanwhile rolls the upgrade back.",
+        minimum=0,
+        maximum=600,
     )
 
 

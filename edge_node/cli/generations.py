@@ -1,0 +1,82 @@
+"""The supervisor's workers, in generations, and the one listening socket they all accept from.
+
+A generation is the set of N workers started together from the code installed at that time:
+the first at start, one more at each upgrade (edge_node/cli/upgrade.py). Each worker owns a
+queue directory, `queue/worker-I`, locked while it runs; two generations serve side by side
+while one hands over to the next, so they use two banks of indexes in turn: generation G's
+worker J has index (G mod 2) * N + J. A new generation never opens a directory a worker of
+the old one still holds, and by the next upgrade the old bank is free again (an upgrade ends
+only once the generation it replaces has stopped). What an old worker metered and the usage
+flush has not sent yet stays in its directory, where the supervisor's flush keeps reading
+it (it follows both banks), and the next worker of that bank takes the directory over.
+
+The supervisor listens itself and hands the socket to every worker: connections wait in
+its one accept queue, so a worker that stops accepting leaves none behind to be refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+
+BANKS = 2
+
+
+@dataclass
+class Worker:
+    """One worker process as the supervisor sees it."""
+
+    index: int
+    notify_name: str
+    health_name: str
+    channel: socket.socket
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    ready: bool = False
+    version: str | None = None
+    last_ping: float = 0.0
+    deaths_in_a_row: int = 0
+    restarts: int = 0
+
+
+@dataclass
+class Generation:
+    """The workers started together; `on_probation` until an upgrade to it has completed."""
+
+    number: int
+    workers: list[Worker]
+    on_probation: bool = False
+    failure: str | None = None
+    retired: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return all(worker.ready for worker in self.workers)
+
+    @property
+    def versions(self) -> list[str]:
+        return sorted({worker.version for worker in self.workers if worker.version})
+
+
+def worker_indexes(generation: int, count: int) -> range:
+    """The queue directory indexes of generation `generation` of `count` workers."""
+    bank = generation % BANKS
+    return range(bank * count, (bank + 1) * count)
+
+
+def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """The node's listening socket on (host, port) (port 0 picks one), for the workers."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(backlog)
+    except BaseException:
+        listener.close()
+        raise
+    return listener

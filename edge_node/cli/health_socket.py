@@ -1,0 +1,103 @@
+"""A supervised worker's private door: the app on an abstract unix socket only the host reaches.
+
+A worker of `serve --workers N` serves the node's port through the listening socket its
+supervisor hands down (every worker accepts from that one socket, so a worker that stops
+leaves no connection behind in a queue of its own). Before it takes a single connection from
+it, the worker opens the same app on a health socket named by the supervisor and asks its own
+`GET /readyz` there until it answers 200: a worker that is not ready never serves the
+public port. The supervisor asks the same `/readyz` of each worker of a new generation while
+it is on probation during an upgrade (edge_node/cli/upgrade.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+VERSION_FIELD = "X_EDGE_NODE_VERSION"  # a worker's version, sent to its supervisor at READY
+PROBE_TIMEOUT_SECONDS = 2.0
+READY_POLL_SECONDS = 0.2
+LOG_EVERY_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class WorkerSockets:
+    """What a supervisor hands a worker: the descriptor of the node's listening socket and
+    the name of the worker's health socket (None for a process serving on its own)."""
+
+    listen_fd: int | None = None
+    health_name: str | None = None
+
+
+def abstract_address(name: str) -> bytes:
+    """`@name` (or `name`) as the abstract unix socket address `\\0name`."""
+    return b"\0" + name.removeprefix("@").encode()
+
+
+async def open_health_site(runner: web.AppRunner, name: str) -> web.SockSite:
+    """The app listening on the abstract unix socket `name`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(abstract_address(name))
+    except BaseException:
+        sock.close()
+        raise
+    site = web.SockSite(runner, sock)
+    await site.start()
+    return site
+
+
+async def probe_readiness(name: str) -> str | None:
+    """None when `GET /readyz` on health socket `name` answers 200, else why not."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            status, body = await _get_readyz(name)
+    except (OSError, TimeoutError, ValueError) as exc:
+        return f"/readyz did not answer: {exc or type(exc).__name__}"
+    if status == 200:
+        return None
+    return f"/readyz answered {status}: {body[:300].decode(errors='replace')}"
+
+
+async def _get_readyz(name: str) -> tuple[int, bytes]:
+    """One HTTP/1.0 GET of /readyz over the abstract socket (connected here: not every event
+    loop takes an abstract address by name)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, abstract_address(name))
+    except BaseException:
+        sock.close()
+        raise
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    try:
+        writer.write(b"GET /readyz HTTP/1.0\r\nHost: worker\r\n\r\n")
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def wait_until_ready(name: str) -> None:
+    """Ask `/readyz` on our own health socket until it answers 200, logging why not."""
+    logged = 0.0
+    loop = asyncio.get_running_loop()
+    while (problem := await probe_readiness(name)) is not None:
+        if loop.time() - logged >= LOG_EVERY_SECONDS:
+            log.warning("not ready, not serving the node's port yet: %s", problem)
+            logged = loop.time()
+        await asyncio.sleep(READY_POLL_SECONDS)
+
+
+def inherited_listener(fd: int) -> socket.socket:
+    """The supervisor's listening socket, handed down as descriptor `fd`."""
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    return sock
