@@ -80,6 +80,7 @@ class ServedNode:
         watchdog_usec: int | None = None,
         env: dict[str, str] | None = None,
         log: Path,
+        cwd: Path | None = None,
     ) -> None:
         options = ["--data-dir", str(data_dir)] + (
             [] if config is None else ["--config", str(config)]
@@ -97,6 +98,7 @@ class ServedNode:
                 stderr=stderr,
                 text=True,
                 env=variables,
+                cwd=cwd,
             )
         try:
             self.url = announced_url(self.process, self.log, ANNOUNCE_TIMEOUT_SECONDS)

@@ -31,6 +31,19 @@ def add_operations_commands(commands: Any) -> None:
     )
     restore.add_argument("directory", metavar="DIR", help="a directory written by `backup`")
     restore.set_defaults(handler=_restore)
+    upgrade = commands.add_parser(
+        "upgrade",
+        help="replace the serving workers by new ones running the code installed now, with no"
+        " connection dropped; rolls back by itself if they do not become ready (SIGUSR2)",
+    )
+    upgrade.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait for the outcome (default: workers.upgrade_timeout_seconds plus"
+        " the probation and the drain, and a margin)",
+    )
+    upgrade.set_defaults(handler=_upgrade)
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
@@ -98,3 +111,33 @@ def _restore(config: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return emit(document)
+
+
+def _upgrade(config: Config, args: argparse.Namespace) -> int:
+    from edge_node.cli.runtime_file import RuntimeFile, process_alive  # noqa: PLC0415
+    from edge_node.cli.upgrade_record import COMPLETED, request_upgrade  # noqa: PLC0415
+
+    running = RuntimeFile(config.data_path).read()
+    if running is None or not process_alive(running.pid):
+        print(f"edge-node: no node is serving from {config.data_path}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    workers = config.workers
+    wait = args.wait or (
+        workers.upgrade_timeout_seconds
+        + workers.upgrade_probation_seconds
+        + config.server.shutdown_grace_seconds
+        + 30
+    )
+    record = request_upgrade(config.data_path, running.pid, wait)
+    if record is None:
+        print(
+            f"edge-node: the upgrade had not ended after {wait:g} s; `edge-node status` tells"
+            " how it ends",
+            file=sys.stderr,
+        )
+        return 1
+    emit(record.to_json())
+    if record.state != COMPLETED:
+        print(f"edge-node: upgrade {record.state}: {record.reason}", file=sys.stderr)
+        return 1
+    return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from edge_node import sqlite
 from edge_node.cli.runtime_file import RuntimeFile, process_alive
+from edge_node.cli.upgrade_record import UpgradeFile
 from edge_node.clock import format_us
 from edge_node.config import Config
 from edge_node.queue import QueueError, QueueStatus, inspect_queue
@@ -32,6 +33,7 @@ def collect_status(config: Config, now_us: int) -> dict[str, Any]:
         "data_dir": str(data_dir.resolve()),
         "at": format_us(now_us),
         "daemon": daemon_status(data_dir, now_us),
+        "upgrade": _last_upgrade(data_dir),
         "tenants": tenants,
         "queues": [_queue_summary(path, now_us) for path in queue_directories(data_dir)],
         "postgres": {"configured": bool(config.central.dsns), **(postgres or {})},
@@ -50,6 +52,16 @@ def daemon_status(data_dir: Path, now_us: int) -> dict[str, Any]:
         return {"state": "stale", **document}
     uptime = round(max(0, now_us - record.started_at) / 1e6, 3)
     return {"state": "running", **document, "uptime_seconds": uptime}
+
+
+def _last_upgrade(data_dir: Path) -> dict[str, Any] | None:
+    """The last upgrade of the workers (upgrade_record.py), or None when there was none."""
+    record = UpgradeFile(data_dir).read()
+    if record is None:
+        return None
+    document = record.to_json()
+    del document["started_at_us"]
+    return document
 
 
 def queue_directories(data_dir: Path) -> list[Path]:

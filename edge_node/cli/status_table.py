@@ -14,6 +14,7 @@ def render_table(status: dict[str, Any]) -> str:
     now = _parse(status["at"])
     sections = (
         ("daemon", list(_daemon_lines(status["daemon"]))),
+        ("upgrade", [_upgrade_line(status.get("upgrade"))]),
         ("tenants", [_tenants_line(status["tenants"])]),
         ("queue", list(_queue_lines(status["queues"]))),
         ("postgres", list(_postgres_lines(status["postgres"], now))),
@@ -42,6 +43,16 @@ def duration(seconds: float) -> str:
         if whole >= size:
             return f"{whole // size} {unit} {(whole % size) // small_size:02d} {small}"
     raise AssertionError("unreachable")
+
+
+def _upgrade_line(upgrade: dict[str, Any] | None) -> str:
+    if upgrade is None:
+        return "none yet"
+    versions = f"{upgrade['from_version']} -> {upgrade['to_version'] or '?'}"
+    line = f"{upgrade['state'].replace('_', ' ')} at {upgrade['started_at']} ({versions})"
+    if upgrade["reason"]:
+        line += f": {upgrade['reason']}"
+    return line
 
 
 def _daemon_lines(daemon: dict[str, Any]) -> Iterator[str]:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 FILE_NAME = "upgrade.json"
 UPGRADING, COMPLETED, ROLLED_BACK, REFUSED = "upgrading", "completed", "rolled_back", "refused"
 FINISHED = (COMPLETED, ROLLED_BACK, REFUSED)
+WAIT_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +147,23 @@ def refuse_upgrades(data_dir: Path) -> None:
         upgrade.write(upgrade.start(0, 0).finish(REFUSED, reason=reason))
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, refuse)
+
+
+def request_upgrade(data_dir: Path, pid: int, wait_seconds: float) -> UpgradeRecord | None:
+    """Send SIGUSR2 to the serving process `pid` and wait for the upgrade it starts to end;
+    None if it has not ended within `wait_seconds`. Waiting tells a terminal how it goes."""
+    upgrade = UpgradeFile(data_dir)
+    sent_at = now_us()
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + wait_seconds
+    shown = None
+    while time.monotonic() < deadline:
+        record = upgrade.read()
+        if record is not None and record.started_at >= sent_at:
+            if record.state in FINISHED:
+                return record
+            if shown != record.state and sys.stderr.isatty():
+                print(f"upgrading to generation {record.to_generation}...", file=sys.stderr)
+                shown = record.state
+        time.sleep(WAIT_POLL_SECONDS)
+    return None
