@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres promtool run test lint format bench report chaos clean
+.PHONY: install postgres promtool chromium run test lint format bench report chaos clean
 
 install: $(STAMP)
 
@@ -22,10 +22,14 @@ postgres:
 promtool: install
 	sh scripts/ensure-promtool.sh $(VENV)
 
+# Debian's chromium for the browser test of the API docs page (tests/http/test_docs_page.py).
+chromium:
+	sh scripts/ensure-chromium.sh
+
 run: install
 	$(BIN)/edge-node serve
 
-test: install postgres promtool
+test: install postgres promtool chromium
 	$(BIN)/pytest
 
 lint: install

@@ -1,18 +1,62 @@
 #!/bin/sh
-# Makes sure the PostgreSQL server binaries (initdb, pg_ctl) exist, installing Debian's
-# postgresql package when they do not. The tests start their own throwaway server with them
-# (tests/postgres.py); nothing here starts, stops or configures a server. Idempotent.
+# Makes sure the PostgreSQL server binaries (initdb, pg_ctl) exist, for the tests' own
+# throwaway server (tests/postgres.py). When they are missing it installs Debian's server
+# package (postgresql-15 on bookworm) and nothing more: no cluster is created (Debian's
+# `create_main_cluster` is off while it installs, then the file is the package's own again),
+# no service is started (a policy-rc.d refuses while it installs) and the unit the package
+# enables is disabled again. Nothing here starts, stops or configures a server. Idempotent.
 set -eu
-for bin in /usr/lib/postgresql/*/bin; do
-    [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] && exit 0
-done
-command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 && exit 0
-echo "installing postgresql (the tests run a private throwaway server with it)" >&2
-if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+found() {
+    for bin in /usr/lib/postgresql/*/bin; do
+        [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] && return 0
+    done
+    command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1
+}
+found && exit 0
+if [ "$(id -u)" = 0 ]; then
+    sudo=""
+elif command -v sudo >/dev/null 2>&1; then
+    sudo="sudo"
+else
+    echo "the tests need PostgreSQL's server binaries (initdb, pg_ctl): as root, run" >&2
+    echo "  apt-get install postgresql-15    (or run make test as root, or install sudo)" >&2
+    exit 1
+fi
+command -v apt-get >/dev/null 2>&1 || {
+    echo "the tests need PostgreSQL's server binaries (initdb, pg_ctl) on PATH" >&2
+    exit 1
+}
+echo "installing PostgreSQL's server binaries (the tests run a private throwaway server;" \
+    "no cluster is created and no service started)" >&2
 $sudo apt-get update -qq
-$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-for bin in /usr/lib/postgresql/*/bin; do
-    [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] && exit 0
-done
-echo "postgresql was installed but no initdb/pg_ctl was found under /usr/lib/postgresql" >&2
+package="$(apt-cache depends postgresql 2>/dev/null | sed -n 's/.*Depends: \(postgresql-[0-9][0-9]*\)$/\1/p' | head -n 1)"
+package="${package:-postgresql-15}"
+conf=/etc/postgresql-common/createcluster.conf
+made_conf=""
+made_policy=""
+cleanup() {
+    [ -n "$made_policy" ] && $sudo rm -f /usr/sbin/policy-rc.d
+    if [ -n "$made_conf" ]; then
+        # dpkg kept ours and laid the package's own beside it: put the package's back.
+        if [ -f "$conf.dpkg-dist" ]; then $sudo mv "$conf.dpkg-dist" "$conf"; else $sudo rm -f "$conf"; fi
+    fi
+}
+trap cleanup EXIT
+if [ ! -e "$conf" ]; then
+    $sudo mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $sudo tee "$conf" >/dev/null
+    made_conf=1
+fi
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 0755 /usr/sbin/policy-rc.d
+    made_policy=1
+fi
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef "$package" >/dev/null
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable postgresql >/dev/null 2>&1 || true
+fi
+found && exit 0
+echo "$package was installed but no initdb/pg_ctl was found under /usr/lib/postgresql" >&2
 exit 1
