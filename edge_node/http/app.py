@@ -18,6 +18,7 @@ from edge_node.admission.tokens import TokenVerifier, load_keys
 from edge_node.config import Config
 from edge_node.crypto.keystore import open_keyring
 from edge_node.errors import ServiceUnavailable
+from edge_node.http.docs_page import add_docs_routes
 from edge_node.http.front import front_middleware
 from edge_node.http.guards import add_request_guards
 from edge_node.http.openapi import openapi_document
@@ -127,6 +128,7 @@ def create_app(
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
+    add_docs_routes(app)
     return app
 
 

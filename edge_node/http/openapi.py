@@ -13,6 +13,7 @@ from typing import Any
 
 from edge_node import __version__
 from edge_node.admission.router import API_KEY_HEADER
+from edge_node.http.openapi_examples import add_examples
 from edge_node.http.openapi_schemas import ID_SCHEMA, UUID_SCHEMA, component_schemas
 from edge_node.rating.model import MAX_PAGE_SIZE
 from edge_node.tenants.webhook_signature import SIGNATURE_HEADER
@@ -316,7 +317,7 @@ def openapi_document() -> dict[str, Any]:
             "description": "Tenant-routed ratings served from the nearest edge node.",
         },
         "security": [{"apiKey": []}, {"bearerJwt": []}],
-        "paths": _paths(),
+        "paths": add_examples(_paths()),
         "components": {
             "schemas": component_schemas(),
             "securitySchemes": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge_node.http.app import create_app
+from edge_node.http.openapi import openapi_document
 from edge_node.usage.operations import OPERATIONS
 from tests.support import RunningNode
 from tests.usage.test_meter import events_on_disk
@@ -87,3 +88,35 @@ class TestBilledOperations:
                     assert f"`{name}`" in operation["description"]
                     assert f"{entry.default_units} unit" in operation["description"]
                     assert f"`meter.units.{entry.setting}`" in operation["description"]
+
+
+class TestExamples:
+    """Every operation carries an example request and response, each valid for its schema."""
+
+    @staticmethod
+    def _validate(document: dict[str, Any], schema: dict[str, Any], example: Any) -> None:
+        import jsonschema_rs  # noqa: PLC0415 (schemathesis's validator, installed with it)
+
+        rooted = {**schema, "components": document["components"]}
+        jsonschema_rs.Draft202012Validator(rooted, validate_formats=True).validate(example)
+
+    def test_every_operation_has_examples_valid_for_their_schemas(self) -> None:
+        """Each parameter, request body and answer body of every operation has an example
+        (the docs page shows them) that its schema accepts."""
+        document = openapi_document()
+        for methods in document["paths"].values():
+            for operation in methods.values():
+                for parameter in operation.get("parameters", []):
+                    self._validate(document, parameter["schema"], parameter["example"])
+                for media in operation.get("requestBody", {}).get("content", {}).values():
+                    self._validate(document, media["schema"], media["example"])
+                answered = [
+                    (status, media)
+                    for status, response in operation["responses"].items()
+                    for media in response.get("content", {}).values()
+                ]
+                assert answered, operation["operationId"]
+                for status, media in answered:
+                    assert "example" in media, (operation["operationId"], status)
+                    if "schema" in media:
+                        self._validate(document, media["schema"], media["example"])
