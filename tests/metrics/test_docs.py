@@ -17,6 +17,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from edge_node.cli.upgrade_record import UpgradeCollector
 from edge_node.metrics.node import NodeMetrics
 from edge_node.queue import open_queue
 from edge_node.tenants.registry import TenantRegistry
@@ -51,6 +52,7 @@ async def fed_metrics(tmp_path: Path, *, tenant_label: bool) -> NodeMetrics:
     metrics.watch_webhooks(WebhookStats())
     registry = TenantRegistry.open(tmp_path / f"node-{tenant_label}")
     metrics.watch_tenants(registry)
+    metrics.registry.register(UpgradeCollector(tmp_path))  # as each worker does (daemon.py)
     await metrics.refresh()
     registry.close()
     await queue.close()
