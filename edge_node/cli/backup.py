@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from edge_node import __version__, sqlite
+from edge_node.cli.progress import Progress
 from edge_node.cli.runtime_file import process_alive
 from edge_node.clock import format_us, now_us
 from edge_node.config import Config
@@ -83,9 +84,13 @@ def _write_backup(config: Config, partial: Path) -> dict[str, Any]:
     with _pinned_queues(data_dir) as queues:
         for queue in queues:
             queue.capture_cursors()
-        for name in databases_to_back_up(data_dir):
+        databases = databases_to_back_up(data_dir)
+        progress = Progress("copying databases", len(databases))
+        for name in databases:
             copy_database(data_dir / name, partial / name)
             files.append(_describe(partial, name, "database"))
+            progress.step(str(name))
+        progress.done(f"{len(databases)} copied")
         for queue in queues:
             queue.pin_segments()
             for path in queue.write_to(partial / "queue" / queue.directory.name):

@@ -12,7 +12,7 @@ import sqlite3
 from typing import Any
 
 from edge_node.abuse.blocks import BlockStore, canonical_ip
-from edge_node.cli.support import emit
+from edge_node.cli.support import emit, require_data_dir
 from edge_node.config import Config
 from edge_node.errors import RegistryError
 from edge_node.node_database import open_node_database
@@ -27,11 +27,12 @@ def add_block_commands(commands: Any) -> None:
         handler=blocks_list
     )
     lift = blocks.add_parser("lift", help="lift the block of an IP now")
-    lift.add_argument("ip", metavar="IP")
+    lift.add_argument("ip", metavar="IP", help="the blocked client address (IPv4 or IPv6)")
     lift.set_defaults(handler=blocks_lift)
 
 
 def blocks_list(config: Config, args: argparse.Namespace) -> int:
+    require_data_dir(config)
     with _open_node_database(config) as conn:
         return emit([block.to_json() for block in BlockStore(conn).active()])
 

@@ -78,9 +78,11 @@ def _add_bind_role_command(central: Any) -> None:
         "bind-role",
         help="bind a database role to one tenant, so row-level security scopes it by itself",
     )
-    bind.add_argument("role", metavar="ROLE")
+    bind.add_argument("role", metavar="ROLE", help="the PostgreSQL role to bind")
     scope = bind.add_mutually_exclusive_group(required=True)
-    scope.add_argument("tenant_id", nargs="?", metavar="TENANT_ID")
+    scope.add_argument(
+        "tenant_id", nargs="?", metavar="TENANT_ID", help="the one tenant the role may see"
+    )
     scope.add_argument(
         "--scoped-by-setting",
         action="store_true",

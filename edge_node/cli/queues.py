@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from edge_node.cli.support import emit, positive_int
+from edge_node.cli.support import emit, positive_int, require_data_dir
 from edge_node.config import Config
 from edge_node.queue import QueueStatus, inspect_queue, tail_records
 from edge_node.usage.event import UsageEvent
@@ -26,7 +26,9 @@ def add_queue_commands(commands: Any) -> None:
         handler=_queue_status
     )
     tail = queue.add_parser("tail", help="print the newest usage events")
-    tail.add_argument("-n", type=positive_int, default=10, metavar="N", help="default 10")
+    tail.add_argument(
+        "-n", type=positive_int, default=10, metavar="N", help="how many events (default 10)"
+    )
     tail.set_defaults(handler=_queue_tail)
 
 
@@ -37,6 +39,7 @@ def queue_directories(config: Config) -> list[Path]:
 
 
 def _queue_status(config: Config, args: argparse.Namespace) -> int:
+    require_data_dir(config)
     now = time.time_ns() // 1_000_000
     return emit(
         [
@@ -69,6 +72,7 @@ def queue_status_document(status: QueueStatus, now_ms: int) -> dict[str, Any]:
 
 
 def _queue_tail(config: Config, args: argparse.Namespace) -> int:
+    require_data_dir(config)
     records = [
         (record.timestamp_ms, record.seq, directory, record)
         for directory in queue_directories(config)

@@ -36,6 +36,7 @@ import orjson
 
 from edge_node import sqlite
 from edge_node.cli.backup import BACKUP_FORMAT, MANIFEST_NAME, file_sha256, sync_tree
+from edge_node.cli.progress import Progress
 from edge_node.cli.runtime_file import RuntimeFile, process_alive
 from edge_node.config import Config
 from edge_node.crypto.keystore import KEYS_DIRECTORY
@@ -143,13 +144,16 @@ def _copy_files(source: Path, staged: Path, manifest: dict[str, Any]) -> None:
     """Copy every listed file, checking each copy's checksum, and sync the whole tree."""
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
+    progress = Progress("copying and checking files", len(manifest["files"]))
     for entry in manifest["files"]:
         target = staged / entry["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / entry["path"], target)
         if file_sha256(target) != entry["sha256"]:
             raise BackupError(f"{entry['path']} changed while it was being restored")
+        progress.step(entry["path"])
     sync_tree(staged)
+    progress.done(f"{len(manifest['files'])} restored")
 
 
 def _carry_key_store(data_dir: Path, staged: Path) -> None:

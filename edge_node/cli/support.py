@@ -64,3 +64,12 @@ def open_registry(config: Config) -> contextlib.closing[TenantRegistry]:
     return contextlib.closing(
         TenantRegistry.open(config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms)
     )
+
+
+def require_data_dir(config: Config) -> None:
+    """For a command that only reads: a missing data directory is an error, never created."""
+    if not config.data_path.is_dir():
+        raise RegistryError(
+            f"no data directory at {config.data_path.absolute()}: nothing to read there"
+            " (name the node's with --data-dir or EDGE_NODE_DATA_DIR)"
+        )

@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from edge_node.cli.queues import queue_directories
-from edge_node.cli.support import emit, open_node, open_registry, positive_int, require_uuid
+from edge_node.cli.support import (
+    EXIT_LOCKED,
+    emit,
+    open_node,
+    open_registry,
+    positive_int,
+    require_data_dir,
+    require_uuid,
+)
 from edge_node.config import Config
 from edge_node.crypto.keystore import open_keyring
 from edge_node.errors import ConfigError, RegistryError
@@ -24,25 +33,42 @@ def add_tenant_commands(commands: Any) -> None:
         dest="action", required=True, metavar="ACTION"
     )
     create = tenants.add_parser("create", help="register a tenant and print its first API key")
-    create.add_argument("--name", required=True)
-    create.add_argument("--plan", choices=PLANS, default="payg")
-    create.add_argument("--rate-limit", type=positive_int, metavar="PER_MINUTE")
+    create.add_argument("--name", required=True, help="the tenant's name, 1 to 200 characters")
+    create.add_argument(
+        "--plan", choices=PLANS, default="payg", help="its billing plan (default payg)"
+    )
+    create.add_argument(
+        "--rate-limit",
+        type=positive_int,
+        metavar="PER_MINUTE",
+        help="its requests per minute (default: rate_limit.per_minute)",
+    )
+    create.add_argument(
+        "--format",
+        choices=("json", "env"),
+        default="json",
+        help="json (default), or env: TENANT=... and KEY=... lines for a shell's eval",
+    )
     create.set_defaults(handler=_tenants_create)
     tenants.add_parser("list", help="list tenants").set_defaults(handler=_tenants_list)
     for action, status in (("suspend", "suspended"), ("resume", "active")):
         cmd = tenants.add_parser(action, help=f"mark a tenant {status}")
-        cmd.add_argument("tenant_id")
+        cmd.add_argument("tenant_id", metavar="TENANT_ID", help="the tenant's id (a UUID)")
         cmd.set_defaults(handler=_tenants_set_status, status=status)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
     key_create = keys.add_parser("create", help="issue a new API key for a tenant")
-    key_create.add_argument("tenant_id")
-    key_create.add_argument("--role", choices=ROLES, default="admin")
+    key_create.add_argument("tenant_id", metavar="TENANT_ID", help="the tenant's id (a UUID)")
+    key_create.add_argument(
+        "--role", choices=ROLES, default="admin", help="what the key may do (default admin)"
+    )
     key_create.set_defaults(handler=_keys_create)
     key_revoke = keys.add_parser("revoke", help="revoke an API key by its key id")
-    key_revoke.add_argument("key_id")
+    key_revoke.add_argument(
+        "key_id", metavar="KEY_ID", help="the key's id (key_id in `keys create`'s answer)"
+    )
     key_revoke.set_defaults(handler=_keys_revoke)
     _add_key_material_commands(tenants, keys)
 
@@ -54,7 +80,12 @@ def _add_key_material_commands(tenants: Any, keys: Any) -> None:
         help="delete a tenant for good: destroy its data keys (its comments become unreadable"
         " in every copy), then its ratings file and registry rows",
     )
-    delete.add_argument("tenant_id")
+    delete.add_argument("tenant_id", metavar="TENANT_ID", help="the tenant's id (a UUID)")
+    delete.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation (on a terminal it asks; elsewhere it never does)",
+    )
     delete.set_defaults(handler=_tenants_delete)
     rotate = keys.add_parser(
         "rotate-master",
@@ -98,6 +129,9 @@ def _tenants_create(config: Config, args: argparse.Namespace) -> int:
     document = {**tenant.to_json(), "api_key": key.api_key, "key_id": key.key_id, "role": key.role}
     if config.stripe.enabled:
         document.update(_provision_in_stripe(config, tenant.tenant_id))
+    if args.format == "env":
+        print(f"TENANT={shlex.quote(tenant.tenant_id)}\nKEY={shlex.quote(key.api_key)}")
+        return 0
     return emit(document)
 
 
@@ -117,6 +151,7 @@ def _provision_in_stripe(config: Config, tenant_id: str) -> dict[str, Any]:
 
 
 def _tenants_list(config: Config, args: argparse.Namespace) -> int:
+    require_data_dir(config)
     with open_registry(config) as registry:
         return emit([tenant.to_json() for tenant in registry.list_tenants()])
 
@@ -142,17 +177,47 @@ def _tenants_delete(config: Config, args: argparse.Namespace) -> int:
     from edge_node.deletion import delete_tenant  # noqa: PLC0415
 
     require_uuid(args.tenant_id)
+    require_data_dir(config)
     with open_registry(config) as registry, _open_stores(config) as stores:
-        known = registry.get_tenant(args.tenant_id) is not None
-        if not known and not stores.path(args.tenant_id).exists():
+        tenant = registry.get_tenant(args.tenant_id)
+        if tenant is None and not stores.path(args.tenant_id).exists():
             raise RegistryError(f"no tenant with id {args.tenant_id}")
+        name = args.tenant_id if tenant is None else tenant.name
+        if not args.yes and not confirm_deletion(name, args.tenant_id):
+            print("edge-node: nothing deleted", file=sys.stderr)
+            return 1
         return emit(delete_tenant(registry, stores, args.tenant_id))
+
+
+def confirm_deletion(name: str, tenant_id: str) -> bool:
+    """On a terminal, ask for the tenant's name (or id) before its keys are destroyed; with
+    no terminal there is no one to ask: scripts pass --yes to say they mean it."""
+    if not sys.stdin.isatty():
+        return True
+    print(
+        f"Deleting tenant {name!r} ({tenant_id}) destroys its data keys: its comments become"
+        " unreadable in every copy, backups included, and it cannot be undone.",
+        file=sys.stderr,
+    )
+    try:
+        answer = input(f"Type the tenant's name ({name}) to delete it: ")
+    except EOFError:
+        return False
+    return answer.strip() in (name, tenant_id)
 
 
 def _keys_rotate_master(config: Config, args: argparse.Namespace) -> int:
     from edge_node.crypto.rotation import rotate_master  # noqa: PLC0415
 
-    _refuse_while_serving(config)
+    serving = _serving_process(config)
+    if serving is not None:
+        print(
+            f"edge-node: keys rotate-master needs the daemon stopped, and {serving} serves"
+            f" {config.data_path}: stop it first (systemctl stop edge-node), run this again,"
+            " then start it",
+            file=sys.stderr,
+        )
+        return EXIT_LOCKED
     with contextlib.closing(open_keyring(config)) as keyring:
         return emit(rotate_master(keyring, args.new_key_file))
 
@@ -166,12 +231,18 @@ def _open_stores(config: Config) -> contextlib.closing[TenantStores]:
     )
 
 
-def _refuse_while_serving(config: Config) -> None:
-    """A running daemon holds its queue directories' locks: QueueLocked if one is held."""
+def _serving_process(config: Config) -> str | None:
+    """Which process serves the data directory (a running daemon holds its queue
+    directories' locks), or None when none does."""
+    from edge_node.queue import QueueLocked  # noqa: PLC0415
     from edge_node.queue.locking import DirectoryLock  # noqa: PLC0415
 
     for directory in queue_directories(config):
-        DirectoryLock.acquire(directory).release()
+        try:
+            DirectoryLock.acquire(directory).release()
+        except QueueLocked as exc:
+            return f"process {exc.owner_pid}" if exc.owner_pid else "a running edge-node"
+    return None
 
 
 def _keys_rotate_fleet(config: Config, args: argparse.Namespace) -> int:

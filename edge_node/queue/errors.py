@@ -52,7 +52,7 @@ class QueueLocked(QueueError):
         owner = f"process {owner_pid}" if owner_pid else "another process"
         super().__init__(
             f"queue {directory} is already open in {owner}; each worker process needs its own "
-            "queue directory (use `inspect_queue` for read-only status)"
+            "queue directory (`edge-node queue status` reads it without opening it)"
         )
 
 

@@ -88,7 +88,9 @@ def _is_uuid(text: str) -> bool:
 def _has_outbox_entries(path: Path) -> bool:
     """True unless the file's outbox is readable and empty (a doubt lists the tenant)."""
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+        # absolute(): a relative data directory (the default ./var) has no file URI.
+        uri = f"{path.absolute().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             row = conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()
             return bool(row[0])
     except sqlite3.Error:

@@ -42,7 +42,7 @@ class TestScoreAggregates:
     def test_scores_equal_a_recount_of_the_rows(self, ops: list[tuple]) -> None:
         """After random upserts, deletes and erasures, each stored score equals one recomputed."""
         with tempfile.TemporaryDirectory() as directory:
-            stores = TenantStores(Path(directory), node_id="n1")
+            stores = TenantStores(Path(directory) / "tenants", node_id="n1")  # keys beside it
             store = stores.get(TENANT)
             model: dict[tuple[str, str], int] = {}
             for op in ops:
