@@ -18,7 +18,6 @@ import pytest
 from edge_node.cli.main import build_parser
 from tests.cli.test_cli import Cli, announced_url, clean_environment, cli, edge_node_command
 
-
 __all__ = ["cli"]  # the fixture, shared with test_cli.py
 
 
