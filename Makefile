@@ -26,6 +26,11 @@ promtool: install
 chromium:
 	sh scripts/ensure-chromium.sh
 
+# Swagger UI for the API docs page, from the npm registry (scripts/vendor-swagger-ui.sh).
+.PHONY: swagger-ui
+swagger-ui:
+	sh scripts/vendor-swagger-ui.sh
+
 run: install
 	$(BIN)/edge-node serve
 
