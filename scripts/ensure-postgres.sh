@@ -13,15 +13,9 @@ found() {
     command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1
 }
 found && exit 0
-if [ "$(id -u)" = 0 ]; then
-    sudo=""
-elif command -v sudo >/dev/null 2>&1; then
-    sudo="sudo"
-else
-    echo "the tests need PostgreSQL's server binaries (initdb, pg_ctl): as root, run" >&2
-    echo "  apt-get install postgresql-15    (or run make test as root, or install sudo)" >&2
-    exit 1
-fi
+echo "the tests need PostgreSQL's server binaries (initdb, pg_ctl)" >&2
+install_hint="apt-get install postgresql-15"
+. "$(dirname "$0")/root-runner.sh"
 command -v apt-get >/dev/null 2>&1 || {
     echo "the tests need PostgreSQL's server binaries (initdb, pg_ctl) on PATH" >&2
     exit 1

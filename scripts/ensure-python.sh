@@ -5,15 +5,9 @@ venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 [ -x "$venv/bin/python" ] && exit 0
 if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then
-        sudo=""
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo="sudo"
-    else
-        echo "$python has no venv module (needed to create $venv), and there is no sudo to" >&2
-        echo "install it with: as root, run  apt-get install python3-venv  then run make again" >&2
-        exit 1
-    fi
+    echo "$python has no venv module, needed to create $venv" >&2
+    install_hint="apt-get install python3-venv"
+    . "$(dirname "$0")/root-runner.sh"
     echo "installing python3-venv (needed to create $venv)" >&2
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null

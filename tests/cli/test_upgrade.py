@@ -159,6 +159,13 @@ def upgradable(tmp_path: Path, served_nodes: list[ServedNode]) -> tuple[Installa
     return installation, node
 
 
+def start_load(node: ServedNode, data_dir: Path) -> Load:
+    """A tenant, and a steady load of its billable score reads on the node."""
+    tenant = create_tenant(data_dir)
+    path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
+    return Load(node.url + path, {"X-API-Key": tenant["api_key"]}).start()
+
+
 def data_dir_of(node: ServedNode) -> Path:
     return Path(node.process.args[2])  # type: ignore[index]
 
@@ -173,10 +180,8 @@ class TestUpgrade:
         exactly once (old and new queue directories together)."""
         installation, node = upgradable
         data_dir = data_dir_of(node)
-        tenant = create_tenant(data_dir)
         old_workers = set(node.children())
-        path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
-        load = Load(node.url + path, {"X-API-Key": tenant["api_key"]}).start()
+        load = start_load(node, data_dir)
         try:
             time.sleep(1)
             installation.install(installation.build("v2", version=NEW_VERSION), "v2")
@@ -209,10 +214,8 @@ class TestUpgrade:
         build afterwards upgrades as usual."""
         installation, node = upgradable
         data_dir = data_dir_of(node)
-        tenant = create_tenant(data_dir)
         old_workers = set(node.children())
-        path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
-        load = Load(node.url + path, {"X-API-Key": tenant["api_key"]}).start()
+        load = start_load(node, data_dir)
         try:
             broken = installation.build("broken", version="9.9.9+broken", readyz=NEVER_READY)
             installation.install(broken, "broken")
