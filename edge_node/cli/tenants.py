@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_node.cli.progress import Progress
 from edge_node.cli.queues import queue_directories
 from edge_node.cli.support import (
     EXIT_LOCKED,
@@ -258,7 +259,17 @@ def _keys_rotate_fleet(config: Config, args: argparse.Namespace) -> int:
     dsns = (args.dsn,) if args.dsn else config.central.dsns
     if not dsns:
         raise ConfigError("no central PostgreSQL: pass --dsn or set central.dsns")
-    reports = asyncio.run(rotate_fleet_dsns(dsns, current, previous, batch_size=args.batch_size))
+    progress = Progress("re-wrapping tenant data keys, batch")
+    reports = asyncio.run(
+        rotate_fleet_dsns(
+            dsns,
+            current,
+            previous,
+            batch_size=args.batch_size,
+            on_batch=lambda total: progress.step(f"({total} re-wrapped on this shard)"),
+        )
+    )
+    progress.done(f"{sum(r['rewrapped'] for r in reports)} re-wrapped")
     emit(reports)
     left = sum(r["under_previous_fleet_key"] for r in reports)
     if left:

@@ -17,7 +17,7 @@ leaves every central backup taken before the rotation without a data key that un
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge_node.errors import KeyMaterialError
@@ -56,8 +56,10 @@ async def rotate_fleet(
     previous: WrappingKey | None,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Re-wrap every data key under `previous` with `current`; the counts, JSON-ready.
+    `on_batch` hears the running total re-wrapped after each batch (for a progress line).
 
     `rewrapped`: rows re-wrapped by this run; `unwrap_failed`: rows naming the previous key
     that do not unwrap with it (altered), left as they are; then the rows under each key
@@ -79,6 +81,8 @@ async def rotate_fleet(
         batches += bool(rows)
         rewrapped += len(fresh)
         failed += len(rows) - len(fresh)
+        if on_batch is not None and rows:
+            on_batch(rewrapped)
         if len(rows) < batch_size:
             break
         after = (rows[-1]["tenant_id"], rows[-1]["key_id"])
@@ -126,8 +130,10 @@ async def rotate_fleet_dsns(
     previous: WrappingKey | None,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """`rotate_fleet` on each database (every shard holds its own tenants' keys)."""
     return await on_each_database(
-        dsns, lambda c: rotate_fleet(c, current, previous, batch_size=batch_size)
+        dsns,
+        lambda c: rotate_fleet(c, current, previous, batch_size=batch_size, on_batch=on_batch),
     )

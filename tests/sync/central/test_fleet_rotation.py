@@ -148,14 +148,17 @@ class TestRotatingTheFleetKey:
     async def test_many_keys_rotate_in_batches_and_a_second_run_changes_nothing(
         self, edges: dict[str, Edge], tmp_path: Path, central: str, db: Connection
     ) -> None:
-        """Five tenants' keys re-wrap in batches of two; rotating again re-wraps none and
-        leaves every wrapped key byte for byte as the first run left it."""
+        """Five tenants' keys re-wrap in batches of two, each batch reported as it commits
+        (the command's progress line); rotating again re-wraps none and leaves every wrapped
+        key byte for byte as the first run left it."""
         a = restart(edges, tmp_path, "edge-a", OLD)
         for n in range(5):
             a.rate(await shared_tenant(central, a), "u", "i", 3, f"comment {n}")
         await a.sync(central)
-        first = await rotate_fleet(db, NEW, OLD, batch_size=2)
+        reported: list[int] = []
+        first = await rotate_fleet(db, NEW, OLD, batch_size=2, on_batch=reported.append)
         assert (first["rewrapped"], first["batches"], first["under_fleet_key"]) == (5, 3, 5)
+        assert reported == [2, 4, 5]
         before = await db.fetch("SELECT * FROM tenant_data_keys ORDER BY tenant_id")
         second = await rotate_fleet(db, NEW, OLD, batch_size=2)
         assert (second["rewrapped"], second["batches"], second["under_fleet_key"]) == (0, 0, 5)
