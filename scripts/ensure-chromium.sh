@@ -2,7 +2,8 @@
 # Makes sure a Chromium is at /usr/bin/chromium for the browser test of the API docs page
 # (tests/http/test_docs_page.py, driven by playwright with that executable: playwright never
 # downloads a browser of its own here). On Debian it installs the `chromium` package (with
-# sudo -n unless root: never a password prompt from `make test`). Idempotent; never fatal:
+# sudo -n unless root: never a password prompt from `make test`), without its recommended
+# packages (they bring services: avahi-daemon, ...). Idempotent; never fatal:
 # the test says it skipped when no browser could be had, or fails instead where
 # REQUIRE_BROWSER=1 is set (CI sets it: .ci/run).
 set -u
@@ -14,7 +15,7 @@ fi
 if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi
 echo "installing Debian's chromium (for the browser test of /docs)" >&2
 if $sudo apt-get update -qq >/dev/null 2>&1 \
-    && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; then
+    && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; then
     exit 0
 fi
 echo "could not install chromium: the browser test will be skipped" >&2

@@ -31,8 +31,14 @@ made_policy=""
 cleanup() {
     [ -n "$made_policy" ] && $sudo rm -f /usr/sbin/policy-rc.d
     if [ -n "$made_conf" ]; then
-        # dpkg kept ours and laid the package's own beside it: put the package's back.
-        if [ -f "$conf.dpkg-dist" ]; then $sudo mv "$conf.dpkg-dist" "$conf"; else $sudo rm -f "$conf"; fi
+        # ucf (or dpkg) kept ours and laid the package's own beside it: put that one back.
+        if [ -f "$conf.ucf-dist" ]; then
+            $sudo mv "$conf.ucf-dist" "$conf"
+        elif [ -f "$conf.dpkg-dist" ]; then
+            $sudo mv "$conf.dpkg-dist" "$conf"
+        else
+            $sudo rm -f "$conf"
+        fi
     fi
 }
 trap cleanup EXIT
@@ -48,8 +54,13 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef "$package" >/dev/null
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+# The package enables postgresql.service (it starts every cluster: there is none) at boot:
+# disabled again, and recorded so that its upgrades leave it disabled.
+if command -v systemctl >/dev/null 2>&1; then
     $sudo systemctl disable postgresql >/dev/null 2>&1 || true
+elif command -v deb-systemd-helper >/dev/null 2>&1; then  # no systemd here (a chroot)
+    $sudo env DPKG_MAINTSCRIPT_PACKAGE=postgresql-common \
+        deb-systemd-helper disable postgresql.service >/dev/null 2>&1 || true
 fi
 found && exit 0
 echo "$package was installed but no initdb/pg_ctl was found under /usr/lib/postgresql" >&2
