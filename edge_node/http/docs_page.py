@@ -13,6 +13,8 @@ from pathlib import Path
 from aiohttp import web
 
 STATIC = Path(__file__).with_name("docs_static")
+# The page's routes: a page about the API, not part of it (the API document leaves them out).
+PATHS = frozenset({"/", "/docs", "/docs/static"})
 # Swagger UI sets inline styles and shows data: images; scripts come from this node only.
 POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';"
