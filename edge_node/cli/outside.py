@@ -12,6 +12,7 @@ import sqlite3
 import sys
 from typing import Any
 
+from edge_node.cli.progress import Progress
 from edge_node.cli.support import (
     EXIT_UNAVAILABLE,
     EXIT_UNBILLED,
@@ -154,11 +155,18 @@ def _billing_reconcile(config: Config, args: argparse.Namespace) -> int:
 
     if args.tenant is not None:
         require_uuid(args.tenant)
+    progress = Progress("reconciling", numbered=False)
     try:
-        report = reconcile(config.data_path, tenant_id=args.tenant, since=args.since)
+        report = reconcile(
+            config.data_path,
+            tenant_id=args.tenant,
+            since=args.since,
+            on_step=lambda part: progress.step(f"reading {part}"),
+        )
     except (OSError, sqlite3.Error) as exc:
         print(f"edge-node: cannot reconcile {config.data_path}: {exc}", file=sys.stderr)
         return 1
+    progress.done(f"{len(report.days)} tenant-day(s)")
     emit(report.to_json())
     if not report.ok:
         print(

@@ -1,8 +1,9 @@
 """Progress of a long command, for a person watching a terminal, and for no one else.
 
-`backup`, `restore` and `keys rotate-fleet` say what they are doing as they go, one line
-rewritten in place on stderr, when stderr is a terminal; piped or redirected they print
-nothing but their JSON on stdout, as before, so scripts read the same output.
+`backup`, `restore`, `keys rotate-fleet` and `billing reconcile` say what they are doing as
+they go, one line rewritten in place on stderr, when stderr is a terminal; piped or
+redirected they print nothing but their JSON on stdout, as before, so scripts read the same
+output.
 """
 
 from __future__ import annotations
@@ -15,10 +16,19 @@ MIN_INTERVAL_SECONDS = 0.1  # a terminal need not be redrawn more often than thi
 
 
 class Progress:
-    """`step()` for each unit of work of `total` (None: unknown); `done()` at the end."""
+    """`step()` for each unit of work of `total` (None: unknown), numbered unless not
+    `numbered` (steps of different kinds); `done()` at the end."""
 
-    def __init__(self, what: str, total: int | None = None, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        *,
+        numbered: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
         self._stream = stream or sys.stderr
+        self._numbered = numbered
         self.shown = self._stream.isatty()
         self._what = what
         self._total = total
@@ -30,7 +40,8 @@ class Progress:
         now = time.monotonic()
         if self.shown and (now - self._drawn_at >= MIN_INTERVAL_SECONDS or self._finished):
             of = f"/{self._total}" if self._total is not None else ""
-            self._stream.write(f"\r\x1b[K{self._what} {self._count}{of} {item}"[:200])
+            count = f" {self._count}{of}" if self._numbered else ""
+            self._stream.write(f"\r\x1b[K{self._what}{count} {item}"[:200])
             self._stream.flush()
             self._drawn_at = now
 

@@ -21,7 +21,7 @@ directory metered before the counts existed) served is taken to be recorded.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -143,12 +143,19 @@ class Reconciliation:
 
 
 def reconcile(
-    data_dir: Path, *, tenant_id: str | None = None, since: date | None = None
+    data_dir: Path,
+    *,
+    tenant_id: str | None = None,
+    since: date | None = None,
+    on_step: Callable[[str], None] = lambda step: None,
 ) -> Reconciliation:
-    """The report for `data_dir`, for one tenant or all, from day `since` (UTC) on."""
+    """The report for `data_dir`, for one tenant or all, from day `since` (UTC) on;
+    `on_step` hears each part as it is read (for a progress line)."""
     report = Reconciliation()
     first_day = (since or date(1970, 1, 1)).isoformat()
+    on_step("served counts")
     counted = _tally_counts(data_dir / "served", report, tenant_id, first_day)
+    on_step("billing ledger")
     with _read_only(data_dir / "node.sqlite") as conn:
         conn.execute("BEGIN")  # one snapshot for every query below
         if sqlite.has_table(conn, "billing_ledger"):  # absent until billing first ran
@@ -156,6 +163,7 @@ def reconcile(
         planned = dict(_planned_through(conn))
         conn.execute("COMMIT")
     for directory in sorted((data_dir / "queue").glob("worker-*")):
+        on_step(f"queue {directory.name}")
         _tally_queue(directory, planned.get(directory.name, 0), report, tenant_id, first_day)
     if counted:
         for day in report.days.values():

@@ -212,3 +212,13 @@ class TestProgress:
         assert code == 0, shown
         assert "copying and checking files: 2 restored" in shown
         assert json.loads(stdout)["files"] == 2
+
+    def test_reconcile_reports_what_it_reads_on_a_terminal_only(self, cli: Cli) -> None:
+        """`billing reconcile` names each part it reads on a terminal; piped, only JSON."""
+        cli.create_tenant()
+        done = cli.run("billing", "reconcile")
+        assert (done.returncode, done.stderr) == (0, "")
+        code, stdout, shown = with_a_terminal_for_stderr(cli, "billing", "reconcile")
+        assert code == 0, shown
+        assert "reconciling: 0 tenant-day(s)" in shown
+        assert json.loads(stdout)["ok"] is True
