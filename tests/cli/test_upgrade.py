@@ -26,14 +26,30 @@ from tests.metrics.conftest import parse_samples
 from tests.served import ServedNode
 
 NEW_VERSION = "9.9.9+upgrade-test"
+APP = "edge_node/http/app.py"
 NEVER_READY = """
 
 async def readyz(request: web.Request) -> web.StreamResponse:  # this build is never ready
     raise ServiceUnavailable("this build never becomes ready", slug="not-ready")
 """
-LOAD_CLIENTS = 4
+READY_ONCE = """
+
+_asked = 0
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:  # ready once, then no more
+    global _asked
+    _asked += 1
+    if _asked > 1:
+        raise ServiceUnavailable("this build stops being ready", slug="not-ready")
+    return json_response({"status": "ready"})
+"""
+WORKER_MAIN = "edge_node/cli/__main__.py"  # what a worker runs: python -m edge_node.cli
+EXITS = "raise SystemExit(1)  # this build's workers exit at once\n"
+# Flat out, so that connections wait in accept queues when the old workers stop: with a
+# listening socket of each worker's own (SO_REUSEPORT) this load sees connections reset.
+LOAD_CLIENTS = 16
 LOAD_LIMIT_SECONDS = 120  # the load stops by itself, whatever happens to the test
-LOAD_PAUSE_SECONDS = 0.005  # between a client's requests: steady, not flat out
 
 
 class Installation:
@@ -47,8 +63,11 @@ class Installation:
         self.site.mkdir(parents=True)
         self.install(Path(edge_node.__file__).parent.parent, "current")
 
-    def build(self, name: str, *, version: str, readyz: str = "") -> Path:
-        """A copy of the packages with another version string (and readiness)."""
+    def build(
+        self, name: str, *, version: str, append: tuple[str, str] = ("", ""), prepend: str = ""
+    ) -> Path:
+        """A copy of the packages with another version string; `append` adds its text to
+        the end of a module (path, text), `prepend` puts its text before a worker's main."""
         release = self.root / name
         for package in (edge_node, sync):
             source = Path(package.__file__).parent
@@ -57,9 +76,12 @@ class Installation:
             )
         init = release / "edge_node" / "__init__.py"
         init.write_text(init.read_text().replace(edge_node.__version__, version))
-        if readyz:
-            app = release / "edge_node" / "http" / "app.py"
-            app.write_text(app.read_text() + readyz)
+        module, text = append
+        if module:
+            (release / module).write_text((release / module).read_text() + text)
+        if prepend:
+            main = release / WORKER_MAIN
+            main.write_text(prepend + main.read_text())
         return release
 
     def install(self, release: Path, name: str) -> None:
@@ -106,7 +128,6 @@ class Load:
                 self.failures[type(error.reason).__name__] += 1
             except OSError as error:
                 self.failures[type(error).__name__] += 1
-            time.sleep(LOAD_PAUSE_SECONDS)
 
     def answered(self) -> int:
         return sum(self.statuses.values())
@@ -217,7 +238,7 @@ class TestUpgrade:
         old_workers = set(node.children())
         load = start_load(node, data_dir)
         try:
-            broken = installation.build("broken", version="9.9.9+broken", readyz=NEVER_READY)
+            broken = installation.build("broken", version="9.9.9+broken", append=(APP, NEVER_READY))
             installation.install(broken, "broken")
             code, record = upgrade(data_dir)
             served_during = load.answered()
@@ -245,6 +266,45 @@ class TestUpgrade:
         code, record = upgrade(data_dir)
         assert (code, record["state"], record["to_version"]) == (0, "completed", NEW_VERSION)
         assert upgrades_counted(node) == {"completed": 1, "rolled_back": 1}
+        assert node.stop() == 0
+
+
+class TestRollback:
+    @pytest.mark.parametrize(
+        ("append", "prepend", "reason"),
+        [
+            ((APP, READY_ONCE), "", "failed readiness on probation: /readyz answered 503"),
+            (("", ""), EXITS, "exited with status 1"),
+        ],
+        ids=["ready-then-not", "exits-at-start"],
+    )
+    def test_a_build_failing_after_it_started_is_rolled_back_with_nothing_dropped(
+        self,
+        upgradable: tuple[Installation, ServedNode],
+        append: tuple[str, str],
+        prepend: str,
+        reason: str,
+    ) -> None:
+        """New workers that answer /readyz once and then 503 (after taking connections,
+        on probation), or that exit at once, are stopped and the old workers serve on:
+        no request fails, and every request answered is metered once."""
+        installation, node = upgradable
+        data_dir = data_dir_of(node)
+        old_workers = set(node.children())
+        load = start_load(node, data_dir)
+        try:
+            bad = installation.build("bad", version="9.9.9+bad", append=append, prepend=prepend)
+            installation.install(bad, "bad")
+            code, record = upgrade(data_dir)
+            time.sleep(0.5)
+        finally:
+            load.finish()
+        assert (code, record["state"]) == (1, "rolled_back"), record
+        assert reason in str(record["reason"])
+        assert load.failures == Counter(), load.failures
+        assert set(load.statuses) == {200}, load.statuses
+        assert set(node.children()) == old_workers
+        assert sum(metered(data_dir).values()) == load.answered()
         assert node.stop() == 0
 
 
