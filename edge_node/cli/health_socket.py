@@ -21,7 +21,7 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 VERSION_FIELD = "X_EDGE_NODE_VERSION"  # a worker's version, sent to its supervisor at READY
-PROBE_TIMEOUT_SECONDS = 2.0
+PROBE_TIMEOUT_SECONDS = 5.0  # a /readyz slower than this is not one to hand over to
 READY_POLL_SECONDS = 0.2
 LOG_EVERY_SECONDS = 10.0
 
