@@ -60,7 +60,7 @@ def _last_upgrade(data_dir: Path) -> dict[str, Any] | None:
     if record is None:
         return None
     document = record.to_json()
-    del document["started_at_us"]
+    del document["started_at_us"], document["finished_at_us"]
     return document
 
 

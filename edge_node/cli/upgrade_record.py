@@ -68,6 +68,7 @@ class UpgradeRecord:
         document = asdict(self)
         document["started_at"] = format_us(self.started_at)
         document["started_at_us"] = self.started_at
+        document["finished_at_us"] = self.finished_at
         if self.finished_at is not None:
             document["finished_at"] = format_us(self.finished_at)
         return document
@@ -87,7 +88,7 @@ class UpgradeFile:
         try:
             document = orjson.loads(self.path.read_bytes())
             document["started_at"] = document.pop("started_at_us")
-            document.pop("finished_at", None)
+            document["finished_at"] = document.pop("finished_at_us")
             return UpgradeRecord(**document)
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
             return None

@@ -223,6 +223,7 @@ class TestUpgrade:
             load.finish()
         assert (code, record["state"]) == (0, "completed"), record
         assert record["to_version"] == NEW_VERSION
+        assert record["finished_at"] >= record["started_at"]
         assert load.failures == Counter(), load.failures
         assert set(load.statuses) == {200}, load.statuses
         new_workers = set(node.children())
