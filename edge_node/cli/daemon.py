@@ -22,13 +22,7 @@ from aiohttp import web
 from edge_node import __version__
 from edge_node.admission.router import ROUTER_KEY
 from edge_node.admission.shared_limits import SharedRateLimiter
-from edge_node.cli.health_socket import (
-    VERSION_FIELD,
-    WorkerSockets,
-    inherited_listener,
-    open_health_site,
-    wait_until_ready,
-)
+from edge_node.cli.health_socket import VERSION_FIELD, WorkerSockets, inherited_site
 from edge_node.cli.reload import NodeReloader
 from edge_node.cli.runtime_file import RuntimeFile
 from edge_node.cli.sd_notify import ServiceNotifier
@@ -215,11 +209,7 @@ async def _listen(
             reuse_port=reuse_port,
         )
     else:
-        if sockets.health_name is not None:
-            await open_health_site(runner, sockets.health_name)
-            await wait_until_ready(sockets.health_name)
-        listener = inherited_listener(sockets.listen_fd)
-        site = web.SockSite(runner, listener, ssl_context=ssl_context)
+        site = await inherited_site(runner, sockets, ssl_context)
     await site.start()
     return runner
 

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 BANKS = 2
+
+WorkerCommand = Callable[[int, str, int], Sequence[str]]
 
 
 @dataclass
@@ -80,3 +84,17 @@ def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
         listener.close()
         raise
     return listener
+
+
+def worker_command(config_file: str | None, data_dir: str | None) -> WorkerCommand:
+    """The command line of a worker: `edge-node serve --worker-index I` on the reserved port,
+    with the supervisor's own --config and --data-dir."""
+    options = [] if config_file is None else ["--config", config_file]
+    if data_dir is not None:
+        options += ["--data-dir", data_dir]
+
+    def command(index: int, host: str, port: int) -> list[str]:
+        serve = ["serve", "--host", host, "--port", str(port), "--worker-index", str(index)]
+        return [sys.executable, "-m", "edge_node.cli", *options, *serve]
+
+    return command

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -96,8 +97,15 @@ async def wait_until_ready(name: str) -> None:
         await asyncio.sleep(READY_POLL_SECONDS)
 
 
-def inherited_listener(fd: int) -> socket.socket:
-    """The supervisor's listening socket, handed down as descriptor `fd`."""
-    sock = socket.socket(fileno=fd)
-    sock.set_inheritable(False)
-    return sock
+async def inherited_site(
+    runner: web.AppRunner, sockets: WorkerSockets, ssl_context: ssl.SSLContext | None
+) -> web.SockSite:
+    """The site on the supervisor's listening socket (`sockets.listen_fd`), to be started
+    once the worker is ready: its health socket is open, and its /readyz answered 200."""
+    assert sockets.listen_fd is not None
+    if sockets.health_name is not None:
+        await open_health_site(runner, sockets.health_name)
+        await wait_until_ready(sockets.health_name)
+    listener = socket.socket(fileno=sockets.listen_fd)
+    listener.set_inheritable(False)
+    return web.SockSite(runner, listener, ssl_context=ssl_context)

@@ -15,11 +15,12 @@ from typing import Any
 from edge_node import __version__
 from edge_node.cli.blocks import add_block_commands
 from edge_node.cli.daemon import run, serve
+from edge_node.cli.generations import worker_command
 from edge_node.cli.health_socket import WorkerSockets
 from edge_node.cli.operations import add_operations_commands
 from edge_node.cli.outside import add_sync_commands
 from edge_node.cli.queues import add_queue_commands
-from edge_node.cli.supervisor import Supervisor, run_supervisor, worker_command
+from edge_node.cli.supervisor import Supervisor, run_supervisor
 from edge_node.cli.support import (
     EXIT_CONFIG,
     EXIT_LOCKED,

@@ -115,12 +115,16 @@ def _restore(config: Config, args: argparse.Namespace) -> int:
 
 def _upgrade(config: Config, args: argparse.Namespace) -> int:
     from edge_node.cli.runtime_file import RuntimeFile, process_alive  # noqa: PLC0415
-    from edge_node.cli.upgrade_record import COMPLETED, request_upgrade  # noqa: PLC0415
+    from edge_node.cli.upgrade_record import COMPLETED, request_upgrade, under_way  # noqa: PLC0415
 
     running = RuntimeFile(config.data_path).read()
     if running is None or not process_alive(running.pid):
         print(f"edge-node: no node is serving from {config.data_path}", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    if (busy := under_way(config.data_path, running.started_at)) is not None:
+        started = busy.to_json()["started_at"]
+        print(f"edge-node: an upgrade is already under way (started {started})", file=sys.stderr)
+        return 1
     workers = config.workers
     wait = args.wait or (
         workers.upgrade_timeout_seconds

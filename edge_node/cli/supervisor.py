@@ -28,7 +28,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -41,7 +40,14 @@ from edge_node.cli.daemon import (
     queue_directory,
     start_sync,
 )
-from edge_node.cli.generations import BANKS, Generation, Worker, open_listener, worker_indexes
+from edge_node.cli.generations import (
+    BANKS,
+    Generation,
+    Worker,
+    WorkerCommand,
+    open_listener,
+    worker_indexes,
+)
 from edge_node.cli.health_socket import VERSION_FIELD
 from edge_node.cli.reload import NodeReloader
 from edge_node.cli.runtime_file import RuntimeFile
@@ -57,8 +63,6 @@ log = logging.getLogger(__name__)
 EXIT_ABORTED = 1
 FATAL_EXITS = (75, 78)  # locked data directory, configuration error: restarting cannot help
 STOP_MARGIN_SECONDS = 5.0
-
-WorkerCommand = Callable[[int, str, int], Sequence[str]]
 
 
 class Supervisor:
@@ -112,10 +116,6 @@ class Supervisor:
         if self._abort is not None:
             return self._abort
         return EXIT_ABORTED if self._unclean_stops else 0
-
-    @property
-    def _serving_generation(self) -> Generation:
-        return self._generations[0]
 
     async def _supervise(self) -> None:
         """Keep the workers running and, once all are ready, the sync worker; then stop all."""
@@ -186,10 +186,7 @@ class Supervisor:
             retire=self._retire,
             status=lambda text: self._notifier.status(self._serving(text)),
         )
-        while True:
-            await self._upgrade_requested.wait()
-            await upgrader.upgrade(self._serving_generation)
-            self._upgrade_requested.clear()
+        await upgrader.run(self._upgrade_requested, lambda: self._generations[0])
 
     def _request_upgrade(self) -> None:
         if self._upgrade_requested.is_set():
@@ -397,20 +394,6 @@ class Supervisor:
             f" {self.config.workers.count} workers)"
         )
         self._notifier.ready(self._serving())
-
-
-def worker_command(config_file: str | None, data_dir: str | None) -> WorkerCommand:
-    """The command line of a worker: `edge-node serve --worker-index I` on the reserved port,
-    with the supervisor's own --config and --data-dir."""
-    options = [] if config_file is None else ["--config", config_file]
-    if data_dir is not None:
-        options += ["--data-dir", data_dir]
-
-    def command(index: int, host: str, port: int) -> list[str]:
-        serve = ["serve", "--host", host, "--port", str(port), "--worker-index", str(index)]
-        return [sys.executable, "-m", "edge_node.cli", *options, *serve]
-
-    return command
 
 
 def _print(line: str) -> None:

@@ -58,6 +58,14 @@ class Upgrader:
         self._retire = retire
         self._status = status
 
+    async def run(self, requested: asyncio.Event, serving: Callable[[], Generation]) -> None:
+        """Upgrade the `serving()` generation each time `requested` is set, one at a time
+        (a request made while one is under way is not queued: its sender was told)."""
+        while True:
+            await requested.wait()
+            await self.upgrade(serving())
+            requested.clear()
+
     async def upgrade(self, current: Generation) -> Generation:
         """The generation serving afterwards: a new one, or `current` after a rollback."""
         record = self._file.start(current.number, current.number + 1)

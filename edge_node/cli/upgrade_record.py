@@ -150,6 +150,15 @@ def refuse_upgrades(data_dir: Path) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, refuse)
 
 
+def under_way(data_dir: Path, serving_since: int) -> UpgradeRecord | None:
+    """The upgrade the serving process (started at `serving_since`) is running, if any; one
+    left unfinished by a process since stopped is not."""
+    record = UpgradeFile(data_dir).read()
+    if record is not None and record.state == UPGRADING and record.started_at >= serving_since:
+        return record
+    return None
+
+
 def request_upgrade(data_dir: Path, pid: int, wait_seconds: float) -> UpgradeRecord | None:
     """Send SIGUSR2 to the serving process `pid` and wait for the upgrade it starts to end;
     None if it has not ended within `wait_seconds`. Waiting tells a terminal how it goes."""

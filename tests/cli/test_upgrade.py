@@ -19,6 +19,7 @@ import pytest
 
 import edge_node
 import sync
+from edge_node.cli.upgrade_record import UpgradeFile
 from edge_node.queue import inspect_queue
 from tests.cli.test_cli import clean_environment, edge_node_command
 from tests.cli.test_lifecycle import create_tenant
@@ -336,3 +337,26 @@ class TestUpgradeOfOneProcess:
         assert node.request("GET", "/healthz")[0] == 200
         assert node.stop() == 0
         assert os.path.exists(tmp_path / "data" / "upgrade.json")
+
+    def test_an_upgrade_under_way_is_not_asked_for_again(
+        self, tmp_path: Path, served_nodes: list[ServedNode]
+    ) -> None:
+        """While the serving process's upgrade record says `upgrading`, `edge-node upgrade`
+        says so and sends nothing (the record stays as it was)."""
+        node = ServedNode(tmp_path / "data", log=tmp_path / "log")
+        served_nodes.append(node)
+        upgrades = UpgradeFile(tmp_path / "data")
+        upgrades.start(0, 1)
+        before = upgrades.path.read_bytes()
+        done = subprocess.run(
+            [*edge_node_command(), "--data-dir", str(tmp_path / "data"), "upgrade"],
+            capture_output=True,
+            text=True,
+            env=clean_environment(),
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1
+        assert "an upgrade is already under way" in done.stderr
+        assert upgrades.path.read_bytes() == before
+        assert node.stop() == 0
