@@ -22,7 +22,12 @@ from aiohttp import web
 from edge_node import __version__
 from edge_node.admission.router import ROUTER_KEY
 from edge_node.admission.shared_limits import SharedRateLimiter
-from edge_node.cli.health_socket import VERSION_FIELD, WorkerSockets, inherited_site
+from edge_node.cli.health_socket import (
+    VERSION_FIELD,
+    WorkerSockets,
+    inherited_site,
+    stop_accepting,
+)
 from edge_node.cli.reload import NodeReloader
 from edge_node.cli.runtime_file import RuntimeFile
 from edge_node.cli.sd_notify import ServiceNotifier
@@ -144,6 +149,7 @@ async def _serve_storage(
             background = _background_tasks(notifier, meter.queue, config, worker)
             await stop.wait()
         notifier.stopping("stopping: draining in-flight requests")
+        await stop_accepting(runner)
         await runner.cleanup()
     finally:
         for task in background:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 BANKS = 2
+DEFER_ACCEPT_SECONDS = 10  # after that long without a byte, a connection is accepted anyway
 
 WorkerCommand = Callable[[int, str, int], Sequence[str]]
 
@@ -78,6 +79,9 @@ def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     listener = socket.socket(family, kind, proto)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # A connection is accepted once its first bytes are in, so a worker that accepts it
+        # reads its request at once, even when it begins to drain right after.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
         listener.bind(address)
         listener.listen(backlog)
     except BaseException:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 VERSION_FIELD = "X_EDGE_NODE_VERSION"  # a worker's version, sent to its supervisor at READY
 PROBE_TIMEOUT_SECONDS = 5.0  # a /readyz slower than this is not one to hand over to
 READY_POLL_SECONDS = 0.2
+SETTLE_TURNS = 3  # loop turns for connections already accepted to have their request read
 LOG_EVERY_SECONDS = 10.0
 
 
@@ -95,6 +96,17 @@ async def wait_until_ready(name: str) -> None:
             log.warning("not ready, not serving the node's port yet: %s", problem)
             logged = loop.time()
         await asyncio.sleep(READY_POLL_SECONDS)
+
+
+async def stop_accepting(runner: web.AppRunner) -> None:
+    """Stop accepting, then let the loop read the requests of the connections already
+    accepted, before the runner's drain: aiohttp's drain ignores a request that arrives after
+    it began, and closes that connection unanswered. (The supervisor's listening socket
+    defers accepting a connection until its first bytes are in: generations.py.)"""
+    for site in list(runner.sites):
+        await site.stop()
+    for _ in range(SETTLE_TURNS):
+        await asyncio.sleep(0)
 
 
 async def inherited_site(

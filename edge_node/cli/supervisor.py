@@ -172,7 +172,7 @@ class Supervisor:
     async def _retire(self, generation: Generation) -> None:
         """Drain and stop `generation`'s workers, as on SIGTERM, and forget them."""
         generation.retired.set()
-        await self._stop_workers(generation.workers)
+        await self._stop_workers(generation.workers, admitted=not generation.on_probation)
         await asyncio.gather(*generation.tasks)
         self._close_channels(generation)
         self._generations.remove(generation)
@@ -328,8 +328,10 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         worker.process.kill()
 
-    async def _stop_workers(self, workers: Sequence[Worker]) -> None:
-        """SIGTERM to `workers`, then SIGKILL to any still running after the grace period."""
+    async def _stop_workers(self, workers: Sequence[Worker], *, admitted: bool = True) -> None:
+        """SIGTERM to `workers`, then SIGKILL to any still running after the grace period.
+        Workers not `admitted` (an upgrade rolled back) failed already, and said why: how they
+        end is no unclean stop of the node."""
         running = [w.process for w in workers if w.process and w.process.returncode is None]
         # A worker still starting has served nothing; SIGTERM before its handlers exist ends
         # it by the signal itself, which is a clean stop for it.
@@ -348,7 +350,7 @@ class Supervisor:
             await asyncio.gather(*waits, return_exceptions=True)
         for process in running:
             stopped_starting = process.pid in starting and process.returncode == -signal.SIGTERM
-            if process.returncode != 0 and not stopped_starting:
+            if process.returncode != 0 and not stopped_starting and admitted:
                 self._unclean_stops += 1
                 log.error(
                     "worker pid %d stopped with exit status %s", process.pid, process.returncode
