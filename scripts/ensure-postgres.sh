@@ -4,7 +4,8 @@
 # package (postgresql-15 on bookworm) and nothing more: no cluster is created (Debian's
 # `create_main_cluster` is off while it installs, then the file is the package's own again),
 # no service is started (a policy-rc.d refuses while it installs) and the unit the package
-# enables is disabled again. Nothing here starts, stops or configures a server. Idempotent.
+# enables is disabled again; nothing it only recommends (sysstat, cron) is installed. Nothing
+# here starts, stops or configures a server. Idempotent.
 set -eu
 found() {
     for bin in /usr/lib/postgresql/*/bin; do
@@ -52,7 +53,7 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
     $sudo chmod 0755 /usr/sbin/policy-rc.d
     made_policy=1
 fi
-$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef "$package" >/dev/null
 # The package enables postgresql.service (it starts every cluster: there is none) at boot:
 # disabled again, and recorded so that its upgrades leave it disabled.
