@@ -8,6 +8,10 @@ period, edge_node.tenants.standing), find a token in its tenant's bucket (429), 
 least the role the route needs (403). Only then does the handler run, with the
 TenantContext, and what it served is metered (`edge_node.usage.meter`). Every tenant route is
 billable, so every one of them is refused to a tenant that must pay first.
+
+Credentials and standing are read from the registry's view in memory
+(edge_node.tenants.view), which follows node.sqlite: a key revoked or a tenant suspended or
+deleted by any process is refused within milliseconds, with no query per request.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class TenantRouter:
         past_due_grace_seconds: float = DEFAULT_PAST_DUE_GRACE_SECONDS,
     ) -> None:
         self.registry = registry
+        self.view = registry.view()
         self.verifier = verifier
         self.limiter = limiter
         self.past_due_grace_us = int(past_due_grace_seconds * 1_000_000)
@@ -92,7 +97,7 @@ class TenantRouter:
                     slug="malformed-api-key",
                     headers=_CHALLENGE,
                 )
-            grant = self.registry.lookup_key_id(key_id, api_key)
+            grant = self.view.grant(key_id, api_key)
             if grant is None:
                 raise Unauthorized(
                     "the API key is not valid (unknown or revoked)",
@@ -119,7 +124,7 @@ class TenantRouter:
         except Unauthorized as exc:
             exc.headers = _CHALLENGE
             raise
-        tenant = self.registry.get_tenant(claims.tenant_id)
+        tenant = self.view.tenant(claims.tenant_id)
         if tenant is None:
             raise Forbidden("the token's tenant is not served by this node", slug="unknown-tenant")
         context = TenantContext(
@@ -158,7 +163,8 @@ class TenantRouter:
     def _check_standing(self, tenant_id: str, status: TenantStatus) -> None:
         if status == "suspended":
             raise Forbidden("the tenant is suspended", slug="tenant-suspended")
-        since = self.registry.past_due_since(tenant_id) if status == "past_due" else None
+        standing = self.view.tenant(tenant_id) if status == "past_due" else None
+        since = None if standing is None else standing.past_due_since
         refusal = payment_refusal(status, since, now_us=now_us(), grace_us=self.past_due_grace_us)
         if refusal is not None:
             raise PaymentRequired(refusal)

@@ -13,6 +13,7 @@ checksum; they keep working unchanged and are looked up as before.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import zlib
@@ -49,6 +50,11 @@ def checksum(text: str) -> str:
         + digits[value // 62 % 62]
         + digits[value % 62]
     )
+
+
+def hash_key(api_key: str) -> str:
+    """What node.sqlite keeps of a key: the SHA-256 of the whole key, in hex."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
 
 
 def new_api_key(key_id: str) -> str:

@@ -13,7 +13,6 @@ registry is made on a node.sqlite connection.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import sqlite3
 import uuid
@@ -25,7 +24,7 @@ from edge_node.clock import format_us, now_us
 from edge_node.errors import RegistryError
 from edge_node.node_database import open_node_database
 from edge_node.tenants import schema
-from edge_node.tenants.apikeys import key_id_of, new_api_key, new_key_id
+from edge_node.tenants.apikeys import hash_key, key_id_of, new_api_key, new_key_id
 from edge_node.tenants.model import (
     IssuedKey,
     KeyGrant,
@@ -36,12 +35,9 @@ from edge_node.tenants.model import (
     TenantStatus,
 )
 from edge_node.tenants.replication import RegistryReplication
+from edge_node.tenants.view import RegistryView
 
 _STRIPE_LINK = "tenant_id, name, plan, stripe_customer_id, subscription_id"
-
-
-def hash_key(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
 
 
 def parse_key_id(api_key: str) -> str | None:
@@ -65,6 +61,10 @@ class TenantRegistry(RegistryReplication):
 
     def close(self) -> None:
         self._conn.close()
+
+    def view(self) -> RegistryView:
+        """The live keys and tenants in memory, kept current (what admission reads)."""
+        return RegistryView(self._conn)
 
     def create_tenant(
         self, name: str, *, plan: Plan = "payg", rate_limit_per_minute: int | None = None

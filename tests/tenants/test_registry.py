@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.tenants.apikeys import new_api_key
+from edge_node.tenants.apikeys import hash_key, new_api_key
 from edge_node.tenants.model import KeyRecord, TenantRecord
-from edge_node.tenants.registry import TenantRegistry, hash_key
+from edge_node.tenants.registry import TenantRegistry
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 from edge_node import sqlite
 from edge_node.clock import now_us
 from edge_node.node_database import open_node_database
-from edge_node.tenants.registry import TenantRegistry, hash_key
+from edge_node.tenants.apikeys import hash_key
+from edge_node.tenants.registry import TenantRegistry
 from sync.postgres import Connection, connect
 from tests.support import RunningNode
 from tests.sync.conftest import EdgeFactory

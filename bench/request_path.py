@@ -1,0 +1,333 @@
+"""In-process request-path benchmark: the daemon's app against a minimal aiohttp app, no sockets.
+
+`python -m bench.request_path` builds the real app as `edge-node serve` does (its storage, a
+strict meter fsyncing its queue, the metrics and guards), and the minimal app of
+`bench.minimal_app`, and drives each through aiohttp's own connection handler (parser,
+routing, middlewares, handler, response writer) over in-memory transports: 64 connections,
+each sending its next request as soon as its answer is written, as a keep-alive load
+generator would. What is left out is the kernel: no socket reads or writes, no load
+generator on the same cores, so a change of a few µs shows on a noisy machine.
+
+Each variant runs in a process of its own, in turns, round after round, and the best round
+counts. `--against REV` runs the same measurement on the code of a git revision (a temporary
+worktree), in the same turns, so a before/after is read in one run. Figures: wall µs per
+request and event-loop CPU µs per request (the loop's thread only: the queue's fsyncs run in
+a thread of their own), and each scenario as a ratio of the minimal app's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ITEM = "bench-item"
+LIST_PAGE = 50
+SCENARIOS = ("minimal-get", "minimal-post", "get-score", "post-rating", "list-ratings")
+Figures = dict[str, Any]  # wall_us, cpu_us, failures
+BASELINE_OF = {
+    "get-score": "minimal-get",
+    "post-rating": "minimal-post",
+    "list-ratings": "minimal-get",
+}
+
+
+class MemoryTransport(asyncio.Transport):
+    """One keep-alive connection in memory: each answer written sends the next request."""
+
+    def __init__(self, protocol: asyncio.Protocol, next_request: Callable[[], bytes | None]):
+        super().__init__()
+        self._protocol = protocol
+        self._next_request = next_request
+        self._written = bytearray()
+        self._closing = False
+        self.answers = 0
+        self.failures = 0
+        self.done = asyncio.get_running_loop().create_future()
+
+    def start(self) -> None:
+        self._protocol.connection_made(self)
+        self._send()
+
+    def _send(self) -> None:
+        request = self._next_request()
+        if request is None:
+            self._protocol.connection_lost(None)
+            self.done.set_result(None)
+        else:
+            self._protocol.data_received(request)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._written += data
+        while (end := self._written.find(b"\r\n\r\n")) >= 0:
+            head = bytes(self._written[:end]).lower()
+            length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            if len(self._written) < end + 4 + length:
+                return
+            if not head.startswith(b"http/1.1 2"):
+                self.failures += 1
+            del self._written[: end + 4 + length]
+            self.answers += 1
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def drive(server: Any, requests: Iterator[bytes], connections: int, count: int) -> Figures:
+    """Send `count` requests over `connections` connections; time them."""
+    sent = 0
+
+    def next_request() -> bytes | None:
+        nonlocal sent
+        if sent >= count:
+            return None
+        sent += 1
+        return next(requests)
+
+    transports = [MemoryTransport(server(), next_request) for _ in range(connections)]
+    wall, cpu = time.perf_counter(), time.thread_time()
+    for transport in transports:
+        transport.start()
+    await asyncio.gather(*(transport.done for transport in transports))
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    failures = sum(transport.failures for transport in transports)
+    return {"wall_us": wall / count * 1e6, "cpu_us": cpu / count * 1e6, "failures": failures}
+
+
+def get_request(path: str, api_key: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: edge\r\nUser-Agent: bench\r\nX-API-Key: {api_key}\r\n\r\n"
+    ).encode()
+
+
+def post_requests(path: str, api_key: str) -> Iterator[bytes]:
+    """Rating writes in pairs on one (user, item): the first creates, the second updates."""
+    for number in range(10**9):
+        body = (
+            f'{{"user_id":"bench-{number // 2}","item_id":"item-{number % 100}",'
+            f'"score":{number % 5 + 1}}}'
+        ).encode()
+        yield (
+            f"POST {path} HTTP/1.1\r\nHost: edge\r\nUser-Agent: bench\r\nX-API-Key: {api_key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+
+def repeat(request: bytes) -> Iterator[bytes]:
+    while True:
+        yield request
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any) -> Any:
+    from aiohttp import web  # noqa: PLC0415 - imported from the tree being measured
+
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        yield runner.server
+    finally:
+        await runner.cleanup()
+
+
+async def measure_minimal(scenario: str, count: int, connections: int) -> Figures:
+    from bench.minimal_app import create_app  # noqa: PLC0415
+
+    tenant = "8e0c2a4e-0000-4000-8000-000000000000"
+    async with running(create_app()) as server:
+        if scenario == "minimal-get":
+            requests = repeat(get_request(f"/v1/tenants/{tenant}/items/{ITEM}/score", "-"))
+        else:
+            requests = post_requests(f"/v1/tenants/{tenant}/ratings", "-")
+        await drive(server, requests, connections, count // 10)  # warm-up
+        return await drive(server, requests, connections, count)
+
+
+async def measure_daemon(scenario: str, count: int, connections: int, data_dir: Path) -> Figures:
+    from edge_node.config import load_config  # noqa: PLC0415
+    from edge_node.http.app import NodeStorage, create_app  # noqa: PLC0415
+    from edge_node.usage.meter import open_meter  # noqa: PLC0415
+
+    config = load_config(environ={"EDGE_NODE_DATA_DIR": str(data_dir)})
+    storage = NodeStorage.open(config)
+    tenant, key = storage.registry.create_tenant("bench", rate_limit_per_minute=10**9)
+    store = storage.stores.get(tenant.tenant_id)
+    from edge_node.rating.model import parse_rating  # noqa: PLC0415
+
+    for number in range(3 * LIST_PAGE):
+        rating = {"user_id": f"seed-{number}", "item_id": ITEM, "score": number % 5 + 1}
+        store.upsert(parse_rating({**rating, "comment": f"seeded comment number {number}"}))
+    meter = await open_meter(config.meter, config.queue, data_dir / "queue" / "worker-0", "bench")
+    app = create_app(config, storage, meter)
+    prefix = f"/v1/tenants/{tenant.tenant_id}"
+    try:
+        async with running(app) as server:
+            if scenario == "get-score":
+                requests = repeat(get_request(f"{prefix}/items/{ITEM}/score", key.api_key))
+            elif scenario == "list-ratings":
+                path = f"{prefix}/ratings?item_id={ITEM}&limit={LIST_PAGE}"
+                requests = repeat(get_request(path, key.api_key))
+            else:
+                requests = post_requests(f"{prefix}/ratings", key.api_key)
+            await drive(server, requests, connections, count // 10)  # warm-up
+            return await drive(server, requests, connections, count)
+    finally:
+        await meter.close()
+        storage.close()
+
+
+async def measure_one(scenario: str, count: int, connections: int) -> Figures:
+    if scenario.startswith("minimal-"):
+        return await measure_minimal(scenario, count, connections)
+    with tempfile.TemporaryDirectory(prefix="edge-node-request-path-") as scratch:
+        return await measure_daemon(scenario, count, connections, Path(scratch))
+
+
+def child(scenario: str, count: int, connections: int, profile: str | None) -> None:
+    """Measure one scenario in this process (the tree on sys.path[0]) and print it as JSON."""
+    import uvloop  # noqa: PLC0415
+
+    if profile:
+        import cProfile  # noqa: PLC0415
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    figures = uvloop.run(measure_one(scenario, count, connections))
+    if profile:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    print(json.dumps(figures))
+
+
+def run_child(tree: Path, scenario: str, count: int, connections: int) -> Figures:
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; sys.path.insert(0, sys.argv[1]); from bench.request_path import child;"
+        " child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), None)",
+        str(tree),
+        scenario,
+        str(count),
+        str(connections),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_NODE_")}
+    # This file measures the other tree too: it is put in place of that tree's bench/.
+    env["PYTHONPATH"] = str(tree)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{scenario} on {tree} failed: {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.splitlines()[-1]))
+
+
+@contextlib.contextmanager
+def revision_tree(revision: str | None) -> Iterator[Path | None]:
+    """A temporary worktree of `revision` with this benchmark copied in (None: nothing)."""
+    if revision is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="edge-node-against-") as scratch:
+        tree = Path(scratch) / "tree"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), revision],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            (tree / "bench" / "request_path.py").write_bytes(Path(__file__).read_bytes())
+            yield tree
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                check=False,
+                capture_output=True,
+            )
+
+
+def measure(
+    count: int, connections: int, rounds: int, against: str | None = None
+) -> dict[str, dict[str, Figures]]:
+    """Best round of each scenario, per tree: {"this": {...}, against: {...}}."""
+    best: dict[str, dict[str, Figures]] = {}
+    with revision_tree(against) as other:
+        trees = {"this": ROOT, **({against: other} if against and other else {})}
+        for _ in range(rounds):
+            for label, tree in trees.items():
+                for scenario in SCENARIOS:
+                    figures = run_child(tree, scenario, count, connections)
+                    print(f"{label} {scenario}: {figures}", file=sys.stderr)
+                    kept = best.setdefault(label, {}).get(scenario)
+                    if kept is None or figures["cpu_us"] < kept["cpu_us"]:
+                        best[label][scenario] = figures
+    return best
+
+
+def table(best: dict[str, dict[str, Figures]]) -> list[list[Any]]:
+    rows = []
+    for label, figures in best.items():
+        for scenario in SCENARIOS:
+            found = figures[scenario]
+            base = figures.get(BASELINE_OF.get(scenario, scenario), found)
+            rows.append(
+                [
+                    label,
+                    scenario,
+                    round(found["wall_us"], 1),
+                    round(found["cpu_us"], 1),
+                    round(base["cpu_us"] / found["cpu_us"], 3),
+                    found["failures"],
+                ]
+            )
+    return rows
+
+
+COLUMNS = ["code", "scenario", "wall µs/req", "loop CPU µs/req", "x minimal (CPU)", "failures"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--against", help="a git revision to measure in the same run")
+    parser.add_argument("--profile", help="profile one scenario in-process to this file")
+    parser.add_argument("--scenario", default="get-score", help="the scenario --profile runs")
+    args = parser.parse_args()
+    if args.profile:
+        child(args.scenario, args.requests, args.connections, args.profile)
+        return
+    best = measure(args.requests, args.connections, args.rounds, args.against)
+    print(f"{args.requests} requests over {args.connections} connections, best of {args.rounds}")
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for row in table(best):
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+
+
+if __name__ == "__main__":
+    main()
