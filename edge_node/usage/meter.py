@@ -29,7 +29,7 @@ from edge_node.config import MeterConfig, QueueConfig
 from edge_node.errors import ConfigError, ServiceUnavailable
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import QueueError, QueueSettings, WriteAheadQueue, open_queue
-from edge_node.usage.event import UsageEvent
+from edge_node.usage.event import encode_event
 from edge_node.usage.operations import OPERATIONS
 from edge_node.usage.served import ServedCounter, counts_path
 
@@ -96,26 +96,26 @@ class Meter:
     def release(self) -> None:
         self._reserved -= 1
 
-    async def record(
-        self, tenant_id: str, operation: str, status: int, request_id: str
-    ) -> UsageEvent | None:
-        """Append the usage event of a served request (within a reservation)."""
+    async def record(self, tenant_id: str, operation: str, status: int, request_id: str) -> bool:
+        """Append the usage event of a served request (within a reservation); False when the
+        request bills nothing."""
         assert self.queue is not None
         units = self._units.get(operation, 0)
         if units == 0 or status >= 400:
-            return None
-        event = UsageEvent(
-            self._ids.new(),
-            tenant_id,
-            self.node_id,
-            operation,
-            status,
-            units,
-            _now_ms(),
-            request_id,
+            return False
+        timestamp_ms = time.time_ns() // 1_000_000
+        payload = encode_event(
+            event_id=self._ids.new(timestamp_ms),
+            tenant_id=tenant_id,
+            node_id=self.node_id,
+            operation=operation,
+            status=status,
+            units=units,
+            timestamp_ms=timestamp_ms,
+            request_id=request_id,
         )
         try:
-            durable = self.queue.append_nowait(event.encode(), timestamp_ms=event.timestamp_ms)
+            durable = self.queue.append_nowait(payload, timestamp_ms=timestamp_ms)
         except QueueError as exc:
             self._failed(exc)
             raise _not_recorded() from exc
@@ -129,10 +129,10 @@ class Meter:
             self._pending.add(durable)
             durable.add_done_callback(self._settled)
         if self.served is not None:  # counted apart from the queue, for reconciliation
-            self.served.add(tenant_id, event.timestamp_ms, units)
+            self.served.add(tenant_id, timestamp_ms, units)
         self.stats.recorded += 1
         self.stats.recorded_units += units
-        return event
+        return True
 
     async def close(self) -> None:
         """Make every event recorded so far durable, then close the queue."""
@@ -160,10 +160,6 @@ def _not_recorded() -> ServiceUnavailable:
         slug="usage-not-recorded",
         headers={"Retry-After": "5"},
     )
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def queue_settings(config: QueueConfig) -> QueueSettings:

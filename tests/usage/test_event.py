@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from edge_node.errors import NotAUsageEvent
-from edge_node.usage.event import BillableUsage, UsageEvent, read_billable
+from edge_node.usage.event import BillableUsage, UsageEvent, encode_event, read_billable
 
 EVENT = UsageEvent(
     "01900000-0000-7000-8000-000000000001",
@@ -30,6 +30,10 @@ class TestEncoding:
     def test_an_event_encodes_to_the_bytes_queues_already_hold(self) -> None:
         """encode writes one compact JSON object of the eight fields in declaration order."""
         assert EVENT.encode() == ON_DISK
+
+    def test_the_fields_alone_encode_to_the_same_bytes(self) -> None:
+        """encode_event, which the meter calls without making a UsageEvent, writes the same."""
+        assert encode_event(**{name: getattr(EVENT, name) for name in EVENT.__slots__}) == ON_DISK
 
     def test_what_is_encoded_decodes_to_the_same_event(self) -> None:
         """decode(encode(event)) is the event, and the bytes on disk decode to it."""
