@@ -92,8 +92,8 @@ async def list_ratings(request: web.Request, context: TenantContext) -> web.Stre
     )
     return json_response(
         {
-            "ratings": [rating.to_json() for rating in page.ratings],
-            "next_cursor": encode_cursor(page.ratings[-1]) if page.has_more else None,
+            "ratings": page.ratings,
+            "next_cursor": encode_cursor(page.last) if page.has_more and page.last else None,
         }
     )
 

@@ -167,8 +167,10 @@ def parse_limit(raw: str | None) -> int:
     return int(raw)
 
 
-def encode_cursor(rating: Rating) -> str:
-    packed = orjson.dumps([_CURSOR_VERSION, rating.created_at, rating.id])
+def encode_cursor(position: tuple[int, str]) -> str:
+    """The cursor of a page ending at the rating with this (created_at, id)."""
+    created_at, rid = position
+    packed = orjson.dumps([_CURSOR_VERSION, created_at, rid])
     return base64.urlsafe_b64encode(packed).rstrip(b"=").decode()
 
 

@@ -28,7 +28,6 @@ from edge_node.errors import CommentUnreadable, KeyMaterialError
 from edge_node.rating.model import ItemScore, Rating, RatingInput
 from edge_node.rating.pending import PendingUploads
 from edge_node.rating.replication import RatingReplication, rating_id
-from edge_node.rating.schema import RATING_COLUMNS
 
 # The logger these warnings had before this module was split out of store, which operators'
 # log queries may name.
@@ -38,8 +37,26 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    ratings: list[Rating]
+    """Ratings as the API serves them (JSON objects), and where the page ended."""
+
+    ratings: list[dict[str, Any]]
     has_more: bool
+    last: tuple[int, str] | None  # (created_at, id) of the last rating: the next cursor's
+
+
+def _rfc3339(column: str) -> str:
+    """SQL writing an integer microsecond column as edge_node.clock.format_us does."""
+    return (
+        f"strftime('%Y-%m-%dT%H:%M:%S', {column} / 1000000, 'unixepoch')"
+        f" || printf('.%06dZ', {column} % 1000000)"
+    )
+
+
+# A page's columns: SQLite formats the timestamps, so a row needs no Python but its comment's.
+PAGE_COLUMNS = (
+    "id, tenant_id, user_id, item_id, score, comment_sealed, created_at,"
+    f" {_rfc3339('created_at')}, {_rfc3339('updated_at')}"
+)
 
 
 class DeleteDenied(Exception):
@@ -193,24 +210,35 @@ class TenantStore(RatingReplication):
             clauses.append("(created_at, id) > (?, ?)")
             params.extend(after)
         rows = self._conn.execute(
-            f"SELECT {RATING_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
+            f"SELECT {PAGE_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
             " ORDER BY created_at, id LIMIT ?",
             (*params, limit + 1),
         ).fetchall()
         self._sealer.refresh()
-        return Page([self._opened(row) for row in rows[:limit]], has_more=len(rows) > limit)
+        shown = rows[:limit]
+        last = (shown[-1][6], shown[-1][0]) if shown else None
+        return Page([self._served(row) for row in shown], len(rows) > limit, last)
 
-    def _opened(self, row: Sequence[Any]) -> Rating:
-        """A stored row as the API serves it, its comment opened."""
-        rid, tenant_id, user_id, item_id, score, sealed, created_at, updated_at = row
+    def _served(self, row: Sequence[Any]) -> dict[str, Any]:
+        """A row of PAGE_COLUMNS as the API serves it (Rating.to_json's shape), its comment
+        opened; made straight from the row, with no Rating in between."""
+        rid, tenant_id, user_id, item_id, score, sealed, _, created, updated = row
+        document = {
+            "id": rid,
+            "tenant_id": tenant_id,
+            "user_id": user_id,
+            "item_id": item_id,
+            "score": score,
+            "comment": None,
+            "created_at": created,
+            "updated_at": updated,
+        }
         try:
-            comment = self._sealer.open(rid, sealed)
+            document["comment"] = self._sealer.open(rid, sealed)
         except (CommentUnreadable, KeyMaterialError) as exc:
             log.warning("comment of rating %s (tenant %s) unreadable: %s", rid, tenant_id, exc)
-            return Rating(
-                rid, tenant_id, user_id, item_id, score, None, created_at, updated_at, True
-            )
-        return Rating(rid, tenant_id, user_id, item_id, score, comment, created_at, updated_at)
+            document["comment_unreadable"] = True
+        return document
 
     def score(self, item_id: str) -> ItemScore:
         row = self._conn.execute(

@@ -147,7 +147,7 @@ class TestLegacyFiles:
         [(plain, updated_at)] = sql(path, "SELECT comment, updated_at FROM ratings")
         assert plain is None
         assert updated_at == rating.updated_at + 1
-        assert [r.comment for r in store.page().ratings] == ["old plain words"]
+        assert [r["comment"] for r in store.page().ratings] == ["old plain words"]
         assert [row.id for row in store.pending_changes(10)[0]] == [rating.id]
         stores.close()
         assert b"old plain words" not in path.read_bytes()

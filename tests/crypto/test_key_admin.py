@@ -56,7 +56,7 @@ def write_comments(config: Config, tenant_id: str, count: int = 3) -> None:
 
 def read_comments(config: Config, tenant_id: str) -> list[str | None]:
     with stores_of(config) as stores:
-        return [r.comment for r in stores.get(tenant_id).page().ratings]
+        return [r["comment"] for r in stores.get(tenant_id).page().ratings]
 
 
 def sealed_column(path: Path) -> list[Any]:
@@ -231,7 +231,7 @@ class TestCryptoShredding:
         assert read_comments(config, doomed) == [None, None, None]
         assert read_comments(config, kept) == ["comment 0", "comment 1", "comment 2"]
         with stores_of(config) as stores:
-            assert all(r.comment_unreadable for r in stores.get(doomed).page().ratings)
+            assert all(r.get("comment_unreadable") for r in stores.get(doomed).page().ratings)
 
     def test_a_shred_by_another_process_reaches_a_running_keyring_at_once(
         self, tmp_path: Path
@@ -243,14 +243,16 @@ class TestCryptoShredding:
         tenant_id = "44444444-4444-4444-8444-444444444444"
         write_comments(config, tenant_id)
         with stores_of(config) as serving:
-            comments = [r.comment for r in serving.get(tenant_id).page().ratings]
+            comments = [r["comment"] for r in serving.get(tenant_id).page().ratings]
             assert comments == ["comment 0", "comment 1", "comment 2"]
             other_process = open_keyring(config)
             other_process.shred(tenant_id)
             other_process.close()
             time.sleep(REFRESH_INTERVAL_SECONDS)
             ratings = serving.get(tenant_id).page().ratings
-            assert [(r.comment, r.comment_unreadable) for r in ratings] == [(None, True)] * 3
+            assert [(r["comment"], r.get("comment_unreadable")) for r in ratings] == [
+                (None, True)
+            ] * 3
 
     def test_a_deleted_tenant_gets_no_new_data_key(self, cli: Cli) -> None:
         """Once shredded, a tenant id never gets a data key again: a late write with a comment

@@ -50,7 +50,7 @@ class TestGroupCommit:
         last = store.batched(lambda: store.upsert(RatingInput("b", "item", 4, None)))
         outcomes = await asyncio.gather(first, failing, last, return_exceptions=True)
         assert isinstance(outcomes[1], RuntimeError)
-        assert [r.user_id for r in store.page().ratings] == ["a", "b"]
+        assert [r["user_id"] for r in store.page().ratings] == ["a", "b"]
         assert store.score("item").count == 2
         assert store.pending_changes(10)[0][-1].user_id == "b"
 
@@ -79,4 +79,4 @@ class TestGroupCommit:
         assert created
         with pytest.raises(Exception, match="closed"):
             store.page()
-        assert stores.get(TENANT).page().ratings == [rating]
+        assert stores.get(TENANT).page().ratings == [rating.to_json()]

@@ -124,7 +124,7 @@ class TestApplyRemote:
         store.apply_remote([row("u", "i", 2, 100, "b"), row("v", "i", 4, 100, "b")])
         store.apply_remote([row("u", "i", 2, 200, "b", deleted=True)])
         assert store.score("i") == ItemScore("i", 1, 4, (0, 0, 0, 1, 0))
-        assert [r.user_id for r in store.page().ratings] == ["v"]
+        assert [r["user_id"] for r in store.page().ratings] == ["v"]
         assert outbox_size(store) == 0
 
     def test_checkpoint_moves_with_the_rows_it_covers(self, tmp_path: Path) -> None:
