@@ -51,8 +51,9 @@ bench: install
 	$(BIN)/python -m bench.http
 
 # Every benchmark in one run: docs/performance/README.md, its plots and results.json.
+# AGAINST=REV also measures that revision's request path in-process, in the same run.
 report: install
-	$(BIN)/python -m bench.report
+	$(BIN)/python -m bench.report $(if $(AGAINST),--against $(AGAINST))
 
 # The long chaos run by hand: every fault schedule, ROUNDS times, DURATION seconds each.
 ROUNDS   ?= 5

@@ -56,6 +56,8 @@ from bench.loadgen import (
 
 SCORE_PATH = "/v1/tenants/{tenant_id}/items/{item_id}/score"
 RATINGS_PATH = "/v1/tenants/{tenant_id}/ratings"
+LIST_PATH = RATINGS_PATH + "?item_id={item_id}&limit=50"
+SEED_RATINGS = 60  # on SEED_ITEM, with comments: a list page is full
 # Each stream's requests come in pairs on one (user, item): half create a rating, half update it.
 RATING_BODY = '{"user_id":"bench-{stream}-{pair}","item_id":"item-{slot}","score":{score}}'
 SEED_ITEM = "bench-item"
@@ -93,6 +95,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("baseline-get", "baseline", "GET", SCORE_PATH),
     Scenario("get-score", "daemon", "GET", SCORE_PATH, baseline="baseline-get", target=0.50),
     Scenario("baseline-post", "baseline", "POST", RATINGS_PATH, body=RATING_BODY),
+    Scenario("baseline-list", "baseline", "GET", LIST_PATH),
+    Scenario("list-ratings", "daemon", "GET", LIST_PATH, baseline="baseline-list"),
     Scenario(
         "post-rating",
         "daemon",
@@ -283,10 +287,16 @@ def log_tail(log: Path, lines: int = 20) -> str:
 
 
 def seed_ratings(port: int, tenant_id: str, headers: Mapping[str, str]) -> None:
-    """A few ratings on the item the GET scenarios read, so its score is not empty."""
+    """Commented ratings on the item the GET scenarios read: its score is not empty and a
+    page of 50 is full."""
     url = f"http://127.0.0.1:{port}{RATINGS_PATH.format(tenant_id=tenant_id)}"
-    for index, score in enumerate((5, 4, 5, 3, 4)):
-        body = {"user_id": f"seed-{index}", "item_id": SEED_ITEM, "score": score}
+    for index in range(SEED_RATINGS):
+        body = {
+            "user_id": f"seed-{index}",
+            "item_id": SEED_ITEM,
+            "score": index % 5 + 1,
+            "comment": f"seeded comment number {index}, a sentence of ordinary length",
+        }
         data, kind = json.dumps(body).encode(), {"Content-Type": "application/json"}
         request = urllib.request.Request(url, data, {**headers, **kind}, method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:

@@ -1,8 +1,8 @@
 """The benchmark's baseline: the least an aiohttp app on uvloop can do for the same requests.
 
-It answers the same path shapes as the daemon's score read and rating write, with no auth,
-no rate limit and no storage, so `daemon / baseline` is the share of the framework's own
-throughput that survives the daemon's work. Run as
+It answers the same path shapes as the daemon's score read, rating write and rating list
+(an empty page), with no auth, no rate limit and no storage, so `daemon / baseline` is the
+share of the framework's own throughput that survives the daemon's work. Run as
 `python -m bench.minimal_app --port 0`; it prints one line "... listening on http://HOST:PORT"
 when ready and stops on SIGTERM or SIGINT, like the daemon.
 """
@@ -33,9 +33,14 @@ async def post_rating(request: web.Request) -> web.Response:
     return _json({"tenant_id": request.match_info["tenant_id"], **rating}, status=201)
 
 
+async def list_ratings(request: web.Request) -> web.Response:
+    return _json({"ratings": [], "next_cursor": None})
+
+
 def create_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/v1/tenants/{tenant_id}/items/{item_id}/score", item_score)
+    app.router.add_get("/v1/tenants/{tenant_id}/ratings", list_ratings)
     app.router.add_post("/v1/tenants/{tenant_id}/ratings", post_rating)
     return app
 

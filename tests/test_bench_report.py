@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bench.report.sweep import REQUESTS, VARIANTS
+from bench.report.sweep import REQUESTS, SWEEP_SCENARIOS, VARIANTS
 from bench.report.write import cell, write_report
 
 pytest.importorskip("matplotlib")
@@ -19,22 +19,21 @@ CONNECTIONS = (1, 4, 64)
 def synthetic_results() -> dict[str, Any]:
     """A small result set in the shape bench.report measures, with distinct figures."""
     sweep: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for r, request in enumerate(REQUESTS):
-        sweep[request] = {}
-        for v, variant in enumerate(VARIANTS):
-            sweep[request][variant] = [
-                {
-                    "connections": c,
-                    "requests_per_second": 1000.0 * (r + 1) + 100 * v + c + 0.5,
-                    "p50_ms": 0.25 + v + c / 100,
-                    "p99_ms": 1.5 + v + c / 10,
-                    "errors": v,
-                    "server_cpu": 0.97,
-                    "cpu_us_per_request": 80.0 + 10 * v + r,
-                    "others_cpu": 0.0,
-                }
-                for c in CONNECTIONS
-            ]
+    for request, variant in SWEEP_SCENARIOS:
+        r, v = list(REQUESTS).index(request), VARIANTS.index(variant)
+        sweep.setdefault(request, {})[variant] = [
+            {
+                "connections": c,
+                "requests_per_second": 1000.0 * (r + 1) + 100 * v + c + 0.5,
+                "p50_ms": 0.25 + v + c / 100,
+                "p99_ms": 1.5 + v + c / 10,
+                "errors": v,
+                "server_cpu": 0.97,
+                "cpu_us_per_request": 80.0 + 10 * v + r,
+                "others_cpu": 0.0,
+            }
+            for c in CONNECTIONS
+        ]
     return {
         "timestamp": "2026-12-01 20:00 UTC",
         "elapsed_seconds": 42,
@@ -80,13 +79,12 @@ def test_report_names_every_figure_and_writes_valid_pngs(tmp_path: Path) -> None
     readme, plots = write_report(results, tmp_path / "performance")
 
     text = readme.read_text()
-    for request in REQUESTS:
-        for variant in VARIANTS:
-            for point in results["sweep"][request][variant]:
-                assert f"{point['requests_per_second']:,.1f}" in text
-                assert f"{point['p50_ms']:.2f}" in text
-                assert f"{point['p99_ms']:.2f}" in text
-                assert f"| {point['cpu_us_per_request']:,.0f} |" in text
+    for request, variant in SWEEP_SCENARIOS:
+        for point in results["sweep"][request][variant]:
+            assert f"{point['requests_per_second']:,.1f}" in text
+            assert f"{point['p50_ms']:.2f}" in text
+            assert f"{point['p99_ms']:.2f}" in text
+            assert f"| {point['cpu_us_per_request']:,.0f} |" in text
     for value in results["machine"].values():
         assert str(value) in text
     for load in (results["load_before"], results["load_after"]):
@@ -130,5 +128,17 @@ def test_report_warns_when_other_processes_shared_the_server_cpu(tmp_path: Path)
     assert "**Noise**" not in quiet.read_text()
     results["sweep"]["post"]["strict"][0]["others_cpu"] = 0.35
     noisy, _ = write_report(results, tmp_path / "noisy")
-    assert "**Noise**: at 1 of 24 points" in noisy.read_text()
+    assert "**Noise**: at 1 of 30 points" in noisy.read_text()
     assert "up to 35%" in noisy.read_text()
+
+
+def test_targets_compare_strict_metering_with_the_minimal_handler_at_64(tmp_path: Path) -> None:
+    """The targets table gives each request's strict requests/s and p99 as ratios of the
+    minimal handler's at 64 connections, says whether each target is met, and the list
+    endpoint, which has no target, is reported too."""
+    readme, _ = write_report(synthetic_results(), tmp_path / "out")
+    text = readme.read_text()
+    assert (
+        "| GET .../items/{item_id}/score | 1.28x (met) | 0.60x | 10.9 (7.9) | 1.38x (met) |" in text
+    )
+    assert "| GET .../ratings?item_id=...&limit=50 | 1.10x |  |" in text

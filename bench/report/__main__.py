@@ -40,6 +40,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     names = ", ".join(["sweep", *BENCHMARKS])
     parser.add_argument("--only", help=f"comma-separated subset of: {names}")
     parser.add_argument(
+        "--against", help="a git revision the in-process request-path benchmark also measures"
+    )
+    parser.add_argument(
         "--rewrite", action="store_true", help="measure nothing: write OUT/results.json again"
     )
     return parser.parse_args(argv)
@@ -109,9 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         generator,
     )
     measured = run_sweep(sweep) if "sweep" in wanted else None
-    scale = Scale(generator, quick=args.quick)
+    scale = Scale(generator, quick=args.quick, against=args.against)
     sections = run_suite([name for name in BENCHMARKS if name in wanted], scale)
-    command = "python -m bench.report" + (" --quick" if args.quick else "")
+    command = (
+        "python -m bench.report"
+        + (" --quick" if args.quick else "")
+        + (f" --against {args.against}" if args.against else "")
+    )
     results = {
         "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "elapsed_seconds": round(time.monotonic() - started),

@@ -1,6 +1,7 @@
 """The project's other benchmarks, each run briefly and turned into one table of the report.
 
-Each function calls the benchmark module's own measuring functions (bench.queue_append,
+Each function calls the benchmark module's own measuring functions (bench.request_path,
+bench.queue_append,
 bench.encryption, bench.workers, bench.metrics, bench.guards, bench.served, bench.ratelimit,
 bench.billing,
 bench.sync, bench.crash) and returns a section: a title, the command that reproduces it at
@@ -17,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import encryption, guards, metrics, queue_append, ratelimit, served, workers
+from bench import (
+    encryption,
+    guards,
+    metrics,
+    queue_append,
+    ratelimit,
+    request_path,
+    served,
+    workers,
+)
 from bench import sync as sync_bench
 from bench.http import Settings, result_row
 from bench.loadgen import GeneratorName
@@ -31,6 +41,7 @@ class Scale:
 
     generator: GeneratorName
     quick: bool = False
+    against: str | None = None  # a git revision bench.request_path also measures
 
     def pick(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -66,6 +77,29 @@ def queue_appends(scale: Scale) -> Section:
         " was fsynced. Ratio: against one write+fsync per record.",
         ["mode", "appends/s", "x write+fsync", "records/fsync", "p50 µs", "p99 µs"],
         table,
+    )
+
+
+def request_path_cost(scale: Scale) -> Section:
+    best = request_path.measure(
+        scale.pick(20_000, 5_000), 64, scale.pick(5, 2), against=scale.against
+    )
+    before = (
+        f" `{scale.against}` is the code before, measured in the same turns."
+        if scale.against
+        else ""
+    )
+    return section(
+        "Request path, in-process",
+        "python -m bench.request_path --rounds 5"
+        + (f" --against {scale.against}" if scale.against else ""),
+        "The app driven through aiohttp's own connection handler over in-memory transports"
+        " (no sockets, no load generator): 64 connections, each sending its next request when"
+        " its answer is written; strict metering, the queue fsynced. Each variant in a process"
+        " of its own, in turns; the best round counts. Ratio: the minimal app's event-loop CPU"
+        " per request over the scenario's (list: against the minimal GET)." + before,
+        request_path.COLUMNS,
+        request_path.table(best),
     )
 
 
@@ -298,6 +332,7 @@ def crash_rounds(scale: Scale) -> Section:
 
 
 BENCHMARKS: dict[str, Callable[[Scale], Section]] = {
+    "request_path": request_path_cost,
     "queue": queue_appends,
     "encryption": encryption_cost,
     "workers": worker_scaling,

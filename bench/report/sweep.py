@@ -1,4 +1,5 @@
-"""The HTTP concurrency sweep: score reads and rating writes, metering off, batched and strict.
+"""The HTTP concurrency sweep: score reads and rating writes (metering off, batched and strict)
+and pages of ratings (strict).
 
 Every point is measured with bench.http's own machinery (its servers, pinning, warm-up and
 wrk or Python load generator), the minimal aiohttp app first at each concurrency, so every
@@ -25,7 +26,11 @@ from bench.http import (
 from bench.loadgen import GeneratorName, split_cpus
 
 # Kinds of request, and the variants each is measured in; "baseline" is the minimal app.
-REQUESTS = {"get": "GET .../items/{item_id}/score", "post": "POST .../ratings"}
+REQUESTS = {
+    "get": "GET .../items/{item_id}/score",
+    "post": "POST .../ratings",
+    "list": "GET .../ratings?item_id=...&limit=50",
+}
 VARIANTS = ("baseline", "meter-off", "batched", "strict")
 VARIANT_TITLES = {
     "baseline": "minimal aiohttp handler",
@@ -45,6 +50,9 @@ SWEEP_SCENARIOS: dict[tuple[str, str], Scenario] = {
     ("post", "meter-off"): _BY_NAME["post-rating-meter-off"],
     ("post", "batched"): _BY_NAME["post-rating-batched"],
     ("post", "strict"): _BY_NAME["post-rating"],
+    # A page of 50 ratings, against the minimal app's list route: strict metering only.
+    ("list", "baseline"): _BY_NAME["baseline-list"],
+    ("list", "strict"): _BY_NAME["list-ratings"],
 }
 
 
@@ -75,9 +83,9 @@ def point(measured: Any, connections: int) -> dict[str, Any]:
 def run_sweep(settings: SweepSettings) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """{request: {variant: [point per concurrency]}}, baseline first at every concurrency."""
     server_cpus, loadgen_cpus = split_cpus()
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {
-        request: {variant: [] for variant in VARIANTS} for request in REQUESTS
-    }
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {request: {} for request in REQUESTS}
+    for request, variant in SWEEP_SCENARIOS:
+        results[request][variant] = []
     with tempfile.TemporaryDirectory(prefix="edge-node-report-") as workdir:
         pool = ServerPool(Path(workdir), server_cpus)
         try:

@@ -22,17 +22,36 @@ STYLES = {
     "batched": {"color": "tab:blue", "linestyle": "-", "marker": "^"},
     "strict": {"color": "tab:red", "linestyle": "-", "marker": "D"},
 }
-PLOT_TITLES = {"get": "GET /v1/tenants/{t}/items/{i}/score", "post": "POST /v1/tenants/{t}/ratings"}
+PLOT_TITLES = {
+    "get": "GET /v1/tenants/{t}/items/{i}/score",
+    "post": "POST /v1/tenants/{t}/ratings",
+    "list": "GET /v1/tenants/{t}/ratings?limit=50",
+}
+PLOT_NAMES = {"get": "get-score.png", "post": "post-ratings.png", "list": "list-ratings.png"}
+# What the daemon must reach at HEADLINE_CONNECTIONS with strict metering, as a share of the
+# minimal handler's requests/s (None: reported, no target); p99 at most P99_TARGET times the
+# minimal handler's; no p99 in seconds at 256 connections.
+TARGETS = {"get": 0.60, "post": 0.45, "list": None}
+P99_TARGET = 2.0
 
 
 def plot_name(request: str) -> str:
-    return f"{request}-{'score' if request == 'get' else 'ratings'}.png"
+    return PLOT_NAMES[request]
+
+
+def measured_variants(by_variant: Mapping[str, Any]) -> list[str]:
+    """The variants measured for one request kind, in VARIANTS order."""
+    return [variant for variant in VARIANTS if variant in by_variant]
 
 
 def write_report(results: Mapping[str, Any], out: Path) -> tuple[Path, list[Path]]:
     """README.md and one PNG per request kind under `out`; their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    plots = [plot(results, request, out / plot_name(request)) for request in REQUESTS]
+    plots = [
+        plot(results, request, out / plot_name(request))
+        for request in REQUESTS
+        if request in results["sweep"]
+    ]
     readme = out / "README.md"
     readme.write_text(markdown(results))
     return readme, plots
@@ -47,7 +66,7 @@ def plot(results: Mapping[str, Any], request: str, path: Path) -> Path:
 
     sweep = results["sweep"][request]
     figure, (throughput, latency) = pyplot.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    for variant in VARIANTS:
+    for variant in measured_variants(sweep):
         points = sweep[variant]
         x = [p["connections"] for p in points]
         style = STYLES[variant]
@@ -85,9 +104,12 @@ def log_tick(value: float, _position: object = None) -> str:
 def markdown(results: Mapping[str, Any]) -> str:
     lines = ["# Performance report", "", *intro(results), "", "## Headline", ""]
     lines += headline(results["sweep"])
+    lines += ["", *targets(results["sweep"])]
     lines += noise(results["sweep"])
     lines += ["", "## Machine", "", *machine_table(results), ""]
     for request, title in REQUESTS.items():
+        if request not in results["sweep"]:
+            continue
         lines += [f"## {title} against concurrency", "", f"![{title}]({plot_name(request)})", ""]
         lines += sweep_table(results["sweep"][request])
         lines.append("")
@@ -125,6 +147,8 @@ def headline(sweep: Mapping[str, Any]) -> list[str]:
         "|---|---|" + "---:|" * (len(VARIANTS) - 1),
     ]
     for request, title in REQUESTS.items():
+        if request not in sweep:
+            continue
         cells = [ratio_text(sweep[request], v, HEADLINE_CONNECTIONS) for v in VARIANTS[1:]]
         lines.append(f"| {title} | requests/s | " + " | ".join(cells) + " |")
         cells = [cpu_ratio_text(sweep[request], v, HEADLINE_CONNECTIONS) for v in VARIANTS[1:]]
@@ -151,7 +175,40 @@ def point_at(points: Sequence[Mapping[str, Any]], connections: int) -> Mapping[s
     return next((p for p in points if p["connections"] == connections), None)
 
 
+def targets(sweep: Mapping[str, Any]) -> list[str]:
+    """Strict metering against the targets, at HEADLINE_CONNECTIONS and at 256 connections."""
+    lines = [
+        f"Targets, strict metering: requests/s at {HEADLINE_CONNECTIONS} connections as a share"
+        f" of the minimal handler's, p99 at most {P99_TARGET:g}x the minimal handler's, and no"
+        " p99 in seconds at 256 connections:",
+        "",
+        "| request | requests/s ratio | target | p99 ms (minimal) | p99 ratio | p99 ms at 256 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for request, title in REQUESTS.items():
+        by_variant = sweep.get(request, {})
+        got = point_at(by_variant.get("strict", []), HEADLINE_CONNECTIONS)
+        base = point_at(by_variant.get("baseline", []), HEADLINE_CONNECTIONS)
+        if got is None or base is None:
+            continue
+        target = TARGETS.get(request)
+        ratio = got["requests_per_second"] / base["requests_per_second"]
+        met = "" if target is None else (" (met)" if ratio >= target else " (not met)")
+        p99_ratio = got["p99_ms"] / base["p99_ms"] if base["p99_ms"] else math.inf
+        wide = point_at(by_variant["strict"], 256)
+        wide_p99 = "n/a" if wide is None else f"{wide['p99_ms']:,.1f}"
+        lines.append(
+            f"| {title} | {ratio:.2f}x{met} | {'' if target is None else f'{target:.2f}x'} |"
+            f" {got['p99_ms']:.1f} ({base['p99_ms']:.1f}) |"
+            f" {p99_ratio:.2f}x{' (met)' if p99_ratio <= P99_TARGET else ' (not met)'} |"
+            f" {wide_p99} |"
+        )
+    return lines
+
+
 def ratio_text(by_variant: Mapping[str, Any], variant: str, connections: int) -> str:
+    if variant not in by_variant:
+        return "n/a"
     got = point_at(by_variant[variant], connections)
     base = point_at(by_variant["baseline"], connections)
     if got is None or base is None or not base["requests_per_second"]:
@@ -161,6 +218,8 @@ def ratio_text(by_variant: Mapping[str, Any], variant: str, connections: int) ->
 
 
 def cpu_ratio_text(by_variant: Mapping[str, Any], variant: str, connections: int) -> str:
+    if variant not in by_variant:
+        return "n/a"
     got = point_at(by_variant[variant], connections)
     base = point_at(by_variant["baseline"], connections)
     ours = None if got is None else got.get("cpu_us_per_request")
@@ -176,7 +235,7 @@ def sweep_table(by_variant: Mapping[str, Any]) -> list[str]:
         " | CPU µs/req | CPU ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for variant in VARIANTS:
+    for variant in measured_variants(by_variant):
         for p in by_variant[variant]:
             ratio = (
                 "baseline"
