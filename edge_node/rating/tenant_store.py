@@ -1,6 +1,7 @@
 """One tenant's ratings file: group-committed writes, reads, and the rating queries.
 
-A score read is one primary-key lookup: the aggregates are kept by triggers (`schema`).
+A score read is one primary-key lookup: the aggregates are kept by triggers (`schema`), and
+kept in memory until the file changes (`score`).
 Deletes are tombstones (`deleted = 1`, comment erased) so sync can carry them to other
 replicas; tombstoned rows are invisible to every read. Every local change records its rating
 in the outbox in the same transaction (`replication`, which this store inherits).
@@ -33,6 +34,7 @@ from edge_node.rating.replication import RatingReplication, rating_id
 # log queries may name.
 log = logging.getLogger("edge_node.rating.store")
 T = TypeVar("T")
+SCORES_IN_MEMORY = 4096  # items whose scores one tenant file keeps between its changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,8 @@ class TenantStore(RatingReplication):
         self._pending = pending
         self.dirty = False  # written since the last background checkpoint was scheduled
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._scores: dict[str, ItemScore] = {}  # read since the file last changed (score())
+        self._scores_version: tuple[int, int] | None = None
         self._close_after_batch = False
 
     def close(self) -> None:
@@ -241,6 +245,25 @@ class TenantStore(RatingReplication):
         return document
 
     def score(self, item_id: str) -> ItemScore:
+        """The item's aggregates, from memory while the file is unchanged since they were read.
+
+        Unchanged means: no commit by another connection (`PRAGMA data_version`, read on
+        every call, so a write another worker acknowledged is seen by the next read here)
+        and no change on this one (`total_changes`). Either empties the memory.
+        """
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0], self._conn.total_changes
+        if version != self._scores_version:
+            self._scores.clear()
+            self._scores_version = version
+        found = self._scores.get(item_id)
+        if found is None:
+            found = self._read_score(item_id)
+            if len(self._scores) >= SCORES_IN_MEMORY:
+                self._scores.clear()  # a bound, not an LRU: refilling costs one read each
+            self._scores[item_id] = found
+        return found
+
+    def _read_score(self, item_id: str) -> ItemScore:
         row = self._conn.execute(
             "SELECT count, total, s1, s2, s3, s4, s5 FROM item_scores"
             " WHERE tenant_id = ? AND item_id = ?",

@@ -1,0 +1,54 @@
+"""Scores served from memory are never stale: any change to the tenant's file empties it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_node.rating.model import RatingInput
+from edge_node.rating.store import TenantStores
+from tests.cli.test_lifecycle import create_tenant
+from tests.served import NotifyListener, ServedNode
+
+TENANT = "3f8d7a4e-1b2c-4d5e-8f90-123456789abc"
+
+
+class TestScoresInMemory:
+    def test_a_write_on_the_same_connection_is_read_at_once(self, tmp_path: Path) -> None:
+        """A score read, then a write through the same store: the next read has the write."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        assert store.score("book").count == 0
+        store.upsert(RatingInput("u", "book", 4, None))
+        assert (store.score("book").count, store.score("book").total) == (1, 4)
+
+    def test_a_write_by_another_connection_is_read_at_once(self, tmp_path: Path) -> None:
+        """Two stores on one file, as two workers have: a write committed by one is in the
+        very next score the other reads, though the other read that score before."""
+        reader = TenantStores(tmp_path, node_id="a").get(TENANT)
+        writer = TenantStores(tmp_path, node_id="b").get(TENANT)
+        for number in range(1, 6):
+            assert reader.score("book").count == number - 1
+            writer.upsert(RatingInput(f"u{number}", "book", number, None))
+            assert reader.score("book").count == number
+        assert reader.score("book").histogram == (1, 1, 1, 1, 1)
+
+
+class TestScoresAcrossWorkers:
+    def test_every_acknowledged_write_is_in_the_next_score_on_either_worker(
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
+    ) -> None:
+        """With two workers, each rating acknowledged (on whichever worker took it) is counted
+        by the score read next, on a fresh connection (whichever worker takes it)."""
+        data_dir = tmp_path / "data"
+        tenant = create_tenant(data_dir)
+        node = ServedNode(data_dir, "--workers", "2", notify=notify, log=tmp_path / "log")
+        served_nodes.append(node)
+        notify.wait_for("READY")
+        headers = {"X-API-Key": tenant["api_key"]}
+        base = f"/v1/tenants/{tenant['tenant_id']}"
+        for number in range(1, 21):
+            rating = {"user_id": f"u{number}", "item_id": "book", "score": 5}
+            assert node.request("POST", f"{base}/ratings", headers, rating)[0] == 201
+            for _ in range(2):
+                status, score, _ = node.request("GET", f"{base}/items/book/score", headers)
+                assert (status, score["count"]) == (200, number)
+        assert node.stop() == 0
