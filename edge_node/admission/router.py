@@ -35,7 +35,7 @@ from edge_node.errors import (
 )
 from edge_node.ids import is_uuid
 from edge_node.tenants.apikeys import key_id_of
-from edge_node.tenants.model import ROLES, Role, TenantStatus
+from edge_node.tenants.model import ROLES, KeyGrant, Role, TenantStatus
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.standing import payment_refusal
 from edge_node.usage.meter import Meter
@@ -90,20 +90,7 @@ class TenantRouter:
             )
         if api_keys:
             api_key = api_keys[0]
-            key_id = key_id_of(api_key)
-            if key_id is None:
-                raise Unauthorized(
-                    "the API key is malformed: mistyped, truncated, or not an edge-node key",
-                    slug="malformed-api-key",
-                    headers=_CHALLENGE,
-                )
-            grant = self.view.grant(key_id, api_key)
-            if grant is None:
-                raise Unauthorized(
-                    "the API key is not valid (unknown or revoked)",
-                    slug="invalid-api-key",
-                    headers=_CHALLENGE,
-                )
+            grant = self.view.admitted(api_key) or self._verify_key(api_key)
             context = TenantContext(grant.tenant_id, grant.role, None, grant.rate_limit_per_minute)
             return context, grant.tenant_status
         if not authorizations:
@@ -112,7 +99,28 @@ class TenantRouter:
                 slug="missing-credentials",
                 headers=_CHALLENGE,
             )
-        scheme, _, token = authorizations[0].partition(" ")
+        return self._authenticate_token(authorizations[0])
+
+    def _verify_key(self, api_key: str) -> KeyGrant:
+        """The grant of an API key not admitted since the registry last changed; 401 otherwise."""
+        key_id = key_id_of(api_key)
+        if key_id is None:
+            raise Unauthorized(
+                "the API key is malformed: mistyped, truncated, or not an edge-node key",
+                slug="malformed-api-key",
+                headers=_CHALLENGE,
+            )
+        grant = self.view.grant(key_id, api_key)
+        if grant is None:
+            raise Unauthorized(
+                "the API key is not valid (unknown or revoked)",
+                slug="invalid-api-key",
+                headers=_CHALLENGE,
+            )
+        return grant
+
+    def _authenticate_token(self, authorization: str) -> tuple[TenantContext, TenantStatus]:
+        scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized(
                 "the Authorization header must be 'Bearer <token>'",

@@ -49,12 +49,23 @@ class RegistryView:
         self._conn = conn
         self._interval = refresh_interval
         self._keys: dict[str, tuple[str, KeyGrant]] = {}
+        # Keys whose hash matched since the last reload: a dict lookup by the whole key (its
+        # hash salted per process) rather than a parse, a CRC and a SHA-256 per request.
+        self._verified: dict[str, KeyGrant] = {}
         self._tenants: dict[str, TenantStanding] = {}
         self._data_version = -1
         self._changes = -1
         self._next_poll = 0.0
         self.reloads = 0
         self._poll()
+
+    def admitted(self, api_key: str) -> KeyGrant | None:
+        """The grant of `api_key` if it was verified since the registry last changed (its
+        format, checksum and hash need no second look); None: not verified yet, or the
+        registry is due to be looked at again (`grant` does, once the key is well-formed)."""
+        if self._conn.total_changes != self._changes or time.monotonic() >= self._next_poll:
+            return None
+        return self._verified.get(api_key)
 
     def grant(self, key_id: str, api_key: str) -> KeyGrant | None:
         """The grant of the live key `api_key` with id `key_id`; None: unknown or revoked."""
@@ -64,6 +75,8 @@ class RegistryView:
             found = self._keys.get(key_id)
         if found is None or not hmac.compare_digest(found[0], hash_key(api_key)):
             return None
+        if len(self._verified) < len(self._keys):  # one entry per live key at most
+            self._verified[api_key] = found[1]
         return found[1]
 
     def tenant(self, tenant_id: str) -> TenantStanding | None:
@@ -104,5 +117,5 @@ class RegistryView:
                     key_id, tenant_id, role, tenant.status, tenant.rate_limit_per_minute
                 )
                 keys[key_id] = (key_hash, grant)
-        self._tenants, self._keys = tenants, keys
+        self._tenants, self._keys, self._verified = tenants, keys, {}
         self.reloads += 1

@@ -68,11 +68,18 @@ class Meter:
         self._ids = EventIdGenerator()
         self._units = {op.name: config.units.units(op.name) for op in OPERATIONS}
         self._billable = frozenset(op for op, units in self._units.items() if units)
+        self._bills: dict[tuple[str, ...], bool] = {}
         self._reserved = 0
         self._pending: set[asyncio.Future[int]] = set()
 
     def bills(self, operations: tuple[str, ...]) -> bool:
-        return self.queue is not None and not self._billable.isdisjoint(operations)
+        """Whether a route performing `operations` is metered (settled once per route)."""
+        found = self._bills.get(operations)
+        if found is None:
+            found = self._bills[operations] = (
+                self.queue is not None and not self._billable.isdisjoint(operations)
+            )
+        return found
 
     def reserve(self) -> bool:
         """Hold queue room for one event; False when full and `on_full` lets the request through.
