@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from edge_node import sqlite
-from edge_node.clock import now_us
+from edge_node.clock import format_us, now_us
 from edge_node.crypto.sealing import TenantSealer
 from edge_node.errors import CommentUnreadable, KeyMaterialError
 from edge_node.rating.model import ItemScore, Rating, RatingInput
 from edge_node.rating.pending import PendingUploads
 from edge_node.rating.replication import RatingReplication, rating_id
+from edge_node.rating.schema import RATING_COLUMNS
 
 # The logger these warnings had before this module was split out of store, which operators'
 # log queries may name.
@@ -44,21 +45,6 @@ class Page:
     ratings: list[dict[str, Any]]
     has_more: bool
     last: tuple[int, str] | None  # (created_at, id) of the last rating: the next cursor's
-
-
-def _rfc3339(column: str) -> str:
-    """SQL writing an integer microsecond column as edge_node.clock.format_us does."""
-    return (
-        f"strftime('%Y-%m-%dT%H:%M:%S', {column} / 1000000, 'unixepoch')"
-        f" || printf('.%06dZ', {column} % 1000000)"
-    )
-
-
-# A page's columns: SQLite formats the timestamps, so a row needs no Python but its comment's.
-PAGE_COLUMNS = (
-    "id, tenant_id, user_id, item_id, score, comment_sealed, created_at,"
-    f" {_rfc3339('created_at')}, {_rfc3339('updated_at')}"
-)
 
 
 class DeleteDenied(Exception):
@@ -214,7 +200,7 @@ class TenantStore(RatingReplication):
             clauses.append("(created_at, id) > (?, ?)")
             params.extend(after)
         rows = self._conn.execute(
-            f"SELECT {PAGE_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
+            f"SELECT {RATING_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
             " ORDER BY created_at, id LIMIT ?",
             (*params, limit + 1),
         ).fetchall()
@@ -224,9 +210,9 @@ class TenantStore(RatingReplication):
         return Page([self._served(row) for row in shown], len(rows) > limit, last)
 
     def _served(self, row: Sequence[Any]) -> dict[str, Any]:
-        """A row of PAGE_COLUMNS as the API serves it (Rating.to_json's shape), its comment
+        """A row of RATING_COLUMNS as the API serves it (Rating.to_json's shape), its comment
         opened; made straight from the row, with no Rating in between."""
-        rid, tenant_id, user_id, item_id, score, sealed, _, created, updated = row
+        rid, tenant_id, user_id, item_id, score, sealed, created_at, updated_at = row
         document = {
             "id": rid,
             "tenant_id": tenant_id,
@@ -234,8 +220,8 @@ class TenantStore(RatingReplication):
             "item_id": item_id,
             "score": score,
             "comment": None,
-            "created_at": created,
-            "updated_at": updated,
+            "created_at": format_us(created_at),
+            "updated_at": format_us(updated_at),
         }
         try:
             document["comment"] = self._sealer.open(rid, sealed)
