@@ -59,6 +59,7 @@ def prepare(data_dir: Path, mode: str, credentials: Path) -> tuple[Config, NodeS
         storage.stores.close()
         plain = PlainKeyring(data_dir / "keys")
         storage = NodeStorage(
+            storage.node_database,
             storage.registry,
             TenantStores(data_dir / "tenants", node_id=config.node_id, keyring=plain),
         )

@@ -269,7 +269,8 @@ def run_child(tree: Path, scenario: str, count: int, connections: int) -> Figure
 
 @contextlib.contextmanager
 def revision_tree(revision: str | None) -> Iterator[Path | None]:
-    """A temporary worktree of `revision` with this benchmark copied in (None: nothing)."""
+    """A temporary worktree of `revision` with this benchmark and its minimal app copied in
+    (None: nothing)."""
     if revision is None:
         yield None
         return
@@ -281,7 +282,8 @@ def revision_tree(revision: str | None) -> Iterator[Path | None]:
             capture_output=True,
         )
         try:
-            (tree / "bench" / "request_path.py").write_bytes(Path(__file__).read_bytes())
+            for name in ("request_path.py", "minimal_app.py"):  # one benchmark, one baseline
+                (tree / "bench" / name).write_bytes((Path(__file__).parent / name).read_bytes())
             yield tree
         finally:
             subprocess.run(

@@ -138,7 +138,8 @@ def test_targets_compare_strict_metering_with_the_minimal_handler_at_64(tmp_path
     endpoint, which has no target, is reported too."""
     readme, _ = write_report(synthetic_results(), tmp_path / "out")
     text = readme.read_text()
-    assert (
-        "| GET .../items/{item_id}/score | 1.28x (met) | 0.60x | 10.9 (7.9) | 1.38x (met) |" in text
+    get = (
+        "| GET .../items/{item_id}/score | 1.28x (met) | 0.60x | 72.7% | 10.9 (7.9) | 1.38x (met) |"
     )
+    assert get in text
     assert "| GET .../ratings?item_id=...&limit=50 | 1.10x |  |" in text
