@@ -17,6 +17,8 @@
     |   +-- RateLimited            429: the tenant's token bucket is empty
     |   +-- HeadersTooLarge        431: a header, all headers, or their number over the limit
     |   +-- ServiceUnavailable     503: storage not ready
+    |       +-- StorageUnavailable 503: the disk is full (or below the free-space floor),
+    |                              read-only, failing, or a file is damaged; retry later
     +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
     +-- KeyMaterialError           master key or data-key store unusable (edge_node.crypto.keystore)
     +-- CommentUnreadable          a sealed comment cannot be opened here (edge_node.crypto.sealing)
@@ -198,6 +200,18 @@ class ServiceUnavailable(Problem):
     status = 503
     slug = "unavailable"
     title = "Service unavailable"
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """Local storage cannot take (or give) what the request needs: nothing was done, or, for
+    `usage-pending`, the write was done and its usage event is queued but not yet durable."""
+
+    slug = "storage-unavailable"
+    title = "Storage unavailable"
+    retry_after_seconds = 5
+
+    def __init__(self, detail: str, *, slug: str | None = None) -> None:
+        super().__init__(detail, slug=slug, headers={"Retry-After": str(self.retry_after_seconds)})
 
 
 class RequestTimeout(Problem):

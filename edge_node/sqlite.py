@@ -9,6 +9,7 @@ component's row in `schema_versions`.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,41 @@ from pathlib import Path
 from typing import Literal
 
 Synchronous = Literal["normal", "full"]
+
+# SQLite's primary result codes (the low byte of an extended code) that say the storage, not
+# the statement, failed: the disk is full, I/O failed, the file is read-only, cannot be
+# opened, or is damaged.
+_STORAGE_CODES = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_IOERR: "a disk I/O error",
+    sqlite3.SQLITE_READONLY: "the file is read-only",
+    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged",
+    sqlite3.SQLITE_NOTADB: "the file is damaged",
+}
+_DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+# OS errors that mean the same for files written directly.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the filesystem is read-only",
+    errno.EIO: "a disk I/O error",
+    errno.EMFILE: "the process has no file descriptor left",
+    errno.ENFILE: "the system has no file descriptor left",
+}
+
+
+def storage_failure(exc: BaseException) -> tuple[str, bool] | None:
+    """What failed in storage when `exc` is a storage fault rather than a bug, and whether the
+    file is damaged (as opposed to a full, read-only or failing disk); None otherwise."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _STORAGE_CODES:
+            return _STORAGE_CODES[code & 0xFF], code & 0xFF in _DAMAGE_CODES
+        return None
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return _STORAGE_ERRNOS[exc.errno], False
+    return None
 
 
 def connect(
@@ -78,8 +114,9 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK TO nested")
-            conn.execute("RELEASE nested")
+            if conn.in_transaction:  # a full disk can make SQLite roll back everything
+                conn.execute("ROLLBACK TO nested")
+                conn.execute("RELEASE nested")
             raise
         conn.execute("RELEASE nested")
         return
@@ -87,9 +124,20 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        _roll_back(conn)
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        _roll_back(conn)
+        raise
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, unless SQLite already did (it rolls back by itself after a
+    full disk or an I/O error, and a second ROLLBACK would hide that error)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def migrate(

@@ -118,6 +118,7 @@ async def _serve_storage(
             queue_directory(config, worker or 0),
             config.node_id,
             fsync=metrics.timed_fsync(),
+            min_free_bytes=config.storage.min_free_bytes,
         )
         secrets = SecretFiles(check_interval=secret_check_interval(config))
         if worker is not None:

@@ -143,6 +143,8 @@ def node_metrics(config: Config) -> NodeMetrics:
 
 def _watch(metrics: NodeMetrics, app: web.Application, storage: NodeStorage, meter: Meter) -> None:
     metrics.watch_meter(meter.stats)
+    if meter.floor is not None:
+        metrics.watch_disk_floor(meter.floor)
     if meter.queue is not None:
         metrics.watch_queue(meter.queue)
     metrics.watch_webhooks(app[WEBHOOKS_KEY].stats)
@@ -169,7 +171,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready: node.sqlite takes a write, the tenant directory is writable, the queue writes."""
+    """Ready: node.sqlite takes a write, the tenant directory is writable, the queue writes and
+    the data directory's filesystem is above its free-space floor."""
     try:
         check_writable(request.app[NODE_DATABASE_KEY])
     except sqlite3.Error as exc:
@@ -177,11 +180,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     tenants_dir = request.app[STORES_KEY].directory
     if not os.access(tenants_dir, os.W_OK | os.X_OK):
         raise ServiceUnavailable(f"{tenants_dir} is not writable", slug="not-ready")
-    queue = request.app[METER_KEY].queue
-    if queue is not None and queue.write_failure is not None:
-        raise ServiceUnavailable(
-            f"the usage queue cannot write: {queue.write_failure}", slug="not-ready"
-        )
+    problem = request.app[METER_KEY].storage_problem()
+    if problem is not None:
+        raise ServiceUnavailable(problem, slug="not-ready")
     return json_response({"status": "ready"})
 
 

@@ -23,6 +23,9 @@ from edge_node.queue.writer import GroupCommitter
 
 _T = TypeVar("_T")
 
+# How long close() keeps retrying a batch whose write fails (a full disk) before it fails it.
+CLOSE_RETRY_SECONDS = 10.0
+
 
 async def open_queue(
     directory: str | os.PathLike[str],
@@ -91,7 +94,8 @@ class WriteAheadQueue:
 
     @property
     def write_failure(self) -> BaseException | None:
-        """The error that made every append fail since (a restart is the cure), if any."""
+        """The write or fsync error the queue is retrying after, while it lasts: appends are
+        queued behind it and acknowledged once the write succeeds again."""
         return self._committer.failure
 
     def free_bytes(self) -> int:
@@ -229,7 +233,7 @@ class WriteAheadQueue:
         await self.close()
 
     async def _close(self) -> None:
-        await self._committer.drain()
+        await self._committer.drain(give_up_after=CLOSE_RETRY_SECONDS)
         async with self._commit_lock:
             self._committer.close()
             os.close(self._opened.directory_fd)
