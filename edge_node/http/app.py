@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from edge_node.admission.router import METER_KEY, ROUTER_KEY, TenantRouter
 from edge_node.admission.tokens import TokenVerifier, load_keys
 from edge_node.config import Config
 from edge_node.crypto.keystore import open_keyring
+from edge_node.descriptors import open_files_limit, tenant_files_budget
 from edge_node.errors import ServiceUnavailable
 from edge_node.http.docs_page import add_docs_routes
 from edge_node.http.front import front_middleware
@@ -42,6 +44,23 @@ CONFIG_KEY = web.AppKey("config", Config)
 NODE_DATABASE_KEY = web.AppKey("node_database", sqlite3.Connection)
 SECRETS_KEY = web.AppKey("secrets", SecretFiles)
 
+log = logging.getLogger(__name__)
+
+
+def tenant_cache_size(configured: int) -> int:
+    """Tenant files kept open: `storage.max_open_tenants`, or fewer where the open-files limit
+    would not hold that many (edge_node.descriptors)."""
+    budget = tenant_files_budget(open_files_limit())
+    if budget < configured:
+        log.warning(
+            "keeping at most %d tenant files open, not %d (storage.max_open_tenants): the "
+            "open-files limit is %d; raise LimitNOFILE= or `ulimit -n` for more",
+            budget,
+            configured,
+            open_files_limit(),
+        )
+    return min(configured, budget)
+
 
 @dataclass(frozen=True)
 class NodeStorage:
@@ -66,7 +85,7 @@ class NodeStorage:
             config.data_path / "tenants",
             node_id=config.node_id,
             synchronous=config.storage.synchronous,
-            max_open=config.storage.max_open_tenants,
+            max_open=tenant_cache_size(config.storage.max_open_tenants),
             busy_timeout_ms=config.storage.busy_timeout_ms,
             keyring=open_keyring(config),
         )
