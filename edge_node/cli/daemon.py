@@ -227,13 +227,20 @@ def _background_tasks(
     config: Config,
     worker: int | None,
 ) -> list[asyncio.Task[None]]:
-    """The watchdog pings, and for a worker its supervisor watch and cursor adoption."""
+    """The watchdog pings, the check of the queue's older segments, and for a worker its
+    supervisor watch and cursor adoption."""
     tasks = [asyncio.create_task(notifier.run_watchdog(), name="watchdog")]
+    if queue is not None:
+        tasks.append(asyncio.create_task(_verify(queue), name="queue-verify"))
     if worker is not None:
         tasks.append(asyncio.create_task(_stop_with_supervisor(os.getppid())))
         if queue is not None:
             tasks.append(asyncio.create_task(_adopt_cursors(queue, config)))
     return tasks
+
+
+async def _verify(queue: WriteAheadQueue) -> None:
+    await queue.verify()  # counts and logs what it finds
 
 
 def start_sync(
