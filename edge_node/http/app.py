@@ -25,7 +25,7 @@ from edge_node.http.front import front_middleware
 from edge_node.http.guards import add_request_guards
 from edge_node.http.openapi import openapi_document
 from edge_node.metrics.node import NodeMetrics, add_metrics_route
-from edge_node.node_database import check_writable, open_node_database
+from edge_node.node_database import NodeFileWatch, check_writable, open_node_database
 from edge_node.rating.handlers import STORES_KEY, add_routes
 from edge_node.rating.store import TenantStores
 from edge_node.secrets import SecretFiles
@@ -43,6 +43,8 @@ from edge_node.web.answers import json_response
 CONFIG_KEY = web.AppKey("config", Config)
 NODE_DATABASE_KEY = web.AppKey("node_database", sqlite3.Connection)
 SECRETS_KEY = web.AppKey("secrets", SecretFiles)
+NODE_FILE_KEY: web.AppKey[NodeFileWatch | None] = web.AppKey("node_file")
+NODE_FILE_CHECK_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class NodeStorage:
     node_database: sqlite3.Connection
     registry: TenantRegistry
     stores: TenantStores
+    node_file: NodeFileWatch | None = None  # node.sqlite deleted or replaced underneath
 
     @classmethod
     def open(cls, config: Config) -> NodeStorage:
@@ -95,7 +98,7 @@ class NodeStorage:
             stores.close()
             node_database.close()
             raise
-        return cls(node_database, registry, stores)
+        return cls(node_database, registry, stores, NodeFileWatch(config.data_path / "node.sqlite"))
 
     def close(self) -> None:
         self.stores.close()
@@ -125,6 +128,7 @@ def create_app(
     add_request_guards(app, config, storage.node_database, metrics_registry=metrics.registry)
     app[CONFIG_KEY] = config
     app[NODE_DATABASE_KEY] = storage.node_database
+    app[NODE_FILE_KEY] = storage.node_file
     app[STORES_KEY] = storage.stores
     app[METER_KEY] = meter
     verifier = TokenVerifier(load_keys(config.auth.jwt), config.auth.jwt)
@@ -177,11 +181,24 @@ def secret_check_interval(config: Config) -> float | None:
 
 async def _background_checkpoints(app: web.Application) -> AsyncIterator[None]:
     interval = app[CONFIG_KEY].storage.checkpoint_interval_seconds
-    task = asyncio.create_task(app[STORES_KEY].run_checkpoints(interval))
+    tasks = [asyncio.create_task(app[STORES_KEY].run_checkpoints(interval))]
+    node_file = app[NODE_FILE_KEY]
+    if node_file is not None:
+        tasks.append(asyncio.create_task(_watch_node_file(node_file)))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _watch_node_file(node_file: NodeFileWatch) -> None:
+    """Look at node.sqlite's identity every few seconds, so that a deletion or replacement
+    is logged even where nothing probes /readyz."""
+    while True:
+        await asyncio.sleep(NODE_FILE_CHECK_SECONDS)
+        if node_file.problem() is not None:
+            return
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -190,8 +207,13 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready: node.sqlite takes a write, the tenant directory is writable, the queue writes and
+    """Ready: node.sqlite is still the file the node opened and takes a write, the tenant
+    directory is writable, the queue writes and
     the data directory's filesystem is above its free-space floor."""
+    node_file = request.app[NODE_FILE_KEY]
+    problem = node_file.problem() if node_file is not None else None
+    if problem is not None:
+        raise ServiceUnavailable(problem, slug="not-ready")
     try:
         check_writable(request.app[NODE_DATABASE_KEY])
     except sqlite3.Error as exc:
