@@ -23,6 +23,7 @@
     +-- KeyMaterialError           master key or data-key store unusable (edge_node.crypto.keystore)
     +-- CommentUnreadable          a sealed comment cannot be opened here (edge_node.crypto.sealing)
     +-- NotAUsageEvent             a queue record that is not a usage event (edge_node.usage.event)
+    +-- SchemaTooNew               a file a newer release migrated in a way this one cannot read
     +-- BackupError                a backup that cannot be written, or one refused for restore
     |   +-- DataDirectoryInUse     restore refused: a daemon serves the data directory
     +-- SyncError                  the central PostgreSQL (sync/postgres.py) or Stripe
@@ -250,3 +251,18 @@ class CommentUnreadable(EdgeNodeError):
 class NotAUsageEvent(EdgeNodeError):
     """A queue record's payload is not a usage event (not JSON, a field missing, unknown or of
     the wrong type); the message says which. Billing bills such a record as nothing."""
+
+
+class SchemaTooNew(EdgeNodeError):
+    """A database file was migrated by a newer release that recorded that releases knowing
+    fewer migrations than it (this one) cannot use it: refused, never misread."""
+
+    def __init__(self, path: str, component: str | None, known: int, needed: int) -> None:
+        part = f"its {component} tables" if component else "it"
+        super().__init__(
+            f"{path} was migrated by a newer edge-node: {part} need a release that knows "
+            f"schema version {needed} or later, this one knows {known}; run the newer release "
+            "(or restore a backup taken before the upgrade)"
+        )
+        self.path = path
+        self.component = component

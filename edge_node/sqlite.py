@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from edge_node.errors import SchemaTooNew
+
 Synchronous = Literal["normal", "full"]
 
 # SQLite's primary result codes (the low byte of an extended code) that say the storage, not
@@ -141,7 +143,11 @@ def _roll_back(conn: sqlite3.Connection) -> None:
 
 
 def migrate(
-    conn: sqlite3.Connection, migrations: Sequence[str], *, component: str | None = None
+    conn: sqlite3.Connection,
+    migrations: Sequence[str],
+    *,
+    component: str | None = None,
+    min_reader: int = 0,
 ) -> int:
     """Apply the migrations this file (or, with `component`, that component of it) has not
     seen yet, each in its own transaction.
@@ -149,7 +155,15 @@ def migrate(
     The version is read again once the write lock is held: another process opening the same
     new file at the same moment (the daemon and an `edge-node` command) may have applied the
     migration while this one waited for the lock.
+
+    Migrations are additive, so a release that knows fewer of them still reads the file (the
+    previous release keeps serving during an upgrade). Should a release ever ship one that
+    older releases cannot read, it states `min_reader`, the fewest migrations of this
+    component a release must know to use the file; it is recorded in the file
+    (`schema_readers`), and a release knowing fewer refuses the file with SchemaTooNew
+    instead of misreading it.
     """
+    _check_readable(conn, component, len(migrations))
     current = schema_version(conn, component)
     for version, script in enumerate(migrations, start=1):
         if version <= current:
@@ -161,7 +175,40 @@ def migrate(
             for statement in _statements(script):
                 conn.execute(statement)
             _set_schema_version(conn, component, version)
+    if min_reader > _reader_floor(conn, component):
+        with transaction(conn):
+            conn.execute(_SCHEMA_READERS)
+            conn.execute(
+                "INSERT INTO schema_readers (component, min_reader) VALUES (?, ?)"
+                " ON CONFLICT (component) DO UPDATE SET min_reader = excluded.min_reader",
+                (component or _WHOLE_FILE, min_reader),
+            )
     return len(migrations)
+
+
+# A file versioned by user_version as a whole is the component of this name in schema_readers.
+_WHOLE_FILE = ""
+_SCHEMA_READERS = """CREATE TABLE IF NOT EXISTS schema_readers (
+    component TEXT PRIMARY KEY,
+    min_reader INTEGER NOT NULL
+) WITHOUT ROWID"""
+
+
+def _reader_floor(conn: sqlite3.Connection, component: str | None) -> int:
+    """How many of the component's migrations a release must know to use this file."""
+    if not has_table(conn, "schema_readers"):
+        return 0
+    row = conn.execute(
+        "SELECT min_reader FROM schema_readers WHERE component = ?", (component or _WHOLE_FILE,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _check_readable(conn: sqlite3.Connection, component: str | None, known: int) -> None:
+    floor = _reader_floor(conn, component)
+    if floor > known:
+        (path,) = [row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"]
+        raise SchemaTooNew(path, component, known, floor)
 
 
 def schema_version(conn: sqlite3.Connection, component: str | None = None) -> int:

@@ -36,6 +36,7 @@ from edge_node.errors import (
     ConfigError,
     KeyMaterialError,
     RegistryError,
+    SchemaTooNew,
     SyncError,
     TransientSyncError,
 )
@@ -109,7 +110,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     handler: Callable[[Config, argparse.Namespace], int] = args.handler
     try:
         return handler(config, args)
-    except (OSError, sqlite3.Error, DescriptorLimitTooLow) as exc:
+    except (OSError, sqlite3.Error, DescriptorLimitTooLow, SchemaTooNew) as exc:
         failure = describe_failure(exc, str(config.data_path))
         if failure is None:
             raise

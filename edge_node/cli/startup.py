@@ -1,7 +1,8 @@
 """Start-up failures an operator fixes on the machine, each as one line and a sysexits status.
 
 A read-only or missing directory, a file the service user may not write, a full disk, a port
-another process holds or an open-files limit too low are not bugs: the command prints one
+another process holds, an open-files limit too low or a file a newer release migrated beyond
+what this one reads are not bugs: the command prints one
 line naming the path or address and what to do, and exits with the status docs/operations.md
 lists, never a traceback.
 """
@@ -12,12 +13,14 @@ import errno
 import sqlite3
 
 from edge_node.descriptors import DescriptorLimitTooLow
+from edge_node.errors import SchemaTooNew
 from edge_node.sqlite import storage_failure
 
 EXIT_OSERR = 71  # EX_OSERR: the address is taken, too few file descriptors
 EXIT_CANTCREAT = 73  # EX_CANTCREAT: a directory or file that cannot be created or written
 EXIT_IOERR = 74  # EX_IOERR: the disk is full or failing
 EXIT_NOPERM = 77  # EX_NOPERM: the service user may not use a path
+EXIT_DATAERR = 65  # EX_DATAERR: a file a newer release migrated that this one cannot read
 
 _BY_ERRNO = {
     errno.EACCES: (EXIT_NOPERM, "give the service user access to it, or choose another path"),
@@ -42,6 +45,8 @@ def describe_failure(exc: BaseException, data_dir: str) -> tuple[str, int] | Non
     for anything else."""
     if isinstance(exc, DescriptorLimitTooLow):
         return f"edge-node: {exc}", EXIT_OSERR
+    if isinstance(exc, SchemaTooNew):
+        return f"edge-node: {exc}", EXIT_DATAERR
     if isinstance(exc, OSError) and exc.errno in _BY_ERRNO:
         status, advice = _BY_ERRNO[exc.errno]
         where = f"{exc.filename}: " if exc.filename else ""

@@ -14,6 +14,7 @@ from edge_node.errors import (
     NotFound,
     PayloadTooLarge,
     Problem,
+    SchemaTooNew,
     StorageUnavailable,
     UnsupportedMediaType,
 )
@@ -109,6 +110,10 @@ def problem_answer(request: web.Request, exc: Exception) -> web.Response:
     aiohttp to answer."""
     if isinstance(exc, Problem):
         return problem_response(exc, request.path)
+    if isinstance(exc, SchemaTooNew):
+        log.error("serving %s %s: %s", request.method, request.path, exc)
+        detail = "local storage was migrated by a newer release; retry later"
+        return problem_response(StorageUnavailable(detail), request.path)
     fault = storage_failure(exc)
     if fault is not None:
         what, damaged = fault

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,27 @@ class TestStartupFailures:
         line = _one_line(done)
         assert "open-files limit is 64" in line
         assert "LimitNOFILE" in line
+
+    def test_a_file_a_newer_release_made_unreadable_is_refused_with_exit_65(
+        self, tmp_path: Path
+    ) -> None:
+        """node.sqlite whose tenants tables a newer release marked as needing more than this
+        release knows: serve refuses with one line and EX_DATAERR, the file untouched."""
+        node = FaultNode(tmp_path / "data", tmp_path / "logs")
+        node.tenant("acme")
+        path = node.data_dir / "node.sqlite"
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.execute(
+                "CREATE TABLE schema_readers (component TEXT PRIMARY KEY,"
+                " min_reader INTEGER NOT NULL) WITHOUT ROWID"
+            )
+            conn.execute("INSERT INTO schema_readers VALUES ('tenants', 999)")
+        conn.close()
+        before = path.read_bytes()
+        done = _serve(node.data_dir, "--port", "0")
+        assert done.returncode == 65, done.stderr
+        line = _one_line(done)
+        assert "node.sqlite was migrated by a newer edge-node" in line
+        assert "schema version 999" in line
+        assert path.read_bytes() == before
