@@ -29,9 +29,12 @@ from typing import Literal, Protocol
 
 from edge_node.errors import PermanentSyncError, TransientSyncError
 from sync.backoff import Backoff
-from sync.billing.ledger import AsyncLedger, LedgerBatch
+from sync.billing.ledger import LedgerBatch
+from sync.billing.ledger_thread import AsyncLedger
+from sync.billing.periods import PeriodBook, Placement, Stamp, place, still_invoiced
 from sync.billing.stats import BillingStats
 from sync.stripe.gateway import MeterEventOutcome
+from sync.stripe.periods import SubscriptionPeriods
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,12 @@ STRIPE_MAX_AHEAD_SECONDS = 4 * 60.0
 FUTURE_LIMIT_SECONDS = DAY
 CALL_TIMEOUT_SECONDS = 120.0
 
-Verdict = Literal["send", "hold", "set_aside"]
+# Stripe's meter event summaries are aggregated asynchronously: an unknown outcome is settled
+# from them only once its first send is this old.
+SUMMARY_SETTLE_SECONDS = 300.0
+MINUTE = 60
+
+Verdict = Literal["send", "hold", "set_aside", "resolve"]
 
 
 class MeterEventGateway(Protocol):
@@ -62,6 +70,12 @@ class MeterEventGateway(Protocol):
         attempt: int,
     ) -> MeterEventOutcome: ...
 
+    async def subscription_periods(self, customer_id: str) -> SubscriptionPeriods | None: ...
+
+    async def meter_event_total(
+        self, *, event_name: str, customer_id: str, start: int, end: int
+    ) -> float: ...
+
 
 @dataclass(frozen=True)
 class SendRules:
@@ -75,20 +89,21 @@ class SendRules:
     def verdict(
         self, batch: LedgerBatch, now: float, horizon_now: float | None = None
     ) -> tuple[Verdict, str, str]:
-        """(verdict, reason, counter): set_aside when a send could bill twice or be refused
-        for its timestamp, hold while the window is a little ahead of the clock. The age of
-        an unknown outcome is read on `horizon_now` (the clock first_sent_at was written
-        with, sync/billing/clock.py), the timestamp rules on the wall clock `now`."""
+        """(verdict, reason, counter): resolve (ask Stripe's summaries) when a resend could
+        bill twice, set_aside when the window is too old or too far ahead, hold while it is
+        a little ahead of the clock. The age of an unknown outcome is read on `horizon_now`
+        (the clock first_sent_at was written with, sync/billing/clock.py), the timestamp
+        rules on the wall clock `now`."""
         if batch.first_sent_at is not None and batch.state == "sent":
             age = (now if horizon_now is None else horizon_now) - batch.first_sent_at / 1e6
             if age >= self.unknown_outcome_horizon_seconds:
                 return (
-                    "set_aside",
+                    "resolve",
                     f"outcome unknown: first sent {_when(batch.first_sent_at / 1e6)} "
                     f"({batch.attempts} attempts) and no answer recorded within "
-                    f"{self.unknown_outcome_horizon_seconds / HOUR:g} h; past that, Stripe's "
+                    f"{self.unknown_outcome_horizon_seconds / HOUR:g} h, past which Stripe's "
                     "identifier dedup could no longer stop a second charge",
-                    "set_aside_unknown_outcome",
+                    "",
                 )
         if now - batch.window_start > self.max_age_seconds:
             return (
@@ -128,10 +143,14 @@ class BatchSender:
     # The clock of first_sent_at and the unknown-outcome age: one that never runs back.
     horizon_clock: Callable[[], float] | None = None
     backoff: Backoff = field(default_factory=Backoff)
+    periods: PeriodBook = field(init=False)
     call_timeout: float = CALL_TIMEOUT_SECONDS
     # Called after Stripe answered and before the answer is written: tests crash here.
     on_answer: Callable[[LedgerBatch], Awaitable[None]] | None = None
     _retries: dict[str, _Retry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.periods = PeriodBook(self.gateway)
 
     def waiting_customers(self) -> list[str]:
         """Customers backing off now: their batches are not due this round."""
@@ -181,15 +200,47 @@ class BatchSender:
     async def _send_one(self, batch: LedgerBatch) -> bool:
         """Send one batch and record the answer; False after a transient failure."""
         assert batch.customer_id is not None
-        verdict, reason, counter = self.rules.verdict(batch, self.clock(), self._horizon_now())
+        now = self.clock()
+        verdict, reason, counter = self.rules.verdict(batch, now, self._horizon_now())
         if verdict == "hold":
             return True
         if verdict == "set_aside":
             await self.ledger.set_aside([(batch.identifier, reason)])
             self._reported(batch, reason, counter)
             return True
+        stamp = await self._stamp(batch, now, resolve=reason if verdict == "resolve" else None)
+        if isinstance(stamp, bool):
+            return stamp
+        return await self._call(batch, stamp)
+
+    async def _stamp(self, batch: LedgerBatch, now: float, *, resolve: str | None) -> Stamp | bool:
+        """The timestamp to send the batch with (sync/billing/periods.py); or, when it is not
+        to be sent now, whether its customer may go on (False after a transient failure)."""
+        assert batch.customer_id is not None
+        try:
+            periods = await self.periods.periods(batch.customer_id, now)
+        except TransientSyncError as exc:
+            self.stats.calls += 1  # a call for this batch, and it failed
+            self._back_off(batch, exc)
+            return False
+        if periods is None:
+            log.warning(
+                "billing: customer %s (tenant %s) has no live subscription: its usage waits",
+                batch.customer_id,
+                batch.tenant_id,
+            )
+            return False
+        if batch.state == "sent" and batch.stamp is not None:
+            if resolve is not None or not still_invoiced(batch.stamp, periods, now):
+                return await self._resolve(batch, resolve or "its period's invoice is finalized")
+            return Stamp(batch.stamp, batch.placement or "own")
+        return place(batch.window_start, periods, now, max_age_seconds=self.rules.max_age_seconds)
+
+    async def _call(self, batch: LedgerBatch, stamp: Stamp) -> bool:
+        """One attempt at Stripe, noted before and its answer recorded after."""
+        assert batch.customer_id is not None
         attempt, made_unknown = await self.ledger.mark_sent(
-            batch.identifier, _us(self._horizon_now())
+            batch.identifier, _us(self._horizon_now()), stamp
         )
         if attempt == 0:
             return True  # no longer open
@@ -200,8 +251,8 @@ class BatchSender:
                     event_name=batch.event_name,
                     customer_id=batch.customer_id,
                     value=batch.value,
-                    timestamp=batch.window_start,
-                    identifier=batch.identifier,
+                    timestamp=stamp.timestamp,
+                    identifier=batch.sent_identifier,
                     attempt=attempt,
                 )
         except (TransientSyncError, TimeoutError) as exc:
@@ -219,10 +270,88 @@ class BatchSender:
         if self.on_answer is not None:
             await self.on_answer(batch)
         await self.ledger.confirm(batch.identifier, _us(self.clock()))
-        self.stats.confirmed += 1
+        self._confirmed(stamp.placement)
         if outcome is MeterEventOutcome.DUPLICATE:
             self.stats.duplicates += 1
         return True
+
+    async def _resolve(self, batch: LedgerBatch, why: str) -> bool:
+        """Settle a batch sent with an unknown outcome that must not simply be resent, from
+        what Stripe's meter holds in the minute of its stamp against what this node's ledger
+        says it sent there: everything unknown there landed (confirmed), none of it did (sent
+        afresh under new identifiers), or neither adds up (set aside, with the figures)."""
+        assert batch.customer_id is not None
+        assert batch.stamp is not None
+        if batch.first_sent_at is not None:
+            settling = batch.first_sent_at / 1e6 + SUMMARY_SETTLE_SECONDS - self._horizon_now()
+            if settling > 0:
+                return True  # Stripe's summaries may not count it yet
+        start = batch.stamp // MINUTE * MINUTE
+        try:
+            held = await self.gateway.meter_event_total(
+                event_name=batch.event_name,
+                customer_id=batch.customer_id,
+                start=start,
+                end=start + MINUTE,
+            )
+        except (TransientSyncError, TimeoutError) as exc:
+            self.stats.calls += 1
+            self._back_off(batch, exc)
+            return False
+        confirmed, unknown = await self.ledger.run(
+            self.ledger.ledger.stamped_in,
+            batch.customer_id,
+            batch.event_name,
+            start,
+            start + MINUTE,
+        )
+        unknown_units = sum(b.value for b in unknown)
+        identifiers = [b.identifier for b in unknown]
+        if abs(held - (confirmed + unknown_units)) < 1e-6:
+            for landed in unknown:
+                await self.ledger.confirm(landed.identifier, _us(self.clock()))
+                self._confirmed(landed.placement or "own")
+            self.stats.resolved_landed += len(unknown)
+            log.warning(
+                "billing: %s; Stripe's summary for customer %s at %s holds all %d units this"
+                " node sent there: batches %s landed, confirmed",
+                why,
+                batch.customer_id,
+                _when(start),
+                confirmed + unknown_units,
+                ", ".join(identifiers),
+            )
+        elif abs(held - confirmed) < 1e-6:
+            await self.ledger.send_afresh(identifiers)
+            self.stats.resolved_resent += len(unknown)
+            log.warning(
+                "billing: %s; Stripe's summary for customer %s at %s holds only the %d units"
+                " confirmed there: batches %s never landed and are sent again under fresh"
+                " identifiers",
+                why,
+                batch.customer_id,
+                _when(start),
+                confirmed,
+                ", ".join(identifiers),
+            )
+        else:
+            reason = (
+                f"{why}; Stripe's meter holds {held:g} units for the customer at"
+                f" {_when(start)}, which is neither the {confirmed} units this node had"
+                f" confirmed there nor those plus the {unknown_units} units sent with an"
+                " unknown outcome (another node billing this customer in that minute?)"
+            )
+            await self.ledger.set_aside([(identifier, reason) for identifier in identifiers])
+            for undecided in unknown:
+                self._reported(undecided, reason, "set_aside_unknown_outcome")
+        return True
+
+    def _confirmed(self, placement: Placement) -> None:
+        self.stats.confirmed += 1
+        if placement == "carried_forward":
+            self.stats.carried_forward += 1
+        elif placement == "before_subscription":
+            self.stats.before_subscription += 1
 
     def _horizon_now(self) -> float:
         return (self.horizon_clock or self.clock)()

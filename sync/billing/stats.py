@@ -27,6 +27,10 @@ class BillingStats:
     set_aside_unknown_outcome: int = 0
     set_aside_too_old: int = 0
     set_aside_future: int = 0
+    carried_forward: int = 0  # confirmed, stamped in a later period than their window's
+    before_subscription: int = 0  # confirmed, stamped at the subscription's start
+    resolved_landed: int = 0  # unknown outcomes Stripe's summaries showed had landed
+    resolved_resent: int = 0  # unknown outcomes that had not: sent again, fresh identifier
 
     @property
     def set_aside(self) -> int:

@@ -1,11 +1,8 @@
-"""Billing behaviours of the node that Stripe's documented rules, as the stand-in reproduces
-them, show as wrong today (issues 14 and 19). Each states what Stripe does and what the node
-must achieve; they are expected to fail (strict) until the node does, so that fixing one
-shows up here."""
+"""Billing behaviours at Stripe's documented boundaries, as the stand-in reproduces them: usage
+before the subscription's start, usage held back past its period's finalization, and an
+account without customer search. Each states what Stripe does and what the node achieves."""
 
 from __future__ import annotations
-
-import pytest
 
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import StripeStandin
@@ -15,7 +12,6 @@ DAY = 86_400.0
 
 
 class TestUsageBeforeTheSubscription:
-    @pytest.mark.xfail(strict=True, reason="issue 19: usage stamped before the subscription")
     async def test_usage_served_before_the_subscription_is_invoiced(
         self, node: BillingNode, standin: StripeStandin
     ) -> None:
@@ -31,7 +27,6 @@ class TestUsageBeforeTheSubscription:
 
 
 class TestUsageAcrossAPeriodEnd:
-    @pytest.mark.xfail(strict=True, reason="issue 14: late usage is never invoiced")
     async def test_usage_held_back_past_its_periods_finalization_is_still_invoiced(
         self, node: BillingNode, standin: StripeStandin
     ) -> None:
@@ -53,7 +48,6 @@ class TestUsageAcrossAPeriodEnd:
 
 
 class TestProvisioningWithoutSearch:
-    @pytest.mark.xfail(strict=True, reason="issue 14: provisioning needs customer search")
     async def test_a_customer_is_made_where_stripe_offers_no_search(
         self, gateway: StripeGateway, standin: StripeStandin
     ) -> None:
