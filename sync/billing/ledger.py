@@ -13,7 +13,8 @@ the row back.
        |   <--not received--+  (only if this attempt made it `sent`)
        |                |
        +----------------+--refused, too old, outcome undecidable--> set_aside
-       ^                |
+       ^                |                    confirmed --Stripe reported it invalid--^
+       |                |
        +--Stripe's summaries show it never landed: a fresh identifier--+
 
 Each batch keeps its own window (`window_start`) and the timestamp it was sent with
@@ -325,6 +326,30 @@ class BillingLedger:
                     " WHERE identifier = ? AND state = 'sent'",
                     (fresh_identifier(self._conn, identifier), identifier),
                 )
+
+    def reported_by_stripe(self, errors: Sequence[tuple[str, str]]) -> list[LedgerBatch]:
+        """Stripe dropped these meter events after accepting them (a meter error report):
+        each (identifier Stripe holds it under, reason) moves its batch, confirmed or still
+        open, to set_aside with the reason. The batches moved, as they were before."""
+        moved: list[LedgerBatch] = []
+        with sqlite.transaction(self._conn):
+            for identifier, reason in errors:
+                row = self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+                    " WHERE coalesce(stripe_identifier, identifier) = ?"
+                    " AND state != 'set_aside'",
+                    (identifier,),
+                ).fetchone()
+                if row is None:
+                    continue
+                batch = LedgerBatch(*row)
+                self._conn.execute(
+                    "UPDATE billing_ledger SET state = 'set_aside', set_aside_reason = ?"
+                    " WHERE identifier = ?",
+                    (reason, batch.identifier),
+                )
+                moved.append(batch)
+        return moved
 
     def stamped_in(
         self, customer_id: str, event_name: str, start: int, end: int

@@ -41,6 +41,7 @@ import stripe
 from edge_node.errors import TransientSyncError
 from sync.stripe.bootstrap import CatalogBootstrap
 from sync.stripe.errors import is_duplicate_identifier, raise_translated
+from sync.stripe.meter_errors import MeterErrorReport, report_from
 from sync.stripe.periods import SubscriptionPeriods, periods_from
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,21 @@ class StripeGateway(CatalogBootstrap):
             raise TransientSyncError(
                 f"Stripe meter event summaries of customer {customer_id}: an answer the node"
                 f" does not understand ({exc})"
+            ) from exc
+
+    async def meter_error_report(self, event_id: str) -> MeterErrorReport:
+        """The meter error report of a thin event (`GET /v2/core/events/{id}`); a report
+        the node cannot read is a transient error, never taken as nothing dropped."""
+        event = await self._call(
+            self._client.v2.core.events.retrieve_async(event_id, None, self._options()),
+            f"event {event_id}",
+        )
+        try:
+            return report_from(event.to_dict())
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise TransientSyncError(
+                f"Stripe event {event_id}: a meter error report the node does not understand"
+                f" ({exc})"
             ) from exc
 
     # Provisioning.
