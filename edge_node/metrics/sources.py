@@ -129,6 +129,7 @@ class Sources:
     billing_published: Callable[[], Sequence[BillingCounters]] | None = None
     webhooks: WebhookCounts | None = None
     tenants: Mapping[str, int] | None = None
+    unprovisioned: Mapping[str, int] | None = None  # pending, failing
 
 
 class _Health(Protocol):
@@ -386,3 +387,13 @@ class SourceCollector(Collector):
             for status in TENANT_STATUSES:
                 tenants.add_metric([status], counts.get(status, 0))
         yield tenants
+        unprovisioned = _gauge(
+            "edge_node_stripe_unprovisioned_tenants",
+            "Tenants (canceled ones aside) without a Stripe customer or subscription:"
+            " `pending` (not tried or not yet done) or `failing` (the last attempt failed).",
+            ["state"],
+        )
+        if self.sources.unprovisioned is not None:
+            for state in ("pending", "failing"):
+                unprovisioned.add_metric([state], self.sources.unprovisioned.get(state, 0))
+        yield unprovisioned

@@ -103,6 +103,12 @@ MIGRATIONS = (
     CREATE INDEX stripe_thin_events_pending ON stripe_thin_events (created)
         WHERE state = 'pending';
     """,
+    # 7: Stripe provisioning that keeps failing for a tenant: since when, and the last
+    # error (this node's own account of it: not replicated).
+    """
+    ALTER TABLE tenants ADD COLUMN provisioning_failing_since INTEGER;
+    ALTER TABLE tenants ADD COLUMN provisioning_error TEXT;
+    """,
 )
 
 
