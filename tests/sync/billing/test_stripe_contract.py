@@ -4,9 +4,10 @@ account without customer search. Each states what Stripe does and what the node 
 
 from __future__ import annotations
 
+from sync.billing.provisioning import Provisioner
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import StripeStandin
-from tests.sync.billing.support import BillingNode
+from tests.sync.billing.support import EVENT_NAME, BillingNode
 
 DAY = 86_400.0
 
@@ -56,3 +57,23 @@ class TestProvisioningWithoutSearch:
         standin.set_switches(search_disabled=True)
         customer = await gateway.ensure_customer(tenant_id="t", name="t")
         assert customer in standin.account.customers
+
+    async def test_tenants_are_provisioned_and_billed_where_stripe_offers_no_search(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """With customer search switched off, provisioning (run twice, as the daemon's job
+        would) gives each tenant one customer and one subscription, and every unit served is
+        billed."""
+        standin.set_switches(search_disabled=True)
+        catalog = await node.gateway.bootstrap(meter_event_name=EVENT_NAME)
+        tenants = [await node.tenant(f"t{n}", provisioned=False) for n in range(3)]
+        provisioner = Provisioner(node.gateway, node.registry, lambda: catalog)
+        await provisioner.provision_all()
+        await provisioner.provision_all()
+        assert len(standin.account.customers) == 3
+        assert len(standin.account.subscriptions) == 3
+        for n, tenant in enumerate(tenants):
+            await node.serve(tenant, 50 + n)
+        await node.consumer().run_until_settled()
+        for tenant in tenants:
+            assert standin.billed(node.customer(tenant)) == node.served[tenant]
