@@ -305,6 +305,8 @@ class BatchSender:
             start,
             start + MINUTE,
         )
+        if not unknown:
+            return True  # settled meanwhile, with another batch of the same minute
         unknown_units = sum(b.value for b in unknown)
         identifiers = [b.identifier for b in unknown]
         if abs(held - (confirmed + unknown_units)) < 1e-6:

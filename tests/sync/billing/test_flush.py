@@ -16,7 +16,7 @@ from sync.billing.flush import BillingConsumer
 from sync.billing.ledger import LedgerBatch
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
-from tests.sync.billing.support import BillingNode
+from tests.sync.billing.support import EVENT_NAME, BillingNode
 
 METER_EVENTS = "POST /v1/billing/meter_events"
 DAY = 86400.0
@@ -359,6 +359,33 @@ class TestNeverTwice:
         assert node.states() == {"confirmed": 1}
         assert "landed, confirmed" in caplog.text
         assert await node.cursor() == node.queue.last_seq
+
+    async def test_an_unknown_outcome_stripe_cannot_decide_is_set_aside_with_the_figures(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """Another sender's usage for the same customer in the batch's minute makes Stripe's
+        summary match neither "landed" nor "never landed": past the identifier window the
+        batch is set aside with both figures, never resent on a guess."""
+        tenant, consumer = await one_failed_run(node, standin, "drop")
+        [(state, stamp)] = node.ledger("SELECT state, stamp FROM billing_ledger")
+        assert state == "sent"
+        await node.gateway.send_meter_event(
+            event_name=EVENT_NAME,
+            customer_id=node.customer(tenant),
+            value=5,
+            timestamp=stamp,
+            identifier="another-node-1",
+            attempt=1,
+        )
+        node.clock.advance(DAY + 60)
+        standin.clock.advance(DAY + 60)
+        await consumer.run_until_settled()
+        [(state, reason)] = node.ledger("SELECT state, set_aside_reason FROM billing_ledger")
+        assert state == "set_aside"
+        assert "holds 5 units" in reason
+        assert "neither the 0 units" in reason
+        assert consumer.stats.set_aside_unknown_outcome == 1
+        assert standin.calls[METER_EVENTS] == 2  # the node's one attempt, the other sender's
 
     async def test_within_the_horizon_an_unknown_outcome_is_resent_and_deduplicated(
         self, node: BillingNode, standin: StripeStandin

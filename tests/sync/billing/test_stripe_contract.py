@@ -25,6 +25,11 @@ class TestUsageBeforeTheSubscription:
         node.clock.advance(120)
         await node.consumer().run_until_settled()
         assert standin.billed(customer) == 30
+        [(window, stamp, placement)] = node.ledger(
+            "SELECT window_start, stamp, placement FROM billing_ledger"
+        )
+        assert placement == "before_subscription"
+        assert stamp > window  # the original window is kept beside the stamp
 
 
 class TestUsageAcrossAPeriodEnd:
