@@ -38,7 +38,7 @@ from edge_node.tenants.model import (
 )
 from edge_node.tenants.replication import RegistryReplication
 
-_STRIPE_LINK = "tenant_id, name, plan, stripe_customer_id, subscription_id"
+_STRIPE_LINK = "tenant_id, name, plan, stripe_customer_id, subscription_id, created_at"
 
 
 def hash_key(api_key: str) -> str:

@@ -112,7 +112,9 @@ class Provisioner:
         customer_id = tenant.stripe_customer_id
         if customer_id is None:
             found = await self._gateway.ensure_customer(
-                tenant_id=tenant.tenant_id, name=tenant.name
+                tenant_id=tenant.tenant_id,
+                name=tenant.name,
+                created_after=tenant.created_at / 1e6 if tenant.created_at else None,
             )
             customer_id = self._registry.set_stripe_customer(tenant.tenant_id, found)
             report.customers += 1

@@ -162,12 +162,15 @@ class StripeGateway(CatalogBootstrap):
 
     # Provisioning.
 
-    async def ensure_customer(self, *, tenant_id: str, name: str) -> str:
+    async def ensure_customer(
+        self, *, tenant_id: str, name: str, created_after: float | None = None
+    ) -> str:
         """The id of the tenant's Stripe customer, created when there is none. Found by
         metadata tenant_id (search, or where Stripe offers no search a list of the
-        customers); created with an Idempotency-Key derived from the tenant, so two attempts
-        racing or retrying within 24 hours still make one customer."""
-        found = await self._find_customer(tenant_id)
+        customers, since `created_after` when the tenant's creation is known: its customer
+        cannot be older); created with an Idempotency-Key derived from the tenant, so two
+        attempts racing or retrying within 24 hours still make one customer."""
+        found = await self._find_customer(tenant_id, created_after)
         if found is not None:
             return found
         scope, what = f"customer:{tenant_id}", f"customer for tenant {tenant_id}"
@@ -187,7 +190,7 @@ class StripeGateway(CatalogBootstrap):
         )
         return str(customer.id)
 
-    async def _find_customer(self, tenant_id: str) -> str | None:
+    async def _find_customer(self, tenant_id: str, created_after: float | None) -> str | None:
         """The tenant's customer by metadata: by search, or by listing every customer where
         the account has no search (Stripe answers 404: some regions offer none)."""
         if not self._search_unavailable:
@@ -207,7 +210,7 @@ class StripeGateway(CatalogBootstrap):
                 if not found.data:
                     return None
                 return str(min(found.data, key=lambda c: (c.created, c.id)).id)
-        return await self._customer_created_since(tenant_id, None)
+        return await self._customer_created_since(tenant_id, created_after)
 
     async def _customer_created_since(self, tenant_id: str, since: float | None) -> str | None:
         """The tenant's customer among those created since `since` (less a margin; None:
