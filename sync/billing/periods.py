@@ -35,6 +35,9 @@ PLACEMENTS: tuple[Placement, ...] = ("own", "before_subscription", "carried_forw
 # Usage is stamped into an ended period only while its invoice finalizes further ahead than
 # this: room for the call, a retry and clock error between the node and Stripe.
 FINALIZATION_MARGIN_SECONDS = 900.0
+# A batch already sent is resent with its stamp into an ended period only while its invoice
+# finalizes further ahead than this; after that Stripe's summaries settle it.
+RESEND_MARGIN_SECONDS = 120.0
 PERIODS_TTL_SECONDS = 600.0
 
 
@@ -74,15 +77,22 @@ def place(
     return Stamp(max(periods.period_start, oldest_accepted), "carried_forward")
 
 
-def still_invoiced(timestamp: int, periods: SubscriptionPeriods, now: float) -> bool:
+def still_invoiced(
+    timestamp: int,
+    periods: SubscriptionPeriods,
+    now: float,
+    *,
+    margin: float = RESEND_MARGIN_SECONDS,
+) -> bool:
     """Whether usage stamped `timestamp` and recorded by Stripe now reaches an invoice: in
-    the current period (or later), or in an ended one whose draft is not finalized yet."""
+    the current period (or later), or in an ended one whose draft finalizes more than
+    `margin` from now (room for the call)."""
     if timestamp < periods.start:
         return False
     if timestamp >= periods.period_start:
         return True
     draft = periods.draft_for(timestamp)
-    return draft is not None and draft.finalizes_at > now
+    return draft is not None and draft.finalizes_at - now > margin
 
 
 @dataclass

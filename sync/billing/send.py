@@ -13,8 +13,12 @@ connection, 429, 401, 403) undoes the note if this attempt made it (the batch is
 again), so only attempts that may have reached Stripe count towards the horizon. Each
 attempt carries its attempt number in its Idempotency-Key, so a 500 Stripe saved for one
 attempt is not replayed to the next. That holds only while Stripe still remembers the
-identifier (at least 24 hours) and accepts the timestamp (35 days): `SendRules` sets a batch
-aside instead of sending it once either is in doubt.
+identifier (at least 24 hours), accepts the timestamp (35 days) and still invoices the
+stamp's period (sync/billing/periods.py): past either of the first two `SendRules`
+(sync/billing/send_rules.py) sets a batch aside; an unknown outcome past the identifier
+window or its period's finalization is settled from Stripe's meter event summaries for the
+minute of its stamp (`_resolve`): confirmed, sent afresh under a new identifier, or set aside
+when the summary cannot decide.
 """
 
 from __future__ import annotations
@@ -24,36 +28,26 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Protocol
 
 from edge_node.errors import PermanentSyncError, TransientSyncError
 from sync.backoff import Backoff
 from sync.billing.ledger import LedgerBatch
 from sync.billing.ledger_thread import AsyncLedger
 from sync.billing.periods import PeriodBook, Placement, Stamp, place, still_invoiced
+from sync.billing.send_rules import SendRules, when
 from sync.billing.stats import BillingStats
 from sync.stripe.gateway import MeterEventOutcome
 from sync.stripe.periods import SubscriptionPeriods
 
 log = logging.getLogger(__name__)
 
-HOUR = 3600.0
-DAY = 24 * HOUR
-# Stripe refuses meter events older than 35 days or more than 5 minutes ahead; the margins
-# leave room for the call itself and for clock error.
-STRIPE_MAX_AGE_SECONDS = 35 * DAY - HOUR
-STRIPE_MAX_AHEAD_SECONDS = 4 * 60.0
-# A window this far ahead of the clock is not a clock a few minutes off: set it aside.
-FUTURE_LIMIT_SECONDS = DAY
-CALL_TIMEOUT_SECONDS = 120.0
 
+CALL_TIMEOUT_SECONDS = 120.0
 # Stripe's meter event summaries are aggregated asynchronously: an unknown outcome is settled
 # from them only once its first send is this old.
 SUMMARY_SETTLE_SECONDS = 300.0
 MINUTE = 60
-
-Verdict = Literal["send", "hold", "set_aside", "resolve"]
 
 
 class MeterEventGateway(Protocol):
@@ -75,53 +69,6 @@ class MeterEventGateway(Protocol):
     async def meter_event_total(
         self, *, event_name: str, customer_id: str, start: int, end: int
     ) -> float: ...
-
-
-@dataclass(frozen=True)
-class SendRules:
-    """When a batch may be sent, must wait, or must be set aside; times in Unix seconds."""
-
-    unknown_outcome_horizon_seconds: float = 23 * HOUR
-    max_age_seconds: float = STRIPE_MAX_AGE_SECONDS
-    max_ahead_seconds: float = STRIPE_MAX_AHEAD_SECONDS
-    future_limit_seconds: float = FUTURE_LIMIT_SECONDS
-
-    def verdict(
-        self, batch: LedgerBatch, now: float, horizon_now: float | None = None
-    ) -> tuple[Verdict, str, str]:
-        """(verdict, reason, counter): resolve (ask Stripe's summaries) when a resend could
-        bill twice, set_aside when the window is too old or too far ahead, hold while it is
-        a little ahead of the clock. The age of an unknown outcome is read on `horizon_now`
-        (the clock first_sent_at was written with, sync/billing/clock.py), the timestamp
-        rules on the wall clock `now`."""
-        if batch.first_sent_at is not None and batch.state == "sent":
-            age = (now if horizon_now is None else horizon_now) - batch.first_sent_at / 1e6
-            if age >= self.unknown_outcome_horizon_seconds:
-                return (
-                    "resolve",
-                    f"outcome unknown: first sent {_when(batch.first_sent_at / 1e6)} "
-                    f"({batch.attempts} attempts) and no answer recorded within "
-                    f"{self.unknown_outcome_horizon_seconds / HOUR:g} h, past which Stripe's "
-                    "identifier dedup could no longer stop a second charge",
-                    "",
-                )
-        if now - batch.window_start > self.max_age_seconds:
-            return (
-                "set_aside",
-                f"window {_when(batch.window_start)} is past Stripe's 35-day limit for "
-                "meter event timestamps",
-                "set_aside_too_old",
-            )
-        if batch.window_start - now > self.future_limit_seconds:
-            return (
-                "set_aside",
-                f"window {_when(batch.window_start)} is more than "
-                f"{self.future_limit_seconds / HOUR:g} h ahead of this node's clock",
-                "set_aside_future",
-            )
-        if batch.window_start - now > self.max_ahead_seconds:
-            return "hold", "window ahead of the clock", ""
-        return "send", "", ""
 
 
 @dataclass
@@ -148,6 +95,7 @@ class BatchSender:
     # Called after Stripe answered and before the answer is written: tests crash here.
     on_answer: Callable[[LedgerBatch], Awaitable[None]] | None = None
     _retries: dict[str, _Retry] = field(default_factory=dict)
+    _unsubscribed: set[str] = field(default_factory=set)  # warned about, once each
 
     def __post_init__(self) -> None:
         self.periods = PeriodBook(self.gateway)
@@ -224,12 +172,16 @@ class BatchSender:
             self._back_off(batch, exc)
             return False
         if periods is None:
-            log.warning(
-                "billing: customer %s (tenant %s) has no live subscription: its usage waits",
-                batch.customer_id,
-                batch.tenant_id,
-            )
+            if batch.customer_id not in self._unsubscribed:
+                self._unsubscribed.add(batch.customer_id)
+                log.warning(
+                    "billing: customer %s (tenant %s) has no live subscription: its usage"
+                    " waits until it has one",
+                    batch.customer_id,
+                    batch.tenant_id,
+                )
             return False
+        self._unsubscribed.discard(batch.customer_id)
         if batch.state == "sent" and batch.stamp is not None:
             if resolve is not None or not still_invoiced(batch.stamp, periods, now):
                 return await self._resolve(batch, resolve or "its period's invoice is finalized")
@@ -319,7 +271,7 @@ class BatchSender:
                 " node sent there: batches %s landed, confirmed",
                 why,
                 batch.customer_id,
-                _when(start),
+                when(start),
                 confirmed + unknown_units,
                 ", ".join(identifiers),
             )
@@ -332,14 +284,14 @@ class BatchSender:
                 " identifiers",
                 why,
                 batch.customer_id,
-                _when(start),
+                when(start),
                 confirmed,
                 ", ".join(identifiers),
             )
         else:
             reason = (
                 f"{why}; Stripe's meter holds {held:g} units for the customer at"
-                f" {_when(start)}, which is neither the {confirmed} units this node had"
+                f" {when(start)}, which is neither the {confirmed} units this node had"
                 f" confirmed there nor those plus the {unknown_units} units sent with an"
                 " unknown outcome (another node billing this customer in that minute?)"
             )
@@ -385,7 +337,7 @@ class BatchSender:
             batch.identifier,
             batch.tenant_id,
             batch.customer_id,
-            _when(batch.window_start),
+            when(batch.window_start),
             batch.value,
             batch.events,
             batch.queue,
@@ -397,7 +349,3 @@ class BatchSender:
 
 def _us(seconds: float) -> int:
     return int(seconds * 1_000_000)
-
-
-def _when(seconds: float) -> str:
-    return f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%SZ}"
