@@ -25,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_node import clock
 from edge_node.config import MeterConfig, QueueConfig
 from edge_node.errors import ConfigError, ServiceUnavailable, StorageUnavailable
 from edge_node.ids import EventIdGenerator
@@ -220,7 +220,7 @@ def _not_recorded() -> ServiceUnavailable:
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return clock.now_ms()  # never steps back: usage stays in its window when the clock does
 
 
 def queue_settings(config: QueueConfig) -> QueueSettings:
