@@ -71,11 +71,16 @@ class TenantStores:
         if store is not None:
             self._open.move_to_end(tenant_id)
             return store
-        conn = sqlite.connect(
-            self.path(tenant_id),
-            synchronous=self._synchronous,
-            busy_timeout_ms=self._busy_timeout_ms,
-        )
+        path = self.path(tenant_id)
+        new = not path.exists()
+        try:
+            conn = sqlite.connect(
+                path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+            )
+        except BaseException:
+            if new:
+                self._remove_files(path)
+            raise
         try:  # a file that cannot be migrated (a full disk) is closed, not left open
             sqlite.migrate(conn, MIGRATIONS)
             # Checkpoints run in the background (run_checkpoints); this high threshold is only
@@ -87,6 +92,8 @@ class TenantStores:
             store.seal_plaintext_comments()
         except BaseException:
             conn.close()
+            if new:  # never a half-made file that readers would take for a tenant's
+                self._remove_files(path)
             raise
         self._open[tenant_id] = store
         if len(self._open) > self._max_open:
@@ -108,10 +115,15 @@ class TenantStores:
             store.close()
         path = self.path(tenant_id)
         existed = path.exists()
-        for suffix in ("", "-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        self._remove_files(path)
         self.pending.unmark(tenant_id)
         return existed
+
+    @staticmethod
+    def _remove_files(path: Path) -> None:
+        """A tenant's file with its WAL and shared-memory files."""
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
 
     def open_tenant_ids(self) -> list[str]:
         """The tenants whose files are open now, least recently used first."""
