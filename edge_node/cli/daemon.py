@@ -298,13 +298,15 @@ def watch_supervisor_sync(config: Config, metrics: NodeMetrics) -> None:
 
 
 def watch_sync(metrics: NodeMetrics, worker: SyncStatusSource, jobs: Sequence[object]) -> None:
-    """Attach the sync worker's shard and job statuses and each usage flush's counters."""
-    from sync.billing.flush import BillingConsumer  # noqa: PLC0415 (loaded once sync runs)
+    """Attach the sync worker's shard and job statuses and the billing jobs' counters (each
+    usage flush's, and the meter error reports')."""
+    from sync.billing.stats import BillingStats  # noqa: PLC0415 (loaded once sync runs)
 
     metrics.watch_sync(worker)
     for job in jobs:
-        if isinstance(job, BillingConsumer):
-            metrics.watch_billing(job.stats)
+        stats = getattr(job, "stats", None)
+        if isinstance(stats, BillingStats):
+            metrics.watch_billing(stats)
 
 
 def queue_directory(config: Config, worker: int = 0) -> Path:

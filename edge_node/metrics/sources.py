@@ -30,7 +30,11 @@ SHARD_ROW_KINDS = (
     ("registry_applied", "registry_applied"),
     ("set_aside", "set_aside_rows"),
 )
-SET_ASIDE_REASONS = ("refused", "unknown_outcome", "too_old", "future")
+SET_ASIDE_REASONS = ("refused", "unknown_outcome", "too_old", "future", "reported")
+# Confirmed batches not stamped with their own window (docs/billing.md, "Stamps").
+PLACEMENTS = ("before_subscription", "carried_forward")
+# How unknown outcomes past Stripe's identifier window were settled from its summaries.
+SETTLED = (("landed", "resolved_landed"), ("resent", "resolved_resent"))
 
 
 class ShardHealth(Protocol):
@@ -81,6 +85,12 @@ class BillingCounters(Protocol):
     set_aside_unknown_outcome: int
     set_aside_too_old: int
     set_aside_future: int
+    set_aside_reported: int
+    carried_forward: int
+    before_subscription: int
+    resolved_landed: int
+    resolved_resent: int
+    meter_error_reports: int
 
 
 class WebhookCounts(Protocol):
@@ -122,6 +132,7 @@ class Sources:
     billing_published: Callable[[], Sequence[BillingCounters]] | None = None
     webhooks: WebhookCounts | None = None
     tenants: Mapping[str, int] | None = None
+    unprovisioned: Mapping[str, int] | None = None  # pending, failing
 
 
 class _Health(Protocol):
@@ -338,14 +349,35 @@ class SourceCollector(Collector):
             "edge_node_billing_stripe_failures",
             "Meter-event calls that failed in a way worth retrying (network, 5xx, 429).",
         )
+        placed = _counter(
+            "edge_node_billing_batches_placed",
+            "Confirmed batches stamped outside their own window's period: at the subscription's"
+            " start, or carried forward into the open period (docs/billing.md), by placement.",
+            ["placement"],
+        )
+        settled = _counter(
+            "edge_node_billing_unknown_outcomes_settled",
+            "Batches of unknown outcome settled from Stripe's meter event summaries: landed"
+            " (confirmed) or resent under a fresh identifier.",
+            ["result"],
+        )
+        reports = _counter(
+            "edge_node_billing_meter_error_reports",
+            "Stripe meter error reports (thin events) fetched and applied.",
+        )
         if sources:
+            for placement in PLACEMENTS:
+                placed.add_metric([placement], sum(getattr(s, placement) for s in sources))
+            for result, attribute in SETTLED:
+                settled.add_metric([result], sum(getattr(s, attribute) for s in sources))
+            reports.add_metric([], sum(s.meter_error_reports for s in sources))
             confirmed.add_metric([], sum(s.confirmed + s.duplicates for s in sources))
             for reason in SET_ASIDE_REASONS:
                 value = sum(getattr(s, f"set_aside_{reason}") for s in sources)
                 set_aside.add_metric([reason], value)
             calls.add_metric([], sum(s.calls for s in sources))
             failed.add_metric([], sum(s.transient_failures for s in sources))
-        yield from (confirmed, set_aside, calls, failed)
+        yield from (confirmed, set_aside, calls, failed, placed, settled, reports)
 
     def _webhooks(self) -> Iterator[Metric]:
         stats = self.sources.webhooks
@@ -377,3 +409,13 @@ class SourceCollector(Collector):
             for status in TENANT_STATUSES:
                 tenants.add_metric([status], counts.get(status, 0))
         yield tenants
+        unprovisioned = _gauge(
+            "edge_node_stripe_unprovisioned_tenants",
+            "Tenants (canceled ones aside) without a Stripe customer or subscription:"
+            " `pending` (not tried or not yet done) or `failing` (the last attempt failed).",
+            ["state"],
+        )
+        if self.sources.unprovisioned is not None:
+            for state in ("pending", "failing"):
+                unprovisioned.add_metric([state], self.sources.unprovisioned.get(state, 0))
+        yield unprovisioned
