@@ -92,3 +92,34 @@ class TestNodeDatabaseUnderneath:
             assert f"was {how} under the running node" in node.log_text()
         finally:
             node.kill()
+
+
+class TestQueueVerify:
+    def test_queue_verify_names_damage_exits_1_and_keeps_a_copy(self, tmp_path: Path) -> None:
+        """`edge-node queue verify` on a queue with a flipped byte in an older segment prints
+        the segment and offset, exits 1, and copies the segment to quarantine/ without
+        changing or deleting it; on an intact queue it exits 0."""
+        node = FaultNode(
+            tmp_path / "data", tmp_path / "logs", {"EDGE_NODE_QUEUE_SEGMENT_BYTES": "4096"}
+        )
+        tenant = node.tenant("acme")
+        try:
+            url = node.serve()
+            for n in range(60):
+                assert _post(url, tenant, f"u{n}")[0] == 201
+            assert node.stop() == 0
+        finally:
+            node.kill()
+        assert node.run("queue", "verify").returncode == 0
+        queue_dir = node.data_dir / "queue" / "worker-0"
+        first = sorted(queue_dir.glob("*.seg"))[0]
+        data = bytearray(first.read_bytes())
+        data[600] ^= 0xFF
+        first.write_bytes(bytes(data))
+        done = node.run("queue", "verify")
+        assert done.returncode == 1, done.stderr
+        report = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [(r["segment"], r["offset"] <= 600) for r in report] == [(str(first), True)]
+        assert Path(report[0]["copy"]).read_bytes() == bytes(data)
+        assert first.read_bytes() == bytes(data)
+        assert "Traceback" not in done.stderr
