@@ -56,6 +56,8 @@ class TenantStores:
         self._max_open = max_open
         self._busy_timeout_ms = busy_timeout_ms
         self._open: OrderedDict[str, TenantStore] = OrderedDict()
+        # Tenants whose file failed to open as damaged, and why: reported by /readyz.
+        self.damaged: dict[str, str] = {}
         directory.mkdir(parents=True, exist_ok=True)
         self.pending = PendingUploads(directory / PENDING_FILE, busy_timeout_ms=busy_timeout_ms)
         if not self.pending.complete:  # first start with the index: look at every file once
@@ -77,9 +79,10 @@ class TenantStores:
             conn = sqlite.connect(
                 path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
             )
-        except BaseException:
+        except BaseException as exc:
             if new:
                 self._remove_files(path)
+            self._note_damage(tenant_id, exc)
             raise
         try:  # a file that cannot be migrated (a full disk) is closed, not left open
             sqlite.migrate(conn, MIGRATIONS)
@@ -90,11 +93,13 @@ class TenantStores:
                 conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id), self.pending
             )
             store.seal_plaintext_comments()
-        except BaseException:
+        except BaseException as exc:
             conn.close()
             if new:  # never a half-made file that readers would take for a tenant's
                 self._remove_files(path)
+            self._note_damage(tenant_id, exc)
             raise
+        self.damaged.pop(tenant_id, None)
         self._open[tenant_id] = store
         if len(self._open) > self._max_open:
             _, evicted = self._open.popitem(last=False)
@@ -118,6 +123,12 @@ class TenantStores:
         self._remove_files(path)
         self.pending.unmark(tenant_id)
         return existed
+
+    def _note_damage(self, tenant_id: str, exc: BaseException) -> None:
+        fault = sqlite.storage_failure(exc)
+        if fault is not None and fault[1] and tenant_id not in self.damaged:
+            self.damaged[tenant_id] = str(exc)
+            log.error("tenant %s: its file %s is damaged: %s", tenant_id, self.path(tenant_id), exc)
 
     @staticmethod
     def _remove_files(path: Path) -> None:

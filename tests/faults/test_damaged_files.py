@@ -34,7 +34,8 @@ def _post(url: str, tenant: dict[str, Any], user: str) -> tuple[int, dict[str, s
 class TestDamagedTenantFile:
     def test_a_damaged_tenant_file_is_503_for_that_tenant_only(self, tmp_path: Path) -> None:
         """A tenant file whose header is overwritten answers 503 `storage-damaged` with
-        Retry-After, logged, while another tenant is served."""
+        Retry-After, logged, while another tenant is served; /readyz stays 200 and lists
+        the damaged tenant."""
         node = FaultNode(tmp_path / "data", tmp_path / "logs")
         damaged, healthy = node.tenant("damaged"), node.tenant("healthy")
         path = node.data_dir / "tenants" / f"{damaged['tenant_id']}.sqlite"
@@ -47,10 +48,15 @@ class TestDamagedTenantFile:
             assert problem["type"] == "urn:edge-node:problem:storage-damaged"
             assert headers["Retry-After"]
             assert _post(url, healthy, "u1")[0] == 201
+            assert _readyz(url) == (
+                200,
+                {"status": "ready", "damaged_tenants": [damaged["tenant_id"]]},
+            )
             assert node.stop() == 0
             log = node.log_text()
             assert "storage fault" in log
             assert "the file is damaged" in log
+            assert f"tenant {damaged['tenant_id']}: its file" in log
             assert "Traceback" not in log
         finally:
             node.kill()
