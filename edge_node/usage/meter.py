@@ -23,6 +23,7 @@ few milliseconds' worth.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -154,24 +155,32 @@ class Meter:
         except QueueError as exc:
             self._failed(exc)
             raise _not_recorded() from exc
-        self._count_served(tenant_id, event.timestamp_ms, units)
+        served = functools.partial(self._count_served, tenant_id, event.timestamp_ms, units)
         if self.config.durability == "strict":
-            await self._await_durable(durable)
+            await self._await_durable(durable, served)
+            served()  # once durable: a count never exceeds what the queue holds
         else:
             self._pending.add(durable)
             durable.add_done_callback(self._settled)
+            served()
         self.stats.recorded += 1
         self.stats.recorded_units += units
         return event
 
-    async def _await_durable(self, durable: asyncio.Future[int]) -> None:
+    async def _await_durable(
+        self, durable: asyncio.Future[int], served: Callable[[], None]
+    ) -> None:
         """Wait for the event's group commit; a queue retrying a failed write gets a bounded
-        wait, after which the event stays queued and the answer says so."""
+        wait, after which the event stays queued (and is counted served once it is durable)
+        and the answer says so."""
         try:
             await asyncio.wait_for(asyncio.shield(durable), USAGE_WAIT_SECONDS)
         except TimeoutError:
             self._pending.add(durable)
             durable.add_done_callback(self._settled)
+            durable.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() else served()
+            )
             raise StorageUnavailable(
                 "the request was carried out; its usage event is queued and will be written "
                 "once storage takes writes again",
