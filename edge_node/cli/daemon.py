@@ -118,6 +118,7 @@ async def _serve_storage(
             queue_directory(config, worker or 0),
             config.node_id,
             fsync=metrics.timed_fsync(),
+            min_free_bytes=config.storage.min_free_bytes,
         )
         secrets = SecretFiles(check_interval=secret_check_interval(config))
         if worker is not None:
@@ -226,13 +227,20 @@ def _background_tasks(
     config: Config,
     worker: int | None,
 ) -> list[asyncio.Task[None]]:
-    """The watchdog pings, and for a worker its supervisor watch and cursor adoption."""
+    """The watchdog pings, the check of the queue's older segments, and for a worker its
+    supervisor watch and cursor adoption."""
     tasks = [asyncio.create_task(notifier.run_watchdog(), name="watchdog")]
+    if queue is not None:
+        tasks.append(asyncio.create_task(_verify(queue), name="queue-verify"))
     if worker is not None:
         tasks.append(asyncio.create_task(_stop_with_supervisor(os.getppid())))
         if queue is not None:
             tasks.append(asyncio.create_task(_adopt_cursors(queue, config)))
     return tasks
+
+
+async def _verify(queue: WriteAheadQueue) -> None:
+    await queue.verify()  # counts and logs what it finds
 
 
 def start_sync(
@@ -290,13 +298,15 @@ def watch_supervisor_sync(config: Config, metrics: NodeMetrics) -> None:
 
 
 def watch_sync(metrics: NodeMetrics, worker: SyncStatusSource, jobs: Sequence[object]) -> None:
-    """Attach the sync worker's shard and job statuses and each usage flush's counters."""
-    from sync.billing.flush import BillingConsumer  # noqa: PLC0415 (loaded once sync runs)
+    """Attach the sync worker's shard and job statuses and the billing jobs' counters (each
+    usage flush's, and the meter error reports')."""
+    from sync.billing.stats import BillingStats  # noqa: PLC0415 (loaded once sync runs)
 
     metrics.watch_sync(worker)
     for job in jobs:
-        if isinstance(job, BillingConsumer):
-            metrics.watch_billing(job.stats)
+        stats = getattr(job, "stats", None)
+        if isinstance(stats, BillingStats):
+            metrics.watch_billing(stats)
 
 
 def queue_directory(config: Config, worker: int = 0) -> Path:

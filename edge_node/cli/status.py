@@ -19,7 +19,7 @@ from edge_node.cli.upgrade_record import UpgradeFile
 from edge_node.clock import format_us
 from edge_node.config import Config
 from edge_node.queue import QueueError, QueueStatus, inspect_queue
-from edge_node.tenants.registry import count_by_status
+from edge_node.tenants.registry import Unprovisioned, count_by_status, unprovisioned
 from sync.billing.ledger import ledger_totals
 
 
@@ -27,7 +27,7 @@ def collect_status(config: Config, now_us: int) -> dict[str, Any]:
     """The status document of the node whose data directory `config` names."""
     data_dir = config.data_path
     postgres, jobs = _sync_documents(data_dir)
-    tenants, billing = _node_database(data_dir / "node.sqlite", now_us)
+    tenants, billing, unprovisioned = _node_database(data_dir / "node.sqlite", now_us)
     return {
         "node_id": config.node_id,
         "data_dir": str(data_dir.resolve()),
@@ -37,7 +37,12 @@ def collect_status(config: Config, now_us: int) -> dict[str, Any]:
         "tenants": tenants,
         "queues": [_queue_summary(path, now_us) for path in queue_directories(data_dir)],
         "postgres": {"configured": bool(config.central.dsns), **(postgres or {})},
-        "stripe": {"configured": config.stripe.enabled, **(jobs or {}), "ledger": billing},
+        "stripe": {
+            "configured": config.stripe.enabled,
+            **(jobs or {}),
+            "ledger": billing,
+            "unprovisioned": [_unprovisioned(t, now_us) for t in unprovisioned],
+        },
     }
 
 
@@ -112,18 +117,45 @@ def _sync_documents(data_dir: Path) -> tuple[dict[str, Any] | None, dict[str, An
     )
 
 
-def _node_database(path: Path, now_us: int) -> tuple[dict[str, int], dict[str, Any]]:
-    """Tenants by status, and the billing ledger's totals by state, read-only."""
+def _node_database(
+    path: Path, now_us: int
+) -> tuple[dict[str, int], dict[str, Any], list[Unprovisioned]]:
+    """Tenants by status, the billing ledger's totals by state and the tenants not
+    provisioned in Stripe, read-only."""
     tenants: dict[str, int] = {}
     states: dict[str, tuple[int, int, int | None, int | None]] = {}
+    waiting: list[Unprovisioned] = []
     if path.exists():
         with sqlite.read_only(path) as conn:
             try:
                 tenants = count_by_status(conn)
+                waiting = unprovisioned(conn)
                 states = ledger_totals(conn)
             except sqlite3.OperationalError:  # a file older than its tables: nothing yet
                 pass
-    return tenants, _ledger_summary(states, now_us)
+    return tenants, _ledger_summary(states, now_us), waiting
+
+
+def _unprovisioned(tenant: Unprovisioned, now_us: int) -> dict[str, Any]:
+    """A tenant Stripe has no customer or subscription of yet: `pending`, or `failing`
+    with the last error and for how long."""
+    since = tenant.failing_since
+    return {
+        "tenant_id": tenant.tenant_id,
+        "name": tenant.name,
+        "state": "pending" if since is None else "failing",
+        "missing": [
+            part
+            for part, has in (
+                ("customer", tenant.has_customer),
+                ("subscription", tenant.has_subscription),
+            )
+            if not has
+        ],
+        "failing_since": None if since is None else format_us(since),
+        "failing_for_seconds": None if since is None else round(max(0, now_us - since) / 1e6, 3),
+        "last_error": tenant.error,
+    }
 
 
 def _ledger_summary(

@@ -113,6 +113,7 @@ def _stripe_lines(stripe: dict[str, Any], now: datetime) -> Iterator[str]:
             f"{_failures(job['consecutive_failures'])}"
         )
         yield from _error_line(job, now)
+    yield from _unprovisioned_lines(stripe.get("unprovisioned", []), stripe["configured"])
     ledger = stripe["ledger"]
     if ledger["confirmed"]["batches"] or ledger["open"]["batches"]:
         open_age = ledger["oldest_open_age_seconds"]
@@ -121,6 +122,20 @@ def _stripe_lines(stripe: dict[str, Any], now: datetime) -> Iterator[str]:
             f"meter events: last confirmed {_when(ledger['last_confirmed_at'], now)};"
             f" {ledger['open']['batches']} open ({ledger['open']['units']} units){waiting}"
         )
+
+
+def _unprovisioned_lines(tenants: list[dict[str, Any]], configured: bool) -> Iterator[str]:
+    """Tenants without a Stripe customer or subscription: nothing of theirs can be billed."""
+    failing = [t for t in tenants if t["state"] == "failing"]
+    pending = len(tenants) - len(failing)
+    if configured and pending:
+        yield f"{pending} tenant(s) not provisioned yet"
+    for tenant in failing:
+        yield (
+            f"tenant {tenant['tenant_id']} ({tenant['name']}): provisioning failing for"
+            f" {duration(tenant['failing_for_seconds'])}, no {' or '.join(tenant['missing'])}"
+        )
+        yield f"  last error: {tenant['last_error']}"
 
 
 def _set_aside_line(ledger: dict[str, Any]) -> str:

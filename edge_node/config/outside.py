@@ -159,8 +159,9 @@ class BillingConfig:
     )
     unknown_outcome_horizon_hours: float = setting(
         23.0,
-        "A meter event sent without a recorded answer is set aside, not resent, once this long "
-        "has passed since its first send: Stripe deduplicates identifiers for 24 hours only.",
+        "A meter event sent without a recorded answer is resent under its identifier until "
+        "this long has passed since its first send (Stripe deduplicates identifiers for 24 "
+        "hours only); after that Stripe's meter event summaries settle whether it landed.",
         minimum=0.01,
         maximum=23.5,
     )

@@ -282,12 +282,20 @@ def _webhook_operation() -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/StripeEvent"}}
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/StripeEvent"},
+                            {"$ref": "#/components/schemas/StripeThinEvent"},
+                        ]
+                    }
+                }
             },
         },
         "responses": {
             "200": _ok(
-                "Received: applied, or recorded as stale, ignored or a duplicate.",
+                "Received: applied, or recorded as stale, ignored, pending (a thin event the"
+                " sync worker fetches and applies) or a duplicate.",
                 "WebhookReceipt",
                 headers=False,
             ),

@@ -134,13 +134,33 @@ def component_schemas() -> dict[str, Any]:
                 },
             },
         },
+        "StripeThinEvent": {
+            "type": "object",
+            "required": ["id", "object", "type", "created"],
+            "description": "A thin event notification from a Stripe event destination"
+            " (https://docs.stripe.com/event-destinations): no data, fetched later by the"
+            " sync worker; members not listed here are allowed and ignored.",
+            "properties": {
+                "id": {"type": "string", "minLength": 1, "maxLength": MAX_STRIPE_ID_LENGTH},
+                "object": {"type": "string", "enum": ["v2.core.event"]},
+                "type": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_STRIPE_ID_LENGTH,
+                    "description": "Applied: v1.billing.meter.error_report_triggered,"
+                    " v1.billing.meter.no_meter_found (outcome `pending` until the sync"
+                    " worker has fetched them); any other is recorded and ignored.",
+                },
+                "created": {"type": "string", "format": "date-time"},
+            },
+        },
         "WebhookReceipt": {
             "type": "object",
             "additionalProperties": False,
             "required": ["event_id", "outcome", "duplicate"],
             "properties": {
                 "event_id": {"type": "string"},
-                "outcome": {"type": "string", "enum": list(OUTCOMES)},
+                "outcome": {"type": "string", "enum": [*OUTCOMES, "pending"]},
                 "duplicate": {
                     "type": "boolean",
                     "description": "The event was received before: `outcome` is the first"

@@ -38,6 +38,7 @@ from edge_node.metrics.sources import (
 )
 from edge_node.queue import QueueError, WriteAheadQueue
 from edge_node.tenants.registry import TenantRegistry
+from edge_node.usage.room import DiskFloor
 
 METRICS_PATH = "/metrics"
 # Request latency: a score read takes well under 1 ms; a strict write waits for a group
@@ -85,6 +86,7 @@ class NodeMetrics:
         self.sources = Sources()
         self._clock = clock
         self._tenant_counter: Callable[[], dict[str, int]] | None = None
+        self._provisioning_counter: Callable[[], dict[str, int]] = dict
         self._queue: WriteAheadQueue | None = None
         registry.register(SourceCollector(self.sources, clock))
         ProcessCollector(registry=registry)
@@ -99,6 +101,10 @@ class NodeMetrics:
 
     def watch_meter(self, stats: MeterCounts) -> None:
         self.sources.meter = stats
+
+    def watch_disk_floor(self, floor: DiskFloor) -> None:
+        """The free-space floor of the data directory's filesystem."""
+        self.sources.disk_room = lambda: (floor.free_bytes(), floor.floor_bytes)
 
     def watch_sync(self, worker: SyncStatusSource) -> None:
         """The sync worker: lag, failures and rows per PostgreSQL shard and per Stripe job."""
@@ -117,8 +123,10 @@ class NodeMetrics:
         self.sources.webhooks = stats
 
     def watch_tenants(self, registry: TenantRegistry) -> None:
-        """Tenants by status, counted in node.sqlite at each scrape."""
+        """Tenants by status, and those not provisioned in Stripe, counted in node.sqlite at
+        each scrape."""
         self._tenant_counter = registry.count_by_status
+        self._provisioning_counter = registry.provisioning_counts
 
     def timed_fsync(self, fsync: Callable[[int], None] = os.fsync) -> Callable[[int], None]:
         """`fsync`, observed into edge_node_queue_fsync_duration_seconds (thread-safe)."""
@@ -159,8 +167,9 @@ class NodeMetrics:
         if self._tenant_counter is not None:
             try:
                 self.sources.tenants = self._tenant_counter()
+                self.sources.unprovisioned = self._provisioning_counter()
             except sqlite3.Error:
-                self.sources.tenants = None
+                self.sources.tenants = self.sources.unprovisioned = None
 
     def render(self) -> bytes:
         """The text exposition (format 0.0.4) of every metric in the registry."""

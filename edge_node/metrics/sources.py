@@ -30,7 +30,11 @@ SHARD_ROW_KINDS = (
     ("registry_applied", "registry_applied"),
     ("set_aside", "set_aside_rows"),
 )
-SET_ASIDE_REASONS = ("refused", "unknown_outcome", "too_old", "future")
+SET_ASIDE_REASONS = ("refused", "unknown_outcome", "too_old", "future", "reported")
+# Confirmed batches not stamped with their own window (docs/billing.md, "Stamps").
+PLACEMENTS = ("before_subscription", "carried_forward")
+# How unknown outcomes past Stripe's identifier window were settled from its summaries.
+SETTLED = (("landed", "resolved_landed"), ("resent", "resolved_resent"))
 
 
 class ShardHealth(Protocol):
@@ -82,6 +86,12 @@ class BillingCounters(Protocol):
     set_aside_unknown_outcome: int
     set_aside_too_old: int
     set_aside_future: int
+    set_aside_reported: int
+    carried_forward: int
+    before_subscription: int
+    resolved_landed: int
+    resolved_resent: int
+    meter_error_reports: int
 
 
 class WebhookCounts(Protocol):
@@ -101,6 +111,7 @@ class MeterCounts(Protocol):
     recorded: int
     recorded_units: int
     rejected_full: int
+    rejected_storage: int
     unmetered: int
     failed: int
 
@@ -112,6 +123,8 @@ class Sources:
     queue_stats: QueueStats | None = None
     queue_status: QueueStatus | None = None
     queue_failed: Callable[[], bool] | None = None
+    # Free bytes of the data directory's filesystem (None: unreadable) and its floor.
+    disk_room: Callable[[], tuple[int | None, int]] | None = None
     meter: MeterCounts | None = None
     sync: SyncStatusSource | None = None
     sync_watched_at: float = 0.0
@@ -120,6 +133,7 @@ class Sources:
     billing_published: Callable[[], Sequence[BillingCounters]] | None = None
     webhooks: WebhookCounts | None = None
     tenants: Mapping[str, int] | None = None
+    unprovisioned: Mapping[str, int] | None = None  # pending, failing
 
 
 class _Health(Protocol):
@@ -209,18 +223,36 @@ class SourceCollector(Collector):
                 family.add_metric([], getattr(stats, attribute))
             yield family
         failed = _gauge(
-            "edge_node_queue_write_failed", "1 once a queue write failed (a restart is needed)."
+            "edge_node_queue_write_failed",
+            "1 while a queue write or fsync fails (the writer retries it by itself).",
         )
         if self.sources.queue_failed is not None:
             failed.add_metric([], float(self.sources.queue_failed()))
         yield failed
+        free = _gauge(
+            "edge_node_storage_free_bytes",
+            "Free bytes of the filesystem holding the usage queue (the data directory's).",
+        )
+        floor = _gauge(
+            "edge_node_storage_min_free_bytes",
+            "The free-space floor (storage.min_free_bytes): below it billable requests get 503.",
+        )
+        if self.sources.disk_room is not None:
+            free_bytes, floor_bytes = self.sources.disk_room()
+            if free_bytes is not None:
+                free.add_metric([], free_bytes)
+            floor.add_metric([], floor_bytes)
+        yield free
+        yield floor
 
     def _meter(self) -> Iterator[Metric]:
         meter = self.sources.meter
         events = _counter(
             "edge_node_usage_events",
             "Billable requests by what the meter did: recorded on the queue, rejected because "
-            "the queue was full, served unmetered (meter.on_full), or failed to record.",
+            "the queue was full, rejected because storage could not take the event (a failing "
+            "queue write, the free-space floor), served unmetered (meter.on_full), or failed "
+            "to record.",
             ["outcome"],
         )
         units = _counter("edge_node_usage_units_recorded", "Usage units recorded on the queue.")
@@ -228,6 +260,7 @@ class SourceCollector(Collector):
             for outcome, value in (
                 ("recorded", meter.recorded),
                 ("rejected_queue_full", meter.rejected_full),
+                ("rejected_storage", meter.rejected_storage),
                 ("unmetered", meter.unmetered),
                 ("failed", meter.failed),
             ):
@@ -325,14 +358,35 @@ class SourceCollector(Collector):
             "edge_node_billing_stripe_failures",
             "Meter-event calls that failed in a way worth retrying (network, 5xx, 429).",
         )
+        placed = _counter(
+            "edge_node_billing_batches_placed",
+            "Confirmed batches stamped outside their own window's period: at the subscription's"
+            " start, or carried forward into the open period (docs/billing.md), by placement.",
+            ["placement"],
+        )
+        settled = _counter(
+            "edge_node_billing_unknown_outcomes_settled",
+            "Batches of unknown outcome settled from Stripe's meter event summaries: landed"
+            " (confirmed) or resent under a fresh identifier.",
+            ["result"],
+        )
+        reports = _counter(
+            "edge_node_billing_meter_error_reports",
+            "Stripe meter error reports (thin events) fetched and applied.",
+        )
         if sources:
+            for placement in PLACEMENTS:
+                placed.add_metric([placement], sum(getattr(s, placement) for s in sources))
+            for result, attribute in SETTLED:
+                settled.add_metric([result], sum(getattr(s, attribute) for s in sources))
+            reports.add_metric([], sum(s.meter_error_reports for s in sources))
             confirmed.add_metric([], sum(s.confirmed + s.duplicates for s in sources))
             for reason in SET_ASIDE_REASONS:
                 value = sum(getattr(s, f"set_aside_{reason}") for s in sources)
                 set_aside.add_metric([reason], value)
             calls.add_metric([], sum(s.calls for s in sources))
             failed.add_metric([], sum(s.transient_failures for s in sources))
-        yield from (confirmed, set_aside, calls, failed)
+        yield from (confirmed, set_aside, calls, failed, placed, settled, reports)
 
     def _webhooks(self) -> Iterator[Metric]:
         stats = self.sources.webhooks
@@ -364,3 +418,13 @@ class SourceCollector(Collector):
             for status in TENANT_STATUSES:
                 tenants.add_metric([status], counts.get(status, 0))
         yield tenants
+        unprovisioned = _gauge(
+            "edge_node_stripe_unprovisioned_tenants",
+            "Tenants (canceled ones aside) without a Stripe customer or subscription:"
+            " `pending` (not tried or not yet done) or `failing` (the last attempt failed).",
+            ["state"],
+        )
+        if self.sources.unprovisioned is not None:
+            for state in ("pending", "failing"):
+                unprovisioned.add_metric([state], self.sources.unprovisioned.get(state, 0))
+        yield unprovisioned

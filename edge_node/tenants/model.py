@@ -114,3 +114,4 @@ class StripeLink:
     plan: Plan
     stripe_customer_id: str | None
     subscription_id: str | None
+    created_at: int = 0  # microseconds: no Stripe customer of the tenant can be older

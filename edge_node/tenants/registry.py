@@ -18,6 +18,7 @@ import hmac
 import sqlite3
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_node import sqlite
@@ -37,7 +38,7 @@ from edge_node.tenants.model import (
 )
 from edge_node.tenants.replication import RegistryReplication
 
-_STRIPE_LINK = "tenant_id, name, plan, stripe_customer_id, subscription_id"
+_STRIPE_LINK = "tenant_id, name, plan, stripe_customer_id, subscription_id, created_at"
 
 
 def hash_key(api_key: str) -> str:
@@ -197,6 +198,30 @@ class TenantRegistry(RegistryReplication):
         ).fetchall()
         return [StripeLink(*row) for row in rows]
 
+    def provisioning_failed(self, tenant_id: str, error: str, now_us: int) -> None:
+        """Provisioning the tenant in Stripe failed now: the error is kept, and since when
+        it has been failing (the first failure after the last success)."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "UPDATE tenants SET provisioning_error = ?,"
+                " provisioning_failing_since = coalesce(provisioning_failing_since, ?)"
+                " WHERE tenant_id = ?",
+                (error[:1000], now_us, tenant_id),
+            )
+
+    def provisioning_succeeded(self, tenant_id: str) -> None:
+        """A provisioning attempt for the tenant went through: it is failing no longer."""
+        with sqlite.transaction(self._conn):
+            self._conn.execute(
+                "UPDATE tenants SET provisioning_error = NULL, provisioning_failing_since = NULL"
+                " WHERE tenant_id = ? AND provisioning_failing_since IS NOT NULL",
+                (tenant_id,),
+            )
+
+    def provisioning_counts(self) -> dict[str, int]:
+        """Tenants not provisioned in Stripe, `pending` or `failing` (for metrics)."""
+        return provisioning_counts(self._conn)
+
     def set_stripe_customer(self, tenant_id: str, customer_id: str) -> str:
         """Record the tenant's customer unless it has one; the customer id it has now. A new
         one is queued for upload, so the central registry and every edge learn it."""
@@ -253,6 +278,44 @@ class TenantRegistry(RegistryReplication):
                 self._conn.execute("DELETE FROM tenants WHERE tenant_id = ?", (tenant_id,)).rowcount
                 > 0
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Unprovisioned:
+    """A tenant without its Stripe customer or subscription: what it lacks, and whether
+    provisioning it keeps failing (since when, Unix microseconds, and the last error)."""
+
+    tenant_id: str
+    name: str
+    has_customer: bool
+    has_subscription: bool
+    failing_since: int | None
+    error: str | None
+
+
+_UNPROVISIONED = (
+    "FROM tenants WHERE (stripe_customer_id IS NULL OR subscription_id IS NULL)"
+    " AND status != 'canceled'"
+)
+
+
+def unprovisioned(conn: sqlite3.Connection) -> list[Unprovisioned]:
+    """Tenants (canceled ones aside) not provisioned in Stripe, on any connection."""
+    rows = conn.execute(
+        "SELECT tenant_id, name, stripe_customer_id IS NOT NULL, subscription_id IS NOT NULL,"
+        f" provisioning_failing_since, provisioning_error {_UNPROVISIONED}"
+        " ORDER BY created_at, tenant_id"
+    ).fetchall()
+    return [Unprovisioned(r[0], r[1], bool(r[2]), bool(r[3]), r[4], r[5]) for r in rows]
+
+
+def provisioning_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Tenants not provisioned in Stripe: `failing` (attempts fail) and `pending` (not yet)."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE provisioning_failing_since IS NOT NULL),"
+        f" count(*) FILTER (WHERE provisioning_failing_since IS NULL) {_UNPROVISIONED}"
+    ).fetchone()
+    return {"failing": int(row[0]), "pending": int(row[1])}
 
 
 def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:

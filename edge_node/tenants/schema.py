@@ -89,6 +89,26 @@ MIGRATIONS = (
         target TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 6: Stripe's thin event notifications (an event destination's), each recorded once and
+    # applied by the sync worker once fetched (edge_node/tenants/thin_events.py).
+    """
+    CREATE TABLE stripe_thin_events (
+        event_id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'applied', 'ignored')),
+        outcome TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX stripe_thin_events_pending ON stripe_thin_events (created)
+        WHERE state = 'pending';
+    """,
+    # 7: Stripe provisioning that keeps failing for a tenant: since when, and the last
+    # error (this node's own account of it: not replicated).
+    """
+    ALTER TABLE tenants ADD COLUMN provisioning_failing_since INTEGER;
+    ALTER TABLE tenants ADD COLUMN provisioning_error TEXT;
+    """,
 )
 
 

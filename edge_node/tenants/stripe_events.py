@@ -49,6 +49,11 @@ class BillingEventStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The registry's connection (the thin events of the same endpoint use it too)."""
+        return self._conn
+
     def apply(self, event: BillingEvent, *, hold_unknown_since: int | None = None) -> Receipt:
         """Record `event` and apply it, once: a second delivery is answered from the record.
 

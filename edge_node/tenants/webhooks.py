@@ -10,7 +10,9 @@ tolerance (400 `stale-signature`), and hold a JSON Stripe event (400 `malformed-
 `tenant-not-synced` and not recorded, so that Stripe's redelivery can apply it once the
 tenant has synced down (until `webhooks.unknown_tenant_retry_hours` after the event). Else it
 is answered 200 whatever the event does: applied, stale, ignored, or already received
-(`duplicate`); Stripe retries anything else for days.
+(`duplicate`); Stripe retries anything else for days. A thin event notification (an event
+destination's, `object: "v2.core.event"`) passes the same signature checks and is recorded
+once for the sync worker to fetch and apply (thin_events.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from edge_node.errors import BadRequest, ConfigError, NotFound, ServiceUnavailab
 from edge_node.secrets import SecretFile, SecretFiles
 from edge_node.tenants.standing import OUTCOMES, parse_event
 from edge_node.tenants.stripe_events import BillingEventStore, Receipt, TenantNotHereYet
+from edge_node.tenants.thin_events import ThinEvent, ThinEventStore, is_thin, parse_thin_event
 from edge_node.tenants.webhook_signature import (
     SIGNATURE_HEADER,
     SignatureError,
@@ -84,6 +87,7 @@ class WebhookStats:
     stale_signatures: int = 0
     verified_with_previous: int = 0
     unknown_tenant_retries: int = 0
+    thin_events: dict[str, int] = field(default_factory=dict)  # by state: pending, ignored
 
 
 class StripeWebhooks:
@@ -100,6 +104,7 @@ class StripeWebhooks:
         self.config = config
         self.secrets = secrets
         self.store = store
+        self.thin_events = ThinEventStore(store.conn)
         self.stats = WebhookStats()
         self._clock = clock
 
@@ -118,6 +123,8 @@ class StripeWebhooks:
             document = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}", slug="malformed-json") from None
+        if is_thin(document):
+            return self._record_thin(parse_thin_event(document))
         event = parse_event(document)
         hold_since = self._clock() - self.config.unknown_tenant_retry_hours * 3600
         try:
@@ -145,6 +152,27 @@ class StripeWebhooks:
             ) from None
         self._count(receipt, event.type)
         return json_response(receipt.to_json())
+
+    def _record_thin(self, event: ThinEvent) -> web.StreamResponse:
+        """Record a thin event notification for the sync worker, which fetches and applies
+        it (edge_node/tenants/thin_events.py): never a call to Stripe on the request path."""
+        try:
+            state, duplicate = self.thin_events.record(event, int(self._clock() * 1e6))
+        except sqlite3.Error as exc:
+            log.error(
+                "stripe thin event %s not recorded: node.sqlite failed: %s", event.event_id, exc
+            )
+            raise ServiceUnavailable(
+                "the event could not be recorded; Stripe will deliver it again",
+                slug="storage-unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+        if duplicate:
+            self.stats.duplicates += 1
+        else:
+            self.stats.thin_events[state] = self.stats.thin_events.get(state, 0) + 1
+            log.info("stripe thin event %s (%s) received: %s", event.event_id, event.type, state)
+        return json_response({"event_id": event.event_id, "outcome": state, "duplicate": duplicate})
 
     def _verify(self, payload: bytes, header: str | None, secrets: list[str]) -> None:
         try:

@@ -31,9 +31,11 @@ from edge_node.queue import ConsumerQueue, QueueCorruption, Record
 from edge_node.usage.meter import BILLING_CONSUMER
 from sync.backoff import Backoff
 from sync.billing.clock import HorizonClock
-from sync.billing.ledger import AsyncLedger, BillingLedger, LedgerBatch
+from sync.billing.ledger import BillingLedger, LedgerBatch
+from sync.billing.ledger_thread import AsyncLedger
 from sync.billing.plan import UsagePlanner, record_fingerprint
-from sync.billing.send import HOUR, BatchSender, MeterEventGateway, SendRules
+from sync.billing.send import BatchSender, MeterEventGateway
+from sync.billing.send_rules import HOUR, SendRules
 from sync.billing.stats import BillingStats
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,8 @@ from edge_node.config import Config, StripeConfig
 from edge_node.queue import ConsumerQueue, QueueFollower, WriteAheadQueue
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing.flush import open_billing
+from sync.billing.ledger import BillingLedger
+from sync.billing.meter_errors import MeterErrorJob
 from sync.billing.provisioning import Provisioner, ProvisioningJob
 from sync.jobs import PeriodicJob
 from sync.stripe.catalog import BillingCatalog, catalog_path, load_catalog
@@ -53,12 +55,14 @@ def stripe_jobs(
     followers: Sequence[QueueFollower] = (),
 ) -> list[PeriodicJob]:
     """The sync worker's Stripe jobs, sharing one gateway (each job's close() closes it):
-    provisioning, and the usage flush of `queue` (the meter's) when there is one and of
-    each queue another process owns that `followers` read."""
+    provisioning, Stripe's meter error reports, and the usage flush of `queue` (the meter's)
+    when there is one and of each queue another process owns that `followers` read."""
     gateway = open_gateway(config.stripe, api_key, CreateKeys(node_database))
     provisioner = Provisioner(gateway, TenantRegistry(node_database), catalog_loader(config))
+    interval = config.stripe.provisioning_interval_seconds
     jobs: list[PeriodicJob] = [
-        ProvisioningJob(provisioner, gateway, config.stripe.provisioning_interval_seconds),
+        ProvisioningJob(provisioner, gateway, interval),
+        MeterErrorJob(gateway, node_database, BillingLedger.open(config.data_path), interval),
     ]
     usage: list[ConsumerQueue] = [] if queue is None else [queue]
     for flushed in [*usage, *followers]:

@@ -12,30 +12,37 @@ the row back.
     planned --send--> sent --Stripe accepted, or already had it--> confirmed
        |   <--not received--+  (only if this attempt made it `sent`)
        |                |
-       +----------------+--refused, too old, outcome unknown too long--> set_aside
+       +----------------+--refused, too old, outcome undecidable--> set_aside
+       ^                |                    confirmed --Stripe reported it invalid--^
+       |                |
+       +--Stripe's summaries show it never landed: a fresh identifier--+
+
+Each batch keeps its own window (`window_start`) and the timestamp it was sent with
+(`stamp`, chosen inside a period Stripe still invoices, with its `placement`: own,
+before_subscription or carried_forward; sync/billing/periods.py).
 
 The ledger has a connection of its own (the request path never waits on its writes) and is
-called from one thread at a time. It owns the `billing` component of node.sqlite (its
-migrations below, applied when it opens; edge_node.node_database), and it keeps its planning
-positions in node.sqlite's named values, in the transactions that plan. Times are
-microseconds since the epoch; window_start is Unix seconds (the meter event's timestamp).
+called from one thread at a time (sync/billing/ledger_thread.py, off the event loop). It
+owns the `billing` component of node.sqlite (its migrations below, applied when it opens;
+edge_node.node_database), and keeps its planning positions in node.sqlite's named values,
+in the transactions that plan. Times are microseconds since the epoch; window_start and
+stamp are Unix seconds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
+import hashlib
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, ParamSpec, TypeVar
+from typing import Literal
 
 from edge_node import sqlite
 from edge_node.node_database import delete_value, open_node_database, read_value, write_value
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing.clock import HIGH_WATER
+from sync.billing.periods import Placement, Stamp
 from sync.billing.plan import PlannedRange
 
 COMPONENT = "billing"
@@ -71,9 +78,21 @@ MIGRATIONS = (
     """
     ALTER TABLE billing_ledger ADD COLUMN queue_epoch INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the timestamp a batch is sent with (inside a period Stripe still invoices, which may
+    # not be its window's: sync/billing/periods.py) and why, and the identifier Stripe holds
+    # it under (a fresh one once Stripe's summaries showed the first never landed). Batches
+    # sent before were stamped with their window's start.
+    """
+    ALTER TABLE billing_ledger ADD COLUMN stamp INTEGER;
+    ALTER TABLE billing_ledger ADD COLUMN placement TEXT
+        CHECK (placement IN ('own', 'before_subscription', 'carried_forward'));
+    ALTER TABLE billing_ledger ADD COLUMN stripe_identifier TEXT;
+    UPDATE billing_ledger SET stamp = window_start, placement = 'own'
+        WHERE state IN ('sent', 'confirmed');
+    CREATE INDEX billing_ledger_by_stamp ON billing_ledger (customer_id, stamp)
+        WHERE stamp IS NOT NULL;
+    """,
 )
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 BatchState = Literal["planned", "sent", "confirmed", "set_aside"]
 PLANNED_THROUGH = "billing.planned_through."
 PLANNED_LAST = "billing.planned_last."  # fingerprint of the record planned_through names
@@ -83,7 +102,7 @@ OPEN = "state IN ('planned', 'sent')"
 _COLUMNS = (
     "identifier, tenant_id, customer_id, event_name, window_start, value, events, queue,"
     " first_seq, last_seq, state, attempts, planned_at, first_sent_at, confirmed_at,"
-    " set_aside_reason"
+    " set_aside_reason, stamp, placement, stripe_identifier"
 )
 
 
@@ -107,6 +126,14 @@ class LedgerBatch:
     first_sent_at: int | None
     confirmed_at: int | None
     set_aside_reason: str | None
+    stamp: int | None = None  # the timestamp sent (sync/billing/periods.py), once sent
+    placement: Placement | None = None
+    stripe_identifier: str | None = None  # None: Stripe holds it under `identifier`
+
+    @property
+    def sent_identifier(self) -> str:
+        """The meter event identifier Stripe knows this batch by."""
+        return self.stripe_identifier or self.identifier
 
 
 class BillingLedger:
@@ -251,9 +278,10 @@ class BillingLedger:
         ).fetchone()
         return LedgerBatch(*row) if row else None
 
-    def mark_sent(self, identifier: str, now_us: int) -> tuple[int, bool]:
+    def mark_sent(self, identifier: str, now_us: int, stamp: Stamp) -> tuple[int, bool]:
         """Note an attempt before it is made: from the first one on, the outcome is unknown
-        until an answer is recorded, and first_sent_at starts Stripe's dedup clock.
+        until an answer is recorded, and first_sent_at starts Stripe's dedup clock. The
+        first attempt fixes the timestamp sent (`stamp`); later ones resend it.
 
         (attempt number, whether this attempt made the outcome unknown: the batch was
         `planned`); (0, False) when the batch is no longer open."""
@@ -267,9 +295,10 @@ class BillingLedger:
                 return 0, False
             self._conn.execute(
                 "UPDATE billing_ledger SET state = 'sent', attempts = attempts + 1,"
-                " first_sent_at = coalesce(first_sent_at, ?)"
+                " first_sent_at = coalesce(first_sent_at, ?), stamp = coalesce(stamp, ?),"
+                " placement = coalesce(placement, ?)"
                 " WHERE identifier = ? AND state IN ('planned', 'sent')",
-                (now_us, identifier),
+                (now_us, stamp.timestamp, stamp.placement, identifier),
             )
             return int(row[1]) + 1, row[0] == "planned"
 
@@ -277,12 +306,65 @@ class BillingLedger:
         """Undo `mark_sent` of `attempt`, which made the outcome unknown and then failed in a
         way that proves Stripe recorded nothing: the batch is `planned` again, with no
         first_sent_at, so the failure does not count towards the unknown-outcome horizon.
-        The attempt count stays (each attempt has an Idempotency-Key of its own)."""
+        The attempt count stays (each attempt has an Idempotency-Key of its own); the stamp
+        is chosen again by the next attempt."""
         self._update(
-            "UPDATE billing_ledger SET state = 'planned', first_sent_at = NULL"
-            " WHERE identifier = ? AND state = 'sent' AND attempts = ?",
+            "UPDATE billing_ledger SET state = 'planned', first_sent_at = NULL, stamp = NULL,"
+            " placement = NULL WHERE identifier = ? AND state = 'sent' AND attempts = ?",
             (identifier, attempt),
         )
+
+    def send_afresh(self, identifiers: Sequence[str]) -> None:
+        """Stripe's summaries show these batches, sent with an unknown outcome, never landed:
+        each is `planned` again under a fresh identifier (derived from its own and its
+        attempts, so the same on every retry), its stamp chosen again when it is sent."""
+        with sqlite.transaction(self._conn):
+            for identifier in identifiers:
+                self._conn.execute(
+                    "UPDATE billing_ledger SET state = 'planned', first_sent_at = NULL,"
+                    " stamp = NULL, placement = NULL, stripe_identifier = ?"
+                    " WHERE identifier = ? AND state = 'sent'",
+                    (fresh_identifier(self._conn, identifier), identifier),
+                )
+
+    def reported_by_stripe(self, errors: Sequence[tuple[str, str]]) -> list[LedgerBatch]:
+        """Stripe dropped these meter events after accepting them (a meter error report):
+        each (identifier Stripe holds it under, reason) moves its batch, confirmed or still
+        open, to set_aside with the reason. The batches moved, as they were before."""
+        moved: list[LedgerBatch] = []
+        with sqlite.transaction(self._conn):
+            for identifier, reason in errors:
+                row = self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+                    " WHERE coalesce(stripe_identifier, identifier) = ?"
+                    " AND state != 'set_aside'",
+                    (identifier,),
+                ).fetchone()
+                if row is None:
+                    continue
+                batch = LedgerBatch(*row)
+                self._conn.execute(
+                    "UPDATE billing_ledger SET state = 'set_aside', set_aside_reason = ?"
+                    " WHERE identifier = ?",
+                    (reason, batch.identifier),
+                )
+                moved.append(batch)
+        return moved
+
+    def stamped_in(
+        self, customer_id: str, event_name: str, start: int, end: int
+    ) -> tuple[int, list[LedgerBatch]]:
+        """What this node sent the customer's meter with stamps in [start, end): the units
+        Stripe confirmed, and the batches whose outcome is unknown."""
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+            " WHERE customer_id = ? AND event_name = ? AND stamp >= ? AND stamp < ?"
+            " AND state IN ('sent', 'confirmed')",
+            (customer_id, event_name, start, end),
+        ).fetchall()
+        batches = [LedgerBatch(*row) for row in rows]
+        confirmed = sum(b.value for b in batches if b.state == "confirmed")
+        return confirmed, [b for b in batches if b.state == "sent"]
 
     def confirm(self, identifier: str, now_us: int) -> None:
         """Stripe holds the batch (accepted now, or already had its identifier)."""
@@ -333,34 +415,14 @@ class BillingLedger:
             self._conn.execute(statement, parameters)
 
 
-class AsyncLedger:
-    """The ledger for the event loop: its calls run, one at a time, on a thread of their own,
-    so its fsyncs never stall the loop and a cancelled caller never overlaps the next call."""
-
-    def __init__(self, ledger: BillingLedger) -> None:
-        self.ledger = ledger
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-ledger")
-
-    async def run(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, functools.partial(call, *args, **kwargs))
-
-    async def set_aside(self, batches: Sequence[tuple[str, str]]) -> None:
-        await self.run(self.ledger.set_aside, batches)
-
-    async def mark_sent(self, identifier: str, now_us: int) -> tuple[int, bool]:
-        return await self.run(self.ledger.mark_sent, identifier, now_us)
-
-    async def unmark_sent(self, identifier: str, attempt: int) -> None:
-        await self.run(self.ledger.unmark_sent, identifier, attempt)
-
-    async def confirm(self, identifier: str, now_us: int) -> None:
-        await self.run(self.ledger.confirm, identifier, now_us)
-
-    async def close(self) -> None:
-        """Wait for the call in progress, then close the connection."""
-        await self.run(self.ledger.close)
-        self._thread.shutdown(wait=False)
+def fresh_identifier(conn: sqlite3.Connection, identifier: str) -> str:
+    """A new meter event identifier for a batch sent afresh: derived from its own identifier
+    and its attempts so far (each resend after an unknown outcome gets another)."""
+    (attempts,) = conn.execute(
+        "SELECT attempts FROM billing_ledger WHERE identifier = ?", (identifier,)
+    ).fetchone()
+    key = f"{identifier}\x1fafresh after {attempts}"
+    return "en_" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 def ledger_totals(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int | None, int | None]]:

@@ -14,6 +14,10 @@ repeat, so a crash or a lost answer anywhere costs only a retry:
 
 Stripe refusing one tenant for good (PermanentSyncError) is logged and that tenant retried
 next round without holding the others back; an outage (TransientSyncError) ends the round.
+Either is recorded against the tenant in node.sqlite (the last error, and since when it has
+been failing), and cleared by its next success: `edge-node status`, the metric
+`edge_node_stripe_unprovisioned_tenants{state="failing"}` and `billing reconcile` (usage that
+waits for a customer) show a tenant nothing can be billed for.
 """
 
 from __future__ import annotations
@@ -22,13 +26,19 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edge_node.errors import PermanentSyncError, TransientSyncError
+from edge_node.clock import now_us
+from edge_node.errors import PermanentSyncError, SyncError, TransientSyncError
 from edge_node.tenants.model import StripeLink
 from edge_node.tenants.registry import TenantRegistry
 from sync.stripe.catalog import BillingCatalog
 from sync.stripe.gateway import StripeGateway
 
 log = logging.getLogger(__name__)
+
+NO_CATALOG = (
+    "no Stripe catalog yet: run `edge-node stripe bootstrap` so tenants can be subscribed"
+    " to their plans"
+)
 
 
 @dataclass
@@ -62,15 +72,12 @@ class Provisioner:
         catalog = self._catalog()
         for tenant in tenants:
             try:
-                await self._provision(tenant, catalog, report)
+                await self._attempt(tenant, catalog, report)
             except PermanentSyncError as exc:
                 log.error("Stripe refused to provision tenant %s: %s", tenant.tenant_id, exc)
                 report.refused[tenant.tenant_id] = str(exc)
         if catalog is None and any(t.subscription_id is None for t in tenants):
-            raise TransientSyncError(
-                "no Stripe catalog yet: run `edge-node stripe bootstrap` so tenants can be"
-                " subscribed to their plans"
-            )
+            raise TransientSyncError(NO_CATALOG)
         return report
 
     async def provision(self, tenant_id: str) -> StripeLink:
@@ -78,10 +85,26 @@ class Provisioner:
         link = self._registry.stripe_link(tenant_id)
         if link is None:
             raise PermanentSyncError(f"no tenant with id {tenant_id}")
-        await self._provision(link, self._catalog(), ProvisioningReport())
+        await self._attempt(link, self._catalog(), ProvisioningReport())
         stored = self._registry.stripe_link(tenant_id)
         assert stored is not None
         return stored
+
+    async def _attempt(
+        self, tenant: StripeLink, catalog: BillingCatalog | None, report: ProvisioningReport
+    ) -> None:
+        """Provision one tenant, recording the outcome against it (failing since, error)."""
+        try:
+            await self._provision(tenant, catalog, report)
+        except (SyncError, TimeoutError) as exc:
+            self._registry.provisioning_failed(
+                tenant.tenant_id, str(exc) or type(exc).__name__, now_us()
+            )
+            raise
+        if tenant.subscription_id is None and catalog is None:
+            self._registry.provisioning_failed(tenant.tenant_id, NO_CATALOG, now_us())
+        else:
+            self._registry.provisioning_succeeded(tenant.tenant_id)
 
     async def _provision(
         self, tenant: StripeLink, catalog: BillingCatalog | None, report: ProvisioningReport
@@ -89,7 +112,9 @@ class Provisioner:
         customer_id = tenant.stripe_customer_id
         if customer_id is None:
             found = await self._gateway.ensure_customer(
-                tenant_id=tenant.tenant_id, name=tenant.name
+                tenant_id=tenant.tenant_id,
+                name=tenant.name,
+                created_after=tenant.created_at / 1e6 if tenant.created_at else None,
             )
             customer_id = self._registry.set_stripe_customer(tenant.tenant_id, found)
             report.customers += 1

@@ -7,6 +7,16 @@ is changed and nothing waits. Every event billing holds is in exactly one place:
     recorded = queued (on the queue, not planned yet) + the events of the ledger's batches
     billed = confirmed                in flight = queued + planned + sent
 
+Confirmed usage is split by where it was stamped (sync/billing/periods.py): in its own
+window's period, at the subscription's start (served before the subscription existed), or
+carried forward into a later open period because its own period's invoice was finalized;
+planned usage of a tenant without a Stripe customer is shown apart (`no_customer`), since it
+cannot be billed until provisioning succeeds. Each tenant-day carries a statement:
+
+    served = own period + before subscription + carried forward + set aside + in flight
+             + difference
+
+
 and `served` is counted apart, where requests are served (edge_node/usage/served.py, one counts
 file per worker). A day is in order when recorded = billed + in flight, and served is not
 more than recorded. What is neither billed nor in flight was set aside (listed with the
@@ -36,6 +46,7 @@ from edge_node.usage.event import read_billable
 from edge_node.usage.meter import BILLING_CONSUMER
 from edge_node.usage.served import read_counts
 from sync.billing.ledger import PLANNED_THROUGH
+from sync.billing.periods import PLACEMENTS
 
 STATES = ("planned", "sent", "confirmed", "set_aside")
 
@@ -67,6 +78,8 @@ class TenantDay:
     queued: Tally = field(default_factory=Tally)
     states: dict[str, Tally] = field(default_factory=lambda: {s: Tally() for s in STATES})
     counted: Tally | None = None  # served, as counted where requests are served
+    placements: dict[str, Tally] = field(default_factory=lambda: {p: Tally() for p in PLACEMENTS})
+    no_customer: Tally = field(default_factory=Tally)  # planned, the tenant not provisioned
 
     @property
     def recorded(self) -> Tally:
@@ -98,6 +111,20 @@ class TenantDay:
     def ok(self) -> bool:
         return self.unbilled_units == 0 and self.unrecorded_units == 0
 
+    def statement(self) -> dict[str, int]:
+        """Served against where it went, in units: own period, before the subscription (at
+        its start), carried forward, set aside, in flight, and what none of them explains."""
+        parts = {
+            "served": self.served.units,
+            "billed_in_own_period": self.placements["own"].units,
+            "billed_from_before_subscription": self.placements["before_subscription"].units,
+            "carried_forward": self.placements["carried_forward"].units,
+            "set_aside": self.states["set_aside"].units,
+            "in_flight": self.in_flight_units,
+        }
+        parts["difference"] = parts["served"] - sum(v for k, v in parts.items() if k != "served")
+        return parts
+
     def to_json(self) -> dict[str, Any]:
         return {
             "tenant_id": self.tenant_id,
@@ -111,6 +138,8 @@ class TenantDay:
             "in_flight_units": self.in_flight_units,
             "unbilled_units": self.unbilled_units,
             "unrecorded_units": self.unrecorded_units,
+            "no_customer": self.no_customer.to_json(),
+            "statement": self.statement(),
             "ok": self.ok,
         }
 
@@ -209,6 +238,24 @@ def _tally_ledger(
     ).fetchall()
     for tenant, day, state, batches, events, units in rows:
         report.day(tenant, day).states[state].add(batches, events, units)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(billing_ledger)")}
+    # A ledger the daemon has not migrated yet stamped every batch with its window's start.
+    placed = "coalesce(placement, 'own')" if "placement" in columns else "'own'"
+    for tenant, day, placement, no_customer, batches, events, units in conn.execute(
+        "SELECT tenant_id, date(window_start, 'unixepoch') AS day,"  # noqa: S608
+        f" CASE WHEN state = 'confirmed' THEN {placed} END AS placement,"
+        " state = 'planned' AND customer_id IS NULL AS no_customer,"
+        " count(*), sum(events), sum(value) FROM billing_ledger"
+        " WHERE (?1 IS NULL OR tenant_id = ?1) AND window_start >= ?2"
+        " AND (state = 'confirmed' OR (state = 'planned' AND customer_id IS NULL))"
+        " GROUP BY tenant_id, day, placement, no_customer",
+        (tenant_id, _epoch(first_day)),
+    ):
+        tally = report.day(tenant, day)
+        if no_customer:
+            tally.no_customer.add(batches, events, units)
+        else:
+            tally.placements[placement].add(batches, events, units)
     for identifier, tenant, window_start, units, events, reason in conn.execute(
         "SELECT identifier, tenant_id, window_start, value, events, set_aside_reason"
         " FROM billing_ledger WHERE state = 'set_aside' AND (?1 IS NULL OR tenant_id = ?1)"

@@ -13,8 +13,12 @@ connection, 429, 401, 403) undoes the note if this attempt made it (the batch is
 again), so only attempts that may have reached Stripe count towards the horizon. Each
 attempt carries its attempt number in its Idempotency-Key, so a 500 Stripe saved for one
 attempt is not replayed to the next. That holds only while Stripe still remembers the
-identifier (at least 24 hours) and accepts the timestamp (35 days): `SendRules` sets a batch
-aside instead of sending it once either is in doubt.
+identifier (at least 24 hours), accepts the timestamp (35 days) and still invoices the
+stamp's period (sync/billing/periods.py): past either of the first two `SendRules`
+(sync/billing/send_rules.py) sets a batch aside; an unknown outcome past the identifier
+window or its period's finalization is settled from Stripe's meter event summaries for the
+minute of its stamp (`_resolve`): confirmed, sent afresh under a new identifier, or set aside
+when the summary cannot decide.
 """
 
 from __future__ import annotations
@@ -24,28 +28,26 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Protocol
 
 from edge_node.errors import PermanentSyncError, TransientSyncError
 from sync.backoff import Backoff
-from sync.billing.ledger import AsyncLedger, LedgerBatch
+from sync.billing.ledger import LedgerBatch
+from sync.billing.ledger_thread import AsyncLedger
+from sync.billing.periods import PeriodBook, Placement, Stamp, place, still_invoiced
+from sync.billing.send_rules import SendRules, when
 from sync.billing.stats import BillingStats
 from sync.stripe.gateway import MeterEventOutcome
+from sync.stripe.periods import SubscriptionPeriods
 
 log = logging.getLogger(__name__)
 
-HOUR = 3600.0
-DAY = 24 * HOUR
-# Stripe refuses meter events older than 35 days or more than 5 minutes ahead; the margins
-# leave room for the call itself and for clock error.
-STRIPE_MAX_AGE_SECONDS = 35 * DAY - HOUR
-STRIPE_MAX_AHEAD_SECONDS = 4 * 60.0
-# A window this far ahead of the clock is not a clock a few minutes off: set it aside.
-FUTURE_LIMIT_SECONDS = DAY
-CALL_TIMEOUT_SECONDS = 120.0
 
-Verdict = Literal["send", "hold", "set_aside"]
+CALL_TIMEOUT_SECONDS = 120.0
+# Stripe's meter event summaries are aggregated asynchronously: an unknown outcome is settled
+# from them only once its first send is this old.
+SUMMARY_SETTLE_SECONDS = 300.0
+MINUTE = 60
 
 
 class MeterEventGateway(Protocol):
@@ -62,51 +64,11 @@ class MeterEventGateway(Protocol):
         attempt: int,
     ) -> MeterEventOutcome: ...
 
+    async def subscription_periods(self, customer_id: str) -> SubscriptionPeriods | None: ...
 
-@dataclass(frozen=True)
-class SendRules:
-    """When a batch may be sent, must wait, or must be set aside; times in Unix seconds."""
-
-    unknown_outcome_horizon_seconds: float = 23 * HOUR
-    max_age_seconds: float = STRIPE_MAX_AGE_SECONDS
-    max_ahead_seconds: float = STRIPE_MAX_AHEAD_SECONDS
-    future_limit_seconds: float = FUTURE_LIMIT_SECONDS
-
-    def verdict(
-        self, batch: LedgerBatch, now: float, horizon_now: float | None = None
-    ) -> tuple[Verdict, str, str]:
-        """(verdict, reason, counter): set_aside when a send could bill twice or be refused
-        for its timestamp, hold while the window is a little ahead of the clock. The age of
-        an unknown outcome is read on `horizon_now` (the clock first_sent_at was written
-        with, sync/billing/clock.py), the timestamp rules on the wall clock `now`."""
-        if batch.first_sent_at is not None and batch.state == "sent":
-            age = (now if horizon_now is None else horizon_now) - batch.first_sent_at / 1e6
-            if age >= self.unknown_outcome_horizon_seconds:
-                return (
-                    "set_aside",
-                    f"outcome unknown: first sent {_when(batch.first_sent_at / 1e6)} "
-                    f"({batch.attempts} attempts) and no answer recorded within "
-                    f"{self.unknown_outcome_horizon_seconds / HOUR:g} h; past that, Stripe's "
-                    "identifier dedup could no longer stop a second charge",
-                    "set_aside_unknown_outcome",
-                )
-        if now - batch.window_start > self.max_age_seconds:
-            return (
-                "set_aside",
-                f"window {_when(batch.window_start)} is past Stripe's 35-day limit for "
-                "meter event timestamps",
-                "set_aside_too_old",
-            )
-        if batch.window_start - now > self.future_limit_seconds:
-            return (
-                "set_aside",
-                f"window {_when(batch.window_start)} is more than "
-                f"{self.future_limit_seconds / HOUR:g} h ahead of this node's clock",
-                "set_aside_future",
-            )
-        if batch.window_start - now > self.max_ahead_seconds:
-            return "hold", "window ahead of the clock", ""
-        return "send", "", ""
+    async def meter_event_total(
+        self, *, event_name: str, customer_id: str, start: int, end: int
+    ) -> float: ...
 
 
 @dataclass
@@ -128,10 +90,15 @@ class BatchSender:
     # The clock of first_sent_at and the unknown-outcome age: one that never runs back.
     horizon_clock: Callable[[], float] | None = None
     backoff: Backoff = field(default_factory=Backoff)
+    periods: PeriodBook = field(init=False)
     call_timeout: float = CALL_TIMEOUT_SECONDS
     # Called after Stripe answered and before the answer is written: tests crash here.
     on_answer: Callable[[LedgerBatch], Awaitable[None]] | None = None
     _retries: dict[str, _Retry] = field(default_factory=dict)
+    _unsubscribed: set[str] = field(default_factory=set)  # warned about, once each
+
+    def __post_init__(self) -> None:
+        self.periods = PeriodBook(self.gateway)
 
     def waiting_customers(self) -> list[str]:
         """Customers backing off now: their batches are not due this round."""
@@ -181,15 +148,51 @@ class BatchSender:
     async def _send_one(self, batch: LedgerBatch) -> bool:
         """Send one batch and record the answer; False after a transient failure."""
         assert batch.customer_id is not None
-        verdict, reason, counter = self.rules.verdict(batch, self.clock(), self._horizon_now())
+        now = self.clock()
+        verdict, reason, counter = self.rules.verdict(batch, now, self._horizon_now())
         if verdict == "hold":
             return True
         if verdict == "set_aside":
             await self.ledger.set_aside([(batch.identifier, reason)])
             self._reported(batch, reason, counter)
             return True
+        stamp = await self._stamp(batch, now, resolve=reason if verdict == "resolve" else None)
+        if isinstance(stamp, bool):
+            return stamp
+        return await self._call(batch, stamp)
+
+    async def _stamp(self, batch: LedgerBatch, now: float, *, resolve: str | None) -> Stamp | bool:
+        """The timestamp to send the batch with (sync/billing/periods.py); or, when it is not
+        to be sent now, whether its customer may go on (False after a transient failure)."""
+        assert batch.customer_id is not None
+        try:
+            periods = await self.periods.periods(batch.customer_id, now)
+        except TransientSyncError as exc:
+            self.stats.calls += 1  # a call for this batch, and it failed
+            self._back_off(batch, exc)
+            return False
+        if periods is None:
+            if batch.customer_id not in self._unsubscribed:
+                self._unsubscribed.add(batch.customer_id)
+                log.warning(
+                    "billing: customer %s (tenant %s) has no live subscription: its usage"
+                    " waits until it has one",
+                    batch.customer_id,
+                    batch.tenant_id,
+                )
+            return False
+        self._unsubscribed.discard(batch.customer_id)
+        if batch.state == "sent" and batch.stamp is not None:
+            if resolve is not None or not still_invoiced(batch.stamp, periods, now):
+                return await self._resolve(batch, resolve or "its period's invoice is finalized")
+            return Stamp(batch.stamp, batch.placement or "own")
+        return place(batch.window_start, periods, now, max_age_seconds=self.rules.max_age_seconds)
+
+    async def _call(self, batch: LedgerBatch, stamp: Stamp) -> bool:
+        """One attempt at Stripe, noted before and its answer recorded after."""
+        assert batch.customer_id is not None
         attempt, made_unknown = await self.ledger.mark_sent(
-            batch.identifier, _us(self._horizon_now())
+            batch.identifier, _us(self._horizon_now()), stamp
         )
         if attempt == 0:
             return True  # no longer open
@@ -200,8 +203,8 @@ class BatchSender:
                     event_name=batch.event_name,
                     customer_id=batch.customer_id,
                     value=batch.value,
-                    timestamp=batch.window_start,
-                    identifier=batch.identifier,
+                    timestamp=stamp.timestamp,
+                    identifier=batch.sent_identifier,
                     attempt=attempt,
                 )
         except (TransientSyncError, TimeoutError) as exc:
@@ -219,10 +222,90 @@ class BatchSender:
         if self.on_answer is not None:
             await self.on_answer(batch)
         await self.ledger.confirm(batch.identifier, _us(self.clock()))
-        self.stats.confirmed += 1
+        self._confirmed(stamp.placement)
         if outcome is MeterEventOutcome.DUPLICATE:
             self.stats.duplicates += 1
         return True
+
+    async def _resolve(self, batch: LedgerBatch, why: str) -> bool:
+        """Settle a batch sent with an unknown outcome that must not simply be resent, from
+        what Stripe's meter holds in the minute of its stamp against what this node's ledger
+        says it sent there: everything unknown there landed (confirmed), none of it did (sent
+        afresh under new identifiers), or neither adds up (set aside, with the figures)."""
+        assert batch.customer_id is not None
+        assert batch.stamp is not None
+        if batch.first_sent_at is not None:
+            settling = batch.first_sent_at / 1e6 + SUMMARY_SETTLE_SECONDS - self._horizon_now()
+            if settling > 0:
+                return True  # Stripe's summaries may not count it yet
+        start = batch.stamp // MINUTE * MINUTE
+        try:
+            held = await self.gateway.meter_event_total(
+                event_name=batch.event_name,
+                customer_id=batch.customer_id,
+                start=start,
+                end=start + MINUTE,
+            )
+        except (TransientSyncError, TimeoutError) as exc:
+            self.stats.calls += 1
+            self._back_off(batch, exc)
+            return False
+        confirmed, unknown = await self.ledger.run(
+            self.ledger.ledger.stamped_in,
+            batch.customer_id,
+            batch.event_name,
+            start,
+            start + MINUTE,
+        )
+        if not unknown:
+            return True  # settled meanwhile, with another batch of the same minute
+        unknown_units = sum(b.value for b in unknown)
+        identifiers = [b.identifier for b in unknown]
+        if abs(held - (confirmed + unknown_units)) < 1e-6:
+            for landed in unknown:
+                await self.ledger.confirm(landed.identifier, _us(self.clock()))
+                self._confirmed(landed.placement or "own")
+            self.stats.resolved_landed += len(unknown)
+            log.warning(
+                "billing: %s; Stripe's summary for customer %s at %s holds all %d units this"
+                " node sent there: batches %s landed, confirmed",
+                why,
+                batch.customer_id,
+                when(start),
+                confirmed + unknown_units,
+                ", ".join(identifiers),
+            )
+        elif abs(held - confirmed) < 1e-6:
+            await self.ledger.send_afresh(identifiers)
+            self.stats.resolved_resent += len(unknown)
+            log.warning(
+                "billing: %s; Stripe's summary for customer %s at %s holds only the %d units"
+                " confirmed there: batches %s never landed and are sent again under fresh"
+                " identifiers",
+                why,
+                batch.customer_id,
+                when(start),
+                confirmed,
+                ", ".join(identifiers),
+            )
+        else:
+            reason = (
+                f"{why}; Stripe's meter holds {held:g} units for the customer at"
+                f" {when(start)}, which is neither the {confirmed} units this node had"
+                f" confirmed there nor those plus the {unknown_units} units sent with an"
+                " unknown outcome (another node billing this customer in that minute?)"
+            )
+            await self.ledger.set_aside([(identifier, reason) for identifier in identifiers])
+            for undecided in unknown:
+                self._reported(undecided, reason, "set_aside_unknown_outcome")
+        return True
+
+    def _confirmed(self, placement: Placement) -> None:
+        self.stats.confirmed += 1
+        if placement == "carried_forward":
+            self.stats.carried_forward += 1
+        elif placement == "before_subscription":
+            self.stats.before_subscription += 1
 
     def _horizon_now(self) -> float:
         return (self.horizon_clock or self.clock)()
@@ -254,7 +337,7 @@ class BatchSender:
             batch.identifier,
             batch.tenant_id,
             batch.customer_id,
-            _when(batch.window_start),
+            when(batch.window_start),
             batch.value,
             batch.events,
             batch.queue,
@@ -266,7 +349,3 @@ class BatchSender:
 
 def _us(seconds: float) -> int:
     return int(seconds * 1_000_000)
-
-
-def _when(seconds: float) -> str:
-    return f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%SZ}"

@@ -27,6 +27,13 @@ class BillingStats:
     set_aside_unknown_outcome: int = 0
     set_aside_too_old: int = 0
     set_aside_future: int = 0
+    set_aside_reported: int = 0  # dropped by Stripe after it accepted them (meter errors)
+    carried_forward: int = 0  # confirmed, stamped in a later period than their window's
+    before_subscription: int = 0  # confirmed, stamped at the subscription's start
+    resolved_landed: int = 0  # unknown outcomes Stripe's summaries showed had landed
+    resolved_resent: int = 0  # unknown outcomes that had not: sent again, fresh identifier
+    meter_error_reports: int = 0  # Stripe's meter error reports applied
+    meter_errors_unnamed: int = 0  # errors those reports counted without naming the event
 
     @property
     def set_aside(self) -> int:
@@ -35,4 +42,5 @@ class BillingStats:
             + self.set_aside_unknown_outcome
             + self.set_aside_too_old
             + self.set_aside_future
+            + self.set_aside_reported
         )

@@ -1,9 +1,10 @@
-"""The Stripe adapter: the only module that imports `stripe`; it speaks edge-node's errors.
+"""The Stripe adapter: with its parts (`client`, `errors`, `bootstrap`, `periods`) the only
+code that imports `stripe`; it speaks edge-node's errors.
 
 Every call goes through the official SDK's async methods (`*_async`) on a `StripeClient`
 whose base addresses, HTTP client and `max_network_retries` are set here (0 by default: the
 sync worker's own loop decides when to retry, with backoff and jitter). Stripe's exceptions
-are translated into edge_node.errors:
+are translated into edge_node.errors (sync/stripe/errors.py):
 
     connection error, timeout, 429, 409, 5xx, 401, 403  -> TransientSyncError (retry_after)
       of which a refused connection, 429, 401, 403         -> not_received=True (Stripe
@@ -22,38 +23,29 @@ the keys of provisioning and catalog creates have generations (sync/stripe/idemp
 a 5xx the object is looked up again, consistently (a customer by a list of the customers
 created since, which unlike search sees new ones at once), and only when it is absent does
 the next create use a new key.
+
+Where Stripe offers no customer search (it answers 404), customers are found by listing them.
+Billing periods and meter event summaries are read for the usage flush (sync/billing/).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import Enum
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
-import aiohttp
 import stripe
 
-from edge_node.errors import PermanentSyncError, SyncError, TransientSyncError
-from edge_node.tenants.model import PLANS, Plan
-from sync.stripe.catalog import (
-    PRODUCT_ID,
-    BillingCatalog,
-    price_params,
-)
-from sync.stripe.idempotency import CreateKeys
+from edge_node.errors import TransientSyncError
+from sync.stripe.bootstrap import CatalogBootstrap
+from sync.stripe.errors import is_duplicate_identifier, raise_translated
+from sync.stripe.meter_errors import MeterErrorReport, report_from
+from sync.stripe.periods import SubscriptionPeriods, periods_from
 
 log = logging.getLogger(__name__)
 
-# Stripe answers a meter event whose identifier it has already recorded with a 400
-# invalid_request_error, "An event already exists with identifier ...". The code is not in
-# Stripe's published list, so the message is matched as well as the codes seen for it.
-DUPLICATE_CODES = frozenset({"resource_already_exists", "billing_meter_event_duplicate"})
-DUPLICATE_MESSAGE = "already exists with identifier"
-# Answers that prove Stripe recorded nothing: rate limited, or the key was not accepted.
-NOT_RECEIVED_STATUSES = frozenset({401, 403, 429})
 LIVE_SUBSCRIPTION_STATUSES = frozenset(
     {"active", "trialing", "past_due", "unpaid", "incomplete", "paused"}
 )
@@ -69,54 +61,9 @@ class MeterEventOutcome(Enum):
     DUPLICATE = "duplicate"  # Stripe already had this identifier: recorded by an earlier try
 
 
-class StripeGateway:
+class StripeGateway(CatalogBootstrap):
     """Stripe, as the sync worker and the CLI need it: meter events, customers,
-    subscriptions and the catalog. One per process; `close()` it when done."""
-
-    def __init__(
-        self,
-        api_key: Callable[[], str],
-        *,
-        api_base: str | None = None,
-        meter_events_base: str | None = None,
-        max_network_retries: int = 0,
-        http_client: object | None = None,
-        timeout_seconds: float = 20,
-        collection_method: str = "send_invoice",
-        days_until_due: int = 30,
-        create_keys: CreateKeys | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._api_key = api_key
-        self._keys = create_keys or CreateKeys()
-        self._clock = clock
-        self._owns_http_client = http_client is None
-        self._closed = False
-        if http_client is None:
-            http_client = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout_seconds))
-        if not isinstance(http_client, stripe.HTTPClient):
-            raise TypeError(f"http_client must be a stripe.HTTPClient, got {http_client!r}")
-        self._http_client = http_client
-        addresses: dict[str, str] = {}
-        if api_base:
-            addresses["api"] = api_base
-        if meter_events_base:
-            addresses["meter_events"] = meter_events_base
-        # The client's own key is a placeholder: every call passes the current key.
-        self._client = stripe.StripeClient(
-            "sk_placeholder",
-            base_addresses=cast(Any, addresses),
-            max_network_retries=max_network_retries,
-            http_client=http_client,
-        )
-        self._collection_method = collection_method
-        self._days_until_due = days_until_due
-
-    async def close(self) -> None:
-        """Close the HTTP client's connections (only a client this gateway made); once."""
-        if self._owns_http_client and not self._closed:
-            self._closed = True
-            await cast(Any, self._http_client).close_async()
+    subscriptions, periods and the catalog. One per process; `close()` it when done."""
 
     # Usage.
 
@@ -147,28 +94,85 @@ class StripeGateway:
                 cast(Any, params), self._options(f"edge-node:meter-event:{identifier}:{attempt}")
             )
         except stripe.InvalidRequestError as exc:
-            if _is_duplicate_identifier(exc):
+            if is_duplicate_identifier(exc):
                 return MeterEventOutcome.DUPLICATE
-            _raise_translated(exc, f"meter event {identifier}")
+            raise_translated(exc, f"meter event {identifier}")
         except stripe.StripeError as exc:
-            _raise_translated(exc, f"meter event {identifier}")
+            raise_translated(exc, f"meter event {identifier}")
         return MeterEventOutcome.ACCEPTED
+
+    async def subscription_periods(self, customer_id: str) -> SubscriptionPeriods | None:
+        """The customer's live subscription's periods and the drafts of its ended periods
+        (sync/stripe/periods.py); None when the customer has no live subscription."""
+        listed = await self._call(
+            self._client.v1.subscriptions.list_async(
+                {"customer": customer_id, "status": "all", "limit": 100}, self._options()
+            ),
+            f"subscriptions of customer {customer_id}",
+        )
+        live = [s.to_dict() for s in listed.data if s.status in LIVE_SUBSCRIPTION_STATUSES]
+        if not live:
+            return None
+        subscription = min(live, key=lambda s: (s["created"], s["id"]))
+        drafts = await self._call(
+            self._client.v1.invoices.list_async(
+                {"subscription": subscription["id"], "status": "draft", "limit": 100},
+                self._options(),
+            ),
+            f"draft invoices of subscription {subscription['id']}",
+        )
+        return periods_from(subscription, [invoice.to_dict() for invoice in drafts.data])
+
+    async def meter_event_total(
+        self, *, event_name: str, customer_id: str, start: int, end: int
+    ) -> float:
+        """What the meter of `event_name` holds for the customer with timestamps in
+        [start, end) (minute boundaries), from Stripe's meter event summaries."""
+        meter_id = await self._meter_id(event_name)
+        summaries = await self._call(
+            self._client.v1.billing.meters.event_summaries.list_async(
+                meter_id,
+                {"customer": customer_id, "start_time": start, "end_time": end, "limit": 1},
+                self._options(),
+            ),
+            f"meter event summaries of customer {customer_id}",
+        )
+        try:
+            return sum(float(summary.aggregated_value) for summary in summaries.data)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise TransientSyncError(
+                f"Stripe meter event summaries of customer {customer_id}: an answer the node"
+                f" does not understand ({exc})"
+            ) from exc
+
+    async def meter_error_report(self, event_id: str) -> MeterErrorReport:
+        """The meter error report of a thin event (`GET /v2/core/events/{id}`); a report
+        the node cannot read is a transient error, never taken as nothing dropped."""
+        event = await self._call(
+            self._client.v2.core.events.retrieve_async(event_id, None, self._options()),
+            f"event {event_id}",
+        )
+        try:
+            return report_from(event.to_dict())
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise TransientSyncError(
+                f"Stripe event {event_id}: a meter error report the node does not understand"
+                f" ({exc})"
+            ) from exc
 
     # Provisioning.
 
-    async def ensure_customer(self, *, tenant_id: str, name: str) -> str:
+    async def ensure_customer(
+        self, *, tenant_id: str, name: str, created_after: float | None = None
+    ) -> str:
         """The id of the tenant's Stripe customer, created when there is none. Found by
-        metadata tenant_id; created with an Idempotency-Key derived from the tenant, so two
+        metadata tenant_id (search, or where Stripe offers no search a list of the
+        customers, since `created_after` when the tenant's creation is known: its customer
+        cannot be older); created with an Idempotency-Key derived from the tenant, so two
         attempts racing or retrying within 24 hours still make one customer."""
-        found = await self._call(
-            self._client.v1.customers.search_async(
-                {"query": f"metadata['tenant_id']:'{tenant_id}'", "limit": 10},
-                self._options(),
-            ),
-            f"customer search for tenant {tenant_id}",
-        )
-        if found.data:
-            return str(min(found.data, key=lambda c: (c.created, c.id)).id)
+        found = await self._find_customer(tenant_id, created_after)
+        if found is not None:
+            return found
         scope, what = f"customer:{tenant_id}", f"customer for tenant {tenant_id}"
         failed = self._keys.failed_at(scope)
         if failed is not None:
@@ -186,14 +190,36 @@ class StripeGateway:
         )
         return str(customer.id)
 
-    async def _customer_created_since(self, tenant_id: str, since: float) -> str | None:
-        """The tenant's customer among those created since `since` (less a margin), found by
-        listing them (consistent, unlike search), oldest first."""
+    async def _find_customer(self, tenant_id: str, created_after: float | None) -> str | None:
+        """The tenant's customer by metadata: by search, or by listing every customer where
+        the account has no search (Stripe answers 404: some regions offer none)."""
+        if not self._search_unavailable:
+            try:
+                found = await self._client.v1.customers.search_async(
+                    {"query": f"metadata['tenant_id']:'{tenant_id}'", "limit": 10},
+                    self._options(),
+                )
+            except stripe.InvalidRequestError as exc:
+                if exc.http_status != 404:
+                    raise_translated(exc, f"customer search for tenant {tenant_id}")
+                log.warning("Stripe offers no customer search here: customers are listed")
+                self._search_unavailable = True
+            except stripe.StripeError as exc:
+                raise_translated(exc, f"customer search for tenant {tenant_id}")
+            else:
+                if not found.data:
+                    return None
+                return str(min(found.data, key=lambda c: (c.created, c.id)).id)
+        return await self._customer_created_since(tenant_id, created_after)
+
+    async def _customer_created_since(self, tenant_id: str, since: float | None) -> str | None:
+        """The tenant's customer among those created since `since` (less a margin; None:
+        all), found by listing them (consistent, unlike search), oldest first."""
+        params: dict[str, Any] = {"limit": 100}
+        if since is not None:
+            params["created"] = {"gte": int(since - CREATED_LOOKBACK_SECONDS)}
         listed = await self._call(
-            self._client.v1.customers.list_async(
-                {"created": {"gte": int(since - CREATED_LOOKBACK_SECONDS)}, "limit": 100},
-                self._options(),
-            ),
+            self._client.v1.customers.list_async(cast(Any, params), self._options()),
             f"customers created since a failed create for tenant {tenant_id}",
         )
         found: list[Any] = []
@@ -202,7 +228,7 @@ class StripeGateway:
                 if (customer.to_dict().get("metadata") or {}).get("tenant_id") == tenant_id:
                     found.append(customer)
         except stripe.StripeError as exc:
-            _raise_translated(exc, f"customers of tenant {tenant_id}")
+            raise_translated(exc, f"customers of tenant {tenant_id}")
         return str(min(found, key=lambda c: (c.created, c.id)).id) if found else None
 
     async def ensure_subscription(
@@ -241,201 +267,3 @@ class StripeGateway:
             what,
         )
         return str(subscription.id)
-
-    # The catalog.
-
-    async def bootstrap(self, *, meter_event_name: str) -> BillingCatalog:
-        """Make sure the meter, the product and the three plans' prices exist; their ids.
-        Running it again finds them (by event name, product id and lookup key): nothing new."""
-        meter_id = await self._ensure_meter(meter_event_name)
-        product_id = await self._ensure_product()
-        price_ids = {
-            plan: await self._ensure_price(plan, meter_id, meter_event_name, product_id)
-            for plan in PLANS
-        }
-        return BillingCatalog(meter_id, meter_event_name, product_id, price_ids)
-
-    async def _ensure_meter(self, event_name: str) -> str:
-        meters = await self._call(
-            self._client.v1.billing.meters.list_async(
-                {"status": "active", "limit": 100}, self._options()
-            ),
-            "billing meters",
-        )
-        try:
-            async for meter in meters.auto_paging_iter():
-                if meter.event_name == event_name:
-                    return str(meter.id)
-        except stripe.StripeError as exc:
-            _raise_translated(exc, "billing meters")
-        scope = f"meter:{event_name}"
-        self._retire_failed_key(scope, f"billing meter {event_name}")
-        meter = await self._create(
-            scope,
-            lambda options: self._client.v1.billing.meters.create_async(
-                {
-                    "display_name": f"edge-node requests ({event_name})",
-                    "event_name": event_name,
-                    "default_aggregation": {"formula": "sum"},
-                    "customer_mapping": {
-                        "type": "by_id",
-                        "event_payload_key": "stripe_customer_id",
-                    },
-                    "value_settings": {"event_payload_key": "value"},
-                },
-                options,
-            ),
-            f"billing meter {event_name}",
-        )
-        return str(meter.id)
-
-    async def _ensure_product(self) -> str:
-        try:
-            product = await self._client.v1.products.retrieve_async(
-                PRODUCT_ID, None, self._options()
-            )
-        except stripe.InvalidRequestError as exc:
-            if exc.http_status != 404:
-                _raise_translated(exc, f"product {PRODUCT_ID}")
-        except stripe.StripeError as exc:
-            _raise_translated(exc, f"product {PRODUCT_ID}")
-        else:
-            return str(product.id)
-        scope = f"product:{PRODUCT_ID}"
-        self._retire_failed_key(scope, f"product {PRODUCT_ID}")
-        product = await self._create(
-            scope,
-            lambda options: self._client.v1.products.create_async(
-                {"id": PRODUCT_ID, "name": "edge-node API"}, options
-            ),
-            f"product {PRODUCT_ID}",
-        )
-        return str(product.id)
-
-    async def _ensure_price(
-        self, plan: Plan, meter_id: str, event_name: str, product_id: str
-    ) -> str:
-        lookup_key = f"edge_node_{plan}_{event_name}"
-        found = await self._call(
-            self._client.v1.prices.list_async(
-                {"lookup_keys": [lookup_key], "active": True, "limit": 10}, self._options()
-            ),
-            f"price {lookup_key}",
-        )
-        if found.data:
-            return str(found.data[0].id)
-        scope = f"price:{lookup_key}"
-        self._retire_failed_key(scope, f"price {lookup_key}")
-        params = price_params(plan, meter_id, product_id, lookup_key)
-        price = await self._create(
-            scope,
-            lambda options: self._client.v1.prices.create_async(cast(Any, params), options),
-            f"price {lookup_key}",
-        )
-        return str(price.id)
-
-    # Plumbing.
-
-    def _options(self, idempotency_key: str | None = None) -> stripe.RequestOptions:
-        try:
-            api_key = self._api_key()
-        except OSError as exc:
-            raise TransientSyncError(f"cannot read the Stripe API key: {exc}") from exc
-        options: stripe.RequestOptions = {"api_key": api_key}
-        if idempotency_key is not None:
-            options["idempotency_key"] = idempotency_key
-        return options
-
-    async def _create(
-        self, scope: str, make: Callable[[stripe.RequestOptions], Any], what: str
-    ) -> Any:
-        """A create under the scope's current Idempotency-Key; a 5xx is recorded against the
-        key (Stripe saves it and would replay it for 24 hours)."""
-        try:
-            return await make(self._options(self._keys.key(scope)))
-        except stripe.StripeError as exc:
-            if exc.http_status is not None and exc.http_status >= 500:
-                self._keys.record_failure(scope, self._clock())
-            _raise_translated(exc, what)
-
-    def _retire_failed_key(self, scope: str, what: str) -> None:
-        """Called once a lookup found no object (sync/stripe/idempotency.py)."""
-        self._keys.retire_if_failed(scope, what, now=self._clock())
-
-    async def _call(self, pending: Any, what: str) -> Any:
-        try:
-            return await pending
-        except stripe.StripeError as exc:
-            _raise_translated(exc, what)
-
-
-def _is_duplicate_identifier(exc: stripe.InvalidRequestError) -> bool:
-    message = (exc.user_message or "").lower()
-    return DUPLICATE_MESSAGE in message or (
-        exc.code in DUPLICATE_CODES and getattr(exc, "param", None) in (None, "identifier")
-    )
-
-
-def _raise_translated(exc: stripe.StripeError, what: str) -> NoReturn:
-    raise translate(exc, what) from exc
-
-
-def translate(exc: stripe.StripeError, what: str = "") -> SyncError:
-    """Our error for a Stripe SDK error: transient (retry, with Stripe's hint) or permanent."""
-    prefix = f"Stripe {what}: " if what else "Stripe: "
-    status = exc.http_status
-    code = _error_code(exc)
-    detail = f"{prefix}{exc.user_message or type(exc).__name__}"
-    if status is not None:
-        detail += f" (HTTP {status}, {code or _error_type(exc)})"
-    if isinstance(exc, stripe.APIConnectionError) or status is None:
-        cause = exc.__cause__ or exc
-        return TransientSyncError(
-            f"{prefix}cannot reach Stripe ({type(cause).__name__})",
-            not_received=_never_connected(exc),
-        )
-    if status in (401, 403, 409, 429) or status >= 500:
-        return TransientSyncError(
-            detail, retry_after=_retry_after(exc), not_received=status in NOT_RECEIVED_STATUSES
-        )
-    return PermanentSyncError(detail, code=code)
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """Whether the cause chain shows the connection was never made (refused, no route, DNS,
-    TLS handshake): no byte of the request reached Stripe."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, aiohttp.ClientConnectorError | ConnectionRefusedError):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _error_code(exc: stripe.StripeError) -> str | None:
-    """Stripe's `error.code` (RateLimitError and others keep it only in the body)."""
-    if exc.code:
-        return exc.code
-    body = exc.json_body
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        code = body["error"].get("code")
-        return str(code) if code else None
-    return None
-
-
-def _error_type(exc: stripe.StripeError) -> str:
-    body = exc.json_body
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return str(body["error"].get("type") or "error")
-    return "error"
-
-
-def _retry_after(exc: stripe.StripeError) -> float | None:
-    headers = exc.headers or {}
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None

@@ -244,7 +244,7 @@ class TestSyncStatus:
             assert ledger["last_confirmed_at"] is not None
             jobs = {job["name"]: job for job in node.status()["stripe"]["jobs"]}
             assert all(job["last_success_at"] for job in jobs.values()), jobs
-            assert set(jobs) == {"stripe-usage-flush", "stripe-provisioning"}
+            assert set(jobs) == {"stripe-usage-flush", "stripe-provisioning", "stripe-meter-errors"}
             assert "meter events: last confirmed" in node.run("status").stdout
             assert daemon.stop() == 0
             stopped = node.status()["stripe"]["jobs"]

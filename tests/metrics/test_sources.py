@@ -119,6 +119,26 @@ class TestBilling:
         assert value(metrics, "edge_node_billing_stripe_calls_total") == 10
         assert value(metrics, "edge_node_billing_stripe_failures_total") == 2
 
+    def test_placements_settled_outcomes_and_meter_errors_are_exported(self) -> None:
+        """Batches carried forward or stamped at the subscription's start, unknown outcomes
+        settled from Stripe's summaries, and usage Stripe reported dropped are counted."""
+        flush, errors = BillingStats(), BillingStats()
+        flush.carried_forward, flush.before_subscription = 3, 1
+        flush.resolved_landed, flush.resolved_resent = 2, 1
+        errors.meter_error_reports, errors.set_aside_reported = 1, 4
+        metrics = fresh_metrics()
+        metrics.watch_billing(flush)
+        metrics.watch_billing(errors)
+        placed = "edge_node_billing_batches_placed_total"
+        assert value(metrics, placed, placement="carried_forward") == 3
+        assert value(metrics, placed, placement="before_subscription") == 1
+        settled = "edge_node_billing_unknown_outcomes_settled_total"
+        assert value(metrics, settled, result="landed") == 2
+        assert value(metrics, settled, result="resent") == 1
+        assert value(metrics, "edge_node_billing_meter_error_reports_total") == 1
+        set_aside = "edge_node_billing_batches_set_aside_total"
+        assert value(metrics, set_aside, reason="reported") == 4
+
     def test_flushes_another_process_published_are_exported(self, tmp_path: Path) -> None:
         """A worker of `serve --workers N` exports the supervisor's usage flushes, summed,
         from the jobs file it publishes: read again at every scrape."""

@@ -16,7 +16,7 @@ from sync.billing.flush import BillingConsumer
 from sync.billing.ledger import LedgerBatch
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
-from tests.sync.billing.support import BillingNode
+from tests.sync.billing.support import EVENT_NAME, BillingNode
 
 METER_EVENTS = "POST /v1/billing/meter_events"
 DAY = 86400.0
@@ -41,7 +41,7 @@ async def one_failed_run(
     tenant = await node.tenant("t")
     await node.serve(tenant, units, at=window_start(node, 900))
     consumer = node.consumer()
-    standin.set_switches(**{switch: True})
+    standin.set_switches(**{switch: True}, only=METER_EVENTS)
     with pytest.raises(TransientSyncError):
         await consumer.run()
     standin.set_switches(**{switch: False})
@@ -148,7 +148,7 @@ class TestStripeDown:
         for tenant in tenants:
             await node.serve(tenant, 25, at=window_start(node, 900))
         consumer = node.consumer()
-        standin.set_switches(**{switch: True})
+        standin.set_switches(**{switch: True}, only=METER_EVENTS)
         for _ in range(2):
             with pytest.raises(TransientSyncError):
                 await consumer.run()
@@ -341,25 +341,51 @@ class TestCrashes:
 
 
 class TestNeverTwice:
-    async def test_an_unknown_outcome_past_the_horizon_is_set_aside_not_resent(
+    async def test_an_unknown_outcome_past_the_horizon_is_settled_by_stripes_summary(
         self, node: BillingNode, standin: StripeStandin, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A batch Stripe recorded but whose answer was lost, found again 24 hours later when
-        Stripe no longer dedups its identifier, is set aside and logged instead of resent:
-        the customer is billed once."""
+        Stripe no longer dedups its identifier, is not resent: Stripe's meter event summary
+        for its minute holds it, so it is confirmed and logged; the customer is billed once."""
         tenant, consumer = await one_failed_run(node, standin, "lose_answers")
         node.clock.advance(DAY + 60)
         standin.clock.advance(DAY + 60)
-        with caplog.at_level(logging.ERROR, logger="sync.billing.send"):
+        with caplog.at_level(logging.WARNING, logger="sync.billing.send"):
             await consumer.run_until_settled()
         assert standin.calls[METER_EVENTS] == 1
         assert standin.billed(node.customer(tenant)) == 12
-        assert consumer.stats.set_aside_unknown_outcome == 1
+        assert consumer.stats.resolved_landed == 1
+        assert consumer.stats.set_aside == 0
+        assert node.states() == {"confirmed": 1}
+        assert "landed, confirmed" in caplog.text
+        assert await node.cursor() == node.queue.last_seq
+
+    async def test_an_unknown_outcome_stripe_cannot_decide_is_set_aside_with_the_figures(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """Another sender's usage for the same customer in the batch's minute makes Stripe's
+        summary match neither "landed" nor "never landed": past the identifier window the
+        batch is set aside with both figures, never resent on a guess."""
+        tenant, consumer = await one_failed_run(node, standin, "drop")
+        [(state, stamp)] = node.ledger("SELECT state, stamp FROM billing_ledger")
+        assert state == "sent"
+        await node.gateway.send_meter_event(
+            event_name=EVENT_NAME,
+            customer_id=node.customer(tenant),
+            value=5,
+            timestamp=stamp,
+            identifier="another-node-1",
+            attempt=1,
+        )
+        node.clock.advance(DAY + 60)
+        standin.clock.advance(DAY + 60)
+        await consumer.run_until_settled()
         [(state, reason)] = node.ledger("SELECT state, set_aside_reason FROM billing_ledger")
         assert state == "set_aside"
-        assert reason.startswith("outcome unknown")
-        assert "set aside" in caplog.text
-        assert await node.cursor() == node.queue.last_seq
+        assert "holds 5 units" in reason
+        assert "neither the 0 units" in reason
+        assert consumer.stats.set_aside_unknown_outcome == 1
+        assert standin.calls[METER_EVENTS] == 2  # the node's one attempt, the other sender's
 
     async def test_within_the_horizon_an_unknown_outcome_is_resent_and_deduplicated(
         self, node: BillingNode, standin: StripeStandin
@@ -379,9 +405,9 @@ class TestNeverTwice:
         self, node: BillingNode, standin: StripeStandin, restart: bool
     ) -> None:
         """A day after a lost answer, with the node's wall clock stepped back 3 hours in
-        between (while running, or while stopped for a restart), the batch is set aside:
-        its age is counted on a clock that never runs back, so it is not resent after
-        Stripe has forgotten its identifier (which would bill it twice)."""
+        between (while running, or while stopped for a restart), the batch is settled from
+        Stripe's summary: its age is counted on a clock that never runs back, so it is not
+        resent after Stripe has forgotten its identifier (which would bill it twice)."""
         tenant, consumer = await one_failed_run(node, standin, "lose_answers")
         node.clock.advance(-3 * 3600)
         if restart:
@@ -393,7 +419,7 @@ class TestNeverTwice:
         await consumer.run_until_settled()
         assert standin.calls[METER_EVENTS] == 1
         assert standin.billed(node.customer(tenant)) == 12
-        assert consumer.stats.set_aside_unknown_outcome == 1
+        assert consumer.stats.resolved_landed == 1
 
     async def test_a_window_past_35_days_is_set_aside_and_reported(
         self, node: BillingNode, standin: StripeStandin, caplog: pytest.LogCaptureFixture

@@ -10,6 +10,7 @@ import pytest
 
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing.ledger import BillingLedger
+from sync.billing.periods import Stamp
 from sync.billing.plan import MeterEventBatch, PlannedRange
 
 T0 = 1_700_000_040
@@ -85,15 +86,39 @@ class TestPlans:
         }
 
 
+OWN = Stamp(1_700_000_040, "own")
+
+
 class TestStates:
     def test_attempts_count_and_the_first_send_time_stays(self, ledger: BillingLedger) -> None:
         """Each send is counted; first_sent_at keeps the first one (Stripe's dedup clock)."""
         ledger.record_plan(planned(1, 1, batch("a", 1, 1, 1)), 1)
-        ledger.mark_sent("id-a-1700000040-1-1", 10)
-        ledger.mark_sent("id-a-1700000040-1-1", 20)
+        ledger.mark_sent("id-a-1700000040-1-1", 10, OWN)
+        ledger.mark_sent("id-a-1700000040-1-1", 20, OWN)
         stored = ledger.get("id-a-1700000040-1-1")
         assert stored is not None
         assert (stored.state, stored.attempts, stored.first_sent_at) == ("sent", 2, 10)
+        assert (stored.stamp, stored.placement) == (1_700_000_040, "own")
+
+    def test_the_first_attempt_fixes_the_stamp_until_it_is_undone(
+        self, ledger: BillingLedger
+    ) -> None:
+        """A resend carries the stamp of the first attempt; an attempt proven not received
+        lets the next one choose its stamp again (its period may have closed meanwhile)."""
+        ident = "id-a-1700000040-1-1"
+        ledger.record_plan(planned(1, 1, batch("a", 1, 1, 1)), 1)
+        ledger.mark_sent(ident, 10, OWN)
+        ledger.mark_sent(ident, 20, Stamp(1_700_100_000, "carried_forward"))
+        stored = ledger.get(ident)
+        assert stored is not None
+        assert (stored.stamp, stored.placement) == (1_700_000_040, "own")
+        ledger.unmark_sent(ident, 1)  # not the latest attempt: stays sent
+        ledger.send_afresh([ident])
+        stored = ledger.get(ident)
+        assert stored is not None
+        assert (stored.state, stored.stamp, stored.placement) == ("planned", None, None)
+        assert stored.sent_identifier.startswith("en_")
+        assert stored.sent_identifier != ident
 
     def test_an_attempt_proven_not_received_is_undone_only_if_it_made_the_batch_sent(
         self, ledger: BillingLedger
@@ -103,13 +128,13 @@ class TestStates:
         (outcome unknown) stays as it is."""
         ident = "id-a-1700000040-1-1"
         ledger.record_plan(planned(1, 1, batch("a", 1, 1, 1)), 1)
-        assert ledger.mark_sent(ident, 10) == (1, True)
+        assert ledger.mark_sent(ident, 10, OWN) == (1, True)
         ledger.unmark_sent(ident, 1)
         stored = ledger.get(ident)
         assert stored is not None
         assert (stored.state, stored.attempts, stored.first_sent_at) == ("planned", 1, None)
-        assert ledger.mark_sent(ident, 20) == (2, True)  # unknown from here on
-        assert ledger.mark_sent(ident, 30) == (3, False)
+        assert ledger.mark_sent(ident, 20, OWN) == (2, True)  # unknown from here on
+        assert ledger.mark_sent(ident, 30, OWN) == (3, False)
         stored = ledger.get(ident)
         assert stored is not None
         assert (stored.state, stored.attempts, stored.first_sent_at) == ("sent", 3, 20)
@@ -120,7 +145,7 @@ class TestStates:
         ledger.record_plan(planned(1, 1, batch("a", 1, 1, 1), batch("b", 1, 1, 1)), 1)
         ledger.set_aside([("id-a-1700000040-1-1", "reason")])
         ledger.confirm("id-a-1700000040-1-1", 5)
-        ledger.mark_sent("id-a-1700000040-1-1", 5)
+        ledger.mark_sent("id-a-1700000040-1-1", 5, OWN)
         ledger.confirm("id-b-1700000040-1-1", 5)
         ledger.set_aside([("id-b-1700000040-1-1", "late")])
         a, b = ledger.get("id-a-1700000040-1-1"), ledger.get("id-b-1700000040-1-1")

@@ -85,7 +85,7 @@ class TestReconcile:
         at = window_start(node, 900)
         await node.serve(down, 4, at=at)
         await node.serve(pending, 5, at=at)
-        standin.set_switches(fail=True)
+        standin.set_switches(fail=True, only="POST /v1/billing/meter_events")
         with pytest.raises(TransientSyncError):
             await node.consumer().run()
         report = reconcile(node.data_dir)

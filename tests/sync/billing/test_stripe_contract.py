@@ -1,21 +1,18 @@
-"""Billing behaviours of the node that Stripe's documented rules, as the stand-in reproduces
-them, show as wrong today (issues 14 and 19). Each states what Stripe does and what the node
-must achieve; they are expected to fail (strict) until the node does, so that fixing one
-shows up here."""
+"""Billing behaviours at Stripe's documented boundaries, as the stand-in reproduces them: usage
+before the subscription's start, usage held back past its period's finalization, and an
+account without customer search. Each states what Stripe does and what the node achieves."""
 
 from __future__ import annotations
 
-import pytest
-
+from sync.billing.provisioning import Provisioner
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import StripeStandin
-from tests.sync.billing.support import BillingNode
+from tests.sync.billing.support import EVENT_NAME, BillingNode
 
 DAY = 86_400.0
 
 
 class TestUsageBeforeTheSubscription:
-    @pytest.mark.xfail(strict=True, reason="issue 19: usage stamped before the subscription")
     async def test_usage_served_before_the_subscription_is_invoiced(
         self, node: BillingNode, standin: StripeStandin
     ) -> None:
@@ -28,10 +25,14 @@ class TestUsageBeforeTheSubscription:
         node.clock.advance(120)
         await node.consumer().run_until_settled()
         assert standin.billed(customer) == 30
+        [(window, stamp, placement)] = node.ledger(
+            "SELECT window_start, stamp, placement FROM billing_ledger"
+        )
+        assert placement == "before_subscription"
+        assert stamp > window  # the original window is kept beside the stamp
 
 
 class TestUsageAcrossAPeriodEnd:
-    @pytest.mark.xfail(strict=True, reason="issue 14: late usage is never invoiced")
     async def test_usage_held_back_past_its_periods_finalization_is_still_invoiced(
         self, node: BillingNode, standin: StripeStandin
     ) -> None:
@@ -53,7 +54,6 @@ class TestUsageAcrossAPeriodEnd:
 
 
 class TestProvisioningWithoutSearch:
-    @pytest.mark.xfail(strict=True, reason="issue 14: provisioning needs customer search")
     async def test_a_customer_is_made_where_stripe_offers_no_search(
         self, gateway: StripeGateway, standin: StripeStandin
     ) -> None:
@@ -62,3 +62,23 @@ class TestProvisioningWithoutSearch:
         standin.set_switches(search_disabled=True)
         customer = await gateway.ensure_customer(tenant_id="t", name="t")
         assert customer in standin.account.customers
+
+    async def test_tenants_are_provisioned_and_billed_where_stripe_offers_no_search(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """With customer search switched off, provisioning (run twice, as the daemon's job
+        would) gives each tenant one customer and one subscription, and every unit served is
+        billed."""
+        standin.set_switches(search_disabled=True)
+        catalog = await node.gateway.bootstrap(meter_event_name=EVENT_NAME)
+        tenants = [await node.tenant(f"t{n}", provisioned=False) for n in range(3)]
+        provisioner = Provisioner(node.gateway, node.registry, lambda: catalog)
+        await provisioner.provision_all()
+        await provisioner.provision_all()
+        assert len(standin.account.customers) == 3
+        assert len(standin.account.subscriptions) == 3
+        for n, tenant in enumerate(tenants):
+            await node.serve(tenant, 50 + n)
+        await node.consumer().run_until_settled()
+        for tenant in tenants:
+            assert standin.billed(node.customer(tenant)) == node.served[tenant]

@@ -205,6 +205,28 @@ class TestProvisioning:
         assert standin.account.customers == {}
 
 
+class TestWithoutSearch:
+    async def test_customers_are_found_by_a_list_bounded_by_the_tenants_creation(
+        self,
+        standin: StripeStandin,
+        gateway: StripeGateway,
+        catalog: BillingCatalog,
+        registry: TenantRegistry,
+    ) -> None:
+        """Where Stripe offers no search, a tenant's customer is looked for among the
+        customers created since the tenant (less a margin), not among every customer the
+        account ever made: one page, however many older customers there are."""
+        standin.clock.advance(-2 * 86_400)
+        for n in range(150):
+            standin.account.create_customer({"name": f"old-{n}"})
+        standin.clock.advance(2 * 86_400)
+        standin.set_switches(search_disabled=True)
+        tenant, _ = registry.create_tenant("new")
+        await provisioner(gateway, registry, catalog).provision_all()
+        assert len(customers_of(standin, tenant.tenant_id)) == 1
+        assert standin.calls["GET /v1/customers"] == 1
+
+
 class TestRegistry:
     def test_ids_are_set_once(self, registry: TenantRegistry) -> None:
         """A stored customer or subscription id is never replaced by a later one."""

@@ -1,0 +1,128 @@
+"""Where a batch's usage is stamped: always inside a period of the tenant's subscription that
+Stripe will still invoice.
+
+Stripe puts a meter event into the subscription period that contains its `timestamp` and
+invoices a period's usage when it finalizes the period's invoice, `automatically_finalizes_at`
+(the period end plus the account's grace); usage for a finalized period, and usage before the
+subscription's start, is accepted and never invoiced (sync/stripe/periods.py). So the
+timestamp sent is chosen here, from the customer's periods as Stripe reports them, and kept
+in the ledger beside the batch's own window:
+
+    window in the current period (or later)          -> the window's start      ("own")
+    window in an ended period whose invoice is still
+      a draft finalizing more than a margin from now -> the window's start      ("own")
+    window before the subscription's start           -> the subscription's start
+                                                        ("before_subscription"), then as above
+    otherwise (its period's invoice is finalized, or
+      finalizes within the margin)                   -> the current period's start
+                                                        ("carried_forward")
+
+A carried-forward stamp is never older than Stripe's 35-day limit allows. The periods are
+read per customer and kept until the current period ends, a draft's deadline comes within
+the margin, or `PERIODS_TTL_SECONDS` pass (a canceled or replaced subscription).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from sync.stripe.periods import SubscriptionPeriods
+
+Placement = Literal["own", "before_subscription", "carried_forward"]
+PLACEMENTS: tuple[Placement, ...] = ("own", "before_subscription", "carried_forward")
+# Usage is stamped into an ended period only while its invoice finalizes further ahead than
+# this: room for the call, a retry and clock error between the node and Stripe.
+FINALIZATION_MARGIN_SECONDS = 900.0
+# A batch already sent is resent with its stamp into an ended period only while its invoice
+# finalizes further ahead than this; after that Stripe's summaries settle it.
+RESEND_MARGIN_SECONDS = 120.0
+PERIODS_TTL_SECONDS = 600.0
+
+
+class PeriodsGateway(Protocol):
+    """What placing needs of Stripe (sync/stripe/gateway.py's StripeGateway)."""
+
+    async def subscription_periods(self, customer_id: str) -> SubscriptionPeriods | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """The timestamp a batch is sent with, and why it is not its window's start if not."""
+
+    timestamp: int
+    placement: Placement
+
+
+def place(
+    window_start: int,
+    periods: SubscriptionPeriods,
+    now: float,
+    *,
+    max_age_seconds: float,
+    margin: float = FINALIZATION_MARGIN_SECONDS,
+) -> Stamp:
+    """The stamp of usage served in the window starting at `window_start` (Unix seconds)."""
+    placement: Placement = "own"
+    target = window_start
+    if target < periods.start:
+        target, placement = periods.start, "before_subscription"
+    if target >= periods.period_start:
+        return Stamp(target, placement)
+    draft = periods.draft_for(target)
+    if draft is not None and draft.finalizes_at - now > margin:
+        return Stamp(target, placement)
+    oldest_accepted = int(now - max_age_seconds) + 1
+    return Stamp(max(periods.period_start, oldest_accepted), "carried_forward")
+
+
+def still_invoiced(
+    timestamp: int,
+    periods: SubscriptionPeriods,
+    now: float,
+    *,
+    margin: float = RESEND_MARGIN_SECONDS,
+) -> bool:
+    """Whether usage stamped `timestamp` and recorded by Stripe now reaches an invoice: in
+    the current period (or later), or in an ended one whose draft finalizes more than
+    `margin` from now (room for the call)."""
+    if timestamp < periods.start:
+        return False
+    if timestamp >= periods.period_start:
+        return True
+    draft = periods.draft_for(timestamp)
+    return draft is not None and draft.finalizes_at - now > margin
+
+
+@dataclass
+class PeriodBook:
+    """The customers' periods, read from Stripe when not known or no longer current."""
+
+    gateway: PeriodsGateway
+    ttl: float = PERIODS_TTL_SECONDS
+    margin: float = FINALIZATION_MARGIN_SECONDS
+    _known: dict[str, tuple[SubscriptionPeriods | None, float]] = field(default_factory=dict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    async def periods(self, customer_id: str, now: float) -> SubscriptionPeriods | None:
+        """The customer's periods as of `now`; None while it has no live subscription."""
+        lock = self._locks.setdefault(customer_id, asyncio.Lock())
+        async with lock:
+            known = self._known.get(customer_id)
+            if known is not None and now < known[1]:
+                return known[0]
+            periods = await self.gateway.subscription_periods(customer_id)
+            self._known[customer_id] = (periods, self._valid_until(periods, now))
+            return periods
+
+    def forget(self, customer_id: str) -> None:
+        """Read the customer's periods again next time (a webhook said they changed)."""
+        self._known.pop(customer_id, None)
+
+    def _valid_until(self, periods: SubscriptionPeriods | None, now: float) -> float:
+        until = now + self.ttl
+        if periods is None:
+            return until
+        deadlines = [d.finalizes_at - self.margin for d in periods.drafts]
+        return min(until, periods.period_end, *[d for d in deadlines if d > now])

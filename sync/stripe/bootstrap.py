@@ -1,0 +1,128 @@
+"""The catalog in Stripe: the meter, the product and the plans' prices, found or created."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import stripe
+
+from edge_node.errors import TransientSyncError
+from edge_node.tenants.model import PLANS, Plan
+from sync.stripe.catalog import PRODUCT_ID, BillingCatalog, price_params
+from sync.stripe.client import StripeClientBase
+from sync.stripe.errors import raise_translated
+
+
+class CatalogBootstrap(StripeClientBase):
+    """`bootstrap` (`edge-node stripe bootstrap`) and the meter's id by event name."""
+
+    # The catalog.
+
+    async def bootstrap(self, *, meter_event_name: str) -> BillingCatalog:
+        """Make sure the meter, the product and the three plans' prices exist; their ids.
+        Running it again finds them (by event name, product id and lookup key): nothing new."""
+        meter_id = await self._ensure_meter(meter_event_name)
+        product_id = await self._ensure_product()
+        price_ids = {
+            plan: await self._ensure_price(plan, meter_id, meter_event_name, product_id)
+            for plan in PLANS
+        }
+        return BillingCatalog(meter_id, meter_event_name, product_id, price_ids)
+
+    async def _ensure_meter(self, event_name: str) -> str:
+        meters = await self._call(
+            self._client.v1.billing.meters.list_async(
+                {"status": "active", "limit": 100}, self._options()
+            ),
+            "billing meters",
+        )
+        try:
+            async for meter in meters.auto_paging_iter():
+                if meter.event_name == event_name:
+                    return str(meter.id)
+        except stripe.StripeError as exc:
+            raise_translated(exc, "billing meters")
+        scope = f"meter:{event_name}"
+        self._retire_failed_key(scope, f"billing meter {event_name}")
+        meter = await self._create(
+            scope,
+            lambda options: self._client.v1.billing.meters.create_async(
+                {
+                    "display_name": f"edge-node requests ({event_name})",
+                    "event_name": event_name,
+                    "default_aggregation": {"formula": "sum"},
+                    "customer_mapping": {
+                        "type": "by_id",
+                        "event_payload_key": "stripe_customer_id",
+                    },
+                    "value_settings": {"event_payload_key": "value"},
+                },
+                options,
+            ),
+            f"billing meter {event_name}",
+        )
+        return str(meter.id)
+
+    async def _ensure_product(self) -> str:
+        try:
+            product = await self._client.v1.products.retrieve_async(
+                PRODUCT_ID, None, self._options()
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status != 404:
+                raise_translated(exc, f"product {PRODUCT_ID}")
+        except stripe.StripeError as exc:
+            raise_translated(exc, f"product {PRODUCT_ID}")
+        else:
+            return str(product.id)
+        scope = f"product:{PRODUCT_ID}"
+        self._retire_failed_key(scope, f"product {PRODUCT_ID}")
+        product = await self._create(
+            scope,
+            lambda options: self._client.v1.products.create_async(
+                {"id": PRODUCT_ID, "name": "edge-node API"}, options
+            ),
+            f"product {PRODUCT_ID}",
+        )
+        return str(product.id)
+
+    async def _ensure_price(
+        self, plan: Plan, meter_id: str, event_name: str, product_id: str
+    ) -> str:
+        lookup_key = f"edge_node_{plan}_{event_name}"
+        found = await self._call(
+            self._client.v1.prices.list_async(
+                {"lookup_keys": [lookup_key], "active": True, "limit": 10}, self._options()
+            ),
+            f"price {lookup_key}",
+        )
+        if found.data:
+            return str(found.data[0].id)
+        scope = f"price:{lookup_key}"
+        self._retire_failed_key(scope, f"price {lookup_key}")
+        params = price_params(plan, meter_id, product_id, lookup_key)
+        price = await self._create(
+            scope,
+            lambda options: self._client.v1.prices.create_async(cast(Any, params), options),
+            f"price {lookup_key}",
+        )
+        return str(price.id)
+
+    async def _meter_id(self, event_name: str) -> str:
+        if event_name not in self._meter_ids:
+            meters = await self._call(
+                self._client.v1.billing.meters.list_async(
+                    {"status": "active", "limit": 100}, self._options()
+                ),
+                "billing meters",
+            )
+            try:
+                async for meter in meters.auto_paging_iter():
+                    if meter.event_name == event_name:
+                        self._meter_ids[event_name] = str(meter.id)
+                        break
+            except stripe.StripeError as exc:
+                raise_translated(exc, "billing meters")
+            if event_name not in self._meter_ids:
+                raise TransientSyncError(f"Stripe has no active meter for {event_name} yet")
+        return self._meter_ids[event_name]

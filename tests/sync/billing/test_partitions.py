@@ -1,0 +1,269 @@
+"""Partitions between the node and Stripe, each ending with invoiced + carried forward + set
+aside == served, exactly: Stripe's invoices (the stand-in, through the official SDK) against
+the node's reconcile statement, after the clocks have moved past the open period's
+finalization so that everything billed is on a finalized invoice.
+
+Each tenant's customer lives on a Stripe test clock, which bills it (periods, invoices,
+finalization, the 35-day limit), and the node's clock moves in step with it. The stand-in's
+own clock is Stripe's wall time (its identifier window and idempotency keys follow it, never a
+test clock): it moves with the partitions, as they are real time, but not when a test jumps
+the test clock to a period's end (a test clock is deleted after 7 days of Stripe's time)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import stripe
+
+from edge_node.errors import TransientSyncError
+from sync.billing.ledger import LedgerBatch
+from sync.billing.reconcile import reconcile
+from sync.stripe.standin import StripeStandin
+from sync.stripe.standin.statements import usage_totals
+from tests.sync.billing.support import EVENT_NAME, BillingNode
+from tests.sync.stripe.standin_support import advance, clock_customer, plain_client
+
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86_400.0
+METER_EVENTS = "POST /v1/billing/meter_events"
+
+
+class Crash(Exception):
+    """The process dying between Stripe's answer and the ledger write."""
+
+
+@dataclass
+class Clocks:
+    """A Stripe test clock with the tenant's customer on it, subscribed two days before now,
+    and the stand-in's and the node's clocks, moved together."""
+
+    node: BillingNode
+    standin: StripeStandin
+    client: stripe.StripeClient
+    clock: str = ""
+    frozen: int = 0
+
+    async def tenant(self, name: str) -> str:
+        """A tenant whose customer is on a new test clock, subscribed to payg two days ago."""
+        tenant, _ = self.node.registry.create_tenant(name)
+        self.frozen = int(self.standin.clock.now() - 2 * DAY)
+        self.clock, customer = await clock_customer(
+            self.client, self.frozen, metadata={"tenant_id": tenant.tenant_id}
+        )
+        self.node.registry.set_stripe_customer(tenant.tenant_id, customer)
+        catalog = await self.node.gateway.bootstrap(meter_event_name=EVENT_NAME)
+        await self.node.gateway.ensure_subscription(
+            tenant_id=tenant.tenant_id, customer_id=customer, price_ids=[catalog.price_ids["payg"]]
+        )
+        self.frozen = int(self.standin.clock.now())
+        await advance(self.client, self.clock, self.frozen)
+        return tenant.tenant_id
+
+    async def move(self, seconds: float, *, wall: bool = True) -> None:
+        """Time passes for the test clock and the node, and (`wall`) for Stripe itself."""
+        self.frozen += int(seconds)
+        await advance(self.client, self.clock, self.frozen)
+        if wall:
+            await self.standin.advance(int(seconds))
+        self.node.clock.advance(int(seconds))
+        self.node.monotonic.advance(int(seconds))
+
+    def period_end(self) -> int:
+        (subscription,) = self.standin.account.subscriptions.values()
+        return int(subscription["items"]["data"][0]["current_period_end"])
+
+    async def to_before_period_end(self, seconds: float) -> None:
+        await self.move(self.period_end() - self.frozen - seconds, wall=False)
+
+    async def past_the_period_end(self) -> None:
+        """Past the open period's end and its invoice's finalization (grace: at most 3 h)."""
+        await self.move(self.period_end() - self.frozen + 4 * HOUR, wall=False)
+
+
+@pytest.fixture
+async def clocks(node: BillingNode, standin: StripeStandin) -> AsyncIterator[Clocks]:
+    async with plain_client(standin) as client:
+        yield Clocks(node, standin, client)
+
+
+async def partitioned(clocks: Clocks, seconds: float, *, wall: bool = True) -> None:
+    """Stripe unreachable (every connection cut) for `seconds`, the node trying all along."""
+    node, standin = clocks.node, clocks.standin
+    standin.set_switches(drop=True)
+    consumer = node.consumer()
+    with pytest.raises(TransientSyncError):
+        await consumer.run()
+    standin.set_switches(drop=False)
+    await clocks.move(seconds, wall=wall)
+    standin.set_switches(drop=True)
+    await asyncio.sleep(consumer.next_retry_in() or 0)
+    with contextlib.suppress(TransientSyncError):  # nothing to call if all is set aside
+        await consumer.run()
+    standin.set_switches(drop=False)
+
+
+async def invoiced_statement(
+    clocks: Clocks, tenant: str
+) -> tuple[dict[str, Any], dict[str, Decimal]]:
+    """The node's statement for the tenant (one day of usage), and Stripe's usage states for
+    its customer once the open period has ended and its invoice is finalized."""
+    node, standin = clocks.node, clocks.standin
+    await clocks.past_the_period_end()
+    report = reconcile(node.data_dir, tenant_id=tenant)
+    assert report.ok
+    (day,) = report.days.values()
+    return day.statement(), usage_totals(standin.account).get(node.customer(tenant), {})
+
+
+def assert_accounted(statement: dict[str, Any], stripe: dict[str, Decimal], served: int) -> None:
+    """invoiced + carried forward + set aside == served: nothing late, nothing outside the
+    subscription, nothing unexplained."""
+    invoiced = int(stripe.get("invoiced", 0))
+    assert statement["served"] == served
+    assert statement["difference"] == 0
+    assert statement["in_flight"] == 0
+    assert invoiced == (
+        statement["billed_in_own_period"]
+        + statement["billed_from_before_subscription"]
+        + statement["carried_forward"]
+    )
+    assert invoiced + statement["set_aside"] == served
+    assert stripe.get("late", 0) == 0
+    assert stripe.get("outside_periods", 0) == 0
+    assert stripe.get("pending", 0) == 0
+
+
+class TestPartitions:
+    async def test_thirty_minutes(
+        self, node: BillingNode, standin: StripeStandin, clocks: Clocks
+    ) -> None:
+        """Cut off for 30 minutes inside a period: the usage is billed in its own period."""
+        tenant = await clocks.tenant("t")
+        await node.serve(tenant, 20)
+        await partitioned(clocks, 30 * MINUTE)
+        await node.consumer().run_until_settled()
+        statement, stripe = await invoiced_statement(clocks, tenant)
+        assert_accounted(statement, stripe, 20)
+        assert statement["billed_in_own_period"] == 20
+
+    async def test_two_hours_across_a_period_end_with_a_one_hour_grace(
+        self, node: BillingNode, standin: StripeStandin, clocks: Clocks
+    ) -> None:
+        """Cut off for 2 hours from 20 minutes before the period ends: the ended period's
+        invoice is finalized an hour after its end, so the usage is carried forward into
+        the open period and invoiced there, never confirmed into a closed invoice."""
+        tenant = await clocks.tenant("t")
+        await clocks.to_before_period_end(10 * MINUTE)
+        await node.serve(tenant, 15)  # ten minutes before "now": 20 before the end
+        await partitioned(clocks, 2 * HOUR)
+        consumer = node.consumer()
+        await consumer.run_until_settled()
+        assert consumer.stats.carried_forward == 1
+        statement, stripe = await invoiced_statement(clocks, tenant)
+        assert_accounted(statement, stripe, 15)
+        assert statement["carried_forward"] == 15
+
+    async def test_two_hours_across_a_period_end_with_a_three_hour_grace(
+        self, node: BillingNode, standin: StripeStandin, clocks: Clocks
+    ) -> None:
+        """With a 3-hour finalization grace the ended period's invoice is still a draft two
+        hours after the end: the usage reaches its own period's invoice."""
+        standin.account.settings.set_grace(int(3 * HOUR))
+        tenant = await clocks.tenant("t")
+        await clocks.to_before_period_end(10 * MINUTE)
+        await node.serve(tenant, 15)
+        await partitioned(clocks, 2 * HOUR)
+        await node.consumer().run_until_settled()
+        statement, stripe = await invoiced_statement(clocks, tenant)
+        assert_accounted(statement, stripe, 15)
+        assert statement["billed_in_own_period"] == 15
+
+    async def test_25_hours_with_the_batch_accepted_and_the_ledger_write_lost(
+        self, node: BillingNode, standin: StripeStandin, clocks: Clocks
+    ) -> None:
+        """Stripe accepted the batch and the process died before writing so; 25 hours later
+        Stripe no longer dedups the identifier, so its meter event summary settles it: it
+        landed, it is confirmed, and it is not sent a second time."""
+        tenant = await clocks.tenant("t")
+        await node.serve(tenant, 12)
+
+        async def crash(batch: LedgerBatch) -> None:
+            raise Crash("killed after Stripe's answer")
+
+        with pytest.raises(ExceptionGroup):
+            await node.consumer(on_answer=crash).run_round()
+        assert node.states() == {"sent": 1}
+        await clocks.move(25 * HOUR)
+        consumer = node.consumer()
+        await consumer.run_until_settled()
+        assert consumer.stats.resolved_landed == 1
+        assert standin.calls[METER_EVENTS] == 1
+        statement, stripe = await invoiced_statement(clocks, tenant)
+        assert_accounted(statement, stripe, 12)
+        assert statement["billed_in_own_period"] == 12
+
+    async def test_25_hours_with_the_send_lost_before_stripe(
+        self, node: BillingNode, standin: StripeStandin, clocks: Clocks
+    ) -> None:
+        """The send was cut before Stripe did anything, and Stripe stayed out of reach for
+        25 hours: its summary shows nothing landed, so the batch goes again under a fresh
+        identifier and is invoiced once."""
+        tenant = await clocks.tenant("t")
+        await node.serve(tenant, 12)
+        standin.set_switches(drop=True, only=METER_EVENTS)
+        with pytest.raises(TransientSyncError):
+            await node.consumer().run()
+        assert node.states() == {"sent": 1}
+        standin.set_switches(only="")
+        await partitioned(clocks, 25 * HOUR)
+        consumer = node.consumer()
+        await consumer.run_until_settled()
+        assert consumer.stats.resolved_resent == 1
+        [(identifier, sent_as)] = node.ledger(
+            "SELECT identifier, stripe_identifier FROM billing_ledger"
+        )
+        assert sent_as is not None
+        assert sent_as != identifier
+        statement, stripe = await invoiced_statement(clocks, tenant)
+        assert_accounted(statement, stripe, 12)
+
+    async def test_four_days_across_a_period_end(
+        self, node: BillingNode, standin: StripeStandin, clocks: Clocks
+    ) -> None:
+        """Cut off for 4 days from 2 days before the period ends: the usage is carried
+        forward into the open period (Stripe would accept it with its own timestamp and
+        never invoice it)."""
+        tenant = await clocks.tenant("t")
+        await clocks.to_before_period_end(2 * DAY)
+        await node.serve(tenant, 12)
+        await partitioned(clocks, 4 * DAY)
+        await node.consumer().run_until_settled()
+        statement, stripe = await invoiced_statement(clocks, tenant)
+        assert_accounted(statement, stripe, 12)
+        assert statement["carried_forward"] == 12
+
+    async def test_36_days_sets_aside_and_reports(
+        self, node: BillingNode, standin: StripeStandin, clocks: Clocks
+    ) -> None:
+        """Cut off for 36 days, beyond the 35 days Stripe accepts: the usage is set aside
+        and reported, the only scenario where anything is."""
+        tenant = await clocks.tenant("t")
+        await node.serve(tenant, 8)
+        await partitioned(clocks, 36 * DAY, wall=False)  # the test clock would be deleted
+        await node.consumer().run_until_settled()
+        assert node.states() == {"set_aside": 1}
+        await clocks.past_the_period_end()
+        report = reconcile(node.data_dir, tenant_id=tenant)
+        assert not report.ok
+        (day,) = report.days.values()
+        statement = day.statement()
+        assert statement["set_aside"] == 8
+        assert statement["difference"] == 0
+        assert "35-day" in report.set_aside[0]["reason"]
+        stripe = usage_totals(standin.account).get(node.customer(tenant), {})
+        assert int(stripe.get("invoiced", 0)) + statement["set_aside"] == 8
