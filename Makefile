@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres promtool chromium run test lint format bench report chaos clean
+.PHONY: install postgres citus promtool chromium run test lint format bench report chaos clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml scripts/ensure-python.sh
 # The tests start their own throwaway PostgreSQL; this installs the server binaries if missing.
 postgres:
 	sh scripts/ensure-postgres.sh
+
+# Citus for the tests of a distributed central database (tests/citus.py); skips without root.
+citus: postgres
+	sh scripts/ensure-citus.sh
 
 # promtool checks the alert rules and the exposition (tests/metrics/test_docs.py).
 promtool: install
@@ -34,7 +38,7 @@ swagger-ui:
 run: install
 	$(BIN)/edge-node serve
 
-test: install postgres promtool chromium
+test: install postgres citus promtool chromium
 	$(BIN)/pytest
 
 lint: install

@@ -109,7 +109,8 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> dict
             )  # the tenant, to hold its rows
             started = time.perf_counter()
             down = ShardRound(conn, 0, 1, edge_b, batch_size, SetAsideLog(root / "x"))
-            await down.ratings().download([t], await down.database(), await down.download_bound())
+            database = await down.database()
+            await down.ratings(await down.open_downloads(database)).download([t], database)
             seconds = time.perf_counter() - started
             print(
                 f"download: {down.report.downloaded} rows in {seconds:.2f} s"

@@ -17,10 +17,13 @@
     |   +-- RateLimited            429: the tenant's token bucket is empty
     |   +-- HeadersTooLarge        431: a header, all headers, or their number over the limit
     |   +-- ServiceUnavailable     503: storage not ready
+    |       +-- StorageUnavailable 503: the disk is full (or below the free-space floor),
+    |                              read-only, failing, or a file is damaged; retry later
     +-- RegistryError              tenant registry misuse from the CLI (unknown tenant or key)
     +-- KeyMaterialError           master key or data-key store unusable (edge_node.crypto.keystore)
     +-- CommentUnreadable          a sealed comment cannot be opened here (edge_node.crypto.sealing)
     +-- NotAUsageEvent             a queue record that is not a usage event (edge_node.usage.event)
+    +-- SchemaTooNew               a file a newer release migrated in a way this one cannot read
     +-- BackupError                a backup that cannot be written, or one refused for restore
     |   +-- DataDirectoryInUse     restore refused: a daemon serves the data directory
     +-- SyncError                  the central PostgreSQL (sync/postgres.py) or Stripe
@@ -200,6 +203,18 @@ class ServiceUnavailable(Problem):
     title = "Service unavailable"
 
 
+class StorageUnavailable(ServiceUnavailable):
+    """Local storage cannot take (or give) what the request needs: nothing was done, or, for
+    `usage-pending`, the write was done and its usage event is queued but not yet durable."""
+
+    slug = "storage-unavailable"
+    title = "Storage unavailable"
+    retry_after_seconds = 5
+
+    def __init__(self, detail: str, *, slug: str | None = None) -> None:
+        super().__init__(detail, slug=slug, headers={"Retry-After": str(self.retry_after_seconds)})
+
+
 class RequestTimeout(Problem):
     status = 408
     slug = "request-timeout"
@@ -236,3 +251,18 @@ class CommentUnreadable(EdgeNodeError):
 class NotAUsageEvent(EdgeNodeError):
     """A queue record's payload is not a usage event (not JSON, a field missing, unknown or of
     the wrong type); the message says which. Billing bills such a record as nothing."""
+
+
+class SchemaTooNew(EdgeNodeError):
+    """A database file was migrated by a newer release that recorded that releases knowing
+    fewer migrations than it (this one) cannot use it: refused, never misread."""
+
+    def __init__(self, path: str, component: str | None, known: int, needed: int) -> None:
+        part = f"its {component} tables" if component else "it"
+        super().__init__(
+            f"{path} was migrated by a newer edge-node: {part} need a release that knows "
+            f"schema version {needed} or later, this one knows {known}; run the newer release "
+            "(or restore a backup taken before the upgrade)"
+        )
+        self.path = path
+        self.component = component

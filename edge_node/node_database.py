@@ -14,12 +14,15 @@ and leaves user_version as it was, so a release from before can still open the f
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 from pathlib import Path
 
 from edge_node import sqlite
 from edge_node.clock import now_us
 
+log = logging.getLogger(__name__)
 COMPONENT = "node"
 MIGRATIONS = (
     """
@@ -116,3 +119,38 @@ def check_writable(conn: sqlite3.Connection) -> None:
             " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
             (now_us(),),
         )
+
+
+class NodeFileWatch:
+    """Notices node.sqlite deleted or replaced under a process that has it open.
+
+    SQLite keeps writing to the file it opened: once the path names another file (restored
+    by hand, replaced by a copy) or none, this process and every `edge-node` command would
+    each hold their own node.sqlite. The (device, inode) the path had at open is compared
+    with what it has now."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        info = os.stat(path)
+        self._identity = (info.st_dev, info.st_ino)
+        self._reported = False
+
+    def problem(self) -> str | None:
+        """Why the open file is no longer the data directory's node.sqlite (logged once), or
+        None while it is."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            problem = f"{self.path} was deleted under the running node"
+        else:
+            if (info.st_dev, info.st_ino) == self._identity:
+                return None
+            problem = f"{self.path} was replaced under the running node"
+        problem += (
+            " (it still uses the file it opened); stop it, put the right file in place (or "
+            "restore a backup: docs/operations.md) and start it again"
+        )
+        if not self._reported:
+            self._reported = True
+            log.error("%s", problem)
+        return problem

@@ -9,6 +9,7 @@ component's row in `schema_versions`.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,44 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from edge_node.errors import SchemaTooNew
+
 Synchronous = Literal["normal", "full"]
+
+# SQLite's primary result codes (the low byte of an extended code) that say the storage, not
+# the statement, failed: the disk is full, I/O failed, the file is read-only, cannot be
+# opened, or is damaged.
+_STORAGE_CODES = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_IOERR: "a disk I/O error",
+    sqlite3.SQLITE_READONLY: "the file is read-only",
+    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged",
+    sqlite3.SQLITE_NOTADB: "the file is damaged",
+}
+_DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+# OS errors that mean the same for files written directly.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the filesystem is read-only",
+    errno.EIO: "a disk I/O error",
+    errno.EMFILE: "the process has no file descriptor left",
+    errno.ENFILE: "the system has no file descriptor left",
+}
+
+
+def storage_failure(exc: BaseException) -> tuple[str, bool] | None:
+    """What failed in storage when `exc` is a storage fault rather than a bug, and whether the
+    file is damaged (as opposed to a full, read-only or failing disk); None otherwise."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _STORAGE_CODES:
+            return _STORAGE_CODES[code & 0xFF], code & 0xFF in _DAMAGE_CODES
+        return None
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return _STORAGE_ERRNOS[exc.errno], False
+    return None
 
 
 def connect(
@@ -78,8 +116,9 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK TO nested")
-            conn.execute("RELEASE nested")
+            if conn.in_transaction:  # a full disk can make SQLite roll back everything
+                conn.execute("ROLLBACK TO nested")
+                conn.execute("RELEASE nested")
             raise
         conn.execute("RELEASE nested")
         return
@@ -87,13 +126,28 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        _roll_back(conn)
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        _roll_back(conn)
+        raise
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, unless SQLite already did (it rolls back by itself after a
+    full disk or an I/O error, and a second ROLLBACK would hide that error)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def migrate(
-    conn: sqlite3.Connection, migrations: Sequence[str], *, component: str | None = None
+    conn: sqlite3.Connection,
+    migrations: Sequence[str],
+    *,
+    component: str | None = None,
+    min_reader: int = 0,
 ) -> int:
     """Apply the migrations this file (or, with `component`, that component of it) has not
     seen yet, each in its own transaction.
@@ -101,7 +155,15 @@ def migrate(
     The version is read again once the write lock is held: another process opening the same
     new file at the same moment (the daemon and an `edge-node` command) may have applied the
     migration while this one waited for the lock.
+
+    Migrations are additive, so a release that knows fewer of them still reads the file (the
+    previous release keeps serving during an upgrade). Should a release ever ship one that
+    older releases cannot read, it states `min_reader`, the fewest migrations of this
+    component a release must know to use the file; it is recorded in the file
+    (`schema_readers`), and a release knowing fewer refuses the file with SchemaTooNew
+    instead of misreading it.
     """
+    _check_readable(conn, component, len(migrations))
     current = schema_version(conn, component)
     for version, script in enumerate(migrations, start=1):
         if version <= current:
@@ -113,7 +175,40 @@ def migrate(
             for statement in _statements(script):
                 conn.execute(statement)
             _set_schema_version(conn, component, version)
+    if min_reader > _reader_floor(conn, component):
+        with transaction(conn):
+            conn.execute(_SCHEMA_READERS)
+            conn.execute(
+                "INSERT INTO schema_readers (component, min_reader) VALUES (?, ?)"
+                " ON CONFLICT (component) DO UPDATE SET min_reader = excluded.min_reader",
+                (component or _WHOLE_FILE, min_reader),
+            )
     return len(migrations)
+
+
+# A file versioned by user_version as a whole is the component of this name in schema_readers.
+_WHOLE_FILE = ""
+_SCHEMA_READERS = """CREATE TABLE IF NOT EXISTS schema_readers (
+    component TEXT PRIMARY KEY,
+    min_reader INTEGER NOT NULL
+) WITHOUT ROWID"""
+
+
+def _reader_floor(conn: sqlite3.Connection, component: str | None) -> int:
+    """How many of the component's migrations a release must know to use this file."""
+    if not has_table(conn, "schema_readers"):
+        return 0
+    row = conn.execute(
+        "SELECT min_reader FROM schema_readers WHERE component = ?", (component or _WHOLE_FILE,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _check_readable(conn: sqlite3.Connection, component: str | None, known: int) -> None:
+    floor = _reader_floor(conn, component)
+    if floor > known:
+        (path,) = [row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"]
+        raise SchemaTooNew(path, component, known, floor)
 
 
 def schema_version(conn: sqlite3.Connection, component: str | None = None) -> int:

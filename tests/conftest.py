@@ -12,6 +12,7 @@ from aiohttp import web
 
 from edge_node.metrics.node import NodeMetrics
 from sync.stripe.standin import StripeStandin
+from tests.citus import CitusCluster, CitusUnavailable, start_cluster
 from tests.postgres import PostgresServer, PostgresUnavailable, start_server
 from tests.served import NotifyListener, ServedNode
 from tests.support import RunningNode, SigningKeys, make_signing_keys, node_config, start_node
@@ -83,6 +84,30 @@ def postgres_dsns(postgres_server: PostgresServer) -> Iterator[tuple[str, str]]:
     yield postgres_server.dsn(names[0]), postgres_server.dsn(names[1])
     for name in names:
         postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def citus_cluster() -> Iterator[CitusCluster]:
+    """A private Citus cluster for the session: a coordinator and two workers (tests/citus.py).
+    Skipped, with the reason, where Citus cannot be had (not root, no source); a failure
+    instead where REQUIRE_CITUS=1 is set."""
+    try:
+        cluster = start_cluster()
+    except (CitusUnavailable, PostgresUnavailable) as exc:
+        message = f"no Citus cluster: {exc}"
+        if os.environ.get("REQUIRE_CITUS") == "1":
+            raise pytest.fail.Exception(message, pytrace=False) from None
+        pytest.skip(message)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def citus_dsn(citus_cluster: CitusCluster) -> Iterator[str]:
+    """A DSN to the coordinator of a fresh distributed database (workers added), dropped after."""
+    name = citus_cluster.create_database()
+    yield citus_cluster.dsn(name)
+    citus_cluster.drop_database(name)
 
 
 @pytest.fixture

@@ -73,6 +73,7 @@ class PostgresServer:
     root: Path
     port: int
     run_as: str | None  # system user owning the cluster when we are root
+    settings: dict[str, str] = field(default_factory=dict)  # more postgresql.conf values
     _names: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
@@ -155,12 +156,13 @@ def _clean_environment() -> dict[str, str]:
     return env
 
 
-def start_server() -> PostgresServer:
-    """initdb a cluster in a new temp dir and start it on a free loopback port."""
+def start_server(settings: dict[str, str] | None = None, prefix: str = "pg") -> PostgresServer:
+    """initdb a cluster in a new temp dir and start it on a free loopback port, with
+    `settings` (postgresql.conf values, quoted as the file wants them) besides ours."""
     bin_dir = find_bin_dir()
     run_as = _system_user() if os.geteuid() == 0 else None
-    root = Path(tempfile.mkdtemp(prefix="edge-node-pg-"))
-    server = PostgresServer(bin_dir, root, free_port(), run_as)
+    root = Path(tempfile.mkdtemp(prefix=f"edge-node-{prefix}-"))
+    server = PostgresServer(bin_dir, root, free_port(), run_as, dict(settings or {}))
     try:
         if run_as is not None:
             account = pwd.getpwnam(run_as)
@@ -206,6 +208,7 @@ def _write_settings(server: PostgresServer) -> None:
         "max_connections": "200",
         "shared_buffers": "'128MB'",
         "logging_collector": "off",
+        **server.settings,
     }
     lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
     conf = server.data_dir / "postgresql.conf"

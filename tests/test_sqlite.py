@@ -6,7 +6,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from edge_node import sqlite
+from edge_node.errors import SchemaTooNew
 
 MIGRATIONS = (
     "CREATE TABLE ratings (id TEXT PRIMARY KEY);",
@@ -46,3 +49,40 @@ class TestConcurrentMigration:
         assert {"ratings", "outbox"} <= tables
         first.close()
         second.close()
+
+
+ONE = ("CREATE TABLE one (a INTEGER);",)
+TWO = (*ONE, "ALTER TABLE one ADD COLUMN b INTEGER;")
+
+
+class TestReaderFloor:
+    def test_an_older_release_reads_a_file_migrated_further_without_a_floor(
+        self, tmp_path: Path
+    ) -> None:
+        """Additive migrations: a release that knows one migration opens a file at two."""
+        conn = sqlite.connect(tmp_path / "f.sqlite")
+        sqlite.migrate(conn, TWO, component="c")
+        assert sqlite.migrate(conn, ONE, component="c") == 1
+        assert sqlite.schema_version(conn, "c") == 2
+        conn.close()
+
+    def test_a_release_below_the_recorded_floor_refuses_the_file(self, tmp_path: Path) -> None:
+        """A newer release that states its files need at least two migrations records it;
+        a release knowing one refuses the file with a message naming the file, the
+        component and both versions, and changes nothing."""
+        conn = sqlite.connect(tmp_path / "f.sqlite")
+        sqlite.migrate(conn, TWO, component="c", min_reader=2)
+        with pytest.raises(SchemaTooNew, match=r"f\.sqlite was migrated by a newer") as refused:
+            sqlite.migrate(conn, ONE, component="c")
+        assert "its c tables need a release that knows schema version 2" in str(refused.value)
+        assert "this one knows 1" in str(refused.value)
+        assert sqlite.migrate(conn, TWO, component="c") == 2
+        conn.close()
+
+    def test_a_whole_file_floor_applies_to_user_version_files(self, tmp_path: Path) -> None:
+        """Files versioned by user_version carry their floor too."""
+        conn = sqlite.connect(tmp_path / "f.sqlite")
+        sqlite.migrate(conn, TWO, min_reader=2)
+        with pytest.raises(SchemaTooNew):
+            sqlite.migrate(conn, ONE)
+        conn.close()

@@ -118,6 +118,7 @@ async def _serve_storage(
             queue_directory(config, worker or 0),
             config.node_id,
             fsync=metrics.timed_fsync(),
+            min_free_bytes=config.storage.min_free_bytes,
         )
         secrets = SecretFiles(check_interval=secret_check_interval(config))
         if worker is not None:
@@ -226,13 +227,20 @@ def _background_tasks(
     config: Config,
     worker: int | None,
 ) -> list[asyncio.Task[None]]:
-    """The watchdog pings, and for a worker its supervisor watch and cursor adoption."""
+    """The watchdog pings, the check of the queue's older segments, and for a worker its
+    supervisor watch and cursor adoption."""
     tasks = [asyncio.create_task(notifier.run_watchdog(), name="watchdog")]
+    if queue is not None:
+        tasks.append(asyncio.create_task(_verify(queue), name="queue-verify"))
     if worker is not None:
         tasks.append(asyncio.create_task(_stop_with_supervisor(os.getppid())))
         if queue is not None:
             tasks.append(asyncio.create_task(_adopt_cursors(queue, config)))
     return tasks
+
+
+async def _verify(queue: WriteAheadQueue) -> None:
+    await queue.verify()  # counts and logs what it finds
 
 
 def start_sync(

@@ -8,6 +8,7 @@ to exit statuses. The other command groups register themselves from their own mo
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from edge_node.cli.health_socket import WorkerSockets
 from edge_node.cli.operations import add_operations_commands
 from edge_node.cli.outside import add_sync_commands
 from edge_node.cli.queues import add_queue_commands
+from edge_node.cli.startup import describe_failure
 from edge_node.cli.supervisor import Supervisor, run_supervisor
 from edge_node.cli.support import (
     EXIT_CONFIG,
@@ -29,10 +31,12 @@ from edge_node.cli.support import (
 )
 from edge_node.cli.tenants import add_tenant_commands
 from edge_node.config import Config, load_config, service_environment
+from edge_node.descriptors import DescriptorLimitTooLow, raise_open_files_limit
 from edge_node.errors import (
     ConfigError,
     KeyMaterialError,
     RegistryError,
+    SchemaTooNew,
     SyncError,
     TransientSyncError,
 )
@@ -78,8 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, overrides=_overrides(args))
-        handler: Callable[[Config, argparse.Namespace], int] = args.handler
-        return handler(config, args)
+        return _run(config, args)
     except ConfigError as exc:
         print(f"edge-node: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -101,6 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1
 
 
+def _run(config: Config, args: argparse.Namespace) -> int:
+    """The command's handler; a failure of the machine's making (a taken port, a read-only
+    directory, a full disk) is one line and its sysexits status (edge_node.cli.startup)."""
+    handler: Callable[[Config, argparse.Namespace], int] = args.handler
+    try:
+        return handler(config, args)
+    except (OSError, sqlite3.Error, DescriptorLimitTooLow, SchemaTooNew) as exc:
+        failure = describe_failure(exc, str(config.data_path))
+        if failure is None:
+            raise
+        line, status = failure
+        print(line, file=sys.stderr)
+        return status
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given as command-line flags, by dotted key."""
     overrides: dict[str, Any] = {}
@@ -115,6 +133,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     configure_logging(config.logging.level)
+    raise_open_files_limit()
     service = service_environment()
     overrides = _overrides(args)
 

@@ -26,6 +26,13 @@ class StorageConfig:
     busy_timeout_ms: int = setting(
         5000, "How long a write waits for another process's lock.", minimum=0, maximum=60000
     )
+    min_free_bytes: int = setting(
+        64 << 20,
+        "Free-space floor of the filesystem holding the data directory: below it billable "
+        "requests are refused (503 `storage-unavailable`) and `/readyz` fails, so the usage "
+        "queue always has room for the usage of requests already admitted (0: no floor).",
+        minimum=0,
+    )
     checkpoint_interval_seconds: float = setting(
         1.0,
         "How often written tenant files are checkpointed in a background thread (WAL copied "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -17,13 +18,14 @@ from edge_node.admission.router import METER_KEY, ROUTER_KEY, TenantRouter
 from edge_node.admission.tokens import TokenVerifier, load_keys
 from edge_node.config import Config
 from edge_node.crypto.keystore import open_keyring
+from edge_node.descriptors import open_files_limit, tenant_files_budget
 from edge_node.errors import ServiceUnavailable
 from edge_node.http.docs_page import add_docs_routes
 from edge_node.http.front import front_middleware
 from edge_node.http.guards import add_request_guards
 from edge_node.http.openapi import openapi_document
 from edge_node.metrics.node import NodeMetrics, add_metrics_route
-from edge_node.node_database import check_writable, open_node_database
+from edge_node.node_database import NodeFileWatch, check_writable, open_node_database
 from edge_node.rating.handlers import STORES_KEY, add_routes
 from edge_node.rating.store import TenantStores
 from edge_node.secrets import SecretFiles
@@ -41,6 +43,25 @@ from edge_node.web.answers import json_response
 CONFIG_KEY = web.AppKey("config", Config)
 NODE_DATABASE_KEY = web.AppKey("node_database", sqlite3.Connection)
 SECRETS_KEY = web.AppKey("secrets", SecretFiles)
+NODE_FILE_KEY: web.AppKey[NodeFileWatch | None] = web.AppKey("node_file")
+NODE_FILE_CHECK_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
+
+
+def tenant_cache_size(configured: int) -> int:
+    """Tenant files kept open: `storage.max_open_tenants`, or fewer where the open-files limit
+    would not hold that many (edge_node.descriptors)."""
+    budget = tenant_files_budget(open_files_limit())
+    if budget < configured:
+        log.warning(
+            "keeping at most %d tenant files open, not %d (storage.max_open_tenants): the "
+            "open-files limit is %d; raise LimitNOFILE= or `ulimit -n` for more",
+            budget,
+            configured,
+            open_files_limit(),
+        )
+    return min(configured, budget)
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,7 @@ class NodeStorage:
     node_database: sqlite3.Connection
     registry: TenantRegistry
     stores: TenantStores
+    node_file: NodeFileWatch | None = None  # node.sqlite deleted or replaced underneath
 
     @classmethod
     def open(cls, config: Config) -> NodeStorage:
@@ -66,7 +88,7 @@ class NodeStorage:
             config.data_path / "tenants",
             node_id=config.node_id,
             synchronous=config.storage.synchronous,
-            max_open=config.storage.max_open_tenants,
+            max_open=tenant_cache_size(config.storage.max_open_tenants),
             busy_timeout_ms=config.storage.busy_timeout_ms,
             keyring=open_keyring(config),
         )
@@ -76,7 +98,7 @@ class NodeStorage:
             stores.close()
             node_database.close()
             raise
-        return cls(node_database, registry, stores)
+        return cls(node_database, registry, stores, NodeFileWatch(config.data_path / "node.sqlite"))
 
     def close(self) -> None:
         self.stores.close()
@@ -106,6 +128,7 @@ def create_app(
     add_request_guards(app, config, storage.node_database, metrics_registry=metrics.registry)
     app[CONFIG_KEY] = config
     app[NODE_DATABASE_KEY] = storage.node_database
+    app[NODE_FILE_KEY] = storage.node_file
     app[STORES_KEY] = storage.stores
     app[METER_KEY] = meter
     verifier = TokenVerifier(load_keys(config.auth.jwt), config.auth.jwt)
@@ -143,6 +166,8 @@ def node_metrics(config: Config) -> NodeMetrics:
 
 def _watch(metrics: NodeMetrics, app: web.Application, storage: NodeStorage, meter: Meter) -> None:
     metrics.watch_meter(meter.stats)
+    if meter.floor is not None:
+        metrics.watch_disk_floor(meter.floor)
     if meter.queue is not None:
         metrics.watch_queue(meter.queue)
     metrics.watch_webhooks(app[WEBHOOKS_KEY].stats)
@@ -156,11 +181,24 @@ def secret_check_interval(config: Config) -> float | None:
 
 async def _background_checkpoints(app: web.Application) -> AsyncIterator[None]:
     interval = app[CONFIG_KEY].storage.checkpoint_interval_seconds
-    task = asyncio.create_task(app[STORES_KEY].run_checkpoints(interval))
+    tasks = [asyncio.create_task(app[STORES_KEY].run_checkpoints(interval))]
+    node_file = app[NODE_FILE_KEY]
+    if node_file is not None:
+        tasks.append(asyncio.create_task(_watch_node_file(node_file)))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _watch_node_file(node_file: NodeFileWatch) -> None:
+    """Look at node.sqlite's identity every few seconds, so that a deletion or replacement
+    is logged even where nothing probes /readyz."""
+    while True:
+        await asyncio.sleep(NODE_FILE_CHECK_SECONDS)
+        if node_file.problem() is not None:
+            return
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -169,7 +207,13 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready: node.sqlite takes a write, the tenant directory is writable, the queue writes."""
+    """Ready: node.sqlite is still the file the node opened and takes a write, the tenant
+    directory is writable, the queue writes and
+    the data directory's filesystem is above its free-space floor."""
+    node_file = request.app[NODE_FILE_KEY]
+    problem = node_file.problem() if node_file is not None else None
+    if problem is not None:
+        raise ServiceUnavailable(problem, slug="not-ready")
     try:
         check_writable(request.app[NODE_DATABASE_KEY])
     except sqlite3.Error as exc:
@@ -177,11 +221,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     tenants_dir = request.app[STORES_KEY].directory
     if not os.access(tenants_dir, os.W_OK | os.X_OK):
         raise ServiceUnavailable(f"{tenants_dir} is not writable", slug="not-ready")
-    queue = request.app[METER_KEY].queue
-    if queue is not None and queue.write_failure is not None:
-        raise ServiceUnavailable(
-            f"the usage queue cannot write: {queue.write_failure}", slug="not-ready"
-        )
+    problem = request.app[METER_KEY].storage_problem()
+    if problem is not None:
+        raise ServiceUnavailable(problem, slug="not-ready")
     return json_response({"status": "ready"})
 
 

@@ -38,6 +38,7 @@ from edge_node.metrics.sources import (
 )
 from edge_node.queue import QueueError, WriteAheadQueue
 from edge_node.tenants.registry import TenantRegistry
+from edge_node.usage.room import DiskFloor
 
 METRICS_PATH = "/metrics"
 # Request latency: a score read takes well under 1 ms; a strict write waits for a group
@@ -100,6 +101,10 @@ class NodeMetrics:
 
     def watch_meter(self, stats: MeterCounts) -> None:
         self.sources.meter = stats
+
+    def watch_disk_floor(self, floor: DiskFloor) -> None:
+        """The free-space floor of the data directory's filesystem."""
+        self.sources.disk_room = lambda: (floor.free_bytes(), floor.floor_bytes)
 
     def watch_sync(self, worker: SyncStatusSource) -> None:
         """The sync worker: lag, failures and rows per PostgreSQL shard and per Stripe job."""

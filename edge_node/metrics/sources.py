@@ -110,6 +110,7 @@ class MeterCounts(Protocol):
     recorded: int
     recorded_units: int
     rejected_full: int
+    rejected_storage: int
     unmetered: int
     failed: int
 
@@ -121,6 +122,8 @@ class Sources:
     queue_stats: QueueStats | None = None
     queue_status: QueueStatus | None = None
     queue_failed: Callable[[], bool] | None = None
+    # Free bytes of the data directory's filesystem (None: unreadable) and its floor.
+    disk_room: Callable[[], tuple[int | None, int]] | None = None
     meter: MeterCounts | None = None
     sync: SyncStatusSource | None = None
     sync_watched_at: float = 0.0
@@ -219,18 +222,36 @@ class SourceCollector(Collector):
                 family.add_metric([], getattr(stats, attribute))
             yield family
         failed = _gauge(
-            "edge_node_queue_write_failed", "1 once a queue write failed (a restart is needed)."
+            "edge_node_queue_write_failed",
+            "1 while a queue write or fsync fails (the writer retries it by itself).",
         )
         if self.sources.queue_failed is not None:
             failed.add_metric([], float(self.sources.queue_failed()))
         yield failed
+        free = _gauge(
+            "edge_node_storage_free_bytes",
+            "Free bytes of the filesystem holding the usage queue (the data directory's).",
+        )
+        floor = _gauge(
+            "edge_node_storage_min_free_bytes",
+            "The free-space floor (storage.min_free_bytes): below it billable requests get 503.",
+        )
+        if self.sources.disk_room is not None:
+            free_bytes, floor_bytes = self.sources.disk_room()
+            if free_bytes is not None:
+                free.add_metric([], free_bytes)
+            floor.add_metric([], floor_bytes)
+        yield free
+        yield floor
 
     def _meter(self) -> Iterator[Metric]:
         meter = self.sources.meter
         events = _counter(
             "edge_node_usage_events",
             "Billable requests by what the meter did: recorded on the queue, rejected because "
-            "the queue was full, served unmetered (meter.on_full), or failed to record.",
+            "the queue was full, rejected because storage could not take the event (a failing "
+            "queue write, the free-space floor), served unmetered (meter.on_full), or failed "
+            "to record.",
             ["outcome"],
         )
         units = _counter("edge_node_usage_units_recorded", "Usage units recorded on the queue.")
@@ -238,6 +259,7 @@ class SourceCollector(Collector):
             for outcome, value in (
                 ("recorded", meter.recorded),
                 ("rejected_queue_full", meter.rejected_full),
+                ("rejected_storage", meter.rejected_storage),
                 ("unmetered", meter.unmetered),
                 ("failed", meter.failed),
             ):

@@ -4,7 +4,7 @@ QueueError                    base: anything the queue refuses or cannot do
  ├── QueueFull                transient: consumers are behind; retry later (serve 503)
  ├── QueueClosed              the queue was closed; nothing more can be appended or read
  ├── QueueLocked              another process owns the directory; fix the deployment
- ├── QueueWriteError          permanent for this process: a write or fsync failed
+ ├── QueueWriteError          a write kept failing until the queue closed
  └── QueueCorruption          permanent: bytes on disk are damaged; a human must decide
       ├── CorruptRecord       a consumer reached records that cannot be read
       └── CorruptCursor       a consumer's cursor file cannot be trusted
@@ -57,14 +57,13 @@ class QueueLocked(QueueError):
 
 
 class QueueWriteError(QueueError):
-    """Writing or syncing a segment failed; this queue object accepts no more appends."""
+    """An append was given up: its write kept failing until the queue closed."""
 
     def __init__(self, directory: Path, cause: BaseException):
         self.directory = directory
         super().__init__(
-            f"writing queue {directory} failed ({cause!r}); appends not yet acknowledged may "
-            "or may not be on disk; free the disk or fix the device, then restart the process "
-            "(recovery truncates any torn tail)"
+            f"writing queue {directory} failed ({cause!r}) until the queue closed; the append "
+            "was not acknowledged, and its record is on disk only if the last attempt wrote it"
         )
 
 

@@ -7,10 +7,16 @@ it belongs to the batch the damage is in (the batch index in each frame says whe
 batch began); such records were never acknowledged and are cut off. Damage followed by a
 frame of a later batch sat in a batch that was fsynced: that is corruption in the middle,
 which is kept and counted, and readers stop at it.
+
+A cut is never silent: it is logged with the segment, the offset and the records and bytes
+cut, and the bytes cut are first copied to `quarantine/<segment>.<offset>.tail` in the queue
+directory, so that what was there can still be looked at. (Recovery cannot tell a torn write
+from damage to the last, acknowledged batch: both look the same.)
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +25,9 @@ from pathlib import Path
 from edge_node.queue.framing import MAGIC, Frame
 from edge_node.queue.scanning import Damage, scan_segment
 from edge_node.queue.segments import Segment, list_segment_files
+
+log = logging.getLogger(__name__)
+QUARANTINE_DIRECTORY = "quarantine"
 
 
 @dataclass(slots=True)
@@ -59,6 +68,17 @@ def _recover_last(segment: Segment, fsync: Callable[[int], None]) -> tuple[int, 
     if cut is not None:
         report.truncated_records = _count_records(segment.path, items, cut)
         report.truncated_bytes = segment.size - cut
+        kept = _quarantine_tail(segment.path, cut)
+        log.warning(
+            "queue %s: cut a torn or damaged tail off segment %s at offset %d: %d records, "
+            "%d bytes, never read by a consumer (copied to %s)",
+            segment.path.parent,
+            segment.path.name,
+            cut,
+            report.truncated_records,
+            report.truncated_bytes,
+            kept,
+        )
         _truncate(segment.path, cut, fsync)
         segment.size = cut
     segment.index = []
@@ -116,3 +136,17 @@ def _truncate(path: Path, size: int, fsync: Callable[[int], None]) -> None:
         fsync(fd)
     finally:
         os.close(fd)
+
+
+def _quarantine_tail(path: Path, cut: int) -> Path | str:
+    """Copy the bytes of `path` from `cut` on into the quarantine directory; where they went
+    (or why they could not be kept: the cut goes ahead, the disk may be full)."""
+    target = path.parent / QUARANTINE_DIRECTORY / f"{path.name}.{cut}.tail"
+    try:
+        target.parent.mkdir(exist_ok=True)
+        with path.open("rb") as source:
+            source.seek(cut)
+            target.write_bytes(source.read())
+    except OSError as exc:
+        return f"nowhere: {exc}"
+    return target

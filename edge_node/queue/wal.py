@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -15,13 +16,17 @@ from edge_node.queue.errors import CorruptRecord, QueueClosed, QueueFull
 from edge_node.queue.framing import HEADER_SIZE, MAX_PAYLOAD_BYTES, Record
 from edge_node.queue.opening import OpenedDirectory, open_directory
 from edge_node.queue.reader import read_records, read_tail
-from edge_node.queue.scanning import Damage
+from edge_node.queue.scanning import Damage, scan_segment
 from edge_node.queue.segments import SegmentCatalog, delete_segment_files
 from edge_node.queue.settings import QueueSettings
 from edge_node.queue.status import QueueStats, QueueStatus, describe
 from edge_node.queue.writer import GroupCommitter
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
+
+# How long close() keeps retrying a batch whose write fails (a full disk) before it fails it.
+CLOSE_RETRY_SECONDS = 10.0
 
 
 async def open_queue(
@@ -91,7 +96,8 @@ class WriteAheadQueue:
 
     @property
     def write_failure(self) -> BaseException | None:
-        """The error that made every append fail since (a restart is the cure), if any."""
+        """The write or fsync error the queue is retrying after, while it lasts: appends are
+        queued behind it and acknowledged once the write succeeds again."""
         return self._committer.failure
 
     def free_bytes(self) -> int:
@@ -197,6 +203,32 @@ class WriteAheadQueue:
                 await self._delete_consumed_segments()
             return moved
 
+    async def verify(self) -> list[tuple[Path, Damage]]:
+        """Check every record of the segments before the one appended to against its
+        checksum (in a thread): each damaged run is counted in `stats.corrupt_records` once,
+        logged with its segment and offset, and returned. Run once after open."""
+        self._ensure_open()
+        sealed = self._catalog.snapshot().segments[:-1]
+        found: list[tuple[Path, Damage]] = []
+        for segment in sealed:
+            try:
+                damage = await asyncio.to_thread(_damage_in, segment.path, segment.first_seq)
+            except FileNotFoundError:
+                continue  # consumed and deleted meanwhile
+            found += [(segment.path, run) for run in damage]
+        for path, run in found:
+            if (path.name, run.offset) not in self._damage_seen:
+                log.error(
+                    "queue %s: segment %s is damaged at offset %d (%d bytes); readers stop "
+                    "there (`edge-node queue verify`)",
+                    self.directory,
+                    path.name,
+                    run.offset,
+                    run.size,
+                )
+        self._count_damage(found)
+        return found
+
     async def status(self) -> QueueStatus:
         """A snapshot for operators: bytes, segments, and depth and cursor per consumer."""
         self._ensure_open()
@@ -229,7 +261,7 @@ class WriteAheadQueue:
         await self.close()
 
     async def _close(self) -> None:
-        await self._committer.drain()
+        await self._committer.drain(give_up_after=CLOSE_RETRY_SECONDS)
         async with self._commit_lock:
             self._committer.close()
             os.close(self._opened.directory_fd)
@@ -296,3 +328,8 @@ class WriteAheadQueue:
             if key not in self._damage_seen:
                 self._damage_seen.add(key)
                 self.stats.corrupt_records += 1
+
+
+def _damage_in(path: Path, first_seq: int) -> list[Damage]:
+    """The damaged runs of a whole segment file."""
+    return [item for item in scan_segment(path, 0, first_seq - 1) if isinstance(item, Damage)]

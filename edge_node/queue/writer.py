@@ -4,11 +4,21 @@ Appends are queued on the event loop. One flush task takes everything queued, en
 and hands it to a dedicated writer thread that writes it and fsyncs it, so the loop keeps
 serving meanwhile; appends that arrive during that fsync form the next batch. Each append's
 future resolves only after the fsync that covers its record.
+
+A batch whose write or fsync fails (a full disk, an I/O error) is neither acknowledged nor
+dropped: its bytes are cut off the segment again (the file truncated to its last durable size,
+segments it created removed), and the same batch is written again after a pause that grows to
+`RETRY_MAX_SECONDS`, until it is durable. Rewriting, rather than fsyncing again, is what makes
+the retry honest: after a failed fsync the kernel may have dropped the dirty pages it could not
+write, and a second fsync would report success for data that is not on disk. Meanwhile appends
+queue up behind the batch, and `failure` names the error so that callers stop taking new work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +29,11 @@ from edge_node.queue.errors import QueueWriteError
 from edge_node.queue.framing import HEADER_SIZE, encode_into
 from edge_node.queue.segments import Segment, SegmentCatalog, segment_name
 from edge_node.queue.status import QueueStats
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_SECONDS = 0.05
+RETRY_MAX_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -51,6 +66,22 @@ class SegmentAppender:
             self._fsync(self._fd)
         if created:
             self._fsync(self._directory_fd)
+
+    def rollback(self, active: Path, durable_size: int, chunks: list[_Chunk]) -> None:
+        """Undo a failed write: `active` cut back to its `durable_size`, the segments the batch
+        created removed, and `active` the file appended to again."""
+        fd = os.open(active, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.ftruncate(fd, durable_size)
+            for chunk in chunks:
+                if chunk.created:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(chunk.segment.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self._fd)
+        self._fd = fd
 
     def close(self) -> None:
         """Close the active segment's file."""
@@ -94,11 +125,12 @@ class GroupCommitter:
         self._futures: list[asyncio.Future[int]] = []
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._give_up_at: float | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
 
     @property
     def failure(self) -> BaseException | None:
-        """The write or fsync error that stopped the writer, if one did."""
+        """The write or fsync error the writer is retrying after, while it lasts."""
         return self._failure
 
     @property
@@ -108,8 +140,6 @@ class GroupCommitter:
 
     def submit(self, payload: bytes, timestamp_ms: int) -> asyncio.Future[int]:
         """Queue one record; the future gives its sequence number once it is durable."""
-        if self._failure is not None:
-            raise QueueWriteError(self._directory, self._failure)
         future = self._loop.create_future()
         self._payloads.append(payload)
         self._timestamps.append(timestamp_ms)
@@ -119,8 +149,11 @@ class GroupCommitter:
             self._task = self._loop.create_task(self._run())
         return future
 
-    async def drain(self) -> None:
-        """Wait until every queued append has been committed (or failed)."""
+    async def drain(self, *, give_up_after: float | None = None) -> None:
+        """Wait until every queued append has been committed; with `give_up_after`, a batch
+        still failing that many seconds from now fails with everything queued behind it."""
+        if give_up_after is not None:
+            self._give_up_at = self._loop.time() + give_up_after
         while self._task is not None:
             # Shielded: a caller giving up on close() must not abort a half-done batch.
             await asyncio.shield(self._task)
@@ -132,7 +165,7 @@ class GroupCommitter:
 
     async def _run(self) -> None:
         try:
-            while self._futures and self._failure is None:
+            while self._futures:
                 if self._commit_interval:
                     await asyncio.sleep(self._commit_interval)
                 await self._commit_batch()
@@ -140,23 +173,69 @@ class GroupCommitter:
             self._task = None
 
     async def _commit_batch(self) -> None:
-        """Write everything queued as one batch and resolve its futures."""
+        """Write everything queued as one batch, retrying until it is durable, and resolve its
+        futures."""
         payloads, timestamps, futures = self._payloads, self._timestamps, self._futures
         self._payloads, self._timestamps, self._futures = [], [], []
         first_seq = self._next_seq - len(futures)
         try:
             chunks = self._plan(payloads, timestamps, first_seq)
-            await self._loop.run_in_executor(self._thread, self._appender.write, chunks)
-        except asyncio.CancelledError as exc:
-            self._fail(exc, futures)
-            raise
         except Exception as exc:
             self._fail(exc, futures)
             return
+        try:
+            durable = await self._write_until_durable(chunks)
+        except asyncio.CancelledError as exc:
+            self._fail(exc, futures)
+            raise
+        if not durable:
+            assert self._failure is not None
+            self._fail(self._failure, futures)
+            await self._attempt_undo(chunks)
+            return
+        if self._failure is not None:
+            log.warning("queue %s: writing works again", self._directory)
+            self._failure = None
         self._apply(chunks, first_seq, len(futures))
         for seq, future in enumerate(futures, first_seq):
             if not future.done():
                 future.set_result(seq)
+
+    async def _write_until_durable(self, chunks: list[_Chunk]) -> bool:
+        """Attempt the batch until it is durable (True) or the closing queue gives up."""
+        pause = RETRY_FIRST_SECONDS
+        while not await self._attempt(chunks):
+            if self._give_up_at is not None and self._loop.time() >= self._give_up_at:
+                return False
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, RETRY_MAX_SECONDS)
+        return True
+
+    async def _attempt(self, chunks: list[_Chunk]) -> bool:
+        """Write and sync the batch once (cutting off what a failed attempt left first);
+        True when it is durable."""
+        if self._failure is not None and not await self._attempt_undo(chunks):
+            return False
+        try:
+            await self._loop.run_in_executor(self._thread, self._appender.write, chunks)
+        except Exception as exc:
+            if self._failure is None:
+                log.error("queue %s: writing a batch failed, retrying: %s", self._directory, exc)
+            self._failure = exc
+            return False
+        return True
+
+    async def _attempt_undo(self, chunks: list[_Chunk]) -> bool:
+        """Cut a failed batch off the files; False (and the error kept) when that fails too."""
+        active = self._catalog.active
+        try:
+            await self._loop.run_in_executor(
+                self._thread, self._appender.rollback, active.path, active.size, chunks
+            )
+        except OSError as exc:
+            self._failure = exc
+            return False
+        return True
 
     def _plan(self, payloads: list[bytes], timestamps: list[int], first_seq: int) -> list[_Chunk]:
         """Encode the batch, split where a segment must roll."""
@@ -190,8 +269,8 @@ class GroupCommitter:
         self._stats.group_commits += 1
 
     def _fail(self, exc: BaseException, batch: list[asyncio.Future[int]]) -> None:
-        """Fail this batch and everything queued; no later append is accepted."""
-        self._failure = exc
+        """Fail this batch and everything queued (the queue is closing, or the batch could not
+        be encoded)."""
         for future in batch + self._futures:
             if not future.done():
                 future.set_exception(QueueWriteError(self._directory, exc))

@@ -76,14 +76,14 @@ class TenantStores:
             synchronous=self._synchronous,
             busy_timeout_ms=self._busy_timeout_ms,
         )
-        sqlite.migrate(conn, MIGRATIONS)
-        # Checkpoints run in the background (run_checkpoints); this high threshold is only a
-        # backstop should they stall, so the request path almost never pays for one.
-        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
-        store = TenantStore(
-            conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id), self.pending
-        )
-        try:
+        try:  # a file that cannot be migrated (a full disk) is closed, not left open
+            sqlite.migrate(conn, MIGRATIONS)
+            # Checkpoints run in the background (run_checkpoints); this high threshold is only
+            # a backstop should they stall, so the request path almost never pays for one.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+            store = TenantStore(
+                conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id), self.pending
+            )
             store.seal_plaintext_comments()
         except BaseException:
             conn.close()

@@ -105,10 +105,16 @@ class TenantStore(RatingReplication):
                             outcomes.append((future, operation(), None))
                     except Exception as exc:  # handed to that write's caller
                         outcomes.append((future, None, exc))
-        except Exception as exc:  # BEGIN or COMMIT failed: none of the batch is durable
+        except Exception as failure:  # BEGIN or COMMIT failed: none of the batch is durable
+            # A write that hit a full disk or an I/O error may have ended the transaction
+            # (SQLite rolls back by itself); its error, not COMMIT's, says why.
+            cause: BaseException = next(
+                (error for _, _, error in outcomes if error and sqlite.storage_failure(error)),
+                failure,
+            )
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(cause)
             return
         for future, value, error in outcomes:
             if future.done():

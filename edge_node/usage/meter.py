@@ -3,9 +3,14 @@
 A route names the operation it performs (one of edge_node/usage/operations.py); an operation
 bills the units configured for it (`[meter.units]`, 0 = free), looked up once when the meter
 is made. Only answers below 400 bill: validation errors, refusals, 429s and failures never
-do. Before the handler runs, the meter reserves room in the queue for the event, so a full
-queue refuses the request (503) before anything is done rather than after a write it could
-not bill.
+do. Before the handler runs, the meter reserves room for the event, so a request that could
+not be billed is refused (503) before anything is done rather than after a write: a full queue
+(`usage-queue-full`); storage that cannot take the event (`storage-unavailable`): the queue's
+writer retrying after a failed write, the data directory's filesystem below its free-space
+floor (edge_node/usage/room.py), or no room left to allocate in the served-counts file. A
+queue write that fails after admission (the floor makes that rare) is retried by the queue
+until it is durable; the response waits for it at most `USAGE_WAIT_SECONDS`, then answers
+503 `usage-pending`: the write was done and its event will be written.
 
 Each event recorded is also counted per tenant and day in a memory-mapped file of its own
 (edge_node/usage/served.py), apart from the queue, so reconciliation can tell usage served from
@@ -26,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_node.config import MeterConfig, QueueConfig
-from edge_node.errors import ConfigError, ServiceUnavailable
+from edge_node.errors import ConfigError, ServiceUnavailable, StorageUnavailable
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import QueueError, QueueSettings, WriteAheadQueue, open_queue
 from edge_node.usage.event import UsageEvent
 from edge_node.usage.operations import OPERATIONS
+from edge_node.usage.room import DiskFloor
 from edge_node.usage.served import ServedCounter, counts_path
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,8 @@ BILLING_CONSUMER = "billing"
 # Generous bound on one encoded event plus its frame, for reserving queue room up front.
 EVENT_RESERVATION_BYTES = 1024
 RETRY_AFTER_FULL_SECONDS = 30
+# How long a strict response waits for its event while the queue retries a failed write.
+USAGE_WAIT_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -46,6 +54,7 @@ class MeterStats:
     recorded: int = 0
     recorded_units: int = 0
     rejected_full: int = 0
+    rejected_storage: int = 0
     unmetered: int = 0
     failed: int = 0
 
@@ -59,9 +68,11 @@ class Meter:
         config: MeterConfig,
         node_id: str,
         served: ServedCounter | None = None,
+        floor: DiskFloor | None = None,
     ) -> None:
         self.queue = queue
         self.served = served
+        self.floor = floor
         self.config = config
         self.node_id = node_id
         self.stats = MeterStats()
@@ -77,9 +88,11 @@ class Meter:
     def reserve(self) -> bool:
         """Hold queue room for one event; False when full and `on_full` lets the request through.
 
-        Raises 503 `usage-queue-full` when full and `on_full = "reject"`.
+        Raises 503 `usage-queue-full` when full and `on_full = "reject"`, and 503
+        `storage-unavailable` whatever `on_full` says when storage cannot take the event.
         """
         assert self.queue is not None
+        self._check_storage()
         if self.queue.free_bytes() >= (self._reserved + 1) * EVENT_RESERVATION_BYTES:
             self._reserved += 1
             return True
@@ -95,6 +108,28 @@ class Meter:
 
     def release(self) -> None:
         self._reserved -= 1
+
+    def storage_problem(self) -> str | None:
+        """Why storage cannot take usage events now (for `/readyz`), or None."""
+        if self.queue is not None and self.queue.write_failure is not None:
+            return f"the usage queue cannot write: {self.queue.write_failure}"
+        if self.floor is not None:
+            return self.floor.shortfall()
+        return None
+
+    def _check_storage(self) -> None:
+        """Refuse before anything is done when the event could not be stored."""
+        reason = self.storage_problem()
+        if reason is None and self.served is not None:
+            try:
+                self.served.ensure_room(self._reserved + 1)
+            except OSError as exc:
+                reason = f"the served-counts file cannot grow: {exc}"
+        if reason is not None:
+            self.stats.rejected_storage += 1
+            raise StorageUnavailable(
+                f"{reason}; this request could not be billed, so it was not served"
+            )
 
     async def record(
         self, tenant_id: str, operation: str, status: int, request_id: str
@@ -119,20 +154,42 @@ class Meter:
         except QueueError as exc:
             self._failed(exc)
             raise _not_recorded() from exc
+        self._count_served(tenant_id, event.timestamp_ms, units)
         if self.config.durability == "strict":
-            try:
-                await durable
-            except QueueError as exc:
-                self._failed(exc)
-                raise _not_recorded() from exc
+            await self._await_durable(durable)
         else:
             self._pending.add(durable)
             durable.add_done_callback(self._settled)
-        if self.served is not None:  # counted apart from the queue, for reconciliation
-            self.served.add(tenant_id, event.timestamp_ms, units)
         self.stats.recorded += 1
         self.stats.recorded_units += units
         return event
+
+    async def _await_durable(self, durable: asyncio.Future[int]) -> None:
+        """Wait for the event's group commit; a queue retrying a failed write gets a bounded
+        wait, after which the event stays queued and the answer says so."""
+        try:
+            await asyncio.wait_for(asyncio.shield(durable), USAGE_WAIT_SECONDS)
+        except TimeoutError:
+            self._pending.add(durable)
+            durable.add_done_callback(self._settled)
+            raise StorageUnavailable(
+                "the request was carried out; its usage event is queued and will be written "
+                "once storage takes writes again",
+                slug="usage-pending",
+            ) from None
+        except QueueError as exc:
+            self._failed(exc)
+            raise _not_recorded() from exc
+
+    def _count_served(self, tenant_id: str, timestamp_ms: int, units: int) -> None:
+        """Counted apart from the queue, for reconciliation; a count that cannot be stored is
+        logged, never a failed request (the event is already queued)."""
+        if self.served is None:
+            return
+        try:
+            self.served.add(tenant_id, timestamp_ms, units)
+        except OSError as exc:
+            log.error("served count of tenant %s not stored: %s", tenant_id, exc)
 
     async def close(self) -> None:
         """Make every event recorded so far durable, then close the queue."""
@@ -181,6 +238,7 @@ async def open_meter(
     node_id: str,
     *,
     fsync: Callable[[int], None] = os.fsync,
+    min_free_bytes: int = 0,
 ) -> Meter:
     """The meter of one worker process, owning its queue directory (None queue when off)."""
     if not config.enabled:
@@ -192,4 +250,9 @@ async def open_meter(
     queue = await open_queue(
         directory, consumers=(BILLING_CONSUMER,), settings=settings, fsync=fsync
     )
-    return Meter(queue, config, node_id, ServedCounter(counts_path(directory)))
+    try:
+        served = ServedCounter(counts_path(directory))
+    except BaseException:
+        await queue.close()
+        raise
+    return Meter(queue, config, node_id, served, DiskFloor(directory, min_free_bytes))

@@ -18,6 +18,12 @@ file is synced about every `SYNC_EVERY_SECONDS` while counting, and on close).
 
 A slot is filled before the header counts it, so a process killed in between leaves a slot
 that nobody reads. The file grows by doubling.
+
+Every page of the file is allocated for real (`posix_fallocate`) before it is mapped: a store
+into a hole of a sparse file on a full filesystem is not an error the process can answer but
+SIGBUS, which kills it. The meter asks for room before each billable request
+(`ensure_room`), so the file grows, or fails to with an OSError answered 503, before the
+request is served, never inside `add`.
 """
 
 from __future__ import annotations
@@ -47,12 +53,18 @@ class ServedCounter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        size = os.fstat(self._fd).st_size
-        if size < _HEADER.size:
-            size = _file_size(INITIAL_SLOTS)
-            os.ftruncate(self._fd, size)
-            os.pwrite(self._fd, _HEADER.pack(MAGIC, 0, 0), 0)
-        self._map = mmap.mmap(self._fd, size)
+        try:
+            size = os.fstat(self._fd).st_size
+            if size < _HEADER.size:
+                size = _file_size(INITIAL_SLOTS)
+                os.posix_fallocate(self._fd, 0, size)
+                os.pwrite(self._fd, _HEADER.pack(MAGIC, 0, 0), 0)
+            else:
+                os.posix_fallocate(self._fd, 0, size)  # a file made sparse by older versions
+            self._map = mmap.mmap(self._fd, size)
+        except BaseException:
+            os.close(self._fd)
+            raise
         magic, used, _ = _HEADER.unpack_from(self._map, 0)
         if magic != MAGIC:
             raise ValueError(f"{path} is not a served-requests counts file")
@@ -63,8 +75,21 @@ class ServedCounter:
         self._synced_at = time.monotonic()
         self._adds = 0
 
+    @property
+    def free_slots(self) -> int:
+        """Slots the file holds, allocated, beyond those in use."""
+        return (len(self._map) - _HEADER.size) // _SLOT.size - self._used
+
+    def ensure_room(self, slots: int) -> None:
+        """Grow the file until `slots` more slots fit; OSError (ENOSPC...) when it cannot."""
+        while self.free_slots < slots:
+            self._grow()
+
     def add(self, tenant_id: str, timestamp_ms: int, units: int) -> None:
-        """Count one request served for `tenant_id` at `timestamp_ms`, billing `units`."""
+        """Count one request served for `tenant_id` at `timestamp_ms`, billing `units`.
+
+        A new (tenant, day) takes a slot; callers have made room for it with `ensure_room`,
+        or the file grows here (and an OSError says it could not)."""
         key = (tenant_id, timestamp_ms // DAY_MS)
         index = self._slots.get(key)
         if index is None:
@@ -102,10 +127,12 @@ class ServedCounter:
         return index
 
     def _grow(self) -> None:
+        """Double the file: its new pages allocated first, so the old mapping stays in use
+        when that fails."""
         size = _file_size(2 * ((len(self._map) - _HEADER.size) // _SLOT.size))
+        os.posix_fallocate(self._fd, 0, size)
         self._map.flush()
         self._map.close()
-        os.ftruncate(self._fd, size)
         self._map = mmap.mmap(self._fd, size)
 
     def _read(self) -> Iterator[tuple[str, int, int, int]]:

@@ -14,8 +14,11 @@ from edge_node.errors import (
     NotFound,
     PayloadTooLarge,
     Problem,
+    SchemaTooNew,
+    StorageUnavailable,
     UnsupportedMediaType,
 )
+from edge_node.sqlite import storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +103,24 @@ def _translate(exc: web.HTTPException) -> Problem:
 
 
 def problem_answer(request: web.Request, exc: Exception) -> web.Response:
-    """The problem+json answer to `exc`, raised while serving `request`; anything unexpected
-    is logged and answered 500. aiohttp's HTTP exceptions below 400 (redirects) are not
-    errors: they are raised again, for aiohttp to answer."""
+    """The problem+json answer to `exc`, raised while serving `request`; a storage fault (a
+    full disk, an I/O error, a damaged file: edge_node.sqlite.storage_failure) is 503 with
+    Retry-After, logged on one line; anything unexpected is logged and answered 500.
+    aiohttp's HTTP exceptions below 400 (redirects) are not errors: they are raised again, for
+    aiohttp to answer."""
     if isinstance(exc, Problem):
         return problem_response(exc, request.path)
+    if isinstance(exc, SchemaTooNew):
+        log.error("serving %s %s: %s", request.method, request.path, exc)
+        detail = "local storage was migrated by a newer release; retry later"
+        return problem_response(StorageUnavailable(detail), request.path)
+    fault = storage_failure(exc)
+    if fault is not None:
+        what, damaged = fault
+        log.warning("storage fault serving %s %s: %s (%s)", request.method, request.path, what, exc)
+        slug = "storage-damaged" if damaged else None
+        detail = f"local storage failed ({what}); nothing was changed, retry later"
+        return problem_response(StorageUnavailable(detail, slug=slug), request.path)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge_node.errors import PermanentSyncError
+from sync.central import citus
 from sync.postgres import on_each_database, server_version_num, translated
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ async def migrate(
             f"the central database needs PostgreSQL 15 or newer, this server is {version}"
         )
     applied: list[int] = []
+    on_citus = await citus.is_citus(connection)
+    if on_citus:
+        await citus.prepare(connection)
     # Held for the whole run (each migration's transaction takes it again), so one of two
     # nodes migrating at once applies every migration and the other finds them all done,
     # rather than the two taking turns migration by migration.
@@ -85,6 +89,8 @@ async def migrate(
         for migration in load_migrations() if migrations is None else migrations:
             if await _apply(connection, migration):
                 applied.append(migration.version)
+        if on_citus:
+            await citus.distribute(connection)
     finally:
         with translated("releasing the migration lock"):
             await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
@@ -133,6 +139,9 @@ async def migrate_dsns(dsns: Sequence[str]) -> list[dict[str, Any]]:
 
     async def run(connection: Connection) -> dict[str, Any]:
         applied = await migrate(connection)
-        return {"applied": applied, "version": await schema_version(connection)}
+        report: dict[str, Any] = {"applied": applied, "version": await schema_version(connection)}
+        if await citus.is_citus(connection):
+            report["distributed"] = await citus.distribution(connection)
+        return report
 
     return await on_each_database(dsns, run)

@@ -21,7 +21,8 @@ from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Uploa
 from sync.replication.round_values import EdgeStorage
 
 if TYPE_CHECKING:
-    from sync.postgres import Connection, Record
+    from sync.postgres import Connection
+    from sync.replication.change_feed import FeedRow
 
 _UPLOAD = """
     INSERT INTO billing_events (tenant_id, event_id, type, created, customer_id,
@@ -60,7 +61,7 @@ def billing_events(edge: EdgeStorage) -> ReplicatedTable[SharedBillingEvent]:
     state follows it to every edge within the same round."""
     replica = BillingReplica(edge.node_database)
 
-    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+    def apply(records: list[FeedRow], checkpoint: Checkpoint) -> int:
         return replica.apply_downloaded([_event(r) for r in records], checkpoint=checkpoint)
 
     return ReplicatedTable(
@@ -79,7 +80,7 @@ def billing_events(edge: EdgeStorage) -> ReplicatedTable[SharedBillingEvent]:
     )
 
 
-def _event(record: Record) -> SharedBillingEvent:
+def _event(record: FeedRow) -> SharedBillingEvent:
     return SharedBillingEvent(
         record["event_id"],
         record["tenant_id"],

@@ -11,19 +11,31 @@ The horizon and the page come from one statement, hence one snapshot: the horizo
 oldest transaction running in the very snapshot the rows are read from. It is selected apart
 and the page joined to it (`LEFT JOIN LATERAL`), so an empty page still says how far the
 table has been read.
+
+On Citus the same statement runs on each worker against that worker's shards
+(placed_feed.py), with its parameters written into the text (`placed_sql`), since each worker
+stamps change positions with its own transaction ids. There a shard read from its beginning
+is first *scanned* in key order (`scan=True`): every row, whatever its change position, and
+the horizon of the first page's snapshot, from which the change feed then goes on. A shard
+moved to another worker keeps the positions its rows had on the old one, which mean nothing
+on the new one; a scan reads them all the same.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sync.postgres import translated
 from sync.replication.positions import Position
 
 if TYPE_CHECKING:
     from sync.postgres import Connection, Record
+
+# A row of a page: asyncpg's record on plain PostgreSQL, decoded JSON on Citus; read by name.
+FeedRow: TypeAlias = "Record | dict[str, Any]"
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,8 @@ class ChangeFeed:
     row against the position's last key. `columns` selects every key column as text under
     its own name, since a position keeps the last key read, and `tenant_id` for a table whose
     rows the round shares out among its tenants. `per_tenant` reads one tenant's rows only.
-    `what` names the rows in error messages.
+    `what` names the rows in error messages. `binary` names the bytea columns among
+    `columns` (read back from JSON on Citus).
     """
 
     what: str
@@ -44,15 +57,49 @@ class ChangeFeed:
     columns: str
     key: tuple[tuple[str, str], ...]
     per_tenant: bool = False
+    binary: tuple[str, ...] = ()
 
     @functools.cached_property
     def sql(self) -> str:
         """The page query: $1 position xid, $2 bound, $3 limit, then the position's last key
         (NULLs: none at that xid), then the tenant of a per-tenant feed."""
+        return self._page_sql(self.source, scan=False)
+
+    def placed_sql(
+        self,
+        shards: dict[str, str],
+        since: Position,
+        limit: int,
+        bound: int,
+        tenant_id: str | None,
+        *,
+        scan: bool,
+    ) -> str:
+        """The page query for one shard placement: tables named as their shards in `shards`,
+        parameters written in as literals; with `scan`, every row after the last key read,
+        in key order (see the module doc)."""
+        source = re.sub(r"\b[a-z_]+\b", lambda word: shards.get(word[0], word[0]), self.source)
+        tenant = [] if tenant_id is None else [tenant_id]
+        values = [str(since.xid), str(bound), limit, *since.key_bound(len(self.key)), *tenant]
+        return re.sub(
+            r"\$(\d+)",
+            lambda m: _literal(values[int(m[1]) - 1]),
+            self._page_sql(source, scan=scan),
+        )
+
+    def _page_sql(self, source: str, *, scan: bool) -> str:
         xid = f"{self.alias}.change_xid"
         key = ", ".join(f"{self.alias}.{name}" for name, _ in self.key)
         after = ", ".join(f"${4 + i}::{sql_type}" for i, (_, sql_type) in enumerate(self.key))
         tenant = f"{self.alias}.tenant_id = ${4 + len(self.key)} AND " if self.per_tenant else ""
+        if scan:
+            where = f"{tenant}($4::{self.key[0][1]} IS NULL OR ({key}) > ({after}))"
+            order = key
+        else:
+            where = f"""{tenant}{xid} >= $1::text::xid8
+          AND ({xid} > $1::text::xid8 OR $4::{self.key[0][1]} IS NULL OR ({key}) > ({after}))
+          AND {xid} < horizon.xid"""
+            order = f"{xid}, {key}"
         return f"""
     WITH horizon AS MATERIALIZED (
         SELECT LEAST(pg_snapshot_xmin(pg_current_snapshot()), $2::text::xid8) AS xid
@@ -60,11 +107,9 @@ class ChangeFeed:
     SELECT horizon.xid::text AS horizon, page.*
     FROM horizon LEFT JOIN LATERAL (
         SELECT {self.columns}, {xid}::text AS position
-        FROM {self.source}
-        WHERE {tenant}{xid} >= $1::text::xid8
-          AND ({xid} > $1::text::xid8 OR $4::{self.key[0][1]} IS NULL OR ({key}) > ({after}))
-          AND {xid} < horizon.xid
-        ORDER BY {xid}, {key}
+        FROM {source}
+        WHERE {where}
+        ORDER BY {order}
         LIMIT $3
     ) page ON true"""  # noqa: S608 - built from the feeds' constant text, no input
 
@@ -100,3 +145,16 @@ class ChangeFeed:
             return since.at_horizon(horizon)
         last = rows[-1]
         return since.after_page(int(last["position"]), tuple(last[name] for name, _ in self.key))
+
+
+def _literal(value: Any) -> str:
+    """`value` as an SQL literal: NULL, an integer, or a string with its quotes doubled
+    (standard_conforming_strings, on since PostgreSQL 9.1, keeps backslashes plain)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    if "\x00" in text:
+        raise ValueError("a NUL character cannot be part of an SQL literal")
+    return "'" + text.replace("'", "''") + "'"

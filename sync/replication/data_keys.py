@@ -33,7 +33,8 @@ from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Uploa
 from sync.replication.round_values import EdgeStorage
 
 if TYPE_CHECKING:
-    from sync.postgres import Connection, Record
+    from sync.postgres import Connection
+    from sync.replication.change_feed import FeedRow
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ _KEY_CHANGES = ChangeFeed(
     "t",
     "t.tenant_id::text AS tenant_id, t.key_id, t.wrapped, t.fleet_key_id, t.created_at",
     (("tenant_id", "uuid"), ("key_id", "text")),
+    binary=("wrapped",),
 )
 
 
@@ -68,7 +70,7 @@ def tenant_deletions(edge: EdgeStorage) -> ReplicatedTable[tuple[str, int]]:
     """Steps 1 and 2 of the module doc: deletions as a round moves them."""
     keyring = edge.stores.keyring
 
-    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+    def apply(records: list[FeedRow], checkpoint: Checkpoint) -> int:
         shredded = sum(_shred(edge, r["tenant_id"]) for r in records)
         keyring.set_checkpoint(*checkpoint)
         return shredded
@@ -93,7 +95,7 @@ def data_keys(edge: EdgeStorage, database: str) -> ReplicatedTable[SharedDataKey
     key."""
     keyring = edge.stores.keyring
 
-    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+    def apply(records: list[FeedRow], checkpoint: Checkpoint) -> int:
         added = _add_shared(keyring, [_data_key(r) for r in records], checkpoint[0])
         keyring.set_checkpoint(*checkpoint)
         return added
@@ -159,7 +161,7 @@ async def _upload_keys(connection: Connection, keys: Sequence[SharedDataKey]) ->
     return rows_changed(status)
 
 
-def _data_key(record: Record) -> SharedDataKey:
+def _data_key(record: FeedRow) -> SharedDataKey:
     return SharedDataKey(
         record["tenant_id"],
         record["key_id"],

@@ -48,6 +48,14 @@ class Position:
         """Before every row of `database`."""
         return cls(database, 0)
 
+    @property
+    def is_start(self) -> bool:
+        return self.xid == 0 and self.after is None
+
+    def covers(self, other: Position) -> bool:
+        """Whether every row below `other` is below this position too (both at a horizon)."""
+        return self.after is None and other.after is None and self.xid >= other.xid
+
     def encode(self) -> str:
         after = None if self.after is None else list(self.after)
         return orjson.dumps(

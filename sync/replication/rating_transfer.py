@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 from edge_node.clock import now_us
 from edge_node.rating.replication import RatingRow
 from sync.replication import shard_state
+from sync.replication.downloads import Downloads, FeedPosition
+from sync.replication.placed_feed import PlacedPosition
 from sync.replication.positions import Position
 from sync.replication.ratings import download_ratings, download_shard_ratings, upload_ratings
 from sync.replication.round_values import EdgeStorage, RoundReport
@@ -42,13 +44,15 @@ class RatingTransfer:
     """The ratings part of one round on shard `index` (see the module doc)."""
 
     connection: Connection
+    downloads: Downloads
     index: int
     edge: EdgeStorage
     batch_size: int
     report: RoundReport
     failures: TenantFailures
     set_aside: Callable[[str, Sequence[tuple[object, str]]], None]
-    horizon: int | None = None  # where the shard download stopped: every row below is read
+    # The shard download's (durable bound, horizon reached), for the status.
+    lag: tuple[int | None, int | None] = (None, None)
     _joined: set[str] = field(default_factory=set)
 
     async def upload(self, tenant_ids: Sequence[str]) -> None:
@@ -74,33 +78,36 @@ class RatingTransfer:
     async def _send(self, rows: Sequence[RatingRow]) -> int:
         return await upload_ratings(self.connection, rows)
 
-    async def download(self, tenant_ids: Sequence[str], database: str, bound: int) -> None:
+    async def download(self, tenant_ids: Sequence[str], database: str) -> None:
         """The shard's changes for the tenants of `tenant_ids`, then the catch-up of those the
         shard checkpoint does not cover yet."""
         conn = self.edge.node_database
         self._joined = shard_state.joined_tenants(conn, self.index, database)
-        position = Position.decode(shard_state.shard_checkpoint(conn, self.index), database)
-        from_start = position == Position.start(database)
+        position = self.downloads.decode(shard_state.shard_checkpoint(conn, self.index))
+        from_start = position.is_start
         known = set(tenant_ids)
         failed: set[str] = set()
         while True:
-            rows, position = await download_shard_ratings(
-                self.connection, position, self.batch_size, bound
+            started = position.is_start
+            rows, position, more = await download_shard_ratings(
+                self.downloads, position, self.batch_size
             )
             failed |= await self._apply_page(rows, known)
             if failed & self._joined:  # before the checkpoint passes their rows
                 self._joined -= failed
                 shard_state.set_joined_tenants(conn, self.index, database, self._joined)
-            if rows:  # an empty page is not stored: it costs one index probe next round
+            # An empty page is not stored (it costs one index probe next round), unless it is
+            # the first: on Citus, the end of each shard's first scan (placed_feed.py).
+            if rows or (started and not position.is_start):
                 shard_state.set_shard_checkpoint(conn, self.index, position.encode())
-            if len(rows) < self.batch_size:
+            if not more:
                 break
-        self.horizon = position.xid
+        self.lag = self.downloads.lag(position)
         if from_start:  # the download covered everything, for every tenant known before it
             self._join(database, known - failed)
         for tenant_id in tenant_ids:
             if tenant_id not in self._joined and tenant_id not in failed:
-                await self._catch_up(tenant_id, database, bound, position)
+                await self._catch_up(tenant_id, database, position)
 
     async def _apply_page(self, rows: Sequence[RatingRow], known: set[str]) -> set[str]:
         """Apply a shard page to the tenants of `known`; the tenants that failed."""
@@ -127,31 +134,26 @@ class RatingTransfer:
                 self.report.applied += store.apply_remote(chunk)
             await asyncio.sleep(0)
 
-    async def _catch_up(self, tenant_id: str, database: str, bound: int, shard: Position) -> None:
+    async def _catch_up(self, tenant_id: str, database: str, shard: FeedPosition) -> None:
         """Download one tenant on its own from its own checkpoint; join it once it is level
         with the shard download (every row below the shard's horizon read)."""
         if not self.failures.may_try(tenant_id, now_us()):
             return
-        reached: list[Position] = []
-        if await self._isolated(
-            tenant_id, self._download_tenant(tenant_id, database, bound, reached)
-        ):
-            level = reached[0]
-            if level.after is None and shard.after is None and level.xid >= shard.xid:
-                self._join(database, {tenant_id})
+        reached: list[FeedPosition] = []
+        downloaded = await self._isolated(tenant_id, self._download_tenant(tenant_id, reached))
+        if downloaded and _covers(reached[0], shard):
+            self._join(database, {tenant_id})
 
-    async def _download_tenant(
-        self, tenant_id: str, database: str, bound: int, reached: list[Position]
-    ) -> None:
-        position = Position.decode(self.edge.stores.get(tenant_id).download_checkpoint(), database)
+    async def _download_tenant(self, tenant_id: str, reached: list[FeedPosition]) -> None:
+        position = self.downloads.decode(self.edge.stores.get(tenant_id).download_checkpoint())
         while True:
-            rows, position = await download_ratings(
-                self.connection, tenant_id, position, self.batch_size, bound
+            rows, position, more = await download_ratings(
+                self.downloads, tenant_id, position, self.batch_size
             )
             if rows:
                 await self._apply(tenant_id, rows, checkpoint=position.encode())
                 self.report.downloaded += len(rows)
-            if len(rows) < self.batch_size:
+            if not more:
                 reached.append(position)
                 return
 
@@ -174,3 +176,12 @@ class RatingTransfer:
             return False
         self.failures.succeeded(tenant_id)
         return True
+
+
+def _covers(level: FeedPosition, shard: FeedPosition) -> bool:
+    """Whether a tenant read up to `level` has every row of it below the shard's `shard`."""
+    if isinstance(level, Position) and isinstance(shard, Position):
+        return level.covers(shard)
+    if isinstance(level, PlacedPosition) and isinstance(shard, PlacedPosition):
+        return level.covers(shard)
+    return False

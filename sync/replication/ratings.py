@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from edge_node.rating.replication import RatingRow, wins
 from sync.postgres import rows_changed, translated
 from sync.replication.change_feed import ChangeFeed
-from sync.replication.positions import Position
 
 if TYPE_CHECKING:
     from sync.postgres import Connection
+    from sync.replication.downloads import Downloads, FeedPosition
 
 # One statement per batch: the columns travel as ten arrays, which PostgreSQL turns back into
 # rows; far cheaper than one INSERT per row, whatever the driver pipelines.
@@ -53,10 +53,17 @@ _SHARD_CHANGES = ChangeFeed(
     "r",
     f"r.tenant_id::text AS tenant_id, {_COLUMNS}",
     (("tenant_id", "uuid"), ("id", "uuid")),
+    binary=("comment_sealed",),
 )
 # One tenant's, for a tenant the shard's checkpoint does not cover yet (rating_transfer.py).
 _TENANT_CHANGES = ChangeFeed(
-    "ratings", "ratings r", "r", _COLUMNS, (("id", "uuid"),), per_tenant=True
+    "ratings",
+    "ratings r",
+    "r",
+    _COLUMNS,
+    (("id", "uuid"),),
+    per_tenant=True,
+    binary=("comment_sealed",),
 )
 
 
@@ -96,23 +103,23 @@ async def upload_ratings(connection: Connection, rows: Sequence[RatingRow]) -> i
 
 
 async def download_ratings(
-    connection: Connection, tenant_id: str, since: Position, limit: int, bound: int
-) -> tuple[list[RatingRow], Position]:
+    downloads: Downloads, tenant_id: str, since: FeedPosition, limit: int
+) -> tuple[list[RatingRow], FeedPosition, bool]:
     """Up to `limit` of the tenant's rows changed after `since` and below the horizon, in
-    (change_xid, id) order, and the position to resume from. Fewer than `limit` rows means
-    the tenant is read up to the horizon. The horizon never passes `bound`, the round's
+    (change_xid, id) order, the position to resume from, and whether there are more to read
+    now (else the tenant is read up to the horizon). The horizon never passes the round's
     durable bound (positions.durable_bound)."""
-    records, position = await _TENANT_CHANGES.read(connection, since, limit, bound, tenant_id)
-    return [_rating(r, tenant_id) for r in records], position
+    records, position, more = await downloads.read(_TENANT_CHANGES, since, limit, tenant_id)
+    return [_rating(r, tenant_id) for r in records], position, more
 
 
 async def download_shard_ratings(
-    connection: Connection, since: Position, limit: int, bound: int
-) -> tuple[list[RatingRow], Position]:
+    downloads: Downloads, since: FeedPosition, limit: int
+) -> tuple[list[RatingRow], FeedPosition, bool]:
     """Like `download_ratings`, for every tenant of the shard at once, in (change_xid,
-    tenant_id, id) order; the horizon never passes `bound`."""
-    records, position = await _SHARD_CHANGES.read(connection, since, limit, bound)
-    return [_rating(r, r["tenant_id"]) for r in records], position
+    tenant_id, id) order."""
+    records, position, more = await downloads.read(_SHARD_CHANGES, since, limit)
+    return [_rating(r, r["tenant_id"]) for r in records], position, more
 
 
 def _rating(r: Any, tenant_id: str) -> RatingRow:

@@ -21,7 +21,8 @@ from sync.replication.replicated_table import Checkpoint, ReplicatedTable, Uploa
 from sync.replication.round_values import EdgeStorage
 
 if TYPE_CHECKING:
-    from sync.postgres import Connection, Record
+    from sync.postgres import Connection
+    from sync.replication.change_feed import FeedRow
 
 _UPLOAD_TENANTS = """
     INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,
@@ -97,7 +98,7 @@ def registry_tenants(edge: EdgeStorage) -> ReplicatedTable[RegistryChange]:
     """Tenants as a round moves them; their upload carries every registry change, keys too."""
     registry = edge.registry
 
-    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+    def apply(records: list[FeedRow], checkpoint: Checkpoint) -> int:
         return registry.apply_remote([_tenant(r) for r in records], [], checkpoint=checkpoint)
 
     return ReplicatedTable(
@@ -119,7 +120,7 @@ def registry_keys(edge: EdgeStorage) -> ReplicatedTable[Never]:
     """API keys as a round moves them: up with the tenants, down each with its tenant."""
     registry = edge.registry
 
-    def apply(records: list[Record], checkpoint: Checkpoint) -> int:
+    def apply(records: list[FeedRow], checkpoint: Checkpoint) -> int:
         owners = {r["tenant_id"]: _tenant(r) for r in records}
         keys = [_key(r) for r in records]
         return registry.apply_remote(list(owners.values()), keys, checkpoint=checkpoint)
@@ -127,7 +128,7 @@ def registry_keys(edge: EdgeStorage) -> ReplicatedTable[Never]:
     return ReplicatedTable("registry.keys", _KEY_CHANGES, registry.sync_checkpoint, apply)
 
 
-def _key(record: Record) -> KeyRecord:
+def _key(record: FeedRow) -> KeyRecord:
     return KeyRecord(
         record["key_id"],
         record["tenant_id"],
@@ -138,7 +139,7 @@ def _key(record: Record) -> KeyRecord:
     )
 
 
-def _tenant(record: Record) -> TenantRecord:
+def _tenant(record: FeedRow) -> TenantRecord:
     return TenantRecord(
         record["tenant_id"],
         record["name"],

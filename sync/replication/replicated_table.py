@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from sync.replication.change_feed import ChangeFeed
 
 if TYPE_CHECKING:
-    from sync.postgres import Connection, Record
+    from sync.postgres import Connection
+    from sync.replication.change_feed import FeedRow
 
 Row = TypeVar("Row")
 Checkpoint = tuple[str, str]  # (name, encoded position)
@@ -62,7 +63,7 @@ class ReplicatedTable(Generic[Row]):
     name: str
     feed: ChangeFeed
     read_checkpoint: Callable[[str], str | None]
-    apply: Callable[[list[Record], Checkpoint], int]
+    apply: Callable[[list[FeedRow], Checkpoint], int]
     upload: Upload[Row] | None = None
     apply_waiting: Callable[[], int] | None = None
     reported: bool = True

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from edge_node.clock import now_us
 from sync.replication.billing_events import billing_events
 from sync.replication.data_keys import data_keys, tenant_deletions
-from sync.replication.positions import Position, database_identity, durable_bound
+from sync.replication.downloads import Downloads
+from sync.replication.positions import database_identity
 from sync.replication.rating_transfer import RatingTransfer
 from sync.replication.registry import registry_keys, registry_tenants
 from sync.replication.replicated_table import ReplicatedTable, Row, Upload
@@ -67,25 +68,31 @@ class ShardRound:
     set_aside: SetAsideLog
     failures: TenantFailures = field(default_factory=TenantFailures)
     report: RoundReport = field(default_factory=RoundReport)
-    # Every download stays below this (positions.durable_bound): recorded at the round's first
-    # download, and again before the rating downloads.
-    bound: int | None = None
+    # Every download stays below a durable bound (positions.durable_bound; one per worker on
+    # Citus): recorded at the round's first download, and again before the rating downloads.
+    downloads: Downloads | None = None
 
     async def run(self) -> RoundReport:
         database = await self.database()
+        downloads = await self.open_downloads(database)
         for table in replicated_tables(self.edge, database):
             if table.enabled:
                 await self.replicate(table, database)
         tenant_ids = self.tenant_ids()
-        ratings = self.ratings()
+        ratings = self.ratings(downloads)
         await ratings.upload(tenant_ids)
-        self.bound = None  # a fresh bound, past this round's uploads, so they come back now
+        downloads.forget_bound()  # a fresh bound, past this round's uploads: they come back now
         self.report.bound_at = now_us()
-        self.report.bound = await self.download_bound()
-        await ratings.download(tenant_ids, database, self.report.bound)
-        self.report.horizon = ratings.horizon
+        await ratings.download(tenant_ids, database)
+        self.report.bound, self.report.horizon = ratings.lag
         self.report.tenants = len(tenant_ids)
         return self.report
+
+    async def open_downloads(self, database: str) -> Downloads:
+        if self.downloads is None or self.downloads.database != database:
+            node_id = self.edge.stores.node_id
+            self.downloads = await Downloads.open(self.connection, node_id, database)
+        return self.downloads
 
     async def database(self) -> str:
         """The central database's name in this node's checkpoints
@@ -93,9 +100,10 @@ class ShardRound:
         identity = await database_identity(self.connection)
         return checkpoint_database(self.edge.node_database, self.index, identity)
 
-    def ratings(self) -> RatingTransfer:
+    def ratings(self, downloads: Downloads) -> RatingTransfer:
         return RatingTransfer(
             self.connection,
+            downloads,
             self.index,
             self.edge,
             self.batch_size,
@@ -110,12 +118,6 @@ class ShardRound:
 
     def owns(self, tenant_id: str) -> bool:
         return shard_for(tenant_id, self.count) == self.index
-
-    async def download_bound(self) -> int:
-        """The round's durable bound, recorded at the first download of the round."""
-        if self.bound is None:
-            self.bound = await durable_bound(self.connection, self.edge.stores.node_id)
-        return self.bound
 
     async def replicate(self, table: ReplicatedTable[Any], database: str) -> None:
         """`table` up, then down (replicated_table.py), once what of it waited for the tables
@@ -141,16 +143,16 @@ class ShardRound:
         """Every page of `table`'s changes after its checkpoint on this shard, the shard's
         tenants' rows applied with the page's checkpoint."""
         checkpoint = f"{table.name}.shard-{self.index}"
-        position = Position.decode(table.read_checkpoint(checkpoint), database)
+        downloads = await self.open_downloads(database)
+        position = downloads.decode(table.read_checkpoint(checkpoint))
         while True:
-            bound = await self.download_bound()
-            records, position = await table.feed.read(
-                self.connection, position, self.batch_size, bound
-            )
-            if records:  # an empty page is not worth a write (and an fsync)
+            started = position.is_start
+            records, position, more = await downloads.read(table.feed, position, self.batch_size)
+            # An empty page is not worth a write (and an fsync), unless it is the first.
+            if records or (started and not position.is_start):
                 mine = [r for r in records if self.owns(r["tenant_id"])]
                 self._count_applied(table, table.apply(mine, (checkpoint, position.encode())))
-            if len(records) < self.batch_size:
+            if not more:
                 return
 
     async def _send(self, up: Upload[Row], batch: Sequence[Row]) -> int:

@@ -140,14 +140,43 @@ class TestLifecycle:
         with pytest.raises(QueueClosed, match="is closed"):
             queue.append_nowait(b"late")
 
-    async def test_a_failed_fsync_fails_the_batch_and_every_later_append(
+    async def test_a_failed_fsync_is_retried_until_it_works_without_a_restart(
         self, queue_dir: Path, probe: FsyncProbe
     ) -> None:
-        """An fsync error is never acknowledged as success, and the queue stops accepting."""
-        async with await open_queue(queue_dir, fsync=probe) as queue:
-            probe.failure = OSError(errno.EIO, "I/O error")
-            with pytest.raises(QueueWriteError, match="restart"):
-                await queue.append(payload(1))
-            with pytest.raises(QueueWriteError):
-                queue.append_nowait(payload(2))
-            assert queue.last_seq == 0
+        """A batch whose fsync fails is not acknowledged; the writer names the error while it
+        lasts, appends queue up behind it, and all of them are acknowledged, once each and in
+        order, when syncing works again."""
+        async with await open_queue(queue_dir, consumers=("billing",), fsync=probe) as queue:
+            await queue.append(payload(0))
+            probe.failure = OSError(errno.ENOSPC, "No space left on device")
+            first = queue.append_nowait(payload(1))
+            for _ in range(500):
+                if queue.write_failure is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert queue.write_failure is not None
+            later = queue.append_nowait(payload(2))
+            await asyncio.sleep(0.2)
+            assert not first.done()
+            assert not later.done()
+            assert queue.last_seq == 1
+            probe.failure = None
+            assert await asyncio.wait_for(asyncio.gather(first, later), 10) == [2, 3]
+            assert queue.write_failure is None
+            records = await queue.read("billing", 10)
+            assert [record.payload for record in records] == [payload(n) for n in range(3)]
+        async with await open_queue(queue_dir, consumers=("billing",)) as reopened:
+            records = await reopened.read("billing", 10)
+            assert [record.payload for record in records] == [payload(n) for n in range(3)]
+
+    async def test_a_write_still_failing_at_close_fails_its_appends(
+        self, queue_dir: Path, probe: FsyncProbe, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Closing gives a failing batch a bounded time, then fails it rather than hang."""
+        monkeypatch.setattr("edge_node.queue.wal.CLOSE_RETRY_SECONDS", 0.2)
+        queue = await open_queue(queue_dir, fsync=probe)
+        probe.failure = OSError(errno.EIO, "I/O error")
+        pending = queue.append_nowait(payload(1))
+        await asyncio.wait_for(queue.close(), 10)
+        with pytest.raises(QueueWriteError, match="not acknowledged"):
+            pending.result()

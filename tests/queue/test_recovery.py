@@ -63,6 +63,22 @@ class TestTornTail:
             assert queue.last_seq == 4
         assert await payloads(queue_dir) == [payload(n) for n in range(4)]
 
+    async def test_a_cut_tail_is_logged_and_its_bytes_kept_in_quarantine(
+        self, queue_dir: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Cutting a damaged tail is never silent: a warning names the segment, the offset
+        and the records cut, and the cut bytes are copied to quarantine/ first."""
+        await append_one_by_one(queue_dir, 5)
+        segment = segment_files(queue_dir)[0]
+        flip_byte(segment, 4 * FRAME_BYTES + HEADER_SIZE + 3)
+        damaged = segment.read_bytes()[4 * FRAME_BYTES :]
+        with caplog.at_level("WARNING", logger="edge_node.queue.recovery"):
+            async with await open_queue(queue_dir, consumers=("billing",)):
+                pass
+        assert f"segment {segment.name} at offset {4 * FRAME_BYTES}: 1 records" in caplog.text
+        kept = queue_dir / "quarantine" / f"{segment.name}.{4 * FRAME_BYTES}.tail"
+        assert kept.read_bytes() == damaged
+
     async def test_damage_inside_the_final_batch_cuts_that_batch_from_the_damage(
         self, queue_dir: Path
     ) -> None:
@@ -144,6 +160,26 @@ class TestCorruptionInTheMiddle:
             with pytest.raises(CorruptRecord) as raised:
                 await queue.read("billing")
             assert (raised.value.segment, raised.value.sequence) == (first, 2)
+            assert queue.stats.corrupt_records == 1
+
+    async def test_verify_finds_damage_in_an_older_segment_before_any_reader(
+        self, queue_dir: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """verify() (run by the daemon after open) checks every sealed segment: a flipped
+        byte far from any consumer is counted once, logged with segment and offset, and
+        returned, however often it is found again."""
+        await append_one_by_one(queue_dir, 12, settings=FOUR_PER_SEGMENT)
+        second = segment_files(queue_dir)[1]
+        flip_byte(second, 2 * FRAME_BYTES + HEADER_SIZE)
+        async with await open_queue(
+            queue_dir, consumers=("billing",), settings=FOUR_PER_SEGMENT
+        ) as queue:
+            with caplog.at_level("ERROR", logger="edge_node.queue.wal"):
+                found = await queue.verify()
+            assert [(path, run.offset) for path, run in found] == [(second, 2 * FRAME_BYTES)]
+            assert queue.stats.corrupt_records == 1
+            assert f"segment {second.name} is damaged at offset {2 * FRAME_BYTES}" in caplog.text
+            await queue.verify()
             assert queue.stats.corrupt_records == 1
 
     async def test_a_missing_segment_is_reported_not_skipped(self, queue_dir: Path) -> None:

@@ -21,6 +21,16 @@ async def central(postgres_dsn: str) -> str:
     return postgres_dsn
 
 
+@pytest.fixture(params=["postgresql", "citus"])
+async def any_central(request: pytest.FixtureRequest) -> str:
+    """A fresh migrated central database, once on plain PostgreSQL and once on the Citus
+    cluster (a coordinator's DSN; skipped where Citus cannot be had), for the guarantees that
+    must hold on both."""
+    dsn: str = request.getfixturevalue("citus_dsn" if request.param == "citus" else "postgres_dsn")
+    await migrate_dsns([dsn])
+    return dsn
+
+
 @pytest.fixture
 async def centrals(postgres_dsns: tuple[str, str]) -> tuple[str, str]:
     """Two fresh migrated databases: two shards."""

@@ -27,7 +27,9 @@ from edge_node.rating.replication import rating_id
 from tests.system.cluster import Cluster, EdgeDaemon
 from tests.system.record import InDoubt, Observations, WriteOp
 
-DOCUMENTED_503 = frozenset({"usage-queue-full", "usage-not-recorded", "not-ready"})
+DOCUMENTED_503 = frozenset(
+    {"usage-queue-full", "usage-not-recorded", "usage-pending", "storage-unavailable", "not-ready"}
+)
 PROBLEM_JSON = "application/problem+json"
 REQUEST_TIMEOUT_SECONDS = 30
 
@@ -286,7 +288,9 @@ class Traffic:
             node, tenant, key, "POST", f"/v1/tenants/{tenant.tenant_id}/ratings", body=body
         )
         rating_key = (tenant.tenant_id, user, item)
-        if answer is IN_DOUBT or (answer is not None and answer.slug == "usage-not-recorded"):
+        if answer is IN_DOUBT or (
+            answer is not None and answer.slug in ("usage-not-recorded", "usage-pending")
+        ):
             op = WriteOp("upsert", rating_key, node.node_id, False, score, comment)
             self.seen.write(op)
         elif answer is not None and answer.status in (200, 201):

@@ -11,6 +11,8 @@ import threading
 import time
 import uuid
 
+import pytest
+
 from edge_node.cli.daemon import queue_directory
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import tail_records
@@ -300,28 +302,47 @@ class FailingFsync:
 
 
 class TestDiskFailure:
-    async def test_a_failed_sync_is_reported_not_acknowledged(self, make_node: NodeFactory) -> None:
-        """When the queue cannot fsync, the request gets 503 usage-not-recorded and /readyz 503."""
+    async def test_a_failing_queue_refuses_before_writing_and_recovers_by_itself(
+        self, make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """While the queue cannot fsync: a request already carried out answers 503
+        usage-pending, later billable requests are refused with 503 storage-unavailable before
+        their write, and /readyz is 503; once syncing works the pending event is written once,
+        /readyz is 200 and writes are served, without a restart."""
+        monkeypatch.setattr("edge_node.usage.meter.USAGE_WAIT_SECONDS", 0.3)
         fsync = FailingFsync()
         node = await make_node(fsync=fsync)
         tenant = node.create_tenant()
-        assert (
-            await post(
-                node, tenant.tenant_id, tenant.headers, {"user_id": "u", "item_id": "i", "score": 4}
-            )
-            == 201
-        )
-        async with node.session.get(f"{node.url}/readyz") as response:
-            assert response.status == 200
+        rating = {"user_id": "u", "item_id": "i", "score": 4}
+        assert await post(node, tenant.tenant_id, tenant.headers, rating) == 201
         fsync.broken = True
         async with node.session.post(
             node.tenant_url(tenant.tenant_id, "/ratings"),
-            headers=tenant.headers,
-            json={"user_id": "u2", "item_id": "i", "score": 4},
+            headers={**tenant.headers, "X-Request-Id": "pending-1"},
+            json={**rating, "user_id": "u2"},
         ) as response:
             assert response.status == 503
-            assert (await response.json())["type"].endswith(":usage-not-recorded")
+            assert response.headers["Retry-After"]
+            assert (await response.json())["type"].endswith(":usage-pending")
+        async with node.session.post(
+            node.tenant_url(tenant.tenant_id, "/ratings"),
+            headers=tenant.headers,
+            json={**rating, "user_id": "u3"},
+        ) as response:
+            assert response.status == 503
+            assert (await response.json())["type"].endswith(":storage-unavailable")
+        stored = {r.user_id for r in node.storage.stores.get(tenant.tenant_id).page().ratings}
+        assert stored == {"u", "u2"}
         async with node.session.get(f"{node.url}/readyz") as response:
             assert response.status == 503
             assert "usage queue cannot write" in (await response.json())["detail"]
-        assert node.meter.stats.failed >= 1
+        fsync.broken = False
+        await node.meter.queue.flush()
+        async with node.session.get(f"{node.url}/readyz") as response:
+            assert response.status == 200
+        assert (
+            await post(node, tenant.tenant_id, tenant.headers, {**rating, "user_id": "u4"}) == 201
+        )
+        pending = [event for event in events_on_disk(node) if event.request_id == "pending-1"]
+        assert [event.operation for event in pending] == ["rating.create"]
+        assert node.meter.stats.rejected_storage == 1

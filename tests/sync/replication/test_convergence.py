@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
+
+import pytest
 
 from sync.backoff import Backoff
-from sync.postgres import Connection
+from sync.postgres import Connection, connect
 from tests.postgres import free_port
 from tests.sync.conftest import EdgeFactory
 from tests.sync.support import Edge, TcpProxy, central_rows, central_scores, rows_hash
@@ -27,13 +30,22 @@ def write_conflicts(edge: Edge, tenant_id: str, seed: int) -> None:
             edge.store(tenant_id).delete(rating)
 
 
+@pytest.fixture
+async def db(any_central: str) -> AsyncIterator[Connection]:
+    conn = await connect(any_central)
+    yield conn
+    await conn.close()
+
+
 async def test_three_partitioned_edges_converge_after_the_cut_heals(
-    make_edge: EdgeFactory, central: str, db: Connection
+    make_edge: EdgeFactory, any_central: str, db: Connection
 ) -> None:
     """Edges A, B and C sync through a proxy that is cut while their connections are open;
     cut off, each writes conflicting versions of the same ratings and deletes some; after the
     proxy heals, their workers converge by themselves: identical row hashes and scores on all
-    three edges and in PostgreSQL, and every write of the last writer is the one kept."""
+    three edges and in PostgreSQL, and every write of the last writer is the one kept. On plain
+    PostgreSQL and on the Citus cluster (through its coordinator)."""
+    central = any_central
     edges = [make_edge(name) for name in ("edge-a", "edge-b", "edge-c")]
     tenant, _ = edges[0].registry.create_tenant("acme")
     t = tenant.tenant_id

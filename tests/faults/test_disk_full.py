@@ -1,0 +1,108 @@
+"""A full disk under load, on a small real filesystem: the daemon never dies and never answers
+500, refuses with 503 `storage-unavailable` and Retry-After, stores no write without its usage
+event, and recovers by itself once space is freed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.faults.daemon import FaultNode
+from tests.faults.filesystems import fill, small_tmpfs
+from tests.faults.load import Load, billing_violations
+
+FILESYSTEM_BYTES = 48 << 20
+RECOVERY_BOUND_SECONDS = 30
+STORAGE_PROBLEMS = {
+    "urn:edge-node:problem:storage-unavailable",
+    "urn:edge-node:problem:usage-pending",
+}
+
+
+async def _fill_gradually(ballast: Path) -> None:
+    """Fill the filesystem in steps, so the load runs while free space goes to nothing."""
+    for _ in range(200):
+        written = await asyncio.to_thread(fill, ballast, 1 << 20)
+        if written < 1 << 20:
+            return
+        await asyncio.sleep(0.03)
+
+
+async def _recovered(load: Load, bound: float) -> float:
+    """Seconds until /readyz is 200 and a write is stored again, at most `bound`."""
+    started = time.monotonic()
+    rng = random.Random(1)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        while time.monotonic() - started < bound:
+            async with session.get(f"{load.url}/readyz") as ready:
+                if ready.status == 200:
+                    sent = await load.one(session, rng)
+                    while sent.method != "POST":
+                        sent = await load.one(session, rng)
+                    if sent.status == 201:
+                        return time.monotonic() - started
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"not recovered within {bound} s")
+
+
+class TestDiskFull:
+    @pytest.mark.parametrize("floor_bytes", [4 << 20, 0], ids=["with-the-floor", "without-a-floor"])
+    async def test_a_disk_filled_under_load_is_answered_503_and_recovered_from(
+        self, tmp_path: Path, floor_bytes: int
+    ) -> None:
+        """Filled to the last byte under mixed load: the process lives, nothing answers 500 or
+        goes unanswered, refusals are problem+json 503 with Retry-After, /readyz fails; once
+        the ballast is deleted the node serves writes and is ready again within 30 s without
+        a restart; every stored rating has exactly its one usage event, and every
+        acknowledged one is stored. Without a floor the writes reach the full disk itself
+        (SQLite's "database or disk is full", the queue's ENOSPC, retried until it works)."""
+        with small_tmpfs(tmp_path / "mnt", FILESYSTEM_BYTES) as root:
+            node = FaultNode(
+                root / "data",
+                tmp_path / "logs",
+                {
+                    "EDGE_NODE_STORAGE_MIN_FREE_BYTES": str(floor_bytes),
+                    "EDGE_NODE_QUEUE_MAX_BYTES": str(8 << 20),
+                    "EDGE_NODE_QUEUE_SEGMENT_BYTES": str(64 << 10),
+                },
+            )
+            try:
+                tenants = [node.tenant(f"full-{n}") for n in range(3)]
+                load = Load(node.serve(), tenants)
+                stop = asyncio.Event()
+                traffic = asyncio.create_task(load.run(stop))
+                await asyncio.sleep(1)
+                await _fill_gradually(root / "ballast")
+                await asyncio.sleep(3)
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"{load.url}/readyz") as ready,
+                ):
+                    assert ready.status == 503
+                stop.set()
+                await traffic
+                assert node.alive(), node.log_text()
+                (root / "ballast").unlink()
+                recovery = await _recovered(load, RECOVERY_BOUND_SECONDS)
+                print(f"recovered {recovery:.1f} s after the space was freed")
+                assert node.alive()
+                statuses = load.statuses()
+                print(dict(statuses))
+                assert set(statuses) <= {200, 201, 503}, (statuses, node.log_text()[-3000:])
+                refused = [sent for sent in load.sent if sent.status == 503]
+                assert refused, "the disk never filled under the load"
+                assert {sent.problem_type for sent in refused} <= STORAGE_PROBLEMS
+                assert all(sent.retry_after for sent in refused)
+                assert node.stop() == 0, node.log_text()[-3000:]
+                assert "Traceback" not in node.log_text()
+                violations = billing_violations(
+                    load, node.data_dir, node.data_dir / "queue" / "worker-0"
+                )
+                assert violations == [], violations[:20]
+            finally:
+                node.kill()
