@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import time
+
+from edge_node import clock
 
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -26,7 +27,7 @@ class EventIdGenerator:
         self._counter = 0
 
     def new(self, now_ms: int | None = None) -> str:
-        ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        ms = clock.now_ms() if now_ms is None else now_ms
         randomness = int.from_bytes(os.urandom(8))
         if ms > self._last_ms:
             self._last_ms, self._counter = ms, randomness >> 53  # an 11-bit random start

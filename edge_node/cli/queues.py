@@ -1,4 +1,5 @@
-"""`edge-node queue status` and `queue tail`: the usage queues read from outside, as JSON."""
+"""`edge-node queue status`, `queue tail` and `queue verify`: the usage queues read from
+outside, as JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import orjson
 
 from edge_node.cli.support import emit, positive_int, require_data_dir
 from edge_node.config import Config
-from edge_node.queue import QueueStatus, inspect_queue, tail_records
+from edge_node.queue import QueueStatus, inspect_queue, tail_records, verify_queue
 from edge_node.usage.event import UsageEvent
 
 
@@ -30,6 +31,11 @@ def add_queue_commands(commands: Any) -> None:
         "-n", type=positive_int, default=10, metavar="N", help="how many events (default 10)"
     )
     tail.set_defaults(handler=_queue_tail)
+    queue.add_parser(
+        "verify",
+        help="check every record's checksum; exit 1 naming damaged segments (copied to"
+        " quarantine/, never deleted)",
+    ).set_defaults(handler=_queue_verify)
 
 
 def queue_directories(config: Config) -> list[Path]:
@@ -83,4 +89,20 @@ def _queue_tail(config: Config, args: argparse.Namespace) -> int:
         sys.stdout.write(
             orjson.dumps({"queue": directory.name, "seq": seq, **asdict(event)}).decode() + "\n"
         )
+    return 0
+
+
+EXIT_DAMAGED = 1
+
+
+def _queue_verify(config: Config, args: argparse.Namespace) -> int:
+    """One JSON line per damaged run; exit 1 when there is any."""
+    require_data_dir(config)
+    damaged = [run for directory in queue_directories(config) for run in verify_queue(directory)]
+    for run in damaged:
+        line = {"segment": str(run.segment), "offset": run.offset, "bytes": run.size}
+        sys.stdout.write(orjson.dumps({**line, "copy": str(run.copy)}).decode() + "\n")
+    if damaged:
+        print(f"edge-node: {len(damaged)} damaged runs in the usage queue", file=sys.stderr)
+        return EXIT_DAMAGED
     return 0

@@ -208,8 +208,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def readyz(request: web.Request) -> web.StreamResponse:
     """Ready: node.sqlite is still the file the node opened and takes a write, the tenant
-    directory is writable, the queue writes and
-    the data directory's filesystem is above its free-space floor."""
+    directory is writable, the queue writes and the data directory's filesystem is above its
+    free-space floor. Tenants whose file is damaged are listed (they alone get 503)."""
     node_file = request.app[NODE_FILE_KEY]
     problem = node_file.problem() if node_file is not None else None
     if problem is not None:
@@ -224,6 +224,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     problem = request.app[METER_KEY].storage_problem()
     if problem is not None:
         raise ServiceUnavailable(problem, slug="not-ready")
+    damaged = request.app[STORES_KEY].damaged
+    if damaged:
+        return json_response({"status": "ready", "damaged_tenants": sorted(damaged)})
     return json_response({"status": "ready"})
 
 

@@ -16,7 +16,7 @@ from edge_node.queue.errors import (
 )
 from edge_node.queue.follower import ConsumerQueue, QueueFollower
 from edge_node.queue.framing import MAX_PAYLOAD_BYTES, Record
-from edge_node.queue.inspection import inspect_queue, tail_records
+from edge_node.queue.inspection import DamagedRun, inspect_queue, tail_records, verify_queue
 from edge_node.queue.settings import QueueSettings
 from edge_node.queue.status import ConsumerStatus, QueueStats, QueueStatus
 from edge_node.queue.wal import WriteAheadQueue, open_queue
@@ -27,6 +27,7 @@ __all__ = [
     "ConsumerStatus",
     "CorruptCursor",
     "CorruptRecord",
+    "DamagedRun",
     "QueueClosed",
     "QueueCorruption",
     "QueueError",
@@ -42,4 +43,5 @@ __all__ = [
     "inspect_queue",
     "open_queue",
     "tail_records",
+    "verify_queue",
 ]

@@ -8,7 +8,9 @@ for their fsync, and a batch being written is ignored until it is complete.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,6 +18,8 @@ from edge_node.queue.cursors import read_cursor_files
 from edge_node.queue.errors import QueueError
 from edge_node.queue.framing import Record
 from edge_node.queue.reader import read_tail
+from edge_node.queue.recovery import QUARANTINE_DIRECTORY
+from edge_node.queue.scanning import Damage, scan_segment
 from edge_node.queue.segments import Segment, SegmentCatalog, list_segment_files
 from edge_node.queue.status import QueueStatus, describe
 
@@ -55,3 +59,49 @@ def retrying(view: Callable[[], _T]) -> _T:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedRun:
+    """Bytes of a segment that hold no good record, and where a copy of the segment is kept."""
+
+    segment: Path
+    offset: int
+    size: int
+    copy: Path
+
+
+def verify_queue(directory: str | os.PathLike[str]) -> list[DamagedRun]:
+    """Check every record of every segment in `directory` against its checksum.
+
+    Each damaged segment is copied once into `quarantine/` beside the segments (nothing is
+    deleted or changed). The last segment's end is left out when it runs to the end of the
+    file: that is a batch being written now, or a torn tail the next open cuts (and keeps).
+    """
+    path = Path(directory)
+    if not path.is_dir():
+        raise QueueError(f"{path} is not a queue directory: it does not exist")
+    found: list[DamagedRun] = []
+    segments = list_segment_files(path)
+    for position, (first_seq, segment) in enumerate(segments):
+        try:
+            damage = [
+                item for item in scan_segment(segment, 0, first_seq - 1) if isinstance(item, Damage)
+            ]
+            if damage and position == len(segments) - 1:
+                size = segment.stat().st_size
+                damage = [run for run in damage if run.end < size]
+        except FileNotFoundError:
+            continue  # consumed and deleted while being read
+        if damage:
+            copy = _quarantine(segment)
+            found += [DamagedRun(segment, run.offset, run.size, copy) for run in damage]
+    return found
+
+
+def _quarantine(segment: Path) -> Path:
+    copy = segment.parent / QUARANTINE_DIRECTORY / segment.name
+    if not copy.exists():
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy2(segment, copy)
+    return copy

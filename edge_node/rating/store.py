@@ -56,6 +56,8 @@ class TenantStores:
         self._max_open = max_open
         self._busy_timeout_ms = busy_timeout_ms
         self._open: OrderedDict[str, TenantStore] = OrderedDict()
+        # Tenants whose file failed to open as damaged, and why: reported by /readyz.
+        self.damaged: dict[str, str] = {}
         directory.mkdir(parents=True, exist_ok=True)
         self.pending = PendingUploads(directory / PENDING_FILE, busy_timeout_ms=busy_timeout_ms)
         if not self.pending.complete:  # first start with the index: look at every file once
@@ -71,11 +73,17 @@ class TenantStores:
         if store is not None:
             self._open.move_to_end(tenant_id)
             return store
-        conn = sqlite.connect(
-            self.path(tenant_id),
-            synchronous=self._synchronous,
-            busy_timeout_ms=self._busy_timeout_ms,
-        )
+        path = self.path(tenant_id)
+        new = not path.exists()
+        try:
+            conn = sqlite.connect(
+                path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+            )
+        except BaseException as exc:
+            if new:
+                self._remove_files(path)
+            self._note_damage(tenant_id, exc)
+            raise
         try:  # a file that cannot be migrated (a full disk) is closed, not left open
             sqlite.migrate(conn, MIGRATIONS)
             # Checkpoints run in the background (run_checkpoints); this high threshold is only
@@ -85,9 +93,13 @@ class TenantStores:
                 conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id), self.pending
             )
             store.seal_plaintext_comments()
-        except BaseException:
+        except BaseException as exc:
             conn.close()
+            if new:  # never a half-made file that readers would take for a tenant's
+                self._remove_files(path)
+            self._note_damage(tenant_id, exc)
             raise
+        self.damaged.pop(tenant_id, None)
         self._open[tenant_id] = store
         if len(self._open) > self._max_open:
             _, evicted = self._open.popitem(last=False)
@@ -108,10 +120,21 @@ class TenantStores:
             store.close()
         path = self.path(tenant_id)
         existed = path.exists()
-        for suffix in ("", "-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        self._remove_files(path)
         self.pending.unmark(tenant_id)
         return existed
+
+    def _note_damage(self, tenant_id: str, exc: BaseException) -> None:
+        fault = sqlite.storage_failure(exc)
+        if fault is not None and fault[1] and tenant_id not in self.damaged:
+            self.damaged[tenant_id] = str(exc)
+            log.error("tenant %s: its file %s is damaged: %s", tenant_id, self.path(tenant_id), exc)
+
+    @staticmethod
+    def _remove_files(path: Path) -> None:
+        """A tenant's file with its WAL and shared-memory files."""
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
 
     def open_tenant_ids(self) -> list[str]:
         """The tenants whose files are open now, least recently used first."""

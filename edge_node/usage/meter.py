@@ -23,13 +23,14 @@ few milliseconds' worth.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_node import clock
 from edge_node.config import MeterConfig, QueueConfig
 from edge_node.errors import ConfigError, ServiceUnavailable, StorageUnavailable
 from edge_node.ids import EventIdGenerator
@@ -154,24 +155,32 @@ class Meter:
         except QueueError as exc:
             self._failed(exc)
             raise _not_recorded() from exc
-        self._count_served(tenant_id, event.timestamp_ms, units)
+        served = functools.partial(self._count_served, tenant_id, event.timestamp_ms, units)
         if self.config.durability == "strict":
-            await self._await_durable(durable)
+            await self._await_durable(durable, served)
+            served()  # once durable: a count never exceeds what the queue holds
         else:
             self._pending.add(durable)
             durable.add_done_callback(self._settled)
+            served()
         self.stats.recorded += 1
         self.stats.recorded_units += units
         return event
 
-    async def _await_durable(self, durable: asyncio.Future[int]) -> None:
+    async def _await_durable(
+        self, durable: asyncio.Future[int], served: Callable[[], None]
+    ) -> None:
         """Wait for the event's group commit; a queue retrying a failed write gets a bounded
-        wait, after which the event stays queued and the answer says so."""
+        wait, after which the event stays queued (and is counted served once it is durable)
+        and the answer says so."""
         try:
             await asyncio.wait_for(asyncio.shield(durable), USAGE_WAIT_SECONDS)
         except TimeoutError:
             self._pending.add(durable)
             durable.add_done_callback(self._settled)
+            durable.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() else served()
+            )
             raise StorageUnavailable(
                 "the request was carried out; its usage event is queued and will be written "
                 "once storage takes writes again",
@@ -220,7 +229,7 @@ def _not_recorded() -> ServiceUnavailable:
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return clock.now_ms()  # never steps back: usage stays in its window when the clock does
 
 
 def queue_settings(config: QueueConfig) -> QueueSettings:

@@ -34,7 +34,8 @@ def _post(url: str, tenant: dict[str, Any], user: str) -> tuple[int, dict[str, s
 class TestDamagedTenantFile:
     def test_a_damaged_tenant_file_is_503_for_that_tenant_only(self, tmp_path: Path) -> None:
         """A tenant file whose header is overwritten answers 503 `storage-damaged` with
-        Retry-After, logged, while another tenant is served."""
+        Retry-After, logged, while another tenant is served; /readyz stays 200 and lists
+        the damaged tenant."""
         node = FaultNode(tmp_path / "data", tmp_path / "logs")
         damaged, healthy = node.tenant("damaged"), node.tenant("healthy")
         path = node.data_dir / "tenants" / f"{damaged['tenant_id']}.sqlite"
@@ -47,10 +48,15 @@ class TestDamagedTenantFile:
             assert problem["type"] == "urn:edge-node:problem:storage-damaged"
             assert headers["Retry-After"]
             assert _post(url, healthy, "u1")[0] == 201
+            assert _readyz(url) == (
+                200,
+                {"status": "ready", "damaged_tenants": [damaged["tenant_id"]]},
+            )
             assert node.stop() == 0
             log = node.log_text()
             assert "storage fault" in log
             assert "the file is damaged" in log
+            assert f"tenant {damaged['tenant_id']}: its file" in log
             assert "Traceback" not in log
         finally:
             node.kill()
@@ -92,3 +98,34 @@ class TestNodeDatabaseUnderneath:
             assert f"was {how} under the running node" in node.log_text()
         finally:
             node.kill()
+
+
+class TestQueueVerify:
+    def test_queue_verify_names_damage_exits_1_and_keeps_a_copy(self, tmp_path: Path) -> None:
+        """`edge-node queue verify` on a queue with a flipped byte in an older segment prints
+        the segment and offset, exits 1, and copies the segment to quarantine/ without
+        changing or deleting it; on an intact queue it exits 0."""
+        node = FaultNode(
+            tmp_path / "data", tmp_path / "logs", {"EDGE_NODE_QUEUE_SEGMENT_BYTES": "4096"}
+        )
+        tenant = node.tenant("acme")
+        try:
+            url = node.serve()
+            for n in range(60):
+                assert _post(url, tenant, f"u{n}")[0] == 201
+            assert node.stop() == 0
+        finally:
+            node.kill()
+        assert node.run("queue", "verify").returncode == 0
+        queue_dir = node.data_dir / "queue" / "worker-0"
+        first = sorted(queue_dir.glob("*.seg"))[0]
+        data = bytearray(first.read_bytes())
+        data[600] ^= 0xFF
+        first.write_bytes(bytes(data))
+        done = node.run("queue", "verify")
+        assert done.returncode == 1, done.stderr
+        report = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [(r["segment"], r["offset"] <= 600) for r in report] == [(str(first), True)]
+        assert Path(report[0]["copy"]).read_bytes() == bytes(data)
+        assert first.read_bytes() == bytes(data)
+        assert "Traceback" not in done.stderr

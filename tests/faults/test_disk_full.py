@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from edge_node.rating.store import TenantStores
+from edge_node.sqlite import storage_failure
 from tests.faults.daemon import FaultNode
 from tests.faults.filesystems import fill, small_tmpfs
 from tests.faults.load import Load, billing_violations
 
 FILESYSTEM_BYTES = 48 << 20
 RECOVERY_BOUND_SECONDS = 30
+TENANTS = ("8e0c2a4e-0000-4000-8000-000000000001", "8e0c2a4e-0000-4000-8000-000000000002")
 STORAGE_PROBLEMS = {
     "urn:edge-node:problem:storage-unavailable",
     "urn:edge-node:problem:usage-pending",
@@ -106,3 +110,23 @@ class TestDiskFull:
                 assert violations == [], violations[:20]
             finally:
                 node.kill()
+
+
+class TestTenantFileOnAFullDisk:
+    def test_a_tenant_file_that_cannot_be_made_is_not_left_half_made(self, tmp_path: Path) -> None:
+        """Opening a new tenant's file on a full disk fails with a storage error and leaves no
+        file behind (a reader would take an empty one for a tenant without ratings); once
+        space is freed the file is made."""
+        with small_tmpfs(tmp_path / "mnt", 8 << 20) as root:
+            stores = TenantStores(root / "tenants", node_id="edge-test")
+            try:
+                stores.get(TENANTS[0])
+                fill(root / "ballast")
+                with pytest.raises((sqlite3.Error, OSError)) as failed:
+                    stores.get(TENANTS[1])
+                assert storage_failure(failed.value) is not None
+                assert not stores.path(TENANTS[1]).exists()
+                (root / "ballast").unlink()
+                assert stores.get(TENANTS[1]).page().ratings == []
+            finally:
+                stores.close()

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,10 @@ STANDIN_LISTENING = re.compile(r"stripe stand-in listening on (http://127\.0\.0\
 START_TIMEOUT_SECONDS = 60.0
 SMALL_QUEUE_BYTES = 1 << 20
 SMALL_SEGMENT_BYTES = 64 << 10
+# The small-queue node's data directory is a tmpfs of this size when the run is root, so the
+# disk-full schedule can fill it; its free-space floor is set low to let most of it be used.
+SMALL_DISK_BYTES = 128 << 20
+SMALL_DISK_FLOOR_BYTES = 8 << 20
 TAIL_RECORDS = 5000
 
 # How the daemons are tuned for the test: every key exists in edge_node/config/__init__.py.
@@ -115,6 +120,7 @@ class EdgeDaemon:
     incarnation: int = 0  # how many times it was started
     kills: int = 0
     clock_offset: float = 0.0
+    small_disk: bool = False  # data_dir is a tmpfs of SMALL_DISK_BYTES (disk-full schedule)
 
     @property
     def data_dir(self) -> Path:
@@ -287,8 +293,11 @@ class Cluster:
             if n == nodes - 1:
                 env["EDGE_NODE_QUEUE_MAX_BYTES"] = str(SMALL_QUEUE_BYTES)
                 env["EDGE_NODE_QUEUE_SEGMENT_BYTES"] = str(SMALL_SEGMENT_BYTES)
+                env["EDGE_NODE_STORAGE_MIN_FREE_BYTES"] = str(SMALL_DISK_FLOOR_BYTES)
             daemon = EdgeDaemon(node_id, root / node_id, env, pg_proxy, stripe_proxy)
             daemon.root.mkdir()
+            if n == nodes - 1:
+                daemon.small_disk = await asyncio.to_thread(_mount_small_disk, daemon.data_dir)
             daemon.set_clock_offset(0.0)
             cluster.nodes.append(daemon)
         code, out, err = await cluster.nodes[0].cli("stripe", "bootstrap")
@@ -316,6 +325,8 @@ class Cluster:
             await node.stop()
             await node.postgres.close()
             await node.stripe.close()
+            if node.small_disk:
+                await asyncio.to_thread(_unmount, node.data_dir)
         await self.standin.stop()
         if self.owns_database:
             self.postgres.drop_database(self.database)
@@ -338,3 +349,21 @@ class Cluster:
 
 def environment_summary() -> str:
     return f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+
+
+def _mount_small_disk(directory: Path) -> bool:
+    """A tmpfs of SMALL_DISK_BYTES at `directory`; False (the disk-full schedule then says it
+    cannot run) when not root or mounting fails."""
+    directory.mkdir(parents=True)
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK_BYTES}", "tmpfs", str(directory)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def _unmount(directory: Path) -> None:
+    subprocess.run(["umount", "-l", str(directory)], capture_output=True, check=False)

@@ -10,6 +10,10 @@ again. The faults come from outside the daemons, as in production:
 - `queue-full`: the small-queue node loses Stripe and gets a burst of requests until its
   usage queue is full and it answers 503 `usage-queue-full`;
 - `clock`: a node's wall clock jumps forward, and is stepped back at the end;
+- `clock-back`: a node's wall clock is stepped back, and forward again at the end;
+- `disk-full`: the small-queue node's data directory (a tmpfs, when the run is root) is
+  filled to the last byte under load, until it answers 503 `storage-unavailable`, and
+  freed again;
 - `mixed`: all of these at once.
 
 After a SIGKILL, before the restart, the request ids on the dead node's queue settle the
@@ -23,6 +27,7 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.fault_proxy import TcpProxy
 from tests.system.cluster import Cluster, EdgeDaemon
@@ -166,6 +171,60 @@ async def clock(ctx: FaultContext, seconds: float) -> None:
         node.set_clock_offset(0.0)
 
 
+async def clock_back(ctx: FaultContext, seconds: float) -> None:
+    """A node's wall clock is stepped back (its clock ignores it: ratings and usage keep
+    their order), and forward to the right time at the end."""
+    node = ctx.rng.choice(ctx.cluster.nodes)
+    await asyncio.sleep(ctx.rng.uniform(0, seconds / 4))
+    node.set_clock_offset(node.clock_offset - ctx.clock_jump_seconds)
+    ctx.counts["clock-steps-back"] += 1
+    try:
+        await asyncio.sleep(seconds * 3 / 4)
+    finally:
+        node.set_clock_offset(0.0)
+
+
+DISK_FULL_SECONDS = 30.0  # long enough to see refusals and recovery on a busy machine
+
+
+async def disk_full(ctx: FaultContext, seconds: float) -> None:
+    """Fill the small-queue node's data directory until it refuses with 503
+    `storage-unavailable` (for at most max(seconds, 30 s)), hold it full a moment, free it."""
+    node = ctx.cluster.small_queue_node
+    if not node.small_disk:
+        print("disk-full: skipped: the small node's data directory is no tmpfs (needs root)")
+        ctx.counts["disk-full-skipped"] += 1
+        return
+    seconds = max(seconds, DISK_FULL_SECONDS)
+    ballast = node.data_dir / "ballast"
+    before = ctx.traffic.seen.statuses["503 storage-unavailable"]
+    ctx.counts["disk-full"] += 1
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            await asyncio.to_thread(_fill, ballast)
+            await asyncio.sleep(0.2)
+            if ctx.traffic.seen.statuses["503 storage-unavailable"] - before >= 5:
+                ctx.counts["disk-full-reached"] += 1
+                await asyncio.sleep(min(2.0, max(end - loop.time(), 0)))
+                break
+    finally:
+        await asyncio.to_thread(ballast.unlink, missing_ok=True)
+
+
+def _fill(path: Path) -> None:
+    """Append to `path` until the filesystem refuses a single 4 KiB block."""
+    block = b"\0" * (1 << 20)
+    with path.open("ab", buffering=0) as ballast:
+        size = len(block)
+        while size >= 4096:
+            try:
+                ballast.write(block[:size])
+            except OSError:
+                size //= 2
+
+
 async def mixed(ctx: FaultContext, seconds: float) -> None:
     parts = (kills, network("postgres"), network("stripe"), network("both", ("cut",)), clock)
     async with asyncio.TaskGroup() as faults:  # one failing stops the others
@@ -180,6 +239,8 @@ SCHEDULES: dict[str, Schedule] = {
     "partitions": network("both", ("cut",)),
     "queue-full": queue_full,
     "clock": clock,
+    "clock-back": clock_back,
+    "disk-full": disk_full,
     "mixed": mixed,
 }
 

@@ -167,6 +167,8 @@ class Traffic:
         finally:
             self.seen.in_flight.pop(rid, None)
         answer = self._judge(tenant, key, node, method, path, status, content_type, raw)
+        if answer.slug in ("usage-pending", "usage-not-recorded"):
+            self.seen.in_doubt[rid] = doubt  # carried out; its event may yet be written
         if status < 400:
             self.seen.acknowledged_requests[rid] = f"{method} {path} {status} on {node.node_id}"
         return answer
