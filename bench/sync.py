@@ -95,7 +95,7 @@ async def bench_upload(dsn: str, root: Path, rows: int, batch_size: int) -> dict
             round_ = ShardRound(conn, 0, 1, edge_a, batch_size, SetAsideLog(root / "x"))
             await round_.upload(registry_tenants(edge_a))
             started = time.perf_counter()
-            await round_.ratings().upload([t])
+            await round_.ratings(await round_.open_downloads(await round_.database())).upload([t])
             seconds = time.perf_counter() - started
             figures = {"rows": rows, "upload_rows_per_second": rows / seconds}
             assert await conn.fetchval("SELECT count(*) FROM ratings") == rows

@@ -72,6 +72,10 @@ class ShardStatus:
     last_download_at: int | None = None
     downloaded_through_at: int | None = None
     horizon_lag_xids: int | None = None
+    # Downloads read from a hot standby (central.standby_dsns): how far its replay was behind
+    # the primary at the end of the last round, 0 when it had replayed everything received
+    # (None: no standby, or not measured yet).
+    standby_lag_seconds: float | None = None
 
     def horizon_lag_seconds(self, now_us: int) -> float | None:
         """How far downloads are behind the central database now; grows while it is stuck."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from edge_node.clock import now_us
 from edge_node.config import CentralConfig
-from edge_node.errors import SyncError
+from edge_node.errors import ConfigError, SyncError
 from sync.backoff import Backoff
 from sync.job_status_file import JobStatusPublisher, usage_flush_totals
 from sync.jobs import JobStatus, PeriodicJob, run_periodically
@@ -58,6 +58,8 @@ class _Shard:
     dsn: str
     status: ShardStatus
     connection: Connection | None = None
+    standby_dsn: str = ""  # downloads read from this hot standby (central.standby_dsns)
+    standby: Connection | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     failures: TenantFailures = field(default_factory=TenantFailures)
     # (durable bound, when it was recorded) of recent rounds: a horizon at or past a bound
@@ -87,12 +89,17 @@ class SyncWorker:
         self._backoff = backoff or Backoff()
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
-        for dsn in central.dsns:
-            check_dsn(dsn)  # ConfigError now, at start-up, rather than a retry loop later
+        standbys = _standby_dsns(central)
         self._set_aside = SetAsideLog(data_dir / SET_ASIDE_FILE)
         self._shards = [
-            _Shard(i, dsn, ShardStatus(i, redact_dsn(dsn)), failures=TenantFailures(self._backoff))
-            for i, dsn in enumerate(central.dsns)
+            _Shard(
+                i,
+                dsn,
+                ShardStatus(i, redact_dsn(dsn)),
+                standby_dsn=standby,
+                failures=TenantFailures(self._backoff),
+            )
+            for i, (dsn, standby) in enumerate(zip(central.dsns, standbys, strict=True))
         ]
         self._jobs = [(job, JobStatus(job.name)) for job in jobs]
         self._stopping = asyncio.Event()
@@ -153,6 +160,9 @@ class SyncWorker:
             if shard.connection is not None:
                 await close_quietly(shard.connection)
                 shard.connection = None
+            if shard.standby is not None:
+                await close_quietly(shard.standby)
+                shard.standby = None
             shard.status.state = "stopped"
             shard.status.next_attempt_at = None
         for job, status in self._jobs:
@@ -203,6 +213,7 @@ class SyncWorker:
         lag = status.horizon_lag_seconds(status.last_success_at) or 0.0
         status.state = "lagging" if lag > self._central.horizon_lag_warning_seconds else "ok"
         status.tenants = report.tenants
+        status.standby_lag_seconds = report.standby_lag_seconds
         status.uploaded_rows += report.uploaded
         status.downloaded_rows += report.downloaded
         status.applied_rows += report.applied
@@ -261,6 +272,12 @@ class SyncWorker:
                 )
             connection = shard.connection
             try:
+                if shard.standby_dsn and (shard.standby is None or shard.standby.is_closed()):
+                    shard.standby = await connect(
+                        shard.standby_dsn,
+                        connect_timeout=self._connect_timeout,
+                        command_timeout=self._statement_timeout,
+                    )
                 return await ShardRound(
                     connection,
                     shard.index,
@@ -269,11 +286,15 @@ class SyncWorker:
                     self._central.batch_size,
                     self._set_aside,
                     shard.failures,
+                    reader=shard.standby,
                 ).run()
             except BaseException:
-                # The connection may be dead or inside a failed transaction: start afresh.
+                # The connections may be dead or inside a failed transaction: start afresh.
                 connection.terminate()
                 shard.connection = None
+                if shard.standby is not None:
+                    shard.standby.terminate()
+                    shard.standby = None
                 raise
 
     def _measure_lag(self, shard: _Shard) -> None:
@@ -304,3 +325,21 @@ class SyncWorker:
             write_status_file(self._data_dir, self._node_id, self.status(), now_us())
         except OSError as exc:
             log.warning("cannot write the sync status file: %s", exc)
+
+
+def _standby_dsns(central: CentralConfig) -> tuple[str, ...]:
+    """One standby DSN per shard ('' for none); ConfigError now, at start-up, rather than a
+    retry loop later."""
+    for dsn in central.dsns:
+        check_dsn(dsn)
+    if not central.standby_dsns:
+        return ("",) * len(central.dsns)
+    if len(central.standby_dsns) != len(central.dsns):
+        raise ConfigError(
+            f"central.standby_dsns must name one standby per shard of central.dsns ('' for "
+            f"none): {len(central.standby_dsns)} given for {len(central.dsns)} shards"
+        )
+    for dsn in central.standby_dsns:
+        if dsn:
+            check_dsn(dsn)
+    return central.standby_dsns

@@ -13,7 +13,7 @@ from aiohttp import web
 from edge_node.metrics.node import NodeMetrics
 from sync.stripe.standin import StripeStandin
 from tests.citus import CitusCluster, CitusUnavailable, start_cluster
-from tests.postgres import PostgresServer, PostgresUnavailable, start_server
+from tests.postgres import PostgresServer, PostgresUnavailable, start_server, start_standby
 from tests.served import NotifyListener, ServedNode
 from tests.support import RunningNode, SigningKeys, make_signing_keys, node_config, start_node
 
@@ -67,6 +67,18 @@ def postgres_server() -> Iterator[PostgresServer]:
         raise pytest.fail.Exception(message, pytrace=False) from None
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_standby(postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    """A hot standby streaming from the session's PostgreSQL (pg_basebackup -R); its
+    databases are the primary's, a moment later."""
+    try:
+        standby = start_standby(postgres_server)
+    except PostgresUnavailable as exc:
+        raise pytest.fail.Exception(f"cannot start the standby: {exc}", pytrace=False) from None
+    yield standby
+    standby.stop()
 
 
 @pytest.fixture

@@ -183,6 +183,33 @@ def start_server(settings: dict[str, str] | None = None, prefix: str = "pg") -> 
     return server
 
 
+def start_standby(primary: PostgresServer) -> PostgresServer:
+    """A hot standby of `primary`, streaming from it: `pg_basebackup -R` (base backup and
+    recovery settings) into a new temp dir, started on a free loopback port of its own."""
+    root = Path(tempfile.mkdtemp(prefix="edge-node-standby-"))
+    server = PostgresServer(primary.bin_dir, root, free_port(), primary.run_as)
+    try:
+        if primary.run_as is not None:
+            account = pwd.getpwnam(primary.run_as)
+            os.chown(root, account.pw_uid, account.pw_gid)
+        server._run(
+            primary.bin_dir / "pg_basebackup",
+            f"--pgdata={server.data_dir}",
+            "--write-recovery-conf",
+            "--host=127.0.0.1",
+            f"--port={primary.port}",
+            f"--username={SUPERUSER}",
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--no-sync",
+        )
+        _start(server)  # the primary's postgresql.conf, with this server's port appended
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def _system_user() -> str:
     try:
         pwd.getpwnam(SUPERUSER)

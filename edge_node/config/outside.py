@@ -20,6 +20,12 @@ class CentralConfig:
         "PostgreSQL DSNs (postgresql://...) of the central database, one per shard; each "
         "tenant maps to one shard by a stable hash of its id. Empty: a standalone node.",
     )
+    standby_dsns: tuple[str, ...] = setting(
+        (),
+        "Hot standbys to read downloads from, one per shard in the order of dsns ('' for a "
+        "shard read from its primary); uploads always go to the primary. Empty: every "
+        "download from the primary.",
+    )
     sync_interval_seconds: float = setting(
         5.0, "How often the sync worker uploads and downloads.", minimum=0.05, maximum=3600
     )

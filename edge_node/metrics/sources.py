@@ -51,6 +51,7 @@ class ShardHealth(Protocol):
     registry_uploaded: int
     registry_applied: int
     set_aside_rows: int
+    standby_lag_seconds: float | None
 
     @property
     def state(self) -> str: ...
@@ -321,6 +322,12 @@ class SourceCollector(Collector):
             "Rows synced with a shard since start, by kind.",
             ["shard", "kind"],
         )
+        standby = _gauge(
+            "edge_node_sync_standby_lag_seconds",
+            "How far the hot standby a shard's downloads are read from was behind its primary"
+            " at the last round (0: it had replayed everything received).",
+            ["shard"],
+        )
         now = self._clock()
         for shard in source.status() if source is not None else ():
             index = str(shard.shard)
@@ -329,7 +336,9 @@ class SourceCollector(Collector):
             oldest.add_metric([index], 0.0 if at is None else max(0.0, now - at / 1e6))
             for kind, attribute in SHARD_ROW_KINDS:
                 rows.add_metric([index, kind], getattr(shard, attribute))
-        yield from (pending, oldest, rows)
+            if shard.standby_lag_seconds is not None:
+                standby.add_metric([index], shard.standby_lag_seconds)
+        yield from (pending, oldest, rows, standby)
 
     def _billing(self) -> Iterator[Metric]:
         sources = list(self.sources.billing)

@@ -17,7 +17,9 @@ in the ledger beside the batch's own window:
       finalizes within the margin)                   -> the current period's start
                                                         ("carried_forward")
 
-A carried-forward stamp is never older than Stripe's 35-day limit allows. The periods are
+A stamp is never older than the window it stands for (the current period started after an
+earlier one's usage), so a window Stripe still accepts (35 days) gives a stamp it accepts. The
+periods are
 read per customer and kept until the current period ends, a draft's deadline comes within
 the margin, or `PERIODS_TTL_SECONDS` pass (a canceled or replaced subscription).
 """
@@ -60,7 +62,6 @@ def place(
     periods: SubscriptionPeriods,
     now: float,
     *,
-    max_age_seconds: float,
     margin: float = FINALIZATION_MARGIN_SECONDS,
 ) -> Stamp:
     """The stamp of usage served in the window starting at `window_start` (Unix seconds)."""
@@ -73,8 +74,7 @@ def place(
     draft = periods.draft_for(target)
     if draft is not None and draft.finalizes_at - now > margin:
         return Stamp(target, placement)
-    oldest_accepted = int(now - max_age_seconds) + 1
-    return Stamp(max(periods.period_start, oldest_accepted), "carried_forward")
+    return Stamp(periods.period_start, "carried_forward")
 
 
 def still_invoiced(

@@ -186,7 +186,7 @@ class BatchSender:
             if resolve is not None or not still_invoiced(batch.stamp, periods, now):
                 return await self._resolve(batch, resolve or "its period's invoice is finalized")
             return Stamp(batch.stamp, batch.placement or "own")
-        return place(batch.window_start, periods, now, max_age_seconds=self.rules.max_age_seconds)
+        return place(batch.window_start, periods, now)
 
     async def _call(self, batch: LedgerBatch, stamp: Stamp) -> bool:
         """One attempt at Stripe, noted before and its answer recorded after."""

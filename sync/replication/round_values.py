@@ -39,3 +39,4 @@ class RoundReport:
     bound: int | None = None
     bound_at: int | None = None  # when the bound was recorded (microseconds since the epoch)
     horizon: int | None = None
+    standby_lag_seconds: float | None = None  # the standby downloads were read from

@@ -71,6 +71,7 @@ class ShardRound:
     # Every download stays below a durable bound (positions.durable_bound; one per worker on
     # Citus): recorded at the round's first download, and again before the rating downloads.
     downloads: Downloads | None = None
+    reader: Connection | None = None  # a hot standby to read downloads from (downloads.py)
 
     async def run(self) -> RoundReport:
         database = await self.database()
@@ -85,13 +86,14 @@ class ShardRound:
         self.report.bound_at = now_us()
         await ratings.download(tenant_ids, database)
         self.report.bound, self.report.horizon = ratings.lag
+        self.report.standby_lag_seconds = await downloads.standby_lag()
         self.report.tenants = len(tenant_ids)
         return self.report
 
     async def open_downloads(self, database: str) -> Downloads:
         if self.downloads is None or self.downloads.database != database:
             node_id = self.edge.stores.node_id
-            self.downloads = await Downloads.open(self.connection, node_id, database)
+            self.downloads = await Downloads.open(self.connection, node_id, database, self.reader)
         return self.downloads
 
     async def database(self) -> str:

@@ -46,7 +46,7 @@ async def fed_metrics(tmp_path: Path, *, tenant_label: bool) -> NodeMetrics:
     queue = await open_queue(tmp_path / f"queue-{tenant_label}", consumers=("billing",))
     metrics.watch_queue(queue)
     metrics.watch_meter(MeterStats())
-    shard = ShardStatus(0, "postgresql://edge@db/central")
+    shard = ShardStatus(0, "postgresql://edge@db/central", standby_lag_seconds=0.0)
     metrics.watch_sync(WorkerStatus([shard], [JobStatus("stripe-usage-flush")]))
     metrics.watch_billing(BillingStats())
     metrics.watch_webhooks(WebhookStats())

@@ -72,6 +72,17 @@ class TestSync:
         assert value(metrics, "edge_node_sync_lag_seconds", **stripe) == 12
         assert value(metrics, "edge_node_sync_last_success_timestamp_seconds", **stripe) is None
 
+    def test_a_standby_lag_is_exported_only_for_shards_read_from_a_standby(self) -> None:
+        """A shard whose downloads come from a hot standby exports that standby's lag; a shard
+        read from its primary exports none."""
+        read_from_standby = ShardStatus(0, "postgresql://edge@db/central")
+        read_from_standby.standby_lag_seconds = 2.5
+        worker = WorkerStatus([read_from_standby, ShardStatus(1, "postgresql://edge@db2/c")])
+        metrics = fresh_metrics()
+        metrics.watch_sync(worker)
+        assert value(metrics, "edge_node_sync_standby_lag_seconds", shard="0") == 2.5
+        assert value(metrics, "edge_node_sync_standby_lag_seconds", shard="1") is None
+
     def test_a_recovered_shard_reads_up_with_no_failures(self) -> None:
         """The status objects are read at each scrape: a shard back to ok shows up 1, 0
         failures and lag 0 right after its success."""

@@ -83,9 +83,11 @@ class Edge:
         statement_timeout: float = 30.0,
         lock_timeout: float = 5.0,
         horizon_lag_warning: float = 60.0,
+        standby_dsns: Sequence[str] = (),
     ) -> SyncWorker:
         central = CentralConfig(
             dsns=tuple(dsns),
+            standby_dsns=tuple(standby_dsns),
             sync_interval_seconds=interval,
             batch_size=batch_size,
             lock_timeout_seconds=lock_timeout,

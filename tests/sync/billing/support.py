@@ -26,9 +26,9 @@ from sync.stripe.standin import StripeStandin
 
 EVENT_NAME = "edge_node_requests"
 NODE_ID = "edge-test"
-# A provisioned tenant's subscription started this long before the test's usage: Stripe
-# invoices only usage inside a subscription's periods, so a tenant that served first and
-# subscribed later would not be billed (issue 19), which is not what these tests are about.
+# A provisioned tenant's subscription started this long before the test's usage, so that
+# usage lies in the subscription's own period (usage from before a subscription is stamped
+# at its start: tests/sync/billing/test_stripe_contract.py shows it).
 SUBSCRIBED_AGO = 2 * 86_400.0
 
 
