@@ -62,7 +62,7 @@ class Node:
         self.node_database.close()
 
     def worker(self, dsn: str, interval: float, batch_size: int) -> SyncWorker:
-        central = CentralConfig((dsn,), interval, batch_size)
+        central = CentralConfig(dsns=(dsn,), sync_interval_seconds=interval, batch_size=batch_size)
         edge = EdgeStorage(self.node_database, self.stores)
         return SyncWorker(central, edge, node_id=self.node_id, data_dir=self.data_dir)
 
