@@ -30,18 +30,9 @@ class CatalogBootstrap(StripeClientBase):
         return BillingCatalog(meter_id, meter_event_name, product_id, price_ids)
 
     async def _ensure_meter(self, event_name: str) -> str:
-        meters = await self._call(
-            self._client.v1.billing.meters.list_async(
-                {"status": "active", "limit": 100}, self._options()
-            ),
-            "billing meters",
-        )
-        try:
-            async for meter in meters.auto_paging_iter():
-                if meter.event_name == event_name:
-                    return str(meter.id)
-        except stripe.StripeError as exc:
-            raise_translated(exc, "billing meters")
+        found = await self._find_meter(event_name)
+        if found is not None:
+            return found
         scope = f"meter:{event_name}"
         self._retire_failed_key(scope, f"billing meter {event_name}")
         meter = await self._create(
@@ -110,19 +101,24 @@ class CatalogBootstrap(StripeClientBase):
 
     async def _meter_id(self, event_name: str) -> str:
         if event_name not in self._meter_ids:
-            meters = await self._call(
-                self._client.v1.billing.meters.list_async(
-                    {"status": "active", "limit": 100}, self._options()
-                ),
-                "billing meters",
-            )
-            try:
-                async for meter in meters.auto_paging_iter():
-                    if meter.event_name == event_name:
-                        self._meter_ids[event_name] = str(meter.id)
-                        break
-            except stripe.StripeError as exc:
-                raise_translated(exc, "billing meters")
-            if event_name not in self._meter_ids:
+            found = await self._find_meter(event_name)
+            if found is None:
                 raise TransientSyncError(f"Stripe has no active meter for {event_name} yet")
+            self._meter_ids[event_name] = found
         return self._meter_ids[event_name]
+
+    async def _find_meter(self, event_name: str) -> str | None:
+        """The id of the active meter for `event_name`, or None."""
+        meters = await self._call(
+            self._client.v1.billing.meters.list_async(
+                {"status": "active", "limit": 100}, self._options()
+            ),
+            "billing meters",
+        )
+        try:
+            async for meter in meters.auto_paging_iter():
+                if meter.event_name == event_name:
+                    return str(meter.id)
+        except stripe.StripeError as exc:
+            raise_translated(exc, "billing meters")
+        return None
