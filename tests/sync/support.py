@@ -142,7 +142,7 @@ class Edge:
     def comments(self, tenant_id: str) -> dict[tuple[str, str], str | None]:
         """The tenant's live comments as the API serves them, by (user, item)."""
         page = self.store(tenant_id).page(limit=500)
-        return {(r.user_id, r.item_id): r.comment for r in page.ratings}
+        return {(r["user_id"], r["item_id"]): r["comment"] for r in page.ratings}
 
     def pending(self, tenant_id: str) -> list[RatingRow]:
         rows, _ = self.store(tenant_id).pending_changes(100_000)

@@ -331,7 +331,7 @@ class TestDiskFailure:
         ) as response:
             assert response.status == 503
             assert (await response.json())["type"].endswith(":storage-unavailable")
-        stored = {r.user_id for r in node.storage.stores.get(tenant.tenant_id).page().ratings}
+        stored = {r["user_id"] for r in node.storage.stores.get(tenant.tenant_id).page().ratings}
         assert stored == {"u", "u2"}
         async with node.session.get(f"{node.url}/readyz") as response:
             assert response.status == 503

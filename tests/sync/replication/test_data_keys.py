@@ -93,7 +93,11 @@ class TestSharedDataKeys:
             await a.sync(central)
             await stranger.sync(central)
             [rating] = stranger.store(t).page().ratings
-            assert (rating.score, rating.comment, rating.comment_unreadable) == (5, None, True)
+            assert (rating["score"], rating["comment"], rating.get("comment_unreadable")) == (
+                5,
+                None,
+                True,
+            )
         finally:
             stranger.close()
 
@@ -129,7 +133,7 @@ class TestDeletionAcrossTheFleet:
         copy = TenantStores(tmp_path / "copies", node_id="b", keyring=b.stores.keyring)
         copied_file.rename(copy.path(t))
         [rating] = copy.get(t).page().ratings
-        assert (rating.comment, rating.comment_unreadable) == (None, True)
+        assert (rating["comment"], rating.get("comment_unreadable")) == (None, True)
         copy.drop(t)
 
         # An edge that has not heard of the deletion uploads its old rows: nothing comes back.
