@@ -15,6 +15,7 @@
     |   +-- UriTooLong             414: request line or query string over the limit
     |   +-- UnsupportedMediaType   415: body is not application/json
     |   +-- RateLimited            429: the tenant's token bucket is empty
+    |   |   +-- QuotaExhausted     429: the tenant's `block` allowance for the period is used
     |   +-- HeadersTooLarge        431: a header, all headers, or their number over the limit
     |   +-- ServiceUnavailable     503: storage not ready
     |       +-- StorageUnavailable 503: the disk is full (or below the free-space floor),
@@ -195,6 +196,11 @@ class RateLimited(Problem):
     status = 429
     slug = "rate-limited"
     title = "Rate limit exceeded"
+
+
+class QuotaExhausted(RateLimited):
+    slug = "quota-exhausted"
+    title = "Usage quota exhausted"
 
 
 class ServiceUnavailable(Problem):

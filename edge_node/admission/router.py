@@ -5,7 +5,9 @@ credential that verifies (401), name a well-formed tenant in its path (400) that
 credential's own tenant (403, whether or not that other tenant exists), belong to a tenant
 that is not suspended (403) and is paid up (402: canceled, or past due beyond the grace
 period, edge_node.tenants.standing), find a token in its tenant's bucket (429), and hold at
-least the role the route needs (403). Only then does the handler run, with the
+least the role the route needs (403). A billable request then holds its units of the
+tenant's allowance for the billing period, if it has one (`edge_node.admission.quotas`: 429
+`quota-exhausted` past a `block` allowance). Only then does the handler run, with the
 TenantContext, and what it served is metered (`edge_node.usage.meter`). Every tenant route is
 billable, so every one of them is refused to a tenant that must pay first.
 
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edge_node.admission.quotas import QuotaRules, charge
 from edge_node.admission.ratelimit import RateDecision, RateLimiter
 from edge_node.admission.tokens import TokenVerifier
 from edge_node.clock import now_us
+from edge_node.config import QuotasConfig
 from edge_node.errors import (
     BadRequest,
     Forbidden,
@@ -35,11 +39,12 @@ from edge_node.errors import (
 )
 from edge_node.ids import is_uuid
 from edge_node.tenants.apikeys import key_id_of
-from edge_node.tenants.model import ROLES, KeyGrant, Role, TenantStatus
+from edge_node.tenants.model import ROLES, KeyGrant, Plan, QuotaPolicy, Role, TenantStatus
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.standing import payment_refusal
 from edge_node.usage.meter import Meter
 from edge_node.usage.operations import OPERATIONS, Operation
+from edge_node.usage.quotas import QuotaDecision
 from edge_node.web.request_ids import request_id_of
 
 API_KEY_HEADER = "X-API-Key"
@@ -51,12 +56,16 @@ _RANKS = {role: rank for rank, role in enumerate(ROLES)}  # ROLES runs from leas
 
 @dataclass(frozen=True, slots=True)
 class TenantContext:
-    """Who is asking: the tenant, the role, and the end user a token is bound to (if any)."""
+    """Who is asking: the tenant, the role, and the end user a token is bound to (if any);
+    with the tenant's limit, plan and own quota."""
 
     tenant_id: str
     role: Role
     subject: str | None
     rate_limit_per_minute: int | None
+    plan: Plan = "payg"
+    quota: int | None = None
+    quota_policy: QuotaPolicy | None = None
 
     def has_role(self, needed: Role) -> bool:
         return _RANKS[self.role] >= _RANKS[needed]
@@ -72,8 +81,10 @@ class TenantRouter:
         limiter: RateLimiter,
         *,
         past_due_grace_seconds: float = DEFAULT_PAST_DUE_GRACE_SECONDS,
+        quotas: QuotasConfig | None = None,
     ) -> None:
         self.registry = registry
+        self.quotas = QuotaRules(quotas or QuotasConfig())
         self.view = registry.view()
         self.verifier = verifier
         self.limiter = limiter
@@ -91,7 +102,15 @@ class TenantRouter:
         if api_keys:
             api_key = api_keys[0]
             grant = self.view.admitted(api_key) or self._verify_key(api_key)
-            context = TenantContext(grant.tenant_id, grant.role, None, grant.rate_limit_per_minute)
+            context = TenantContext(
+                grant.tenant_id,
+                grant.role,
+                None,
+                grant.rate_limit_per_minute,
+                grant.plan,
+                grant.quota,
+                grant.quota_policy,
+            )
             return context, grant.tenant_status
         if not authorizations:
             raise Unauthorized(
@@ -136,7 +155,13 @@ class TenantRouter:
         if tenant is None:
             raise Forbidden("the token's tenant is not served by this node", slug="unknown-tenant")
         context = TenantContext(
-            claims.tenant_id, claims.role, claims.subject, tenant.rate_limit_per_minute
+            claims.tenant_id,
+            claims.role,
+            claims.subject,
+            tenant.rate_limit_per_minute,
+            tenant.plan,
+            tenant.quota,
+            tenant.quota_policy,
         )
         return context, tenant.status
 
@@ -167,6 +192,14 @@ class TenantRouter:
                 headers=decision.headers(),
             )
         return context, decision
+
+    def charge(self, context: TenantContext, meter: Meter, units: int) -> QuotaDecision | None:
+        """Hold a billable request's units against the tenant's allowance (None: it has none,
+        or nothing is metered to count it); 429 `quota-exhausted` past a `block` one."""
+        allowance = self.quotas.allowance(context.plan, context.quota, context.quota_policy)
+        if allowance is None or meter.spend is None:
+            return None
+        return charge(meter.spend, context.tenant_id, allowance, units)
 
     def _check_standing(self, tenant_id: str, status: TenantStatus) -> None:
         if status == "suspended":
@@ -202,11 +235,16 @@ def guarded(
     def decorate(handler: TenantHandler) -> Handler:
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
-            context, decision = request.app[ROUTER_KEY].admit(request, needed)
+            router = request.app[ROUTER_KEY]
+            context, decision = router.admit(request, needed)
             meter = request.app[METER_KEY]
+            quota: QuotaDecision | None = None
             try:
                 reserved = meter.bills(operations) and meter.reserve()
+                units = meter.units(operations) if reserved else 0
                 try:
+                    if reserved:
+                        quota = router.charge(context, meter, units)
                     response = await handler(request, context)
                     if reserved:
                         served = by_status.get(response.status, default)
@@ -216,6 +254,8 @@ def guarded(
                 finally:
                     if reserved:
                         meter.release()
+                    if quota is not None and meter.spend is not None:
+                        meter.spend.release(context.tenant_id, units)
             except Problem as problem:
                 problem.headers = {**decision.headers(), **problem.headers}
                 raise

@@ -12,6 +12,7 @@ from typing import Any
 
 from edge_node.cli.progress import Progress
 from edge_node.cli.queues import queue_directories
+from edge_node.cli.quotas import add_quota_options, add_update_command
 from edge_node.cli.support import (
     EXIT_LOCKED,
     emit,
@@ -44,6 +45,7 @@ def add_tenant_commands(commands: Any) -> None:
         metavar="PER_MINUTE",
         help="its requests per minute (default: rate_limit.per_minute)",
     )
+    add_quota_options(create)
     create.add_argument(
         "--format",
         choices=("json", "env"),
@@ -52,6 +54,7 @@ def add_tenant_commands(commands: Any) -> None:
     )
     create.set_defaults(handler=_tenants_create)
     tenants.add_parser("list", help="list tenants").set_defaults(handler=_tenants_list)
+    add_update_command(tenants)
     for action, status in (("suspend", "suspended"), ("resume", "active")):
         cmd = tenants.add_parser(action, help=f"mark a tenant {status}")
         cmd.add_argument("tenant_id", metavar="TENANT_ID", help="the tenant's id (a UUID)")
@@ -123,7 +126,11 @@ def _tenants_create(config: Config, args: argparse.Namespace) -> int:
         raise RegistryError("--name must be 1 to 200 characters")
     with open_registry(config) as registry:
         tenant, key = registry.create_tenant(
-            args.name, plan=args.plan, rate_limit_per_minute=args.rate_limit
+            args.name,
+            plan=args.plan,
+            rate_limit_per_minute=args.rate_limit,
+            quota=args.quota,
+            quota_policy=args.quota_policy,
         )
     with _open_stores(config) as stores:
         stores.get(tenant.tenant_id)  # create the tenant's file and schema now, not on first use

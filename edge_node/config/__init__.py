@@ -42,6 +42,8 @@ from edge_node.config.serving import (
     LimitsConfig,
     LoggingConfig,
     MetricsConfig,
+    PlanQuotaConfig,
+    QuotasConfig,
     RateLimitConfig,
     ServerConfig,
     TlsConfig,
@@ -73,7 +75,9 @@ __all__ = [
     "MeterConfig",
     "MeterUnitsConfig",
     "MetricsConfig",
+    "PlanQuotaConfig",
     "QueueConfig",
+    "QuotasConfig",
     "RateLimitConfig",
     "SecretsConfig",
     "ServerConfig",
@@ -105,6 +109,10 @@ class Config:
     )
     rate_limit: RateLimitConfig = field(
         default_factory=RateLimitConfig, metadata={"doc": "Per-tenant token buckets."}
+    )
+    quotas: QuotasConfig = field(
+        default_factory=QuotasConfig,
+        metadata={"doc": "Usage allowances per billing period, per plan (docs/quotas.md)."},
     )
     auth: AuthConfig = field(default_factory=AuthConfig, metadata={"doc": "Credentials."})
     storage: StorageConfig = field(

@@ -35,6 +35,35 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True)
+class PlanQuotaConfig:
+    allowance: int = setting(
+        0,
+        "Units a tenant on this plan may use per billing period (docs/quotas.md); 0: no "
+        "allowance, usage is not limited (a tenant's own quota overrides it).",
+        minimum=0,
+        maximum=1 << 62,
+    )
+    policy: Literal["overage", "block"] = setting(
+        "overage",
+        "Past the allowance: `overage` serves and bills the usage; `block` answers 429 "
+        "`quota-exhausted` until the period ends.",
+    )
+
+
+@dataclass(frozen=True)
+class QuotasConfig:
+    payg: PlanQuotaConfig = field(
+        default_factory=PlanQuotaConfig, metadata={"doc": "The `payg` plan's allowance."}
+    )
+    tiered: PlanQuotaConfig = field(
+        default_factory=PlanQuotaConfig, metadata={"doc": "The `tiered` plan's allowance."}
+    )
+    flat: PlanQuotaConfig = field(
+        default_factory=PlanQuotaConfig, metadata={"doc": "The `flat` plan's allowance."}
+    )
+
+
+@dataclass(frozen=True)
 class JwtKeyConfig:
     algorithm: Literal["HS256", "RS256", "ES256", "EdDSA"] = setting(
         "HS256", "The one algorithm this key verifies (pinned: no other is accepted with it)."

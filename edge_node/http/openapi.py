@@ -76,7 +76,8 @@ _TENANT_ERRORS = {
         " blocked after a request spike (`ip-blocked`, with Retry-After)."
     ),
     "429": _problem(
-        "The tenant's rate limit is used up.",
+        "The tenant's rate limit is used up (`rate-limited`), or its allowance for the billing"
+        " period under the `block` policy (`quota-exhausted`: Retry-After is the period's end).",
         {
             **_RATE_HEADERS,
             "Retry-After": {"schema": {"type": "integer", "minimum": 0}},

@@ -16,8 +16,11 @@ from edge_node.clock import format_us
 Role = Literal["reader", "writer", "admin"]
 Plan = Literal["payg", "tiered", "flat"]
 TenantStatus = Literal["active", "suspended", "past_due", "canceled"]
+# Past a tenant's allowance: serve and bill the usage, or refuse until the period ends.
+QuotaPolicy = Literal["overage", "block"]
 ROLES: tuple[Role, ...] = get_args(Role)
 PLANS: tuple[Plan, ...] = get_args(Plan)
+QUOTA_POLICIES: tuple[QuotaPolicy, ...] = get_args(QuotaPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,8 @@ class Tenant:
     plan: Plan
     rate_limit_per_minute: int | None
     created_at: int
+    quota: int | None = None  # units per billing period; None: the plan's allowance
+    quota_policy: QuotaPolicy | None = None  # None: the plan's policy
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -36,6 +41,8 @@ class Tenant:
             "status": self.status,
             "plan": self.plan,
             "rate_limit_per_minute": self.rate_limit_per_minute,
+            "quota": self.quota,
+            "quota_policy": self.quota_policy,
             "created_at": format_us(self.created_at),
         }
 
@@ -60,13 +67,17 @@ class IssuedKey:
 
 @dataclass(frozen=True, slots=True)
 class KeyGrant:
-    """What a valid API key grants: its tenant (with status and limit) and its role."""
+    """What a valid API key grants: its tenant (with status, limit, plan and own quota) and
+    its role."""
 
     key_id: str
     tenant_id: str
     role: Role
     tenant_status: TenantStatus
     rate_limit_per_minute: int | None
+    plan: Plan = "payg"
+    quota: int | None = None
+    quota_policy: QuotaPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from edge_node.tenants.model import (
     IssuedKey,
     KeyGrant,
     Plan,
+    QuotaPolicy,
     Role,
     StripeLink,
     Tenant,
@@ -38,6 +39,9 @@ from edge_node.tenants.model import (
 from edge_node.tenants.replication import RegistryReplication
 from edge_node.tenants.view import RegistryView
 
+_TENANT_COLUMNS = (
+    "tenant_id, name, status, plan, rate_limit_per_minute, created_at, quota, quota_policy"
+)
 _STRIPE_LINK = "tenant_id, name, plan, stripe_customer_id, subscription_id, created_at"
 
 
@@ -68,16 +72,34 @@ class TenantRegistry(RegistryReplication):
         return RegistryView(self._conn)
 
     def create_tenant(
-        self, name: str, *, plan: Plan = "payg", rate_limit_per_minute: int | None = None
+        self,
+        name: str,
+        *,
+        plan: Plan = "payg",
+        rate_limit_per_minute: int | None = None,
+        quota: int | None = None,
+        quota_policy: QuotaPolicy | None = None,
     ) -> tuple[Tenant, IssuedKey]:
         """Register a tenant with a first admin key, in one transaction."""
         now = now_us()
-        tenant = Tenant(str(uuid.uuid4()), name, "active", plan, rate_limit_per_minute, now)
+        tenant = Tenant(
+            str(uuid.uuid4()), name, "active", plan, rate_limit_per_minute, now, quota, quota_policy
+        )
         with sqlite.transaction(self._conn):
             self._conn.execute(
                 "INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,"
-                " created_at, updated_at) VALUES (?, ?, 'active', ?, ?, ?, ?)",
-                (tenant.tenant_id, name, plan, rate_limit_per_minute, now, now),
+                " quota, quota_policy, created_at, updated_at)"
+                " VALUES (?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                (
+                    tenant.tenant_id,
+                    name,
+                    plan,
+                    rate_limit_per_minute,
+                    quota,
+                    quota_policy,
+                    now,
+                    now,
+                ),
             )
             self._record_change(tenant.tenant_id, None)
             key = self._insert_key(tenant.tenant_id, "admin", now)
@@ -85,15 +107,13 @@ class TenantRegistry(RegistryReplication):
 
     def list_tenants(self) -> list[Tenant]:
         rows = self._conn.execute(
-            "SELECT tenant_id, name, status, plan, rate_limit_per_minute, created_at"
-            " FROM tenants ORDER BY created_at, tenant_id"
+            f"SELECT {_TENANT_COLUMNS} FROM tenants ORDER BY created_at, tenant_id"  # noqa: S608
         ).fetchall()
         return [Tenant(*row) for row in rows]
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         row = self._conn.execute(
-            "SELECT tenant_id, name, status, plan, rate_limit_per_minute, created_at"
-            " FROM tenants WHERE tenant_id = ?",
+            f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = ?",  # noqa: S608
             (tenant_id,),
         ).fetchone()
         return Tenant(*row) if row else None
@@ -112,6 +132,23 @@ class TenantRegistry(RegistryReplication):
             changed = self._conn.execute(
                 "UPDATE tenants SET status = ?, updated_at = ? WHERE tenant_id = ?",
                 (status, now_us(), tenant_id),
+            ).rowcount
+        tenant = self.get_tenant(tenant_id)
+        if not changed or tenant is None:
+            raise RegistryError(f"no tenant with id {tenant_id}")
+        return tenant
+
+    def set_quota(
+        self, tenant_id: str, quota: int | None, quota_policy: QuotaPolicy | None
+    ) -> Tenant:
+        """Set a tenant's own allowance and policy (None: its plan's), on this node only, as
+        `set_status` does. Usage already served stays spent: the allowance is only compared
+        with it (edge_node.usage.quotas)."""
+        with sqlite.transaction(self._conn):
+            changed = self._conn.execute(
+                "UPDATE tenants SET quota = ?, quota_policy = ?, updated_at = ?"
+                " WHERE tenant_id = ?",
+                (quota, quota_policy, now_us(), tenant_id),
             ).rowcount
         tenant = self.get_tenant(tenant_id)
         if not changed or tenant is None:

@@ -109,6 +109,13 @@ MIGRATIONS = (
     ALTER TABLE tenants ADD COLUMN provisioning_failing_since INTEGER;
     ALTER TABLE tenants ADD COLUMN provisioning_error TEXT;
     """,
+    # 8: a tenant's own usage allowance per billing period and what happens past it, beside
+    # its plan's (NULL: the plan's, `[quotas]`).
+    """
+    ALTER TABLE tenants ADD COLUMN quota INTEGER CHECK (quota >= 0);
+    ALTER TABLE tenants ADD COLUMN quota_policy TEXT
+        CHECK (quota_policy IN ('overage', 'block'));
+    """,
 )
 
 

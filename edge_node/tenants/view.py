@@ -25,19 +25,23 @@ import time
 from dataclasses import dataclass
 
 from edge_node.tenants.apikeys import hash_key
-from edge_node.tenants.model import KeyGrant, TenantStatus
+from edge_node.tenants.model import KeyGrant, Plan, QuotaPolicy, TenantStatus
 
 REFRESH_INTERVAL_SECONDS = 0.005
 
 
 @dataclass(frozen=True, slots=True)
 class TenantStanding:
-    """What admission needs of a tenant: its status, since when it is past due, its limit."""
+    """What admission needs of a tenant: its status, since when it is past due, its limit,
+    its plan and its own quota."""
 
     tenant_id: str
     status: TenantStatus
     past_due_since: int | None  # microseconds
     rate_limit_per_minute: int | None
+    plan: Plan
+    quota: int | None
+    quota_policy: QuotaPolicy | None
 
 
 class RegistryView:
@@ -104,7 +108,8 @@ class RegistryView:
 
     def _load(self) -> None:
         rows = self._conn.execute(
-            "SELECT tenant_id, status, past_due_since, rate_limit_per_minute FROM tenants"
+            "SELECT tenant_id, status, past_due_since, rate_limit_per_minute, plan, quota,"
+            " quota_policy FROM tenants"
         ).fetchall()
         tenants = {row[0]: TenantStanding(*row) for row in rows}
         keys = {}
@@ -114,7 +119,14 @@ class RegistryView:
             tenant = tenants.get(tenant_id)
             if tenant is not None:
                 grant = KeyGrant(
-                    key_id, tenant_id, role, tenant.status, tenant.rate_limit_per_minute
+                    key_id,
+                    tenant_id,
+                    role,
+                    tenant.status,
+                    tenant.rate_limit_per_minute,
+                    tenant.plan,
+                    tenant.quota,
+                    tenant.quota_policy,
                 )
                 keys[key_id] = (key_hash, grant)
         self._tenants, self._keys, self._verified = tenants, keys, {}

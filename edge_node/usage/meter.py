@@ -37,6 +37,7 @@ from edge_node.ids import EventIdGenerator
 from edge_node.queue import QueueError, QueueSettings, WriteAheadQueue, open_queue
 from edge_node.usage.event import encode_event
 from edge_node.usage.operations import OPERATIONS
+from edge_node.usage.quotas import PeriodSpend
 from edge_node.usage.room import DiskFloor
 from edge_node.usage.served import ServedCounter, counts_path
 
@@ -73,6 +74,8 @@ class Meter:
     ) -> None:
         self.queue = queue
         self.served = served
+        # Spend per billing period, counted as usage is counted served (None: metering off).
+        self.spend = None if queue is None else PeriodSpend(None if served is None else served.path)
         self.floor = floor
         self.config = config
         self.node_id = node_id
@@ -92,6 +95,10 @@ class Meter:
                 self.queue is not None and not self._billable.isdisjoint(operations)
             )
         return found
+
+    def units(self, operations: tuple[str, ...]) -> int:
+        """The most units a route performing `operations` bills for one request."""
+        return max(self._units.get(operation, 0) for operation in operations)
 
     def reserve(self) -> bool:
         """Hold queue room for one event; False when full and `on_full` lets the request through.
@@ -200,6 +207,8 @@ class Meter:
     def _count_served(self, tenant_id: str, timestamp_ms: int, units: int) -> None:
         """Counted apart from the queue, for reconciliation; a count that cannot be stored is
         logged, never a failed request (the event is already queued)."""
+        if self.spend is not None:
+            self.spend.add(tenant_id, timestamp_ms, units)
         if self.served is None:
             return
         try:

@@ -1,0 +1,58 @@
+"""A tenant's allowance per billing period, applied when a billable request is admitted.
+
+The allowance is the tenant's own (`tenants create/update --quota`, with `--quota-policy`)
+or else its plan's (`[quotas.<plan>]`); a plan whose allowance is 0 has none, and its tenants'
+usage is not limited. Spend is edge_node.usage.quotas': the units served in the period.
+Past the allowance, `overage` serves (the usage is billed as always) and `block` answers 429
+`quota-exhausted` with Retry-After at the period's end (docs/quotas.md).
+"""
+
+from __future__ import annotations
+
+from edge_node.config import PlanQuotaConfig, QuotasConfig
+from edge_node.errors import QuotaExhausted
+from edge_node.tenants.model import Plan, QuotaPolicy
+from edge_node.usage.quotas import Allowance, PeriodSpend, QuotaDecision
+
+
+class QuotaRules:
+    """Which allowance applies to a tenant: its own, or its plan's."""
+
+    def __init__(self, config: QuotasConfig) -> None:
+        plans: dict[str, PlanQuotaConfig] = {
+            "payg": config.payg,
+            "tiered": config.tiered,
+            "flat": config.flat,
+        }
+        self._plans = {
+            plan: Allowance(quota.allowance, quota.policy == "block")
+            for plan, quota in plans.items()
+        }
+        self._policies = {plan: quota.policy for plan, quota in plans.items()}
+
+    def allowance(
+        self, plan: Plan, quota: int | None, policy: QuotaPolicy | None
+    ) -> Allowance | None:
+        """The allowance of a tenant on `plan` with its own `quota` and `policy` (None: the
+        plan's); None when neither sets one."""
+        if quota is None:
+            found = self._plans.get(plan)
+            if found is None or found.units == 0:
+                return None
+            if policy is None:
+                return found
+            return Allowance(found.units, policy == "block")
+        return Allowance(quota, (policy or self._policies.get(plan)) == "block")
+
+
+def charge(spend: PeriodSpend, tenant_id: str, allowance: Allowance, units: int) -> QuotaDecision:
+    """Hold `units` of the tenant's allowance for one request; 429 `quota-exhausted` when a
+    `block` allowance has not that many left."""
+    decision = spend.take(tenant_id, allowance, units)
+    if not decision.allowed:
+        raise QuotaExhausted(
+            f"the tenant's allowance of {allowance.units} units for this billing period is"
+            f" used up; it starts again in {decision.reset_seconds} s",
+            headers={"Retry-After": str(decision.reset_seconds)},
+        )
+    return decision

@@ -1,0 +1,160 @@
+"""Usage allowances: the units a tenant has spent in its billing period, counted in memory.
+
+A tenant may have an allowance per billing period (its plan's, `[quotas]`, or its own,
+`tenants update --quota`); admission (edge_node.admission.router) asks `PeriodSpend.take`
+before a billable request runs and gives back what it took once the request is over.
+
+The period is the calendar month in UTC (`calendar_month`): the node does not hold a
+tenant's Stripe subscription period, so every node, with or without Stripe, counts the
+same month, and a period begins at 00:00 UTC on the 1st (docs/quotas.md).
+
+Spend is not written anywhere of its own: it is what the meter already counts. Every usage
+event recorded is counted per tenant and UTC day in the served-counts file of its worker
+(edge_node.usage.served), and the meter tells `PeriodSpend.add` of each count as it makes
+it, so this process's own spend is a sum kept in memory, exact and never written per
+request. Other worker processes of the node (`serve --workers N`) count in files of their
+own, read here at most every `OTHERS_REFRESH_SECONDS`. On top of spend, each request
+admitted holds its units (`take`) until it is over (`release`), so requests in flight in
+this process cannot together pass a `block` allowance; a request counted served and not yet
+released is counted twice for that moment, never zero times.
+
+Because spend is what was served, changing an allowance while requests are in flight only
+changes what spend is compared with: nothing already served is given back or counted again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from edge_node import clock
+from edge_node.usage.served import DAY_MS, read_counts
+
+# How stale the other workers' counts may be when a request is admitted: their usage within
+# this interval is what several workers of one node can serve past a `block` allowance.
+OTHERS_REFRESH_SECONDS = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """Units a tenant may use per period, and whether it is refused (`block`) past them."""
+
+    units: int
+    block: bool
+
+
+class QuotaDecision(NamedTuple):
+    """The allowance's answer to one request (a NamedTuple: one is made per request)."""
+
+    allowed: bool
+    limit: int
+    remaining: int  # units left in the period before this request
+    reset_seconds: int  # until the period ends and spend starts again from zero
+
+
+def calendar_month(now_ms: int) -> tuple[int, int]:
+    """The calendar month in UTC containing `now_ms`: its start and end, in milliseconds."""
+    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    start = datetime(now.year, now.month, 1, tzinfo=UTC)
+    end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+class PeriodSpend:
+    """Each tenant's units spent in the current period on this node, as the module says.
+
+    `own` is this process's served-counts file (None: nothing served before this process
+    counts); the other `*.counts` files beside it are the other workers'.
+    """
+
+    def __init__(
+        self,
+        own: Path | None,
+        *,
+        clock_ms: Callable[[], int] = clock.now_ms,
+        refresh_seconds: float = OTHERS_REFRESH_SECONDS,
+    ) -> None:
+        self._own_path = own
+        self._clock_ms = clock_ms
+        self._refresh_seconds = refresh_seconds
+        self._own: Counter[str] = Counter()
+        self._others: Counter[str] = Counter()
+        self._held: Counter[str] = Counter()
+        self._next_refresh = 0.0
+        self.start_ms, self.end_ms = 0, 0
+        self._roll(clock_ms())
+
+    def take(self, tenant_id: str, allowance: Allowance, units: int) -> QuotaDecision:
+        """Hold `units` for a request of `tenant_id` unless a `block` allowance has not that
+        many left (refused: nothing held). What is held is given back by `release`."""
+        now_ms = self._clock_ms()
+        if now_ms >= self.end_ms:
+            self._roll(now_ms)
+        if time.monotonic() >= self._next_refresh:
+            self._refresh_others()
+        left = allowance.units - self.spent(tenant_id) - self._held[tenant_id]
+        allowed = not allowance.block or left >= units
+        if allowed:
+            self._held[tenant_id] += units
+        reset = max(1, math.ceil((self.end_ms - now_ms) / 1000))
+        return QuotaDecision(allowed, allowance.units, max(0, left), reset)
+
+    def release(self, tenant_id: str, units: int) -> None:
+        """Give back what `take` held, once the request is over (counted served or not)."""
+        held = self._held[tenant_id] - units
+        if held > 0:
+            self._held[tenant_id] = held
+        else:
+            self._held.pop(tenant_id, None)
+
+    def add(self, tenant_id: str, timestamp_ms: int, units: int) -> None:
+        """Count `units` served at `timestamp_ms` (the meter calls this as it counts them)."""
+        if timestamp_ms >= self.end_ms:
+            self._roll(timestamp_ms)
+        if timestamp_ms >= self.start_ms:
+            self._own[tenant_id] += units
+
+    def spent(self, tenant_id: str) -> int:
+        """Units served to `tenant_id` in the current period by every worker of the node."""
+        return self._own[tenant_id] + self._others[tenant_id]
+
+    def _roll(self, now_ms: int) -> None:
+        """Start counting the period containing `now_ms` from the counts files."""
+        self.start_ms, self.end_ms = calendar_month(now_ms)
+        self._own = Counter() if self._own_path is None else self._count([self._own_path])
+        self._refresh_others()
+
+    def _refresh_others(self) -> None:
+        self._next_refresh = time.monotonic() + self._refresh_seconds
+        if self._own_path is None:
+            return
+        try:
+            paths = [
+                Path(entry.path)
+                for entry in os.scandir(self._own_path.parent)
+                if entry.name.endswith(".counts") and entry.path != str(self._own_path)
+            ]
+        except FileNotFoundError:
+            paths = []
+        self._others = self._count(paths)
+
+    def _count(self, paths: list[Path]) -> Counter[str]:
+        """Units per tenant in the current period's days, summed over the counts files."""
+        first, last = self.start_ms // DAY_MS, self.end_ms // DAY_MS
+        units: Counter[str] = Counter()
+        for path in paths:
+            try:
+                counts = read_counts(path)
+            except (FileNotFoundError, ValueError):
+                continue  # a worker's file being made, or not a counts file
+            for tenant_id, day, _, served in counts:
+                if first <= day < last:
+                    units[tenant_id] += served
+        return units
