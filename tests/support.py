@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import http_sf
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +22,16 @@ from edge_node.http.app import NodeStorage, create_app
 from edge_node.metrics.node import NodeMetrics
 from edge_node.usage.meter import Meter, open_meter
 from edge_node.web.limits import LimitedAppRunner
+
+
+def ratelimit_fields(
+    headers: Mapping[str, str], name: str = "RateLimit"
+) -> dict[str, dict[str, Any]]:
+    """A RateLimit or RateLimit-Policy field parsed as the Structured Field List it must be
+    (http_sf raises on anything else): each policy's name to its parameters."""
+    parsed = http_sf.parse(headers[name].encode(), tltype="list")
+    return {str(policy): dict(params) for policy, params in parsed}
+
 
 HS256_SECRET = b"edge-node-test-secret-0123456789abcdef"
 

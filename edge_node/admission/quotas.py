@@ -46,13 +46,15 @@ class QuotaRules:
 
 
 def charge(spend: PeriodSpend, tenant_id: str, allowance: Allowance, units: int) -> QuotaDecision:
-    """Hold `units` of the tenant's allowance for one request; 429 `quota-exhausted` when a
-    `block` allowance has not that many left."""
-    decision = spend.take(tenant_id, allowance, units)
-    if not decision.allowed:
-        raise QuotaExhausted(
-            f"the tenant's allowance of {allowance.units} units for this billing period is"
-            f" used up; it starts again in {decision.reset_seconds} s",
-            headers={"Retry-After": str(decision.reset_seconds)},
-        )
-    return decision
+    """Hold `units` of the tenant's allowance for one request; a decision not allowed holds
+    nothing and is answered by `exhausted`."""
+    return spend.take(tenant_id, allowance, units)
+
+
+def exhausted(allowance: QuotaDecision, headers: dict[str, str]) -> QuotaExhausted:
+    """429 `quota-exhausted` for a `block` allowance used up, Retry-After at the period's end."""
+    return QuotaExhausted(
+        f"the tenant's allowance of {allowance.limit} units for this billing period is used"
+        f" up; it starts again in {allowance.reset_seconds} s",
+        headers={**headers, "Retry-After": str(allowance.reset_seconds)},
+    )

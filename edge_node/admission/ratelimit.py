@@ -18,17 +18,6 @@ class RateDecision(NamedTuple):
     reset_seconds: int
     retry_after_seconds: int
 
-    def headers(self) -> dict[str, str]:
-        """The RateLimit-* fields (and Retry-After when refused) a response carries."""
-        headers = {
-            "RateLimit-Limit": str(self.limit),
-            "RateLimit-Remaining": str(self.remaining),
-            "RateLimit-Reset": str(self.reset_seconds),
-        }
-        if not self.allowed:
-            headers["Retry-After"] = str(self.retry_after_seconds)
-        return headers
-
 
 class TokenBucket:
     """Holds up to `capacity` tokens, refilled continuously at `capacity` per minute."""

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from edge_node.admission.quotas import QuotaRules, charge
+from edge_node.admission.fields import RateLimitFields
+from edge_node.admission.quotas import QuotaRules, charge, exhausted
 from edge_node.admission.ratelimit import RateDecision, RateLimiter
 from edge_node.admission.tokens import TokenVerifier
 from edge_node.clock import now_us
@@ -82,8 +83,10 @@ class TenantRouter:
         *,
         past_due_grace_seconds: float = DEFAULT_PAST_DUE_GRACE_SECONDS,
         quotas: QuotasConfig | None = None,
+        legacy_headers: bool = False,
     ) -> None:
         self.registry = registry
+        self.fields = RateLimitFields(legacy=legacy_headers)
         self.quotas = QuotaRules(quotas or QuotasConfig())
         self.view = registry.view()
         self.verifier = verifier
@@ -183,23 +186,28 @@ class TenantRouter:
             raise RateLimited(
                 f"the tenant's limit of {decision.limit} requests per minute is used up;"
                 f" retry in {decision.retry_after_seconds} s",
-                headers=decision.headers(),
+                headers=self.fields.headers(decision),
             )
         if not context.has_role(needed):
             raise Forbidden(
                 f"this needs the {needed} role; the credential has {context.role}",
                 slug="insufficient-role",
-                headers=decision.headers(),
+                headers=self.fields.headers(decision),
             )
         return context, decision
 
-    def charge(self, context: TenantContext, meter: Meter, units: int) -> QuotaDecision | None:
+    def charge(
+        self, context: TenantContext, meter: Meter, units: int, rate: RateDecision
+    ) -> QuotaDecision | None:
         """Hold a billable request's units against the tenant's allowance (None: it has none,
         or nothing is metered to count it); 429 `quota-exhausted` past a `block` one."""
         allowance = self.quotas.allowance(context.plan, context.quota, context.quota_policy)
         if allowance is None or meter.spend is None:
             return None
-        return charge(meter.spend, context.tenant_id, allowance, units)
+        decision = charge(meter.spend, context.tenant_id, allowance, units)
+        if not decision.allowed:
+            raise exhausted(decision, self.fields.headers(rate, decision))
+        return decision
 
     def _check_standing(self, tenant_id: str, status: TenantStatus) -> None:
         if status == "suspended":
@@ -244,7 +252,7 @@ def guarded(
                 units = meter.units(operations) if reserved else 0
                 try:
                     if reserved:
-                        quota = router.charge(context, meter, units)
+                        quota = router.charge(context, meter, units, decision)
                     response = await handler(request, context)
                     if reserved:
                         served = by_status.get(response.status, default)
@@ -257,10 +265,10 @@ def guarded(
                     if quota is not None and meter.spend is not None:
                         meter.spend.release(context.tenant_id, units)
             except Problem as problem:
-                problem.headers = {**decision.headers(), **problem.headers}
+                problem.headers = {**router.fields.headers(decision, quota), **problem.headers}
                 raise
             # X-Request-Id goes on every answer, this one included, in edge_node.http.front.
-            response.headers.update(decision.headers())
+            response.headers.update(router.fields.headers(decision, quota))
             return response
 
         return admitted

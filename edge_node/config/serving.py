@@ -32,6 +32,12 @@ class RateLimitConfig:
         minimum=1,
         maximum=100_000_000,
     )
+    legacy_headers: bool = setting(
+        False,
+        "Also send `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (the per-minute "
+        "bucket), beside `RateLimit-Policy` and `RateLimit`, for clients that read the older "
+        "fields (docs/api.md).",
+    )
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,7 @@ def create_app(
         limiter or RateLimiter(config.rate_limit.per_minute),
         past_due_grace_seconds=config.webhooks.past_due_grace_hours * 3600,
         quotas=config.quotas,
+        legacy_headers=config.rate_limit.legacy_headers,
     )
     if secrets is None:
         secrets = SecretFiles(check_interval=secret_check_interval(config))

@@ -33,7 +33,13 @@ USAGE_OPERATION = "x-usage-operation"
 
 _RATE_HEADERS = {
     name: {"$ref": f"#/components/headers/{name}"}
-    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+    for name in (
+        "RateLimit-Policy",
+        "RateLimit",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+    )
 }
 
 
@@ -339,19 +345,39 @@ def openapi_document() -> dict[str, Any]:
                     " optional sub binds a writer to one user.",
                 },
             },
-            "headers": {
-                "RateLimit-Limit": {
-                    "schema": {"type": "integer", "minimum": 1},
-                    "description": "Requests per minute for the tenant.",
-                },
-                "RateLimit-Remaining": {
-                    "schema": {"type": "integer", "minimum": 0},
-                    "description": "Requests left in the bucket.",
-                },
-                "RateLimit-Reset": {
-                    "schema": {"type": "integer", "minimum": 0},
-                    "description": "Seconds until the bucket is full again.",
-                },
-            },
+            "headers": _rate_limit_headers(),
+        },
+    }
+
+
+def _rate_limit_headers() -> dict[str, Any]:
+    """The fields of draft-ietf-httpapi-ratelimit-headers-11, and the older triplet."""
+    legacy = " Sent only with `rate_limit.legacy_headers = true`."
+    return {
+        "RateLimit-Policy": {
+            "schema": {"type": "string"},
+            "description": "Structured Field List of the tenant's policies:"
+            ' `"minute";q=<requests per minute>;w=60` and, when the tenant has an allowance,'
+            ' `"period";q=<units per billing period>;w=<period length in seconds>`'
+            " (docs/quotas.md).",
+            "example": '"minute";q=1000;w=60, "period";q=50000;w=2678400',
+        },
+        "RateLimit": {
+            "schema": {"type": "string"},
+            "description": "Structured Field List of what is left under each policy: r (requests"
+            " or units left), t (seconds until the bucket is full, or until the period ends).",
+            "example": '"minute";r=998;t=1, "period";r=41234;t=2071234',
+        },
+        "RateLimit-Limit": {
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Requests per minute for the tenant." + legacy,
+        },
+        "RateLimit-Remaining": {
+            "schema": {"type": "integer", "minimum": 0},
+            "description": "Requests left in the bucket." + legacy,
+        },
+        "RateLimit-Reset": {
+            "schema": {"type": "integer", "minimum": 0},
+            "description": "Seconds until the bucket is full again." + legacy,
         },
     }

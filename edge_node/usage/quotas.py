@@ -55,8 +55,9 @@ class QuotaDecision(NamedTuple):
 
     allowed: bool
     limit: int
-    remaining: int  # units left in the period before this request
+    remaining: int  # units left in the period once this request is served
     reset_seconds: int  # until the period ends and spend starts again from zero
+    window_seconds: int  # the period's length
 
 
 def calendar_month(now_ms: int) -> tuple[int, int]:
@@ -103,8 +104,10 @@ class PeriodSpend:
         allowed = not allowance.block or left >= units
         if allowed:
             self._held[tenant_id] += units
+            left -= units
         reset = max(1, math.ceil((self.end_ms - now_ms) / 1000))
-        return QuotaDecision(allowed, allowance.units, max(0, left), reset)
+        window = (self.end_ms - self.start_ms) // 1000
+        return QuotaDecision(allowed, allowance.units, max(0, left), reset, window)
 
     def release(self, tenant_id: str, units: int) -> None:
         """Give back what `take` held, once the request is over (counted served or not)."""

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from yarl import URL
 
-from tests.support import RunningNode, Tenant
+from tests.support import RunningNode, Tenant, ratelimit_fields
 
 ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
 ROLES = ("reader", "writer", "admin")
@@ -113,7 +113,7 @@ async def remaining_tokens(node: RunningNode, holder: Holder) -> int:
     async with node.session.get(
         node.tenant_url(holder.tid, "/items/none/score"), headers=holder.tenant.headers
     ) as response:
-        return int(response.headers["RateLimit-Remaining"])
+        return int(ratelimit_fields(response.headers)["minute"]["r"])
 
 
 def other_tenant_credentials(node: RunningNode, attacker: Holder, victim: Holder) -> list[Attempt]:

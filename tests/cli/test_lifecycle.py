@@ -20,6 +20,7 @@ from edge_node.queue import tail_records
 from edge_node.usage.event import UsageEvent
 from tests.cli.test_cli import clean_environment, edge_node_command
 from tests.served import NotifyListener, ServedNode
+from tests.support import ratelimit_fields
 
 
 def create_tenant(data_dir: Path, *options: str) -> dict[str, str]:
@@ -167,7 +168,8 @@ class TestReload:
                 algorithm="HS256",
             )
             status, _, headers = node.request("GET", path, {"Authorization": f"Bearer {token}"})
-            return status, headers.get("RateLimit-Limit")
+            policies = ratelimit_fields(headers, "RateLimit-Policy") if status == 200 else {}
+            return status, str(policies["minute"]["q"]) if policies else None
 
         assert read_with(old_secret) == (200, "100")
         secret_file.write_text(new_secret + "\n")

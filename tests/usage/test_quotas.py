@@ -66,5 +66,6 @@ class TestPeriodSpend:
         assert spend.take(TENANT, Allowance(5, block=True), 1).reset_seconds == 3600
         now[0] = ms(2027, 1, 1, 1)
         decision = spend.take(TENANT, Allowance(5, block=True), 1)
-        assert (decision.allowed, decision.remaining) == (True, 5)
+        assert (decision.allowed, decision.remaining) == (True, 4)
+        assert decision.window_seconds == 31 * 86400
         assert spend.spent(TENANT) == 0
