@@ -16,6 +16,7 @@
     |   +-- UnsupportedMediaType   415: body is not application/json
     |   +-- RateLimited            429: the tenant's token bucket is empty
     |   |   +-- QuotaExhausted     429: the tenant's `block` allowance for the period is used
+    |   |   +-- CreditsExhausted   429: the API key's credits are spent
     |   +-- HeadersTooLarge        431: a header, all headers, or their number over the limit
     |   +-- ServiceUnavailable     503: storage not ready
     |       +-- StorageUnavailable 503: the disk is full (or below the free-space floor),
@@ -201,6 +202,11 @@ class RateLimited(Problem):
 class QuotaExhausted(RateLimited):
     slug = "quota-exhausted"
     title = "Usage quota exhausted"
+
+
+class CreditsExhausted(RateLimited):
+    slug = "credits-exhausted"
+    title = "API key credits exhausted"
 
 
 class ServiceUnavailable(Problem):

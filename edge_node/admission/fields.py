@@ -12,6 +12,9 @@ parameters:
   it has one: `q` units per period, `w` the period's length in seconds; `r` units left after
   this request, `t` seconds until the period ends. Under `overage` going past it is billed,
   not refused.
+- `credits`: the API key's credits, when it has some (edge_node.tenants.credits): `q` what it
+  holds when full (its refill, else its grant), `w` its refill interval if it has one; `r`
+  units left, `t` seconds until the next refill.
 
 `rate_limit.legacy_headers` adds the older `RateLimit-Limit`, `-Remaining` and `-Reset` of
 the bucket, which the draft dropped, for clients that still read them. A refused request
@@ -21,10 +24,12 @@ carries `Retry-After` as well.
 from __future__ import annotations
 
 from edge_node.admission.ratelimit import RateDecision
+from edge_node.tenants.credits import CreditDecision
 from edge_node.usage.quotas import QuotaDecision
 
 MINUTE_POLICY = '"minute"'
 PERIOD_POLICY = '"period"'
+CREDITS_POLICY = '"credits"'
 
 
 class RateLimitFields:
@@ -32,16 +37,26 @@ class RateLimitFields:
 
     def __init__(self, *, legacy: bool = False) -> None:
         self.legacy = legacy
-        self._policies: dict[tuple[int, int, int], str] = {}  # a tenant's limits change rarely
+        self._policies: dict[tuple[int, ...], str] = {}  # a tenant's limits change rarely
 
-    def headers(self, rate: RateDecision, quota: QuotaDecision | None = None) -> dict[str, str]:
-        """The fields for a request the bucket (and the allowance, if any) decided on."""
+    def headers(
+        self,
+        rate: RateDecision,
+        quota: QuotaDecision | None = None,
+        credit: CreditDecision | None = None,
+    ) -> dict[str, str]:
+        """The fields for a request the bucket (and the allowance and the key's credits, if
+        any) decided on."""
         current = f"{MINUTE_POLICY};r={rate.remaining};t={rate.reset_seconds}"
-        if quota is None:
-            key = (rate.limit, -1, 0)
-        else:
-            key = (rate.limit, quota.limit, quota.window_seconds)
+        key: tuple[int, ...] = (rate.limit, -1, 0, -1, 0)
+        if quota is not None:
+            key = (rate.limit, quota.limit, quota.window_seconds, -1, 0)
             current += f", {PERIOD_POLICY};r={quota.remaining};t={quota.reset_seconds}"
+        if credit is not None:
+            key = (*key[:3], credit.limit, credit.window_seconds)
+            current += f", {CREDITS_POLICY};r={credit.remaining}"
+            if credit.reset_seconds is not None:
+                current += f";t={credit.reset_seconds}"
         policy = self._policies.get(key)
         if policy is None:
             policy = self._policy(key)
@@ -54,11 +69,15 @@ class RateLimitFields:
             headers["Retry-After"] = str(rate.retry_after_seconds)
         return headers
 
-    def _policy(self, key: tuple[int, int, int]) -> str:
-        per_minute, allowance, window = key
+    def _policy(self, key: tuple[int, ...]) -> str:
+        per_minute, allowance, window, credits, refill_every = key
         policy = f"{MINUTE_POLICY};q={per_minute};w=60"
         if allowance >= 0:
             policy += f", {PERIOD_POLICY};q={allowance};w={window}"
+        if credits >= 0:
+            policy += f", {CREDITS_POLICY};q={credits}"
+            if refill_every:
+                policy += f";w={refill_every}"
         if len(self._policies) >= 4096:
             self._policies.clear()
         self._policies[key] = policy

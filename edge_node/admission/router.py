@@ -28,10 +28,11 @@ from edge_node.admission.fields import RateLimitFields
 from edge_node.admission.quotas import QuotaRules, charge, exhausted
 from edge_node.admission.ratelimit import RateDecision, RateLimiter
 from edge_node.admission.tokens import TokenVerifier
-from edge_node.clock import now_us
+from edge_node.clock import now_ms, now_us
 from edge_node.config import QuotasConfig
 from edge_node.errors import (
     BadRequest,
+    CreditsExhausted,
     Forbidden,
     PaymentRequired,
     Problem,
@@ -40,7 +41,16 @@ from edge_node.errors import (
 )
 from edge_node.ids import is_uuid
 from edge_node.tenants.apikeys import key_id_of
-from edge_node.tenants.model import ROLES, KeyGrant, Plan, QuotaPolicy, Role, TenantStatus
+from edge_node.tenants.credits import CreditDecision, CreditStore
+from edge_node.tenants.model import (
+    ROLES,
+    KeyCredits,
+    KeyGrant,
+    Plan,
+    QuotaPolicy,
+    Role,
+    TenantStatus,
+)
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.standing import payment_refusal
 from edge_node.usage.meter import Meter
@@ -67,6 +77,8 @@ class TenantContext:
     plan: Plan = "payg"
     quota: int | None = None
     quota_policy: QuotaPolicy | None = None
+    key_id: str | None = None  # the API key's, when the credential is one
+    credits: KeyCredits | None = None  # that key's credit grant, if it has one
 
     def has_role(self, needed: Role) -> bool:
         return _RANKS[self.role] >= _RANKS[needed]
@@ -84,8 +96,10 @@ class TenantRouter:
         past_due_grace_seconds: float = DEFAULT_PAST_DUE_GRACE_SECONDS,
         quotas: QuotasConfig | None = None,
         legacy_headers: bool = False,
+        credits: CreditStore | None = None,
     ) -> None:
         self.registry = registry
+        self.credits = credits
         self.fields = RateLimitFields(legacy=legacy_headers)
         self.quotas = QuotaRules(quotas or QuotasConfig())
         self.view = registry.view()
@@ -113,6 +127,8 @@ class TenantRouter:
                 grant.plan,
                 grant.quota,
                 grant.quota_policy,
+                grant.key_id,
+                grant.credits,
             )
             return context, grant.tenant_status
         if not authorizations:
@@ -209,6 +225,31 @@ class TenantRouter:
             raise exhausted(decision, self.fields.headers(rate, decision))
         return decision
 
+    def spend_credits(
+        self, context: TenantContext, units: int, rate: RateDecision, quota: QuotaDecision | None
+    ) -> CreditDecision | None:
+        """Take a billable request's units from its API key's credits (None: the key has
+        none); 429 `credits-exhausted` when it has not that many left."""
+        if context.credits is None or context.key_id is None or self.credits is None:
+            return None
+        decision = self.credits.spend(context.key_id, context.credits, units, now_ms())
+        if not decision.allowed:
+            headers = self.fields.headers(rate, quota, decision)
+            if decision.reset_seconds is not None:
+                headers["Retry-After"] = str(decision.reset_seconds)
+            raise CreditsExhausted(
+                f"the API key has {decision.remaining} credits left and this request needs {units}",
+                headers=headers,
+            )
+        return decision
+
+    def refund_credits(
+        self, context: TenantContext, units: int, credit: CreditDecision | None
+    ) -> None:
+        """Give back credits a request took and did not bill (it failed, or billed less)."""
+        if credit is not None and units > 0 and context.key_id and self.credits is not None:
+            self.credits.refund(context.key_id, units, credit.refilled_at)
+
     def _check_standing(self, tenant_id: str, status: TenantStatus) -> None:
         if status == "suspended":
             raise Forbidden("the tenant is suspended", slug="tenant-suspended")
@@ -247,28 +288,34 @@ def guarded(
             context, decision = router.admit(request, needed)
             meter = request.app[METER_KEY]
             quota: QuotaDecision | None = None
+            credit: CreditDecision | None = None
+            billed = 0
             try:
                 reserved = meter.bills(operations) and meter.reserve()
                 units = meter.units(operations) if reserved else 0
                 try:
                     if reserved:
                         quota = router.charge(context, meter, units, decision)
+                        credit = router.spend_credits(context, units, decision, quota)
                     response = await handler(request, context)
                     if reserved:
                         served = by_status.get(response.status, default)
-                        await meter.record(
+                        if await meter.record(
                             context.tenant_id, served, response.status, request_id_of(request)
-                        )
+                        ):
+                            billed = meter.units((served,))
                 finally:
                     if reserved:
                         meter.release()
                     if quota is not None and meter.spend is not None:
                         meter.spend.release(context.tenant_id, units)
+                    router.refund_credits(context, units - billed, credit)
             except Problem as problem:
-                problem.headers = {**router.fields.headers(decision, quota), **problem.headers}
+                fields = router.fields.headers(decision, quota, credit)
+                problem.headers = {**fields, **problem.headers}
                 raise
             # X-Request-Id goes on every answer, this one included, in edge_node.http.front.
-            response.headers.update(router.fields.headers(decision, quota))
+            response.headers.update(router.fields.headers(decision, quota, credit))
             return response
 
         return admitted

@@ -50,10 +50,13 @@ _CHUNK = 1 << 20
 
 
 def databases_to_back_up(data_dir: Path) -> list[Path]:
-    """The SQLite databases a backup holds, relative to data_dir: node.sqlite and every
-    tenant file. Only the files named here are backed up; any other database kept in the
-    data directory (a key store, for one) stays out of every backup."""
-    names = [Path("node.sqlite")] if (data_dir / "node.sqlite").is_file() else []
+    """The SQLite databases a backup holds, relative to data_dir: node.sqlite, the API keys'
+    credits left (credits.sqlite) and every tenant file. Only the files named here are backed
+    up; any other database kept in the data directory (a key store, for one) stays out of
+    every backup."""
+    names = [
+        Path(name) for name in ("node.sqlite", "credits.sqlite") if (data_dir / name).is_file()
+    ]
     tenants = sorted((data_dir / "tenants").glob("*.sqlite"))
     return names + [path.relative_to(data_dir) for path in tenants]
 

@@ -12,7 +12,13 @@ from typing import Any
 
 from edge_node.cli.progress import Progress
 from edge_node.cli.queues import queue_directories
-from edge_node.cli.quotas import add_quota_options, add_update_command
+from edge_node.cli.quotas import (
+    add_credit_options,
+    add_keys_list_command,
+    add_quota_options,
+    add_update_command,
+    credit_grant,
+)
 from edge_node.cli.support import (
     EXIT_LOCKED,
     emit,
@@ -68,7 +74,9 @@ def add_tenant_commands(commands: Any) -> None:
     key_create.add_argument(
         "--role", choices=ROLES, default="admin", help="what the key may do (default admin)"
     )
+    add_credit_options(key_create)
     key_create.set_defaults(handler=_keys_create)
+    add_keys_list_command(keys)
     key_revoke = keys.add_parser("revoke", help="revoke an API key by its key id")
     key_revoke.add_argument(
         "key_id", metavar="KEY_ID", help="the key's id (key_id in `keys create`'s answer)"
@@ -173,7 +181,9 @@ def _tenants_set_status(config: Config, args: argparse.Namespace) -> int:
 def _keys_create(config: Config, args: argparse.Namespace) -> int:
     require_uuid(args.tenant_id)
     with open_registry(config) as registry:
-        return emit(registry.create_key(args.tenant_id, args.role).to_json())
+        grant = credit_grant(args)
+        issued = registry.create_key(args.tenant_id, args.role, grant)
+        return emit({**issued.to_json(), **(grant.to_json() if grant else {})})
 
 
 def _keys_revoke(config: Config, args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from edge_node.node_database import NodeFileWatch, check_writable, open_node_dat
 from edge_node.rating.handlers import STORES_KEY, add_routes
 from edge_node.rating.store import TenantStores
 from edge_node.secrets import SecretFiles
+from edge_node.tenants.credits import CreditStore
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.stripe_events import BillingEventStore
 from edge_node.tenants.webhooks import (
@@ -73,6 +74,7 @@ class NodeStorage:
     registry: TenantRegistry
     stores: TenantStores
     node_file: NodeFileWatch | None = None  # node.sqlite deleted or replaced underneath
+    credits: CreditStore | None = None  # API keys' credits left (credits.sqlite)
 
     @classmethod
     def open(cls, config: Config) -> NodeStorage:
@@ -94,14 +96,20 @@ class NodeStorage:
         )
         try:
             stores.keyring.master_key_id()  # a missing or wrong master key fails the start
+            credits = CreditStore.open(
+                config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms
+            )
         except BaseException:
             stores.close()
             node_database.close()
             raise
-        return cls(node_database, registry, stores, NodeFileWatch(config.data_path / "node.sqlite"))
+        node_file = NodeFileWatch(config.data_path / "node.sqlite")
+        return cls(node_database, registry, stores, node_file, credits)
 
     def close(self) -> None:
         self.stores.close()
+        if self.credits is not None:
+            self.credits.close()
         self.node_database.close()
 
 
@@ -139,6 +147,7 @@ def create_app(
         past_due_grace_seconds=config.webhooks.past_due_grace_hours * 3600,
         quotas=config.quotas,
         legacy_headers=config.rate_limit.legacy_headers,
+        credits=storage.credits,
     )
     if secrets is None:
         secrets = SecretFiles(check_interval=secret_check_interval(config))

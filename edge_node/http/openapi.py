@@ -82,8 +82,10 @@ _TENANT_ERRORS = {
         " blocked after a request spike (`ip-blocked`, with Retry-After)."
     ),
     "429": _problem(
-        "The tenant's rate limit is used up (`rate-limited`), or its allowance for the billing"
-        " period under the `block` policy (`quota-exhausted`: Retry-After is the period's end).",
+        "The tenant's rate limit is used up (`rate-limited`), its allowance for the billing"
+        " period under the `block` policy (`quota-exhausted`: Retry-After is the period's end),"
+        " or the API key's credits (`credits-exhausted`: Retry-After is its next refill, if"
+        " it has one).",
         {
             **_RATE_HEADERS,
             "Retry-After": {"schema": {"type": "integer", "minimum": 0}},
@@ -358,7 +360,8 @@ def _rate_limit_headers() -> dict[str, Any]:
             "schema": {"type": "string"},
             "description": "Structured Field List of the tenant's policies:"
             ' `"minute";q=<requests per minute>;w=60` and, when the tenant has an allowance,'
-            ' `"period";q=<units per billing period>;w=<period length in seconds>`'
+            ' `"period";q=<units per billing period>;w=<period length in seconds>`, and for'
+            ' an API key with credits `"credits";q=<credits when full>[;w=<refill interval>]`'
             " (docs/quotas.md).",
             "example": '"minute";q=1000;w=60, "period";q=50000;w=2678400',
         },

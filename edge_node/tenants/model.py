@@ -66,6 +66,23 @@ class IssuedKey:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyCredits:
+    """A key's credit grant: units it starts with, and (when `refill_every_seconds` is not 0)
+    the balance it is set back to every that many seconds (edge_node.tenants.credits)."""
+
+    credits: int
+    refill: int = 0
+    refill_every_seconds: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "credits": self.credits,
+            "refill": self.refill if self.refill_every_seconds else None,
+            "refill_every_seconds": self.refill_every_seconds or None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class KeyGrant:
     """What a valid API key grants: its tenant (with status, limit, plan and own quota) and
     its role."""
@@ -78,6 +95,7 @@ class KeyGrant:
     plan: Plan = "payg"
     quota: int | None = None
     quota_policy: QuotaPolicy | None = None
+    credits: KeyCredits | None = None  # None: the key spends no credits
 
 
 @dataclass(frozen=True, slots=True)

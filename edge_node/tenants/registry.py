@@ -28,6 +28,7 @@ from edge_node.tenants import schema
 from edge_node.tenants.apikeys import hash_key, key_id_of, new_api_key, new_key_id
 from edge_node.tenants.model import (
     IssuedKey,
+    KeyCredits,
     KeyGrant,
     Plan,
     QuotaPolicy,
@@ -155,7 +156,9 @@ class TenantRegistry(RegistryReplication):
             raise RegistryError(f"no tenant with id {tenant_id}")
         return tenant
 
-    def create_key(self, tenant_id: str, role: Role = "admin") -> IssuedKey:
+    def create_key(
+        self, tenant_id: str, role: Role = "admin", credits: KeyCredits | None = None
+    ) -> IssuedKey:
         with sqlite.transaction(self._conn):
             if (
                 self._conn.execute(
@@ -164,7 +167,7 @@ class TenantRegistry(RegistryReplication):
                 is None
             ):
                 raise RegistryError(f"no tenant with id {tenant_id}")
-            return self._insert_key(tenant_id, role, now_us())
+            return self._insert_key(tenant_id, role, now_us(), credits)
 
     def revoke_key(self, key_id: str) -> dict[str, object]:
         now = now_us()
@@ -206,13 +209,35 @@ class TenantRegistry(RegistryReplication):
         """How many tenants are in each status (statuses with none left out)."""
         return count_by_status(self._conn)
 
-    def _insert_key(self, tenant_id: str, role: Role, now: int) -> IssuedKey:
+    def list_keys(
+        self, tenant_id: str
+    ) -> list[tuple[str, Role, int, int | None, KeyCredits | None]]:
+        """The tenant's keys, oldest first: id, role, created and revoked (microseconds), and
+        the credit grant of those that have one."""
+        rows = self._conn.execute(
+            "SELECT key_id, role, created_at, revoked_at, credits, refill, refill_every"
+            " FROM api_keys WHERE tenant_id = ? ORDER BY created_at, key_id",
+            (tenant_id,),
+        ).fetchall()
+        return [
+            (key_id, role, created, revoked, None if n is None else KeyCredits(n, r or 0, e or 0))
+            for key_id, role, created, revoked, n, r, e in rows
+        ]
+
+    def _insert_key(
+        self, tenant_id: str, role: Role, now: int, credits: KeyCredits | None = None
+    ) -> IssuedKey:
         key_id = new_key_id()
         api_key = new_api_key(key_id)
+        grant = (
+            (None, None, None)
+            if credits is None
+            else (credits.credits, credits.refill, credits.refill_every_seconds or None)
+        )
         self._conn.execute(
-            "INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (key_id, tenant_id, hash_key(api_key), role, now),
+            "INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at, credits,"
+            " refill, refill_every) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_id, tenant_id, hash_key(api_key), role, now, *grant),
         )
         self._record_change(tenant_id, key_id)
         return IssuedKey(key_id, tenant_id, role, api_key)

@@ -116,6 +116,13 @@ MIGRATIONS = (
     ALTER TABLE tenants ADD COLUMN quota_policy TEXT
         CHECK (quota_policy IN ('overage', 'block'));
     """,
+    # 9: an API key's credit grant (its balance is kept in credits.sqlite,
+    # edge_node/tenants/credits.py); NULL credits: the key spends none.
+    """
+    ALTER TABLE api_keys ADD COLUMN credits INTEGER CHECK (credits >= 0);
+    ALTER TABLE api_keys ADD COLUMN refill INTEGER CHECK (refill >= 0);
+    ALTER TABLE api_keys ADD COLUMN refill_every INTEGER CHECK (refill_every > 0);
+    """,
 )
 
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from edge_node.tenants.apikeys import hash_key
-from edge_node.tenants.model import KeyGrant, Plan, QuotaPolicy, TenantStatus
+from edge_node.tenants.model import KeyCredits, KeyGrant, Plan, QuotaPolicy, TenantStatus
 
 REFRESH_INTERVAL_SECONDS = 0.005
 
@@ -113,8 +113,9 @@ class RegistryView:
         ).fetchall()
         tenants = {row[0]: TenantStanding(*row) for row in rows}
         keys = {}
-        for key_id, key_hash, tenant_id, role in self._conn.execute(
-            "SELECT key_id, key_hash, tenant_id, role FROM api_keys WHERE revoked_at IS NULL"
+        for key_id, key_hash, tenant_id, role, credits, refill, every in self._conn.execute(
+            "SELECT key_id, key_hash, tenant_id, role, credits, refill, refill_every"
+            " FROM api_keys WHERE revoked_at IS NULL"
         ):
             tenant = tenants.get(tenant_id)
             if tenant is not None:
@@ -127,6 +128,7 @@ class RegistryView:
                     tenant.plan,
                     tenant.quota,
                     tenant.quota_policy,
+                    None if credits is None else KeyCredits(credits, refill or 0, every or 0),
                 )
                 keys[key_id] = (key_hash, grant)
         self._tenants, self._keys, self._verified = tenants, keys, {}

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from multidict import CIMultiDictProxy
 
 from edge_node.tenants.apikeys import checksum
-from tests.support import RunningNode, Tenant
+from tests.support import RunningNode, Tenant, ratelimit_fields
 
 ALGORITHMS = ("HS256", "RS256", "ES256", "EdDSA")
 PROBLEM = "urn:edge-node:problem:"
@@ -634,9 +634,10 @@ class TestTenantStatus:
 
 
 def rate_headers(answer: Answer) -> tuple[int, int, int]:
-    return tuple(  # type: ignore[return-value]
-        int(answer.headers[f"RateLimit-{name}"]) for name in ("Limit", "Remaining", "Reset")
-    )
+    """The minute policy's limit (RateLimit-Policy q), remaining (r) and reset (t)."""
+    minute = ratelimit_fields(answer.headers)["minute"]
+    policy = ratelimit_fields(answer.headers, "RateLimit-Policy")["minute"]
+    return int(policy["q"]), int(minute["r"]), int(minute["t"])
 
 
 class TestRateLimit:

@@ -105,7 +105,7 @@ class TestBackupWhileServing:
         assert daemon.stop() == 0
         manifest = json.loads((backup / MANIFEST_NAME).read_text())
         databases = [entry["path"] for entry in manifest["files"] if entry["kind"] == "database"]
-        assert summary["databases"] == len(databases) == 3
+        assert summary["databases"] == len(databases) == 4  # node, credits, two tenants
         for name in databases:
             assert integrity(backup / name) == "ok", name
         for tenant in tenants:

@@ -1,0 +1,69 @@
+"""API-key credits at admission over real HTTP: spent per billable unit, refused at zero."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+
+from edge_node.tenants.model import KeyCredits
+from tests.support import RunningNode, Tenant, ratelimit_fields
+
+CREDITS_EXHAUSTED = "urn:edge-node:problem:credits-exhausted"
+
+
+def credit_key(node: RunningNode, tenant: Tenant, grant: KeyCredits) -> dict[str, str]:
+    issued = node.storage.registry.create_key(tenant.tenant_id, "admin", grant)
+    return {"X-API-Key": issued.api_key}
+
+
+async def read(
+    node: RunningNode, tenant: Tenant, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    url = node.tenant_url(tenant.tenant_id, "/items/item-1/score")
+    async with node.session.get(url, headers=headers) as response:
+        await response.read()
+        return response
+
+
+class TestCredits:
+    async def test_a_key_serves_its_credits_then_429_credits_exhausted(
+        self, node: RunningNode
+    ) -> None:
+        """Three credits: three reads, counting down in RateLimit; the fourth is refused as a
+        problem, billed nothing; the tenant's other keys are not limited."""
+        tenant = node.create_tenant()
+        headers = credit_key(node, tenant, KeyCredits(3))
+        responses = [await read(node, tenant, headers) for _ in range(3)]
+        assert [r.status for r in responses] == [200] * 3
+        assert [ratelimit_fields(r.headers)["credits"]["r"] for r in responses] == [2, 1, 0]
+        policy = ratelimit_fields(responses[0].headers, "RateLimit-Policy")
+        assert policy["credits"] == {"q": 3}
+        url = node.tenant_url(tenant.tenant_id, "/items/item-1/score")
+        async with node.session.get(url, headers=headers) as refused:
+            assert refused.status == 429
+            assert (await refused.json())["type"] == CREDITS_EXHAUSTED
+        assert node.meter.stats.recorded_units == 3
+        assert (await read(node, tenant, tenant.headers)).status == 200
+
+    async def test_a_request_that_bills_nothing_spends_nothing(self, node: RunningNode) -> None:
+        """A delete of a rating that does not exist (404) gives its credit back."""
+        tenant = node.create_tenant()
+        headers = credit_key(node, tenant, KeyCredits(1))
+        url = node.tenant_url(tenant.tenant_id, f"/ratings/{uuid.uuid4()}")
+        async with node.session.delete(url, headers=headers) as missing:
+            assert missing.status == 404
+        assert (await read(node, tenant, headers)).status == 200
+        assert (await read(node, tenant, headers)).status == 429
+
+    async def test_a_refilled_key_says_when_it_refills(self, node: RunningNode) -> None:
+        tenant = node.create_tenant()
+        headers = credit_key(node, tenant, KeyCredits(1, refill=5, refill_every_seconds=3600))
+        await read(node, tenant, headers)
+        refused = await read(node, tenant, headers)
+        assert refused.status == 429
+        current = ratelimit_fields(refused.headers)["credits"]
+        assert current["r"] == 0
+        assert 3590 <= current["t"] == int(refused.headers["Retry-After"])
+        policy = ratelimit_fields(refused.headers, "RateLimit-Policy")
+        assert policy["credits"] == {"q": 5, "w": 3600}
