@@ -56,6 +56,7 @@ from edge_node.tenants.standing import payment_refusal
 from edge_node.usage.meter import Meter
 from edge_node.usage.operations import OPERATIONS, Operation
 from edge_node.usage.quotas import QuotaDecision
+from edge_node.usage.thresholds import ThresholdLog
 from edge_node.web.request_ids import request_id_of
 
 API_KEY_HEADER = "X-API-Key"
@@ -97,9 +98,11 @@ class TenantRouter:
         quotas: QuotasConfig | None = None,
         legacy_headers: bool = False,
         credits: CreditStore | None = None,
+        thresholds: ThresholdLog | None = None,
     ) -> None:
         self.registry = registry
         self.credits = credits
+        self.thresholds = thresholds
         self.fields = RateLimitFields(legacy=legacy_headers)
         self.quotas = QuotaRules(quotas or QuotasConfig())
         self.view = registry.view()
@@ -220,7 +223,13 @@ class TenantRouter:
         allowance = self.quotas.allowance(context.plan, context.quota, context.quota_policy)
         if allowance is None or meter.spend is None:
             return None
-        decision = charge(meter.spend, context.tenant_id, allowance, units)
+        spend = meter.spend
+        decision = charge(spend, context.tenant_id, allowance, units)
+        if self.thresholds is not None:
+            spent = spend.spent(context.tenant_id)
+            self.thresholds.check(
+                context.tenant_id, spend.start_ms, spent, allowance.units, now_ms()
+            )
         if not decision.allowed:
             raise exhausted(decision, self.fields.headers(rate, decision))
         return decision

@@ -39,6 +39,7 @@ from edge_node.tenants.webhooks import (
     open_webhook_secrets,
 )
 from edge_node.usage.meter import Meter
+from edge_node.usage.thresholds import ThresholdLog
 from edge_node.web.answers import json_response
 
 CONFIG_KEY = web.AppKey("config", Config)
@@ -148,6 +149,7 @@ def create_app(
         quotas=config.quotas,
         legacy_headers=config.rate_limit.legacy_headers,
         credits=storage.credits,
+        thresholds=ThresholdLog(storage.node_database),
     )
     if secrets is None:
         secrets = SecretFiles(check_interval=secret_check_interval(config))
@@ -183,6 +185,9 @@ def _watch(metrics: NodeMetrics, app: web.Application, storage: NodeStorage, met
         metrics.watch_queue(meter.queue)
     metrics.watch_webhooks(app[WEBHOOKS_KEY].stats)
     metrics.watch_tenants(storage.registry)
+    thresholds = app[ROUTER_KEY].thresholds
+    if thresholds is not None:
+        metrics.watch_quota_thresholds(thresholds.crossed)
 
 
 def secret_check_interval(config: Config) -> float | None:

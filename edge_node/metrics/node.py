@@ -17,7 +17,7 @@ import os
 import platform
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 
 from aiohttp import web
@@ -121,6 +121,10 @@ class NodeMetrics:
 
     def watch_webhooks(self, stats: WebhookCounts) -> None:
         self.sources.webhooks = stats
+
+    def watch_quota_thresholds(self, crossed: Mapping[int, int]) -> None:
+        """Allowance thresholds (percent) this process recorded (edge_node.usage.thresholds)."""
+        self.sources.quota_thresholds = crossed
 
     def watch_tenants(self, registry: TenantRegistry) -> None:
         """Tenants by status, and those not provisioned in Stripe, counted in node.sqlite at

@@ -134,6 +134,7 @@ class Sources:
     webhooks: WebhookCounts | None = None
     tenants: Mapping[str, int] | None = None
     unprovisioned: Mapping[str, int] | None = None  # pending, failing
+    quota_thresholds: Mapping[int, int] | None = None  # percent: times recorded
 
 
 class _Health(Protocol):
@@ -177,6 +178,7 @@ class SourceCollector(Collector):
         yield from self._sync()
         yield from self._billing()
         yield from self._webhooks()
+        yield self._quota_thresholds()
         yield from self._tenants()
 
     def _queue(self) -> Iterator[Metric]:
@@ -410,6 +412,17 @@ class SourceCollector(Collector):
             previous.add_metric([], stats.verified_with_previous)
         yield events
         yield previous
+
+    def _quota_thresholds(self) -> Metric:
+        crossed = _counter(
+            "edge_node_quota_thresholds_crossed",
+            "Tenants whose spend reached 80% or 100% of their allowance for the billing period,"
+            " counted once per tenant, period and threshold (docs/quotas.md).",
+            ["threshold"],
+        )
+        for threshold, count in (self.sources.quota_thresholds or {80: 0, 100: 0}).items():
+            crossed.add_metric([str(threshold)], count)
+        return crossed
 
     def _tenants(self) -> Iterator[Metric]:
         tenants = _gauge("edge_node_tenants", "Tenants in node.sqlite by status.", ["status"])
