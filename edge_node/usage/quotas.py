@@ -24,9 +24,7 @@ changes what spend is compared with: nothing already served is given back or cou
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,8 +85,8 @@ class PeriodSpend:
         self._refresh_seconds = refresh_seconds
         self._own: Counter[str] = Counter()
         self._others: Counter[str] = Counter()
-        self._held: Counter[str] = Counter()
-        self._next_refresh = 0.0
+        self._held: dict[str, int] = {}
+        self._next_refresh_ms = 0
         self.start_ms, self.end_ms = 0, 0
         self._roll(clock_ms())
 
@@ -98,20 +96,21 @@ class PeriodSpend:
         now_ms = self._clock_ms()
         if now_ms >= self.end_ms:
             self._roll(now_ms)
-        if time.monotonic() >= self._next_refresh:
-            self._refresh_others()
-        left = allowance.units - self.spent(tenant_id) - self._held[tenant_id]
+        elif now_ms >= self._next_refresh_ms:
+            self._refresh_others(now_ms)
+        held = self._held.get(tenant_id, 0)
+        left = allowance.units - self._own.get(tenant_id, 0) - self._others.get(tenant_id, 0) - held
         allowed = not allowance.block or left >= units
         if allowed:
-            self._held[tenant_id] += units
+            self._held[tenant_id] = held + units
             left -= units
-        reset = max(1, math.ceil((self.end_ms - now_ms) / 1000))
+        reset = max(1, -((now_ms - self.end_ms) // 1000))
         window = (self.end_ms - self.start_ms) // 1000
         return QuotaDecision(allowed, allowance.units, max(0, left), reset, window)
 
     def release(self, tenant_id: str, units: int) -> None:
         """Give back what `take` held, once the request is over (counted served or not)."""
-        held = self._held[tenant_id] - units
+        held = self._held.get(tenant_id, 0) - units
         if held > 0:
             self._held[tenant_id] = held
         else:
@@ -122,20 +121,21 @@ class PeriodSpend:
         if timestamp_ms >= self.end_ms:
             self._roll(timestamp_ms)
         if timestamp_ms >= self.start_ms:
-            self._own[tenant_id] += units
+            self._own[tenant_id] = self._own.get(tenant_id, 0) + units
 
     def spent(self, tenant_id: str) -> int:
         """Units served to `tenant_id` in the current period by every worker of the node."""
-        return self._own[tenant_id] + self._others[tenant_id]
+        return self._own.get(tenant_id, 0) + self._others.get(tenant_id, 0)
 
     def _roll(self, now_ms: int) -> None:
         """Start counting the period containing `now_ms` from the counts files."""
         self.start_ms, self.end_ms = calendar_month(now_ms)
         self._own = Counter() if self._own_path is None else self._count([self._own_path])
-        self._refresh_others()
+        self._refresh_others(now_ms)
 
-    def _refresh_others(self) -> None:
-        self._next_refresh = time.monotonic() + self._refresh_seconds
+    def _refresh_others(self, now_ms: int) -> None:
+        # The node's clock (edge_node.clock) never steps back, so it can pace this too.
+        self._next_refresh_ms = now_ms + int(self._refresh_seconds * 1000)
         if self._own_path is None:
             return
         try:
