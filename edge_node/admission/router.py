@@ -320,10 +320,16 @@ def guarded(
                     response = await handler(request, context)
                     if reserved:
                         served = by_status.get(response.status, default)
-                        if await meter.record(
-                            context.tenant_id, served, response.status, request_id_of(request)
-                        ):
-                            billed = meter.units((served,))
+                        billed = meter.units((served,))
+                        try:
+                            if not await meter.record(
+                                context.tenant_id, served, response.status, request_id_of(request)
+                            ):
+                                billed = 0
+                        except Problem as problem:
+                            # `usage-pending`: carried out, and its event will be written.
+                            billed = billed if problem.slug == "usage-pending" else 0
+                            raise
                 finally:
                     if reserved:
                         meter.release()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import aiohttp
+import pytest
 
 from edge_node.tenants.model import KeyCredits
+from tests.conftest import NodeFactory
 from tests.support import RunningNode, Tenant, ratelimit_fields
+from tests.usage.test_meter import FailingFsync
 
 CREDITS_EXHAUSTED = "urn:edge-node:problem:credits-exhausted"
 
@@ -67,3 +71,26 @@ class TestCredits:
         assert 3590 <= current["t"] == int(refused.headers["Retry-After"])
         policy = ratelimit_fields(refused.headers, "RateLimit-Policy")
         assert policy["credits"] == {"q": 5, "w": 3600}
+
+
+class TestCreditsWhenStorageFails:
+    async def test_a_request_whose_usage_is_pending_keeps_its_credit_spent(
+        self, make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A request carried out whose usage event waits for the disk (503 usage-pending)
+        will be billed once written: its credit is not given back."""
+        monkeypatch.setattr("edge_node.usage.meter.USAGE_WAIT_SECONDS", 0.3)
+        fsync = FailingFsync()
+        node = await make_node(fsync=fsync)
+        tenant = node.create_tenant()
+        headers = credit_key(node, tenant, KeyCredits(2))
+        assert (await read(node, tenant, headers)).status == 200
+        fsync.broken = True
+        assert (await read(node, tenant, headers)).status == 503
+        fsync.broken = False
+        for _ in range(100):  # the queue retries the write by itself
+            if node.meter.queue is not None and node.meter.queue.write_failure is None:
+                break
+            await asyncio.sleep(0.05)
+        refused = await read(node, tenant, headers)
+        assert refused.status == 429, await refused.text()
