@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from edge_node.usage.quotas import OTHERS_REFRESH_SECONDS
 from tests.cli.test_cli import Cli
+from tests.cli.test_supervisor import queue_depths
+from tests.served import NotifyListener, ServedNode
 
 
 @pytest.fixture
@@ -54,3 +58,28 @@ class TestQuotaCommands:
         assert "nothing to change" in nothing.stderr
         assert unknown.returncode != 0
         assert "no tenant with id" in unknown.stderr
+
+
+class TestQuotaAcrossWorkers:
+    def test_two_workers_count_each_others_spend(
+        self,
+        cli: Cli,
+        tmp_path: Path,
+        notify: NotifyListener,
+        served_nodes: list[ServedNode],
+    ) -> None:
+        """Requests spread over both workers, each after the other workers' counts are read
+        again: a block allowance of 10 serves 10 for the node, not 10 per worker."""
+        tenant = cli.create_tenant("--quota", "10", "--quota-policy", "block")
+        node = ServedNode(cli.data_dir, "--workers", "2", notify=notify, log=tmp_path / "log")
+        served_nodes.append(node)
+        notify.wait_for("READY")
+        path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
+        statuses = []
+        for _ in range(24):
+            statuses.append(node.request("GET", path, {"X-API-Key": tenant["api_key"]})[0])
+            time.sleep(OTHERS_REFRESH_SECONDS + 0.02)
+        assert statuses == [200] * 10 + [429] * 14
+        assert node.stop() == 0
+        depths = queue_depths(cli.data_dir)
+        assert min(depths["worker-0"], depths["worker-1"]) > 0, depths
