@@ -7,7 +7,9 @@ that is not suspended (403) and is paid up (402: canceled, or past due beyond th
 period, edge_node.tenants.standing), find a token in its tenant's bucket (429), and hold at
 least the role the route needs (403). A billable request then holds its units of the
 tenant's allowance for the billing period, if it has one (`edge_node.admission.quotas`: 429
-`quota-exhausted` past a `block` allowance). Only then does the handler run, with the
+`quota-exhausted` past a `block` allowance), and takes them from its API key's credits, if
+the key has some (`edge_node.tenants.credits`: 429 `credits-exhausted` at zero; what the
+answer does not bill is given back). Only then does the handler run, with the
 TenantContext, and what it served is metered (`edge_node.usage.meter`). Every tenant route is
 billable, so every one of them is refused to a tenant that must pay first.
 
