@@ -12,7 +12,9 @@ from __future__ import annotations
 from edge_node.config import PlanQuotaConfig, QuotasConfig
 from edge_node.errors import QuotaExhausted
 from edge_node.tenants.model import Plan, QuotaPolicy
-from edge_node.usage.quotas import Allowance, PeriodSpend, QuotaDecision
+from edge_node.usage.quotas import Allowance, QuotaDecision
+
+_UNSET = Allowance(-1, block=False)  # a cache miss (None is a found answer: no allowance)
 
 
 class QuotaRules:
@@ -29,12 +31,22 @@ class QuotaRules:
             for plan, quota in plans.items()
         }
         self._policies = {plan: quota.policy for plan, quota in plans.items()}
+        self._made: dict[tuple[str, int | None, str | None], Allowance | None] = {}
 
     def allowance(
         self, plan: Plan, quota: int | None, policy: QuotaPolicy | None
     ) -> Allowance | None:
         """The allowance of a tenant on `plan` with its own `quota` and `policy` (None: the
-        plan's); None when neither sets one."""
+        plan's); None when neither sets one. Made once per distinct setting, not per request."""
+        key = (plan, quota, policy)
+        found = self._made.get(key, _UNSET)
+        if found is _UNSET:
+            found = self._made[key] = self._make(plan, quota, policy)
+        return found
+
+    def _make(self, plan: Plan, quota: int | None, policy: QuotaPolicy | None) -> Allowance | None:
+        if len(self._made) >= 4096:
+            self._made.clear()
         if quota is None:
             found = self._plans.get(plan)
             if found is None or found.units == 0:
@@ -43,12 +55,6 @@ class QuotaRules:
                 return found
             return Allowance(found.units, policy == "block")
         return Allowance(quota, (policy or self._policies.get(plan)) == "block")
-
-
-def charge(spend: PeriodSpend, tenant_id: str, allowance: Allowance, units: int) -> QuotaDecision:
-    """Hold `units` of the tenant's allowance for one request; a decision not allowed holds
-    nothing and is answered by `exhausted`."""
-    return spend.take(tenant_id, allowance, units)
 
 
 def exhausted(allowance: QuotaDecision, headers: dict[str, str]) -> QuotaExhausted:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from edge_node.admission.fields import RateLimitFields
-from edge_node.admission.quotas import QuotaRules, charge, exhausted
+from edge_node.admission.quotas import QuotaRules, exhausted
 from edge_node.admission.ratelimit import RateDecision, RateLimiter
 from edge_node.admission.tokens import TokenVerifier
 from edge_node.clock import now_ms, now_us
@@ -237,8 +237,10 @@ class TenantRouter:
         if allowance is None or meter.spend is None:
             return None
         spend = meter.spend
-        decision = charge(spend, context.tenant_id, allowance, units)
-        if self.thresholds is not None:
+        decision = spend.take(context.tenant_id, allowance, units)
+        # Spend and what is held are at least 80% only when this little is left: below that
+        # no threshold can have been reached, and the check costs nothing more.
+        if self.thresholds is not None and decision.remaining * 5 <= allowance.units + units * 5:
             spent = spend.spent(context.tenant_id)
             self.thresholds.check(
                 context.tenant_id, spend.start_ms, spent, allowance.units, now_ms()
