@@ -103,6 +103,22 @@ class TestDistribution:
             == 0
         )
 
+    async def test_row_level_security_is_on_and_not_forced_on_every_shard(
+        self, migrated: Connection
+    ) -> None:
+        """Every shard of every tenant table has row-level security enabled but not forced, so
+        that a logical shard move (whose subscription applies changes as a member of the
+        tables' owner) may write into it."""
+        for table in citus.DISTRIBUTED:
+            shards = await migrated.fetch(
+                "SELECT success, result FROM run_command_on_shards($1, $$SELECT"
+                " relrowsecurity::text || '/' || relforcerowsecurity::text FROM pg_class"
+                " WHERE oid = '%s'::regclass$$)",
+                table,
+            )
+            assert shards, table
+            assert {(r["success"], r["result"]) for r in shards} == {(True, "true/false")}, table
+
 
 class TestRowLevelSecurity:
     @pytest.fixture
