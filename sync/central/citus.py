@@ -70,6 +70,10 @@ _NESTED_BINDING_READ = """
 # tables' owner, so a forced policy stops the move for good at the first change written during
 # its copy. Not forcing it changes nobody's rows: the owner and its members already see and
 # write every row through the `edge_node_sync` policy, and every other role stays subject.
+# Only where forced: a run with nothing to change takes no table lock.
+_FORCED = """
+    SELECT relname::text FROM pg_class
+    WHERE oid = ANY ($1::text[]::regclass[]) AND relforcerowsecurity ORDER BY 1"""
 _UNFORCED = "ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY"
 _WORKER_BOUNDS = f"""
     SELECT nodename, nodeport, success, result FROM run_command_on_workers($$
@@ -128,7 +132,7 @@ async def distribute(connection: Connection) -> list[str]:
                         ANCHOR,
                     )
             now.append(table)
-        for table in DISTRIBUTED:
+        for (table,) in await connection.fetch(_FORCED, list(DISTRIBUTED)):
             await connection.execute(_UNFORCED.format(table=table))
         for node, port, success, result in await connection.fetch(_WORKER_BOUNDS):
             if not success:
