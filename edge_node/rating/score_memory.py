@@ -1,5 +1,8 @@
 """Scores of one tenant file kept in memory, emptied whenever the file may have changed.
 
+Each score is kept with its JSON document as bytes, so a score read served from memory is
+answered without building or encoding anything.
+
 The file may have changed when this connection changed it (`total_changes`, checked on
 every read: a write acknowledged here is in the next read at once) or another connection
 committed to it (`PRAGMA data_version`: another worker, the sync process). The second is a
@@ -20,6 +23,8 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 
+import orjson
+
 from edge_node.rating.model import ItemScore
 
 SCORES_IN_MEMORY = 4096  # items whose scores one tenant file keeps between its changes
@@ -31,18 +36,26 @@ class ScoreMemory:
     def __init__(self, conn: sqlite3.Connection, read: Callable[[str], ItemScore]) -> None:
         self._conn = conn
         self._read = read
-        self._scores: dict[str, ItemScore] = {}
+        self._scores: dict[str, tuple[ItemScore, bytes]] = {}  # with its JSON document
         self._version: tuple[int, int] | None = None  # (data_version, total_changes)
         # The loop whose current iteration read data_version (None: read it on the next call).
         self._checked_in: asyncio.AbstractEventLoop | None = None
 
     def score(self, item_id: str) -> ItemScore:
         """The item's score: from memory when the file is unchanged, else read and kept."""
+        return self._entry(item_id)[0]
+
+    def document(self, item_id: str) -> bytes:
+        """The item's score as the API's JSON document (ItemScore.to_json), encoded."""
+        return self._entry(item_id)[1]
+
+    def _entry(self, item_id: str) -> tuple[ItemScore, bytes]:
         if not self._checked_now():
             self._check()
         found = self._scores.get(item_id)
         if found is None:
-            found = self._read(item_id)
+            score = self._read(item_id)
+            found = (score, orjson.dumps(score.to_json()))
             if len(self._scores) >= SCORES_IN_MEMORY:
                 self._scores.clear()  # a bound, not an LRU: refilling costs one read each
             self._scores[item_id] = found

@@ -240,6 +240,10 @@ class TenantStore(RatingReplication):
         (`edge_node.rating.score_memory` says how a change by any process is noticed)."""
         return self._scores.score(item_id)
 
+    def score_document(self, item_id: str) -> bytes:
+        """The item's score as the API's JSON document, encoded; as fresh as `score`."""
+        return self._scores.document(item_id)
+
     def _read_score(self, item_id: str) -> ItemScore:
         row = self._conn.execute(
             "SELECT count, total, s1, s2, s3, s4, s5 FROM item_scores"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
+
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores
 from tests.cli.test_lifecycle import create_tenant
@@ -31,6 +33,14 @@ class TestScoresInMemory:
             writer.upsert(RatingInput(f"u{number}", "book", number, None))
             assert reader.score("book").count == number
         assert reader.score("book").histogram == (1, 1, 1, 1, 1)
+
+    def test_the_encoded_document_follows_the_score(self, tmp_path: Path) -> None:
+        """The JSON document kept with a score is that score's, and is renewed with it."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        assert orjson.loads(store.score_document("book")) == store.score("book").to_json()
+        store.upsert(RatingInput("u", "book", 4, None))
+        assert orjson.loads(store.score_document("book"))["count"] == 1
+        assert orjson.loads(store.score_document("book")) == store.score("book").to_json()
 
 
 class TestScoresOnTheLoop:
