@@ -82,6 +82,10 @@ class TenantRouter:
         self.verifier = verifier
         self.limiter = limiter
         self.past_due_grace_us = int(past_due_grace_seconds * 1_000_000)
+        # The context made for each API key, kept while the view grants the key the same
+        # KeyGrant object (a registry change makes new ones): one object per key, not per
+        # request.
+        self._key_contexts: dict[str, tuple[KeyGrant, TenantContext]] = {}
         # Why the registry this router reads is no longer node.sqlite (deleted or replaced
         # underneath): every request is refused, since revocations reach only the new file.
         self.displaced: str | None = None
@@ -98,8 +102,12 @@ class TenantRouter:
         if api_keys:
             api_key = api_keys[0]
             grant = self.view.admitted(api_key) or self._verify_key(api_key)
-            context = TenantContext(grant.tenant_id, grant.role, None, grant.rate_limit_per_minute)
-            return context, grant.tenant_status
+            known = self._key_contexts.get(api_key)
+            if known is None or known[0] is not grant:
+                known = self._key_contexts[api_key] = (grant, _key_context(grant))
+                if len(self._key_contexts) > len(self.view):  # one per live key at most
+                    self._key_contexts = {api_key: known}
+            return known[1], grant.tenant_status
         if not authorizations:
             raise Unauthorized(
                 f"send an {API_KEY_HEADER} header or an Authorization: Bearer token",
@@ -187,6 +195,10 @@ class TenantRouter:
         refusal = payment_refusal(status, since, now_us=now_us(), grace_us=self.past_due_grace_us)
         if refusal is not None:
             raise PaymentRequired(refusal)
+
+
+def _key_context(grant: KeyGrant) -> TenantContext:
+    return TenantContext(grant.tenant_id, grant.role, None, grant.rate_limit_per_minute)
 
 
 ROUTER_KEY = web.AppKey("router", TenantRouter)
