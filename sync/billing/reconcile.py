@@ -31,8 +31,7 @@ directory metered before the counts existed) served is taken to be recorded.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -40,12 +39,8 @@ from typing import Any
 
 from edge_node import sqlite
 from edge_node.errors import NotAUsageEvent
-from edge_node.node_database import values_named
-from edge_node.queue import inspect_queue, tail_records
-from edge_node.usage.event import read_billable
-from edge_node.usage.meter import BILLING_CONSUMER
 from edge_node.usage.served import read_counts
-from sync.billing.ledger import PLANNED_THROUGH
+from sync.billing.local_reads import planned_through, queue_directories, read_only, unplanned
 from sync.billing.periods import PLACEMENTS
 
 STATES = ("planned", "sent", "confirmed", "set_aside")
@@ -185,13 +180,13 @@ def reconcile(
     on_step("served counts")
     counted = _tally_counts(data_dir / "served", report, tenant_id, first_day)
     on_step("billing ledger")
-    with _read_only(data_dir / "node.sqlite") as conn:
+    with read_only(data_dir / "node.sqlite") as conn:
         conn.execute("BEGIN")  # one snapshot for every query below
         if sqlite.has_table(conn, "billing_ledger"):  # absent until billing first ran
             _tally_ledger(conn, report, tenant_id, first_day)
-        planned = dict(_planned_through(conn))
+        planned = planned_through(conn)
         conn.execute("COMMIT")
-    for directory in sorted((data_dir / "queue").glob("worker-*")):
+    for directory in queue_directories(data_dir):
         on_step(f"queue {directory.name}")
         _tally_queue(directory, planned.get(directory.name, 0), report, tenant_id, first_day)
     if counted:
@@ -215,15 +210,6 @@ def _tally_counts(
                     tally.counted = Tally()
                 tally.counted.add(0, events, units)
     return bool(paths)
-
-
-@contextmanager
-def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: no node has run in this data directory")
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)) as conn:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        yield conn
 
 
 def _tally_ledger(
@@ -274,28 +260,15 @@ def _tally_ledger(
         )
 
 
-def _planned_through(conn: sqlite3.Connection) -> Iterator[tuple[str, int]]:
-    for name, value in values_named(conn, PLANNED_THROUGH):
-        yield name.removeprefix(PLANNED_THROUGH), int(value)
-
-
 def _tally_queue(
     directory: Path,
-    planned_through: int,
+    planned: int,
     report: Reconciliation,
     tenant_id: str | None,
     first_day: str,
 ) -> None:
     """Count the records after the last one planned (and after billing's cursor)."""
-    status = inspect_queue(directory)
-    consumer = status.consumers.get(BILLING_CONSUMER)
-    after = max(planned_through, consumer.cursor if consumer else 0)
-    if status.last_seq <= after:
-        return
-    for record in tail_records(directory, status.last_seq - after):
-        if record.seq <= after:
-            continue
-        usage = read_billable(record.payload)
+    for usage in unplanned(directory, planned):
         if isinstance(usage, NotAUsageEvent) or (day := _day(usage.timestamp_ms)) is None:
             report.unreadable_records += 1
         elif (tenant_id is None or usage.tenant_id == tenant_id) and day >= first_day:

@@ -98,7 +98,7 @@ class BatchSender:
     _unsubscribed: set[str] = field(default_factory=set)  # warned about, once each
 
     def __post_init__(self) -> None:
-        self.periods = PeriodBook(self.gateway)
+        self.periods = PeriodBook(self.gateway, on_read=self.ledger.record_periods)
 
     def waiting_customers(self) -> list[str]:
         """Customers backing off now: their batches are not due this round."""
