@@ -9,7 +9,6 @@ import sqlite3
 from aiohttp import web
 
 from edge_node.admission.router import TenantContext, guarded
-from edge_node.clock import now_us
 from edge_node.errors import StorageUnavailable
 from edge_node.tenant_usage.model import UsageSource
 from edge_node.web.answers import json_response
@@ -24,9 +23,8 @@ log = logging.getLogger(__name__)
 async def tenant_usage(request: web.Request, context: TenantContext) -> web.StreamResponse:
     """Not billed and not counted against the rate limit (edge_node.admission.router)."""
     source = request.app[USAGE_SOURCE_KEY]
-    now = now_us() / 1e6
     try:
-        usage = await asyncio.to_thread(source.usage, context.tenant_id, now)
+        usage = await asyncio.to_thread(source.usage, context.tenant_id)
     except (OSError, sqlite3.Error) as exc:
         log.warning("usage of tenant %s could not be read: %s", context.tenant_id, exc)
         raise StorageUnavailable(

@@ -82,11 +82,11 @@ class TenantUsage:
 
 
 class UsageSource(Protocol):
-    """Where the answer is read from, on the node alone: it never waits on the network. It
-    may read files (the caller runs it off the event loop) and raises OSError or
-    sqlite3.Error when they cannot be read."""
+    """Where the answer is read from, on the node alone, as of its own clock: it never waits
+    on the network. It may read files (the caller runs it off the event loop) and raises
+    OSError or sqlite3.Error when they cannot be read."""
 
-    def usage(self, tenant_id: str, now: float) -> TenantUsage: ...
+    def usage(self, tenant_id: str) -> TenantUsage: ...
 
 
 def _time(seconds: int | None) -> str | None:

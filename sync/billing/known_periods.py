@@ -94,6 +94,18 @@ def record(
         )
 
 
+def ended_unread(conn: sqlite3.Connection, now: float) -> list[str]:
+    """Customers with a period that has ended and has not been read since: the flush reads
+    their periods again (sync/billing/flush.py), so their invoices are seen turning final
+    even when no usage of theirs is sent any more."""
+    rows = conn.execute(
+        "SELECT DISTINCT customer_id FROM billing_periods"
+        " WHERE period_end <= ? AND finalizes_at IS NULL ORDER BY customer_id",
+        (int(now),),
+    )
+    return [str(customer) for (customer,) in rows]
+
+
 def latest(conn: sqlite3.Connection, tenant_id: str, count: int = 2) -> list[KnownPeriod]:
     """The tenant's last `count` periods known, latest first ([] when none is, or the table
     does not exist yet: billing never ran here)."""

@@ -167,6 +167,10 @@ class BillingLedger:
         """Keep the customer's periods as just read from Stripe (sync/billing/known_periods.py)."""
         known_periods.record(self._conn, customer_id, periods, now)
 
+    def ended_unread(self, now: float) -> list[str]:
+        """Customers whose periods are to be read again (sync/billing/known_periods.py)."""
+        return known_periods.ended_unread(self._conn, now)
+
     def planned_through(self, queue: str) -> int:
         """The last queue record planned (0: none); records up to it are in the ledger."""
         mark = read_value(self._conn, PLANNED_THROUGH + queue)

@@ -125,6 +125,16 @@ class BatchSender:
                 self._reported(batch, reason, counter)
         return len(doomed)
 
+    async def read_periods(self, customers: Sequence[str]) -> None:
+        """Read the customers' periods again (kept by the ledger as they are read); a failure
+        leaves them for the next round."""
+        now = self.clock()
+        for customer in customers:
+            try:
+                await self.periods.periods(customer, now)
+            except TransientSyncError:
+                return
+
     async def send(self, batches: Sequence[LedgerBatch]) -> None:
         """Send `batches` (open, with a customer), each customer's in the order given."""
         by_customer: dict[str, list[LedgerBatch]] = {}

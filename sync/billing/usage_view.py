@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_node import sqlite
@@ -34,12 +36,15 @@ _FIGURE_OF_STATE: dict[str, Figure] = {
 
 
 class LocalUsage:
-    """The usage API's source on the data directory `data_dir`."""
+    """The usage API's source on the data directory `data_dir`, as of `clock` (Unix seconds:
+    the clock the flush reads periods by)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time) -> None:
         self.data_dir = data_dir
+        self.clock = clock
 
-    def usage(self, tenant_id: str, now: float) -> TenantUsage:
+    def usage(self, tenant_id: str) -> TenantUsage:
+        now = self.clock()
         with read_only(self.data_dir / "node.sqlite") as conn:
             conn.execute("BEGIN")  # one snapshot: a batch is counted in one state only
             known = known_periods.latest(conn, tenant_id)
