@@ -24,7 +24,15 @@ from tests.sync.billing.test_flush import DAY, window_start
 def run_reconcile(data_dir: Path, *args: str) -> tuple[int, dict[str, Any]]:
     """The command as an operator runs it, in its own process, while the test holds the queue."""
     done = subprocess.run(
-        [*edge_node_command(), "--data-dir", str(data_dir), "billing", "reconcile", *args],
+        [
+            *edge_node_command(),
+            "--data-dir",
+            str(data_dir),
+            "billing",
+            "reconcile",
+            "--json",
+            *args,
+        ],
         capture_output=True,
         text=True,
         env=clean_environment(),
