@@ -10,6 +10,7 @@ from aiohttp import web
 
 from edge_node.admission.router import TenantContext, guarded
 from edge_node.errors import StorageUnavailable
+from edge_node.queue import QueueError
 from edge_node.tenant_usage.model import UsageSource
 from edge_node.web.answers import json_response
 
@@ -25,7 +26,7 @@ async def tenant_usage(request: web.Request, context: TenantContext) -> web.Stre
     source = request.app[USAGE_SOURCE_KEY]
     try:
         usage = await asyncio.to_thread(source.usage, context.tenant_id)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, QueueError) as exc:
         log.warning("usage of tenant %s could not be read: %s", context.tenant_id, exc)
         raise StorageUnavailable(
             "the node's billing records cannot be read just now", slug="usage-unavailable"

@@ -84,7 +84,7 @@ class TenantUsage:
 class UsageSource(Protocol):
     """Where the answer is read from, on the node alone, as of its own clock: it never waits
     on the network. It may read files (the caller runs it off the event loop) and raises
-    OSError or sqlite3.Error when they cannot be read."""
+    OSError, sqlite3.Error or edge_node.queue.QueueError when they cannot be read."""
 
     def usage(self, tenant_id: str) -> TenantUsage: ...
 

@@ -138,6 +138,19 @@ class TestUsageProblems:
         assert problem["type"].endswith(":" + slug)
         assert events_on_disk(node) == []
 
+    async def test_records_that_cannot_be_read_are_a_503_with_retry_after(
+        self, node: RunningNode
+    ) -> None:
+        """A usage queue that cannot be read (here a file where a queue directory belongs)
+        is answered 503 `usage-unavailable` with Retry-After, never 500."""
+        tenant = node.create_tenant()
+        (node.config.data_path / "queue" / "worker-9").write_text("not a queue")
+        status, problem, headers = await usage(node, tenant)
+        assert status == 503
+        conforms("Problem", problem)
+        assert problem["type"].endswith(":usage-unavailable")
+        assert int(headers["Retry-After"]) > 0
+
 
 @pytest.fixture
 async def gateway(standin: StripeStandin) -> AsyncIterator[StripeGateway]:
