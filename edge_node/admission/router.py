@@ -34,6 +34,7 @@ from edge_node.errors import (
     PaymentRequired,
     Problem,
     RateLimited,
+    ServiceUnavailable,
     Unauthorized,
 )
 from edge_node.ids import is_uuid
@@ -65,6 +66,9 @@ class TenantContext:
         return _RANKS[self.role] >= _RANKS[needed]
 
 
+NOT_READY_RETRY_AFTER = "30"
+
+
 class TenantRouter:
     """Resolves credentials against the registry and the token keys, and applies the limits."""
 
@@ -81,6 +85,9 @@ class TenantRouter:
         self.verifier = verifier
         self.limiter = limiter
         self.past_due_grace_us = int(past_due_grace_seconds * 1_000_000)
+        # Why the registry this router reads is no longer node.sqlite (deleted or replaced
+        # underneath): every request is refused, since revocations reach only the new file.
+        self.displaced: str | None = None
 
     def authenticate(self, request: web.Request) -> tuple[TenantContext, TenantStatus]:
         headers = request.headers
@@ -148,6 +155,10 @@ class TenantRouter:
     ) -> tuple[TenantContext, RateDecision | None]:
         """The request's context, and the rate decision that let it through (None for a
         route that bills nothing: it takes no token)."""
+        if self.displaced is not None:
+            raise ServiceUnavailable(
+                self.displaced, slug="not-ready", headers={"Retry-After": NOT_READY_RETRY_AFTER}
+            )
         context, status = self.authenticate(request)
         path_tenant = request.match_info["tenant_id"]
         if not is_uuid(path_tenant):
