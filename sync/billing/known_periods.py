@@ -117,15 +117,3 @@ def latest(conn: sqlite3.Connection, tenant_id: str, count: int = 2) -> list[Kno
         (tenant_id, count),
     ).fetchall()
     return [KnownPeriod(*row) for row in rows]
-
-
-def finalized_before(conn: sqlite3.Connection, tenant_id: str, now: float) -> list[KnownPeriod]:
-    """The tenant's periods whose invoices are final at `now`."""
-    if not sqlite.has_table(conn, "billing_periods"):
-        return []
-    rows = conn.execute(
-        "SELECT period_start, period_end, finalizes_at FROM billing_periods"
-        " WHERE tenant_id = ? AND finalizes_at <= ? ORDER BY period_start",
-        (tenant_id, int(now)),
-    ).fetchall()
-    return [KnownPeriod(*row) for row in rows]

@@ -14,7 +14,6 @@ unknown until the flush reads it; when none is known, all the tenant's usage is 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -50,9 +49,8 @@ class LocalUsage:
             known = known_periods.latest(conn, tenant_id)
             current, previous = periods_at(known, now)
             shown = [p for p in (previous, current) if p is not None]
-            finals = known_periods.finalized_before(conn, tenant_id, now)
             if sqlite.has_table(conn, "billing_ledger"):
-                _add_ledger(conn, tenant_id, shown, finals)
+                _add_ledger(conn, tenant_id, shown, now)
             planned = planned_through(conn)
             conn.execute("COMMIT")
         for directory in queue_directories(self.data_dir):
@@ -89,36 +87,31 @@ def _period_of(periods: list[PeriodUsage], seconds: float) -> PeriodUsage | None
 
 
 def _add_ledger(
-    conn: sqlite3.Connection,
-    tenant_id: str,
-    periods: list[PeriodUsage],
-    finals: list[KnownPeriod],
+    conn: sqlite3.Connection, tenant_id: str, periods: list[PeriodUsage], now: float
 ) -> None:
-    """Add the tenant's batches served in `periods`, by state and operation; a confirmed
-    batch stamped into a period whose invoice is final is invoiced too."""
-    since = min((p.start for p in periods if p.start is not None), default=None)
-    if since is None or any(p.start is None for p in periods):
-        since = 0
-    rows = conn.execute(
-        "SELECT state, window_start, stamp, value, operations FROM billing_ledger"
-        " WHERE tenant_id = ? AND window_start >= ? AND state != 'set_aside'",
-        (tenant_id, since),
+    """Add the tenant's batches served in `periods`, by state and operation, summed in SQL; a
+    confirmed batch stamped into a period whose invoice is final is invoiced too."""
+    final = (
+        "EXISTS (SELECT 1 FROM billing_periods f WHERE f.tenant_id = b.tenant_id"
+        " AND f.finalizes_at <= :now AND b.stamp >= f.period_start AND b.stamp < f.period_end)"
+        if sqlite.has_table(conn, "billing_periods")
+        else "0"
     )
-    for state, window_start, stamp, value, operations in rows:
-        period = _period_of(periods, window_start)
-        if period is None:
-            continue
-        by_operation = _operations(operations, value)
-        invoiced = stamp is not None and any(f.start <= stamp < f.end for f in finals)
-        for operation, units in by_operation.items():
-            period.add(operation, _FIGURE_OF_STATE[state], units)
+    for period in periods:
+        rows = conn.execute(
+            f"SELECT b.state, j.key, {final}, sum(coalesce(j.value, b.value))"  # noqa: S608
+            " FROM billing_ledger b LEFT JOIN json_each(b.operations) j"
+            " WHERE b.tenant_id = :tenant AND b.state != 'set_aside'"
+            " AND b.window_start >= :start AND b.window_start < :end GROUP BY 1, 2, 3",
+            {
+                "tenant": tenant_id,
+                "now": int(now),
+                "start": -(2**62) if period.start is None else period.start,
+                "end": 2**62 if period.end is None else period.end,
+            },
+        )
+        for state, operation, invoiced, units in rows:
+            name = UNKNOWN_OPERATION if operation is None else str(operation)
+            period.add(name, _FIGURE_OF_STATE[state], int(units))
             if state == "confirmed" and invoiced:
-                period.add(operation, "invoiced", units)
-
-
-def _operations(column: str | None, value: int) -> dict[str, int]:
-    """A batch's units by operation; all under the unknown operation where not kept."""
-    if column is None:
-        return {UNKNOWN_OPERATION: value}
-    loaded = json.loads(column)
-    return {str(name): int(units) for name, units in loaded.items()}
+                period.add(name, "invoiced", int(units))
