@@ -6,8 +6,11 @@ credential's own tenant (403, whether or not that other tenant exists), belong t
 that is not suspended (403) and is paid up (402: canceled, or past due beyond the grace
 period, edge_node.tenants.standing), find a token in its tenant's bucket (429), and hold at
 least the role the route needs (403). Only then does the handler run, with the
-TenantContext, and what it served is metered (`edge_node.usage.meter`). Every tenant route is
-billable, so every one of them is refused to a tenant that must pay first.
+TenantContext, and what it served is metered (`edge_node.usage.meter`). A billable route is
+refused to a tenant that must pay first. A route that bills nothing (the tenant's own usage,
+`guarded(role, None)`) is neither metered nor counted against the tenant's rate limit, and is
+served to a tenant that must pay (the figures are what it needs then); a suspended tenant is
+refused it like any other.
 
 Credentials and standing are read from the registry's view in memory
 (edge_node.tenants.view), which follows node.sqlite: a key revoked or a tenant suspended or
@@ -155,7 +158,11 @@ class TenantRouter:
         )
         return context, tenant.status
 
-    def admit(self, request: web.Request, needed: Role) -> tuple[TenantContext, RateDecision]:
+    def admit(
+        self, request: web.Request, needed: Role, *, billable: bool = True
+    ) -> tuple[TenantContext, RateDecision | None]:
+        """The request's context, and the rate decision that let it through (None for a
+        route that bills nothing: it takes no token)."""
         if self.displaced is not None:
             raise ServiceUnavailable(
                 self.displaced, slug="not-ready", headers={"Retry-After": NOT_READY_RETRY_AFTER}
@@ -170,8 +177,15 @@ class TenantRouter:
                 slug="tenant-mismatch",
             )
         request[ADMITTED_TENANT_KEY] = context.tenant_id
-        if status != "active":
+        if status == "suspended" or (status != "active" and billable):
             self._check_standing(context.tenant_id, status)
+        if not billable:
+            if not context.has_role(needed):
+                raise Forbidden(
+                    f"this needs the {needed} role; the credential has {context.role}",
+                    slug="insufficient-role",
+                )
+            return context, None
         decision = self.limiter.take(context.tenant_id, context.rate_limit_per_minute)
         if not decision.allowed:
             raise RateLimited(
@@ -211,14 +225,16 @@ TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamRespo
 
 
 def guarded(
-    needed: Role, operation: Operation | Mapping[int, Operation]
+    needed: Role, operation: Operation | Mapping[int, Operation] | None
 ) -> Callable[[TenantHandler], Handler]:
     """Admit a request needing `needed`, run the handler, and meter what it served.
 
     `operation` is what the route does for billing, an entry of the operation table; a mapping
     picks it by response status (a POST that created bills `rating.create`, one that replaced
-    `rating.update`).
+    `rating.update`); None: the route bills nothing (`_unbilled`).
     """
+    if operation is None:
+        return _unbilled(needed)
     default, by_status = _metered_as(operation)
     operations = (default, *by_status.values())
 
@@ -226,6 +242,7 @@ def guarded(
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
             context, decision = request.app[ROUTER_KEY].admit(request, needed)
+            assert decision is not None  # a billable route always takes a token
             meter = request.app[METER_KEY]
             try:
                 reserved = meter.bills(operations) and meter.reserve()
@@ -245,6 +262,20 @@ def guarded(
             # X-Request-Id goes on every answer, this one included, in edge_node.http.front.
             response.headers.update(decision.headers())
             return response
+
+        return admitted
+
+    return decorate
+
+
+def _unbilled(needed: Role) -> Callable[[TenantHandler], Handler]:
+    """Admit a request needing `needed` to a route that bills nothing, and run the handler."""
+
+    def decorate(handler: TenantHandler) -> Handler:
+        @functools.wraps(handler)
+        async def admitted(request: web.Request) -> web.StreamResponse:
+            context, _ = request.app[ROUTER_KEY].admit(request, needed, billable=False)
+            return await handler(request, context)
 
         return admitted
 

@@ -1,4 +1,5 @@
-"""What the `edge-node` CLI does with Stripe: bootstrap the catalog, provision a new tenant."""
+"""What the `edge-node` CLI does with Stripe: bootstrap the catalog, provision a new tenant,
+read the invoices reconcile sets against the node's statements."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from edge_node.secrets import SecretFile
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing.jobs import catalog_loader, open_gateway
 from sync.billing.provisioning import Provisioner
+from sync.billing.reconcile import stripe_invoices
 from sync.stripe.catalog import catalog_path, save_catalog
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.idempotency import CreateKeys
+from sync.stripe.periods import InvoicedPeriod
 
 # `tenants create` waits at most this long for Stripe before leaving provisioning to the
 # daemon's sync worker: the tenant works either way.
@@ -80,6 +83,20 @@ async def provision_tenant(
         "stripe_customer_id": link.stripe_customer_id,
         "subscription_id": link.subscription_id,
     }
+
+
+async def read_invoices(config: Config, tenant_id: str | None) -> dict[str, list[InvoicedPeriod]]:
+    """Each billed tenant's Stripe invoices, for `billing reconcile`."""
+    api_key = SecretFile(
+        config.stripe.api_key_file, name="stripe.api_key_file", check_interval=None
+    )
+    gateway = open_gateway(config.stripe, api_key.value)
+    try:
+        return await stripe_invoices(
+            config.data_path, gateway, config.stripe.meter_event_name, tenant_id=tenant_id
+        )
+    finally:
+        await gateway.close()
 
 
 def _pending(registry: TenantRegistry, tenant_id: str, exc: Exception) -> dict[str, Any]:

@@ -8,7 +8,9 @@ Each round (docs/billing.md, "Usage flush"):
 2. give batches of tenants provisioned since then their Stripe customer; batches of tenants
    still without one wait, planned, until provisioning gives them one;
 3. set aside what may no longer be sent, then send the rest (sync/billing/send.py);
-4. commit the queue cursor up to just before the oldest range that still has a batch
+4. read again the periods of customers whose known period has ended unread
+   (sync/billing/known_periods.py: the tenants' usage API sees their invoices turn final);
+5. commit the queue cursor up to just before the oldest range that still has a batch
    planned or sent, so the queue keeps every record until its batch is settled.
 
 The consumer runs inside the daemon, which owns the queue's lock, as one of the sync
@@ -165,6 +167,7 @@ class BillingConsumer:
         )
         calls, settled = self.stats.calls, self._settled()
         await self._sender.send(sendable)
+        await self._sender.read_periods(await self._ledger.run(ledger.ended_unread, self._clock()))
         committed = await self._commit()
         await self._persist_clock()
         progressed = self._settled() > settled

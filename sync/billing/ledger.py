@@ -32,6 +32,7 @@ stamp are Unix seconds.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,9 +42,11 @@ from typing import Literal
 from edge_node import sqlite
 from edge_node.node_database import delete_value, open_node_database, read_value, write_value
 from edge_node.tenants.registry import TenantRegistry
+from sync.billing import known_periods
 from sync.billing.clock import HIGH_WATER
 from sync.billing.periods import Placement, Stamp
 from sync.billing.plan import PlannedRange
+from sync.stripe.periods import SubscriptionPeriods
 
 COMPONENT = "billing"
 MIGRATIONS = (
@@ -91,6 +94,11 @@ MIGRATIONS = (
         WHERE state IN ('sent', 'confirmed');
     CREATE INDEX billing_ledger_by_stamp ON billing_ledger (customer_id, stamp)
         WHERE stamp IS NOT NULL;
+    """,
+    # 4: the batch's value by operation, a JSON object (the tenant's usage API breaks usage
+    # down by operation); NULL for batches planned before.
+    """
+    ALTER TABLE billing_ledger ADD COLUMN operations TEXT;
     """,
 )
 BatchState = Literal["planned", "sent", "confirmed", "set_aside"]
@@ -142,6 +150,7 @@ class BillingLedger:
     def __init__(self, conn: sqlite3.Connection) -> None:
         """The ledger on an open node.sqlite (edge_node.node_database), its table migrated."""
         sqlite.migrate(conn, MIGRATIONS, component=COMPONENT)
+        known_periods.migrate(conn)
         self._conn = conn
         self._tenants = TenantRegistry(conn)
 
@@ -153,6 +162,14 @@ class BillingLedger:
 
     def close(self) -> None:
         self._conn.close()
+
+    def record_periods(self, customer_id: str, periods: SubscriptionPeriods, now: float) -> None:
+        """Keep the customer's periods as just read from Stripe (sync/billing/known_periods.py)."""
+        known_periods.record(self._conn, customer_id, periods, now)
+
+    def ended_unread(self, now: float) -> list[str]:
+        """Customers whose periods are to be read again (sync/billing/known_periods.py)."""
+        return known_periods.ended_unread(self._conn, now)
 
     def planned_through(self, queue: str) -> int:
         """The last queue record planned (0: none); records up to it are in the ledger."""
@@ -180,8 +197,8 @@ class BillingLedger:
                 written += self._conn.execute(
                     "INSERT INTO billing_ledger (identifier, tenant_id, customer_id,"
                     " event_name, window_start, value, events, queue, first_seq, last_seq,"
-                    " state, planned_at, queue_epoch)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)"
+                    " state, planned_at, queue_epoch, operations)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)"
                     " ON CONFLICT (identifier) DO NOTHING",
                     (
                         batch.identifier,
@@ -196,6 +213,7 @@ class BillingLedger:
                         batch.last_seq,
                         now_us,
                         planned.queue_epoch,
+                        json.dumps(dict(batch.operations)) if batch.operations else None,
                     ),
                 ).rowcount
             self._set_state(PLANNED_THROUGH + planned.queue, str(planned.last_seq))

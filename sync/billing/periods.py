@@ -27,6 +27,7 @@ the margin, or `PERIODS_TTL_SECONDS` pass (a canceled or replaced subscription).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -102,6 +103,8 @@ class PeriodBook:
     gateway: PeriodsGateway
     ttl: float = PERIODS_TTL_SECONDS
     margin: float = FINALIZATION_MARGIN_SECONDS
+    # Hears each reading from Stripe (customer, periods, now): the ledger keeps it locally.
+    on_read: Callable[[str, SubscriptionPeriods, float], Awaitable[None]] | None = None
     _known: dict[str, tuple[SubscriptionPeriods | None, float]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
@@ -114,6 +117,8 @@ class PeriodBook:
                 return known[0]
             periods = await self.gateway.subscription_periods(customer_id)
             self._known[customer_id] = (periods, self._valid_until(periods, now))
+            if periods is not None and self.on_read is not None:
+                await self.on_read(customer_id, periods, now)
             return periods
 
     def forget(self, customer_id: str) -> None:

@@ -98,7 +98,7 @@ class BatchSender:
     _unsubscribed: set[str] = field(default_factory=set)  # warned about, once each
 
     def __post_init__(self) -> None:
-        self.periods = PeriodBook(self.gateway)
+        self.periods = PeriodBook(self.gateway, on_read=self.ledger.record_periods)
 
     def waiting_customers(self) -> list[str]:
         """Customers backing off now: their batches are not due this round."""
@@ -124,6 +124,16 @@ class BatchSender:
             for batch, reason, counter in doomed:
                 self._reported(batch, reason, counter)
         return len(doomed)
+
+    async def read_periods(self, customers: Sequence[str]) -> None:
+        """Read the customers' periods again (kept by the ledger as they are read); a failure
+        leaves them for the next round."""
+        now = self.clock()
+        for customer in customers:
+            try:
+                await self.periods.periods(customer, now)
+            except TransientSyncError:
+                return
 
     async def send(self, batches: Sequence[LedgerBatch]) -> None:
         """Send `batches` (open, with a customer), each customer's in the order given."""

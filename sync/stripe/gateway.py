@@ -42,7 +42,12 @@ from edge_node.errors import TransientSyncError
 from sync.stripe.bootstrap import CatalogBootstrap
 from sync.stripe.errors import is_duplicate_identifier, raise_translated
 from sync.stripe.meter_errors import MeterErrorReport, report_from
-from sync.stripe.periods import SubscriptionPeriods, periods_from
+from sync.stripe.periods import (
+    InvoicedPeriod,
+    SubscriptionPeriods,
+    invoiced_from,
+    periods_from,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +127,41 @@ class StripeGateway(CatalogBootstrap):
             f"draft invoices of subscription {subscription['id']}",
         )
         return periods_from(subscription, [invoice.to_dict() for invoice in drafts.data])
+
+    async def invoiced_periods(self, customer_id: str, event_name: str) -> list[InvoicedPeriod]:
+        """The customer's invoices for subscription periods (the first 100, newest first;
+        not the zero-length invoice of a subscription's creation), each with the units of its
+        lines priced on the meter of `event_name`."""
+        meter_id = await self._meter_id(event_name)
+        listed = await self._call(
+            self._client.v1.invoices.list_async(
+                {"customer": customer_id, "limit": 100}, self._options()
+            ),
+            f"invoices of customer {customer_id}",
+        )
+        invoices = [i.to_dict() for i in listed.data if i.period_end > i.period_start]
+        prices = {
+            str(line["pricing"]["price_details"]["price"])
+            for invoice in invoices
+            for line in invoice["lines"]["data"]
+            if (line.get("pricing") or {}).get("price_details")
+        }
+        metered = set()
+        for price_id in sorted(prices):
+            price = await self._call(
+                self._client.v1.prices.retrieve_async(price_id, None, self._options()),
+                f"price {price_id}",
+            )
+            recurring = price.to_dict().get("recurring") or {}
+            if recurring.get("meter") == meter_id:
+                metered.add(price_id)
+        try:
+            return [invoiced_from(invoice, metered.__contains__) for invoice in invoices]
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise TransientSyncError(
+                f"Stripe invoices of customer {customer_id}: an answer the node does not"
+                f" understand ({exc})"
+            ) from exc
 
     async def meter_event_total(
         self, *, event_name: str, customer_id: str, start: int, end: int

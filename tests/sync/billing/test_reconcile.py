@@ -24,7 +24,15 @@ from tests.sync.billing.test_flush import DAY, window_start
 def run_reconcile(data_dir: Path, *args: str) -> tuple[int, dict[str, Any]]:
     """The command as an operator runs it, in its own process, while the test holds the queue."""
     done = subprocess.run(
-        [*edge_node_command(), "--data-dir", str(data_dir), "billing", "reconcile", *args],
+        [
+            *edge_node_command(),
+            "--data-dir",
+            str(data_dir),
+            "billing",
+            "reconcile",
+            "--json",
+            *args,
+        ],
         capture_output=True,
         text=True,
         env=clean_environment(),
@@ -74,6 +82,11 @@ class TestReconcile:
         assert sum(day["billed_units"] for day in days) == 14
         assert sum(day["in_flight_units"] for day in days) == 3
         assert standin.billed(node.customer(tenant)) == 14
+        [period] = [p for p in document["periods"] if p["tenant_id"] == tenant]
+        assert (period["served"], period["confirmed"], period["queued"]) == (17, 14, 3)
+        assert (period["difference"], period["unexplained"]) == (0, 0)
+        assert period["invoiced"] is None  # Stripe is not configured for the command
+        assert document["stripe_read"] is False
 
     async def test_usage_waiting_for_stripe_or_a_customer_is_in_flight_not_wrong(
         self, node: BillingNode, standin: StripeStandin
@@ -143,6 +156,9 @@ class TestReconcile:
         assert lost_day["served"] == {"events": 6, "units": 6}
         assert lost_day["recorded"] == {"events": 0, "units": 0}
         assert (lost_day["unrecorded_units"], lost_day["ok"]) == (6, False)
+        [lost_period] = [p for p in document["periods"] if p["tenant_id"] == lost]
+        assert (lost_period["served"], lost_period["difference"]) == (6, 6)
+        assert lost_period["unexplained"] == 6
         [kept_day] = rows(document, kept)
         assert (kept_day["served"], kept_day["billed_units"], kept_day["ok"]) == (
             {"events": 4, "units": 4},
