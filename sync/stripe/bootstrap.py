@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 import stripe
 
 from edge_node.errors import TransientSyncError
 from edge_node.tenants.model import PLANS, Plan
-from sync.stripe.catalog import PRODUCT_ID, BillingCatalog, price_params
+from sync.stripe.catalog import PRODUCT_ID, BillingCatalog, price_mismatch, price_params
 from sync.stripe.client import StripeClientBase
 from sync.stripe.errors import raise_translated
+
+log = logging.getLogger(__name__)
 
 
 class CatalogBootstrap(StripeClientBase):
@@ -80,6 +83,10 @@ class CatalogBootstrap(StripeClientBase):
     async def _ensure_price(
         self, plan: Plan, meter_id: str, event_name: str, product_id: str
     ) -> str:
+        """The plan's price: the active price holding its lookup key, checked to be that
+        plan's price on this meter and product (sync/stripe/catalog.py `price_mismatch`).
+        A key held by a price that does not fit (say, on a meter since replaced) is moved to
+        a new price with `transfer_lookup_key`; the old price is left as it is."""
         lookup_key = f"edge_node_{plan}_{event_name}"
         found = await self._call(
             self._client.v1.prices.list_async(
@@ -87,11 +94,26 @@ class CatalogBootstrap(StripeClientBase):
             ),
             f"price {lookup_key}",
         )
-        if found.data:
-            return str(found.data[0].id)
-        scope = f"price:{lookup_key}"
+        holders = [p.to_dict() for p in found.data if p.lookup_key == lookup_key]
+        reasons = []
+        for holder in holders:
+            reason = price_mismatch(holder, plan, meter_id, product_id, lookup_key)
+            if reason is None:
+                return str(holder["id"])
+            reasons.append(f"{holder['id']}: {reason}")
+        if reasons:
+            log.warning(
+                "the price holding lookup key %s is not plan %s's price (%s): a new price"
+                " takes the key",
+                lookup_key,
+                plan,
+                "; ".join(reasons),
+            )
+        scope = f"price:{lookup_key}:{meter_id}:{product_id}"
+        if holders:  # a create of its own, whose key a lost answer's retry still shares
+            scope += ":replacing:" + ",".join(sorted(str(h["id"]) for h in holders))
         self._retire_failed_key(scope, f"price {lookup_key}")
-        params = price_params(plan, meter_id, product_id, lookup_key)
+        params = price_params(plan, meter_id, product_id, lookup_key, transfer=bool(reasons))
         price = await self._create(
             scope,
             lambda options: self._client.v1.prices.create_async(cast(Any, params), options),

@@ -102,8 +102,34 @@ def save_catalog(path: Path, catalog: BillingCatalog) -> None:
     temporary.replace(path)
 
 
-def price_params(plan: Plan, meter_id: str, product_id: str, lookup_key: str) -> dict[str, Any]:
-    """The parameters of the create of `plan`'s price (bootstrap, sync/stripe/gateway.py)."""
+def price_mismatch(
+    price: Mapping[str, Any], plan: Plan, meter_id: str, product_id: str, lookup_key: str
+) -> str | None:
+    """Why a price Stripe listed is not `plan`'s price on this meter and product (None: it
+    is). A list by `lookup_keys` is checked, never trusted: the key may have been moved to
+    a price on an older meter, another product or another currency."""
+    recurring = price.get("recurring") or {}
+    wanted_usage = "licensed" if plan == "flat" else "metered"
+    checks = (
+        (price.get("lookup_key") == lookup_key, f"its lookup key is {price.get('lookup_key')!r}"),
+        (price.get("active") is True, "it is archived"),
+        (price.get("product") == product_id, f"it is a price of product {price.get('product')}"),
+        (price.get("currency") == CURRENCY, f"its currency is {price.get('currency')}"),
+        (recurring.get("usage_type") == wanted_usage, f"it is not {wanted_usage}"),
+        (
+            plan == "flat" or recurring.get("meter") == meter_id,
+            f"it bills meter {recurring.get('meter')}, not {meter_id}",
+        ),
+    )
+    return next((reason for fits, reason in checks if not fits), None)
+
+
+def price_params(
+    plan: Plan, meter_id: str, product_id: str, lookup_key: str, *, transfer: bool = False
+) -> dict[str, Any]:
+    """The parameters of the create of `plan`'s price (bootstrap, sync/stripe/bootstrap.py);
+    `transfer` moves the lookup key from the price that holds it (Stripe's
+    `transfer_lookup_key`)."""
     params: dict[str, Any] = {
         "currency": CURRENCY,
         "product": product_id,
@@ -111,6 +137,8 @@ def price_params(plan: Plan, meter_id: str, product_id: str, lookup_key: str) ->
         "nickname": f"edge-node {plan}",
         "metadata": {"edge_node_plan": plan},
     }
+    if transfer:
+        params["transfer_lookup_key"] = True
     if plan == "flat":
         params["unit_amount"] = FLAT_MONTHLY_AMOUNT
         params["recurring"] = {"interval": "month", "usage_type": "licensed"}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import stripe
 
 from edge_node.cli import main as cli
 from edge_node.errors import TransientSyncError
@@ -82,6 +83,35 @@ class TestGatewayBootstrap:
         assert again == first
         assert posts(standin) == created
         assert (len(standin.account.meters), len(standin.account.prices)) == (1, 3)
+
+    async def test_a_price_holding_the_key_is_checked_not_trusted(
+        self, standin: StripeStandin, gateway: StripeGateway, client: stripe.StripeClient
+    ) -> None:
+        """The payg key moved (`transfer_lookup_key`) to a price of another product: the
+        price listed under the key is not payg's on this meter, so bootstrap makes a new
+        one, which takes the key back; the other plans' prices are kept."""
+        first = await gateway.bootstrap(meter_event_name=METER_EVENT)
+        key = f"edge_node_payg_{METER_EVENT}"
+        other = await client.v1.products.create_async({"name": "something else"})
+        moved = await client.v1.prices.create_async(
+            {
+                "currency": "usd",
+                "product": other.id,
+                "unit_amount": 100,
+                "lookup_key": key,
+                "transfer_lookup_key": True,
+            }
+        )
+        again = await gateway.bootstrap(meter_event_name=METER_EVENT)
+        assert again.price_ids["payg"] not in (first.price_ids["payg"], moved.id)
+        payg = standin.account.prices[again.price_ids["payg"]]
+        assert (payg["product"], payg["recurring"]["meter"]) == (again.product_id, first.meter_id)
+        assert payg["lookup_key"] == key
+        assert standin.account.prices[moved.id]["lookup_key"] is None
+        assert {p: again.price_ids[p] for p in ("tiered", "flat")} == {
+            p: first.price_ids[p] for p in ("tiered", "flat")
+        }
+        assert await gateway.bootstrap(meter_event_name=METER_EVENT) == again
 
     async def test_a_bootstrap_cut_short_is_finished_by_the_next(
         self, standin: StripeStandin, gateway: StripeGateway
