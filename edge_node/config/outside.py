@@ -73,8 +73,9 @@ class StripeConfig:
     )
     meter_event_name: str = setting(
         "edge_node_requests",
-        "The billing meter's event name (bootstrap creates the meter for it).",
-        pattern=re.compile(r"[A-Za-z0-9_.:-]{1,100}"),
+        "The billing meter's event name (bootstrap creates the meter for it, and the unpriced "
+        "meter of flat-plan usage for it followed by `_included`).",
+        pattern=re.compile(r"(?![A-Za-z0-9_.:-]*_included$)[A-Za-z0-9_.:-]{1,91}"),
     )
     catalog_file: str = setting(
         "",
@@ -83,8 +84,12 @@ class StripeConfig:
     )
     collection_method: Literal["send_invoice", "charge_automatically"] = setting(
         "send_invoice",
-        "How subscriptions created for tenants collect payment: `send_invoice` needs no card "
-        "on file; `charge_automatically` charges the customer's default payment method.",
+        "How subscriptions created for tenants collect payment. `send_invoice` (the default) "
+        "emails each invoice with a link to pay it: it reaches a customer with no card on "
+        "file, and needs the tenant's email (`tenants create --email`; a tenant without one "
+        "is refused). `charge_automatically` charges the customer's default payment method, "
+        "which a customer made by the node does not have: its invoices fail until one is "
+        "attached.",
     )
     days_until_due: int = setting(
         30, "Days a sent invoice is due in (collection_method send_invoice).", minimum=1

@@ -17,6 +17,9 @@ the row back.
        |                |
        +--Stripe's summaries show it never landed: a fresh identifier--+
 
+A flat-plan tenant's batches name the unpriced meter (sync/stripe/catalog.py
+`included_event_name`): what they confirm is included in the flat fee, not billed.
+
 Each batch keeps its own window (`window_start`) and the timestamp it was sent with
 (`stamp`, chosen inside a period Stripe still invoices, with its `placement`: own,
 before_subscription or carried_forward; sync/billing/periods.py).
@@ -44,6 +47,7 @@ from edge_node.tenants.registry import TenantRegistry
 from sync.billing.clock import HIGH_WATER
 from sync.billing.periods import Placement, Stamp
 from sync.billing.plan import PlannedRange
+from sync.stripe.catalog import included_event_name
 
 COMPONENT = "billing"
 MIGRATIONS = (
@@ -176,6 +180,7 @@ class BillingLedger:
         with sqlite.transaction(self._conn):
             written = 0
             customers = self._tenants.stripe_customers(b.tenant_id for b in planned.batches)
+            flat = self._tenants.on_plan("flat", (b.tenant_id for b in planned.batches))
             for batch in planned.batches:
                 written += self._conn.execute(
                     "INSERT INTO billing_ledger (identifier, tenant_id, customer_id,"
@@ -187,7 +192,9 @@ class BillingLedger:
                         batch.identifier,
                         batch.tenant_id,
                         customers.get(batch.tenant_id),
-                        batch.event_name,
+                        included_event_name(batch.event_name)
+                        if batch.tenant_id in flat
+                        else batch.event_name,
                         batch.window_start,
                         batch.value,
                         batch.events,

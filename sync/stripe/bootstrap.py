@@ -9,7 +9,13 @@ import stripe
 
 from edge_node.errors import TransientSyncError
 from edge_node.tenants.model import PLANS, Plan
-from sync.stripe.catalog import PRODUCT_ID, BillingCatalog, price_mismatch, price_params
+from sync.stripe.catalog import (
+    PRODUCT_ID,
+    BillingCatalog,
+    included_event_name,
+    price_mismatch,
+    price_params,
+)
 from sync.stripe.client import StripeClientBase
 from sync.stripe.errors import raise_translated
 
@@ -22,15 +28,17 @@ class CatalogBootstrap(StripeClientBase):
     # The catalog.
 
     async def bootstrap(self, *, meter_event_name: str) -> BillingCatalog:
-        """Make sure the meter, the product and the three plans' prices exist; their ids.
-        Running it again finds them (by event name, product id and lookup key): nothing new."""
+        """Make sure the meter, the unpriced meter of flat-plan usage, the product and the
+        three plans' prices exist; their ids. Running it again finds them (by event name,
+        product id and lookup key): nothing new."""
         meter_id = await self._ensure_meter(meter_event_name)
+        included_meter_id = await self._ensure_meter(included_event_name(meter_event_name))
         product_id = await self._ensure_product()
         price_ids = {
             plan: await self._ensure_price(plan, meter_id, meter_event_name, product_id)
             for plan in PLANS
         }
-        return BillingCatalog(meter_id, meter_event_name, product_id, price_ids)
+        return BillingCatalog(meter_id, meter_event_name, product_id, price_ids, included_meter_id)
 
     async def _ensure_meter(self, event_name: str) -> str:
         found = await self._find_meter(event_name)

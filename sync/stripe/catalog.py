@@ -31,6 +31,15 @@ TIERED_TIERS: tuple[tuple[int | None, str], ...] = (  # (up to, cents per unit),
     (None, "0.02"),
 )
 FLAT_MONTHLY_AMOUNT = 4900  # 49.00 a month
+# Usage of flat-plan tenants goes to a meter of its own that no price bills: Stripe holds
+# it (its summaries show it) and no invoice charges it; reconcile reports it as included in
+# the flat fee, never as billed.
+INCLUDED_SUFFIX = "_included"
+
+
+def included_event_name(event_name: str) -> str:
+    """The event name of the unpriced meter beside the meter of `event_name`."""
+    return event_name + INCLUDED_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,11 @@ class BillingCatalog:
     meter_event_name: str
     product_id: str
     price_ids: Mapping[Plan, str]
+    included_meter_id: str = ""  # the unpriced meter; "" in a catalog written before it
+
+    @property
+    def included_event_name(self) -> str:
+        return included_event_name(self.meter_event_name)
 
     def price_for(self, plan: Plan) -> str:
         return self.price_ids[plan]
@@ -51,6 +65,7 @@ class BillingCatalog:
             "meter_event_name": self.meter_event_name,
             "product_id": self.product_id,
             "price_ids": {plan: self.price_ids[plan] for plan in PLANS},
+            "included_meter_id": self.included_meter_id,
         }
 
     @classmethod
@@ -62,6 +77,7 @@ class BillingCatalog:
                 meter_event_name=str(document["meter_event_name"]),
                 product_id=str(document["product_id"]),
                 price_ids={plan: str(prices[plan]) for plan in PLANS},
+                included_meter_id=str(document.get("included_meter_id", "")),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(

@@ -28,6 +28,7 @@ from sync.stripe.standin import StripeStandin
 from sync.stripe.standin.statements import usage_totals
 from tests.sync.billing.support import EVENT_NAME, BillingNode
 from tests.sync.stripe.standin_support import advance, clock_customer, plain_client
+from tests.sync.stripe.support import create_tenant
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86_400.0
 METER_EVENTS = "POST /v1/billing/meter_events"
@@ -50,7 +51,7 @@ class Clocks:
 
     async def tenant(self, name: str) -> str:
         """A tenant whose customer is on a new test clock, subscribed to payg two days ago."""
-        tenant, _ = self.node.registry.create_tenant(name)
+        tenant, _ = create_tenant(self.node.registry, name)
         self.frozen = int(self.standin.clock.now() - 2 * DAY)
         self.clock, customer = await clock_customer(
             self.client, self.frozen, metadata={"tenant_id": tenant.tenant_id}

@@ -53,11 +53,15 @@ class TestGatewayBootstrap:
         self, standin: StripeStandin, gateway: StripeGateway
     ) -> None:
         """One sum meter on the event name; payg per unit and tiered graduated, both metered
-        on that meter; flat a licensed monthly fee."""
+        on that meter; flat a licensed monthly fee; and the meter of flat-plan usage
+        (`<event name>_included`), which no price bills."""
         catalog = await gateway.bootstrap(meter_event_name=METER_EVENT)
-        (meter,) = standin.account.meters.values()
-        assert (meter["id"], meter["event_name"]) == (catalog.meter_id, METER_EVENT)
-        assert meter["default_aggregation"] == {"formula": "sum"}
+        meter, included = (
+            standin.account.meters[m] for m in (catalog.meter_id, catalog.included_meter_id)
+        )
+        assert (len(standin.account.meters), meter["event_name"]) == (2, METER_EVENT)
+        assert included["event_name"] == f"{METER_EVENT}_included"
+        assert meter["default_aggregation"] == included["default_aggregation"] == {"formula": "sum"}
         prices = {plan: standin.account.prices[pid] for plan, pid in catalog.price_ids.items()}
         assert prices["payg"]["recurring"]["meter"] == catalog.meter_id
         assert prices["payg"]["billing_scheme"] == "per_unit"
@@ -82,7 +86,7 @@ class TestGatewayBootstrap:
         again = await gateway.bootstrap(meter_event_name=METER_EVENT)
         assert again == first
         assert posts(standin) == created
-        assert (len(standin.account.meters), len(standin.account.prices)) == (1, 3)
+        assert (len(standin.account.meters), len(standin.account.prices)) == (2, 3)
 
     async def test_a_price_holding_the_key_is_checked_not_trusted(
         self, standin: StripeStandin, gateway: StripeGateway, client: stripe.StripeClient
@@ -121,11 +125,11 @@ class TestGatewayBootstrap:
         standin.set_switches(fail=True, only="/v1/prices")
         with pytest.raises(TransientSyncError):
             await gateway.bootstrap(meter_event_name=METER_EVENT)
-        assert (len(standin.account.meters), len(standin.account.products)) == (1, 1)
+        assert (len(standin.account.meters), len(standin.account.products)) == (2, 1)
         standin.set_switches(fail=False)
         catalog = await gateway.bootstrap(meter_event_name=METER_EVENT)
         assert set(standin.account.prices) == set(catalog.price_ids.values())
-        assert (len(standin.account.meters), len(standin.account.prices)) == (1, 3)
+        assert (len(standin.account.meters), len(standin.account.prices)) == (2, 3)
 
 
 class TestCommand:
