@@ -43,6 +43,7 @@ from typing import Literal
 
 from edge_node import sqlite
 from edge_node.node_database import delete_value, open_node_database, read_value, write_value
+from edge_node.tenants.billing_periods import TenantPeriods
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing.clock import HIGH_WATER
 from sync.billing.periods import Placement, Stamp
@@ -148,6 +149,7 @@ class BillingLedger:
         sqlite.migrate(conn, MIGRATIONS, component=COMPONENT)
         self._conn = conn
         self._tenants = TenantRegistry(conn)
+        self.periods = TenantPeriods(conn)  # what webhooks said of periods and invoices
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> BillingLedger:

@@ -21,15 +21,20 @@ A stamp is never older than the window it stands for (the current period started
 earlier one's usage), so a window Stripe still accepts (35 days) gives a stamp it accepts. The
 periods are
 read per customer and kept until the current period ends, a draft's deadline comes within
-the margin, or `PERIODS_TTL_SECONDS` pass (a canceled or replaced subscription).
+the margin, a webhook reports a change (`customer.subscription.updated`, `invoice.created`,
+`invoice.finalized`, recorded in node.sqlite by edge_node/tenants/billing_periods.py: a
+renewal, a new draft, an invoice finalized early), or `PERIODS_TTL_SECONDS` pass (a
+canceled or replaced subscription).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from edge_node.clock import now_us
 from sync.stripe.periods import SubscriptionPeriods
 
 Placement = Literal["own", "before_subscription", "carried_forward"]
@@ -102,7 +107,11 @@ class PeriodBook:
     gateway: PeriodsGateway
     ttl: float = PERIODS_TTL_SECONDS
     margin: float = FINALIZATION_MARGIN_SECONDS
-    _known: dict[str, tuple[SubscriptionPeriods | None, float]] = field(default_factory=dict)
+    # When (microseconds, the node's clock) a webhook last changed the customer's periods
+    # or invoices in node.sqlite; a read older than that is read again.
+    changed_at: Callable[[str], Awaitable[int]] | None = None
+    # customer -> (periods, valid until (the flush's clock), read at (microseconds))
+    _known: dict[str, tuple[SubscriptionPeriods | None, float, int]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     async def periods(self, customer_id: str, now: float) -> SubscriptionPeriods | None:
@@ -110,11 +119,19 @@ class PeriodBook:
         lock = self._locks.setdefault(customer_id, asyncio.Lock())
         async with lock:
             known = self._known.get(customer_id)
-            if known is not None and now < known[1]:
+            if (
+                known is not None
+                and now < known[1]
+                and not await self._changed(customer_id, known[2])
+            ):
                 return known[0]
+            read_at = now_us()
             periods = await self.gateway.subscription_periods(customer_id)
-            self._known[customer_id] = (periods, self._valid_until(periods, now))
+            self._known[customer_id] = (periods, self._valid_until(periods, now), read_at)
             return periods
+
+    async def _changed(self, customer_id: str, read_at: int) -> bool:
+        return self.changed_at is not None and await self.changed_at(customer_id) >= read_at
 
     def forget(self, customer_id: str) -> None:
         """Read the customer's periods again next time (a webhook said they changed)."""

@@ -98,7 +98,10 @@ class BatchSender:
     _unsubscribed: set[str] = field(default_factory=set)  # warned about, once each
 
     def __post_init__(self) -> None:
-        self.periods = PeriodBook(self.gateway)
+        ledger = self.ledger.ledger
+        self.periods = PeriodBook(
+            self.gateway, changed_at=lambda c: self.ledger.run(ledger.periods.changed_at, c)
+        )
 
     def waiting_customers(self) -> list[str]:
         """Customers backing off now: their batches are not due this round."""
