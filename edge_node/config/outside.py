@@ -91,6 +91,16 @@ class StripeConfig:
         "which a customer made by the node does not have: its invoices fail until one is "
         "attached.",
     )
+    invoice_grace_hours: float = setting(
+        1.0,
+        "The account's invoice finalization grace (Stripe: Invoice settings, \"Invoice "
+        "finalization grace period\"; 1 hour by default, at most 72): how long a period's "
+        "invoice stays a draft, taking late usage, after the period ends. Stripe offers no API "
+        "to set it: set it in the Dashboard to this value; `stripe bootstrap` reads it back "
+        "from the account's draft invoices and fails when it differs (docs/billing.md).",
+        minimum=1,
+        maximum=72,
+    )
     days_until_due: int = setting(
         30, "Days a sent invoice is due in (collection_method send_invoice).", minimum=1
     )

@@ -68,6 +68,7 @@ class BillingConsumer:
         *,
         node_id: str,
         event_name: str,
+        invoice_grace_seconds: float = 3600.0,
         queue_name: str | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -96,6 +97,7 @@ class BillingConsumer:
                 unknown_outcome_horizon_seconds=config.unknown_outcome_horizon_hours * HOUR
             ),
             concurrency=config.concurrency,
+            invoice_grace_seconds=invoice_grace_seconds,
             clock=clock,
             backoff=backoff or Backoff(),
             on_answer=on_answer,
@@ -306,5 +308,6 @@ def open_billing(
         config.billing,
         node_id=config.node_id,
         event_name=config.stripe.meter_event_name,
+        invoice_grace_seconds=config.stripe.invoice_grace_hours * 3600,
         close_gateway=close_gateway,
     )

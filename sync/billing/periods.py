@@ -46,6 +46,11 @@ FINALIZATION_MARGIN_SECONDS = 900.0
 # finalizes further ahead than this; after that Stripe's summaries settle it.
 RESEND_MARGIN_SECONDS = 120.0
 PERIODS_TTL_SECONDS = 600.0
+# Within the account's invoice grace after a renewal, periods read while the ended period's
+# draft is not listed yet (Stripe creates it at the renewal, not always by the time of the
+# read) are read again this soon, so that usage still reaches that draft instead of being
+# carried forward for PERIODS_TTL_SECONDS.
+DRAFT_RECHECK_SECONDS = 60.0
 
 
 class PeriodsGateway(Protocol):
@@ -107,6 +112,10 @@ class PeriodBook:
     gateway: PeriodsGateway
     ttl: float = PERIODS_TTL_SECONDS
     margin: float = FINALIZATION_MARGIN_SECONDS
+    # The account's invoice finalization grace (stripe.invoice_grace_hours, which
+    # `stripe bootstrap` reads back): how long after a renewal the ended period's draft
+    # still takes usage.
+    grace: float = 3600.0
     # When (microseconds, the node's clock) a webhook last changed the customer's periods
     # or invoices in node.sqlite; a read older than that is read again.
     changed_at: Callable[[str], Awaitable[int]] | None = None
@@ -142,4 +151,10 @@ class PeriodBook:
         if periods is None:
             return until
         deadlines = [d.finalizes_at - self.margin for d in periods.drafts]
+        if (
+            periods.start < periods.period_start
+            and now < periods.period_start + self.grace - self.margin
+            and periods.draft_for(periods.period_start - 1) is None
+        ):
+            until = min(until, now + DRAFT_RECHECK_SECONDS)
         return min(until, periods.period_end, *[d for d in deadlines if d > now])

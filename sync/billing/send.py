@@ -91,6 +91,7 @@ class BatchSender:
     horizon_clock: Callable[[], float] | None = None
     backoff: Backoff = field(default_factory=Backoff)
     periods: PeriodBook = field(init=False)
+    invoice_grace_seconds: float = 3600.0  # stripe.invoice_grace_hours
     call_timeout: float = CALL_TIMEOUT_SECONDS
     # Called after Stripe answered and before the answer is written: tests crash here.
     on_answer: Callable[[LedgerBatch], Awaitable[None]] | None = None
@@ -100,7 +101,9 @@ class BatchSender:
     def __post_init__(self) -> None:
         ledger = self.ledger.ledger
         self.periods = PeriodBook(
-            self.gateway, changed_at=lambda c: self.ledger.run(ledger.periods.changed_at, c)
+            self.gateway,
+            changed_at=lambda c: self.ledger.run(ledger.periods.changed_at, c),
+            grace=self.invoice_grace_seconds,
         )
 
     def waiting_customers(self) -> list[str]:

@@ -129,6 +129,30 @@ class CatalogBootstrap(StripeClientBase):
         )
         return str(price.id)
 
+    async def observed_invoice_grace(self) -> tuple[int, str] | None:
+        """The account's invoice finalization grace as its draft invoices show it (Stripe has
+        no API for the setting): `automatically_finalizes_at - created` of a subscription's
+        period-end draft (the most common value among them), with the id of one such draft;
+        None when the account has no such draft now."""
+        listed = await self._call(
+            self._client.v1.invoices.list_async({"status": "draft", "limit": 100}, self._options()),
+            "draft invoices",
+        )
+        seen: dict[int, str] = {}
+        counts: dict[int, int] = {}
+        for invoice in listed.data:
+            found = invoice.to_dict()
+            finalizes, created = found.get("automatically_finalizes_at"), found.get("created")
+            if found.get("billing_reason") != "subscription_cycle" or not finalizes or not created:
+                continue
+            grace = int(finalizes) - int(created)
+            seen.setdefault(grace, str(found["id"]))
+            counts[grace] = counts.get(grace, 0) + 1
+        if not counts:
+            return None
+        grace = max(counts, key=lambda g: (counts[g], -g))
+        return grace, seen[grace]
+
     async def _meter_id(self, event_name: str) -> str:
         if event_name not in self._meter_ids:
             found = await self._find_meter(event_name)

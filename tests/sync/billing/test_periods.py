@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from sync.billing.periods import Stamp, place, still_invoiced
+from sync.billing.periods import (
+    DRAFT_RECHECK_SECONDS,
+    PERIODS_TTL_SECONDS,
+    PeriodBook,
+    Stamp,
+    place,
+    still_invoiced,
+)
 from sync.stripe.periods import OpenDraft, SubscriptionPeriods
 
 DAY = 86_400
@@ -51,3 +58,42 @@ class TestStillInvoiced:
         assert not still_invoiced(PERIOD - 600, PERIODS, PERIOD + 3550)
         assert still_invoiced(PERIOD + 5, PERIODS, PERIOD + 10 * DAY)
         assert not still_invoiced(START - 1, PERIODS, START)
+
+
+class ListedPeriods:
+    """Stripe's answers to the periods read, in turn: what the PeriodBook asks of a gateway."""
+
+    def __init__(self, *answers: SubscriptionPeriods) -> None:
+        self.answers = list(answers)
+        self.reads = 0
+
+    async def subscription_periods(self, customer_id: str) -> SubscriptionPeriods | None:
+        self.reads += 1
+        return self.answers[min(self.reads, len(self.answers)) - 1]
+
+
+class TestPeriodBook:
+    async def test_within_the_grace_a_missing_draft_is_looked_for_again_soon(self) -> None:
+        """Read just after a renewal, before Stripe lists the ended period's draft: within
+        the account's grace (2 h here) the periods are read again a minute later, and the
+        draft, listed by then, takes the ended period's usage; once found they are kept."""
+        renewed = SubscriptionPeriods("sub_1", START, PERIOD, PERIOD + 28 * DAY)
+        listed = ListedPeriods(renewed, PERIODS)
+        book = PeriodBook(listed, grace=7200)
+        assert await book.periods("cus_1", PERIOD + 10) == renewed
+        assert await book.periods("cus_1", PERIOD + 10 + DRAFT_RECHECK_SECONDS - 1) == renewed
+        found = await book.periods("cus_1", PERIOD + 10 + DRAFT_RECHECK_SECONDS)
+        assert (found, listed.reads) == (PERIODS, 2)
+        assert place(PERIOD - 600, found, PERIOD + 120) == Stamp(PERIOD - 600, "own")
+        await book.periods("cus_1", PERIOD + 10 + DRAFT_RECHECK_SECONDS + 300)
+        assert listed.reads == 2
+
+    async def test_past_the_grace_a_missing_draft_is_not_waited_for(self) -> None:
+        """Past the grace the ended period's invoice is finalized: nothing to look for, the
+        periods are kept for the usual time."""
+        renewed = SubscriptionPeriods("sub_1", START, PERIOD, PERIOD + 28 * DAY)
+        listed = ListedPeriods(renewed)
+        book = PeriodBook(listed, grace=3600)
+        await book.periods("cus_1", PERIOD + 3600)
+        await book.periods("cus_1", PERIOD + 3600 + PERIODS_TTL_SECONDS - 1)
+        assert listed.reads == 1

@@ -18,6 +18,13 @@ from sync.stripe.catalog import FILE_NAME, load_catalog
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
 from tests.sync.stripe.conftest import METER_EVENT
+from tests.sync.stripe.standin_support import (
+    JAN_1_2026,
+    advance,
+    clock_customer,
+    make_catalog,
+    subscribe,
+)
 
 
 def write_config(tmp_path: Path, standin: StripeStandin, **stripe: Any) -> Path:
@@ -151,6 +158,39 @@ class TestCommand:
         code, again, _ = await run_cli("--config", str(config), "stripe", "bootstrap")
         assert (code, json.loads(again)) == (0, printed)
         assert posts(standin) == created
+
+    async def test_it_reads_the_invoice_grace_back_from_a_renewal_draft(
+        self, tmp_path: Path, standin: StripeStandin, client: stripe.StripeClient
+    ) -> None:
+        """Stripe has no API for the finalization grace, so the account's value (2 h, set
+        as an operator would in the Dashboard) is read from a period-end draft
+        (`automatically_finalizes_at - created`): unverified while no draft shows it
+        (exit 0, said on stderr); `differs` from the configured 1 h exits 1 with the
+        operator's step; configured as 2 h it is `confirmed`."""
+        config = write_config(tmp_path, standin)
+        code, out, err = await run_cli("--config", str(config), "stripe", "bootstrap")
+        assert (code, json.loads(out)["invoice_grace"]["state"]) == (0, "unverified")
+        assert "not verified" in err
+        standin.account.settings.set_grace(7200)
+        prices = await make_catalog(client)
+        clock, customer = await clock_customer(client, email="a@example.com")
+        await subscribe(
+            client, customer, prices.flat, collection_method="send_invoice", days_until_due=30
+        )
+        await advance(client, clock, JAN_1_2026 + 31 * 86_400 + 60)
+        code, out, err = await run_cli("--config", str(config), "stripe", "bootstrap")
+        grace = json.loads(out)["invoice_grace"]
+        assert code == 1
+        assert (grace["state"], grace["configured_seconds"], grace["observed_seconds"]) == (
+            "differs",
+            3600,
+            7200,
+        )
+        assert "Invoice finalization grace period" in err
+        assert "no API" in err
+        config = write_config(tmp_path, standin, invoice_grace_hours=2)
+        code, out, _ = await run_cli("--config", str(config), "stripe", "bootstrap")
+        assert (code, json.loads(out)["invoice_grace"]["state"]) == (0, "confirmed")
 
     async def test_without_a_key_file_it_is_a_configuration_error(self, tmp_path: Path) -> None:
         """Stripe not configured: exit 78 with a message naming stripe.api_key_file."""
