@@ -180,6 +180,22 @@ class BillingConfig:
         minimum=0.01,
         maximum=23.5,
     )
+    stamp_slots: int = setting(
+        1,
+        "How many edge nodes may bill the same customers (the same on each of them): each "
+        "node stamps its meter events only in the minutes of its own slot (minute number "
+        "modulo stamp_slots = stamp_slot), so Stripe's per-minute meter event summaries show "
+        "one node's usage alone and an unknown outcome is decidable per node.",
+        minimum=1,
+        maximum=5,
+    )
+    stamp_slot: int = setting(
+        0,
+        "This node's slot, 0 to stamp_slots - 1, different on every node that bills the "
+        "same customers.",
+        minimum=0,
+        maximum=4,
+    )
     poll_interval_seconds: float = setting(
         1.0,
         "How often the billing consumer looks for new usage when idle.",

@@ -33,6 +33,7 @@ from sync.backoff import Backoff
 from sync.billing.clock import HorizonClock
 from sync.billing.ledger import BillingLedger, LedgerBatch
 from sync.billing.ledger_thread import AsyncLedger
+from sync.billing.periods import StampSlot
 from sync.billing.plan import UsagePlanner, record_fingerprint
 from sync.billing.send import BatchSender, MeterEventGateway
 from sync.billing.send_rules import HOUR, SendRules
@@ -98,6 +99,7 @@ class BillingConsumer:
             ),
             concurrency=config.concurrency,
             invoice_grace_seconds=invoice_grace_seconds,
+            stamp_slot=StampSlot(config.stamp_slot, config.stamp_slots),
             clock=clock,
             backoff=backoff or Backoff(),
             on_answer=on_answer,

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from edge_node.clock import now_us
+from edge_node.errors import ConfigError
 from sync.stripe.periods import SubscriptionPeriods
 
 Placement = Literal["own", "before_subscription", "carried_forward"]
@@ -46,6 +47,7 @@ FINALIZATION_MARGIN_SECONDS = 900.0
 # finalizes further ahead than this; after that Stripe's summaries settle it.
 RESEND_MARGIN_SECONDS = 120.0
 PERIODS_TTL_SECONDS = 600.0
+MINUTE = 60  # Stripe's meter event summaries are aligned to minutes
 # Within the account's invoice grace after a renewal, periods read while the ended period's
 # draft is not listed yet (Stripe creates it at the renewal, not always by the time of the
 # read) are read again this soon, so that usage still reaches that draft instead of being
@@ -85,6 +87,47 @@ def place(
     if draft is not None and draft.finalizes_at - now > margin:
         return Stamp(target, placement)
     return Stamp(periods.period_start, "carried_forward")
+
+
+@dataclass(frozen=True, slots=True)
+class StampSlot:
+    """The minutes this node stamps in: those whose number modulo `slots` is `slot`
+    (billing.stamp_slots and billing.stamp_slot). With one slot, every minute."""
+
+    slot: int = 0
+    slots: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slot < self.slots:
+            raise ConfigError(
+                f"billing.stamp_slot ({self.slot}) must be below billing.stamp_slots ({self.slots})"
+            )
+
+    def owns(self, timestamp: int) -> bool:
+        return self.slots == 1 or (timestamp // MINUTE) % self.slots == self.slot
+
+
+def slotted(stamp: Stamp, periods: SubscriptionPeriods, slot: StampSlot) -> Stamp:
+    """`stamp` moved into a minute of this node's slot, within the same billing period:
+    back to the latest such minute at or before it, or, when that falls before the period's
+    start, forward to the first after it (at most `slots - 1` minutes either way; a period
+    starts on a minute of any slot). Stripe's summaries of that minute then hold this
+    node's usage only."""
+    if slot.owns(stamp.timestamp):
+        return stamp
+    minute = stamp.timestamp // MINUTE
+    back = (minute - (minute - slot.slot) % slot.slots) * MINUTE
+    if back >= _period_start(stamp.timestamp, periods):
+        return Stamp(back, stamp.placement)
+    return Stamp((minute + (slot.slot - minute) % slot.slots) * MINUTE, stamp.placement)
+
+
+def _period_start(timestamp: int, periods: SubscriptionPeriods) -> int:
+    """The start of the period holding `timestamp` (its draft's, or the current one's)."""
+    draft = periods.draft_for(timestamp)
+    if draft is not None:
+        return max(draft.period_start, periods.start)
+    return periods.period_start if timestamp >= periods.period_start else periods.start
 
 
 def still_invoiced(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
+from edge_node.errors import ConfigError
 from sync.billing.periods import (
     DRAFT_RECHECK_SECONDS,
     PERIODS_TTL_SECONDS,
     PeriodBook,
     Stamp,
+    StampSlot,
     place,
+    slotted,
     still_invoiced,
 )
 from sync.stripe.periods import OpenDraft, SubscriptionPeriods
@@ -97,3 +102,37 @@ class TestPeriodBook:
         await book.periods("cus_1", PERIOD + 3600)
         await book.periods("cus_1", PERIOD + 3600 + PERIODS_TTL_SECONDS - 1)
         assert listed.reads == 1
+
+
+class TestSlotted:
+    def test_with_one_slot_every_stamp_stays(self) -> None:
+        assert slotted(Stamp(PERIOD + 601, "own"), PERIODS, StampSlot()) == Stamp(
+            PERIOD + 601, "own"
+        )
+
+    def test_a_stamp_moves_back_to_the_latest_minute_of_the_node_slot(self) -> None:
+        """Slot 1 of 3: minute numbers 1, 4, 7... modulo 3; a stamp in minute m goes back to
+        the latest such minute, never into another node's minutes."""
+        minute = (PERIOD + 3600) // 60
+        for offset in range(6):
+            stamp = Stamp((minute + offset) * 60 + 17, "own")
+            moved = slotted(stamp, PERIODS, StampSlot(1, 3))
+            assert (moved.timestamp // 60) % 3 == 1
+            assert 0 <= stamp.timestamp - moved.timestamp < 3 * 60
+            assert moved.placement == "own"
+
+    def test_at_a_period_start_it_moves_forward_within_the_period(self) -> None:
+        """Moving back would leave the period (here the current one, and the subscription's
+        start for usage from before it): forward instead, by less than `slots` minutes."""
+        slot = StampSlot((PERIOD // 60 + 2) % 4, 4)
+        moved = slotted(Stamp(PERIOD, "carried_forward"), PERIODS, slot)
+        assert moved == Stamp(PERIOD + 120, "carried_forward")
+        first = SubscriptionPeriods("sub_1", START, START, START + 31 * DAY)
+        before = slotted(
+            Stamp(START, "before_subscription"), first, StampSlot((START // 60 + 1) % 2, 2)
+        )
+        assert before == Stamp(START + 60, "before_subscription")
+
+    def test_a_slot_outside_the_slots_is_a_configuration_error(self) -> None:
+        with pytest.raises(ConfigError, match="stamp_slot"):
+            StampSlot(2, 2)
