@@ -36,7 +36,7 @@
                                    invalid_request_error: carries Stripe's error code)
 
 Each Problem carries a `type` URI that never changes once published, so clients can
-branch on it; `docs/problems.md` lists them.
+branch on it; `docs/api.md` ("Errors") lists them.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ component's row in `schema_versions`.
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -102,6 +103,29 @@ def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> None:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     finally:
         conn.close()
+
+
+def cut_wal(path: Path, limit_bytes: int) -> bool:
+    """Give back the disk space of a WAL file grown past `limit_bytes`: a TRUNCATE checkpoint
+    that does not wait, so it happens only while no reader or writer is in the WAL (a WAL file
+    otherwise keeps the size a burst of writes grew it to). False when the file is still over
+    the limit. For a background thread, like `checkpoint`."""
+    if _wal_bytes(path) <= limit_bytes:
+        return True
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 0")
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    finally:
+        conn.close()
+    return not busy and _wal_bytes(path) <= limit_bytes
+
+
+def _wal_bytes(path: Path) -> int:
+    try:
+        return os.stat(f"{path}-wal").st_size
+    except FileNotFoundError:
+        return 0
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from edge_node.errors import (
     PaymentRequired,
     Problem,
     RateLimited,
+    ServiceUnavailable,
     Unauthorized,
 )
 from edge_node.ids import is_uuid
@@ -62,6 +63,9 @@ class TenantContext:
         return _RANKS[self.role] >= _RANKS[needed]
 
 
+NOT_READY_RETRY_AFTER = "30"
+
+
 class TenantRouter:
     """Resolves credentials against the registry and the token keys, and applies the limits."""
 
@@ -78,6 +82,9 @@ class TenantRouter:
         self.verifier = verifier
         self.limiter = limiter
         self.past_due_grace_us = int(past_due_grace_seconds * 1_000_000)
+        # Why the registry this router reads is no longer node.sqlite (deleted or replaced
+        # underneath): every request is refused, since revocations reach only the new file.
+        self.displaced: str | None = None
 
     def authenticate(self, request: web.Request) -> tuple[TenantContext, TenantStatus]:
         headers = request.headers
@@ -141,6 +148,10 @@ class TenantRouter:
         return context, tenant.status
 
     def admit(self, request: web.Request, needed: Role) -> tuple[TenantContext, RateDecision]:
+        if self.displaced is not None:
+            raise ServiceUnavailable(
+                self.displaced, slug="not-ready", headers={"Retry-After": NOT_READY_RETRY_AFTER}
+            )
         context, status = self.authenticate(request)
         path_tenant = request.match_info["tenant_id"]
         if not is_uuid(path_tenant):

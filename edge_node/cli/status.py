@@ -10,8 +10,14 @@ stopped node shows the last state its daemon wrote.
 from __future__ import annotations
 
 import sqlite3
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from edge_node import sqlite
 from edge_node.cli.runtime_file import RuntimeFile, process_alive
@@ -21,6 +27,8 @@ from edge_node.config import Config
 from edge_node.queue import QueueError, QueueStatus, inspect_queue
 from edge_node.tenants.registry import Unprovisioned, count_by_status, unprovisioned
 from sync.billing.ledger import ledger_totals
+
+READINESS_TIMEOUT_SECONDS = 3.0
 
 
 def collect_status(config: Config, now_us: int) -> dict[str, Any]:
@@ -56,7 +64,46 @@ def daemon_status(data_dir: Path, now_us: int) -> dict[str, Any]:
     if not process_alive(record.pid):
         return {"state": "stale", **document}
     uptime = round(max(0, now_us - record.started_at) / 1e6, 3)
-    return {"state": "running", **document, "uptime_seconds": uptime}
+    readiness = ask_readiness(record.listen[0]) if record.listen else None
+    return {"state": "running", **document, "uptime_seconds": uptime, "readiness": readiness}
+
+
+def ask_readiness(url: str) -> dict[str, Any]:
+    """The running daemon's own `GET /readyz`, asked over loopback: `ready` and the damaged
+    tenants it lists, or `not ready` and why, or `no answer` (a wedged or busy daemon)."""
+    probe = _loopback_probe(url)
+    if probe is None:
+        return {"state": "no answer", "detail": f"{url} is not an http(s) address"}
+    # The daemon's certificate names its public host; this probe goes over loopback.
+    context = ssl._create_unverified_context() if probe.startswith("https:") else None  # noqa: S323
+    try:
+        with urllib.request.urlopen(  # noqa: S310 (the scheme is http or https, checked)
+            probe, timeout=READINESS_TIMEOUT_SECONDS, context=context
+        ) as answer:
+            document = orjson.loads(answer.read())
+            return {"state": "ready", "damaged_tenants": document.get("damaged_tenants", [])}
+    except urllib.error.HTTPError as refused:
+        with refused:
+            return {"state": "not ready", "detail": _problem_detail(refused.read())}
+    except (OSError, ValueError) as exc:
+        return {"state": "no answer", "detail": str(exc)}
+
+
+def _loopback_probe(url: str) -> str | None:
+    """`url`'s /readyz, a wildcard listen address (0.0.0.0, ::) asked on loopback."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.port is None:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(parts.hostname or "", parts.hostname)  # noqa: S104
+    netloc = f"[{host}]:{parts.port}" if ":" in str(host) else f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, "/readyz", "", ""))
+
+
+def _problem_detail(body: bytes) -> str:
+    try:
+        return str(orjson.loads(body).get("detail", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        return body.decode(errors="replace")[:200]
 
 
 def _last_upgrade(data_dir: Path) -> dict[str, Any] | None:

@@ -67,6 +67,14 @@ def _daemon_lines(daemon: dict[str, Any]) -> Iterator[str]:
         f" edge-node {daemon['version']}"
     )
     yield f"listening on {', '.join(daemon['listen'])}"
+    readiness = daemon.get("readiness")
+    if readiness is None:
+        return
+    if readiness["state"] == "ready":
+        damaged = readiness["damaged_tenants"]
+        yield "ready" + (f"; damaged tenant files: {', '.join(damaged)}" if damaged else "")
+    else:
+        yield f"{readiness['state'].upper()}: {readiness['detail']}"
 
 
 def _tenants_line(tenants: dict[str, int]) -> str:

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from edge_node.admission.ratelimit import RateLimiter
-from edge_node.admission.router import METER_KEY, ROUTER_KEY, TenantRouter
+from edge_node.admission.router import METER_KEY, NOT_READY_RETRY_AFTER, ROUTER_KEY, TenantRouter
 from edge_node.admission.tokens import TokenVerifier, load_keys
 from edge_node.config import Config
 from edge_node.crypto.keystore import open_keyring
@@ -44,7 +44,8 @@ CONFIG_KEY = web.AppKey("config", Config)
 NODE_DATABASE_KEY = web.AppKey("node_database", sqlite3.Connection)
 SECRETS_KEY = web.AppKey("secrets", SecretFiles)
 NODE_FILE_KEY: web.AppKey[NodeFileWatch | None] = web.AppKey("node_file")
-NODE_FILE_CHECK_SECONDS = 5.0
+NODE_FILE_CHECK_SECONDS = 1.0
+NOT_READY = {"Retry-After": NOT_READY_RETRY_AFTER}
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ async def _background_checkpoints(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(app[STORES_KEY].run_checkpoints(interval))]
     node_file = app[NODE_FILE_KEY]
     if node_file is not None:
-        tasks.append(asyncio.create_task(_watch_node_file(node_file)))
+        tasks.append(asyncio.create_task(_watch_node_file(node_file, app[ROUTER_KEY])))
     yield
     for task in tasks:
         task.cancel()
@@ -192,12 +193,15 @@ async def _background_checkpoints(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-async def _watch_node_file(node_file: NodeFileWatch) -> None:
-    """Look at node.sqlite's identity every few seconds, so that a deletion or replacement
-    is logged even where nothing probes /readyz."""
+async def _watch_node_file(node_file: NodeFileWatch, router: TenantRouter) -> None:
+    """Look at node.sqlite's identity every second: once it is deleted or replaced, the node
+    logs it and refuses every tenant request (503 `not-ready`), since keys revoked and tenants
+    suspended from then on are written to a file this process does not read."""
     while True:
         await asyncio.sleep(NODE_FILE_CHECK_SECONDS)
-        if node_file.problem() is not None:
+        problem = node_file.problem()
+        if problem is not None:
+            router.displaced = problem
             return
 
 
@@ -213,17 +217,21 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     node_file = request.app[NODE_FILE_KEY]
     problem = node_file.problem() if node_file is not None else None
     if problem is not None:
-        raise ServiceUnavailable(problem, slug="not-ready")
+        raise ServiceUnavailable(problem, slug="not-ready", headers=NOT_READY)
     try:
         check_writable(request.app[NODE_DATABASE_KEY])
     except sqlite3.Error as exc:
-        raise ServiceUnavailable(f"node.sqlite is not writable: {exc}", slug="not-ready") from None
+        raise ServiceUnavailable(
+            f"node.sqlite is not writable: {exc}", slug="not-ready", headers=NOT_READY
+        ) from None
     tenants_dir = request.app[STORES_KEY].directory
     if not os.access(tenants_dir, os.W_OK | os.X_OK):
-        raise ServiceUnavailable(f"{tenants_dir} is not writable", slug="not-ready")
+        raise ServiceUnavailable(
+            f"{tenants_dir} is not writable", slug="not-ready", headers=NOT_READY
+        )
     problem = request.app[METER_KEY].storage_problem()
     if problem is not None:
-        raise ServiceUnavailable(problem, slug="not-ready")
+        raise ServiceUnavailable(problem, slug="not-ready", headers=NOT_READY)
     damaged = request.app[STORES_KEY].damaged
     if damaged:
         return json_response({"status": "ready", "damaged_tenants": sorted(damaged)})

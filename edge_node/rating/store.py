@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BACKSTOP_CHECKPOINT_PAGES = 20000
+# A tenant's WAL file keeps the size a burst of writes grew it to; past this, the background
+# checkpoint cuts it back once the file is idle. On a full disk that is what gives the space
+# back: writes are refused below the free-space floor, so no write would ever reset the WAL.
+WAL_LIMIT_BYTES = 4 << 20
 
 
 class TenantStores:
@@ -145,17 +149,20 @@ class TenantStores:
         return self.pending.tenants()
 
     async def run_checkpoints(self, interval: float) -> None:
-        """Checkpoint every tenant file written since the last round, off the event loop."""
+        """Checkpoint every tenant file written since the last round, off the event loop; a
+        file not written again meanwhile whose WAL outgrew WAL_LIMIT_BYTES has it cut back."""
         while True:
             await asyncio.sleep(interval)
             written = [store for store in self._open.values() if store.dirty]
             for store in written:
                 store.dirty = False
             for store in written:
+                path = self.path(store.tenant_id)
                 try:
-                    await asyncio.to_thread(
-                        sqlite.checkpoint, self.path(store.tenant_id), self._busy_timeout_ms
-                    )
+                    await asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
+                    if not store.dirty:
+                        cut = await asyncio.to_thread(sqlite.cut_wal, path, WAL_LIMIT_BYTES)
+                        store.dirty = store.dirty or not cut  # tried again next round
                 except sqlite3.Error as exc:
                     store.dirty = True
                     log.warning("checkpoint of tenant %s failed: %s", store.tenant_id, exc)

@@ -126,6 +126,7 @@ class TestServingDaemon:
         assert status["daemon"]["pid"] == daemon.process.pid
         assert status["daemon"]["listen"] == [daemon.url]
         assert status["daemon"]["uptime_seconds"] >= 0
+        assert status["daemon"]["readiness"] == {"state": "ready", "damaged_tenants": []}
         (queue,) = status["queues"]
         assert (queue["queue"], queue["depth"], queue["last_seq"]) == ("worker-0", 3, 3)
         assert queue["oldest_unconsumed_age_seconds"] >= 0
@@ -134,11 +135,37 @@ class TestServingDaemon:
         table = shown.stdout
         assert f"pid {daemon.process.pid}" in table
         assert daemon.url in table
+        assert f"{'':<10} ready\n" in table
         assert daemon.stop() == 0
         assert not (node.data_dir / RUNTIME_FILE).exists()
         after = node.status()
         assert after["daemon"] == {"state": "stopped"}
         assert after["queues"][0]["depth"] == 3
+
+    def test_damaged_tenant_files_and_a_displaced_node_database(self, node: Node) -> None:
+        """Status asks the running daemon's /readyz: a tenant whose file the daemon found
+        damaged is listed by id, and node.sqlite replaced underneath shows NOT READY with
+        the reason, in the table too."""
+        damaged, healthy = node.tenant("damaged"), node.tenant("healthy")
+        with (node.data_dir / "tenants" / f"{damaged['tenant_id']}.sqlite").open("r+b") as file:
+            file.write(b"\x5a" * 100)
+        daemon = node.serve()
+        body = {"user_id": "u1", "item_id": "book", "score": 4}
+        for tenant, expected in ((damaged, 503), (healthy, 201)):
+            path = f"/v1/tenants/{tenant['tenant_id']}/ratings"
+            assert daemon.request("POST", path, tenant["api_key"], body)[0] == expected
+        readiness = node.status()["daemon"]["readiness"]
+        assert readiness == {"state": "ready", "damaged_tenants": [damaged["tenant_id"]]}
+        assert f"damaged tenant files: {damaged['tenant_id']}" in node.run("status").stdout
+        database = node.data_dir / "node.sqlite"
+        copy = database.with_name("node.sqlite.copy")
+        copy.write_bytes(database.read_bytes())
+        copy.replace(database)
+        readiness = node.status()["daemon"]["readiness"]
+        assert readiness["state"] == "not ready"
+        assert "node.sqlite was replaced under the running node" in readiness["detail"]
+        assert "NOT READY: " in node.run("status").stdout
+        assert daemon.stop() == 0
 
     def test_a_refused_second_daemon_leaves_the_first_ones_record(self, node: Node) -> None:
         """A second `serve` on the data directory exits 75 and status still shows the first

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -77,13 +78,14 @@ class TestNodeDatabaseUnderneath:
         self, tmp_path: Path, how: str
     ) -> None:
         """node.sqlite deleted, or replaced by another file, while the daemon runs: /readyz
-        answers 503 naming it and the log says so, instead of serving from a file no command
-        will ever see again."""
+        answers 503 naming it, the log says so, and tenant requests are refused 503 `not-ready`
+        within seconds, instead of served from a registry no command will ever change again."""
         node = FaultNode(tmp_path / "data", tmp_path / "logs")
-        node.tenant("acme")
+        tenant = node.tenant("acme")
         try:
             url = node.serve()
             assert _readyz(url)[0] == 200
+            assert _post(url, tenant, "before")[0] == 201
             path = node.data_dir / "node.sqlite"
             if how == "deleted":
                 path.unlink()
@@ -93,6 +95,15 @@ class TestNodeDatabaseUnderneath:
                 copy.replace(path)
             status, problem = _readyz(url)
             assert status == 503
+            assert f"node.sqlite was {how} under the running node" in problem["detail"]
+            # Requests too: a key revoked now would be written to a file this node never reads.
+            deadline = time.monotonic() + 5
+            while (answer := _post(url, tenant, f"u{time.monotonic_ns()}"))[0] == 201:
+                assert time.monotonic() < deadline, "still served"
+                time.sleep(0.1)
+            status, headers, problem = answer
+            assert (status, problem["type"]) == (503, "urn:edge-node:problem:not-ready")
+            assert headers["Retry-After"] == "30"
             assert f"node.sqlite was {how} under the running node" in problem["detail"]
             assert node.stop() == 0
             assert f"was {how} under the running node" in node.log_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -37,21 +38,29 @@ async def _fill_gradually(ballast: Path) -> None:
         await asyncio.sleep(0.03)
 
 
-async def _recovered(load: Load, bound: float) -> float:
+async def _recovered(load: Load, bound: float, data_dir: Path) -> float:
     """Seconds until /readyz is 200 and a write is stored again, at most `bound`."""
     started = time.monotonic()
     rng = random.Random(1)
+    last = ""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         while time.monotonic() - started < bound:
             async with session.get(f"{load.url}/readyz") as ready:
+                last = f"/readyz {ready.status}: {await ready.text()}"
                 if ready.status == 200:
                     sent = await load.one(session, rng)
                     while sent.method != "POST":
                         sent = await load.one(session, rng)
                     if sent.status == 201:
                         return time.monotonic() - started
+                    last += f"; then a write got {sent.status} {sent.problem_type}"
             await asyncio.sleep(0.2)
-    raise AssertionError(f"not recovered within {bound} s")
+    raise AssertionError(f"not recovered within {bound} s; {last}; {_space(data_dir)}")
+
+
+def _space(data_dir: Path) -> str:
+    largest = sorted((p.stat().st_size, p.name) for p in data_dir.rglob("*") if p.is_file())
+    return f"{shutil.disk_usage(data_dir).free} bytes free; largest files {largest[-6:]}"
 
 
 class TestDiskFull:
@@ -92,7 +101,7 @@ class TestDiskFull:
                 await traffic
                 assert node.alive(), node.log_text()
                 (root / "ballast").unlink()
-                recovery = await _recovered(load, RECOVERY_BOUND_SECONDS)
+                recovery = await _recovered(load, RECOVERY_BOUND_SECONDS, root / "data")
                 print(f"recovered {recovery:.1f} s after the space was freed")
                 assert node.alive()
                 statuses = load.statuses()

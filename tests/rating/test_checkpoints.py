@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 from pathlib import Path
 
 from edge_node.rating.model import RatingInput
-from edge_node.rating.store import TenantStores
+from edge_node.rating.store import WAL_LIMIT_BYTES, TenantStores
 from edge_node.sqlite import checkpoint
 
 TENANT = "3f8d7a4e-1b2c-4d5e-8f90-123456789abc"
@@ -22,6 +23,10 @@ def rows_in_main_file(path: Path, copy_to: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM ratings").fetchone()[0])
     finally:
         conn.close()
+
+
+def wal_bytes(path: str) -> int:
+    return os.stat(path).st_size
 
 
 class TestBackgroundCheckpoints:
@@ -42,6 +47,30 @@ class TestBackgroundCheckpoints:
                     break
             assert rows_in_main_file(main_file, tmp_path / "after.sqlite") == 50
             assert not store.dirty
+        finally:
+            task.cancel()
+            stores.close()
+
+    async def test_a_wal_grown_by_a_burst_gives_its_space_back_once_idle(
+        self, tmp_path: Path
+    ) -> None:
+        """A WAL file keeps the size a burst of writes grew it to, and a node whose writes are
+        refused below the free-space floor would never write again to reset it: once the file
+        is idle, the background round cuts its WAL back under WAL_LIMIT_BYTES."""
+        stores = TenantStores(tmp_path / "tenants", node_id="n1")
+        store = stores.get(TENANT)
+        wal = f"{stores.path(TENANT)}-wal"
+        for i in range(600):
+            store.upsert(RatingInput(f"u{i}", f"item-{i % 40}", 1 + i % 5, "x" * 400))
+        assert wal_bytes(wal) > WAL_LIMIT_BYTES
+        task = asyncio.create_task(stores.run_checkpoints(0.05))
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if wal_bytes(wal) <= WAL_LIMIT_BYTES:
+                    break
+            assert wal_bytes(wal) <= WAL_LIMIT_BYTES
+            assert len(store.page(limit=1000).ratings) == 600
         finally:
             task.cancel()
             stores.close()

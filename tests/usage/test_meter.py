@@ -324,6 +324,12 @@ class TestDiskFailure:
             assert response.status == 503
             assert response.headers["Retry-After"]
             assert (await response.json())["type"].endswith(":usage-pending")
+        # The writer's failed attempt runs on its own thread; a loaded machine may answer the
+        # request above (after its bounded wait) before that attempt has failed.
+        for _ in range(100):
+            if node.meter.queue.write_failure is not None:
+                break
+            await asyncio.sleep(0.05)
         async with node.session.post(
             node.tenant_url(tenant.tenant_id, "/ratings"),
             headers=tenant.headers,
