@@ -146,10 +146,22 @@ def _stripe_bootstrap(config: Config, args: argparse.Namespace) -> int:
     from sync.billing.commands import bootstrap  # noqa: PLC0415
 
     try:
-        return emit(asyncio.run(bootstrap(config)))
+        document = asyncio.run(bootstrap(config))
     except SyncError as exc:
         print(f"edge-node: Stripe: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1
+    emit(document)
+    grace = document["invoice_grace"]
+    if grace["state"] == "differs":
+        print(
+            f"edge-node: the account's invoice grace is {grace['observed_seconds']} s (draft"
+            f" {grace['observed_on']}), not {grace['configured_seconds']} s: {grace['detail']}",
+            file=sys.stderr,
+        )
+        return 1
+    if grace["state"] == "unverified":
+        print(f"edge-node: invoice grace not verified: {grace['detail']}", file=sys.stderr)
+    return 0
 
 
 def _billing_reconcile(config: Config, args: argparse.Namespace) -> int:

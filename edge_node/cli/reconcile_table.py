@@ -13,6 +13,7 @@ COLUMNS = (
     ("invoiced", "invoiced"),
     ("carried_forward", "carried fwd"),
     ("carried_in", "carried in"),
+    ("included_in_flat_fee", "flat fee"),
     ("set_aside", "set aside"),
     ("difference", "difference"),
     ("stripe_difference", "stripe diff"),

@@ -21,6 +21,12 @@ from edge_node.cli.support import (
     require_data_dir,
     require_uuid,
 )
+from edge_node.cli.tenant_email import (
+    add_email_argument,
+    add_update_command,
+    email_for_new_tenant,
+    set_new_tenant_email,
+)
 from edge_node.config import Config
 from edge_node.crypto.keystore import open_keyring
 from edge_node.errors import ConfigError, RegistryError
@@ -50,7 +56,9 @@ def add_tenant_commands(commands: Any) -> None:
         default="json",
         help="json (default), or env: TENANT=... and KEY=... lines for a shell's eval",
     )
+    add_email_argument(create)
     create.set_defaults(handler=_tenants_create)
+    add_update_command(tenants)
     tenants.add_parser("list", help="list tenants").set_defaults(handler=_tenants_list)
     for action, status in (("suspend", "suspended"), ("resume", "active")):
         cmd = tenants.add_parser(action, help=f"mark a tenant {status}")
@@ -121,13 +129,17 @@ def _add_rotate_fleet_command(keys: Any) -> None:
 def _tenants_create(config: Config, args: argparse.Namespace) -> int:
     if not 1 <= len(args.name) <= 200:
         raise RegistryError("--name must be 1 to 200 characters")
+    email = email_for_new_tenant(config, args.email)
     with open_registry(config) as registry:
         tenant, key = registry.create_tenant(
             args.name, plan=args.plan, rate_limit_per_minute=args.rate_limit
         )
+    set_new_tenant_email(config, tenant.tenant_id, email)
     with _open_stores(config) as stores:
         stores.get(tenant.tenant_id)  # create the tenant's file and schema now, not on first use
     document = {**tenant.to_json(), "api_key": key.api_key, "key_id": key.key_id, "role": key.role}
+    if email is not None:
+        document["email"] = email
     if config.stripe.enabled:
         document.update(_provision_in_stripe(config, tenant.tenant_id))
     if args.format == "env":

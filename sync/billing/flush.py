@@ -35,6 +35,7 @@ from sync.backoff import Backoff
 from sync.billing.clock import HorizonClock
 from sync.billing.ledger import BillingLedger, LedgerBatch
 from sync.billing.ledger_thread import AsyncLedger
+from sync.billing.periods import StampSlot
 from sync.billing.plan import UsagePlanner, record_fingerprint
 from sync.billing.send import BatchSender, MeterEventGateway
 from sync.billing.send_rules import HOUR, SendRules
@@ -70,6 +71,7 @@ class BillingConsumer:
         *,
         node_id: str,
         event_name: str,
+        invoice_grace_seconds: float = 3600.0,
         queue_name: str | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -98,6 +100,8 @@ class BillingConsumer:
                 unknown_outcome_horizon_seconds=config.unknown_outcome_horizon_hours * HOUR
             ),
             concurrency=config.concurrency,
+            invoice_grace_seconds=invoice_grace_seconds,
+            stamp_slot=StampSlot(config.stamp_slot, config.stamp_slots),
             clock=clock,
             backoff=backoff or Backoff(),
             on_answer=on_answer,
@@ -309,5 +313,6 @@ def open_billing(
         config.billing,
         node_id=config.node_id,
         event_name=config.stripe.meter_event_name,
+        invoice_grace_seconds=config.stripe.invoice_grace_hours * 3600,
         close_gateway=close_gateway,
     )

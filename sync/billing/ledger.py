@@ -17,6 +17,9 @@ the row back.
        |                |
        +--Stripe's summaries show it never landed: a fresh identifier--+
 
+A flat-plan tenant's batches name the unpriced meter (sync/stripe/catalog.py
+`included_event_name`): what they confirm is included in the flat fee, not billed.
+
 Each batch keeps its own window (`window_start`) and the timestamp it was sent with
 (`stamp`, chosen inside a period Stripe still invoices, with its `placement`: own,
 before_subscription or carried_forward; sync/billing/periods.py).
@@ -41,11 +44,13 @@ from typing import Literal
 
 from edge_node import sqlite
 from edge_node.node_database import delete_value, open_node_database, read_value, write_value
+from edge_node.tenants.billing_periods import TenantPeriods
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing import known_periods
 from sync.billing.clock import HIGH_WATER
 from sync.billing.periods import Placement, Stamp
 from sync.billing.plan import PlannedRange
+from sync.stripe.catalog import included_event_name
 from sync.stripe.periods import SubscriptionPeriods
 
 COMPONENT = "billing"
@@ -153,6 +158,7 @@ class BillingLedger:
         known_periods.migrate(conn)
         self._conn = conn
         self._tenants = TenantRegistry(conn)
+        self.periods = TenantPeriods(conn)  # what webhooks said of periods and invoices
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> BillingLedger:
@@ -193,6 +199,7 @@ class BillingLedger:
         with sqlite.transaction(self._conn):
             written = 0
             customers = self._tenants.stripe_customers(b.tenant_id for b in planned.batches)
+            flat = self._tenants.on_plan("flat", (b.tenant_id for b in planned.batches))
             for batch in planned.batches:
                 written += self._conn.execute(
                     "INSERT INTO billing_ledger (identifier, tenant_id, customer_id,"
@@ -204,7 +211,9 @@ class BillingLedger:
                         batch.identifier,
                         batch.tenant_id,
                         customers.get(batch.tenant_id),
-                        batch.event_name,
+                        included_event_name(batch.event_name)
+                        if batch.tenant_id in flat
+                        else batch.event_name,
                         batch.window_start,
                         batch.value,
                         batch.events,

@@ -6,16 +6,18 @@ the queue read without its lock (edge_node.queue.inspect_queue, tail_records), s
 is changed and nothing waits. Every event billing holds is in exactly one place:
 
     recorded = queued (on the queue, not planned yet) + the events of the ledger's batches
-    billed = confirmed                in flight = queued + planned + sent
+    billed = confirmed - included     in flight = queued + planned + sent
 
-Confirmed usage is split by where it was stamped (sync/billing/periods.py): in its own
+Confirmed usage of a flat-plan tenant went to the unpriced meter (sync/stripe/catalog.py):
+it is included in the flat fee, and never counted as billed. Other confirmed usage is split
+by where it was stamped (sync/billing/periods.py): in its own
 window's period, at the subscription's start (served before the subscription existed), or
 carried forward into a later open period because its own period's invoice was finalized;
 planned usage of a tenant without a Stripe customer is shown apart (`no_customer`), since it
 cannot be billed until provisioning succeeds. Each tenant-day carries a statement:
 
-    served = own period + before subscription + carried forward + set aside + in flight
-             + difference
+    served = own period + before subscription + carried forward + included in the flat fee
+             + set aside + in flight + difference
 
 
 and `served` is counted apart, where requests are served (edge_node/usage/served.py, one counts
@@ -48,6 +50,7 @@ from edge_node.usage.served import read_counts
 from sync.billing.local_reads import planned_through, queue_directories, read_only, unplanned
 from sync.billing.periods import PLACEMENTS
 from sync.billing.statements import PeriodStatements
+from sync.stripe.catalog import INCLUDED_SUFFIX
 from sync.stripe.periods import InvoicedPeriod
 
 STATES = ("planned", "sent", "confirmed", "set_aside")
@@ -82,6 +85,7 @@ class TenantDay:
     counted: Tally | None = None  # served, as counted where requests are served
     placements: dict[str, Tally] = field(default_factory=lambda: {p: Tally() for p in PLACEMENTS})
     no_customer: Tally = field(default_factory=Tally)  # planned, the tenant not provisioned
+    included: Tally = field(default_factory=Tally)  # confirmed on the unpriced meter (flat)
 
     @property
     def recorded(self) -> Tally:
@@ -121,6 +125,7 @@ class TenantDay:
             "billed_in_own_period": self.placements["own"].units,
             "billed_from_before_subscription": self.placements["before_subscription"].units,
             "carried_forward": self.placements["carried_forward"].units,
+            "included_in_flat_fee": self.included.units,
             "set_aside": self.states["set_aside"].units,
             "in_flight": self.in_flight_units,
         }
@@ -136,7 +141,7 @@ class TenantDay:
             "recorded": self.recorded.to_json(with_batches=False),
             "queued": self.queued.to_json(with_batches=False),
             **{state: tally.to_json() for state, tally in self.states.items()},
-            "billed_units": self.states["confirmed"].units,
+            "billed_units": self.states["confirmed"].units - self.included.units,
             "in_flight_units": self.in_flight_units,
             "unbilled_units": self.unbilled_units,
             "unrecorded_units": self.unrecorded_units,
@@ -264,8 +269,10 @@ def _tally_periods(
     columns = {row[1] for row in conn.execute("PRAGMA table_info(billing_ledger)")}
     placed = "coalesce(placement, 'own')" if "placement" in columns else "'own'"
     stamp = "stamp" if "stamp" in columns else "NULL"
+    included = f"substr(event_name, -{len(INCLUDED_SUFFIX)}) = '{INCLUDED_SUFFIX}'"
     for tenant, window_start, state, placement, stamped, units in conn.execute(
-        f"SELECT tenant_id, window_start, state, {placed}, {stamp}, sum(value)"  # noqa: S608
+        f"SELECT tenant_id, window_start, state,"  # noqa: S608
+        f" CASE WHEN {included} THEN 'included' ELSE {placed} END, {stamp}, sum(value)"
         " FROM billing_ledger WHERE (?1 IS NULL OR tenant_id = ?1) AND window_start >= ?2"
         " GROUP BY 1, 2, 3, 4, 5",
         (tenant_id, _epoch(first_day)),
@@ -308,7 +315,9 @@ def _tally_ledger(
     placed = "coalesce(placement, 'own')" if "placement" in columns else "'own'"
     for tenant, day, placement, no_customer, batches, events, units in conn.execute(
         "SELECT tenant_id, date(window_start, 'unixepoch') AS day,"  # noqa: S608
-        f" CASE WHEN state = 'confirmed' THEN {placed} END AS placement,"
+        " CASE WHEN state != 'confirmed' THEN NULL"
+        f" WHEN substr(event_name, -{len(INCLUDED_SUFFIX)}) = '{INCLUDED_SUFFIX}'"
+        f" THEN 'included' ELSE {placed} END AS placement,"
         " state = 'planned' AND customer_id IS NULL AS no_customer,"
         " count(*), sum(events), sum(value) FROM billing_ledger"
         " WHERE (?1 IS NULL OR tenant_id = ?1) AND window_start >= ?2"
@@ -319,6 +328,8 @@ def _tally_ledger(
         tally = report.day(tenant, day)
         if no_customer:
             tally.no_customer.add(batches, events, units)
+        elif placement == "included":
+            tally.included.add(batches, events, units)
         else:
             tally.placements[placement].add(batches, events, units)
     for identifier, tenant, window_start, units, events, reason in conn.execute(

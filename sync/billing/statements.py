@@ -8,7 +8,8 @@ more statement with no bounds. Usage belongs to the period its window starts in.
 
     served = queued + sent + confirmed + set_aside + difference
     confirmed = billed in this period + carried_forward (stamped into a later period)
-    invoiced = confirmed - carried_forward + carried_in + stripe_difference
+                + included (a flat-plan tenant's usage, on the meter no price bills)
+    invoiced = confirmed - carried_forward - included + carried_in + stripe_difference
 
 `queued` is at the edge (on a queue, or planned into the ledger and not sent), `carried_in`
 the usage of earlier periods the node stamped into this one, `invoiced` the units of the
@@ -52,6 +53,7 @@ class PeriodStatement:
     confirmed: int = 0
     carried_forward: int = 0
     carried_in: int = 0
+    included: int = 0
     set_aside: int = 0
 
     @property
@@ -73,7 +75,8 @@ class PeriodStatement:
         """Invoiced less what the node confirmed into the period; None without an invoice."""
         if self.invoice is None:
             return None
-        return self.invoice.quantity - (self.confirmed - self.carried_forward + self.carried_in)
+        billed = self.confirmed - self.carried_forward - self.included + self.carried_in
+        return self.invoice.quantity - billed
 
     @property
     def unexplained(self) -> int:
@@ -98,6 +101,7 @@ class PeriodStatement:
             "invoiced": self.invoiced,
             "carried_forward": self.carried_forward,
             "carried_in": self.carried_in,
+            "included_in_flat_fee": self.included,
             "set_aside": self.set_aside,
             "difference": self.difference,
             "stripe_difference": self.stripe_difference,
@@ -175,7 +179,9 @@ class PeriodStatements:
             statement.set_aside += units
         else:
             statement.confirmed += units
-            if placement != "own" and stamp is not None:
+            if placement == "included":
+                statement.included += units
+            elif placement != "own" and stamp is not None:
                 statement.carried_forward += units
                 self.at(tenant_id, stamp).carried_in += units
 

@@ -203,7 +203,12 @@ class StripeGateway(CatalogBootstrap):
     # Provisioning.
 
     async def ensure_customer(
-        self, *, tenant_id: str, name: str, created_after: float | None = None
+        self,
+        *,
+        tenant_id: str,
+        name: str,
+        created_after: float | None = None,
+        email: str | None = None,
     ) -> str:
         """The id of the tenant's Stripe customer, created when there is none. Found by
         metadata tenant_id (search, or where Stripe offers no search a list of the
@@ -221,14 +226,31 @@ class StripeGateway(CatalogBootstrap):
             if listed is not None:
                 return listed
             self._retire_failed_key(scope, what)
+        params: dict[str, Any] = {"name": name, "metadata": {"tenant_id": tenant_id}}
+        if email is not None:
+            params["email"] = email
         customer = await self._create(
             scope,
-            lambda options: self._client.v1.customers.create_async(
-                {"name": name, "metadata": {"tenant_id": tenant_id}}, options
-            ),
+            lambda options: self._client.v1.customers.create_async(cast(Any, params), options),
             what,
         )
         return str(customer.id)
+
+    async def customer_email(self, customer_id: str) -> str | None:
+        """The email Stripe has for the customer (None: none)."""
+        customer = await self._call(
+            self._client.v1.customers.retrieve_async(customer_id, None, self._options()),
+            f"customer {customer_id}",
+        )
+        email = customer.to_dict().get("email")
+        return str(email) if email else None
+
+    async def set_customer_email(self, customer_id: str, email: str) -> None:
+        """Give the customer `email` (`POST /v1/customers/{id}`: an update, safe to repeat)."""
+        await self._call(
+            self._client.v1.customers.update_async(customer_id, {"email": email}, self._options()),
+            f"email of customer {customer_id}",
+        )
 
     async def _find_customer(self, tenant_id: str, created_after: float | None) -> str | None:
         """The tenant's customer by metadata: by search, or by listing every customer where

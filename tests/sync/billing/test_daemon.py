@@ -56,7 +56,11 @@ class Node:
         return run_cli(self.data_dir, *args, env=self.env)
 
     def tenant(self, name: str) -> str:
-        created = json.loads(self.cli("tenants", "create", "--name", name).stdout)
+        created = json.loads(
+            self.cli(
+                "tenants", "create", "--name", name, "--email", f"billing+{name}@example.com"
+            ).stdout
+        )
         self.keys[created["tenant_id"]] = created["api_key"]
         return str(created["tenant_id"])
 

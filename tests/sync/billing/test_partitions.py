@@ -31,6 +31,7 @@ from sync.stripe.standin.statements import usage_totals
 from tests.cli.test_cli import clean_environment, edge_node_command
 from tests.sync.billing.support import EVENT_NAME, BillingNode
 from tests.sync.stripe.standin_support import advance, clock_customer, plain_client
+from tests.sync.stripe.support import create_tenant
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86_400.0
 METER_EVENTS = "POST /v1/billing/meter_events"
@@ -53,7 +54,7 @@ class Clocks:
 
     async def tenant(self, name: str) -> str:
         """A tenant whose customer is on a new test clock, subscribed to payg two days ago."""
-        tenant, _ = self.node.registry.create_tenant(name)
+        tenant, _ = create_tenant(self.node.registry, name)
         self.frozen = int(self.standin.clock.now() - 2 * DAY)
         self.clock, customer = await clock_customer(
             self.client, self.frozen, metadata={"tenant_id": tenant.tenant_id}
@@ -343,3 +344,49 @@ class TestPartitions:
         assert "NOT in order" in table.stdout
         offline = reconcile(node.data_dir, tenant_id=tenant)
         assert offline.ok  # without Stripe's invoices nothing shows the loss
+
+
+class TestTwoNodes:
+    @pytest.mark.parametrize(("slots", "decided"), [(2, True), (1, False)])
+    async def test_one_node_unknown_outcome_beside_another_node_usage(
+        self,
+        node: BillingNode,
+        standin: StripeStandin,
+        clocks: Clocks,
+        tmp_path: Path,
+        slots: int,
+        decided: bool,
+    ) -> None:
+        """Two nodes bill one customer in the same minute; the first crashes after Stripe
+        accepted its batch and settles it 25 hours later from Stripe's summaries. With a
+        stamp slot each (billing.stamp_slots = 2) the minute of its stamp holds its usage
+        alone: it landed, confirmed, billed once. Sharing every minute (one slot), the
+        summary also holds the other node's usage and cannot decide: set aside."""
+        tenant = await clocks.tenant("t")
+        other = await BillingNode.open(tmp_path / "other", node.gateway, standin)
+        try:
+            elsewhere, _ = create_tenant(other.registry, "t-elsewhere")
+            other.registry.set_stripe_customer(elsewhere.tenant_id, node.customer(tenant))
+            at = node.clock() - 10 * MINUTE
+            await node.serve(tenant, 12, at=at)
+            await other.serve(elsewhere.tenant_id, 5, at=at)
+
+            async def crash(batch: LedgerBatch) -> None:
+                raise Crash("killed after Stripe's answer")
+
+            with pytest.raises(ExceptionGroup):
+                await node.consumer(on_answer=crash, stamp_slot=0, stamp_slots=slots).run_round()
+            await other.consumer(stamp_slot=slots - 1, stamp_slots=slots).run_until_settled()
+            assert other.states() == {"confirmed": 1}
+        finally:
+            await other.close()
+        await clocks.move(25 * HOUR)
+        consumer = node.consumer(stamp_slot=0, stamp_slots=slots)
+        await consumer.run_until_settled()
+        assert standin.calls[METER_EVENTS] == 2  # one send per node, none repeated
+        if decided:
+            assert (consumer.stats.resolved_landed, node.states()) == (1, {"confirmed": 1})
+        else:
+            assert node.states() == {"set_aside": 1}
+            [(reason,)] = node.ledger("SELECT set_aside_reason FROM billing_ledger")
+            assert "17 units" in reason

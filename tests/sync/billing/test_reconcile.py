@@ -88,6 +88,43 @@ class TestReconcile:
         assert period["invoiced"] is None  # Stripe is not configured for the command
         assert document["stripe_read"] is False
 
+    async def test_flat_plan_usage_goes_to_the_unpriced_meter_and_is_not_counted_billed(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """A flat-plan tenant's usage is sent to the meter no price bills (Stripe holds it,
+        no invoice charges it) and reconcile reports it as included in the flat fee:
+        billed 0, the statement balanced; a payg tenant beside it is billed as before."""
+        flat = await node.tenant("flat", plan="flat")
+        payg = await node.tenant("payg")
+        at = window_start(node, 900)
+        await node.serve(flat, 6, at=at)
+        await node.serve(payg, 4, at=at)
+        await node.consumer().run_round()
+        assert node.ledger(
+            "SELECT event_name, state FROM billing_ledger WHERE tenant_id = ?", flat
+        ) == [("edge_node_requests_included", "confirmed")]
+        assert node.catalog is not None
+        included = standin.account.meters[node.catalog.included_meter_id]
+        assert included["event_name"] == "edge_node_requests_included"
+        assert not [
+            p
+            for p in standin.account.prices.values()
+            if (p["recurring"] or {}).get("meter") == included["id"]
+        ]
+        assert (standin.metered(node.customer(flat)), standin.billed(node.customer(flat))) == (6, 0)
+        assert standin.billed(node.customer(payg)) == 4
+        code, document = run_reconcile(node.data_dir)
+        assert code == 0
+        flat_days, payg_days = rows(document, flat), rows(document, payg)
+        assert sum(day["billed_units"] for day in flat_days) == 0
+        assert sum(day["statement"]["included_in_flat_fee"] for day in flat_days) == 6
+        assert all(day["statement"]["difference"] == 0 for day in flat_days + payg_days)
+        assert sum(day["billed_units"] for day in payg_days) == 4
+        assert sum(day["statement"]["included_in_flat_fee"] for day in payg_days) == 0
+        (flat_period,) = [p for p in document["periods"] if p["tenant_id"] == flat]
+        assert flat_period["confirmed"] == flat_period["included_in_flat_fee"] == 6
+        assert (flat_period["carried_forward"], flat_period["unexplained"]) == (0, 0)
+
     async def test_usage_waiting_for_stripe_or_a_customer_is_in_flight_not_wrong(
         self, node: BillingNode, standin: StripeStandin
     ) -> None:
