@@ -9,7 +9,7 @@ Each round (docs/billing.md, "Usage flush"):
    still without one wait, planned, until provisioning gives them one;
 3. set aside what may no longer be sent, then send the rest (sync/billing/send.py);
 4. read again the periods of customers whose known period has ended unread
-   (sync/billing/known_periods.py: the tenants' usage API sees their invoices turn final);
+   (edge_node/tenants/billing_periods.py: the tenants' usage API sees their invoices turn final);
 5. commit the queue cursor up to just before the oldest range that still has a batch
    planned or sent, so the queue keeps every record until its batch is settled.
 

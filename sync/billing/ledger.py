@@ -44,9 +44,9 @@ from typing import Literal
 
 from edge_node import sqlite
 from edge_node.node_database import delete_value, open_node_database, read_value, write_value
+from edge_node.tenants import billing_periods
 from edge_node.tenants.billing_periods import TenantPeriods
 from edge_node.tenants.registry import TenantRegistry
-from sync.billing import known_periods
 from sync.billing.clock import HIGH_WATER
 from sync.billing.periods import Placement, Stamp
 from sync.billing.plan import PlannedRange
@@ -155,7 +155,6 @@ class BillingLedger:
     def __init__(self, conn: sqlite3.Connection) -> None:
         """The ledger on an open node.sqlite (edge_node.node_database), its table migrated."""
         sqlite.migrate(conn, MIGRATIONS, component=COMPONENT)
-        known_periods.migrate(conn)
         self._conn = conn
         self._tenants = TenantRegistry(conn)
         self.periods = TenantPeriods(conn)  # what webhooks said of periods and invoices
@@ -170,12 +169,15 @@ class BillingLedger:
         self._conn.close()
 
     def record_periods(self, customer_id: str, periods: SubscriptionPeriods, now: float) -> None:
-        """Keep the customer's periods as just read from Stripe (sync/billing/known_periods.py)."""
-        known_periods.record(self._conn, customer_id, periods, now)
+        """Keep the customer's periods as just read from Stripe
+        (edge_node/tenants/billing_periods.py)."""
+        drafts = [(d.period_start, d.period_end, d.finalizes_at) for d in periods.drafts]
+        current = (periods.period_start, periods.period_end)
+        billing_periods.record_reading(self._conn, customer_id, current, drafts, now)
 
     def ended_unread(self, now: float) -> list[str]:
-        """Customers whose periods are to be read again (sync/billing/known_periods.py)."""
-        return known_periods.ended_unread(self._conn, now)
+        """Customers whose periods are to be read again (edge_node/tenants/billing_periods.py)."""
+        return billing_periods.ended_unread(self._conn, now)
 
     def planned_through(self, queue: str) -> int:
         """The last queue record planned (0: none); records up to it are in the ledger."""

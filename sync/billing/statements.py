@@ -1,7 +1,7 @@
 """Reconcile's statement per tenant and billing period: where the usage served in the period
 stands, and what Stripe's invoice for the period holds against it.
 
-The periods are the ones the node knows (sync/billing/known_periods.py) and those of the
+The periods are the ones the node knows (edge_node/tenants/billing_periods.py) and those of the
 customer's invoices, read through the Stripe adapter when reconcile is given them; usage
 served outside every one of them (before the subscription, or a tenant without one) is one
 more statement with no bounds. Usage belongs to the period its window starts in. In units:

@@ -7,9 +7,10 @@ serving worker. Each ledger batch carries its units by operation (sync/billing/p
 batch planned before that was kept, and a queued record without an operation, count under
 the unknown operation (edge_node.usage.event.UNKNOWN_OPERATION).
 
-The periods are the ones the billing flush last read from Stripe (sync/billing/known_periods.py).
-When the latest known has ended, the current period is taken to start at its end, its end
-unknown until the flush reads it; when none is known, all the tenant's usage is current.
+The periods are the ones the billing flush last read from Stripe, with what webhooks reported
+of their invoices (edge_node/tenants/billing_periods.py). When the latest known has ended, the
+current period is taken to start at its end, its end unknown until the flush reads it; when
+none is known, all the tenant's usage is current.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from pathlib import Path
 from edge_node import sqlite
 from edge_node.errors import NotAUsageEvent
 from edge_node.tenant_usage.model import Figure, InvoiceState, PeriodUsage, TenantUsage
+from edge_node.tenants.billing_periods import KnownPeriod, latest
 from edge_node.usage.event import UNKNOWN_OPERATION
-from sync.billing import known_periods
-from sync.billing.known_periods import KnownPeriod
 from sync.billing.local_reads import planned_through, queue_directories, read_only, unplanned
 
 _FIGURE_OF_STATE: dict[str, Figure] = {
@@ -46,7 +46,7 @@ class LocalUsage:
         now = self.clock()
         with read_only(self.data_dir / "node.sqlite") as conn:
             conn.execute("BEGIN")  # one snapshot: a batch is counted in one state only
-            known = known_periods.latest(conn, tenant_id)
+            known = latest(conn, tenant_id)
             current, previous = periods_at(known, now)
             shown = [p for p in (previous, current) if p is not None]
             if sqlite.has_table(conn, "billing_ledger"):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_node.tenants import billing_periods
 from edge_node.tenants.registry import TenantRegistry
-from sync.billing import known_periods
 from sync.billing.ledger import BillingLedger
 from sync.billing.plan import MeterEventBatch, PlannedRange
 from sync.stripe.periods import OpenDraft, SubscriptionPeriods
@@ -33,9 +33,9 @@ def ledger(tmp_path: Path) -> Iterator[tuple[BillingLedger, str]]:
     registry.close()
 
 
-def read(tmp_path: Path, tenant_id: str) -> list[known_periods.KnownPeriod]:
+def read(tmp_path: Path, tenant_id: str) -> list[billing_periods.KnownPeriod]:
     with sqlite3.connect(tmp_path / "node.sqlite") as conn:
-        return known_periods.latest(conn, tenant_id, count=5)
+        return billing_periods.latest(conn, tenant_id, count=5)
 
 
 class TestKnownPeriods:
@@ -62,6 +62,30 @@ class TestKnownPeriods:
         second, first = read(tmp_path, tenant)
         assert first.finalizes_at == P2 + GRACE  # its deadline stands: already past
         assert first.invoice_final(later)
+
+    def test_an_invoice_a_webhook_reports_finalized_makes_its_period_final_at_once(
+        self, ledger: tuple[BillingLedger, str], tmp_path: Path
+    ) -> None:
+        """Known from a reading only as the current period, then reported by
+        `invoice.finalized` before the flush reads it again: final from the event's time, the
+        one place the periods are kept holding both."""
+        billing, tenant = ledger
+        billing.record_periods("cus_1", SubscriptionPeriods("sub", P1, P1, P2), P1 + 10)
+        facts = billing_periods.PeriodFacts("sub", P1, P2, "in_1", "open", None)
+        with sqlite3.connect(tmp_path / "node.sqlite", isolation_level=None) as conn:
+            outcome = billing_periods.record_period(
+                conn,
+                tenant,
+                tenant_subscription="sub",
+                event_id="evt_1",
+                created=P2 + 300,
+                facts=facts,
+                now_us=(P2 + 301) * 1_000_000,
+            )
+        assert outcome == "applied"
+        (period,) = read(tmp_path, tenant)
+        assert (period.start, period.finalizes_at) == (P1, P2 + 300)
+        assert period.invoice_final(P2 + 300)
 
     def test_a_period_never_seen_as_draft_is_final_as_of_the_reading_after_it(
         self, ledger: tuple[BillingLedger, str], tmp_path: Path
