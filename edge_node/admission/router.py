@@ -8,9 +8,9 @@ period, edge_node.tenants.standing), find a token in its tenant's bucket (429), 
 least the role the route needs (403). Only then does the handler run, with the
 TenantContext, and what it served is metered (`edge_node.usage.meter`). A billable route is
 refused to a tenant that must pay first. A route that bills nothing (the tenant's own usage,
-`guarded(role, None)`) is neither metered nor counted against the tenant's rate limit, and is
-served to a tenant that must pay (the figures are what it needs then); a suspended tenant is
-refused it like any other.
+`guarded(role, None)`) is not metered and is served to a tenant that must pay (the figures
+are what it needs then), but takes a token from the tenant's bucket like any other (it costs
+the node as much); a suspended tenant is refused it like any other.
 
 Credentials and standing are read from the registry's view in memory
 (edge_node.tenants.view), which follows node.sqlite: a key revoked or a tenant suspended or
@@ -160,9 +160,9 @@ class TenantRouter:
 
     def admit(
         self, request: web.Request, needed: Role, *, billable: bool = True
-    ) -> tuple[TenantContext, RateDecision | None]:
-        """The request's context, and the rate decision that let it through (None for a
-        route that bills nothing: it takes no token)."""
+    ) -> tuple[TenantContext, RateDecision]:
+        """The request's context, and the rate decision that let it through (a route that
+        bills nothing takes a token too: it costs the node as much)."""
         if self.displaced is not None:
             raise ServiceUnavailable(
                 self.displaced, slug="not-ready", headers={"Retry-After": NOT_READY_RETRY_AFTER}
@@ -179,13 +179,6 @@ class TenantRouter:
         request[ADMITTED_TENANT_KEY] = context.tenant_id
         if status == "suspended" or (status != "active" and billable):
             self._check_standing(context.tenant_id, status)
-        if not billable:
-            if not context.has_role(needed):
-                raise Forbidden(
-                    f"this needs the {needed} role; the credential has {context.role}",
-                    slug="insufficient-role",
-                )
-            return context, None
         decision = self.limiter.take(context.tenant_id, context.rate_limit_per_minute)
         if not decision.allowed:
             raise RateLimited(
@@ -242,7 +235,6 @@ def guarded(
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
             context, decision = request.app[ROUTER_KEY].admit(request, needed)
-            assert decision is not None  # a billable route always takes a token
             meter = request.app[METER_KEY]
             try:
                 reserved = meter.bills(operations) and meter.reserve()
@@ -274,8 +266,14 @@ def _unbilled(needed: Role) -> Callable[[TenantHandler], Handler]:
     def decorate(handler: TenantHandler) -> Handler:
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
-            context, _ = request.app[ROUTER_KEY].admit(request, needed, billable=False)
-            return await handler(request, context)
+            context, decision = request.app[ROUTER_KEY].admit(request, needed, billable=False)
+            try:
+                response = await handler(request, context)
+            except Problem as problem:
+                problem.headers = {**decision.headers(), **problem.headers}
+                raise
+            response.headers.update(decision.headers())
+            return response
 
         return admitted
 

@@ -228,7 +228,7 @@ def _paths() -> dict[str, Any]:
                 bills={"200": SCORE_READ},
             ),
         },
-        f"{tenant}/usage": {"get": usage_operation(_TENANT)},
+        f"{tenant}/usage": {"get": usage_operation(_TENANT, _RATE_HEADERS)},
         WEBHOOK_PATH: {"post": _webhook_operation()},
         "/healthz": {
             "get": {

@@ -1,6 +1,6 @@
 """The OpenAPI document's part for the tenant's usage API (edge_node.tenant_usage): its path,
-its answers and their schemas. The route bills nothing and takes no rate-limit token, so its
-answers carry neither `x-usage-operation` nor RateLimit headers."""
+its answers and their schemas. The route bills nothing, so its answers carry no
+`x-usage-operation`; it takes a rate-limit token like any route, with the same headers."""
 
 from __future__ import annotations
 
@@ -23,21 +23,23 @@ def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[st
     return response
 
 
-def usage_operation(tenant: dict[str, Any]) -> dict[str, Any]:
-    """GET /v1/tenants/{tenant_id}/usage; `tenant` is the tenant path parameter."""
+def usage_operation(tenant: dict[str, Any], rate_headers: dict[str, Any]) -> dict[str, Any]:
+    """GET /v1/tenants/{tenant_id}/usage; `tenant` is the tenant path parameter,
+    `rate_headers` those every rate-limited answer carries."""
     return {
         "operationId": "tenantUsage",
         "summary": "The tenant's usage in its current and previous billing period, per"
         " operation: pending at the edge, sent to Stripe, confirmed by Stripe, invoiced"
         " (reader).",
-        "description": "Bills nothing and is not counted against the tenant's rate limit;"
-        " served to a tenant whose payment is due. Answered from the node's own records, never"
-        " waiting on Stripe: the figures are this node's, and its periods are the ones its"
-        " billing last read from Stripe (docs/api.md).",
+        "description": "Bills nothing, but takes a token of the tenant's rate limit like any"
+        " route; served to a tenant whose payment is due. Answered from the node's own"
+        " records, never waiting on Stripe: the figures are this node's, and its periods are"
+        " the ones its billing last read from Stripe (docs/api.md).",
         "parameters": [tenant],
         "responses": {
             "200": {
                 "description": "The usage.",
+                "headers": rate_headers,
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/TenantUsage"}}
                 },
@@ -50,6 +52,10 @@ def usage_operation(tenant: dict[str, Any]) -> dict[str, Any]:
             "403": _problem(
                 "Credential of another tenant (`tenant-mismatch`), a role below reader"
                 " (`insufficient-role`), a suspended tenant, or a blocked client IP."
+            ),
+            "429": _problem(
+                "The tenant's rate limit is used up (`rate-limited`).",
+                {**rate_headers, **_RETRY_AFTER},
             ),
             "503": _problem(
                 "The node's billing records cannot be read just now (`usage-unavailable`).",

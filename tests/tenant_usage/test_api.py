@@ -52,7 +52,7 @@ class TestUsageAtTheEdge:
     ) -> None:
         """Usage served and still in the queue shows as pending, per operation, in a current
         period the node does not know yet; asking for it appends no usage event and carries
-        no rate-limit headers."""
+        the rate limit's headers, as it takes a token like any route."""
         tenant = node.create_tenant()
         await serve(node, tenant, 3)
         status, body, headers = await usage(node, tenant)
@@ -65,27 +65,23 @@ class TestUsageAtTheEdge:
         assert current["total"] == {**ZERO, "pending": 4}
         assert current["quota"] is None
         assert body["previous_period"] is None
-        assert "RateLimit-Remaining" not in headers
+        assert any(name.lower().startswith("ratelimit") for name in headers)
         assert len(events_on_disk(node)) == 4
 
-    async def test_the_usage_api_takes_no_token_of_the_rate_limit(
+    async def test_the_usage_api_takes_a_token_of_the_rate_limit(
         self, make_node: NodeFactory
     ) -> None:
-        """A tenant allowed 2 requests a minute asks for its usage 5 times and still has both
-        billable requests; with its bucket empty it still gets its usage."""
+        """Reading usage costs the node as much as a billable read, so it is rate-limited like
+        one (and still bills nothing): a tenant allowed 2 requests a minute gets its usage
+        twice, then 429 `rate-limited` with Retry-After, and no usage event was appended."""
         node = await make_node()
         tenant = node.create_tenant(rate_limit=2)
-        for _ in range(5):
+        for _ in range(2):
             assert (await usage(node, tenant))[0] == 200
-        url = node.tenant_url(tenant.tenant_id, "/items/i1/score")
-        statuses = []
-        for _ in range(3):
-            async with node.session.get(url, headers=tenant.headers) as answer:
-                statuses.append(answer.status)
-        assert statuses == [200, 200, 429]
-        status, body, _ = await usage(node, tenant)
-        assert status == 200
-        assert figures(body["current_period"], "score.read")["pending"] == 2
+        status, body, headers = await usage(node, tenant)
+        assert (status, body["type"]) == (429, "urn:edge-node:problem:rate-limited")
+        assert int(headers["Retry-After"]) > 0
+        assert events_on_disk(node) == []
 
     async def test_a_tenant_that_must_pay_sees_its_usage_a_suspended_one_does_not(
         self, node: RunningNode
