@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres citus promtool chromium run test lint format bench report chaos clean
+.PHONY: install postgres citus promtool chromium faketime run test lint format bench report chaos clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ promtool: install
 chromium:
 	sh scripts/ensure-chromium.sh
 
+# libfaketime for the test that steps the daemon's wall clock back (tests/faults/test_clock.py).
+faketime:
+	sh scripts/ensure-faketime.sh
+
 # Swagger UI for the API docs page, from the npm registry (scripts/vendor-swagger-ui.sh).
 .PHONY: swagger-ui
 swagger-ui:
@@ -38,7 +42,7 @@ swagger-ui:
 run: install
 	$(BIN)/edge-node serve
 
-test: install postgres citus promtool chromium
+test: install postgres citus promtool chromium faketime
 	$(BIN)/pytest
 
 lint: install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,14 @@ async def make_node(tmp_path: Path, signing_keys: SigningKeys) -> AsyncIterator[
         *,
         fsync: Callable[[int], None] = os.fsync,
         metrics: NodeMetrics | None = None,
+        clock: Callable[[], float] = time.time,
         **overrides: Any,
     ) -> RunningNode:
         data_dir = tmp_path / f"var{len(started)}"
         config = node_config(data_dir, signing_keys, **overrides)
-        running, runner = await start_node(config, signing_keys, fsync=fsync, metrics=metrics)
+        running, runner = await start_node(
+            config, signing_keys, fsync=fsync, metrics=metrics, clock=clock
+        )
         started.append((running, runner))
         return running
 

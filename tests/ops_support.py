@@ -47,7 +47,10 @@ class Node:
         return json.loads(done.stdout)
 
     def tenant(self, name: str = "acme") -> dict[str, Any]:
-        created: dict[str, Any] = self.json("tenants", "create", "--name", name)
+        """A tenant made by `tenants create`, with the billing email Stripe needs to send it
+        invoices (required when Stripe is configured)."""
+        email = ("--email", "billing@example.com")
+        created: dict[str, Any] = self.json("tenants", "create", "--name", name, *email)
         return created
 
     def status(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from edge_node.http.app import NodeStorage, create_app
 from edge_node.metrics.node import NodeMetrics
 from edge_node.usage.meter import Meter, open_meter
 from edge_node.web.limits import LimitedAppRunner
+from sync.billing.usage_view import LocalUsage
 
 
 def ratelimit_fields(
@@ -151,13 +152,19 @@ async def start_node(
     *,
     fsync: Callable[[int], None] = os.fsync,
     metrics: NodeMetrics | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> tuple[RunningNode, web.AppRunner]:
+    """A node serving on loopback; its usage API reads billing's records as of `clock`."""
     storage = NodeStorage.open(config)
     meter = await open_meter(
         config.meter, config.queue, queue_directory(config), config.node_id, fsync=fsync
     )
     runner = LimitedAppRunner(
-        create_app(config, storage, meter, metrics=metrics), config.limits, access_log=None
+        create_app(
+            config, storage, meter, metrics=metrics, usage=LocalUsage(config.data_path, clock)
+        ),
+        config.limits,
+        access_log=None,
     )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

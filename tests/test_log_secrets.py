@@ -117,7 +117,16 @@ class Scenario:
 
     def create_tenant(self) -> dict[str, str]:
         assert run_cli(self.data_dir, "stripe", "bootstrap", env=self.env).returncode == 0
-        done = run_cli(self.data_dir, "tenants", "create", "--name", "acme", env=self.env)
+        done = run_cli(
+            self.data_dir,
+            "tenants",
+            "create",
+            "--name",
+            "acme",
+            "--email",
+            "a@example.com",
+            env=self.env,
+        )
         assert done.returncode == 0, done.stderr
         created: dict[str, str] = json.loads(done.stdout)
         self.given.sent.append(created["api_key"])

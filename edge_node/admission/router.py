@@ -10,8 +10,12 @@ tenant's allowance for the billing period, if it has one (`edge_node.admission.q
 `quota-exhausted` past a `block` allowance), and takes them from its API key's credits, if
 the key has some (`edge_node.tenants.credits`: 429 `credits-exhausted` at zero; what the
 answer does not bill is given back). Only then does the handler run, with the
-TenantContext, and what it served is metered (`edge_node.usage.meter`). Every tenant route is
-billable, so every one of them is refused to a tenant that must pay first.
+TenantContext, and what it served is metered (`edge_node.usage.meter`). A billable route is
+refused to a tenant that must pay first. A route that bills nothing (the tenant's own usage,
+`guarded(role, None)`) is not metered, spends no allowance or credits, and is served to a
+tenant that must pay (the figures are what it needs then), but takes a token from the
+tenant's bucket like any other (it costs the node as much); a suspended tenant is refused it
+like any other.
 
 Credentials and standing are read from the registry's view in memory
 (edge_node.tenants.view), which follows node.sqlite: a key revoked or a tenant suspended or
@@ -115,6 +119,10 @@ class TenantRouter:
         self.verifier = verifier
         self.limiter = limiter
         self.past_due_grace_us = int(past_due_grace_seconds * 1_000_000)
+        # The context made for each API key, kept while the view grants the key the same
+        # KeyGrant object (a registry change makes new ones): one object per key, not per
+        # request.
+        self._key_contexts: dict[str, tuple[KeyGrant, TenantContext]] = {}
         # Why the registry this router reads is no longer node.sqlite (deleted or replaced
         # underneath): every request is refused, since revocations reach only the new file.
         self.displaced: str | None = None
@@ -131,18 +139,12 @@ class TenantRouter:
         if api_keys:
             api_key = api_keys[0]
             grant = self.view.admitted(api_key) or self._verify_key(api_key)
-            context = TenantContext(
-                grant.tenant_id,
-                grant.role,
-                None,
-                grant.rate_limit_per_minute,
-                grant.plan,
-                grant.quota,
-                grant.quota_policy,
-                grant.key_id,
-                grant.credits,
-            )
-            return context, grant.tenant_status
+            known = self._key_contexts.get(api_key)
+            if known is None or known[0] is not grant:
+                known = self._key_contexts[api_key] = (grant, _key_context(grant))
+                if len(self._key_contexts) > len(self.view):  # one per live key at most
+                    self._key_contexts = {api_key: known}
+            return known[1], grant.tenant_status
         if not authorizations:
             raise Unauthorized(
                 f"send an {API_KEY_HEADER} header or an Authorization: Bearer token",
@@ -196,7 +198,11 @@ class TenantRouter:
         )
         return context, tenant.status
 
-    def admit(self, request: web.Request, needed: Role) -> tuple[TenantContext, RateDecision]:
+    def admit(
+        self, request: web.Request, needed: Role, *, billable: bool = True
+    ) -> tuple[TenantContext, RateDecision]:
+        """The request's context, and the rate decision that let it through (a route that
+        bills nothing takes a token too: it costs the node as much)."""
         if self.displaced is not None:
             raise ServiceUnavailable(
                 self.displaced, slug="not-ready", headers={"Retry-After": NOT_READY_RETRY_AFTER}
@@ -211,7 +217,7 @@ class TenantRouter:
                 slug="tenant-mismatch",
             )
         request[ADMITTED_TENANT_KEY] = context.tenant_id
-        if status != "active":
+        if status == "suspended" or (status != "active" and billable):
             self._check_standing(context.tenant_id, status)
         decision = self.limiter.take(context.tenant_id, context.rate_limit_per_minute)
         if not decision.allowed:
@@ -284,6 +290,20 @@ class TenantRouter:
             raise PaymentRequired(refusal)
 
 
+def _key_context(grant: KeyGrant) -> TenantContext:
+    return TenantContext(
+        grant.tenant_id,
+        grant.role,
+        None,
+        grant.rate_limit_per_minute,
+        grant.plan,
+        grant.quota,
+        grant.quota_policy,
+        grant.key_id,
+        grant.credits,
+    )
+
+
 ROUTER_KEY = web.AppKey("router", TenantRouter)
 METER_KEY = web.AppKey("meter", Meter)
 # Set by admit(): the tenant a request was admitted for (edge_node.abuse counts it).
@@ -294,14 +314,16 @@ TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamRespo
 
 
 def guarded(
-    needed: Role, operation: Operation | Mapping[int, Operation]
+    needed: Role, operation: Operation | Mapping[int, Operation] | None
 ) -> Callable[[TenantHandler], Handler]:
     """Admit a request needing `needed`, run the handler, and meter what it served.
 
     `operation` is what the route does for billing, an entry of the operation table; a mapping
     picks it by response status (a POST that created bills `rating.create`, one that replaced
-    `rating.update`).
+    `rating.update`); None: the route bills nothing (`_unbilled`).
     """
+    if operation is None:
+        return _unbilled(needed)
     default, by_status = _metered_as(operation)
     operations = (default, *by_status.values())
 
@@ -346,6 +368,27 @@ def guarded(
                 raise
             # X-Request-Id goes on every answer, this one included, in edge_node.http.front.
             response.headers.update(router.fields.headers(decision, quota, credit))
+            return response
+
+        return admitted
+
+    return decorate
+
+
+def _unbilled(needed: Role) -> Callable[[TenantHandler], Handler]:
+    """Admit a request needing `needed` to a route that bills nothing, and run the handler."""
+
+    def decorate(handler: TenantHandler) -> Handler:
+        @functools.wraps(handler)
+        async def admitted(request: web.Request) -> web.StreamResponse:
+            router = request.app[ROUTER_KEY]
+            context, decision = router.admit(request, needed, billable=False)
+            try:
+                response = await handler(request, context)
+            except Problem as problem:
+                problem.headers = {**router.fields.headers(decision), **problem.headers}
+                raise
+            response.headers.update(router.fields.headers(decision))
             return response
 
         return admitted

@@ -39,6 +39,7 @@ from edge_node.metrics.sources import SyncStatusSource
 from edge_node.queue import QueueFollower, QueueLocked, WriteAheadQueue
 from edge_node.queue.locking import DirectoryLock
 from edge_node.secrets import SecretFiles
+from edge_node.tenant_usage.model import UsageSource
 from edge_node.usage.meter import BILLING_CONSUMER, Meter, open_meter
 from edge_node.web.limits import LimitedAppRunner
 from edge_node.web.tls import ReloadableTls, open_tls
@@ -123,7 +124,15 @@ async def _serve_storage(
         secrets = SecretFiles(check_interval=secret_check_interval(config))
         if worker is not None:
             limiter = open_shared_limiter(config, buckets_fd)
-        app = create_app(config, storage, meter, secrets=secrets, metrics=metrics, limiter=limiter)
+        app = create_app(
+            config,
+            storage,
+            meter,
+            secrets=secrets,
+            metrics=metrics,
+            limiter=limiter,
+            usage=_usage_source(config),
+        )
         if worker is None:
             followers = follow_queues(config, owned={0}) if config.stripe.enabled else []
             sync_worker = start_sync(
@@ -166,6 +175,13 @@ async def _serve_storage(
             limiter.close()
         if runtime is not None:
             runtime.remove()
+
+
+def _usage_source(config: Config) -> UsageSource:
+    """The tenants' usage API's source: billing's records in the data directory."""
+    from sync.billing.usage_view import LocalUsage  # noqa: PLC0415 (reads files only)
+
+    return LocalUsage(config.data_path)
 
 
 def _tell_ready(notifier: ServiceNotifier, url: str, worker: int | None) -> None:

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from edge_node.cli.progress import Progress
+from edge_node.cli.reconcile_table import render_statements
 from edge_node.cli.support import (
     EXIT_UNAVAILABLE,
     EXIT_UNBILLED,
@@ -64,13 +65,15 @@ def add_sync_commands(commands: Any) -> None:
     )
     reconcile = billing.add_parser(
         "reconcile",
-        help="per tenant and day: usage served, queued, planned, sent, confirmed, set aside;"
-        " exits 1 when served and billed disagree beyond what is in flight",
+        help="per tenant and billing period: usage served, queued, sent, confirmed,"
+        " invoiced (read from Stripe), carried forward, set aside and the difference;"
+        " exits 1 on any unexplained difference or usage set aside",
     )
     reconcile.add_argument("--tenant", metavar="ID", help="one tenant only")
     reconcile.add_argument(
         "--since", type=iso_date, metavar="DATE", help="from this UTC day on (YYYY-MM-DD)"
     )
+    reconcile.add_argument("--json", action="store_true", help="print the JSON document")
     reconcile.set_defaults(handler=_billing_reconcile)
 
 
@@ -143,35 +146,65 @@ def _stripe_bootstrap(config: Config, args: argparse.Namespace) -> int:
     from sync.billing.commands import bootstrap  # noqa: PLC0415
 
     try:
-        return emit(asyncio.run(bootstrap(config)))
+        document = asyncio.run(bootstrap(config))
     except SyncError as exc:
         print(f"edge-node: Stripe: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1
+    emit(document)
+    grace = document["invoice_grace"]
+    if grace["state"] == "differs":
+        print(
+            f"edge-node: the account's invoice grace is {grace['observed_seconds']} s (draft"
+            f" {grace['observed_on']}), not {grace['configured_seconds']} s: {grace['detail']}",
+            file=sys.stderr,
+        )
+        return 1
+    if grace["state"] == "unverified":
+        print(f"edge-node: invoice grace not verified: {grace['detail']}", file=sys.stderr)
+    return 0
 
 
 def _billing_reconcile(config: Config, args: argparse.Namespace) -> int:
-    # Imported here; it reads node.sqlite and the queue read-only and loads no Stripe SDK.
+    # Imported here; it reads node.sqlite and the queue read-only, and Stripe's invoices
+    # through the adapter when Stripe is configured.
     from sync.billing.reconcile import reconcile  # noqa: PLC0415
 
     if args.tenant is not None:
         require_uuid(args.tenant)
     progress = Progress("reconciling", numbered=False)
     try:
+        invoices = _invoices(config, args.tenant, progress) if config.stripe.enabled else None
         report = reconcile(
             config.data_path,
             tenant_id=args.tenant,
             since=args.since,
             on_step=lambda part: progress.step(f"reading {part}"),
+            invoices=invoices,
         )
     except (OSError, sqlite3.Error) as exc:
         print(f"edge-node: cannot reconcile {config.data_path}: {exc}", file=sys.stderr)
         return 1
-    progress.done(f"{len(report.days)} tenant-day(s)")
-    emit(report.to_json())
+    except SyncError as exc:
+        print(f"edge-node: Stripe: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if isinstance(exc, TransientSyncError) else 1
+    progress.done(f"{len(report.periods.statements)} tenant period(s)")
+    document = report.to_json()
+    if args.json:
+        emit(document)
+    else:
+        sys.stdout.write(render_statements(document))
     if not report.ok:
         print(
-            "edge-node: billing disagrees with usage served beyond what is in flight; see"
-            ' "set_aside" and "unbilled_units"',
+            "edge-node: billing does not account for usage served: an unexplained difference,"
+            " usage set aside, or unreadable queue records",
             file=sys.stderr,
         )
     return 0 if report.ok else EXIT_UNBILLED
+
+
+def _invoices(config: Config, tenant_id: str | None, progress: Progress) -> dict[str, Any]:
+    """Each billed tenant's invoices, read from Stripe."""
+    from sync.billing.commands import read_invoices  # noqa: PLC0415
+
+    progress.step("reading Stripe's invoices")
+    return asyncio.run(read_invoices(config, tenant_id))

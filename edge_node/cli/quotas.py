@@ -8,6 +8,7 @@ import contextlib
 from typing import Any
 
 from edge_node.cli.support import emit, open_registry, require_data_dir, require_uuid
+from edge_node.cli.tenant_email import update_email
 from edge_node.clock import format_us, now_ms
 from edge_node.config import Config
 from edge_node.errors import RegistryError
@@ -42,12 +43,8 @@ def add_quota_options(command: Any) -> None:
     )
 
 
-def add_update_command(tenants: Any) -> None:
-    """`tenants update TENANT_ID`: change what `tenants create` set that may change."""
-    update = tenants.add_parser(
-        "update", help="change a tenant's own quota and quota policy on this node"
-    )
-    update.add_argument("tenant_id", metavar="TENANT_ID", help="the tenant's id (a UUID)")
+def add_quota_update(update: Any) -> None:
+    """`tenants update`'s quota options, beside its `--email` (edge_node.cli.tenant_email)."""
     add_quota_options(update)
     update.add_argument(
         "--plan-quota",
@@ -59,10 +56,22 @@ def add_update_command(tenants: Any) -> None:
 
 def _tenants_update(config: Config, args: argparse.Namespace) -> int:
     require_uuid(args.tenant_id)
+    quota_change = args.plan_quota or args.quota is not None or args.quota_policy is not None
     if args.plan_quota and (args.quota is not None or args.quota_policy is not None):
         raise RegistryError("--plan-quota drops the tenant's own quota: give it alone")
-    if not args.plan_quota and args.quota is None and args.quota_policy is None:
-        raise RegistryError("nothing to change: give --quota, --quota-policy or --plan-quota")
+    if not quota_change and args.email is None:
+        raise RegistryError(
+            "nothing to change: give --email, --quota, --quota-policy or --plan-quota"
+        )
+    document: dict[str, Any] = {}
+    if quota_change:
+        document.update(_set_quota(config, args))
+    if args.email is not None:
+        document.update(update_email(config, args.tenant_id, args.email))
+    return emit(document)
+
+
+def _set_quota(config: Config, args: argparse.Namespace) -> dict[str, object]:
     with open_registry(config) as registry:
         tenant = registry.get_tenant(args.tenant_id)
         if tenant is None:
@@ -71,7 +80,7 @@ def _tenants_update(config: Config, args: argparse.Namespace) -> int:
         if not args.plan_quota:
             quota = tenant.quota if args.quota is None else args.quota
             policy = tenant.quota_policy if args.quota_policy is None else args.quota_policy
-        return emit(registry.set_quota(args.tenant_id, quota, policy).to_json())
+        return registry.set_quota(args.tenant_id, quota, policy).to_json()
 
 
 def duration(text: str) -> int:

@@ -16,7 +16,7 @@ from edge_node.cli.quotas import (
     add_credit_options,
     add_keys_list_command,
     add_quota_options,
-    add_update_command,
+    add_quota_update,
     credit_grant,
 )
 from edge_node.cli.support import (
@@ -27,6 +27,12 @@ from edge_node.cli.support import (
     positive_int,
     require_data_dir,
     require_uuid,
+)
+from edge_node.cli.tenant_email import (
+    add_email_argument,
+    add_update_command,
+    email_for_new_tenant,
+    set_new_tenant_email,
 )
 from edge_node.config import Config
 from edge_node.crypto.keystore import open_keyring
@@ -58,9 +64,10 @@ def add_tenant_commands(commands: Any) -> None:
         default="json",
         help="json (default), or env: TENANT=... and KEY=... lines for a shell's eval",
     )
+    add_email_argument(create)
     create.set_defaults(handler=_tenants_create)
+    add_quota_update(add_update_command(tenants))
     tenants.add_parser("list", help="list tenants").set_defaults(handler=_tenants_list)
-    add_update_command(tenants)
     for action, status in (("suspend", "suspended"), ("resume", "active")):
         cmd = tenants.add_parser(action, help=f"mark a tenant {status}")
         cmd.add_argument("tenant_id", metavar="TENANT_ID", help="the tenant's id (a UUID)")
@@ -132,6 +139,7 @@ def _add_rotate_fleet_command(keys: Any) -> None:
 def _tenants_create(config: Config, args: argparse.Namespace) -> int:
     if not 1 <= len(args.name) <= 200:
         raise RegistryError("--name must be 1 to 200 characters")
+    email = email_for_new_tenant(config, args.email)
     with open_registry(config) as registry:
         tenant, key = registry.create_tenant(
             args.name,
@@ -140,9 +148,12 @@ def _tenants_create(config: Config, args: argparse.Namespace) -> int:
             quota=args.quota,
             quota_policy=args.quota_policy,
         )
+    set_new_tenant_email(config, tenant.tenant_id, email)
     with _open_stores(config) as stores:
         stores.get(tenant.tenant_id)  # create the tenant's file and schema now, not on first use
     document = {**tenant.to_json(), "api_key": key.api_key, "key_id": key.key_id, "role": key.role}
+    if email is not None:
+        document["email"] = email
     if config.stripe.enabled:
         document.update(_provision_in_stripe(config, tenant.tenant_id))
     if args.format == "env":

@@ -73,8 +73,9 @@ class StripeConfig:
     )
     meter_event_name: str = setting(
         "edge_node_requests",
-        "The billing meter's event name (bootstrap creates the meter for it).",
-        pattern=re.compile(r"[A-Za-z0-9_.:-]{1,100}"),
+        "The billing meter's event name (bootstrap creates the meter for it, and the unpriced "
+        "meter of flat-plan usage for it followed by `_included`).",
+        pattern=re.compile(r"(?![A-Za-z0-9_.:-]*_included$)[A-Za-z0-9_.:-]{1,91}"),
     )
     catalog_file: str = setting(
         "",
@@ -83,8 +84,22 @@ class StripeConfig:
     )
     collection_method: Literal["send_invoice", "charge_automatically"] = setting(
         "send_invoice",
-        "How subscriptions created for tenants collect payment: `send_invoice` needs no card "
-        "on file; `charge_automatically` charges the customer's default payment method.",
+        "How subscriptions created for tenants collect payment. `send_invoice` (the default) "
+        "emails each invoice with a link to pay it: it reaches a customer with no card on "
+        "file, and needs the tenant's email (`tenants create --email`; a tenant without one "
+        "is refused). `charge_automatically` charges the customer's default payment method, "
+        "which a customer made by the node does not have: its invoices fail until one is "
+        "attached.",
+    )
+    invoice_grace_hours: float = setting(
+        1.0,
+        "The account's invoice finalization grace (Stripe: Invoice settings, \"Invoice "
+        "finalization grace period\"; 1 hour by default, at most 72): how long a period's "
+        "invoice stays a draft, taking late usage, after the period ends. Stripe offers no API "
+        "to set it: set it in the Dashboard to this value; `stripe bootstrap` reads it back "
+        "from the account's draft invoices and fails when it differs (docs/billing.md).",
+        minimum=1,
+        maximum=72,
     )
     days_until_due: int = setting(
         30, "Days a sent invoice is due in (collection_method send_invoice).", minimum=1
@@ -164,6 +179,22 @@ class BillingConfig:
         "hours only); after that Stripe's meter event summaries settle whether it landed.",
         minimum=0.01,
         maximum=23.5,
+    )
+    stamp_slots: int = setting(
+        1,
+        "How many edge nodes may bill the same customers (the same on each of them): each "
+        "node stamps its meter events only in the minutes of its own slot (minute number "
+        "modulo stamp_slots = stamp_slot), so Stripe's per-minute meter event summaries show "
+        "one node's usage alone and an unknown outcome is decidable per node.",
+        minimum=1,
+        maximum=5,
+    )
+    stamp_slot: int = setting(
+        0,
+        "This node's slot, 0 to stamp_slots - 1, different on every node that bills the "
+        "same customers.",
+        minimum=0,
+        maximum=4,
     )
     poll_interval_seconds: float = setting(
         1.0,

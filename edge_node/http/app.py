@@ -29,6 +29,8 @@ from edge_node.node_database import NodeFileWatch, check_writable, open_node_dat
 from edge_node.rating.handlers import STORES_KEY, add_routes
 from edge_node.rating.store import TenantStores
 from edge_node.secrets import SecretFiles
+from edge_node.tenant_usage.handlers import add_usage_routes
+from edge_node.tenant_usage.model import UsageSource
 from edge_node.tenants.credits import CreditStore
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.stripe_events import BillingEventStore
@@ -123,13 +125,16 @@ def create_app(
     secrets: SecretFiles | None = None,
     metrics: NodeMetrics | None = None,
     limiter: RateLimiter | None = None,
+    usage: UsageSource | None = None,
 ) -> web.Application:
     """The v1 API served from `storage`, metered by `meter`; the caller owns and closes both.
 
     Secret files are opened in `secrets` (a fresh set when None), which the caller reloads on
     SIGHUP; an unreadable one is a ConfigError. `metrics` (a fresh registry when None) gets
     the app's request metrics and its sources attached. `limiter` (the process's own buckets
-    when None) applies the tenants' rate limits.
+    when None) applies the tenants' rate limits. `usage` answers the tenants' usage API
+    (billing's records, which the composition root reads: sync/billing/usage_view.py); the
+    route is served only with it.
     """
     if metrics is None:
         metrics = node_metrics(config)
@@ -162,6 +167,8 @@ def create_app(
     add_metrics_route(app, metrics)
     app.cleanup_ctx.append(_background_checkpoints)
     add_routes(app)
+    if usage is not None:
+        add_usage_routes(app, usage)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/v1/openapi.json", openapi, allow_head=False)

@@ -2,7 +2,8 @@
 
 Each tenant route says what it bills: the answers it bills carry `x-usage-operation`, the
 name of their entry in the operation table (edge_node.usage.operations), and the route's
-description says so in words, with the units billed by default.
+description says so in words, with the units billed by default. The tenant's usage route bills
+nothing (edge_node.http.openapi_usage).
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from typing import Any
 from edge_node import __version__
 from edge_node.admission.router import API_KEY_HEADER
 from edge_node.http.openapi_examples import add_examples
-from edge_node.http.openapi_schemas import ID_SCHEMA, UUID_SCHEMA, component_schemas
+from edge_node.http.openapi_schemas import (
+    ID_SCHEMA,
+    TIMESTAMP_SCHEMA,
+    UUID_SCHEMA,
+    component_schemas,
+)
+from edge_node.http.openapi_usage import usage_operation, usage_schemas
 from edge_node.rating.model import MAX_PAGE_SIZE
 from edge_node.tenants.webhook_signature import SIGNATURE_HEADER
 from edge_node.tenants.webhooks import WEBHOOK_PATH
@@ -230,6 +237,7 @@ def _paths() -> dict[str, Any]:
                 bills={"200": SCORE_READ},
             ),
         },
+        f"{tenant}/usage": {"get": usage_operation(_TENANT, _RATE_HEADERS)},
         WEBHOOK_PATH: {"post": _webhook_operation()},
         "/healthz": {
             "get": {
@@ -336,7 +344,7 @@ def openapi_document() -> dict[str, Any]:
         "security": [{"apiKey": []}, {"bearerJwt": []}],
         "paths": add_examples(_paths()),
         "components": {
-            "schemas": component_schemas(),
+            "schemas": {**component_schemas(), **usage_schemas(UUID_SCHEMA, TIMESTAMP_SCHEMA)},
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
                 "bearerJwt": {

@@ -38,6 +38,29 @@ RATING = {
     "updated_at": CREATED_AT,
 }
 
+_FIGURES = {"pending": 12, "sent": 0, "confirmed": 4810, "invoiced": 0}
+USAGE = {
+    "tenant_id": TENANT_ID,
+    "as_of": "2026-03-14T09:26:53Z",
+    "unit": "units",
+    "current_period": {
+        "start": "2026-03-01T00:00:00Z",
+        "end": "2026-04-01T00:00:00Z",
+        "invoice": "open",
+        "operations": {"score.read": _FIGURES, "rating.create": {**_FIGURES, "confirmed": 0}},
+        "total": {**_FIGURES, "pending": 24},
+        "quota": None,
+    },
+    "previous_period": {
+        "start": "2026-02-01T00:00:00Z",
+        "end": "2026-03-01T00:00:00Z",
+        "invoice": "final",
+        "operations": {"score.read": {**_FIGURES, "pending": 0, "invoiced": 4810}},
+        "total": {**_FIGURES, "pending": 0, "invoiced": 4810},
+        "quota": None,
+    },
+}
+
 # Parameter examples by parameter name (in path, query or header).
 PARAMETERS: dict[str, Any] = {
     "tenant_id": TENANT_ID,
@@ -74,6 +97,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
             "histogram": {"1": 0, "2": 0, "3": 0, "4": 2, "5": 1},
         }
     },
+    "tenantUsage": {"200": USAGE},
     "stripeWebhook": {
         "200": {"event_id": "evt_1Pq2Rs3Tu4Vw5Xy6", "outcome": "applied", "duplicate": False}
     },

@@ -124,6 +124,8 @@ def component_schemas() -> dict[str, Any]:
                     "maxLength": MAX_STRIPE_ID_LENGTH,
                     "description": "Acted on: customer.subscription.updated,"
                     " customer.subscription.deleted, invoice.payment_failed, invoice.paid;"
+                    " invoice.created and invoice.finalized (and customer.subscription.updated)"
+                    " also record the tenant's billing period or the invoice's state;"
                     " any other is recorded and ignored.",
                 },
                 "created": {"type": "integer", "minimum": 0, "maximum": MAX_CREATED},

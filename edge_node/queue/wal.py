@@ -113,21 +113,39 @@ class WriteAheadQueue:
         `timestamp_ms` defaults to the wall clock and is what status() reports as the age
         of the oldest unconsumed record.
         """
-        if self._closing:
-            raise QueueClosed(self.directory)
         if type(payload) is not bytes:
             payload = bytes(payload)  # a bytearray could change before it is written
+        timestamp_ms = self._admit(payload, timestamp_ms)
+        future = self._committer.submit(payload, timestamp_ms)
+        self._reserved_bytes += HEADER_SIZE + len(payload)
+        return future
+
+    def append_shared(self, payload: bytes, *, timestamp_ms: int) -> asyncio.Future[int]:
+        """Queue a record now; the future is shared by every record queued this way for the same
+        group commit, and resolves (to that commit's last sequence number) once all of them are
+        durable. Raises as append_nowait does.
+
+        For many appenders that only need to know their record is durable: one future per
+        batch instead of one per record. Awaiting a shared future from a task that may be
+        cancelled must not cancel it for the others: shield it, or wait on it with callbacks.
+        """
+        self._admit(payload, timestamp_ms)
+        future = self._committer.submit_shared(payload, timestamp_ms)
+        self._reserved_bytes += HEADER_SIZE + len(payload)
+        return future
+
+    def _admit(self, payload: bytes, timestamp_ms: int | None) -> int:
+        """Refuse a record the queue cannot take (QueueClosed, QueueFull, a bad record); its
+        timestamp."""
+        if self._closing:
+            raise QueueClosed(self.directory)
         size = HEADER_SIZE + len(payload)
         self._check_record(size, timestamp_ms)
         if self._reserved_bytes + size > self.settings.max_bytes:
             raise QueueFull(
                 self.directory, self._reserved_bytes, self.settings.max_bytes, self._slowest()
             )
-        if timestamp_ms is None:
-            timestamp_ms = time.time_ns() // 1_000_000
-        future = self._committer.submit(payload, timestamp_ms)
-        self._reserved_bytes += size
-        return future
+        return time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
 
     async def append(self, payload: bytes, *, timestamp_ms: int | None = None) -> int:
         """Append a record and return its sequence number once it is durable."""

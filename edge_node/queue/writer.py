@@ -3,7 +3,9 @@
 Appends are queued on the event loop. One flush task takes everything queued, encodes it,
 and hands it to a dedicated writer thread that writes it and fsyncs it, so the loop keeps
 serving meanwhile; appends that arrive during that fsync form the next batch. Each append's
-future resolves only after the fsync that covers its record.
+future resolves only after the fsync that covers its record. An append may instead take the
+batch's shared future (`submit_shared`): one future for every such append queued before the
+batch is cut, resolved by the same fsync, so a hundred appenders cost one future, not a hundred.
 
 A batch whose write or fsync fails (a full disk, an I/O error) is neither acknowledged nor
 dropped: its bytes are cut off the segment again (the file truncated to its last durable size,
@@ -122,7 +124,8 @@ class GroupCommitter:
         self._next_seq = catalog.last_seq + 1
         self._payloads: list[bytes] = []
         self._timestamps: list[int] = []
-        self._futures: list[asyncio.Future[int]] = []
+        self._futures: list[tuple[int, asyncio.Future[int]]] = []
+        self._shared: asyncio.Future[int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._give_up_at: float | None = None
@@ -136,18 +139,30 @@ class GroupCommitter:
     @property
     def pending(self) -> int:
         """Appends queued for the next batch."""
-        return len(self._futures)
+        return len(self._payloads)
 
     def submit(self, payload: bytes, timestamp_ms: int) -> asyncio.Future[int]:
         """Queue one record; the future gives its sequence number once it is durable."""
         future = self._loop.create_future()
+        self._futures.append((self._next_seq, future))
+        self._queue(payload, timestamp_ms)
+        return future
+
+    def submit_shared(self, payload: bytes, timestamp_ms: int) -> asyncio.Future[int]:
+        """Queue one record; the future, shared by every record queued this way for the same
+        batch, gives the batch's last sequence number once the whole batch is durable."""
+        shared = self._shared
+        if shared is None:
+            shared = self._shared = self._loop.create_future()
+        self._queue(payload, timestamp_ms)
+        return shared
+
+    def _queue(self, payload: bytes, timestamp_ms: int) -> None:
         self._payloads.append(payload)
         self._timestamps.append(timestamp_ms)
-        self._futures.append(future)
         self._next_seq += 1
         if self._task is None:
             self._task = self._loop.create_task(self._run())
-        return future
 
     async def drain(self, *, give_up_after: float | None = None) -> None:
         """Wait until every queued append has been committed; with `give_up_after`, a batch
@@ -165,7 +180,7 @@ class GroupCommitter:
 
     async def _run(self) -> None:
         try:
-            while self._futures:
+            while self._payloads:
                 if self._commit_interval:
                     await asyncio.sleep(self._commit_interval)
                 await self._commit_batch()
@@ -176,28 +191,32 @@ class GroupCommitter:
         """Write everything queued as one batch, retrying until it is durable, and resolve its
         futures."""
         payloads, timestamps, futures = self._payloads, self._timestamps, self._futures
-        self._payloads, self._timestamps, self._futures = [], [], []
-        first_seq = self._next_seq - len(futures)
+        last_seq = self._next_seq - 1
+        # Each record's own future gets its number, the batch's shared one the last number.
+        results = [*futures, (last_seq, self._shared)] if self._shared is not None else futures
+        waiters = [future for _, future in results]
+        self._payloads, self._timestamps, self._futures, self._shared = [], [], [], None
+        first_seq = self._next_seq - len(payloads)
         try:
             chunks = self._plan(payloads, timestamps, first_seq)
         except Exception as exc:
-            self._fail(exc, futures)
+            self._fail(exc, waiters)
             return
         try:
             durable = await self._write_until_durable(chunks)
         except asyncio.CancelledError as exc:
-            self._fail(exc, futures)
+            self._fail(exc, waiters)
             raise
         if not durable:
             assert self._failure is not None
-            self._fail(self._failure, futures)
+            self._fail(self._failure, waiters)
             await self._attempt_undo(chunks)
             return
         if self._failure is not None:
             log.warning("queue %s: writing works again", self._directory)
             self._failure = None
-        self._apply(chunks, first_seq, len(futures))
-        for seq, future in enumerate(futures, first_seq):
+        self._apply(chunks, first_seq, len(payloads))
+        for seq, future in results:
             if not future.done():
                 future.set_result(seq)
 
@@ -271,7 +290,10 @@ class GroupCommitter:
     def _fail(self, exc: BaseException, batch: list[asyncio.Future[int]]) -> None:
         """Fail this batch and everything queued (the queue is closing, or the batch could not
         be encoded)."""
-        for future in batch + self._futures:
+        queued = [future for _, future in self._futures]
+        if self._shared is not None:
+            queued.append(self._shared)
+        for future in batch + queued:
             if not future.done():
                 future.set_exception(QueueWriteError(self._directory, exc))
-        self._payloads, self._timestamps, self._futures = [], [], []
+        self._payloads, self._timestamps, self._futures, self._shared = [], [], [], None

@@ -31,7 +31,7 @@ from edge_node.usage.operations import (
     SCORE_READ,
     USER_ERASE,
 )
-from edge_node.web.answers import json_response, read_json
+from edge_node.web.answers import encoded_json_response, json_response, read_json
 
 STORES_KEY = web.AppKey("tenant_stores", TenantStores)
 LIST_PARAMETERS = frozenset({"item_id", "user_id", "limit", "cursor"})
@@ -101,8 +101,8 @@ async def list_ratings(request: web.Request, context: TenantContext) -> web.Stre
 @guarded("reader", SCORE_READ)
 async def item_score(request: web.Request, context: TenantContext) -> web.StreamResponse:
     item_id = check_id("item_id", request.match_info["item_id"])
-    score = request.app[STORES_KEY].get(context.tenant_id).score(item_id)
-    return json_response(score.to_json())
+    document = request.app[STORES_KEY].get(context.tenant_id).score_document(item_id)
+    return encoded_json_response(document)
 
 
 @guarded("writer", RATING_DELETE)

@@ -11,6 +11,7 @@ Rows travel with their comment sealed, as stored (`RatingRow.comment_sealed`).
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import uuid
 from collections.abc import Sequence
@@ -25,8 +26,18 @@ from edge_node.rating.schema import ROW_COLUMNS
 RATING_ID_NAMESPACE = uuid.UUID("6f1c7a52-3f0e-4c55-9a53-5c1e0e8b7d41")
 
 
+_NAMESPACE_BYTES = RATING_ID_NAMESPACE.bytes
+
+
 def rating_id(tenant_id: str, user_id: str, item_id: str) -> str:
-    return str(uuid.uuid5(RATING_ID_NAMESPACE, f"{tenant_id}\x00{user_id}\x00{item_id}"))
+    """uuid.uuid5(RATING_ID_NAMESPACE, "tenant\\0user\\0item") as a string, made without the
+    UUID object's validation (half the cost on every rating created)."""
+    name = f"{tenant_id}\x00{user_id}\x00{item_id}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest())
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    hexa = digest[:16].hex()
+    return f"{hexa[:8]}-{hexa[8:12]}-{hexa[12:16]}-{hexa[16:20]}-{hexa[20:]}"
 
 
 @dataclass(frozen=True, slots=True)

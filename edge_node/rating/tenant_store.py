@@ -30,12 +30,12 @@ from edge_node.rating.model import ItemScore, Rating, RatingInput
 from edge_node.rating.pending import PendingUploads
 from edge_node.rating.replication import RatingReplication, rating_id
 from edge_node.rating.schema import RATING_COLUMNS
+from edge_node.rating.score_memory import ScoreMemory
 
 # The logger these warnings had before this module was split out of store, which operators'
 # log queries may name.
 log = logging.getLogger("edge_node.rating.store")
 T = TypeVar("T")
-SCORES_IN_MEMORY = 4096  # items whose scores one tenant file keeps between its changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +69,7 @@ class TenantStore(RatingReplication):
         self._pending = pending
         self.dirty = False  # written since the last background checkpoint was scheduled
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._scores: dict[str, ItemScore] = {}  # read since the file last changed (score())
-        self._scores_version: tuple[int, int] | None = None
+        self._scores = ScoreMemory(conn, self._read_score)
         self._close_after_batch = False
 
     def close(self) -> None:
@@ -237,23 +236,13 @@ class TenantStore(RatingReplication):
         return document
 
     def score(self, item_id: str) -> ItemScore:
-        """The item's aggregates, from memory while the file is unchanged since they were read.
+        """The item's aggregates, from memory while the file is unchanged since they were read
+        (`edge_node.rating.score_memory` says how a change by any process is noticed)."""
+        return self._scores.score(item_id)
 
-        Unchanged means: no commit by another connection (`PRAGMA data_version`, read on
-        every call, so a write another worker acknowledged is seen by the next read here)
-        and no change on this one (`total_changes`). Either empties the memory.
-        """
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0], self._conn.total_changes
-        if version != self._scores_version:
-            self._scores.clear()
-            self._scores_version = version
-        found = self._scores.get(item_id)
-        if found is None:
-            found = self._read_score(item_id)
-            if len(self._scores) >= SCORES_IN_MEMORY:
-                self._scores.clear()  # a bound, not an LRU: refilling costs one read each
-            self._scores[item_id] = found
-        return found
+    def score_document(self, item_id: str) -> bytes:
+        """The item's score as the API's JSON document, encoded; as fresh as `score`."""
+        return self._scores.document(item_id)
 
     def _read_score(self, item_id: str) -> ItemScore:
         row = self._conn.execute(

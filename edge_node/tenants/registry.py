@@ -26,6 +26,7 @@ from edge_node.errors import RegistryError
 from edge_node.node_database import open_node_database
 from edge_node.tenants import schema
 from edge_node.tenants.apikeys import hash_key, key_id_of, new_api_key, new_key_id
+from edge_node.tenants.contacts import TenantContacts
 from edge_node.tenants.model import (
     IssuedKey,
     KeyCredits,
@@ -58,6 +59,7 @@ class TenantRegistry(RegistryReplication):
     def __init__(self, conn: sqlite3.Connection) -> None:
         """The registry on an open node.sqlite (edge_node.node_database), its tables migrated."""
         schema.migrate(conn)
+        TenantContacts(conn)  # its table, which delete_tenant_rows empties too
         self._conn = conn
 
     @classmethod
@@ -67,6 +69,10 @@ class TenantRegistry(RegistryReplication):
 
     def close(self) -> None:
         self._conn.close()
+
+    def contacts(self) -> TenantContacts:
+        """The tenants' billing emails (edge_node.tenants.contacts), on this connection."""
+        return TenantContacts(self._conn)
 
     def view(self) -> RegistryView:
         """The live keys and tenants in memory, kept current (what admission reads)."""
@@ -314,6 +320,16 @@ class TenantRegistry(RegistryReplication):
                 found[tenant_id] = str(row[0])
         return found
 
+    def on_plan(self, plan: Plan, tenant_ids: Iterable[str]) -> set[str]:
+        """Which of `tenant_ids` are on `plan`."""
+        return {
+            tenant_id
+            for tenant_id in set(tenant_ids)
+            if self._conn.execute(
+                "SELECT 1 FROM tenants WHERE tenant_id = ? AND plan = ?", (tenant_id, plan)
+            ).fetchone()
+        }
+
     def set_subscription(self, tenant_id: str, subscription_id: str) -> str:
         """Record the tenant's subscription unless it has one; the subscription id it has."""
         with sqlite.transaction(self._conn):
@@ -336,6 +352,7 @@ class TenantRegistry(RegistryReplication):
         with sqlite.transaction(self._conn):
             self._conn.execute("DELETE FROM registry_outbox WHERE tenant_id = ?", (tenant_id,))
             self._conn.execute("DELETE FROM api_keys WHERE tenant_id = ?", (tenant_id,))
+            self._conn.execute("DELETE FROM tenant_emails WHERE tenant_id = ?", (tenant_id,))
             return (
                 self._conn.execute("DELETE FROM tenants WHERE tenant_id = ?", (tenant_id,)).rowcount
                 > 0

@@ -22,6 +22,9 @@ with a later invoice event, `invoice.paid` arriving before the `subscription.del
 followed would keep the tenant active for good. A `suspended` tenant was suspended by an
 operator, and billing events leave it alone.
 
+`customer.subscription.updated`, `invoice.created` and `invoice.finalized` also report the
+tenant's billing period or an invoice's state, kept by edge_node.tenants.billing_periods.
+
 Admission: `past_due` is served for a grace period counted from the failed payment's event,
 then refused like `canceled` with 402; `suspended` stays 403 (router).
 """
@@ -33,6 +36,7 @@ from typing import Any, Literal
 
 from edge_node.errors import BadRequest
 from edge_node.ids import is_uuid
+from edge_node.tenants.billing_periods import PeriodFacts, period_facts
 from edge_node.tenants.model import TenantStatus
 
 Outcome = Literal[
@@ -59,6 +63,8 @@ HANDLED_TYPES = (
     "customer.subscription.deleted",
     "invoice.payment_failed",
     "invoice.paid",
+    "invoice.created",  # the invoice's period and state only (edge_node.tenants.billing_periods)
+    "invoice.finalized",
 )
 _EVENT_TARGETS: dict[str, TenantStatus] = {
     "customer.subscription.deleted": "canceled",
@@ -80,7 +86,8 @@ class BillingEvent:
     customer_id: str | None
     tenant_hint: str | None  # metadata.tenant_id, for a customer not yet linked to a tenant
     subscription_id: str | None
-    target: TenantStatus | None  # None: nothing for edge-node to do
+    target: TenantStatus | None  # None: no standing to change
+    period: PeriodFacts | None = None  # a period or invoice it reports (billing_periods)
 
     @property
     def is_invoice(self) -> bool:
@@ -127,14 +134,16 @@ def parse_event(document: Any) -> BillingEvent:
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise _invalid("data.object must be an object")
     obj: dict[str, Any] = data["object"]
+    subscription_id = _subscription_of(event_type, obj)
     return BillingEvent(
         event_id=event_id,
         type=event_type,
         created=created,
         customer_id=_id_of(obj.get("customer")),
         tenant_hint=_tenant_hint(obj),
-        subscription_id=_subscription_of(event_type, obj),
+        subscription_id=subscription_id,
         target=_target(event_type, obj),
+        period=period_facts(event_type, obj, subscription_id),
     )
 
 

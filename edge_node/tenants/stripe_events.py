@@ -5,6 +5,10 @@ same transaction that changes the tenant, so an event is either applied and reme
 neither: a redelivery (Stripe retries until it gets a 2xx, and may deliver twice anyway)
 finds the id and changes nothing, and a crash between the two cannot happen.
 
+An event that reports a billing period or an invoice's state records it in the same
+transaction (edge_node/tenants/billing_periods.py); an invoice event's outcome is that of
+its period (applied, stale or other_subscription).
+
 The tenant is the one whose `stripe_customer_id` is the event's customer; failing that, the
 one named by the event's `metadata.tenant_id`, as long as it is not linked to another
 customer (provisioning sets that metadata before it records the customer id here).
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 
 from edge_node import sqlite
 from edge_node.clock import now_us
+from edge_node.tenants.billing_periods import migrate as migrate_periods
+from edge_node.tenants.billing_periods import record_period
 from edge_node.tenants.standing import BillingEvent, Decision, Outcome, TenantBilling, decide
 
 _TENANT_BILLING = (
@@ -47,6 +53,7 @@ class BillingEventStore:
     """Applies Stripe events to the tenants in node.sqlite (the registry's connection)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
+        migrate_periods(conn)
         self._conn = conn
 
     @property
@@ -91,7 +98,19 @@ class BillingEventStore:
         every other edge applies it too (edge_node/tenants/shared_events.py)."""
         decision = decide(event, tenant)
         now = now_us()
-        if tenant is not None and decision.outcome == "applied":
+        if tenant is not None and event.period is not None:
+            kept = record_period(
+                self._conn,
+                tenant.tenant_id,
+                tenant_subscription=tenant.subscription_id,
+                event_id=event.event_id,
+                created=event.created,
+                facts=event.period,
+                now_us=now,
+            )
+            if event.target is None:  # an invoice event: its period is all it changes
+                decision = Decision(kept)
+        if tenant is not None and decision.status is not None and decision.outcome == "applied":
             self._update(tenant.tenant_id, event, decision, now)
         elif tenant is not None and decision.advances:
             self._conn.execute(

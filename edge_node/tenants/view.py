@@ -63,6 +63,10 @@ class RegistryView:
         self.reloads = 0
         self._poll()
 
+    def __len__(self) -> int:
+        """Live API keys."""
+        return len(self._keys)
+
     def admitted(self, api_key: str) -> KeyGrant | None:
         """The grant of `api_key` if it was verified since the registry last changed (its
         format, checksum and hash need no second look); None: not verified yet, or the

@@ -89,6 +89,9 @@ def encode_event(
     )
 
 
+# The operation of a usage event whose `operation` field is missing or not a string: billed
+# all the same (billing sums units), shown apart where usage is broken down by operation.
+UNKNOWN_OPERATION = "unknown"
 _FIELD_TYPES = tuple(typing.get_type_hints(UsageEvent).items())  # each field's declared type
 
 
@@ -102,14 +105,16 @@ class BillableUsage(NamedTuple):
     tenant_id: str
     units: int
     timestamp_ms: int
+    operation: str = UNKNOWN_OPERATION  # what it was served for; never decides billing
 
 
 def read_billable(payload: bytes) -> BillableUsage | NotAUsageEvent:
     """The billable part of the usage event `payload` holds, or why it is not one.
 
-    Only the three fields billing sums are read and checked, so the rule is the one billing
-    has always applied: reconciliation counts as unreadable exactly what billing bills as
-    nothing. The reasons are the messages the planner has always logged.
+    Only the three fields billing sums are checked, so the rule is the one billing has always
+    applied: reconciliation counts as unreadable exactly what billing bills as nothing. The
+    operation is read beside them, for breakdowns by operation, and never makes a record
+    unbillable. The reasons are the messages the planner has always logged.
     """
     try:
         event = orjson.loads(payload)
@@ -118,4 +123,7 @@ def read_billable(payload: bytes) -> BillableUsage | NotAUsageEvent:
         return NotAUsageEvent(str(exc))
     if not (isinstance(tenant_id, str) and type(units) is int and type(timestamp_ms) is int):
         return NotAUsageEvent("tenant_id, units or timestamp_ms has the wrong type")
-    return BillableUsage(tenant_id, units, timestamp_ms)
+    operation = event.get("operation")
+    if not isinstance(operation, str):
+        operation = UNKNOWN_OPERATION
+    return BillableUsage(tenant_id, units, timestamp_ms, operation)

@@ -15,7 +15,8 @@ until it is durable; the response waits for it at most `USAGE_WAIT_SECONDS`, the
 Each event recorded is also counted per tenant and day in a memory-mapped file of its own
 (edge_node/usage/served.py), apart from the queue, so reconciliation can tell usage served from
 usage billing holds. In `strict` durability the response waits until its event is on
-disk (the queue's group commit makes that one shared fsync for many requests). In
+disk (the queue's group commit makes that one shared fsync for many requests, awaited
+through one shared future and timer, edge_node/usage/batch_wait.py). In
 `batched` it does not: a crash can lose the events appended since the last group commit, a
 few milliseconds' worth.
 """
@@ -35,6 +36,7 @@ from edge_node.config import MeterConfig, QueueConfig
 from edge_node.errors import ConfigError, ServiceUnavailable, StorageUnavailable
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import QueueError, QueueSettings, WriteAheadQueue, open_queue
+from edge_node.usage.batch_wait import BatchWait
 from edge_node.usage.event import encode_event
 from edge_node.usage.operations import OPERATIONS
 from edge_node.usage.quotas import PeriodSpend
@@ -85,7 +87,10 @@ class Meter:
         self._billable = frozenset(op for op, units in self._units.items() if units)
         self._bills: dict[tuple[str, ...], bool] = {}
         self._reserved = 0
-        self._pending: set[asyncio.Future[int]] = set()
+        # Group commits not waited for, with how many events each carries.
+        self._pending: dict[asyncio.Future[int], int] = {}
+        self._batch: asyncio.Future[int] | None = None  # the group commit strict events join
+        self._batch_wait: BatchWait | None = None
 
     def bills(self, operations: tuple[str, ...]) -> bool:
         """Whether a route performing `operations` is metered (settled once per route)."""
@@ -165,33 +170,34 @@ class Meter:
             request_id=request_id,
         )
         try:
-            durable = self.queue.append_nowait(payload, timestamp_ms=timestamp_ms)
+            durable = self.queue.append_shared(payload, timestamp_ms=timestamp_ms)
         except QueueError as exc:
             self._failed(exc)
             raise _not_recorded() from exc
-        served = functools.partial(self._count_served, tenant_id, timestamp_ms, units)
         if self.config.durability == "strict":
-            await self._await_durable(durable, served)
-            served()  # once durable: a count never exceeds what the queue holds
+            await self._await_durable(durable, tenant_id, timestamp_ms, units)
         else:
-            self._pending.add(durable)
-            durable.add_done_callback(self._settled)
-            served()
+            self._track(durable)
+            self._count_served(tenant_id, timestamp_ms, units)
         self.stats.recorded += 1
         self.stats.recorded_units += units
         return True
 
     async def _await_durable(
-        self, durable: asyncio.Future[int], served: Callable[[], None]
+        self, durable: asyncio.Future[int], tenant_id: str, timestamp_ms: int, units: int
     ) -> None:
-        """Wait for the event's group commit; a queue retrying a failed write gets a bounded
-        wait, after which the event stays queued (and is counted served once it is durable)
-        and the answer says so."""
+        """Wait for the event's group commit, then count it served (a count never exceeds what
+        the queue holds). A queue retrying a failed write gets a bounded wait, after which the
+        event stays queued (and is counted served once it is durable) and the answer says so."""
+        wait = self._batch_wait
+        if wait is None or durable is not self._batch:
+            wait = self._batch_wait = BatchWait(durable, USAGE_WAIT_SECONDS)
+            self._batch = durable
         try:
-            await asyncio.wait_for(asyncio.shield(durable), USAGE_WAIT_SECONDS)
+            await wait
         except TimeoutError:
-            self._pending.add(durable)
-            durable.add_done_callback(self._settled)
+            self._track(durable)
+            served = functools.partial(self._count_served, tenant_id, timestamp_ms, units)
             durable.add_done_callback(
                 lambda done: None if done.cancelled() or done.exception() else served()
             )
@@ -203,6 +209,15 @@ class Meter:
         except QueueError as exc:
             self._failed(exc)
             raise _not_recorded() from exc
+        self._count_served(tenant_id, timestamp_ms, units)
+
+    def _track(self, durable: asyncio.Future[int]) -> None:
+        """Keep a group commit not waited for until it settles, with the events it carries."""
+        count = self._pending.get(durable)
+        if count is None:
+            durable.add_done_callback(self._settled)
+            count = 0
+        self._pending[durable] = count + 1
 
     def _count_served(self, tenant_id: str, timestamp_ms: int, units: int) -> None:
         """Counted apart from the queue, for reconciliation; a count that cannot be stored is
@@ -226,8 +241,9 @@ class Meter:
             self.served = None
 
     def _settled(self, durable: asyncio.Future[int]) -> None:
-        self._pending.discard(durable)
+        events = self._pending.pop(durable, 0)
         if not durable.cancelled() and durable.exception() is not None:
+            self.stats.failed += events - 1
             self._failed(durable.exception())
 
     def _failed(self, exc: BaseException | None) -> None:

@@ -29,6 +29,11 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+def encoded_json_response(document: bytes, status: int = 200) -> web.Response:
+    """An answer whose JSON document is already encoded (kept in memory, say)."""
+    return web.Response(body=document, status=status, content_type="application/json")
+
+
 def problem_response(problem: Problem, instance: str | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(problem.to_document(instance)),

@@ -8,7 +8,9 @@ Each round (docs/billing.md, "Usage flush"):
 2. give batches of tenants provisioned since then their Stripe customer; batches of tenants
    still without one wait, planned, until provisioning gives them one;
 3. set aside what may no longer be sent, then send the rest (sync/billing/send.py);
-4. commit the queue cursor up to just before the oldest range that still has a batch
+4. read again the periods of customers whose known period has ended unread
+   (edge_node/tenants/billing_periods.py: the tenants' usage API sees their invoices turn final);
+5. commit the queue cursor up to just before the oldest range that still has a batch
    planned or sent, so the queue keeps every record until its batch is settled.
 
 The consumer runs inside the daemon, which owns the queue's lock, as one of the sync
@@ -33,6 +35,7 @@ from sync.backoff import Backoff
 from sync.billing.clock import HorizonClock
 from sync.billing.ledger import BillingLedger, LedgerBatch
 from sync.billing.ledger_thread import AsyncLedger
+from sync.billing.periods import StampSlot
 from sync.billing.plan import UsagePlanner, record_fingerprint
 from sync.billing.send import BatchSender, MeterEventGateway
 from sync.billing.send_rules import HOUR, SendRules
@@ -68,6 +71,7 @@ class BillingConsumer:
         *,
         node_id: str,
         event_name: str,
+        invoice_grace_seconds: float = 3600.0,
         queue_name: str | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -96,6 +100,8 @@ class BillingConsumer:
                 unknown_outcome_horizon_seconds=config.unknown_outcome_horizon_hours * HOUR
             ),
             concurrency=config.concurrency,
+            invoice_grace_seconds=invoice_grace_seconds,
+            stamp_slot=StampSlot(config.stamp_slot, config.stamp_slots),
             clock=clock,
             backoff=backoff or Backoff(),
             on_answer=on_answer,
@@ -165,6 +171,7 @@ class BillingConsumer:
         )
         calls, settled = self.stats.calls, self._settled()
         await self._sender.send(sendable)
+        await self._sender.read_periods(await self._ledger.run(ledger.ended_unread, self._clock()))
         committed = await self._commit()
         await self._persist_clock()
         progressed = self._settled() > settled
@@ -306,5 +313,6 @@ def open_billing(
         config.billing,
         node_id=config.node_id,
         event_name=config.stripe.meter_event_name,
+        invoice_grace_seconds=config.stripe.invoice_grace_hours * 3600,
         close_gateway=close_gateway,
     )

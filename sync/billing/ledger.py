@@ -17,6 +17,9 @@ the row back.
        |                |
        +--Stripe's summaries show it never landed: a fresh identifier--+
 
+A flat-plan tenant's batches name the unpriced meter (sync/stripe/catalog.py
+`included_event_name`): what they confirm is included in the flat fee, not billed.
+
 Each batch keeps its own window (`window_start`) and the timestamp it was sent with
 (`stamp`, chosen inside a period Stripe still invoices, with its `placement`: own,
 before_subscription or carried_forward; sync/billing/periods.py).
@@ -32,6 +35,7 @@ stamp are Unix seconds.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,10 +44,14 @@ from typing import Literal
 
 from edge_node import sqlite
 from edge_node.node_database import delete_value, open_node_database, read_value, write_value
+from edge_node.tenants import billing_periods
+from edge_node.tenants.billing_periods import TenantPeriods
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing.clock import HIGH_WATER
 from sync.billing.periods import Placement, Stamp
 from sync.billing.plan import PlannedRange
+from sync.stripe.catalog import included_event_name
+from sync.stripe.periods import SubscriptionPeriods
 
 COMPONENT = "billing"
 MIGRATIONS = (
@@ -91,6 +99,11 @@ MIGRATIONS = (
         WHERE state IN ('sent', 'confirmed');
     CREATE INDEX billing_ledger_by_stamp ON billing_ledger (customer_id, stamp)
         WHERE stamp IS NOT NULL;
+    """,
+    # 4: the batch's value by operation, a JSON object (the tenant's usage API breaks usage
+    # down by operation); NULL for batches planned before.
+    """
+    ALTER TABLE billing_ledger ADD COLUMN operations TEXT;
     """,
 )
 BatchState = Literal["planned", "sent", "confirmed", "set_aside"]
@@ -144,6 +157,7 @@ class BillingLedger:
         sqlite.migrate(conn, MIGRATIONS, component=COMPONENT)
         self._conn = conn
         self._tenants = TenantRegistry(conn)
+        self.periods = TenantPeriods(conn)  # what webhooks said of periods and invoices
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> BillingLedger:
@@ -153,6 +167,17 @@ class BillingLedger:
 
     def close(self) -> None:
         self._conn.close()
+
+    def record_periods(self, customer_id: str, periods: SubscriptionPeriods, now: float) -> None:
+        """Keep the customer's periods as just read from Stripe
+        (edge_node/tenants/billing_periods.py)."""
+        drafts = [(d.period_start, d.period_end, d.finalizes_at) for d in periods.drafts]
+        current = (periods.period_start, periods.period_end)
+        billing_periods.record_reading(self._conn, customer_id, current, drafts, now)
+
+    def ended_unread(self, now: float) -> list[str]:
+        """Customers whose periods are to be read again (edge_node/tenants/billing_periods.py)."""
+        return billing_periods.ended_unread(self._conn, now)
 
     def planned_through(self, queue: str) -> int:
         """The last queue record planned (0: none); records up to it are in the ledger."""
@@ -176,18 +201,21 @@ class BillingLedger:
         with sqlite.transaction(self._conn):
             written = 0
             customers = self._tenants.stripe_customers(b.tenant_id for b in planned.batches)
+            flat = self._tenants.on_plan("flat", (b.tenant_id for b in planned.batches))
             for batch in planned.batches:
                 written += self._conn.execute(
                     "INSERT INTO billing_ledger (identifier, tenant_id, customer_id,"
                     " event_name, window_start, value, events, queue, first_seq, last_seq,"
-                    " state, planned_at, queue_epoch)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)"
+                    " state, planned_at, queue_epoch, operations)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)"
                     " ON CONFLICT (identifier) DO NOTHING",
                     (
                         batch.identifier,
                         batch.tenant_id,
                         customers.get(batch.tenant_id),
-                        batch.event_name,
+                        included_event_name(batch.event_name)
+                        if batch.tenant_id in flat
+                        else batch.event_name,
                         batch.window_start,
                         batch.value,
                         batch.events,
@@ -196,6 +224,7 @@ class BillingLedger:
                         batch.last_seq,
                         now_us,
                         planned.queue_epoch,
+                        json.dumps(dict(batch.operations)) if batch.operations else None,
                     ),
                 ).rowcount
             self._set_state(PLANNED_THROUGH + planned.queue, str(planned.last_seq))

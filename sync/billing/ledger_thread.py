@@ -10,6 +10,7 @@ from typing import ParamSpec, TypeVar
 
 from sync.billing.ledger import BillingLedger
 from sync.billing.periods import Stamp
+from sync.stripe.periods import SubscriptionPeriods
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -41,6 +42,11 @@ class AsyncLedger:
 
     async def send_afresh(self, identifiers: Sequence[str]) -> None:
         await self.run(self.ledger.send_afresh, identifiers)
+
+    async def record_periods(
+        self, customer_id: str, periods: SubscriptionPeriods, now: float
+    ) -> None:
+        await self.run(self.ledger.record_periods, customer_id, periods, now)
 
     async def close(self) -> None:
         """Wait for the call in progress, then close the connection."""

@@ -21,15 +21,21 @@ A stamp is never older than the window it stands for (the current period started
 earlier one's usage), so a window Stripe still accepts (35 days) gives a stamp it accepts. The
 periods are
 read per customer and kept until the current period ends, a draft's deadline comes within
-the margin, or `PERIODS_TTL_SECONDS` pass (a canceled or replaced subscription).
+the margin, a webhook reports a change (`customer.subscription.updated`, `invoice.created`,
+`invoice.finalized`, recorded in node.sqlite by edge_node/tenants/billing_periods.py: a
+renewal, a new draft, an invoice finalized early), or `PERIODS_TTL_SECONDS` pass (a
+canceled or replaced subscription).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from edge_node.clock import now_us
+from edge_node.errors import ConfigError
 from sync.stripe.periods import SubscriptionPeriods
 
 Placement = Literal["own", "before_subscription", "carried_forward"]
@@ -41,6 +47,12 @@ FINALIZATION_MARGIN_SECONDS = 900.0
 # finalizes further ahead than this; after that Stripe's summaries settle it.
 RESEND_MARGIN_SECONDS = 120.0
 PERIODS_TTL_SECONDS = 600.0
+MINUTE = 60  # Stripe's meter event summaries are aligned to minutes
+# Within the account's invoice grace after a renewal, periods read while the ended period's
+# draft is not listed yet (Stripe creates it at the renewal, not always by the time of the
+# read) are read again this soon, so that usage still reaches that draft instead of being
+# carried forward for PERIODS_TTL_SECONDS.
+DRAFT_RECHECK_SECONDS = 60.0
 
 
 class PeriodsGateway(Protocol):
@@ -77,6 +89,47 @@ def place(
     return Stamp(periods.period_start, "carried_forward")
 
 
+@dataclass(frozen=True, slots=True)
+class StampSlot:
+    """The minutes this node stamps in: those whose number modulo `slots` is `slot`
+    (billing.stamp_slots and billing.stamp_slot). With one slot, every minute."""
+
+    slot: int = 0
+    slots: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slot < self.slots:
+            raise ConfigError(
+                f"billing.stamp_slot ({self.slot}) must be below billing.stamp_slots ({self.slots})"
+            )
+
+    def owns(self, timestamp: int) -> bool:
+        return self.slots == 1 or (timestamp // MINUTE) % self.slots == self.slot
+
+
+def slotted(stamp: Stamp, periods: SubscriptionPeriods, slot: StampSlot) -> Stamp:
+    """`stamp` moved into a minute of this node's slot, within the same billing period:
+    back to the latest such minute at or before it, or, when that falls before the period's
+    start, forward to the first after it (at most `slots - 1` minutes either way; a period
+    starts on a minute of any slot). Stripe's summaries of that minute then hold this
+    node's usage only."""
+    if slot.owns(stamp.timestamp):
+        return stamp
+    minute = stamp.timestamp // MINUTE
+    back = (minute - (minute - slot.slot) % slot.slots) * MINUTE
+    if back >= _period_start(stamp.timestamp, periods):
+        return Stamp(back, stamp.placement)
+    return Stamp((minute + (slot.slot - minute) % slot.slots) * MINUTE, stamp.placement)
+
+
+def _period_start(timestamp: int, periods: SubscriptionPeriods) -> int:
+    """The start of the period holding `timestamp` (its draft's, or the current one's)."""
+    draft = periods.draft_for(timestamp)
+    if draft is not None:
+        return max(draft.period_start, periods.start)
+    return periods.period_start if timestamp >= periods.period_start else periods.start
+
+
 def still_invoiced(
     timestamp: int,
     periods: SubscriptionPeriods,
@@ -102,7 +155,17 @@ class PeriodBook:
     gateway: PeriodsGateway
     ttl: float = PERIODS_TTL_SECONDS
     margin: float = FINALIZATION_MARGIN_SECONDS
-    _known: dict[str, tuple[SubscriptionPeriods | None, float]] = field(default_factory=dict)
+    # Hears each reading from Stripe (customer, periods, now): the ledger keeps it locally.
+    on_read: Callable[[str, SubscriptionPeriods, float], Awaitable[None]] | None = None
+    # The account's invoice finalization grace (stripe.invoice_grace_hours, which
+    # `stripe bootstrap` reads back): how long after a renewal the ended period's draft
+    # still takes usage.
+    grace: float = 3600.0
+    # When (microseconds, the node's clock) a webhook last changed the customer's periods
+    # or invoices in node.sqlite; a read older than that is read again.
+    changed_at: Callable[[str], Awaitable[int]] | None = None
+    # customer -> (periods, valid until (the flush's clock), read at (microseconds))
+    _known: dict[str, tuple[SubscriptionPeriods | None, float, int]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     async def periods(self, customer_id: str, now: float) -> SubscriptionPeriods | None:
@@ -110,11 +173,21 @@ class PeriodBook:
         lock = self._locks.setdefault(customer_id, asyncio.Lock())
         async with lock:
             known = self._known.get(customer_id)
-            if known is not None and now < known[1]:
+            if (
+                known is not None
+                and now < known[1]
+                and not await self._changed(customer_id, known[2])
+            ):
                 return known[0]
+            read_at = now_us()
             periods = await self.gateway.subscription_periods(customer_id)
-            self._known[customer_id] = (periods, self._valid_until(periods, now))
+            self._known[customer_id] = (periods, self._valid_until(periods, now), read_at)
+            if periods is not None and self.on_read is not None:
+                await self.on_read(customer_id, periods, now)
             return periods
+
+    async def _changed(self, customer_id: str, read_at: int) -> bool:
+        return self.changed_at is not None and await self.changed_at(customer_id) >= read_at
 
     def forget(self, customer_id: str) -> None:
         """Read the customer's periods again next time (a webhook said they changed)."""
@@ -125,4 +198,10 @@ class PeriodBook:
         if periods is None:
             return until
         deadlines = [d.finalizes_at - self.margin for d in periods.drafts]
+        if (
+            periods.start < periods.period_start
+            and now < periods.period_start + self.grace - self.margin
+            and periods.draft_for(periods.period_start - 1) is None
+        ):
+            until = min(until, now + DRAFT_RECHECK_SECONDS)
         return min(until, periods.period_end, *[d for d in deadlines if d > now])

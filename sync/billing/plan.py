@@ -52,6 +52,9 @@ class MeterEventBatch:
     queue: str
     first_seq: int
     last_seq: int
+    # The value by operation (edge_node.usage.operations), for the tenant's usage API; it
+    # sums to `value` and plays no part in what is sent.
+    operations: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,7 @@ class _Usage:
     units: int
     window_start: int
     fingerprint: int
+    operation: str = ""
 
 
 class UsagePlanner:
@@ -177,6 +181,7 @@ class UsagePlanner:
     def _plan(self, taken: list[_Usage]) -> PlannedRange:
         first_seq, last_seq = taken[0].seq, taken[-1].seq
         sums: dict[tuple[str, int], list[int]] = {}
+        by_operation: dict[tuple[str, int], dict[str, int]] = {}
         unreadable: list[int] = []
         for usage in taken:
             if usage.tenant_id is None:
@@ -187,6 +192,8 @@ class UsagePlanner:
             totals = sums.setdefault((usage.tenant_id, usage.window_start), [0, 0])
             totals[0] += usage.units
             totals[1] += 1
+            operations = by_operation.setdefault((usage.tenant_id, usage.window_start), {})
+            operations[usage.operation] = operations.get(usage.operation, 0) + usage.units
         batches = tuple(
             MeterEventBatch(
                 batch_identifier(
@@ -206,6 +213,7 @@ class UsagePlanner:
                 self.queue,
                 first_seq,
                 last_seq,
+                tuple(sorted(by_operation[tenant_id, window_start].items())),
             )
             for (tenant_id, window_start), (value, events) in sorted(sums.items())
         )
@@ -244,6 +252,7 @@ class UsagePlanner:
             usage.units,
             usage.timestamp_ms // window_ms * self.window_seconds,
             record_fingerprint(record),
+            usage.operation,
         )
 
 

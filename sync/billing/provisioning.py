@@ -10,7 +10,14 @@ repeat, so a crash or a lost answer anywhere costs only a retry:
    set once, never replaced);
 2. the subscription on the plan's price from the catalog (sync/stripe/catalog.py), found
    among the customer's live subscriptions or created the same way, then stored
-   (`subscription_id`).
+   (`subscription_id`). With `stripe.collection_method = send_invoice` Stripe emails the
+   invoices, so the customer must have an email (set here with `tenants create --email` or
+   `tenants update --email`, or already in Stripe): without one the subscription is refused
+   with that reason, until an address is set.
+
+A tenant's email is given to its customer at creation, and every later change by an update
+of the customer (`push_emails`, each round), so an address set while Stripe is unreachable
+reaches it afterwards (edge_node/tenants/contacts.py).
 
 Stripe refusing one tenant for good (PermanentSyncError) is logged and that tenant retried
 next round without holding the others back; an outage (TransientSyncError) ends the round.
@@ -35,6 +42,10 @@ from sync.stripe.gateway import StripeGateway
 
 log = logging.getLogger(__name__)
 
+NO_EMAIL = (
+    "tenant {tenant_id} has no email, and invoices are sent by email (stripe.collection_method"
+    " = send_invoice): set one with `edge-node tenants update {tenant_id} --email ADDRESS`"
+)
 NO_CATALOG = (
     "no Stripe catalog yet: run `edge-node stripe bootstrap` so tenants can be subscribed"
     " to their plans"
@@ -47,6 +58,7 @@ class ProvisioningReport:
 
     customers: int = 0
     subscriptions: int = 0
+    emails: int = 0
     refused: dict[str, str] = field(default_factory=dict)
 
 
@@ -61,6 +73,7 @@ class Provisioner:
     ) -> None:
         self._gateway = gateway
         self._registry = registry
+        self._contacts = registry.contacts()
         self._catalog = catalog
 
     async def provision_all(self) -> ProvisioningReport:
@@ -115,11 +128,13 @@ class Provisioner:
                 tenant_id=tenant.tenant_id,
                 name=tenant.name,
                 created_after=tenant.created_at / 1e6 if tenant.created_at else None,
+                email=self._contacts.email(tenant.tenant_id),
             )
             customer_id = self._registry.set_stripe_customer(tenant.tenant_id, found)
             report.customers += 1
             log.info("tenant %s is Stripe customer %s", tenant.tenant_id, customer_id)
         if tenant.subscription_id is None and catalog is not None:
+            await self._require_email(tenant.tenant_id, customer_id)
             subscription_id = await self._gateway.ensure_subscription(
                 tenant_id=tenant.tenant_id,
                 customer_id=customer_id,
@@ -134,6 +149,35 @@ class Provisioner:
                 subscription_id,
             )
 
+    async def _require_email(self, tenant_id: str, customer_id: str) -> None:
+        """Refuse a `send_invoice` subscription for a customer nobody can send invoices to:
+        no address here (set on this node) and none in Stripe (set on another node, or by
+        hand in the Dashboard)."""
+        if self._gateway.collection_method != "send_invoice":
+            return
+        if self._contacts.email(tenant_id) is None and (
+            await self._gateway.customer_email(customer_id) is None
+        ):
+            raise PermanentSyncError(NO_EMAIL.format(tenant_id=tenant_id))
+
+    async def push_emails(self, report: ProvisioningReport | None = None) -> None:
+        """Give Stripe each tenant's email that its customer does not have yet; one refused
+        for good is logged and tried again next round, an outage ends the round."""
+        for waiting in self._contacts.to_send():
+            try:
+                await self._gateway.set_customer_email(waiting.customer_id, waiting.email)
+            except PermanentSyncError as exc:
+                log.error("Stripe refused the email of tenant %s: %s", waiting.tenant_id, exc)
+                continue
+            self._contacts.sent(waiting.tenant_id, waiting.email)
+            if report is not None:
+                report.emails += 1
+            log.info(
+                "tenant %s: Stripe customer %s has its email",
+                waiting.tenant_id,
+                waiting.customer_id,
+            )
+
 
 @dataclass
 class ProvisioningJob:
@@ -145,7 +189,8 @@ class ProvisioningJob:
     name: str = "stripe-provisioning"
 
     async def run(self) -> None:
-        await self.provisioner.provision_all()
+        report = await self.provisioner.provision_all()
+        await self.provisioner.push_emails(report)
 
     async def close(self) -> None:
         await self.gateway.close()

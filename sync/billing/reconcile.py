@@ -1,20 +1,23 @@
-"""Reconciliation: per tenant and day, the usage served against what was billed and what waits.
+"""Reconciliation: per tenant and billing period, the usage served against where it went and
+what Stripe invoiced (sync/billing/statements.py), made from per tenant and day tallies.
 
 `edge-node billing reconcile` runs beside the daemon: node.sqlite is opened read-only and
 the queue read without its lock (edge_node.queue.inspect_queue, tail_records), so nothing
 is changed and nothing waits. Every event billing holds is in exactly one place:
 
     recorded = queued (on the queue, not planned yet) + the events of the ledger's batches
-    billed = confirmed                in flight = queued + planned + sent
+    billed = confirmed - included     in flight = queued + planned + sent
 
-Confirmed usage is split by where it was stamped (sync/billing/periods.py): in its own
+Confirmed usage of a flat-plan tenant went to the unpriced meter (sync/stripe/catalog.py):
+it is included in the flat fee, and never counted as billed. Other confirmed usage is split
+by where it was stamped (sync/billing/periods.py): in its own
 window's period, at the subscription's start (served before the subscription existed), or
 carried forward into a later open period because its own period's invoice was finalized;
 planned usage of a tenant without a Stripe customer is shown apart (`no_customer`), since it
 cannot be billed until provisioning succeeds. Each tenant-day carries a statement:
 
-    served = own period + before subscription + carried forward + set aside + in flight
-             + difference
+    served = own period + before subscription + carried forward + included in the flat fee
+             + set aside + in flight + difference
 
 
 and `served` is counted apart, where requests are served (edge_node/usage/served.py, one counts
@@ -26,27 +29,29 @@ in one snapshot, then the queue after the last range planned as of that snapshot
 the daemon plans meanwhile is counted once, as queued, and a request served meanwhile can
 only make recorded exceed served, never the reverse. Without any counts file (a data
 directory metered before the counts existed) served is taken to be recorded.
+
+The same snapshot is tallied per tenant and billing period (sync/billing/statements.py), with
+the customers' invoices when Stripe was read (`stripe_invoices`, through the adapter): the
+report is in order only when no period's statement is unexplained either.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge_node import sqlite
 from edge_node.errors import NotAUsageEvent
-from edge_node.node_database import values_named
-from edge_node.queue import inspect_queue, tail_records
-from edge_node.usage.event import read_billable
-from edge_node.usage.meter import BILLING_CONSUMER
 from edge_node.usage.served import read_counts
-from sync.billing.ledger import PLANNED_THROUGH
+from sync.billing.local_reads import planned_through, queue_directories, read_only, unplanned
 from sync.billing.periods import PLACEMENTS
+from sync.billing.statements import PeriodStatements
+from sync.stripe.catalog import INCLUDED_SUFFIX
+from sync.stripe.periods import InvoicedPeriod
 
 STATES = ("planned", "sent", "confirmed", "set_aside")
 
@@ -80,6 +85,7 @@ class TenantDay:
     counted: Tally | None = None  # served, as counted where requests are served
     placements: dict[str, Tally] = field(default_factory=lambda: {p: Tally() for p in PLACEMENTS})
     no_customer: Tally = field(default_factory=Tally)  # planned, the tenant not provisioned
+    included: Tally = field(default_factory=Tally)  # confirmed on the unpriced meter (flat)
 
     @property
     def recorded(self) -> Tally:
@@ -119,6 +125,7 @@ class TenantDay:
             "billed_in_own_period": self.placements["own"].units,
             "billed_from_before_subscription": self.placements["before_subscription"].units,
             "carried_forward": self.placements["carried_forward"].units,
+            "included_in_flat_fee": self.included.units,
             "set_aside": self.states["set_aside"].units,
             "in_flight": self.in_flight_units,
         }
@@ -134,7 +141,7 @@ class TenantDay:
             "recorded": self.recorded.to_json(with_batches=False),
             "queued": self.queued.to_json(with_batches=False),
             **{state: tally.to_json() for state, tally in self.states.items()},
-            "billed_units": self.states["confirmed"].units,
+            "billed_units": self.states["confirmed"].units - self.included.units,
             "in_flight_units": self.in_flight_units,
             "unbilled_units": self.unbilled_units,
             "unrecorded_units": self.unrecorded_units,
@@ -146,15 +153,21 @@ class TenantDay:
 
 @dataclass
 class Reconciliation:
-    """The whole report: tenant days, set-aside batches, and unreadable queue records."""
+    """The whole report: statements per tenant and period, the tenant days they are made
+    from, set-aside batches, and unreadable queue records."""
 
     days: dict[tuple[str, str], TenantDay] = field(default_factory=dict)
     set_aside: list[dict[str, Any]] = field(default_factory=list)
     unreadable_records: int = 0
+    periods: PeriodStatements = field(default_factory=PeriodStatements)
 
     @property
     def ok(self) -> bool:
-        return self.unreadable_records == 0 and all(day.ok for day in self.days.values())
+        return (
+            self.unreadable_records == 0
+            and all(day.ok for day in self.days.values())
+            and all(s.unexplained == 0 for s in self.periods.statements.values())
+        )
 
     def day(self, tenant_id: str, day: str) -> TenantDay:
         key = (tenant_id, day)
@@ -165,6 +178,8 @@ class Reconciliation:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "stripe_read": self.periods.read_stripe,
+            "periods": [statement.to_json() for statement in self.periods.sorted()],
             "days": [self.days[key].to_json() for key in sorted(self.days)],
             "set_aside": self.set_aside,
             "unreadable_queue_records": self.unreadable_records,
@@ -177,28 +192,94 @@ def reconcile(
     tenant_id: str | None = None,
     since: date | None = None,
     on_step: Callable[[str], None] = lambda step: None,
+    invoices: Mapping[str, list[InvoicedPeriod]] | None = None,
 ) -> Reconciliation:
     """The report for `data_dir`, for one tenant or all, from day `since` (UTC) on;
-    `on_step` hears each part as it is read (for a progress line)."""
+    `on_step` hears each part as it is read (for a progress line). `invoices`: each tenant's
+    Stripe invoices, when Stripe was read (`stripe_invoices`)."""
     report = Reconciliation()
     first_day = (since or date(1970, 1, 1)).isoformat()
     on_step("served counts")
     counted = _tally_counts(data_dir / "served", report, tenant_id, first_day)
     on_step("billing ledger")
-    with _read_only(data_dir / "node.sqlite") as conn:
+    with read_only(data_dir / "node.sqlite") as conn:
         conn.execute("BEGIN")  # one snapshot for every query below
+        report.periods = PeriodStatements.of(_known_periods(conn, tenant_id), invoices)
         if sqlite.has_table(conn, "billing_ledger"):  # absent until billing first ran
             _tally_ledger(conn, report, tenant_id, first_day)
-        planned = dict(_planned_through(conn))
+            _tally_periods(conn, report.periods, tenant_id, first_day)
+        planned = planned_through(conn)
         conn.execute("COMMIT")
-    for directory in sorted((data_dir / "queue").glob("worker-*")):
+    for directory in queue_directories(data_dir):
         on_step(f"queue {directory.name}")
         _tally_queue(directory, planned.get(directory.name, 0), report, tenant_id, first_day)
     if counted:
         for day in report.days.values():
             if day.counted is None:
                 day.counted = Tally()
+    report.periods.settle_served()
+    for day in report.days.values():
+        if day.unrecorded_units:
+            report.periods.add_served(day.tenant_id, _epoch(day.day), day.unrecorded_units)
     return report
+
+
+async def stripe_invoices(
+    data_dir: Path, gateway: InvoiceGateway, event_name: str, *, tenant_id: str | None = None
+) -> dict[str, list[InvoicedPeriod]]:
+    """Each billed tenant's invoices (the tenants with a customer in the ledger), read from
+    Stripe; raises the adapter's errors (TransientSyncError: try again later)."""
+    with read_only(data_dir / "node.sqlite") as conn:
+        customers = (
+            conn.execute(
+                "SELECT DISTINCT tenant_id, customer_id FROM billing_ledger"
+                " WHERE customer_id IS NOT NULL AND (?1 IS NULL OR tenant_id = ?1)",
+                (tenant_id,),
+            ).fetchall()
+            if sqlite.has_table(conn, "billing_ledger")
+            else []
+        )
+    found: dict[str, list[InvoicedPeriod]] = {}
+    for tenant, customer in customers:
+        found.setdefault(tenant, []).extend(await gateway.invoiced_periods(customer, event_name))
+    return found
+
+
+class InvoiceGateway(Protocol):
+    """What reconcile reads of Stripe (sync/stripe/gateway.py's StripeGateway)."""
+
+    async def invoiced_periods(self, customer_id: str, event_name: str) -> list[InvoicedPeriod]: ...
+
+
+def _known_periods(conn: sqlite3.Connection, tenant_id: str | None) -> list[tuple[str, int, int]]:
+    if not sqlite.has_table(conn, "billing_periods"):
+        return []
+    rows = conn.execute(
+        "SELECT tenant_id, period_start, period_end FROM billing_periods"
+        " WHERE ?1 IS NULL OR tenant_id = ?1",
+        (tenant_id,),
+    )
+    return [(str(t), int(start), int(end)) for t, start, end in rows]
+
+
+def _tally_periods(
+    conn: sqlite3.Connection, periods: PeriodStatements, tenant_id: str | None, first_day: str
+) -> None:
+    """Every batch by window, state, placement and stamp into its period's statement."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(billing_ledger)")}
+    placed = "coalesce(placement, 'own')" if "placement" in columns else "'own'"
+    stamp = "stamp" if "stamp" in columns else "NULL"
+    included = f"substr(event_name, -{len(INCLUDED_SUFFIX)}) = '{INCLUDED_SUFFIX}'"
+    for tenant, window_start, state, placement, stamped, units in conn.execute(
+        f"SELECT tenant_id, window_start, state,"  # noqa: S608
+        f" CASE WHEN {included} THEN 'included' ELSE {placed} END, {stamp}, sum(value)"
+        " FROM billing_ledger WHERE (?1 IS NULL OR tenant_id = ?1) AND window_start >= ?2"
+        " GROUP BY 1, 2, 3, 4, 5",
+        (tenant_id, _epoch(first_day)),
+    ):
+        periods.add_batch(
+            tenant, window_start, units, state=state, placement=placement, stamp=stamped
+        )
 
 
 def _tally_counts(
@@ -215,15 +296,6 @@ def _tally_counts(
                     tally.counted = Tally()
                 tally.counted.add(0, events, units)
     return bool(paths)
-
-
-@contextmanager
-def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: no node has run in this data directory")
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)) as conn:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        yield conn
 
 
 def _tally_ledger(
@@ -243,7 +315,9 @@ def _tally_ledger(
     placed = "coalesce(placement, 'own')" if "placement" in columns else "'own'"
     for tenant, day, placement, no_customer, batches, events, units in conn.execute(
         "SELECT tenant_id, date(window_start, 'unixepoch') AS day,"  # noqa: S608
-        f" CASE WHEN state = 'confirmed' THEN {placed} END AS placement,"
+        " CASE WHEN state != 'confirmed' THEN NULL"
+        f" WHEN substr(event_name, -{len(INCLUDED_SUFFIX)}) = '{INCLUDED_SUFFIX}'"
+        f" THEN 'included' ELSE {placed} END AS placement,"
         " state = 'planned' AND customer_id IS NULL AS no_customer,"
         " count(*), sum(events), sum(value) FROM billing_ledger"
         " WHERE (?1 IS NULL OR tenant_id = ?1) AND window_start >= ?2"
@@ -254,6 +328,8 @@ def _tally_ledger(
         tally = report.day(tenant, day)
         if no_customer:
             tally.no_customer.add(batches, events, units)
+        elif placement == "included":
+            tally.included.add(batches, events, units)
         else:
             tally.placements[placement].add(batches, events, units)
     for identifier, tenant, window_start, units, events, reason in conn.execute(
@@ -274,32 +350,20 @@ def _tally_ledger(
         )
 
 
-def _planned_through(conn: sqlite3.Connection) -> Iterator[tuple[str, int]]:
-    for name, value in values_named(conn, PLANNED_THROUGH):
-        yield name.removeprefix(PLANNED_THROUGH), int(value)
-
-
 def _tally_queue(
     directory: Path,
-    planned_through: int,
+    planned: int,
     report: Reconciliation,
     tenant_id: str | None,
     first_day: str,
 ) -> None:
     """Count the records after the last one planned (and after billing's cursor)."""
-    status = inspect_queue(directory)
-    consumer = status.consumers.get(BILLING_CONSUMER)
-    after = max(planned_through, consumer.cursor if consumer else 0)
-    if status.last_seq <= after:
-        return
-    for record in tail_records(directory, status.last_seq - after):
-        if record.seq <= after:
-            continue
-        usage = read_billable(record.payload)
+    for usage in unplanned(directory, planned):
         if isinstance(usage, NotAUsageEvent) or (day := _day(usage.timestamp_ms)) is None:
             report.unreadable_records += 1
         elif (tenant_id is None or usage.tenant_id == tenant_id) and day >= first_day:
             report.day(usage.tenant_id, day).queued.add(0, 1, usage.units)
+            report.periods.add_queued(usage.tenant_id, usage.timestamp_ms / 1000, usage.units)
 
 
 def _day(timestamp_ms: int) -> str | None:

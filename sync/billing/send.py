@@ -34,7 +34,15 @@ from edge_node.errors import PermanentSyncError, TransientSyncError
 from sync.backoff import Backoff
 from sync.billing.ledger import LedgerBatch
 from sync.billing.ledger_thread import AsyncLedger
-from sync.billing.periods import PeriodBook, Placement, Stamp, place, still_invoiced
+from sync.billing.periods import (
+    PeriodBook,
+    Placement,
+    Stamp,
+    StampSlot,
+    place,
+    slotted,
+    still_invoiced,
+)
 from sync.billing.send_rules import SendRules, when
 from sync.billing.stats import BillingStats
 from sync.stripe.gateway import MeterEventOutcome
@@ -91,6 +99,8 @@ class BatchSender:
     horizon_clock: Callable[[], float] | None = None
     backoff: Backoff = field(default_factory=Backoff)
     periods: PeriodBook = field(init=False)
+    invoice_grace_seconds: float = 3600.0  # stripe.invoice_grace_hours
+    stamp_slot: StampSlot = field(default_factory=StampSlot)  # billing.stamp_slot(s)
     call_timeout: float = CALL_TIMEOUT_SECONDS
     # Called after Stripe answered and before the answer is written: tests crash here.
     on_answer: Callable[[LedgerBatch], Awaitable[None]] | None = None
@@ -98,7 +108,13 @@ class BatchSender:
     _unsubscribed: set[str] = field(default_factory=set)  # warned about, once each
 
     def __post_init__(self) -> None:
-        self.periods = PeriodBook(self.gateway)
+        ledger = self.ledger.ledger
+        self.periods = PeriodBook(
+            self.gateway,
+            on_read=self.ledger.record_periods,
+            changed_at=lambda c: self.ledger.run(ledger.periods.changed_at, c),
+            grace=self.invoice_grace_seconds,
+        )
 
     def waiting_customers(self) -> list[str]:
         """Customers backing off now: their batches are not due this round."""
@@ -124,6 +140,16 @@ class BatchSender:
             for batch, reason, counter in doomed:
                 self._reported(batch, reason, counter)
         return len(doomed)
+
+    async def read_periods(self, customers: Sequence[str]) -> None:
+        """Read the customers' periods again (kept by the ledger as they are read); a failure
+        leaves them for the next round."""
+        now = self.clock()
+        for customer in customers:
+            try:
+                await self.periods.periods(customer, now)
+            except TransientSyncError:
+                return
 
     async def send(self, batches: Sequence[LedgerBatch]) -> None:
         """Send `batches` (open, with a customer), each customer's in the order given."""
@@ -186,7 +212,7 @@ class BatchSender:
             if resolve is not None or not still_invoiced(batch.stamp, periods, now):
                 return await self._resolve(batch, resolve or "its period's invoice is finalized")
             return Stamp(batch.stamp, batch.placement or "own")
-        return place(batch.window_start, periods, now)
+        return slotted(place(batch.window_start, periods, now), periods, self.stamp_slot)
 
     async def _call(self, batch: LedgerBatch, stamp: Stamp) -> bool:
         """One attempt at Stripe, noted before and its answer recorded after."""

@@ -64,6 +64,17 @@ _PER_ROW_POLICY = """
 # a reference table replicated to the very node, the "nesting" is a local read.
 _NESTED_BINDING_READ = """
     ALTER FUNCTION edge_node_session_tenant() SET citus.allow_nested_distributed_execution = on"""
+# Logical replication refuses to apply changes to a table whose row-level security applies to
+# the subscription's owner. A logical shard move (citus_move_shard_placement with
+# force_logical or auto, citus_rebalance_start) subscribes as a role made a member of the
+# tables' owner, so a forced policy stops the move for good at the first change written during
+# its copy. Not forcing it changes nobody's rows: the owner and its members already see and
+# write every row through the `edge_node_sync` policy, and every other role stays subject.
+# Only where forced: a run with nothing to change takes no table lock.
+_FORCED = """
+    SELECT relname::text FROM pg_class
+    WHERE oid = ANY ($1::text[]::regclass[]) AND relforcerowsecurity ORDER BY 1"""
+_UNFORCED = "ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY"
 _WORKER_BOUNDS = f"""
     SELECT nodename, nodeport, success, result FROM run_command_on_workers($$
         CREATE TABLE IF NOT EXISTS {WORKER_BOUNDS_TABLE} (
@@ -121,6 +132,8 @@ async def distribute(connection: Connection) -> list[str]:
                         ANCHOR,
                     )
             now.append(table)
+        for (table,) in await connection.fetch(_FORCED, list(DISTRIBUTED)):
+            await connection.execute(_UNFORCED.format(table=table))
         for node, port, success, result in await connection.fetch(_WORKER_BOUNDS):
             if not success:
                 raise TransientSyncError(

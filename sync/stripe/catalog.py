@@ -31,6 +31,15 @@ TIERED_TIERS: tuple[tuple[int | None, str], ...] = (  # (up to, cents per unit),
     (None, "0.02"),
 )
 FLAT_MONTHLY_AMOUNT = 4900  # 49.00 a month
+# Usage of flat-plan tenants goes to a meter of its own that no price bills: Stripe holds
+# it (its summaries show it) and no invoice charges it; reconcile reports it as included in
+# the flat fee, never as billed.
+INCLUDED_SUFFIX = "_included"
+
+
+def included_event_name(event_name: str) -> str:
+    """The event name of the unpriced meter beside the meter of `event_name`."""
+    return event_name + INCLUDED_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,11 @@ class BillingCatalog:
     meter_event_name: str
     product_id: str
     price_ids: Mapping[Plan, str]
+    included_meter_id: str = ""  # the unpriced meter; "" in a catalog written before it
+
+    @property
+    def included_event_name(self) -> str:
+        return included_event_name(self.meter_event_name)
 
     def price_for(self, plan: Plan) -> str:
         return self.price_ids[plan]
@@ -51,6 +65,7 @@ class BillingCatalog:
             "meter_event_name": self.meter_event_name,
             "product_id": self.product_id,
             "price_ids": {plan: self.price_ids[plan] for plan in PLANS},
+            "included_meter_id": self.included_meter_id,
         }
 
     @classmethod
@@ -62,6 +77,7 @@ class BillingCatalog:
                 meter_event_name=str(document["meter_event_name"]),
                 product_id=str(document["product_id"]),
                 price_ids={plan: str(prices[plan]) for plan in PLANS},
+                included_meter_id=str(document.get("included_meter_id", "")),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(
@@ -102,8 +118,34 @@ def save_catalog(path: Path, catalog: BillingCatalog) -> None:
     temporary.replace(path)
 
 
-def price_params(plan: Plan, meter_id: str, product_id: str, lookup_key: str) -> dict[str, Any]:
-    """The parameters of the create of `plan`'s price (bootstrap, sync/stripe/gateway.py)."""
+def price_mismatch(
+    price: Mapping[str, Any], plan: Plan, meter_id: str, product_id: str, lookup_key: str
+) -> str | None:
+    """Why a price Stripe listed is not `plan`'s price on this meter and product (None: it
+    is). A list by `lookup_keys` is checked, never trusted: the key may have been moved to
+    a price on an older meter, another product or another currency."""
+    recurring = price.get("recurring") or {}
+    wanted_usage = "licensed" if plan == "flat" else "metered"
+    checks = (
+        (price.get("lookup_key") == lookup_key, f"its lookup key is {price.get('lookup_key')!r}"),
+        (price.get("active") is True, "it is archived"),
+        (price.get("product") == product_id, f"it is a price of product {price.get('product')}"),
+        (price.get("currency") == CURRENCY, f"its currency is {price.get('currency')}"),
+        (recurring.get("usage_type") == wanted_usage, f"it is not {wanted_usage}"),
+        (
+            plan == "flat" or recurring.get("meter") == meter_id,
+            f"it bills meter {recurring.get('meter')}, not {meter_id}",
+        ),
+    )
+    return next((reason for fits, reason in checks if not fits), None)
+
+
+def price_params(
+    plan: Plan, meter_id: str, product_id: str, lookup_key: str, *, transfer: bool = False
+) -> dict[str, Any]:
+    """The parameters of the create of `plan`'s price (bootstrap, sync/stripe/bootstrap.py);
+    `transfer` moves the lookup key from the price that holds it (Stripe's
+    `transfer_lookup_key`)."""
     params: dict[str, Any] = {
         "currency": CURRENCY,
         "product": product_id,
@@ -111,6 +153,8 @@ def price_params(plan: Plan, meter_id: str, product_id: str, lookup_key: str) ->
         "nickname": f"edge-node {plan}",
         "metadata": {"edge_node_plan": plan},
     }
+    if transfer:
+        params["transfer_lookup_key"] = True
     if plan == "flat":
         params["unit_amount"] = FLAT_MONTHLY_AMOUNT
         params["recurring"] = {"interval": "month", "usage_type": "licensed"}

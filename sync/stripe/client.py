@@ -59,6 +59,11 @@ class StripeClientBase:
         self._search_unavailable = False
         self._meter_ids: dict[str, str] = {}
 
+    @property
+    def collection_method(self) -> str:
+        """How the subscriptions this gateway creates collect payment."""
+        return self._collection_method
+
     async def close(self) -> None:
         """Close the HTTP client's connections (only a client this gateway made); once."""
         if self._owns_http_client and not self._closed:

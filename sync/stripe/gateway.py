@@ -42,7 +42,12 @@ from edge_node.errors import TransientSyncError
 from sync.stripe.bootstrap import CatalogBootstrap
 from sync.stripe.errors import is_duplicate_identifier, raise_translated
 from sync.stripe.meter_errors import MeterErrorReport, report_from
-from sync.stripe.periods import SubscriptionPeriods, periods_from
+from sync.stripe.periods import (
+    InvoicedPeriod,
+    SubscriptionPeriods,
+    invoiced_from,
+    periods_from,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +128,41 @@ class StripeGateway(CatalogBootstrap):
         )
         return periods_from(subscription, [invoice.to_dict() for invoice in drafts.data])
 
+    async def invoiced_periods(self, customer_id: str, event_name: str) -> list[InvoicedPeriod]:
+        """The customer's invoices for subscription periods (the first 100, newest first;
+        not the zero-length invoice of a subscription's creation), each with the units of its
+        lines priced on the meter of `event_name`."""
+        meter_id = await self._meter_id(event_name)
+        listed = await self._call(
+            self._client.v1.invoices.list_async(
+                {"customer": customer_id, "limit": 100}, self._options()
+            ),
+            f"invoices of customer {customer_id}",
+        )
+        invoices = [i.to_dict() for i in listed.data if i.period_end > i.period_start]
+        prices = {
+            str(line["pricing"]["price_details"]["price"])
+            for invoice in invoices
+            for line in invoice["lines"]["data"]
+            if (line.get("pricing") or {}).get("price_details")
+        }
+        metered = set()
+        for price_id in sorted(prices):
+            price = await self._call(
+                self._client.v1.prices.retrieve_async(price_id, None, self._options()),
+                f"price {price_id}",
+            )
+            recurring = price.to_dict().get("recurring") or {}
+            if recurring.get("meter") == meter_id:
+                metered.add(price_id)
+        try:
+            return [invoiced_from(invoice, metered.__contains__) for invoice in invoices]
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise TransientSyncError(
+                f"Stripe invoices of customer {customer_id}: an answer the node does not"
+                f" understand ({exc})"
+            ) from exc
+
     async def meter_event_total(
         self, *, event_name: str, customer_id: str, start: int, end: int
     ) -> float:
@@ -163,7 +203,12 @@ class StripeGateway(CatalogBootstrap):
     # Provisioning.
 
     async def ensure_customer(
-        self, *, tenant_id: str, name: str, created_after: float | None = None
+        self,
+        *,
+        tenant_id: str,
+        name: str,
+        created_after: float | None = None,
+        email: str | None = None,
     ) -> str:
         """The id of the tenant's Stripe customer, created when there is none. Found by
         metadata tenant_id (search, or where Stripe offers no search a list of the
@@ -181,14 +226,31 @@ class StripeGateway(CatalogBootstrap):
             if listed is not None:
                 return listed
             self._retire_failed_key(scope, what)
+        params: dict[str, Any] = {"name": name, "metadata": {"tenant_id": tenant_id}}
+        if email is not None:
+            params["email"] = email
         customer = await self._create(
             scope,
-            lambda options: self._client.v1.customers.create_async(
-                {"name": name, "metadata": {"tenant_id": tenant_id}}, options
-            ),
+            lambda options: self._client.v1.customers.create_async(cast(Any, params), options),
             what,
         )
         return str(customer.id)
+
+    async def customer_email(self, customer_id: str) -> str | None:
+        """The email Stripe has for the customer (None: none)."""
+        customer = await self._call(
+            self._client.v1.customers.retrieve_async(customer_id, None, self._options()),
+            f"customer {customer_id}",
+        )
+        email = customer.to_dict().get("email")
+        return str(email) if email else None
+
+    async def set_customer_email(self, customer_id: str, email: str) -> None:
+        """Give the customer `email` (`POST /v1/customers/{id}`: an update, safe to repeat)."""
+        await self._call(
+            self._client.v1.customers.update_async(customer_id, {"email": email}, self._options()),
+            f"email of customer {customer_id}",
+        )
 
     async def _find_customer(self, tenant_id: str, created_after: float | None) -> str | None:
         """The tenant's customer by metadata: by search, or by listing every customer where

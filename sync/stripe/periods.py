@@ -9,13 +9,16 @@ grace); usage arriving after that for the ended period is accepted and never inv
 
 `SubscriptionPeriods` is read from the customer's live subscription and its draft invoices
 (`StripeGateway.subscription_periods`); the billing flush decides each batch's timestamp from
-it (sync/billing/periods.py).
+it (sync/billing/periods.py). `InvoicedPeriod` is one of the customer's invoices and the units
+it bills on the node's meter (`StripeGateway.invoiced_periods`), what reconcile sets against
+the node's statement of that period (sync/billing/statements.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 
@@ -70,4 +73,38 @@ def periods_from(
         period_start,
         period_end,
         drafts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicedPeriod:
+    """A customer's invoice for one subscription period [period_start, period_end): its id,
+    status (`draft` until finalized), and `quantity`, the units of its lines priced on the
+    node's meter (while a draft, what it would invoice now)."""
+
+    invoice_id: str
+    status: str
+    period_start: int
+    period_end: int
+    quantity: int
+
+    @property
+    def final(self) -> bool:
+        return self.status != "draft"
+
+
+def invoiced_from(invoice: Mapping[str, Any], metered: Callable[[str], bool]) -> InvoicedPeriod:
+    """An invoice object (as a dict) and the quantity of its lines whose price `metered`
+    says is on the node's meter."""
+    quantity = 0
+    for line in invoice["lines"]["data"]:
+        price = ((line.get("pricing") or {}).get("price_details") or {}).get("price")
+        if price is not None and metered(str(price)):
+            quantity += int(Decimal(str(line.get("quantity_decimal") or line.get("quantity") or 0)))
+    return InvoicedPeriod(
+        str(invoice["id"]),
+        str(invoice["status"]),
+        int(invoice["period_start"]),
+        int(invoice["period_end"]),
+        quantity,
     )

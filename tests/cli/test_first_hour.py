@@ -216,9 +216,9 @@ class TestProgress:
     def test_reconcile_reports_what_it_reads_on_a_terminal_only(self, cli: Cli) -> None:
         """`billing reconcile` names each part it reads on a terminal; piped, only JSON."""
         cli.create_tenant()
-        done = cli.run("billing", "reconcile")
+        done = cli.run("billing", "reconcile", "--json")
         assert (done.returncode, done.stderr) == (0, "")
-        code, stdout, shown = with_a_terminal_for_stderr(cli, "billing", "reconcile")
+        code, stdout, shown = with_a_terminal_for_stderr(cli, "billing", "reconcile", "--json")
         assert code == 0, shown
-        assert "reconciling: 0 tenant-day(s)" in shown
+        assert "reconciling: 0 tenant period(s)" in shown
         assert json.loads(stdout)["ok"] is True

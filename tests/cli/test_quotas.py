@@ -32,6 +32,14 @@ class TestQuotaCommands:
         assert (cleared["quota"], cleared["quota_policy"]) == (None, None)
         assert cli.json("tenants", "list")[0]["quota"] is None
 
+    def test_update_sets_the_quota_and_the_email_together(self, cli: Cli) -> None:
+        """`tenants update` takes --email beside the quota options and prints both."""
+        tenant_id = cli.create_tenant()["tenant_id"]
+        updated = cli.json(
+            "tenants", "update", tenant_id, "--quota", "7", "--email", "ops@acme.example"
+        )
+        assert (updated["quota"], updated["email"]) == (7, "ops@acme.example")
+
     def test_a_negative_or_fractional_quota_is_refused_naming_the_flag(self, cli: Cli) -> None:
         """Exit 2, nothing printed, the message names --quota; nothing is stored."""
         tenant_id = cli.create_tenant()["tenant_id"]

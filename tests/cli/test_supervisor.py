@@ -164,7 +164,7 @@ class TestSyncOncePerNode:
                 continue
             cursor = inspect_queue(billing.data_dir / "queue" / name).consumers["billing"].cursor
             assert cursor == last_seq, name
-        done = billing.cli("billing", "reconcile")
+        done = billing.cli("billing", "reconcile", "--json")
         assert done.returncode == 0, done.stdout
         assert "Traceback" not in node.log.read_text()
 

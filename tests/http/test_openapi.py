@@ -12,6 +12,7 @@ from tests.usage.test_meter import events_on_disk
 
 TENANT_PREFIX = "/v1/tenants/{tenant_id}"
 USAGE_OPERATION = "x-usage-operation"  # as published: clients may read it
+UNBILLED_PATHS = {TENANT_PREFIX + "/usage"}  # the tenant's own usage bills nothing
 
 
 async def serve_every_billed_answer(node: RunningNode) -> dict[str, tuple[str, str, int]]:
@@ -71,7 +72,8 @@ class TestBilledOperations:
         self, node: RunningNode
     ) -> None:
         """A route's description names each operation it bills, its default units and the
-        setting that changes them."""
+        setting that changes them; every tenant route bills but the tenant's usage, which
+        says it bills nothing."""
         async with node.session.get(f"{node.url}/v1/openapi.json") as response:
             document = await response.json()
         by_name = {operation.name: operation for operation in OPERATIONS}
@@ -82,7 +84,10 @@ class TestBilledOperations:
                     for response in operation["responses"].values()
                     if USAGE_OPERATION in response
                 }
-                assert bool(declared) == path.startswith(TENANT_PREFIX), f"{method} {path}"
+                billed = path.startswith(TENANT_PREFIX) and path not in UNBILLED_PATHS
+                assert bool(declared) == billed, f"{method} {path}"
+                if path in UNBILLED_PATHS:
+                    assert "Bills nothing" in operation["description"]
                 for name in declared:
                     entry = by_name[name]
                     assert f"`{name}`" in operation["description"]

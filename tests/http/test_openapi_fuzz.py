@@ -122,7 +122,7 @@ def test_every_operation_conforms(daemon: dict[str, Any], mode: GenerationMode) 
     schema = schemathesis.openapi.from_dict(pinned(document, values), config=config)
     headers = {"X-API-Key": daemon["api_key"]}
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10
+    assert len(operations) == 11
 
     for operation in operations:
         if mode is GenerationMode.NEGATIVE and not operation.path.startswith("/v1/tenants/"):

@@ -176,6 +176,7 @@ class TestDashboardAndAlerts:
         for metric in (
             "edge_node_queue_oldest_unconsumed_age_seconds",
             "edge_node_sync_lag_seconds",
+            "edge_node_sync_standby_lag_seconds",
             "edge_node_billing_batches_set_aside_total",
             'edge_node_http_requests_total{status=~"5.."}',
             "edge_node_billing_stripe_failures_total",

@@ -180,3 +180,52 @@ class TestLifecycle:
         await asyncio.wait_for(queue.close(), 10)
         with pytest.raises(QueueWriteError, match="not acknowledged"):
             pending.result()
+
+
+class TestSharedFuture:
+    async def test_appends_of_one_batch_share_one_future_resolved_after_its_sync(
+        self, queue_dir: Path, probe: FsyncProbe
+    ) -> None:
+        """Shared appends queued for one batch get one future, pending until the sync covering
+        all their records returns, then giving the batch's last sequence number."""
+        async with await open_queue(queue_dir, fsync=probe) as queue:
+            inode = segment_files(queue_dir)[0].stat().st_ino
+            probe.hold()
+            first = queue.append_nowait(payload(1))
+            assert await asyncio.to_thread(probe.entered.wait, 5)
+            shared = [queue.append_shared(payload(n), timestamp_ms=n) for n in range(2, 12)]
+            own = queue.append_nowait(payload(12))
+            assert all(future is shared[0] for future in shared)
+            await asyncio.sleep(0.05)
+            assert not shared[0].done()
+            probe.release()
+            assert await first == 1
+            assert await shared[0] == 12
+            assert await own == 12
+            assert probe.synced_sizes[inode] >= 12 * FRAME_BYTES
+
+    async def test_a_new_batch_gets_a_new_shared_future(
+        self, queue_dir: Path, probe: FsyncProbe
+    ) -> None:
+        """Shared appends queued after a batch is cut wait for the next batch, not that one."""
+        async with await open_queue(queue_dir, fsync=probe) as queue:
+            probe.hold()
+            early = queue.append_shared(payload(1), timestamp_ms=1)
+            assert await asyncio.to_thread(probe.entered.wait, 5)
+            late = queue.append_shared(payload(2), timestamp_ms=2)
+            assert late is not early
+            probe.release()
+            assert await early == 1
+            assert await late == 2
+
+    async def test_a_shared_future_fails_when_its_batch_is_given_up(
+        self, queue_dir: Path, probe: FsyncProbe, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A batch that cannot be written fails its shared future like every other future."""
+        monkeypatch.setattr("edge_node.queue.wal.CLOSE_RETRY_SECONDS", 0.2)
+        queue = await open_queue(queue_dir, fsync=probe)
+        probe.failure = OSError(errno.EIO, "I/O error")
+        shared = queue.append_shared(payload(1), timestamp_ms=1)
+        await asyncio.wait_for(queue.close(), 10)
+        with pytest.raises(QueueWriteError, match="not acknowledged"):
+            shared.result()

@@ -18,6 +18,7 @@ from edge_node.http.app import create_app
 from edge_node.http.docs_page import PATHS as DOCS_PAGE_PATHS
 from edge_node.http.openapi import openapi_document
 from edge_node.ids import is_uuid
+from sync.billing.usage_view import LocalUsage
 from tests.support import RunningNode, Tenant
 
 RATING_KEYS = {
@@ -468,9 +469,12 @@ class TestServiceRoutes:
             assert response.status == 200
             document = await response.json()
         assert document["openapi"].startswith("3.1.")
+        usage = LocalUsage(node.config.data_path)  # the daemon serves the usage API
         served = {
             (route.method, route.resource.canonical)
-            for route in create_app(node.config, node.storage, node.meter).router.routes()
+            for route in create_app(
+                node.config, node.storage, node.meter, usage=usage
+            ).router.routes()
             if route.resource is not None and route.resource.canonical not in DOCS_PAGE_PATHS
         }
         published = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from edge_node import sqlite as edge_sqlite
 from edge_node.rating.model import ItemScore, RatingInput
-from edge_node.rating.replication import RatingRow, rating_id, wins
+from edge_node.rating.replication import RATING_ID_NAMESPACE, RatingRow, rating_id, wins
 from edge_node.rating.schema import MIGRATIONS
 from edge_node.rating.store import TenantStores
 from edge_node.rating.tenant_store import TenantStore
@@ -46,6 +47,17 @@ def row(
         origin,
         deleted,
     )
+
+
+class TestRatingIds:
+    @given(st.text(), st.text(), st.text())
+    def test_a_rating_id_is_the_uuid5_of_tenant_user_and_item(
+        self, tenant: str, user: str, item: str
+    ) -> None:
+        """The id is uuid5 of the namespace and "tenant NUL user NUL item", as every replica
+        (and every earlier version of the node) derives it."""
+        expected = uuid.uuid5(RATING_ID_NAMESPACE, f"{tenant}\x00{user}\x00{item}")
+        assert rating_id(tenant, user, item) == str(expected)
 
 
 class TestOutbox:

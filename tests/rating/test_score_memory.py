@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import orjson
 
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores
@@ -30,6 +33,60 @@ class TestScoresInMemory:
             writer.upsert(RatingInput(f"u{number}", "book", number, None))
             assert reader.score("book").count == number
         assert reader.score("book").histogram == (1, 1, 1, 1, 1)
+
+    def test_the_encoded_document_follows_the_score(self, tmp_path: Path) -> None:
+        """The JSON document kept with a score is that score's, and is renewed with it."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        assert orjson.loads(store.score_document("book")) == store.score("book").to_json()
+        store.upsert(RatingInput("u", "book", 4, None))
+        assert orjson.loads(store.score_document("book"))["count"] == 1
+        assert orjson.loads(store.score_document("book")) == store.score("book").to_json()
+
+
+class TestScoresOnTheLoop:
+    async def test_a_write_on_the_same_connection_is_read_within_the_iteration(
+        self, tmp_path: Path
+    ) -> None:
+        """On the loop, a write through the store is in the very next read, with no await
+        between them."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        assert store.score("book").count == 0
+        store.upsert(RatingInput("u", "book", 4, None))
+        assert store.score("book").count == 1
+
+    async def test_another_connections_commit_is_read_by_the_next_iteration(
+        self, tmp_path: Path
+    ) -> None:
+        """On the loop, a commit by another connection is in every read of the iterations
+        after it, as a request that learned of that commit arrives in one of them."""
+        reader = TenantStores(tmp_path, node_id="a").get(TENANT)
+        writer = TenantStores(tmp_path, node_id="b").get(TENANT)
+        for number in range(1, 6):
+            assert reader.score("book").count == number - 1
+            writer.upsert(RatingInput(f"u{number}", "book", number, None))
+            await asyncio.sleep(0)
+            assert reader.score("book").count == number
+
+    def test_a_loop_stopped_mid_iteration_leaves_no_stale_read(self, tmp_path: Path) -> None:
+        """Scores read on a loop that then stopped are checked again when read off the loop."""
+        reader = TenantStores(tmp_path, node_id="a").get(TENANT)
+        writer = TenantStores(tmp_path, node_id="b").get(TENANT)
+
+        counts: list[int] = []
+
+        def read_and_stop() -> None:  # the loop stops before its iteration's callbacks run
+            counts.append(reader.score("book").count)
+            loop.stop()
+
+        loop = asyncio.new_event_loop()
+        try:
+            loop.call_soon(read_and_stop)
+            loop.run_forever()
+            assert counts == [0]
+            writer.upsert(RatingInput("u", "book", 5, None))
+            assert reader.score("book").count == 1
+        finally:
+            loop.close()
 
 
 class TestScoresAcrossWorkers:

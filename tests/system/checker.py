@@ -274,7 +274,7 @@ async def _reported_set_aside(cluster: Cluster, seen: Observations) -> Counter[s
     """Units each tenant has set aside, as `edge-node billing reconcile` reports them."""
     reported: Counter[str] = Counter()
     for node in cluster.nodes:
-        code, out, err = await node.cli("billing", "reconcile")
+        code, out, err = await node.cli("billing", "reconcile", "--json")
         if code not in (0, 1) or not out:
             seen.violate("billing", f"billing reconcile on {node.node_id} failed ({code}): {err}")
             continue

@@ -420,7 +420,14 @@ async def create_tenants(cluster: Cluster, count: int) -> list[TenantClients]:
     async def create(n: int) -> TenantClients:
         marker = f"t{n}"
         code, out, err = await first.cli(
-            "tenants", "create", "--name", f"tenant-{n}", "--rate-limit", "10000000"
+            "tenants",
+            "create",
+            "--name",
+            f"tenant-{n}",
+            "--rate-limit",
+            "10000000",
+            "--email",
+            f"billing+tenant-{n}@example.com",
         )
         if code != 0:
             raise RuntimeError(f"tenants create failed ({code}): {err}")

@@ -6,7 +6,13 @@ import orjson
 import pytest
 
 from edge_node.errors import NotAUsageEvent
-from edge_node.usage.event import BillableUsage, UsageEvent, encode_event, read_billable
+from edge_node.usage.event import (
+    UNKNOWN_OPERATION,
+    BillableUsage,
+    UsageEvent,
+    encode_event,
+    read_billable,
+)
 
 EVENT = UsageEvent(
     "01900000-0000-7000-8000-000000000001",
@@ -68,13 +74,16 @@ class TestStrictDecoding:
 
 class TestBillableReading:
     def test_an_event_gives_whose_usage_how_many_units_and_when(self) -> None:
-        """The billable part of an event: its tenant, units and time."""
-        assert read_billable(ON_DISK) == BillableUsage("tenant-a", 3, 1_700_000_000_123)
+        """The billable part of an event: its tenant, units, time and operation."""
+        assert read_billable(ON_DISK) == BillableUsage(
+            "tenant-a", 3, 1_700_000_000_123, UsageEvent.decode(ON_DISK).operation
+        )
 
     def test_only_the_billed_fields_are_required(self) -> None:
-        """A record with the three fields billing sums is billed, whatever else it holds."""
-        payload = b'{"tenant_id":"t","units":2,"timestamp_ms":5,"extra":null}'
-        assert read_billable(payload) == BillableUsage("t", 2, 5)
+        """A record with the three fields billing sums is billed, whatever else it holds; its
+        operation, missing or not a string, is the unknown one."""
+        payload = b'{"tenant_id":"t","units":2,"timestamp_ms":5,"extra":null,"operation":7}'
+        assert read_billable(payload) == BillableUsage("t", 2, 5, UNKNOWN_OPERATION)
 
     @pytest.mark.parametrize(
         ("payload", "reason"),

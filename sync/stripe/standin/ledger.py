@@ -6,9 +6,10 @@ products (sync/stripe/standin/pricing.py), meters and meter events (meters.py), 
 (invoices.py), events (events.py). `time_of(customer)` is the time that drives a customer's
 billing: its test clock's frozen time when it has one, else the stand-in's clock.
 
-Customers: `email` is kept as given and the list filters on it exactly (case-sensitive, as
-Stripe's `email` filter); search takes `metadata['k']:'v'` clauses joined by AND and, like
-Stripe's, may lag (the server's `search_lag` switch) or be unavailable (`search_disabled`).
+Customers: `email` is kept as given (an update to "" unsets it) and the list filters on it
+exactly (case-sensitive, as Stripe's `email` filter); search takes `metadata['k']:'v'`
+clauses joined by AND and, like Stripe's, may lag (the server's `search_lag` switch) or be
+unavailable (`search_disabled`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,26 @@ class Account:
         self.customers[customer["id"]] = customer
         self.indexed[customer["id"]] = self.now()
         self.events.emit("customer.created", customer, customer["created"])
+        return customer
+
+    def update_customer(self, customer_id: str, form: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /v1/customers/{id}`: `name`, `email`, `description` (an empty value unsets
+        it) and `metadata` (merged; an empty value removes a key); `customer.updated` with
+        the changed fields' previous values."""
+        customer = self.customer(customer_id)
+        previous: dict[str, Any] = {}
+        for name in ("name", "email", "description"):
+            if name in form and (form[name] or None) != customer[name]:
+                previous[name] = customer[name]
+                customer[name] = form[name] or None
+        if "metadata" in form:
+            merged = {**customer["metadata"], **metadata(form)}
+            merged = {k: v for k, v in merged.items() if v != ""}
+            if merged != customer["metadata"]:
+                previous["metadata"] = customer["metadata"]
+                customer["metadata"] = merged
+        if previous:
+            self.events.emit("customer.updated", customer, self.now(), previous)
         return customer
 
     def customer(self, customer_id: str, param: str | None = None) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def api_routes(standin: StripeStandin) -> list[Route]:
         ("GET", "/v1/customers/search", made(lambda a, f: _search_customers(s, a, f))),
         ("GET", "/v1/customers", listed(lambda a, q: a.list_customers(q))),
         ("GET", "/v1/customers/{id}", found(lambda a, i, f: a.customer(i))),
+        ("POST", "/v1/customers/{id}", found(lambda a, i, f: a.update_customer(i, f))),
         (
             "DELETE",
             "/v1/customers/{id}",

@@ -13,6 +13,7 @@ from typing import Any
 
 from edge_node.config import BillingConfig
 from edge_node.queue import WriteAheadQueue, open_queue
+from edge_node.tenants.model import Plan
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.usage.event import UsageEvent
 from edge_node.usage.meter import BILLING_CONSUMER
@@ -23,6 +24,7 @@ from sync.billing.ledger import BillingLedger
 from sync.stripe.catalog import BillingCatalog
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import StripeStandin
+from tests.sync.stripe.support import create_tenant
 
 EVENT_NAME = "edge_node_requests"
 NODE_ID = "edge-test"
@@ -80,16 +82,18 @@ class BillingNode:
             self.counter.close()
         self.registry.close()
 
-    async def tenant(self, name: str, *, provisioned: bool = True) -> str:
+    async def tenant(self, name: str, *, provisioned: bool = True, plan: Plan = "payg") -> str:
         """A tenant in the registry, with its Stripe customer unless `provisioned` is False."""
-        tenant, _ = self.registry.create_tenant(name)
+        tenant, _ = create_tenant(self.registry, name, plan=plan)
         if provisioned:
             await self.provision(tenant.tenant_id)
         return tenant.tenant_id
 
     async def provision(self, tenant_id: str, *, subscribed_ago: float = SUBSCRIBED_AGO) -> str:
-        """The tenant's Stripe customer, subscribed to the payg price `subscribed_ago`
+        """The tenant's Stripe customer, subscribed to its plan's price `subscribed_ago`
         seconds back (the stand-in's clock is set back while the subscription is made)."""
+        link = self.registry.stripe_link(tenant_id)
+        plan: Plan = "payg" if link is None else link.plan
         customer = await self.gateway.ensure_customer(tenant_id=tenant_id, name=tenant_id)
         if self.catalog is None:
             self.catalog = await self.gateway.bootstrap(meter_event_name=EVENT_NAME)
@@ -98,7 +102,7 @@ class BillingNode:
             await self.gateway.ensure_subscription(
                 tenant_id=tenant_id,
                 customer_id=customer,
-                price_ids=[self.catalog.price_ids["payg"]],
+                price_ids=[self.catalog.price_ids[plan]],
             )
         finally:
             self.standin.clock.advance(subscribed_ago)

@@ -56,7 +56,11 @@ class Node:
         return run_cli(self.data_dir, *args, env=self.env)
 
     def tenant(self, name: str) -> str:
-        created = json.loads(self.cli("tenants", "create", "--name", name).stdout)
+        created = json.loads(
+            self.cli(
+                "tenants", "create", "--name", name, "--email", f"billing+{name}@example.com"
+            ).stdout
+        )
         self.keys[created["tenant_id"]] = created["api_key"]
         return str(created["tenant_id"])
 
@@ -131,7 +135,7 @@ def test_serve_flushes_served_usage_to_stripe_and_stops_cleanly(
         if daemon.poll() is None:
             stop(daemon, signal.SIGKILL)
     assert "Traceback" not in node.log_path().read_text()
-    done = node.cli("billing", "reconcile")
+    done = node.cli("billing", "reconcile", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert sum(day["billed_units"] for day in report["days"]) == sum(node.served.values())
@@ -170,7 +174,7 @@ def test_sigkill_at_random_points_of_the_flush_bills_exactly_once(
     assert "Traceback" not in node.log_path().read_text()
     state = standin_process.admin("state")
     assert state["meter_events"] <= state["calls"]["POST /v1/billing/meter_events"]
-    done = node.cli("billing", "reconcile")
+    done = node.cli("billing", "reconcile", "--json")
     assert done.returncode == 0, done.stdout
     # Counted where requests were served, in a file each killed daemon left as it was.
     assert counted_served(json.loads(done.stdout)) == dict(node.served)

@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
+from pathlib import Path
 
 import pytest
 import stripe
 
 from edge_node.errors import TransientSyncError
 from sync.billing.ledger import LedgerBatch
-from sync.billing.reconcile import reconcile
-from sync.stripe.standin import StripeStandin
+from sync.billing.reconcile import Reconciliation, reconcile, stripe_invoices
+from sync.billing.statements import PeriodStatement
+from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
 from sync.stripe.standin.statements import usage_totals
+from tests.cli.test_cli import clean_environment, edge_node_command
 from tests.sync.billing.support import EVENT_NAME, BillingNode
 from tests.sync.stripe.standin_support import advance, clock_customer, plain_client
+from tests.sync.stripe.support import create_tenant
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86_400.0
 METER_EVENTS = "POST /v1/billing/meter_events"
@@ -50,7 +54,7 @@ class Clocks:
 
     async def tenant(self, name: str) -> str:
         """A tenant whose customer is on a new test clock, subscribed to payg two days ago."""
-        tenant, _ = self.node.registry.create_tenant(name)
+        tenant, _ = create_tenant(self.node.registry, name)
         self.frozen = int(self.standin.clock.now() - 2 * DAY)
         self.clock, customer = await clock_customer(
             self.client, self.frozen, metadata={"tenant_id": tenant.tenant_id}
@@ -107,35 +111,46 @@ async def partitioned(clocks: Clocks, seconds: float, *, wall: bool = True) -> N
     standin.set_switches(drop=False)
 
 
-async def invoiced_statement(
-    clocks: Clocks, tenant: str
-) -> tuple[dict[str, Any], dict[str, Decimal]]:
-    """The node's statement for the tenant (one day of usage), and Stripe's usage states for
-    its customer once the open period has ended and its invoice is finalized."""
-    node, standin = clocks.node, clocks.standin
+async def statements(clocks: Clocks, tenant: str) -> tuple[Reconciliation, list[PeriodStatement]]:
+    """Reconcile for the tenant, with Stripe's invoices read through the official SDK, once
+    the open period has ended and its invoice is finalized; its statements per period."""
+    node = clocks.node
     await clocks.past_the_period_end()
-    report = reconcile(node.data_dir, tenant_id=tenant)
-    assert report.ok
-    (day,) = report.days.values()
-    return day.statement(), usage_totals(standin.account).get(node.customer(tenant), {})
+    invoices = await stripe_invoices(node.data_dir, node.gateway, EVENT_NAME, tenant_id=tenant)
+    report = reconcile(node.data_dir, tenant_id=tenant, invoices=invoices)
+    return report, report.periods.sorted()
 
 
-def assert_accounted(statement: dict[str, Any], stripe: dict[str, Decimal], served: int) -> None:
-    """invoiced + carried forward + set aside == served: nothing late, nothing outside the
-    subscription, nothing unexplained."""
-    invoiced = int(stripe.get("invoiced", 0))
-    assert statement["served"] == served
-    assert statement["difference"] == 0
-    assert statement["in_flight"] == 0
-    assert invoiced == (
-        statement["billed_in_own_period"]
-        + statement["billed_from_before_subscription"]
-        + statement["carried_forward"]
-    )
-    assert invoiced + statement["set_aside"] == served
+def assert_accounted(
+    clocks: Clocks, tenant: str, report: Reconciliation, periods: list[PeriodStatement], served: int
+) -> None:
+    """Per period, invoiced + carried forward + set aside == served (less what was carried in
+    from an earlier period): nothing queued or sent, no difference, Stripe's invoice holding
+    what the node confirmed into the period; nothing late or outside the subscription."""
+    assert report.periods.read_stripe
+    for period in periods:
+        assert period.start is not None, period  # no usage outside a known period
+        assert (period.queued, period.sent, period.difference) == (0, 0, 0), period
+        assert period.invoice is not None, period
+        assert period.invoice.final, period
+        assert period.stripe_difference == 0, period
+        assert period.unexplained == 0, period
+        invoiced = period.invoiced or 0
+        assert invoiced - period.carried_in + period.carried_forward + period.set_aside == (
+            period.served
+        ), period
+    assert sum(p.served for p in periods) == served
+    stripe = usage_totals(clocks.standin.account).get(clocks.node.customer(tenant), {})
+    assert sum(p.invoiced or 0 for p in periods) == int(stripe.get("invoiced", 0))
     assert stripe.get("late", 0) == 0
     assert stripe.get("outside_periods", 0) == 0
     assert stripe.get("pending", 0) == 0
+
+
+def serving_period(periods: list[PeriodStatement]) -> PeriodStatement:
+    """The one period in which usage was served."""
+    (serving,) = [p for p in periods if p.served]
+    return serving
 
 
 class TestPartitions:
@@ -147,9 +162,11 @@ class TestPartitions:
         await node.serve(tenant, 20)
         await partitioned(clocks, 30 * MINUTE)
         await node.consumer().run_until_settled()
-        statement, stripe = await invoiced_statement(clocks, tenant)
-        assert_accounted(statement, stripe, 20)
-        assert statement["billed_in_own_period"] == 20
+        report, periods = await statements(clocks, tenant)
+        assert report.ok
+        assert_accounted(clocks, tenant, report, periods, 20)
+        served = serving_period(periods)
+        assert (served.confirmed, served.carried_forward, served.invoiced) == (20, 0, 20)
 
     async def test_two_hours_across_a_period_end_with_a_one_hour_grace(
         self, node: BillingNode, standin: StripeStandin, clocks: Clocks
@@ -164,9 +181,13 @@ class TestPartitions:
         consumer = node.consumer()
         await consumer.run_until_settled()
         assert consumer.stats.carried_forward == 1
-        statement, stripe = await invoiced_statement(clocks, tenant)
-        assert_accounted(statement, stripe, 15)
-        assert statement["carried_forward"] == 15
+        report, periods = await statements(clocks, tenant)
+        assert report.ok
+        assert_accounted(clocks, tenant, report, periods, 15)
+        served = serving_period(periods)
+        assert (served.carried_forward, served.invoiced) == (15, 0)
+        (later,) = [p for p in periods if p.carried_in]
+        assert (later.start, later.carried_in, later.invoiced) == (served.end, 15, 15)
 
     async def test_two_hours_across_a_period_end_with_a_three_hour_grace(
         self, node: BillingNode, standin: StripeStandin, clocks: Clocks
@@ -179,9 +200,11 @@ class TestPartitions:
         await node.serve(tenant, 15)
         await partitioned(clocks, 2 * HOUR)
         await node.consumer().run_until_settled()
-        statement, stripe = await invoiced_statement(clocks, tenant)
-        assert_accounted(statement, stripe, 15)
-        assert statement["billed_in_own_period"] == 15
+        report, periods = await statements(clocks, tenant)
+        assert report.ok
+        assert_accounted(clocks, tenant, report, periods, 15)
+        served = serving_period(periods)
+        assert (served.carried_forward, served.invoiced) == (0, 15)
 
     async def test_25_hours_with_the_batch_accepted_and_the_ledger_write_lost(
         self, node: BillingNode, standin: StripeStandin, clocks: Clocks
@@ -203,9 +226,10 @@ class TestPartitions:
         await consumer.run_until_settled()
         assert consumer.stats.resolved_landed == 1
         assert standin.calls[METER_EVENTS] == 1
-        statement, stripe = await invoiced_statement(clocks, tenant)
-        assert_accounted(statement, stripe, 12)
-        assert statement["billed_in_own_period"] == 12
+        report, periods = await statements(clocks, tenant)
+        assert report.ok
+        assert_accounted(clocks, tenant, report, periods, 12)
+        assert serving_period(periods).invoiced == 12
 
     async def test_25_hours_with_the_send_lost_before_stripe(
         self, node: BillingNode, standin: StripeStandin, clocks: Clocks
@@ -229,8 +253,9 @@ class TestPartitions:
         )
         assert sent_as is not None
         assert sent_as != identifier
-        statement, stripe = await invoiced_statement(clocks, tenant)
-        assert_accounted(statement, stripe, 12)
+        report, periods = await statements(clocks, tenant)
+        assert report.ok
+        assert_accounted(clocks, tenant, report, periods, 12)
 
     async def test_four_days_across_a_period_end(
         self, node: BillingNode, standin: StripeStandin, clocks: Clocks
@@ -243,9 +268,10 @@ class TestPartitions:
         await node.serve(tenant, 12)
         await partitioned(clocks, 4 * DAY)
         await node.consumer().run_until_settled()
-        statement, stripe = await invoiced_statement(clocks, tenant)
-        assert_accounted(statement, stripe, 12)
-        assert statement["carried_forward"] == 12
+        report, periods = await statements(clocks, tenant)
+        assert report.ok
+        assert_accounted(clocks, tenant, report, periods, 12)
+        assert serving_period(periods).carried_forward == 12
 
     async def test_36_days_sets_aside_and_reports(
         self, node: BillingNode, standin: StripeStandin, clocks: Clocks
@@ -257,13 +283,110 @@ class TestPartitions:
         await partitioned(clocks, 36 * DAY, wall=False)  # the test clock would be deleted
         await node.consumer().run_until_settled()
         assert node.states() == {"set_aside": 1}
-        await clocks.past_the_period_end()
-        report = reconcile(node.data_dir, tenant_id=tenant)
-        assert not report.ok
-        (day,) = report.days.values()
-        statement = day.statement()
-        assert statement["set_aside"] == 8
-        assert statement["difference"] == 0
+        report, periods = await statements(clocks, tenant)
+        assert not report.ok  # set aside: reported, and the command exits 1
+        assert_accounted(clocks, tenant, report, periods, 8)
+        served = serving_period(periods)
+        assert (served.set_aside, served.invoiced, served.unexplained) == (8, 0, 0)
         assert "35-day" in report.set_aside[0]["reason"]
-        stripe = usage_totals(standin.account).get(node.customer(tenant), {})
-        assert int(stripe.get("invoiced", 0)) + statement["set_aside"] == 8
+
+    async def test_usage_stripe_dropped_after_accepting_is_an_unexplained_difference(
+        self, node: BillingNode, standin: StripeStandin, clocks: Clocks, tmp_path: Path
+    ) -> None:
+        """Stripe accepts the batch and drops it afterwards, its error report never reaching
+        the node: the node says confirmed, the period's invoice holds nothing, and `billing
+        reconcile` (reading the invoices through the official SDK) shows the units as an
+        unexplained Stripe difference and exits 1, where the node's records alone agree."""
+        tenant = await clocks.tenant("t")
+        await node.serve(tenant, 12)
+        standin.set_switches(throttle=True, only=METER_EVENTS)
+        consumer = node.consumer()
+        with pytest.raises(TransientSyncError):
+            await consumer.run()
+        [(identifier,)] = node.ledger("SELECT identifier FROM billing_ledger")
+        standin.set_switches(throttle=False, only="", drop_identifiers=[identifier])
+        await consumer.run_until_settled()
+        assert node.states() == {"confirmed": 1}
+        await clocks.past_the_period_end()
+        key_file = tmp_path / "stripe.key"
+        key_file.write_text(DEFAULT_API_KEY + "\n")
+        env = clean_environment(
+            EDGE_NODE_STRIPE_API_KEY_FILE=str(key_file),
+            EDGE_NODE_STRIPE_API_BASE=standin.url,
+            EDGE_NODE_STRIPE_METER_EVENT_NAME=EVENT_NAME,
+        )
+        command = [*edge_node_command(), "--data-dir", str(node.data_dir), "billing", "reconcile"]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*command, "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        document = json.loads(done.stdout)
+        (period,) = [p for p in document["periods"] if p["served"]]
+        assert (period["served"], period["confirmed"], period["difference"]) == (12, 12, 0)
+        assert (period["invoiced"], period["stripe_difference"]) == (0, -12)
+        assert period["unexplained"] == 12
+        table = await asyncio.to_thread(
+            subprocess.run,
+            command,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert table.returncode == 1
+        assert "NOT in order" in table.stdout
+        offline = reconcile(node.data_dir, tenant_id=tenant)
+        assert offline.ok  # without Stripe's invoices nothing shows the loss
+
+
+class TestTwoNodes:
+    @pytest.mark.parametrize(("slots", "decided"), [(2, True), (1, False)])
+    async def test_one_node_unknown_outcome_beside_another_node_usage(
+        self,
+        node: BillingNode,
+        standin: StripeStandin,
+        clocks: Clocks,
+        tmp_path: Path,
+        slots: int,
+        decided: bool,
+    ) -> None:
+        """Two nodes bill one customer in the same minute; the first crashes after Stripe
+        accepted its batch and settles it 25 hours later from Stripe's summaries. With a
+        stamp slot each (billing.stamp_slots = 2) the minute of its stamp holds its usage
+        alone: it landed, confirmed, billed once. Sharing every minute (one slot), the
+        summary also holds the other node's usage and cannot decide: set aside."""
+        tenant = await clocks.tenant("t")
+        other = await BillingNode.open(tmp_path / "other", node.gateway, standin)
+        try:
+            elsewhere, _ = create_tenant(other.registry, "t-elsewhere")
+            other.registry.set_stripe_customer(elsewhere.tenant_id, node.customer(tenant))
+            at = node.clock() - 10 * MINUTE
+            await node.serve(tenant, 12, at=at)
+            await other.serve(elsewhere.tenant_id, 5, at=at)
+
+            async def crash(batch: LedgerBatch) -> None:
+                raise Crash("killed after Stripe's answer")
+
+            with pytest.raises(ExceptionGroup):
+                await node.consumer(on_answer=crash, stamp_slot=0, stamp_slots=slots).run_round()
+            await other.consumer(stamp_slot=slots - 1, stamp_slots=slots).run_until_settled()
+            assert other.states() == {"confirmed": 1}
+        finally:
+            await other.close()
+        await clocks.move(25 * HOUR)
+        consumer = node.consumer(stamp_slot=0, stamp_slots=slots)
+        await consumer.run_until_settled()
+        assert standin.calls[METER_EVENTS] == 2  # one send per node, none repeated
+        if decided:
+            assert (consumer.stats.resolved_landed, node.states()) == (1, {"confirmed": 1})
+        else:
+            assert node.states() == {"set_aside": 1}
+            [(reason,)] = node.ledger("SELECT set_aside_reason FROM billing_ledger")
+            assert "17 units" in reason

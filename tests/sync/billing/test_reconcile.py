@@ -24,7 +24,15 @@ from tests.sync.billing.test_flush import DAY, window_start
 def run_reconcile(data_dir: Path, *args: str) -> tuple[int, dict[str, Any]]:
     """The command as an operator runs it, in its own process, while the test holds the queue."""
     done = subprocess.run(
-        [*edge_node_command(), "--data-dir", str(data_dir), "billing", "reconcile", *args],
+        [
+            *edge_node_command(),
+            "--data-dir",
+            str(data_dir),
+            "billing",
+            "reconcile",
+            "--json",
+            *args,
+        ],
         capture_output=True,
         text=True,
         env=clean_environment(),
@@ -74,6 +82,48 @@ class TestReconcile:
         assert sum(day["billed_units"] for day in days) == 14
         assert sum(day["in_flight_units"] for day in days) == 3
         assert standin.billed(node.customer(tenant)) == 14
+        [period] = [p for p in document["periods"] if p["tenant_id"] == tenant]
+        assert (period["served"], period["confirmed"], period["queued"]) == (17, 14, 3)
+        assert (period["difference"], period["unexplained"]) == (0, 0)
+        assert period["invoiced"] is None  # Stripe is not configured for the command
+        assert document["stripe_read"] is False
+
+    async def test_flat_plan_usage_goes_to_the_unpriced_meter_and_is_not_counted_billed(
+        self, node: BillingNode, standin: StripeStandin
+    ) -> None:
+        """A flat-plan tenant's usage is sent to the meter no price bills (Stripe holds it,
+        no invoice charges it) and reconcile reports it as included in the flat fee:
+        billed 0, the statement balanced; a payg tenant beside it is billed as before."""
+        flat = await node.tenant("flat", plan="flat")
+        payg = await node.tenant("payg")
+        at = window_start(node, 900)
+        await node.serve(flat, 6, at=at)
+        await node.serve(payg, 4, at=at)
+        await node.consumer().run_round()
+        assert node.ledger(
+            "SELECT event_name, state FROM billing_ledger WHERE tenant_id = ?", flat
+        ) == [("edge_node_requests_included", "confirmed")]
+        assert node.catalog is not None
+        included = standin.account.meters[node.catalog.included_meter_id]
+        assert included["event_name"] == "edge_node_requests_included"
+        assert not [
+            p
+            for p in standin.account.prices.values()
+            if (p["recurring"] or {}).get("meter") == included["id"]
+        ]
+        assert (standin.metered(node.customer(flat)), standin.billed(node.customer(flat))) == (6, 0)
+        assert standin.billed(node.customer(payg)) == 4
+        code, document = run_reconcile(node.data_dir)
+        assert code == 0
+        flat_days, payg_days = rows(document, flat), rows(document, payg)
+        assert sum(day["billed_units"] for day in flat_days) == 0
+        assert sum(day["statement"]["included_in_flat_fee"] for day in flat_days) == 6
+        assert all(day["statement"]["difference"] == 0 for day in flat_days + payg_days)
+        assert sum(day["billed_units"] for day in payg_days) == 4
+        assert sum(day["statement"]["included_in_flat_fee"] for day in payg_days) == 0
+        (flat_period,) = [p for p in document["periods"] if p["tenant_id"] == flat]
+        assert flat_period["confirmed"] == flat_period["included_in_flat_fee"] == 6
+        assert (flat_period["carried_forward"], flat_period["unexplained"]) == (0, 0)
 
     async def test_usage_waiting_for_stripe_or_a_customer_is_in_flight_not_wrong(
         self, node: BillingNode, standin: StripeStandin
@@ -143,6 +193,9 @@ class TestReconcile:
         assert lost_day["served"] == {"events": 6, "units": 6}
         assert lost_day["recorded"] == {"events": 0, "units": 0}
         assert (lost_day["unrecorded_units"], lost_day["ok"]) == (6, False)
+        [lost_period] = [p for p in document["periods"] if p["tenant_id"] == lost]
+        assert (lost_period["served"], lost_period["difference"]) == (6, 6)
+        assert lost_period["unexplained"] == 6
         [kept_day] = rows(document, kept)
         assert (kept_day["served"], kept_day["billed_units"], kept_day["ok"]) == (
             {"events": 4, "units": 4},

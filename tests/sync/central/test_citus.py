@@ -103,6 +103,33 @@ class TestDistribution:
             == 0
         )
 
+    async def test_row_level_security_is_on_and_not_forced_on_every_shard(
+        self, citus_dsn: str, migrated: Connection
+    ) -> None:
+        """Every shard of every tenant table has row-level security enabled but not forced, so
+        that a logical shard move (whose subscription applies changes as a member of the
+        tables' owner) may write into it; a table found forced is unforced by the next
+        migrate, as a database migrated by an earlier release is."""
+
+        async def shard_states() -> dict[str, set[tuple[bool, str]]]:
+            states = {}
+            for table in citus.DISTRIBUTED:
+                shards = await migrated.fetch(
+                    "SELECT success, result FROM run_command_on_shards($1, $$SELECT"
+                    " relrowsecurity::text || '/' || relforcerowsecurity::text FROM pg_class"
+                    " WHERE oid = '%s'::regclass$$)",
+                    table,
+                )
+                states[table] = {(r["success"], r["result"]) for r in shards}
+            return states
+
+        unforced = {table: {(True, "true/false")} for table in citus.DISTRIBUTED}
+        assert await shard_states() == unforced
+        await migrated.execute("ALTER TABLE ratings FORCE ROW LEVEL SECURITY")
+        assert (await shard_states())["ratings"] == {(True, "true/true")}
+        await migrate_dsns([citus_dsn])
+        assert await shard_states() == unforced
+
 
 class TestRowLevelSecurity:
     @pytest.fixture

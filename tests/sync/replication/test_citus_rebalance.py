@@ -3,7 +3,13 @@
 A moved shard keeps the change positions its rows had on the old worker; on the new worker
 they are another server's transaction ids. The workers' ids are set far apart first, so that
 a download resuming a moved shard from its old position (in the old worker's ids) would pass
-over the rows written on the new worker: the edges must scan a moved shard again."""
+over the rows written on the new worker: the edges must scan a moved shard again.
+
+Shards move both ways Citus offers: `block_writes` (writes to a moving shard wait for its
+copy) and by logical replication (`force_logical`, and `auto`, the rebalancer's default, which
+picks it for tables with a primary key), where the shard takes writes while it is copied and
+the changes written meanwhile are replicated to the new worker. Each move must end within
+MOVE_BOUND: a logical move that cannot apply those changes waits for them for ever."""
 
 from __future__ import annotations
 
@@ -23,6 +29,12 @@ from tests.sync.support import Edge, central_rows, rows_hash
 
 TENANTS = 6
 BURNED_IDS = 3000  # how far ahead the first worker's transaction ids are set
+MOVE_BOUND = 120.0  # seconds; a stalled move never ends, a working one takes a few
+# How each test moves shards: (citus_move_shard_placement's mode, the rebalancer's mode).
+TRANSFER_MODES = {
+    "block_writes": ("block_writes", "block_writes"),
+    "logical": ("force_logical", None),  # None: the rebalancer's default, 'auto'
+}
 
 
 @pytest.fixture
@@ -43,7 +55,17 @@ async def burn_ids(worker: PostgresServer, database: str, count: int) -> None:
         await conn.close()
 
 
-async def move_all(conn: Connection, source: PostgresServer, target: PostgresServer) -> int:
+async def bounded(conn: Connection, query: str, *args: object) -> None:
+    """Run `query`, failing the test if it has not ended within MOVE_BOUND."""
+    try:
+        await asyncio.wait_for(conn.execute(query, *args), MOVE_BOUND)
+    except TimeoutError:
+        pytest.fail(f"not done after {MOVE_BOUND:.0f} s: {query}")
+
+
+async def move_all(
+    conn: Connection, source: PostgresServer, target: PostgresServer, mode: str
+) -> int:
     """Move every shard group placed on `source` to `target`, online; how many moved."""
     shards = await conn.fetch(
         "SELECT s.shardid FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid)"
@@ -52,12 +74,14 @@ async def move_all(conn: Connection, source: PostgresServer, target: PostgresSer
         source.port,
     )
     for (shard,) in shards:
-        await conn.execute(
+        await bounded(
+            conn,
             "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3,"
-            " shard_transfer_mode => 'block_writes')",
+            " shard_transfer_mode => $4::citus.shard_transfer_mode)",
             shard,
             source.port,
             target.port,
+            mode,
         )
     return len(shards)
 
@@ -81,13 +105,16 @@ async def converged(edges: list[Edge], conn: Connection, tenants: list[str]) -> 
     return True
 
 
+@pytest.mark.parametrize("transfer", TRANSFER_MODES)
 async def test_moving_and_rebalancing_shards_while_edges_sync_skips_and_duplicates_nothing(
-    citus_cluster: CitusCluster, coordinator: Connection, make_edge: EdgeFactory
+    citus_cluster: CitusCluster, coordinator: Connection, make_edge: EdgeFactory, transfer: str
 ) -> None:
     """Edge A writes to six tenants while A and B sync every 50 ms; meanwhile every shard on
     the worker far ahead in transaction ids moves to the other worker, then
-    citus_rebalance_start spreads them again. Afterwards both edges hold exactly the central
-    rows of every tenant (same hash, same count), and no rating is held twice."""
+    citus_rebalance_start spreads them again, each move ending within MOVE_BOUND. Afterwards
+    both edges hold exactly the central rows of every tenant (same hash, same count), and no
+    rating is held twice."""
+    move_mode, rebalance_mode = TRANSFER_MODES[transfer]
     database = await coordinator.fetchval("SELECT current_database()")
     ahead, behind = citus_cluster.workers
     await burn_ids(ahead, database, BURNED_IDS)
@@ -105,12 +132,17 @@ async def test_moving_and_rebalancing_shards_while_edges_sync_skips_and_duplicat
             assert time.monotonic() < deadline, "the tenants never reached edge B"
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
-        assert await move_all(coordinator, ahead, behind) > 0
+        assert await move_all(coordinator, ahead, behind, move_mode) > 0
         await asyncio.sleep(0.5)
-        await coordinator.execute(
-            "SELECT citus_rebalance_start(shard_transfer_mode => 'block_writes')"
-        )
-        await coordinator.execute("SELECT citus_rebalance_wait()")
+        if rebalance_mode is None:
+            await coordinator.execute("SELECT citus_rebalance_start()")
+        else:
+            await coordinator.execute(
+                "SELECT citus_rebalance_start(shard_transfer_mode =>"
+                " $1::citus.shard_transfer_mode)",
+                rebalance_mode,
+            )
+        await bounded(coordinator, "SELECT citus_rebalance_wait()")
         on_ahead = await coordinator.fetchval(
             "SELECT count(*) FROM pg_dist_placement JOIN pg_dist_node USING (groupid)"
             " WHERE nodeport = $1",

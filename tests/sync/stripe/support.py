@@ -11,6 +11,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from edge_node.tenants.model import IssuedKey, Tenant
+from edge_node.tenants.registry import TenantRegistry
 from sync.stripe.standin import DEFAULT_API_KEY
 
 STANDIN_LISTENING = re.compile(r"^stripe stand-in listening on (http://127\.0\.0\.1:\d+)$")
@@ -59,3 +61,11 @@ class StandinProcess:
             for stream in (self.process.stdout, self.process.stderr):
                 if stream is not None:
                     stream.close()
+
+
+def create_tenant(registry: TenantRegistry, name: str, **options: Any) -> tuple[Tenant, IssuedKey]:
+    """A tenant with a billing email, as `tenants create --email` makes it: Stripe sends
+    invoices by email (the default collection method), so provisioning needs one."""
+    made = registry.create_tenant(name, **options)
+    registry.contacts().set_email(made[0].tenant_id, f"billing+{name}@example.com")
+    return made

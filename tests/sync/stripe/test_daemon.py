@@ -17,6 +17,8 @@ from sync.stripe.standin import DEFAULT_API_KEY
 from tests.cli.test_cli import announced_url, clean_environment, edge_node_command
 from tests.sync.stripe.support import StandinProcess
 
+EMAIL = ("--email", "billing@acme.example")
+
 
 def stripe_environment(tmp_path: Path, standin: StandinProcess) -> dict[str, str]:
     key_file = tmp_path / "stripe.key"
@@ -81,12 +83,17 @@ def test_tenants_create_provisions_at_once_when_stripe_answers(
     data_dir = tmp_path / "data"
     env = stripe_environment(tmp_path, standin_process)
     assert edge_node(data_dir, env, "stripe", "bootstrap").returncode == 0
-    done = edge_node(data_dir, env, "tenants", "create", "--name", "acme", "--plan", "tiered")
+    done = edge_node(
+        data_dir, env, "tenants", "create", "--name", "acme", "--plan", "tiered", *EMAIL
+    )
     assert done.returncode == 0, done.stderr
     created = json.loads(done.stdout)
     assert created["stripe"] == "provisioned"
     (customer,) = tenant_customers(standin_process, created["tenant_id"])
     assert customer["id"] == created["stripe_customer_id"]
+    assert (created["email"], customer["email"]) == (EMAIL[1], EMAIL[1])
+    (subscription,) = standin_process.admin("state")["subscriptions"]
+    assert subscription["collection_method"] == "send_invoice"
     assert stored_link(data_dir, created["tenant_id"]) == (
         created["stripe_customer_id"],
         created["subscription_id"],
@@ -103,7 +110,7 @@ def test_a_tenant_works_while_stripe_is_down_and_is_provisioned_once_it_is_back(
     env = stripe_environment(tmp_path, standin_process)
     assert edge_node(data_dir, env, "stripe", "bootstrap").returncode == 0
     standin_process.admin("switches", {"fail": True})
-    done = edge_node(data_dir, env, "tenants", "create", "--name", "acme")
+    done = edge_node(data_dir, env, "tenants", "create", "--name", "acme", *EMAIL)
     assert done.returncode == 0, done.stderr
     created = json.loads(done.stdout)
     assert created["stripe"] == "pending"
@@ -141,9 +148,78 @@ def test_tenants_create_keeps_the_tenant_when_the_key_file_is_unreadable(
     data_dir = tmp_path / "data"
     env = stripe_environment(tmp_path, standin_process)
     (tmp_path / "stripe.key").unlink()
-    done = edge_node(data_dir, env, "tenants", "create", "--name", "acme")
+    done = edge_node(data_dir, env, "tenants", "create", "--name", "acme", *EMAIL)
     assert done.returncode == 0, done.stderr
     created = json.loads(done.stdout)
     assert created["api_key"].startswith("enk_")
     assert created["stripe"] == "pending"
     assert "stripe.api_key_file" in created["stripe_error"]
+
+
+def test_tenants_create_without_an_email_is_refused_while_invoices_are_emailed(
+    tmp_path: Path, standin_process: StandinProcess
+) -> None:
+    """With Stripe configured and the default collection method (send_invoice), a tenant
+    without an address is refused before anything is made, saying why; so is a malformed
+    address. With charge_automatically no address is needed."""
+    data_dir = tmp_path / "data"
+    env = stripe_environment(tmp_path, standin_process)
+    refused = edge_node(data_dir, env, "tenants", "create", "--name", "acme")
+    assert refused.returncode == 1
+    assert "--email is required" in refused.stderr
+    assert "send_invoice" in refused.stderr
+    malformed = edge_node(data_dir, env, "tenants", "create", "--name", "acme", "--email", "x")
+    assert (malformed.returncode, "not an email address" in malformed.stderr) == (1, True)
+    assert not (data_dir / "node.sqlite").exists()  # refused before anything was made
+    charged = {**env, "EDGE_NODE_STRIPE_COLLECTION_METHOD": "charge_automatically"}
+    done = edge_node(data_dir, charged, "tenants", "create", "--name", "acme")
+    assert done.returncode == 0, done.stderr
+    assert "email" not in json.loads(done.stdout)
+
+
+def test_tenants_update_email_reaches_stripe_through_the_sync_worker(
+    tmp_path: Path, standin_process: StandinProcess
+) -> None:
+    """`tenants update --email` stores the address and says Stripe has yet to get it; the
+    serving daemon's sync worker then updates the customer (one `customer.updated`)."""
+    data_dir = tmp_path / "data"
+    env = stripe_environment(tmp_path, standin_process)
+    assert edge_node(data_dir, env, "stripe", "bootstrap").returncode == 0
+    created = json.loads(
+        edge_node(data_dir, env, "tenants", "create", "--name", "a", *EMAIL).stdout
+    )
+    done = edge_node(
+        data_dir, env, "tenants", "update", created["tenant_id"], "--email", "new@acme.example"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "tenant_id": created["tenant_id"],
+        "email": "new@acme.example",
+        "stripe_customer_id": created["stripe_customer_id"],
+        "stripe_email": "pending",
+    }
+    (customer,) = tenant_customers(standin_process, created["tenant_id"])
+    assert customer["email"] == EMAIL[1]
+    daemon = subprocess.Popen(
+        [*edge_node_command(), "--data-dir", str(data_dir), "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        announced_url(daemon)
+        eventually(
+            lambda: (
+                tenant_customers(standin_process, created["tenant_id"])[0]["email"]
+                == "new@acme.example"
+            )
+        )
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, stderr
+    unknown = edge_node(
+        data_dir, env, "tenants", "update", "00000000-0000-4000-8000-000000000000", *EMAIL
+    )
+    assert (unknown.returncode, "no tenant" in unknown.stderr) == (1, True)

@@ -18,6 +18,7 @@ from sync.stripe.gateway import StripeGateway
 from sync.stripe.idempotency import RETIRE_AFTER_SECONDS, CreateKeys
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
 from tests.sync.stripe.conftest import METER_EVENT
+from tests.sync.stripe.support import create_tenant
 
 
 class NodeClock:
@@ -94,7 +95,7 @@ class TestProvisioningCreates:
         """Stripe saves a 500 for the customer's Idempotency-Key and replays it; once a
         lookup finds no customer and a minute has passed, the next round creates it under a
         new key (recorded in node.sqlite first): one customer, within minutes, not a day."""
-        tenant, _ = provisioning.registry.create_tenant("acme")
+        tenant, _ = create_tenant(provisioning.registry, "acme")
         provisioning.standin.set_switches(fail=True, only="POST /v1/customers")
         with pytest.raises(TransientSyncError):
             await provisioning.round()
@@ -117,7 +118,7 @@ class TestProvisioningCreates:
         """Stripe made the customer and then answered 500, and its search index has not
         caught up: the customer is found by listing the customers created since the
         failure, so no new key and no second customer."""
-        tenant, _ = provisioning.registry.create_tenant("acme")
+        tenant, _ = create_tenant(provisioning.registry, "acme")
         provisioning.standin.set_switches(
             fail_after_work=True, search_lag=3600, only="POST /v1/customers"
         )
@@ -141,7 +142,7 @@ class TestProvisioningCreates:
     ) -> None:
         """The subscription likewise: after a replayed 500 and a consistent look at the
         customer's subscriptions, a new key makes the one subscription."""
-        tenant, _ = provisioning.registry.create_tenant("acme")
+        tenant, _ = create_tenant(provisioning.registry, "acme")
         provisioning.standin.set_switches(fail=True, only="POST /v1/subscriptions")
         with pytest.raises(TransientSyncError):
             await provisioning.round()

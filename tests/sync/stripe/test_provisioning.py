@@ -23,6 +23,7 @@ from sync.stripe.catalog import BillingCatalog, save_catalog
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
 from sync.worker import SyncWorker
+from tests.sync.stripe.support import create_tenant
 
 
 def provisioner(
@@ -58,7 +59,7 @@ class TestProvisioning:
     ) -> None:
         """Each tenant gets a customer with metadata tenant_id and a subscription on its
         plan's price; both ids are stored in node.sqlite."""
-        tenants = {plan: registry.create_tenant(plan, plan=plan)[0] for plan in catalog.price_ids}
+        tenants = {plan: create_tenant(registry, plan, plan=plan)[0] for plan in catalog.price_ids}
         report = await provisioner(gateway, registry, catalog).provision_all()
         assert (report.customers, report.subscriptions) == (3, 3)
         for plan, tenant in tenants.items():
@@ -79,7 +80,7 @@ class TestProvisioning:
         registry: TenantRegistry,
     ) -> None:
         """Once both ids are stored, later rounds make no Stripe call at all."""
-        registry.create_tenant("acme")
+        create_tenant(registry, "acme")
         await provisioner(gateway, registry, catalog).provision_all()
         calls = sum(standin.calls.values())
         await provisioner(gateway, registry, catalog).provision_all()
@@ -94,7 +95,7 @@ class TestProvisioning:
     ) -> None:
         """While Stripe fails a round fails transiently and stores nothing; once it is back
         the next round provisions the tenant, with one customer."""
-        tenant, _ = registry.create_tenant("acme")
+        tenant, _ = create_tenant(registry, "acme")
         standin.set_switches(fail=True)
         with pytest.raises(TransientSyncError):
             await provisioner(gateway, registry, catalog).provision_all()
@@ -115,7 +116,7 @@ class TestProvisioning:
     ) -> None:
         """Stripe created the customer but the answer was lost: the next round finds that
         customer instead of making another, and the subscription likewise."""
-        tenant, _ = registry.create_tenant("acme")
+        tenant, _ = create_tenant(registry, "acme")
         for only in ("POST /v1/customers", "POST /v1/subscriptions"):
             standin.set_switches(lose_answers=True, only=only)
             with pytest.raises(TransientSyncError):
@@ -138,7 +139,7 @@ class TestProvisioning:
         """The CLI and the daemon provisioning the same tenant at once both search before
         either creates; the shared Idempotency-Key makes the second create wait (409) or
         replay, never a second customer."""
-        tenant, _ = registry.create_tenant("acme")
+        tenant, _ = create_tenant(registry, "acme")
         other_registry = TenantRegistry.open(tmp_path / "node")
         other = StripeGateway(lambda: DEFAULT_API_KEY, api_base=standin.url)
         standin.set_switches(latency=0.2)
@@ -167,7 +168,7 @@ class TestProvisioning:
     ) -> None:
         """Before bootstrap the customer is created and the round fails asking for
         `edge-node stripe bootstrap`; once the catalog exists the tenant is subscribed."""
-        tenant, _ = registry.create_tenant("acme")
+        tenant, _ = create_tenant(registry, "acme")
         with pytest.raises(TransientSyncError, match="stripe bootstrap"):
             await provisioner(gateway, registry, None).provision_all()
         link = registry.stripe_link(tenant.tenant_id)
@@ -186,9 +187,9 @@ class TestProvisioning:
     ) -> None:
         """A tenant whose customer Stripe no longer knows is refused for good and reported;
         the next tenant is still provisioned."""
-        broken, _ = registry.create_tenant("broken")
+        broken, _ = create_tenant(registry, "broken")
         registry.set_stripe_customer(broken.tenant_id, "cus_deleted")
-        fine, _ = registry.create_tenant("fine")
+        fine, _ = create_tenant(registry, "fine")
         report = await provisioner(gateway, registry, catalog).provision_all()
         assert list(report.refused) == [broken.tenant_id]
         assert "resource_missing" in report.refused[broken.tenant_id]
@@ -199,7 +200,7 @@ class TestProvisioning:
         self, standin: StripeStandin, gateway: StripeGateway, registry: TenantRegistry
     ) -> None:
         """A canceled tenant is not made a customer."""
-        tenant, _ = registry.create_tenant("gone")
+        tenant, _ = create_tenant(registry, "gone")
         registry.set_status(tenant.tenant_id, "canceled")
         await provisioner(gateway, registry, None).provision_all()
         assert standin.account.customers == {}
@@ -221,7 +222,7 @@ class TestWithoutSearch:
             standin.account.create_customer({"name": f"old-{n}"})
         standin.clock.advance(2 * 86_400)
         standin.set_switches(search_disabled=True)
-        tenant, _ = registry.create_tenant("new")
+        tenant, _ = create_tenant(registry, "new")
         await provisioner(gateway, registry, catalog).provision_all()
         assert len(customers_of(standin, tenant.tenant_id)) == 1
         assert standin.calls["GET /v1/customers"] == 1
@@ -230,7 +231,7 @@ class TestWithoutSearch:
 class TestRegistry:
     def test_ids_are_set_once(self, registry: TenantRegistry) -> None:
         """A stored customer or subscription id is never replaced by a later one."""
-        tenant, _ = registry.create_tenant("acme")
+        tenant, _ = create_tenant(registry, "acme")
         assert registry.set_stripe_customer(tenant.tenant_id, "cus_1") == "cus_1"
         assert registry.set_stripe_customer(tenant.tenant_id, "cus_2") == "cus_1"
         assert registry.set_subscription(tenant.tenant_id, "sub_1") == "sub_1"
@@ -241,7 +242,7 @@ class TestRegistry:
     ) -> None:
         """A tenant row downloaded from the central database with no Stripe customer (the
         central row is created without one) does not erase the customer provisioned here."""
-        tenant, _ = registry.create_tenant("acme")
+        tenant, _ = create_tenant(registry, "acme")
         registry.set_stripe_customer(tenant.tenant_id, "cus_1")
         central = TenantRecord(
             tenant.tenant_id, "renamed", "active", "payg", None, None, tenant.created_at, 1
@@ -277,7 +278,7 @@ class TestSyncWorker:
         )
         save_catalog(tmp_path / "node" / "stripe-catalog.json", catalog)
         registry = TenantRegistry(node_database)
-        tenant, _ = registry.create_tenant("acme")
+        tenant, _ = create_tenant(registry, "acme")
         standin.set_switches(fail=True)
         worker = SyncWorker(
             config.central,
@@ -293,7 +294,7 @@ class TestSyncWorker:
             assert worker.job_status()[0].state == "retrying"
             standin.set_switches(fail=False)
             await wait_for(lambda: not registry.unprovisioned_tenants())
-            assert worker.job_status()[0].state == "ok"
+            await wait_for(lambda: worker.job_status()[0].state == "ok")
         finally:
             await worker.stop(grace=1)
         assert len(customers_of(standin, tenant.tenant_id)) == 1

@@ -1,0 +1,127 @@
+"""The OpenAPI document's part for the tenant's usage API (edge_node.tenant_usage): its path,
+its answers and their schemas. The route bills nothing, so its answers carry no
+`x-usage-operation`; it takes a rate-limit token like any route, with the same headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_node.tenant_usage.model import FIGURES
+
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}}
+
+
+def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def usage_operation(tenant: dict[str, Any], rate_headers: dict[str, Any]) -> dict[str, Any]:
+    """GET /v1/tenants/{tenant_id}/usage; `tenant` is the tenant path parameter,
+    `rate_headers` those every rate-limited answer carries."""
+    return {
+        "operationId": "tenantUsage",
+        "summary": "The tenant's usage in its current and previous billing period, per"
+        " operation: pending at the edge, sent to Stripe, confirmed by Stripe, invoiced"
+        " (reader).",
+        "description": "Bills nothing, but takes a token of the tenant's rate limit like any"
+        " route; served to a tenant whose payment is due. Answered from the node's own"
+        " records, never waiting on Stripe: the figures are this node's, and its periods are"
+        " the ones its billing last read from Stripe (docs/api.md).",
+        "parameters": [tenant],
+        "responses": {
+            "200": {
+                "description": "The usage.",
+                "headers": rate_headers,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/TenantUsage"}}
+                },
+            },
+            "400": _problem("The tenant id in the path is not a UUID (`invalid-parameter`)."),
+            "401": _problem(
+                "Missing, malformed, unknown, revoked, forged or expired credential.",
+                {"WWW-Authenticate": {"schema": {"type": "string"}}},
+            ),
+            "403": _problem(
+                "Credential of another tenant (`tenant-mismatch`), a role below reader"
+                " (`insufficient-role`), a suspended tenant, or a blocked client IP."
+            ),
+            "429": _problem(
+                "The tenant's rate limit is used up (`rate-limited`).",
+                {**rate_headers, **_RETRY_AFTER},
+            ),
+            "503": _problem(
+                "The node's billing records cannot be read just now (`usage-unavailable`).",
+                _RETRY_AFTER,
+            ),
+            "default": _problem("Any other error, always as problem+json."),
+        },
+    }
+
+
+def usage_schemas(uuid: dict[str, Any], timestamp: dict[str, Any]) -> dict[str, Any]:
+    """The answer's schemas, by name."""
+    figures = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(FIGURES),
+        "properties": {name: {"type": "integer", "minimum": 0} for name in FIGURES},
+        "description": "Units. pending: served here, still at the edge (queued or not yet"
+        " sent); sent: sent to Stripe, its answer not recorded yet; confirmed: Stripe holds"
+        " it; invoiced: confirmed, on an invoice that is final. Units set aside are in none.",
+    }
+    when = {"oneOf": [timestamp, {"type": "null"}]}
+    period = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["start", "end", "invoice", "operations", "total", "quota"],
+        "properties": {
+            "start": {**when, "description": "null: not known on this node."},
+            "end": {**when, "description": "null: not known on this node yet."},
+            "invoice": {
+                "type": "string",
+                "enum": ["open", "draft", "final", "unknown"],
+                "description": "open: the period runs; draft: ended, its invoice not final"
+                " yet; final: its invoice is final; unknown: not read from Stripe since the"
+                " period ended, or no period known (the tenant not billed through Stripe"
+                " yet).",
+            },
+            "operations": {
+                "type": "object",
+                "additionalProperties": {"$ref": "#/components/schemas/UsageFigures"},
+                "description": "By operation (`unknown`: usage recorded before operations"
+                " were kept).",
+            },
+            "total": {"$ref": "#/components/schemas/UsageFigures"},
+            "quota": {
+                "type": "null",
+                "description": "The period's allowance and thresholds; null while the"
+                " tenant's plan has none.",
+            },
+        },
+    }
+    return {
+        "UsageFigures": figures,
+        "PeriodUsage": period,
+        "TenantUsage": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["tenant_id", "as_of", "unit", "current_period", "previous_period"],
+            "properties": {
+                "tenant_id": uuid,
+                "as_of": timestamp,
+                "unit": {"const": "units"},
+                "current_period": {"$ref": "#/components/schemas/PeriodUsage"},
+                "previous_period": {
+                    "oneOf": [{"$ref": "#/components/schemas/PeriodUsage"}, {"type": "null"}]
+                },
+            },
+        },
+    }
