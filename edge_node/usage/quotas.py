@@ -4,9 +4,10 @@ A tenant may have an allowance per billing period (its plan's, `[quotas]`, or it
 `tenants update --quota`); admission (edge_node.admission.router) asks `PeriodSpend.take`
 before a billable request runs and gives back what it took once the request is over.
 
-The period is the calendar month in UTC (`calendar_month`): the node does not hold a
-tenant's Stripe subscription period, so every node, with or without Stripe, counts the
-same month, and a period begins at 00:00 UTC on the 1st (docs/quotas.md).
+The period is the calendar month in UTC (`calendar_month`), for every tenant, with or
+without a Stripe subscription: spend is read from counts kept per UTC day, which a Stripe
+period (starting at any second) would cut through; a period begins at 00:00 UTC on the 1st
+(docs/quotas.md).
 
 Spend is not written anywhere of its own: it is what the meter already counts. Every usage
 event recorded is counted per tenant and UTC day in the served-counts file of its worker
