@@ -16,6 +16,7 @@ from edge_node.queue.errors import CorruptRecord, QueueClosed, QueueFull
 from edge_node.queue.framing import HEADER_SIZE, MAX_PAYLOAD_BYTES, Record
 from edge_node.queue.opening import OpenedDirectory, open_directory
 from edge_node.queue.reader import read_records, read_tail
+from edge_node.queue.reserve import Reserve
 from edge_node.queue.scanning import Damage, scan_segment
 from edge_node.queue.segments import SegmentCatalog, delete_segment_files
 from edge_node.queue.settings import QueueSettings
@@ -45,7 +46,9 @@ async def open_queue(
     path = Path(directory)
     names = tuple(dict.fromkeys(check_consumer_name(name) for name in consumers))
     opened = await asyncio.to_thread(open_directory, path, names, fsync)
-    return WriteAheadQueue(path, settings or QueueSettings(), opened)
+    reserve = Reserve(path)
+    await asyncio.to_thread(reserve.ensure)
+    return WriteAheadQueue(path, settings or QueueSettings(), opened, reserve)
 
 
 class WriteAheadQueue:
@@ -55,7 +58,13 @@ class WriteAheadQueue:
     SIGKILL and power loss; a full queue refuses appends instead of dropping records.
     """
 
-    def __init__(self, directory: Path, settings: QueueSettings, opened: OpenedDirectory):
+    def __init__(
+        self,
+        directory: Path,
+        settings: QueueSettings,
+        opened: OpenedDirectory,
+        reserve: Reserve | None = None,
+    ):
         self.directory = directory
         self.settings = settings
         self.stats = QueueStats(
@@ -79,6 +88,7 @@ class WriteAheadQueue:
             settings.segment_bytes,
             settings.commit_interval,
             self.stats,
+            reserve=reserve,
         )
         self._commit_lock = asyncio.Lock()
         self._closing = False

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from edge_node.queue.errors import QueueWriteError
 from edge_node.queue.framing import HEADER_SIZE, encode_into
+from edge_node.queue.reserve import Reserve
 from edge_node.queue.segments import Segment, SegmentCatalog, segment_name
 from edge_node.queue.status import QueueStats
 
@@ -113,6 +114,8 @@ class GroupCommitter:
         segment_bytes: int,
         commit_interval: float,
         stats: QueueStats,
+        *,
+        reserve: Reserve | None = None,
     ):
         self._loop = asyncio.get_running_loop()
         self._catalog = catalog
@@ -129,6 +132,7 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._give_up_at: float | None = None
+        self._reserve = reserve
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
 
     @property
@@ -215,6 +219,8 @@ class GroupCommitter:
         if self._failure is not None:
             log.warning("queue %s: writing works again", self._directory)
             self._failure = None
+            if self._reserve is not None and self._give_up_at is None:
+                await self._loop.run_in_executor(self._thread, self._reserve.ensure)
         self._apply(chunks, first_seq, len(payloads))
         for seq, future in results:
             if not future.done():
@@ -224,11 +230,21 @@ class GroupCommitter:
         """Attempt the batch until it is durable (True) or the closing queue gives up."""
         pause = RETRY_FIRST_SECONDS
         while not await self._attempt(chunks):
-            if self._give_up_at is not None and self._loop.time() >= self._give_up_at:
-                return False
+            if self._give_up_at is not None:
+                if await self._release_reserve():
+                    continue  # again at once, into the room the reserve leaves
+                if self._loop.time() >= self._give_up_at:
+                    return False
             await asyncio.sleep(pause)
             pause = min(2 * pause, RETRY_MAX_SECONDS)
         return True
+
+    async def _release_reserve(self) -> bool:
+        """A closing queue that cannot write gives its reserve back (once); whether it did."""
+        if self._reserve is None:
+            return False
+        reserve, self._reserve = self._reserve, None
+        return await self._loop.run_in_executor(self._thread, reserve.release)
 
     async def _attempt(self, chunks: list[_Chunk]) -> bool:
         """Write and sync the batch once (cutting off what a failed attempt left first);

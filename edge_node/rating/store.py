@@ -27,10 +27,15 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
-BACKSTOP_CHECKPOINT_PAGES = 20000
-# A tenant's WAL file keeps the size a burst of writes grew it to; past this, the background
-# checkpoint cuts it back once the file is idle. On a full disk that is what gives the space
-# back: writes are refused below the free-space floor, so no write would ever reset the WAL.
+# Checkpoints run in a background thread (run_checkpoints). Under steady writes that PASSIVE
+# checkpoint never catches up with the writer, so the WAL is never restarted and would grow for
+# as long as the writes go on: past this many pages (4 MiB), the writing connection checkpoints
+# itself after a commit (SQLite's autocheckpoint), which lets the next write restart the WAL,
+# and `journal_size_limit` then cuts the file back to WAL_LIMIT_BYTES.
+BACKSTOP_CHECKPOINT_PAGES = 1000
+# A WAL file keeps the size it grew to until a write restarts it; on a full disk, below the
+# free-space floor, no write comes: the background round cuts an idle file's WAL past this
+# size with a TRUNCATE checkpoint that never waits, which gives the space back.
 WAL_LIMIT_BYTES = 4 << 20
 
 
@@ -90,9 +95,10 @@ class TenantStores:
             raise
         try:  # a file that cannot be migrated (a full disk) is closed, not left open
             sqlite.migrate(conn, MIGRATIONS)
-            # Checkpoints run in the background (run_checkpoints); this high threshold is only
-            # a backstop should they stall, so the request path almost never pays for one.
+            # Checkpoints run in the background (run_checkpoints); this threshold is a backstop
+            # for when they cannot keep up with steady writes (BACKSTOP_CHECKPOINT_PAGES).
             conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
             store = TenantStore(
                 conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id), self.pending
             )
@@ -160,7 +166,7 @@ class TenantStores:
                 path = self.path(store.tenant_id)
                 try:
                     await asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
-                    if not store.dirty:
+                    if not store.dirty:  # idle since the round began: never makes a writer wait
                         cut = await asyncio.to_thread(sqlite.cut_wal, path, WAL_LIMIT_BYTES)
                         store.dirty = store.dirty or not cut  # tried again next round
                 except sqlite3.Error as exc:

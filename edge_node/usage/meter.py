@@ -232,9 +232,10 @@ class Meter:
             log.error("served count of tenant %s not stored: %s", tenant_id, exc)
 
     async def close(self) -> None:
-        """Make every event recorded so far durable, then close the queue."""
+        """Make every event recorded so far durable, then close the queue (which, on a disk
+        that stays full, writes into its reserve and gives up after a bound rather than wait
+        past the service's stop timeout)."""
         if self.queue is not None:
-            await self.queue.flush()
             await self.queue.close()
         if self.served is not None:
             self.served.close()

@@ -18,7 +18,7 @@ from edge_node.rating.store import TenantStores
 from edge_node.sqlite import storage_failure
 from tests.faults.daemon import FaultNode
 from tests.faults.filesystems import fill, small_tmpfs
-from tests.faults.load import Load, billing_violations
+from tests.faults.load import Load, Sent, billing_violations, queued_events
 
 FILESYSTEM_BYTES = 48 << 20
 RECOVERY_BOUND_SECONDS = 30
@@ -139,3 +139,57 @@ class TestTenantFileOnAFullDisk:
                 assert stores.get(TENANTS[1]).page().ratings == []
             finally:
                 stores.close()
+
+
+class TestStoppedOnAFullDisk:
+    async def test_usage_pending_on_a_disk_that_stays_full_is_written_at_stop(
+        self, tmp_path: Path
+    ) -> None:
+        """Writes carried out while the queue cannot write are answered 503 `usage-pending`,
+        their events held in memory. Stopped while the disk is still full, the daemon writes
+        them into the room its queue's reserve gives back and exits well within systemd's
+        30 s stop timeout: every stored rating has its event, nothing is billed twice."""
+        with small_tmpfs(tmp_path / "mnt", 16 << 20) as root:
+            node = FaultNode(
+                root / "data",
+                tmp_path / "logs",
+                {
+                    "EDGE_NODE_STORAGE_MIN_FREE_BYTES": "0",
+                    "EDGE_NODE_QUEUE_MAX_BYTES": str(4 << 20),
+                    "EDGE_NODE_QUEUE_SEGMENT_BYTES": str(64 << 10),
+                },
+            )
+            try:
+                load = Load(node.serve(), [node.tenant("stays-full")])
+                rng = random.Random(3)
+                async with aiohttp.ClientSession() as session:
+                    for _ in range(60):  # the tenant file's WAL grown, then checkpointed
+                        await load.one(session, rng)
+                    await asyncio.sleep(2.5)
+                    await asyncio.to_thread(fill, root / "ballast")
+                    pending = await _until_usage_pending(load, session, rng)
+                assert pending, (load.statuses(), node.log_text()[-2000:])
+                started = time.monotonic()
+                code = node.stop()
+                stopped_in = time.monotonic() - started
+                print(f"{len(pending)} usage-pending; stopped in {stopped_in:.1f} s, exit {code}")
+                assert stopped_in < 25, node.log_text()[-2000:]
+                queue_dir = node.data_dir / "queue" / "worker-0"
+                assert billing_violations(load, node.data_dir, queue_dir) == []
+                billed = {event.request_id for event in queued_events(queue_dir)}
+                assert {sent.request_id for sent in pending} <= billed
+                assert "released its 1048576-byte reserve" in node.log_text()
+            finally:
+                node.kill()
+
+
+async def _until_usage_pending(
+    load: Load, session: aiohttp.ClientSession, rng: random.Random
+) -> list[Sent]:
+    """Concurrent writes on the full disk until some are answered `usage-pending`."""
+    for _ in range(10):
+        sent = await asyncio.gather(*(load.one(session, rng) for _ in range(12)))
+        pending = [s for s in sent if s.problem_type.endswith(":usage-pending")]
+        if pending:
+            return pending
+    return []

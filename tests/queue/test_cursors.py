@@ -154,4 +154,5 @@ class TestDamagedCursorFiles:
             "00000000000000000001.seg",
             "billing.cursor",
             "lock",
+            "reserve",
         ]

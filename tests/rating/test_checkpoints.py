@@ -54,12 +54,15 @@ class TestBackgroundCheckpoints:
     async def test_a_wal_grown_by_a_burst_gives_its_space_back_once_idle(
         self, tmp_path: Path
     ) -> None:
-        """A WAL file keeps the size a burst of writes grew it to, and a node whose writes are
-        refused below the free-space floor would never write again to reset it: once the file
-        is idle, the background round cuts its WAL back under WAL_LIMIT_BYTES."""
+        """A WAL file keeps the size it grew to (here past the limit, as when checkpoints
+        failed on a full disk), and a node whose writes are refused below the free-space floor
+        would never write again to restart it: once the file is idle, the background round
+        cuts its WAL back under WAL_LIMIT_BYTES."""
         stores = TenantStores(tmp_path / "tenants", node_id="n1")
         store = stores.get(TENANT)
         wal = f"{stores.path(TENANT)}-wal"
+        # As when the checkpoints after each commit failed on a full disk: the WAL grows.
+        store._conn.execute("PRAGMA wal_autocheckpoint = 0")
         for i in range(600):
             store.upsert(RatingInput(f"u{i}", f"item-{i % 40}", 1 + i % 5, "x" * 400))
         assert wal_bytes(wal) > WAL_LIMIT_BYTES
@@ -71,6 +74,24 @@ class TestBackgroundCheckpoints:
                     break
             assert wal_bytes(wal) <= WAL_LIMIT_BYTES
             assert len(store.page(limit=1000).ratings) == 600
+        finally:
+            task.cancel()
+            stores.close()
+
+    async def test_under_steady_writes_the_wal_stays_bounded(self, tmp_path: Path) -> None:
+        """Written without pause, the background PASSIVE checkpoint never catches up with the
+        writer and the WAL would never be restarted: the writer's own checkpoint past
+        BACKSTOP_CHECKPOINT_PAGES lets the next write restart it, so it stays near
+        WAL_LIMIT_BYTES instead of growing with the load (88 MB here without it)."""
+        stores = TenantStores(tmp_path / "tenants", node_id="n1")
+        store = stores.get(TENANT)
+        wal = f"{stores.path(TENANT)}-wal"
+        task = asyncio.create_task(stores.run_checkpoints(0.05))
+        try:
+            for i in range(4000):
+                store.upsert(RatingInput(f"u{i}", f"item-{i % 40}", 1 + i % 5, "x" * 400))
+                await asyncio.sleep(0)
+            assert wal_bytes(wal) <= 2 * WAL_LIMIT_BYTES
         finally:
             task.cancel()
             stores.close()
