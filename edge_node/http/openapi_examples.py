@@ -49,7 +49,6 @@ USAGE = {
         "invoice": "open",
         "operations": {"score.read": _FIGURES, "rating.create": {**_FIGURES, "confirmed": 0}},
         "total": {**_FIGURES, "pending": 24},
-        "quota": None,
     },
     "previous_period": {
         "start": "2026-02-01T00:00:00Z",
@@ -57,7 +56,14 @@ USAGE = {
         "invoice": "final",
         "operations": {"score.read": {**_FIGURES, "pending": 0, "invoiced": 4810}},
         "total": {**_FIGURES, "pending": 0, "invoiced": 4810},
-        "quota": None,
+    },
+    "quota": {
+        "period": {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"},
+        "allowance": 6000,
+        "policy": "block",
+        "used": 4834,
+        "remaining": 1166,
+        "thresholds_crossed": [{"percent": 80, "crossed_at": "2026-03-12T17:02:11Z", "used": 4800}],
     },
 }
 

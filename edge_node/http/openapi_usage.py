@@ -81,7 +81,7 @@ def usage_schemas(uuid: dict[str, Any], timestamp: dict[str, Any]) -> dict[str, 
     period = {
         "type": "object",
         "additionalProperties": False,
-        "required": ["start", "end", "invoice", "operations", "total", "quota"],
+        "required": ["start", "end", "invoice", "operations", "total"],
         "properties": {
             "start": {**when, "description": "null: not known on this node."},
             "end": {**when, "description": "null: not known on this node yet."},
@@ -100,11 +100,6 @@ def usage_schemas(uuid: dict[str, Any], timestamp: dict[str, Any]) -> dict[str, 
                 " were kept).",
             },
             "total": {"$ref": "#/components/schemas/UsageFigures"},
-            "quota": {
-                "type": "null",
-                "description": "The period's allowance and thresholds; null while the"
-                " tenant's plan has none.",
-            },
         },
     }
     return {
@@ -113,7 +108,14 @@ def usage_schemas(uuid: dict[str, Any], timestamp: dict[str, Any]) -> dict[str, 
         "TenantUsage": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["tenant_id", "as_of", "unit", "current_period", "previous_period"],
+            "required": [
+                "tenant_id",
+                "as_of",
+                "unit",
+                "current_period",
+                "previous_period",
+                "quota",
+            ],
             "properties": {
                 "tenant_id": uuid,
                 "as_of": timestamp,
@@ -121,6 +123,48 @@ def usage_schemas(uuid: dict[str, Any], timestamp: dict[str, Any]) -> dict[str, 
                 "current_period": {"$ref": "#/components/schemas/PeriodUsage"},
                 "previous_period": {
                     "oneOf": [{"$ref": "#/components/schemas/PeriodUsage"}, {"type": "null"}]
+                },
+                "quota": {
+                    "oneOf": [{"$ref": "#/components/schemas/UsageAllowance"}, {"type": "null"}]
+                },
+            },
+        },
+        "UsageAllowance": _allowance_schema(timestamp),
+    }
+
+
+def _allowance_schema(timestamp: dict[str, Any]) -> dict[str, Any]:
+    """The tenant's allowance in its quota period (the calendar month in UTC), on this node."""
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["period", "allowance", "policy", "used", "remaining", "thresholds_crossed"],
+        "description": "The tenant's allowance per quota period (the calendar month in UTC,"
+        " docs/quotas.md), the units this node served it there, and the thresholds crossed;"
+        " null for a tenant without an allowance.",
+        "properties": {
+            "period": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["start", "end"],
+                "properties": {"start": timestamp, "end": timestamp},
+            },
+            "allowance": count,
+            "policy": {"enum": ["block", "overage"]},
+            "used": count,
+            "remaining": count,
+            "thresholds_crossed": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["percent", "crossed_at", "used"],
+                    "properties": {
+                        "percent": {"enum": [80, 100]},
+                        "crossed_at": timestamp,
+                        "used": count,
+                    },
                 },
             },
         },

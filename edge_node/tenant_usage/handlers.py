@@ -8,9 +8,10 @@ import sqlite3
 
 from aiohttp import web
 
-from edge_node.admission.router import TenantContext, guarded
+from edge_node.admission.router import METER_KEY, ROUTER_KEY, TenantContext, guarded
 from edge_node.errors import StorageUnavailable
 from edge_node.queue import QueueError
+from edge_node.tenant_usage.allowance import allowance_document
 from edge_node.tenant_usage.model import UsageSource
 from edge_node.web.answers import json_response
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @guarded("reader", None)
 async def tenant_usage(request: web.Request, context: TenantContext) -> web.StreamResponse:
-    """Not billed and not counted against the rate limit (edge_node.admission.router)."""
+    """Not billed; rate-limited like any route (edge_node.admission.router)."""
     source = request.app[USAGE_SOURCE_KEY]
     try:
         usage = await asyncio.to_thread(source.usage, context.tenant_id)
@@ -31,7 +32,10 @@ async def tenant_usage(request: web.Request, context: TenantContext) -> web.Stre
         raise StorageUnavailable(
             "the node's billing records cannot be read just now", slug="usage-unavailable"
         ) from None
-    return json_response(usage.to_json())
+    router, meter = request.app[ROUTER_KEY], request.app[METER_KEY]
+    document = usage.to_json()
+    document["quota"] = allowance_document(router.quotas, meter.spend, router.thresholds, context)
+    return json_response(document)
 
 
 def add_usage_routes(app: web.Application, source: UsageSource) -> None:

@@ -9,8 +9,8 @@
 Usage belongs to the period in which it was served. Usage carried forward (its own period's
 invoice was final before it reached Stripe) stays under the period it was served in and is
 invoiced with the later period's invoice. Units set aside (never to be billed) are in none
-of the four. `quota` is kept for the period's allowance and thresholds; it is null while the
-tenant's plan has none.
+of the four. The tenant's allowance, if it has one, is added beside the periods
+(edge_node.tenant_usage.allowance).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class PeriodUsage:
             "invoice": self.invoice,
             "operations": {name: dict(self.operations[name]) for name in sorted(self.operations)},
             "total": totals,
-            "quota": None,
         }
 
 

@@ -128,6 +128,15 @@ class PeriodSpend:
         """Units served to `tenant_id` in the current period by every worker of the node."""
         return self._own.get(tenant_id, 0) + self._others.get(tenant_id, 0)
 
+    def spent_now(self, tenant_id: str) -> int:
+        """`spent`, the period and the other workers' counts brought up to date first."""
+        now_ms = self._clock_ms()
+        if now_ms >= self.end_ms:
+            self._roll(now_ms)
+        elif now_ms >= self._next_refresh_ms:
+            self._refresh_others(now_ms)
+        return self.spent(tenant_id)
+
     def _roll(self, now_ms: int) -> None:
         """Start counting the period containing `now_ms` from the counts files."""
         self.start_ms, self.end_ms = calendar_month(now_ms)

@@ -63,10 +63,35 @@ class TestUsageAtTheEdge:
         assert figures(current, "rating.create") == {**ZERO, "pending": 1}
         assert figures(current, "score.read") == {**ZERO, "pending": 3}
         assert current["total"] == {**ZERO, "pending": 4}
-        assert current["quota"] is None
+        assert body["quota"] is None  # no allowance
         assert body["previous_period"] is None
         assert any(name.lower().startswith("ratelimit") for name in headers)
         assert len(events_on_disk(node)) == 4
+
+    async def test_an_allowance_shows_its_use_and_the_thresholds_crossed(
+        self, node: RunningNode
+    ) -> None:
+        """A tenant with an allowance of 5 units a month that has used 4: the answer shows the
+        calendar month, 4 used, 1 remaining, and the 80% threshold crossed once."""
+        tenant_row, key = node.storage.registry.create_tenant(
+            "capped",
+            quota=5,
+            quota_policy="block",  # type: ignore[call-arg]
+        )
+        tenant = Tenant(tenant_row.tenant_id, key.api_key, key.key_id)
+        await serve(node, tenant, 3)
+        status, body, _ = await usage(node, tenant)
+        assert status == 200
+        conforms("TenantUsage", body)
+        quota = body["quota"]
+        assert (quota["allowance"], quota["policy"], quota["used"], quota["remaining"]) == (
+            5,
+            "block",
+            4,
+            1,
+        )
+        assert quota["period"]["start"].endswith("-01T00:00:00Z")
+        assert [(t["percent"], t["used"]) for t in quota["thresholds_crossed"]] == [(80, 4)]
 
     async def test_the_usage_api_takes_a_token_of_the_rate_limit(
         self, make_node: NodeFactory
