@@ -110,6 +110,8 @@ class TenantRecord:
     stripe_customer_id: str | None
     created_at: int
     updated_at: int
+    quota: int | None = None
+    quota_policy: QuotaPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,9 @@ class KeyRecord:
     role: Role
     created_at: int
     revoked_at: int | None
+    credits: int | None = None  # the grant it was created with; None: it spends no credits
+    refill: int | None = None
+    refill_every: int | None = None  # seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,12 @@ from edge_node.tenants.model import KeyRecord, RegistryChange, TenantRecord
 
 _TENANT_RECORD = (
     "t.tenant_id, t.name, t.status, t.plan, t.rate_limit_per_minute, t.stripe_customer_id,"
-    " t.created_at, t.updated_at"
+    " t.created_at, t.updated_at, t.quota, t.quota_policy"
 )
-_KEY_RECORD = "k.key_id, k.tenant_id, k.key_hash, k.role, k.created_at, k.revoked_at"
+_KEY_RECORD = (
+    "k.key_id, k.tenant_id, k.key_hash, k.role, k.created_at, k.revoked_at,"
+    " k.credits, k.refill, k.refill_every"
+)
 
 
 class RegistryReplication:
@@ -51,7 +54,9 @@ class RegistryReplication:
         ).fetchall()
         return [
             RegistryChange(
-                row[0], TenantRecord(*row[1:9]), None if row[9] is None else KeyRecord(*row[9:])
+                row[0],
+                TenantRecord(*row[1:11]),
+                None if row[11] is None else KeyRecord(*row[11:]),
             )
             for row in rows
         ]
@@ -76,9 +81,11 @@ class RegistryReplication:
         checkpoint: tuple[str, str] | None = None,
     ) -> int:
         """Apply rows from the central database and store `checkpoint` (name, value), in one
-        transaction; how many rows changed. A tenant takes the central row whole; a key takes
-        its role, keeps its earliest revocation (revoked anywhere stays revoked), and is left
-        alone when its id already belongs to another tenant or hash here."""
+        transaction; how many rows changed. A tenant takes the central row whole (its own
+        allowance too); a key takes its role, keeps its earliest revocation (revoked anywhere
+        stays revoked), takes its credit grant where it has none here (a grant is set once, at
+        creation), and is left alone when its id already belongs to another tenant or hash
+        here."""
         changed = 0
         with sqlite.transaction(self._conn):
             for tenant in tenants:
@@ -104,27 +111,37 @@ _STATUS_FROM_CENTRAL = """CASE
         ELSE coalesce(billing_status, excluded.status) END"""
 _APPLY_TENANT = f"""
     INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,
-                         stripe_customer_id, created_at, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                         stripe_customer_id, created_at, updated_at, quota, quota_policy)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (tenant_id) DO UPDATE SET
         name = excluded.name, status = {_STATUS_FROM_CENTRAL}, plan = excluded.plan,
         rate_limit_per_minute = excluded.rate_limit_per_minute,
         stripe_customer_id = coalesce(excluded.stripe_customer_id, stripe_customer_id),
-        updated_at = excluded.updated_at
-    WHERE (name, status, plan, rate_limit_per_minute, stripe_customer_id, updated_at)
+        updated_at = excluded.updated_at,
+        quota = excluded.quota, quota_policy = excluded.quota_policy
+    WHERE (name, status, plan, rate_limit_per_minute, stripe_customer_id, updated_at, quota,
+           quota_policy)
         IS NOT (excluded.name, {_STATUS_FROM_CENTRAL}, excluded.plan,
                 excluded.rate_limit_per_minute,
                 coalesce(excluded.stripe_customer_id, stripe_customer_id),
-                excluded.updated_at)"""  # noqa: S608 - constant text, no input
+                excluded.updated_at, excluded.quota, excluded.quota_policy)"""  # noqa: S608 - constant text, no input
 
+# A key's credit grant (credits, refill, refill_every) is taken whole, and only by a key that
+# has none here: the one it was created with (a key downloaded before the central database
+# carried grants gets it once the creating edge has uploaded it).
 _APPLY_KEY = """
-    INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at, revoked_at)
-    VALUES (?, ?, ?, ?, ?, ?)
+    INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at, revoked_at, credits,
+                          refill, refill_every)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (key_id) DO UPDATE SET
         role = excluded.role,
         revoked_at = coalesce(min(revoked_at, excluded.revoked_at), revoked_at,
-                              excluded.revoked_at)
+                              excluded.revoked_at),
+        credits = coalesce(credits, excluded.credits),
+        refill = iif(credits IS NULL, excluded.refill, refill),
+        refill_every = iif(credits IS NULL, excluded.refill_every, refill_every)
     WHERE tenant_id = excluded.tenant_id AND key_hash = excluded.key_hash
       AND (role IS NOT excluded.role
            OR revoked_at IS NOT coalesce(min(revoked_at, excluded.revoked_at), revoked_at,
-                                         excluded.revoked_at))"""
+                                         excluded.revoked_at)
+           OR (credits IS NULL AND excluded.credits IS NOT NULL))"""

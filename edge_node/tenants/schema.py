@@ -123,6 +123,13 @@ MIGRATIONS = (
     ALTER TABLE api_keys ADD COLUMN refill INTEGER CHECK (refill >= 0);
     ALTER TABLE api_keys ADD COLUMN refill_every INTEGER CHECK (refill_every > 0);
     """,
+    # 10: the central database carries key grants (its migration 0007): keys with a grant,
+    # uploaded before it did, are queued again so that it gets their grant.
+    """
+    INSERT INTO registry_outbox (tenant_id, key_id)
+        SELECT tenant_id, key_id FROM api_keys WHERE credits IS NOT NULL
+        ORDER BY created_at, key_id;
+    """,
 )
 
 

@@ -4,9 +4,11 @@ a round moves them as.
 
 The rule (docs/sync.md, "The tenant registry"): the central row is a tenant's truth. An edge
 uploads a tenant only to create it (`ON CONFLICT DO NOTHING`); status, plan, rate limit and
-name are changed centrally and flow down. A key is created anywhere; its hash and role are
-then the central ones; its revocation is kept wherever it happened, the earliest time winning,
-and never undone by a sync.
+name, and the tenant's own allowance (quota, quota_policy) are changed centrally and flow
+down. A key is created anywhere, with its credit grant (credits, refill, refill_every); its
+hash and role are then the central ones, its grant the one it was created with (an upload fills
+a central row's grant only where it has none); its revocation is kept wherever it happened,
+the earliest time winning, and never undone by a sync.
 """
 
 from __future__ import annotations
@@ -26,17 +28,29 @@ if TYPE_CHECKING:
 
 _UPLOAD_TENANTS = """
     INSERT INTO tenants (tenant_id, name, status, plan, rate_limit_per_minute,
-                         stripe_customer_id, created_at, updated_at)
+                         stripe_customer_id, created_at, updated_at, quota, quota_policy)
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
-                         $6::text[], $7::int8[], $8::int8[])
+                         $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::text[])
     ON CONFLICT (tenant_id) DO NOTHING"""
 
-_UPLOAD_KEYS = """
-    INSERT INTO api_keys AS current (tenant_id, key_id, key_hash, role, created_at, revoked_at)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
-    ON CONFLICT (tenant_id, key_id) DO UPDATE SET revoked_at = excluded.revoked_at
-    WHERE excluded.revoked_at IS NOT NULL
-      AND (current.revoked_at IS NULL OR excluded.revoked_at < current.revoked_at)"""
+# A revocation moves revoked_at earlier (or sets it); a grant fills a key that has none (a key
+# uploaded before the central database carried grants), never replacing one.
+_EARLIER_REVOCATION = """excluded.revoked_at IS NOT NULL
+        AND (current.revoked_at IS NULL OR excluded.revoked_at < current.revoked_at)"""
+_MISSING_GRANT = "current.credits IS NULL AND excluded.credits IS NOT NULL"
+_UPLOAD_KEYS = f"""
+    INSERT INTO api_keys AS current (tenant_id, key_id, key_hash, role, created_at, revoked_at,
+                                     credits, refill, refill_every)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
+                         $7::int4[], $8::int4[], $9::int4[])
+    ON CONFLICT (tenant_id, key_id) DO UPDATE SET
+        revoked_at = CASE WHEN {_EARLIER_REVOCATION}
+            THEN excluded.revoked_at ELSE current.revoked_at END,
+        credits = CASE WHEN {_MISSING_GRANT} THEN excluded.credits ELSE current.credits END,
+        refill = CASE WHEN {_MISSING_GRANT} THEN excluded.refill ELSE current.refill END,
+        refill_every = CASE WHEN {_MISSING_GRANT}
+            THEN excluded.refill_every ELSE current.refill_every END
+    WHERE ({_EARLIER_REVOCATION}) OR ({_MISSING_GRANT})"""  # noqa: S608 - constant text
 
 # A Stripe customer provisioned on an edge fills the central row once, never replacing one.
 _UPLOAD_CUSTOMERS = """
@@ -54,11 +68,24 @@ _TENANT_FIELDS = (
     "stripe_customer_id",
     "created_at",
     "updated_at",
+    "quota",
+    "quota_policy",
 )
-_KEY_FIELDS = ("tenant_id", "key_id", "key_hash", "role", "created_at", "revoked_at")
+_KEY_FIELDS = (
+    "tenant_id",
+    "key_id",
+    "key_hash",
+    "role",
+    "created_at",
+    "revoked_at",
+    "credits",
+    "refill",
+    "refill_every",
+)
 
 _TENANT_COLUMNS = """t.tenant_id::text AS tenant_id, t.name, t.status, t.plan,
-    t.rate_limit_per_minute, t.stripe_customer_id, t.created_at, t.updated_at"""
+    t.rate_limit_per_minute, t.stripe_customer_id, t.created_at, t.updated_at, t.quota,
+    t.quota_policy"""
 
 _TENANT_CHANGES = ChangeFeed("tenants", "tenants t", "t", _TENANT_COLUMNS, (("tenant_id", "uuid"),))
 
@@ -68,8 +95,8 @@ _KEY_CHANGES = ChangeFeed(
     "API keys",
     "api_keys k JOIN tenants t ON t.tenant_id = k.tenant_id",
     "k",
-    "k.key_id, k.key_hash, k.role, k.created_at AS key_created_at, k.revoked_at, "
-    + _TENANT_COLUMNS,
+    "k.key_id, k.key_hash, k.role, k.created_at AS key_created_at, k.revoked_at, k.credits,"
+    " k.refill, k.refill_every, " + _TENANT_COLUMNS,
     (("tenant_id", "uuid"), ("key_id", "text")),
 )
 
@@ -136,6 +163,9 @@ def _key(record: FeedRow) -> KeyRecord:
         record["role"],
         record["key_created_at"],
         record["revoked_at"],
+        record["credits"],
+        record["refill"],
+        record["refill_every"],
     )
 
 
@@ -149,4 +179,6 @@ def _tenant(record: FeedRow) -> TenantRecord:
         record["stripe_customer_id"],
         record["created_at"],
         record["updated_at"],
+        record["quota"],
+        record["quota_policy"],
     )
