@@ -9,18 +9,24 @@
 --     the central row has none. What a key has left is no column here: each edge keeps its
 --     own balance, starting from the grant.
 --
--- Each column is added first and constrained apart: Citus (where both tables are distributed
--- on tenant_id) propagates these two kinds of ALTER TABLE to every shard, but older releases
--- refuse an ADD COLUMN that carries a CHECK.
+-- Each column is added first and constrained apart, the constraints in a DO block: on Citus
+-- (where both tables are distributed on tenant_id) an ADD COLUMN carrying a CHECK is refused,
+-- and an ADD CONSTRAINT is sent to the shards as its statement's text, which must then be a
+-- single command; inside the block each statement is one (on plain PostgreSQL the block is
+-- simply run).
 ALTER TABLE tenants ADD COLUMN quota integer;
 ALTER TABLE tenants ADD COLUMN quota_policy text;
-ALTER TABLE tenants ADD CONSTRAINT tenants_quota_check CHECK (quota >= 0);
-ALTER TABLE tenants ADD CONSTRAINT tenants_quota_policy_check
-    CHECK (quota_policy IN ('overage', 'block'));
-
 ALTER TABLE api_keys ADD COLUMN credits integer;
 ALTER TABLE api_keys ADD COLUMN refill integer;
 ALTER TABLE api_keys ADD COLUMN refill_every integer;
-ALTER TABLE api_keys ADD CONSTRAINT api_keys_credits_check CHECK (credits >= 0);
-ALTER TABLE api_keys ADD CONSTRAINT api_keys_refill_check CHECK (refill >= 0);
-ALTER TABLE api_keys ADD CONSTRAINT api_keys_refill_every_check CHECK (refill_every > 0);
+
+DO $$
+BEGIN
+    ALTER TABLE tenants ADD CONSTRAINT tenants_quota_check CHECK (quota >= 0);
+    ALTER TABLE tenants ADD CONSTRAINT tenants_quota_policy_check
+        CHECK (quota_policy IN ('overage', 'block'));
+    ALTER TABLE api_keys ADD CONSTRAINT api_keys_credits_check CHECK (credits >= 0);
+    ALTER TABLE api_keys ADD CONSTRAINT api_keys_refill_check CHECK (refill >= 0);
+    ALTER TABLE api_keys ADD CONSTRAINT api_keys_refill_every_check CHECK (refill_every > 0);
+END
+$$;

@@ -12,7 +12,7 @@ import pytest
 from edge_node.errors import SyncError
 from sync.central import citus
 from sync.central.roles import bind_role
-from sync.central.schema import load_migrations, migrate_dsns
+from sync.central.schema import load_migrations, migrate, migrate_dsns
 from sync.postgres import Connection, connect, translated
 from tests.citus import CitusCluster
 from tests.sync.central.test_schema import insert_tenant_with_key
@@ -76,6 +76,39 @@ class TestDistribution:
             await conn.close()
         (again,) = await migrate_dsns([citus_dsn])
         assert again["applied"] == []
+
+    async def test_a_later_migration_alters_the_tables_already_distributed(
+        self, citus_dsn: str
+    ) -> None:
+        """A cluster migrated and distributed by a release before 0007 gets the allowance and
+        grant columns, with their checks, on every shard of tenants and api_keys."""
+        conn = await connect(citus_dsn)
+        try:
+            await migrate(conn, [m for m in load_migrations() if m.version < 7])
+            assert await citus.distribution(conn)
+            assert await migrate(conn) == [v for v in ALL_VERSIONS if v >= 7]
+            tenant_id, key_id = str(uuid.uuid4()), uuid.uuid4().hex[:16]
+            await insert_tenant_with_key(conn, tenant_id, key_id)
+            await conn.execute("UPDATE tenants SET quota = 5, quota_policy = 'block'")
+            await conn.execute("UPDATE api_keys SET credits = 3, refill = 2, refill_every = 60")
+            for table, column in (("tenants", "quota"), ("api_keys", "credits")):
+                shards = await conn.fetch(
+                    "SELECT success, result FROM run_command_on_shards($1,"
+                    f" $$SELECT coalesce(sum({column}), 0) FROM %s$$)",
+                    table,
+                )
+                assert all(r["success"] for r in shards), shards
+                assert sum(int(r["result"]) for r in shards) == (5 if table == "tenants" else 3)
+            for bad in (
+                "UPDATE tenants SET quota = -1",
+                "UPDATE tenants SET quota_policy = 'refund'",
+                "UPDATE api_keys SET credits = -1",
+                "UPDATE api_keys SET refill_every = 0",
+            ):
+                with pytest.raises(SyncError, match="check constraint"), translated():
+                    await conn.execute(bad)
+        finally:
+            await conn.close()
 
     async def test_triggers_stamp_rows_on_the_workers(self, migrated: Connection) -> None:
         """The change-position trigger runs on the shards: each tenant's row is stamped with a

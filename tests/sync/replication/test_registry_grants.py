@@ -4,7 +4,7 @@ made on one edge, they reach the others; each node spends its own balance of a g
 from __future__ import annotations
 
 from edge_node.tenants.model import KeyCredits
-from sync.postgres import Connection
+from sync.postgres import Connection, connect
 from tests.support import RunningNode
 from tests.sync.conftest import EdgeFactory
 from tests.sync.support import Edge
@@ -26,10 +26,21 @@ def serving_edge(node: RunningNode) -> Edge:
 
 class TestAllowancesAndGrants:
     async def test_a_tenant_quota_and_a_key_grant_reach_the_other_edges(
-        self, make_edge: EdgeFactory, central: str, db: Connection
+        self, make_edge: EdgeFactory, any_central: str
     ) -> None:
         """A tenant with quota 5 / block and a key with 3 credits (refilled to 2 every hour)
-        made on edge A are stored centrally and arrive whole on edge B."""
+        made on edge A are stored centrally and arrive whole on edge B (on plain PostgreSQL
+        and on Citus)."""
+        central = any_central
+        db = await connect(central)
+        try:
+            await self._reach_the_other_edges(make_edge, central, db)
+        finally:
+            await db.close()
+
+    async def _reach_the_other_edges(
+        self, make_edge: EdgeFactory, central: str, db: Connection
+    ) -> None:
         a, b = make_edge("edge-a"), make_edge("edge-b")
         tenant, _admin = a.registry.create_tenant("acme", quota=5, quota_policy="block")
         key = a.registry.create_key(tenant.tenant_id, "writer", KeyCredits(3, 2, 3600))
