@@ -32,6 +32,9 @@ _STORAGE_CODES = {
     sqlite3.SQLITE_CANTOPEN: "the file cannot be opened",
     sqlite3.SQLITE_CORRUPT: "the file is damaged",
     sqlite3.SQLITE_NOTADB: "the file is damaged",
+    # Another process held the file's lock past the busy timeout (a backup, a long command).
+    sqlite3.SQLITE_BUSY: "the file is locked by another process",
+    sqlite3.SQLITE_LOCKED: "the file is locked",
 }
 _DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 # OS errors that mean the same for files written directly.

@@ -25,6 +25,8 @@ deleted by any process is refused within milliseconds, with no query per request
 from __future__ import annotations
 
 import functools
+import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -44,6 +46,7 @@ from edge_node.errors import (
     Problem,
     RateLimited,
     ServiceUnavailable,
+    StorageUnavailable,
     Unauthorized,
 )
 from edge_node.ids import is_uuid
@@ -92,6 +95,7 @@ class TenantContext:
         return _RANKS[self.role] >= _RANKS[needed]
 
 
+log = logging.getLogger(__name__)
 NOT_READY_RETRY_AFTER = "30"
 
 
@@ -262,7 +266,13 @@ class TenantRouter:
         none); 429 `credits-exhausted` when it has not that many left."""
         if context.credits is None or context.key_id is None or self.credits is None:
             return None
-        decision = self.credits.spend(context.key_id, context.credits, units, now_ms())
+        try:
+            decision = self.credits.spend(context.key_id, context.credits, units, now_ms())
+        except sqlite3.Error as exc:  # busy past the lock wait, a full disk: nothing spent
+            log.warning("credits of key %s not spent: %s", context.key_id, exc)
+            raise StorageUnavailable(
+                "the API key's credits cannot be spent just now; nothing was done"
+            ) from None
         if not decision.allowed:
             headers = self.fields.headers(rate, quota, decision)
             if decision.reset_seconds is not None:
@@ -276,9 +286,14 @@ class TenantRouter:
     def refund_credits(
         self, context: TenantContext, units: int, credit: CreditDecision | None
     ) -> None:
-        """Give back credits a request took and did not bill (it failed, or billed less)."""
+        """Give back credits a request took and did not bill (it failed, or billed less). A
+        refund that cannot be written is logged, never the answer: the request's own outcome
+        stands (the credits stay spent)."""
         if credit is not None and units > 0 and context.key_id and self.credits is not None:
-            self.credits.refund(context.key_id, units, credit.refilled_at)
+            try:
+                self.credits.refund(context.key_id, units, credit.refilled_at)
+            except sqlite3.Error as exc:
+                log.error("%d credits of key %s not given back: %s", units, context.key_id, exc)
 
     def _check_standing(self, tenant_id: str, status: TenantStatus) -> None:
         if status == "suspended":

@@ -49,7 +49,13 @@ NODE_DATABASE_KEY = web.AppKey("node_database", sqlite3.Connection)
 SECRETS_KEY = web.AppKey("secrets", SecretFiles)
 NODE_FILE_KEY: web.AppKey[NodeFileWatch | None] = web.AppKey("node_file")
 NODE_FILE_CHECK_SECONDS = 1.0
+CREDITS_LOCK_WAIT_MS = 250
 NOT_READY = {"Retry-After": NOT_READY_RETRY_AFTER}
+# What clients are told once node.sqlite is displaced (the log names the file).
+DISPLACED = (
+    "this node's database was deleted or replaced under the running node; it serves again "
+    "once restarted on the right file"
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +106,9 @@ class NodeStorage:
         )
         try:
             stores.keyring.master_key_id()  # a missing or wrong master key fails the start
-            credits = CreditStore.open(
-                config.data_path, busy_timeout_ms=config.storage.busy_timeout_ms
-            )
+            # A spend runs on the event loop: a short lock wait keeps another worker's spend
+            # from stalling every request here; past it the request gets a 503.
+            credits = CreditStore.open(config.data_path, busy_timeout_ms=CREDITS_LOCK_WAIT_MS)
         except BaseException:
             stores.close()
             node_database.close()
@@ -208,7 +214,9 @@ async def _background_checkpoints(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(app[STORES_KEY].run_checkpoints(interval))]
     node_file = app[NODE_FILE_KEY]
     if node_file is not None:
-        tasks.append(asyncio.create_task(_watch_node_file(node_file, app[ROUTER_KEY])))
+        tasks.append(
+            asyncio.create_task(_watch_node_file(node_file, app[ROUTER_KEY], app[WEBHOOKS_KEY]))
+        )
     yield
     for task in tasks:
         task.cancel()
@@ -216,15 +224,17 @@ async def _background_checkpoints(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-async def _watch_node_file(node_file: NodeFileWatch, router: TenantRouter) -> None:
+async def _watch_node_file(
+    node_file: NodeFileWatch, router: TenantRouter, webhooks: StripeWebhooks
+) -> None:
     """Look at node.sqlite's identity every second: once it is deleted or replaced, the node
-    logs it and refuses every tenant request (503 `not-ready`), since keys revoked and tenants
-    suspended from then on are written to a file this process does not read."""
+    logs it (with the path) and refuses every tenant request and every Stripe event (503
+    `not-ready`), since keys revoked, tenants suspended and events applied from then on would
+    go to a file this process does not read."""
     while True:
         await asyncio.sleep(NODE_FILE_CHECK_SECONDS)
-        problem = node_file.problem()
-        if problem is not None:
-            router.displaced = problem
+        if node_file.problem() is not None:
+            router.displaced = webhooks.displaced = DISPLACED
             return
 
 

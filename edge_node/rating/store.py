@@ -166,7 +166,7 @@ class TenantStores:
                 path = self.path(store.tenant_id)
                 try:
                     await asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
-                    if not store.dirty:  # idle since the round began: never makes a writer wait
+                    if not store.dirty:  # idle since the round began (a write arriving now waits)
                         cut = await asyncio.to_thread(sqlite.cut_wal, path, WAL_LIMIT_BYTES)
                         store.dirty = store.dirty or not cut  # tried again next round
                 except sqlite3.Error as exc:

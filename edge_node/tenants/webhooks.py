@@ -107,8 +107,16 @@ class StripeWebhooks:
         self.thin_events = ThinEventStore(store.conn)
         self.stats = WebhookStats()
         self._clock = clock
+        # Set once node.sqlite is deleted or replaced underneath (edge_node.http.app): an event
+        # applied now would go to a file no command reads, and a 2xx would stop Stripe's
+        # redeliveries, so every event is refused until the node restarts on the right file.
+        self.displaced: str | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.displaced is not None:
+            raise ServiceUnavailable(
+                self.displaced, slug="not-ready", headers={"Retry-After": "60"}
+            )
         if self.secrets is None:
             raise NotFound(
                 "this node takes no Stripe webhooks: webhooks.secret_file is not set",

@@ -190,17 +190,20 @@ class Meter:
         the queue holds). A queue retrying a failed write gets a bounded wait, after which the
         event stays queued (and is counted served once it is durable) and the answer says so."""
         wait = self._batch_wait
-        if wait is None or durable is not self._batch:
+        # A request joining a commit whose wait has already run out gets a wait of its own:
+        # the commit may still land within it (a slow fsync is not a failed one).
+        if wait is None or durable is not self._batch or wait.done():
             wait = self._batch_wait = BatchWait(durable, USAGE_WAIT_SECONDS)
             self._batch = durable
         try:
             await wait
         except TimeoutError:
             self._track(durable)
-            served = functools.partial(self._count_served, tenant_id, timestamp_ms, units)
-            durable.add_done_callback(
-                lambda done: None if done.cancelled() or done.exception() else served()
-            )
+            # Spent now, so an allowance is never passed while the event waits for the disk;
+            # counted served (the file beside the queue) once it is durable.
+            if self.spend is not None:
+                self.spend.add(tenant_id, timestamp_ms, units)
+            self._count_once_durable(durable, tenant_id, timestamp_ms, units, spend=False)
             raise StorageUnavailable(
                 "the request was carried out; its usage event is queued and will be written "
                 "once storage takes writes again",
@@ -209,7 +212,25 @@ class Meter:
         except QueueError as exc:
             self._failed(exc)
             raise _not_recorded() from exc
+        except asyncio.CancelledError:
+            # The event is queued and will be billed whatever becomes of the request.
+            self._count_once_durable(durable, tenant_id, timestamp_ms, units, spend=True)
+            raise
         self._count_served(tenant_id, timestamp_ms, units)
+
+    def _count_once_durable(
+        self,
+        durable: asyncio.Future[int],
+        tenant_id: str,
+        timestamp_ms: int,
+        units: int,
+        *,
+        spend: bool,
+    ) -> None:
+        served = functools.partial(self._count_served, tenant_id, timestamp_ms, units, spend=spend)
+        durable.add_done_callback(
+            lambda done: None if done.cancelled() or done.exception() else served()
+        )
 
     def _track(self, durable: asyncio.Future[int]) -> None:
         """Keep a group commit not waited for until it settles, with the events it carries."""
@@ -219,10 +240,12 @@ class Meter:
             count = 0
         self._pending[durable] = count + 1
 
-    def _count_served(self, tenant_id: str, timestamp_ms: int, units: int) -> None:
+    def _count_served(
+        self, tenant_id: str, timestamp_ms: int, units: int, *, spend: bool = True
+    ) -> None:
         """Counted apart from the queue, for reconciliation; a count that cannot be stored is
         logged, never a failed request (the event is already queued)."""
-        if self.spend is not None:
+        if spend and self.spend is not None:
             self.spend.add(tenant_id, timestamp_ms, units)
         if self.served is None:
             return

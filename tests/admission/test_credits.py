@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 
 import aiohttp
@@ -94,3 +95,30 @@ class TestCreditsWhenStorageFails:
             await asyncio.sleep(0.05)
         refused = await read(node, tenant, headers)
         assert refused.status == 429, await refused.text()
+
+
+class TestCreditsFileBusy:
+    async def test_credits_locked_by_another_process_is_503_not_500(
+        self, node: RunningNode
+    ) -> None:
+        """Another process holding credits.sqlite's write lock past the short wait: the request
+        is refused 503 `storage-unavailable` with Retry-After, nothing spent or served, and
+        served once the lock is gone."""
+        tenant = node.create_tenant()
+        headers = credit_key(node, tenant, KeyCredits(3))
+        assert (await read(node, tenant, headers)).status == 200
+        other = sqlite3.connect(node.config.data_path / "credits.sqlite", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            url = node.tenant_url(tenant.tenant_id, "/items/item-1/score")
+            async with node.session.get(url, headers=headers) as refused:
+                assert refused.status == 503
+                assert refused.headers["Retry-After"]
+                problem = await refused.json()
+                assert problem["type"] == "urn:edge-node:problem:storage-unavailable"
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        served = await read(node, tenant, headers)
+        assert served.status == 200
+        assert ratelimit_fields(served.headers)["credits"]["r"] == 1

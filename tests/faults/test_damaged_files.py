@@ -63,6 +63,21 @@ class TestDamagedTenantFile:
             node.kill()
 
 
+def _webhook(url: str) -> tuple[int, dict[str, str], Any]:
+    request = urllib.request.Request(
+        f"{url}/v1/webhooks/stripe",
+        data=b"{}",
+        headers={"Content-Type": "application/json", "Stripe-Signature": "t=1,v1=00"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, dict(error.headers), json.loads(error.read())
+
+
 def _readyz(url: str) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=10) as response:
@@ -104,7 +119,12 @@ class TestNodeDatabaseUnderneath:
             status, headers, problem = answer
             assert (status, problem["type"]) == (503, "urn:edge-node:problem:not-ready")
             assert headers["Retry-After"] == "30"
-            assert f"node.sqlite was {how} under the running node" in problem["detail"]
+            assert "deleted or replaced under the running node" in problem["detail"]
+            assert str(node.data_dir) not in problem["detail"]  # the log names the file
+            # And Stripe's events: a 2xx for one applied to the old file would end redelivery.
+            status, headers, problem = _webhook(url)
+            assert (status, problem["type"]) == (503, "urn:edge-node:problem:not-ready")
+            assert headers["Retry-After"]
             assert node.stop() == 0
             assert f"was {how} under the running node" in node.log_text()
         finally:

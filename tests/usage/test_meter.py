@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from edge_node.cli.daemon import queue_directory
+from edge_node.errors import StorageUnavailable
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import tail_records
 from edge_node.usage.event import UsageEvent
@@ -352,3 +353,48 @@ class TestDiskFailure:
         pending = [event for event in events_on_disk(node) if event.request_id == "pending-1"]
         assert [event.operation for event in pending] == ["rating.create"]
         assert node.meter.stats.rejected_storage == 1
+
+
+class SlowOnceFsync:
+    """An fsync that takes `delay` seconds once, when armed: a slow disk, not a failing one."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.armed = False
+
+    def __call__(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            time.sleep(self.delay)
+        os.fsync(fd)
+
+
+class TestSlowCommit:
+    async def test_a_request_joining_a_commit_late_gets_a_wait_of_its_own(
+        self, make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A commit queued behind a slow fsync: a request that joined it early is answered
+        `usage-pending` when its wait runs out, but one joining after that waits its own
+        bound and, the commit landing within it, is recorded, not told to retry a request
+        that was carried out."""
+        monkeypatch.setattr("edge_node.usage.meter.USAGE_WAIT_SECONDS", 0.5)
+        fsync = SlowOnceFsync(0.8)
+        node = await make_node(fsync=fsync, **{"meter.durability": "strict"})
+        tenant = node.create_tenant()
+
+        async def record(request_id: str) -> str:
+            try:
+                await node.meter.record(tenant.tenant_id, "score.read", 200, request_id)
+            except StorageUnavailable as problem:
+                return problem.slug
+            return "recorded"
+
+        fsync.armed = True
+        first = asyncio.create_task(record("slow-batch"))  # its fsync takes 0.8 s
+        await asyncio.sleep(0.1)
+        early = asyncio.create_task(record("early"))  # the next commit; waits until 0.6 s
+        await asyncio.sleep(0.55)
+        late = asyncio.create_task(record("late"))  # same commit, joins at 0.65 s
+        assert await early == "usage-pending"
+        assert await late == "recorded"
+        assert await first == "usage-pending"
