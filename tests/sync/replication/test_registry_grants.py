@@ -3,7 +3,13 @@ made on one edge, they reach the others; each node spends its own balance of a g
 
 from __future__ import annotations
 
+import uuid
+
+from edge_node import sqlite
+from edge_node.node_database import open_node_database
+from edge_node.tenants import schema
 from edge_node.tenants.model import KeyCredits
+from edge_node.tenants.registry import TenantRegistry
 from sync.postgres import Connection, connect
 from tests.support import RunningNode
 from tests.sync.conftest import EdgeFactory
@@ -114,6 +120,44 @@ class TestAllowancesAndGrants:
         assert {k[0]: k[4] for k in b.registry.list_keys(tenant.tenant_id)}[
             key.key_id
         ] == KeyCredits(3)
+
+    async def test_keys_with_a_grant_are_uploaded_again_by_the_node_migration(
+        self, make_edge: EdgeFactory, central: str, db: Connection
+    ) -> None:
+        """A node.sqlite whose keys were uploaded before the central database carried grants
+        (tenants component at version 9, its outbox empty) queues its keys with a grant again
+        when opened, and the next round gives the central row the grant."""
+        edge = make_edge("edge-old")
+        edge.node_database.close()
+        (edge.data_dir / "node.sqlite").unlink()
+        conn = open_node_database(edge.data_dir)
+        sqlite.migrate(conn, schema.MIGRATIONS[:9], component=schema.COMPONENT)
+        tenant_id, key_id = str(uuid.uuid4()), "00112233445566aa"
+        conn.execute(
+            "INSERT INTO tenants (tenant_id, name, plan, created_at, updated_at)"
+            " VALUES (?, 'acme', 'payg', 1, 1)",
+            (tenant_id,),
+        )
+        conn.execute(
+            "INSERT INTO api_keys (key_id, tenant_id, key_hash, role, created_at, credits)"
+            " VALUES (?, ?, ?, 'writer', 1, 3)",
+            (key_id, tenant_id, "0" * 64),
+        )
+        for statement in (
+            "INSERT INTO tenants (tenant_id, name, plan, created_at, updated_at)"
+            " VALUES ($1, 'acme', 'payg', 1, 1)",
+            "INSERT INTO api_keys (tenant_id, key_id, key_hash, role, created_at)"
+            " VALUES ($1, $2, $3, 'writer', 1)",
+        ):
+            await db.execute(statement, *(tenant_id, key_id, "0" * 64)[: statement.count("$")])
+        conn.execute("DELETE FROM registry_outbox")
+        conn.close()
+
+        edge.node_database = open_node_database(edge.data_dir)
+        edge.registry = TenantRegistry(edge.node_database)
+        assert [c.key.key_id for c in edge.registry.pending_uploads() if c.key] == [key_id]
+        await edge.sync(central)
+        assert await db.fetchval("SELECT credits FROM api_keys WHERE key_id = $1", key_id) == 3
 
 
 class TestOverHttp:
