@@ -267,12 +267,17 @@ class TestAdminApi:
                 "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
             }
         )
-        client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}]})
+        subscription = client.v1.subscriptions.create(
+            {"customer": customer.id, "items": [{"price": price.id}]}
+        )
+        assert subscription.start_date >= int(moved["now"])
         client.v1.billing.meter_events.create(
             {
                 "event_name": EVENT,
                 "identifier": "e1",
-                "timestamp": int(moved["now"]),
+                # Inside the subscription's first period: usage from before it starts (the
+                # moment above, a second earlier on a slow run) is never invoiced, as on Stripe.
+                "timestamp": subscription.start_date,
                 "payload": {"stripe_customer_id": str(customer.id), "value": "7"},
             }
         )
