@@ -20,6 +20,7 @@ from edge_node.http.openapi_schemas import (
     TIMESTAMP_SCHEMA,
     UUID_SCHEMA,
     component_schemas,
+    problem_response,
 )
 from edge_node.http.openapi_usage import usage_operation, usage_schemas
 from edge_node.rating.model import MAX_PAGE_SIZE
@@ -50,18 +51,6 @@ _RATE_HEADERS = {
 }
 
 
-def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-        },
-    }
-    if headers:
-        response["headers"] = headers
-    return response
-
-
 def _ok(description: str, schema: str | None, headers: bool = True) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description}
     if schema is not None:
@@ -74,21 +63,21 @@ def _ok(description: str, schema: str | None, headers: bool = True) -> dict[str,
 
 
 _TENANT_ERRORS = {
-    "400": _problem("Invalid path, query or body."),
-    "401": _problem(
+    "400": problem_response("Invalid path, query or body."),
+    "401": problem_response(
         "Missing, malformed (`malformed-api-key`: a mistyped key), unknown, revoked, forged or"
         " expired credential.",
         {"WWW-Authenticate": {"schema": {"type": "string"}}},
     ),
-    "402": _problem(
+    "402": problem_response(
         "The tenant's subscription is canceled, or its payment is past due beyond the grace"
         " period (`payment-required`)."
     ),
-    "403": _problem(
+    "403": problem_response(
         "Credential of another tenant, insufficient role, suspended tenant, or a client IP"
         " blocked after a request spike (`ip-blocked`, with Retry-After)."
     ),
-    "429": _problem(
+    "429": problem_response(
         "The tenant's rate limit is used up (`rate-limited`), its allowance for the billing"
         " period under the `block` policy (`quota-exhausted`: Retry-After is the period's end),"
         " or the API key's credits (`credits-exhausted`: Retry-After is its next refill, if"
@@ -98,12 +87,12 @@ _TENANT_ERRORS = {
             "Retry-After": {"schema": {"type": "integer", "minimum": 0}},
         },
     ),
-    "503": _problem(
+    "503": problem_response(
         "The usage queue is full (meter.on_full = reject: nothing was done) or the usage of a"
         " request carried out could not be recorded durably.",
         {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
     ),
-    "default": _problem("Any other error, always as problem+json."),
+    "default": problem_response("Any other error, always as problem+json."),
 }
 
 
@@ -192,8 +181,8 @@ def _paths() -> dict[str, Any]:
                 {
                     "200": _ok("Replaced the user's existing rating.", "Rating"),
                     "201": _ok("Created a rating.", "Rating"),
-                    "413": _problem("Body larger than the configured limit."),
-                    "415": _problem("Body is not application/json in UTF-8."),
+                    "413": problem_response("Body larger than the configured limit."),
+                    "415": problem_response("Body is not application/json in UTF-8."),
                 },
                 bills={"201": RATING_CREATE, "200": RATING_UPDATE},
                 requestBody=body,
@@ -212,7 +201,7 @@ def _paths() -> dict[str, Any]:
                 "Delete one rating (admin, or a token bound to its user).",
                 {
                     "204": _ok("Deleted.", None),
-                    "404": _problem("No live rating with that id in this tenant."),
+                    "404": problem_response("No live rating with that id in this tenant."),
                 },
                 [_param("rating_id", "path", UUID_SCHEMA)],
                 bills={"204": RATING_DELETE},
@@ -254,7 +243,7 @@ def _paths() -> dict[str, Any]:
                 "security": [],
                 "responses": {
                     "200": _ok("Ready.", "Status", headers=False),
-                    "503": _problem("Not ready."),
+                    "503": problem_response("Not ready."),
                 },
             }
         },
@@ -265,7 +254,7 @@ def _paths() -> dict[str, Any]:
                 "security": [],
                 "responses": {
                     "200": {"description": "The metrics.", "content": {"text/plain": {}}},
-                    "404": _problem("Metrics are off (metrics.enabled)."),
+                    "404": problem_response("Metrics are off (metrics.enabled)."),
                 },
             }
         },
@@ -316,18 +305,20 @@ def _webhook_operation() -> dict[str, Any]:
                 "WebhookReceipt",
                 headers=False,
             ),
-            "400": _problem(
+            "400": problem_response(
                 "No valid signature by the current or previous secret (`invalid-signature`),"
                 " a signature outside the tolerance (`stale-signature`), or a body that is"
                 " not a JSON Stripe event (`malformed-json`, `invalid-event`)."
             ),
-            "404": _problem("This node takes no webhooks: webhooks.secret_file is not set."),
-            "413": _problem("Body larger than webhooks.max_body_bytes."),
-            "503": _problem(
+            "404": problem_response(
+                "This node takes no webhooks: webhooks.secret_file is not set."
+            ),
+            "413": problem_response("Body larger than webhooks.max_body_bytes."),
+            "503": problem_response(
                 "node.sqlite could not record the event; Stripe delivers it again.",
                 {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
             ),
-            "default": _problem("Any other error, always as problem+json."),
+            "default": problem_response("Any other error, always as problem+json."),
         },
     }
 

@@ -198,3 +198,16 @@ def component_schemas() -> dict[str, Any]:
             },
         },
     }
+
+
+def problem_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An answer that is a problem document (RFC 9457), with the headers it carries."""
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    if headers:
+        response["headers"] = headers
+    return response

@@ -6,21 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge_node.http.openapi_schemas import problem_response
 from edge_node.tenant_usage.model import FIGURES
 
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}}
-
-
-def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-        },
-    }
-    if headers:
-        response["headers"] = headers
-    return response
 
 
 def usage_operation(tenant: dict[str, Any], rate_headers: dict[str, Any]) -> dict[str, Any]:
@@ -44,24 +33,26 @@ def usage_operation(tenant: dict[str, Any], rate_headers: dict[str, Any]) -> dic
                     "application/json": {"schema": {"$ref": "#/components/schemas/TenantUsage"}}
                 },
             },
-            "400": _problem("The tenant id in the path is not a UUID (`invalid-parameter`)."),
-            "401": _problem(
+            "400": problem_response(
+                "The tenant id in the path is not a UUID (`invalid-parameter`)."
+            ),
+            "401": problem_response(
                 "Missing, malformed, unknown, revoked, forged or expired credential.",
                 {"WWW-Authenticate": {"schema": {"type": "string"}}},
             ),
-            "403": _problem(
+            "403": problem_response(
                 "Credential of another tenant (`tenant-mismatch`), a role below reader"
                 " (`insufficient-role`), a suspended tenant, or a blocked client IP."
             ),
-            "429": _problem(
+            "429": problem_response(
                 "The tenant's rate limit is used up (`rate-limited`).",
                 {**rate_headers, **_RETRY_AFTER},
             ),
-            "503": _problem(
+            "503": problem_response(
                 "The node's billing records cannot be read just now (`usage-unavailable`).",
                 _RETRY_AFTER,
             ),
-            "default": _problem("Any other error, always as problem+json."),
+            "default": problem_response("Any other error, always as problem+json."),
         },
     }
 
