@@ -32,14 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from edge_node.admission.shared_limits import create_buckets
-from edge_node.cli.daemon import (
-    SYNC_STOP_GRACE_SECONDS,
-    BackgroundWorker,
-    follow_queues,
-    lock_data_dir,
-    queue_directory,
-    start_sync,
-)
+from edge_node.cli.daemon import follow_queues, lock_data_dir, queue_directory
 from edge_node.cli.generations import (
     BANKS,
     Generation,
@@ -52,6 +45,7 @@ from edge_node.cli.health_socket import VERSION_FIELD
 from edge_node.cli.reload import NodeReloader
 from edge_node.cli.runtime_file import RuntimeFile
 from edge_node.cli.sd_notify import ServiceNotifier, socket_address
+from edge_node.cli.sync_start import SYNC_STOP_GRACE_SECONDS, BackgroundWorker, start_sync
 from edge_node.cli.upgrade import Upgrader
 from edge_node.config import Config, ServiceEnvironment, child_environment
 from edge_node.http.app import NodeStorage, secret_check_interval
