@@ -50,16 +50,16 @@ class TestUpgradeFrom0005:
     async def test_migrating_closes_the_setting_until_the_role_is_bound(
         self, postgres_server: PostgresServer, at_0005: str
     ) -> None:
-        """At 0005 the tenant role reads B by setting B; `central migrate` applies 0006 alone,
-        after which the role reads nothing, and once bound to A reads A whatever it sets; a
-        second migrate applies nothing."""
+        """At 0005 the tenant role reads B by setting B; `central migrate` applies 0006 and
+        what came after it, after which the role reads nothing, and once bound to A reads A
+        whatever it sets; a second migrate applies nothing."""
         sync_dsn = postgres_server.dsn(at_0005, user=SYNC_ROLE)
         tenant = await connect(postgres_server.dsn(at_0005, user=TENANT_ROLE))
         try:
             assert await visible(tenant, B) == [B]  # the hole 0006 closes
             done = run_cli("central", "migrate", "--dsn", sync_dsn)
             assert done.returncode == 0, done.stderr
-            assert json.loads(done.stdout)[0]["applied"] == [6]
+            assert json.loads(done.stdout)[0]["applied"][0] == 6
             assert await visible(tenant, B) == []
             bound = run_cli("central", "bind-role", TENANT_ROLE, A, "--dsn", sync_dsn)
             assert bound.returncode == 0, bound.stderr
