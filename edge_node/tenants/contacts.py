@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from edge_node import sqlite
 from edge_node.clock import now_us
 from edge_node.errors import RegistryError
+from edge_node.tenants.schema import require_tenant
 
 COMPONENT = "tenant_contacts"
 MIGRATIONS = (
@@ -65,13 +66,7 @@ class TenantContacts:
         """Set the tenant's address (checked); Stripe is given it by the sync worker."""
         check_email(email)
         with sqlite.transaction(self._conn):
-            if (
-                self._conn.execute(
-                    "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id,)
-                ).fetchone()
-                is None
-            ):
-                raise RegistryError(f"no tenant with id {tenant_id}")
+            require_tenant(self._conn, tenant_id)
             self._conn.execute(
                 "INSERT INTO tenant_emails (tenant_id, email, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (tenant_id) DO UPDATE SET email = excluded.email,"

@@ -166,13 +166,7 @@ class TenantRegistry(RegistryReplication):
         self, tenant_id: str, role: Role = "admin", credits: KeyCredits | None = None
     ) -> IssuedKey:
         with sqlite.transaction(self._conn):
-            if (
-                self._conn.execute(
-                    "SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id,)
-                ).fetchone()
-                is None
-            ):
-                raise RegistryError(f"no tenant with id {tenant_id}")
+            schema.require_tenant(self._conn, tenant_id)
             return self._insert_key(tenant_id, role, now_us(), credits)
 
     def revoke_key(self, key_id: str) -> dict[str, object]:

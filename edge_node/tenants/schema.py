@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from edge_node import sqlite
+from edge_node.errors import RegistryError
 
 COMPONENT = "tenants"
 MIGRATIONS = (
@@ -136,3 +137,9 @@ MIGRATIONS = (
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the tenants component of an open node.sqlite up to date."""
     sqlite.migrate(conn, MIGRATIONS, component=COMPONENT)
+
+
+def require_tenant(conn: sqlite3.Connection, tenant_id: str) -> None:
+    """RegistryError unless `tenant_id` names a tenant (inside the caller's transaction)."""
+    if conn.execute("SELECT 1 FROM tenants WHERE tenant_id = ?", (tenant_id,)).fetchone() is None:
+        raise RegistryError(f"no tenant with id {tenant_id}")
