@@ -90,13 +90,6 @@ class Cli:
         return self.json("tenants", "create", "--name", "acme", *args)
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    return Cli(tmp_path / "data", workdir)
-
-
 def every_stored_byte(data_dir: Path) -> bytes:
     return b"".join(path.read_bytes() for path in sorted(data_dir.rglob("*")) if path.is_file())
 

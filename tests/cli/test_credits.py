@@ -7,20 +7,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from tests.cli.test_cli import Cli
 from tests.cli.test_supervisor import queue_depths
 from tests.served import NotifyListener, ServedNode
 
 CREDITS = 25
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    return Cli(tmp_path / "data", workdir)
 
 
 class TestCreditCommands:

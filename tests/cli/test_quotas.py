@@ -5,19 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from edge_node.usage.quotas import OTHERS_REFRESH_SECONDS
 from tests.cli.test_cli import Cli
 from tests.cli.test_supervisor import queue_depths
 from tests.served import NotifyListener, ServedNode
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    return Cli(tmp_path / "data", workdir)
 
 
 class TestQuotaCommands:
