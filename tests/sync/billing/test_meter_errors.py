@@ -8,29 +8,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from edge_node.config import WebhooksConfig
 from edge_node.errors import TransientSyncError
-from edge_node.node_database import open_node_database
-from edge_node.secrets import SecretFile
-from edge_node.tenants.stripe_events import BillingEventStore
 from edge_node.tenants.thin_events import ThinEventStore
-from edge_node.tenants.webhooks import (
-    WEBHOOK_PATH,
-    StripeWebhooks,
-    WebhookSecrets,
-    add_webhook_routes,
-)
 from sync.billing.ledger import BillingLedger
 from sync.billing.meter_errors import MeterErrorJob
 from sync.billing.reconcile import reconcile
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import StripeStandin
+from tests.sync.billing.endpoints import confirmed_then_dropped, webhook_endpoint
 from tests.sync.billing.support import BillingNode
 
 SECRET = "whsec_event_destination_5e1d"
-METER_EVENTS = "POST /v1/billing/meter_events"
 
 
 @pytest.fixture
@@ -39,42 +28,8 @@ async def endpoint(
 ) -> AsyncIterator[ThinEventStore]:
     """The node's webhook endpoint on loopback, registered as the stand-in's event
     destination; the node.sqlite table its thin events are recorded in."""
-    secret = tmp_path / "whsec"
-    secret.write_text(SECRET)
-    conn = open_node_database(node.data_dir)
-    secrets = WebhookSecrets(SecretFile(str(secret), name="webhooks.secret_file"))
-    app = web.Application()
-    add_webhook_routes(
-        app,
-        StripeWebhooks(WebhooksConfig(secret_file=str(secret)), secrets, BillingEventStore(conn)),
-    )
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    standin.account.events.add_endpoint(
-        {"url": f"http://127.0.0.1:{port}{WEBHOOK_PATH}", "secret": SECRET}, thin=True
-    )
-    yield ThinEventStore(conn)
-    await runner.cleanup()
-    conn.close()
-
-
-async def confirmed_then_dropped(node: BillingNode, standin: StripeStandin) -> tuple[str, str]:
-    """A tenant's 12 units confirmed by Stripe, which drops them afterwards as sent for a
-    customer it does not know (its asynchronous validation); (tenant, batch identifier)."""
-    tenant = await node.tenant("t")
-    await node.serve(tenant, 12)
-    standin.set_switches(throttle=True, only=METER_EVENTS)
-    consumer = node.consumer()
-    with pytest.raises(TransientSyncError):
-        await consumer.run()
-    [(identifier,)] = node.ledger("SELECT identifier FROM billing_ledger")
-    standin.set_switches(throttle=False, only="", drop_identifiers=[identifier])
-    await consumer.run_until_settled()
-    assert node.states() == {"confirmed": 1}
-    return tenant, identifier
+    async with webhook_endpoint(node, standin, tmp_path, SECRET, thin=True) as conn:
+        yield ThinEventStore(conn)
 
 
 async def reported(events: ThinEventStore) -> None:
@@ -96,7 +51,8 @@ class TestMeterErrorReports:
         """Stripe accepts a batch, then reports it invalid in a thin event: the endpoint
         records the notification, the job fetches the report and moves the batch from
         confirmed to set aside with Stripe's code, which reconcile shows as unbilled."""
-        tenant, identifier = await confirmed_then_dropped(node, standin)
+        tenant = await node.tenant("t")
+        identifier = await confirmed_then_dropped(node, standin, tenant)
         await reported(endpoint)
         job = MeterErrorJob(gateway, endpoint.conn, BillingLedger.open(node.data_dir), 1.0)
         await job.run()
@@ -123,7 +79,7 @@ class TestMeterErrorReports:
         endpoint: ThinEventStore,
     ) -> None:
         """Applying the same report again (a crash before it was settled) moves nothing."""
-        await confirmed_then_dropped(node, standin)
+        await confirmed_then_dropped(node, standin, await node.tenant("t"))
         await reported(endpoint)
         (pending,) = endpoint.pending()
         job = MeterErrorJob(gateway, endpoint.conn, BillingLedger.open(node.data_dir), 1.0)
@@ -141,7 +97,7 @@ class TestMeterErrorReports:
     ) -> None:
         """A report that cannot be fetched is not taken as nothing dropped: it stays
         pending, the job fails as transient, and the next run applies it."""
-        await confirmed_then_dropped(node, standin)
+        await confirmed_then_dropped(node, standin, await node.tenant("t"))
         await reported(endpoint)
         job = MeterErrorJob(gateway, endpoint.conn, BillingLedger.open(node.data_dir), 1.0)
         standin.set_switches(drop=True)

@@ -29,6 +29,7 @@ from sync.billing.statements import PeriodStatement
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
 from sync.stripe.standin.statements import usage_totals
 from tests.cli.test_cli import clean_environment, edge_node_command
+from tests.sync.billing.endpoints import confirmed_then_dropped
 from tests.sync.billing.support import EVENT_NAME, BillingNode
 from tests.sync.stripe.standin_support import advance, clock_customer, plain_client
 from tests.sync.stripe.support import create_tenant
@@ -298,15 +299,7 @@ class TestPartitions:
         reconcile` (reading the invoices through the official SDK) shows the units as an
         unexplained Stripe difference and exits 1, where the node's records alone agree."""
         tenant = await clocks.tenant("t")
-        await node.serve(tenant, 12)
-        standin.set_switches(throttle=True, only=METER_EVENTS)
-        consumer = node.consumer()
-        with pytest.raises(TransientSyncError):
-            await consumer.run()
-        [(identifier,)] = node.ledger("SELECT identifier FROM billing_ledger")
-        standin.set_switches(throttle=False, only="", drop_identifiers=[identifier])
-        await consumer.run_until_settled()
-        assert node.states() == {"confirmed": 1}
+        await confirmed_then_dropped(node, standin, tenant)
         await clocks.past_the_period_end()
         key_file = tmp_path / "stripe.key"
         key_file.write_text(DEFAULT_API_KEY + "\n")

@@ -11,21 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from edge_node.config import WebhooksConfig
-from edge_node.node_database import open_node_database
-from edge_node.secrets import SecretFile
 from edge_node.tenants.billing_periods import TenantPeriods
 from edge_node.tenants.standing import parse_event
 from edge_node.tenants.stripe_events import BillingEventStore
-from edge_node.tenants.webhooks import (
-    WEBHOOK_PATH,
-    StripeWebhooks,
-    WebhookSecrets,
-    add_webhook_routes,
-)
 from sync.stripe.standin import StripeStandin
+from tests.sync.billing.endpoints import webhook_endpoint
 from tests.sync.billing.support import BillingNode
 
 SECRET = "whsec_periods_0b9e4c"
@@ -39,36 +30,16 @@ async def periods(
 ) -> AsyncIterator[sqlite3.Connection]:
     """The node's webhook endpoint on loopback, registered with the stand-in for the three
     period events; the node.sqlite connection it writes with."""
-    secret = tmp_path / "whsec"
-    secret.write_text(SECRET)
-    conn = open_node_database(node.data_dir)
-    secrets = WebhookSecrets(SecretFile(str(secret), name="webhooks.secret_file"))
-    app = web.Application()
-    add_webhook_routes(
-        app,
-        StripeWebhooks(
-            WebhooksConfig(secret_file=str(secret)),
-            secrets,
-            BillingEventStore(conn),
-            clock=standin.clock.now,  # the node's clock moves with Stripe's in this test
-        ),
-    )
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    standin.account.events.add_endpoint(
-        {
-            "url": f"http://127.0.0.1:{port}{WEBHOOK_PATH}",
-            "secret": SECRET,
-            "enabled_events": TYPES,
-        },
+    async with webhook_endpoint(
+        node,
+        standin,
+        tmp_path,
+        SECRET,
         thin=False,
-    )
-    yield conn
-    await runner.cleanup()
-    conn.close()
+        enabled_events=TYPES,
+        clock=standin.clock.now,  # the node's clock moves with Stripe's in this test
+    ) as conn:
+        yield conn
 
 
 async def until(check: Callable[[], Any], within: float = 10) -> Any:
