@@ -108,17 +108,16 @@ def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> None:
         conn.close()
 
 
-def cut_wal(path: Path, limit_bytes: int, wait_ms: int = 0) -> bool:
-    """Give back the disk space of a WAL file grown past `limit_bytes`: a TRUNCATE checkpoint
-    that waits at most `wait_ms` for readers and the writer to finish (a WAL file otherwise
-    keeps the size it grew to, and under steady writes a PASSIVE checkpoint never catches up
-    with the writer, so it is never restarted). Writers wait for it meanwhile. False when the
-    file is still over the limit. For a background thread, like `checkpoint`."""
+def cut_wal(path: Path, limit_bytes: int) -> bool:
+    """Give back the disk space of a WAL file grown past `limit_bytes` (a WAL file keeps the
+    size it grew to until a write restarts it): a TRUNCATE checkpoint that does not wait, so
+    it happens only while no reader or writer is in the WAL. False when the file is still over
+    the limit. For a background thread, like `checkpoint`."""
     if _wal_bytes(path) <= limit_bytes:
         return True
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+        conn.execute("PRAGMA busy_timeout = 0")
         busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     finally:
         conn.close()

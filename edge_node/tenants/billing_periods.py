@@ -301,19 +301,15 @@ def latest(conn: sqlite3.Connection, tenant_id: str, count: int = 2) -> list[Kno
     """The tenant's last `count` periods known, latest first ([] when none is, or the table
     does not exist yet: billing never ran here). An invoice a webhook reported past its draft
     makes its period's invoice final from the event's time."""
-    if not sqlite.has_table(conn, "billing_periods"):
+    if not sqlite.has_table(conn, "billing_periods"):  # made with tenant_invoices (migrate)
         return []
-    final = (
-        "(SELECT min(i.event_created) FROM tenant_invoices i WHERE i.tenant_id = p.tenant_id"
-        " AND i.period_start = p.period_start AND i.status != 'draft')"
-        if sqlite.has_table(conn, "tenant_invoices")
-        else "NULL"
-    )
     rows = conn.execute(
-        "SELECT period_start, period_end,"  # noqa: S608
-        f" CASE WHEN {final} IS NOT NULL THEN min(coalesce(finalizes_at, {final}), {final})"
-        " ELSE finalizes_at END"
-        " FROM billing_periods p WHERE tenant_id = ? ORDER BY period_start DESC LIMIT ?",
+        "SELECT p.period_start, p.period_end,"
+        " min(coalesce(p.finalizes_at, f.at), coalesce(f.at, p.finalizes_at))"
+        " FROM billing_periods p LEFT JOIN (SELECT period_start, min(event_created) AS at"
+        "   FROM tenant_invoices WHERE tenant_id = ?1 AND status != 'draft'"
+        "   GROUP BY period_start) f ON f.period_start = p.period_start"
+        " WHERE p.tenant_id = ?1 ORDER BY p.period_start DESC LIMIT ?2",
         (tenant_id, count),
     ).fetchall()
     return [KnownPeriod(*row) for row in rows]
