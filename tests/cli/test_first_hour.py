@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge_node.cli.main import build_parser
-from tests.cli.test_cli import Cli, announced_url, clean_environment, cli, edge_node_command
-
-__all__ = ["cli"]  # the fixture, shared with test_cli.py
+from tests.cli.test_cli import Cli, announced_url, clean_environment, edge_node_command
 
 
 def run_here(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
