@@ -46,10 +46,16 @@ class Segment:
 
     def note_frame(self, seq: int, offset: int) -> None:
         """Remember where a record sits if it is a stride past the last remembered one."""
+        if offset >= self.next_noted_offset():
+            assert self.index is not None
+            self.index.append((seq, offset))
+
+    def next_noted_offset(self) -> int:
+        """The offset from which the next record is remembered (0 while none is): a writer
+        planning a batch of records notes only those from there on, and looks again after."""
         if self.index is None:
             self.index = []
-        if not self.index or offset - self.index[-1][1] >= INDEX_STRIDE_BYTES:
-            self.index.append((seq, offset))
+        return self.index[-1][1] + INDEX_STRIDE_BYTES if self.index else 0
 
     def position_of(self, seq: int) -> tuple[int, int]:
         """(sequence number, offset) of the closest indexed record at or before `seq`."""

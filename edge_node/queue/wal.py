@@ -80,6 +80,7 @@ class WriteAheadQueue:
         self.opened_last_seq = opened.catalog.last_seq
         self._cursors = opened.cursors
         self._reserved_bytes = opened.catalog.total_bytes
+        self._record_limit = min(HEADER_SIZE + MAX_PAYLOAD_BYTES, settings.segment_bytes)
         self._damage_seen: set[tuple[str, int]] = set()
         self._count_damage(opened.report.damaged)
         self._committer = GroupCommitter(
@@ -125,9 +126,11 @@ class WriteAheadQueue:
         """
         if type(payload) is not bytes:
             payload = bytes(payload)  # a bytearray could change before it is written
-        timestamp_ms = self._admit(payload, timestamp_ms)
+        size = self._admit(payload, timestamp_ms)
+        if timestamp_ms is None:
+            timestamp_ms = time.time_ns() // 1_000_000
         future = self._committer.submit(payload, timestamp_ms)
-        self._reserved_bytes += HEADER_SIZE + len(payload)
+        self._reserved_bytes += size
         return future
 
     def append_shared(self, payload: bytes, *, timestamp_ms: int) -> asyncio.Future[int]:
@@ -139,27 +142,32 @@ class WriteAheadQueue:
         batch instead of one per record. Awaiting a shared future from a task that may be
         cancelled must not cancel it for the others: shield it, or wait on it with callbacks.
         """
-        self._admit(payload, timestamp_ms)
+        size = self._admit(payload, timestamp_ms)
         future = self._committer.submit_shared(payload, timestamp_ms)
-        self._reserved_bytes += HEADER_SIZE + len(payload)
+        self._reserved_bytes += size
         return future
 
     def _admit(self, payload: bytes, timestamp_ms: int | None) -> int:
-        """Refuse a record the queue cannot take (QueueClosed, QueueFull, a bad record); its
-        timestamp."""
+        """Refuse a record the queue cannot take (QueueClosed, QueueFull, a bad record); the
+        bytes it takes. Called for every append: the common case is three comparisons."""
         if self._closing:
             raise QueueClosed(self.directory)
         size = HEADER_SIZE + len(payload)
-        self._check_record(size, timestamp_ms)
+        if size > self._record_limit or (
+            timestamp_ms is not None and not 0 <= timestamp_ms < 2**64
+        ):
+            self._refuse_record(size, timestamp_ms)
         if self._reserved_bytes + size > self.settings.max_bytes:
             raise QueueFull(
                 self.directory, self._reserved_bytes, self.settings.max_bytes, self._slowest()
             )
-        return time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        return size
 
-    async def append(self, payload: bytes, *, timestamp_ms: int | None = None) -> int:
-        """Append a record and return its sequence number once it is durable."""
-        return await self.append_nowait(payload, timestamp_ms=timestamp_ms)
+    def append(self, payload: bytes, *, timestamp_ms: int | None = None) -> asyncio.Future[int]:
+        """Append a record: awaited, its sequence number once it is durable. It is append_nowait
+        under the name awaiting callers use (raising as it does, at the call): a future rather
+        than a coroutine of its own spares every append a frame."""
+        return self.append_nowait(payload, timestamp_ms=timestamp_ms)
 
     async def flush(self) -> None:
         """Wait until every append made so far is durable (or has failed)."""
@@ -295,16 +303,14 @@ class WriteAheadQueue:
             os.close(self._opened.directory_fd)
             self._opened.lock.release()
 
-    def _check_record(self, size: int, timestamp_ms: int | None) -> None:
+    def _refuse_record(self, size: int, timestamp_ms: int | None) -> None:
         """Refuse, before it is queued, a record that could never be written."""
-        limit = min(HEADER_SIZE + MAX_PAYLOAD_BYTES, self.settings.segment_bytes)
-        if size > limit:
+        if size > self._record_limit:
             raise ValueError(
-                f"a queue record takes at most {limit} bytes with its {HEADER_SIZE}-byte "
-                f"header, got {size}"
+                f"a queue record takes at most {self._record_limit} bytes with its "
+                f"{HEADER_SIZE}-byte header, got {size}"
             )
-        if timestamp_ms is not None and not 0 <= timestamp_ms < 2**64:
-            raise ValueError(f"timestamp_ms must be a u64 (ms since the epoch), got {timestamp_ms}")
+        raise ValueError(f"timestamp_ms must be a u64 (ms since the epoch), got {timestamp_ms}")
 
     def _ensure_open(self) -> None:
         if self._closing:

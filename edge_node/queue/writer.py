@@ -273,24 +273,33 @@ class GroupCommitter:
         return True
 
     def _plan(self, payloads: list[bytes], timestamps: list[int], first_seq: int) -> list[_Chunk]:
-        """Encode the batch, split where a segment must roll."""
+        """Encode the batch, split where a segment must roll (one pass, the loop's own work
+        per record kept to the frame itself: a batch holds every request of a loop's turn)."""
         segment = self._catalog.active
         chunk = _Chunk(segment, created=False)
         chunks = [chunk]
-        offset = segment.size
+        parts = chunk.parts
+        start = offset = segment.size
+        noted_from = segment.next_noted_offset()
+        limit = self._segment_bytes
+        seq = first_seq
         for batch_index, payload in enumerate(payloads):
-            seq = first_seq + batch_index
             size = HEADER_SIZE + len(payload)
-            if offset and offset + size > self._segment_bytes:
+            if offset and offset + size > limit:
+                chunk.size = offset - start
                 segment = Segment(seq, self._directory / segment_name(seq), 0, [])
                 chunk = _Chunk(segment, created=True)
                 chunks.append(chunk)
-                offset = 0
-            # Indexing before the write is safe: readers only look up durable records.
-            segment.note_frame(seq, offset)
-            encode_into(chunk.parts, payload, seq, batch_index, timestamps[batch_index])
-            chunk.size += size
+                parts = chunk.parts
+                start = offset = noted_from = 0
+            if offset >= noted_from:
+                # Indexing before the write is safe: readers only look up durable records.
+                segment.note_frame(seq, offset)
+                noted_from = segment.next_noted_offset()
+            encode_into(parts, payload, seq, batch_index, timestamps[batch_index])
             offset += size
+            seq += 1
+        chunk.size = offset - start
         return [chunk for chunk in chunks if chunk.size]
 
     def _apply(self, chunks: list[_Chunk], first_seq: int, count: int) -> None:
