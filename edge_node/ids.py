@@ -26,23 +26,25 @@ class EventIdGenerator:
     def __init__(self) -> None:
         self._last_ms = -1
         self._counter = 0
+        self._prefix = ""  # the text of `_last_ms`: "tttttttt-tttt-7"
 
     def new(self, now_ms: int | None = None) -> str:
         ms = clock.now_ms() if now_ms is None else now_ms
         randomness = random.getrandbits(64)
         if ms > self._last_ms:
-            self._last_ms, self._counter = ms, randomness >> 53  # an 11-bit random start
+            self._counter = randomness >> 53  # an 11-bit random start
+            self._start(ms)
         else:
             self._counter += 1
             if self._counter > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
-                self._last_ms, self._counter = self._last_ms + 1, 0
-            ms = self._last_ms
-        value = (
-            (ms & 0xFFFF_FFFF_FFFF) << 80
-            | 0x7 << 76
-            | self._counter << 64
-            | 0b10 << 62
-            | randomness & 0x3FFF_FFFF_FFFF_FFFF
-        )
-        digits = f"{value:032x}"
-        return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+                self._counter = 0
+                self._start(self._last_ms + 1)
+        # The variant bits (0b10) and 62 random bits; the time is formatted once a millisecond.
+        tail = 0x8000_0000_0000_0000 | randomness & 0x3FFF_FFFF_FFFF_FFFF
+        return f"{self._prefix}{self._counter:03x}-{tail >> 48:04x}-{tail & 0xFFFF_FFFF_FFFF:012x}"
+
+    def _start(self, ms: int) -> None:
+        """Make `ms` the millisecond ids are counted in."""
+        self._last_ms = ms
+        digits = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
+        self._prefix = f"{digits[:8]}-{digits[8:]}-7"  # the version nibble leads rand_a

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_node import clock
+from edge_node.clock import now_ms
 from edge_node.config import MeterConfig, QueueConfig
 from edge_node.errors import ConfigError, ServiceUnavailable, StorageUnavailable
 from edge_node.ids import EventIdGenerator
@@ -91,6 +91,8 @@ class Meter:
         self._pending: dict[asyncio.Future[int], int] = {}
         self._batch: asyncio.Future[int] | None = None  # the group commit strict events join
         self._batch_wait: BatchWait | None = None
+        self._strict = config.durability == "strict"
+        self._route_units: dict[tuple[str, ...], int] = {}
 
     def bills(self, operations: tuple[str, ...]) -> bool:
         """Whether a route performing `operations` is metered (settled once per route)."""
@@ -102,8 +104,14 @@ class Meter:
         return found
 
     def units(self, operations: tuple[str, ...]) -> int:
-        """The most units a route performing `operations` bills for one request."""
-        return max(self._units.get(operation, 0) for operation in operations)
+        """The most units a route performing `operations` bills for one request (settled once
+        per route)."""
+        found = self._route_units.get(operations)
+        if found is None:
+            found = self._route_units[operations] = max(
+                self._units.get(operation, 0) for operation in operations
+            )
+        return found
 
     def reserve(self) -> bool:
         """Hold queue room for one event; False when full and `on_full` lets the request through.
@@ -153,12 +161,18 @@ class Meter:
 
     async def record(self, tenant_id: str, operation: str, status: int, request_id: str) -> bool:
         """Append the usage event of a served request (within a reservation); False when the
-        request bills nothing."""
+        request bills nothing. In strict durability, wait for the event's group commit, then
+        count it served (a count never exceeds what the queue holds). A queue retrying a failed
+        write gets a bounded wait, after which the event stays queued (and is counted served
+        once it is durable) and the answer says so.
+
+        One coroutine, the wait included: a strict request suspends here, and every frame
+        between the handler and the wait is resumed once more per request."""
         assert self.queue is not None
         units = self._units.get(operation, 0)
         if units == 0 or status >= 400:
             return False
-        timestamp_ms = _now_ms()
+        timestamp_ms = now_ms()  # never steps back: usage stays in its window when the clock does
         payload = encode_event(
             event_id=self._ids.new(timestamp_ms),
             tenant_id=tenant_id,
@@ -174,49 +188,44 @@ class Meter:
         except QueueError as exc:
             self._failed(exc)
             raise _not_recorded() from exc
-        if self.config.durability == "strict":
-            await self._await_durable(durable, tenant_id, timestamp_ms, units)
+        if self._strict:
+            try:
+                await self._wait_for(durable)
+            except TimeoutError:
+                self._track(durable)
+                # Spent now, so an allowance is never passed while the event waits for the
+                # disk; counted served (the file beside the queue) once it is durable.
+                if self.spend is not None:
+                    self.spend.add(tenant_id, timestamp_ms, units)
+                self._count_once_durable(durable, tenant_id, timestamp_ms, units, spend=False)
+                raise StorageUnavailable(
+                    "the request was carried out; its usage event is queued and will be "
+                    "written once storage takes writes again",
+                    slug="usage-pending",
+                ) from None
+            except QueueError as exc:
+                self._failed(exc)
+                raise _not_recorded() from exc
+            except asyncio.CancelledError:
+                # The event is queued and will be billed whatever becomes of the request.
+                self._count_once_durable(durable, tenant_id, timestamp_ms, units, spend=True)
+                raise
         else:
             self._track(durable)
-            self._count_served(tenant_id, timestamp_ms, units)
+        self._count_served(tenant_id, timestamp_ms, units)
         self.stats.recorded += 1
         self.stats.recorded_units += units
         return True
 
-    async def _await_durable(
-        self, durable: asyncio.Future[int], tenant_id: str, timestamp_ms: int, units: int
-    ) -> None:
-        """Wait for the event's group commit, then count it served (a count never exceeds what
-        the queue holds). A queue retrying a failed write gets a bounded wait, after which the
-        event stays queued (and is counted served once it is durable) and the answer says so."""
+    def _wait_for(self, durable: asyncio.Future[int]) -> BatchWait:
+        """The bounded wait on the group commit `durable`, shared by its strict requests."""
         wait = self._batch_wait
         # A request joining a commit whose wait has already run out gets a wait of its own:
         # the commit may still land within it (a slow fsync is not a failed one).
         if wait is None or durable is not self._batch or wait.done():
             wait = self._batch_wait = BatchWait(durable, USAGE_WAIT_SECONDS)
             self._batch = durable
-        try:
-            await wait
-        except TimeoutError:
-            self._track(durable)
-            # Spent now, so an allowance is never passed while the event waits for the disk;
-            # counted served (the file beside the queue) once it is durable.
-            if self.spend is not None:
-                self.spend.add(tenant_id, timestamp_ms, units)
-            self._count_once_durable(durable, tenant_id, timestamp_ms, units, spend=False)
-            raise StorageUnavailable(
-                "the request was carried out; its usage event is queued and will be written "
-                "once storage takes writes again",
-                slug="usage-pending",
-            ) from None
-        except QueueError as exc:
-            self._failed(exc)
-            raise _not_recorded() from exc
-        except asyncio.CancelledError:
-            # The event is queued and will be billed whatever becomes of the request.
-            self._count_once_durable(durable, tenant_id, timestamp_ms, units, spend=True)
-            raise
-        self._count_served(tenant_id, timestamp_ms, units)
+        return wait
 
     def _count_once_durable(
         self,
@@ -282,10 +291,6 @@ def _not_recorded() -> ServiceUnavailable:
         slug="usage-not-recorded",
         headers={"Retry-After": "5"},
     )
-
-
-def _now_ms() -> int:
-    return clock.now_ms()  # never steps back: usage stays in its window when the clock does
 
 
 def queue_settings(config: QueueConfig) -> QueueSettings:

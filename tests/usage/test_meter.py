@@ -263,6 +263,8 @@ class TestEventIds:
         assert ids == sorted(ids)
         assert len(set(ids)) == 5000
         assert {uuid.UUID(i).version for i in ids} == {7}
+        assert {uuid.UUID(i).variant for i in ids} == {uuid.RFC_4122}
+        assert uuid.UUID(ids[0]).int >> 80 == 1_700_000_000_000  # its millisecond leads it
 
 
 class TestOperatorCommands:
