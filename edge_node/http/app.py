@@ -20,6 +20,7 @@ from edge_node.config import Config
 from edge_node.crypto.keystore import open_keyring
 from edge_node.descriptors import open_files_limit, tenant_files_budget
 from edge_node.errors import ServiceUnavailable
+from edge_node.http.collector import collector_for_serving
 from edge_node.http.docs_page import add_docs_routes
 from edge_node.http.front import front_middleware
 from edge_node.http.guards import add_request_guards
@@ -172,6 +173,7 @@ def create_app(
     _watch(metrics, app, storage, meter)
     add_metrics_route(app, metrics)
     app.cleanup_ctx.append(_background_checkpoints)
+    app.cleanup_ctx.append(collector_for_serving)
     add_routes(app)
     if usage is not None:
         add_usage_routes(app, usage)
