@@ -213,7 +213,8 @@ class TenantRouter:
             )
         context, status = self.authenticate(request)
         path_tenant = request.match_info["tenant_id"]
-        if not is_uuid(path_tenant):
+        # The credential's own tenant id is a UUID: only another one needs checking.
+        if path_tenant != context.tenant_id and not is_uuid(path_tenant):
             raise BadRequest("tenant_id in the path must be a UUID", slug="invalid-parameter")
         if path_tenant != context.tenant_id:
             raise Forbidden(

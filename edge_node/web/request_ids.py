@@ -47,4 +47,5 @@ def chosen_request_id(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
-    return f"{random.getrandbits(128):032x}"  # unique, not secret: no system call
+    # Unique, not secret: no system call. Hex by bytes.hex(): a format spec costs twice as much.
+    return random.getrandbits(128).to_bytes(16, "big").hex()
