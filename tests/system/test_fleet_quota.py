@@ -189,6 +189,17 @@ async def test_three_nodes_hold_a_tenant_to_its_allowance_with_one_link_cut(
             await asyncio.gather(*lanes)
             stop.set()
             await watching
+            # The usage API of a node shows the fleet's use, not only its own.
+            first = cluster.nodes[0]
+            async with session.get(
+                f"{first.url}/v1/tenants/{cut.tenant_id}/usage",
+                headers={"X-API-Key": cut.api_key},
+            ) as answer:
+                quota = (await answer.json())["quota"]
+            assert quota["fleet"]["used_by_other_nodes"] > 0, quota
+            assert (
+                quota["used"] == cut.served[first.node_id] + quota["fleet"]["used_by_other_nodes"]
+            )
 
         served = sum(cut.served.values())
         bound = sum(fleet.bounds.values())
