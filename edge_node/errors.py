@@ -227,6 +227,15 @@ class StorageUnavailable(ServiceUnavailable):
         super().__init__(detail, slug=slug, headers={"Retry-After": str(self.retry_after_seconds)})
 
 
+class QuotaUnavailable(ServiceUnavailable):
+    """This node's lease of a tenant's fleet-wide allowance is spent, and no other can be had
+    just now (the central database is out of reach, or a renewal is on its way): nothing was
+    done. Not `quota-exhausted`: the fleet may have units left."""
+
+    slug = "quota-unavailable"
+    title = "Usage quota unavailable"
+
+
 class RequestTimeout(Problem):
     status = 408
     slug = "request-timeout"

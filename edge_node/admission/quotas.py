@@ -10,8 +10,9 @@ Past the allowance, `overage` serves (the usage is billed as always) and `block`
 from __future__ import annotations
 
 from edge_node.config import PlanQuotaConfig, QuotasConfig
-from edge_node.errors import QuotaExhausted
+from edge_node.errors import Problem, QuotaExhausted, QuotaUnavailable
 from edge_node.tenants.model import Plan, QuotaPolicy
+from edge_node.usage.leases import RENEWING_RETRY_AFTER
 from edge_node.usage.quotas import Allowance, QuotaDecision
 
 _UNSET = Allowance(-1, block=False)  # a cache miss (None is a found answer: no allowance)
@@ -26,8 +27,12 @@ class QuotaRules:
             "tiered": config.tiered,
             "flat": config.flat,
         }
+        self._partition = {
+            plan: quota.partition_allowance if quota.partition_policy == "local" else 0
+            for plan, quota in plans.items()
+        }
         self._plans = {
-            plan: Allowance(quota.allowance, quota.policy == "block")
+            plan: Allowance(quota.allowance, quota.policy == "block", self._partition[plan])
             for plan, quota in plans.items()
         }
         self._policies = {plan: quota.policy for plan, quota in plans.items()}
@@ -53,12 +58,21 @@ class QuotaRules:
                 return None
             if policy is None:
                 return found
-            return Allowance(found.units, policy == "block")
-        return Allowance(quota, (policy or self._policies.get(plan)) == "block")
+            return Allowance(found.units, policy == "block", found.partition_units)
+        block = (policy or self._policies.get(plan)) == "block"
+        return Allowance(quota, block, self._partition.get(plan, 0))
 
 
-def exhausted(allowance: QuotaDecision, headers: dict[str, str]) -> QuotaExhausted:
-    """429 `quota-exhausted` for a `block` allowance used up, Retry-After at the period's end."""
+def exhausted(allowance: QuotaDecision, headers: dict[str, str]) -> Problem:
+    """The refusal of a request past a `block` allowance: 429 `quota-exhausted` with
+    Retry-After at the period's end; or, where this node's lease of a fleet-wide allowance is
+    spent and no other can be had just now, 503 `quota-unavailable` (edge_node.usage.leases)."""
+    if allowance.refusal == "unavailable":
+        return QuotaUnavailable(
+            "this node cannot admit more of the tenant's allowance for this billing period just"
+            " now (its share of the fleet's is spent and no other can be had); nothing was done",
+            headers={**headers, "Retry-After": str(RENEWING_RETRY_AFTER)},
+        )
     return QuotaExhausted(
         f"the tenant's allowance of {allowance.limit} units for this billing period is used"
         f" up; it starts again in {allowance.reset_seconds} s",

@@ -7,7 +7,8 @@ that is not suspended (403) and is paid up (402: canceled, or past due beyond th
 period, edge_node.tenants.standing), find a token in its tenant's bucket (429), and hold at
 least the role the route needs (403). A billable request then holds its units of the
 tenant's allowance for the billing period, if it has one (`edge_node.admission.quotas`: 429
-`quota-exhausted` past a `block` allowance), and takes them from its API key's credits, if
+`quota-exhausted` past a `block` allowance; with a central database, within this node's lease
+of the fleet's allowance, edge_node.usage.leases), and takes them from its API key's credits, if
 the key has some (`edge_node.tenants.credits`: 429 `credits-exhausted` at zero; what the
 answer does not bill is given back). Only then does the handler run, with the
 TenantContext, and what it served is metered (`edge_node.usage.meter`). A billable route is
@@ -63,6 +64,8 @@ from edge_node.tenants.model import (
 )
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.standing import payment_refusal
+from edge_node.usage.leases import LeaseBook, boottime_ns
+from edge_node.usage.leases import limit as lease_limit
 from edge_node.usage.meter import Meter
 from edge_node.usage.operations import OPERATIONS, Operation
 from edge_node.usage.quotas import QuotaDecision
@@ -113,9 +116,13 @@ class TenantRouter:
         legacy_headers: bool = False,
         credits: CreditStore | None = None,
         thresholds: ThresholdLog | None = None,
+        leases: LeaseBook | None = None,
     ) -> None:
         self.registry = registry
         self.credits = credits
+        # With a central database: the leases of fleet-wide `block` allowances
+        # (edge_node.usage.leases); None: each node enforces allowances on its own.
+        self.leases = leases
         self.thresholds = thresholds
         self.fields = RateLimitFields(legacy=legacy_headers)
         self.quotas = QuotaRules(quotas or QuotasConfig())
@@ -248,11 +255,16 @@ class TenantRouter:
         if allowance is None or meter.spend is None:
             return None
         spend = meter.spend
-        decision = spend.take(context.tenant_id, allowance, units)
+        lease = None
+        if allowance.block and self.leases is not None:
+            now = boottime_ns()
+            held = self.leases.lease(context.tenant_id, now)
+            lease = lease_limit(held, spend.start_ms, now)
+        decision = spend.take(context.tenant_id, allowance, units, lease)
         # Spend and what is held are at least 80% only when this little is left: below that
         # no threshold can have been reached, and the check costs nothing more.
         if self.thresholds is not None and decision.remaining * 5 <= allowance.units + units * 5:
-            spent = spend.spent(context.tenant_id)
+            spent = spend.spent(context.tenant_id) + (0 if lease is None else lease.others_spent)
             self.thresholds.check(
                 context.tenant_id, spend.start_ms, spent, allowance.units, now_ms()
             )

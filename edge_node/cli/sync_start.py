@@ -55,6 +55,14 @@ def start_sync(
         jobs = stripe_jobs(
             config, storage.node_database, api_key.value, queue=queue, followers=followers
         )
+    if config.central.dsns:
+        from sync.leases.job import LeaseJob  # noqa: PLC0415
+
+        jobs.append(
+            LeaseJob(
+                config.central, config.quotas, storage.registry, config.data_path, config.node_id
+            )
+        )
     worker = SyncWorker(
         config.central,
         EdgeStorage(storage.node_database, storage.stores),

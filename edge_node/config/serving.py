@@ -54,6 +54,20 @@ class PlanQuotaConfig:
         "Past the allowance: `overage` serves and bills the usage; `block` answers 429 "
         "`quota-exhausted` until the period ends.",
     )
+    partition_policy: Literal["refuse", "local"] = setting(
+        "refuse",
+        "With a central database, for a `block` allowance: what this node does once it has "
+        "spent its lease and cannot get another (PostgreSQL unreachable): `refuse` answers "
+        "503 `quota-unavailable`; `local` serves `partition_allowance` more units in the "
+        'period on its own (docs/quotas.md, "Several nodes").',
+    )
+    partition_allowance: int = setting(
+        0,
+        "Units a node cut off from the central database may serve past its lease in a "
+        'period, with `partition_policy = "local"`; each adds to the fleet\'s overshoot bound.',
+        minimum=0,
+        maximum=1 << 62,
+    )
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,33 @@ class QuotasConfig:
     )
     flat: PlanQuotaConfig = field(
         default_factory=PlanQuotaConfig, metadata={"doc": "The `flat` plan's allowance."}
+    )
+    lease_share: float = setting(
+        0.1,
+        "With a central database: the share of what is left of a `block` allowance that a "
+        "node claims at a time (at least 1 unit). Smaller shares leave less unused in idle "
+        "nodes' leases; larger ones renew less often.",
+        minimum=0.001,
+        maximum=1.0,
+    )
+    lease_seconds: float = setting(
+        60.0,
+        "How long a lease lasts unless renewed: a node cut off stops spending it then, and "
+        "the central database may give what it did not report spent to other nodes.",
+        minimum=5,
+        maximum=3600,
+    )
+    lease_interval_seconds: float = setting(
+        0.5,
+        "How often a node reports its spend and renews the leases it is running out of.",
+        minimum=0.05,
+        maximum=60,
+    )
+    lease_idle_seconds: float = setting(
+        60.0,
+        "A lease nothing has been spent from for this long is given back to the fleet.",
+        minimum=1,
+        maximum=86400,
     )
 
 

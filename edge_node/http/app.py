@@ -25,6 +25,7 @@ from edge_node.http.docs_page import add_docs_routes
 from edge_node.http.front import front_middleware
 from edge_node.http.guards import add_request_guards
 from edge_node.http.openapi import openapi_document
+from edge_node.metrics.leases import LeaseCollector
 from edge_node.metrics.node import NodeMetrics, add_metrics_route
 from edge_node.node_database import NodeFileWatch, check_writable, open_node_database
 from edge_node.rating.handlers import STORES_KEY, add_routes
@@ -41,6 +42,7 @@ from edge_node.tenants.webhooks import (
     add_webhook_routes,
     open_webhook_secrets,
 )
+from edge_node.usage.leases import LeaseBook
 from edge_node.usage.meter import Meter
 from edge_node.usage.thresholds import ThresholdLog
 from edge_node.web.answers import json_response
@@ -86,6 +88,8 @@ class NodeStorage:
     stores: TenantStores
     node_file: NodeFileWatch | None = None  # node.sqlite deleted or replaced underneath
     credits: CreditStore | None = None  # API keys' credits left (credits.sqlite)
+    # Leases of fleet-wide allowances (leases.sqlite), with a central database only.
+    leases: LeaseBook | None = None
 
     @classmethod
     def open(cls, config: Config) -> NodeStorage:
@@ -114,13 +118,22 @@ class NodeStorage:
             stores.close()
             node_database.close()
             raise
+        try:
+            leases = LeaseBook(config.data_path) if config.central.dsns else None
+        except BaseException:
+            credits.close()
+            stores.close()
+            node_database.close()
+            raise
         node_file = NodeFileWatch(config.data_path / "node.sqlite")
-        return cls(node_database, registry, stores, node_file, credits)
+        return cls(node_database, registry, stores, node_file, credits, leases)
 
     def close(self) -> None:
         self.stores.close()
         if self.credits is not None:
             self.credits.close()
+        if self.leases is not None:
+            self.leases.close()
         self.node_database.close()
 
 
@@ -163,6 +176,7 @@ def create_app(
         legacy_headers=config.rate_limit.legacy_headers,
         credits=storage.credits,
         thresholds=ThresholdLog(storage.node_database),
+        leases=storage.leases,
     )
     if secrets is None:
         secrets = SecretFiles(check_interval=secret_check_interval(config))
@@ -204,6 +218,8 @@ def _watch(metrics: NodeMetrics, app: web.Application, storage: NodeStorage, met
     thresholds = app[ROUTER_KEY].thresholds
     if thresholds is not None:
         metrics.watch_quota_thresholds(thresholds.crossed)
+    if storage.leases is not None:
+        metrics.registry.register(LeaseCollector(storage.leases))
 
 
 def secret_check_interval(config: Config) -> float | None:

@@ -88,8 +88,10 @@ _TENANT_ERRORS = {
         },
     ),
     "503": problem_response(
-        "The usage queue is full (meter.on_full = reject: nothing was done) or the usage of a"
-        " request carried out could not be recorded durably.",
+        "The usage queue is full (meter.on_full = reject: nothing was done), the usage of a"
+        " request carried out could not be recorded durably, or this node's lease of a"
+        " fleet-wide `block` allowance is spent and no other can be had just now"
+        " (`quota-unavailable`: nothing was done).",
         {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
     ),
     "default": problem_response("Any other error, always as problem+json."),

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from edge_node import clock
+from edge_node.usage.leases import LeaseLimit
 from edge_node.usage.served import DAY_MS, read_counts
 
 # How stale the other workers' counts may be when a request is admitted: their usage within
@@ -47,6 +48,9 @@ class Allowance:
 
     units: int
     block: bool
+    # With a central database: the units a node cut off from it may serve past its lease
+    # (the plan's `partition_allowance` under `partition_policy = "local"`; 0: `refuse`).
+    partition_units: int = 0
 
 
 class QuotaDecision(NamedTuple):
@@ -57,6 +61,9 @@ class QuotaDecision(NamedTuple):
     remaining: int  # units left in the period once this request is served
     reset_seconds: int  # until the period ends and spend starts again from zero
     window_seconds: int  # the period's length
+    # Why a refused request was refused: "exhausted" (the allowance is used up) or
+    # "unavailable" (this node's lease of a fleet-wide allowance is spent and no other came).
+    refusal: str = "exhausted"
 
 
 def calendar_month(now_ms: int) -> tuple[int, int]:
@@ -89,25 +96,35 @@ class PeriodSpend:
         self._held: dict[str, int] = {}
         self._next_refresh_ms = 0
         self.start_ms, self.end_ms = 0, 0
+        self._window = 0  # the period's length in seconds
         self._roll(clock_ms())
 
-    def take(self, tenant_id: str, allowance: Allowance, units: int) -> QuotaDecision:
+    def take(
+        self, tenant_id: str, allowance: Allowance, units: int, lease: LeaseLimit | None = None
+    ) -> QuotaDecision:
         """Hold `units` for a request of `tenant_id` unless a `block` allowance has not that
-        many left (refused: nothing held). What is held is given back by `release`."""
+        many left (refused: nothing held). What is held is given back by `release`.
+
+        With a `lease` (a fleet-wide allowance, edge_node.usage.leases) this node's spend is
+        held to the lease's units instead, and what is left counts the other nodes' spend."""
         now_ms = self._clock_ms()
-        if now_ms >= self.end_ms:
-            self._roll(now_ms)
-        elif now_ms >= self._next_refresh_ms:
-            self._refresh_others(now_ms)
+        if now_ms >= self._next_refresh_ms:  # never later than the period's end
+            self._catch_up(now_ms)
         held = self._held.get(tenant_id, 0)
-        left = allowance.units - self._own.get(tenant_id, 0) - self._others.get(tenant_id, 0) - held
-        allowed = not allowance.block or left >= units
+        here = self._own.get(tenant_id, 0) + self._others.get(tenant_id, 0) + held
+        refusal = "exhausted"
+        if lease is None:
+            left = allowance.units - here
+            allowed = not allowance.block or left >= units
+        else:
+            left = allowance.units - lease.others_spent - here
+            allowed = here + units <= lease.units
+            refusal = lease.refusal
         if allowed:
             self._held[tenant_id] = held + units
             left -= units
         reset = max(1, -((now_ms - self.end_ms) // 1000))
-        window = (self.end_ms - self.start_ms) // 1000
-        return QuotaDecision(allowed, allowance.units, max(0, left), reset, window)
+        return QuotaDecision(allowed, allowance.units, max(0, left), reset, self._window, refusal)
 
     def release(self, tenant_id: str, units: int) -> None:
         """Give back what `take` held, once the request is over (counted served or not)."""
@@ -131,21 +148,27 @@ class PeriodSpend:
     def spent_now(self, tenant_id: str) -> int:
         """`spent`, the period and the other workers' counts brought up to date first."""
         now_ms = self._clock_ms()
+        if now_ms >= self._next_refresh_ms:
+            self._catch_up(now_ms)
+        return self.spent(tenant_id)
+
+    def _catch_up(self, now_ms: int) -> None:
+        """Start the next period if this one is over, else read the other workers' counts."""
         if now_ms >= self.end_ms:
             self._roll(now_ms)
-        elif now_ms >= self._next_refresh_ms:
+        else:
             self._refresh_others(now_ms)
-        return self.spent(tenant_id)
 
     def _roll(self, now_ms: int) -> None:
         """Start counting the period containing `now_ms` from the counts files."""
         self.start_ms, self.end_ms = calendar_month(now_ms)
+        self._window = (self.end_ms - self.start_ms) // 1000
         self._own = Counter() if self._own_path is None else self._count([self._own_path])
         self._refresh_others(now_ms)
 
     def _refresh_others(self, now_ms: int) -> None:
         # The node's clock (edge_node.clock) never steps back, so it can pace this too.
-        self._next_refresh_ms = now_ms + int(self._refresh_seconds * 1000)
+        self._next_refresh_ms = min(now_ms + int(self._refresh_seconds * 1000), self.end_ms)
         if self._own_path is None:
             return
         try:
@@ -159,15 +182,28 @@ class PeriodSpend:
         self._others = self._count(paths)
 
     def _count(self, paths: list[Path]) -> Counter[str]:
-        """Units per tenant in the current period's days, summed over the counts files."""
-        first, last = self.start_ms // DAY_MS, self.end_ms // DAY_MS
-        units: Counter[str] = Counter()
-        for path in paths:
-            try:
-                counts = read_counts(path)
-            except (FileNotFoundError, ValueError):
-                continue  # a worker's file being made, or not a counts file
-            for tenant_id, day, _, served in counts:
-                if first <= day < last:
-                    units[tenant_id] += served
-        return units
+        return count_period(paths, self.start_ms, self.end_ms)
+
+
+def count_period(paths: list[Path], start_ms: int, end_ms: int) -> Counter[str]:
+    """Units per tenant served in the days from `start_ms` to `end_ms`, summed over the
+    counts files at `paths` (a file being made, or not a counts file, counts nothing)."""
+    first, last = start_ms // DAY_MS, end_ms // DAY_MS
+    units: Counter[str] = Counter()
+    for path in paths:
+        try:
+            counts = read_counts(path)
+        except (FileNotFoundError, ValueError):
+            continue
+        for tenant_id, day, _, served in counts:
+            if first <= day < last:
+                units[tenant_id] += served
+    return units
+
+
+def served_files(served_dir: Path) -> list[Path]:
+    """Every worker's counts file in `served_dir` (data_dir/served)."""
+    try:
+        return [Path(e.path) for e in os.scandir(served_dir) if e.name.endswith(".counts")]
+    except FileNotFoundError:
+        return []

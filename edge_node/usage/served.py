@@ -139,6 +139,9 @@ class ServedCounter:
         yield from _slots(self._map, self._used)
 
 
+SERVED_DIR = "served"  # under data_dir: every worker's counts file
+
+
 def read_counts(path: Path) -> list[tuple[str, int, int, int]]:
     """Every (tenant id, UTC day, events, units) of a counts file, read without its writer's
     help (reconciliation runs beside the daemon)."""
@@ -154,7 +157,7 @@ def read_counts(path: Path) -> list[tuple[str, int, int, int]]:
 
 def counts_path(queue_directory: Path) -> Path:
     """The counts file of the worker owning `queue_directory` (data_dir/queue/worker-N)."""
-    return queue_directory.parent.parent / "served" / f"{queue_directory.name}.counts"
+    return queue_directory.parent.parent / SERVED_DIR / f"{queue_directory.name}.counts"
 
 
 def _slots(buffer: bytes | mmap.mmap, used: int) -> Iterator[tuple[str, int, int, int]]:

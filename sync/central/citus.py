@@ -33,7 +33,15 @@ if TYPE_CHECKING:
 
 ANCHOR = "tenants"
 # Colocated with ANCHOR, in an order where a foreign key's target comes first.
-COLOCATED = ("api_keys", "ratings", "billing_events", "tenant_data_keys", "tenant_deletions")
+COLOCATED = (
+    "api_keys",
+    "ratings",
+    "billing_events",
+    "tenant_data_keys",
+    "tenant_deletions",
+    "quota_periods",
+    "quota_leases",
+)
 DISTRIBUTED = (ANCHOR, *COLOCATED)
 REFERENCE = ("tenant_roles",)
 WORKER_BOUNDS_TABLE = "edge_node_sync_bounds"
@@ -105,13 +113,12 @@ async def distribute(connection: Connection) -> list[str]:
     """Distribute the tables not distributed yet, create the workers' bound tables; the
     tables distributed now, in order."""
     with translated("distributing the central tables"):
-        done = {
-            name
-            for (name,) in await connection.fetch(_DISTRIBUTED_ALREADY, [*DISTRIBUTED, *REFERENCE])
-        }
+        # A table of a migration not applied yet (a cluster migrated part of the way) waits.
+        present = await _present(connection, [*DISTRIBUTED, *REFERENCE])
+        done = {name for (name,) in await connection.fetch(_DISTRIBUTED_ALREADY, present)}
         await connection.execute(_NESTED_BINDING_READ)
         now: list[str] = []
-        for table in (*DISTRIBUTED, *REFERENCE):
+        for table in present:
             if table in done:
                 continue
             async with connection.transaction():
@@ -132,7 +139,8 @@ async def distribute(connection: Connection) -> list[str]:
                         ANCHOR,
                     )
             now.append(table)
-        for (table,) in await connection.fetch(_FORCED, list(DISTRIBUTED)):
+        distributed = [table for table in present if table in DISTRIBUTED]
+        for (table,) in await connection.fetch(_FORCED, distributed):
             await connection.execute(_UNFORCED.format(table=table))
         for node, port, success, result in await connection.fetch(_WORKER_BOUNDS):
             if not success:
@@ -142,12 +150,22 @@ async def distribute(connection: Connection) -> list[str]:
     return now
 
 
+async def _present(connection: Connection, tables: list[str]) -> list[str]:
+    """The `tables` that exist, in their order."""
+    rows = await connection.fetch(
+        "SELECT name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, n)"
+        " WHERE to_regclass(name) IS NOT NULL ORDER BY n",
+        tables,
+    )
+    return [row[0] for row in rows]
+
+
 async def distribution(connection: Connection) -> dict[str, str]:
     """Each distributed or reference table and how: `tenant_id, colocated` or `reference`."""
     with translated("reading the tables' distribution"):
         rows = await connection.fetch(
             "SELECT logicalrelid::regclass::text, partmethod::text FROM pg_dist_partition"
             " WHERE logicalrelid = ANY ($1::text[]::regclass[]) ORDER BY 1",
-            [*DISTRIBUTED, *REFERENCE],
+            await _present(connection, [*DISTRIBUTED, *REFERENCE]),
         )
     return {name: "reference" if method == "n" else "tenant_id" for name, method in rows}

@@ -23,7 +23,14 @@ from tests.sync.central.test_schema import (
 )
 
 TABLES = ("tenants", "api_keys", "ratings")
-RLS_TABLES = (*TABLES, "tenant_data_keys", "tenant_deletions", "billing_events")
+RLS_TABLES = (
+    *TABLES,
+    "tenant_data_keys",
+    "tenant_deletions",
+    "billing_events",
+    "quota_periods",
+    "quota_leases",
+)
 B_SECRET = "b-private-comment"
 B_ROLE = "edge_tenant_b_test"  # bound to B
 APP_ROLE = "edge_app_test"  # a trusted application role, scoped by the setting

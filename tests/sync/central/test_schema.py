@@ -63,6 +63,8 @@ class TestMigrate:
             "tenant_deletions": ("r", True, True),
             "billing_events": ("r", True, True),
             "tenant_roles": ("r", True, True),
+            "quota_periods": ("r", True, True),
+            "quota_leases": ("r", True, True),
         }
         triggers = await conn.fetch(
             "SELECT tgrelid::regclass::text AS t FROM pg_trigger"

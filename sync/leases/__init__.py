@@ -1,0 +1,1 @@
+"""Fleet-wide allowances: leases claimed from the central database (docs/quotas.md)."""

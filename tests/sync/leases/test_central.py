@@ -1,0 +1,124 @@
+"""Claims on the central books of fleet-wide allowances (sync/leases/central.py), on a real
+PostgreSQL and on Citus: the grants never pass the allowance, whatever the concurrency; a
+lapsed lease is taken back only past its deadline and grace; spend is never lowered."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sync.leases.central import Claim, claim
+from sync.postgres import Connection, connect
+
+PERIOD = 1_796_083_200_000  # 2026-12-01T00:00Z
+
+
+async def _claim(
+    dsn: str, tenant: str, node: str, *, spent: int = 0, wanted: int = 10, **kw: object
+) -> Claim:
+    connection = await connect(dsn)
+    try:
+        return await claim(
+            connection,
+            tenant_id=tenant,
+            period_start=PERIOD,
+            node_id=node,
+            allowance=int(kw.pop("allowance", 100)),  # type: ignore[call-overload]
+            spent=spent,
+            wanted=wanted,
+            lease_seconds=float(kw.pop("lease_seconds", 60)),  # type: ignore[arg-type]
+            keep=kw.pop("keep", None),  # type: ignore[arg-type]
+        )
+    finally:
+        await connection.close()
+
+
+async def _books(dsn: str, tenant: str) -> dict[str, tuple[int, int]]:
+    connection: Connection = await connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT node_id, granted, spent FROM quota_leases WHERE tenant_id = $1", tenant
+        )
+    finally:
+        await connection.close()
+    return {row["node_id"]: (row["granted"], row["spent"]) for row in rows}
+
+
+class TestClaims:
+    async def test_concurrent_claims_of_many_nodes_never_grant_past_the_allowance(
+        self, any_central: str
+    ) -> None:
+        tenant = str(uuid.uuid4())
+        claims = await asyncio.gather(
+            *(_claim(any_central, tenant, f"node-{i}", wanted=7) for i in range(20))
+        )
+        granted = sum(c.granted for c in claims)
+        assert granted == 100  # 14 claims of 7 and one of 2; the rest get nothing
+        assert sorted(c.granted for c in claims).count(0) == 5
+        assert sum(g for g, _ in (await _books(any_central, tenant)).values()) == 100
+        # Once all is granted, the answer says so, to every claimer.
+        again = await _claim(any_central, tenant, "node-0", wanted=7)
+        assert again.exhausted
+
+    async def test_a_renewal_reports_spend_and_grants_from_what_is_left(
+        self, any_central: str
+    ) -> None:
+        tenant = str(uuid.uuid4())
+        first = await _claim(any_central, tenant, "a", wanted=60)
+        assert (first.granted, first.fleet_spent, first.exhausted) == (60, 0, False)
+        other = await _claim(any_central, tenant, "b", wanted=60)
+        assert (other.granted, other.exhausted) == (40, True)
+        renewed = await _claim(any_central, tenant, "a", spent=55, wanted=10)
+        assert (renewed.granted, renewed.fleet_spent, renewed.exhausted) == (60, 55, True)
+        # A report of less than was reported before never lowers the spend.
+        await _claim(any_central, tenant, "a", spent=3, wanted=0)
+        assert (await _books(any_central, tenant))["a"] == (60, 55)
+
+    async def test_giving_back_returns_the_unspent_units_to_the_fleet(
+        self, any_central: str
+    ) -> None:
+        tenant = str(uuid.uuid4())
+        await _claim(any_central, tenant, "a", wanted=80)
+        returned = await _claim(any_central, tenant, "a", spent=30, wanted=0, keep=1)
+        assert returned.granted == 31
+        taken = await _claim(any_central, tenant, "b", wanted=100)
+        assert (taken.granted, taken.exhausted) == (69, True)
+
+    async def test_spend_past_the_grant_is_counted_against_the_fleet(
+        self, any_central: str
+    ) -> None:
+        """A node cut off under the `local` partition policy served past its lease: its report
+        raises what the fleet has committed, and the others get that much less."""
+        tenant = str(uuid.uuid4())
+        await _claim(any_central, tenant, "a", wanted=10)
+        over = await _claim(any_central, tenant, "a", spent=25, wanted=0)
+        assert over.granted == 25
+        rest = await _claim(any_central, tenant, "b", wanted=100)
+        assert rest.granted == 75
+
+    async def test_a_lapsed_lease_is_taken_back_only_past_its_deadline_and_grace(
+        self, any_central: str
+    ) -> None:
+        tenant = str(uuid.uuid4())
+        first = await _claim(any_central, tenant, "a", spent=4, wanted=50, lease_seconds=60)
+        assert first.granted == 54  # what it had spent (under a partition policy), and 50
+        live = await _claim(any_central, tenant, "b", wanted=100)
+        assert (live.granted, live.reclaimed) == (46, 0)
+        connection = await connect(any_central)
+        try:  # a's deadline passed 4 s ago: within the grace, still a's
+            await connection.execute(
+                "UPDATE quota_leases SET expires_at = now() - interval '4 s'"
+                " WHERE tenant_id = $1 AND node_id = 'a'",
+                tenant,
+            )
+            assert (await _claim(any_central, tenant, "b", spent=50, wanted=100)).reclaimed == 0
+            await connection.execute(
+                "UPDATE quota_leases SET expires_at = now() - interval '6 s'"
+                " WHERE tenant_id = $1 AND node_id = 'a'",
+                tenant,
+            )
+        finally:
+            await connection.close()
+        past = await _claim(any_central, tenant, "b", spent=50, wanted=100)
+        assert (past.reclaimed, past.granted) == (50, 96)  # a keeps the 4 it reported spent
+        assert (await _books(any_central, tenant))["a"] == (4, 4)
