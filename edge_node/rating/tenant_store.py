@@ -16,9 +16,11 @@ as `"comment": null, "comment_unreadable": true` and logged, never as an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -71,6 +73,7 @@ class TenantStore(RatingReplication):
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._scores = ScoreMemory(conn, self._read_score)
         self._close_after_batch = False
+        self._in_batch = False  # a batch's write runs: its savepoint is the write's transaction
 
     def close(self) -> None:
         if self._batch:  # evicted with writes pending: close once they have committed
@@ -108,9 +111,12 @@ class TenantStore(RatingReplication):
                         continue
                     try:
                         with sqlite.transaction(self._conn):  # a savepoint per write
+                            self._in_batch = True
                             outcomes.append((future, operation(), None))
                     except Exception as exc:  # handed to that write's caller
                         outcomes.append((future, None, exc))
+                    finally:
+                        self._in_batch = False
         except Exception as failure:  # BEGIN or COMMIT failed: none of the batch is durable
             # A write that hit a full disk or an I/O error may have ended the transaction
             # (SQLite rolls back by itself); its error, not COMMIT's, says why.
@@ -130,12 +136,20 @@ class TenantStore(RatingReplication):
             else:
                 future.set_result(value)
 
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The transaction of one write: its own, or within a batch the savepoint the batch
+        opened for it (a second savepoint inside that one would cost each write two more
+        statements, ≈ 5 µs, and undo nothing the first does not)."""
+        if self._in_batch:
+            return contextlib.nullcontext(self._conn)
+        return sqlite.transaction(self._conn)
+
     def upsert(self, rating: RatingInput) -> tuple[Rating, bool]:
         """Create or replace the (user, item) rating; True when it did not exist before."""
         conn = self._conn
         self.dirty = True
         self._sealer.refresh()
-        with sqlite.transaction(conn):
+        with self._write():
             row = conn.execute(
                 "SELECT id, created_at, updated_at, deleted FROM ratings"
                 " WHERE tenant_id = ? AND user_id = ? AND item_id = ?",
@@ -257,7 +271,7 @@ class TenantStore(RatingReplication):
     def delete(self, rid: str, *, only_user: str | None = None) -> bool:
         """Tombstone one rating; False when there is no live rating with that id."""
         self.dirty = True
-        with sqlite.transaction(self._conn):
+        with self._write():
             row = self._conn.execute(
                 "SELECT user_id FROM ratings WHERE id = ? AND deleted = 0", (rid,)
             ).fetchone()
@@ -277,7 +291,7 @@ class TenantStore(RatingReplication):
     def erase_user(self, user_id: str) -> int:
         """Tombstone every live rating of a user and erase their comments; how many there were."""
         self.dirty = True
-        with sqlite.transaction(self._conn):
+        with self._write():
             self._list_pending()
             self._conn.execute(
                 "INSERT INTO outbox (rating_id)"

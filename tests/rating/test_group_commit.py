@@ -35,6 +35,7 @@ class TestGroupCommit:
         )
         assert [created for _, created in results] == [True] * 20
         assert statements.count("COMMIT") == 1
+        assert statements.count("SAVEPOINT nested") == 20  # one per write, not one per level
         assert store.score("item").count == 20
 
     async def test_a_failing_write_is_undone_alone(self, tmp_path: Path) -> None:
