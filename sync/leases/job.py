@@ -10,7 +10,8 @@ request path reads (edge_node.usage.leases):
 - the lease running low (unspent at most half a slice) and spent from since the last claim:
   claim another slice, `quotas.lease_share` of what the fleet has left (at least 1 unit), or
   twice what was served since the last run if more, so that a busy node does not run dry;
-  when the fleet has nothing left, ask again at most every `EXHAUSTED_RETRY_SECONDS`;
+  when the fleet has nothing left to grant, ask again at most every second while other nodes
+  hold units unspent, every `EXHAUSTED_RETRY_SECONDS` once the allowance is used up;
 - the lease's deadline less than half a lease away: renew it (and report the spend);
 - nothing spent from it for `quotas.lease_idle_seconds`: give back what it holds unspent but
   a unit. First the local lease is cut to the spend (the workers stop spending past it
@@ -55,6 +56,8 @@ from sync.shards import shard_for
 
 log = logging.getLogger(__name__)
 EXHAUSTED_RETRY_SECONDS = 5.0
+# When nothing is left to grant but other nodes hold units unspent (they may give them back).
+HELD_ELSEWHERE_RETRY_SECONDS = 1.0
 # After a failed run the next comes at most this much later (sync.jobs), not after the sync
 # worker's usual backoff of up to 30 s: a node cut off reports what it served meanwhile, and
 # gets leases again, within seconds of the link coming back.
@@ -237,8 +240,9 @@ class LeaseJob:
             keep=keep,
         )
         turn.watch.claimed_spent = turn.spent
-        if wanted and answer.exhausted and answer.granted <= turn.spent:
-            turn.watch.next_claim_ns = turn.now + int(EXHAUSTED_RETRY_SECONDS * _NS)
+        if wanted and answer.granted <= turn.spent:  # nothing came: ask again later
+            wait = EXHAUSTED_RETRY_SECONDS if answer.exhausted else HELD_ELSEWHERE_RETRY_SECONDS
+            turn.watch.next_claim_ns = turn.now + int(wait * _NS)
         if answer.reclaimed:
             log.info(
                 "took back %d units of tenant %s's allowance from lapsed leases of other nodes",
