@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +91,8 @@ class LeaseJob:
     data_dir: Path
     node_id: str
     name: str = "quota-leases"
+    # CLOCK_BOOTTIME, the clock of lease deadlines (edge_node.usage.leases); a test's own.
+    clock_ns: Callable[[], int] = boottime_ns
     _rules: QuotaRules = field(init=False)
     _leases: sqlite3.Connection = field(init=False)
     _connections: dict[int, Connection] = field(default_factory=dict, init=False)
@@ -134,7 +136,7 @@ class LeaseJob:
                         allowances[tenant_id],
                         start_ms,
                         spent.get(tenant_id, 0),
-                        boottime_ns(),
+                        self.clock_ns(),
                         watch,
                     )
                     lease = await self._keep(turn, held.get(tenant_id))
