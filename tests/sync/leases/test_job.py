@@ -157,7 +157,9 @@ class TestPartition:
     ) -> None:
         """With the link cut, a run that must claim fails and marks the shard's leases cut
         off: the `local` tenant may then serve 5 units past its lease, the `refuse` one
-        none. Once the link is back, the next run reports everything served meanwhile."""
+        none (though it did not need a claim). Once the link is back, the next run reports
+        everything served meanwhile: with a claim where the lease is low, with a renewal
+        where it is not."""
         edge = make_edge("edge-a")
         local, refuse = block_tenant(edge, "payg"), block_tenant(edge, "flat")
         proxy = TcpProxy(urllib.parse.urlsplit(central).port or 0, free_port())
@@ -166,8 +168,8 @@ class TestPartition:
             job = make_job(edge, proxy.dsn(central))
             await job.run()
             await proxy.cut()
-            served(edge, local, 8)  # both running low: the run must claim
-            served(edge, refuse, 8)
+            served(edge, local, 8)  # running low: the run must claim
+            served(edge, refuse, 2)
             with pytest.raises(TransientSyncError):
                 await job.run()
             cut = leases(job)
@@ -182,15 +184,15 @@ class TestPartition:
         finally:
             await proxy.close()
         back = leases(job)
-        # Each ran low, so each claimed a share on top of what it spent (local: 14 of 10).
+        # local spent 14 of 10 and claimed a share more; refuse had 8 left: renewed only.
         assert (back[local].cut_off, back[local].node_spent, back[local].granted) == (False, 14, 24)
         assert (back[refuse].cut_off, back[refuse].node_spent, back[refuse].granted) == (
             False,
-            8,
-            20,
+            2,
+            10,
         )
         assert await books(db, local) == {"edge-a": (24, 14)}
-        assert await books(db, refuse) == {"edge-a": (20, 8)}
+        assert await books(db, refuse) == {"edge-a": (10, 2)}
 
     async def test_a_node_cut_off_before_its_first_claim_holds_only_the_partition_units(
         self, make_edge: EdgeFactory, make_job: JobFactory
