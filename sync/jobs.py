@@ -66,22 +66,27 @@ async def _attempt(job: PeriodicJob, status: JobStatus, backoff: Backoff) -> flo
     try:
         await job.run()
     except (SyncError, ConfigError, sqlite3.Error) as exc:  # expected: no traceback
-        return _failed(status, exc, backoff)
+        return _failed(job, status, exc, backoff)
     except Exception as exc:  # a bug must not end the job for good: report it, retry later
         log.exception("sync job %s failed unexpectedly", job.name)
-        return _failed(status, exc, backoff)
+        return _failed(job, status, exc, backoff)
     status.state = "ok"
     status.last_success_at = now_us()
     status.consecutive_failures = 0
     return job.interval
 
 
-def _failed(status: JobStatus, exc: BaseException, backoff: Backoff) -> float:
+def _failed(job: PeriodicJob, status: JobStatus, exc: BaseException, backoff: Backoff) -> float:
     status.state = "retrying"
     status.consecutive_failures += 1
     status.last_error = f"{type(exc).__name__}: {exc}"
     status.last_error_at = now_us()
     delay = backoff.delay(status.consecutive_failures)
+    # A job whose work cannot wait for the backoff's ceiling names its own (the lease job:
+    # a node cut off must report its spend soon after the link is back).
+    ceiling = getattr(job, "retry_ceiling_seconds", None)
+    if isinstance(ceiling, float | int):
+        delay = min(delay, float(ceiling))
     if isinstance(exc, TransientSyncError) and exc.retry_after is not None:
         delay = max(delay, exc.retry_after)
     log.warning(

@@ -132,7 +132,8 @@ def _allowance_schema(timestamp: dict[str, Any]) -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["period", "allowance", "policy", "used", "remaining", "thresholds_crossed"],
         "description": "The tenant's allowance per quota period (the calendar month in UTC,"
-        " docs/quotas.md), the units this node served it there, and the thresholds crossed;"
+        " docs/quotas.md), the units this node served it there (for a fleet-wide `block`"
+        " allowance, plus what the other nodes last reported), and the thresholds crossed;"
         " null for a tenant without an allowance.",
         "properties": {
             "period": {
@@ -145,6 +146,19 @@ def _allowance_schema(timestamp: dict[str, Any]) -> dict[str, Any]:
             "policy": {"enum": ["block", "overage"]},
             "used": count,
             "remaining": count,
+            "fleet": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["used_by_other_nodes", "leased_to_this_node", "lease"],
+                "description": "With a central database, for a `block` allowance: the other"
+                " nodes' use as last reported, the units this node was granted in the period"
+                " (its own use included), and its lease's state.",
+                "properties": {
+                    "used_by_other_nodes": count,
+                    "leased_to_this_node": count,
+                    "lease": {"enum": ["live", "cut_off", "lapsed", "none"]},
+                },
+            },
             "thresholds_crossed": {
                 "type": "array",
                 "items": {

@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edge_node import clock
-from edge_node.usage.leases import LeaseBook, boot_id, boottime_ns, overshoot_bound
+from edge_node.usage.leases import LeaseBook, boottime_ns, lease_state, overshoot_bound
 from edge_node.usage.quotas import calendar_month
 
 
@@ -44,15 +44,10 @@ class LeaseCollector(Collector):
             " its deadline: nothing more is spent from it).",
             labels=["state"],
         )
-        now, boot = boottime_ns(), boot_id()
+        now = boottime_ns()
         counts = {"live": 0, "cut_off": 0, "lapsed": 0}
         for lease in leases:
-            if now >= lease.valid_until_ns or lease.boot_id != boot:
-                counts["lapsed"] += 1
-            elif lease.cut_off:
-                counts["cut_off"] += 1
-            else:
-                counts["live"] += 1
+            counts[lease_state(lease, start_ms, now)] += 1
         for state, count in counts.items():
             states.add_metric([state], count)
         yield states

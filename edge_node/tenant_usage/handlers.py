@@ -34,7 +34,9 @@ async def tenant_usage(request: web.Request, context: TenantContext) -> web.Stre
         ) from None
     router, meter = request.app[ROUTER_KEY], request.app[METER_KEY]
     document = usage.to_json()
-    document["quota"] = allowance_document(router.quotas, meter.spend, router.thresholds, context)
+    document["quota"] = allowance_document(
+        router.quotas, meter.spend, router.thresholds, context, router.leases
+    )
     return json_response(document)
 
 

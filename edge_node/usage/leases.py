@@ -183,6 +183,16 @@ def limit(lease: Lease | None, period_start_ms: int, now_ns: int) -> LeaseLimit:
     return LeaseLimit(lease.granted, others, "exhausted" if lease.exhausted else "unavailable")
 
 
+def lease_state(lease: Lease | None, period_start_ms: int, now_ns: int) -> str:
+    """`none` (no lease for the period), `lapsed` (past its deadline, or from another boot),
+    `cut_off` (the central database out of reach) or `live`."""
+    if lease is None or lease.period_start_ms != period_start_ms:
+        return "none"
+    if now_ns >= lease.valid_until_ns or lease.boot_id != boot_id():
+        return "lapsed"
+    return "cut_off" if lease.cut_off else "live"
+
+
 def overshoot_bound(leases: Iterable[Lease], period_start_ms: int) -> int:
     """What this node could serve in the period beyond what the central database knows it
     spent: each lease's units granted and not reported spent, plus the partition units of

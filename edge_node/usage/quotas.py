@@ -96,6 +96,7 @@ class PeriodSpend:
         self._held: dict[str, int] = {}
         self._next_refresh_ms = 0
         self.start_ms, self.end_ms = 0, 0
+        self._window = 0  # the period's length in seconds
         self._roll(clock_ms())
 
     def take(
@@ -107,10 +108,8 @@ class PeriodSpend:
         With a `lease` (a fleet-wide allowance, edge_node.usage.leases) this node's spend is
         held to the lease's units instead, and what is left counts the other nodes' spend."""
         now_ms = self._clock_ms()
-        if now_ms >= self.end_ms:
-            self._roll(now_ms)
-        elif now_ms >= self._next_refresh_ms:
-            self._refresh_others(now_ms)
+        if now_ms >= self._next_refresh_ms:  # never later than the period's end
+            self._catch_up(now_ms)
         held = self._held.get(tenant_id, 0)
         here = self._own.get(tenant_id, 0) + self._others.get(tenant_id, 0) + held
         refusal = "exhausted"
@@ -125,8 +124,7 @@ class PeriodSpend:
             self._held[tenant_id] = held + units
             left -= units
         reset = max(1, -((now_ms - self.end_ms) // 1000))
-        window = (self.end_ms - self.start_ms) // 1000
-        return QuotaDecision(allowed, allowance.units, max(0, left), reset, window, refusal)
+        return QuotaDecision(allowed, allowance.units, max(0, left), reset, self._window, refusal)
 
     def release(self, tenant_id: str, units: int) -> None:
         """Give back what `take` held, once the request is over (counted served or not)."""
@@ -150,21 +148,27 @@ class PeriodSpend:
     def spent_now(self, tenant_id: str) -> int:
         """`spent`, the period and the other workers' counts brought up to date first."""
         now_ms = self._clock_ms()
+        if now_ms >= self._next_refresh_ms:
+            self._catch_up(now_ms)
+        return self.spent(tenant_id)
+
+    def _catch_up(self, now_ms: int) -> None:
+        """Start the next period if this one is over, else read the other workers' counts."""
         if now_ms >= self.end_ms:
             self._roll(now_ms)
-        elif now_ms >= self._next_refresh_ms:
+        else:
             self._refresh_others(now_ms)
-        return self.spent(tenant_id)
 
     def _roll(self, now_ms: int) -> None:
         """Start counting the period containing `now_ms` from the counts files."""
         self.start_ms, self.end_ms = calendar_month(now_ms)
+        self._window = (self.end_ms - self.start_ms) // 1000
         self._own = Counter() if self._own_path is None else self._count([self._own_path])
         self._refresh_others(now_ms)
 
     def _refresh_others(self, now_ms: int) -> None:
         # The node's clock (edge_node.clock) never steps back, so it can pace this too.
-        self._next_refresh_ms = now_ms + int(self._refresh_seconds * 1000)
+        self._next_refresh_ms = min(now_ms + int(self._refresh_seconds * 1000), self.end_ms)
         if self._own_path is None:
             return
         try:

@@ -8,7 +8,8 @@ request path reads (edge_node.usage.leases):
 
 - no lease for the current period (a new tenant, a new month, a new boot): claim a slice;
 - the lease running low (unspent at most half a slice) and spent from since the last claim:
-  claim another slice, `quotas.lease_share` of what the fleet has left (at least 1 unit);
+  claim another slice, `quotas.lease_share` of what the fleet has left (at least 1 unit), or
+  twice what was served since the last run if more, so that a busy node does not run dry;
   when the fleet has nothing left, ask again at most every `EXHAUSTED_RETRY_SECONDS`;
 - the lease's deadline less than half a lease away: renew it (and report the spend);
 - nothing spent from it for `quotas.lease_idle_seconds`: give back what it holds unspent but
@@ -52,6 +53,10 @@ from sync.shards import shard_for
 
 log = logging.getLogger(__name__)
 EXHAUSTED_RETRY_SECONDS = 5.0
+# After a failed run the next comes at most this much later (sync.jobs), not after the sync
+# worker's usual backoff of up to 30 s: a node cut off reports what it served meanwhile, and
+# gets leases again, within seconds of the link coming back.
+RETRY_CEILING_SECONDS = 2.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 STATEMENT_TIMEOUT_SECONDS = 10.0
 _NS = 1_000_000_000
@@ -91,6 +96,7 @@ class LeaseJob:
     data_dir: Path
     node_id: str
     name: str = "quota-leases"
+    retry_ceiling_seconds: float = RETRY_CEILING_SECONDS
     # CLOCK_BOOTTIME, the clock of lease deadlines (edge_node.usage.leases); a test's own.
     clock_ns: Callable[[], int] = boottime_ns
     _rules: QuotaRules = field(init=False)
@@ -162,11 +168,15 @@ class LeaseJob:
     async def _keep(self, turn: _Turn, lease: Lease | None) -> Lease | None:
         """The tenant's lease after whatever claim it needs now (None: nothing to write)."""
         watch = turn.watch
+        # Units served since the last run: a lease is claimed for twice that at least, and
+        # renewed before it holds less, so the workers do not run dry between runs.
+        demand = max(0, turn.spent - watch.spent) if watch.spent >= 0 else 0
         if turn.spent != watch.spent:
             watch.spent, watch.changed_ns = turn.spent, turn.now
         if lease is None or lease.period_start_ms != turn.start_ms or lease.boot_id != boot_id():
             return await self._claim(turn, self._share(turn.allowance.units))
-        share = self._share(max(0, turn.allowance.units - lease.fleet_spent))
+        left = max(0, turn.allowance.units - lease.fleet_spent)
+        share = max(self._share(left), min(2 * demand, left // 4))
         unspent = lease.granted - turn.spent
         if watch.cut_at_ns is not None:
             return await self._give_back(turn, watch.cut_at_ns)

@@ -18,10 +18,12 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from edge_node.cli.upgrade_record import UpgradeCollector
+from edge_node.metrics.leases import LeaseCollector
 from edge_node.metrics.node import NodeMetrics
 from edge_node.queue import open_queue
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.webhooks import WebhookStats
+from edge_node.usage.leases import LeaseBook
 from edge_node.usage.meter import MeterStats
 from sync.billing.send import BillingStats
 from sync.jobs import JobStatus
@@ -53,6 +55,8 @@ async def fed_metrics(tmp_path: Path, *, tenant_label: bool) -> NodeMetrics:
     registry = TenantRegistry.open(tmp_path / f"node-{tenant_label}")
     metrics.watch_tenants(registry)
     metrics.registry.register(UpgradeCollector(tmp_path))  # as each worker does (daemon.py)
+    leases = LeaseBook(tmp_path / f"leases-{tenant_label}")  # a node with a central database
+    metrics.registry.register(LeaseCollector(leases))
     await metrics.refresh()
     registry.close()
     await queue.close()
