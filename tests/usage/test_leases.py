@@ -12,6 +12,7 @@ from edge_node.usage.leases import (
     LeaseBook,
     LeaseLimit,
     boot_id,
+    lease_state,
     limit,
     open_leases,
     overshoot_bound,
@@ -76,6 +77,17 @@ class TestLimit:
         assert limit(lease(exhausted=True), PERIOD, deadline).refusal == "unavailable"
         local = lease(partition_units=5)
         assert limit(local, PERIOD, deadline) == LeaseLimit(15, 26, "unavailable")
+
+    def test_a_lease_state_is_none_lapsed_cut_off_or_live_as_its_limit_is(self) -> None:
+        """The state shown to the tenant and in the metrics follows the same rules: another
+        period's lease is none, one of an earlier boot or past its deadline is lapsed."""
+        deadline = lease().valid_until_ns
+        assert lease_state(None, PERIOD, NOW) == "none"
+        assert lease_state(lease(period_start_ms=PERIOD - 1), PERIOD, NOW) == "none"
+        assert lease_state(lease(boot_id="earlier", cut_off=True), PERIOD, NOW) == "lapsed"
+        assert lease_state(lease(cut_off=True), PERIOD, deadline) == "lapsed"
+        assert lease_state(lease(cut_off=True), PERIOD, deadline - 1) == "cut_off"
+        assert lease_state(lease(), PERIOD, deadline - 1) == "live"
 
 
 class TestLeaseBook:
