@@ -84,6 +84,7 @@ class _Turn:
     spent: int  # by every worker of the node in the period
     now: int  # CLOCK_BOOTTIME when the run reached the tenant, before any claim
     watch: _Watch
+    lease: Lease | None  # as leases.sqlite held it when the run began
 
 
 @dataclass
@@ -144,8 +145,9 @@ class LeaseJob:
                         spent.get(tenant_id, 0),
                         self.clock_ns(),
                         watch,
+                        held.get(tenant_id),
                     )
-                    lease = await self._keep(turn, held.get(tenant_id))
+                    lease = await self._keep(turn)
                     if lease is not None:
                         written.append(lease)
             except SyncError as exc:
@@ -165,9 +167,9 @@ class LeaseJob:
                 found[tenant.tenant_id] = allowance
         return found
 
-    async def _keep(self, turn: _Turn, lease: Lease | None) -> Lease | None:
+    async def _keep(self, turn: _Turn) -> Lease | None:
         """The tenant's lease after whatever claim it needs now (None: nothing to write)."""
-        watch = turn.watch
+        watch, lease = turn.watch, turn.lease
         # Units served since the last run: a lease is claimed for twice that at least, and
         # renewed before it holds less, so the workers do not run dry between runs.
         demand = max(0, turn.spent - watch.spent) if watch.spent >= 0 else 0
@@ -238,6 +240,7 @@ class LeaseJob:
             boot_id(),
             False,
             turn.allowance.partition_units,
+            _partition_used(turn),
         )
 
     def _cut_off(
@@ -290,3 +293,13 @@ class LeaseJob:
         if connection is not None:
             await close_quietly(connection)
             log.debug("lease connection to %s closed", redact_dsn(self.central.dsns[shard]))
+
+
+def _partition_used(turn: _Turn) -> int:
+    """What the node has served past its grants in the period: the partition units used at
+    earlier cuts (as its lease says), and what it served past the lease's grant since (a
+    claim then sets the grant to at least the spend it reports, so nothing counts twice)."""
+    lease = turn.lease
+    if lease is None or lease.period_start_ms != turn.start_ms:
+        return 0
+    return lease.partition_used + max(0, turn.spent - lease.granted)

@@ -78,6 +78,18 @@ class TestLimit:
         local = lease(partition_units=5)
         assert limit(local, PERIOD, deadline) == LeaseLimit(15, 26, "unavailable")
 
+    def test_partition_units_used_at_an_earlier_cut_are_not_given_again(self) -> None:
+        """The partition allowance is the period's: 3 of 5 served past the grants at an
+        earlier cut leave 2, and all 5 leave none (still `local`: the grant stays spendable
+        past the deadline)."""
+        deadline = lease().valid_until_ns
+        used = lease(cut_off=True, partition_units=5, partition_used=3)
+        assert limit(used, PERIOD, NOW).units == 12
+        assert limit(used, PERIOD, deadline).units == 12
+        spent = lease(cut_off=True, partition_units=5, partition_used=5)
+        assert limit(spent, PERIOD, NOW).units == 10
+        assert limit(spent, PERIOD, deadline).units == 10
+
     def test_a_lease_state_is_none_lapsed_cut_off_or_live_as_its_limit_is(self) -> None:
         """The state shown to the tenant and in the metrics follows the same rules: another
         period's lease is none, one of an earlier boot or past its deadline is lapsed."""
@@ -100,8 +112,8 @@ class TestLeaseBook:
             assert book.lease(TENANT, NOW) is None
             write_leases(writer, [lease()])
             assert book.lease(TENANT, NOW + 10_000_000) == lease()
-            write_leases(writer, [lease(granted=20), lease(tenant_id=OTHER)])
-            assert book.lease(TENANT, NOW + 20_000_000) == lease(granted=20)
+            write_leases(writer, [lease(granted=20, partition_used=2), lease(tenant_id=OTHER)])
+            assert book.lease(TENANT, NOW + 20_000_000) == lease(granted=20, partition_used=2)
             assert book.lease(OTHER, NOW + 20_000_000) == lease(tenant_id=OTHER)
         finally:
             writer.close()
@@ -111,10 +123,10 @@ class TestLeaseBook:
         self,
     ) -> None:
         """Per lease of the period: granted and not reported spent (never below 0, for a
-        node that spent past its grant under `local`), plus its partition units."""
+        node that spent past its grant under `local`), plus its partition units left."""
         leases = [
             lease(),  # 10 granted, 4 reported: 6
-            lease(tenant_id=OTHER, granted=5, node_spent=8, partition_units=3),  # 0 + 3
+            lease(tenant_id=OTHER, granted=5, node_spent=8, partition_units=5, partition_used=2),
             lease(tenant_id="x", period_start_ms=PERIOD - 1, granted=50),  # another period
         ]
         assert overshoot_bound(leases, PERIOD) == 9

@@ -211,6 +211,54 @@ class TestPartition:
         assert limit(cut[local], start, now).units == 5
         assert limit(cut[refuse], start, now).units == 0
 
+    async def test_the_partition_allowance_is_the_periods_not_each_cuts(
+        self,
+        make_edge: EdgeFactory,
+        make_job: JobFactory,
+        served: Callable[[Edge, str, int], None],
+        central: str,
+    ) -> None:
+        """A node that served its 5 partition units past its lease during one cut has used
+        them for the period: cut off again, with the fleet exhausted, it may serve nothing
+        more past what it was granted (else every cut would add 5 to the overshoot)."""
+        now = [boottime_ns()]
+        quotas = QuotasConfig(
+            lease_share=1.0,
+            payg=PlanQuotaConfig(partition_policy="local", partition_allowance=5),
+        )
+        edge = make_edge("edge-a")
+        tenant = block_tenant(edge, quota=10)
+        proxy = TcpProxy(urllib.parse.urlsplit(central).port or 0, free_port())
+        await proxy.heal()
+        try:
+            job = make_job(edge, proxy.dsn(central), quotas, clock_ns=lambda: now[0])
+            await job.run()  # all 10 granted: the fleet is exhausted
+            served(edge, tenant, 10)
+            await proxy.cut()
+            with pytest.raises(TransientSyncError):
+                await job.run()
+            first = leases(job)[tenant]
+            assert limit(first, first.period_start_ms, now[0]).units == 15
+            served(edge, tenant, 5)  # the partition allowance, past the lease
+            await proxy.heal()
+            await job.run()
+            back = leases(job)[tenant]
+            assert (back.cut_off, back.granted, back.node_spent, back.exhausted) == (
+                False,
+                15,
+                15,
+                True,
+            )
+            await proxy.cut()
+            now[0] += 10 * 10**9  # past the exhausted fleet's retry: the run must claim
+            with pytest.raises(TransientSyncError):
+                await job.run()
+        finally:
+            await proxy.close()
+        again = leases(job)[tenant]
+        assert again.cut_off
+        assert limit(again, again.period_start_ms, now[0]).units == 15
+
 
 class TestIdleLeases:
     async def test_an_idle_lease_is_cut_locally_then_given_back_centrally(
