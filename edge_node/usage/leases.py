@@ -175,15 +175,17 @@ def limit(lease: Lease | None, period_start_ms: int, now_ns: int) -> LeaseLimit:
 
     A live lease (before its deadline, from this boot) allows its `granted` units; once cut
     off from the central database, `local` partition units more (those of the period not
-    used at an earlier cut). A lease past its deadline
-    allows no more of `granted` (the central database may have given the rest to others), only
-    the partition units. No lease for the period yet: nothing, until the sync worker claims.
+    used at an earlier cut). Past its deadline the central database may give what the node
+    did not report spent to other nodes: under `refuse` the node spends nothing more; under
+    `local` it goes on as when cut off (what it spends of a grant taken back is in the
+    overshoot bound, as units held unreported). No lease for the period yet: nothing, until
+    the sync worker claims.
     """
     if lease is None or lease.period_start_ms != period_start_ms:
         return LeaseLimit(0, 0, "unavailable")
     others = max(0, lease.fleet_spent - lease.node_spent)
     live = now_ns < lease.valid_until_ns and lease.boot_id == boot_id()
-    if not live:  # spend from `granted` has stopped: only the partition units are left
+    if not live:  # `refuse` (no partition units): nothing more; `local`: as when cut off
         units = lease.granted + partition_left(lease) if lease.partition_units else 0
         return LeaseLimit(units, others, "unavailable")
     if lease.cut_off:
