@@ -24,9 +24,11 @@ served meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,16 @@ class _Watch:
     claimed_spent: int = -1  # the node's spend at the last claim that asked for units
     next_claim_ns: int = 0  # no claim asking for units before this (the fleet had none)
     cut_at_ns: int | None = None  # when the local lease was cut to the spend, to give back
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one run read before it claims: the period, the allowances, the leases, the spend."""
+
+    start_ms: int
+    allowances: dict[str, Allowance]
+    held: dict[str, Lease]
+    spent: Counter[str]
 
 
 @dataclass(frozen=True)
@@ -131,32 +143,40 @@ class LeaseJob:
         by_shard: dict[int, list[str]] = {}
         for tenant_id in allowances:
             by_shard.setdefault(shard_for(tenant_id, len(self.central.dsns)), []).append(tenant_id)
-        failures: list[str] = []
-        for shard, tenant_ids in by_shard.items():
-            written = []
-            try:
-                for tenant_id in tenant_ids:
-                    watch = self._watch.setdefault(tenant_id, _Watch())
-                    turn = _Turn(
-                        shard,
-                        tenant_id,
-                        allowances[tenant_id],
-                        start_ms,
-                        spent.get(tenant_id, 0),
-                        self.clock_ns(),
-                        watch,
-                        held.get(tenant_id),
-                    )
-                    lease = await self._keep(turn)
-                    if lease is not None:
-                        written.append(lease)
-            except SyncError as exc:
-                failures.append(f"shard {shard}: {exc}")
-                await self._disconnect(shard)
-                written.extend(self._cut_off(tenant_ids, held, allowances, start_ms, written))
-            write_leases(self._leases, written)
+        # The shards one after another would let one slow or unreachable server hold up the
+        # renewals of every other shard's tenants for as long as its timeouts.
+        outcomes = await asyncio.gather(
+            *(
+                self._shard(shard, tenant_ids, _Run(start_ms, allowances, held, spent))
+                for shard, tenant_ids in by_shard.items()
+            )
+        )
+        failures = [failure for failure in outcomes if failure]
         if failures:
             raise TransientSyncError("; ".join(failures))
+
+    async def _shard(self, shard: int, tenant_ids: list[str], run: _Run) -> str:
+        """Keep the leases of one shard's tenants; what failed ("" when nothing did)."""
+        allowances, held, start_ms = run.allowances, run.held, run.start_ms
+        written = []
+        failure = ""
+        try:
+            for tenant_id in tenant_ids:
+                watch = self._watch.setdefault(tenant_id, _Watch())
+                turn = _Turn(
+                    shard, tenant_id, allowances[tenant_id], start_ms,
+                    run.spent.get(tenant_id, 0), self.clock_ns(), watch, held.get(tenant_id),
+                )  # fmt: skip
+                lease = await self._keep(turn)
+                if lease is not None:
+                    written.append(lease)
+        except SyncError as exc:
+            failure = f"shard {shard}: {exc}"
+            await self._disconnect(shard)
+            written.extend(self._cut_off(tenant_ids, held, allowances, start_ms, written))
+        if written:
+            write_leases(self._leases, written)
+        return failure
 
     def _allowances(self) -> dict[str, Allowance]:
         """The `block` allowances of the node's tenants (a fleet-wide allowance each)."""

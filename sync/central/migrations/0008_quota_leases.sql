@@ -57,3 +57,17 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- A tenant's deletion (a row in tenant_deletions, 0005) takes its leases with the rest of it.
+CREATE OR REPLACE FUNCTION edge_node_destroy_tenant() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM tenant_data_keys WHERE tenant_id = NEW.tenant_id;
+    DELETE FROM ratings WHERE tenant_id = NEW.tenant_id;
+    DELETE FROM api_keys WHERE tenant_id = NEW.tenant_id;
+    DELETE FROM quota_leases WHERE tenant_id = NEW.tenant_id;
+    DELETE FROM quota_periods WHERE tenant_id = NEW.tenant_id;
+    DELETE FROM tenants WHERE tenant_id = NEW.tenant_id;
+    RETURN NULL;
+END
+$$;

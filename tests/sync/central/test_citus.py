@@ -13,6 +13,7 @@ from edge_node.errors import SyncError
 from sync.central import citus
 from sync.central.roles import bind_role
 from sync.central.schema import load_migrations, migrate, migrate_dsns
+from sync.leases.central import claim
 from sync.postgres import Connection, connect, translated
 from tests.citus import CitusCluster
 from tests.sync.central.test_schema import insert_tenant_with_key
@@ -81,7 +82,8 @@ class TestDistribution:
         self, citus_dsn: str
     ) -> None:
         """A cluster migrated and distributed by a release before 0007 gets the allowance and
-        grant columns, with their checks, on every shard of tenants and api_keys."""
+        grant columns, with their checks, on every shard of tenants and api_keys; and 0008's
+        lease tables, distributed then, leave with a tenant deleted afterwards."""
         conn = await connect(citus_dsn)
         try:
             await migrate(conn, [m for m in load_migrations() if m.version < 7])
@@ -107,6 +109,19 @@ class TestDistribution:
             ):
                 with pytest.raises(SyncError, match="check constraint"), translated():
                     await conn.execute(bad)
+            # 0008's tables, distributed after the others, go with a tenant's deletion.
+            await claim(
+                conn, tenant_id=tenant_id, period_start=0, node_id="edge-1", allowance=10,
+                spent=0, wanted=4, lease_seconds=60,
+            )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO tenant_deletions (tenant_id, deleted_at) VALUES ($1, 1)", tenant_id
+            )
+            for table in ("quota_periods", "quota_leases", "tenants"):
+                left = await conn.fetchval(
+                    f"SELECT count(*) FROM {table} WHERE tenant_id = $1", tenant_id
+                )
+                assert left == 0, table
         finally:
             await conn.close()
 
