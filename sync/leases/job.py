@@ -30,7 +30,7 @@ import logging
 import math
 import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +99,7 @@ class _Turn:
     spent: int  # by every worker of the node in the period
     now: int  # CLOCK_BOOTTIME when the run reached the tenant, before any claim
     watch: _Watch
+    lease: Lease | None  # as leases.sqlite held it when the run began
 
 
 @dataclass
@@ -112,6 +113,8 @@ class LeaseJob:
     node_id: str
     name: str = "quota-leases"
     retry_ceiling_seconds: float = RETRY_CEILING_SECONDS
+    # CLOCK_BOOTTIME, the clock of lease deadlines (edge_node.usage.leases); a test's own.
+    clock_ns: Callable[[], int] = boottime_ns
     _rules: QuotaRules = field(init=False)
     _leases: sqlite3.Connection = field(init=False)
     _connections: dict[int, Connection] = field(default_factory=dict, init=False)
@@ -165,9 +168,9 @@ class LeaseJob:
                 watch = self._watch.setdefault(tenant_id, _Watch())
                 turn = _Turn(
                     shard, tenant_id, allowances[tenant_id], start_ms,
-                    run.spent.get(tenant_id, 0), boottime_ns(), watch,
+                    run.spent.get(tenant_id, 0), self.clock_ns(), watch, held.get(tenant_id),
                 )  # fmt: skip
-                lease = await self._keep(turn, held.get(tenant_id))
+                lease = await self._keep(turn)
                 if lease is not None:
                     written.append(lease)
         except SyncError as exc:
@@ -187,9 +190,9 @@ class LeaseJob:
                 found[tenant.tenant_id] = allowance
         return found
 
-    async def _keep(self, turn: _Turn, lease: Lease | None) -> Lease | None:
+    async def _keep(self, turn: _Turn) -> Lease | None:
         """The tenant's lease after whatever claim it needs now (None: nothing to write)."""
-        watch = turn.watch
+        watch, lease = turn.watch, turn.lease
         # Units served since the last run: a lease is claimed for twice that at least, and
         # renewed before it holds less, so the workers do not run dry between runs.
         demand = max(0, turn.spent - watch.spent) if watch.spent >= 0 else 0
@@ -261,6 +264,7 @@ class LeaseJob:
             boot_id(),
             False,
             turn.allowance.partition_units,
+            _partition_used(turn),
         )
 
     def _cut_off(
@@ -313,3 +317,13 @@ class LeaseJob:
         if connection is not None:
             await close_quietly(connection)
             log.debug("lease connection to %s closed", redact_dsn(self.central.dsns[shard]))
+
+
+def _partition_used(turn: _Turn) -> int:
+    """What the node has served past its grants in the period: the partition units used at
+    earlier cuts (as its lease says), and what it served past the lease's grant since (a
+    claim then sets the grant to at least the spend it reports, so nothing counts twice)."""
+    lease = turn.lease
+    if lease is None or lease.period_start_ms != turn.start_ms:
+        return 0
+    return lease.partition_used + max(0, turn.spent - lease.granted)
