@@ -208,7 +208,8 @@ class LeaseJob:
         wanting = turn.spent != watch.claimed_spent or unspent <= 0
         if unspent * 2 <= share and wanting and turn.now >= watch.next_claim_ns:
             return await self._claim(turn, share)
-        if unspent > 1 and turn.now - watch.changed_ns >= self.quotas.lease_idle_seconds * _NS:
+        idle = turn.now - watch.changed_ns >= self.quotas.lease_idle_seconds * _NS
+        if unspent > 1 and idle and not lease.cut_off:  # cut off, it could not be given back
             watch.cut_at_ns = turn.now  # first locally: see the module's docstring
             return lease._replace(granted=min(lease.granted, turn.spent + 1))
         lease_ns = int(self.quotas.lease_seconds * _NS)

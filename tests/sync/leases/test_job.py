@@ -130,18 +130,30 @@ class TestClaims:
         assert (renewed.granted, renewed.node_spent, renewed.fleet_spent) == (20, 6, 6)
         assert await books(db, tenant) == {"edge-a": (20, 6)}
 
-    async def test_the_fleet_says_exhausted_once_everything_is_granted(
-        self, make_edge: EdgeFactory, make_job: JobFactory, central: str
+    async def test_the_fleet_says_exhausted_once_everything_is_granted_and_spent(
+        self,
+        make_edge: EdgeFactory,
+        make_job: JobFactory,
+        served: Callable[[Edge, str, int], None],
+        central: str,
     ) -> None:
-        """With a share of everything, the first node takes the whole allowance; its lease
-        and the second node's (granted nothing) say the fleet is exhausted, which is what
-        lets a spent lease answer 429 rather than 503."""
+        """With a share of everything, the first node takes the whole allowance. The second,
+        granted nothing, is not told the allowance is used up while the first holds it
+        unspent (its spent lease answers 503, not 429: the units may come back); once the
+        first has reported it all spent, it is (429)."""
         a, b = make_edge("edge-a"), make_edge("edge-b")
         tenant = block_tenant(a)
         everything = QuotasConfig(lease_share=1.0)
+        now = [boottime_ns()]
         await (first := make_job(a, central, everything)).run()
-        await (second := make_job(b, central, everything, registry=a.registry)).run()
+        second = make_job(b, central, everything, registry=a.registry, clock_ns=lambda: now[0])
+        await second.run()
         assert (leases(first)[tenant].granted, leases(first)[tenant].exhausted) == (100, True)
+        assert (leases(second)[tenant].granted, leases(second)[tenant].exhausted) == (0, False)
+        served(a, tenant, 100)
+        await first.run()  # low and spent from: claims, reporting the 100
+        now[0] += 2 * 10**9  # past the second node's retry while units were held elsewhere
+        await second.run()
         assert (leases(second)[tenant].granted, leases(second)[tenant].exhausted) == (0, True)
 
 
