@@ -187,6 +187,14 @@ def load_config(
         raise ConfigError(
             f"node_id must be 1-63 letters, digits, '.', '_' or '-', got {config.node_id!r}"
         )
+    quotas = config.quotas
+    if quotas.lease_interval_seconds * 4 > quotas.lease_seconds:
+        # A lease is renewed once less than half of it is left, and a run may be late.
+        raise ConfigError(
+            f"quotas.lease_interval_seconds ({quotas.lease_interval_seconds}) must be at most a"
+            f" quarter of quotas.lease_seconds ({quotas.lease_seconds}), or leases lapse"
+            " between renewals"
+        )
     return config
 
 

@@ -98,7 +98,8 @@ class QuotasConfig:
     )
     lease_interval_seconds: float = setting(
         0.5,
-        "How often a node reports its spend and renews the leases it is running out of.",
+        "How often a node reports its spend and renews the leases it is running out of; at "
+        "most a quarter of `lease_seconds`.",
         minimum=0.05,
         maximum=60,
     )

@@ -50,6 +50,9 @@ MIGRATIONS = (
         partition_units INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # What the node served past its grants in the period: the partition allowance is the
+    # period's, not each cut's.
+    "ALTER TABLE leases ADD COLUMN partition_used INTEGER NOT NULL DEFAULT 0;",
 )
 RENEWING_RETRY_AFTER = 1  # s: a lease being renewed arrives within a lease interval or two
 
@@ -69,7 +72,8 @@ class Lease(NamedTuple):
     valid_until_ns: int  # CLOCK_BOOTTIME: the node spends nothing more of `granted` then
     boot_id: str
     cut_off: bool  # the last attempt to reach the central database failed
-    partition_units: int  # what the node may serve past `granted` once cut off (`local`)
+    partition_units: int  # what the node may serve past its grants once cut off (`local`)
+    partition_used: int = 0  # of those, what it has served past them in the period already
 
 
 class LeaseLimit(NamedTuple):
@@ -111,7 +115,8 @@ def read_leases(conn: sqlite3.Connection) -> dict[str, Lease]:
     """Every tenant's lease in the file."""
     rows = conn.execute(
         "SELECT tenant_id, period_start_ms, allowance, granted, node_spent, fleet_spent,"
-        " exhausted, valid_until_ns, boot_id, cut_off, partition_units FROM leases"
+        " exhausted, valid_until_ns, boot_id, cut_off, partition_units, partition_used"
+        " FROM leases"
     ).fetchall()
     return {
         row[0]: Lease(
@@ -126,6 +131,7 @@ def read_leases(conn: sqlite3.Connection) -> dict[str, Lease]:
             row[8],
             bool(row[9]),
             row[10],
+            row[11],
         )
         for row in rows
     }
@@ -137,7 +143,7 @@ def write_leases(conn: sqlite3.Connection, leases: Iterable[Lease]) -> None:
         conn.executemany(
             "INSERT OR REPLACE INTO leases (tenant_id, period_start_ms, allowance, granted,"
             " node_spent, fleet_spent, exhausted, valid_until_ns, boot_id, cut_off,"
-            " partition_units) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " partition_units, partition_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     lease.tenant_id,
@@ -151,6 +157,7 @@ def write_leases(conn: sqlite3.Connection, leases: Iterable[Lease]) -> None:
                     lease.boot_id,
                     int(lease.cut_off),
                     lease.partition_units,
+                    lease.partition_used,
                 )
                 for lease in leases
             ],
@@ -167,20 +174,28 @@ def limit(lease: Lease | None, period_start_ms: int, now_ns: int) -> LeaseLimit:
     """What `lease` lets this node serve of its period starting at `period_start_ms`.
 
     A live lease (before its deadline, from this boot) allows its `granted` units; once cut
-    off from the central database, `local` partition units more. A lease past its deadline
-    allows no more of `granted` (the central database may have given the rest to others), only
-    the partition units. No lease for the period yet: nothing, until the sync worker claims.
+    off from the central database, `local` partition units more (those of the period not
+    used at an earlier cut). Past its deadline the central database may give what the node
+    did not report spent to other nodes: under `refuse` the node spends nothing more; under
+    `local` it goes on as when cut off (what it spends of a grant taken back is in the
+    overshoot bound, as units held unreported). No lease for the period yet: nothing, until
+    the sync worker claims.
     """
     if lease is None or lease.period_start_ms != period_start_ms:
         return LeaseLimit(0, 0, "unavailable")
     others = max(0, lease.fleet_spent - lease.node_spent)
     live = now_ns < lease.valid_until_ns and lease.boot_id == boot_id()
-    if not live:  # spend from `granted` has stopped: only the partition units are left
-        units = lease.granted + lease.partition_units if lease.partition_units else 0
+    if not live:  # `refuse` (no partition units): nothing more; `local`: as when cut off
+        units = lease.granted + partition_left(lease) if lease.partition_units else 0
         return LeaseLimit(units, others, "unavailable")
     if lease.cut_off:
-        return LeaseLimit(lease.granted + lease.partition_units, others, "unavailable")
+        return LeaseLimit(lease.granted + partition_left(lease), others, "unavailable")
     return LeaseLimit(lease.granted, others, "exhausted" if lease.exhausted else "unavailable")
+
+
+def partition_left(lease: Lease) -> int:
+    """The partition units the node may still serve past its grants in the lease's period."""
+    return max(0, lease.partition_units - lease.partition_used)
 
 
 def lease_state(lease: Lease | None, period_start_ms: int, now_ns: int) -> str:
@@ -195,11 +210,11 @@ def lease_state(lease: Lease | None, period_start_ms: int, now_ns: int) -> str:
 
 def overshoot_bound(leases: Iterable[Lease], period_start_ms: int) -> int:
     """What this node could serve in the period beyond what the central database knows it
-    spent: each lease's units granted and not reported spent, plus the partition units of
-    tenants under the `local` policy. Summed over the fleet's nodes, it bounds how far past an
+    spent: each lease's units granted and not reported spent, plus the partition units left
+    to tenants under the `local` policy. Summed over the fleet's nodes, it bounds how far past an
     allowance the fleet can serve."""
     return sum(
-        max(0, lease.granted - lease.node_spent) + lease.partition_units
+        max(0, lease.granted - lease.node_spent) + partition_left(lease)
         for lease in leases
         if lease.period_start_ms == period_start_ms
     )

@@ -12,7 +12,10 @@ the worker holding it), made one at a time per tenant and period by the lock on 
 3. the claimer's row records the spend it reports (never lowered) and a new deadline, and
    with `give_back` its unspent units return to the fleet (`granted` = spent + `keep`);
 4. it is granted at most `wanted` of what the fleet has not committed: the allowance minus
-   the sum over nodes of the greater of granted and spent.
+   the sum over nodes of the greater of granted and spent. The allowance is reported used
+   up (`exhausted`) only when nothing is left to grant and no other node holds units it has
+   not reported spent: until then a node out of units answers "try again" (503), not "used
+   up for the period" (429), since those units may come back or be reclaimed.
 
 So the sum of grants never passes the allowance, and a node spends only what it holds: the
 fleet serves past the allowance only what a node cut off spent of a lease that was then taken
@@ -66,7 +69,8 @@ _OWN = """
         expires_at = excluded.expires_at,
         updated_at = excluded.updated_at"""
 _COMMITTED = """
-    SELECT coalesce(sum(greatest(granted, spent)), 0), coalesce(sum(spent), 0)
+    SELECT coalesce(sum(greatest(granted, spent)), 0), coalesce(sum(spent), 0),
+           coalesce(sum(greatest(granted - spent, 0)) FILTER (WHERE node_id <> $3), 0)
     FROM quota_leases WHERE tenant_id = $1 AND period_start = $2"""
 _GRANT = """
     UPDATE quota_leases SET granted = granted + $4
@@ -82,7 +86,9 @@ class Claim:
 
     granted: int  # every unit the node was given in the period, its spend included
     fleet_spent: int  # what every node has reported spent in the period
-    exhausted: bool  # the fleet has nothing left to grant
+    # Nothing is left to grant and no other node holds units it has not reported spent: the
+    # allowance is used up (while others still hold some, it may not be).
+    exhausted: bool
     reclaimed: int  # units this claim took back from other nodes' lapsed leases
 
 
@@ -112,12 +118,13 @@ async def claim(
                 await connection.execute(_RECLAIM, *key, node_id, now, grace)
             expires = now + timedelta(seconds=lease_seconds)
             await connection.execute(_OWN, *key, node_id, spent, expires, keep, now)
-            row = await connection.fetchrow(_COMMITTED, *key)
-            committed, fleet_spent = (0, 0) if row is None else (row[0], row[1])
+            row = await connection.fetchrow(_COMMITTED, *key, node_id)
+            committed, fleet_spent, held_elsewhere = (0, 0, 0) if row is None else row
             available = max(0, allowance - int(committed))
             grant = min(max(0, wanted), available)
             if grant:
                 granted = await connection.fetchval(_GRANT, *key, node_id, grant)
             else:
                 granted = await connection.fetchval(_HELD, *key, node_id)
-    return Claim(int(granted), int(fleet_spent), available - grant <= 0, int(reclaimed))
+    exhausted = available - grant <= 0 and held_elsewhere == 0
+    return Claim(int(granted), int(fleet_spent), exhausted, int(reclaimed))

@@ -10,7 +10,8 @@ request path reads (edge_node.usage.leases):
 - the lease running low (unspent at most half a slice) and spent from since the last claim:
   claim another slice, `quotas.lease_share` of what the fleet has left (at least 1 unit), or
   twice what was served since the last run if more, so that a busy node does not run dry;
-  when the fleet has nothing left, ask again at most every `EXHAUSTED_RETRY_SECONDS`;
+  when the fleet has nothing left to grant, ask again at most every second while other nodes
+  hold units unspent, every `EXHAUSTED_RETRY_SECONDS` once the allowance is used up;
 - the lease's deadline less than half a lease away: renew it (and report the spend);
 - nothing spent from it for `quotas.lease_idle_seconds`: give back what it holds unspent but
   a unit. First the local lease is cut to the spend (the workers stop spending past it
@@ -29,7 +30,7 @@ import logging
 import math
 import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,8 @@ from sync.shards import shard_for
 
 log = logging.getLogger(__name__)
 EXHAUSTED_RETRY_SECONDS = 5.0
+# When nothing is left to grant but other nodes hold units unspent (they may give them back).
+HELD_ELSEWHERE_RETRY_SECONDS = 1.0
 # After a failed run the next comes at most this much later (sync.jobs), not after the sync
 # worker's usual backoff of up to 30 s: a node cut off reports what it served meanwhile, and
 # gets leases again, within seconds of the link coming back.
@@ -96,6 +99,7 @@ class _Turn:
     spent: int  # by every worker of the node in the period
     now: int  # CLOCK_BOOTTIME when the run reached the tenant, before any claim
     watch: _Watch
+    lease: Lease | None  # as leases.sqlite held it when the run began
 
 
 @dataclass
@@ -109,6 +113,8 @@ class LeaseJob:
     node_id: str
     name: str = "quota-leases"
     retry_ceiling_seconds: float = RETRY_CEILING_SECONDS
+    # CLOCK_BOOTTIME, the clock of lease deadlines (edge_node.usage.leases); a test's own.
+    clock_ns: Callable[[], int] = boottime_ns
     _rules: QuotaRules = field(init=False)
     _leases: sqlite3.Connection = field(init=False)
     _connections: dict[int, Connection] = field(default_factory=dict, init=False)
@@ -162,9 +168,9 @@ class LeaseJob:
                 watch = self._watch.setdefault(tenant_id, _Watch())
                 turn = _Turn(
                     shard, tenant_id, allowances[tenant_id], start_ms,
-                    run.spent.get(tenant_id, 0), boottime_ns(), watch,
+                    run.spent.get(tenant_id, 0), self.clock_ns(), watch, held.get(tenant_id),
                 )  # fmt: skip
-                lease = await self._keep(turn, held.get(tenant_id))
+                lease = await self._keep(turn)
                 if lease is not None:
                     written.append(lease)
         except SyncError as exc:
@@ -184,9 +190,9 @@ class LeaseJob:
                 found[tenant.tenant_id] = allowance
         return found
 
-    async def _keep(self, turn: _Turn, lease: Lease | None) -> Lease | None:
+    async def _keep(self, turn: _Turn) -> Lease | None:
         """The tenant's lease after whatever claim it needs now (None: nothing to write)."""
-        watch = turn.watch
+        watch, lease = turn.watch, turn.lease
         # Units served since the last run: a lease is claimed for twice that at least, and
         # renewed before it holds less, so the workers do not run dry between runs.
         demand = max(0, turn.spent - watch.spent) if watch.spent >= 0 else 0
@@ -202,7 +208,8 @@ class LeaseJob:
         wanting = turn.spent != watch.claimed_spent or unspent <= 0
         if unspent * 2 <= share and wanting and turn.now >= watch.next_claim_ns:
             return await self._claim(turn, share)
-        if unspent > 1 and turn.now - watch.changed_ns >= self.quotas.lease_idle_seconds * _NS:
+        idle = turn.now - watch.changed_ns >= self.quotas.lease_idle_seconds * _NS
+        if unspent > 1 and idle and not lease.cut_off:  # cut off, it could not be given back
             watch.cut_at_ns = turn.now  # first locally: see the module's docstring
             return lease._replace(granted=min(lease.granted, turn.spent + 1))
         lease_ns = int(self.quotas.lease_seconds * _NS)
@@ -237,8 +244,9 @@ class LeaseJob:
             keep=keep,
         )
         turn.watch.claimed_spent = turn.spent
-        if wanted and answer.exhausted and answer.granted <= turn.spent:
-            turn.watch.next_claim_ns = turn.now + int(EXHAUSTED_RETRY_SECONDS * _NS)
+        if wanted and answer.granted <= turn.spent:  # nothing came: ask again later
+            wait = EXHAUSTED_RETRY_SECONDS if answer.exhausted else HELD_ELSEWHERE_RETRY_SECONDS
+            turn.watch.next_claim_ns = turn.now + int(wait * _NS)
         if answer.reclaimed:
             log.info(
                 "took back %d units of tenant %s's allowance from lapsed leases of other nodes",
@@ -257,6 +265,7 @@ class LeaseJob:
             boot_id(),
             False,
             turn.allowance.partition_units,
+            _partition_used(turn),
         )
 
     def _cut_off(
@@ -309,3 +318,13 @@ class LeaseJob:
         if connection is not None:
             await close_quietly(connection)
             log.debug("lease connection to %s closed", redact_dsn(self.central.dsns[shard]))
+
+
+def _partition_used(turn: _Turn) -> int:
+    """What the node has served past its grants in the period: the partition units used at
+    earlier cuts (as its lease says), and what it served past the lease's grant since (a
+    claim then sets the grant to at least the spend it reports, so nothing counts twice)."""
+    lease = turn.lease
+    if lease is None or lease.period_start_ms != turn.start_ms:
+        return 0
+    return lease.partition_used + max(0, turn.spent - lease.granted)

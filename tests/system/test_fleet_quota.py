@@ -203,7 +203,13 @@ async def test_three_nodes_hold_a_tenant_to_its_allowance_with_one_link_cut(
 
         served = sum(cut.served.values())
         bound = sum(fleet.bounds.values())
+        # Every node reports its spend at its next claim (a refused node asks again every 5 s).
+        deadline = time.monotonic() + 30
         leases = await _central_leases(cluster, cut)
+        while sum(spent for _, spent in leases.values()) < served:
+            assert time.monotonic() < deadline, f"spend never all reported: {leases}, {served}"
+            await asyncio.sleep(0.5)
+            leases = await _central_leases(cluster, cut)
         print(
             f"all links up: {figures}; one link cut: served {dict(cut.served)} = {served},"
             f" refused {dict(cut.refused)}, highest exported bounds {fleet.bounds},"
@@ -213,8 +219,9 @@ async def test_three_nodes_hold_a_tenant_to_its_allowance_with_one_link_cut(
         assert served >= ALLOWANCE - PARTITION_UNITS  # the fleet did use its allowance
         assert cut.served[third.node_id] > 0
         assert set(cut.refused) <= {"quota-exhausted", "quota-unavailable"}, cut.refused
-        # Once healed the third node reported everything it served.
+        # Once healed, the third node reported everything it served, and no more.
         assert sum(spent for _, spent in leases.values()) == served
+        assert leases[third.node_id][1] == cut.served[third.node_id]
 
         # Stripe bills exactly what was served, for both tenants.
         for tenant in (steady, cut):

@@ -56,9 +56,13 @@ class TestClaims:
         assert granted == 100  # 14 claims of 7 and one of 2; the rest get nothing
         assert sorted(c.granted for c in claims).count(0) == 5
         assert sum(g for g, _ in (await _books(any_central, tenant)).values()) == 100
-        # Once all is granted, the answer says so, to every claimer.
-        again = await _claim(any_central, tenant, "node-0", wanted=7)
-        assert again.exhausted
+        # All granted, but held unspent by other nodes: not used up yet (they may give back).
+        again = await _claim(any_central, tenant, "node-0", spent=7, wanted=7)
+        assert (again.granted, again.exhausted) == (7, False)
+        # Once every node reported its grant spent, the answer says so, to every claimer.
+        for claimed, index in zip(claims, range(20), strict=True):
+            await _claim(any_central, tenant, f"node-{index}", spent=claimed.granted, wanted=0)
+        assert (await _claim(any_central, tenant, "node-19", wanted=7)).exhausted
 
     async def test_a_renewal_reports_spend_and_grants_from_what_is_left(
         self, any_central: str
@@ -67,12 +71,16 @@ class TestClaims:
         first = await _claim(any_central, tenant, "a", wanted=60)
         assert (first.granted, first.fleet_spent, first.exhausted) == (60, 0, False)
         other = await _claim(any_central, tenant, "b", wanted=60)
-        assert (other.granted, other.exhausted) == (40, True)
+        assert (other.granted, other.exhausted) == (40, False)  # a holds 60 unspent
         renewed = await _claim(any_central, tenant, "a", spent=55, wanted=10)
-        assert (renewed.granted, renewed.fleet_spent, renewed.exhausted) == (60, 55, True)
+        assert (renewed.granted, renewed.fleet_spent, renewed.exhausted) == (60, 55, False)
+        spent_b = await _claim(any_central, tenant, "b", spent=40, wanted=10)
+        assert (spent_b.granted, spent_b.exhausted) == (40, False)  # a still holds 5
+        spent_a = await _claim(any_central, tenant, "a", spent=60, wanted=10)
+        assert (spent_a.fleet_spent, spent_a.exhausted) == (100, True)
         # A report of less than was reported before never lowers the spend.
         await _claim(any_central, tenant, "a", spent=3, wanted=0)
-        assert (await _books(any_central, tenant))["a"] == (60, 55)
+        assert (await _books(any_central, tenant))["a"] == (60, 60)
 
     async def test_giving_back_returns_the_unspent_units_to_the_fleet(
         self, any_central: str
@@ -82,7 +90,7 @@ class TestClaims:
         returned = await _claim(any_central, tenant, "a", spent=30, wanted=0, keep=1)
         assert returned.granted == 31
         taken = await _claim(any_central, tenant, "b", wanted=100)
-        assert (taken.granted, taken.exhausted) == (69, True)
+        assert (taken.granted, taken.exhausted) == (69, False)  # a kept one unit
 
     async def test_spend_past_the_grant_is_counted_against_the_fleet(
         self, any_central: str
