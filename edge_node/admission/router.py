@@ -1,6 +1,7 @@
 """Routing a request to its tenant: credential -> TenantContext, tenant checks, role, rate limit.
 
-Every tenant route is wrapped by `guarded(role)`. In order, a request must: carry exactly one
+Every tenant route is wrapped by `guarded(role)` (edge_node.admission.billable), which asks
+the router first. In order, a request must: carry exactly one
 credential that verifies (401), name a well-formed tenant in its path (400) that is the
 credential's own tenant (403, whether or not that other tenant exists), belong to a tenant
 that is not suspended (403) and is paid up (402: canceled, or past due beyond the grace
@@ -25,10 +26,8 @@ deleted by any process is refused within milliseconds, with no query per request
 
 from __future__ import annotations
 
-import functools
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -44,7 +43,6 @@ from edge_node.errors import (
     CreditsExhausted,
     Forbidden,
     PaymentRequired,
-    Problem,
     RateLimited,
     ServiceUnavailable,
     StorageUnavailable,
@@ -67,10 +65,8 @@ from edge_node.tenants.standing import payment_refusal
 from edge_node.usage.leases import LeaseBook, boottime_ns
 from edge_node.usage.leases import limit as lease_limit
 from edge_node.usage.meter import Meter
-from edge_node.usage.operations import OPERATIONS, Operation
 from edge_node.usage.quotas import QuotaDecision
 from edge_node.usage.thresholds import ThresholdLog
-from edge_node.web.request_ids import request_id_of
 
 API_KEY_HEADER = "X-API-Key"
 # Set on a request whose credential is admitted for the tenant in its path (edge_node.abuse.guard).
@@ -336,101 +332,3 @@ ROUTER_KEY = web.AppKey("router", TenantRouter)
 METER_KEY = web.AppKey("meter", Meter)
 # Set by admit(): the tenant a request was admitted for (edge_node.abuse counts it).
 ADMITTED_TENANT_KEY = web.RequestKey("admitted_tenant", str)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-TenantHandler = Callable[[web.Request, TenantContext], Awaitable[web.StreamResponse]]
-
-
-def guarded(
-    needed: Role, operation: Operation | Mapping[int, Operation] | None
-) -> Callable[[TenantHandler], Handler]:
-    """Admit a request needing `needed`, run the handler, and meter what it served.
-
-    `operation` is what the route does for billing, an entry of the operation table; a mapping
-    picks it by response status (a POST that created bills `rating.create`, one that replaced
-    `rating.update`); None: the route bills nothing (`_unbilled`).
-    """
-    if operation is None:
-        return _unbilled(needed)
-    default, by_status = _metered_as(operation)
-    operations = (default, *by_status.values())
-
-    def decorate(handler: TenantHandler) -> Handler:
-        @functools.wraps(handler)
-        async def admitted(request: web.Request) -> web.StreamResponse:
-            router = request.app[ROUTER_KEY]
-            context, decision = router.admit(request, needed)
-            meter = request.app[METER_KEY]
-            quota: QuotaDecision | None = None
-            credit: CreditDecision | None = None
-            billed = 0
-            try:
-                reserved = meter.bills(operations) and meter.reserve()
-                units = meter.units(operations) if reserved else 0
-                try:
-                    if reserved:
-                        quota = router.charge(context, meter, units, decision)
-                        credit = router.spend_credits(context, units, decision, quota)
-                    response = await handler(request, context)
-                    if reserved:
-                        served = by_status.get(response.status, default)
-                        billed = meter.units((served,))
-                        try:
-                            if not await meter.record(
-                                context.tenant_id, served, response.status, request_id_of(request)
-                            ):
-                                billed = 0
-                        except Problem as problem:
-                            # `usage-pending`: carried out, and its event will be written.
-                            billed = billed if problem.slug == "usage-pending" else 0
-                            raise
-                finally:
-                    if reserved:
-                        meter.release()
-                    if quota is not None and meter.spend is not None:
-                        meter.spend.release(context.tenant_id, units)
-                    router.refund_credits(context, units - billed, credit)
-            except Problem as problem:
-                fields = router.fields.headers(decision, quota, credit)
-                problem.headers = {**fields, **problem.headers}
-                raise
-            # X-Request-Id goes on every answer, this one included, in edge_node.http.front.
-            response.headers.update(router.fields.headers(decision, quota, credit))
-            return response
-
-        return admitted
-
-    return decorate
-
-
-def _unbilled(needed: Role) -> Callable[[TenantHandler], Handler]:
-    """Admit a request needing `needed` to a route that bills nothing, and run the handler."""
-
-    def decorate(handler: TenantHandler) -> Handler:
-        @functools.wraps(handler)
-        async def admitted(request: web.Request) -> web.StreamResponse:
-            router = request.app[ROUTER_KEY]
-            context, decision = router.admit(request, needed, billable=False)
-            try:
-                response = await handler(request, context)
-            except Problem as problem:
-                problem.headers = {**router.fields.headers(decision), **problem.headers}
-                raise
-            response.headers.update(router.fields.headers(decision))
-            return response
-
-        return admitted
-
-    return decorate
-
-
-def _metered_as(operation: Operation | Mapping[int, Operation]) -> tuple[str, dict[int, str]]:
-    """The operation name a route bills by default, and by response status. Settled once, when
-    the route is declared; an operation not in the table is refused there rather than billed
-    as nothing (the meter knows only the table's)."""
-    chosen = dict(operation) if isinstance(operation, Mapping) else {}
-    default = operation if isinstance(operation, Operation) else next(iter(chosen.values()))
-    for entry in (default, *chosen.values()):
-        if entry not in OPERATIONS:
-            raise ValueError(f"{entry.name} is not in edge_node.usage.operations' table")
-    return default.name, {status: entry.name for status, entry in chosen.items()}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edge_node.admission.router import TenantContext, guarded
+from edge_node.admission.billable import guarded
+from edge_node.admission.router import TenantContext
 from edge_node.errors import (
     BadRequest,
     Forbidden,

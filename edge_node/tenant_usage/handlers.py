@@ -8,7 +8,8 @@ import sqlite3
 
 from aiohttp import web
 
-from edge_node.admission.router import METER_KEY, ROUTER_KEY, TenantContext, guarded
+from edge_node.admission.billable import guarded
+from edge_node.admission.router import METER_KEY, ROUTER_KEY, TenantContext
 from edge_node.errors import StorageUnavailable
 from edge_node.queue import QueueError
 from edge_node.tenant_usage.allowance import allowance_document

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from edge_node.admission.router import TenantContext, guarded
+from edge_node.admission.billable import guarded
+from edge_node.admission.router import TenantContext
 from edge_node.usage.operations import RATING_CREATE, SCORE_READ, Operation
 
 UNLISTED = Operation("rating.export", "an export of every rating")
