@@ -12,7 +12,7 @@ from __future__ import annotations
 from edge_node.config import PlanQuotaConfig, QuotasConfig
 from edge_node.errors import Problem, QuotaExhausted, QuotaUnavailable
 from edge_node.tenants.model import Plan, QuotaPolicy
-from edge_node.usage.leases import RENEWING_RETRY_AFTER
+from edge_node.usage.leases import CUT_OFF_RETRY_AFTER, RENEWING_RETRY_AFTER
 from edge_node.usage.quotas import Allowance, QuotaDecision
 
 _UNSET = Allowance(-1, block=False)  # a cache miss (None is a found answer: no allowance)
@@ -67,11 +67,12 @@ def exhausted(allowance: QuotaDecision, headers: dict[str, str]) -> Problem:
     """The refusal of a request past a `block` allowance: 429 `quota-exhausted` with
     Retry-After at the period's end; or, where this node's lease of a fleet-wide allowance is
     spent and no other can be had just now, 503 `quota-unavailable` (edge_node.usage.leases)."""
-    if allowance.refusal == "unavailable":
+    if allowance.refusal != "exhausted":
+        wait = CUT_OFF_RETRY_AFTER if allowance.refusal == "cut-off" else RENEWING_RETRY_AFTER
         return QuotaUnavailable(
             "this node cannot admit more of the tenant's allowance for this billing period just"
             " now (its share of the fleet's is spent and no other can be had); nothing was done",
-            headers={**headers, "Retry-After": str(RENEWING_RETRY_AFTER)},
+            headers={**headers, "Retry-After": str(wait)},
         )
     return QuotaExhausted(
         f"the tenant's allowance of {allowance.limit} units for this billing period is used"

@@ -255,7 +255,7 @@ class TenantRouter:
         if allowance.block and self.leases is not None:
             now = boottime_ns()
             held = self.leases.lease(context.tenant_id, now)
-            lease = lease_limit(held, spend.start_ms, now)
+            lease = lease_limit(held, spend.period_start(), now)
         decision = spend.take(context.tenant_id, allowance, units, lease)
         # Spend and what is held are at least 80% only when this little is left: below that
         # no threshold can have been reached, and the check costs nothing more.

@@ -16,6 +16,7 @@ from edge_node.metrics.node import NodeMetrics
 from edge_node.metrics.sources import SyncStatusSource
 from edge_node.queue import QueueFollower, WriteAheadQueue
 from edge_node.secrets import SecretFiles
+from edge_node.usage.operations import OPERATIONS
 
 SYNC_STOP_GRACE_SECONDS = 5.0
 
@@ -58,9 +59,15 @@ def start_sync(
     if config.central.dsns:
         from sync.leases.job import LeaseJob  # noqa: PLC0415
 
+        units = config.meter.units
         jobs.append(
             LeaseJob(
-                config.central, config.quotas, storage.registry, config.data_path, config.node_id
+                config.central,
+                config.quotas,
+                storage.registry,
+                config.data_path,
+                config.node_id,
+                max_units=max(1, *(units.units(op.name) for op in OPERATIONS)),
             )
         )
     worker = SyncWorker(

@@ -55,6 +55,7 @@ MIGRATIONS = (
     "ALTER TABLE leases ADD COLUMN partition_used INTEGER NOT NULL DEFAULT 0;",
 )
 RENEWING_RETRY_AFTER = 1  # s: a lease being renewed arrives within a lease interval or two
+CUT_OFF_RETRY_AFTER = 5  # s: the lease job tries the central database again every 2 s at most
 
 
 class Lease(NamedTuple):
@@ -82,7 +83,9 @@ class LeaseLimit(NamedTuple):
 
     units: int
     others_spent: int
-    refusal: str  # "exhausted" (429) or "unavailable" (503) once `units` are spent
+    # Once `units` are spent: "exhausted" (429), "unavailable" (503, a renewal is on its way)
+    # or "cut-off" (503, the central database out of reach: a longer Retry-After).
+    refusal: str
 
 
 def boottime_ns() -> int:
@@ -187,9 +190,9 @@ def limit(lease: Lease | None, period_start_ms: int, now_ns: int) -> LeaseLimit:
     live = now_ns < lease.valid_until_ns and lease.boot_id == boot_id()
     if not live:  # `refuse` (no partition units): nothing more; `local`: as when cut off
         units = lease.granted + partition_left(lease) if lease.partition_units else 0
-        return LeaseLimit(units, others, "unavailable")
+        return LeaseLimit(units, others, "cut-off")
     if lease.cut_off:
-        return LeaseLimit(lease.granted + partition_left(lease), others, "unavailable")
+        return LeaseLimit(lease.granted + partition_left(lease), others, "cut-off")
     return LeaseLimit(lease.granted, others, "exhausted" if lease.exhausted else "unavailable")
 
 

@@ -62,7 +62,8 @@ class QuotaDecision(NamedTuple):
     reset_seconds: int  # until the period ends and spend starts again from zero
     window_seconds: int  # the period's length
     # Why a refused request was refused: "exhausted" (the allowance is used up) or
-    # "unavailable" (this node's lease of a fleet-wide allowance is spent and no other came).
+    # "unavailable" or "cut-off" (this node's lease of a fleet-wide allowance is spent and no
+    # other came: a renewal is on its way, or the central database is out of reach).
     refusal: str = "exhausted"
 
 
@@ -151,6 +152,14 @@ class PeriodSpend:
         if now_ms >= self._next_refresh_ms:
             self._catch_up(now_ms)
         return self.spent(tenant_id)
+
+    def period_start(self) -> int:
+        """The current period's start, the period brought up to date first (a month may have
+        begun since the last request)."""
+        now_ms = self._clock_ms()
+        if now_ms >= self._next_refresh_ms:
+            self._catch_up(now_ms)
+        return self.start_ms
 
     def _catch_up(self, now_ms: int) -> None:
         """Start the next period if this one is over, else read the other workers' counts."""

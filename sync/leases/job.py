@@ -76,6 +76,7 @@ class _Watch:
     claimed_spent: int = -1  # the node's spend at the last claim that asked for units
     next_claim_ns: int = 0  # no claim asking for units before this (the fleet had none)
     cut_at_ns: int | None = None  # when the local lease was cut to the spend, to give back
+    cutting: bool = False  # a local cut is in this run's writes, not yet in the file
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ class LeaseJob:
     retry_ceiling_seconds: float = RETRY_CEILING_SECONDS
     # CLOCK_BOOTTIME, the clock of lease deadlines (edge_node.usage.leases); a test's own.
     clock_ns: Callable[[], int] = boottime_ns
+    # Units of the costliest billable operation (`[meter.units]`): a lease is never left with
+    # less than one request of it needs, or that request could never be served.
+    max_units: int = 1
     _rules: QuotaRules = field(init=False)
     _leases: sqlite3.Connection = field(init=False)
     _connections: dict[int, Connection] = field(default_factory=dict, init=False)
@@ -152,11 +156,15 @@ class LeaseJob:
             *(
                 self._shard(shard, tenant_ids, _Run(start_ms, allowances, held, spent))
                 for shard, tenant_ids in by_shard.items()
-            )
+            ),
+            return_exceptions=True,  # no shard's work left running when another's fails
         )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         failures = [failure for failure in outcomes if failure]
         if failures:
-            raise TransientSyncError("; ".join(failures))
+            raise TransientSyncError("; ".join(str(failure) for failure in failures))
 
     async def _shard(self, shard: int, tenant_ids: list[str], run: _Run) -> str:
         """Keep the leases of one shard's tenants; what failed ("" when nothing did)."""
@@ -177,8 +185,18 @@ class LeaseJob:
             failure = f"shard {shard}: {exc}"
             await self._disconnect(shard)
             written.extend(self._cut_off(tenant_ids, held, allowances, start_ms, written))
-        if written:
-            write_leases(self._leases, written)
+        wrote = False
+        try:
+            if written:
+                write_leases(self._leases, written)
+            wrote = True
+        finally:
+            # A give-back starts only once its local cut is in the file.
+            for lease in written:
+                cutting = self._watch.get(lease.tenant_id)
+                if cutting is not None and cutting.cutting:
+                    cutting.cut_at_ns = self.clock_ns() if wrote else None
+                    cutting.cutting = False
         return failure
 
     def _allowances(self) -> dict[str, Allowance]:
@@ -199,35 +217,43 @@ class LeaseJob:
         if turn.spent != watch.spent:
             watch.spent, watch.changed_ns = turn.spent, turn.now
         if lease is None or lease.period_start_ms != turn.start_ms or lease.boot_id != boot_id():
+            watch.cut_at_ns = None  # a give-back of another period, or another boot, is moot
             return await self._claim(turn, self._share(turn.allowance.units))
         left = max(0, turn.allowance.units - lease.fleet_spent)
         share = max(self._share(left), min(2 * demand, left // 4))
         unspent = lease.granted - turn.spent
         if watch.cut_at_ns is not None:
             return await self._give_back(turn, watch.cut_at_ns)
-        wanting = turn.spent != watch.claimed_spent or unspent <= 0
-        if unspent * 2 <= share and wanting and turn.now >= watch.next_claim_ns:
+        # Low: half a share or less, or not enough for one request of the costliest operation.
+        low = unspent * 2 <= share or unspent < self.max_units
+        wanting = turn.spent != watch.claimed_spent or unspent < self.max_units
+        if low and wanting and turn.now >= watch.next_claim_ns:
             return await self._claim(turn, share)
         idle = turn.now - watch.changed_ns >= self.quotas.lease_idle_seconds * _NS
-        if unspent > 1 and idle and not lease.cut_off:  # cut off, it could not be given back
-            watch.cut_at_ns = turn.now  # first locally: see the module's docstring
-            return lease._replace(granted=min(lease.granted, turn.spent + 1))
+        kept = self.max_units
+        if unspent > kept and idle and not lease.cut_off:  # cut off, it could not be given back
+            watch.cutting = True  # first locally: see the module's docstring
+            return lease._replace(granted=min(lease.granted, turn.spent + kept))
         lease_ns = int(self.quotas.lease_seconds * _NS)
         if lease.cut_off or lease.valid_until_ns - turn.now < lease_ns // 2:
             return await self._claim(turn, 0)
         return None
 
     async def _give_back(self, turn: _Turn, cut_at_ns: int) -> Lease | None:
-        """Give back to the fleet the lease cut locally at `cut_at_ns` (all but a unit), once
-        the workers have had two lease intervals to see the cut; None: not yet."""
+        """Give back to the fleet the lease cut locally at `cut_at_ns` (all but what one
+        request of the costliest operation needs), once the workers have had two lease
+        intervals to see the cut; None: not yet."""
         if turn.now - cut_at_ns < 2 * self.interval * _NS:
             return None
         turn.watch.cut_at_ns = None
-        return await self._claim(turn, 0, keep=1)
+        if turn.lease is None or turn.lease.granted > turn.spent + self.max_units:
+            return None  # the local cut is not in the file (another run's write replaced it)
+        return await self._claim(turn, 0, keep=self.max_units)
 
     def _share(self, left: int) -> int:
-        """Units one claim asks for when the fleet has `left` (at least 1)."""
-        return max(1, math.ceil(left * self.quotas.lease_share))
+        """Units one claim asks for when the fleet has `left`: at least one request of the
+        costliest operation."""
+        return max(self.max_units, math.ceil(left * self.quotas.lease_share))
 
     async def _claim(self, turn: _Turn, wanted: int, *, keep: int | None = None) -> Lease:
         """Claim `wanted` units (or give back all but `keep`) for the turn's tenant."""
@@ -244,7 +270,19 @@ class LeaseJob:
             keep=keep,
         )
         turn.watch.claimed_spent = turn.spent
-        if wanted and answer.granted <= turn.spent:  # nothing came: ask again later
+        if keep is None:
+            turn.watch.cut_at_ns = None
+        # The spend on record is more than the node counts (its data directory was lost or
+        # restored): what it served before, and no longer counts, must not be served again.
+        missing = max(0, answer.node_spent - turn.spent)
+        if missing:
+            log.warning(
+                "tenant %s: the central database records %d units served by this node that its"
+                " served counts no longer hold; its lease is cut by as much",
+                turn.tenant_id,
+                missing,
+            )
+        if wanted and answer.granted - missing <= turn.spent:  # nothing came: ask again later
             wait = EXHAUSTED_RETRY_SECONDS if answer.exhausted else HELD_ELSEWHERE_RETRY_SECONDS
             turn.watch.next_claim_ns = turn.now + int(wait * _NS)
         if answer.reclaimed:
@@ -257,9 +295,9 @@ class LeaseJob:
             turn.tenant_id,
             turn.start_ms,
             turn.allowance.units,
-            answer.granted,
+            answer.granted - missing,
             turn.spent,
-            answer.fleet_spent,
+            answer.fleet_spent - missing,
             answer.exhausted,
             turn.now + int(self.quotas.lease_seconds * _NS),  # `now` was read before the claim
             boot_id(),

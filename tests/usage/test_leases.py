@@ -47,7 +47,7 @@ class TestLimit:
         """Its deadline was on a clock that restarted at the boot: it allows nothing more
         under `refuse`, even before the deadline as this boot's clock reads it."""
         earlier = lease(boot_id="00000000-0000-4000-8000-000000000000", exhausted=True)
-        assert limit(earlier, PERIOD, NOW) == LeaseLimit(0, 26, "unavailable")
+        assert limit(earlier, PERIOD, NOW) == LeaseLimit(0, 26, "cut-off")
 
     def test_a_live_lease_allows_its_grant_and_says_exhausted_only_if_the_fleet_did(
         self,
@@ -60,10 +60,11 @@ class TestLimit:
     def test_a_lease_cut_off_allows_its_grant_and_the_partition_units(self) -> None:
         """Cut off from the central database before its deadline, the node spends what it
         holds and then, under `local`, the plan's partition allowance; under `refuse`
-        nothing more. Either way a refusal is 503: the fleet may have units left."""
+        nothing more. Either way a refusal is 503 (`cut-off`, told to wait longer than for a
+        renewal): the fleet may have units left."""
         local = lease(cut_off=True, partition_units=5)
-        assert limit(local, PERIOD, NOW) == LeaseLimit(15, 26, "unavailable")
-        assert limit(lease(cut_off=True), PERIOD, NOW) == LeaseLimit(10, 26, "unavailable")
+        assert limit(local, PERIOD, NOW) == LeaseLimit(15, 26, "cut-off")
+        assert limit(lease(cut_off=True), PERIOD, NOW) == LeaseLimit(10, 26, "cut-off")
 
     def test_a_lapsed_lease_allows_nothing_under_refuse_and_the_partition_under_local(
         self,
@@ -73,10 +74,10 @@ class TestLimit:
         under `local` the lease and the partition allowance, as when cut off."""
         deadline = lease().valid_until_ns
         assert limit(lease(), PERIOD, deadline - 1).units == 10
-        assert limit(lease(), PERIOD, deadline) == LeaseLimit(0, 26, "unavailable")
-        assert limit(lease(exhausted=True), PERIOD, deadline).refusal == "unavailable"
+        assert limit(lease(), PERIOD, deadline) == LeaseLimit(0, 26, "cut-off")
+        assert limit(lease(exhausted=True), PERIOD, deadline).refusal == "cut-off"
         local = lease(partition_units=5)
-        assert limit(local, PERIOD, deadline) == LeaseLimit(15, 26, "unavailable")
+        assert limit(local, PERIOD, deadline) == LeaseLimit(15, 26, "cut-off")
 
     def test_partition_units_used_at_an_earlier_cut_are_not_given_again(self) -> None:
         """The partition allowance is the period's: 3 of 5 served past the grants at an

@@ -9,8 +9,10 @@
 --   - quota_leases: one row per tenant, period and edge: `granted`, every unit the edge was
 --     given in the period (what it spent included); `spent`, what it last reported served
 --     (never lowered); `expires_at`, past which (and a grace) a claim by another edge takes
---     back what this one holds unreported (granted := spent). The fleet has committed
---     sum(greatest(granted, spent)); a claim grants at most the allowance minus that.
+--     back what this one holds unreported (granted := spent); `idle`, set when the edge gave
+--     back all but what it kept for a next request and cleared when it spends or asks again.
+--     The fleet has committed sum(greatest(granted, spent)); a claim grants at most the
+--     allowance minus that.
 --
 -- Like every table here: tenant_id leads the key (Citus: distributed on tenant_id, colocated
 -- with tenants, so a claim's statements run on one worker), row-level security isolates
@@ -33,6 +35,7 @@ CREATE TABLE quota_leases (
     granted bigint NOT NULL CHECK (granted >= 0),
     spent bigint NOT NULL CHECK (spent >= 0),
     expires_at timestamptz NOT NULL,
+    idle boolean NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, period_start, node_id)
 );
@@ -58,16 +61,22 @@ BEGIN
 END
 $$;
 
--- A tenant's deletion (a row in tenant_deletions, 0005) takes its leases with the rest of it.
+-- A tenant's deletion (a row in tenant_deletions, 0005) takes its leases with the rest of it:
+-- quota_periods first, the row every claim locks first, so that a deletion and a claim take
+-- their locks in the same order. A claim arriving after the deletion makes no row again.
 CREATE OR REPLACE FUNCTION edge_node_destroy_tenant() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM tenant_data_keys WHERE tenant_id = NEW.tenant_id;
     DELETE FROM ratings WHERE tenant_id = NEW.tenant_id;
     DELETE FROM api_keys WHERE tenant_id = NEW.tenant_id;
-    DELETE FROM quota_leases WHERE tenant_id = NEW.tenant_id;
     DELETE FROM quota_periods WHERE tenant_id = NEW.tenant_id;
+    DELETE FROM quota_leases WHERE tenant_id = NEW.tenant_id;
     DELETE FROM tenants WHERE tenant_id = NEW.tenant_id;
     RETURN NULL;
 END
 $$;
+CREATE TRIGGER a_refuse_deleted_tenant BEFORE INSERT ON quota_periods
+    FOR EACH ROW EXECUTE FUNCTION edge_node_refuse_deleted_tenant();
+CREATE TRIGGER a_refuse_deleted_tenant BEFORE INSERT ON quota_leases
+    FOR EACH ROW EXECUTE FUNCTION edge_node_refuse_deleted_tenant();

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from edge_node.clock import now_ms
 from edge_node.errors import SyncError
+from edge_node.usage.quotas import calendar_month
 from sync.central import citus
 from sync.central.roles import bind_role
 from sync.central.schema import load_migrations, migrate, migrate_dsns
@@ -111,7 +113,8 @@ class TestDistribution:
                     await conn.execute(bad)
             # 0008's tables, distributed after the others, go with a tenant's deletion.
             await claim(
-                conn, tenant_id=tenant_id, period_start=0, node_id="edge-1", allowance=10,
+                conn, tenant_id=tenant_id, period_start=calendar_month(now_ms())[0],
+                node_id="edge-1", allowance=10,
                 spent=0, wanted=4, lease_seconds=60,
             )  # fmt: skip
             await conn.execute(

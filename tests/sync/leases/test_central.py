@@ -7,10 +7,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+
+from edge_node.clock import now_ms
+from edge_node.errors import TransientSyncError
+from edge_node.usage.quotas import calendar_month
 from sync.leases.central import Claim, claim
 from sync.postgres import Connection, connect
 
-PERIOD = 1_796_083_200_000  # 2026-12-01T00:00Z
+PERIOD = calendar_month(now_ms())[0]  # the central database refuses claims for another month
 
 
 async def _claim(
@@ -90,7 +95,11 @@ class TestClaims:
         returned = await _claim(any_central, tenant, "a", spent=30, wanted=0, keep=1)
         assert returned.granted == 31
         taken = await _claim(any_central, tenant, "b", wanted=100)
-        assert (taken.granted, taken.exhausted) == (69, False)  # a kept one unit
+        # a kept a unit for its next request, and is idle: the allowance counts as used up.
+        assert (taken.granted, taken.exhausted) == (69, True)
+        # Once a asks for units again (or spends), it is no longer idle: its unit counts.
+        await _claim(any_central, tenant, "a", spent=30, wanted=5)
+        assert not (await _claim(any_central, tenant, "b", spent=60, wanted=1)).exhausted
 
     async def test_spend_past_the_grant_is_counted_against_the_fleet(
         self, any_central: str
@@ -130,3 +139,41 @@ class TestClaims:
         past = await _claim(any_central, tenant, "b", spent=50, wanted=100)
         assert (past.reclaimed, past.granted) == (50, 96)  # a keeps the 4 it reported spent
         assert (await _books(any_central, tenant))["a"] == (4, 4)
+
+
+class TestRefusals:
+    async def test_a_claim_for_a_month_the_central_clock_is_not_in_is_refused(
+        self, central: str
+    ) -> None:
+        """A node whose clock runs a month ahead (or behind) cannot take that month's
+        allowance: the central database's own clock decides the period."""
+        connection = await connect(central)
+        try:
+            for month in (PERIOD - 31 * 86_400_000, PERIOD + 32 * 86_400_000):
+                with pytest.raises(TransientSyncError, match="check both clocks"):
+                    await claim(
+                        connection, tenant_id=str(uuid.uuid4()), node_id="a",
+                        period_start=calendar_month(month)[0], allowance=10, spent=0,
+                        wanted=1, lease_seconds=60,
+                    )  # fmt: skip
+        finally:
+            await connection.close()
+
+    async def test_a_deleted_tenant_gets_nothing_and_leaves_no_rows(self, central: str) -> None:
+        """A claim arriving after the tenant's deletion grants nothing, says the allowance is
+        used up, and makes no row again (the deletion took the tenant's leases with it)."""
+        tenant = str(uuid.uuid4())
+        await _claim(central, tenant, "a", wanted=10)
+        connection = await connect(central)
+        try:
+            await connection.execute(
+                "INSERT INTO tenant_deletions (tenant_id, deleted_at) VALUES ($1, 1)", tenant
+            )
+            assert await _books(central, tenant) == {}
+            after = await _claim(central, tenant, "a", spent=3, wanted=10)
+            assert (after.granted, after.exhausted) == (0, True)
+            assert await _books(central, tenant) == {}
+            periods = "SELECT count(*) FROM quota_periods WHERE tenant_id = $1"
+            assert await connection.fetchval(periods, tenant) == 0
+        finally:
+            await connection.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,11 +40,15 @@ async def make_job() -> AsyncIterator[JobFactory]:
         *,
         registry: TenantRegistry | None = None,
         clock_ns: Callable[[], int] = boottime_ns,
+        max_units: int = 1,
     ) -> LeaseJob:
         """`edge`'s job, reading the tenants of `registry` (default: the edge's own)."""
         central = CentralConfig(dsns=(dsn,))
         registry = registry or edge.registry
-        job = LeaseJob(central, quotas, registry, edge.data_dir, edge.node_id, clock_ns=clock_ns)
+        job = LeaseJob(
+            central, quotas, registry, edge.data_dir, edge.node_id,
+            clock_ns=clock_ns, max_units=max_units,
+        )  # fmt: skip
         made.append(job)
         return job
 
@@ -155,6 +160,55 @@ class TestClaims:
         now[0] += 2 * 10**9  # past the second node's retry while units were held elsewhere
         await second.run()
         assert (leases(second)[tenant].granted, leases(second)[tenant].exhausted) == (0, True)
+
+    async def test_a_lease_always_holds_one_request_of_the_costliest_operation(
+        self,
+        make_edge: EdgeFactory,
+        make_job: JobFactory,
+        served: Callable[[Edge, str, int], None],
+        central: str,
+    ) -> None:
+        """With 5-unit requests and a tenth of 20 being 2, a lease of 2 could never serve one:
+        the job claims 5 at least, and claims again once fewer than 5 are left."""
+        edge = make_edge("edge-a")
+        tenant = block_tenant(edge, quota=20)
+        job = make_job(edge, central, max_units=5)
+        await job.run()
+        assert leases(job)[tenant].granted == 5
+        served(edge, tenant, 5)
+        await job.run()
+        lease = leases(job)[tenant]
+        assert lease.granted - lease.node_spent >= 5
+
+    async def test_a_node_that_lost_its_counts_does_not_serve_again_what_it_served(
+        self,
+        make_edge: EdgeFactory,
+        make_job: JobFactory,
+        served: Callable[[Edge, str, int], None],
+        central: str,
+        db: Connection,
+        tmp_path: Path,
+    ) -> None:
+        """The central database recorded 8 units served by edge-a; edge-a comes back with an
+        empty data directory (counting 0): its new lease is cut by the 8 it no longer counts,
+        so what it serves stays within what the fleet granted it."""
+        first = make_edge("edge-a")
+        tenant = block_tenant(first)
+        job = make_job(first, central)
+        await job.run()
+        served(first, tenant, 8)
+        await job.run()  # 2 of 10 left is low: the claim reports the 8
+        before, reported = (await books(db, tenant))["edge-a"]
+        assert reported == 8
+        restored = Edge.open(tmp_path / "edge-a-restored", "edge-a")
+        try:
+            await make_job(restored, central, registry=first.registry).run()
+            lease = leases(make_job(restored, central, registry=first.registry))[tenant]
+        finally:
+            restored.close()
+        granted, spent = (await books(db, tenant))["edge-a"]
+        assert (granted, spent) == (before + 10, 8)  # a share more; the spend is kept
+        assert (lease.granted, lease.node_spent) == (granted - 8, 0)
 
 
 class TestPartition:
