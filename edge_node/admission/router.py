@@ -63,7 +63,6 @@ from edge_node.tenants.model import (
 from edge_node.tenants.registry import TenantRegistry
 from edge_node.tenants.standing import payment_refusal
 from edge_node.usage.leases import LeaseBook, boottime_ns
-from edge_node.usage.leases import limit as lease_limit
 from edge_node.usage.meter import Meter
 from edge_node.usage.quotas import QuotaDecision
 from edge_node.usage.thresholds import ThresholdLog
@@ -251,16 +250,14 @@ class TenantRouter:
         if allowance is None or meter.spend is None:
             return None
         spend = meter.spend
-        lease = None
-        if allowance.block and self.leases is not None:
-            now = boottime_ns()
-            held = self.leases.lease(context.tenant_id, now)
-            lease = lease_limit(held, spend.period_start(), now)
-        decision = spend.take(context.tenant_id, allowance, units, lease)
+        leases = self.leases if allowance.block else None
+        decision = spend.take(context.tenant_id, allowance, units, leases)
         # Spend and what is held are at least 80% only when this little is left: below that
         # no threshold can have been reached, and the check costs nothing more.
         if self.thresholds is not None and decision.remaining * 5 <= allowance.units + units * 5:
-            spent = spend.spent(context.tenant_id) + (0 if lease is None else lease.others_spent)
+            spent = spend.spent(context.tenant_id)
+            if leases is not None:  # the other nodes' spend, as last reported
+                spent += leases.limit(context.tenant_id, spend.start_ms, boottime_ns()).others_spent
             self.thresholds.check(
                 context.tenant_id, spend.start_ms, spent, allowance.units, now_ms()
             )

@@ -233,9 +233,28 @@ class LeaseBook:
         self._next_check_ns = 0
         self._version = -1
         self._leases: dict[str, Lease] = {}
+        # tenant -> (the live lease's deadline, the period asked for, what it allows)
+        self._live: dict[str, tuple[int, int, LeaseLimit]] = {}
 
     def close(self) -> None:
         self._conn.close()
+
+    def limit(self, tenant_id: str, period_start_ms: int, now_ns: int) -> LeaseLimit:
+        """`limit()` of `tenant_id`'s lease: what it allows now. A live lease's answer does
+        not change until its deadline or the file does, so it is worked out once for both."""
+        known = self._live.get(tenant_id)
+        if (
+            known is not None
+            and now_ns < self._next_check_ns
+            and now_ns < known[0]
+            and known[1] == period_start_ms
+        ):
+            return known[2]
+        lease = self.lease(tenant_id, now_ns)
+        allowed = limit(lease, period_start_ms, now_ns)
+        if lease is not None and now_ns < lease.valid_until_ns and lease.boot_id == boot_id():
+            self._live[tenant_id] = (lease.valid_until_ns, period_start_ms, allowed)
+        return allowed
 
     def lease(self, tenant_id: str, now_ns: int) -> Lease | None:
         """`tenant_id`'s lease, as last written (checked for changes if due)."""
@@ -244,6 +263,7 @@ class LeaseBook:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version:
                 self._leases = read_leases(self._conn)
+                self._live = {}
                 self._version = version
         return self._leases.get(tenant_id)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from edge_node import clock
-from edge_node.usage.leases import LeaseLimit
+from edge_node.usage.leases import LeaseBook, boottime_ns
 from edge_node.usage.served import DAY_MS, read_counts
 
 # How stale the other workers' counts may be when a request is admitted: their usage within
@@ -101,19 +101,25 @@ class PeriodSpend:
         self._roll(clock_ms())
 
     def take(
-        self, tenant_id: str, allowance: Allowance, units: int, lease: LeaseLimit | None = None
+        self,
+        tenant_id: str,
+        allowance: Allowance,
+        units: int,
+        leases: LeaseBook | None = None,
     ) -> QuotaDecision:
         """Hold `units` for a request of `tenant_id` unless a `block` allowance has not that
         many left (refused: nothing held). What is held is given back by `release`.
 
-        With a `lease` (a fleet-wide allowance, edge_node.usage.leases) this node's spend is
-        held to the lease's units instead, and what is left counts the other nodes' spend."""
+        With `leases` (a fleet-wide allowance, edge_node.usage.leases) this node's spend is
+        held to what its lease of the current period allows instead, and what is left counts
+        the other nodes' spend."""
         now_ms = self._clock_ms()
         if now_ms >= self._next_refresh_ms:  # never later than the period's end
             self._catch_up(now_ms)
         held = self._held.get(tenant_id, 0)
         here = self._own.get(tenant_id, 0) + self._others.get(tenant_id, 0) + held
         refusal = "exhausted"
+        lease = None if leases is None else leases.limit(tenant_id, self.start_ms, boottime_ns())
         if lease is None:
             left = allowance.units - here
             allowed = not allowance.block or left >= units
@@ -152,14 +158,6 @@ class PeriodSpend:
         if now_ms >= self._next_refresh_ms:
             self._catch_up(now_ms)
         return self.spent(tenant_id)
-
-    def period_start(self) -> int:
-        """The current period's start, the period brought up to date first (a month may have
-        begun since the last request)."""
-        now_ms = self._clock_ms()
-        if now_ms >= self._next_refresh_ms:
-            self._catch_up(now_ms)
-        return self.start_ms
 
     def _catch_up(self, now_ms: int) -> None:
         """Start the next period if this one is over, else read the other workers' counts."""

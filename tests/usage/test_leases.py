@@ -32,7 +32,7 @@ def lease(**changes: object) -> Lease:
     """A live lease of this boot: 10 units granted, 4 of them reported spent, 30 spent by the
     fleet (26 by the other nodes), nothing to spend past it once cut off (`refuse`)."""
     held = Lease(TENANT, PERIOD, 100, 10, 4, 30, False, NOW + 60 * 10**9, boot_id(), False, 0)
-    return held._replace(**changes)  # type: ignore[arg-type]
+    return held._replace(**changes)
 
 
 class TestLimit:
@@ -133,6 +133,16 @@ class TestLeaseBook:
         assert overshoot_bound(leases, PERIOD) == 9
 
 
+class Held:
+    """Leases as PeriodSpend reads them (a LeaseBook's `limit`), allowing what a test says."""
+
+    def __init__(self, allowed: LeaseLimit) -> None:
+        self.allowed = allowed
+
+    def limit(self, tenant_id: str, period_start_ms: int, now_ns: int) -> LeaseLimit:
+        return self.allowed
+
+
 class TestSpendWithinALease:
     def test_a_lease_holds_the_nodes_spend_with_units_in_flight_and_other_workers(
         self, tmp_path: Path
@@ -145,14 +155,14 @@ class TestSpendWithinALease:
         other_worker.close()
         spend = PeriodSpend(tmp_path / "worker-0.counts", clock_ms=lambda: NOW_MS)
         spend.add(TENANT, NOW_MS, 1)
-        allowance, held = Allowance(100, block=True), LeaseLimit(5, 0, "unavailable")
+        allowance, held = Allowance(100, block=True), Held(LeaseLimit(5, 0, "unavailable"))
         assert spend.take(TENANT, allowance, 1, held).allowed
         assert spend.take(TENANT, allowance, 1, held).allowed
         refused = spend.take(TENANT, allowance, 1, held)
         assert (refused.allowed, refused.refusal) == (False, "unavailable")
         spend.release(TENANT, 1)
         assert spend.take(TENANT, allowance, 1, held).allowed
-        exhausted = spend.take(TENANT, allowance, 1, held._replace(refusal="exhausted"))
+        exhausted = spend.take(TENANT, allowance, 1, Held(LeaseLimit(5, 0, "exhausted")))
         assert (exhausted.allowed, exhausted.refusal) == (False, "exhausted")
 
     def test_what_is_left_counts_the_other_nodes_spend(self) -> None:
@@ -160,7 +170,28 @@ class TestSpendWithinALease:
         30 reported by the others, 1 served here and 1 taken now."""
         spend = PeriodSpend(None, clock_ms=lambda: NOW_MS)
         spend.add(TENANT, NOW_MS, 1)
-        decision = spend.take(TENANT, Allowance(100, block=True), 1, LeaseLimit(10, 30, "x"))
+        decision = spend.take(TENANT, Allowance(100, block=True), 1, Held(LeaseLimit(10, 30, "x")))
         assert (decision.allowed, decision.limit, decision.remaining) == (True, 100, 68)
-        refused = spend.take(TENANT, Allowance(100, block=True), 9, LeaseLimit(10, 30, "x"))
+        refused = spend.take(TENANT, Allowance(100, block=True), 9, Held(LeaseLimit(10, 30, "x")))
         assert (refused.allowed, refused.remaining, refused.refusal) == (False, 68, "x")
+
+
+class TestLeaseBookLimit:
+    def test_a_live_leases_answer_is_kept_until_its_deadline_or_the_file_changes(
+        self, tmp_path: Path
+    ) -> None:
+        """Read once and kept while the lease is live; past the deadline the answer is
+        worked out again (the lease has lapsed), and a write to the file is seen."""
+        conn = open_leases(tmp_path)
+        write_leases(conn, [lease()])
+        book = LeaseBook(tmp_path, refresh_seconds=0)
+        deadline = lease().valid_until_ns
+        assert book.limit(TENANT, PERIOD, deadline - 2) == LeaseLimit(10, 26, "unavailable")
+        assert book.limit(TENANT, PERIOD, deadline - 1) == LeaseLimit(10, 26, "unavailable")
+        assert book.limit(TENANT, PERIOD, deadline).refusal == "cut-off"
+        renewed = lease(granted=20, exhausted=True, valid_until_ns=deadline + 60 * 10**9)
+        write_leases(conn, [renewed])
+        assert book.limit(TENANT, PERIOD, deadline + 1) == LeaseLimit(20, 26, "exhausted")
+        assert book.limit(TENANT, PERIOD + 1, deadline + 2).units == 0  # another period
+        book.close()
+        conn.close()
