@@ -47,11 +47,15 @@ class RateLimitFields:
     ) -> dict[str, str]:
         """The fields for a request the bucket (and the allowance and the key's credits, if
         any) decided on."""
-        current = f"{MINUTE_POLICY};r={rate.remaining};t={rate.reset_seconds}"
-        key: tuple[int, ...] = (rate.limit, -1, 0, -1, 0)
-        if quota is not None:
+        if quota is None:
+            current = f"{MINUTE_POLICY};r={rate.remaining};t={rate.reset_seconds}"
+            key: tuple[int, ...] = (rate.limit, -1, 0, -1, 0)
+        else:  # one format for both policies: this runs on every request with an allowance
+            current = (
+                f"{MINUTE_POLICY};r={rate.remaining};t={rate.reset_seconds},"
+                f" {PERIOD_POLICY};r={quota.remaining};t={quota.reset_seconds}"
+            )
             key = (rate.limit, quota.limit, quota.window_seconds, -1, 0)
-            current += f", {PERIOD_POLICY};r={quota.remaining};t={quota.reset_seconds}"
         if credit is not None:
             key = (*key[:3], credit.limit, credit.window_seconds)
             current += f", {CREDITS_POLICY};r={credit.remaining}"

@@ -67,6 +67,9 @@ class QuotaDecision(NamedTuple):
     refusal: str = "exhausted"
 
 
+_decision = tuple.__new__
+
+
 def calendar_month(now_ms: int) -> tuple[int, int]:
     """The calendar month in UTC containing `now_ms`: its start and end, in milliseconds."""
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
@@ -116,22 +119,33 @@ class PeriodSpend:
         now_ms = self._clock_ms()
         if now_ms >= self._next_refresh_ms:  # never later than the period's end
             self._catch_up(now_ms)
-        held = self._held.get(tenant_id, 0)
+        holding = self._held
+        held = holding.get(tenant_id, 0)
         here = self._own.get(tenant_id, 0) + self._others.get(tenant_id, 0) + held
-        refusal = "exhausted"
-        lease = None if leases is None else leases.limit(tenant_id, self.start_ms, boottime_ns())
-        if lease is None:
+        if leases is None:
+            refusal = "exhausted"
             left = allowance.units - here
-            allowed = not allowance.block or left >= units
+            allowed = left >= units or not allowance.block
         else:
+            lease = leases.limit(tenant_id, self.start_ms, boottime_ns())
+            refusal = lease.refusal
             left = allowance.units - lease.others_spent - here
             allowed = here + units <= lease.units
-            refusal = lease.refusal
         if allowed:
-            self._held[tenant_id] = held + units
+            holding[tenant_id] = held + units
             left -= units
-        reset = max(1, -((now_ms - self.end_ms) // 1000))
-        return QuotaDecision(allowed, allowance.units, max(0, left), reset, self._window, refusal)
+        # One made per request: built as a plain tuple, without the named tuple's __new__.
+        return _decision(
+            QuotaDecision,
+            (
+                allowed,
+                allowance.units,
+                left if left > 0 else 0,
+                (self.end_ms - now_ms + 999) // 1000 or 1,  # whole seconds, at least 1
+                self._window,
+                refusal,
+            ),
+        )
 
     def release(self, tenant_id: str, units: int) -> None:
         """Give back what `take` held, once the request is over (counted served or not)."""
