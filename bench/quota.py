@@ -13,6 +13,13 @@ falls on all alike; chunks without an allowance are also counted apart as a cont
 ratio to the others shows the noise of the run. Figures: requests/s and event-loop CPU µs per
 request of each, and the ratio with the quota over without (requests/s; 1.0 = free).
 Rounds repeat that; the median round's ratio is reported.
+
+`--callgrind KIND` (without, with, fleet) serves one kind only and counts it under valgrind,
+whose instruction counts the machine's other work does not disturb: run it as
+`valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/dev/null python -m
+bench.quota --callgrind with --requests 2560` and divide the "Collected" figure valgrind
+prints by the requests. The lease file is then read again no more often than the run lasts,
+since under valgrind 10 ms is a few requests rather than a few hundred.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ async def seeded(data_dir: Path) -> tuple[Any, Any, Any, str, bytes]:
     return create_app(config, storage, meter), storage, meter, tenant.tenant_id, request
 
 
-def fleet_lease(data_dir: Path, tenant_id: str) -> Any:
+def fleet_lease(data_dir: Path, tenant_id: str, refresh_seconds: float = 0.01) -> Any:
     """A LeaseBook holding a lease of the tenant's allowance too large to be spent, as the
     sync worker writes it for a node with a central database."""
     from edge_node.clock import now_ms  # noqa: PLC0415
@@ -66,7 +73,7 @@ def fleet_lease(data_dir: Path, tenant_id: str) -> Any:
     )
     leases.write_leases(conn, [lease])
     conn.close()
-    return leases.LeaseBook(data_dir)
+    return leases.LeaseBook(data_dir, refresh_seconds=refresh_seconds)
 
 
 async def one_round(count: int, connections: int) -> dict[str, float]:
@@ -113,13 +120,49 @@ async def one_round(count: int, connections: int) -> dict[str, float]:
     }
 
 
+async def counted(kind: str, count: int, connections: int) -> None:
+    """Serve `kind` only, with valgrind's instruction counting on for `count` requests."""
+    with tempfile.TemporaryDirectory(prefix="edge-node-quota-bench-") as scratch:
+        app, storage, meter, tenant_id, request = await seeded(Path(scratch))
+        from edge_node.admission.router import ROUTER_KEY  # noqa: PLC0415
+
+        book = fleet_lease(Path(scratch), tenant_id, refresh_seconds=10**6)  # see the docstring
+        limited = kind in ("with", "fleet")
+        storage.registry.set_quota(tenant_id, *((10**12, "block") if limited else (None, None)))
+        app[ROUTER_KEY].leases = book if kind == "fleet" else None
+        try:
+            async with running(app) as server:
+                await drive(server, repeat(request), connections, count // 4)  # warm-up
+                _callgrind("--instr=on")
+                await drive(server, repeat(request), connections, count)
+                _callgrind("--instr=off")
+        finally:
+            await meter.close()
+            storage.close()
+            book.close()
+
+
+def _callgrind(switch: str) -> None:
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    subprocess.run(["callgrind_control", switch, str(os.getpid())], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000, help="per tenant and round")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--callgrind", choices=("without", "with", "fleet"), help="count one kind under valgrind"
+    )
     args = parser.parse_args()
     import uvloop  # noqa: PLC0415
+
+    if args.callgrind:
+        uvloop.run(counted(args.callgrind, args.requests, args.connections))
+        return
 
     rounds = []
     for _ in range(args.rounds):
