@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import time
+import urllib.parse
 from pathlib import Path
 
 from edge_node.usage.quotas import OTHERS_REFRESH_SECONDS
@@ -67,18 +69,55 @@ class TestQuotaAcrossWorkers:
         notify: NotifyListener,
         served_nodes: list[ServedNode],
     ) -> None:
-        """Requests spread over both workers, each after the other workers' counts are read
-        again: a block allowance of 10 serves 10 for the node, not 10 per worker."""
+        """Requests alternating between the two workers, each after the other worker's counts
+        are read again: a block allowance of 10 serves 10 for the node, not 10 per worker."""
         tenant = cli.create_tenant("--quota", "10", "--quota-policy", "block")
+        probe = cli.create_tenant()  # no allowance: finds which worker holds a connection
         node = ServedNode(cli.data_dir, "--workers", "2", notify=notify, log=tmp_path / "log")
         served_nodes.append(node)
         notify.wait_for("READY")
-        path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
-        statuses = []
-        for _ in range(24):
-            statuses.append(node.request("GET", path, {"X-API-Key": tenant["api_key"]})[0])
-            time.sleep(OTHERS_REFRESH_SECONDS + 0.02)
+        connections = _one_per_worker(node, cli.data_dir, probe)
+        try:
+            path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
+            statuses = []
+            for turn in range(24):
+                connection = connections[turn % 2]
+                connection.request("GET", path, headers={"X-API-Key": tenant["api_key"]})
+                with connection.getresponse() as answer:
+                    answer.read()
+                    statuses.append(answer.status)
+                time.sleep(OTHERS_REFRESH_SECONDS + 0.02)
+        finally:
+            for connection in connections:
+                connection.close()
         assert statuses == [200] * 10 + [429] * 14
         assert node.stop() == 0
-        depths = queue_depths(cli.data_dir)
-        assert min(depths["worker-0"], depths["worker-1"]) > 0, depths
+
+
+def _one_per_worker(
+    node: ServedNode, data_dir: Path, probe: dict[str, str]
+) -> list[http.client.HTTPConnection]:
+    """Two keep-alive connections to the node, held by different workers. Which worker
+    accepts a connection is the kernel's choice: each connection's first request, a billable
+    read of a tenant without an allowance, shows it by the queue it lands in."""
+    address = urllib.parse.urlsplit(node.url)
+    path = f"/v1/tenants/{probe['tenant_id']}/items/probe/score"
+    held: dict[str, http.client.HTTPConnection] = {}
+    opened = []
+    for _ in range(40):
+        connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=10)
+        opened.append(connection)
+        before = queue_depths(data_dir)
+        connection.request("GET", path, headers={"X-API-Key": probe["api_key"]})
+        with connection.getresponse() as answer:
+            answer.read()
+        after = queue_depths(data_dir)
+        worker = next(name for name in after if after[name] != before.get(name, 0))
+        held.setdefault(worker, connection)
+        if len(held) == 2:
+            break
+    for connection in opened:
+        if connection not in held.values():
+            connection.close()
+    assert len(held) == 2, f"40 connections, all accepted by {list(held)}"
+    return list(held.values())

@@ -45,6 +45,9 @@ SMALL_SEGMENT_BYTES = 64 << 10
 SMALL_DISK_BYTES = 128 << 20
 SMALL_DISK_FLOOR_BYTES = 8 << 20
 TAIL_RECORDS = 5000
+# How long after a clock offset is set a request is sure to be stamped with it: the daemon
+# polls its clock file every 50 ms from a thread, which a busy event loop can hold up.
+CLOCK_FOLLOW_SECONDS = 1.0
 
 # How the daemons are tuned for the test: every key exists in edge_node/config/__init__.py.
 TUNING = {
@@ -120,6 +123,8 @@ class EdgeDaemon:
     incarnation: int = 0  # how many times it was started
     kills: int = 0
     clock_offset: float = 0.0
+    previous_clock_offset: float = 0.0
+    clock_set_at: float = 0.0  # time.monotonic() of the last set_clock_offset
     small_disk: bool = False  # data_dir is a tmpfs of SMALL_DISK_BYTES (disk-full schedule)
 
     @property
@@ -204,10 +209,19 @@ class EdgeDaemon:
 
     def set_clock_offset(self, seconds: float) -> None:
         """Move this node's wall clock (the running process follows within 50 ms)."""
-        self.clock_offset = seconds
+        self.previous_clock_offset, self.clock_offset = self.clock_offset, seconds
+        self.clock_set_at = time.monotonic()
         scratch = self.clock_file.with_suffix(".tmp")
         scratch.write_text(repr(seconds))
         scratch.replace(self.clock_file)
+
+    def followed_clock_offset(self) -> float:
+        """The offset the process surely stamps with now: the new one only once it has had
+        CLOCK_FOLLOW_SECONDS to read it (its polling thread can be late on a busy machine),
+        else the lower of the old and the new."""
+        if time.monotonic() - self.clock_set_at >= CLOCK_FOLLOW_SECONDS:
+            return self.clock_offset
+        return min(self.clock_offset, self.previous_clock_offset)
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
         """`edge-node --data-dir <this node> ...`, as an operator runs it beside the daemon."""

@@ -308,12 +308,12 @@ class Traffic:
     async def _delete(
         self, node: EdgeDaemon, tenant: TenantClients, key: ApiKey, user: str, item: str
     ) -> None:
-        offset = node.clock_offset
+        offset = node.followed_clock_offset()
         sent_us = time.time_ns() // 1000
         rid = rating_id(tenant.tenant_id, user, item)
         path = f"/v1/tenants/{tenant.tenant_id}/ratings/{rid}"
         answer = await self.send(node, tenant, key, "DELETE", path)
-        not_before = sent_us + int(min(offset, node.clock_offset) * 1e6)
+        not_before = sent_us + int(min(offset, node.followed_clock_offset()) * 1e6)
         rating_key = (tenant.tenant_id, user, item)
         if answer is IN_DOUBT:
             self.seen.write(WriteOp("delete", rating_key, node.node_id, False))
