@@ -7,16 +7,19 @@ shard (sync.leases.central), then writes what the node holds to `leases.sqlite`,
 request path reads (edge_node.usage.leases):
 
 - no lease for the current period (a new tenant, a new month, a new boot): claim a slice;
-- the lease running low (unspent at most half a slice) and spent from since the last claim:
-  claim another slice, `quotas.lease_share` of what the fleet has left (at least 1 unit), or
-  twice what was served since the last run if more, so that a busy node does not run dry;
+- the lease running low (unspent at most half a slice, or less than one request of the
+  costliest operation needs) and spent from since the last claim: claim another slice,
+  `quotas.lease_share` of what the fleet has left (at least one such request), or twice what
+  was served since the last run if more (up to a quarter of what is left), so that a busy
+  node does not run dry;
   when the fleet has nothing left to grant, ask again at most every second while other nodes
   hold units unspent, every `EXHAUSTED_RETRY_SECONDS` once the allowance is used up;
 - the lease's deadline less than half a lease away: renew it (and report the spend);
 - nothing spent from it for `quotas.lease_idle_seconds`: give back what it holds unspent but
-  a unit. First the local lease is cut to the spend (the workers stop spending past it
-  within milliseconds), then, a run later, the central one: a request admitted before the
-  cut is counted by then.
+  one request of the costliest operation. First the local lease is cut (the workers stop
+  spending past it within milliseconds), then, once that is written and two lease intervals
+  have passed, the central one: a request admitted before the cut is counted by then. The
+  node is then idle for the central database until it spends or asks again.
 
 A shard out of reach marks its tenants' leases cut off: each worker spends what it holds,
 then applies the plan's partition policy; the next claim that succeeds reports everything
