@@ -173,6 +173,11 @@ def drop_leases(conn: sqlite3.Connection, tenant_ids: Iterable[str]) -> None:
         conn.executemany("DELETE FROM leases WHERE tenant_id = ?", [(t,) for t in tenant_ids])
 
 
+def is_live(lease: Lease, now_ns: int) -> bool:
+    """Whether the node may still spend from `lease`: before its deadline, in this boot."""
+    return now_ns < lease.valid_until_ns and lease.boot_id == boot_id()
+
+
 def limit(lease: Lease | None, period_start_ms: int, now_ns: int) -> LeaseLimit:
     """What `lease` lets this node serve of its period starting at `period_start_ms`.
 
@@ -187,7 +192,7 @@ def limit(lease: Lease | None, period_start_ms: int, now_ns: int) -> LeaseLimit:
     if lease is None or lease.period_start_ms != period_start_ms:
         return LeaseLimit(0, 0, "unavailable")
     others = max(0, lease.fleet_spent - lease.node_spent)
-    live = now_ns < lease.valid_until_ns and lease.boot_id == boot_id()
+    live = is_live(lease, now_ns)
     if not live:  # `refuse` (no partition units): nothing more; `local`: as when cut off
         units = lease.granted + partition_left(lease) if lease.partition_units else 0
         return LeaseLimit(units, others, "cut-off")
@@ -206,7 +211,7 @@ def lease_state(lease: Lease | None, period_start_ms: int, now_ns: int) -> str:
     `cut_off` (the central database out of reach) or `live`."""
     if lease is None or lease.period_start_ms != period_start_ms:
         return "none"
-    if now_ns >= lease.valid_until_ns or lease.boot_id != boot_id():
+    if not is_live(lease, now_ns):
         return "lapsed"
     return "cut_off" if lease.cut_off else "live"
 
@@ -252,22 +257,26 @@ class LeaseBook:
             return known[2]
         lease = self.lease(tenant_id, now_ns)
         allowed = limit(lease, period_start_ms, now_ns)
-        if lease is not None and now_ns < lease.valid_until_ns and lease.boot_id == boot_id():
+        if lease is not None and is_live(lease, now_ns):
             self._live[tenant_id] = (lease.valid_until_ns, period_start_ms, allowed)
         return allowed
 
     def lease(self, tenant_id: str, now_ns: int) -> Lease | None:
         """`tenant_id`'s lease, as last written (checked for changes if due)."""
         if now_ns >= self._next_check_ns:
-            self._next_check_ns = now_ns + self._refresh_ns
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._version:
-                self._leases = read_leases(self._conn)
-                self._live = {}
-                self._version = version
+            self._refresh(now_ns)
         return self._leases.get(tenant_id)
 
     def all(self) -> list[Lease]:
-        """Every lease as last read (for metrics)."""
-        self.lease("", boottime_ns())
+        """Every lease as last written (for metrics)."""
+        self._refresh(boottime_ns())
         return list(self._leases.values())
+
+    def _refresh(self, now_ns: int) -> None:
+        """Read the file again if another process has written it since the last read."""
+        self._next_check_ns = now_ns + self._refresh_ns
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._leases = read_leases(self._conn)
+            self._live = {}
+            self._version = version

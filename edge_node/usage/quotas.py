@@ -192,15 +192,8 @@ class PeriodSpend:
         self._next_refresh_ms = min(now_ms + int(self._refresh_seconds * 1000), self.end_ms)
         if self._own_path is None:
             return
-        try:
-            paths = [
-                Path(entry.path)
-                for entry in os.scandir(self._own_path.parent)
-                if entry.name.endswith(".counts") and entry.path != str(self._own_path)
-            ]
-        except FileNotFoundError:
-            paths = []
-        self._others = self._count(paths)
+        own = self._own_path
+        self._others = self._count([path for path in served_files(own.parent) if path != own])
 
     def _count(self, paths: list[Path]) -> Counter[str]:
         return count_period(paths, self.start_ms, self.end_ms)
