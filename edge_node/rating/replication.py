@@ -78,6 +78,8 @@ class RatingReplication:
     tenant_id: str
     dirty: bool
     _pending: PendingUploads | None
+    _in_batch: bool  # a write runs inside a batch's transaction (TenantStore.batched)
+    _outbox_seen: bool  # the batch's transaction has looked at the outbox (_list_pending)
 
     def pending_changes(self, limit: int) -> tuple[list[RatingRow], int]:
         """The current state of up to `limit` ratings awaiting upload, and the last outbox seq.
@@ -114,11 +116,17 @@ class RatingReplication:
 
     def _list_pending(self) -> None:
         """Inside a write transaction, before an outbox write: list the tenant as pending
-        upload when its outbox is still empty (edge_node/rating/pending.py)."""
-        if self._pending is None:
+        upload when its outbox is still empty (edge_node/rating/pending.py).
+
+        In a batch, the first write's look serves every write of the batch's transaction:
+        entries found then stay until COMMIT (only a transaction of their own removes them,
+        and the batch holds the write lock), and a listing stays even when the write that
+        made it is rolled back (a listed tenant with an empty outbox costs one look)."""
+        if self._pending is None or (self._in_batch and self._outbox_seen):
             return
         if not self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
             self._pending.mark(self.tenant_id)
+        self._outbox_seen = True
 
     def unlist_if_idle(self) -> None:
         """Unlist the tenant from the pending uploads when its outbox is empty, under this

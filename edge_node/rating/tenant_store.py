@@ -74,6 +74,7 @@ class TenantStore(RatingReplication):
         self._scores = ScoreMemory(conn, self._read_score)
         self._close_after_batch = False
         self._in_batch = False  # a batch's write runs: its savepoint is the write's transaction
+        self._outbox_seen = False
 
     def close(self) -> None:
         if self._batch:  # evicted with writes pending: close once they have committed
@@ -104,6 +105,7 @@ class TenantStore(RatingReplication):
     def _run_batch(self) -> None:
         batch, self._batch = self._batch, []
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._outbox_seen = False
         try:
             with sqlite.transaction(self._conn):
                 for operation, future in batch:

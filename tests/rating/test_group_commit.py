@@ -81,3 +81,53 @@ class TestGroupCommit:
         with pytest.raises(Exception, match="closed"):
             store.page()
         assert stores.get(TENANT).page().ratings == [rating.to_json()]
+
+
+class TestPendingListingInABatch:
+    async def test_a_batch_looks_at_the_outbox_once(self, tmp_path: Path) -> None:
+        """Twenty writes of one batch ask once whether the outbox is empty; the tenant is listed."""
+        stores = TenantStores(tmp_path, node_id="n")
+        store = stores.get(TENANT)
+        statements = count_commits(store)
+        await asyncio.gather(
+            *[
+                store.batched(lambda i=i: store.upsert(RatingInput(f"u{i}", "item", 3, None)))
+                for i in range(20)
+            ]
+        )
+        assert statements.count("SELECT EXISTS (SELECT 1 FROM outbox)") == 1
+        assert stores.pending_tenants() == [TENANT]
+
+    async def test_a_rolled_back_write_leaves_its_batch_listed(self, tmp_path: Path) -> None:
+        """The write that looked at the empty outbox is rolled back; the batch's next write,
+        which does not look again, still has its tenant listed for upload."""
+        stores = TenantStores(tmp_path, node_id="n")
+        store = stores.get(TENANT)
+
+        def write_then_fail() -> None:
+            store.upsert(RatingInput("doomed", "item", 5, None))
+            raise RuntimeError("boom")
+
+        failing = store.batched(write_then_fail)
+        kept = store.batched(lambda: store.upsert(RatingInput("b", "item", 4, None)))
+        outcomes = await asyncio.gather(failing, kept, return_exceptions=True)
+        assert isinstance(outcomes[0], RuntimeError)
+        assert stores.pending_tenants() == [TENANT]
+        assert [change.user_id for change in store.pending_changes(10)[0]] == ["b"]
+
+    async def test_every_batch_and_lone_write_looks_again(self, tmp_path: Path) -> None:
+        """Once the outbox is uploaded and the tenant unlisted, the next batch lists it again,
+        and so does a write outside any batch."""
+        stores = TenantStores(tmp_path, node_id="n")
+        store = stores.get(TENANT)
+        writes = (
+            lambda: store.batched(lambda: store.upsert(RatingInput("a", "item", 1, None))),
+            lambda: store.batched(lambda: store.upsert(RatingInput("b", "item", 2, None))),
+        )
+        for write in writes:
+            await write()
+            assert stores.pending_tenants() == [TENANT]
+            store.acknowledge_uploaded(store.pending_changes(10)[1])
+            assert stores.pending_tenants() == []
+        store.upsert(RatingInput("c", "item", 3, None))
+        assert stores.pending_tenants() == [TENANT]
