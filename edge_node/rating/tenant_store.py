@@ -34,6 +34,24 @@ from edge_node.rating.replication import RatingReplication, rating_id
 from edge_node.rating.schema import RATING_COLUMNS
 from edge_node.rating.score_memory import ScoreMemory
 
+_FIND = (
+    "SELECT id, created_at, updated_at, deleted FROM ratings"
+    " WHERE tenant_id = ? AND user_id = ? AND item_id = ?"
+)
+_CREATE = (
+    "INSERT INTO ratings (id, tenant_id, user_id, item_id, score, comment_sealed, created_at,"
+    " updated_at, origin_node) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)"
+)
+# A live rating's new state, in which no indexed column changes.
+_REPLACE_LIVE = (
+    "UPDATE ratings SET score = ?1, comment_sealed = ?2, updated_at = ?3, origin_node = ?4"
+    " WHERE id = ?5"
+)
+_REVIVE = (
+    "UPDATE ratings SET score = ?1, comment_sealed = ?2, created_at = ?3, updated_at = ?3,"
+    " origin_node = ?4, deleted = 0 WHERE id = ?5"
+)
+
 # The logger these warnings had before this module was split out of store, which operators'
 # log queries may name.
 log = logging.getLogger("edge_node.rating.store")
@@ -147,58 +165,46 @@ class TenantStore(RatingReplication):
         return sqlite.transaction(self._conn)
 
     def upsert(self, rating: RatingInput) -> tuple[Rating, bool]:
-        """Create or replace the (user, item) rating; True when it did not exist before."""
-        conn = self._conn
+        """Create or replace the (user, item) rating; True when it did not exist before (a
+        tombstone revived counts as created, and takes the revival's time as created_at).
+
+        A live rating is replaced by an UPDATE that changes no indexed column, so SQLite
+        rewrites none of the rating indexes (all three are partial on `deleted` and hold
+        created_at). The row is found by (tenant, user, item), not by its derived id: a rating
+        created on the central database may carry an id of its own, which the seal binds."""
         self.dirty = True
-        self._sealer.refresh()
+        tenant_id, key = self.tenant_id, rating.key
         with self._write():
-            row = conn.execute(
-                "SELECT id, created_at, updated_at, deleted FROM ratings"
-                " WHERE tenant_id = ? AND user_id = ? AND item_id = ?",
-                (self.tenant_id, rating.user_id, rating.item_id),
-            ).fetchone()
+            row = self._conn.execute(_FIND, (tenant_id, *key)).fetchone()
             if row is None:
-                now = now_us()
-                rid, created_at, created = rating_id(self.tenant_id, *rating.key), now, True
-                conn.execute(
-                    "INSERT INTO ratings (id, tenant_id, user_id, item_id, score, comment_sealed,"
-                    " created_at, updated_at, origin_node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rid,
-                        self.tenant_id,
-                        *rating.key,
-                        rating.score,
-                        self._sealer.seal(rid, rating.comment),
-                        now,
-                        now,
-                        self._node_id,
-                    ),
-                )
+                rid, created = rating_id(tenant_id, *key), True
+                created_at = updated_at = now_us()
+                sealed = self._seal(rid, rating.comment)
+                values = (rid, tenant_id, *key, rating.score, sealed, updated_at, self._node_id)
+                self._conn.execute(_CREATE, values)
             else:
-                rid, created_at, previous, deleted = row
-                # updated_at only moves forward on this row, even if the wall clock steps back.
-                now = max(now_us(), previous + 1)
-                created = bool(deleted)
-                if created:
-                    created_at = now
-                conn.execute(
-                    "UPDATE ratings SET score = ?, comment_sealed = ?, created_at = ?,"
-                    " updated_at = ?, origin_node = ?, deleted = 0 WHERE id = ?",
-                    (
-                        rating.score,
-                        self._sealer.seal(rid, rating.comment),
-                        created_at,
-                        now,
-                        self._node_id,
-                        rid,
-                    ),
+                rid, created_at, previous, created = row
+                # updated_at only moves forward on a row, even if the wall clock steps back.
+                updated_at = max(now_us(), previous + 1)
+                if created:  # a tombstone revived: created again, now
+                    created_at = updated_at
+                sealed = self._seal(rid, rating.comment)
+                self._conn.execute(
+                    _REVIVE if created else _REPLACE_LIVE,
+                    (rating.score, sealed, updated_at, self._node_id, rid),
                 )
             self._list_pending()
-            conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
-        stored = Rating(
-            rid, self.tenant_id, *rating.key, rating.score, rating.comment, created_at, now
-        )
-        return stored, created
+            self._conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rid,))
+        stored = Rating(rid, tenant_id, *key, rating.score, rating.comment, created_at, updated_at)
+        return stored, bool(created)
+
+    def _seal(self, rid: str, comment: str | None) -> bytes | None:
+        """The comment sealed for the row `rid`; keys another process destroyed are dropped
+        first (a write without a comment uses no key, and skips that look)."""
+        if comment is None:
+            return None
+        self._sealer.refresh()
+        return self._sealer.seal(rid, comment)
 
     def page(
         self,
