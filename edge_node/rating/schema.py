@@ -12,6 +12,13 @@ Migration 3 adds `comment_sealed`, the comment as AES-256-GCM ciphertext
 (`edge_node.crypto.sealing`, at most 2000 characters of UTF-8 plus the seal's overhead). From then
 on `comment` holds no text: a file written before is sealed row by row when it is first opened
 (`TenantStore.seal_plaintext_comments`).
+
+Migration 4 narrows the update triggers to the updates that change an item's aggregates. A
+rating leaving or joining them (a tombstone, a revival, a move to another item) is removed or
+added as before; a live rating given another score is moved between buckets in one statement
+instead of a removal and an addition; any other update (a new comment, a new origin) runs
+none. The triggers name the columns they read (`UPDATE OF`), so an UPDATE setting none of
+them does not even enter them.
 """
 
 from __future__ import annotations
@@ -31,6 +38,19 @@ _SCORE_REMOVE = """
         s1 = s1 - (OLD.score = 1), s2 = s2 - (OLD.score = 2), s3 = s3 - (OLD.score = 3),
         s4 = s4 - (OLD.score = 4), s5 = s5 - (OLD.score = 5)
     WHERE tenant_id = OLD.tenant_id AND item_id = OLD.item_id;"""
+
+# An update that takes a rating out of an item's aggregates or puts it in: a tombstone, a
+# revival, or a move to another item (or tenant).
+_LEAVES_OR_JOINS = """NEW.deleted <> OLD.deleted OR NEW.item_id IS NOT OLD.item_id
+    OR NEW.tenant_id IS NOT OLD.tenant_id"""
+
+_SCORE_MOVE = """
+    UPDATE item_scores SET
+        total = total - OLD.score + NEW.score,
+        s1 = s1 - (OLD.score = 1) + (NEW.score = 1), s2 = s2 - (OLD.score = 2) + (NEW.score = 2),
+        s3 = s3 - (OLD.score = 3) + (NEW.score = 3), s4 = s4 - (OLD.score = 4) + (NEW.score = 4),
+        s5 = s5 - (OLD.score = 5) + (NEW.score = 5)
+    WHERE tenant_id = NEW.tenant_id AND item_id = NEW.item_id;"""
 
 MIGRATIONS = (
     f"""
@@ -86,6 +106,22 @@ MIGRATIONS = (
     """
     ALTER TABLE ratings ADD COLUMN comment_sealed BLOB
         CHECK (comment_sealed IS NULL OR length(comment_sealed) <= 8192);
+    """,
+    f"""
+    DROP TRIGGER ratings_score_on_update_old;
+    DROP TRIGGER ratings_score_on_update_new;
+    CREATE TRIGGER ratings_score_on_update_old AFTER UPDATE OF deleted, item_id, tenant_id
+    ON ratings WHEN OLD.deleted = 0 AND ({_LEAVES_OR_JOINS})
+    BEGIN {_SCORE_REMOVE}
+    END;
+    CREATE TRIGGER ratings_score_on_update_new AFTER UPDATE OF deleted, item_id, tenant_id
+    ON ratings WHEN NEW.deleted = 0 AND ({_LEAVES_OR_JOINS})
+    BEGIN {_SCORE_ADD}
+    END;
+    CREATE TRIGGER ratings_score_on_rescore AFTER UPDATE OF score ON ratings
+    WHEN NOT ({_LEAVES_OR_JOINS}) AND NEW.deleted = 0 AND NEW.score <> OLD.score
+    BEGIN {_SCORE_MOVE}
+    END;
     """,
 )
 

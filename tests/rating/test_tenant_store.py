@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from edge_node import sqlite
 from edge_node.rating import tenant_store
 from edge_node.rating.model import RatingInput
 from edge_node.rating.replication import RatingRow, rating_id
+from edge_node.rating.schema import MIGRATIONS
 from edge_node.rating.store import TenantStores
 from edge_node.rating.tenant_store import TenantStore
 
@@ -87,3 +89,67 @@ class TestUpsert:
         assert store.page().ratings == [rating.to_json()]  # the comment opens under its id
         assert store._conn.execute("SELECT count(*) FROM ratings").fetchone()[0] == 1
         assert outboxed(store) == [remote.id]
+
+
+class TestScoreTriggers:
+    def test_a_new_comment_on_the_same_score_leaves_the_aggregates_alone(
+        self, tmp_path: Path
+    ) -> None:
+        """Replacing a live rating's comment changes its row and outbox only; a new score
+        changes its item's aggregates once, not by a removal and an addition."""
+        store = open_store(tmp_path)
+        store.upsert(RatingInput("ana", "book", 4, "first"))
+        changes = store._conn.total_changes
+        store.upsert(RatingInput("ana", "book", 4, "second"))
+        assert store._conn.total_changes - changes == 2  # the row, the outbox entry
+        changes = store._conn.total_changes
+        store.upsert(RatingInput("ana", "book", 1, "third"))
+        assert store._conn.total_changes - changes == 3  # and the item's aggregates
+        assert store.score("book").histogram == (1, 0, 0, 0, 0)
+        assert store.recompute_scores()["book"] == store.score("book")
+
+    def test_a_rating_moved_to_another_item_moves_between_their_aggregates(
+        self, tmp_path: Path
+    ) -> None:
+        """An update of item_id (no API does it; the triggers keep scores whoever writes) takes
+        the rating out of one item's aggregates and into the other's, score changed or not."""
+        store = open_store(tmp_path)
+        store.upsert(RatingInput("ana", "book", 4, None))
+        store.upsert(RatingInput("bo", "film", 2, None))
+        store._conn.execute("UPDATE ratings SET item_id = 'film', score = 5 WHERE user_id = 'ana'")
+        store._conn.execute("UPDATE ratings SET item_id = 'book' WHERE user_id = 'bo'")
+        assert store.score("film").histogram == (0, 0, 0, 0, 1)
+        assert store.score("book").histogram == (0, 1, 0, 0, 0)
+        assert store.recompute_scores() == {
+            "book": store.score("book"),
+            "film": store.score("film"),
+        }
+
+    def test_a_file_scored_by_the_former_triggers_stays_exact(self, tmp_path: Path) -> None:
+        """Aggregates kept by the triggers of migration 3 carry over: after the upgrade, updates,
+        a tombstone and a revival leave every score equal to a recount of the rows."""
+        conn = sqlite.connect(tmp_path / f"{TENANT}.sqlite")
+        sqlite.migrate(conn, MIGRATIONS[:3])
+        for number, (user, item) in enumerate([("ana", "book"), ("bo", "book"), ("cy", "film")]):
+            conn.execute(
+                "INSERT INTO ratings (id, tenant_id, user_id, item_id, score, created_at,"
+                " updated_at, origin_node) VALUES (?, ?, ?, ?, ?, 1, 1, 'old')",
+                (rating_id(TENANT, user, item), TENANT, user, item, number + 1),
+            )
+        conn.execute("UPDATE ratings SET score = 5, updated_at = 2 WHERE user_id = 'ana'")
+        conn.close()
+        store = open_store(tmp_path)
+        assert store.recompute_scores() == {
+            "book": store.score("book"),
+            "film": store.score("film"),
+        }
+        store.upsert(RatingInput("ana", "book", 1, None))
+        store.upsert(RatingInput("bo", "book", 2, "same score"))
+        store.delete(rating_id(TENANT, "cy", "film"))
+        store.upsert(RatingInput("cy", "film", 4, None))
+        assert store.score("book").histogram == (1, 1, 0, 0, 0)
+        assert store.score("film").histogram == (0, 0, 0, 1, 0)
+        assert store.recompute_scores() == {
+            "book": store.score("book"),
+            "film": store.score("film"),
+        }
