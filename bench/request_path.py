@@ -128,7 +128,7 @@ def post_requests(path: str, api_key: str) -> Iterator[bytes]:
     """Rating writes in pairs on one (user, item): the first creates, the second updates."""
     for number in range(10**9):
         body = (
-            f'{{"user_id":"bench-{number // 2}","item_id":"item-{number % 100}",'
+            f'{{"user_id":"bench-{number // 2}","item_id":"item-{number // 2 % 100}",'
             f'"score":{number % 5 + 1}}}'
         ).encode()
         yield (
