@@ -15,6 +15,13 @@ best ratio counts. `--against REV` runs the same on the code of a git revision (
 worktree), in the same turns, so a before/after is read in one run. Figures: event-loop CPU
 µs per request (the loop's thread only: the queue's fsyncs run in a thread of their own) of
 each app, their ratio (minimal over edge-node), and edge-node's wall µs per request.
+
+`--callgrind SCENARIO --app daemon|minimal` serves one app only and counts its instructions
+under valgrind, which the machine's other work does not move (every thread's, the queue's
+writer included): run it as `valgrind --tool=callgrind --instr-atstart=no
+--callgrind-out-file=/dev/null python -m bench.request_path --callgrind get-score --app daemon
+--requests 2560` and divide the "Collected" figure valgrind prints by the requests. Counting
+is switched on after a warm-up of a quarter as many requests (`callgrind_control`).
 """
 
 from __future__ import annotations
@@ -231,6 +238,33 @@ async def measure_one(scenario: str, count: int, connections: int) -> Figures:
         return await measure_pair(scenario, count, connections, Path(scratch))
 
 
+async def counted(scenario: str, app_name: str, count: int, connections: int) -> None:
+    """Serve `scenario` with one app, valgrind's instruction counting on for `count` requests."""
+    with tempfile.TemporaryDirectory(prefix="edge-node-request-path-") as scratch:
+        if app_name == "minimal":
+            from bench.minimal_app import create_app as minimal_app  # noqa: PLC0415
+
+            app, requests, meter, storage = minimal_app(), minimal_requests(scenario), None, None
+        else:
+            app, storage, meter, prefix, api_key = await seeded_daemon(Path(scratch))
+            requests = daemon_requests(scenario, prefix, api_key)
+        try:
+            async with running(app) as server:
+                await drive(server, requests, connections, count // 4)  # warm-up
+                _callgrind("--instr=on")
+                await drive(server, requests, connections, count)
+                _callgrind("--instr=off")
+        finally:
+            if meter is not None:
+                await meter.close()
+            if storage is not None:
+                storage.close()
+
+
+def _callgrind(switch: str) -> None:
+    subprocess.run(["callgrind_control", switch, str(os.getpid())], check=True)
+
+
 def child(scenario: str, count: int, connections: int, profile: str | None) -> None:
     """Measure one scenario in this process (the tree on sys.path[0]) and print it as JSON."""
     import uvloop  # noqa: PLC0415
@@ -350,7 +384,16 @@ def main() -> None:
     parser.add_argument("--against", help="a git revision to measure in the same run")
     parser.add_argument("--profile", help="profile one scenario in-process to this file")
     parser.add_argument("--scenario", default="get-score", help="the scenario --profile runs")
+    parser.add_argument(
+        "--callgrind", choices=SCENARIOS, help="count one scenario's instructions under valgrind"
+    )
+    parser.add_argument("--app", choices=("daemon", "minimal"), default="daemon")
     args = parser.parse_args()
+    if args.callgrind:
+        import uvloop  # noqa: PLC0415
+
+        uvloop.run(counted(args.callgrind, args.app, args.requests, args.connections))
+        return
     if args.profile:
         child(args.scenario, args.requests, args.connections, args.profile)
         return
