@@ -1,7 +1,8 @@
 """One tenant's ratings file: group-committed writes, reads, and the rating queries.
 
-A score read is one primary-key lookup: the aggregates are kept by triggers (`schema`), and
-kept in memory until the file changes (`score`).
+A score read is one primary-key lookup: the aggregates are kept by triggers (`schema`). Score
+reads and pages of ratings are kept in memory, as the JSON documents the API serves, until
+the file changes (`read_memory`; a page also until the node's data keys do).
 Deletes are tombstones (`deleted = 1`, comment erased) so sync can carry them to other
 replicas; tombstoned rows are invisible to every read. Every local change records its rating
 in the outbox in the same transaction (`replication`, which this store inherits).
@@ -24,20 +25,26 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from edge_node import sqlite
 from edge_node.clock import format_us, now_us
 from edge_node.crypto.sealing import TenantSealer
 from edge_node.errors import CommentUnreadable, KeyMaterialError
-from edge_node.rating.model import ItemScore, Rating, RatingInput
+from edge_node.rating.model import ItemScore, Rating, RatingInput, encode_cursor
 from edge_node.rating.pending import PendingUploads
+from edge_node.rating.read_memory import FileVersion, ReadMemory
 from edge_node.rating.replication import RatingReplication, rating_id
 from edge_node.rating.schema import RATING_COLUMNS
-from edge_node.rating.score_memory import ScoreMemory
 
 # The logger these warnings had before this module was split out of store, which operators'
 # log queries may name.
 log = logging.getLogger("edge_node.rating.store")
 T = TypeVar("T")
+SCORES_IN_MEMORY = 4096  # items whose scores one tenant file keeps between its changes
+PAGES_IN_MEMORY = 64  # pages of ratings one tenant file keeps (at most ~25 KiB each)
+# A page's key in memory: (the data keys' generation, item_id, user_id, after, limit).
+PageKey = tuple[int, str | None, str | None, tuple[int, str] | None, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +78,11 @@ class TenantStore(RatingReplication):
         self._pending = pending
         self.dirty = False  # written since the last background checkpoint was scheduled
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._scores = ScoreMemory(conn, self._read_score)
+        version = FileVersion(conn)
+        self._scores: ReadMemory[str, tuple[ItemScore, bytes]] = ReadMemory(
+            version, SCORES_IN_MEMORY
+        )
+        self._pages: ReadMemory[PageKey, bytes] = ReadMemory(version, PAGES_IN_MEMORY)
         self._close_after_batch = False
         self._in_batch = False  # a batch's write runs: its savepoint is the write's transaction
 
@@ -228,6 +239,27 @@ class TenantStore(RatingReplication):
         last = (shown[-1][6], shown[-1][0]) if shown else None
         return Page([self._served(row) for row in shown], len(rows) > limit, last)
 
+    def page_document(
+        self,
+        *,
+        item_id: str | None = None,
+        user_id: str | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> bytes:
+        """The page as the API's JSON document (`ratings`, `next_cursor`), encoded; from
+        memory while the file is unchanged and the node's data keys have not been dropped
+        since it was read (a comment shredded is never served from memory)."""
+        self._sealer.refresh()
+        key = (self._sealer.generation(), item_id, user_id, after, limit)
+        return self._pages.get(key, self._read_page_document)
+
+    def _read_page_document(self, key: PageKey) -> bytes:
+        _, item_id, user_id, after, limit = key
+        page = self.page(item_id=item_id, user_id=user_id, after=after, limit=limit)
+        cursor = encode_cursor(page.last) if page.has_more and page.last else None
+        return orjson.dumps({"ratings": page.ratings, "next_cursor": cursor})
+
     def _served(self, row: Sequence[Any]) -> dict[str, Any]:
         """A row of RATING_COLUMNS as the API serves it (Rating.to_json's shape), its comment
         opened; made straight from the row, with no Rating in between."""
@@ -251,14 +283,18 @@ class TenantStore(RatingReplication):
 
     def score(self, item_id: str) -> ItemScore:
         """The item's aggregates, from memory while the file is unchanged since they were read
-        (`edge_node.rating.score_memory` says how a change by any process is noticed)."""
-        return self._scores.score(item_id)
+        (`edge_node.rating.read_memory` says how a change by any process is noticed)."""
+        return self._scores.get(item_id, self._read_score)[0]
 
     def score_document(self, item_id: str) -> bytes:
         """The item's score as the API's JSON document, encoded; as fresh as `score`."""
-        return self._scores.document(item_id)
+        return self._scores.get(item_id, self._read_score)[1]
 
-    def _read_score(self, item_id: str) -> ItemScore:
+    def _read_score(self, item_id: str) -> tuple[ItemScore, bytes]:
+        score = self._score_row(item_id)
+        return score, orjson.dumps(score.to_json())
+
+    def _score_row(self, item_id: str) -> ItemScore:
         row = self._conn.execute(
             "SELECT count, total, s1, s2, s3, s4, s5 FROM item_scores"
             " WHERE tenant_id = ? AND item_id = ?",

@@ -1,4 +1,5 @@
-"""Scores served from memory are never stale: any change to the tenant's file empties it."""
+"""Scores and pages served from memory are never stale: any change to the tenant's file
+empties the memory, and a page's also goes when the node's data keys are dropped."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from edge_node.rating.model import RatingInput
+from edge_node.rating.model import RatingInput, decode_cursor
 from edge_node.rating.store import TenantStores
 from tests.cli.test_lifecycle import create_tenant
 from tests.served import NotifyListener, ServedNode
@@ -41,6 +42,52 @@ class TestScoresInMemory:
         store.upsert(RatingInput("u", "book", 4, None))
         assert orjson.loads(store.score_document("book"))["count"] == 1
         assert orjson.loads(store.score_document("book")) == store.score("book").to_json()
+
+
+def ratings_of(document: bytes) -> list[tuple[str, int]]:
+    return [(r["user_id"], r["score"]) for r in orjson.loads(document)["ratings"]]
+
+
+class TestPagesInMemory:
+    def test_a_write_on_the_same_connection_is_in_the_next_page(self, tmp_path: Path) -> None:
+        """A page read, then a write, an update and a delete through the same store: each is
+        in the very next page."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        assert ratings_of(store.page_document(item_id="book")) == []
+        store.upsert(RatingInput("u", "book", 4, None))
+        assert ratings_of(store.page_document(item_id="book")) == [("u", 4)]
+        stored, _ = store.upsert(RatingInput("u", "book", 2, None))
+        assert ratings_of(store.page_document(item_id="book")) == [("u", 2)]
+        store.delete(stored.id)
+        assert ratings_of(store.page_document(item_id="book")) == []
+
+    async def test_another_connections_commit_is_in_the_next_iterations_page(
+        self, tmp_path: Path
+    ) -> None:
+        """Two stores on one file, as two workers have: on the loop, a commit by one is in
+        every page the other reads in the iterations after it."""
+        reader = TenantStores(tmp_path, node_id="a").get(TENANT)
+        writer = TenantStores(tmp_path, node_id="b").get(TENANT)
+        for number in range(1, 6):
+            assert len(ratings_of(reader.page_document())) == number - 1
+            writer.upsert(RatingInput(f"u{number}", "book", number, None))
+            await asyncio.sleep(0)
+            assert len(ratings_of(reader.page_document())) == number
+
+    def test_the_document_is_the_page_and_its_cursor(self, tmp_path: Path) -> None:
+        """The encoded page is what `page` reads, with the cursor of its last rating when more
+        follow; each query (filters, cursor, limit) has a page of its own."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        for number in range(5):
+            store.upsert(RatingInput(f"u{number}", "book" if number % 2 else "film", 3, None))
+        first = orjson.loads(store.page_document(limit=2))
+        assert first["ratings"] == store.page(limit=2).ratings
+        assert first["next_cursor"] is not None
+        rest = orjson.loads(store.page_document(after=decode_cursor(first["next_cursor"])))
+        assert [r["user_id"] for r in rest["ratings"]] == ["u2", "u3", "u4"]
+        assert rest["next_cursor"] is None
+        assert ratings_of(store.page_document(item_id="book")) == [("u1", 3), ("u3", 3)]
+        assert ratings_of(store.page_document(user_id="u4")) == [("u4", 3)]
 
 
 class TestScoresOnTheLoop:
@@ -89,12 +136,13 @@ class TestScoresOnTheLoop:
             loop.close()
 
 
-class TestScoresAcrossWorkers:
+class TestAcrossWorkers:
     def test_every_acknowledged_write_is_in_the_next_score_on_either_worker(
         self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
     ) -> None:
         """With two workers, each rating acknowledged (on whichever worker took it) is counted
-        by the score read next, on a fresh connection (whichever worker takes it)."""
+        by the score and listed in the page read next, on a fresh connection (whichever
+        worker takes it)."""
         data_dir = tmp_path / "data"
         tenant = create_tenant(data_dir)
         node = ServedNode(data_dir, "--workers", "2", notify=notify, log=tmp_path / "log")
@@ -108,4 +156,6 @@ class TestScoresAcrossWorkers:
             for _ in range(2):
                 status, score, _ = node.request("GET", f"{base}/items/book/score", headers)
                 assert (status, score["count"]) == (200, number)
+                status, page, _ = node.request("GET", f"{base}/ratings?limit=100", headers)
+                assert (status, len(page["ratings"])) == (200, number)
         assert node.stop() == 0
