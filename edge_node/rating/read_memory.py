@@ -78,11 +78,22 @@ class FileVersion:
 
 class ReadMemory(Generic[K, V]):
     """Answers by key, valid while the file's version is the one they were read at; at most
-    `entries` of them (a bound, not an LRU: refilling costs one read each)."""
+    `entries` of them and, with `size`, at most `max_bytes` in all, none above a tenth of
+    that (kept answers are a bound, not an LRU: refilling costs one read each)."""
 
-    def __init__(self, version: FileVersion, entries: int) -> None:
+    def __init__(
+        self,
+        version: FileVersion,
+        entries: int,
+        *,
+        size: Callable[[V], int] | None = None,
+        max_bytes: int = 0,
+    ) -> None:
         self._version = version
         self._entries = entries
+        self._size = size
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._held: dict[K, V] = {}
         self._held_at = -1  # the version number `_held` was read at
 
@@ -90,12 +101,26 @@ class ReadMemory(Generic[K, V]):
         """The answer for `key`: from memory when the file is unchanged, else read and kept."""
         number = self._version.current()
         if number != self._held_at:
-            self._held.clear()
+            self._forget()
             self._held_at = number
         found = self._held.get(key)
         if found is None:
             found = read(key)
-            if len(self._held) >= self._entries:
-                self._held.clear()
-            self._held[key] = found
+            self._keep(key, found)
         return found
+
+    def _keep(self, key: K, answer: V) -> None:
+        if self._size is not None:
+            size = self._size(answer)
+            if size * 10 > self._max_bytes:
+                return  # read again each time rather than crowd out every other answer
+            if self._bytes + size > self._max_bytes:
+                self._forget()
+            self._bytes += size
+        if len(self._held) >= self._entries:
+            self._forget()
+        self._held[key] = answer
+
+    def _forget(self) -> None:
+        self._held.clear()
+        self._bytes = 0

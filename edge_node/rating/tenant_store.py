@@ -42,7 +42,11 @@ from edge_node.rating.schema import RATING_COLUMNS
 log = logging.getLogger("edge_node.rating.store")
 T = TypeVar("T")
 SCORES_IN_MEMORY = 4096  # items whose scores one tenant file keeps between its changes
-PAGES_IN_MEMORY = 64  # pages of ratings one tenant file keeps (at most ~25 KiB each)
+# Pages of ratings one tenant file keeps: at most 256 KiB of them (a page of 50 ratings with
+# short comments is ~12 KiB; one above 25.6 KiB is read each time), so 256 open files hold
+# at most 64 MiB of pages.
+PAGES_IN_MEMORY = 64
+PAGES_IN_MEMORY_BYTES = 256 << 10
 # A page's key in memory: (the data keys' generation, item_id, user_id, after, limit).
 PageKey = tuple[int, str | None, str | None, tuple[int, str] | None, int]
 
@@ -82,7 +86,9 @@ class TenantStore(RatingReplication):
         self._scores: ReadMemory[str, tuple[ItemScore, bytes]] = ReadMemory(
             version, SCORES_IN_MEMORY
         )
-        self._pages: ReadMemory[PageKey, bytes] = ReadMemory(version, PAGES_IN_MEMORY)
+        self._pages: ReadMemory[PageKey, bytes] = ReadMemory(
+            version, PAGES_IN_MEMORY, size=len, max_bytes=PAGES_IN_MEMORY_BYTES
+        )
         self._close_after_batch = False
         self._in_batch = False  # a batch's write runs: its savepoint is the write's transaction
 

@@ -4,11 +4,13 @@ empties the memory, and a page's also goes when the node's data keys are dropped
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import orjson
 
 from edge_node.rating.model import RatingInput, decode_cursor
+from edge_node.rating.read_memory import FileVersion, ReadMemory
 from edge_node.rating.store import TenantStores
 from tests.cli.test_lifecycle import create_tenant
 from tests.served import NotifyListener, ServedNode
@@ -159,3 +161,28 @@ class TestAcrossWorkers:
                 status, page, _ = node.request("GET", f"{base}/ratings?limit=100", headers)
                 assert (status, len(page["ratings"])) == (200, number)
         assert node.stop() == 0
+
+
+class TestMemoryBounds:
+    def test_pages_kept_stay_within_their_byte_budget(self, tmp_path: Path) -> None:
+        """Pages are kept up to the byte budget, the memory starting over past it, and a page
+        too large to keep is still answered, read each time."""
+        version = FileVersion(sqlite3.connect(tmp_path / "f.sqlite"))
+        memory: ReadMemory[int, bytes] = ReadMemory(version, 100, size=len, max_bytes=1000)
+        reads: list[int] = []
+
+        def read(key: int) -> bytes:
+            reads.append(key)
+            return b"x" * key
+
+        for key in (60, 70, 80):  # 210 bytes: all kept
+            memory.get(key, read)
+        assert [memory.get(key, read) for key in (60, 70, 80)] == [b"x" * n for n in (60, 70, 80)]
+        assert reads == [60, 70, 80]
+        assert memory.get(101, read) == b"x" * 101  # above a tenth of the budget
+        assert memory.get(101, read) == b"x" * 101
+        assert reads == [60, 70, 80, 101, 101]
+        for key in range(81, 91):  # 855 bytes more: past the budget, the memory starts over
+            memory.get(key, read)
+        memory.get(60, read)
+        assert reads[-1] == 60
