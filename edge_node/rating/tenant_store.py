@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,18 +27,14 @@ from typing import Any, TypeVar
 import orjson
 
 from edge_node import sqlite
-from edge_node.clock import format_us, now_us
+from edge_node.clock import now_us
 from edge_node.crypto.sealing import TenantSealer
-from edge_node.errors import CommentUnreadable, KeyMaterialError
 from edge_node.rating.model import ItemScore, Rating, RatingInput, encode_cursor
 from edge_node.rating.pending import PendingUploads
 from edge_node.rating.read_memory import FileVersion, ReadMemory
 from edge_node.rating.replication import RatingReplication, rating_id
-from edge_node.rating.schema import RATING_COLUMNS
+from edge_node.rating.row_documents import PAGE_COLUMNS, RowDocuments
 
-# The logger these warnings had before this module was split out of store, which operators'
-# log queries may name.
-log = logging.getLogger("edge_node.rating.store")
 T = TypeVar("T")
 SCORES_IN_MEMORY = 4096  # items whose scores one tenant file keeps between its changes
 # Pages of ratings one tenant file keeps: at most 256 KiB of them (a page of 50 ratings with
@@ -86,6 +81,7 @@ class TenantStore(RatingReplication):
         self._scores: ReadMemory[str, tuple[ItemScore, bytes]] = ReadMemory(
             version, SCORES_IN_MEMORY
         )
+        self._rows = RowDocuments(sealer)
         self._pages: ReadMemory[PageKey, bytes] = ReadMemory(
             version, PAGES_IN_MEMORY, size=len, max_bytes=PAGES_IN_MEMORY_BYTES
         )
@@ -224,6 +220,40 @@ class TenantStore(RatingReplication):
         limit: int = 50,
     ) -> Page:
         """Live ratings in (created_at, id) order, strictly after the cursor position."""
+        rows, has_more = self._page_rows(item_id, user_id, after, limit)
+        last = (rows[-1][6], rows[-1][0]) if rows else None
+        return Page([self._rows.served(row) for row in rows], has_more, last)
+
+    def page_document(
+        self,
+        *,
+        item_id: str | None = None,
+        user_id: str | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> bytes:
+        """The page as the API's JSON document (`ratings`, `next_cursor`), encoded; from
+        memory while the file is unchanged and the node's data keys have not been dropped
+        since it was read (a comment shredded is never served from memory), else made of
+        its rows' objects (`edge_node.rating.row_documents`)."""
+        self._sealer.refresh()
+        key = (self._sealer.generation(), item_id, user_id, after, limit)
+        return self._pages.get(key, self._read_page_document)
+
+    def _read_page_document(self, key: PageKey) -> bytes:
+        _, item_id, user_id, after, limit = key
+        rows, has_more = self._page_rows(item_id, user_id, after, limit)
+        cursor = encode_cursor((rows[-1][6], rows[-1][0])) if has_more and rows else None
+        return self._rows.page(rows, cursor)
+
+    def _page_rows(
+        self,
+        item_id: str | None,
+        user_id: str | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> tuple[list[Any], bool]:
+        """Up to `limit` rows (PAGE_COLUMNS) of the page, and whether more follow."""
         clauses: list[str] = ["deleted = 0"]
         params: list[object] = []
         if item_id is not None:
@@ -236,56 +266,12 @@ class TenantStore(RatingReplication):
             clauses.append("(created_at, id) > (?, ?)")
             params.extend(after)
         rows = self._conn.execute(
-            f"SELECT {RATING_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
+            f"SELECT {PAGE_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
             " ORDER BY created_at, id LIMIT ?",
             (*params, limit + 1),
         ).fetchall()
         self._sealer.refresh()
-        shown = rows[:limit]
-        last = (shown[-1][6], shown[-1][0]) if shown else None
-        return Page([self._served(row) for row in shown], len(rows) > limit, last)
-
-    def page_document(
-        self,
-        *,
-        item_id: str | None = None,
-        user_id: str | None = None,
-        after: tuple[int, str] | None = None,
-        limit: int = 50,
-    ) -> bytes:
-        """The page as the API's JSON document (`ratings`, `next_cursor`), encoded; from
-        memory while the file is unchanged and the node's data keys have not been dropped
-        since it was read (a comment shredded is never served from memory)."""
-        self._sealer.refresh()
-        key = (self._sealer.generation(), item_id, user_id, after, limit)
-        return self._pages.get(key, self._read_page_document)
-
-    def _read_page_document(self, key: PageKey) -> bytes:
-        _, item_id, user_id, after, limit = key
-        page = self.page(item_id=item_id, user_id=user_id, after=after, limit=limit)
-        cursor = encode_cursor(page.last) if page.has_more and page.last else None
-        return orjson.dumps({"ratings": page.ratings, "next_cursor": cursor})
-
-    def _served(self, row: Sequence[Any]) -> dict[str, Any]:
-        """A row of RATING_COLUMNS as the API serves it (Rating.to_json's shape), its comment
-        opened; made straight from the row, with no Rating in between."""
-        rid, tenant_id, user_id, item_id, score, sealed, created_at, updated_at = row
-        document = {
-            "id": rid,
-            "tenant_id": tenant_id,
-            "user_id": user_id,
-            "item_id": item_id,
-            "score": score,
-            "comment": None,
-            "created_at": format_us(created_at),
-            "updated_at": format_us(updated_at),
-        }
-        try:
-            document["comment"] = self._sealer.open(rid, sealed)
-        except (CommentUnreadable, KeyMaterialError) as exc:
-            log.warning("comment of rating %s (tenant %s) unreadable: %s", rid, tenant_id, exc)
-            document["comment_unreadable"] = True
-        return document
+        return rows[:limit], len(rows) > limit
 
     def score(self, item_id: str) -> ItemScore:
         """The item's aggregates, from memory while the file is unchanged since they were read

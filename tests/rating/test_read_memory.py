@@ -11,6 +11,8 @@ import orjson
 
 from edge_node.rating.model import RatingInput, decode_cursor
 from edge_node.rating.read_memory import FileVersion, ReadMemory
+from edge_node.rating.replication import RatingRow, rating_id
+from edge_node.rating.row_documents import RowDocuments
 from edge_node.rating.store import TenantStores
 from tests.cli.test_lifecycle import create_tenant
 from tests.served import NotifyListener, ServedNode
@@ -90,6 +92,24 @@ class TestPagesInMemory:
         assert rest["next_cursor"] is None
         assert ratings_of(store.page_document(item_id="book")) == [("u1", 3), ("u3", 3)]
         assert ratings_of(store.page_document(user_id="u4")) == [("u4", 3)]
+
+    def test_a_downloaded_row_of_the_same_time_from_another_node_is_served(
+        self, tmp_path: Path
+    ) -> None:
+        """A row downloaded with the same updated_at as the one served, from another origin
+        that wins the tie, is a new state of the row: its page shows it, not the object
+        made of the state before."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        rid = rating_id(TENANT, "u", "book")
+
+        def downloaded(score: int, origin: str) -> RatingRow:
+            return RatingRow(rid, TENANT, "u", "book", score, None, 100, 100, origin, False)
+
+        assert store.apply_remote([downloaded(2, "a")]) == 1
+        assert ratings_of(store.page_document()) == [("u", 2)]
+        assert store.apply_remote([downloaded(5, "b")]) == 1
+        assert ratings_of(store.page_document()) == [("u", 5)]
+        assert ratings_of(store.page_document(limit=7)) == [("u", 5)]
 
 
 class TestScoresOnTheLoop:
@@ -186,3 +206,16 @@ class TestMemoryBounds:
             memory.get(key, read)
         memory.get(60, read)
         assert reads[-1] == 60
+
+    def test_row_objects_kept_stay_within_their_byte_budget(self, tmp_path: Path) -> None:
+        """Rows' objects are kept up to the byte budget and made again past it; pages made
+        of kept objects are the same bytes as pages made afresh."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        for number in range(20):
+            store.upsert(RatingInput(f"u{number}", "book", 3, "c" * 100))
+        fresh = store.page_document(limit=20)
+        rows = store._page_rows(None, None, None, 20)[0]
+        documents = RowDocuments(store._sealer, max_bytes=2000)
+        assert documents.page(rows, None) == fresh
+        assert documents.page(rows, None) == fresh  # each object kept or made again
+        assert documents._bytes <= 2000
