@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 ITEM = "bench-item"
 LIST_PAGE = 50
-SCENARIOS = ("get-score", "post-rating", "list-ratings")
+SCENARIOS = ("get-score", "post-rating", "list-ratings", "write-then-list")
 CHUNKS = 10  # turns the minimal app and the daemon take in one measurement
 Figures = dict[str, Any]  # wall_us, cpu_us, minimal_wall_us, minimal_cpu_us, failures
 
@@ -131,6 +131,13 @@ def get_request(path: str, api_key: str) -> bytes:
     ).encode()
 
 
+def post_request(path: str, api_key: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: edge\r\nUser-Agent: bench\r\nX-API-Key: {api_key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 def post_requests(path: str, api_key: str) -> Iterator[bytes]:
     """Rating writes in pairs on one (user, item): the first creates, the second updates."""
     for number in range(10**9):
@@ -138,10 +145,20 @@ def post_requests(path: str, api_key: str) -> Iterator[bytes]:
             f'{{"user_id":"bench-{number // 2}","item_id":"item-{number % 100}",'
             f'"score":{number % 5 + 1}}}'
         ).encode()
-        yield (
-            f"POST {path} HTTP/1.1\r\nHost: edge\r\nUser-Agent: bench\r\nX-API-Key: {api_key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+        yield post_request(path, api_key, body)
+
+
+def writes_then_pages(prefix: str, api_key: str) -> Iterator[bytes]:
+    """By turns, a write replacing the score of one of the first page's ratings, and that
+    page: every page is read after the tenant file changed, so the daemon serves none from
+    its memory of answers, and makes again only the object of the row written."""
+    page = get_request(f"{prefix}/ratings?item_id={ITEM}&limit={LIST_PAGE}", api_key)
+    for number in range(10**9):
+        body = (
+            f'{{"user_id":"seed-{number % LIST_PAGE}","item_id":"{ITEM}","score":{number % 5 + 1}}}'
+        ).encode()
+        yield post_request(f"{prefix}/ratings", api_key, body)
+        yield page
 
 
 def repeat(request: bytes) -> Iterator[bytes]:
@@ -168,6 +185,8 @@ def minimal_requests(scenario: str) -> Iterator[bytes]:
         return post_requests(f"{prefix}/ratings", "-")
     if scenario == "list-ratings":
         return repeat(get_request(f"{prefix}/ratings?item_id={ITEM}&limit={LIST_PAGE}", "-"))
+    if scenario == "write-then-list":
+        return writes_then_pages(prefix, "-")
     return repeat(get_request(f"{prefix}/items/{ITEM}/score", "-"))
 
 
@@ -196,6 +215,8 @@ def daemon_requests(scenario: str, prefix: str, api_key: str) -> Iterator[bytes]
         return post_requests(f"{prefix}/ratings", api_key)
     if scenario == "list-ratings":
         return repeat(get_request(f"{prefix}/ratings?item_id={ITEM}&limit={LIST_PAGE}", api_key))
+    if scenario == "write-then-list":
+        return writes_then_pages(prefix, api_key)
     return repeat(get_request(f"{prefix}/items/{ITEM}/score", api_key))
 
 
