@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install postgres citus promtool chromium faketime run test lint format bench report chaos clean
+.PHONY: install postgres citus promtool chromium faketime wrk run test lint format bench report chaos clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ chromium:
 faketime:
 	sh scripts/ensure-faketime.sh
 
+# wrk, the load generator the HTTP benchmarks prefer (bench/loadgen.py).
+wrk:
+	sh scripts/ensure-wrk.sh
+
 # Swagger UI for the API docs page, from the npm registry (scripts/vendor-swagger-ui.sh).
 .PHONY: swagger-ui
 swagger-ui:
@@ -55,12 +59,12 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install
+bench: install wrk
 	$(BIN)/python -m bench.http
 
 # Every benchmark in one run: docs/performance/README.md, its plots and results.json.
 # AGAINST=REV also measures that revision's request path in-process, in the same run.
-report: install
+report: install wrk
 	$(BIN)/python -m bench.report $(if $(AGAINST),--against $(AGAINST))
 
 # The long chaos run by hand: every fault schedule, ROUNDS times, DURATION seconds each.

@@ -15,113 +15,36 @@ best ratio counts. `--against REV` runs the same on the code of a git revision (
 worktree), in the same turns, so a before/after is read in one run. Figures: event-loop CPU
 µs per request (the loop's thread only: the queue's fsyncs run in a thread of their own) of
 each app, their ratio (minimal over edge-node), and edge-node's wall µs per request.
+
+`--callgrind SCENARIO --app daemon|minimal` serves one app only and counts its instructions
+under valgrind, which the machine's other work does not move (every thread's, the queue's
+writer included): run it as `valgrind --tool=callgrind --instr-atstart=no
+--callgrind-out-file=/dev/null python -m bench.request_path --callgrind get-score --app daemon
+--requests 2560` and divide the "Collected" figure valgrind prints by the requests. Counting
+is switched on after a warm-up of a quarter as many requests (`callgrind_control`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bench.in_memory import drive, get_request, post_request, repeat, running
 
 ROOT = Path(__file__).resolve().parent.parent
 ITEM = "bench-item"
 LIST_PAGE = 50
-SCENARIOS = ("get-score", "post-rating", "list-ratings")
+SCENARIOS = ("get-score", "post-rating", "list-ratings", "write-then-list")
 CHUNKS = 10  # turns the minimal app and the daemon take in one measurement
 Figures = dict[str, Any]  # wall_us, cpu_us, minimal_wall_us, minimal_cpu_us, failures
-
-
-class MemoryTransport(asyncio.Transport):
-    """One keep-alive connection in memory: each answer written sends the next request."""
-
-    def __init__(self, protocol: asyncio.Protocol, next_request: Callable[[], bytes | None]):
-        super().__init__()
-        self._protocol = protocol
-        self._next_request = next_request
-        self._written = bytearray()
-        self._closing = False
-        self.answers = 0
-        self.failures = 0
-        self.done = asyncio.get_running_loop().create_future()
-
-    def start(self) -> None:
-        self._protocol.connection_made(self)
-        self._send()
-
-    def _send(self) -> None:
-        request = self._next_request()
-        if request is None:
-            self._protocol.connection_lost(None)
-            self.done.set_result(None)
-        else:
-            self._protocol.data_received(request)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._written += data
-        while (end := self._written.find(b"\r\n\r\n")) >= 0:
-            head = bytes(self._written[:end]).lower()
-            length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-            if len(self._written) < end + 4 + length:
-                return
-            if not head.startswith(b"http/1.1 2"):
-                self.failures += 1
-            del self._written[: end + 4 + length]
-            self.answers += 1
-            asyncio.get_running_loop().call_soon(self._send)
-
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        self._closing = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-async def drive(server: Any, requests: Iterator[bytes], connections: int, count: int) -> Figures:
-    """Send `count` requests over `connections` connections; time them."""
-    sent = 0
-
-    def next_request() -> bytes | None:
-        nonlocal sent
-        if sent >= count:
-            return None
-        sent += 1
-        return next(requests)
-
-    transports = [MemoryTransport(server(), next_request) for _ in range(connections)]
-    wall, cpu = time.perf_counter(), time.thread_time()
-    for transport in transports:
-        transport.start()
-    await asyncio.gather(*(transport.done for transport in transports))
-    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-    failures = sum(transport.failures for transport in transports)
-    return {"wall_us": wall / count * 1e6, "cpu_us": cpu / count * 1e6, "failures": failures}
-
-
-def get_request(path: str, api_key: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: edge\r\nUser-Agent: bench\r\nX-API-Key: {api_key}\r\n\r\n"
-    ).encode()
 
 
 def post_requests(path: str, api_key: str) -> Iterator[bytes]:
@@ -131,27 +54,20 @@ def post_requests(path: str, api_key: str) -> Iterator[bytes]:
             f'{{"user_id":"bench-{number // 2}","item_id":"item-{number // 2 % 100}",'
             f'"score":{number % 5 + 1}}}'
         ).encode()
-        yield (
-            f"POST {path} HTTP/1.1\r\nHost: edge\r\nUser-Agent: bench\r\nX-API-Key: {api_key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
+        yield post_request(path, api_key, body)
 
 
-def repeat(request: bytes) -> Iterator[bytes]:
-    while True:
-        yield request
-
-
-@contextlib.asynccontextmanager
-async def running(app: Any) -> Any:
-    from aiohttp import web  # noqa: PLC0415 - imported from the tree being measured
-
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        yield runner.server
-    finally:
-        await runner.cleanup()
+def writes_then_pages(prefix: str, api_key: str) -> Iterator[bytes]:
+    """By turns, a write replacing the score of one of the first page's ratings, and that
+    page: every page is read after the tenant file changed, so the daemon serves none from
+    its memory of answers, and makes again only the object of the row written."""
+    page = get_request(f"{prefix}/ratings?item_id={ITEM}&limit={LIST_PAGE}", api_key)
+    for number in range(10**9):
+        body = (
+            f'{{"user_id":"seed-{number % LIST_PAGE}","item_id":"{ITEM}","score":{number % 5 + 1}}}'
+        ).encode()
+        yield post_request(f"{prefix}/ratings", api_key, body)
+        yield page
 
 
 def minimal_requests(scenario: str) -> Iterator[bytes]:
@@ -161,6 +77,8 @@ def minimal_requests(scenario: str) -> Iterator[bytes]:
         return post_requests(f"{prefix}/ratings", "-")
     if scenario == "list-ratings":
         return repeat(get_request(f"{prefix}/ratings?item_id={ITEM}&limit={LIST_PAGE}", "-"))
+    if scenario == "write-then-list":
+        return writes_then_pages(prefix, "-")
     return repeat(get_request(f"{prefix}/items/{ITEM}/score", "-"))
 
 
@@ -189,6 +107,8 @@ def daemon_requests(scenario: str, prefix: str, api_key: str) -> Iterator[bytes]
         return post_requests(f"{prefix}/ratings", api_key)
     if scenario == "list-ratings":
         return repeat(get_request(f"{prefix}/ratings?item_id={ITEM}&limit={LIST_PAGE}", api_key))
+    if scenario == "write-then-list":
+        return writes_then_pages(prefix, api_key)
     return repeat(get_request(f"{prefix}/items/{ITEM}/score", api_key))
 
 
@@ -229,6 +149,33 @@ async def measure_pair(scenario: str, count: int, connections: int, data_dir: Pa
 async def measure_one(scenario: str, count: int, connections: int) -> Figures:
     with tempfile.TemporaryDirectory(prefix="edge-node-request-path-") as scratch:
         return await measure_pair(scenario, count, connections, Path(scratch))
+
+
+async def counted(scenario: str, app_name: str, count: int, connections: int) -> None:
+    """Serve `scenario` with one app, valgrind's instruction counting on for `count` requests."""
+    with tempfile.TemporaryDirectory(prefix="edge-node-request-path-") as scratch:
+        if app_name == "minimal":
+            from bench.minimal_app import create_app as minimal_app  # noqa: PLC0415
+
+            app, requests, meter, storage = minimal_app(), minimal_requests(scenario), None, None
+        else:
+            app, storage, meter, prefix, api_key = await seeded_daemon(Path(scratch))
+            requests = daemon_requests(scenario, prefix, api_key)
+        try:
+            async with running(app) as server:
+                await drive(server, requests, connections, count // 4)  # warm-up
+                _callgrind("--instr=on")
+                await drive(server, requests, connections, count)
+                _callgrind("--instr=off")
+        finally:
+            if meter is not None:
+                await meter.close()
+            if storage is not None:
+                storage.close()
+
+
+def _callgrind(switch: str) -> None:
+    subprocess.run(["callgrind_control", switch, str(os.getpid())], check=True)
 
 
 def child(scenario: str, count: int, connections: int, profile: str | None) -> None:
@@ -282,7 +229,8 @@ def revision_tree(revision: str | None) -> Iterator[Path | None]:
             capture_output=True,
         )
         try:
-            for name in ("request_path.py", "minimal_app.py"):  # one benchmark, one baseline
+            # One benchmark, one baseline, one way of driving them.
+            for name in ("request_path.py", "in_memory.py", "minimal_app.py"):
                 (tree / "bench" / name).write_bytes((Path(__file__).parent / name).read_bytes())
             yield tree
         finally:
@@ -350,7 +298,16 @@ def main() -> None:
     parser.add_argument("--against", help="a git revision to measure in the same run")
     parser.add_argument("--profile", help="profile one scenario in-process to this file")
     parser.add_argument("--scenario", default="get-score", help="the scenario --profile runs")
+    parser.add_argument(
+        "--callgrind", choices=SCENARIOS, help="count one scenario's instructions under valgrind"
+    )
+    parser.add_argument("--app", choices=("daemon", "minimal"), default="daemon")
     args = parser.parse_args()
+    if args.callgrind:
+        import uvloop  # noqa: PLC0415
+
+        uvloop.run(counted(args.callgrind, args.app, args.requests, args.connections))
+        return
     if args.profile:
         child(args.scenario, args.requests, args.connections, args.profile)
         return

@@ -90,6 +90,7 @@ class Keyring(KeyReplication):
         # Per tenant: sealed-comment header -> key. Cleared in place, so sealers see it.
         self._ciphers: dict[str, dict[bytes, AESGCM]] = {}
         self._opened: dict[tuple[str, str, bytes], str] = {}  # shared by every tenant's sealer
+        self.forgotten = 0  # how often keys and opened comments were dropped from memory
 
     @property
     def path(self) -> Path:
@@ -109,6 +110,7 @@ class Keyring(KeyReplication):
             lambda: self.current(tenant_id),
             lambda key_id: self.cipher(tenant_id, key_id),
             refresh=self.refresh,
+            generation=lambda: self.forgotten,
             ciphers=self._ciphers.setdefault(tenant_id, {}),
             opened=self._opened,
         )
@@ -299,6 +301,7 @@ class Keyring(KeyReplication):
         self._forget()
 
     def _forget(self) -> None:
+        self.forgotten += 1
         self._current.clear()
         for ciphers in self._ciphers.values():
             ciphers.clear()

@@ -54,12 +54,18 @@ def _no_refresh() -> None:
     return None
 
 
+def _no_generation() -> int:
+    return 0
+
+
 class TenantSealer:
     """Seals and opens one tenant's comments.
 
     `current` gives the key new comments are sealed with, as (key id, AESGCM); `lookup`
     finds the key a sealed comment names (None when this node does not hold it); `refresh`,
-    called once before each store operation, drops keys another process destroyed. `ciphers`
+    called once before each store operation, drops keys another process destroyed, and
+    `generation` counts how often keys and opened comments were dropped (a page of opened
+    comments kept in memory is good for one generation only). `ciphers`
     (header -> key) is the sealer's memory of keys found, and `opened` the memory of comments
     opened, keyed by (tenant, rating id, sealed bytes); their owner clears both when keys are
     destroyed, and may share `opened` between tenants (the key names the tenant).
@@ -75,6 +81,7 @@ class TenantSealer:
         "_current",
         "_lookup",
         "_opened",
+        "generation",
         "refresh",
         "tenant_id",
     )
@@ -86,6 +93,7 @@ class TenantSealer:
         lookup: Callable[[str], AESGCM | None],
         *,
         refresh: Callable[[], None] = _no_refresh,
+        generation: Callable[[], int] = _no_generation,
         ciphers: dict[bytes, AESGCM] | None = None,
         opened: dict[tuple[str, str, bytes], str] | None = None,
     ) -> None:
@@ -94,6 +102,7 @@ class TenantSealer:
         self._current = current
         self._lookup = lookup
         self.refresh = refresh
+        self.generation = generation
         self._ciphers: dict[bytes, AESGCM] = {} if ciphers is None else ciphers
         self._opened: dict[tuple[str, str, bytes], str] = {} if opened is None else opened
 

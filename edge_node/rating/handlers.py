@@ -18,7 +18,6 @@ from edge_node.rating.model import (
     check_id,
     check_uuid,
     decode_cursor,
-    encode_cursor,
     parse_limit,
     parse_rating,
 )
@@ -81,22 +80,17 @@ async def list_ratings(request: web.Request, context: TenantContext) -> web.Stre
     item_id = query.get("item_id")
     user_id = query.get("user_id")
     cursor = query.get("cursor")
-    page = (
+    document = (
         request.app[STORES_KEY]
         .get(context.tenant_id)
-        .page(
+        .page_document(
             item_id=None if item_id is None else check_id("item_id", item_id),
             user_id=None if user_id is None else check_id("user_id", user_id),
             after=None if cursor is None else decode_cursor(cursor),
             limit=parse_limit(query.get("limit")),
         )
     )
-    return json_response(
-        {
-            "ratings": page.ratings,
-            "next_cursor": encode_cursor(page.last) if page.has_more and page.last else None,
-        }
-    )
+    return encoded_json_response(document)
 
 
 @guarded("reader", SCORE_READ)

@@ -1,7 +1,8 @@
 """One tenant's ratings file: group-committed writes, reads, and the rating queries.
 
-A score read is one primary-key lookup: the aggregates are kept by triggers (`schema`), and
-kept in memory until the file changes (`score`).
+A score read is one primary-key lookup: the aggregates are kept by triggers (`schema`). Score
+reads and pages of ratings are kept in memory, as the JSON documents the API serves, until
+the file changes (`read_memory`; a page also until the node's data keys do).
 Deletes are tombstones (`deleted = 1`, comment erased) so sync can carry them to other
 replicas; tombstoned rows are invisible to every read. Every local change records its rating
 in the outbox in the same transaction (`replication`, which this store inherits).
@@ -17,22 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from edge_node import sqlite
-from edge_node.clock import format_us, now_us
+from edge_node.clock import now_us
 from edge_node.crypto.sealing import TenantSealer
-from edge_node.errors import CommentUnreadable, KeyMaterialError
-from edge_node.rating.model import ItemScore, Rating, RatingInput
+from edge_node.rating.model import ItemScore, Rating, RatingInput, encode_cursor
 from edge_node.rating.pending import PendingUploads
+from edge_node.rating.read_memory import FileVersion, ReadMemory
 from edge_node.rating.replication import RatingReplication, rating_id
-from edge_node.rating.schema import RATING_COLUMNS
-from edge_node.rating.score_memory import ScoreMemory
+from edge_node.rating.row_documents import PAGE_COLUMNS, RowDocuments
 
 _FIND = (
     "SELECT id, created_at, updated_at, deleted FROM ratings"
@@ -52,10 +53,15 @@ _REVIVE = (
     " origin_node = ?4, deleted = 0 WHERE id = ?5"
 )
 
-# The logger these warnings had before this module was split out of store, which operators'
-# log queries may name.
-log = logging.getLogger("edge_node.rating.store")
 T = TypeVar("T")
+SCORES_IN_MEMORY = 4096  # items whose scores one tenant file keeps between its changes
+# Pages of ratings one tenant file keeps: at most 256 KiB of them (a page of 50 ratings with
+# short comments is ~12 KiB; one above 25.6 KiB is read each time), so 256 open files hold
+# at most 64 MiB of pages.
+PAGES_IN_MEMORY = 64
+PAGES_IN_MEMORY_BYTES = 256 << 10
+# A page's key in memory: (the data keys' generation, item_id, user_id, after, limit).
+PageKey = tuple[int, str | None, str | None, tuple[int, str] | None, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +95,14 @@ class TenantStore(RatingReplication):
         self._pending = pending
         self.dirty = False  # written since the last background checkpoint was scheduled
         self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._scores = ScoreMemory(conn, self._read_score)
+        version = FileVersion(conn)
+        self._scores: ReadMemory[str, tuple[ItemScore, bytes]] = ReadMemory(
+            version, SCORES_IN_MEMORY
+        )
+        self._rows = RowDocuments(sealer)
+        self._pages: ReadMemory[PageKey, bytes] = ReadMemory(
+            version, PAGES_IN_MEMORY, size=len, max_bytes=PAGES_IN_MEMORY_BYTES
+        )
         self._close_after_batch = False
         self._in_batch = False  # a batch's write runs: its savepoint is the write's transaction
         self._outbox_seen = False
@@ -215,6 +228,40 @@ class TenantStore(RatingReplication):
         limit: int = 50,
     ) -> Page:
         """Live ratings in (created_at, id) order, strictly after the cursor position."""
+        rows, has_more = self._page_rows(item_id, user_id, after, limit)
+        last = (rows[-1][6], rows[-1][0]) if rows else None
+        return Page([self._rows.served(row) for row in rows], has_more, last)
+
+    def page_document(
+        self,
+        *,
+        item_id: str | None = None,
+        user_id: str | None = None,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> bytes:
+        """The page as the API's JSON document (`ratings`, `next_cursor`), encoded; from
+        memory while the file is unchanged and the node's data keys have not been dropped
+        since it was read (a comment shredded is never served from memory), else made of
+        its rows' objects (`edge_node.rating.row_documents`)."""
+        self._sealer.refresh()
+        key = (self._sealer.generation(), item_id, user_id, after, limit)
+        return self._pages.get(key, self._read_page_document)
+
+    def _read_page_document(self, key: PageKey) -> bytes:
+        _, item_id, user_id, after, limit = key
+        rows, has_more = self._page_rows(item_id, user_id, after, limit)
+        cursor = encode_cursor((rows[-1][6], rows[-1][0])) if has_more and rows else None
+        return self._rows.page(rows, cursor)
+
+    def _page_rows(
+        self,
+        item_id: str | None,
+        user_id: str | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> tuple[list[Any], bool]:
+        """Up to `limit` rows (PAGE_COLUMNS) of the page, and whether more follow."""
         clauses: list[str] = ["deleted = 0"]
         params: list[object] = []
         if item_id is not None:
@@ -227,46 +274,27 @@ class TenantStore(RatingReplication):
             clauses.append("(created_at, id) > (?, ?)")
             params.extend(after)
         rows = self._conn.execute(
-            f"SELECT {RATING_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
+            f"SELECT {PAGE_COLUMNS} FROM ratings WHERE {' AND '.join(clauses)}"  # noqa: S608
             " ORDER BY created_at, id LIMIT ?",
             (*params, limit + 1),
         ).fetchall()
         self._sealer.refresh()
-        shown = rows[:limit]
-        last = (shown[-1][6], shown[-1][0]) if shown else None
-        return Page([self._served(row) for row in shown], len(rows) > limit, last)
-
-    def _served(self, row: Sequence[Any]) -> dict[str, Any]:
-        """A row of RATING_COLUMNS as the API serves it (Rating.to_json's shape), its comment
-        opened; made straight from the row, with no Rating in between."""
-        rid, tenant_id, user_id, item_id, score, sealed, created_at, updated_at = row
-        document = {
-            "id": rid,
-            "tenant_id": tenant_id,
-            "user_id": user_id,
-            "item_id": item_id,
-            "score": score,
-            "comment": None,
-            "created_at": format_us(created_at),
-            "updated_at": format_us(updated_at),
-        }
-        try:
-            document["comment"] = self._sealer.open(rid, sealed)
-        except (CommentUnreadable, KeyMaterialError) as exc:
-            log.warning("comment of rating %s (tenant %s) unreadable: %s", rid, tenant_id, exc)
-            document["comment_unreadable"] = True
-        return document
+        return rows[:limit], len(rows) > limit
 
     def score(self, item_id: str) -> ItemScore:
         """The item's aggregates, from memory while the file is unchanged since they were read
-        (`edge_node.rating.score_memory` says how a change by any process is noticed)."""
-        return self._scores.score(item_id)
+        (`edge_node.rating.read_memory` says how a change by any process is noticed)."""
+        return self._scores.get(item_id, self._read_score)[0]
 
     def score_document(self, item_id: str) -> bytes:
         """The item's score as the API's JSON document, encoded; as fresh as `score`."""
-        return self._scores.document(item_id)
+        return self._scores.get(item_id, self._read_score)[1]
 
-    def _read_score(self, item_id: str) -> ItemScore:
+    def _read_score(self, item_id: str) -> tuple[ItemScore, bytes]:
+        score = self._score_row(item_id)
+        return score, orjson.dumps(score.to_json())
+
+    def _score_row(self, item_id: str) -> ItemScore:
         row = self._conn.execute(
             "SELECT count, total, s1, s2, s3, s4, s5 FROM item_scores"
             " WHERE tenant_id = ? AND item_id = ?",

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from edge_node.config import Config, load_config
@@ -251,6 +252,27 @@ class TestCryptoShredding:
             time.sleep(REFRESH_INTERVAL_SECONDS)
             ratings = serving.get(tenant_id).page().ratings
             assert [(r["comment"], r.get("comment_unreadable")) for r in ratings] == [
+                (None, True)
+            ] * 3
+
+    def test_a_shred_by_another_process_reaches_the_pages_kept_in_memory(
+        self, tmp_path: Path
+    ) -> None:
+        """A page of comments the API has served, kept in memory as its encoded answer, is
+        served unreadable once another process has shredded the tenant, within the key
+        ring's refresh interval, though the tenant's file did not change."""
+        config = config_of(tmp_path)
+        tenant_id = "55555555-5555-4555-8555-555555555555"
+        write_comments(config, tenant_id)
+        with stores_of(config) as serving:
+            served = orjson.loads(serving.get(tenant_id).page_document())["ratings"]
+            assert [r["comment"] for r in served] == ["comment 0", "comment 1", "comment 2"]
+            other_process = open_keyring(config)
+            other_process.shred(tenant_id)
+            other_process.close()
+            time.sleep(REFRESH_INTERVAL_SECONDS)
+            served = orjson.loads(serving.get(tenant_id).page_document())["ratings"]
+            assert [(r["comment"], r.get("comment_unreadable")) for r in served] == [
                 (None, True)
             ] * 3
 
