@@ -150,8 +150,10 @@ class WriteAheadQueue:
     def append_shared_many(
         self, payloads: list[bytes], timestamps_ms: list[int]
     ) -> asyncio.Future[int]:
-        """`append_shared` of several records at once, in order: all are queued or, raising
-        as append_nowait does, none."""
+        """`append_shared` of several records at once (at least one), in order: all are
+        queued or, raising as append_nowait does, none."""
+        if not payloads:
+            raise ValueError("append_shared_many needs at least one record")
         size = sum(map(self._admit, payloads, timestamps_ms))
         if self._reserved_bytes + size > self.settings.max_bytes:  # each fits, not all
             raise QueueFull(

@@ -46,10 +46,13 @@ class BatchWait(asyncio.Future[int]):
         return False
 
     def _expire(self) -> None:
-        if not self.done():
-            self.expired = True
+        if self.done():
+            return
+        self.expired = True
+        try:
             if self._on_expire is not None:
                 self._on_expire()
+        finally:  # its waiters learn it whatever the hook did
             self.set_exception(TimeoutError())
 
     def _settle(self, durable: asyncio.Future[int]) -> None:

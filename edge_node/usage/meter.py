@@ -187,7 +187,7 @@ class Meter:
                     "written once storage takes writes again",
                     slug="usage-pending",
                 ) from None
-            except QueueError as exc:
+            except Exception as exc:  # the batch could not be appended, or its commit failed
                 self._failed(exc)
                 raise _not_recorded() from exc
         else:
@@ -216,7 +216,7 @@ class Meter:
             return
         try:
             durable = self._append(batch.events)
-        except QueueError as exc:
+        except Exception as exc:  # its requests answer 503, never wait out the timer
             batch.wait.fail(exc)
             return
         batch.wait.follow(durable)

@@ -42,7 +42,7 @@ _COUNTS = struct.Struct("<QQ")
 _COUNTS_AT = 48  # offset of (events, units) within a slot
 INITIAL_SLOTS = 1024
 SYNC_EVERY_SECONDS = 5.0
-SYNC_CHECK_EVERY = 1024  # adds between looks at the clock
+SYNC_CHECK_EVERY = 1024  # requests counted between looks at the clock
 DAY_MS = 86_400_000
 
 
@@ -98,11 +98,11 @@ class ServedCounter:
         offset = _HEADER.size + index * _SLOT.size + _COUNTS_AT
         served, total = _COUNTS.unpack_from(self._map, offset)
         _COUNTS.pack_into(self._map, offset, served + events, total + units)
-        self._adds += 1
-        if self._adds % SYNC_CHECK_EVERY == 0 and (
-            time.monotonic() - self._synced_at >= SYNC_EVERY_SECONDS
-        ):
-            self.sync()
+        self._adds += events  # requests counted since the clock was last looked at
+        if self._adds >= SYNC_CHECK_EVERY:
+            self._adds = 0
+            if time.monotonic() - self._synced_at >= SYNC_EVERY_SECONDS:
+                self.sync()
 
     def sync(self) -> None:
         """Write the counts back to disk (for power loss; a killed process loses nothing)."""

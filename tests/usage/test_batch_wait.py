@@ -58,6 +58,25 @@ class TestBatchWait:
         await asyncio.sleep(0)
         assert seen == ["expired", "timed out"]
 
+    async def test_a_failing_expiry_hook_still_ends_the_wait(self) -> None:
+        """Whatever the hook raises (reported by the loop), the requests learn the wait ran
+        out rather than wait on."""
+        loop = asyncio.get_running_loop()
+        reported: list[object] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context["exception"]))
+
+        def broken() -> None:
+            raise OSError("counts file unreadable")
+
+        try:
+            wait = BatchWait(loop, 0.05, on_expire=broken)
+            await asyncio.sleep(0.2)
+        finally:
+            loop.set_exception_handler(None)
+        assert wait.done()
+        assert isinstance(wait.exception(), TimeoutError)
+        assert [str(error) for error in reported] == ["counts file unreadable"]
+
     async def test_a_batch_that_could_not_be_appended_fails_its_requests(self) -> None:
         """`fail` ends the wait of every request with the append's error, before the timer."""
         wait = BatchWait(asyncio.get_running_loop(), 5)
