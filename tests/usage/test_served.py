@@ -92,13 +92,14 @@ class TestCounts:
                 synced.append(1)
                 super().sync()
 
-        counter = Watched(counts_path(tmp_path))
+        path = counts_path(tmp_path / "queue" / "worker-0")
+        counter = Watched(path)
         for _ in range(SYNC_CHECK_EVERY // 64 - 1):
             counter.add("t", 1_700_000_000_000, 64, events=64)
         assert synced == []
         counter.add("t", 1_700_000_000_000, 64, events=64)
         assert synced == [1]
         counter.close()
-        assert read_counts(counts_path(tmp_path)) == [
+        assert read_counts(path) == [
             ("t", 1_700_000_000_000 // 86_400_000, SYNC_CHECK_EVERY, SYNC_CHECK_EVERY)
         ]
