@@ -28,8 +28,8 @@ The ledger has a connection of its own (the request path never waits on its writ
 called from one thread at a time (sync/billing/ledger_thread.py, off the event loop). It
 owns the `billing` component of node.sqlite (its migrations below, applied when it opens;
 edge_node.node_database), and keeps its planning positions in node.sqlite's named values,
-in the transactions that plan. Times are microseconds since the epoch; window_start and
-stamp are Unix seconds.
+in the transactions that plan (sync/billing/queue_positions.py). Times are microseconds
+since the epoch; window_start and stamp are Unix seconds.
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ from pathlib import Path
 from typing import Literal
 
 from edge_node import sqlite
-from edge_node.node_database import delete_value, open_node_database, read_value, write_value
+from edge_node.node_database import open_node_database, read_value, write_value
 from edge_node.tenants import billing_periods
 from edge_node.tenants.billing_periods import TenantPeriods
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing.clock import HIGH_WATER
 from sync.billing.periods import Placement, Stamp
 from sync.billing.plan import PlannedRange
+from sync.billing.queue_positions import QueuePositions
 from sync.stripe.catalog import included_event_name
 from sync.stripe.periods import SubscriptionPeriods
 
@@ -107,9 +108,6 @@ MIGRATIONS = (
     """,
 )
 BatchState = Literal["planned", "sent", "confirmed", "set_aside"]
-PLANNED_THROUGH = "billing.planned_through."
-PLANNED_LAST = "billing.planned_last."  # fingerprint of the record planned_through names
-QUEUE_EPOCH = "billing.queue_epoch."
 # Written exactly like the partial index billing_ledger_open, so SQLite can use it.
 OPEN = "state IN ('planned', 'sent')"
 _COLUMNS = (
@@ -158,6 +156,7 @@ class BillingLedger:
         self._conn = conn
         self._tenants = TenantRegistry(conn)
         self.periods = TenantPeriods(conn)  # what webhooks said of periods and invoices
+        self.positions = QueuePositions(conn)  # where planning stands in each queue
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> BillingLedger:
@@ -178,17 +177,6 @@ class BillingLedger:
     def ended_unread(self, now: float) -> list[str]:
         """Customers whose periods are to be read again (edge_node/tenants/billing_periods.py)."""
         return billing_periods.ended_unread(self._conn, now)
-
-    def planned_through(self, queue: str) -> int:
-        """The last queue record planned (0: none); records up to it are in the ledger."""
-        mark = read_value(self._conn, PLANNED_THROUGH + queue)
-        if mark is not None:
-            return int(mark)
-        # No mark (written with every plan): only a hand-edited database gets here.
-        (ledger_max,) = self._conn.execute(
-            "SELECT max(last_seq) FROM billing_ledger WHERE queue = ?", (queue,)
-        ).fetchone()
-        return int(ledger_max or 0)
 
     def record_plan(self, planned: PlannedRange, now_us: int) -> int:
         """Write a range's batches (state planned, the tenant's Stripe customer if it has
@@ -227,35 +215,8 @@ class BillingLedger:
                         json.dumps(dict(batch.operations)) if batch.operations else None,
                     ),
                 ).rowcount
-            self._set_state(PLANNED_THROUGH + planned.queue, str(planned.last_seq))
-            self._set_state(PLANNED_LAST + planned.queue, planned.last_fingerprint)
+            self.positions.mark_planned(planned)
         return written
-
-    def queue_epoch(self, queue: str) -> int:
-        """The queue's numbering: 0, plus one for every restart of it behind the ledger."""
-        return int(self._state(QUEUE_EPOCH + queue) or 0)
-
-    def planned_fingerprint(self, queue: str) -> str | None:
-        """The fingerprint of the last record planned (sync/billing_plan.record_fingerprint);
-        None when the ledger predates fingerprints or nothing was planned."""
-        return self._state(PLANNED_LAST + queue) or None
-
-    def renumber(self, queue: str, planned_through: int) -> int:
-        """The queue's numbering restarted: start a new epoch, in which records after
-        `planned_through` are planned afresh (their identifiers name the epoch, so none
-        repeats one of an earlier numbering); the new epoch."""
-        with sqlite.transaction(self._conn):
-            epoch = self.queue_epoch(queue) + 1
-            self._set_state(QUEUE_EPOCH + queue, str(epoch))
-            self._set_state(PLANNED_THROUGH + queue, str(planned_through))
-            delete_value(self._conn, PLANNED_LAST + queue)
-        return epoch
-
-    def _state(self, name: str) -> str | None:
-        return read_value(self._conn, name)
-
-    def _set_state(self, name: str, value: str) -> None:
-        write_value(self._conn, name, value)
 
     def attach_customers(self) -> int:
         """Give planned batches of tenants provisioned since their tenant's Stripe customer;
@@ -426,18 +387,6 @@ class BillingLedger:
         with sqlite.transaction(self._conn):
             if seconds > float(read_value(self._conn, HIGH_WATER) or 0.0):
                 write_value(self._conn, HIGH_WATER, repr(seconds))
-
-    def commit_point(self, queue: str) -> int:
-        """The queue position billing may commit: just before the oldest range of the current
-        numbering that still has a batch planned or sent; else everything planned. (Batches
-        of an earlier numbering name records the queue no longer holds.)"""
-        (oldest,) = self._conn.execute(
-            "SELECT min(first_seq) FROM billing_ledger"
-            " WHERE state IN ('planned', 'sent') AND queue = ? AND queue_epoch = ?",
-            (queue, self.queue_epoch(queue)),
-        ).fetchone()
-        planned = self.planned_through(queue)
-        return planned if oldest is None else min(planned, int(oldest) - 1)
 
     def _update(self, statement: str, parameters: tuple[object, ...]) -> None:
         with sqlite.transaction(self._conn):
