@@ -33,7 +33,8 @@ from edge_node.queue import ConsumerQueue, QueueCorruption, Record
 from edge_node.usage.meter import BILLING_CONSUMER
 from sync.backoff import Backoff
 from sync.billing.clock import HorizonClock
-from sync.billing.ledger import BillingLedger, LedgerBatch
+from sync.billing.ledger import BillingLedger
+from sync.billing.ledger_batch import LedgerBatch
 from sync.billing.ledger_thread import AsyncLedger
 from sync.billing.periods import StampSlot
 from sync.billing.plan import UsagePlanner, record_fingerprint

@@ -38,9 +38,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from edge_node import sqlite
 from edge_node.node_database import open_node_database, read_value, write_value
@@ -48,7 +46,8 @@ from edge_node.tenants import billing_periods
 from edge_node.tenants.billing_periods import TenantPeriods
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing.clock import HIGH_WATER
-from sync.billing.periods import Placement, Stamp
+from sync.billing.ledger_batch import BATCH_COLUMNS, LedgerBatch
+from sync.billing.periods import Stamp
 from sync.billing.plan import PlannedRange
 from sync.billing.queue_positions import QueuePositions
 from sync.stripe.catalog import included_event_name
@@ -107,44 +106,8 @@ MIGRATIONS = (
     ALTER TABLE billing_ledger ADD COLUMN operations TEXT;
     """,
 )
-BatchState = Literal["planned", "sent", "confirmed", "set_aside"]
 # Written exactly like the partial index billing_ledger_open, so SQLite can use it.
 OPEN = "state IN ('planned', 'sent')"
-_COLUMNS = (
-    "identifier, tenant_id, customer_id, event_name, window_start, value, events, queue,"
-    " first_seq, last_seq, state, attempts, planned_at, first_sent_at, confirmed_at,"
-    " set_aside_reason, stamp, placement, stripe_identifier"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerBatch:
-    """A ledger row: a batch and where it stands."""
-
-    identifier: str
-    tenant_id: str
-    customer_id: str | None
-    event_name: str
-    window_start: int
-    value: int
-    events: int
-    queue: str
-    first_seq: int
-    last_seq: int
-    state: BatchState
-    attempts: int
-    planned_at: int
-    first_sent_at: int | None
-    confirmed_at: int | None
-    set_aside_reason: str | None
-    stamp: int | None = None  # the timestamp sent (sync/billing/periods.py), once sent
-    placement: Placement | None = None
-    stripe_identifier: str | None = None  # None: Stripe holds it under `identifier`
-
-    @property
-    def sent_identifier(self) -> str:
-        """The meter event identifier Stripe knows this batch by."""
-        return self.stripe_identifier or self.identifier
 
 
 class BillingLedger:
@@ -244,7 +207,7 @@ class BillingLedger:
         skip = sorted(set(skip_customers))
         marks = ", ".join("?" * len(skip))
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+            f"SELECT {BATCH_COLUMNS} FROM billing_ledger"  # noqa: S608
             f" WHERE {OPEN} AND queue = ? AND customer_id IS NOT NULL"
             f" AND customer_id NOT IN ({marks})"
             " ORDER BY first_seq, window_start, identifier LIMIT ?",
@@ -255,7 +218,7 @@ class BillingLedger:
     def open_batches(self, queue: str | None = None) -> list[LedgerBatch]:
         """Every batch planned or sent (of one queue, or all), oldest first."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM billing_ledger WHERE {OPEN}"  # noqa: S608
+            f"SELECT {BATCH_COLUMNS} FROM billing_ledger WHERE {OPEN}"  # noqa: S608
             " AND (? IS NULL OR queue = ?) ORDER BY first_seq, window_start, identifier",
             (queue, queue),
         ).fetchall()
@@ -263,7 +226,7 @@ class BillingLedger:
 
     def get(self, identifier: str) -> LedgerBatch | None:
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM billing_ledger WHERE identifier = ?",  # noqa: S608
+            f"SELECT {BATCH_COLUMNS} FROM billing_ledger WHERE identifier = ?",  # noqa: S608
             (identifier,),
         ).fetchone()
         return LedgerBatch(*row) if row else None
@@ -325,7 +288,7 @@ class BillingLedger:
         with sqlite.transaction(self._conn):
             for identifier, reason in errors:
                 row = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+                    f"SELECT {BATCH_COLUMNS} FROM billing_ledger"  # noqa: S608
                     " WHERE coalesce(stripe_identifier, identifier) = ?"
                     " AND state != 'set_aside'",
                     (identifier,),
@@ -347,7 +310,7 @@ class BillingLedger:
         """What this node sent the customer's meter with stamps in [start, end): the units
         Stripe confirmed, and the batches whose outcome is unknown."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+            f"SELECT {BATCH_COLUMNS} FROM billing_ledger"  # noqa: S608
             " WHERE customer_id = ? AND event_name = ? AND stamp >= ? AND stamp < ?"
             " AND state IN ('sent', 'confirmed')",
             (customer_id, event_name, start, end),
