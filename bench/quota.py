@@ -31,7 +31,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.request_path import ITEM, drive, get_request, repeat, running
+from bench.in_memory import drive, get_request, repeat, running
+from bench.request_path import ITEM
 
 CHUNKS = 12
 # Each chunk runs the three tenants in one of these orders, so none is always first or last.

@@ -27,17 +27,17 @@ is switched on after a warm-up of a quarter as many requests (`callgrind_control
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bench.in_memory import drive, get_request, post_request, repeat, running
 
 ROOT = Path(__file__).resolve().parent.parent
 ITEM = "bench-item"
@@ -45,97 +45,6 @@ LIST_PAGE = 50
 SCENARIOS = ("get-score", "post-rating", "list-ratings", "write-then-list")
 CHUNKS = 10  # turns the minimal app and the daemon take in one measurement
 Figures = dict[str, Any]  # wall_us, cpu_us, minimal_wall_us, minimal_cpu_us, failures
-
-
-class MemoryTransport(asyncio.Transport):
-    """One keep-alive connection in memory: each answer written sends the next request."""
-
-    def __init__(self, protocol: asyncio.Protocol, next_request: Callable[[], bytes | None]):
-        super().__init__()
-        self._protocol = protocol
-        self._next_request = next_request
-        self._written = bytearray()
-        self._closing = False
-        self.answers = 0
-        self.failures = 0
-        self.done = asyncio.get_running_loop().create_future()
-
-    def start(self) -> None:
-        self._protocol.connection_made(self)
-        self._send()
-
-    def _send(self) -> None:
-        request = self._next_request()
-        if request is None:
-            self._protocol.connection_lost(None)
-            self.done.set_result(None)
-        else:
-            self._protocol.data_received(request)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._written += data
-        while (end := self._written.find(b"\r\n\r\n")) >= 0:
-            head = bytes(self._written[:end]).lower()
-            length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-            if len(self._written) < end + 4 + length:
-                return
-            if not head.startswith(b"http/1.1 2"):
-                self.failures += 1
-            del self._written[: end + 4 + length]
-            self.answers += 1
-            asyncio.get_running_loop().call_soon(self._send)
-
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        self._closing = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-async def drive(server: Any, requests: Iterator[bytes], connections: int, count: int) -> Figures:
-    """Send `count` requests over `connections` connections; time them."""
-    sent = 0
-
-    def next_request() -> bytes | None:
-        nonlocal sent
-        if sent >= count:
-            return None
-        sent += 1
-        return next(requests)
-
-    transports = [MemoryTransport(server(), next_request) for _ in range(connections)]
-    wall, cpu = time.perf_counter(), time.thread_time()
-    for transport in transports:
-        transport.start()
-    await asyncio.gather(*(transport.done for transport in transports))
-    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-    failures = sum(transport.failures for transport in transports)
-    return {"wall_us": wall / count * 1e6, "cpu_us": cpu / count * 1e6, "failures": failures}
-
-
-def get_request(path: str, api_key: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: edge\r\nUser-Agent: bench\r\nX-API-Key: {api_key}\r\n\r\n"
-    ).encode()
-
-
-def post_request(path: str, api_key: str, body: bytes) -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: edge\r\nUser-Agent: bench\r\nX-API-Key: {api_key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
 
 
 def post_requests(path: str, api_key: str) -> Iterator[bytes]:
@@ -159,23 +68,6 @@ def writes_then_pages(prefix: str, api_key: str) -> Iterator[bytes]:
         ).encode()
         yield post_request(f"{prefix}/ratings", api_key, body)
         yield page
-
-
-def repeat(request: bytes) -> Iterator[bytes]:
-    while True:
-        yield request
-
-
-@contextlib.asynccontextmanager
-async def running(app: Any) -> Any:
-    from aiohttp import web  # noqa: PLC0415 - imported from the tree being measured
-
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        yield runner.server
-    finally:
-        await runner.cleanup()
 
 
 def minimal_requests(scenario: str) -> Iterator[bytes]:
@@ -337,7 +229,8 @@ def revision_tree(revision: str | None) -> Iterator[Path | None]:
             capture_output=True,
         )
         try:
-            for name in ("request_path.py", "minimal_app.py"):  # one benchmark, one baseline
+            # One benchmark, one baseline, one way of driving them.
+            for name in ("request_path.py", "in_memory.py", "minimal_app.py"):
                 (tree / "bench" / name).write_bytes((Path(__file__).parent / name).read_bytes())
             yield tree
         finally:
