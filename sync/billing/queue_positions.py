@@ -47,7 +47,7 @@ class QueuePositions:
         return int(self._state(QUEUE_EPOCH + queue) or 0)
 
     def planned_fingerprint(self, queue: str) -> str | None:
-        """The fingerprint of the last record planned (sync/billing_plan.record_fingerprint);
+        """The fingerprint of the last record planned (sync/billing/plan.py, record_fingerprint);
         None when the ledger predates fingerprints or nothing was planned."""
         return self._state(PLANNED_LAST + queue) or None
 
