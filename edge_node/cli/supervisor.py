@@ -29,7 +29,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 from edge_node.admission.shared_limits import create_buckets
 from edge_node.cli.daemon import follow_queues, lock_data_dir, queue_directory
@@ -47,6 +47,7 @@ from edge_node.cli.runtime_file import RuntimeFile
 from edge_node.cli.sd_notify import ServiceNotifier, socket_address
 from edge_node.cli.sync_start import SYNC_STOP_GRACE_SECONDS, BackgroundWorker, start_sync
 from edge_node.cli.upgrade import Upgrader
+from edge_node.cli.worker_stop import stop_workers
 from edge_node.config import Config, ServiceEnvironment, child_environment
 from edge_node.http.app import NodeStorage, secret_check_interval
 from edge_node.secrets import SecretFiles
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 EXIT_ABORTED = 1
 FATAL_EXITS = (75, 78)  # locked data directory, configuration error: restarting cannot help
-STOP_MARGIN_SECONDS = 5.0
 
 
 class Supervisor:
@@ -143,7 +143,9 @@ class Supervisor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._stop_workers([w for g in self._generations for w in g.workers])
+            workers = [w for g in self._generations for w in g.workers]
+            unclean = await stop_workers(workers, self.config.server.shutdown_grace_seconds)
+            self._unclean_stops += unclean
             await asyncio.gather(*(t for g in self._generations for t in g.tasks))
             if sync_worker is not None:
                 await sync_worker.stop(SYNC_STOP_GRACE_SECONDS)
@@ -166,7 +168,12 @@ class Supervisor:
     async def _retire(self, generation: Generation) -> None:
         """Drain and stop `generation`'s workers, as on SIGTERM, and forget them."""
         generation.retired.set()
-        await self._stop_workers(generation.workers, admitted=not generation.on_probation)
+        unclean = await stop_workers(
+            generation.workers,
+            self.config.server.shutdown_grace_seconds,
+            admitted=not generation.on_probation,
+        )
+        self._unclean_stops += unclean  # added once stopped: another stop may end meanwhile
         await asyncio.gather(*generation.tasks)
         self._close_channels(generation)
         self._generations.remove(generation)
@@ -321,34 +328,6 @@ class Supervisor:
                     worker.ready = False
                     with contextlib.suppress(ProcessLookupError):
                         worker.process.kill()
-
-    async def _stop_workers(self, workers: Sequence[Worker], *, admitted: bool = True) -> None:
-        """SIGTERM to `workers`, then SIGKILL to any still running after the grace period.
-        Workers not `admitted` (an upgrade rolled back) failed already, and said why: how they
-        end is no unclean stop of the node."""
-        running = [w.process for w in workers if w.process and w.process.returncode is None]
-        # A worker still starting has served nothing; SIGTERM before its handlers exist ends
-        # it by the signal itself, which is a clean stop for it.
-        starting = {w.process.pid for w in workers if w.process and not w.ready}
-        for process in running:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
-        grace = self.config.server.shutdown_grace_seconds + STOP_MARGIN_SECONDS
-        waits = [asyncio.create_task(process.wait()) for process in running]
-        if waits:
-            await asyncio.wait(waits, timeout=grace)
-            for process in running:
-                if process.returncode is None:
-                    log.error("worker pid %d did not stop in %.0f s: killed", process.pid, grace)
-                    process.kill()
-            await asyncio.gather(*waits, return_exceptions=True)
-        for process in running:
-            stopped_starting = process.pid in starting and process.returncode == -signal.SIGTERM
-            if process.returncode != 0 and not stopped_starting and admitted:
-                self._unclean_stops += 1
-                log.error(
-                    "worker pid %d stopped with exit status %s", process.pid, process.returncode
-                )
 
     # Signals and announcements.
 

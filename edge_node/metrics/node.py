@@ -27,11 +27,11 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 import edge_node
 from edge_node.admission.router import ADMITTED_TENANT_KEY
 from edge_node.errors import NotFound
+from edge_node.metrics.collector import SourceCollector
 from edge_node.metrics.requests import RequestTally
 from edge_node.metrics.sources import (
     BillingCounters,
     MeterCounts,
-    SourceCollector,
     Sources,
     SyncStatusSource,
     WebhookCounts,

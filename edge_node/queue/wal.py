@@ -147,6 +147,22 @@ class WriteAheadQueue:
         self._reserved_bytes += size
         return future
 
+    def append_shared_many(
+        self, payloads: list[bytes], timestamps_ms: list[int]
+    ) -> asyncio.Future[int]:
+        """`append_shared` of several records at once (at least one), in order: all are
+        queued or, raising as append_nowait does, none."""
+        if not payloads:
+            raise ValueError("append_shared_many needs at least one record")
+        size = sum(map(self._admit, payloads, timestamps_ms))
+        if self._reserved_bytes + size > self.settings.max_bytes:  # each fits, not all
+            raise QueueFull(
+                self.directory, self._reserved_bytes, self.settings.max_bytes, self._slowest()
+            )
+        future = self._committer.submit_shared_many(payloads, timestamps_ms)
+        self._reserved_bytes += size
+        return future
+
     def _admit(self, payload: bytes, timestamp_ms: int | None) -> int:
         """Refuse a record the queue cannot take (QueueClosed, QueueFull, a bad record); the
         bytes it takes. Called for every append: the common case is three comparisons."""

@@ -161,6 +161,20 @@ class GroupCommitter:
         self._queue(payload, timestamp_ms)
         return shared
 
+    def submit_shared_many(
+        self, payloads: list[bytes], timestamps_ms: list[int]
+    ) -> asyncio.Future[int]:
+        """`submit_shared` of several records, in order."""
+        shared = self._shared
+        if shared is None:
+            shared = self._shared = self._loop.create_future()
+        self._payloads += payloads
+        self._timestamps += timestamps_ms
+        self._next_seq += len(payloads)
+        if self._task is None:
+            self._task = self._loop.create_task(self._run())
+        return shared
+
     def _queue(self, payload: bytes, timestamp_ms: int) -> None:
         self._payloads.append(payload)
         self._timestamps.append(timestamp_ms)

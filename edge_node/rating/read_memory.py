@@ -79,7 +79,8 @@ class FileVersion:
 class ReadMemory(Generic[K, V]):
     """Answers by key, valid while the file's version is the one they were read at; at most
     `entries` of them and, with `size`, at most `max_bytes` in all, none above a tenth of
-    that (kept answers are a bound, not an LRU: refilling costs one read each)."""
+    that (kept answers are a bound, not an LRU: refilling costs one read each). With `keep`,
+    only the answers it approves are kept; the others are read again each time."""
 
     def __init__(
         self,
@@ -88,9 +89,11 @@ class ReadMemory(Generic[K, V]):
         *,
         size: Callable[[V], int] | None = None,
         max_bytes: int = 0,
+        keep: Callable[[V], bool] | None = None,
     ) -> None:
         self._version = version
         self._entries = entries
+        self._keepable = keep
         self._size = size
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -110,6 +113,10 @@ class ReadMemory(Generic[K, V]):
         return found
 
     def _keep(self, key: K, answer: V) -> None:
+        if self._keepable is not None and not self._keepable(answer):
+            return
+        if len(self._held) >= self._entries:
+            self._forget()
         if self._size is not None:
             size = self._size(answer)
             if size * 10 > self._max_bytes:
@@ -117,8 +124,6 @@ class ReadMemory(Generic[K, V]):
             if self._bytes + size > self._max_bytes:
                 self._forget()
             self._bytes += size
-        if len(self._held) >= self._entries:
-            self._forget()
         self._held[key] = answer
 
     def _forget(self) -> None:

@@ -9,8 +9,10 @@ that alters the file: the changed row is another key, and the old one is not ask
 
 What an object holds also depends on the node's data keys (a comment shredded is served
 unreadable): every object is dropped when the key ring drops its keys and opened comments
-(`TenantSealer.generation`). Objects are kept within a byte budget, dropped all at once
-past it (a bound, not an LRU: refilling costs one object each).
+(`TenantSealer.generation`), and the object of a comment that could not be opened is never
+kept (its key may arrive by sync, and the next read then opens it). Objects are kept within
+a byte budget, dropped all at once past it (a bound, not an LRU: refilling costs one object
+each).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ log = logging.getLogger("edge_node.rating.store")
 # A rating's columns as a page reads them (RATING_COLUMNS: as the API serves it), and the
 # origin node, which with updated_at tells two states of a row apart however they were made.
 PAGE_COLUMNS = RATING_COLUMNS + ", origin_node"
-# Per tenant file, counting each object twice (its key holds the row): ~1,000 rows with
-# short comments.
+# Per tenant file: ~600 rows with short comments. A kept object is counted with its key (the
+# row as read, its sealed comment included) and what holding both costs besides, measured
+# at about ROW_OVERHEAD_BYTES (the row's nine values, the key tuple, the dictionary slot).
 ROWS_IN_MEMORY_BYTES = 512 << 10
+ROW_OVERHEAD_BYTES = 600
 
 
 class RowDocuments:
@@ -48,29 +52,39 @@ class RowDocuments:
         self._encoded: dict[Sequence[Any], bytes] = {}
         self._generation = sealer.generation()
 
-    def page(self, rows: Sequence[Sequence[Any]], cursor: str | None) -> bytes:
+    def page(self, rows: Sequence[Sequence[Any]], cursor: str | None) -> tuple[bytes, bool]:
         """The API's page document of `rows` (PAGE_COLUMNS, as tuples: they are the keys),
-        with `cursor` as next_cursor."""
+        with `cursor` as next_cursor, and whether every comment in it could be opened (a
+        page that says otherwise is not one to keep either)."""
         if self._generation != (generation := self._sealer.generation()):
             self._forget()
             self._generation = generation
         encoded = self._encoded
         parts = []
+        readable = True
         for row in rows:
             found = encoded.get(row)
-            parts.append(found if found is not None else self._encode(row))
-        return b"".join(
-            (b'{"ratings":[', b",".join(parts), b'],"next_cursor":', orjson.dumps(cursor), b"}")
-        )
+            if found is None:
+                found, kept = self._encode(row)
+                readable = readable and kept
+            parts.append(found)
+        page = (b'{"ratings":[', b",".join(parts), b'],"next_cursor":', orjson.dumps(cursor), b"}")
+        return b"".join(page), readable
 
-    def _encode(self, row: Sequence[Any]) -> bytes:
-        document = orjson.dumps(self.served(row))
-        size = 2 * len(document)
+    def _encode(self, row: Sequence[Any]) -> tuple[bytes, bool]:
+        """The row's object, and whether it is kept: not when its comment could not be
+        opened."""
+        served = self.served(row)
+        if "comment_unreadable" in served:
+            return orjson.dumps(served), False
+        # Copied to its own size: orjson's result holds about 4 KiB, however short.
+        document = memoryview(orjson.dumps(served)).tobytes()
+        size = len(document) + len(row[5] or b"") + ROW_OVERHEAD_BYTES
         if self._bytes + size > self._max_bytes:
             self._forget()
         self._bytes += size
         self._encoded[row] = document
-        return document
+        return document, True
 
     def _forget(self) -> None:
         self._encoded.clear()

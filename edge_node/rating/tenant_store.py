@@ -54,7 +54,9 @@ _REVIVE = (
 )
 
 T = TypeVar("T")
-SCORES_IN_MEMORY = 4096  # items whose scores one tenant file keeps between its changes
+# Items whose scores one tenant file keeps between its changes (~400 bytes each with its
+# document: 256 open files hold at most ~100 MiB of scores).
+SCORES_IN_MEMORY = 1024
 # Pages of ratings one tenant file keeps: at most 256 KiB of them (a page of 50 ratings with
 # short comments is ~12 KiB; one above 25.6 KiB is read each time), so 256 open files hold
 # at most 64 MiB of pages.
@@ -100,8 +102,14 @@ class TenantStore(RatingReplication):
             version, SCORES_IN_MEMORY
         )
         self._rows = RowDocuments(sealer)
-        self._pages: ReadMemory[PageKey, bytes] = ReadMemory(
-            version, PAGES_IN_MEMORY, size=len, max_bytes=PAGES_IN_MEMORY_BYTES
+        # A page is kept with whether every comment in it could be opened: one that could
+        # not is read again each time (the key may arrive by sync: row_documents).
+        self._pages: ReadMemory[PageKey, tuple[bytes, bool]] = ReadMemory(
+            version,
+            PAGES_IN_MEMORY,
+            size=lambda page: len(page[0]),
+            max_bytes=PAGES_IN_MEMORY_BYTES,
+            keep=lambda page: page[1],
         )
         self._close_after_batch = False
         self._in_batch = False  # a batch's write runs: its savepoint is the write's transaction
@@ -246,9 +254,9 @@ class TenantStore(RatingReplication):
         its rows' objects (`edge_node.rating.row_documents`)."""
         self._sealer.refresh()
         key = (self._sealer.generation(), item_id, user_id, after, limit)
-        return self._pages.get(key, self._read_page_document)
+        return self._pages.get(key, self._read_page_document)[0]
 
-    def _read_page_document(self, key: PageKey) -> bytes:
+    def _read_page_document(self, key: PageKey) -> tuple[bytes, bool]:
         _, item_id, user_id, after, limit = key
         rows, has_more = self._page_rows(item_id, user_id, after, limit)
         cursor = encode_cursor((rows[-1][6], rows[-1][0])) if has_more and rows else None
@@ -292,7 +300,8 @@ class TenantStore(RatingReplication):
 
     def _read_score(self, item_id: str) -> tuple[ItemScore, bytes]:
         score = self._score_row(item_id)
-        return score, orjson.dumps(score.to_json())
+        # Copied to its own size: orjson's result holds about 4 KiB, however short.
+        return score, memoryview(orjson.dumps(score.to_json())).tobytes()
 
     def _score_row(self, item_id: str) -> ItemScore:
         row = self._conn.execute(

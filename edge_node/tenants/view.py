@@ -70,10 +70,13 @@ class RegistryView:
     def admitted(self, api_key: str) -> KeyGrant | None:
         """The grant of `api_key` if it was verified since the registry last changed (its
         format, checksum and hash need no second look); None: not verified yet, or the
-        registry is due to be looked at again (`grant` does, once the key is well-formed)."""
-        if self._conn.total_changes != self._changes or time.monotonic() >= self._next_poll:
+        registry has just changed (every key is verified again, by `grant`). A key never
+        verified costs no statement here: a mistyped one is refused before any."""
+        found = self._verified.get(api_key)
+        due = self._conn.total_changes != self._changes or time.monotonic() >= self._next_poll
+        if found is not None and due and self._poll():  # changed: verified keys were emptied
             return None
-        return self._verified.get(api_key)
+        return found
 
     def grant(self, key_id: str, api_key: str) -> KeyGrant | None:
         """The grant of the live key `api_key` with id `key_id`; None: unknown or revoked."""

@@ -15,8 +15,9 @@ until it is durable; the response waits for it at most `USAGE_WAIT_SECONDS`, the
 Each event recorded is also counted per tenant and day in a memory-mapped file of its own
 (edge_node/usage/served.py), apart from the queue, so reconciliation can tell usage served from
 usage billing holds. In `strict` durability the response waits until its event is on
-disk (the queue's group commit makes that one shared fsync for many requests, awaited
-through one shared future and timer, edge_node/usage/batch_wait.py). In
+disk: the events of one turn of the event loop are encoded and appended together when it
+ends, and awaited through one shared wait and timer (edge_node/usage/batch_wait.py), and the
+queue's group commit makes one shared fsync of many such batches. In
 `batched` it does not: a crash can lose the events appended since the last group commit, a
 few milliseconds' worth.
 """
@@ -41,7 +42,7 @@ from edge_node.usage.event import encode_event
 from edge_node.usage.operations import OPERATIONS
 from edge_node.usage.quotas import PeriodSpend
 from edge_node.usage.room import DiskFloor
-from edge_node.usage.served import ServedCounter, counts_path
+from edge_node.usage.served import DAY_MS, ServedCounter, counts_path
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,7 @@ class Meter:
         self._reserved = 0
         # Group commits not waited for, with how many events each carries.
         self._pending: dict[asyncio.Future[int], int] = {}
-        self._batch: asyncio.Future[int] | None = None  # the group commit strict events join
-        self._batch_wait: BatchWait | None = None
+        self._open: _Batch | None = None  # strict events of this turn of the loop
         self._strict = config.durability == "strict"
         self._route_units: dict[tuple[str, ...], int] = {}
 
@@ -161,85 +161,106 @@ class Meter:
 
     async def record(self, tenant_id: str, operation: str, status: int, request_id: str) -> bool:
         """Append the usage event of a served request (within a reservation); False when the
-        request bills nothing. In strict durability, wait for the event's group commit, then
-        count it served (a count never exceeds what the queue holds). A queue retrying a failed
-        write gets a bounded wait, after which the event stays queued (and is counted served
-        once it is durable) and the answer says so.
+        request bills nothing. In strict durability, wait for the event's group commit (it
+        is counted served once durable: a count never exceeds what the queue holds). A
+        queue retrying a failed write gets a bounded wait, after which the event stays
+        queued (and is counted served once it is durable) and the answer says so.
 
-        One coroutine, the wait included: a strict request suspends here, and every frame
-        between the handler and the wait is resumed once more per request."""
+        Strict events recorded in one turn of the loop are appended together at its end
+        (`_flush`) and awaited together through one wait: each request only adds its event
+        to the open batch. One coroutine, the wait included: a strict request suspends here,
+        and every frame between the handler and the wait is resumed once more per request."""
         assert self.queue is not None
         units = self._units.get(operation, 0)
         if units == 0 or status >= 400:
             return False
-        timestamp_ms = now_ms()  # never steps back: usage stays in its window when the clock does
-        payload = encode_event(
-            event_id=self._ids.new(timestamp_ms),
-            tenant_id=tenant_id,
-            node_id=self.node_id,
-            operation=operation,
-            status=status,
-            units=units,
-            timestamp_ms=timestamp_ms,
-            request_id=request_id,
-        )
-        try:
-            durable = self.queue.append_shared(payload, timestamp_ms=timestamp_ms)
-        except QueueError as exc:
-            self._failed(exc)
-            raise _not_recorded() from exc
+        # The node's clock never steps back: usage stays in its window when the wall clock does.
+        event = (tenant_id, operation, status, units, now_ms(), request_id)
         if self._strict:
+            batch = self._open or self._open_batch()
+            batch.events.append(event)
             try:
-                await self._wait_for(durable)
+                await batch.wait
             except TimeoutError:
-                self._track(durable)
-                # Spent now, so an allowance is never passed while the event waits for the
-                # disk; counted served (the file beside the queue) once it is durable.
-                if self.spend is not None:
-                    self.spend.add(tenant_id, timestamp_ms, units)
-                self._count_once_durable(durable, tenant_id, timestamp_ms, units, spend=False)
                 raise StorageUnavailable(
                     "the request was carried out; its usage event is queued and will be "
                     "written once storage takes writes again",
                     slug="usage-pending",
                 ) from None
+            except Exception as exc:  # the batch could not be appended, or its commit failed
+                self._failed(exc)
+                raise _not_recorded() from exc
+        else:
+            try:
+                durable = self._append([event])
             except QueueError as exc:
                 self._failed(exc)
                 raise _not_recorded() from exc
-            except asyncio.CancelledError:
-                # The event is queued and will be billed whatever becomes of the request.
-                self._count_once_durable(durable, tenant_id, timestamp_ms, units, spend=True)
-                raise
-        else:
             self._track(durable)
-        self._count_served(tenant_id, timestamp_ms, units)
+            self._count([event], spend=True)
         self.stats.recorded += 1
         self.stats.recorded_units += units
         return True
 
-    def _wait_for(self, durable: asyncio.Future[int]) -> BatchWait:
-        """The bounded wait on the group commit `durable`, shared by its strict requests."""
-        wait = self._batch_wait
-        # A request joining a commit whose wait has already run out gets a wait of its own:
-        # the commit may still land within it (a slow fsync is not a failed one).
-        if wait is None or durable is not self._batch or wait.done():
-            wait = self._batch_wait = BatchWait(durable, USAGE_WAIT_SECONDS)
-            self._batch = durable
-        return wait
+    def _open_batch(self) -> _Batch:
+        """The batch this turn's strict events join, appended when the turn ends."""
+        loop = asyncio.get_running_loop()
+        batch = self._open = _Batch(loop, USAGE_WAIT_SECONDS, self._expired)
+        loop.call_soon(self._flush)
+        return batch
 
-    def _count_once_durable(
-        self,
-        durable: asyncio.Future[int],
-        tenant_id: str,
-        timestamp_ms: int,
-        units: int,
-        *,
-        spend: bool,
-    ) -> None:
-        served = functools.partial(self._count_served, tenant_id, timestamp_ms, units, spend=spend)
-        durable.add_done_callback(
-            lambda done: None if done.cancelled() or done.exception() else served()
-        )
+    def _flush(self) -> None:
+        """Append the open batch's events for one group commit; its wait follows that commit."""
+        batch, self._open = self._open, None
+        if batch is None:  # flushed already, by close()
+            return
+        try:
+            durable = self._append(batch.events)
+        except Exception as exc:  # its requests answer 503, never wait out the timer
+            batch.wait.fail(exc)
+            return
+        batch.wait.follow(durable)
+        durable.add_done_callback(functools.partial(self._durable, batch))
+
+    def _append(self, events: list[_Event]) -> asyncio.Future[int]:
+        """Encode `events` and queue them for the next group commit; QueueError as append."""
+        assert self.queue is not None
+        new_id, node_id = self._ids.new, self.node_id
+        payloads = [
+            encode_event(
+                event_id=new_id(timestamp_ms),
+                tenant_id=tenant_id,
+                node_id=node_id,
+                operation=operation,
+                status=status,
+                units=units,
+                timestamp_ms=timestamp_ms,
+                request_id=request_id,
+            )
+            for tenant_id, operation, status, units, timestamp_ms, request_id in events
+        ]
+        return self.queue.append_shared_many(payloads, [event[4] for event in events])
+
+    def _expired(self, batch: _Batch) -> None:
+        """A batch's wait ran out before its commit was durable: its requests are answered
+        `usage-pending` now, and what they bill is spent now (an allowance is never passed
+        while the events wait for the disk); they are counted served once durable."""
+        batch.spent = True
+        if self.spend is not None:
+            for tenant_id, _, _, units, timestamp_ms, _ in batch.events:
+                self.spend.add(tenant_id, timestamp_ms, units)
+
+    def _durable(self, batch: _Batch, durable: asyncio.Future[int]) -> None:
+        """The batch's commit settled: count its events served (and spent, unless they were
+        when the wait ran out); a failure its requests were no longer waiting for is logged."""
+        if durable.cancelled():
+            return
+        error = durable.exception()
+        if error is None:
+            self._count(batch.events, spend=not batch.spent)
+        elif batch.spent:
+            self.stats.failed += len(batch.events) - 1
+            self._failed(error)
 
     def _track(self, durable: asyncio.Future[int]) -> None:
         """Keep a group commit not waited for until it settles, with the events it carries."""
@@ -249,24 +270,32 @@ class Meter:
             count = 0
         self._pending[durable] = count + 1
 
-    def _count_served(
-        self, tenant_id: str, timestamp_ms: int, units: int, *, spend: bool = True
-    ) -> None:
-        """Counted apart from the queue, for reconciliation; a count that cannot be stored is
-        logged, never a failed request (the event is already queued)."""
-        if spend and self.spend is not None:
-            self.spend.add(tenant_id, timestamp_ms, units)
-        if self.served is None:
-            return
-        try:
-            self.served.add(tenant_id, timestamp_ms, units)
-        except OSError as exc:
-            log.error("served count of tenant %s not stored: %s", tenant_id, exc)
+    def _count(self, events: list[_Event], *, spend: bool) -> None:
+        """Count `events` served, apart from the queue, for reconciliation, and with `spend`
+        spent, one addition per tenant and day; a count that cannot be stored is logged,
+        never a failed request (the events are already queued)."""
+        groups: dict[tuple[str, int], list[int]] = {}  # -> [timestamp, events, units]
+        for tenant_id, _, _, units, timestamp_ms, _ in events:
+            group = groups.get(key := (tenant_id, timestamp_ms // DAY_MS))
+            if group is None:
+                groups[key] = [timestamp_ms, 1, units]
+            else:
+                group[1] += 1
+                group[2] += units
+        for (tenant_id, _), (timestamp_ms, count, units) in groups.items():
+            if spend and self.spend is not None:
+                self.spend.add(tenant_id, timestamp_ms, units)
+            if self.served is not None:
+                try:
+                    self.served.add(tenant_id, timestamp_ms, units, events=count)
+                except OSError as exc:
+                    log.error("served count of tenant %s not stored: %s", tenant_id, exc)
 
     async def close(self) -> None:
         """Make every event recorded so far durable, then close the queue (which, on a disk
         that stays full, writes into its reserve and gives up after a bound rather than wait
         past the service's stop timeout)."""
+        self._flush()  # the events of this turn, before the queue stops taking any
         if self.queue is not None:
             await self.queue.close()
         if self.served is not None:
@@ -282,6 +311,27 @@ class Meter:
     def _failed(self, exc: BaseException | None) -> None:
         self.stats.failed += 1
         log.error("usage event not recorded: %s", exc)
+
+
+# An event as the meter holds it until it is appended: tenant, operation, status, units,
+# timestamp (ms), request id.
+_Event = tuple[str, str, int, int, int, str]
+
+
+class _Batch:
+    """Strict events recorded in one turn of the loop: appended together, awaited together."""
+
+    __slots__ = ("events", "spent", "wait")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        expired: Callable[[_Batch], None],
+    ) -> None:
+        self.events: list[_Event] = []
+        self.spent = False  # counted spent when the wait ran out, before it was durable
+        self.wait = BatchWait(loop, timeout, on_expire=functools.partial(expired, self))
 
 
 def _not_recorded() -> ServiceUnavailable:

@@ -42,7 +42,7 @@ _COUNTS = struct.Struct("<QQ")
 _COUNTS_AT = 48  # offset of (events, units) within a slot
 INITIAL_SLOTS = 1024
 SYNC_EVERY_SECONDS = 5.0
-SYNC_CHECK_EVERY = 1024  # adds between looks at the clock
+SYNC_CHECK_EVERY = 1024  # requests counted between looks at the clock
 DAY_MS = 86_400_000
 
 
@@ -85,8 +85,9 @@ class ServedCounter:
         while self.free_slots < slots:
             self._grow()
 
-    def add(self, tenant_id: str, timestamp_ms: int, units: int) -> None:
-        """Count one request served for `tenant_id` at `timestamp_ms`, billing `units`.
+    def add(self, tenant_id: str, timestamp_ms: int, units: int, *, events: int = 1) -> None:
+        """Count `events` requests (one by default) served for `tenant_id` on the day of
+        `timestamp_ms`, billing `units` in all.
 
         A new (tenant, day) takes a slot; callers have made room for it with `ensure_room`,
         or the file grows here (and an OSError says it could not)."""
@@ -95,13 +96,13 @@ class ServedCounter:
         if index is None:
             index = self._allocate(*key)
         offset = _HEADER.size + index * _SLOT.size + _COUNTS_AT
-        events, total = _COUNTS.unpack_from(self._map, offset)
-        _COUNTS.pack_into(self._map, offset, events + 1, total + units)
-        self._adds += 1
-        if self._adds % SYNC_CHECK_EVERY == 0 and (
-            time.monotonic() - self._synced_at >= SYNC_EVERY_SECONDS
-        ):
-            self.sync()
+        served, total = _COUNTS.unpack_from(self._map, offset)
+        _COUNTS.pack_into(self._map, offset, served + events, total + units)
+        self._adds += events  # requests counted since the clock was last looked at
+        if self._adds >= SYNC_CHECK_EVERY:
+            self._adds = 0
+            if time.monotonic() - self._synced_at >= SYNC_EVERY_SECONDS:
+                self.sync()
 
     def sync(self) -> None:
         """Write the counts back to disk (for power loss; a killed process loses nothing)."""

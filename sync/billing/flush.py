@@ -33,7 +33,8 @@ from edge_node.queue import ConsumerQueue, QueueCorruption, Record
 from edge_node.usage.meter import BILLING_CONSUMER
 from sync.backoff import Backoff
 from sync.billing.clock import HorizonClock
-from sync.billing.ledger import BillingLedger, LedgerBatch
+from sync.billing.ledger import BillingLedger
+from sync.billing.ledger_batch import LedgerBatch
 from sync.billing.ledger_thread import AsyncLedger
 from sync.billing.periods import StampSlot
 from sync.billing.plan import UsagePlanner, record_fingerprint
@@ -256,13 +257,13 @@ class BillingConsumer:
         records cut from its end): the record the ledger planned last is gone, or another
         record has its number. Records after what the queue held when it was opened are
         then planned afresh, with identifiers of the new epoch."""
-        ledger = self._ledger.ledger
-        planned = await self._ledger.run(ledger.planned_through, self.queue_name)
-        epoch = await self._ledger.run(ledger.queue_epoch, self.queue_name)
+        positions = self._ledger.ledger.positions
+        planned = await self._ledger.run(positions.planned_through, self.queue_name)
+        epoch = await self._ledger.run(positions.queue_epoch, self.queue_name)
         if planned <= self._cursor:
             return planned, epoch
         if planned <= last_seq:
-            expected = await self._ledger.run(ledger.planned_fingerprint, self.queue_name)
+            expected = await self._ledger.run(positions.planned_fingerprint, self.queue_name)
             if expected is None:
                 return planned, epoch
             records = await self.queue.read(BILLING_CONSUMER, 1, after=planned - 1)
@@ -273,7 +274,7 @@ class BillingConsumer:
             ):
                 return planned, epoch
         restart = min(self.queue.opened_last_seq, planned)
-        epoch = await self._ledger.run(ledger.renumber, self.queue_name, restart)
+        epoch = await self._ledger.run(positions.renumber, self.queue_name, restart)
         log.error(
             "billing: queue %s no longer holds the record %d the ledger planned last (its"
             " numbering restarted); planning records after %d afresh as numbering %d",
@@ -286,7 +287,7 @@ class BillingConsumer:
 
     async def _commit(self) -> int:
         """Move the cursor past every range whose batches are all settled."""
-        point = await self._ledger.run(self._ledger.ledger.commit_point, self.queue_name)
+        point = await self._ledger.run(self._ledger.ledger.positions.commit_point, self.queue_name)
         point = min(point, self.queue.last_seq)
         if point > self._cursor:
             await self.queue.commit(BILLING_CONSUMER, point)

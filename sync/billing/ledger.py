@@ -28,8 +28,8 @@ The ledger has a connection of its own (the request path never waits on its writ
 called from one thread at a time (sync/billing/ledger_thread.py, off the event loop). It
 owns the `billing` component of node.sqlite (its migrations below, applied when it opens;
 edge_node.node_database), and keeps its planning positions in node.sqlite's named values,
-in the transactions that plan. Times are microseconds since the epoch; window_start and
-stamp are Unix seconds.
+in the transactions that plan (sync/billing/queue_positions.py). Times are microseconds
+since the epoch; window_start and stamp are Unix seconds.
 """
 
 from __future__ import annotations
@@ -38,18 +38,18 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from edge_node import sqlite
-from edge_node.node_database import delete_value, open_node_database, read_value, write_value
+from edge_node.node_database import open_node_database, read_value, write_value
 from edge_node.tenants import billing_periods
 from edge_node.tenants.billing_periods import TenantPeriods
 from edge_node.tenants.registry import TenantRegistry
 from sync.billing.clock import HIGH_WATER
-from sync.billing.periods import Placement, Stamp
+from sync.billing.ledger_batch import BATCH_COLUMNS, LedgerBatch
+from sync.billing.periods import Stamp
 from sync.billing.plan import PlannedRange
+from sync.billing.queue_positions import QueuePositions
 from sync.stripe.catalog import included_event_name
 from sync.stripe.periods import SubscriptionPeriods
 
@@ -106,47 +106,8 @@ MIGRATIONS = (
     ALTER TABLE billing_ledger ADD COLUMN operations TEXT;
     """,
 )
-BatchState = Literal["planned", "sent", "confirmed", "set_aside"]
-PLANNED_THROUGH = "billing.planned_through."
-PLANNED_LAST = "billing.planned_last."  # fingerprint of the record planned_through names
-QUEUE_EPOCH = "billing.queue_epoch."
 # Written exactly like the partial index billing_ledger_open, so SQLite can use it.
 OPEN = "state IN ('planned', 'sent')"
-_COLUMNS = (
-    "identifier, tenant_id, customer_id, event_name, window_start, value, events, queue,"
-    " first_seq, last_seq, state, attempts, planned_at, first_sent_at, confirmed_at,"
-    " set_aside_reason, stamp, placement, stripe_identifier"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerBatch:
-    """A ledger row: a batch and where it stands."""
-
-    identifier: str
-    tenant_id: str
-    customer_id: str | None
-    event_name: str
-    window_start: int
-    value: int
-    events: int
-    queue: str
-    first_seq: int
-    last_seq: int
-    state: BatchState
-    attempts: int
-    planned_at: int
-    first_sent_at: int | None
-    confirmed_at: int | None
-    set_aside_reason: str | None
-    stamp: int | None = None  # the timestamp sent (sync/billing/periods.py), once sent
-    placement: Placement | None = None
-    stripe_identifier: str | None = None  # None: Stripe holds it under `identifier`
-
-    @property
-    def sent_identifier(self) -> str:
-        """The meter event identifier Stripe knows this batch by."""
-        return self.stripe_identifier or self.identifier
 
 
 class BillingLedger:
@@ -158,6 +119,7 @@ class BillingLedger:
         self._conn = conn
         self._tenants = TenantRegistry(conn)
         self.periods = TenantPeriods(conn)  # what webhooks said of periods and invoices
+        self.positions = QueuePositions(conn)  # where planning stands in each queue
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> BillingLedger:
@@ -178,17 +140,6 @@ class BillingLedger:
     def ended_unread(self, now: float) -> list[str]:
         """Customers whose periods are to be read again (edge_node/tenants/billing_periods.py)."""
         return billing_periods.ended_unread(self._conn, now)
-
-    def planned_through(self, queue: str) -> int:
-        """The last queue record planned (0: none); records up to it are in the ledger."""
-        mark = read_value(self._conn, PLANNED_THROUGH + queue)
-        if mark is not None:
-            return int(mark)
-        # No mark (written with every plan): only a hand-edited database gets here.
-        (ledger_max,) = self._conn.execute(
-            "SELECT max(last_seq) FROM billing_ledger WHERE queue = ?", (queue,)
-        ).fetchone()
-        return int(ledger_max or 0)
 
     def record_plan(self, planned: PlannedRange, now_us: int) -> int:
         """Write a range's batches (state planned, the tenant's Stripe customer if it has
@@ -227,35 +178,8 @@ class BillingLedger:
                         json.dumps(dict(batch.operations)) if batch.operations else None,
                     ),
                 ).rowcount
-            self._set_state(PLANNED_THROUGH + planned.queue, str(planned.last_seq))
-            self._set_state(PLANNED_LAST + planned.queue, planned.last_fingerprint)
+            self.positions.mark_planned(planned)
         return written
-
-    def queue_epoch(self, queue: str) -> int:
-        """The queue's numbering: 0, plus one for every restart of it behind the ledger."""
-        return int(self._state(QUEUE_EPOCH + queue) or 0)
-
-    def planned_fingerprint(self, queue: str) -> str | None:
-        """The fingerprint of the last record planned (sync/billing_plan.record_fingerprint);
-        None when the ledger predates fingerprints or nothing was planned."""
-        return self._state(PLANNED_LAST + queue) or None
-
-    def renumber(self, queue: str, planned_through: int) -> int:
-        """The queue's numbering restarted: start a new epoch, in which records after
-        `planned_through` are planned afresh (their identifiers name the epoch, so none
-        repeats one of an earlier numbering); the new epoch."""
-        with sqlite.transaction(self._conn):
-            epoch = self.queue_epoch(queue) + 1
-            self._set_state(QUEUE_EPOCH + queue, str(epoch))
-            self._set_state(PLANNED_THROUGH + queue, str(planned_through))
-            delete_value(self._conn, PLANNED_LAST + queue)
-        return epoch
-
-    def _state(self, name: str) -> str | None:
-        return read_value(self._conn, name)
-
-    def _set_state(self, name: str, value: str) -> None:
-        write_value(self._conn, name, value)
 
     def attach_customers(self) -> int:
         """Give planned batches of tenants provisioned since their tenant's Stripe customer;
@@ -283,7 +207,7 @@ class BillingLedger:
         skip = sorted(set(skip_customers))
         marks = ", ".join("?" * len(skip))
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+            f"SELECT {BATCH_COLUMNS} FROM billing_ledger"  # noqa: S608
             f" WHERE {OPEN} AND queue = ? AND customer_id IS NOT NULL"
             f" AND customer_id NOT IN ({marks})"
             " ORDER BY first_seq, window_start, identifier LIMIT ?",
@@ -294,7 +218,7 @@ class BillingLedger:
     def open_batches(self, queue: str | None = None) -> list[LedgerBatch]:
         """Every batch planned or sent (of one queue, or all), oldest first."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM billing_ledger WHERE {OPEN}"  # noqa: S608
+            f"SELECT {BATCH_COLUMNS} FROM billing_ledger WHERE {OPEN}"  # noqa: S608
             " AND (? IS NULL OR queue = ?) ORDER BY first_seq, window_start, identifier",
             (queue, queue),
         ).fetchall()
@@ -302,7 +226,7 @@ class BillingLedger:
 
     def get(self, identifier: str) -> LedgerBatch | None:
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM billing_ledger WHERE identifier = ?",  # noqa: S608
+            f"SELECT {BATCH_COLUMNS} FROM billing_ledger WHERE identifier = ?",  # noqa: S608
             (identifier,),
         ).fetchone()
         return LedgerBatch(*row) if row else None
@@ -364,7 +288,7 @@ class BillingLedger:
         with sqlite.transaction(self._conn):
             for identifier, reason in errors:
                 row = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+                    f"SELECT {BATCH_COLUMNS} FROM billing_ledger"  # noqa: S608
                     " WHERE coalesce(stripe_identifier, identifier) = ?"
                     " AND state != 'set_aside'",
                     (identifier,),
@@ -386,7 +310,7 @@ class BillingLedger:
         """What this node sent the customer's meter with stamps in [start, end): the units
         Stripe confirmed, and the batches whose outcome is unknown."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM billing_ledger"  # noqa: S608
+            f"SELECT {BATCH_COLUMNS} FROM billing_ledger"  # noqa: S608
             " WHERE customer_id = ? AND event_name = ? AND stamp >= ? AND stamp < ?"
             " AND state IN ('sent', 'confirmed')",
             (customer_id, event_name, start, end),
@@ -426,18 +350,6 @@ class BillingLedger:
         with sqlite.transaction(self._conn):
             if seconds > float(read_value(self._conn, HIGH_WATER) or 0.0):
                 write_value(self._conn, HIGH_WATER, repr(seconds))
-
-    def commit_point(self, queue: str) -> int:
-        """The queue position billing may commit: just before the oldest range of the current
-        numbering that still has a batch planned or sent; else everything planned. (Batches
-        of an earlier numbering name records the queue no longer holds.)"""
-        (oldest,) = self._conn.execute(
-            "SELECT min(first_seq) FROM billing_ledger"
-            " WHERE state IN ('planned', 'sent') AND queue = ? AND queue_epoch = ?",
-            (queue, self.queue_epoch(queue)),
-        ).fetchone()
-        planned = self.planned_through(queue)
-        return planned if oldest is None else min(planned, int(oldest) - 1)
 
     def _update(self, statement: str, parameters: tuple[object, ...]) -> None:
         with sqlite.transaction(self._conn):

@@ -18,7 +18,7 @@ from edge_node.node_database import values_named
 from edge_node.queue import inspect_queue, tail_records
 from edge_node.usage.event import BillableUsage, read_billable
 from edge_node.usage.meter import BILLING_CONSUMER
-from sync.billing.ledger import PLANNED_THROUGH
+from sync.billing.queue_positions import PLANNED_THROUGH
 
 
 @contextmanager

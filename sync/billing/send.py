@@ -32,7 +32,7 @@ from typing import Protocol
 
 from edge_node.errors import PermanentSyncError, TransientSyncError
 from sync.backoff import Backoff
-from sync.billing.ledger import LedgerBatch
+from sync.billing.ledger_batch import LedgerBatch
 from sync.billing.ledger_thread import AsyncLedger
 from sync.billing.periods import (
     PeriodBook,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sync.billing.ledger import LedgerBatch
+from sync.billing.ledger_batch import LedgerBatch
 
 HOUR = 3600.0
 DAY = 24 * HOUR

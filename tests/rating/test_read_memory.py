@@ -4,15 +4,20 @@ empties the memory, and a page's also goes when the node's data keys are dropped
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from edge_node.crypto.key_files import WrappingKey
+from edge_node.crypto.keystore import Keyring
 from edge_node.rating.model import RatingInput, decode_cursor
 from edge_node.rating.read_memory import FileVersion, ReadMemory
 from edge_node.rating.replication import RatingRow, rating_id
-from edge_node.rating.row_documents import RowDocuments
+from edge_node.rating.row_documents import ROW_OVERHEAD_BYTES, RowDocuments
 from edge_node.rating.store import TenantStores
 from tests.cli.test_lifecycle import create_tenant
 from tests.served import NotifyListener, ServedNode
@@ -111,6 +116,27 @@ class TestPagesInMemory:
         assert ratings_of(store.page_document()) == [("u", 5)]
         assert ratings_of(store.page_document(limit=7)) == [("u", 5)]
 
+    def test_a_comment_whose_key_arrives_later_is_read_once_it_has(self, tmp_path: Path) -> None:
+        """A rating synced down before its data key is listed unreadable; once the key has
+        arrived by sync (in the same process, as the one-process daemon's sync worker adds
+        it) the next page opens it: no page or row object keeps the unreadable answer."""
+        fleet = WrappingKey(os.urandom(32))
+        origin_keys = Keyring(tmp_path / "a" / "keys", fleet_key=fleet)
+        keys = Keyring(tmp_path / "b" / "keys", fleet_key=fleet)
+        origin = TenantStores(tmp_path / "a" / "tenants", node_id="a", keyring=origin_keys)
+        here = TenantStores(tmp_path / "b" / "tenants", node_id="b", keyring=keys).get(TENANT)
+        origin.get(TENANT).upsert(RatingInput("u", "book", 4, "hello"))
+        here.apply_remote(origin.get(TENANT).pending_changes(100)[0])
+
+        def comments(document: bytes) -> list[tuple[object, object]]:
+            ratings = orjson.loads(document)["ratings"]
+            return [(r["comment"], r.get("comment_unreadable")) for r in ratings]
+
+        assert comments(here.page_document()) == [(None, True)]
+        assert keys.add_shared(origin_keys.keys_to_upload()) == 1
+        assert comments(here.page_document()) == [("hello", None)]
+        assert comments(here.page_document(limit=7)) == [("hello", None)]
+
 
 class TestScoresOnTheLoop:
     async def test_a_write_on_the_same_connection_is_read_within_the_iteration(
@@ -208,14 +234,44 @@ class TestMemoryBounds:
         assert reads[-1] == 60
 
     def test_row_objects_kept_stay_within_their_byte_budget(self, tmp_path: Path) -> None:
-        """Rows' objects are kept up to the byte budget and made again past it; pages made
-        of kept objects are the same bytes as pages made afresh."""
+        """Rows' objects are kept, then made again once past the byte budget; pages made of
+        kept objects are the same bytes as pages made afresh."""
         store = TenantStores(tmp_path, node_id="n").get(TENANT)
         for number in range(20):
             store.upsert(RatingInput(f"u{number}", "book", 3, "c" * 100))
         fresh = store.page_document(limit=20)
         rows = store._page_rows(None, None, None, 20)[0]
-        documents = RowDocuments(store._sealer, max_bytes=2000)
-        assert documents.page(rows, None) == fresh
-        assert documents.page(rows, None) == fresh  # each object kept or made again
-        assert documents._bytes <= 2000
+        made: list[object] = []
+
+        class Counted(RowDocuments):
+            def served(self, row: Sequence[Any]) -> dict[str, Any]:
+                made.append(row)
+                return super().served(row)
+
+        roomy = Counted(store._sealer)
+        assert roomy.page(rows, None) == (fresh, True)
+        assert roomy.page(rows, None) == (fresh, True)
+        assert len(made) == 20  # the second page made nothing
+        made.clear()
+        tight = Counted(store._sealer, max_bytes=30 * ROW_OVERHEAD_BYTES)
+        assert tight.page(rows, None) == (fresh, True)
+        assert tight.page(rows, None) == (fresh, True)
+        assert len(made) > 20  # past the budget, objects were let go and made again
+
+    def test_entries_past_the_bound_start_the_memory_over(self, tmp_path: Path) -> None:
+        """At most `entries` answers are kept, and each is counted against the byte
+        budget while it is held."""
+        version = FileVersion(sqlite3.connect(tmp_path / "f.sqlite"))
+        memory: ReadMemory[int, bytes] = ReadMemory(version, 3, size=len, max_bytes=10_000)
+        reads: list[int] = []
+
+        def read(key: int) -> bytes:
+            reads.append(key)
+            return b"x" * 10
+
+        for key in (1, 2, 3, 4):  # the fourth starts the memory over
+            memory.get(key, read)
+        assert memory._bytes == 10
+        memory.get(4, read)
+        memory.get(1, read)
+        assert reads == [1, 2, 3, 4, 1]

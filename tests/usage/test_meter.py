@@ -19,6 +19,7 @@ from edge_node.ids import EventIdGenerator
 from edge_node.queue import tail_records
 from edge_node.usage.event import UsageEvent
 from edge_node.usage.meter import EVENT_RESERVATION_BYTES
+from edge_node.usage.served import counts_path, read_counts
 from tests.conftest import NodeFactory
 from tests.support import RunningNode
 
@@ -400,3 +401,70 @@ class TestSlowCommit:
         assert await early == "usage-pending"
         assert await late == "recorded"
         assert await first == "usage-pending"
+
+
+class TestStrictBatches:
+    async def test_a_stop_in_the_turn_a_request_was_recorded_writes_its_event(
+        self, make_node: NodeFactory
+    ) -> None:
+        """A strict event waits for the end of its turn of the loop to be appended with the
+        others; a stop coming in that same turn appends it first, so the request is recorded
+        and its event is on disk, not refused as unrecorded by a closing queue."""
+        node = await make_node(**{"meter.durability": "strict"})
+        tenant = node.create_tenant()
+        recorded = asyncio.create_task(
+            node.meter.record(tenant.tenant_id, "score.read", 200, "at-stop")
+        )
+        await asyncio.sleep(0)  # the request's event joins this turn's batch
+        await node.meter.close()
+        assert await recorded is True
+        assert [e.request_id for e in events_on_disk(node)] == ["at-stop"]
+
+    async def test_a_batch_that_cannot_be_encoded_is_refused_at_once(
+        self, make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Any failure to append a turn's events (not only the queue's own errors) answers
+        each of its requests 503 usage-not-recorded at once, rather than leaving them to
+        wait out the bound and be told their events are pending."""
+
+        def broken(**_: object) -> bytes:
+            raise ValueError("cannot encode")
+
+        node = await make_node(**{"meter.durability": "strict"})
+        tenant = node.create_tenant()
+        monkeypatch.setattr("edge_node.usage.meter.encode_event", broken)
+        outcomes = await asyncio.gather(
+            *(node.meter.record(tenant.tenant_id, "score.read", 200, f"r{n}") for n in range(2)),
+            return_exceptions=True,
+        )
+        # Waiting out the bound would have answered usage-pending.
+        assert [getattr(o, "slug", o) for o in outcomes] == ["usage-not-recorded"] * 2
+
+    async def test_a_batch_that_ran_out_of_time_is_spent_at_once_and_only_once(
+        self, make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Events whose wait ran out (the disk failing) count against the allowance the
+        moment their requests are answered usage-pending, and once written they are counted
+        served without being spent a second time."""
+        monkeypatch.setattr("edge_node.usage.meter.USAGE_WAIT_SECONDS", 0.3)
+        fsync = FailingFsync()
+        node = await make_node(fsync=fsync, **{"meter.durability": "strict"})
+        tenant = node.create_tenant()
+        spend = node.meter.spend
+        assert spend is not None
+        fsync.broken = True
+        outcomes = await asyncio.gather(
+            *(
+                node.meter.record(tenant.tenant_id, "score.read", 200, f"pending-{n}")
+                for n in range(3)
+            ),
+            return_exceptions=True,
+        )
+        assert [getattr(o, "slug", o) for o in outcomes] == ["usage-pending"] * 3
+        assert spend.spent_now(tenant.tenant_id) == 3
+        fsync.broken = False
+        await node.meter.queue.flush()
+        await asyncio.sleep(0.05)  # the commit's callbacks
+        assert spend.spent_now(tenant.tenant_id) == 3
+        served = read_counts(counts_path(queue_directory(node.config)))
+        assert [(t, events, units) for t, _, events, units in served] == [(tenant.tenant_id, 3, 3)]

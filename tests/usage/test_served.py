@@ -8,7 +8,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-from edge_node.usage.served import INITIAL_SLOTS, ServedCounter, counts_path, read_counts
+import pytest
+
+from edge_node.usage.served import (
+    INITIAL_SLOTS,
+    SYNC_CHECK_EVERY,
+    ServedCounter,
+    counts_path,
+    read_counts,
+)
 
 DAY_MS = 86_400_000
 TENANT = "8e0c2a4e-0000-4000-8000-00000000000{}"
@@ -70,3 +78,28 @@ class TestCounts:
         assert sum(events for _, _, events, _ in counts) == 5000
         assert sum(units for _, _, _, units in counts) == 10000
         assert len(counts) == 3
+
+    def test_counts_added_in_batches_are_synced_as_often_as_one_by_one(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The clock is looked at every SYNC_CHECK_EVERY requests counted, however many one
+        addition carries: a meter adding a batch at a time syncs the file on time too."""
+        monkeypatch.setattr("edge_node.usage.served.SYNC_EVERY_SECONDS", 0)
+        synced: list[int] = []
+
+        class Watched(ServedCounter):
+            def sync(self) -> None:
+                synced.append(1)
+                super().sync()
+
+        path = counts_path(tmp_path / "queue" / "worker-0")
+        counter = Watched(path)
+        for _ in range(SYNC_CHECK_EVERY // 64 - 1):
+            counter.add("t", 1_700_000_000_000, 64, events=64)
+        assert synced == []
+        counter.add("t", 1_700_000_000_000, 64, events=64)
+        assert synced == [1]
+        counter.close()
+        assert read_counts(path) == [
+            ("t", 1_700_000_000_000 // 86_400_000, SYNC_CHECK_EVERY, SYNC_CHECK_EVERY)
+        ]

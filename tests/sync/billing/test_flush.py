@@ -13,7 +13,7 @@ from edge_node.errors import TransientSyncError
 from edge_node.queue import CorruptRecord, open_queue
 from edge_node.usage.meter import BILLING_CONSUMER
 from sync.billing.flush import BillingConsumer
-from sync.billing.ledger import LedgerBatch
+from sync.billing.ledger_batch import LedgerBatch
 from sync.stripe.gateway import StripeGateway
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
 from tests.sync.billing.support import EVENT_NAME, BillingNode

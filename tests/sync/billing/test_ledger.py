@@ -54,7 +54,7 @@ class TestPlans:
         with pytest.raises(sqlite3.IntegrityError):
             ledger.record_plan(planned(1, 5, batch("a", 3, 1, 5), batch("b", 0, 1, 5)), 1)
         assert ledger.open_batches() == []
-        assert ledger.planned_through("worker-0") == 0
+        assert ledger.positions.planned_through("worker-0") == 0
 
     def test_a_batch_written_again_keeps_its_first_value(self, ledger: BillingLedger) -> None:
         """INSERT OR IGNORE: the same identifier planned again never changes its value."""
@@ -62,7 +62,7 @@ class TestPlans:
         assert ledger.record_plan(planned(1, 5, batch("a", 99, 1, 5)), 2) == 0
         [stored] = ledger.open_batches()
         assert (stored.value, stored.state, stored.planned_at) == (3, "planned", 1)
-        assert ledger.planned_through("worker-0") == 5
+        assert ledger.positions.planned_through("worker-0") == 5
 
     def test_a_batch_takes_its_tenants_customer_when_there_is_one(
         self, ledger: BillingLedger, registry: TenantRegistry
@@ -165,10 +165,10 @@ class TestCommitPoint:
         the last planned record once every batch is settled."""
         ledger.record_plan(planned(1, 4, batch("a", 1, 1, 4), batch("b", 1, 1, 4)), 1)
         ledger.record_plan(planned(5, 9, batch("a", 1, 5, 9, T0 + 60)), 1)
-        assert ledger.commit_point("worker-0") == 0
+        assert ledger.positions.commit_point("worker-0") == 0
         ledger.confirm("id-a-1700000040-1-4", 2)
-        assert ledger.commit_point("worker-0") == 0
+        assert ledger.positions.commit_point("worker-0") == 0
         ledger.set_aside([("id-b-1700000040-1-4", "refused")])
-        assert ledger.commit_point("worker-0") == 4
+        assert ledger.positions.commit_point("worker-0") == 4
         ledger.confirm("id-a-1700000100-5-9", 3)
-        assert ledger.commit_point("worker-0") == 9
+        assert ledger.positions.commit_point("worker-0") == 9

@@ -23,7 +23,7 @@ import pytest
 import stripe
 
 from edge_node.errors import TransientSyncError
-from sync.billing.ledger import LedgerBatch
+from sync.billing.ledger_batch import LedgerBatch
 from sync.billing.reconcile import Reconciliation, reconcile, stripe_invoices
 from sync.billing.statements import PeriodStatement
 from sync.stripe.standin import DEFAULT_API_KEY, StripeStandin
