@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -468,3 +469,29 @@ class TestStrictBatches:
         assert spend.spent_now(tenant.tenant_id) == 3
         served = read_counts(counts_path(queue_directory(node.config)))
         assert [(t, events, units) for t, _, events, units in served] == [(tenant.tenant_id, 3, 3)]
+
+    async def test_serving_leaves_no_garbage_cycles_of_the_node(
+        self, make_node: NodeFactory
+    ) -> None:
+        """Strict metering, the score and page memories and the rating writes make no
+        reference cycles of the node's own objects: while serving, the cyclic garbage
+        collector is held back (edge_node.http.collector), and garbage it then finds all at
+        once stalls the loop for tens of milliseconds."""
+        node = await make_node(**{"meter.durability": "strict"})
+        tenant = node.create_tenant()
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for number in range(60):
+                rating = {"user_id": f"u{number % 7}", "item_id": "i", "score": number % 5 + 1}
+                assert await post(node, tenant.tenant_id, tenant.headers, rating) in (200, 201)
+                for path in ("/items/i/score", "/ratings?item_id=i"):
+                    url = node.tenant_url(tenant.tenant_id, path)
+                    async with node.session.get(url, headers=tenant.headers) as response:
+                        assert response.status == 200
+            gc.collect()
+            ours = [o for o in gc.garbage if type(o).__module__.startswith("edge_node")]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert ours == []
