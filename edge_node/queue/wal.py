@@ -142,10 +142,7 @@ class WriteAheadQueue:
         batch instead of one per record. Awaiting a shared future from a task that may be
         cancelled must not cancel it for the others: shield it, or wait on it with callbacks.
         """
-        size = self._admit(payload, timestamp_ms)
-        future = self._committer.submit_shared(payload, timestamp_ms)
-        self._reserved_bytes += size
-        return future
+        return self.append_shared_many([payload], [timestamp_ms])
 
     def append_shared_many(
         self, payloads: list[bytes], timestamps_ms: list[int]

@@ -3,9 +3,10 @@
 Appends are queued on the event loop. One flush task takes everything queued, encodes it,
 and hands it to a dedicated writer thread that writes it and fsyncs it, so the loop keeps
 serving meanwhile; appends that arrive during that fsync form the next batch. Each append's
-future resolves only after the fsync that covers its record. An append may instead take the
-batch's shared future (`submit_shared`): one future for every such append queued before the
-batch is cut, resolved by the same fsync, so a hundred appenders cost one future, not a hundred.
+future resolves only after the fsync that covers its record. Appends may instead take the
+batch's shared future (`submit_shared_many`): one future for every record queued that way
+before the batch is cut, resolved by the same fsync, so a hundred appenders cost one future,
+not a hundred.
 
 A batch whose write or fsync fails (a full disk, an I/O error) is neither acknowledged nor
 dropped: its bytes are cut off the segment again (the file truncated to its last durable size,
@@ -152,19 +153,12 @@ class GroupCommitter:
         self._queue(payload, timestamp_ms)
         return future
 
-    def submit_shared(self, payload: bytes, timestamp_ms: int) -> asyncio.Future[int]:
-        """Queue one record; the future, shared by every record queued this way for the same
-        batch, gives the batch's last sequence number once the whole batch is durable."""
-        shared = self._shared
-        if shared is None:
-            shared = self._shared = self._loop.create_future()
-        self._queue(payload, timestamp_ms)
-        return shared
-
     def submit_shared_many(
         self, payloads: list[bytes], timestamps_ms: list[int]
     ) -> asyncio.Future[int]:
-        """`submit_shared` of several records, in order."""
+        """Queue records, in order; the future, shared by every record queued this way for
+        the same batch, gives the batch's last sequence number once the whole batch is
+        durable."""
         shared = self._shared
         if shared is None:
             shared = self._shared = self._loop.create_future()
