@@ -236,8 +236,8 @@ class TenantStore(RatingReplication):
         limit: int = 50,
     ) -> Page:
         """Live ratings in (created_at, id) order, strictly after the cursor position."""
-        rows, has_more = self._page_rows(item_id, user_id, after, limit)
-        last = (rows[-1][6], rows[-1][0]) if rows else None
+        self._sealer.refresh()
+        rows, has_more, last = self._page_rows(item_id, user_id, after, limit)
         return Page([self._rows.served(row) for row in rows], has_more, last)
 
     def page_document(
@@ -258,8 +258,8 @@ class TenantStore(RatingReplication):
 
     def _read_page_document(self, key: PageKey) -> tuple[bytes, bool]:
         _, item_id, user_id, after, limit = key
-        rows, has_more = self._page_rows(item_id, user_id, after, limit)
-        cursor = encode_cursor((rows[-1][6], rows[-1][0])) if has_more and rows else None
+        rows, has_more, last = self._page_rows(item_id, user_id, after, limit)
+        cursor = encode_cursor(last) if has_more and last else None
         return self._rows.page(rows, cursor)
 
     def _page_rows(
@@ -268,8 +268,9 @@ class TenantStore(RatingReplication):
         user_id: str | None,
         after: tuple[int, str] | None,
         limit: int,
-    ) -> tuple[list[Any], bool]:
-        """Up to `limit` rows (PAGE_COLUMNS) of the page, and whether more follow."""
+    ) -> tuple[list[Any], bool, tuple[int, str] | None]:
+        """Up to `limit` rows (PAGE_COLUMNS) of the page, whether more follow, and the
+        (created_at, id) of the last row: the next cursor's position."""
         clauses: list[str] = ["deleted = 0"]
         params: list[object] = []
         if item_id is not None:
@@ -286,8 +287,8 @@ class TenantStore(RatingReplication):
             " ORDER BY created_at, id LIMIT ?",
             (*params, limit + 1),
         ).fetchall()
-        self._sealer.refresh()
-        return rows[:limit], len(rows) > limit
+        shown = rows[:limit]
+        return shown, len(rows) > limit, (shown[-1][6], shown[-1][0]) if shown else None
 
     def score(self, item_id: str) -> ItemScore:
         """The item's aggregates, from memory while the file is unchanged since they were read
