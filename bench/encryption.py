@@ -50,7 +50,8 @@ from bench.http import (
     server_environ,
     wait_listening,
 )
-from bench.loadgen import Measurement, choose_generator, spawn_pinned, split_cpus, stop, wrk_version
+from bench.loadgen import Measurement, choose_generator, wrk_version
+from bench.processes import spawn_pinned, split_cpus, stop
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores
 

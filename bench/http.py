@@ -47,12 +47,9 @@ from bench.loadgen import (
     Target,
     check_template,
     choose_generator,
-    cpu_seconds,
-    spawn_pinned,
-    split_cpus,
-    stop,
     wrk_version,
 )
+from bench.processes import cpu_seconds, spawn_pinned, split_cpus, stop
 
 SCORE_PATH = "/v1/tenants/{tenant_id}/items/{item_id}/score"
 RATINGS_PATH = "/v1/tenants/{tenant_id}/ratings"

@@ -34,9 +34,9 @@ from bench.loadgen import (
     Measurement,
     Target,
     choose_generator,
-    stop,
     wrk_version,
 )
+from bench.processes import stop
 
 STOP_GRACE_SECONDS = 15
 

@@ -23,7 +23,8 @@ from bench.http import (
     Settings,
     measure,
 )
-from bench.loadgen import GeneratorName, split_cpus
+from bench.loadgen import GeneratorName
+from bench.processes import split_cpus
 
 # Kinds of request, and the variants each is measured in; "baseline" is the minimal app.
 REQUESTS = {
