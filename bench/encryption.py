@@ -37,21 +37,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.http import (
-    RATINGS_PATH,
-    Scenario,
-    Server,
-    Settings,
-    machine,
-    markdown,
-    measure,
-    problems,
-    result_row,
-    server_environ,
-    wait_listening,
-)
 from bench.loadgen import Measurement, choose_generator, wrk_version
+from bench.measure import Settings, measure
 from bench.processes import spawn_pinned, split_cpus, stop
+from bench.scenarios import RATINGS_PATH, Scenario
+from bench.servers import Server, server_environ, wait_listening
+from bench.summary import machine, markdown, problems, result_row
 from edge_node.rating.model import RatingInput
 from edge_node.rating.store import TenantStores
 

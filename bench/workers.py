@@ -19,15 +19,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.http import (
-    RATE_LIMIT_PER_MINUTE,
-    SCORE_PATH,
-    SEED_ITEM,
-    edge_node_executable,
-    seed_ratings,
-    server_environ,
-    wait_listening,
-)
 from bench.loadgen import (
     RUNNERS,
     GeneratorName,
@@ -37,6 +28,15 @@ from bench.loadgen import (
     wrk_version,
 )
 from bench.processes import stop
+from bench.scenarios import SCORE_PATH
+from bench.servers import (
+    RATE_LIMIT_PER_MINUTE,
+    SEED_ITEM,
+    edge_node_executable,
+    seed_ratings,
+    server_environ,
+    wait_listening,
+)
 
 STOP_GRACE_SECONDS = 15
 

@@ -21,11 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.http import Settings, machine
 from bench.loadgen import GeneratorName, choose_generator, wrk_version
+from bench.measure import Settings
 from bench.report.suite import BENCHMARKS, Scale, Section
 from bench.report.sweep import SweepSettings, run_sweep
 from bench.report.write import write_report
+from bench.summary import machine
 
 DEFAULT_OUT = Path("docs/performance")
 FULL_CONNECTIONS = (1, 4, 16, 64, 256)
@@ -49,7 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def machine_info(generator: GeneratorName) -> dict[str, Any]:
-    """bench.http's description of the machine, with memory, kernel and SQLite added."""
+    """bench.summary's description of the machine, with memory, kernel and SQLite added."""
     info = machine(Settings(1, 0, 1, generator), wrk_version())
     meminfo = Path("/proc/meminfo")
     total_kb = (

@@ -31,8 +31,9 @@ from bench import (
     workers,
 )
 from bench import sync as sync_bench
-from bench.http import Settings, result_row
 from bench.loadgen import GeneratorName
+from bench.measure import Settings
+from bench.summary import result_row
 
 Section = dict[str, Any]  # title, command, note, columns, rows: JSON all the way down
 

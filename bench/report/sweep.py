@@ -1,9 +1,10 @@
 """The HTTP concurrency sweep: score reads and rating writes (metering off, batched and strict)
 and pages of ratings (strict).
 
-Every point is measured with bench.http's own machinery (its servers, pinning, warm-up and
-wrk or Python load generator), the minimal aiohttp app first at each concurrency, so every
-daemon figure is read against a baseline measured moments before it on the same core.
+Every point is measured with the HTTP benchmark's own machinery (its scenarios, servers,
+pinning, warm-up and wrk or Python load generator: bench.scenarios, bench.servers and
+bench.measure), the minimal aiohttp app first at each concurrency, so every daemon figure is
+read against a baseline measured moments before it on the same core.
 """
 
 from __future__ import annotations
@@ -15,16 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.http import (
-    BATCHED,
-    SCENARIOS,
-    Scenario,
-    ServerPool,
-    Settings,
-    measure,
-)
 from bench.loadgen import GeneratorName
+from bench.measure import Settings, measure
 from bench.processes import split_cpus
+from bench.scenarios import BATCHED, SCENARIOS, Scenario
+from bench.servers import ServerPool
 
 # Kinds of request, and the variants each is measured in; "baseline" is the minimal app.
 REQUESTS = {

@@ -15,7 +15,7 @@ from typing import Any
 from bench.report.sweep import REQUESTS, VARIANT_TITLES, VARIANTS
 
 HEADLINE_CONNECTIONS = 64
-NOISY_SHARE = 0.10  # as bench.http: others using this much of the server's CPU make noise
+NOISY_SHARE = 0.10  # as bench.summary: others using this much of the server's CPU make noise
 STYLES = {
     "baseline": {"color": "black", "linestyle": "--", "marker": "o"},
     "meter-off": {"color": "tab:green", "linestyle": "-", "marker": "s"},
