@@ -36,7 +36,7 @@ from edge_node.clock import now_ms
 from edge_node.config import MeterConfig, QueueConfig
 from edge_node.errors import ConfigError, ServiceUnavailable, StorageUnavailable
 from edge_node.ids import EventIdGenerator
-from edge_node.queue import QueueError, QueueSettings, WriteAheadQueue, open_queue
+from edge_node.queue import QueueSettings, WriteAheadQueue, open_queue
 from edge_node.usage.batch_wait import BatchWait
 from edge_node.usage.event import encode_event
 from edge_node.usage.operations import OPERATIONS
@@ -193,7 +193,7 @@ class Meter:
         else:
             try:
                 durable = self._append([event])
-            except QueueError as exc:
+            except Exception as exc:  # as in strict: any failure to append answers 503
                 self._failed(exc)
                 raise _not_recorded() from exc
             self._track(durable)
@@ -223,7 +223,8 @@ class Meter:
         durable.add_done_callback(functools.partial(self._durable, batch))
 
     def _append(self, events: list[_Event]) -> asyncio.Future[int]:
-        """Encode `events` and queue them for the next group commit; QueueError as append."""
+        """Encode `events` and queue them for the next group commit; raising as the queue's
+        append does (all of them queued or none)."""
         assert self.queue is not None
         new_id, node_id = self._ids.new, self.node_id
         payloads = [

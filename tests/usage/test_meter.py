@@ -175,6 +175,27 @@ class TestDurability:
         await node.meter.queue.flush()  # type: ignore[union-attr]
         assert len(events_on_disk(node)) == 1
 
+    @pytest.mark.parametrize("durability", ["strict", "batched"])
+    async def test_events_that_cannot_be_appended_are_refused_at_once(
+        self, make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch, durability: str
+    ) -> None:
+        """Any failure to append events (not only the queue's own errors) answers each of
+        their requests 503 usage-not-recorded at once, in either durability: never a 500,
+        and in strict never a wait for the bound that ends in usage-pending."""
+
+        def broken(**_: object) -> bytes:
+            raise ValueError("cannot encode")
+
+        node = await make_node(**{"meter.durability": durability})
+        tenant = node.create_tenant()
+        monkeypatch.setattr("edge_node.usage.meter.encode_event", broken)
+        outcomes = await asyncio.gather(
+            *(node.meter.record(tenant.tenant_id, "score.read", 200, f"r{n}") for n in range(2)),
+            return_exceptions=True,
+        )
+        # Not usage-pending (the bound waited out, strict) nor a ValueError (a 500, batched).
+        assert [getattr(o, "slug", o) for o in outcomes] == ["usage-not-recorded"] * 2
+
 
 async def fill_queue(node: RunningNode) -> None:
     """Append filler records until less than one reservation of room is left."""
@@ -420,26 +441,6 @@ class TestStrictBatches:
         await node.meter.close()
         assert await recorded is True
         assert [e.request_id for e in events_on_disk(node)] == ["at-stop"]
-
-    async def test_a_batch_that_cannot_be_encoded_is_refused_at_once(
-        self, make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """Any failure to append a turn's events (not only the queue's own errors) answers
-        each of its requests 503 usage-not-recorded at once, rather than leaving them to
-        wait out the bound and be told their events are pending."""
-
-        def broken(**_: object) -> bytes:
-            raise ValueError("cannot encode")
-
-        node = await make_node(**{"meter.durability": "strict"})
-        tenant = node.create_tenant()
-        monkeypatch.setattr("edge_node.usage.meter.encode_event", broken)
-        outcomes = await asyncio.gather(
-            *(node.meter.record(tenant.tenant_id, "score.read", 200, f"r{n}") for n in range(2)),
-            return_exceptions=True,
-        )
-        # Waiting out the bound would have answered usage-pending.
-        assert [getattr(o, "slug", o) for o in outcomes] == ["usage-not-recorded"] * 2
 
     async def test_a_batch_that_ran_out_of_time_is_spent_at_once_and_only_once(
         self, make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
