@@ -45,6 +45,7 @@ from edge_node.queue.locking import DirectoryLock
 from edge_node.secrets import SecretFiles
 from edge_node.tenant_usage.model import UsageSource
 from edge_node.usage.meter import BILLING_CONSUMER, Meter, open_meter
+from edge_node.web.accepting import ListenerSite, open_listeners
 from edge_node.web.limits import LimitedAppRunner
 from edge_node.web.tls import ReloadableTls, open_tls
 
@@ -218,19 +219,12 @@ async def _listen(
     )
     await runner.setup()
     ssl_context = None if tls is None else tls.context
-    site: web.BaseSite
     if sockets.listen_fd is None:
-        site = web.TCPSite(
-            runner,
-            config.server.host,
-            config.server.port,
-            backlog=1024,
-            ssl_context=ssl_context,
-            reuse_port=reuse_port,
-        )
+        host, port = config.server.host, config.server.port
+        for listener in open_listeners(host, port, reuse_port=reuse_port):
+            await ListenerSite(runner, listener, ssl_context=ssl_context).start()
     else:
-        site = await inherited_site(runner, sockets, ssl_context)
-    await site.start()
+        await (await inherited_site(runner, sockets, ssl_context)).start()
     return runner
 
 

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from edge_node.web.accepting import open_listeners
+
 BANKS = 2
 DEFER_ACCEPT_SECONDS = 10  # after that long without a byte, a connection is accepted anyway
 
@@ -71,23 +73,15 @@ def worker_indexes(generation: int, count: int) -> range:
     return range(bank * count, (bank + 1) * count)
 
 
-def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
-    """The node's listening socket on (host, port) (port 0 picks one), for the workers."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    listener = socket.socket(family, kind, proto)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # A connection is accepted once its first bytes are in, so a worker that accepts it
-        # reads its request at once, even when it begins to drain right after.
-        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
-        listener.bind(address)
-        listener.listen(backlog)
-    except BaseException:
-        listener.close()
-        raise
-    return listener
+def open_node_listener(host: str, port: int) -> socket.socket:
+    """The node's listening socket on (host, port) (port 0 picks one; the first address
+    `host` resolves to), for the workers. A
+    connection is accepted once its first bytes are in, so a worker that accepts it reads
+    its request at once, even when it begins to drain right after."""
+    first, *others = open_listeners(host, port, defer_accept_seconds=DEFER_ACCEPT_SECONDS)
+    for other in others:  # the workers are handed one socket: the first address's
+        other.close()
+    return first
 
 
 def worker_command(config_file: str | None, data_dir: str | None) -> WorkerCommand:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edge_node.web.accepting import SHARED_ACCEPT_BURST, ListenerSite
+
 log = logging.getLogger(__name__)
 
 VERSION_FIELD = "X_EDGE_NODE_VERSION"  # a worker's version, sent to its supervisor at READY
@@ -111,7 +113,7 @@ async def stop_accepting(runner: web.AppRunner) -> None:
 
 async def inherited_site(
     runner: web.AppRunner, sockets: WorkerSockets, ssl_context: ssl.SSLContext | None
-) -> web.SockSite:
+) -> ListenerSite:
     """The site on the supervisor's listening socket (`sockets.listen_fd`), to be started
     once the worker is ready: its health socket is open, and its /readyz answered 200."""
     assert sockets.listen_fd is not None
@@ -120,4 +122,4 @@ async def inherited_site(
         await wait_until_ready(sockets.health_name)
     listener = socket.socket(fileno=sockets.listen_fd)
     listener.set_inheritable(False)
-    return web.SockSite(runner, listener, ssl_context=ssl_context)
+    return ListenerSite(runner, listener, ssl_context=ssl_context, burst=SHARED_ACCEPT_BURST)

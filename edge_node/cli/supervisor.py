@@ -38,7 +38,7 @@ from edge_node.cli.generations import (
     Generation,
     Worker,
     WorkerCommand,
-    open_listener,
+    open_node_listener,
     worker_indexes,
 )
 from edge_node.cli.health_socket import VERSION_FIELD
@@ -91,7 +91,7 @@ class Supervisor:
         stopped cleanly (one dead and waiting for its restart does not count)."""
         open_tls(self.config.tls)  # a certificate that does not load stops us here, not N times
         lock = lock_data_dir(self.config)
-        self._listener = open_listener(self.config.server.host, self.config.server.port)
+        self._listener = open_node_listener(self.config.server.host, self.config.server.port)
         try:
             self._port = self._listener.getsockname()[1]
             # One table of rate-limit buckets for every worker
