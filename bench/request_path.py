@@ -45,6 +45,24 @@ LIST_PAGE = 50
 SCENARIOS = ("get-score", "post-rating", "list-ratings", "write-then-list")
 CHUNKS = 10  # turns the minimal app and the daemon take in one measurement
 Figures = dict[str, Any]  # wall_us, cpu_us, minimal_wall_us, minimal_cpu_us, failures
+Settings = dict[str, str]  # a setting's dotted name -> its value, as in the TOML file
+
+
+def parse_settings(parser: argparse.ArgumentParser, pairs: list[str]) -> Settings:
+    """`--set` values by setting name; an error for one that is not SETTING=VALUE or names no
+    setting of this tree's configuration."""
+    from edge_node.config import iter_settings  # noqa: PLC0415
+
+    known = {name for name, _ in iter_settings()}
+    settings: Settings = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or name not in known:
+            parser.error(
+                f"--set takes SETTING=VALUE with a setting of docs/configuration.md: {pair!r}"
+            )
+        settings[name] = value
+    return settings
 
 
 def post_requests(path: str, api_key: str) -> Iterator[bytes]:
@@ -82,15 +100,19 @@ def minimal_requests(scenario: str) -> Iterator[bytes]:
     return repeat(get_request(f"{prefix}/items/{ITEM}/score", "-"))
 
 
-async def seeded_daemon(data_dir: Path) -> tuple[Any, Any, Any, str, str]:
+async def seeded_daemon(
+    data_dir: Path, settings: Settings | None = None
+) -> tuple[Any, Any, Any, str, str]:
     """The daemon's app on a fresh data directory with one tenant and a page of ratings:
-    (app, storage, meter, path prefix, API key)."""
-    from edge_node.config import load_config  # noqa: PLC0415
+    (app, storage, meter, path prefix, API key); `settings` changes its configuration
+    (setting name to value, as `--set meter.enabled=false`)."""
+    from edge_node.config import env_name, load_config  # noqa: PLC0415
     from edge_node.http.app import NodeStorage, create_app  # noqa: PLC0415
     from edge_node.rating.model import parse_rating  # noqa: PLC0415
     from edge_node.usage.meter import open_meter  # noqa: PLC0415
 
-    config = load_config(environ={"EDGE_NODE_DATA_DIR": str(data_dir)})
+    overrides = {env_name(name): value for name, value in (settings or {}).items()}
+    config = load_config(environ={**overrides, "EDGE_NODE_DATA_DIR": str(data_dir)})
     storage = NodeStorage.open(config)
     tenant, key = storage.registry.create_tenant("bench", rate_limit_per_minute=10**9)
     store = storage.stores.get(tenant.tenant_id)
@@ -112,12 +134,14 @@ def daemon_requests(scenario: str, prefix: str, api_key: str) -> Iterator[bytes]
     return repeat(get_request(f"{prefix}/items/{ITEM}/score", api_key))
 
 
-async def measure_pair(scenario: str, count: int, connections: int, data_dir: Path) -> Figures:
+async def measure_pair(
+    scenario: str, count: int, connections: int, data_dir: Path, settings: Settings
+) -> Figures:
     """The scenario and the minimal app's same requests, in alternating chunks in this process,
     so a busy spell on the machine falls on both alike."""
     from bench.minimal_app import create_app as minimal_app  # noqa: PLC0415
 
-    app, storage, meter, prefix, api_key = await seeded_daemon(data_dir)
+    app, storage, meter, prefix, api_key = await seeded_daemon(data_dir, settings)
     ours, theirs = daemon_requests(scenario, prefix, api_key), minimal_requests(scenario)
     totals = {"ours": [0.0, 0.0], "minimal": [0.0, 0.0]}
     failures = 0
@@ -146,12 +170,14 @@ async def measure_pair(scenario: str, count: int, connections: int, data_dir: Pa
     }
 
 
-async def measure_one(scenario: str, count: int, connections: int) -> Figures:
+async def measure_one(scenario: str, count: int, connections: int, settings: Settings) -> Figures:
     with tempfile.TemporaryDirectory(prefix="edge-node-request-path-") as scratch:
-        return await measure_pair(scenario, count, connections, Path(scratch))
+        return await measure_pair(scenario, count, connections, Path(scratch), settings)
 
 
-async def counted(scenario: str, app_name: str, count: int, connections: int) -> None:
+async def counted(
+    scenario: str, app_name: str, count: int, connections: int, settings: Settings
+) -> None:
     """Serve `scenario` with one app, valgrind's instruction counting on for `count` requests."""
     with tempfile.TemporaryDirectory(prefix="edge-node-request-path-") as scratch:
         if app_name == "minimal":
@@ -159,7 +185,7 @@ async def counted(scenario: str, app_name: str, count: int, connections: int) ->
 
             app, requests, meter, storage = minimal_app(), minimal_requests(scenario), None, None
         else:
-            app, storage, meter, prefix, api_key = await seeded_daemon(Path(scratch))
+            app, storage, meter, prefix, api_key = await seeded_daemon(Path(scratch), settings)
             requests = daemon_requests(scenario, prefix, api_key)
         try:
             async with running(app) as server:
@@ -178,7 +204,9 @@ def _callgrind(switch: str) -> None:
     subprocess.run(["callgrind_control", switch, str(os.getpid())], check=True)
 
 
-def child(scenario: str, count: int, connections: int, profile: str | None) -> None:
+def child(
+    scenario: str, count: int, connections: int, profile: str | None, settings: str = "{}"
+) -> None:
     """Measure one scenario in this process (the tree on sys.path[0]) and print it as JSON."""
     import uvloop  # noqa: PLC0415
 
@@ -187,23 +215,26 @@ def child(scenario: str, count: int, connections: int, profile: str | None) -> N
 
         profiler = cProfile.Profile()
         profiler.enable()
-    figures = uvloop.run(measure_one(scenario, count, connections))
+    figures = uvloop.run(measure_one(scenario, count, connections, json.loads(settings)))
     if profile:
         profiler.disable()
         profiler.dump_stats(profile)
     print(json.dumps(figures))
 
 
-def run_child(tree: Path, scenario: str, count: int, connections: int) -> Figures:
+def run_child(
+    tree: Path, scenario: str, count: int, connections: int, settings: Settings
+) -> Figures:
     command = [
         sys.executable,
         "-c",
         "import sys; sys.path.insert(0, sys.argv[1]); from bench.request_path import child;"
-        " child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), None)",
+        " child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), None, sys.argv[5])",
         str(tree),
         scenario,
         str(count),
         str(connections),
+        json.dumps(settings),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_NODE_")}
     # This file measures the other tree too: it is put in place of that tree's bench/.
@@ -242,7 +273,11 @@ def revision_tree(revision: str | None) -> Iterator[Path | None]:
 
 
 def measure(
-    count: int, connections: int, rounds: int, against: str | None = None
+    count: int,
+    connections: int,
+    rounds: int,
+    against: str | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, dict[str, Figures]]:
     """Best round of each scenario, per tree: {"this": {...}, against: {...}}."""
     best: dict[str, dict[str, Figures]] = {}
@@ -251,7 +286,7 @@ def measure(
         for _ in range(rounds):
             for label, tree in trees.items():
                 for scenario in SCENARIOS:
-                    figures = run_child(tree, scenario, count, connections)
+                    figures = run_child(tree, scenario, count, connections, settings or {})
                     print(f"{label} {scenario}: {figures}", file=sys.stderr)
                     kept = best.setdefault(label, {}).get(scenario)
                     ratio = figures["minimal_cpu_us"] / figures["cpu_us"]
@@ -302,16 +337,25 @@ def main() -> None:
         "--callgrind", choices=SCENARIOS, help="count one scenario's instructions under valgrind"
     )
     parser.add_argument("--app", choices=("daemon", "minimal"), default="daemon")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="change a setting of the daemon measured (docs/configuration.md), e.g. "
+        "meter.enabled=false; repeatable",
+    )
     args = parser.parse_args()
+    settings = parse_settings(parser, args.set)
     if args.callgrind:
         import uvloop  # noqa: PLC0415
 
-        uvloop.run(counted(args.callgrind, args.app, args.requests, args.connections))
+        uvloop.run(counted(args.callgrind, args.app, args.requests, args.connections, settings))
         return
     if args.profile:
-        child(args.scenario, args.requests, args.connections, args.profile)
+        child(args.scenario, args.requests, args.connections, args.profile, json.dumps(settings))
         return
-    best = measure(args.requests, args.connections, args.rounds, args.against)
+    best = measure(args.requests, args.connections, args.rounds, args.against, settings)
     print(f"{args.requests} requests over {args.connections} connections, best of {args.rounds}")
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
