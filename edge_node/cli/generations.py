@@ -75,9 +75,9 @@ def worker_indexes(generation: int, count: int) -> range:
 
 def open_node_listener(host: str, port: int) -> socket.socket:
     """The node's listening socket on (host, port) (port 0 picks one; the first address
-    `host` resolves to), for the workers. A
-    connection is accepted once its first bytes are in, so a worker that accepts it reads
-    its request at once, even when it begins to drain right after."""
+    `host` resolves to), for the workers. A connection is accepted once its first bytes are
+    in, so a worker that accepts it reads its request at once, even when it begins to drain
+    right after."""
     first, *others = open_listeners(host, port, defer_accept_seconds=DEFER_ACCEPT_SECONDS)
     for other in others:  # the workers are handed one socket: the first address's
         other.close()
