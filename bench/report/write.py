@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.report.sweep import REQUESTS, VARIANT_TITLES, VARIANTS
+from bench.summary import NOISY_SHARE
 
 HEADLINE_CONNECTIONS = 64
-NOISY_SHARE = 0.10  # as bench.summary: others using this much of the server's CPU make noise
 STYLES = {
     "baseline": {"color": "black", "linestyle": "--", "marker": "o"},
     "meter-off": {"color": "tab:green", "linestyle": "-", "marker": "s"},
