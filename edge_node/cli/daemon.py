@@ -224,7 +224,8 @@ async def _listen(
         for listener in open_listeners(host, port, reuse_port=reuse_port):
             await ListenerSite(runner, listener, ssl_context=ssl_context).start()
     else:
-        await (await inherited_site(runner, sockets, ssl_context)).start()
+        site = await inherited_site(runner, sockets, ssl_context)
+        await site.start()
     return runner
 
 
