@@ -99,6 +99,12 @@ class TenantStores:
             # for when they cannot keep up with steady writes (BACKSTOP_CHECKPOINT_PAGES).
             conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
+            # Each write of a batch runs in its own savepoint, whose journal SQLite spills to
+            # a temporary file past 64 KiB: a batch of a few dozen writes did, and its later
+            # writes then wrote their pages there too (about five more writes a rating). In
+            # memory it lasts as long as the batch. Set after the migrations, whose sorts may
+            # be as large as a table.
+            conn.execute("PRAGMA temp_store = MEMORY")
             store = TenantStore(
                 conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id), self.pending
             )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
 
-from edge_node.rating.model import RatingInput
+from edge_node.rating.model import Rating, RatingInput
 from edge_node.rating.store import TenantStores
 from edge_node.rating.tenant_store import TenantStore
 
@@ -131,3 +133,36 @@ class TestPendingListingInABatch:
             assert stores.pending_tenants() == []
         store.upsert(RatingInput("c", "item", 3, None))
         assert stores.pending_tenants() == [TENANT]
+
+
+def open_temporary_files() -> list[str]:
+    """The files SQLite made for temporary data that this process holds open (it unlinks
+    them at once, so only /proc still names them)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if "etilqs_" in (target := os.readlink(f"/proc/self/fd/{fd}")):
+                found.append(target)
+    return found
+
+
+class TestBatchJournal:
+    async def test_a_large_batch_writes_no_temporary_file(self, tmp_path: Path) -> None:
+        """The savepoints of a batch of sixty commented writes keep their journal in memory:
+        on disk it cost each later write of the batch a write of its pages to a temporary
+        file."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        seen: list[str] = []
+
+        def write(number: int) -> tuple[Rating, bool]:
+            written = store.upsert(
+                RatingInput(f"user-{number:04d}", f"item-{number % 7}", 1 + number % 5, "x" * 200)
+            )
+            seen.extend(open_temporary_files())
+            return written
+
+        batches = [[batch * 100 + i for i in range(60)] for batch in range(3)]
+        for numbers in batches:
+            await asyncio.gather(*[store.batched(lambda n=n: write(n)) for n in numbers])
+        assert store.score("item-0").count == sum(n % 7 == 0 for b in batches for n in b)
+        assert seen == []
