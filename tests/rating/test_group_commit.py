@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from edge_node.rating.model import Rating, RatingInput
 from edge_node.rating.store import TenantStores
-from edge_node.rating.tenant_store import TenantStore
+from edge_node.rating.tenant_store import DeleteDenied, TenantStore
 
 TENANT = "3f8d7a4e-1b2c-4d5e-8f90-123456789abc"
 
@@ -37,12 +38,14 @@ class TestGroupCommit:
         )
         assert [created for _, created in results] == [True] * 20
         assert statements.count("COMMIT") == 1
-        assert statements.count("SAVEPOINT nested") == 20  # one per write, not one per level
+        assert statements.count("SAVEPOINT nested") == 0  # nothing failed: nothing to undo
         assert store.score("item").count == 20
 
     async def test_a_failing_write_is_undone_alone(self, tmp_path: Path) -> None:
-        """A write that fails half-way is rolled back; the others in its batch commit."""
+        """A write that fails half-way is rolled back; the others in its batch commit, each
+        once: the batch is undone and written again with a savepoint per write."""
         store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        statements = count_commits(store)
 
         def half_then_fail() -> None:
             store.upsert(RatingInput("doomed", "item", 5, None))
@@ -53,9 +56,54 @@ class TestGroupCommit:
         last = store.batched(lambda: store.upsert(RatingInput("b", "item", 4, None)))
         outcomes = await asyncio.gather(first, failing, last, return_exceptions=True)
         assert isinstance(outcomes[1], RuntimeError)
+        assert [created for _, created in (outcomes[0], outcomes[2])] == [True, True]
         assert [r["user_id"] for r in store.page().ratings] == ["a", "b"]
         assert store.score("item").count == 2
-        assert store.pending_changes(10)[0][-1].user_id == "b"
+        assert [row.user_id for row in store.pending_changes(10)[0]] == ["a", "b"]
+        assert statements.count("ROLLBACK") == 1  # the first attempt, then a savepoint each
+        assert statements.count("SAVEPOINT nested") == 3
+        assert statements.count("COMMIT") == 1
+
+    async def test_a_write_failing_before_any_change_costs_no_second_attempt(
+        self, tmp_path: Path
+    ) -> None:
+        """A write refused before it changed a row (a rating of another user's) leaves
+        nothing to undo: the batch commits in its one attempt, without savepoints."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        rating, _ = store.upsert(RatingInput("owner", "item", 3, None))
+        statements = count_commits(store)
+        first = store.batched(lambda: store.upsert(RatingInput("a", "item", 2, None)))
+        refused = store.batched(lambda: store.delete(rating.id, only_user="someone-else"))
+        last = store.batched(lambda: store.upsert(RatingInput("b", "item", 4, None)))
+        outcomes = await asyncio.gather(first, refused, last, return_exceptions=True)
+        assert isinstance(outcomes[1], DeleteDenied)
+        assert store.score("item").count == 3
+        assert (statements.count("BEGIN IMMEDIATE"), statements.count("COMMIT")) == (1, 1)
+        assert statements.count("SAVEPOINT nested") == statements.count("ROLLBACK") == 0
+
+    async def test_a_transaction_sqlite_ended_ends_its_batch(self, tmp_path: Path) -> None:
+        """A write after which the batch's transaction is gone (SQLite rolls it back itself
+        on a full disk or an I/O error) fails the whole batch: a later write must not run,
+        and commit, in a transaction of its own while its caller is told it failed."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        ran: list[str] = []
+
+        def write(user: str) -> tuple[Rating, bool]:
+            ran.append(user)
+            return store.upsert(RatingInput(user, "item", 3, None))
+
+        def transaction_lost() -> None:
+            store._conn.execute("ROLLBACK")  # as SQLite does after SQLITE_FULL
+            raise sqlite3.OperationalError("database or disk is full")
+
+        first = store.batched(lambda: write("a"))
+        lost = store.batched(transaction_lost)
+        last = store.batched(lambda: write("b"))
+        outcomes = await asyncio.gather(first, lost, last, return_exceptions=True)
+        assert all(isinstance(outcome, sqlite3.OperationalError) for outcome in outcomes)
+        assert ran == ["a"]
+        assert store.score("item").count == 0
+        assert not store._conn.in_transaction
 
     async def test_results_arrive_only_after_the_commit(self, tmp_path: Path) -> None:
         """No caller sees its result before the shared transaction is committed."""
@@ -147,11 +195,14 @@ def open_temporary_files() -> list[str]:
 
 
 class TestBatchJournal:
-    async def test_a_large_batch_writes_no_temporary_file(self, tmp_path: Path) -> None:
-        """The savepoints of a batch of sixty commented writes keep their journal in memory:
-        on disk it cost each later write of the batch a write of its pages to a temporary
-        file."""
+    async def test_savepoints_of_a_large_batch_write_no_temporary_file(
+        self, tmp_path: Path
+    ) -> None:
+        """A batch written again with a savepoint per write (one of its writes failed after
+        changing a row) keeps the savepoints' journal in memory: sixty commented writes spilled
+        it to a temporary file, and each later write of the batch wrote its pages there."""
         store = TenantStores(tmp_path, node_id="n").get(TENANT)
+        statements = count_commits(store)
         seen: list[str] = []
 
         def write(number: int) -> tuple[Rating, bool]:
@@ -161,8 +212,16 @@ class TestBatchJournal:
             seen.extend(open_temporary_files())
             return written
 
+        def half_then_fail() -> None:
+            store.upsert(RatingInput("doomed", "item-0", 5, None))
+            raise RuntimeError("boom")
+
         batches = [[batch * 100 + i for i in range(60)] for batch in range(3)]
         for numbers in batches:
+            failing = asyncio.ensure_future(store.batched(half_then_fail))
             await asyncio.gather(*[store.batched(lambda n=n: write(n)) for n in numbers])
+            with pytest.raises(RuntimeError):
+                await failing
+        assert statements.count("SAVEPOINT nested") == 3 * 61
         assert store.score("item-0").count == sum(n % 7 == 0 for b in batches for n in b)
         assert seen == []
