@@ -13,6 +13,7 @@ import errno
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,16 +95,25 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
             time.sleep(0.005)
 
 
-def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> None:
-    """Copy a WAL file's committed frames into the database (PASSIVE: never blocks writers).
+def _connect_existing(path: Path) -> sqlite3.Connection:
+    """A connection to a file that must exist already: a file removed meanwhile (a tenant
+    deleted while its checkpoint was on the way) is an error, never made again empty."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"
+    return sqlite3.connect(uri, uri=True, isolation_level=None)
+
+
+def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> tuple[int, int]:
+    """Copy a WAL file's committed frames into the database (PASSIVE: never blocks writers);
+    the frames the WAL held and how many of them are now copied (-1, -1 when not in WAL mode).
 
     Meant for a background thread, on its own short-lived connection, so the fsyncs of a
     checkpoint never run on the event loop's connection.
     """
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = _connect_existing(path)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(frames), int(copied)
     finally:
         conn.close()
 
@@ -113,18 +123,18 @@ def cut_wal(path: Path, limit_bytes: int) -> bool:
     size it grew to until a write restarts it): a TRUNCATE checkpoint that does not wait, so
     it happens only while no reader or writer is in the WAL. False when the file is still over
     the limit. For a background thread, like `checkpoint`."""
-    if _wal_bytes(path) <= limit_bytes:
+    if wal_bytes(path) <= limit_bytes:
         return True
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = _connect_existing(path)
     try:
         conn.execute("PRAGMA busy_timeout = 0")
         busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     finally:
         conn.close()
-    return not busy and _wal_bytes(path) <= limit_bytes
+    return not busy and wal_bytes(path) <= limit_bytes
 
 
-def _wal_bytes(path: Path) -> int:
+def wal_bytes(path: Path) -> int:
     try:
         return os.stat(f"{path}-wal").st_size
     except FileNotFoundError:

@@ -36,7 +36,8 @@ class StorageConfig:
     checkpoint_interval_seconds: float = setting(
         1.0,
         "How often written tenant files are checkpointed in a background thread (WAL copied "
-        "into the database), keeping those fsyncs off the request path.",
+        "into the database), keeping those fsyncs off the request path. A file written "
+        "steadily has its WAL started over by that thread as well, each time it passes 4 MiB.",
         minimum=0.05,
         maximum=60,
     )

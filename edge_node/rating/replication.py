@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from edge_node import sqlite
 from edge_node.rating.pending import PendingUploads
 from edge_node.rating.schema import ROW_COLUMNS
+from edge_node.rating.write_batches import WriteBatches
 
 # Rating ids are derived from (tenant, user, item): the same logical rating has the same id on
 # every replica, so sync never has to reconcile two ids for one row.
@@ -78,7 +79,7 @@ class RatingReplication:
     tenant_id: str
     dirty: bool
     _pending: PendingUploads | None
-    _in_batch: bool  # a write runs inside a batch's transaction (TenantStore.batched)
+    batches: WriteBatches  # TenantStore's group commit
     _outbox_seen: bool  # the batch's transaction has looked at the outbox (_list_pending)
 
     def pending_changes(self, limit: int) -> tuple[list[RatingRow], int]:
@@ -122,7 +123,7 @@ class RatingReplication:
         entries found then stay until COMMIT (only a transaction of their own removes them,
         and the batch holds the write lock), and a listing stays even when the write that
         made it is rolled back (a listed tenant with an empty outbox costs one look)."""
-        if self._pending is None or (self._in_batch and self._outbox_seen):
+        if self._pending is None or (self.batches.running and self._outbox_seen):
             return
         if not self._conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
             self._pending.mark(self.tenant_id)

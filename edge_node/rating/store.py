@@ -10,6 +10,8 @@ rows).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import sqlite3
 from collections import OrderedDict
@@ -27,12 +29,20 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
-# Checkpoints run in a background thread (run_checkpoints). Under steady writes that PASSIVE
-# checkpoint never catches up with the writer, so the WAL is never restarted and would grow for
-# as long as the writes go on: past this many pages (4 MiB), the writing connection checkpoints
-# itself after a commit (SQLite's autocheckpoint), which lets the next write restart the WAL,
-# and `journal_size_limit` then cuts the file back to WAL_LIMIT_BYTES.
-BACKSTOP_CHECKPOINT_PAGES = 1000
+# Checkpoints run in a background thread (run_checkpoints), whose fsyncs never hold up the
+# event loop. Under steady writes that PASSIVE checkpoint never catches up with the writer, and
+# a WAL starts over only when a write begins with every frame of it copied: once a batch of
+# writes leaves the WAL past WAL_LIMIT_BYTES, the background task copies it while writes go on,
+# holds the file's writes (at most HOLD_SECONDS) while a second checkpoint copies what they
+# added, and releases them; the first write after starts the WAL over, and `journal_size_limit`
+# cuts the file back to WAL_LIMIT_BYTES. Reads go on meanwhile. Should that not happen (another
+# process reading the file, a checkpoint failing), past BACKSTOP_CHECKPOINT_PAGES the writing
+# connection checkpoints itself after a commit (SQLite's autocheckpoint), on the event loop.
+BACKSTOP_CHECKPOINT_PAGES = 4000
+HOLD_SECONDS = 0.05
+CATCH_UP_PASSES = 4  # checkpoints while writes go on, until one copies few frames
+CAUGHT_UP_FRAMES = 128  # few enough for the last checkpoint to copy while writes are held
+RESTART_SPACING_SECONDS = 0.05  # between rounds of WAL restarts: writes are held at most 50%
 # A WAL file keeps the size it grew to until a write restarts it; on a full disk, below the
 # free-space floor, no write comes: the background round cuts an idle file's WAL past this
 # size with a TRUNCATE checkpoint that never waits, which gives the space back.
@@ -67,6 +77,8 @@ class TenantStores:
         self._open: OrderedDict[str, TenantStore] = OrderedDict()
         # Tenants whose file failed to open as damaged, and why: reported by /readyz.
         self.damaged: dict[str, str] = {}
+        self._restarts_due: set[str] = set()  # tenants whose WAL is to start over
+        self._wake = asyncio.Event()  # wakes run_checkpoints for them
         directory.mkdir(parents=True, exist_ok=True)
         self.pending = PendingUploads(directory / PENDING_FILE, busy_timeout_ms=busy_timeout_ms)
         if not self.pending.complete:  # first start with the index: look at every file once
@@ -106,7 +118,12 @@ class TenantStores:
             # be as large as a table.
             conn.execute("PRAGMA temp_store = MEMORY")
             store = TenantStore(
-                conn, tenant_id, self.node_id, self.keyring.sealer(tenant_id), self.pending
+                conn,
+                tenant_id,
+                self.node_id,
+                self.keyring.sealer(tenant_id),
+                self.pending,
+                committed=functools.partial(self._check_wal, tenant_id),
             )
             store.seal_plaintext_comments()
         except BaseException as exc:
@@ -162,19 +179,78 @@ class TenantStores:
 
     async def run_checkpoints(self, interval: float) -> None:
         """Checkpoint every tenant file written since the last round, off the event loop; a
-        file not written again meanwhile whose WAL outgrew WAL_LIMIT_BYTES has it cut back."""
+        file not written again meanwhile whose WAL outgrew WAL_LIMIT_BYTES has it cut back.
+        Between rounds, start over the WAL of files written steadily (_restart_wal)."""
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
-            written = [store for store in self._open.values() if store.dirty]
-            for store in written:
-                store.dirty = False
-            for store in written:
-                path = self.path(store.tenant_id)
-                try:
-                    await asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
-                    if not store.dirty:  # idle since the round began (a write arriving now waits)
-                        cut = await asyncio.to_thread(sqlite.cut_wal, path, WAL_LIMIT_BYTES)
-                        store.dirty = store.dirty or not cut  # tried again next round
-                except sqlite3.Error as exc:
-                    store.dirty = True
-                    log.warning("checkpoint of tenant %s failed: %s", store.tenant_id, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_round - loop.time()))
+            self._wake.clear()
+            if self._restarts_due:
+                for tenant_id in sorted(self._restarts_due):
+                    await self._restart_wal(tenant_id)
+                    self._restarts_due.discard(tenant_id)
+                await asyncio.sleep(RESTART_SPACING_SECONDS)
+            if loop.time() >= next_round:
+                await self._checkpoint_round()
+                next_round = loop.time() + interval
+
+    async def _checkpoint_round(self) -> None:
+        written = [store for store in self._open.values() if store.dirty]
+        for store in written:
+            store.dirty = False
+        for store in written:
+            path = self.path(store.tenant_id)
+            try:
+                await asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
+                if not store.dirty:  # idle since the round began (a write arriving now waits)
+                    cut = await asyncio.to_thread(sqlite.cut_wal, path, WAL_LIMIT_BYTES)
+                    store.dirty = store.dirty or not cut  # tried again next round
+            except sqlite3.Error as exc:
+                store.dirty = True
+                log.warning("checkpoint of tenant %s failed: %s", store.tenant_id, exc)
+
+    def _check_wal(self, tenant_id: str) -> None:
+        """After a batch of writes committed: a WAL grown past WAL_LIMIT_BYTES is to start
+        over (one stat per batch; a stat that fails is the backstop's to make up for)."""
+        if tenant_id in self._restarts_due:
+            return
+        try:
+            grown = sqlite.wal_bytes(self.path(tenant_id)) > WAL_LIMIT_BYTES
+        except OSError:
+            return
+        if grown:
+            self._restarts_due.add(tenant_id)
+            self._wake.set()
+
+    async def _restart_wal(self, tenant_id: str) -> None:
+        """Copy the tenant's WAL into its file while writes go on (again, while a pass still
+        had much to copy), then hold its writes while a last checkpoint copies the frames they
+        added, so that the first write released finds every frame copied and starts the WAL
+        over: no checkpoint on the event loop."""
+        store = self._open.get(tenant_id)
+        if store is None:
+            return
+        path = self.path(tenant_id)
+        try:
+            copied_before = 0
+            for _ in range(CATCH_UP_PASSES):
+                _, copied = await asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
+                if self._open.get(tenant_id) is not store:  # closed, maybe dropped, meanwhile
+                    return
+                caught_up = copied - copied_before <= CAUGHT_UP_FRAMES
+                copied_before = copied
+                if caught_up:
+                    break
+            store.batches.hold()
+            final = asyncio.ensure_future(
+                asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
+            )
+            try:
+                await asyncio.wait({final}, timeout=HOLD_SECONDS)
+            finally:
+                store.batches.release()
+            await final
+        except sqlite3.Error as exc:
+            log.warning("checkpoint of tenant %s failed: %s", tenant_id, exc)

@@ -16,10 +16,9 @@ as `"comment": null, "comment_unreadable": true` and logged, never as an error.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,6 +33,7 @@ from edge_node.rating.pending import PendingUploads
 from edge_node.rating.read_memory import FileVersion, ReadMemory
 from edge_node.rating.replication import RatingReplication, rating_id
 from edge_node.rating.row_documents import PAGE_COLUMNS, RowDocuments
+from edge_node.rating.write_batches import WriteBatches
 
 _FIND = (
     "SELECT id, created_at, updated_at, deleted FROM ratings"
@@ -75,10 +75,6 @@ class Page:
     last: tuple[int, str] | None  # (created_at, id) of the last rating: the next cursor's
 
 
-class _PartlyWritten(Exception):
-    """A write of a batch run without savepoints failed after changing rows."""
-
-
 class DeleteDenied(Exception):
     """The rating exists but belongs to another user than the one the credential is bound to."""
 
@@ -93,14 +89,18 @@ class TenantStore(RatingReplication):
         node_id: str,
         sealer: TenantSealer,
         pending: PendingUploads | None = None,
+        *,
+        committed: Callable[[], None] | None = None,
     ) -> None:
+        """`committed` is called after each batch of writes has committed (edge_node.rating.store
+        looks at the WAL then)."""
         self._conn = conn
         self.tenant_id = tenant_id
         self._node_id = node_id
         self._sealer = sealer
         self._pending = pending
         self.dirty = False  # written since the last background checkpoint was scheduled
-        self._batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self.batches = WriteBatches(conn, self._batch_begins, committed)
         version = FileVersion(conn)
         self._scores: ReadMemory[str, tuple[ItemScore, bytes]] = ReadMemory(
             version, SCORES_IN_MEMORY
@@ -115,109 +115,24 @@ class TenantStore(RatingReplication):
             max_bytes=PAGES_IN_MEMORY_BYTES,
             keep=lambda page: page[1],
         )
-        self._close_after_batch = False
-        self._in_batch = False  # a batch's write runs, in the batch's transaction
         self._outbox_seen = False
 
     def close(self) -> None:
-        if self._batch:  # evicted with writes pending: close once they have committed
-            self._close_after_batch = True
-            return
-        self._conn.close()
+        """Close the file, or once the writes queued for its batch have committed."""
+        self.batches.close()
 
-    async def batched(self, operation: Callable[[], T]) -> T:
-        """Run a write in the transaction shared by the writes of this loop iteration.
+    def batched(self, operation: Callable[[], T]) -> Coroutine[Any, Any, T]:
+        """Run a write in the transaction shared by the writes of this loop iteration
+        (edge_node.rating.write_batches); await it for the write's result."""
+        return self.batches.run(operation)
 
-        Writes arriving together commit together (one BEGIN/COMMIT, one set of WAL page
-        writes); one failing leaves the others intact, and every caller learns its result
-        only once the shared COMMIT has succeeded.
-        """
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._batch.append((operation, future))
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._commit_batch)
-        return await future
-
-    def _commit_batch(self) -> None:
-        try:
-            self._run_batch()
-        finally:
-            if self._close_after_batch:
-                self._conn.close()
-
-    def _run_batch(self) -> None:
-        """Write the batch and settle its futures.
-
-        The writes run back to back in the transaction, without a savepoint each (two more
-        statements and a copy of every page a write touches, about 5% of a rating write): a
-        write that fails before it changes a row (most failures: a data key that cannot be
-        used, a rating not the caller's) leaves nothing to undo. Should one fail after
-        changing rows, the whole transaction is undone and the batch written again with a
-        savepoint per write, which undoes that write alone."""
-        batch, self._batch = self._batch, []
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        try:
-            try:
-                self._write_batch(batch, outcomes, savepoints=False)
-            except _PartlyWritten:
-                outcomes.clear()
-                self._write_batch(batch, outcomes, savepoints=True)
-        except Exception as failure:  # BEGIN or COMMIT failed: none of the batch is durable
-            # A write that hit a full disk or an I/O error may have ended the transaction
-            # (SQLite rolls back by itself); its error, not COMMIT's, says why.
-            cause: BaseException = next(
-                (error for _, _, error in outcomes if error and sqlite.storage_failure(error)),
-                failure,
-            )
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(cause)
-            return
-        for future, value, error in outcomes:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
-
-    def _write_batch(
-        self,
-        batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
-        *,
-        savepoints: bool,
-    ) -> None:
-        """Run the batch's writes in one transaction and commit it, each write's result or
-        error added to `outcomes`. Without `savepoints`, a write failing after it changed
-        rows raises _PartlyWritten (the transaction is rolled back). A write after which
-        SQLite has ended the transaction itself ends the batch: none of it is durable, and no
-        later write may run in a transaction of its own."""
-        self._outbox_seen = False
-        conn = self._conn
-        with sqlite.transaction(conn):
-            for operation, future in batch:
-                if future.cancelled():
-                    continue
-                changes = conn.total_changes  # counts a failed statement's rows too
-                try:
-                    # A savepoint of the batch's transaction is the write's transaction.
-                    with sqlite.transaction(conn) if savepoints else contextlib.nullcontext():
-                        self._in_batch = True
-                        outcomes.append((future, operation(), None))
-                except Exception as exc:  # handed to that write's caller
-                    outcomes.append((future, None, exc))
-                    if not conn.in_transaction:
-                        raise
-                    if not savepoints and conn.total_changes != changes:
-                        raise _PartlyWritten from exc
-                finally:
-                    self._in_batch = False
+    def _batch_begins(self) -> None:
+        self._outbox_seen = False  # a new transaction: the outbox is looked at again
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """The transaction of one write: its own, or within a batch the batch's (which
-        undoes a failed write itself: _run_batch)."""
-        if self._in_batch:
+        undoes a failed write itself)."""
+        if self.batches.running:
             return contextlib.nullcontext(self._conn)
         return sqlite.transaction(self._conn)
 
