@@ -13,7 +13,6 @@ import errno
 import os
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,13 +97,13 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
 def _connect_existing(path: Path) -> sqlite3.Connection:
     """A connection to a file that must exist already: a file removed meanwhile (a tenant
     deleted while its checkpoint was on the way) is an error, never made again empty."""
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"
-    return sqlite3.connect(uri, uri=True, isolation_level=None)
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, isolation_level=None)
 
 
-def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> tuple[int, int]:
-    """Copy a WAL file's committed frames into the database (PASSIVE: never blocks writers);
-    the frames the WAL held and how many of them are now copied (-1, -1 when not in WAL mode).
+def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> tuple[bool, int, int]:
+    """Copy a WAL file's committed frames into the database (PASSIVE: never blocks writers):
+    whether another connection's checkpoint kept this one from running, the frames the WAL
+    held and how many of them are now copied.
 
     Meant for a background thread, on its own short-lived connection, so the fsyncs of a
     checkpoint never run on the event loop's connection.
@@ -112,8 +111,8 @@ def checkpoint(path: Path, busy_timeout_ms: int = 5000) -> tuple[int, int]:
     conn = _connect_existing(path)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return int(frames), int(copied)
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return bool(busy), int(frames), int(copied)
     finally:
         conn.close()
 

@@ -37,7 +37,8 @@ class StorageConfig:
         1.0,
         "How often written tenant files are checkpointed in a background thread (WAL copied "
         "into the database), keeping those fsyncs off the request path. A file written "
-        "steadily has its WAL started over by that thread as well, each time it passes 4 MiB.",
+        "steadily by one process has its WAL started over from that thread as well once it "
+        "passes 4 MiB; written by several (serve --workers), past 16 MiB by the writer.",
         minimum=0.05,
         maximum=60,
     )

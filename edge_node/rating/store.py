@@ -16,7 +16,7 @@ import logging
 import sqlite3
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_node import sqlite
 from edge_node.rating.pending import FILE_NAME as PENDING_FILE
@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 # event loop. Under steady writes that PASSIVE checkpoint never catches up with the writer, and
 # a WAL starts over only when a write begins with every frame of it copied: once a batch of
 # writes leaves the WAL past WAL_LIMIT_BYTES, the background task copies it while writes go on,
-# holds the file's writes (at most HOLD_SECONDS) while a second checkpoint copies what they
-# added, and releases them; the first write after starts the WAL over, and `journal_size_limit`
-# cuts the file back to WAL_LIMIT_BYTES. Reads go on meanwhile. Should that not happen (another
-# process reading the file, a checkpoint failing), past BACKSTOP_CHECKPOINT_PAGES the writing
+# holds this process's batched writes to the file (at most HOLD_SECONDS) while a last
+# checkpoint copies what they added, and releases them; the first write after starts the WAL
+# over, and `journal_size_limit` cuts the file back to WAL_LIMIT_BYTES. Reads go on meanwhile.
+# Should that not happen (another process writing or reading the file, as the workers of
+# `serve --workers N` do, a checkpoint failing), past BACKSTOP_CHECKPOINT_PAGES the writing
 # connection checkpoints itself after a commit (SQLite's autocheckpoint), on the event loop.
 BACKSTOP_CHECKPOINT_PAGES = 4000
 HOLD_SECONDS = 0.05
@@ -111,11 +112,12 @@ class TenantStores:
             # for when they cannot keep up with steady writes (BACKSTOP_CHECKPOINT_PAGES).
             conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
-            # Each write of a batch runs in its own savepoint, whose journal SQLite spills to
-            # a temporary file past 64 KiB: a batch of a few dozen writes did, and its later
-            # writes then wrote their pages there too (about five more writes a rating). In
-            # memory it lasts as long as the batch. Set after the migrations, whose sorts may
-            # be as large as a table.
+            # A batch written with a savepoint per write (edge_node.rating.write_batches, after
+            # a write failed half-way) keeps their journal, which SQLite spills to a temporary
+            # file past 64 KiB: a batch of a few dozen writes did, and its later writes then
+            # wrote their pages there too (about five more writes a rating). In memory it lasts
+            # as long as the batch. Set after the migrations, whose sorts may be as large as a
+            # table.
             conn.execute("PRAGMA temp_store = MEMORY")
             store = TenantStore(
                 conn,
@@ -184,8 +186,11 @@ class TenantStores:
         loop = asyncio.get_running_loop()
         next_round = loop.time() + interval
         while True:
+            # Not asyncio.wait_for: on Python 3.11 it can lose a cancellation that arrives as
+            # the wait ends, and the shutdown that cancels this task would wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_round - loop.time()))
+                async with asyncio.timeout_at(next_round):
+                    await self._wake.wait()
             self._wake.clear()
             if self._restarts_due:
                 for tenant_id in sorted(self._restarts_due):
@@ -203,8 +208,10 @@ class TenantStores:
         for store in written:
             path = self.path(store.tenant_id)
             try:
-                await asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
-                if not store.dirty:  # idle since the round began (a write arriving now waits)
+                busy, _, _ = await asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
+                if busy:  # another connection's checkpoint runs: next round
+                    store.dirty = True
+                elif not store.dirty:  # idle since the round began (a write arriving now waits)
                     cut = await asyncio.to_thread(sqlite.cut_wal, path, WAL_LIMIT_BYTES)
                     store.dirty = store.dirty or not cut  # tried again next round
             except sqlite3.Error as exc:
@@ -226,18 +233,22 @@ class TenantStores:
 
     async def _restart_wal(self, tenant_id: str) -> None:
         """Copy the tenant's WAL into its file while writes go on (again, while a pass still
-        had much to copy), then hold its writes while a last checkpoint copies the frames they
-        added, so that the first write released finds every frame copied and starts the WAL
-        over: no checkpoint on the event loop."""
+        had much to copy), then hold this process's writes to it while a last checkpoint
+        copies the frames they added, so that the first write released finds every frame
+        copied and starts the WAL over: no checkpoint on the event loop. Should another
+        connection write or read the file meanwhile, the WAL may not start over: the next
+        batch asks again, and the backstop remains."""
         store = self._open.get(tenant_id)
-        if store is None:
-            return
         path = self.path(tenant_id)
+        if store is None or sqlite.wal_bytes(path) <= WAL_LIMIT_BYTES:  # started over since
+            return
         try:
             copied_before = 0
             for _ in range(CATCH_UP_PASSES):
-                _, copied = await asyncio.to_thread(sqlite.checkpoint, path, self._busy_timeout_ms)
-                if self._open.get(tenant_id) is not store:  # closed, maybe dropped, meanwhile
+                busy, _, copied = await asyncio.to_thread(
+                    sqlite.checkpoint, path, self._busy_timeout_ms
+                )
+                if busy or self._open.get(tenant_id) is not store:  # closed or dropped meanwhile
                     return
                 caught_up = copied - copied_before <= CAUGHT_UP_FRAMES
                 copied_before = copied
@@ -251,6 +262,13 @@ class TenantStores:
                 await asyncio.wait({final}, timeout=HOLD_SECONDS)
             finally:
                 store.batches.release()
+                final.add_done_callback(_retrieved)  # its error is logged below, or dropped
             await final
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             log.warning("checkpoint of tenant %s failed: %s", tenant_id, exc)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a future's outcome as seen (a shutdown may leave no one to await it)."""
+    if not future.cancelled():
+        future.exception()

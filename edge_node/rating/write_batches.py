@@ -85,6 +85,11 @@ class WriteBatches:
         batch, self._queued = self._queued, []
         try:
             self._run(batch)
+        except BaseException as exc:  # a write raised past Exception: no caller waits for ever
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
         finally:
             if self._close_after:
                 self._conn.close()
@@ -131,7 +136,9 @@ class WriteBatches:
             for operation, future in batch:
                 if future.cancelled():
                     continue
-                changes = conn.total_changes  # counts a failed statement's rows too
+                # Rows a failed statement's triggers changed count too: at worst a second
+                # attempt that was not needed, never a partial write missed.
+                changes = conn.total_changes
                 try:
                     # A savepoint of the batch's transaction is the write's transaction.
                     with sqlite.transaction(conn) if savepoints else contextlib.nullcontext():

@@ -194,6 +194,31 @@ def open_temporary_files() -> list[str]:
     return found
 
 
+class _Abort(BaseException):
+    """Raised past `except Exception`, as a KeyboardInterrupt would be."""
+
+
+class TestBatchBaseException:
+    async def test_every_caller_hears_of_a_write_raising_past_exception(
+        self, tmp_path: Path
+    ) -> None:
+        """A write raising something no `except Exception` catches rolls the batch back and
+        answers every caller with it, the writes that had run included: none waits for ever."""
+        store = TenantStores(tmp_path, node_id="n").get(TENANT)
+
+        def abort() -> None:
+            raise _Abort
+
+        first = store.batched(lambda: store.upsert(RatingInput("a", "item", 2, None)))
+        aborting = store.batched(abort)
+        last = store.batched(lambda: store.upsert(RatingInput("b", "item", 4, None)))
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(first, aborting, last, return_exceptions=True), 2
+        )
+        assert all(isinstance(outcome, _Abort) for outcome in outcomes)
+        assert store.score("item").count == 0
+
+
 class TestBatchJournal:
     async def test_savepoints_of_a_large_batch_write_no_temporary_file(
         self, tmp_path: Path
