@@ -27,6 +27,7 @@ from edge_node.crypto.sealing import TenantSealer
 from edge_node.http.app import NodeStorage, create_app
 from edge_node.rating.store import TenantStores
 from edge_node.usage.meter import open_meter
+from edge_node.web.limits import LimitedAppRunner
 
 RATE_LIMIT_PER_MINUTE = 100_000_000
 
@@ -72,7 +73,7 @@ def prepare(data_dir: Path, mode: str, credentials: Path) -> tuple[Config, NodeS
 
 async def serve(config: Config, storage: NodeStorage, mode: str) -> None:
     meter = await open_meter(config.meter, config.queue, queue_directory(config), config.node_id)
-    runner = web.AppRunner(create_app(config, storage, meter), access_log=None)
+    runner = LimitedAppRunner(create_app(config, storage, meter), config.limits, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
     await site.start()

@@ -1,8 +1,8 @@
 """Micro-benchmark: what the request guards (edge_node.http.guards) add to each request, in-process.
 
 `python -m bench.guards` times, in one run and on the same request objects, a minimal
-aiohttp app (one constant route, behind edge-node's outermost middleware, edge_node.http.front,
-with metrics off) handling requests, the same app behind the guards' middleware with the
+aiohttp app (one constant route, behind edge-node's front, edge_node.http.front, with metrics
+off and guards that refuse nothing) handling requests, the same app behind the front with the
 limits only, and with the abuse guard (client IP, block lookup, IP and tenant spike
 counters) and the limits, over many client IPs and tenants. It prints microseconds per
 request and each variant as a ratio of the minimal app. No server and no
@@ -20,7 +20,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from aiohttp.streams import EMPTY_PAYLOAD
@@ -31,8 +30,8 @@ from edge_node.abuse.blocks import BlockStore
 from edge_node.abuse.guard import AbuseGuard, AbuseMetrics
 from edge_node.admission.router import ADMITTED_TENANT_KEY
 from edge_node.config import load_config
-from edge_node.http.front import front_middleware
-from edge_node.http.guards import guards_middleware
+from edge_node.http.front import front
+from edge_node.http.guards import RequestGuards
 from edge_node.node_database import open_node_database
 from edge_node.web.limits import RequestLimits
 
@@ -88,17 +87,26 @@ async def timed(
     return best
 
 
-def minimal_app(middlewares: list[Any]) -> web.Application:
-    """One score route answering a constant, behind `middlewares`."""
+class Unguarded(RequestGuards):
+    """Guards that refuse and count nothing: the front's cost without them, the baseline."""
+
+    def admit(self, request: web.Request) -> float:
+        return 0.0
+
+
+def minimal_app(guards: RequestGuards) -> Handler:
+    """One score route answering a constant, behind the front with `guards`: what the server
+    calls with each request."""
     response = web.Response(body=b"{}", content_type="application/json")
 
     async def score(request: web.Request) -> web.StreamResponse:
         return response
 
-    app = web.Application(middlewares=middlewares)
+    app = web.Application()
     app.router.add_get("/v1/tenants/{tenant_id}/items/{item_id}/score", score)
     app.freeze()
-    return app
+    # _handle: the app's own request handling, routing included.
+    return front(None, guards, app.router)(app._handle)
 
 
 async def measure(count: int, clients: int, rounds: int) -> dict[str, float]:
@@ -110,16 +118,15 @@ async def measure(count: int, clients: int, rounds: int) -> dict[str, float]:
         guard = AbuseGuard(
             config.abuse, BlockStore(conn), AbuseMetrics(CollectorRegistry(auto_describe=True))
         )
-        # Every edge-node app has the front middleware: the guards' cost is what they add.
-        front, limits = front_middleware(None), RequestLimits(config.limits)
+        # Every edge-node app has the front: the guards' cost is what they add.
+        limits = RequestLimits(config.limits)
         apps = {
-            "minimal app": minimal_app([front]),
-            "+ limits": minimal_app([front, guards_middleware(limits, None)]),
-            "+ abuse + limits": minimal_app([front, guards_middleware(limits, guard)]),
+            "minimal app": minimal_app(Unguarded(limits, None)),
+            "+ limits": minimal_app(RequestGuards(limits, None)),
+            "+ abuse + limits": minimal_app(RequestGuards(limits, guard)),
         }
         batch = requests(count, clients)
-        # _handle: the app's own request handling, routing and middlewares included.
-        results = await timed({name: app._handle for name, app in apps.items()}, batch, rounds)
+        results = await timed(apps, batch, rounds)
         conn.close()
     return results
 
@@ -128,7 +135,9 @@ async def main(count: int, clients: int, rounds: int) -> None:
     results = await measure(count, clients, rounds)
     base = results["minimal app"]
     print(f"{count} requests from {clients} client IPs and 50 tenants, best of {rounds} passes")
-    print("app._handle only: no HTTP parsing or writing, so the ratios overstate the cost")
+    print(
+        "front and app._handle only: no HTTP parsing or writing, so the ratios overstate the cost"
+    )
     print("| variant | us/request | added us | ratio |")
     print("|---|---:|---:|---:|")
     for name, us in results.items():

@@ -1,7 +1,8 @@
 """Requests driven through an aiohttp app's own connection handler, in memory, without sockets.
 
 The in-process benchmarks (bench.request_path, bench.quota) serve an app through aiohttp's
-`RequestHandler` (parser, routing, middlewares, handler, response writer) over
+`RequestHandler` (parser, routing, handler, response writer; for the daemon's app, the
+runner it is served with, its front included) over
 `MemoryTransport`s: keep-alive connections whose next request is sent as soon as the answer to
 the last is written, as a load generator would, with nothing of the kernel in between.
 """
@@ -115,9 +116,19 @@ def repeat(request: bytes) -> Iterator[bytes]:
 
 @contextlib.asynccontextmanager
 async def running(app: Any) -> Any:
+    """`app` set up as it is served: the daemon's app (it holds its configuration) by the
+    daemon's runner, with the limits and the front the daemon serves it with; any other by
+    aiohttp's own AppRunner."""
     from aiohttp import web  # noqa: PLC0415 - imported from the tree being measured
 
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    from edge_node.http.app import CONFIG_KEY  # noqa: PLC0415
+    from edge_node.web.limits import LimitedAppRunner  # noqa: PLC0415
+
+    config = app.get(CONFIG_KEY)
+    if config is None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    else:
+        runner = LimitedAppRunner(app, config.limits, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         yield runner.server

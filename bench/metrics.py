@@ -1,9 +1,9 @@
 """What Prometheus metrics cost a request, measured in-process, free of HTTP noise.
 
-`python -m bench.metrics` times, in one run, a score request's way through the outermost
-middleware (edge_node.http.front) counting it against the same middleware with metrics off, and
-NodeMetrics.observe alone, and prints microseconds per request and the difference. The HTTP
-view of the same cost is `python -m bench.http --scenarios
+`python -m bench.metrics` times, in one run, a score request's way through the node's front
+(edge_node.http.front, with the request limits) counting it against the same front with
+metrics off, and NodeMetrics.observe alone, and prints microseconds per request and the
+difference. The HTTP view of the same cost is `python -m bench.http --scenarios
 get-score-metrics-off,get-score-metrics-on` (docs/benchmarks.md); on a busy machine this one
 is the steadier figure.
 """
@@ -22,15 +22,18 @@ from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
 from edge_node.admission.router import ADMITTED_TENANT_KEY
-from edge_node.http.front import front_middleware
+from edge_node.config import load_config
+from edge_node.http.front import front
+from edge_node.http.guards import RequestGuards
 from edge_node.metrics.node import NodeMetrics
+from edge_node.web.limits import RequestLimits
 
 TENANT = "8e0c2a4e-0000-4000-8000-000000000000"
 PATH = f"/v1/tenants/{TENANT}/items/book-42/score"
 
 
 async def score_request(app: web.Application) -> web.Request:
-    """A request matched to the score route, as the router leaves it for the middleware."""
+    """A request matched to the score route, as the router leaves it for the route's handler."""
 
     async def score(request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)
@@ -40,7 +43,7 @@ async def score_request(app: web.Application) -> web.Request:
     request = make_mocked_request("GET", PATH, app=app)
     match = await app.router.resolve(request)
     assert match.route is route
-    # What aiohttp's request handler does before the middlewares run (make_mocked_request's
+    # What the app's routing does before the front reads the route (make_mocked_request's
     # own match_info is a mock, far slower than the real thing).
     request._match_info = match
     request[ADMITTED_TENANT_KEY] = TENANT
@@ -58,19 +61,16 @@ async def per_request_us(
 
 async def measure(count: int, rounds: int) -> dict[str, float]:
     metrics = NodeMetrics(CollectorRegistry())
-    request = await score_request(web.Application())
+    app = web.Application()
+    request = await score_request(app)
     response = web.Response(status=200)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return response
 
-    counted, uncounted = front_middleware(metrics), front_middleware(None)
-
-    async def through_metrics(request: web.Request) -> web.StreamResponse:
-        return await counted(request, handler)
-
-    async def without_metrics(request: web.Request) -> web.StreamResponse:
-        return await uncounted(request, handler)
+    guards = RequestGuards(RequestLimits(load_config(environ={}).limits), None)
+    through_metrics = front(metrics, guards, app.router)(handler)
+    without_metrics = front(None, guards, app.router)(handler)
 
     plain, metered = [], []
     for _ in range(rounds):

@@ -1,4 +1,5 @@
-"""The HTTP server: the app factory, the front and guard middlewares, the OpenAPI document.
+"""The HTTP server: the app factory, its front (request ids, guards, problem answers,
+metrics, around the app's routing), the OpenAPI document.
 
 The top of the request path: it assembles the concept packages (admission, abuse, usage,
 tenants, rating, metrics) into one aiohttp application. Nothing on the request path imports

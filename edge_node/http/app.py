@@ -22,8 +22,8 @@ from edge_node.descriptors import open_files_limit, tenant_files_budget
 from edge_node.errors import ServiceUnavailable
 from edge_node.http.collector import collector_for_serving
 from edge_node.http.docs_page import add_docs_routes
-from edge_node.http.front import front_middleware
-from edge_node.http.guards import add_request_guards
+from edge_node.http.front import front
+from edge_node.http.guards import request_guards
 from edge_node.http.openapi import openapi_document
 from edge_node.metrics.leases import LeaseCollector
 from edge_node.metrics.node import NodeMetrics, add_metrics_route
@@ -46,6 +46,7 @@ from edge_node.usage.leases import LeaseBook
 from edge_node.usage.meter import Meter
 from edge_node.usage.thresholds import ThresholdLog
 from edge_node.web.answers import json_response
+from edge_node.web.limits import SERVER_HANDLER_KEY
 
 CONFIG_KEY = web.AppKey("config", Config)
 NODE_DATABASE_KEY = web.AppKey("node_database", sqlite3.Connection)
@@ -148,6 +149,8 @@ def create_app(
     usage: UsageSource | None = None,
 ) -> web.Application:
     """The v1 API served from `storage`, metered by `meter`; the caller owns and closes both.
+    Serve it with edge_node.web.limits.LimitedAppRunner, which puts the app's front
+    (edge_node.http.front: request ids, guards, problem answers, metrics) around it.
 
     Secret files are opened in `secrets` (a fresh set when None), which the caller reloads on
     SIGHUP; an unreadable one is a ConfigError. `metrics` (a fresh registry when None) gets
@@ -158,9 +161,10 @@ def create_app(
     """
     if metrics is None:
         metrics = node_metrics(config)
-    front = front_middleware(metrics if config.metrics.enabled else None)
-    app = web.Application(middlewares=[front], client_max_size=config.server.max_body_bytes)
-    add_request_guards(app, config, storage.node_database, metrics_registry=metrics.registry)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    guards = request_guards(app, config, storage.node_database, metrics_registry=metrics.registry)
+    serving_metrics = metrics if config.metrics.enabled else None
+    app[SERVER_HANDLER_KEY] = front(serving_metrics, guards, app.router)
     app[CONFIG_KEY] = config
     app[NODE_DATABASE_KEY] = storage.node_database
     app[NODE_FILE_KEY] = storage.node_file

@@ -2,7 +2,7 @@
 
 NodeMetrics owns the metrics of one process in the CollectorRegistry it is given (tests
 build a fresh one and read samples back). On the request path it costs one call from the
-outermost middleware (`edge_node.http.front`) that counts and times the answer in plain dicts
+node's front (`edge_node.http.front`) that counts and times the answer in plain dicts
 (`edge_node.metrics.requests`), labelled by the route template (never the raw path, so a
 scanner cannot create series). Everything else is read only when Prometheus scrapes: the
 queue's counters and a status snapshot, the meter's, the sync worker's and the usage flush's
@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollec
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 import edge_node
-from edge_node.admission.router import ADMITTED_TENANT_KEY
 from edge_node.errors import NotFound
 from edge_node.metrics.collector import SourceCollector
 from edge_node.metrics.requests import RequestTally
@@ -151,13 +150,20 @@ class NodeMetrics:
         """Count one answered request and its latency (on the event loop)."""
         self.requests.observe(method, route, status, seconds, tenant)
 
-    def observe_request(self, request: web.Request, status: int, started: float) -> None:
-        """Count the answer to `request` and its latency since `started` (perf_counter)."""
-        resource = request.match_info.route.resource
+    def observe_request(
+        self,
+        method: str,
+        resource: web.AbstractResource | None,
+        status: int,
+        started: float,
+        tenant_id: str | None,
+    ) -> None:
+        """Count one answer to a request for `resource` (None: no route matched) and its
+        latency since `started` (perf_counter); `tenant_id` the tenant it was admitted for."""
         route = UNMATCHED_ROUTE if resource is None else resource.canonical
-        method = request.method if request.method in METHODS else "OTHER"
-        tenant = request.get(ADMITTED_TENANT_KEY, "")
-        self.requests.observe(method, route, status, time.perf_counter() - started, tenant)
+        method = method if method in METHODS else "OTHER"
+        seconds = time.perf_counter() - started
+        self.requests.observe(method, route, status, seconds, tenant_id or "")
 
     # Scraping.
 

@@ -1,10 +1,11 @@
 """Request limits: request-line, query, header and body sizes, and slow-client timeouts.
 
 aiohttp's HTTP parser refuses an over-long request line, an over-long header and too many
-headers itself, before any middleware runs, and answers in plain text. `LimitedAppRunner`
-serves the app through `ProblemRequestHandler`, aiohttp's protocol with that one answer
-replaced by our problem+json (414 uri-too-long, 431 headers-too-large, 400
-malformed-request). What the parser does not bound (the query string, the headers' total
+headers itself, before the app sees the request, and answers in plain text.
+`LimitedAppRunner` serves the app through `ProblemRequestHandler`, aiohttp's protocol with
+that one answer replaced by our problem+json (414 uri-too-long, 431 headers-too-large, 400
+malformed-request), and with the app's own outermost handling (`SERVER_HANDLER_KEY`) around
+it. What the parser does not bound (the query string, the headers' total
 size, how long a body takes) `RequestLimits` checks on every request (edge_node.http.guards).
 
 Slow clients: a connection that has not delivered a request's complete headers within
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
@@ -32,6 +34,13 @@ from edge_node.errors import BadRequest, HeadersTooLarge, Problem, RequestTimeou
 from edge_node.web.answers import problem_response
 
 log = logging.getLogger(__name__)
+
+# What an app puts around its own request handling (routing, then the route's handler): given
+# that handling, the handler `LimitedAppRunner`'s server calls with each request. It stands
+# where aiohttp middlewares would, at less cost: an app with any middleware gets one more of
+# aiohttp's own, and each is a coroutine frame that every request enters and, each time the
+# request waits, resumes. edge_node.http.app sets it (edge_node.http.front).
+SERVER_HANDLER_KEY: web.AppKey[Callable[[Handler], Handler]] = web.AppKey("server_handler")
 
 
 def runner_settings(limits: LimitsConfig) -> dict[str, Any]:
@@ -103,9 +112,10 @@ class _ProblemServer(web.Server):
 
 
 class LimitedAppRunner(web.AppRunner):
-    """An AppRunner whose server enforces `limits` and answers parser refusals as problems.
+    """An AppRunner whose server enforces `limits`, answers parser refusals as problems and
+    calls the app's `SERVER_HANDLER_KEY` handling (when it has one) with every request.
 
-    Takes AppRunner's own keyword arguments besides; use it wherever AppRunner was used.
+    Takes AppRunner's own keyword arguments besides; the node's app is served only this way.
     """
 
     def __init__(self, app: web.Application, limits: LimitsConfig, **kwargs: Any) -> None:
@@ -113,8 +123,13 @@ class LimitedAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
+        handler = server.request_handler
+        around = self.app.get(SERVER_HANDLER_KEY)
+        if around is not None:
+            # The server passes the app's own requests (its request factory's) to the handler.
+            handler = cast(Any, around(cast(Handler, handler)))
         return _ProblemServer(
-            server.request_handler,
+            handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),

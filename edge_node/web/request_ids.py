@@ -3,7 +3,7 @@
 A well-formed incoming id (1-128 of letters, digits, `.`, `_`, `:`, `-`) is kept, so a
 client or a proxy can follow its request through; anything else is replaced by a fresh
 random one. The id is settled before anything else runs (edge_node.http.front, the outermost
-middleware), so refusals at admission (401, 403, 429) and problem responses carry the id
+handling), so refusals at admission (401, 403, 429) and problem responses carry the id
 too; while the request is served the id is in `edge_node.logs.REQUEST_ID`, which every log
 line includes, and `guarded` writes it into the request's usage event. At debug level each
 answered request is logged (method, path, status: never a header, so never a credential).
@@ -17,17 +17,12 @@ import re
 
 from aiohttp import web
 
+from edge_node.logs import REQUEST_ID
+
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
-REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def settle_request_id(request: web.Request) -> str:
-    """The request's id, chosen now and kept on the request for everything after."""
-    request_id = request[REQUEST_ID_KEY] = chosen_request_id(request)
-    return request_id
 
 
 def log_answered(request: web.Request, status: int) -> None:
@@ -37,8 +32,9 @@ def log_answered(request: web.Request, status: int) -> None:
 
 
 def request_id_of(request: web.Request) -> str:
-    """The id settled for this request, else one chosen now."""
-    settled: str | None = request.get(REQUEST_ID_KEY)
+    """The id settled for the request being served (edge_node.http.front), else one chosen
+    now."""
+    settled = REQUEST_ID.get()
     return settled if settled is not None else chosen_request_id(request)
 
 

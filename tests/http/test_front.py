@@ -93,3 +93,27 @@ class TestFront:
         assert answer.headers["Location"] == "/healthz"
         assert answer.headers["X-Request-Id"] == "moved-1"
         assert served.count("/moved", 302) == 1
+
+    async def test_a_request_the_guards_refuse_is_counted_under_its_route(
+        self, served: Served
+    ) -> None:
+        """The guards run before routing; a request they refuse (a query string past
+        limits.max_query_bytes) is still counted under the route it was for, and answered as
+        a problem with its id."""
+        query = "?q=" + "x" * 5000
+        async with served.session.get(
+            served.url + "/healthz" + query, headers={"X-Request-Id": "long-1"}
+        ) as answer:
+            body = await answer.json(content_type=None)
+        assert answer.status == 414
+        assert body["type"] == "urn:edge-node:problem:uri-too-long"
+        assert answer.headers["X-Request-Id"] == "long-1"
+        assert served.count("/healthz", 414) == 1
+
+    async def test_a_refused_request_for_no_route_is_counted_unmatched(
+        self, served: Served
+    ) -> None:
+        async with served.session.get(served.url + "/nowhere?q=" + "x" * 5000) as answer:
+            await answer.read()
+        assert answer.status == 414
+        assert served.count("unmatched", 414) == 1

@@ -48,6 +48,17 @@ class TestRequestIds:
         (record,) = await node.meter.queue.tail(1)
         assert UsageEvent.decode(record.payload).request_id == "trace-7f3a:b.c_d-1"
 
+    async def test_a_generated_id_is_the_usage_events_too(self, node: RunningNode) -> None:
+        """Without an id of the client's, the fresh one on the answer is the usage event's."""
+        tenant = node.create_tenant()
+        path = f"/v1/tenants/{tenant.tenant_id}/items/book/score"
+        status, echoed = await request_id(node, "GET", path, {**tenant.headers})
+        assert status == 200
+        assert GENERATED.fullmatch(echoed)
+        assert node.meter.queue is not None
+        (record,) = await node.meter.queue.tail(1)
+        assert UsageEvent.decode(record.payload).request_id == echoed
+
     @pytest.mark.parametrize(
         "given",
         [None, "has space", "x" * 129, "semi;colon", ""],
