@@ -16,9 +16,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from re import Pattern
 from typing import Any
 
-from tests.cli.test_cli import announced_url, clean_environment, edge_node_command
+from tests.cli.test_cli import LISTENING, announced_url, clean_environment, edge_node_command
 
 ANNOUNCE_TIMEOUT_SECONDS = 30.0
 
@@ -81,6 +82,7 @@ class ServedNode:
         env: dict[str, str] | None = None,
         log: Path,
         cwd: Path | None = None,
+        announced: Pattern[str] = LISTENING,
     ) -> None:
         options = ["--data-dir", str(data_dir)] + (
             [] if config is None else ["--config", str(config)]
@@ -101,7 +103,7 @@ class ServedNode:
                 cwd=cwd,
             )
         try:
-            self.url = announced_url(self.process, self.log, ANNOUNCE_TIMEOUT_SECONDS)
+            self.url = announced_url(self.process, self.log, ANNOUNCE_TIMEOUT_SECONDS, announced)
         except BaseException:
             self.kill()
             raise

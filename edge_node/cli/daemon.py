@@ -25,7 +25,7 @@ from edge_node.admission.shared_limits import SharedRateLimiter
 from edge_node.cli.health_socket import (
     VERSION_FIELD,
     WorkerSockets,
-    inherited_site,
+    inherited_sites,
     stop_accepting,
 )
 from edge_node.cli.reload import NodeReloader
@@ -140,17 +140,17 @@ async def _serve_storage(
             watch_supervisor_sync(config, metrics)
         metrics.registry.register(UpgradeCollector(config.data_path))
         runner = await _listen(app, config, tls, sockets, reuse_port=worker is not None)
-        host, port = _bound_address(runner)
-        url = f"{'http' if tls is None else 'https'}://{host}:{port}"
+        urls = [site.name for site in runner.sites if isinstance(site, ListenerSite)]
+        url = urls[0]
         reloader = NodeReloader(config, secrets, reload_config, app[ROUTER_KEY], tls)
         # The handlers are in place before anyone hears we serve: a SIGTERM sent as soon as
         # READY or the announcement arrives then drains, instead of killing the process.
         with _stop_signals(on_reload=lambda: _reload(reloader, notifier)) as stop:
             if runtime is not None:
                 refuse_upgrades(config.data_path)
-                runtime.publish(config.node_id, [url])
+                runtime.publish(config.node_id, urls)
             announce(
-                f"edge-node listening on {url}"
+                f"edge-node listening on {' and '.join(urls)}"
                 f" (node {config.node_id}, data dir {config.data_path.resolve()})"
             )
             _tell_ready(notifier, url, worker)
@@ -219,13 +219,13 @@ async def _listen(
     )
     await runner.setup()
     ssl_context = None if tls is None else tls.context
-    if sockets.listen_fd is None:
+    if not sockets.listen_fds:
         host, port = config.server.host, config.server.port
         for listener in open_listeners(host, port, reuse_port=reuse_port):
             await ListenerSite(runner, listener, ssl_context=ssl_context).start()
     else:
-        site = await inherited_site(runner, sockets, ssl_context)
-        await site.start()
+        for site in await inherited_sites(runner, sockets, ssl_context):
+            await site.start()
     return runner
 
 
@@ -264,12 +264,6 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
-
-
-def _bound_address(runner: web.AppRunner) -> tuple[str, int]:
-    """The TCP address served (a worker also serves its health socket, a unix one)."""
-    address = next(a for a in runner.addresses if isinstance(a, tuple))
-    return str(address[0]), int(address[1])
 
 
 @contextlib.contextmanager

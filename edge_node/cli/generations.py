@@ -73,15 +73,12 @@ def worker_indexes(generation: int, count: int) -> range:
     return range(bank * count, (bank + 1) * count)
 
 
-def open_node_listener(host: str, port: int) -> socket.socket:
-    """The node's listening socket on (host, port) (port 0 picks one; the first address
-    `host` resolves to), for the workers. A connection is accepted once its first bytes are
+def open_node_listeners(host: str, port: int) -> list[socket.socket]:
+    """The node's listening sockets on (host, port), one per address `host` resolves to (port
+    0 picks one for all), for the workers. A connection is accepted once its first bytes are
     in, so a worker that accepts it reads its request at once, even when it begins to drain
     right after."""
-    first, *others = open_listeners(host, port, defer_accept_seconds=DEFER_ACCEPT_SECONDS)
-    for other in others:  # the workers are handed one socket: the first address's
-        other.close()
-    return first
+    return open_listeners(host, port, defer_accept_seconds=DEFER_ACCEPT_SECONDS)
 
 
 def worker_command(config_file: str | None, data_dir: str | None) -> WorkerCommand:

@@ -35,7 +35,7 @@ class WorkerSockets:
     """What a supervisor hands a worker: the descriptor of the node's listening socket and
     the name of the worker's health socket (None for a process serving on its own)."""
 
-    listen_fd: int | None = None
+    listen_fds: tuple[int, ...] = ()  # one per address the node listens on
     health_name: str | None = None
 
 
@@ -111,15 +111,21 @@ async def stop_accepting(runner: web.AppRunner) -> None:
         await asyncio.sleep(0)
 
 
-async def inherited_site(
+async def inherited_sites(
     runner: web.AppRunner, sockets: WorkerSockets, ssl_context: ssl.SSLContext | None
-) -> ListenerSite:
-    """The site on the supervisor's listening socket (`sockets.listen_fd`), to be started
-    once the worker is ready: its health socket is open, and its /readyz answered 200."""
-    assert sockets.listen_fd is not None
+) -> list[ListenerSite]:
+    """The sites on the supervisor's listening sockets (`sockets.listen_fds`, one per address),
+    to be started once the worker is ready: its health socket is open, and its /readyz
+    answered 200."""
+    assert sockets.listen_fds
     if sockets.health_name is not None:
         await open_health_site(runner, sockets.health_name)
         await wait_until_ready(sockets.health_name)
-    listener = socket.socket(fileno=sockets.listen_fd)
-    listener.set_inheritable(False)
-    return ListenerSite(runner, listener, ssl_context=ssl_context, burst=SHARED_ACCEPT_BURST)
+    sites = []
+    for fd in sockets.listen_fds:
+        listener = socket.socket(fileno=fd)
+        listener.set_inheritable(False)
+        sites.append(
+            ListenerSite(runner, listener, ssl_context=ssl_context, burst=SHARED_ACCEPT_BURST)
+        )
+    return sites

@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve_cmd.add_argument("--buckets-fd", type=int, help=argparse.SUPPRESS)
-    serve_cmd.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument(
+        "--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS
+    )
     serve_cmd.add_argument("--health-socket", help=argparse.SUPPRESS)
     serve_cmd.set_defaults(handler=_serve)
 
@@ -149,7 +151,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
                 reload_config=reload_config,
                 worker=args.worker_index,
                 buckets_fd=args.buckets_fd,
-                sockets=WorkerSockets(args.listen_fd, args.health_socket),
+                sockets=WorkerSockets(tuple(args.listen_fd), args.health_socket),
             )
         )
         return 0

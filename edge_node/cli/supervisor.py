@@ -1,8 +1,9 @@
 """`serve --workers N`: N serving processes on one port, and one supervisor over them.
 
-The supervisor holds the data directory's lock, listens on the port itself and starts each
-worker as `edge-node serve --worker-index I --listen-fd FD`: a process of its own that
-accepts connections from that inherited socket, once its own /readyz says it is ready
+The supervisor holds the data directory's lock, listens on the port itself (on every address
+server.host resolves to) and starts each worker as `edge-node serve --worker-index I
+--listen-fd FD...`: a process of its own that accepts connections from those inherited
+sockets, once its own /readyz says it is ready
 (health_socket.py), and owns queue/worker-I. SIGUSR2 replaces the workers by a new generation
 started from the code installed now, and rolls back when it fails (upgrade.py,
 generations.py). Each worker reports to the supervisor with the service manager's own
@@ -38,7 +39,7 @@ from edge_node.cli.generations import (
     Generation,
     Worker,
     WorkerCommand,
-    open_node_listener,
+    open_node_listeners,
     worker_indexes,
 )
 from edge_node.cli.health_socket import VERSION_FIELD
@@ -51,6 +52,7 @@ from edge_node.cli.worker_stop import stop_workers
 from edge_node.config import Config, ServiceEnvironment, child_environment
 from edge_node.http.app import NodeStorage, secret_check_interval
 from edge_node.secrets import SecretFiles
+from edge_node.web.accepting import listener_url
 from edge_node.web.tls import open_tls
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ class Supervisor:
         self._abort: int | None = None
         self._generations: list[Generation] = []  # the serving one first, then one upgrading
         self._upgrade_requested = asyncio.Event()
-        self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []  # one per address of server.host
         self._port = 0
         self._buckets_fd: int | None = None
         self._unclean_stops = 0
@@ -91,9 +93,9 @@ class Supervisor:
         stopped cleanly (one dead and waiting for its restart does not count)."""
         open_tls(self.config.tls)  # a certificate that does not load stops us here, not N times
         lock = lock_data_dir(self.config)
-        self._listener = open_node_listener(self.config.server.host, self.config.server.port)
+        self._listeners = open_node_listeners(self.config.server.host, self.config.server.port)
         try:
-            self._port = self._listener.getsockname()[1]
+            self._port = self._listeners[0].getsockname()[1]
             # One table of rate-limit buckets for every worker
             # (edge_node/admission/shared_limits.py).
             self._buckets_fd = create_buckets()
@@ -101,7 +103,8 @@ class Supervisor:
         finally:
             for generation in self._generations:
                 self._close_channels(generation)
-            self._listener.close()
+            for listener in self._listeners:
+                listener.close()
             if self._buckets_fd is not None:
                 os.close(self._buckets_fd)
             self._notifier.close()
@@ -217,10 +220,10 @@ class Supervisor:
         if self._service.watchdog_usec:
             extra["WATCHDOG_USEC"] = str(self._service.watchdog_usec)
         command = [*self._command(worker.index, self.config.server.host, self._port)]
-        assert self._listener is not None
-        listen_fd = self._listener.fileno()
-        command += ["--listen-fd", str(listen_fd), "--health-socket", worker.health_name]
-        shared: tuple[int, ...] = (listen_fd,)
+        shared = tuple(listener.fileno() for listener in self._listeners)
+        for listen_fd in shared:
+            command += ["--listen-fd", str(listen_fd)]
+        command += ["--health-socket", worker.health_name]
         if self._buckets_fd is not None:
             command += ["--buckets-fd", str(self._buckets_fd)]
             shared += (self._buckets_fd,)
@@ -354,17 +357,18 @@ class Supervisor:
         self._notifier.ready(self._serving(f"reload {reloader.reloads} forwarded"))
 
     def _serving(self, note: str = "") -> str:
-        scheme = "https" if self.config.tls.enabled else "http"
-        text = f"serving on {scheme}://{self.config.server.host}:{self._port}"
+        text = f"serving on {' and '.join(self._urls())}"
         text += f" with {self.config.workers.count} workers"
         return f"{text}; {note}" if note else text
 
+    def _urls(self) -> list[str]:
+        return [listener_url(listener, tls=self.config.tls.enabled) for listener in self._listeners]
+
     def _announce_ready(self) -> None:
-        scheme = "https" if self.config.tls.enabled else "http"
-        url = f"{scheme}://{self.config.server.host}:{self._port}"
-        self._runtime.publish(self.config.node_id, [url])
+        urls = self._urls()
+        self._runtime.publish(self.config.node_id, urls)
         self._announce(
-            f"edge-node listening on {scheme}://{self.config.server.host}:{self._port}"
+            f"edge-node listening on {' and '.join(urls)}"
             f" (node {self.config.node_id}, data dir {self.config.data_path.resolve()},"
             f" {self.config.workers.count} workers)"
         )

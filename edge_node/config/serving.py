@@ -16,10 +16,15 @@ from edge_node.config.schema import setting
 class ServerConfig:
     host: str = setting(
         "127.0.0.1",
-        "Address to listen on: an IP, or a name (a single process listens on every address it "
-        "resolves to, workers on the first); empty for all interfaces.",
+        "Address to listen on: an IP, or a name (the node listens on every address it resolves "
+        "to, every worker on each); empty for all interfaces.",
     )
-    port: int = setting(8080, "TCP port to listen on.", minimum=0, maximum=65535)
+    port: int = setting(
+        8080,
+        "TCP port to listen on; 0 picks a free one, the same on every address.",
+        minimum=0,
+        maximum=65535,
+    )
     max_body_bytes: int = setting(
         16384, "Largest request body accepted; larger ones get 413.", minimum=1024, maximum=1 << 24
     )

@@ -40,6 +40,7 @@ PAUSE_LOG_EVERY_SECONDS = 10.0  # a pause that goes on is logged again this ofte
 # How long stopping waits for connections still being set up (a TLS handshake) before
 # dropping them: once set up they are the server's, and its drain answers them.
 HANDOVER_WAIT_SECONDS = 2.0
+PICK_ATTEMPTS = 8  # ports picked for a host of several addresses before giving up
 # Errors of the one pending connection, not of the socket (accept(2), Linux notes): skipped.
 _CONNECTION_ERRORS = frozenset(
     {
@@ -67,16 +68,56 @@ def open_listeners(
     defer_accept_seconds: int = 0,
 ) -> list[socket.socket]:
     """Listening sockets on every address `host` resolves to ("" for all interfaces) and
-    `port` (0 picks one), as the loop's create_server makes them (IPv6 sockets IPv6 only);
-    with `defer_accept_seconds`, a connection is accepted once its first bytes are in, or
-    once that many seconds have passed without any (TCP_DEFER_ACCEPT)."""
+    `port`, as the loop's create_server makes them (IPv6 sockets IPv6 only); with
+    `defer_accept_seconds`, a connection is accepted once its first bytes are in, or once
+    that many seconds have passed without any (TCP_DEFER_ACCEPT).
+
+    Port 0 picks one port for every address: the one the first address is given, taken on
+    the others too (picked again, up to PICK_ATTEMPTS times, when another program holds it
+    on one of them), where create_server would give each address a port of its own."""
     found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addresses = list(dict.fromkeys(found))
+    for attempt in range(1, PICK_ATTEMPTS + 1):
+        try:
+            return _open(addresses, port, backlog, reuse_port, defer_accept_seconds)
+        except _PickedPortTaken:
+            if attempt == PICK_ATTEMPTS:
+                raise OSError(
+                    errno.EADDRINUSE,
+                    f"cannot listen on one port on every address of {host!r}: the port picked"
+                    f" was in use on one of them {PICK_ATTEMPTS} times",
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def listener_url(listener: socket.socket, *, tls: bool) -> str:
+    """The URL of a listening socket's address (an IPv6 one in brackets)."""
+    host, port = listener.getsockname()[:2]
+    return str(URL.build(scheme="https" if tls else "http", host=host, port=port))
+
+
+class _PickedPortTaken(Exception):
+    """The port picked for the first address is in use on another."""
+
+
+def _open(
+    addresses: list[Any], port: int, backlog: int, reuse_port: bool, defer_accept: int
+) -> list[socket.socket]:
     listeners: list[socket.socket] = []
     try:
-        for family, kind, proto, _, address in dict.fromkeys(found):
+        for family, kind, proto, _, address in addresses:
             listener = socket.socket(family, kind, proto)
             listeners.append(listener)
-            _listen(listener, address, backlog, reuse_port, defer_accept_seconds)
+            if port == 0 and len(listeners) > 1:  # the port the first address was given
+                shared = (address[0], listeners[0].getsockname()[1], *address[2:])
+                try:
+                    _listen(listener, shared, backlog, reuse_port, defer_accept)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise _PickedPortTaken from None
+                    raise
+            else:
+                _listen(listener, address, backlog, reuse_port, defer_accept)
     except BaseException:
         for listener in listeners:
             listener.close()
@@ -241,9 +282,7 @@ class ListenerSite(web.BaseSite):
         super().__init__(runner, ssl_context=ssl_context)
         self._listener = listener
         self._burst = burst
-        host, port = listener.getsockname()[:2]
-        scheme = "https" if ssl_context else "http"
-        self._name = str(URL.build(scheme=scheme, host=host, port=port))
+        self._name = listener_url(listener, tls=ssl_context is not None)
 
     @property
     def name(self) -> str:

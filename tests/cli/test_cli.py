@@ -95,10 +95,14 @@ def every_stored_byte(data_dir: Path) -> bytes:
 
 
 def announced_url(
-    process: subprocess.Popen[str], log: Path | None = None, timeout: float = 15
+    process: subprocess.Popen[str],
+    log: Path | None = None,
+    timeout: float = 15,
+    pattern: re.Pattern[str] = LISTENING,
 ) -> str:
     """The URL a `serve` subprocess announces on its first stdout line (waits `timeout`
-    seconds); a failure shows the daemon's `log` (its stderr file) when there is one."""
+    seconds), as `pattern`'s first group reads it; a failure shows the daemon's `log` (its
+    stderr file) when there is one."""
     assert process.stdout is not None
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
@@ -106,7 +110,7 @@ def announced_url(
     stderr = log.read_text() if log is not None and log.exists() else ""
     assert ready, f"the daemon never announced its URL; stderr: {stderr}"
     line = process.stdout.readline()
-    match = LISTENING.match(line)
+    match = pattern.match(line)
     assert match, (line, stderr)
     return match.group(1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -20,6 +21,12 @@ from tests.metrics.conftest import parse_samples
 from tests.served import NotifyListener, ServedNode
 from tests.sync.billing.test_daemon import Node as BillingNode
 from tests.sync.stripe.support import StandinProcess
+from tests.web.test_accepting import ipv6_loopback
+
+# The announcement of a node on every address: the first URL (IPv4), and the IPv6 one.
+EVERY_ADDRESS = re.compile(
+    r"^edge-node listening on (http://0\.0\.0\.0:\d+) and http://\[::\]:\d+ "
+)
 
 
 def alive(pid: int) -> bool:
@@ -69,6 +76,45 @@ class TestWorkers:
         notify.wait_for("STOPPING")
         assert not any(alive(pid) for pid in workers)
         assert RuntimeFile(data_dir).read() is None
+        assert "Traceback" not in node.log.read_text()
+
+    def test_workers_serve_every_address_of_the_host_on_one_port(
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
+    ) -> None:
+        """With a host of several addresses ("": every IPv4 and IPv6 one) and port 0, the
+        supervisor listens on one port on each, and hands every socket to every worker:
+        connections to 127.0.0.1 and to ::1 are both answered, by both workers. The runtime
+        record and the announcement name each address."""
+        if not ipv6_loopback():
+            pytest.skip("this machine has no IPv6 loopback: a host of one address only")
+        data_dir = tmp_path / "data"
+        tenant = create_tenant(data_dir)
+        node = ServedNode(
+            data_dir,
+            "--workers",
+            "2",
+            "--host",
+            "",
+            notify=notify,
+            log=tmp_path / "log",
+            announced=EVERY_ADDRESS,
+        )
+        served_nodes.append(node)
+        port = node.url.rsplit(":", 1)[1]
+        ready = notify.wait_for("READY")
+        urls = (f"http://0.0.0.0:{port}", f"http://[::]:{port}")
+        assert ready["STATUS"] == f"serving on {urls[0]} and {urls[1]} with 2 workers"
+        record = RuntimeFile(data_dir).read()
+        assert record is not None
+        assert record.listen == urls
+        path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
+        for host in ("127.0.0.1", "[::1]") * 20:  # a new connection each time
+            node.url = f"http://{host}:{port}"
+            assert node.request("GET", path, {"X-API-Key": tenant["api_key"]})[0] == 200
+        depths = queue_depths(data_dir)
+        assert depths["worker-0"] + depths["worker-1"] == 40
+        assert min(depths["worker-0"], depths["worker-1"]) > 0, depths
+        assert node.stop() == 0
         assert "Traceback" not in node.log.read_text()
 
     def test_a_tenants_rate_limit_holds_for_the_node_not_per_worker(

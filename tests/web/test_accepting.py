@@ -176,3 +176,62 @@ def fill_descriptors() -> list[int]:
             fillers.append(socket.socket().detach())
     assert raised.value.errno == errno.EMFILE
     return fillers
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class TestAddresses:
+    def test_port_0_picks_one_port_for_every_address(self) -> None:
+        """A host of several addresses ("": every IPv4 and every IPv6 one) listens on one
+        port picked for all, not a port per address."""
+        if not ipv6_loopback():
+            pytest.skip("this machine has no IPv6 loopback: a host of one address only")
+        listeners = open_listeners("", 0)
+        try:
+            assert {listener.family for listener in listeners} == {
+                socket.AF_INET,
+                socket.AF_INET6,
+            }
+            assert len({listener.getsockname()[1] for listener in listeners}) == 1
+        finally:
+            for listener in listeners:
+                listener.close()
+
+    def test_a_picked_port_taken_on_another_address_is_picked_again(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When the port picked for the first address is in use on the second, every socket
+        is closed and a port is picked again; past PICK_ATTEMPTS the error says why."""
+        if not ipv6_loopback():
+            pytest.skip("this machine has no IPv6 loopback: a host of one address only")
+        listen = accepting._listen
+        refused: list[tuple[object, ...]] = []
+
+        def taken_twice(
+            listener: socket.socket, address: tuple[object, ...], *rest: object
+        ) -> None:
+            if listener.family == socket.AF_INET6 and len(refused) < 2:
+                refused.append(address)
+                raise OSError(errno.EADDRINUSE, "in use")
+            listen(listener, address, *rest)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(accepting, "_listen", taken_twice)
+        listeners = open_listeners("", 0)
+        try:
+            assert len(refused) == 2
+            assert len({listener.getsockname()[1] for listener in listeners}) == 1
+        finally:
+            for listener in listeners:
+                listener.close()
+        refused.clear()
+        monkeypatch.setattr(accepting, "PICK_ATTEMPTS", 2)
+        with pytest.raises(OSError, match="in use on one of them 2 times") as raised:
+            open_listeners("", 0)
+        assert raised.value.errno == errno.EADDRINUSE
