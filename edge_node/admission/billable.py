@@ -45,9 +45,9 @@ def guarded(
     def decorate(handler: TenantHandler) -> Handler:
         @functools.wraps(handler)
         async def admitted(request: web.Request) -> web.StreamResponse:
-            router = request.app[ROUTER_KEY]
+            app = request.app  # a property aiohttp computes each time: read once
+            router, meter = app[ROUTER_KEY], app[METER_KEY]
             context, decision = router.admit(request, needed)
-            meter = request.app[METER_KEY]
             quota: QuotaDecision | None = None
             credit: CreditDecision | None = None
             billed = 0

@@ -43,14 +43,27 @@ def problem_response(problem: Problem, instance: str | None = None) -> web.Respo
     )
 
 
+# Content-Type values that need no parsing to be known as JSON in UTF-8 (any other is parsed).
+_PLAIN_JSON = frozenset(
+    {
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json;charset=utf-8",
+        "application/json; charset=UTF-8",
+        "application/json;charset=UTF-8",
+    }
+)
+
+
 async def read_json(request: web.Request) -> Any:
     """The request body as decoded JSON; 415, 413 or 400 problems for anything else."""
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType(
-            f"send the body as application/json, not {request.content_type or 'nothing'}"
-        )
-    if request.charset not in (None, "utf-8", "UTF-8"):
-        raise UnsupportedMediaType(f"send the body as UTF-8, not {request.charset}")
+    if request.headers.get("Content-Type") not in _PLAIN_JSON:  # else parse the header
+        if request.content_type != "application/json":
+            raise UnsupportedMediaType(
+                f"send the body as application/json, not {request.content_type or 'nothing'}"
+            )
+        if request.charset not in (None, "utf-8", "UTF-8"):
+            raise UnsupportedMediaType(f"send the body as UTF-8, not {request.charset}")
     try:
         body = await request.read()  # aiohttp raises 413 past client_max_size
     except web.RequestPayloadError:
@@ -59,14 +72,14 @@ async def read_json(request: web.Request) -> Any:
             "the body could not be decoded (check its Content-Encoding)", slug="invalid-encoding"
         ) from None
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(
-            f"the body is not valid UTF-8 (byte {exc.start})", slug="invalid-encoding"
-        ) from None
-    try:
-        return orjson.loads(text)
+        return orjson.loads(body)  # which refuses bytes that are not UTF-8 too
     except orjson.JSONDecodeError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise BadRequest(
+                f"the body is not valid UTF-8 (byte {bad.start})", slug="invalid-encoding"
+            ) from None
         raise BadRequest(f"the body is not valid JSON: {exc}", slug="malformed-json") from None
 
 

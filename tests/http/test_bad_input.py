@@ -220,6 +220,7 @@ FAMILIES: dict[str, dict[str, Bad]] = {
             "missing": None,
             "merge-patch": "application/merge-patch+json",
             "latin-1": "application/json; charset=latin-1",
+            "json-prefix": "application/jsonx",
             "utf-16": "application/json; charset=utf-16",
         }.items()
     },
@@ -530,10 +531,20 @@ class TestLimitsAreInclusive:
 
     @pytest.mark.parametrize(
         "content_type",
-        ["application/json; charset=utf-8", "application/json; charset=UTF-8", "application/json"],
+        [
+            "application/json; charset=utf-8",
+            "application/json; charset=UTF-8",
+            "application/json",
+            "application/json;charset=utf-8",
+            "Application/JSON",
+            'application/json; charset="utf-8"',
+            "application/json ; charset=utf-8",
+        ],
     )
     async def test_utf8_json_content_types(self, seeded: Seeded, content_type: str) -> None:
-        """application/json, with or without an explicit UTF-8 charset, is accepted."""
+        """application/json, with or without an explicit UTF-8 charset, is accepted, in
+        whatever case and spacing the header takes (the common spellings are known without
+        parsing the header; the others are parsed)."""
         assert await post(seeded, rating(user_id="trent"), content_type) == 200
 
     async def test_gzip_body_is_accepted(self, seeded: Seeded) -> None:
