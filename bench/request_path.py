@@ -3,7 +3,7 @@
 `python -m bench.request_path` builds the real app as `edge-node serve` does (its storage, a
 strict meter fsyncing its queue, the metrics and guards), and the minimal app of
 `bench.minimal_app`, and drives each through aiohttp's own connection handler (parser,
-routing, middlewares, handler, response writer) over in-memory transports: 64 connections,
+the node's front, routing, handler, response writer) over in-memory transports: 64 connections,
 each sending its next request as soon as its answer is written, as a keep-alive load
 generator would. What is left out is the kernel: no socket reads or writes, no load
 generator on the same cores, so a change of a few µs shows on a noisy machine.

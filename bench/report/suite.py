@@ -179,8 +179,8 @@ def metrics_cost(scale: Scale) -> Section:
     return section(
         "Prometheus metrics, in-process",
         "python -m bench.metrics",
-        "A score request through the outermost middleware counting it, against the same"
-        " middleware with metrics off; no HTTP.",
+        "A score request through the node's front counting it, against the same front"
+        " with metrics off; no HTTP.",
         ["measured", "µs per request"],
         [[name, round(value, 3)] for name, value in figures.items()],
     )
@@ -192,7 +192,8 @@ def guards_cost(scale: Scale) -> Section:
     return section(
         "Request guards, in-process",
         "python -m bench.guards",
-        "app._handle only (no HTTP parsing or writing, so the ratios overstate the cost);"
+        "The front and app._handle only (no HTTP parsing or writing, so the ratios overstate"
+        " the cost);"
         " 1000 requests from 1000 client IPs. Ratio: against the minimal app.",
         ["variant", "µs/request", "added µs", "ratio"],
         [

@@ -71,7 +71,7 @@ async def serve(
     makes this one worker of a supervisor (supervisor.py): it shares the port, serves
     queue/worker-N and leaves the sync worker and the data directory's lock to the supervisor;
     `buckets_fd` is the supervisor's table of rate-limit buckets (shared_limits.py), and
-    `sockets` its listening socket and this worker's health socket (health_socket.py).
+    `sockets` its listening sockets and this worker's health socket (health_socket.py).
     """
     notifier = ServiceNotifier(service or ServiceEnvironment())
     node_lock = None if worker is not None else lock_data_dir(config)
@@ -139,9 +139,7 @@ async def _serve_storage(
         else:
             watch_supervisor_sync(config, metrics)
         metrics.registry.register(UpgradeCollector(config.data_path))
-        runner = await _listen(app, config, tls, sockets, reuse_port=worker is not None)
-        urls = [site.name for site in runner.sites if isinstance(site, ListenerSite)]
-        url = urls[0]
+        runner, urls = await _listen(app, config, tls, sockets, reuse_port=worker is not None)
         reloader = NodeReloader(config, secrets, reload_config, app[ROUTER_KEY], tls)
         # The handlers are in place before anyone hears we serve: a SIGTERM sent as soon as
         # READY or the announcement arrives then drains, instead of killing the process.
@@ -153,7 +151,7 @@ async def _serve_storage(
                 f"edge-node listening on {' and '.join(urls)}"
                 f" (node {config.node_id}, data dir {config.data_path.resolve()})"
             )
-            _tell_ready(notifier, url, worker)
+            _tell_ready(notifier, urls, worker)
             background = _background_tasks(notifier, meter.queue, config, worker)
             await stop.wait()
         notifier.stopping("stopping: draining in-flight requests")
@@ -182,10 +180,10 @@ def _usage_source(config: Config) -> UsageSource:
     return LocalUsage(config.data_path)
 
 
-def _tell_ready(notifier: ServiceNotifier, url: str, worker: int | None) -> None:
+def _tell_ready(notifier: ServiceNotifier, urls: list[str], worker: int | None) -> None:
     if worker is not None:  # which code this worker runs, for its supervisor's upgrades
         notifier.send(f"{VERSION_FIELD}={__version__}")
-    notifier.ready(f"serving on {url}")
+    notifier.ready(f"serving on {' and '.join(urls)}")
 
 
 def open_shared_limiter(config: Config, fd: int | None) -> SharedRateLimiter | None:
@@ -206,10 +204,12 @@ async def _listen(
     sockets: WorkerSockets,
     *,
     reuse_port: bool,
-) -> web.AppRunner:
-    """The app listening on server.host:server.port (shared with other workers if
-    `reuse_port`), or on the supervisor's listening socket once the worker's own /readyz
-    says it is ready; SIGTERM's drain waits server.shutdown_grace_seconds for requests."""
+) -> tuple[web.AppRunner, list[str]]:
+    """The app listening on server.host:server.port, every address of the host (shared with
+    other workers if `reuse_port`), or on the supervisor's listening sockets once the
+    worker's own /readyz says it is ready; SIGTERM's drain waits
+    server.shutdown_grace_seconds for requests. With the runner, the URLs served, in the
+    order the host's addresses resolve."""
     runner = LimitedAppRunner(
         app,
         config.limits,
@@ -221,12 +221,13 @@ async def _listen(
     ssl_context = None if tls is None else tls.context
     if not sockets.listen_fds:
         host, port = config.server.host, config.server.port
-        for listener in open_listeners(host, port, reuse_port=reuse_port):
-            await ListenerSite(runner, listener, ssl_context=ssl_context).start()
+        listeners = open_listeners(host, port, reuse_port=reuse_port)
+        sites = [ListenerSite(runner, listener, ssl_context=ssl_context) for listener in listeners]
     else:
-        for site in await inherited_sites(runner, sockets, ssl_context):
-            await site.start()
-    return runner
+        sites = await inherited_sites(runner, sockets, ssl_context)
+    for site in sites:
+        await site.start()
+    return runner, [site.name for site in sites]
 
 
 def _background_tasks(

@@ -1,4 +1,4 @@
-"""The supervisor's workers, in generations, and the one listening socket they all accept from.
+"""The supervisor's workers, in generations, and the listening sockets they all accept from.
 
 A generation is the set of N workers started together from the code installed at that time:
 the first at start, one more at each upgrade (edge_node/cli/upgrade.py). Each worker owns a

@@ -1,12 +1,12 @@
 """A supervised worker's private door: the app on an abstract unix socket only the host reaches.
 
-A worker of `serve --workers N` serves the node's port through the listening socket its
-supervisor hands down (every worker accepts from that one socket, so a worker that stops
-leaves no connection behind in a queue of its own). Before it takes a single connection from
-it, the worker opens the same app on a health socket named by the supervisor and asks its own
-`GET /readyz` there until it answers 200: a worker that is not ready never serves the
-public port. The supervisor asks the same `/readyz` of each worker of a new generation while
-it is on probation during an upgrade (edge_node/cli/upgrade.py).
+A worker of `serve --workers N` serves the node's port through the listening sockets its
+supervisor hands down, one per address (every worker accepts from those sockets, so a worker
+that stops leaves no connection behind in a queue of its own). Before it takes a single
+connection from them, the worker opens the same app on a health socket named by the
+supervisor and asks its own `GET /readyz` there until it answers 200: a worker that is not
+ready never serves the public port. The supervisor asks the same `/readyz` of each worker
+of a new generation while it is on probation during an upgrade (edge_node/cli/upgrade.py).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ LOG_EVERY_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class WorkerSockets:
-    """What a supervisor hands a worker: the descriptor of the node's listening socket and
-    the name of the worker's health socket (None for a process serving on its own)."""
+    """What a supervisor hands a worker: the descriptors of the node's listening sockets (none
+    for a process serving on its own) and the name of the worker's health socket."""
 
     listen_fds: tuple[int, ...] = ()  # one per address the node listens on
     health_name: str | None = None

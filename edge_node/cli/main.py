@@ -66,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve_cmd.add_argument("--buckets-fd", type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    # The supervisor's sockets on the host's other addresses: an option of its own, which a
+    # worker of a release that took one socket refuses (an upgrade to it then rolls back).
     serve_cmd.add_argument(
-        "--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS
+        "--also-listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS
     )
     serve_cmd.add_argument("--health-socket", help=argparse.SUPPRESS)
     serve_cmd.set_defaults(handler=_serve)
@@ -133,6 +136,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _listen_fds(args: argparse.Namespace) -> tuple[int, ...]:
+    """The listening sockets a supervisor handed this worker, the first address's first."""
+    if args.listen_fd is None:
+        return ()
+    return (args.listen_fd, *args.also_listen_fd)
+
+
 def _serve(config: Config, args: argparse.Namespace) -> int:
     configure_logging(config.logging.level)
     raise_open_files_limit()
@@ -151,7 +161,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
                 reload_config=reload_config,
                 worker=args.worker_index,
                 buckets_fd=args.buckets_fd,
-                sockets=WorkerSockets(tuple(args.listen_fd), args.health_socket),
+                sockets=WorkerSockets(_listen_fds(args), args.health_socket),
             )
         )
         return 0

@@ -2,8 +2,8 @@
 
 The supervisor holds the data directory's lock, listens on the port itself (on every address
 server.host resolves to) and starts each worker as `edge-node serve --worker-index I
---listen-fd FD...`: a process of its own that accepts connections from those inherited
-sockets, once its own /readyz says it is ready
+--listen-fd FD [--also-listen-fd FD...]`: a process of its own that accepts connections
+from those inherited sockets, once its own /readyz says it is ready
 (health_socket.py), and owns queue/worker-I. SIGUSR2 replaces the workers by a new generation
 started from the code installed now, and rolls back when it fails (upgrade.py,
 generations.py). Each worker reports to the supervisor with the service manager's own
@@ -221,8 +221,9 @@ class Supervisor:
             extra["WATCHDOG_USEC"] = str(self._service.watchdog_usec)
         command = [*self._command(worker.index, self.config.server.host, self._port)]
         shared = tuple(listener.fileno() for listener in self._listeners)
-        for listen_fd in shared:
-            command += ["--listen-fd", str(listen_fd)]
+        command += ["--listen-fd", str(shared[0])]
+        for listen_fd in shared[1:]:  # the host's other addresses
+            command += ["--also-listen-fd", str(listen_fd)]
         command += ["--health-socket", worker.health_name]
         if self._buckets_fd is not None:
             command += ["--buckets-fd", str(self._buckets_fd)]

@@ -2,12 +2,12 @@
 
 On SIGUSR2 (`edge-node upgrade`, `systemctl kill -s USR2 --kill-whom=main edge-node`) the
 supervisor starts a new generation of workers: new interpreters, so they load the code
-installed now, on the node's listening socket, each in a queue directory of the other bank
+installed now, on the node's listening sockets, each in a queue directory of the other bank
 (generations.py). Each worker serves only once its own `/readyz` answers 200
 (health_socket.py). Once every new worker is ready and stays ready for the probation period
 (`workers.upgrade_probation_seconds`: the supervisor asks each one's `/readyz` all along),
 the old generation is drained and stopped as on SIGTERM: it stops accepting, its in-flight
-requests finish, its queue is committed. Both generations accept from the one socket
+requests finish, its queue is committed. Both generations accept from the same sockets
 meanwhile, so no connection is refused and none waits on a worker that is leaving.
 
 If a new worker is not ready within `workers.upgrade_timeout_seconds`, exits, or fails its

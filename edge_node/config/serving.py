@@ -273,7 +273,7 @@ class TlsConfig:
 class WorkersConfig:
     count: int = setting(
         1,
-        "Processes serving the one port (accepting from the supervisor's listening socket) under "
+        "Processes serving the one port (accepting from the supervisor's listening sockets) under "
         "a supervisor that also runs the sync worker and upgrades them without a restart; 1: a "
         "single process. Command line: serve --workers.",
         minimum=1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,9 +24,10 @@ from tests.sync.billing.test_daemon import Node as BillingNode
 from tests.sync.stripe.support import StandinProcess
 from tests.web.test_accepting import ipv6_loopback
 
-# The announcement of a node on every address: the first URL (IPv4), and the IPv6 one.
+# The announcement of a node on every address: the first URL, and the other family's.
 EVERY_ADDRESS = re.compile(
-    r"^edge-node listening on (http://0\.0\.0\.0:\d+) and http://\[::\]:\d+ "
+    r"^edge-node listening on (http://(?:0\.0\.0\.0|\[::\]):\d+)"
+    r" and http://(?:0\.0\.0\.0|\[::\]):\d+ "
 )
 
 
@@ -102,11 +104,13 @@ class TestWorkers:
         served_nodes.append(node)
         port = node.url.rsplit(":", 1)[1]
         ready = notify.wait_for("READY")
-        urls = (f"http://0.0.0.0:{port}", f"http://[::]:{port}")
-        assert ready["STATUS"] == f"serving on {urls[0]} and {urls[1]} with 2 workers"
+        urls = {f"http://0.0.0.0:{port}", f"http://[::]:{port}"}
         record = RuntimeFile(data_dir).read()
         assert record is not None
-        assert record.listen == urls
+        assert set(record.listen) == urls
+        assert record.listen[0] == node.url  # in the order the host's addresses resolve
+        first, second = record.listen
+        assert ready["STATUS"] == f"serving on {first} and {second} with 2 workers"
         path = f"/v1/tenants/{tenant['tenant_id']}/items/book/score"
         for host in ("127.0.0.1", "[::1]") * 20:  # a new connection each time
             node.url = f"http://{host}:{port}"
@@ -116,6 +120,45 @@ class TestWorkers:
         assert min(depths["worker-0"], depths["worker-1"]) > 0, depths
         assert node.stop() == 0
         assert "Traceback" not in node.log.read_text()
+
+    def test_a_single_process_serves_every_address_in_their_order(
+        self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]
+    ) -> None:
+        """Without workers too, a host of several addresses is served on one port, and the
+        announcement, READY and the runtime record (whose first URL `edge-node status` asks)
+        list the URLs in the order the host's addresses resolve, every time."""
+        if not ipv6_loopback():
+            pytest.skip("this machine has no IPv6 loopback: a host of one address only")
+        found = socket.getaddrinfo(None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        families = [family for family, *_ in dict.fromkeys(found)]
+        for attempt in range(3):
+            notify.drain()  # the last node's messages are not this one's
+            notify.messages.clear()
+            data_dir = tmp_path / f"data-{attempt}"
+            node = ServedNode(
+                data_dir,
+                "--host",
+                "",
+                notify=notify,
+                log=tmp_path / f"log-{attempt}",
+                announced=EVERY_ADDRESS,
+            )
+            served_nodes.append(node)
+            port = node.url.rsplit(":", 1)[1]
+            ready = notify.wait_for("READY")
+            record = RuntimeFile(data_dir).read()
+            assert record is not None
+            expected = [
+                f"http://0.0.0.0:{port}" if family == socket.AF_INET else f"http://[::]:{port}"
+                for family in families
+            ]
+            assert list(record.listen) == expected
+            assert node.url == expected[0]
+            assert ready["STATUS"] == f"serving on {expected[0]} and {expected[1]}"
+            for host in ("127.0.0.1", "[::1]"):
+                with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=10) as answer:
+                    assert answer.status == 200
+            assert node.stop() == 0
 
     def test_a_tenants_rate_limit_holds_for_the_node_not_per_worker(
         self, tmp_path: Path, notify: NotifyListener, served_nodes: list[ServedNode]

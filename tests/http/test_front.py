@@ -1,4 +1,4 @@
-"""The outermost middleware: failures and redirects get the request id and are counted."""
+"""The node's front: failures, refusals and redirects get the request id and are counted."""
 
 from __future__ import annotations
 
@@ -117,3 +117,18 @@ class TestFront:
             await answer.read()
         assert answer.status == 414
         assert served.count("unmatched", 414) == 1
+
+    async def test_an_unknown_expectation_is_a_417_problem_with_the_id(
+        self, served: Served
+    ) -> None:
+        """aiohttp refuses an Expect other than 100-continue as it routes; inside the front,
+        that refusal is problem+json with the request id, counted under its route."""
+        async with served.session.get(
+            served.url + "/healthz", headers={"Expect": "teapot", "X-Request-Id": "expect-1"}
+        ) as answer:
+            body = await answer.json(content_type=None)
+        assert answer.status == 417
+        assert answer.content_type == "application/problem+json"
+        assert body["status"] == 417
+        assert answer.headers["X-Request-Id"] == "expect-1"
+        assert served.count("/healthz", 417) == 1

@@ -213,11 +213,13 @@ class TestAddresses:
             pytest.skip("this machine has no IPv6 loopback: a host of one address only")
         listen = accepting._listen
         refused: list[tuple[object, ...]] = []
+        # Whichever family getaddrinfo lists second takes the port the first was given.
+        second = socket.getaddrinfo(None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[1][0]
 
         def taken_twice(
             listener: socket.socket, address: tuple[object, ...], *rest: object
         ) -> None:
-            if listener.family == socket.AF_INET6 and len(refused) < 2:
+            if listener.family == second and len(refused) < 2:
                 refused.append(address)
                 raise OSError(errno.EADDRINUSE, "in use")
             listen(listener, address, *rest)  # type: ignore[arg-type]
