@@ -215,6 +215,9 @@ class TenantStores:
                     cut = await asyncio.to_thread(sqlite.cut_wal, path, WAL_LIMIT_BYTES)
                     store.dirty = store.dirty or not cut  # tried again next round
             except sqlite3.Error as exc:
+                if not path.exists():  # deleted underneath (by the CLI): nothing to copy to
+                    log.info("tenant %s's file is gone: its checkpoint is dropped", store.tenant_id)
+                    continue
                 store.dirty = True
                 log.warning("checkpoint of tenant %s failed: %s", store.tenant_id, exc)
 

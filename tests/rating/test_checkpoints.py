@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
@@ -33,6 +34,12 @@ def rows_in_main_file(path: Path, copy_to: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM ratings").fetchone()[0])
     finally:
         conn.close()
+
+
+def delete_files(path: Path) -> None:
+    """A tenant file and its WAL and shared memory, deleted as another process would."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def wal_bytes(path: str) -> int:
@@ -202,4 +209,25 @@ class TestCheckpointOfARemovedFile:
         with pytest.raises(sqlite3.OperationalError):
             checkpoint(stores.path(TENANT))
         assert not stores.path(TENANT).exists()
+        stores.close()
+
+    async def test_a_file_deleted_underneath_is_not_retried_every_round(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A tenant's file deleted by another process (the CLI) while the node has it open:
+        its checkpoint fails once, is logged once, and is not tried again each round (a
+        warning a second until the store was evicted)."""
+        stores = TenantStores(tmp_path / "tenants", node_id="n1")
+        store = stores.get(TENANT)
+        store.upsert(RatingInput("u", "item", 3, None))
+        path = stores.path(TENANT)
+        delete_files(path)
+        with caplog.at_level(logging.INFO, logger="edge_node.rating.store"):
+            for _ in range(3):
+                await stores._checkpoint_round()
+        assert not store.dirty
+        assert not path.exists()
+        logged = [r for r in caplog.records if r.name == "edge_node.rating.store"]
+        assert [r.levelno for r in logged] == [logging.INFO]
+        assert "gone" in logged[0].getMessage()
         stores.close()
