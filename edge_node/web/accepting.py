@@ -77,17 +77,16 @@ def open_listeners(
     on one of them), where create_server would give each address a port of its own."""
     found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     addresses = list(dict.fromkeys(found))
-    for attempt in range(1, PICK_ATTEMPTS + 1):
+    for _ in range(PICK_ATTEMPTS):
         try:
             return _open(addresses, port, backlog, reuse_port, defer_accept_seconds)
         except _PickedPortTaken:
-            if attempt == PICK_ATTEMPTS:
-                raise OSError(
-                    errno.EADDRINUSE,
-                    f"cannot listen on one port on every address of {host!r}: the port picked"
-                    f" was in use on one of them {PICK_ATTEMPTS} times",
-                ) from None
-    raise AssertionError("unreachable")
+            pass
+    raise OSError(
+        errno.EADDRINUSE,
+        f"cannot listen on one port on every address of {host!r}: the port picked was in use"
+        f" on one of them {PICK_ATTEMPTS} times",
+    )
 
 
 def listener_url(listener: socket.socket, *, tls: bool) -> str:
@@ -108,16 +107,16 @@ def _open(
         for family, kind, proto, _, address in addresses:
             listener = socket.socket(family, kind, proto)
             listeners.append(listener)
-            if port == 0 and len(listeners) > 1:  # the port the first address was given
-                shared = (address[0], listeners[0].getsockname()[1], *address[2:])
-                try:
-                    _listen(listener, shared, backlog, reuse_port, defer_accept)
-                except OSError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        raise _PickedPortTaken from None
-                    raise
-            else:
-                _listen(listener, address, backlog, reuse_port, defer_accept)
+            picked = port == 0 and len(listeners) > 1  # the port the first address was given
+            target = (
+                (address[0], listeners[0].getsockname()[1], *address[2:]) if picked else address
+            )
+            try:
+                _listen(listener, target, backlog, reuse_port, defer_accept)
+            except OSError as exc:
+                if picked and exc.errno == errno.EADDRINUSE:
+                    raise _PickedPortTaken from None
+                raise
     except BaseException:
         for listener in listeners:
             listener.close()
