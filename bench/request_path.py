@@ -246,9 +246,12 @@ def run_child(
 
 
 @contextlib.contextmanager
-def revision_tree(revision: str | None) -> Iterator[Path | None]:
-    """A temporary worktree of `revision` with this benchmark and its minimal app copied in
-    (None: nothing)."""
+def revision_tree(
+    revision: str | None,
+    copied: tuple[str, ...] = ("request_path.py", "in_memory.py", "minimal_app.py"),
+) -> Iterator[Path | None]:
+    """A temporary worktree of `revision` with the benchmark files `copied` from this tree's
+    bench/ (by default this benchmark and its minimal app; None: nothing)."""
     if revision is None:
         yield None
         return
@@ -261,7 +264,7 @@ def revision_tree(revision: str | None) -> Iterator[Path | None]:
         )
         try:
             # One benchmark, one baseline, one way of driving them.
-            for name in ("request_path.py", "in_memory.py", "minimal_app.py"):
+            for name in copied:
                 (tree / "bench" / name).write_bytes((Path(__file__).parent / name).read_bytes())
             yield tree
         finally:

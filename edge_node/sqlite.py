@@ -140,12 +140,24 @@ def wal_bytes(path: Path) -> int:
         return 0
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's SQLITE_BUSY: another connection holds the lock asked for."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
     """A write transaction that takes the write lock up front, so it never fails half-way on it.
 
     Inside another transaction it is a savepoint instead: its work is undone alone if it
     fails, and becomes durable with the enclosing transaction's commit (group commit).
+
+    While another connection holds the write lock, SQLite's busy handler retries for up to
+    the connection's busy timeout, sleeping on the calling thread. `wait=False` asks for the
+    lock once instead: SQLITE_BUSY (`is_busy`) at once when it is taken, for a caller on the
+    event loop, whose every request that sleep would stop (edge_node.rating.write_batches
+    asks again later without blocking).
     """
     if conn.in_transaction:
         conn.execute("SAVEPOINT nested")
@@ -158,7 +170,10 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             raise
         conn.execute("RELEASE nested")
         return
-    conn.execute("BEGIN IMMEDIATE")
+    if wait:
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        _begin_at_once(conn)
     try:
         yield conn
     except BaseException:
@@ -169,6 +184,16 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     except sqlite3.Error:
         _roll_back(conn)
         raise
+
+
+def _begin_at_once(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE without the busy handler: the busy timeout is 0 for that statement."""
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout)}")
 
 
 def _roll_back(conn: sqlite3.Connection) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -86,3 +87,30 @@ class TestReaderFloor:
         with pytest.raises(SchemaTooNew):
             sqlite.migrate(conn, ONE)
         conn.close()
+
+
+class TestBeginWithoutWaiting:
+    def test_a_taken_write_lock_is_busy_at_once_and_the_busy_timeout_stays(
+        self, tmp_path: Path
+    ) -> None:
+        """`transaction(wait=False)` asks for the write lock once: another connection holding
+        it makes SQLITE_BUSY at once rather than after the busy timeout (10 s here), and the
+        connection keeps its busy timeout for every other statement."""
+        path = tmp_path / "file.sqlite"
+        holder = sqlite.connect(path)
+        conn = sqlite.connect(path, busy_timeout_ms=10_000)
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with (
+            pytest.raises(sqlite3.OperationalError) as raised,
+            sqlite.transaction(conn, wait=False),
+        ):
+            pass
+        assert time.monotonic() - started < 5  # not the busy handler's 10 s
+        assert sqlite.is_busy(raised.value)
+        assert not conn.in_transaction
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+        holder.execute("COMMIT")
+        with sqlite.transaction(conn, wait=False):
+            conn.execute("CREATE TABLE t (x)")
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000

@@ -24,7 +24,11 @@ class StorageConfig:
         256, "Tenant databases kept open at once (least recently used closed first).", minimum=1
     )
     busy_timeout_ms: int = setting(
-        5000, "How long a write waits for another process's lock.", minimum=0, maximum=60000
+        5000,
+        "How long a write waits for another process's lock (a tenant's writes on the event "
+        "loop wait for it without stopping the loop; past this they answer 503).",
+        minimum=0,
+        maximum=60000,
     )
     min_free_bytes: int = setting(
         64 << 20,

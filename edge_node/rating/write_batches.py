@@ -12,6 +12,15 @@ is undone and the batch written again with a savepoint per write, which undoes t
 alone. A write after which SQLite has ended the transaction itself (a full disk, an I/O
 error) ends its batch: none of it is durable.
 
+While another connection holds the file's write lock (another worker of `serve --workers N`
+writing the same tenant, the sync process), the batch does not wait for it in SQLite's busy
+handler, which sleeps on the event loop's thread and would stop every request of the worker
+(up to a second at a time, measured with two workers writing one tenant). It asks for the
+lock once; when it is taken, the batch goes back to the head of the queue and is attempted
+again after a pause (RETRY_FIRST_SECONDS, doubling up to RETRY_MAX_SECONDS) while the loop
+serves on, writes arriving meanwhile joining it. Past the connection's busy timeout it fails
+with SQLITE_BUSY, as the busy handler would have.
+
 Writes can be held for a moment (`hold`, `release`): the background checkpoint does so to
 start the WAL over without a checkpoint on the event loop (edge_node.rating.store).
 """
@@ -27,12 +36,18 @@ from typing import Any, TypeVar
 from edge_node import sqlite
 
 T = TypeVar("T")
+RETRY_FIRST_SECONDS = 0.001  # the first pause after the write lock was found taken
+RETRY_MAX_SECONDS = 0.005
 Write = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
 class _PartlyWritten(Exception):
     """A write of a batch run without savepoints failed after changing rows."""
+
+
+class _LockTaken(Exception):
+    """Another connection holds the file's write lock: the batch did not begin."""
 
 
 class WriteBatches:
@@ -53,6 +68,10 @@ class WriteBatches:
         self._held = False
         self._close_after = False
         self.running = False  # a batch's write runs, in the batch's transaction
+        # How long a batch may wait for the write lock: the connection's busy timeout.
+        self._lock_wait = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+        self._lock_taken_at: float | None = None  # when the waiting batch first found it taken
+        self._pause = RETRY_FIRST_SECONDS
 
     def close(self) -> None:
         """Close the connection, at once or, with writes queued, once they have committed."""
@@ -85,14 +104,36 @@ class WriteBatches:
         batch, self._queued = self._queued, []
         try:
             self._run(batch)
+        except _LockTaken as taken:
+            self._lock_is_taken(batch, taken.__cause__ or taken)
         except BaseException as exc:  # a write raised past Exception: no caller waits for ever
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             raise
+        else:
+            self._lock_taken_at = None
         finally:
-            if self._close_after:
+            if self._close_after and not self._queued:
                 self._conn.close()
+
+    def _lock_is_taken(self, batch: list[Write], error: BaseException) -> None:
+        """The batch found the write lock taken: attempt it again after a pause (the writes
+        queued meanwhile join it), or fail it with `error` once the lock has been taken for
+        the busy timeout since the batch first found it so."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._lock_taken_at is None:
+            self._lock_taken_at, self._pause = now, RETRY_FIRST_SECONDS
+        elif now - self._lock_taken_at >= self._lock_wait:
+            self._lock_taken_at = None
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self._queued[:0] = batch
+        loop.call_later(self._pause, self._commit)
+        self._pause = min(2 * self._pause, RETRY_MAX_SECONDS)
 
     def _run(self, batch: list[Write]) -> None:
         """Write the batch and settle its futures."""
@@ -103,6 +144,8 @@ class WriteBatches:
             except _PartlyWritten:
                 outcomes.clear()
                 self._write(batch, outcomes, savepoints=True)
+        except _LockTaken:
+            raise
         except Exception as failure:  # BEGIN or COMMIT failed: none of the batch is durable
             # A write that hit a full disk or an I/O error may have ended the transaction
             # (SQLite rolls back by itself); its error, not COMMIT's, says why.
@@ -129,26 +172,39 @@ class WriteBatches:
         error added to `outcomes`. Without `savepoints`, a write failing after it changed
         rows raises _PartlyWritten (the transaction is rolled back). A write after which
         SQLite has ended the transaction itself ends the batch: no later write may run, and
-        commit, in a transaction of its own."""
+        commit, in a transaction of its own. _LockTaken when another connection holds the
+        write lock: nothing was written."""
         self._begins()
         conn = self._conn
-        with sqlite.transaction(conn):
-            for operation, future in batch:
-                if future.cancelled():
-                    continue
-                # Rows a failed statement's triggers changed count too: at worst a second
-                # attempt that was not needed, never a partial write missed.
-                changes = conn.total_changes
-                try:
-                    # A savepoint of the batch's transaction is the write's transaction.
-                    with sqlite.transaction(conn) if savepoints else contextlib.nullcontext():
-                        self.running = True
-                        outcomes.append((future, operation(), None))
-                except Exception as exc:  # handed to that write's caller
-                    outcomes.append((future, None, exc))
-                    if not conn.in_transaction:
-                        raise
-                    if not savepoints and conn.total_changes != changes:
-                        raise _PartlyWritten from exc
-                finally:
-                    self.running = False
+        began = False
+        try:
+            with sqlite.transaction(conn, wait=False):
+                began = True
+                self._write_each(batch, outcomes, savepoints=savepoints)
+        except sqlite3.OperationalError as exc:
+            if not began and sqlite.is_busy(exc):
+                raise _LockTaken from exc
+            raise
+
+    def _write_each(self, batch: list[Write], outcomes: list[Outcome], *, savepoints: bool) -> None:
+        """The batch's writes, in the open transaction (see `_write`)."""
+        conn = self._conn
+        for operation, future in batch:
+            if future.cancelled():
+                continue
+            # Rows a failed statement's triggers changed count too: at worst a second
+            # attempt that was not needed, never a partial write missed.
+            changes = conn.total_changes
+            try:
+                # A savepoint of the batch's transaction is the write's transaction.
+                with sqlite.transaction(conn) if savepoints else contextlib.nullcontext():
+                    self.running = True
+                    outcomes.append((future, operation(), None))
+            except Exception as exc:  # handed to that write's caller
+                outcomes.append((future, None, exc))
+                if not conn.in_transaction:
+                    raise
+                if not savepoints and conn.total_changes != changes:
+                    raise _PartlyWritten from exc
+            finally:
+                self.running = False

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_node import sqlite
 from edge_node.rating.model import Rating, RatingInput
 from edge_node.rating.store import TenantStores
 from edge_node.rating.tenant_store import DeleteDenied, TenantStore
@@ -250,3 +251,72 @@ class TestBatchJournal:
         assert statements.count("SAVEPOINT nested") == 3 * 61
         assert store.score("item-0").count == sum(n % 7 == 0 for b in batches for n in b)
         assert seen == []
+
+
+class TestWriteLockTakenElsewhere:
+    """Another connection (another worker, the sync process) holding the tenant file's write
+    lock: the batch waits for it off the event loop, never in SQLite's busy handler."""
+
+    @staticmethod
+    def holder(store: TenantStore, tmp_path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(tmp_path / f"{TENANT}.sqlite", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    async def test_the_loop_runs_while_the_lock_is_taken_and_the_batch_commits_after(
+        self, tmp_path: Path
+    ) -> None:
+        """The batch finds the lock taken and is attempted again while the loop goes on; the
+        writes that arrive meanwhile join it, and all commit together once the lock is
+        free. In the busy handler the loop would stop here for the busy timeout (3 s), and
+        the write would fail with "database is locked" before this test's sleep ended."""
+        store = TenantStores(tmp_path, node_id="n", busy_timeout_ms=3000).get(TENANT)
+        holder = self.holder(store, tmp_path)
+        statements = count_commits(store)
+        first = asyncio.ensure_future(
+            store.batched(lambda: store.upsert(RatingInput("a", "item", 2, None)))
+        )
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        later = asyncio.ensure_future(
+            store.batched(lambda: store.upsert(RatingInput("b", "item", 4, None)))
+        )
+        await asyncio.sleep(0.02)
+        assert statements.count("BEGIN IMMEDIATE") >= 2  # asked again, not waited for
+        holder.execute("COMMIT")
+        assert [created for _, created in await asyncio.gather(first, later)] == [True, True]
+        assert statements.count("COMMIT") == 1
+        assert store.score("item").count == 2
+
+    async def test_a_batch_fails_once_the_lock_stays_taken_for_the_busy_timeout(
+        self, tmp_path: Path
+    ) -> None:
+        """Past the connection's busy timeout the batch fails with SQLITE_BUSY, as the busy
+        handler's would, and the loop ran all the while; the next write, once the lock is
+        free, commits."""
+        store = TenantStores(tmp_path, node_id="n", busy_timeout_ms=200).get(TENANT)
+        holder = self.holder(store, tmp_path)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        ticking = asyncio.ensure_future(tick())
+        try:
+            with pytest.raises(sqlite3.OperationalError) as raised:
+                await store.batched(lambda: store.upsert(RatingInput("a", "item", 2, None)))
+        finally:
+            ticking.cancel()
+        assert sqlite.is_busy(raised.value)
+        assert sqlite.storage_failure(raised.value) == (
+            "the file is locked by another process",
+            False,
+        )
+        assert ticks >= 5  # about 40 in 200 ms; none while a busy handler sleeps
+        holder.execute("ROLLBACK")
+        _, created = await store.batched(lambda: store.upsert(RatingInput("a", "item", 2, None)))
+        assert created
+        assert store.score("item").count == 1
