@@ -2,10 +2,11 @@
 
 `python -m bench.workers` starts, on 127.0.0.1 only, one node with one worker and one with
 two (each on its own data directory, as an operator would: `tenants create`, then `serve`),
-and drives the billable score read against each in turn, alternating for `--rounds`, so
-both meet the same neighbours. Neither server is pinned: the point is whether a second
-process uses the second core, which the load generator shares. It prints requests per
-second, latency and the median ratio of two workers to one.
+and drives the billable score read (`--request score`) or rating writes to one tenant
+(`--request rating`: two workers then write one tenant file) against each in turn,
+alternating for `--rounds`, so both meet the same neighbours. Neither server is pinned:
+the point is whether a second process uses the second core, which the load generator
+shares. It prints requests per second, latency and the median ratio of two workers to one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from bench.loadgen import (
     wrk_version,
 )
 from bench.processes import stop
-from bench.scenarios import SCORE_PATH
+from bench.scenarios import RATING_BODY, RATINGS_PATH, SCORE_PATH
 from bench.servers import (
     RATE_LIMIT_PER_MINUTE,
     SEED_ITEM,
@@ -41,8 +42,10 @@ from bench.servers import (
 STOP_GRACE_SECONDS = 15
 
 
-def start_node(workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], Target]:
-    """A node serving with `workers` processes, and the score read to drive against it."""
+def start_node(
+    workdir: Path, workers: int, request: str = "score"
+) -> tuple[subprocess.Popen[bytes], Target]:
+    """A node serving with `workers` processes, and the request to drive against it."""
     environ = server_environ({})
     edge_node = [edge_node_executable(), "--data-dir", str(workdir / f"workers-{workers}")]
     create = ["tenants", "create", "--name", "bench", "--rate-limit", RATE_LIMIT_PER_MINUTE]
@@ -57,6 +60,10 @@ def start_node(workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], Ta
     port = wait_listening(process, log)
     headers = {"X-API-Key": tenant["api_key"]}
     seed_ratings(port, tenant["tenant_id"], headers)
+    if request == "rating":
+        path = RATINGS_PATH.format(tenant_id=tenant["tenant_id"])
+        headers["Content-Type"] = "application/json"
+        return process, Target("127.0.0.1", port, "POST", path, headers, RATING_BODY)
     path = SCORE_PATH.format(tenant_id=tenant["tenant_id"], item_id=SEED_ITEM)
     return process, Target("127.0.0.1", port, "GET", path, headers)
 
@@ -68,22 +75,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="alternations of 1 and 2")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--request", choices=("score", "rating"), default="score")
     args = parser.parse_args(argv)
     generator = choose_generator(args.loadgen, wrk_version())
-    results = measure(generator, args.duration, args.warmup, args.connections, args.rounds)
+    results = measure(
+        generator, args.duration, args.warmup, args.connections, args.rounds, args.request
+    )
     print(report(results, generator, args))
     failed = any(m.non_2xx or m.socket_errors for runs in results.values() for m in runs)
     return 1 if failed else 0
 
 
 def measure(
-    generator: GeneratorName, duration: int, warmup: int, connections: int, rounds: int
+    generator: GeneratorName,
+    duration: int,
+    warmup: int,
+    connections: int,
+    rounds: int,
+    request: str = "score",
 ) -> dict[int, list[Measurement]]:
-    """The score read against one worker and two, alternating for `rounds`."""
+    """`request` against one worker and two, alternating for `rounds`."""
     run = RUNNERS[generator]
     results: dict[int, list[Measurement]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as scratch:
-        nodes = {workers: start_node(Path(scratch), workers) for workers in (1, 2)}
+        nodes = {workers: start_node(Path(scratch), workers, request) for workers in (1, 2)}
         try:
             for round_ in range(rounds):
                 for workers, (_, target) in nodes.items():
@@ -99,7 +114,8 @@ def measure(
 
 def report(results: dict[int, list[Measurement]], generator: str, args: argparse.Namespace) -> str:
     lines = [
-        f"score read, {args.connections} connections, {args.duration} s x {args.rounds} rounds,"
+        f"{'score read' if args.request == 'score' else 'rating write'},"
+        f" {args.connections} connections, {args.duration} s x {args.rounds} rounds,"
         f" load generator {generator}",
         "",
         "| workers | req/s (median) | p50 ms | p99 ms | non-2xx | socket errors |",
