@@ -36,7 +36,7 @@ def measure(
     scenario: Scenario, server: Server, settings: Settings, cpus: set[int] | None
 ) -> Measurement:
     """Warm up, then measure; an error if the server died while it was being measured."""
-    headers = dict(server.headers)
+    headers = dict(server.credit_headers if scenario.credits else server.headers)
     if scenario.body is not None:
         headers["Content-Type"] = "application/json"
     path = scenario.path.format(**server.path_values)

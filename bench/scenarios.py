@@ -32,6 +32,7 @@ class Scenario:
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment of its server
     baseline: str | None = None  # the scenario whose requests/s this one is divided by
     target: float | None = None  # the least ratio the issue accepts
+    credits: bool = False  # sent with an API key made with credits (each request spends one)
 
     @property
     def server_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -57,6 +58,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         baseline="baseline-post",
         target=0.35,
     ),
+    # An API key with credits: every request spends one in credits.sqlite (synchronous=FULL),
+    # against the same read with a key without credits.
+    Scenario("get-score-credits", "daemon", "GET", SCORE_PATH, baseline="get-score", credits=True),
     # Metering's cost (issue: strict may cost at most 15% against metering off).
     Scenario(
         "get-score-meter-off",

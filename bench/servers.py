@@ -18,7 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.processes import spawn_pinned, stop
@@ -27,6 +27,7 @@ from bench.scenarios import RATINGS_PATH, Scenario
 SEED_ITEM = "bench-item"
 SEED_RATINGS = 60  # on SEED_ITEM, with comments: a list page is full
 RATE_LIMIT_PER_MINUTE = "100000000"  # far above anything measured: the bucket never refuses
+CREDITS = "1000000000000"  # the credit key's grant: never spent to zero in a run
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 START_TIMEOUT_SECONDS = 30.0
 
@@ -41,6 +42,7 @@ class Server:
     cpus: set[int] | None
     path_values: Mapping[str, str]
     headers: Mapping[str, str]
+    credit_headers: Mapping[str, str] = field(default_factory=dict)  # a key with credits
 
 
 class ServerPool:
@@ -87,11 +89,19 @@ class ServerPool:
         if created.returncode != 0:
             raise RuntimeError(f"edge-node tenants create failed: {created.stderr.decode()}")
         tenant = json.loads(created.stdout)
+        credit_key = subprocess.run(
+            [*edge_node, "keys", "create", tenant["tenant_id"], "--credits", CREDITS],
+            env=environ,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
         server = self._launch([*edge_node, "serve", "--port", "0"], environ, name)
         headers = {"X-API-Key": tenant["api_key"]}
         seed_ratings(server.port, tenant["tenant_id"], headers)
         values = {"tenant_id": tenant["tenant_id"], "item_id": SEED_ITEM}
-        return replace(server, path_values=values, headers=headers)
+        credit_headers = {"X-API-Key": json.loads(credit_key.stdout)["api_key"]}
+        return replace(server, path_values=values, headers=headers, credit_headers=credit_headers)
 
 
 def server_environ(extra: Mapping[str, str]) -> dict[str, str]:

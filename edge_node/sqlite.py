@@ -156,7 +156,7 @@ def transaction(conn: sqlite3.Connection, *, wait: bool = True) -> Iterator[sqli
     While another connection holds the write lock, SQLite's busy handler retries for up to
     the connection's busy timeout, sleeping on the calling thread. `wait=False` asks for the
     lock once instead: SQLITE_BUSY (`is_busy`) at once when it is taken, for a caller on the
-    event loop, whose every request that sleep would stop (edge_node.rating.write_batches
+    event loop, whose every request that sleep would stop (edge_node.write_batches
     asks again later without blocking).
     """
     if conn.in_transaction:

@@ -57,7 +57,8 @@ def guarded(
                 try:
                     if reserved:
                         quota = router.charge(context, meter, units, decision)
-                        credit = router.spend_credits(context, units, decision, quota)
+                        if router.spends_credits(context):
+                            credit = await router.spend_credits(context, units, decision, quota)
                     response = await handler(request, context)
                     if reserved:
                         served = by_status.get(response.status, default)
@@ -76,7 +77,8 @@ def guarded(
                         meter.release()
                     if quota is not None and meter.spend is not None:
                         meter.spend.release(context.tenant_id, units)
-                    router.refund_credits(context, units - billed, credit)
+                    if credit is not None:
+                        await router.refund_credits(context, units - billed, credit)
             except Problem as problem:
                 fields = router.fields.headers(decision, quota, credit)
                 problem.headers = {**fields, **problem.headers}

@@ -26,6 +26,7 @@ deleted by any process is refused within milliseconds, with no query per request
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -265,15 +266,26 @@ class TenantRouter:
             raise exhausted(decision, self.fields.headers(rate, decision))
         return decision
 
-    def spend_credits(
+    def spends_credits(self, context: TenantContext) -> bool:
+        """Whether a billable request of `context` takes its units from its API key's credits
+        (the key has some, and the node keeps them)."""
+        return (
+            context.credits is not None and context.key_id is not None and self.credits is not None
+        )
+
+    async def spend_credits(
         self, context: TenantContext, units: int, rate: RateDecision, quota: QuotaDecision | None
-    ) -> CreditDecision | None:
-        """Take a billable request's units from its API key's credits (None: the key has
-        none); 429 `credits-exhausted` when it has not that many left."""
-        if context.credits is None or context.key_id is None or self.credits is None:
-            return None
+    ) -> CreditDecision:
+        """Take a billable request's units from its API key's credits (`spends_credits`), in
+        the transaction of this loop iteration's spends, once it is durable; 429
+        `credits-exhausted` when it has not that many left."""
+        assert self.credits is not None
+        assert context.key_id is not None
+        assert context.credits is not None
         try:
-            decision = self.credits.spend(context.key_id, context.credits, units, now_ms())
+            decision = await self.credits.spend_batched(
+                context.key_id, context.credits, units, now_ms()
+            )
         except sqlite3.Error as exc:  # busy past the lock wait, a full disk: nothing spent
             log.warning("credits of key %s not spent: %s", context.key_id, exc)
             raise StorageUnavailable(
@@ -289,15 +301,17 @@ class TenantRouter:
             )
         return decision
 
-    def refund_credits(
-        self, context: TenantContext, units: int, credit: CreditDecision | None
+    async def refund_credits(
+        self, context: TenantContext, units: int, credit: CreditDecision
     ) -> None:
-        """Give back credits a request took and did not bill (it failed, or billed less). A
-        refund that cannot be written is logged, never the answer: the request's own outcome
-        stands (the credits stay spent)."""
-        if credit is not None and units > 0 and context.key_id and self.credits is not None:
+        """Give back credits a request took and did not bill (it failed, or billed less), in
+        the transaction of this loop iteration's writes. A refund that cannot be written is
+        logged, never the answer: the request's own outcome stands (the credits stay spent).
+        Shielded: a request cancelled meanwhile still gives them back."""
+        if units > 0 and context.key_id and self.credits is not None:
+            refund = self.credits.refund_batched(context.key_id, units, credit.refilled_at)
             try:
-                self.credits.refund(context.key_id, units, credit.refilled_at)
+                await asyncio.shield(refund)
             except sqlite3.Error as exc:
                 log.error("%d credits of key %s not given back: %s", units, context.key_id, exc)
 

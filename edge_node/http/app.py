@@ -112,8 +112,8 @@ class NodeStorage:
         )
         try:
             stores.keyring.master_key_id()  # a missing or wrong master key fails the start
-            # A spend runs on the event loop: a short lock wait keeps another worker's spend
-            # from stalling every request here; past it the request gets a 503.
+            # Spends wait for another worker's lock without stopping the loop
+            # (edge_node.write_batches); past this short wait the request gets a 503.
             credits = CreditStore.open(config.data_path, busy_timeout_ms=CREDITS_LOCK_WAIT_MS)
         except BaseException:
             stores.close()

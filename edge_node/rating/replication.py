@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from edge_node import sqlite
 from edge_node.rating.pending import PendingUploads
 from edge_node.rating.schema import ROW_COLUMNS
-from edge_node.rating.write_batches import WriteBatches
+from edge_node.write_batches import WriteBatches
 
 # Rating ids are derived from (tenant, user, item): the same logical rating has the same id on
 # every replica, so sync never has to reconcile two ids for one row.

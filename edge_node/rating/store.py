@@ -112,7 +112,7 @@ class TenantStores:
             # for when they cannot keep up with steady writes (BACKSTOP_CHECKPOINT_PAGES).
             conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
-            # A batch written with a savepoint per write (edge_node.rating.write_batches, after
+            # A batch written with a savepoint per write (edge_node.write_batches, after
             # a write failed half-way) keeps their journal, which SQLite spills to a temporary
             # file past 64 KiB: a batch of a few dozen writes did, and its later writes then
             # wrote their pages there too (about five more writes a rating). In memory it lasts

@@ -33,7 +33,7 @@ from edge_node.rating.pending import PendingUploads
 from edge_node.rating.read_memory import FileVersion, ReadMemory
 from edge_node.rating.replication import RatingReplication, rating_id
 from edge_node.rating.row_documents import PAGE_COLUMNS, RowDocuments
-from edge_node.rating.write_batches import WriteBatches
+from edge_node.write_batches import WriteBatches
 
 _FIND = (
     "SELECT id, created_at, updated_at, deleted FROM ratings"
@@ -123,7 +123,7 @@ class TenantStore(RatingReplication):
 
     def batched(self, operation: Callable[[], T]) -> Coroutine[Any, Any, T]:
         """Run a write in the transaction shared by the writes of this loop iteration
-        (edge_node.rating.write_batches); await it for the write's result."""
+        (edge_node.write_batches); await it for the write's result."""
         return self.batches.run(operation)
 
     def _batch_begins(self) -> None:

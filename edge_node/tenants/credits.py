@@ -6,24 +6,32 @@ left lives here, in a file of its own, because it changes with every request thr
 written in node.sqlite, each spend would make every worker's registry view read the whole
 registry again (edge_node.tenants.view follows that file's changes).
 
-A spend is one short write transaction (`BEGIN IMMEDIATE`: every worker process of the node
-spends from the same row, one at a time), so however many workers serve a key, no more is
-served than it holds. A key's row is made on its first spend, from its grant. With a refill,
-the balance is set back to M (not added to) at each PERIOD counted from the key's first spend;
-units given back (`refund`: a request that billed less than it held) go back only into the
-refill interval they were taken from. The file is written with `synchronous=FULL`, like
-node.sqlite: a credit spent and answered is never spent again after a power loss.
+A spend reads and writes the key's row under the file's write lock (every worker process of
+the node spends from the same row, one at a time), so however many workers serve a key, no
+more is served than it holds. On the event loop the spends of one loop iteration share one
+transaction and its one fsync (`spend_batched`, edge_node.write_batches), each request
+answered once the commit holding its spend is durable; another worker holding the lock is
+waited for without stopping the loop. A key's row is made on its first spend, from its
+grant. With a refill, the balance is set back to M (not added to) at each PERIOD counted
+from the key's first spend; units given back (`refund`: a request that billed less than it
+held) go back only into the refill interval they were taken from. The file is written with
+`synchronous=FULL`, like node.sqlite: a credit spent and answered is never spent again after
+a power loss.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import sqlite3
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import NamedTuple
 
 from edge_node import sqlite
 from edge_node.tenants.model import KeyCredits
+from edge_node.write_batches import WriteBatches
 
 FILE_NAME = "credits.sqlite"
 MIGRATIONS = (
@@ -54,6 +62,7 @@ class CreditStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         sqlite.migrate(conn, MIGRATIONS)
         self._conn = conn
+        self._batches = WriteBatches(conn)
 
     @classmethod
     def open(cls, data_dir: Path, *, busy_timeout_ms: int = 5000) -> CreditStore:
@@ -68,11 +77,29 @@ class CreditStore:
             raise
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the file, or once the spends queued for its batch have committed."""
+        self._batches.close()
+
+    async def spend_batched(
+        self, key_id: str, grant: KeyCredits, units: int, now_ms: int
+    ) -> CreditDecision:
+        """`spend` in the transaction of this loop iteration's spends; its decision once that
+        transaction is durable."""
+        return await self._batches.run(functools.partial(self.spend, key_id, grant, units, now_ms))
+
+    async def refund_batched(self, key_id: str, units: int, refilled_at: int) -> None:
+        """`refund` in the transaction of this loop iteration's writes."""
+        await self._batches.run(functools.partial(self.refund, key_id, units, refilled_at))
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write's transaction: its own, or within a batch the batch's."""
+        if self._batches.running:
+            return contextlib.nullcontext(self._conn)
+        return sqlite.transaction(self._conn)
 
     def spend(self, key_id: str, grant: KeyCredits, units: int, now_ms: int) -> CreditDecision:
         """Take `units` from the key if it has that many left (after any refill due)."""
-        with sqlite.transaction(self._conn):
+        with self._write():
             remaining, refilled_at = self._current(key_id, grant, now_ms)
             allowed = remaining >= units
             if allowed:
@@ -88,7 +115,7 @@ class CreditStore:
     def refund(self, key_id: str, units: int, refilled_at: int) -> None:
         """Give back units taken from the refill interval starting at `refilled_at`; none go
         back into a later interval (a refill has set the balance anew)."""
-        with sqlite.transaction(self._conn):
+        with self._write():
             self._conn.execute(
                 "UPDATE key_credits SET remaining = remaining + ?"
                 " WHERE key_id = ? AND refilled_at = ?",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -20,6 +22,18 @@ CREDITS_EXHAUSTED = "urn:edge-node:problem:credits-exhausted"
 def credit_key(node: RunningNode, tenant: Tenant, grant: KeyCredits) -> dict[str, str]:
     issued = node.storage.registry.create_key(tenant.tenant_id, "admin", grant)
     return {"X-API-Key": issued.api_key}
+
+
+@contextlib.contextmanager
+def credits_locked(node: RunningNode) -> Iterator[None]:
+    """credits.sqlite's write lock held by another connection (another process's) meanwhile."""
+    other = sqlite3.connect(node.config.data_path / "credits.sqlite", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
 
 
 async def read(
@@ -107,18 +121,32 @@ class TestCreditsFileBusy:
         tenant = node.create_tenant()
         headers = credit_key(node, tenant, KeyCredits(3))
         assert (await read(node, tenant, headers)).status == 200
-        other = sqlite3.connect(node.config.data_path / "credits.sqlite", isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")
+        with credits_locked(node):
             url = node.tenant_url(tenant.tenant_id, "/items/item-1/score")
             async with node.session.get(url, headers=headers) as refused:
                 assert refused.status == 503
                 assert refused.headers["Retry-After"]
                 problem = await refused.json()
                 assert problem["type"] == "urn:edge-node:problem:storage-unavailable"
-            other.execute("ROLLBACK")
-        finally:
-            other.close()
         served = await read(node, tenant, headers)
+        assert served.status == 200
+        assert ratelimit_fields(served.headers)["credits"]["r"] == 1
+
+
+class TestCreditsFileLockedAMoment:
+    async def test_a_spend_waits_for_another_process_without_stopping_the_node(
+        self, node: RunningNode
+    ) -> None:
+        """Another process holding credits.sqlite's write lock for a moment: the request
+        waits for it while the node goes on serving (its loop is not asleep in SQLite's busy
+        handler), and is served, its unit spent, once the lock is free."""
+        tenant = node.create_tenant()
+        headers = credit_key(node, tenant, KeyCredits(3))
+        assert (await read(node, tenant, headers)).status == 200
+        with credits_locked(node):
+            waiting = asyncio.ensure_future(read(node, tenant, headers))
+            await asyncio.sleep(0.05)  # the node's loop (this one) runs meanwhile
+            assert not waiting.done()
+        served = await waiting
         assert served.status == 200
         assert ratelimit_fields(served.headers)["credits"]["r"] == 1

@@ -1,7 +1,8 @@
-"""CreditStore: an API key's credits left, spent one transaction at a time in credits.sqlite."""
+"""CreditStore: an API key's credits left, spent under the write lock of credits.sqlite."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
@@ -54,3 +55,26 @@ class TestSpending:
             store.spend(KEY, grant, 1, 61_000)  # a refill: the balance is 2 - 1 anew
             store.refund(KEY, 2, late.refilled_at)
             assert store.balance(KEY, grant, 62_000).remaining == 1
+
+
+class TestSpendingOnTheLoop:
+    async def test_the_spends_of_one_loop_iteration_share_one_commit_and_one_balance(
+        self, tmp_path: Path
+    ) -> None:
+        """Two workers' stores spending at once: each one's spends of a loop iteration are
+        one transaction (one COMMIT, one fsync), and together they never spend more than
+        the key holds."""
+        first, second = CreditStore.open(tmp_path), CreditStore.open(tmp_path)
+        statements: list[str] = []
+        first._conn.set_trace_callback(statements.append)
+        try:
+            grant = KeyCredits(5)
+            decisions = await asyncio.gather(
+                *[store.spend_batched(KEY, grant, 1, 1000) for store in (first, second) * 4]
+            )
+            assert [d.allowed for d in decisions].count(True) == 5
+            assert statements.count("COMMIT") == 1
+            assert min(d.remaining for d in decisions) == 0
+        finally:
+            first.close()
+            second.close()

@@ -1,4 +1,7 @@
-"""Group commit of a tenant file's writes: the writes of one loop iteration share a transaction.
+"""Group commit of one SQLite file's writes: the writes of one loop iteration share a transaction.
+
+A tenant's rating file (edge_node.rating.tenant_store) and the API keys' credits
+(edge_node.tenants.credits) are written this way on the event loop.
 
 A write handed to `WriteBatches.run` joins the batch of its loop iteration; at the iteration's
 end the batch runs in one transaction (one BEGIN/COMMIT, one set of WAL page writes), and
@@ -13,7 +16,7 @@ alone. A write after which SQLite has ended the transaction itself (a full disk,
 error) ends its batch: none of it is durable.
 
 While another connection holds the file's write lock (another worker of `serve --workers N`
-writing the same tenant, the sync process), the batch does not wait for it in SQLite's busy
+writing the same file, the sync process), the batch does not wait for it in SQLite's busy
 handler, which sleeps on the event loop's thread and would stop every request of the worker
 (up to a second at a time, measured with two workers writing one tenant). It asks for the
 lock once; when it is taken, the batch goes back to the head of the queue and is attempted
@@ -56,7 +59,7 @@ class WriteBatches:
     def __init__(
         self,
         conn: sqlite3.Connection,
-        begins: Callable[[], None],
+        begins: Callable[[], None] | None = None,
         committed: Callable[[], None] | None = None,
     ) -> None:
         """`begins` is called as each attempt at a batch opens its transaction, `committed`
@@ -174,7 +177,8 @@ class WriteBatches:
         SQLite has ended the transaction itself ends the batch: no later write may run, and
         commit, in a transaction of its own. _LockTaken when another connection holds the
         write lock: nothing was written."""
-        self._begins()
+        if self._begins is not None:
+            self._begins()
         conn = self._conn
         began = False
         try:
