@@ -14,12 +14,14 @@ until it is durable; the response waits for it at most `USAGE_WAIT_SECONDS`, the
 
 Each event recorded is also counted per tenant and day in a memory-mapped file of its own
 (edge_node/usage/served.py), apart from the queue, so reconciliation can tell usage served from
-usage billing holds. In `strict` durability the response waits until its event is on
+usage billing holds; an event is counted served only once it is durable, so a count never
+exceeds what the queue holds. In `strict` durability the response waits until its event is on
 disk: the events of one turn of the event loop are encoded and appended together when it
 ends, and awaited through one shared wait and timer (edge_node/usage/batch_wait.py), and the
-queue's group commit makes one shared fsync of many such batches. In
-`batched` it does not: a crash can lose the events appended since the last group commit, a
-few milliseconds' worth.
+queue's group commit makes one shared fsync of many such batches. In `batched` it does not: a
+crash can lose the events appended since the last group commit, a few milliseconds' worth.
+What a batched event bills is counted spent at once, and it is counted served with the other
+events of its group commit once that commit is durable.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ class Meter:
         self._billable = frozenset(op for op, units in self._units.items() if units)
         self._bills: dict[tuple[str, ...], bool] = {}
         self._reserved = 0
-        # Group commits not waited for, with how many events each carries.
-        self._pending: dict[asyncio.Future[int], int] = {}
+        # Group commits not waited for (batched durability), with the events each carries.
+        self._pending: dict[asyncio.Future[int], list[_Event]] = {}
         self._open: _Batch | None = None  # strict events of this turn of the loop
         self._strict = config.durability == "strict"
         self._route_units: dict[tuple[str, ...], int] = {}
@@ -196,8 +198,9 @@ class Meter:
             except Exception as exc:  # as in strict: any failure to append answers 503
                 self._failed(exc)
                 raise _not_recorded() from exc
-            self._track(durable)
-            self._count([event], spend=True)
+            self._track(durable, event)
+            if self.spend is not None:  # spent now; counted served once durable (_settled)
+                self.spend.add(tenant_id, event[4], units)
         self.stats.recorded += 1
         self.stats.recorded_units += units
         return True
@@ -263,13 +266,14 @@ class Meter:
             self.stats.failed += len(batch.events) - 1
             self._failed(error)
 
-    def _track(self, durable: asyncio.Future[int]) -> None:
-        """Keep a group commit not waited for until it settles, with the events it carries."""
-        count = self._pending.get(durable)
-        if count is None:
+    def _track(self, durable: asyncio.Future[int], event: _Event) -> None:
+        """Keep a group commit not waited for until it settles, with the events it carries:
+        they are counted served together once it is durable (`_settled`)."""
+        events = self._pending.get(durable)
+        if events is None:
             durable.add_done_callback(self._settled)
-            count = 0
-        self._pending[durable] = count + 1
+            events = self._pending[durable] = []
+        events.append(event)
 
     def _count(self, events: list[_Event], *, spend: bool) -> None:
         """Count `events` served, apart from the queue, for reconciliation, and with `spend`
@@ -304,10 +308,17 @@ class Meter:
             self.served = None
 
     def _settled(self, durable: asyncio.Future[int]) -> None:
-        events = self._pending.pop(durable, 0)
-        if not durable.cancelled() and durable.exception() is not None:
-            self.stats.failed += events - 1
-            self._failed(durable.exception())
+        """A group commit not waited for settled: its events counted served, or its failure
+        logged."""
+        events = self._pending.pop(durable, [])
+        if durable.cancelled():
+            return
+        error = durable.exception()
+        if error is None:
+            self._count(events, spend=False)
+        else:
+            self.stats.failed += len(events) - 1
+            self._failed(error)
 
     def _failed(self, exc: BaseException | None) -> None:
         self.stats.failed += 1

@@ -175,6 +175,31 @@ class TestDurability:
         await node.meter.queue.flush()  # type: ignore[union-attr]
         assert len(events_on_disk(node)) == 1
 
+    async def test_batched_counts_served_once_durable_and_spent_at_once(
+        self, make_node: NodeFactory
+    ) -> None:
+        """A batched event is counted spent as it is recorded (an allowance is never passed
+        while it waits), and served only once its group commit is durable, with the other
+        events of that commit: a served count never exceeds what the queue holds."""
+        fsync = SlowFsync(0.3)
+        node = await make_node(fsync=fsync, **{"meter.durability": "batched"})
+        tenant = node.create_tenant()
+        meter = node.meter
+        assert meter.spend is not None
+        assert meter.served is not None
+        for n in range(3):
+            assert await meter.record(tenant.tenant_id, "score.read", 200, f"r{n}")
+        assert meter.spend.spent(tenant.tenant_id) == 3
+        meter.served.sync()
+        assert read_counts(meter.served.path) == []  # nothing durable yet
+        await meter.queue.flush()  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)  # the commit's callbacks
+        meter.served.sync()
+        assert [
+            (tenant_id, events) for tenant_id, _, events, _ in read_counts(meter.served.path)
+        ] == [(tenant.tenant_id, 3)]
+        assert meter.spend.spent(tenant.tenant_id) == 3  # not spent twice
+
     @pytest.mark.parametrize("durability", ["strict", "batched"])
     async def test_events_that_cannot_be_appended_are_refused_at_once(
         self, make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch, durability: str
