@@ -41,7 +41,9 @@ from edge_node import sqlite
 T = TypeVar("T")
 RETRY_FIRST_SECONDS = 0.001  # the first pause after the write lock was found taken
 RETRY_MAX_SECONDS = 0.005
-Write = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+# A queued write: what it does, the future its caller awaits, and when it was queued (loop
+# time: how long it may still wait for the write lock).
+Write = tuple[Callable[[], Any], "asyncio.Future[Any]", float]
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
@@ -71,37 +73,50 @@ class WriteBatches:
         self._held = False
         self._close_after = False
         self.running = False  # a batch's write runs, in the batch's transaction
-        # How long a batch may wait for the write lock: the connection's busy timeout.
+        # How long a write may wait for the write lock: the connection's busy timeout.
         self._lock_wait = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
-        self._lock_taken_at: float | None = None  # when the waiting batch first found it taken
-        self._pause = RETRY_FIRST_SECONDS
+        self._pause = RETRY_FIRST_SECONDS  # before the next attempt, while the lock is taken
+        self._retry: asyncio.TimerHandle | None = None  # that attempt, while one is due
 
     def close(self) -> None:
-        """Close the connection, at once or, with writes queued, once they have committed."""
+        """Close the connection once the writes queued have committed: at once when none
+        are queued or they commit now (on the event loop, unless held), else once they have
+        (a process stopping right after still commits them)."""
+        if self._queued and not self._held and _on_a_loop():
+            self._commit()
         if self._queued:
             self._close_after = True
         else:
             self._conn.close()
 
+    def submit(self, operation: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue a write for the batch of this loop iteration; the future gives its result
+        once committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queued.append((operation, future, loop.time()))
+        if len(self._queued) == 1 and not self._held:
+            loop.call_soon(self._commit)
+        return future
+
     async def run(self, operation: Callable[[], T]) -> T:
         """Run a write in the batch of this loop iteration; its result once committed."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queued.append((operation, future))
-        if len(self._queued) == 1 and not self._held:
-            asyncio.get_running_loop().call_soon(self._commit)
-        return await future
+        return await self.submit(operation)
 
     def hold(self) -> None:
         """Let writes queue without running until `release`."""
         self._held = True
 
     def release(self) -> None:
-        """Run the writes queued while held, in one batch."""
+        """Run the writes queued while held, in one batch (or at the attempt already due)."""
         self._held = False
-        if self._queued:
+        if self._queued and self._retry is None:
             asyncio.get_running_loop().call_soon(self._commit)
 
     def _commit(self) -> None:
+        if self._retry is not None:  # this is the attempt that was due, or comes before it
+            self._retry.cancel()
+            self._retry = None
         if self._held or not self._queued:  # held since it was scheduled, or already run
             return
         batch, self._queued = self._queued, []
@@ -110,32 +125,36 @@ class WriteBatches:
         except _LockTaken as taken:
             self._lock_is_taken(batch, taken.__cause__ or taken)
         except BaseException as exc:  # a write raised past Exception: no caller waits for ever
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc)
             raise
         else:
-            self._lock_taken_at = None
+            self._pause = RETRY_FIRST_SECONDS
         finally:
             if self._close_after and not self._queued:
                 self._conn.close()
 
     def _lock_is_taken(self, batch: list[Write], error: BaseException) -> None:
-        """The batch found the write lock taken: attempt it again after a pause (the writes
-        queued meanwhile join it), or fail it with `error` once the lock has been taken for
-        the busy timeout since the batch first found it so."""
+        """The batch found the write lock taken: its writes that have waited the busy timeout
+        since they were queued fail with `error`; the others are attempted again after a
+        pause, ahead of the writes queued meanwhile, which join them."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._lock_taken_at is None:
-            self._lock_taken_at, self._pause = now, RETRY_FIRST_SECONDS
-        elif now - self._lock_taken_at >= self._lock_wait:
-            self._lock_taken_at = None
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+        waiting = []
+        for write in batch:
+            _, future, queued_at = write
+            if future.done():
+                continue
+            if now - queued_at >= self._lock_wait:
+                future.set_exception(error)
+            else:
+                waiting.append(write)
+        if not waiting:
+            self._pause = RETRY_FIRST_SECONDS
             return
-        self._queued[:0] = batch
-        loop.call_later(self._pause, self._commit)
+        self._queued[:0] = waiting
+        self._retry = loop.call_later(self._pause, self._commit)
         self._pause = min(2 * self._pause, RETRY_MAX_SECONDS)
 
     def _run(self, batch: list[Write]) -> None:
@@ -156,7 +175,7 @@ class WriteBatches:
                 (error for _, _, error in outcomes if error and sqlite.storage_failure(error)),
                 failure,
             )
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(cause)
             return
@@ -193,7 +212,7 @@ class WriteBatches:
     def _write_each(self, batch: list[Write], outcomes: list[Outcome], *, savepoints: bool) -> None:
         """The batch's writes, in the open transaction (see `_write`)."""
         conn = self._conn
-        for operation, future in batch:
+        for operation, future, _ in batch:
             if future.cancelled():
                 continue
             # Rows a failed statement's triggers changed count too: at worst a second
@@ -212,3 +231,11 @@ class WriteBatches:
                     raise _PartlyWritten from exc
             finally:
                 self.running = False
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

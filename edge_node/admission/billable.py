@@ -78,7 +78,7 @@ def guarded(
                     if quota is not None and meter.spend is not None:
                         meter.spend.release(context.tenant_id, units)
                     if credit is not None:
-                        await router.refund_credits(context, units - billed, credit)
+                        router.refund_credits(context, units - billed, credit)
             except Problem as problem:
                 fields = router.fields.headers(decision, quota, credit)
                 problem.headers = {**fields, **problem.headers}

@@ -26,7 +26,6 @@ deleted by any process is refused within milliseconds, with no query per request
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -301,19 +300,12 @@ class TenantRouter:
             )
         return decision
 
-    async def refund_credits(
-        self, context: TenantContext, units: int, credit: CreditDecision
-    ) -> None:
-        """Give back credits a request took and did not bill (it failed, or billed less), in
-        the transaction of this loop iteration's writes. A refund that cannot be written is
-        logged, never the answer: the request's own outcome stands (the credits stay spent).
-        Shielded: a request cancelled meanwhile still gives them back."""
+    def refund_credits(self, context: TenantContext, units: int, credit: CreditDecision) -> None:
+        """Give back credits a request took and did not bill (it failed, or billed less), with
+        this loop iteration's writes, not waited for. A refund that cannot be written is
+        logged, never the answer: the request's own outcome stands (the credits stay spent)."""
         if units > 0 and context.key_id and self.credits is not None:
-            refund = self.credits.refund_batched(context.key_id, units, credit.refilled_at)
-            try:
-                await asyncio.shield(refund)
-            except sqlite3.Error as exc:
-                log.error("%d credits of key %s not given back: %s", units, context.key_id, exc)
+            self.credits.refund_later(context.key_id, units, credit.refilled_at)
 
     def _check_standing(self, tenant_id: str, status: TenantStatus) -> None:
         if status == "suspended":

@@ -21,8 +21,10 @@ a power loss.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 import math
 import sqlite3
 from contextlib import AbstractContextManager
@@ -32,6 +34,8 @@ from typing import NamedTuple
 from edge_node import sqlite
 from edge_node.tenants.model import KeyCredits
 from edge_node.write_batches import WriteBatches
+
+log = logging.getLogger(__name__)
 
 FILE_NAME = "credits.sqlite"
 MIGRATIONS = (
@@ -84,12 +88,23 @@ class CreditStore:
         self, key_id: str, grant: KeyCredits, units: int, now_ms: int
     ) -> CreditDecision:
         """`spend` in the transaction of this loop iteration's spends; its decision once that
-        transaction is durable."""
-        return await self._batches.run(functools.partial(self.spend, key_id, grant, units, now_ms))
+        transaction is durable. A caller cancelled after its spend became durable (it will
+        serve nothing) gives the units back."""
+        spending = self._batches.submit(functools.partial(self.spend, key_id, grant, units, now_ms))
+        try:
+            return await spending
+        except asyncio.CancelledError:
+            if spending.done() and not spending.cancelled() and spending.exception() is None:
+                decision = spending.result()
+                if decision.allowed:
+                    self.refund_later(key_id, units, decision.refilled_at)
+            raise
 
-    async def refund_batched(self, key_id: str, units: int, refilled_at: int) -> None:
-        """`refund` in the transaction of this loop iteration's writes."""
-        await self._batches.run(functools.partial(self.refund, key_id, units, refilled_at))
+    def refund_later(self, key_id: str, units: int, refilled_at: int) -> None:
+        """`refund` in the transaction of this loop iteration's writes, not waited for; one
+        that cannot be written is logged, and the credits stay spent."""
+        refund = self._batches.submit(functools.partial(self.refund, key_id, units, refilled_at))
+        refund.add_done_callback(functools.partial(_refunded, key_id, units))
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write's transaction: its own, or within a batch the batch's."""
@@ -147,3 +162,8 @@ def _decision(
         return CreditDecision(allowed, remaining, None, refilled_at, grant.credits, 0)
     reset = max(1, math.ceil((refilled_at + every * 1000 - now_ms) / 1000))
     return CreditDecision(allowed, remaining, reset, refilled_at, grant.refill, every)
+
+
+def _refunded(key_id: str, units: int, refund: asyncio.Future[None]) -> None:
+    if not refund.cancelled() and (error := refund.exception()) is not None:
+        log.error("%d credits of key %s not given back: %s", units, key_id, error)

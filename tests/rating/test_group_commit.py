@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 from pathlib import Path
@@ -320,3 +321,52 @@ class TestWriteLockTakenElsewhere:
         _, created = await store.batched(lambda: store.upsert(RatingInput("a", "item", 2, None)))
         assert created
         assert store.score("item").count == 1
+
+    async def test_each_write_waits_the_busy_timeout_from_when_it_was_queued(
+        self, tmp_path: Path
+    ) -> None:
+        """A write that joins a batch already waiting for the lock gets a wait of its own: the
+        first fails once it has waited the busy timeout (400 ms), the later one, queued
+        250 ms on, is still waiting then and commits once the lock is free."""
+        store = TenantStores(tmp_path, node_id="n", busy_timeout_ms=400).get(TENANT)
+        holder = self.holder(store, tmp_path)
+        first = asyncio.ensure_future(
+            store.batched(lambda: store.upsert(RatingInput("a", "item", 2, None)))
+        )
+        await asyncio.sleep(0.25)
+        later = asyncio.ensure_future(
+            store.batched(lambda: store.upsert(RatingInput("b", "item", 4, None)))
+        )
+        with pytest.raises(sqlite3.OperationalError):
+            await first
+        assert not later.done()
+        holder.execute("ROLLBACK")
+        _, created = await later
+        assert created
+        assert [r["user_id"] for r in store.page().ratings] == ["b"]
+
+    async def test_a_second_wait_for_the_lock_is_a_whole_one(self, tmp_path: Path) -> None:
+        """After a batch that waited for the lock has committed, the next one to find it
+        taken waits again from the start, for as long as the lock is held (within the busy
+        timeout), and is attempted a few times a few milliseconds apart meanwhile: a hold and
+        release of the writes (a WAL restart's) does not start a second round of attempts."""
+        store = TenantStores(tmp_path, node_id="n", busy_timeout_ms=1000).get(TENANT)
+        statements = count_commits(store)
+        for user in ("a", "b"):
+            holder = self.holder(store, tmp_path)
+            write = asyncio.ensure_future(
+                store.batched(functools.partial(store.upsert, RatingInput(user, "item", 2, None)))
+            )
+            attempts = statements.count("BEGIN IMMEDIATE")
+            for _ in range(5):
+                await asyncio.sleep(0.02)
+                store.batches.hold()
+                store.batches.release()
+            assert not write.done()
+            # One round of attempts: at most one every 5 ms after the first few, about 20 in
+            # 100 ms (each hold and release starting another round doubled that and more).
+            assert statements.count("BEGIN IMMEDIATE") - attempts <= 40
+            holder.execute("COMMIT")
+            holder.close()
+            await write
+        assert store.score("item").count == 2

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from pathlib import Path
 
-from edge_node.tenants.credits import CreditStore
+import pytest
+
+from edge_node.tenants.credits import CreditDecision, CreditStore
 from edge_node.tenants.model import KeyCredits
 
 KEY = "k1"
@@ -78,3 +82,63 @@ class TestSpendingOnTheLoop:
         finally:
             first.close()
             second.close()
+
+    async def test_a_spend_durable_for_a_request_cancelled_meanwhile_is_given_back(
+        self, tmp_path: Path
+    ) -> None:
+        """A request cancelled after its spend committed but before it resumed serves
+        nothing: its units are given back."""
+        store = CreditStore.open(tmp_path)
+        grant = KeyCredits(3)
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[CreditDecision]] = []
+        spend = store.spend
+
+        def spend_then_cancel(
+            key_id: str, grant: KeyCredits, units: int, now: int
+        ) -> CreditDecision:
+            loop.call_soon(tasks[0].cancel)  # runs after the commit, before the task resumes
+            return spend(key_id, grant, units, now)
+
+        store.spend = spend_then_cancel  # type: ignore[method-assign,assignment]
+        try:
+            tasks.append(asyncio.ensure_future(store.spend_batched(KEY, grant, 1, 1000)))
+            with pytest.raises(asyncio.CancelledError):
+                await tasks[0]
+            await asyncio.sleep(0.05)  # the refund's commit
+            assert store.balance(KEY, grant, 1000).remaining == 3
+        finally:
+            store.close()
+
+    def test_worker_processes_spending_at_once_never_spend_more_than_the_key_holds(
+        self, tmp_path: Path
+    ) -> None:
+        """Two processes, each spending one unit at a time in batches on its own loop, 300
+        each against a grant of 400: 400 are allowed in all, and none is left."""
+        program = (
+            "import asyncio, sys\n"
+            "from pathlib import Path\n"
+            "from edge_node.tenants.credits import CreditStore\n"
+            "from edge_node.tenants.model import KeyCredits\n"
+            "async def main():\n"
+            "    store = CreditStore.open(Path(sys.argv[1]))\n"
+            "    allowed = 0\n"
+            "    for _ in range(15):\n"
+            "        spends = [store.spend_batched('k1', KeyCredits(400), 1, 1000)"
+            " for _ in range(20)]\n"
+            "        allowed += sum(d.allowed for d in await asyncio.gather(*spends))\n"
+            "    store.close()\n"
+            "    print(allowed)\n"
+            "asyncio.run(main())\n"
+        )
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", program, str(tmp_path)], stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        allowed = [int(worker.communicate(timeout=60)[0]) for worker in workers]
+        assert all(worker.returncode == 0 for worker in workers)
+        assert sum(allowed) == 400
+        with contextlib.closing(CreditStore.open(tmp_path)) as store:
+            assert store.balance(KEY, KeyCredits(400), 1000).remaining == 0
