@@ -21,8 +21,8 @@ handler, which sleeps on the event loop's thread and would stop every request of
 (up to a second at a time, measured with two workers writing one tenant). It asks for the
 lock once; when it is taken, the batch goes back to the head of the queue and is attempted
 again after a pause (RETRY_FIRST_SECONDS, doubling up to RETRY_MAX_SECONDS) while the loop
-serves on, writes arriving meanwhile joining it. Past the connection's busy timeout it fails
-with SQLITE_BUSY, as the busy handler would have.
+serves on, writes arriving meanwhile joining it. A write that has waited the connection's
+busy timeout since it was queued fails with SQLITE_BUSY, as the busy handler's would have.
 
 Writes can be held for a moment (`hold`, `release`): the background checkpoint does so to
 start the WAL over without a checkpoint on the event loop (edge_node.rating.store).
