@@ -88,6 +88,15 @@ class MeterConfig:
         "`strict`: a response is sent only once its usage event is on disk. `batched`: the "
         "response does not wait; a crash can lose the events of one group commit.",
     )
+    batched_commit_interval_ms: float = setting(
+        5.0,
+        "In `batched` durability, the least time the usage queue gathers events before each "
+        "group commit (its fsync), when `queue.commit_interval_ms` is shorter: one fsync per "
+        "few requests rather than per request when they are few, and a loss window on a crash "
+        "that much longer.",
+        minimum=0,
+        maximum=1000,
+    )
     on_full: Literal["reject", "serve_unmetered"] = setting(
         "reject",
         "When the usage queue is full: `reject` answers billable requests 503 with Retry-After; "

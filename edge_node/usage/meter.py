@@ -355,11 +355,17 @@ def _not_recorded() -> ServiceUnavailable:
     )
 
 
-def queue_settings(config: QueueConfig) -> QueueSettings:
+def queue_settings(config: QueueConfig, meter: MeterConfig | None = None) -> QueueSettings:
+    """The usage queue's settings; in `batched` durability (`meter`), group commits gather
+    events for at least `meter.batched_commit_interval_ms`: nobody waits for their fsync, so
+    one need not be made for each request when requests are few."""
+    interval_ms = config.commit_interval_ms
+    if meter is not None and meter.durability == "batched":
+        interval_ms = max(interval_ms, meter.batched_commit_interval_ms)
     return QueueSettings(
         segment_bytes=config.segment_bytes,
         max_bytes=config.max_bytes,
-        commit_interval=config.commit_interval_ms / 1000,
+        commit_interval=interval_ms / 1000,
     )
 
 
@@ -376,7 +382,7 @@ async def open_meter(
     if not config.enabled:
         return Meter(None, config, node_id)
     try:
-        settings = queue_settings(queue_config)
+        settings = queue_settings(queue_config, config)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     queue = await open_queue(

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +20,7 @@ from edge_node.errors import StorageUnavailable
 from edge_node.ids import EventIdGenerator
 from edge_node.queue import tail_records
 from edge_node.usage.event import UsageEvent
-from edge_node.usage.meter import EVENT_RESERVATION_BYTES
+from edge_node.usage.meter import EVENT_RESERVATION_BYTES, queue_settings
 from edge_node.usage.served import counts_path, read_counts
 from tests.conftest import NodeFactory
 from tests.support import RunningNode
@@ -174,6 +175,30 @@ class TestDurability:
         assert time.monotonic() - started < 0.4
         await node.meter.queue.flush()  # type: ignore[union-attr]
         assert len(events_on_disk(node)) == 1
+
+    async def test_batched_gathers_events_before_each_group_commit(
+        self, make_node: NodeFactory
+    ) -> None:
+        """In batched durability a group commit gathers events for
+        meter.batched_commit_interval_ms (here 300 ms) before its fsync: an event recorded is
+        not on disk 100 ms later, and is once the commit has run. Strict durability does not
+        wait: nobody would be answered meanwhile."""
+        node = await make_node(
+            **{"meter.durability": "batched", "meter.batched_commit_interval_ms": 300}
+        )
+        tenant = node.create_tenant()
+        queue = node.meter.queue
+        assert queue is not None
+        assert queue.settings.commit_interval == 0.3
+        assert await node.meter.record(tenant.tenant_id, "score.read", 200, "r")
+        await asyncio.sleep(0.1)
+        assert events_on_disk(node) == []
+        await queue.flush()
+        assert len(events_on_disk(node)) == 1
+        assert queue_settings(node.config.queue, node.config.meter).commit_interval == 0.3
+        assert queue_settings(node.config.queue).commit_interval == 0  # strict: no wait
+        longer = replace(node.config.queue, commit_interval_ms=500)
+        assert queue_settings(longer, node.config.meter).commit_interval == 0.5
 
     async def test_batched_counts_served_once_durable_and_spent_at_once(
         self, make_node: NodeFactory
