@@ -61,6 +61,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     # An API key with credits: every request spends one in credits.sqlite (synchronous=FULL),
     # against the same read with a key without credits.
     Scenario("get-score-credits", "daemon", "GET", SCORE_PATH, baseline="get-score", credits=True),
+    # Batched durability: the response does not wait for its event's fsync.
+    Scenario("get-score-batched", "daemon", "GET", SCORE_PATH, env=BATCHED, baseline="get-score"),
     # Metering's cost (issue: strict may cost at most 15% against metering off).
     Scenario(
         "get-score-meter-off",

@@ -12,14 +12,14 @@ from __future__ import annotations
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.loadgen import GeneratorName
 from bench.measure import Settings, measure
 from bench.processes import split_cpus
-from bench.scenarios import BATCHED, SCENARIOS, Scenario
+from bench.scenarios import SCENARIOS, Scenario
 from bench.servers import ServerPool
 
 # Kinds of request, and the variants each is measured in; "baseline" is the minimal app.
@@ -39,9 +39,7 @@ _BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 SWEEP_SCENARIOS: dict[tuple[str, str], Scenario] = {
     ("get", "baseline"): _BY_NAME["baseline-get"],
     ("get", "meter-off"): _BY_NAME["get-score-meter-off"],
-    ("get", "batched"): replace(
-        _BY_NAME["get-score"], name="get-score-batched", env=BATCHED, target=None
-    ),
+    ("get", "batched"): _BY_NAME["get-score-batched"],
     ("get", "strict"): _BY_NAME["get-score"],
     ("post", "baseline"): _BY_NAME["baseline-post"],
     ("post", "meter-off"): _BY_NAME["post-rating-meter-off"],
