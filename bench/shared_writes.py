@@ -85,36 +85,35 @@ def child(directory: str, tenant_id: str, seconds: str, name: str, batch: str) -
     print(json.dumps(figures))
 
 
+def make_file(directory: str, tenant_id: str) -> None:
+    """The tenant's file, made once before the writers start."""
+    from edge_node.rating.store import TenantStores  # noqa: PLC0415
+
+    stores = TenantStores(Path(directory), node_id="setup")
+    stores.get(tenant_id)
+    stores.close()
+
+
+def _calling(tree: Path, function: str, *args: str) -> list[str]:
+    """The command running this module's `function` with `tree`'s code."""
+    program = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        f" from bench.shared_writes import {function}; {function}(*sys.argv[2:])"
+    )
+    return [sys.executable, "-c", program, str(tree), *args]
+
+
 def run(tree: Path, processes: int, seconds: float, batch: int) -> list[dict[str, float]]:
     """`processes` processes of `tree`'s code writing one new tenant file together."""
     with tempfile.TemporaryDirectory(prefix="edge-node-shared-writes-") as scratch:
-        directory, tenant_id = Path(scratch) / "tenants", str(uuid.uuid4())
-        command = [
-            sys.executable,
-            "-c",
-            "import sys; sys.path.insert(0, sys.argv[1]);"
-            " from bench.shared_writes import child; child(*sys.argv[2:])",
-            str(tree),
-            str(directory),
-            tenant_id,
-            str(seconds),
-        ]
-        subprocess.run(  # the file made once, before the writers start
-            [
-                sys.executable,
-                "-c",
-                "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path;"
-                " from edge_node.rating.store import TenantStores;"
-                " s = TenantStores(Path(sys.argv[2]), node_id='setup'); s.get(sys.argv[3]);"
-                " s.close()",
-                str(tree),
-                str(directory),
-                tenant_id,
-            ],
-            check=True,
-        )
+        directory, tenant_id = str(Path(scratch) / "tenants"), str(uuid.uuid4())
+        subprocess.run(_calling(tree, "make_file", directory, tenant_id), check=True)
         children = [
-            subprocess.Popen([*command, f"w{n}", str(batch)], stdout=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                _calling(tree, "child", directory, tenant_id, str(seconds), f"w{n}", str(batch)),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             for n in range(processes)
         ]
         outputs = [process.communicate()[0] for process in children]
